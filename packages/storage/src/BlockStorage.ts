@@ -1,0 +1,63 @@
+import { Context, type Effect, type Scope } from "effect"
+import type { StorageError } from "./errors.js"
+
+/** What a backend can do; callers adapt instead of probing with failing calls. */
+export interface StorageCapabilities {
+  /** Writes, resize and discard fail with reason `ReadOnly`. */
+  readonly readOnly: boolean
+  /** `discard` really releases space (hole punching); otherwise it is a no-op. */
+  readonly discard: boolean
+  /** Preferred I/O granularity in bytes (1 if none). */
+  readonly alignment: number
+}
+
+/**
+ * Positional byte storage: the one primitive every backend implements.
+ *
+ * - `read` fills `into` completely from `offset`; bytes past the end of the
+ *   store read as zeros (as a POSIX file read past EOF padded by QEMU's
+ *   file driver does), so a caller never sees a short read.
+ * - `write` writes all of `data` at `offset`, growing the store if needed.
+ * - `flush` is a barrier: everything written before it is durable when it
+ *   succeeds.
+ * - Offsets and lengths are non-negative safe integers; anything else fails
+ *   with reason `OutOfRange`.
+ */
+export interface BlockStorageShape {
+  readonly location: string
+  readonly capabilities: StorageCapabilities
+  readonly read: (offset: number, into: Uint8Array) => Effect.Effect<void, StorageError>
+  readonly write: (offset: number, data: Uint8Array) => Effect.Effect<void, StorageError>
+  readonly flush: () => Effect.Effect<void, StorageError>
+  readonly size: () => Effect.Effect<number, StorageError>
+  readonly resize: (size: number) => Effect.Effect<void, StorageError>
+  /** Releases the byte range (punches a hole) where supported; a hint, may be a no-op. */
+  readonly discard: (offset: number, length: number) => Effect.Effect<void, StorageError>
+}
+
+/** The storage of one image file, provided by a backend's Layer. */
+export class BlockStorage extends Context.Service<BlockStorage, BlockStorageShape>()("@qcow2/storage/BlockStorage") {}
+
+/** How to open a store by name. */
+export interface OpenOptions {
+  readonly readOnly: boolean
+  /** Create the store (empty) if missing; truncate when `truncate` is set. */
+  readonly create?: boolean
+  readonly truncate?: boolean
+}
+
+/**
+ * Opens stores by name: the image itself, its backing files and external
+ * data files. Each backend provides one (files by path, HTTP by URL,
+ * IndexedDB by key). The opened store lives until the scope closes.
+ *
+ * `resolve` turns a name found inside an image (a backing file name) into a
+ * name relative to the image that referenced it, the way QEMU resolves
+ * backing file names against the overlay's directory.
+ */
+export interface StorageOpenerShape {
+  readonly open: (name: string, options: OpenOptions) => Effect.Effect<BlockStorageShape, StorageError, Scope.Scope>
+  readonly resolve: (referencedFrom: string, name: string) => string
+}
+
+export class StorageOpener extends Context.Service<StorageOpener, StorageOpenerShape>()("@qcow2/storage/StorageOpener") {}

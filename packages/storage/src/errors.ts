@@ -1,0 +1,27 @@
+import { Data } from "effect"
+
+/**
+ * Why a storage operation failed. Callers can match the whole family
+ * (`StorageError`) or one `reason`.
+ */
+export type StorageErrorReason =
+  | "NotFound"
+  | "PermissionDenied"
+  | "ReadOnly"
+  | "OutOfRange"
+  | "Io"
+  | "RemoteChanged"
+  | "Unsupported"
+  | "Closed"
+
+/** A failure of the byte store underneath an image (file, memory, HTTP, IndexedDB). */
+export class StorageError extends Data.TaggedError("StorageError")<{
+  readonly reason: StorageErrorReason
+  readonly message: string
+  /** Where the failing operation started, when it had a position. */
+  readonly offset?: number
+  readonly length?: number
+  /** Path, URL or name of the store. */
+  readonly location?: string
+  readonly cause?: unknown
+}> {}
