@@ -1,0 +1,121 @@
+import type { Effect } from "effect"
+import type { ImageHeader, SnapshotEntry } from "@qcow2/format"
+import type { ImageError } from "./errors.js"
+
+export type ImageFormat = "qcow2" | "raw"
+
+/**
+ * One extent of block status, shaped like a `qemu-img map --output=json`
+ * record: `offset`..`offset+length` in guest bytes, found at `depth` in the
+ * backing chain (0 = this image; chain length when no layer has it).
+ */
+export interface BlockStatus {
+  readonly offset: number
+  readonly length: number
+  readonly depth: number
+  /** Some layer of the chain defines these bytes. */
+  readonly present: boolean
+  /** Reads as zeros. */
+  readonly zero: boolean
+  /** Backed by data in a file (not only a zero flag). */
+  readonly data: boolean
+  readonly compressed: boolean
+  /** Host offset in the file holding the data (the data file for external data), when there is one. */
+  readonly hostOffset?: number
+  /** Name of the file that holds the data, when `hostOffset` is set. */
+  readonly file?: string
+}
+
+/** The result of `check`, with qemu-img check's fields. */
+export interface CheckResult {
+  readonly checkErrors: number
+  readonly corruptions: number
+  readonly leaks: number
+  readonly corruptionsFixed: number
+  readonly leaksFixed: number
+  readonly imageEndOffset: number
+  readonly totalClusters: number
+  readonly allocatedClusters: number
+  readonly fragmentedClusters: number
+  readonly compressedClusters: number
+  /** Human-readable findings in qemu-img's wording ("ERROR cluster 5 refcount=0 reference=1", "Leaked cluster 22 refcount=1 reference=0"). */
+  readonly messages: ReadonlyArray<string>
+}
+
+export interface Image {
+  readonly format: ImageFormat
+  /** Name the image was opened by (path or URL). */
+  readonly location: string
+  readonly readOnly: boolean
+  readonly virtualSize: number
+  /** Cluster size (qcow2) or 512 (raw). */
+  readonly clusterSize: number
+  /** Parsed header of a qcow2 image (undefined for raw). Reflects the current in-memory state. */
+  readonly header: ImageHeader | undefined
+  readonly snapshots: ReadonlyArray<SnapshotEntry>
+  /** The opened backing image, if any (already resolved and opened). */
+  readonly backing: Image | undefined
+  /** Backing file name as recorded in the header, and the resolved name actually opened. */
+  readonly backingFileName: string | undefined
+  readonly backingFileResolved: string | undefined
+  /** Name of the external data file (qcow2 with data_file), resolved. */
+  readonly dataFile: string | undefined
+
+  /** Reads `into.length` bytes at guest `offset` (any alignment). */
+  readonly read: (offset: number, into: Uint8Array) => Effect.Effect<void, ImageError>
+  readonly write: (offset: number, data: Uint8Array) => Effect.Effect<void, ImageError>
+  /** Writes zeros; `unmap` lets the image deallocate (qemu-io `write -z -u`). */
+  readonly writeZeroes: (offset: number, length: number, options?: { readonly unmap?: boolean }) => Effect.Effect<void, ImageError>
+  readonly discard: (offset: number, length: number) => Effect.Effect<void, ImageError>
+  /** Writes whole aligned clusters compressed (qemu-io `write -c`). */
+  readonly writeCompressed: (offset: number, data: Uint8Array) => Effect.Effect<void, ImageError>
+  readonly flush: () => Effect.Effect<void, ImageError>
+  /** Grows (or with `shrink`, shrinks) the virtual size. */
+  readonly truncate: (size: number, options?: { readonly shrink?: boolean }) => Effect.Effect<void, ImageError>
+  /**
+   * Status of the extent starting at `offset`, at most `length` bytes long;
+   * adjacent clusters with equal status are merged.
+   */
+  readonly blockStatus: (offset: number, length: number) => Effect.Effect<BlockStatus, ImageError>
+  readonly check: (options?: { readonly repair?: "leaks" | "all" }) => Effect.Effect<CheckResult, ImageError>
+}
+
+export interface OpenOptions {
+  readonly readOnly?: boolean
+  /** Skip probing and open as this format. */
+  readonly format?: ImageFormat
+  /** Open the backing chain (default true). */
+  readonly openBacking?: boolean
+  /** Cache sizes in bytes. */
+  readonly l2CacheBytes?: number
+  readonly refcountCacheBytes?: number
+  /** Passphrase for encrypted images. */
+  readonly passphrase?: Uint8Array
+}
+
+/** `qemu-img create -f qcow2 -o …` options, named as qemu-img names them (camelCased). */
+export interface CreateOptions {
+  /** Virtual size in bytes; defaults to the backing file's size when a backing file is given. */
+  readonly size?: number
+  readonly clusterSize?: number // default 65536
+  readonly compat?: "0.10" | "1.1" // default "1.1"
+  readonly refcountBits?: number // default 16
+  readonly lazyRefcounts?: boolean
+  readonly extendedL2?: boolean
+  readonly compressionType?: "zlib" | "zstd"
+  readonly backingFile?: string
+  readonly backingFormat?: ImageFormat
+  readonly dataFile?: string
+  readonly dataFileRaw?: boolean
+  readonly preallocation?: "off" | "metadata" | "falloc" | "full"
+  readonly encryption?: {
+    readonly format: "aes" | "luks"
+    readonly passphrase: Uint8Array
+    readonly cipherAlg?: string
+    readonly cipherMode?: string
+    readonly ivgenAlg?: string
+    readonly ivgenHashAlg?: string
+    readonly hashAlg?: string
+    readonly iterTimeMs?: number
+  }
+}
