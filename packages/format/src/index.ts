@@ -1,1 +1,9 @@
-export {}
+export * from "./errors.js"
+export * from "./constants.js"
+export * from "./geometry.js"
+export * from "./header.js"
+export * from "./extensions.js"
+export * from "./l1.js"
+export * from "./l2.js"
+export * from "./compressed.js"
+export * from "./refcount.js"

@@ -1,0 +1,161 @@
+import { FormatError } from "./errors.js"
+import { MAX_SAFE_HIGH, TWO_32, putU32, u32 } from "./bytes.js"
+import { decodeCompressedDescriptor, encodeCompressedDescriptor } from "./compressed.js"
+import type { Geometry } from "./geometry.js"
+
+/**
+ * A decoded L2 entry (qcow2.txt "Cluster mapping" and "Extended L2 Entries").
+ *
+ * - Unallocated: standard entry with offset 0 and COPIED clear (read the backing file or zeros).
+ * - Zero: standard entry with bit 0 set (reads zeros); hostOffset 0 = no preallocation.
+ * - Normal: standard data cluster (hostOffset 0 with COPIED is cluster 0 of an external data file).
+ * - Compressed: byte offset and size (nb_sectors*512 - (offset & 511), as QEMU computes).
+ * - Subclusters: every non-compressed extended entry; bit i of allocatedMask means
+ *   subcluster i reads from hostOffset + i*subclusterSize, bit i of zeroMask reads zeros.
+ * - Invalid: an entry no valid image contains (reserved bits, unaligned or too large
+ *   offset, COPIED or a bitmap on a compressed entry, allocated and zero bits overlapping,
+ *   allocated subclusters without a host cluster). `raw` is the first 64-bit word.
+ */
+export type L2Entry =
+  | { readonly _tag: "Unallocated" }
+  | { readonly _tag: "Zero"; readonly hostOffset: number; readonly copied: boolean }
+  | { readonly _tag: "Normal"; readonly hostOffset: number; readonly copied: boolean }
+  | { readonly _tag: "Compressed"; readonly hostOffset: number; readonly compressedSize: number }
+  | {
+      readonly _tag: "Subclusters"
+      readonly hostOffset: number
+      readonly copied: boolean
+      readonly allocatedMask: number
+      readonly zeroMask: number
+    }
+  | { readonly _tag: "Invalid"; readonly reason: string; readonly raw: bigint }
+
+const UNALLOCATED: L2Entry = Object.freeze({ _tag: "Unallocated" as const })
+
+const COPIED = 0x80000000
+const COMPRESSED = 0x40000000
+/** Bits 56-61 of the high word. */
+const RESERVED_HIGH = 0x3f000000
+/** Bits 1-8 of the low word. */
+const RESERVED_LOW = 0x1fe
+const OFFSET_HIGH = 0x00ffffff
+
+const invalid = (reason: string, hi: number, lo: number): L2Entry => ({
+  _tag: "Invalid",
+  reason,
+  raw: (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0)
+})
+
+/** High 32 bits of the first (or only) 64-bit word of entry `index`. */
+export function l2EntryHigh(table: Uint8Array, index: number, geometry: Geometry): number {
+  return u32(table, index * geometry.l2EntrySize)
+}
+
+/** Low 32 bits of the first (or only) 64-bit word of entry `index`. */
+export function l2EntryLow(table: Uint8Array, index: number, geometry: Geometry): number {
+  return u32(table, index * geometry.l2EntrySize + 4)
+}
+
+/** Decodes entry `index` (8 bytes each, 16 with extended L2). Never throws for bad content: returns Invalid. */
+export function readL2Entry(table: Uint8Array, index: number, geometry: Geometry): L2Entry {
+  const o = index * geometry.l2EntrySize
+  const hi = u32(table, o)
+  const lo = u32(table, o + 4)
+  const extended = geometry.extendedL2
+  if ((hi & COMPRESSED) !== 0) {
+    if ((hi & COPIED) !== 0) return invalid("COPIED flag set on a compressed cluster", hi, lo)
+    if (extended && (u32(table, o + 8) !== 0 || u32(table, o + 12) !== 0)) {
+      return invalid("non-zero subcluster bitmap on a compressed cluster", hi, lo)
+    }
+    const shift = 62 - (geometry.clusterBits - 8)
+    const offHi = hi & ((1 << (shift - 32)) - 1)
+    if (offHi >= 1 << 24) return invalid("compressed cluster offset has bits beyond 55 set", hi, lo)
+    if (offHi > MAX_SAFE_HIGH) return invalid("compressed cluster offset does not fit in 53 bits", hi, lo)
+    return { _tag: "Compressed", ...decodeCompressedDescriptor(hi, lo, geometry.clusterBits) }
+  }
+  if (hi === 0 && lo === 0 && !extended) return UNALLOCATED
+  if ((hi & RESERVED_HIGH) !== 0 || (lo & RESERVED_LOW) !== 0) return invalid("reserved bits set", hi, lo)
+  const offHi = hi & OFFSET_HIGH
+  if (offHi > MAX_SAFE_HIGH) return invalid("host offset does not fit in 53 bits", hi, lo)
+  const offLo = (lo & 0xfffffe00) >>> 0
+  if ((offLo & (geometry.clusterSize - 1)) !== 0) return invalid("host offset is not cluster aligned", hi, lo)
+  const hostOffset = offHi * TWO_32 + offLo
+  const copied = (hi & COPIED) !== 0
+  if (extended) {
+    const zeroMask = u32(table, o + 8)
+    const allocatedMask = u32(table, o + 12)
+    if ((zeroMask & allocatedMask) !== 0) return invalid("subcluster both allocated and zero", hi, lo)
+    if (allocatedMask !== 0 && hostOffset === 0 && !copied) {
+      return invalid("allocated subclusters without a host cluster", hi, lo)
+    }
+    return { _tag: "Subclusters", hostOffset, copied, allocatedMask, zeroMask }
+  }
+  if ((lo & 1) !== 0) return { _tag: "Zero", hostOffset, copied }
+  if (hostOffset === 0 && !copied) return UNALLOCATED
+  return { _tag: "Normal", hostOffset, copied }
+}
+
+const checkHostOffset = (hostOffset: number, geometry: Geometry): void => {
+  if (!Number.isSafeInteger(hostOffset) || hostOffset < 0 || hostOffset % geometry.clusterSize !== 0) {
+    throw new FormatError("InvalidField", `host offset ${hostOffset} must be a non-negative cluster-aligned integer`, "l2_entry")
+  }
+}
+
+/**
+ * Encodes an entry. With extended L2, Normal is written as all subclusters
+ * allocated, Zero as all subclusters zero, and Unallocated as an all-zero
+ * entry; Subclusters is only valid with extended L2 (InvalidField otherwise).
+ */
+export function writeL2Entry(
+  table: Uint8Array,
+  index: number,
+  entry: Exclude<L2Entry, { _tag: "Invalid" }>,
+  geometry: Geometry
+): void {
+  const o = index * geometry.l2EntrySize
+  const extended = geometry.extendedL2
+  let hi = 0
+  let lo = 0
+  let zeroMask = 0
+  let allocatedMask = 0
+  switch (entry._tag) {
+    case "Unallocated":
+      break
+    case "Compressed": {
+      const d = encodeCompressedDescriptor(entry.hostOffset, entry.compressedSize, geometry.clusterBits)
+      hi = d.high
+      lo = d.low
+      break
+    }
+    case "Normal":
+    case "Zero":
+    case "Subclusters": {
+      checkHostOffset(entry.hostOffset, geometry)
+      hi = (Math.floor(entry.hostOffset / TWO_32) | (entry.copied ? COPIED : 0)) >>> 0
+      lo = entry.hostOffset >>> 0
+      if (entry._tag === "Subclusters") {
+        if (!extended) throw new FormatError("InvalidField", "Subclusters entries need extended L2", "l2_entry")
+        allocatedMask = entry.allocatedMask >>> 0
+        zeroMask = entry.zeroMask >>> 0
+        if ((allocatedMask & zeroMask) !== 0) {
+          throw new FormatError("InvalidField", "a subcluster cannot be both allocated and zero", "l2_entry")
+        }
+        if (allocatedMask !== 0 && entry.hostOffset === 0 && !entry.copied) {
+          throw new FormatError("InvalidField", "allocated subclusters need a host cluster", "l2_entry")
+        }
+      } else if (entry._tag === "Zero") {
+        if (extended) zeroMask = 0xffffffff
+        else lo = (lo | 1) >>> 0
+      } else if (extended) {
+        allocatedMask = 0xffffffff
+      }
+      break
+    }
+  }
+  putU32(table, o, hi)
+  putU32(table, o + 4, lo)
+  if (extended) {
+    putU32(table, o + 8, zeroMask)
+    putU32(table, o + 12, allocatedMask)
+  }
+}
