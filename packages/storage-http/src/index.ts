@@ -1,1 +1,6 @@
-export {}
+export * as HttpStorage from "./HttpStorage.js"
+export * as HttpStorageOpener from "./HttpStorageOpener.js"
+export { openHttp } from "./HttpStorage.js"
+export type { HttpBlockStorage, HttpStats, RemoteInfo } from "./HttpStorage.js"
+export type { FetchFunction, HttpStorageOptions } from "./options.js"
+export { BlockCache } from "./BlockCache.js"
