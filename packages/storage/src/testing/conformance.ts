@@ -3,6 +3,7 @@ import type { Scope } from "effect"
 import { describe, expect, it } from "vitest"
 import type { BlockStorageShape } from "../BlockStorage.js"
 import type { StorageError, StorageErrorReason } from "../errors.js"
+import { ModelStore } from "./model.js"
 import { patternBytes, seededRandom } from "./random.js"
 
 /** Makes the store under test. Writable backends must return an empty store. */
@@ -53,38 +54,6 @@ const INVALID_NUMBERS: ReadonlyArray<number> = [
   2 ** 53,
   2 ** 64
 ]
-
-/** A plain reference store: what every backend must behave like. */
-class ModelStore {
-  bytes = new Uint8Array(1024)
-  size = 0
-
-  private reserve(capacity: number): void {
-    if (capacity <= this.bytes.length) return
-    const next = new Uint8Array(Math.max(capacity, this.bytes.length * 2))
-    next.set(this.bytes.subarray(0, this.size))
-    this.bytes = next
-  }
-
-  write(offset: number, data: Uint8Array): void {
-    if (data.length === 0) return
-    this.reserve(offset + data.length)
-    this.bytes.set(data, offset)
-    this.size = Math.max(this.size, offset + data.length)
-  }
-
-  resize(size: number): void {
-    if (size < this.size) this.bytes.fill(0, size, this.size)
-    else this.reserve(size)
-    this.size = size
-  }
-
-  read(offset: number, length: number): Uint8Array {
-    const out = new Uint8Array(length)
-    if (offset < this.size) out.set(this.bytes.subarray(offset, Math.min(offset + length, this.size)))
-    return out
-  }
-}
 
 /** Runs `effect` and returns its StorageError, failing the test if it succeeds. */
 const failureOf = <A>(effect: Effect.Effect<A, StorageError>): Effect.Effect<StorageError> =>

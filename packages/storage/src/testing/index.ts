@@ -1,2 +1,5 @@
 export * from "./conformance.js"
+export * from "./faults.js"
+export * from "./model.js"
 export * from "./random.js"
+export * from "./recording.js"
