@@ -11,7 +11,7 @@
  * sent as `If-Match`), so a file replaced underneath fails with reason
  * `RemoteChanged` instead of mixing two versions.
  */
-import { BlockStorage, type BlockStorageShape, StorageError } from "@qcow2/storage"
+import { BlockStorage, type BlockStorageShape, checkRange, closedError, readOnlyError, StorageError } from "@qcow2/storage"
 import { Deferred, Effect, Exit, Layer, Result, type Scope, Semaphore } from "effect"
 import { BlockCache } from "./BlockCache.js"
 import { type HttpStorageOptions, resolveOptions, type ResolvedOptions } from "./options.js"
@@ -71,15 +71,6 @@ interface Pending {
   readonly count: number
   readonly deferred: Deferred.Deferred<ReadonlyArray<Uint8Array>, StorageError>
 }
-
-const readOnly = (location: string, operation: string) =>
-  Effect.fail(
-    new StorageError({
-      reason: "ReadOnly",
-      message: `${operation} is not possible: HTTP storage is read-only`,
-      location
-    })
-  )
 
 /**
  * Runs one attempt (a promise that observes the AbortSignal of the fiber)
@@ -302,14 +293,8 @@ class RemoteBlocks {
     )
   }
 
-  closedError(offset?: number, length?: number): StorageError {
-    return new StorageError({
-      reason: "Closed",
-      message: "the HTTP storage was closed",
-      location: this.t.url,
-      offset,
-      length
-    })
+  closedError(operation = "read"): StorageError {
+    return closedError(this.t.url, operation)
   }
 
   close(): void {
@@ -323,18 +308,9 @@ class RemoteBlocks {
     return Effect.uninterruptibleMask((restore) =>
       Effect.suspend(() => {
         const length = into.length
-        if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(offset + length)) {
-          return Effect.fail(
-            new StorageError({
-              reason: "OutOfRange",
-              message: `read at offset ${offset} of ${length} bytes is out of range`,
-              location: this.t.url,
-              offset,
-              length
-            })
-          )
-        }
-        if (this.closed) return Effect.fail(this.closedError(offset, length))
+        const invalid = checkRange(this.t.url, "read", offset, length)
+        if (invalid !== undefined) return Effect.fail(invalid)
+        if (this.closed) return Effect.fail(this.closedError())
         if (this.failure !== undefined) return Effect.fail(this.failure)
         const size = this.remote.size
         const end = Math.min(offset + length, size)
@@ -395,8 +371,8 @@ export const openHttp = (
     const blocks = new RemoteBlocks(t, remote, permits, scope)
     yield* Effect.addFinalizer(() => Effect.sync(() => blocks.close()))
     if (probe.wholeFile !== undefined && probe.wholeFile.length > 0) blocks.cache.set(0, probe.wholeFile)
-    const whenOpen = <A>(f: () => Effect.Effect<A, StorageError>) =>
-      Effect.suspend(() => (blocks.closed ? Effect.fail(blocks.closedError()) : f()))
+    const whenOpen = <A>(operation: string, f: () => Effect.Effect<A, StorageError>) =>
+      Effect.suspend(() => (blocks.closed ? Effect.fail(blocks.closedError(operation)) : f()))
     const storage: HttpBlockStorage = {
       location: href,
       capabilities: { readOnly: true, discard: false, alignment: 1 },
@@ -407,11 +383,11 @@ export const openHttp = (
         acceptRanges: probe.acceptRanges
       },
       read: (offset, into) => blocks.read(offset, into),
-      write: () => whenOpen(() => readOnly(href, "write")),
-      resize: () => whenOpen(() => readOnly(href, "resize")),
-      discard: () => whenOpen(() => readOnly(href, "discard")),
-      flush: () => whenOpen(() => Effect.void),
-      size: () => whenOpen(() => Effect.succeed(probe.size)),
+      write: (offset, data) => whenOpen("write", () => Effect.fail(readOnlyError(href, "write", offset, data.length))),
+      resize: () => whenOpen("resize", () => Effect.fail(readOnlyError(href, "resize"))),
+      discard: (offset, length) => whenOpen("discard", () => Effect.fail(readOnlyError(href, "discard", offset, length))),
+      flush: () => whenOpen("flush", () => Effect.void),
+      size: () => whenOpen("size", () => Effect.succeed(probe.size)),
       stats: () => ({
         requests: counters.requests,
         bytesFetched: counters.bytesFetched,
