@@ -39,7 +39,11 @@ export interface HeaderExtensions {
 export const FEATURE_NAME_ENTRY_SIZE = 48
 const FEATURE_NAME_MAX = 46
 
-/** The feature name table QEMU 7.2 writes on create (checked with qemu-img create + hexdump). */
+/**
+ * The feature name table QEMU 7.2 writes (checked with qemu-img create +
+ * hexdump). QEMU writes it only for v3 images with clusters larger than
+ * 4 KiB: see featureNamesFor.
+ */
 export const defaultFeatureNames: ReadonlyArray<FeatureName> = [
   { type: 0, bit: 0, name: "dirty bit" },
   { type: 0, bit: 1, name: "corrupt bit" },
@@ -50,6 +54,11 @@ export const defaultFeatureNames: ReadonlyArray<FeatureName> = [
   { type: 2, bit: 0, name: "bitmaps" },
   { type: 2, bit: 1, name: "raw external data" }
 ]
+
+/** The feature name table QEMU 7.2 would write for an image of this version and cluster size. */
+export function featureNamesFor(version: 2 | 3, clusterBits: number): ReadonlyArray<FeatureName> {
+  return version === 3 && clusterBits > 12 ? defaultFeatureNames : []
+}
 
 const knownTypes = new Set<number>(Object.values(HeaderExtensionType))
 
@@ -176,9 +185,10 @@ export function headerExtensionsSize(ext: HeaderExtensions): number {
 }
 
 /**
- * Serialises the extensions followed by the end marker. Order: backing
- * format, external data file, full disk encryption, bitmaps, feature names
- * (only if non-empty), unknown ones in their original order.
+ * Serialises the extensions followed by the end marker, in the order QEMU
+ * 7.2 writes them (qcow2_update_header): backing format, external data file,
+ * full disk encryption, feature names (only if non-empty), bitmaps, then
+ * unknown ones in their original order.
  */
 export function encodeHeaderExtensions(ext: HeaderExtensions): Uint8Array {
   const parts: Array<{ type: number; data: Uint8Array }> = []
@@ -190,6 +200,7 @@ export function encodeHeaderExtensions(ext: HeaderExtensions): Uint8Array {
     putU64(d, 8, ext.fullDiskEncryption.length, "fde.length")
     parts.push({ type: HeaderExtensionType.FullDiskEncryption, data: d })
   }
+  if (ext.featureNames.length > 0) parts.push({ type: HeaderExtensionType.FeatureNameTable, data: encodeFeatureNames(ext.featureNames) })
   if (ext.bitmaps !== undefined) {
     const { nbBitmaps } = ext.bitmaps
     if (!Number.isInteger(nbBitmaps) || nbBitmaps < 1 || nbBitmaps > Limits.maxBitmaps) {
@@ -201,7 +212,6 @@ export function encodeHeaderExtensions(ext: HeaderExtensions): Uint8Array {
     putU64(d, 16, ext.bitmaps.directoryOffset, "bitmap_directory_offset")
     parts.push({ type: HeaderExtensionType.Bitmaps, data: d })
   }
-  if (ext.featureNames.length > 0) parts.push({ type: HeaderExtensionType.FeatureNameTable, data: encodeFeatureNames(ext.featureNames) })
   for (const u of ext.unknown) {
     if (!Number.isInteger(u.type) || u.type < 0 || u.type > 0xffffffff || knownTypes.has(u.type)) {
       throw new FormatError("InvalidField", `unknown header extension has a reserved or invalid type ${u.type}`, "header_extension")

@@ -277,7 +277,7 @@ export function encodeHeader(header: Header): Uint8Array {
     putU32(out, 96, header.refcountOrder)
     putU32(out, 100, headerLength)
     if (headerLength > V3_MIN_HEADER_LENGTH) out[104] = header.compressionType
-    out.set(header.unknownHeaderFields, V3_HEADER_LENGTH)
+    if (headerLength > V3_HEADER_LENGTH) out.set(header.unknownHeaderFields, V3_HEADER_LENGTH)
   }
   return out
 }
