@@ -1,1 +1,5 @@
-export {}
+export * from "./CompressionType.js"
+export * from "./errors.js"
+export * from "./ClusterCodec.js"
+export * from "./ZstdFrame.js"
+export * as PortableClusterCodec from "./PortableClusterCodec.js"

@@ -1,0 +1,165 @@
+import { Worker } from "node:worker_threads"
+
+/** A request to a worker: compress `data` (one cluster) with `type` at `level`. */
+export interface WorkerRequest {
+  readonly id: number
+  readonly type: number
+  readonly level: number
+  readonly data: Uint8Array
+}
+
+/** A worker's answer. `result` is undefined when the cluster does not shrink enough. */
+export type WorkerReply =
+  | { readonly id: number; readonly ok: true; readonly result: Uint8Array | undefined }
+  | { readonly id: number; readonly ok: false; readonly message: string }
+
+/** How a job ended, as seen by its submitter. */
+export type JobOutcome =
+  | { readonly ok: true; readonly result: Uint8Array | undefined }
+  | { readonly ok: false; readonly message: string; readonly cause?: unknown }
+
+interface Job {
+  readonly request: WorkerRequest
+  readonly done: (outcome: JobOutcome) => void
+  settled: boolean
+}
+
+interface Slot {
+  worker: Worker
+  readonly inflight: Map<number, Job>
+  /** Jobs this worker answered; a worker that dies before answering any counts towards the crash-loop limit. */
+  answered: number
+  lastError: unknown
+}
+
+/** Consecutive worker deaths without a single answer after which the pool gives up. */
+const CRASH_LOOP_LIMIT = 3
+
+/**
+ * A fixed set of worker threads running `source` (CommonJS, `eval: true`),
+ * each answering WorkerRequest messages with WorkerReply messages. Jobs are
+ * queued and sent to the least busy worker (at most `maxInFlight` each);
+ * each job's callback fires once, whatever the completion order. A worker
+ * that dies fails its in-flight jobs and is replaced. Idle workers are
+ * unref'ed so an idle pool does not keep the process alive.
+ */
+export class WorkerPool {
+  private readonly slots: Array<Slot> = []
+  private readonly queue: Array<Job> = []
+  private queueHead = 0
+  private nextId = 1
+  private closed = false
+  private broken: string | undefined
+  private deathsWithoutAnswer = 0
+
+  constructor(
+    private readonly source: string,
+    private readonly workerData: unknown,
+    readonly size: number,
+    private readonly maxInFlight: number
+  ) {
+    for (let i = 0; i < size; i++) this.slots.push(this.spawn())
+  }
+
+  /** Queues a job; returns a function that cancels it (its callback then never fires). */
+  submit(type: number, level: number, data: Uint8Array, done: (outcome: JobOutcome) => void): () => void {
+    const job: Job = { request: { id: this.nextId++, type, level, data }, done, settled: false }
+    if (this.closed || this.broken !== undefined) {
+      this.settle(job, { ok: false, message: this.broken ?? "compression pool is closed" })
+      return () => {}
+    }
+    this.queue.push(job)
+    this.dispatch()
+    return () => {
+      job.settled = true
+    }
+  }
+
+  /** Fails every pending job and terminates the workers. */
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    this.failAll("compression pool is closed")
+    await Promise.all(this.slots.map((slot) => slot.worker.terminate()))
+  }
+
+  private spawn(): Slot {
+    const worker = new Worker(this.source, { eval: true, workerData: this.workerData })
+    const slot: Slot = { worker, inflight: new Map(), answered: 0, lastError: undefined }
+    worker.unref()
+    worker.on("message", (reply: WorkerReply) => this.onReply(slot, reply))
+    worker.on("error", (error) => {
+      slot.lastError = error
+    })
+    worker.on("exit", (code) => this.onExit(slot, code))
+    return slot
+  }
+
+  private onReply(slot: Slot, reply: WorkerReply): void {
+    const job = slot.inflight.get(reply.id)
+    if (job === undefined) return
+    slot.inflight.delete(reply.id)
+    slot.answered++
+    this.deathsWithoutAnswer = 0
+    if (slot.inflight.size === 0) slot.worker.unref()
+    this.settle(job, reply.ok ? { ok: true, result: reply.result ?? undefined } : { ok: false, message: reply.message })
+    this.dispatch()
+  }
+
+  private onExit(slot: Slot, code: number): void {
+    if (this.closed) return
+    const reason =
+      slot.lastError instanceof Error
+        ? `compression worker failed: ${slot.lastError.message}`
+        : `compression worker exited with code ${code}`
+    for (const job of slot.inflight.values()) this.settle(job, { ok: false, message: reason, cause: slot.lastError })
+    slot.inflight.clear()
+    if (slot.answered === 0) this.deathsWithoutAnswer++
+    if (this.deathsWithoutAnswer >= CRASH_LOOP_LIMIT) {
+      this.broken = `compression workers keep failing (${reason})`
+      this.failAll(this.broken)
+      return
+    }
+    const index = this.slots.indexOf(slot)
+    if (index >= 0) this.slots[index] = this.spawn()
+    this.dispatch()
+  }
+
+  private dispatch(): void {
+    while (this.queueHead < this.queue.length) {
+      let best: Slot | undefined
+      for (const slot of this.slots) {
+        if (slot.inflight.size < this.maxInFlight && (best === undefined || slot.inflight.size < best.inflight.size)) {
+          best = slot
+        }
+      }
+      if (best === undefined) return
+      const job = this.queue[this.queueHead++]
+      if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
+        this.queue.splice(0, this.queueHead)
+        this.queueHead = 0
+      }
+      if (job.settled) continue
+      if (best.inflight.size === 0) best.worker.ref()
+      best.inflight.set(job.request.id, job)
+      const data = job.request.data
+      best.worker.postMessage(job.request, [data.buffer as ArrayBuffer])
+    }
+  }
+
+  private failAll(message: string): void {
+    for (let i = this.queueHead; i < this.queue.length; i++) this.settle(this.queue[i], { ok: false, message })
+    this.queue.length = 0
+    this.queueHead = 0
+    for (const slot of this.slots) {
+      for (const job of slot.inflight.values()) this.settle(job, { ok: false, message })
+      slot.inflight.clear()
+    }
+  }
+
+  private settle(job: Job, outcome: JobOutcome): void {
+    if (job.settled) return
+    job.settled = true
+    job.done(outcome)
+  }
+}

@@ -1,0 +1,32 @@
+import { inflateRaw } from "pako"
+import { ZSTD_WASM_DEFLATE_BASE64, ZSTD_WASM_SIZE } from "./zstdWasmData.js"
+
+const decodeBase64 = (text: string): Uint8Array => {
+  const binary = atob(text)
+  const bytes = new Uint8Array(binary.length)
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i)
+  return bytes
+}
+
+/** The embedded zstd wasm binary (decoded on each call). */
+export const zstdWasmBytes = (): Uint8Array => {
+  const bytes = inflateRaw(decodeBase64(ZSTD_WASM_DEFLATE_BASE64))
+  if (bytes.length !== ZSTD_WASM_SIZE) {
+    throw new Error(`embedded zstd wasm decodes to ${bytes.length} bytes, expected ${ZSTD_WASM_SIZE}`)
+  }
+  return bytes
+}
+
+let compiled: Promise<WebAssembly.Module> | undefined
+
+/** The compiled zstd module, compiled once per realm (asynchronously: browsers limit synchronous compiles). */
+export const zstdWasmModule = (): Promise<WebAssembly.Module> => {
+  if (compiled === undefined) {
+    const pending = Promise.resolve().then(() => WebAssembly.compile(zstdWasmBytes() as Uint8Array<ArrayBuffer>))
+    pending.catch(() => {
+      compiled = undefined
+    })
+    compiled = pending
+  }
+  return compiled
+}

@@ -1,0 +1,3 @@
+export * from "./index.js"
+export * as NodeClusterCodec from "./NodeClusterCodec.js"
+export * from "./CompressionPool.js"
