@@ -56,7 +56,8 @@ export function encodeCompressedDescriptor(
   if (!Number.isSafeInteger(byteLength) || byteLength < 1) {
     throw new FormatError("InvalidField", `compressed length ${byteLength} must be a positive integer`, "l2_entry")
   }
-  const extra = Math.floor((hostOffset + byteLength - 1) / 512) - Math.floor(hostOffset / 512)
+  // same as ((hostOffset + byteLength - 1) >> 9) - (hostOffset >> 9), without exceeding 2^53
+  const extra = Math.floor(((hostOffset % 512) + byteLength - 1) / 512)
   if (extra >= 2 ** (clusterBits - 8)) {
     throw new FormatError("DoesNotFit", `compressed length ${byteLength} at ${hostOffset} needs ${extra} additional sectors, more than the descriptor holds`, "l2_entry")
   }
