@@ -1,0 +1,238 @@
+import * as fs from "node:fs"
+import { Effect, Layer } from "effect"
+import type { Scope } from "effect"
+import {
+  BlockStorage,
+  checkRange,
+  checkSize,
+  closedError,
+  readOnlyError,
+  StorageError
+} from "@qcow2/storage"
+import type { BlockStorageShape, OpenOptions } from "@qcow2/storage"
+import { fromSystemError } from "./errors.js"
+
+/**
+ * Largest single read/write handed to Node (its limit is 2^31 - 1 bytes);
+ * bigger requests are split by the loops below.
+ */
+const MAX_IO = 1 << 30
+
+type Resume<A> = (effect: Effect.Effect<A, StorageError>) => void
+
+/** Open flags for {@link OpenOptions}: never O_APPEND (positional writes). */
+const openFlags = (options: OpenOptions): number => {
+  const { O_CREAT, O_RDONLY, O_RDWR, O_TRUNC } = fs.constants
+  return (options.readOnly ? O_RDONLY : O_RDWR) |
+    (options.create === true ? O_CREAT : 0) |
+    (options.truncate === true ? O_TRUNC : 0)
+}
+
+interface OpenFile {
+  readonly fd: number
+  readonly size: number
+  readonly isDirectory: boolean
+}
+
+const openFd = (path: string, options: OpenOptions): Effect.Effect<OpenFile, StorageError> =>
+  Effect.callback<OpenFile, StorageError>((resume) => {
+    fs.open(path, openFlags(options), (openError, fd) => {
+      if (openError !== null) {
+        resume(Effect.fail(fromSystemError(openError, "open", path)))
+        return
+      }
+      fs.fstat(fd, (statError, stats) => {
+        if (statError !== null) {
+          fs.close(fd, () => resume(Effect.fail(fromSystemError(statError, "open", path))))
+          return
+        }
+        resume(Effect.succeed({ fd, size: stats.size, isDirectory: stats.isDirectory() }))
+      })
+    })
+  })
+
+const closeFd = (fd: number): Effect.Effect<void> =>
+  Effect.callback<void>((resume) => {
+    fs.close(fd, () => resume(Effect.void))
+  })
+
+/**
+ * One open file. Every operation counts itself in `inflight` while the
+ * kernel works on it; closing waits for them, so the descriptor number
+ * cannot be reused under a running request. Operations that start after
+ * the scope closed fail with reason `Closed`.
+ */
+class NodeFile {
+  inflight = 0
+  closed = false
+  onDrained: (() => void) | undefined = undefined
+
+  constructor(readonly fd: number, readonly location: string) {}
+
+  begin<A>(operation: string, resume: Resume<A>): boolean {
+    if (this.closed) {
+      resume(Effect.fail(closedError(this.location, operation)))
+      return false
+    }
+    this.inflight++
+    return true
+  }
+
+  end<A>(resume: Resume<A>, result: Effect.Effect<A, StorageError>): void {
+    this.inflight--
+    if (this.inflight === 0 && this.onDrained !== undefined) this.onDrained()
+    resume(result)
+  }
+
+  /** Positional read of all of `into`, looping on short reads; zero-fills past EOF. */
+  read(offset: number, into: Uint8Array, resume: Resume<void>): void {
+    if (!this.begin("read", resume)) return
+    let done = 0
+    const step = (): void => {
+      fs.read(this.fd, into, done, Math.min(into.length - done, MAX_IO), offset + done, onRead)
+    }
+    const onRead = (error: NodeJS.ErrnoException | null, bytesRead: number): void => {
+      if (error !== null) {
+        this.end(resume, Effect.fail(fromSystemError(error, "read", this.location, offset, into.length)))
+        return
+      }
+      if (bytesRead === 0) {
+        into.fill(0, done)
+        done = into.length
+      } else {
+        done += bytesRead
+      }
+      if (done < into.length) step()
+      else this.end(resume, Effect.void)
+    }
+    if (into.length === 0) this.end(resume, Effect.void)
+    else step()
+  }
+
+  /** Positional write of all of `data`, looping on short writes. */
+  write(offset: number, data: Uint8Array, resume: Resume<void>): void {
+    if (!this.begin("write", resume)) return
+    let done = 0
+    const step = (): void => {
+      fs.write(this.fd, data, done, Math.min(data.length - done, MAX_IO), offset + done, onWrite)
+    }
+    const onWrite = (error: NodeJS.ErrnoException | null, written: number): void => {
+      if (error !== null) {
+        this.end(resume, Effect.fail(fromSystemError(error, "write", this.location, offset, data.length)))
+        return
+      }
+      done += written
+      if (done < data.length) step()
+      else this.end(resume, Effect.void)
+    }
+    if (data.length === 0) this.end(resume, Effect.void)
+    else step()
+  }
+
+  flush(resume: Resume<void>): void {
+    if (!this.begin("flush", resume)) return
+    fs.fdatasync(this.fd, (error) => {
+      this.end(resume, error === null ? Effect.void : Effect.fail(fromSystemError(error, "flush", this.location)))
+    })
+  }
+
+  size(resume: Resume<number>): void {
+    if (!this.begin("size", resume)) return
+    fs.fstat(this.fd, (error, stats) => {
+      this.end(resume, error === null ? Effect.succeed(stats.size) : Effect.fail(fromSystemError(error, "size", this.location)))
+    })
+  }
+
+  resize(size: number, resume: Resume<void>): void {
+    if (!this.begin("resize", resume)) return
+    fs.ftruncate(this.fd, size, (error) => {
+      this.end(resume, error === null ? Effect.void : Effect.fail(fromSystemError(error, "resize", this.location, size)))
+    })
+  }
+
+  close(): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      this.closed = true
+      if (this.inflight === 0) return closeFd(this.fd)
+      return Effect.andThen(
+        Effect.callback<void>((resume) => {
+          this.onDrained = () => resume(Effect.void)
+        }),
+        closeFd(this.fd)
+      )
+    })
+  }
+}
+
+const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
+  const location = file.location
+  return {
+    location,
+    // Buffered I/O has no alignment requirement. Node cannot punch holes
+    // (no fallocate), so discard is a no-op and says so.
+    capabilities: { readOnly, discard: false, alignment: 1 },
+    read: (offset, into) => {
+      const invalid = checkRange(location, "read", offset, into.length)
+      if (invalid !== undefined) return Effect.fail(invalid)
+      return Effect.callback<void, StorageError>((resume) => file.read(offset, into, resume))
+    },
+    write: (offset, data) => {
+      const invalid = checkRange(location, "write", offset, data.length)
+      if (invalid !== undefined) return Effect.fail(invalid)
+      if (readOnly) return Effect.fail(readOnlyError(location, "write", offset, data.length))
+      return Effect.callback<void, StorageError>((resume) => file.write(offset, data, resume))
+    },
+    flush: () => Effect.callback<void, StorageError>((resume) => file.flush(resume)),
+    size: () => Effect.callback<number, StorageError>((resume) => file.size(resume)),
+    resize: (size) => {
+      const invalid = checkSize(location, size)
+      if (invalid !== undefined) return Effect.fail(invalid)
+      if (readOnly) return Effect.fail(readOnlyError(location, "resize", size))
+      return Effect.callback<void, StorageError>((resume) => file.resize(size, resume))
+    },
+    discard: (offset, length) => {
+      const invalid = checkRange(location, "discard", offset, length)
+      if (invalid !== undefined) return Effect.fail(invalid)
+      if (readOnly) return Effect.fail(readOnlyError(location, "discard", offset, length))
+      return Effect.suspend(() => (file.closed ? Effect.fail(closedError(location, "discard")) : Effect.void))
+    }
+  }
+}
+
+/**
+ * Opens the file at `path` as a {@link BlockStorageShape} with positional
+ * I/O (pread/pwrite through `fs.read`/`fs.write` on the descriptor), closed
+ * when the scope ends (after in-flight requests finish).
+ *
+ * - `readOnly` opens O_RDONLY; otherwise O_RDWR, plus O_CREAT with `create`
+ *   and O_TRUNC with `truncate` (a read-only truncate fails with `ReadOnly`).
+ * - `flush` is fdatasync, `size` fstat, `resize` ftruncate; `discard` is a
+ *   no-op (`capabilities.discard` false: Node has no fallocate/punch-hole).
+ * - Errors: ENOENT → NotFound, EACCES/EPERM → PermissionDenied, EROFS →
+ *   ReadOnly, others (a directory included) → Io; `location` is the path.
+ */
+export const openNodeFile = (path: string, options: OpenOptions): Effect.Effect<BlockStorageShape, StorageError, Scope.Scope> => {
+  if (options.readOnly && options.truncate === true) {
+    return Effect.fail(readOnlyError(path, "truncate"))
+  }
+  const acquire = Effect.flatMap(openFd(path, options), (opened) => {
+    if (opened.isDirectory) {
+      return Effect.andThen(
+        closeFd(opened.fd),
+        Effect.fail(new StorageError({ reason: "Io", message: `open ${path}: is a directory (EISDIR)`, location: path }))
+      )
+    }
+    return Effect.succeed(new NodeFile(opened.fd, path))
+  })
+  return Effect.map(
+    Effect.acquireRelease(acquire, (file) => file.close()),
+    (file) => makeShape(file, options.readOnly)
+  )
+}
+
+/** Layers providing {@link BlockStorage} from a file. */
+export const NodeFileStorage = {
+  /** The file at `path`, opened when the layer is built and closed with it. */
+  layer: (path: string, options: OpenOptions): Layer.Layer<BlockStorage, StorageError> =>
+    Layer.effect(BlockStorage, openNodeFile(path, options))
+} as const

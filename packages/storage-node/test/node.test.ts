@@ -1,0 +1,195 @@
+import * as fs from "node:fs/promises"
+import * as os from "node:os"
+import * as nodePath from "node:path"
+import { Effect, Layer } from "effect"
+import type { Scope } from "effect"
+import { BlockStorage, StorageOpener } from "@qcow2/storage"
+import type { OpenOptions, StorageError } from "@qcow2/storage"
+import { blockStorageConformance } from "@qcow2/storage/testing"
+import { describe, expect, it } from "vitest"
+import { fromSystemError, NodeFileStorage, NodeStorageOpener, openNodeFile, resolveNodePath } from "../src/index.js"
+
+/** A fresh temporary directory, removed when the scope closes. */
+const tempDir: Effect.Effect<string, never, Scope.Scope> = Effect.acquireRelease(
+  Effect.promise(() => fs.mkdtemp(nodePath.join(os.tmpdir(), "qcow2-storage-node-"))),
+  (dir) => Effect.promise(() => fs.rm(dir, { recursive: true, force: true }))
+)
+
+const withFile = (content: Uint8Array | undefined, options: OpenOptions) =>
+  Effect.flatMap(tempDir, (dir) => {
+    const path = nodePath.join(dir, "image.raw")
+    return Effect.andThen(
+      Effect.promise(() => (content === undefined ? Promise.resolve() : fs.writeFile(path, content))),
+      openNodeFile(path, options)
+    )
+  })
+
+blockStorageConformance("node file", () => withFile(undefined, { readOnly: false, create: true }), {
+  makeWithContent: (content) => withFile(content, { readOnly: false })
+})
+
+blockStorageConformance("node file, read-only", () => withFile(new Uint8Array(10), { readOnly: true }), {
+  readOnly: true,
+  makeWithContent: (content) => withFile(content, { readOnly: true })
+})
+
+const run = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.runPromise(Effect.scoped(effect))
+
+const failure = <A>(effect: Effect.Effect<A, StorageError, Scope.Scope>) => run(Effect.flip(effect))
+
+describe("openNodeFile errors", () => {
+  it("maps a missing file to NotFound with the path", async () => {
+    const error = await failure(Effect.flatMap(tempDir, (dir) =>
+      openNodeFile(nodePath.join(dir, "missing.qcow2"), { readOnly: true })))
+    expect(error.reason).toBe("NotFound")
+    expect(error.location).toMatch(/missing\.qcow2$/)
+    expect(error.message).toContain("missing.qcow2")
+    expect(error.message).toContain("no such file or directory (ENOENT)")
+  })
+
+  it("maps a path through a regular file to NotFound", async () => {
+    const error = await failure(Effect.flatMap(withFile(new Uint8Array(1), { readOnly: true }), (s) =>
+      openNodeFile(nodePath.join(s.location, "child"), { readOnly: true })))
+    expect(error.reason).toBe("NotFound")
+  })
+
+  it("rejects a directory, read-only or not, with Io", async () => {
+    for (const readOnly of [true, false]) {
+      const error = await failure(Effect.flatMap(tempDir, (dir) => openNodeFile(dir, { readOnly })))
+      expect(error.reason).toBe("Io")
+      expect(error.message).toContain("is a directory")
+    }
+  })
+
+  it("rejects writes, resize and discard on a read-only open with ReadOnly and leaves the file alone", async () => {
+    const content = new Uint8Array([1, 2, 3, 4])
+    await run(Effect.gen(function*() {
+      const storage = yield* withFile(content, { readOnly: true })
+      expect((yield* Effect.flip(storage.write(0, new Uint8Array(2)))).reason).toBe("ReadOnly")
+      expect((yield* Effect.flip(storage.resize(0))).reason).toBe("ReadOnly")
+      expect((yield* Effect.flip(storage.discard(0, 4))).reason).toBe("ReadOnly")
+      expect(new Uint8Array(yield* Effect.promise(() => fs.readFile(storage.location)))).toEqual(content)
+    }))
+  })
+
+  it("refuses a read-only truncate", async () => {
+    const error = await failure(withFile(new Uint8Array(4), { readOnly: true, truncate: true }))
+    expect(error.reason).toBe("ReadOnly")
+  })
+
+  it.skipIf(process.getuid?.() === 0)("maps a file without write permission to PermissionDenied", async () => {
+    const error = await failure(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const path = nodePath.join(dir, "locked")
+      yield* Effect.promise(() => fs.writeFile(path, new Uint8Array(4), { mode: 0o444 }))
+      return yield* openNodeFile(path, { readOnly: false })
+    }))
+    expect(error.reason).toBe("PermissionDenied")
+  })
+
+  it("maps errno codes to reasons", () => {
+    const errno = (code: string) => Object.assign(new Error(`${code}: boom`), { code })
+    expect(fromSystemError(errno("ENOENT"), "open", "/a").reason).toBe("NotFound")
+    expect(fromSystemError(errno("EACCES"), "open", "/a").reason).toBe("PermissionDenied")
+    expect(fromSystemError(errno("EPERM"), "open", "/a").reason).toBe("PermissionDenied")
+    expect(fromSystemError(errno("EROFS"), "write", "/a").reason).toBe("ReadOnly")
+    const io = fromSystemError(errno("ENOSPC"), "write", "/a", 4096, 512)
+    expect(io.reason).toBe("Io")
+    expect(io.message).toBe("write /a of 512 bytes at 4096: no space left on device (ENOSPC)")
+    expect(io.offset).toBe(4096)
+    expect(io.length).toBe(512)
+    expect(io.location).toBe("/a")
+    expect(fromSystemError(errno("EWEIRD"), "read", "/a").message).toContain("EWEIRD: boom")
+    expect(fromSystemError("not an error", "read", "/a").reason).toBe("Io")
+  })
+})
+
+describe("openNodeFile", () => {
+  it("creates, keeps or truncates as asked", async () => {
+    await run(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const path = nodePath.join(dir, "f")
+      const sizeAfter = (options: OpenOptions, write?: Uint8Array) =>
+        Effect.scoped(Effect.gen(function*() {
+          const storage = yield* openNodeFile(path, options)
+          if (write !== undefined) yield* storage.write(0, write)
+          return yield* storage.size()
+        }))
+      expect((yield* Effect.flip(sizeAfter({ readOnly: false }))).reason).toBe("NotFound")
+      expect(yield* sizeAfter({ readOnly: false, create: true }, new Uint8Array(100))).toBe(100)
+      expect(yield* sizeAfter({ readOnly: false, create: true })).toBe(100)
+      expect(yield* sizeAfter({ readOnly: true })).toBe(100)
+      expect(yield* sizeAfter({ readOnly: false, create: true, truncate: true })).toBe(0)
+    }))
+  })
+
+  it("fails with Closed after its scope ends", async () => {
+    const storage = await run(withFile(new Uint8Array(8), { readOnly: false }))
+    for (const effect of [storage.read(0, new Uint8Array(1)), storage.write(0, new Uint8Array(1)), storage.flush(), storage.size(), storage.resize(0), storage.discard(0, 1)]) {
+      const error = await Effect.runPromise(Effect.flip(effect))
+      expect(error.reason).toBe("Closed")
+    }
+  })
+
+  it("closes only after in-flight requests finish", async () => {
+    const big = new Uint8Array(32 * 1024 * 1024)
+    const data = await run(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const path = nodePath.join(dir, "big")
+      yield* Effect.promise(() => fs.writeFile(path, big.fill(7)))
+      // Reading past EOF takes a second pread after the first returns, so a
+      // close that did not wait would make that one fail (EBADF).
+      const into = new Uint8Array(2 * big.length).fill(1)
+      const pending = yield* Effect.scoped(Effect.gen(function*() {
+        const storage = yield* openNodeFile(path, { readOnly: true })
+        return Effect.runPromise(storage.read(0, into))
+      }))
+      yield* Effect.promise(() => pending)
+      return into
+    }))
+    expect(data.subarray(0, big.length).every((b) => b === 7)).toBe(true)
+    expect(data.subarray(big.length).every((b) => b === 0)).toBe(true)
+  })
+})
+
+describe("layers", () => {
+  it("NodeFileStorage.layer opens the file for the program and closes it after", async () => {
+    await run(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const path = nodePath.join(dir, "layered")
+      const program = Effect.gen(function*() {
+        const storage = yield* BlockStorage
+        yield* storage.write(3, new Uint8Array([9]))
+        yield* storage.flush()
+        return yield* storage.size()
+      })
+      expect(yield* Effect.provide(program, NodeFileStorage.layer(path, { readOnly: false, create: true }))).toBe(4)
+      expect(new Uint8Array(yield* Effect.promise(() => fs.readFile(path)))).toEqual(new Uint8Array([0, 0, 0, 9]))
+      const missing = NodeFileStorage.layer(nodePath.join(dir, "nope"), { readOnly: true })
+      expect((yield* Effect.flip(Effect.provide(program, missing))).reason).toBe("NotFound")
+    }))
+  })
+
+  it("NodeStorageOpener resolves backing names against the overlay's directory", async () => {
+    expect(resolveNodePath("/vm/disks/overlay.qcow2", "base.qcow2")).toBe("/vm/disks/base.qcow2")
+    expect(resolveNodePath("/vm/disks/overlay.qcow2", "../base.qcow2")).toBe("/vm/base.qcow2")
+    expect(resolveNodePath("/vm/disks/overlay.qcow2", "/srv/base.qcow2")).toBe("/srv/base.qcow2")
+    expect(resolveNodePath("overlay.qcow2", "base.qcow2")).toBe(nodePath.resolve("base.qcow2"))
+    await run(Effect.gen(function*() {
+      const dir = yield* tempDir
+      yield* Effect.promise(() => fs.mkdir(nodePath.join(dir, "sub")))
+      yield* Effect.promise(() => fs.writeFile(nodePath.join(dir, "base.raw"), new Uint8Array(5)))
+      const size = yield* Effect.provide(
+        Effect.gen(function*() {
+          const opener = yield* StorageOpener
+          const name = opener.resolve(nodePath.join(dir, "sub", "overlay.qcow2"), "../base.raw")
+          const storage = yield* opener.open(name, { readOnly: true })
+          return yield* storage.size()
+        }),
+        NodeStorageOpener.layer
+      )
+      expect(size).toBe(5)
+    }))
+    expect(Layer.isLayer(NodeStorageOpener.layer)).toBe(true)
+  })
+})
