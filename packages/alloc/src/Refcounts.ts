@@ -55,7 +55,8 @@ export class Refcounts {
   private readonly blockEntriesBits: number
   readonly maxRefcount: number
   private readonly storage: BlockStorageShape
-  private readonly blockCache: TableCache
+  /** The refcount block cache (the driver sets flush dependencies on it). */
+  readonly cache: TableCache
   private readonly commitTableLocation: RefcountsOptions["commitTableLocation"]
   private readonly discardFreed: boolean
   private table: RefcountTableLocation
@@ -77,7 +78,7 @@ export class Refcounts {
     this.blockEntries = 2 ** this.blockEntriesBits
     this.maxRefcount = maxRefcount(options.refcountOrder)
     this.storage = options.storage
-    this.blockCache = options.blockCache
+    this.cache = options.blockCache
     this.commitTableLocation = options.commitTableLocation
     this.discardFreed = options.discardFreed ?? false
     this.table = options.table
@@ -108,9 +109,9 @@ export class Refcounts {
     const blockOffset = blockIndex < this.blockOffsets.length ? this.blockOffsets[blockIndex] : 0
     if (blockOffset === 0) return Effect.succeed(0)
     const index = clusterIndex - blockIndex * this.blockEntries
-    const cached = this.blockCache.lookup(blockOffset)
+    const cached = this.cache.lookup(blockOffset)
     if (cached !== undefined) return this.decode(cached, index, clusterIndex)
-    return Effect.flatMap(this.blockCache.get(blockOffset), (block) => this.decode(block, index, clusterIndex))
+    return Effect.flatMap(this.cache.get(blockOffset), (block) => this.decode(block, index, clusterIndex))
   }
 
   private decode(block: Uint8Array, index: number, clusterIndex: number): Effect.Effect<number, RefcountError> {
@@ -156,7 +157,7 @@ export class Refcounts {
           yield* self.ensureBlocks(cluster, 1)
           continue
         }
-        const block = self.blockCache.lookup(blockOffset) ?? (yield* self.blockCache.get(blockOffset))
+        const block = self.cache.lookup(blockOffset) ?? (yield* self.cache.get(blockOffset))
         const blockEnd = Math.min(last, (blockIndex + 1) * self.blockEntries - 1)
         for (; cluster <= blockEnd; cluster++) {
           const index = cluster - blockIndex * self.blockEntries
@@ -177,7 +178,7 @@ export class Refcounts {
             })
           }
           writeRefcount(block, index, self.refcountOrder, next)
-          self.blockCache.markDirty(blockOffset)
+          self.cache.markDirty(blockOffset)
           if (next === 0) {
             if (cluster < self.freeClusterHint) self.freeClusterHint = cluster
             if (self.discardFreed) yield* self.storage.discard(cluster * self.clusterSize, self.clusterSize)
@@ -300,6 +301,11 @@ export class Refcounts {
     this.freeByteOffset = 0
   }
 
+  /** Writes every dirty refcount block and flushes storage. */
+  flushBlocks(): Effect.Effect<void, StorageError> {
+    return this.cache.flush()
+  }
+
   /** Drops one reference from every cluster touched by [offset, offset + length). */
   free(offset: number, length: number): Effect.Effect<void, Failure> {
     return this.update(offset, length, -1)
@@ -367,20 +373,20 @@ export class Refcounts {
         const ownerBlock = Math.floor(cluster / self.blockEntries)
         const offset = cluster * self.clusterSize
         if (ownerBlock === blockIndex) {
-          const block = yield* self.blockCache.getEmpty(offset)
+          const block = yield* self.cache.getEmpty(offset)
           writeRefcount(block, cluster - blockIndex * self.blockEntries, self.refcountOrder, 1)
-          self.blockCache.markDirty(offset)
+          self.cache.markDirty(offset)
         } else {
           if (ownerBlock >= self.blockOffsets.length || self.blockOffsets[ownerBlock] === 0) {
             yield* self.ensureBlocks(cluster, 1)
             continue
           }
           yield* self.update(offset, self.clusterSize, 1)
-          yield* self.blockCache.getEmpty(offset)
+          yield* self.cache.getEmpty(offset)
         }
         if (cluster >= self.endCluster) self.endCluster = cluster + 1
         // Rule 1: the block reaches storage before the table entry naming it.
-        yield* self.blockCache.flush()
+        yield* self.cache.flush()
         writeRefcountTableEntry(self.tableBytes, blockIndex, offset)
         self.blockOffsets[blockIndex] = offset
         yield* self.storage.write(self.table.offset + blockIndex * 8, self.tableBytes.subarray(blockIndex * 8, blockIndex * 8 + 8))
@@ -453,11 +459,11 @@ export class Refcounts {
       for (const c of oldCovered) {
         const b = Math.floor(c / self.blockEntries)
         const blockOffset = self.blockOffsets[b]
-        const block = yield* self.blockCache.get(blockOffset)
+        const block = yield* self.cache.get(blockOffset)
         writeRefcount(block, c - b * self.blockEntries, self.refcountOrder, 1)
-        self.blockCache.markDirty(blockOffset)
+        self.cache.markDirty(blockOffset)
       }
-      yield* self.blockCache.flushTables()
+      yield* self.cache.flushTables()
       yield* self.storage.write(tableOffset, newTable)
       yield* self.storage.flush()
       const oldTable = self.table

@@ -1,1 +1,8 @@
-export {}
+export * from "./errors.js"
+export * from "./context.js"
+export * from "./inflight.js"
+export * from "./mapping.js"
+export * from "./read.js"
+export * from "./write.js"
+export * from "./discard.js"
+export * from "./l1.js"
