@@ -1,0 +1,143 @@
+import { Context, Effect, Layer } from "effect"
+import type { CryptoBackend } from "./backend.js"
+import { InvalidCryptoArgument, InvalidLuksHeader, type CryptoError } from "./errors.js"
+import { decodeLuksHeader, LUKS_HEADER_SIZE, type LuksHeader } from "./luks-header.js"
+import {
+  createLuksArea,
+  passphraseBytes,
+  unlockLuksHeader,
+  type CreateLuksOptions,
+  type LuksAreaReader
+} from "./luks.js"
+import { makeSectorCipher, type SectorCipher } from "./modes.js"
+import { LEGACY_AES_SPEC, type CipherSpec } from "./spec.js"
+import { portableBackend } from "./portable.js"
+
+/** An unlocked LUKS volume: its header, the slot that opened and a payload cipher. */
+export interface LuksVolume {
+  readonly header: LuksHeader
+  /** Index of the key slot the passphrase unlocked. */
+  readonly slot: number
+  /** Payload cipher keyed with the master key (IV sector = host offset / 512 in qcow2). */
+  readonly cipher: SectorCipher
+}
+
+/** A freshly created LUKS area and a payload cipher keyed with its new master key. */
+export interface CreatedLuks {
+  /**
+   * The whole LUKS area, `header.payloadOffset × 512` bytes: header, padding
+   * to 4096, 8 key-material regions (only slot 0 filled). Store it at the qcow2
+   * FDE extension offset with extension length `area.length`.
+   */
+  readonly area: Uint8Array
+  readonly header: LuksHeader
+  readonly cipher: SectorCipher
+}
+
+/** What {@link SectorCipherFactory} offers. */
+export interface SectorCipherFactoryShape {
+  /** Kernel implementation name: `"node"` or `"portable"`. */
+  readonly backend: string
+  /**
+   * Unlock a LUKS1 area: either its bytes (from the header start; at least
+   * through the active key slots' material) or a reader of byte ranges in it.
+   * Fails with `BadPassphrase`, `UnsupportedCipher`, `InvalidLuksHeader`, or
+   * the reader's error.
+   */
+  readonly openLuks: <E = never>(
+    area: Uint8Array | LuksAreaReader<E>,
+    passphrase: Uint8Array | string
+  ) => Effect.Effect<LuksVolume, CryptoError | E>
+  /** Create a LUKS1 area like `qemu-img create -o encrypt.format=luks` (see createLuksArea). */
+  readonly createLuks: (options: CreateLuksOptions) => Effect.Effect<CreatedLuks, CryptoError>
+  /**
+   * Legacy qcow2 AES (crypt_method 1): AES-128-CBC, plain64 IV of the guest
+   * sector, key = passphrase bytes (UTF-8) truncated or zero-padded to 16
+   * (QEMU crypto/block-qcow.c). Broken by design; for reading old images.
+   */
+  readonly legacyAes: (passphrase: Uint8Array | string) => SectorCipher
+  /** A sector cipher for an explicit spec and key (throws InvalidCryptoArgument on a bad key length). */
+  readonly sectorCipher: (spec: CipherSpec, key: Uint8Array) => SectorCipher
+}
+
+/**
+ * Builds sector ciphers for qcow2 encryption. Provide it with
+ * {@link layerPortable} (@noble, any platform) or `layerNode` from
+ * `@qcow2/crypto/node` (node:crypto, much faster).
+ */
+export class SectorCipherFactory extends Context.Service<SectorCipherFactory, SectorCipherFactoryShape>()(
+  "@qcow2/crypto/SectorCipherFactory"
+) {}
+
+/** Decode a LUKS1 header as an Effect (see {@link decodeLuksHeader}). */
+export const parseLuksHeader = (bytes: Uint8Array): Effect.Effect<LuksHeader, InvalidLuksHeader> =>
+  Effect.try({
+    try: () => decodeLuksHeader(bytes),
+    catch: (e) => (e instanceof InvalidLuksHeader ? e : new InvalidLuksHeader({ reason: String(e) }))
+  })
+
+const bytesReader = (area: Uint8Array): LuksAreaReader<InvalidLuksHeader> => (offset, length) =>
+  offset + length <= area.length
+    ? Effect.succeed(area.subarray(offset, offset + length))
+    : Effect.fail(
+        new InvalidLuksHeader({
+          reason: `LUKS area of ${area.length} bytes does not contain bytes ${offset}..${offset + length}`
+        })
+      )
+
+/** Legacy qcow2 AES key: the passphrase's first 16 bytes, zero-padded (crypto/block-qcow.c). */
+export const legacyAesKey = (passphrase: Uint8Array | string): Uint8Array => {
+  const bytes = passphraseBytes(passphrase)
+  const key = new Uint8Array(16)
+  key.set(bytes.subarray(0, 16))
+  bytes.fill(0)
+  return key
+}
+
+/** Build the factory on a given set of kernels. */
+export const makeSectorCipherFactory = (backend: CryptoBackend): SectorCipherFactoryShape => {
+  const sectorCipher = (spec: CipherSpec, key: Uint8Array): SectorCipher => makeSectorCipher(backend, spec, key)
+
+  const openLuks = <E = never>(
+    area: Uint8Array | LuksAreaReader<E>,
+    passphrase: Uint8Array | string
+  ): Effect.Effect<LuksVolume, CryptoError | E> =>
+    Effect.gen(function* () {
+      const read: LuksAreaReader<E | InvalidLuksHeader> = area instanceof Uint8Array ? bytesReader(area) : area
+      const headerBytes = yield* read(0, LUKS_HEADER_SIZE)
+      const header = yield* parseLuksHeader(headerBytes)
+      const pass = passphraseBytes(passphrase)
+      const unlocked = yield* unlockLuksHeader(backend, header, read, pass).pipe(Effect.ensuring(Effect.sync(() => pass.fill(0))))
+      const cipher = yield* Effect.try({
+        try: () => makeSectorCipher(backend, unlocked.spec, unlocked.masterKey),
+        catch: (e) => (e instanceof InvalidCryptoArgument ? e : new InvalidCryptoArgument({ reason: String(e) }))
+      }).pipe(Effect.ensuring(Effect.sync(() => unlocked.masterKey.fill(0))))
+      return { header, slot: unlocked.slot, cipher }
+    }).pipe(Effect.withSpan("SectorCipherFactory.openLuks"))
+
+  const createLuks = Effect.fn("SectorCipherFactory.createLuks")(function* (options: CreateLuksOptions) {
+    const created = yield* createLuksArea(backend, options)
+    const cipher = makeSectorCipher(backend, created.spec, created.masterKey)
+    created.masterKey.fill(0)
+    return { area: created.area, header: created.header, cipher } satisfies CreatedLuks
+  })
+
+  return {
+    backend: backend.name,
+    openLuks,
+    createLuks,
+    legacyAes: (passphrase) => {
+      const key = legacyAesKey(passphrase)
+      const cipher = makeSectorCipher(backend, LEGACY_AES_SPEC, key)
+      key.fill(0)
+      return cipher
+    },
+    sectorCipher
+  }
+}
+
+/** {@link SectorCipherFactory} on the portable (@noble) kernels. */
+export const layerPortable: Layer.Layer<SectorCipherFactory> = Layer.succeed(
+  SectorCipherFactory,
+  makeSectorCipherFactory(portableBackend)
+)
