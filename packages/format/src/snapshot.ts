@@ -83,6 +83,7 @@ function entryExtraData(s: SnapshotEntry): Uint8Array {
   extra.set(s.extraData)
   if (len >= 8) putU64(extra, 0, s.vmStateSize, "snapshot_vm_state_size")
   if (s.diskSize !== undefined) putU64(extra, 8, s.diskSize, "snapshot_disk_size")
+  else if (len >= 16 && s.extraData.length < 16) putU64(extra, 8, 0, "snapshot_disk_size")
   if (s.icount !== undefined) putU64big(extra, 16, s.icount)
   return extra
 }
@@ -100,7 +101,8 @@ export function snapshotTableSize(snapshots: ReadonlyArray<SnapshotEntry>): numb
 /**
  * Encodes entries back to back, each padded to 8 bytes. Extra data is
  * written as given, extended so that diskSize/icount (and a vmStateSize
- * above 32 bits) fit, with those fields written at their positions.
+ * above 32 bits) fit, with those fields written at their positions (a disk
+ * size slot that only the extension covers is written as 0).
  */
 export function encodeSnapshotTable(snapshots: ReadonlyArray<SnapshotEntry>): Uint8Array {
   if (snapshots.length > Limits.maxSnapshots) {
