@@ -176,8 +176,8 @@ class RemoteBlocks {
   }
 
   /**
-   * Grows or resets the readahead window. Sequential: the read starts within
-   * one block of where the previous read ended.
+   * Tells whether a read is sequential (it starts within one block of where
+   * the previous read ended) and resets the readahead window when it is not.
    */
   private sequential(offset: number, end: number): boolean {
     const bs = this.t.options.blockSize
