@@ -63,6 +63,7 @@ export class Refcounts {
   private tableBytes: Uint8Array
   /** Refcount block offsets by block index (0 = none), decoded once. */
   private blockOffsets: number[]
+  private blockSet = new Set<number>()
   /** Lowest cluster index that may be free. */
   private freeClusterHint = 0
   /** Next free byte for compressed data packing (0 = start a new cluster). */
@@ -86,6 +87,7 @@ export class Refcounts {
     this.blockOffsets = []
     const entries = options.tableBytes.length / 8
     for (let i = 0; i < entries; i++) this.blockOffsets.push(readRefcountTableEntry(options.tableBytes, i).offset)
+    for (const o of this.blockOffsets) if (o !== 0) this.blockSet.add(o)
     this.endCluster = Math.ceil(options.fileSize / this.clusterSize)
   }
 
@@ -96,6 +98,11 @@ export class Refcounts {
   /** Offsets of every refcount block (0 where none), by block index. */
   get refcountBlockOffsets(): ReadonlyArray<number> {
     return this.blockOffsets
+  }
+
+  /** Whether a refcount block lives at host offset `offset`. */
+  isBlock(offset: number): boolean {
+    return this.blockSet.has(offset)
   }
 
   /** One past the highest cluster index allocated so far (or the file end). */
@@ -389,6 +396,7 @@ export class Refcounts {
         yield* self.cache.flush()
         writeRefcountTableEntry(self.tableBytes, blockIndex, offset)
         self.blockOffsets[blockIndex] = offset
+        self.blockSet.add(offset)
         yield* self.storage.write(self.table.offset + blockIndex * 8, self.tableBytes.subarray(blockIndex * 8, blockIndex * 8 + 8))
         yield* self.storage.flush()
         return
@@ -471,6 +479,7 @@ export class Refcounts {
       self.tableBytes = newTable
       self.blockOffsets = []
       for (let i = 0; i < tableBytesLength / 8; i++) self.blockOffsets.push(readRefcountTableEntry(newTable, i).offset)
+      self.blockSet = new Set(self.blockOffsets.filter((o) => o !== 0))
       self.endCluster = Math.max(self.endCluster, areaStart + areaClusters)
       yield* self.commitTableLocation(self.table)
       yield* self.free(oldTable.offset, oldTable.clusters * self.clusterSize)

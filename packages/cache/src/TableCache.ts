@@ -81,6 +81,11 @@ export class TableCache {
     return this.dirtyCount > 0
   }
 
+  /** Whether a table at `offset` is cached (no LRU update). */
+  has(offset: number): boolean {
+    return this.entries.has(offset)
+  }
+
   /** The cached table at `offset`, or undefined on a miss. Marks it most recently used. */
   lookup(offset: number): Uint8Array | undefined {
     const entry = this.entries.get(offset)

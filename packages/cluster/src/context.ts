@@ -65,8 +65,12 @@ export interface ClusterContext {
   readonly corrupt: (message: string, offset?: number) => Effect.Effect<never, ClusterFailure>
   /** Refuses writes once the image is read-only or corrupt. */
   readonly writable: () => boolean
-  /** Host ranges holding metadata that data must never overwrite. */
-  readonly overlapsMetadata: (hostOffset: number, length: number) => string | undefined
+  /**
+   * Names the metadata structure that host range [hostOffset, +length)
+   * overlaps, if any; `except` skips one kind (an L2 table is allowed to
+   * be an L2 table).
+   */
+  readonly overlapsMetadata: (hostOffset: number, length: number, except?: "l2") => string | undefined
 }
 
 export type ClusterFailure = import("./errors.js").ClusterError | RefcountError | StorageError

@@ -48,7 +48,7 @@ export function l2TableOffset(ctx: ClusterContext, offset: number): Effect.Effec
     return ctx.corrupt(`L2 table offset ${entry.l2Offset} of L1 entry ${l1Index} is not cluster aligned`, ctx.l1Offset + l1Index * 8)
   }
   if (entry.l2Offset !== 0) {
-    const overlap = ctx.overlapsMetadata(entry.l2Offset, ctx.geometry.clusterSize)
+    const overlap = ctx.overlapsMetadata(entry.l2Offset, ctx.geometry.clusterSize, "l2")
     if (overlap !== undefined) {
       return ctx.corrupt(`L2 table at ${entry.l2Offset} (L1 entry ${l1Index}) overlaps the ${overlap}`, entry.l2Offset)
     }

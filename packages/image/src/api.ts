@@ -70,14 +70,22 @@ export interface Image {
   /** Writes whole aligned clusters compressed (qemu-io `write -c`). */
   readonly writeCompressed: (offset: number, data: Uint8Array) => Effect.Effect<void, ImageError>
   readonly flush: () => Effect.Effect<void, ImageError>
-  /** Grows (or with `shrink`, shrinks) the virtual size. */
-  readonly truncate: (size: number, options?: { readonly shrink?: boolean }) => Effect.Effect<void, ImageError>
+  /**
+   * Grows (or with `shrink`, shrinks) the virtual size; `preallocation`
+   * allocates the new area as `qemu-img resize --preallocation` does.
+   */
+  readonly truncate: (size: number, options?: TruncateOptions) => Effect.Effect<void, ImageError>
   /**
    * Status of the extent starting at `offset`, at most `length` bytes long;
    * adjacent clusters with equal status are merged.
    */
   readonly blockStatus: (offset: number, length: number) => Effect.Effect<BlockStatus, ImageError>
   readonly check: (options?: { readonly repair?: "leaks" | "all" }) => Effect.Effect<CheckResult, ImageError>
+}
+
+export interface TruncateOptions {
+  readonly shrink?: boolean
+  readonly preallocation?: "off" | "metadata" | "falloc" | "full"
 }
 
 export interface OpenOptions {

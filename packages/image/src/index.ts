@@ -1,1 +1,5 @@
-export {}
+export * from "./api.js"
+export * from "./errors.js"
+export { openImage, createImage, probeFormat, MAX_BACKING_CHAIN_DEPTH } from "./open.js"
+export { planCreate } from "./create.js"
+export { makeRawImage, isZero } from "./raw.js"

@@ -1,0 +1,402 @@
+import { Effect } from "effect"
+import { CompatibleFeature, IncompatibleFeature, l1EntriesFor, snapshotTableSize } from "@qcow2/format"
+import type { SnapshotEntry } from "@qcow2/format"
+import {
+  ClusterError,
+  discardClusters,
+  growL1,
+  lookup,
+  preallocateClusters,
+  readGuest,
+  writeGuest,
+  zeroClusters,
+  zeroSubclusters
+} from "@qcow2/cluster"
+import type { ClusterContext, ClusterFailure } from "@qcow2/cluster"
+import type { ClusterCodecShape } from "@qcow2/compress"
+import type { BlockStatus, CheckResult, Image, TruncateOptions } from "../api.js"
+import { ImageError } from "../errors.js"
+import { asImageError, checkRange } from "../internal/errors.js"
+import type { HeaderState } from "./header.js"
+import { writeCompressedCluster } from "./compressed.js"
+
+export interface Qcow2ImageParts {
+  readonly context: ClusterContext
+  readonly headerState: HeaderState
+  readonly readOnly: boolean
+  readonly snapshots: SnapshotEntry[]
+  readonly backing: Image | undefined
+  readonly backingFileName: string | undefined
+  readonly backingResolved: string | undefined
+  readonly dataFile: string | undefined
+  readonly isCorrupt: boolean
+  readonly codec: ClusterCodecShape
+  readonly encryptedLocked: boolean
+  /** Runs a consistency check / repair on the file (flushed first). */
+  readonly check?: (repair: "leaks" | "all" | undefined) => Effect.Effect<CheckResult, ImageError>
+}
+
+/**
+ * The qcow2 driver object: request-level entry points (one Effect per
+ * request, plain loops inside), the corrupt bit, lazy refcounts, flush and
+ * close.
+ */
+export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, ImageError, import("effect").Scope.Scope> {
+  const { headerState, readOnly } = parts
+  const template = parts.context
+  const location = template.location
+  const cs = template.geometry.clusterSize
+  let corruptFlagged = parts.isCorrupt
+  let dirtyMarked = (headerState.header.incompatibleFeatures & IncompatibleFeature.Dirty) !== 0n
+  const lazy = (headerState.header.compatibleFeatures & CompatibleFeature.LazyRefcounts) !== 0n
+
+  /** Host ranges of metadata that data and tables must never overwrite (QEMU's "cached" overlap check). */
+  const overlapsMetadata = (host: number, length: number, except?: "l2"): string | undefined => {
+    const h = headerState.header
+    const end = host + length
+    const within = (start: number, size: number) => size > 0 && host < start + size && start < end
+    if (within(0, cs)) return "qcow2 header"
+    if (within(ctx.l1Offset, ctx.l1Size * 8)) return "active L1 table"
+    const rt = ctx.refcounts.tableLocation
+    if (within(rt.offset, rt.clusters * cs)) return "refcount table"
+    if (h.nbSnapshots > 0 && within(h.snapshotsOffset, snapshotTableSize(parts.snapshots))) return "snapshot table"
+    for (let c = Math.floor(host / cs) * cs; c < end; c += cs) {
+      if (ctx.refcounts.isBlock(c)) return "refcount block"
+      if (except !== "l2" && ctx.l2Cache.has(c)) return "active L2 table"
+    }
+    return undefined
+  }
+
+  const markCorrupt = (message: string, offset?: number): Effect.Effect<never, ClusterFailure> =>
+    Effect.gen(function* () {
+      if (!corruptFlagged && !readOnly) {
+        corruptFlagged = true
+        yield* Effect.ignore(headerState.setIncompatible(IncompatibleFeature.Corrupt, true))
+      }
+      corruptFlagged = true
+      return yield* new ClusterError({
+        reason: "Corrupt",
+        message: `${message}; further writes are refused (the image is marked corrupt; run 'qcow2 check -r all')`,
+        ...(offset !== undefined ? { offset } : {})
+      })
+    })
+
+  const ctx: ClusterContext = {
+    ...template,
+    corrupt: markCorrupt,
+    writable: () => !readOnly && !corruptFlagged,
+    overlapsMetadata
+  }
+
+  const requireWritable = (): ImageError | undefined => {
+    if (readOnly) return new ImageError({ reason: "ReadOnly", message: `${location} is opened read-only`, location })
+    if (corruptFlagged) {
+      return new ImageError({ reason: "Corrupt", message: `${location} is marked corrupt; writes are refused (run 'qcow2 check -r all')`, location })
+    }
+    return undefined
+  }
+  const requireKey = (): ImageError | undefined =>
+    parts.encryptedLocked
+      ? new ImageError({ reason: "Encryption", message: `${location} is encrypted: a passphrase is needed to read or write its data`, location })
+      : undefined
+
+  /** Lazy refcounts: the dirty bit goes to disk before the first metadata change (QEMU's qcow2_mark_dirty). */
+  const beforeMetadataChange = (): Effect.Effect<void, ImageError> => {
+    if (!lazy || dirtyMarked) return Effect.void
+    dirtyMarked = true
+    return asImageError(headerState.setIncompatible(IncompatibleFeature.Dirty, true), location)
+  }
+
+  const run = <A>(effect: Effect.Effect<A, unknown>): Effect.Effect<A, ImageError> => asImageError(effect, location)
+
+  const flush = (): Effect.Effect<void, ImageError> =>
+    run(
+      Effect.gen(function* () {
+        yield* ctx.l2Cache.flushTables()
+        yield* ctx.refcounts.cache.flushTables()
+        yield* ctx.l2Cache.flushTables()
+        if (ctx.data !== ctx.storage) yield* ctx.data.flush()
+        yield* ctx.storage.flush()
+      })
+    )
+
+  const zeroWrite = (offset: number, length: number) => {
+    const chunk = new Uint8Array(Math.min(length, 1 << 20))
+    return Effect.gen(function* () {
+      for (let done = 0; done < length; done += chunk.length) {
+        yield* writeGuest(ctx, offset + done, chunk.subarray(0, Math.min(chunk.length, length - done)))
+      }
+    })
+  }
+
+  /** True when guest bytes [offset, offset+length) read as zeros without looking at data. */
+  const readsAsZero = (offset: number, length: number): Effect.Effect<boolean, ImageError> =>
+    Effect.gen(function* () {
+      let done = 0
+      while (done < length) {
+        const status = yield* blockStatus(offset + done, length - done)
+        if (!status.zero) return false
+        done += status.length
+      }
+      return true
+    })
+
+  /** Zeroes one partial unit (subcluster or cluster): QEMU widens it to the whole unit when the rest already reads as zeros. */
+  const zeroPartialUnit = (unitStart: number, unitEnd: number, offset: number, end: number, unmap: boolean) =>
+    Effect.gen(function* () {
+      const kind = (yield* lookup(ctx, unitStart, 1)).kind
+      const widen =
+        (kind === "unallocated" || kind === "zero") &&
+        (yield* readsAsZero(unitStart, offset - unitStart)) &&
+        (yield* readsAsZero(end, unitEnd - end))
+      if (!widen) return yield* zeroWrite(offset, end - offset)
+      yield* zeroAligned(unitStart, unitEnd - unitStart, unmap)
+    })
+
+  /** Zeroes an aligned range: whole clusters by flag, partial clusters by subcluster bits. */
+  const zeroAligned = (offset: number, length: number, unmap: boolean): Effect.Effect<void, unknown> =>
+    Effect.gen(function* () {
+      const end = offset + length
+      let position = offset
+      while (position < end) {
+        const clusterStart = Math.floor(position / cs) * cs
+        const clusterEnd = clusterStart + cs
+        if (position === clusterStart) {
+          let wholeEnd = Math.floor(end / cs) * cs
+          if (end === ctx.virtualSize && end > wholeEnd) wholeEnd = end
+          if (wholeEnd > position) {
+            yield* zeroClusters(ctx, position, wholeEnd - position, unmap)
+            position = wholeEnd
+            continue
+          }
+        }
+        const stop = Math.min(end, clusterEnd)
+        const done = yield* zeroSubclusters(ctx, position, stop - position)
+        if (!done) yield* zeroWrite(position, stop - position)
+        position = stop
+      }
+    })
+
+  const writeZeroes = (offset: number, length: number, options?: { readonly unmap?: boolean }) => {
+    const bad = requireWritable() ?? requireKey() ?? checkRange(location, ctx.virtualSize, offset, length)
+    if (bad) return Effect.fail(bad)
+    if (length === 0) return Effect.void
+    const unmap = options?.unmap ?? false
+    return Effect.andThen(
+      beforeMetadataChange(),
+      run(
+        Effect.gen(function* () {
+          const end = offset + length
+          if (ctx.version < 3 || ctx.crypto !== undefined) {
+            // No zero flag in v2: without a backing file, dropping clusters reads as zeros.
+            if (ctx.version < 3 && ctx.backing === undefined && ctx.crypto === undefined) {
+              const first = Math.ceil(offset / cs) * cs
+              const last = end === ctx.virtualSize ? end : Math.floor(end / cs) * cs
+              if (first < last) {
+                if (first > offset) yield* zeroWrite(offset, first - offset)
+                yield* discardClusters(ctx, first, last - first)
+                if (end > last) yield* zeroWrite(last, end - last)
+                return
+              }
+            }
+            return yield* zeroWrite(offset, length)
+          }
+          const unit = ctx.geometry.subclusterSize
+          const alignedStart = Math.ceil(offset / unit) * unit
+          const alignedEnd = end === ctx.virtualSize ? end : Math.floor(end / unit) * unit
+          if (alignedStart >= alignedEnd) {
+            // Inside one unit.
+            const unitStart = Math.floor(offset / unit) * unit
+            const unitEnd = Math.min(unitStart + unit, ctx.virtualSize)
+            return yield* zeroPartialUnit(unitStart, unitEnd, offset, end, unmap)
+          }
+          if (alignedStart > offset) yield* zeroPartialUnit(alignedStart - unit, alignedStart, offset, alignedStart, unmap)
+          yield* zeroAligned(alignedStart, alignedEnd - alignedStart, unmap)
+          if (end > alignedEnd) yield* zeroPartialUnit(alignedEnd, Math.min(alignedEnd + unit, ctx.virtualSize), alignedEnd, end, unmap)
+        })
+      )
+    )
+  }
+
+  const discard = (offset: number, length: number) => {
+    const bad = requireWritable() ?? checkRange(location, ctx.virtualSize, offset, length)
+    if (bad) return Effect.fail(bad)
+    // Only whole clusters are discarded (and a partial last cluster at the image end), as QEMU does.
+    const first = Math.ceil(offset / cs) * cs
+    const end = offset + length
+    const last = end === ctx.virtualSize ? end : Math.floor(end / cs) * cs
+    if (first >= last) return Effect.void
+    return Effect.andThen(beforeMetadataChange(), run(discardClusters(ctx, first, last - first)))
+  }
+
+  const blockStatus = (offset: number, length: number): Effect.Effect<BlockStatus, ImageError> => {
+    const bad = checkRange(location, ctx.virtualSize, offset, length)
+    if (bad) return Effect.fail(bad)
+    return run(
+      Effect.gen(function* () {
+        const mapping = yield* lookup(ctx, offset, Math.max(1, length))
+        const hideOffset = ctx.crypto !== undefined || parts.encryptedLocked
+        const file = ctx.data.location
+        switch (mapping.kind) {
+          case "data":
+            return {
+              offset, length: mapping.length, depth: 0, present: true, zero: false, data: true, compressed: false,
+              ...(hideOffset ? {} : { hostOffset: mapping.hostOffset, file })
+            }
+          case "compressed":
+            return { offset, length: mapping.length, depth: 0, present: true, zero: false, data: true, compressed: true }
+          case "zero":
+            return {
+              offset, length: mapping.length, depth: 0, present: true, zero: true, data: false, compressed: false,
+              ...(mapping.hostOffset !== undefined && !hideOffset ? { hostOffset: mapping.hostOffset, file } : {})
+            }
+          case "unallocated": {
+            const backing = parts.backing
+            if (backing === undefined) {
+              return { offset, length: mapping.length, depth: 1, present: false, zero: true, data: false, compressed: false }
+            }
+            if (offset >= backing.virtualSize) {
+              // Past the end of a shorter backing file: zeros that count as allocated there.
+              return { offset, length: mapping.length, depth: 1, present: true, zero: true, data: false, compressed: false }
+            }
+            const below = yield* backing.blockStatus(offset, Math.min(mapping.length, backing.virtualSize - offset))
+            return { ...below, depth: below.depth + 1 }
+          }
+        }
+      })
+    )
+  }
+
+  const truncate = (size: number, options?: TruncateOptions) => {
+    const bad = requireWritable()
+    if (bad) return Effect.fail(bad)
+    if (!Number.isSafeInteger(size) || size < 0) return Effect.fail(new ImageError({ reason: "InvalidArgument", message: `invalid size ${size}`, location }))
+    if (size < ctx.virtualSize && !options?.shrink) {
+      return Effect.fail(new ImageError({ reason: "InvalidArgument", message: "Use the --shrink option to perform a shrink operation.", location }))
+    }
+    if (size % 512 !== 0) {
+      return Effect.fail(new ImageError({ reason: "InvalidArgument", message: "The new size must be a multiple of 512", location }))
+    }
+    return Effect.andThen(
+      beforeMetadataChange(),
+      run(
+        ctx.lock.withPermits(1)(
+          Effect.gen(function* () {
+            if (size < ctx.virtualSize) {
+              const from = Math.ceil(size / cs) * cs
+              ctx.virtualSize = Math.max(size, ctx.virtualSize)
+              yield* ctx.lock.release(1)
+              yield* Effect.ensuring(discardTail(from), ctx.lock.take(1))
+            } else {
+              yield* growL1(ctx, l1EntriesFor(size, ctx.geometry))
+            }
+            yield* headerState.update({ size })
+            const oldSize = ctx.virtualSize
+            ctx.virtualSize = size
+            const mode = options?.preallocation ?? "off"
+            if (mode !== "off" && size > oldSize) {
+              yield* ctx.lock.release(1)
+              yield* Effect.ensuring(preallocate(oldSize, size, mode), ctx.lock.take(1))
+            }
+          })
+        )
+      )
+    )
+  }
+
+  /** Gives [from, to) host clusters and grows the file over them (zero-filled for "full"). */
+  const preallocate = (from: number, to: number, mode: "metadata" | "falloc" | "full"): Effect.Effect<void, unknown> =>
+    Effect.gen(function* () {
+      const hostEnd = yield* preallocateClusters(ctx, from, to - from)
+      yield* flush()
+      const target = ctx.externalData ? ctx.data : ctx.storage
+      const end = ctx.externalData ? Math.ceil(to / cs) * cs : hostEnd
+      const current = yield* target.size()
+      if (end <= current) return
+      if (mode === "full") {
+        const zeros = new Uint8Array(Math.min(1 << 20, end - current))
+        for (let p = current; p < end; p += zeros.length) yield* target.write(p, zeros.subarray(0, Math.min(zeros.length, end - p)))
+      } else {
+        yield* target.resize(end)
+      }
+    })
+
+  /** Drops every cluster from guest offset `from` on (shrink). */
+  const discardTail = (from: number): Effect.Effect<void, unknown> =>
+    Effect.gen(function* () {
+      if (from >= ctx.virtualSize) return
+      const coverage = cs * ctx.geometry.l2Entries
+      const end = Math.ceil(ctx.virtualSize / cs) * cs
+      for (let position = from; position < end; ) {
+        const next = Math.min(end, (Math.floor(position / coverage) + 1) * coverage)
+        const mapping = yield* lookup(ctx, position, next - position)
+        if (!(mapping.kind === "unallocated" && mapping.hostOffset === undefined)) {
+          const saved = ctx.virtualSize
+          ctx.virtualSize = end
+          yield* discardClusters(ctx, position, next - position)
+          ctx.virtualSize = saved
+        }
+        position = next
+      }
+    })
+
+  const image: Image = {
+    format: "qcow2",
+    location,
+    readOnly,
+    get virtualSize() {
+      return ctx.virtualSize
+    },
+    clusterSize: cs,
+    get header() {
+      return headerState.image
+    },
+    snapshots: parts.snapshots,
+    backing: parts.backing,
+    backingFileName: parts.backingFileName,
+    backingFileResolved: parts.backingResolved,
+    dataFile: parts.dataFile,
+    read: (offset, into) => {
+      const bad = checkRange(location, ctx.virtualSize, offset, into.length) ?? requireKey()
+      return bad ? Effect.fail(bad) : run(readGuest(ctx, offset, into))
+    },
+    write: (offset, data) => {
+      const bad = requireWritable() ?? requireKey() ?? checkRange(location, ctx.virtualSize, offset, data.length)
+      if (bad) return Effect.fail(bad)
+      if (data.length === 0) return Effect.void
+      return Effect.andThen(beforeMetadataChange(), run(writeGuest(ctx, offset, data)))
+    },
+    writeZeroes,
+    discard,
+    writeCompressed: (offset, data) => {
+      const bad = requireWritable() ?? requireKey() ?? checkRange(location, ctx.virtualSize, offset, data.length)
+      if (bad) return Effect.fail(bad)
+      return Effect.andThen(beforeMetadataChange(), run(writeCompressedCluster(ctx, offset, data)))
+    },
+    flush,
+    truncate,
+    blockStatus,
+    check: (options) => {
+      if (parts.check === undefined) {
+        return Effect.fail(new ImageError({ reason: "Unsupported", message: "check is not available", location }))
+      }
+      return Effect.andThen(flush(), parts.check(options?.repair))
+    }
+  }
+
+  return Effect.as(
+    Effect.addFinalizer(() =>
+      Effect.ignore(
+        Effect.gen(function* () {
+          if (readOnly) return
+          yield* flush()
+          // A clean close of a lazy-refcount image: everything is consistent again.
+          if (lazy && dirtyMarked && !corruptFlagged) {
+            yield* run(headerState.setIncompatible(IncompatibleFeature.Dirty, false))
+          }
+        })
+      )
+    ),
+    image
+  )
+}
