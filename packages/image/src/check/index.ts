@@ -1,0 +1,226 @@
+/**
+ * `qemu-img check` for qcow2 images, working on the raw file alone
+ * (qcow2.txt "Host cluster management"; behaviour of QEMU 7.2's
+ * block/qcow2-refcount.c qcow2_check_refcounts and qemu-img's img_check).
+ *
+ * The caller flushes its caches before and reloads its state after a check
+ * that repaired something; the dirty and corrupt header bits are left to it.
+ */
+import { Effect } from "effect"
+import type { BlockStorageShape } from "@qcow2/storage"
+import type { CheckResult } from "../api.js"
+import { ImageError } from "../errors.js"
+import { Imrt } from "./imrt.js"
+import { CheckAborted, EFBIG, EIO, ENOMEM, Io, abort } from "./io.js"
+import { MetadataIndex } from "./overlap.js"
+import { type Fix, NO_FIX, type Pass } from "./pass.js"
+import { MAX_IMRT_CLUSTERS, calculateRefcounts } from "./references.js"
+import { checkOflagCopied, compareRefcounts, rebuildRefcountStructure } from "./repair.js"
+import { readSnapshotTable } from "./snapshots.js"
+import { emptyTally, loadImage, type ImageInfo, type Tally } from "./state.js"
+import { StoredRefcounts } from "./stored.js"
+
+export interface CheckOptions {
+  /** "leaks": fix leaked clusters; "all": also fix corruptions (qemu-img check -r). */
+  readonly repair?: "leaks" | "all"
+}
+
+/**
+ * The `cause` of the ImageError a check fails with when QEMU's check would
+ * return an error instead of a result ("qemu-img: Check failed: <strerror>",
+ * exit code 1): `messages` were printed before, `result` holds the counters
+ * reached so far.
+ */
+export interface CheckFailure {
+  readonly _tag: "CheckFailure"
+  readonly strerror: string
+  readonly messages: ReadonlyArray<string>
+  readonly result: CheckResult
+}
+
+const INT_MAX = 2 ** 31 - 1
+
+const fixFor = (repair: CheckOptions["repair"]): Fix =>
+  repair === "all" ? { leaks: true, errors: true } : repair === "leaks" ? { leaks: true, errors: false } : NO_FIX
+
+const addCounters = (into: Tally, from: Tally): void => {
+  into.checkErrors += from.checkErrors
+  into.corruptions += from.corruptions
+  into.leaks += from.leaks
+  into.corruptionsFixed += from.corruptionsFixed
+  into.leaksFixed += from.leaksFixed
+}
+
+const toResult = (t: Tally, messages: ReadonlyArray<string>): CheckResult => ({
+  checkErrors: t.checkErrors,
+  corruptions: t.corruptions,
+  leaks: t.leaks,
+  corruptionsFixed: t.corruptionsFixed,
+  leaksFixed: t.leaksFixed,
+  imageEndOffset: t.imageEndOffset,
+  totalClusters: t.totalClusters,
+  allocatedClusters: t.allocatedClusters,
+  fragmentedClusters: t.fragmentedClusters,
+  compressedClusters: t.compressedClusters,
+  messages: [...messages]
+})
+
+/**
+ * The refcount part of a check (QEMU's qcow2_check_refcounts): count
+ * references, compare, repair or rebuild, check COPIED flags. `force`
+ * rebuilds the refcount structure even when it is intact.
+ */
+function checkRefcounts(io: Io, img: ImageInfo, fix: Fix, force: boolean, log: (m: string) => void, tally: Tally) {
+  return Effect.gen(function* () {
+    const cs = img.clusterSize
+    const nbClusters = Math.ceil(img.fileSize / cs)
+    if (nbClusters > INT_MAX) {
+      tally.checkErrors++
+      return yield* abort(EFBIG)
+    }
+    if (nbClusters > MAX_IMRT_CLUSTERS) {
+      tally.checkErrors++
+      return yield* abort(ENOMEM)
+    }
+    tally.totalClusters = img.totalClusters
+    const p: Pass = {
+      io,
+      img,
+      log,
+      imrt: new Imrt(nbClusters, img.refcountMax),
+      stored: new StoredRefcounts(io, img, log),
+      metadata: new MetadataIndex(img),
+      tally,
+      rebuild: false
+    }
+    yield* calculateRefcounts(p, fix)
+    const preCompare = { ...p.tally }
+    let highest = yield* compareRefcounts(p, NO_FIX)
+    if ((p.rebuild && fix.errors) || force) {
+      const before = { ...p.tally }
+      let freshLeaks = 0
+      log("Rebuilding refcount structure")
+      yield* rebuildRefcountStructure(p)
+      p.tally.corruptions = 0
+      p.tally.leaks = 0
+      p.rebuild = false
+      p.imrt.clear()
+      yield* calculateRefcounts(p, NO_FIX)
+      if (fix.leaks) {
+        const saved = p.tally
+        p.tally = emptyTally()
+        highest = yield* compareRefcounts(p, { leaks: true, errors: false })
+        if (p.rebuild) log("ERROR rebuilt refcount structure is still broken")
+        freshLeaks = p.tally.leaks
+        p.tally = saved
+      }
+      if (p.tally.corruptions < before.corruptions) p.tally.corruptionsFixed += before.corruptions - p.tally.corruptions
+      if (p.tally.leaks < before.leaks) p.tally.leaksFixed += before.leaks - p.tally.leaks
+      p.tally.leaks += freshLeaks
+    } else if (fix.leaks || fix.errors) {
+      if (p.rebuild) {
+        log("ERROR need to rebuild refcount structures")
+        p.tally.checkErrors++
+        return yield* abort(EIO)
+      }
+      if (p.tally.leaks !== 0 || p.tally.corruptions !== 0) {
+        p.tally = preCompare
+        highest = yield* compareRefcounts(p, fix)
+      }
+    }
+    yield* checkOflagCopied(p, fix)
+    p.tally.imageEndOffset = (highest + 1) * cs
+    return p.tally
+  })
+}
+
+/** One check of the whole image (QEMU's qcow2_co_check_locked). */
+function runCheck(io: Io, fix: Fix, force: boolean, log: (m: string) => void, partial: { tally: Tally }) {
+  return Effect.gen(function* () {
+    const warnings: Array<string> = []
+    const img = yield* loadImage(io, warnings)
+    warnings.forEach(log)
+    const snapshotTally = emptyTally()
+    const result = emptyTally()
+    partial.tally = result
+    const snapshotRead = yield* Effect.exit(readSnapshotTable(io, img, fix, snapshotTally, log))
+    if (snapshotRead._tag === "Failure") {
+      addCounters(result, snapshotTally)
+      return yield* Effect.failCause(snapshotRead.cause)
+    }
+    const refTally = emptyTally()
+    const refs = yield* Effect.exit(checkRefcounts(io, img, fix, force, log, refTally))
+    const finalRef = refs._tag === "Success" ? refs.value : refTally
+    addCounters(result, finalRef)
+    result.imageEndOffset = finalRef.imageEndOffset
+    result.totalClusters = finalRef.totalClusters
+    result.allocatedClusters = finalRef.allocatedClusters
+    result.fragmentedClusters = finalRef.fragmentedClusters
+    result.compressedClusters = finalRef.compressedClusters
+    addCounters(result, snapshotTally)
+    if (refs._tag === "Failure") return yield* Effect.failCause(refs.cause)
+    return result
+  })
+}
+
+function checkAndReport(storage: BlockStorageShape, fix: Fix, force: boolean): Effect.Effect<CheckResult, ImageError> {
+  const io = new Io(storage)
+  const messages: Array<string> = []
+  const log = (m: string) => {
+    messages.push(m)
+  }
+  const partial = { tally: emptyTally() }
+  const run = Effect.gen(function* () {
+    const first = yield* runCheck(io, fix, force, log, partial)
+    if (first.corruptionsFixed === 0 && first.leaksFixed === 0) return toResult(first, messages)
+    // qemu-img reports a second, read-only check of the repaired image, with the first one's fixed counts.
+    const second = yield* runCheck(io, NO_FIX, false, log, partial)
+    second.corruptionsFixed = first.corruptionsFixed
+    second.leaksFixed = first.leaksFixed
+    return toResult(second, messages)
+  })
+  return run.pipe(
+    Effect.catchTag("CheckAborted", (e: CheckAborted) =>
+      Effect.fail(
+        new ImageError({
+          reason: e.strerror === EIO ? "Corrupt" : e.strerror === ENOMEM ? "NoSpace" : "Corrupt",
+          message: `Check failed: ${e.strerror}`,
+          location: storage.location,
+          cause: {
+            _tag: "CheckFailure",
+            strerror: e.strerror,
+            messages: [...messages],
+            result: toResult(partial.tally, messages)
+          } satisfies CheckFailure
+        })
+      )
+    )
+  )
+}
+
+/**
+ * Checks a qcow2 image's metadata consistency like `qemu-img check`
+ * (qcow2.txt "Host cluster management", "Cluster mapping"), optionally
+ * repairing it like `qemu-img check -r leaks|all`. After a repair that fixed
+ * something, the result is that of a second, read-only check, carrying the
+ * fixed counts of the first (as qemu-img reports it). Fails with an
+ * ImageError whose cause is a {@link CheckFailure} where qemu-img prints
+ * "Check failed", and with the image's open error where qemu-img cannot open it.
+ */
+export function checkQcow2(
+  storage: BlockStorageShape,
+  options?: { readonly repair?: "leaks" | "all" }
+): Effect.Effect<CheckResult, ImageError> {
+  return checkAndReport(storage, fixFor(options?.repair), false)
+}
+
+/**
+ * Rebuilds the refcount table and blocks from the references found in the
+ * image, whatever their state (QEMU's rebuild_refcount_structure, which
+ * `qemu-img check -r all` runs when the refcount structure is broken), then
+ * repairs what else `-r all` repairs. The result is reported as for
+ * {@link checkQcow2} with repair "all".
+ */
+export function rebuildRefcounts(storage: BlockStorageShape): Effect.Effect<CheckResult, ImageError> {
+  return checkAndReport(storage, { leaks: true, errors: true }, true)
+}
