@@ -1,0 +1,122 @@
+import { Effect } from "effect"
+import type { BlockStatus, Image, ImageFormat } from "@qcow2/image"
+import { open, type ImageEnv } from "../env.js"
+import { fail, type CliFailure } from "../errors.js"
+import { print } from "../output.js"
+import { Progress } from "../progress.js"
+
+export interface CompareOptions {
+  readonly file1: string
+  readonly file2: string
+  readonly format1?: ImageFormat
+  readonly format2?: ImageFormat
+  readonly strict: boolean
+  readonly progress: boolean
+  readonly quiet: boolean
+  readonly passphrase?: Uint8Array
+}
+
+const CHUNK = 1 << 20
+const SECTOR = 512
+
+/** Index of the first 512-byte sector that differs, as a byte offset, or -1. */
+export const firstDifference = (a: Uint8Array, b: Uint8Array, length: number): number => {
+  const ba = Buffer.from(a.buffer, a.byteOffset, length)
+  const bb = Buffer.from(b.buffer, b.byteOffset, length)
+  if (ba.equals(bb)) return -1
+  for (let pos = 0; pos < length; pos += SECTOR) {
+    const end = Math.min(length, pos + SECTOR)
+    if (ba.compare(bb, pos, end, pos, end) !== 0) return pos
+  }
+  return -1
+}
+
+/** Byte offset of the first non-zero 512-byte sector, or -1. */
+export const firstNonZero = (a: Uint8Array, length: number): number => {
+  for (let pos = 0; pos < length; pos += SECTOR) {
+    const end = Math.min(length, pos + SECTOR)
+    for (let i = pos; i < end; i++) if (a[i] !== 0) return pos
+  }
+  return -1
+}
+
+const statusKey = (s: BlockStatus): string =>
+  `${s.present}/${s.zero}/${s.data}/${s.hostOffset !== undefined && !s.compressed}`
+
+/** `qemu-img compare`: 0 identical, 1 different, 2 open error, 3 block status error, 4 read error. */
+export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const a = yield* open(o.file1, { readOnly: true, format: o.format1, passphrase: o.passphrase }, 2)
+      const b = yield* open(o.file2, { readOnly: true, format: o.format2, passphrase: o.passphrase }, 2)
+      const say = (text: string) => {
+        if (!o.quiet) print(text)
+      }
+      const status = (img: Image, name: string, offset: number, length: number) =>
+        img.blockStatus(offset, length).pipe(Effect.mapError(() => fail(`Sector allocation test failed for ${name}`, 3)))
+      const read = (img: Image, name: string, offset: number, into: Uint8Array) =>
+        img.read(offset, into).pipe(Effect.mapError((e) => fail(`Error while reading offset ${offset} of ${name}: ${e.message}`, 4)))
+      const total = Math.max(a.virtualSize, b.virtualSize)
+      const progress = o.progress && !o.quiet ? new Progress(total) : undefined
+      const common = Math.min(a.virtualSize, b.virtualSize)
+      if (a.virtualSize !== b.virtualSize) {
+        if (o.strict) {
+          say("Strict mode: Image size mismatch!\n")
+          return 1
+        }
+        say("Warning: Image size mismatch!\n")
+      }
+      const bufA = new Uint8Array(CHUNK)
+      const bufB = new Uint8Array(CHUNK)
+      let offset = 0
+      while (offset < common) {
+        const sa = yield* status(a, o.file1, offset, common - offset)
+        const sb = yield* status(b, o.file2, offset, common - offset)
+        const chunk = Math.max(1, Math.min(sa.length, sb.length, common - offset))
+        if (o.strict && statusKey(sa) !== statusKey(sb)) {
+          progress?.finish()
+          say(`Strict mode: Offset ${offset} block status mismatch!\n`)
+          return 1
+        }
+        if (!(sa.zero && sb.zero)) {
+          for (let pos = offset; pos < offset + chunk; pos += CHUNK) {
+            const n = Math.min(CHUNK, offset + chunk - pos)
+            yield* read(a, o.file1, pos, bufA.subarray(0, n))
+            yield* read(b, o.file2, pos, bufB.subarray(0, n))
+            const diff = firstDifference(bufA, bufB, n)
+            if (diff >= 0) {
+              progress?.finish()
+              say(`Content mismatch at offset ${pos + diff}!\n`)
+              return 1
+            }
+          }
+        }
+        offset += chunk
+        progress?.advance(chunk)
+      }
+      if (a.virtualSize !== b.virtualSize) {
+        const [img, name] = a.virtualSize > b.virtualSize ? [a, o.file1] : [b, o.file2]
+        while (offset < total) {
+          const s = yield* status(img, name, offset, total - offset)
+          const chunk = Math.max(1, Math.min(s.length, total - offset))
+          if (!s.zero) {
+            for (let pos = offset; pos < offset + chunk; pos += CHUNK) {
+              const n = Math.min(CHUNK, offset + chunk - pos)
+              yield* read(img, name, pos, bufA.subarray(0, n))
+              const nz = firstNonZero(bufA, n)
+              if (nz >= 0) {
+                progress?.finish()
+                say(`Content mismatch at offset ${pos + nz}!\n`)
+                return 1
+              }
+            }
+          }
+          offset += chunk
+          progress?.advance(chunk)
+        }
+      }
+      progress?.finish()
+      say("Images are identical.\n")
+      return 0
+    })
+  )

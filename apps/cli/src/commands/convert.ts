@@ -1,0 +1,267 @@
+import * as fs from "node:fs"
+import { Effect, Semaphore } from "effect"
+import { createImage, type Image, type ImageFormat } from "@qcow2/image"
+import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
+import { open, type ImageEnv } from "../env.js"
+import { fail, type CliFailure } from "../errors.js"
+import { Progress } from "../progress.js"
+import type { Secrets } from "../secrets.js"
+
+export interface ConvertOptions {
+  readonly sources: ReadonlyArray<string>
+  readonly target: string
+  readonly format?: ImageFormat
+  readonly outFormat: "raw" | "qcow2"
+  readonly options: ReadonlyArray<string>
+  readonly compress: boolean
+  /** Zero runs at least this long are left unwritten (qemu-img -S); 0 writes everything. */
+  readonly sparseSize: number
+  readonly progress: boolean
+  readonly quiet: boolean
+  /** -n: the target exists already; do not create it. */
+  readonly skipCreate: boolean
+  readonly targetIsZero: boolean
+  /** Requests in flight (qemu-img -m). */
+  readonly parallel: number
+  readonly backingFile?: string
+  readonly backingFormat?: string
+  readonly secrets: Secrets
+}
+
+/** Bytes per request: large reads amortise the per-request cost. */
+export const CHUNK = 2 * 1024 * 1024
+
+/**
+ * Non-zero runs of `buf[0, length)`, where a zero run counts only if it
+ * covers whole `granularity`-sized aligned blocks (qemu-img -S). With
+ * granularity 0 everything is one run.
+ */
+export const dataRuns = (buf: Buffer, length: number, granularity: number, zero: Buffer): Array<readonly [number, number]> => {
+  if (granularity === 0) return length > 0 ? [[0, length]] : []
+  const runs: Array<[number, number]> = []
+  let runStart = -1
+  for (let pos = 0; pos < length; pos += granularity) {
+    const end = Math.min(length, pos + granularity)
+    const isZero = buf.compare(zero, 0, end - pos, pos, end) === 0
+    if (isZero) {
+      if (runStart >= 0) {
+        runs.push([runStart, pos])
+        runStart = -1
+      }
+    } else if (runStart < 0) {
+      runStart = pos
+    }
+  }
+  if (runStart >= 0) runs.push([runStart, length])
+  return runs
+}
+
+interface Task {
+  readonly source: Image
+  readonly sourceName: string
+  /** Guest offset in the source. */
+  readonly offset: number
+  /** Offset in the target. */
+  readonly target: number
+  readonly length: number
+  /** The source reads as zeros here: nothing to read. */
+  readonly zero: boolean
+}
+
+/** Where the converted bytes go. */
+interface Sink {
+  readonly writeData: (offset: number, data: Uint8Array) => Effect.Effect<void, CliFailure>
+  /** Called for zero ranges that must be written explicitly (-S 0, or a target that is not known to be zero). */
+  readonly writeZeroes: (offset: number, length: number) => Effect.Effect<void, CliFailure>
+  /** A zero range can be skipped because the target already reads as zeros there. */
+  readonly zeroIsFree: boolean
+  /** Writes must start and end on multiples of this (cluster size for compressed output), else 1. */
+  readonly alignment: number
+}
+
+const writeAll = (fd: number, data: Uint8Array, position: number, target: string): Effect.Effect<void, CliFailure> =>
+  Effect.callback<void, CliFailure>((resume) => {
+    let done = 0
+    const step = (): void => {
+      fs.write(fd, data, done, data.length - done, position + done, (err, n) => {
+        if (err !== null) {
+          resume(Effect.fail(fail(`error while writing at byte ${position + done}: ${err.message} (${target})`)))
+          return
+        }
+        done += n
+        if (done < data.length) step()
+        else resume(Effect.void)
+      })
+    }
+    step()
+  })
+
+/** A raw file target: positional writes, holes for skipped zeros, final size set by ftruncate. */
+const rawSink = (target: string, size: number, o: ConvertOptions): Effect.Effect<Sink, CliFailure, never> =>
+  Effect.try({
+    try: () => {
+      const fd = fs.openSync(target, o.skipCreate ? "r+" : "w")
+      if (!o.skipCreate) fs.ftruncateSync(fd, size)
+      return fd
+    },
+    catch: (e) => fail(`${target}: ${e instanceof Error ? e.message : String(e)}`)
+  }).pipe(
+    Effect.map((fd): Sink & { fd: number } => {
+      const zeros = Buffer.alloc(CHUNK)
+      return {
+        fd,
+        zeroIsFree: !o.skipCreate || o.targetIsZero,
+        alignment: 1,
+        writeData: (offset, data) => writeAll(fd, data, offset, target),
+        writeZeroes: (offset, length) =>
+          Effect.gen(function* () {
+            for (let pos = offset; pos < offset + length; pos += CHUNK) {
+              yield* writeAll(fd, zeros.subarray(0, Math.min(CHUNK, offset + length - pos)), pos, target)
+            }
+          })
+      }
+    })
+  )
+
+/** `qcow2 convert`: copies the guest view of one or more images (concatenated) into a raw or qcow2 target. */
+export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const sources: Image[] = []
+      for (const name of o.sources) {
+        sources.push(yield* open(name, { readOnly: true, format: o.format, passphrase: o.secrets.passphrase }))
+      }
+      const total = sources.reduce((n, s) => n + s.virtualSize, 0)
+
+      let sink: Sink
+      if (o.outFormat === "raw") {
+        if (o.compress) return yield* Effect.fail(fail("Compression not supported for this file format"))
+        if (o.backingFile !== undefined) return yield* Effect.fail(fail("Backing file not supported for file format 'raw'"))
+        const raw = yield* rawSink(o.target, total, o)
+        yield* Effect.addFinalizer(() => Effect.sync(() => fs.closeSync((raw as Sink & { fd: number }).fd)))
+        sink = raw
+      } else {
+        sink = yield* qcow2Sink(o, total)
+      }
+
+      const progress = o.progress && !o.quiet ? new Progress(total) : undefined
+      const lock = yield* Semaphore.make(1)
+      let sourceIndex = 0
+      let sourceOffset = 0
+      let targetBase = 0
+      /** Next piece of work: one block-status extent, cut at CHUNK boundaries. */
+      const nextTask: Effect.Effect<Task | undefined, CliFailure> = lock.withPermits(1)(
+        Effect.gen(function* () {
+          while (sourceIndex < sources.length && sourceOffset >= sources[sourceIndex]!.virtualSize) {
+            targetBase += sources[sourceIndex]!.virtualSize
+            sourceIndex++
+            sourceOffset = 0
+          }
+          if (sourceIndex >= sources.length) return undefined
+          const source = sources[sourceIndex]!
+          const sourceName = o.sources[sourceIndex]!
+          const remaining = source.virtualSize - sourceOffset
+          const status = yield* source
+            .blockStatus(sourceOffset, remaining)
+            .pipe(Effect.mapError((e) => fail(`error while reading block status at offset ${sourceOffset}: ${e.message}`)))
+          const align = sink.alignment
+          const extentEnd = sourceOffset + Math.max(1, Math.min(status.length, remaining))
+          let zeroTask = status.zero
+          let end: number
+          if (zeroTask) {
+            // Keep later data aligned: a zero extent ends on an alignment boundary.
+            end = extentEnd === source.virtualSize ? extentEnd : Math.floor(extentEnd / align) * align
+            if (end <= sourceOffset) zeroTask = false
+          }
+          if (!zeroTask) {
+            // Data: at most one CHUNK, cut at CHUNK boundaries, rounded up to the alignment.
+            const rounded = Math.min(source.virtualSize, Math.ceil(extentEnd / align) * align)
+            end = Math.min(rounded, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
+          }
+          const length = end! - sourceOffset
+          const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length, zero: zeroTask }
+          sourceOffset += length
+          return task
+        })
+      )
+
+      const zero = Buffer.alloc(Math.max(o.sparseSize, sink.alignment, 512))
+      const worker = Effect.gen(function* () {
+        const buffer = Buffer.allocUnsafe(CHUNK)
+        for (;;) {
+          const task = yield* nextTask
+          if (task === undefined) return
+          if (task.zero) {
+            if (o.sparseSize === 0 || !sink.zeroIsFree) yield* sink.writeZeroes(task.target, task.length)
+          } else {
+            const view = buffer.subarray(0, task.length)
+            yield* task.source
+              .read(task.offset, view)
+              .pipe(Effect.mapError((e) => fail(`error while reading at byte ${task.offset}: ${e.message}`)))
+            const granularity = sink.alignment > 1 ? sink.alignment : o.sparseSize
+            const runs = dataRuns(buffer, task.length, granularity, zero)
+            let covered = 0
+            for (const [start, end] of runs) {
+              if (start > covered && !sink.zeroIsFree) yield* sink.writeZeroes(task.target + covered, start - covered)
+              yield* sink.writeData(task.target + start, view.subarray(start, end))
+              covered = end
+            }
+            if (covered < task.length && !sink.zeroIsFree) yield* sink.writeZeroes(task.target + covered, task.length - covered)
+          }
+          progress?.advance(task.length)
+        }
+      })
+      const workers = Math.max(1, Math.min(o.parallel, 16))
+      yield* Effect.all(Array.from({ length: workers }, () => worker), { concurrency: "unbounded", discard: true })
+      progress?.finish()
+      return 0
+    })
+  )
+
+/** A qcow2 target: created with the -o options, written through the driver. */
+const qcow2Sink = (o: ConvertOptions, total: number) =>
+  Effect.gen(function* () {
+    const lists = [...o.options]
+    if (o.backingFile !== undefined) lists.push(`backing_file=${o.backingFile.replace(/,/g, ",,")}`)
+    if (o.backingFormat !== undefined) lists.push(`backing_fmt=${o.backingFormat.replace(/,/g, ",,")}`)
+    const parsed = parseCreateOptions("qcow2", lists)
+    if (!parsed.ok) return yield* Effect.fail(fail(parsed.message))
+    if (!parsed.values.has("size")) parsed.values.set("size", String(total))
+    const keyId = parsed.values.get("encrypt.key-secret")
+    const passphrase = keyId !== undefined ? o.secrets.byId.get(keyId) : o.secrets.passphrase
+    const built = toCreateOptions(parsed.values, passphrase)
+    if (!built.ok) return yield* Effect.fail(fail(`${o.target}: ${built.message}`))
+    if (!o.skipCreate) {
+      yield* Effect.scoped(createImage(o.target, built.options)).pipe(
+        Effect.mapError((e) => fail(`${o.target}: error while converting qcow2: ${e.message} (${formattingLine(o.target, "qcow2", parsed.values)})`))
+      )
+    }
+    const target = yield* open(o.target, { readOnly: false, format: "qcow2", passphrase })
+    if (target.virtualSize < total) return yield* Effect.fail(fail("Target image is smaller than the source"))
+    const clusterSize = target.clusterSize
+    const wrap = <A>(offset: number, eff: Effect.Effect<A, { readonly message: string }>) =>
+      eff.pipe(Effect.mapError((e) => fail(`error while writing at byte ${offset}: ${e.message}`)))
+    const sink: Sink = {
+      zeroIsFree: (!o.skipCreate || o.targetIsZero) && o.backingFile === undefined,
+      alignment: o.compress ? clusterSize : 1,
+      writeData: (offset, data) =>
+        o.compress
+          ? Effect.gen(function* () {
+              // Compressed writes go cluster by cluster; data runs may start inside a cluster.
+              const first = Math.floor(offset / clusterSize) * clusterSize
+              for (let c = first; c < offset + data.length; c += clusterSize) {
+                const from = Math.max(c, offset)
+                const to = Math.min(c + clusterSize, offset + data.length, target.virtualSize)
+                if (from === c && (to === c + clusterSize || to === target.virtualSize)) {
+                  yield* wrap(c, target.writeCompressed(c, data.subarray(c - offset, to - offset)))
+                } else {
+                  yield* wrap(from, target.write(from, data.subarray(from - offset, to - offset)))
+                }
+              }
+            })
+          : wrap(offset, target.write(offset, data)),
+      writeZeroes: (offset, length) => wrap(offset, target.writeZeroes(offset, length))
+    }
+    yield* Effect.addFinalizer(() => target.flush().pipe(Effect.ignore))
+    return sink
+  })

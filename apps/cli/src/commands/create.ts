@@ -1,0 +1,111 @@
+import * as fs from "node:fs"
+import { Effect } from "effect"
+import { createImage, openImage } from "@qcow2/image"
+import type { ImageFormat } from "@qcow2/image"
+import { formattingLine, parseCreateOptions, toCreateOptions, type CreateFormat } from "../createopts.js"
+import type { ImageEnv } from "../env.js"
+import { fail, type CliFailure } from "../errors.js"
+import { pathCombine } from "../names.js"
+import { print } from "../output.js"
+import type { Secrets } from "../secrets.js"
+import { parseSize } from "../text/strtosz.js"
+
+export interface CreateCommandOptions {
+  readonly file: string
+  readonly size?: string
+  readonly format: string
+  readonly options: ReadonlyArray<string>
+  readonly backingFile?: string
+  readonly backingFormat?: string
+  readonly unsafe: boolean
+  readonly quiet: boolean
+  readonly secrets: Secrets
+}
+
+const INVALID_SIZE =
+  "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
+
+/** Parses a size argument the way qemu-img does, with its messages. */
+export const parseImageSize = (text: string, what = "image size"): Effect.Effect<number, CliFailure> => {
+  const r = parseSize(text)
+  if (r.ok) return Effect.succeed(r.value)
+  if (r.reason === "range") return Effect.fail(fail(`Invalid ${what} specified. Must be between 0 and 9223372036854775807.`))
+  return Effect.fail(fail(what === "image size" ? INVALID_SIZE : INVALID_SIZE.replace("image size", what)))
+}
+
+/** Creates a raw image file of `size` bytes (preallocation off or full). */
+const createRaw = (file: string, size: number, preallocation: string): Effect.Effect<void, CliFailure> =>
+  Effect.try({
+    try: () => {
+      const fd = fs.openSync(file, "w")
+      try {
+        fs.ftruncateSync(fd, 0)
+        if (preallocation === "full" || preallocation === "falloc") {
+          const chunk = Buffer.alloc(Math.min(size, 1 << 20))
+          for (let pos = 0; pos < size; pos += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, size - pos), pos)
+        }
+        fs.ftruncateSync(fd, size)
+      } finally {
+        fs.closeSync(fd)
+      }
+    },
+    catch: (e) => fail(`${file}: ${e instanceof Error ? e.message : String(e)}`)
+  })
+
+/** `qcow2 create`: qemu-img create for the qcow2 and raw formats. */
+export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
+  Effect.gen(function* () {
+    if (o.format !== "qcow2" && o.format !== "raw") return yield* Effect.fail(fail(`Unknown file format '${o.format}'`))
+    const format: CreateFormat = o.format
+    const lists = [...o.options]
+    if (o.backingFile !== undefined) lists.push(`backing_file=${o.backingFile.replace(/,/g, ",,")}`)
+    if (o.backingFormat !== undefined) lists.push(`backing_fmt=${o.backingFormat.replace(/,/g, ",,")}`)
+    const parsed = parseCreateOptions(format, lists)
+    if (!parsed.ok) return yield* Effect.fail(fail(`${o.file}: ${parsed.message}`))
+    const values = parsed.values
+    if (o.size !== undefined) values.set("size", String(yield* parseImageSize(o.size)))
+
+    const backing = values.get("backing_file")
+    const backingFmt = values.get("backing_fmt")
+    if (format === "qcow2" && backing !== undefined) {
+      if (backingFmt !== undefined && backingFmt !== "qcow2" && backingFmt !== "raw") {
+        return yield* Effect.fail(fail(`${o.file}: Unknown driver '${backingFmt}'\nCould not open backing image.`))
+      }
+      if (!o.unsafe || !values.has("size")) {
+        // qemu-img opens the backing file to check it and to take its size.
+        const name = pathCombine(o.file, backing)
+        const probed = yield* Effect.scoped(
+          openImage(name, {
+            readOnly: true,
+            openBacking: false,
+            ...(backingFmt !== undefined ? { format: backingFmt as ImageFormat } : {})
+          }).pipe(Effect.map((img) => ({ size: img.virtualSize, format: img.format })))
+        ).pipe(Effect.mapError((e) => fail(`${o.file}: ${e.message}\nCould not open backing image.`)))
+        if (backingFmt === undefined) {
+          return yield* Effect.fail(fail(`${o.file}: Backing file specified without backing format\nDetected format of ${probed.format}.`))
+        }
+        if (!values.has("size")) values.set("size", String(probed.size))
+      }
+    }
+    if (!values.has("size")) return yield* Effect.fail(fail(`${o.file}: Image creation needs a size parameter`))
+    if (!o.quiet) print(formattingLine(o.file, format, values) + "\n")
+
+    if (format === "raw") {
+      const prealloc = values.get("preallocation") ?? "off"
+      if (!["off", "falloc", "full"].includes(prealloc)) {
+        return yield* Effect.fail(fail(`${o.file}: Parameter 'preallocation' does not accept value '${prealloc}'`))
+      }
+      yield* createRaw(o.file, Number(values.get("size")), prealloc)
+      return 0
+    }
+    const keyId = values.get("encrypt.key-secret")
+    let passphrase = o.secrets.passphrase
+    if (keyId !== undefined) {
+      passphrase = o.secrets.byId.get(keyId)
+      if (passphrase === undefined) return yield* Effect.fail(fail(`${o.file}: No secret with id '${keyId}'`))
+    }
+    const built = toCreateOptions(values, passphrase)
+    if (!built.ok) return yield* Effect.fail(fail(`${o.file}: ${built.message}`))
+    yield* Effect.scoped(createImage(o.file, built.options)).pipe(Effect.mapError((e) => fail(`${o.file}: ${e.message}`)))
+    return 0
+  })
