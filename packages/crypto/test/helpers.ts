@@ -40,3 +40,14 @@ export const referenceSectors = (
 }
 
 export const randomBytes = (n: number): Uint8Array => Uint8Array.from(nodeCrypto.randomBytes(n))
+
+/** Fast byte equality for big arrays (vitest's deep equality walks element by element). */
+export const expectBytes = (actual: Uint8Array, expected: Uint8Array): void => {
+  const a = Buffer.from(actual.buffer, actual.byteOffset, actual.byteLength)
+  const b = Buffer.from(expected.buffer, expected.byteOffset, expected.byteLength)
+  if (!a.equals(b)) {
+    let i = 0
+    while (i < a.length && a[i] === b[i]) i++
+    throw new Error(`byte arrays differ (lengths ${a.length}/${b.length}) first at ${i}`)
+  }
+}
