@@ -24,9 +24,12 @@ export interface CompressOptions {
  *   cluster or invalid data fail with a DecompressionError; output never
  *   exceeds `out`.
  * - `compress` compresses one whole cluster (`input.length` is the cluster
- *   size) and returns the compressed bytes when they fit in
- *   `cluster_size - 1` bytes (QEMU's rule in qcow2_co_pwritev_compressed_task),
- *   `undefined` otherwise (store the cluster uncompressed).
+ *   size) and returns the compressed bytes when QEMU would store them
+ *   (qcow2_co_pwritev_compressed_task: the codec must succeed within a
+ *   buffer of cluster_size - 1 bytes, which means at most cluster_size - 2
+ *   bytes for deflate, as zlib needs a spare byte to report the end, and at
+ *   most cluster_size - 1 bytes for zstd), `undefined` otherwise (store the
+ *   cluster uncompressed).
  * - The `*Sync` variants do the same without an Effect per call, for loops
  *   over many clusters; they throw DecompressionError / CompressionError.
  *

@@ -36,6 +36,10 @@ export interface ZstdFrame {
   readonly dictionaryId: number
   readonly hasChecksum: boolean
   readonly blockCount: number
+  /** Blocks of each type (RFC 8878 3.1.1.2.2). */
+  readonly rawBlocks: number
+  readonly rleBlocks: number
+  readonly compressedBlocks: number
   /** Sum of Raw and RLE block sizes (their regenerated size is known without decoding). */
   readonly rawAndRleBytes: number
 }
@@ -141,6 +145,8 @@ export const walkZstdFrame = (input: Uint8Array, offset = 0): ZstdWalkResult => 
 
   // Blocks (RFC 8878 3.1.1.2): 3-byte little-endian header, then content.
   let blockCount = 0
+  let rawBlocks = 0
+  let rleBlocks = 0
   let rawAndRleBytes = 0
   for (;;) {
     if (p + 3 > end) return truncated(offset, `header of block ${blockCount}`)
@@ -154,6 +160,8 @@ export const walkZstdFrame = (input: Uint8Array, offset = 0): ZstdWalkResult => 
     const contentLength = type === ZstdBlockType.Rle ? 1 : size
     if (p + contentLength > end) return truncated(offset, `content of block ${blockCount}`)
     p += contentLength
+    if (type === ZstdBlockType.Raw) rawBlocks++
+    else if (type === ZstdBlockType.Rle) rleBlocks++
     if (type !== ZstdBlockType.Compressed) rawAndRleBytes += size
     blockCount++
     if (last) break
@@ -172,6 +180,9 @@ export const walkZstdFrame = (input: Uint8Array, offset = 0): ZstdWalkResult => 
     dictionaryId,
     hasChecksum,
     blockCount,
+    rawBlocks,
+    rleBlocks,
+    compressedBlocks: blockCount - rawBlocks - rleBlocks,
     rawAndRleBytes
   }
 }

@@ -1,8 +1,10 @@
 /**
  * Deflate of one cluster with node:zlib, QEMU's parameters (raw deflate,
- * window 2^12, memLevel 9). Returns `undefined` when the result is not
- * smaller than the cluster by at least one byte (QEMU's rule: the
- * compressed form must fit in cluster_size - 1 bytes).
+ * window 2^12, memLevel 9). Returns `undefined` when QEMU would store the
+ * cluster uncompressed: QEMU deflates into a buffer of cluster_size - 1
+ * bytes and zlib only reports Z_STREAM_END with at least one byte of that
+ * buffer to spare, so the stream must be at most cluster_size - 2 bytes
+ * (checked against zlib 1.2.13).
  *
  * Self-contained (zlib is passed in) so the compression pool can serialise
  * it into its worker code with `Function.prototype.toString`.
@@ -13,6 +15,6 @@ export function nodeDeflateCluster(
   level: number
 ): Uint8Array | undefined {
   const out = zlib.deflateRawSync(input, { level, windowBits: 12, memLevel: 9, chunkSize: Math.max(input.length, 64) })
-  if (out.length > input.length - 1) return undefined
+  if (out.length > input.length - 2) return undefined
   return new Uint8Array(out.buffer, out.byteOffset, out.length)
 }

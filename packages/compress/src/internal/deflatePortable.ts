@@ -71,9 +71,11 @@ const EMPTY = new Uint8Array(0)
 
 /**
  * Deflate with pako's zlib port, QEMU's way (qcow2_zlib_compress): raw
- * deflate, window 2^12, memLevel 9, into a buffer of `input.length - 1`
- * bytes; `undefined` when the stream does not fit (QEMU then writes the
- * cluster uncompressed).
+ * deflate, window 2^12, memLevel 9, with Z_FINISH into a buffer of
+ * `input.length - 1` bytes; `undefined` unless that returns Z_STREAM_END
+ * (QEMU then writes the cluster uncompressed). Like zlib, pako returns
+ * Z_STREAM_END only with at least one byte to spare, so accepted streams are
+ * at most cluster_size - 2 bytes.
  */
 export const makePortableDeflate = (): ((input: Uint8Array, level: number) => Uint8Array | undefined) => {
   let strm: ZStream | undefined

@@ -1,6 +1,6 @@
 import { CompressionType } from "../CompressionType.js"
 import { DecompressionError } from "../errors.js"
-import { walkZstdFrame } from "../ZstdFrame.js"
+import { hasZstdMagic, walkZstdFrame } from "../ZstdFrame.js"
 import type { ZstdKernel } from "./zstdKernel.js"
 
 /** Names of the zstd error codes a decoder can report (zstd_errors.h). */
@@ -39,6 +39,13 @@ export const decompressZstdCluster = (kernel: ZstdKernel, input: Uint8Array, out
         compressionType: CompressionType.Zstd,
         reason: "ShortOutput",
         message: `zstd data ends after ${produced} of ${out.length} bytes`
+      })
+    }
+    if (produced > 0 && !hasZstdMagic(input, offset)) {
+      throw new DecompressionError({
+        compressionType: CompressionType.Zstd,
+        reason: "ShortOutput",
+        message: `zstd data ends after ${produced} of ${out.length} bytes (no frame at ${offset})`
       })
     }
     const frame = walkZstdFrame(input, offset)
