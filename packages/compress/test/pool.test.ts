@@ -1,0 +1,153 @@
+import { Effect, Exit } from "effect"
+import { beforeAll, describe, expect, it } from "vitest"
+import { CompressionError, type ClusterCodecShape } from "../src/index.js"
+import { WorkerPool, type JobOutcome } from "../src/internal/workerPool.js"
+import { makeCompressionPool, NodeClusterCodec } from "../src/node.js"
+import { expectSameBytes, periodicBytes, randomBytes, textBytes } from "./fixtures.js"
+
+let node: ClusterCodecShape
+beforeAll(async () => {
+  node = await Effect.runPromise(NodeClusterCodec.make)
+})
+
+const mixedClusters = (count: number, size: number): Array<Uint8Array> =>
+  Array.from({ length: count }, (_, i) =>
+    i % 4 === 0
+      ? textBytes(size, i + 1)
+      : i % 4 === 1
+        ? randomBytes(size, i + 1)
+        : i % 4 === 2
+          ? new Uint8Array(size)
+          : periodicBytes(size, 2048, i)
+  )
+
+describe("makeCompressionPool", () => {
+  it("gives the same bytes as NodeClusterCodec for both codecs, in input order", async () => {
+    const clusters = mixedClusters(48, 65536)
+    const results = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pool = yield* makeCompressionPool({ workers: 2 })
+          expect(pool.workers).toBe(2)
+          return yield* Effect.forEach(
+            clusters.flatMap((c) => [
+              [0, c],
+              [1, c]
+            ] as const),
+            ([type, cluster]) => pool.compress(type, cluster),
+            { concurrency: 12 }
+          )
+        })
+      )
+    )
+    clusters.forEach((cluster, i) => {
+      for (const type of [0, 1] as const) {
+        const expected = node.compressSync(type, cluster)
+        const got = results[i * 2 + type]
+        if (expected === undefined) expect(got).toBeUndefined()
+        else expectSameBytes(got, expected, `cluster ${i} type ${type}`)
+      }
+    })
+    expect(results.filter((r) => r === undefined).length).toBe(24) // the random clusters, both codecs
+  })
+
+  it("keeps input order when workers finish out of order", async () => {
+    const big = textBytes(2 * 1024 * 1024, 5)
+    const small = new Uint8Array(2 * 1024 * 1024)
+    const inputs = [big, small, big, small, small, small]
+    const completed: Array<number> = []
+    const results = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pool = yield* makeCompressionPool({ workers: 2, maxInFlightPerWorker: 2 })
+          return yield* Effect.forEach(
+            inputs,
+            (cluster, i) => pool.compress(0, cluster, 6).pipe(Effect.tap(() => Effect.sync(() => completed.push(i)))),
+            { concurrency: "unbounded" }
+          )
+        })
+      )
+    )
+    expect(completed).not.toEqual([0, 1, 2, 3, 4, 5])
+    inputs.forEach((input, i) => expectSameBytes(results[i], node.compressSync(0, input)!, `result ${i}`))
+  })
+
+  it("copies the caller's cluster unless transfer is requested for a whole buffer", async () => {
+    await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pool = yield* makeCompressionPool({ workers: 1 })
+          const kept = textBytes(4096)
+          yield* pool.compress(0, kept)
+          expect(kept.byteLength).toBe(4096)
+
+          const region = textBytes(65536)
+          const view = region.subarray(4096, 8192)
+          yield* pool.compress(1, view, undefined, { transfer: true })
+          expect(region.byteLength).toBe(65536) // a view is copied, never detaches its buffer
+
+          const owned = textBytes(4096)
+          const expected = node.compressSync(0, owned)!
+          const result = yield* pool.compress(0, owned, undefined, { transfer: true })
+          expect(owned.byteLength).toBe(0) // detached: the memory went to the worker
+          expectSameBytes(result, expected)
+        })
+      )
+    )
+  })
+
+  it("fails with CompressionError on bad arguments, and after its scope closed", async () => {
+    const { pool, badLevel, badSize } = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pool = yield* makeCompressionPool({ workers: 1 })
+          const badLevel = yield* Effect.flip(pool.compress(0, new Uint8Array(512), 42))
+          const badSize = yield* Effect.flip(pool.compress(1, new Uint8Array(3000)))
+          return { pool, badLevel, badSize }
+        })
+      )
+    )
+    expect(badLevel).toBeInstanceOf(CompressionError)
+    expect(badLevel.reason).toBe("Unsupported")
+    expect(badSize.reason).toBe("Unsupported")
+    const exit = await Effect.runPromiseExit(pool.compress(0, textBytes(512)))
+    expect(Exit.isFailure(exit)).toBe(true)
+    if (Exit.isFailure(exit)) expect(String(exit.cause)).toMatch(/closed/)
+  })
+})
+
+describe("WorkerPool", () => {
+  const run = (pool: WorkerPool, type: number): Promise<JobOutcome> =>
+    new Promise((resolve) => pool.submit(type, 0, new Uint8Array(8), resolve))
+
+  it("fails the jobs of a worker that dies, replaces it, and keeps serving", async () => {
+    const source = `
+      const { parentPort } = require("node:worker_threads");
+      parentPort.on("message", (job) => {
+        if (job.type === 99) process.exit(7);
+        parentPort.postMessage({ id: job.id, ok: true, result: job.data });
+      });`
+    const pool = new WorkerPool(source, undefined, 1, 2)
+    try {
+      expect((await run(pool, 0)).ok).toBe(true)
+      const crashed = await run(pool, 99)
+      expect(crashed.ok).toBe(false)
+      if (!crashed.ok) expect(crashed.message).toMatch(/code 7/)
+      expect((await run(pool, 0)).ok).toBe(true)
+    } finally {
+      await pool.close()
+    }
+  })
+
+  it("gives up after workers keep dying before answering", async () => {
+    const pool = new WorkerPool(`process.exit(3)`, undefined, 1, 1)
+    try {
+      let last: JobOutcome = { ok: true, result: undefined }
+      for (let i = 0; i < 10 && !(!last.ok && /keep failing/.test(last.message)); i++) last = await run(pool, 0)
+      expect(last.ok).toBe(false)
+      if (!last.ok) expect(last.message).toMatch(/keep failing/)
+    } finally {
+      await pool.close()
+    }
+  })
+})
