@@ -47,8 +47,10 @@ export interface CompressionPool {
    * NodeClusterCodec): the result, or `undefined` when it would not fit in
    * `cluster.length - 1` bytes. Each call settles with its own result, so
    * `Effect.forEach(clusters, ..., { concurrency })` keeps input order
-   * whatever order the workers finish in. The result's memory is
-   * transferred from the worker, not copied.
+   * whatever order the workers finish in. The cluster is copied into a
+   * buffer the pool recycles (the worker hands it back with its answer), or
+   * handed over with `transfer`; the result's memory is transferred from
+   * the worker, not copied.
    */
   readonly compress: (
     type: CompressionType,
@@ -78,11 +80,12 @@ export const compressionWorkerSource = (): string =>
     `      if (zstd === undefined) zstd = createZstdKernel(workerData.zstdModule);`,
     `      result = zstd.compress(job.data, job.data.length - 1, job.level);`,
     `    }`,
+    // The input's memory goes back with the answer, for the next request.
     `    if (result === undefined) {`,
-    `      parentPort.postMessage({ id: job.id, ok: true, result: undefined });`,
+    `      parentPort.postMessage({ id: job.id, ok: true, result: undefined, input: job.data }, [job.data.buffer]);`,
     `    } else {`,
     `      const owned = result.byteOffset === 0 && result.byteLength === result.buffer.byteLength ? result : result.slice();`,
-    `      parentPort.postMessage({ id: job.id, ok: true, result: owned }, [owned.buffer]);`,
+    `      parentPort.postMessage({ id: job.id, ok: true, result: owned, input: job.data }, [owned.buffer, job.data.buffer]);`,
     `    }`,
     `  } catch (error) {`,
     `    parentPort.postMessage({ id: job.id, ok: false, message: error && error.message ? error.message : String(error) });`,
@@ -90,7 +93,7 @@ export const compressionWorkerSource = (): string =>
     `});`
   ].join("\n")
 
-const ownedCopy = (cluster: Uint8Array, transfer: boolean | undefined): Uint8Array => {
+const ownedCopy = (pool: WorkerPool, cluster: Uint8Array, transfer: boolean | undefined): Uint8Array => {
   if (
     transfer === true &&
     cluster.buffer instanceof ArrayBuffer &&
@@ -99,7 +102,9 @@ const ownedCopy = (cluster: Uint8Array, transfer: boolean | undefined): Uint8Arr
   ) {
     return cluster
   }
-  return new Uint8Array(cluster)
+  const copy = pool.borrow(cluster.length)
+  copy.set(cluster)
+  return copy
 }
 
 /**
@@ -131,7 +136,7 @@ export const makeCompressionPool = (
         } catch (error) {
           return error instanceof CompressionError ? Effect.fail(error) : Effect.die(error)
         }
-        const data = ownedCopy(cluster, compressOptions?.transfer)
+        const data = ownedCopy(pool, cluster, compressOptions?.transfer)
         return Effect.callback<Uint8Array | undefined, CompressionError>((resume) => {
           const cancel = pool.submit(type, resolvedLevel, data, (outcome) => {
             resume(

@@ -8,9 +8,17 @@ export interface WorkerRequest {
   readonly data: Uint8Array
 }
 
-/** A worker's answer. `result` is undefined when the cluster does not shrink enough. */
+/**
+ * A worker's answer. `result` is undefined when the cluster does not shrink
+ * enough. `input` hands the request's memory back for reuse.
+ */
 export type WorkerReply =
-  | { readonly id: number; readonly ok: true; readonly result: Uint8Array | undefined }
+  | {
+      readonly id: number
+      readonly ok: true
+      readonly result: Uint8Array | undefined
+      readonly input?: Uint8Array
+    }
   | { readonly id: number; readonly ok: false; readonly message: string }
 
 /** How a job ended, as seen by its submitter. */
@@ -32,6 +40,9 @@ interface Slot {
   lastError: unknown
 }
 
+/** Recycled input buffers kept per size (fresh memory is slow to touch: reuse it). */
+const SPARE_LIMIT = 64
+
 /** Consecutive worker deaths without a single answer after which the pool gives up. */
 const CRASH_LOOP_LIMIT = 3
 
@@ -51,6 +62,7 @@ export class WorkerPool {
   private closed = false
   private broken: string | undefined
   private deathsWithoutAnswer = 0
+  private readonly spare = new Map<number, Array<ArrayBuffer>>()
 
   constructor(
     private readonly source: string,
@@ -73,6 +85,12 @@ export class WorkerPool {
     return () => {
       job.settled = true
     }
+  }
+
+  /** A buffer of `size` bytes for a request, recycled from earlier requests when possible. */
+  borrow(size: number): Uint8Array {
+    const buffer = this.spare.get(size)?.pop()
+    return buffer === undefined ? new Uint8Array(size) : new Uint8Array(buffer)
   }
 
   /** Fails every pending job and terminates the workers. */
@@ -101,6 +119,7 @@ export class WorkerPool {
     slot.inflight.delete(reply.id)
     slot.answered++
     this.deathsWithoutAnswer = 0
+    if (reply.ok && reply.input !== undefined) this.recycle(reply.input)
     if (slot.inflight.size === 0) slot.worker.unref()
     this.settle(job, reply.ok ? { ok: true, result: reply.result ?? undefined } : { ok: false, message: reply.message })
     this.dispatch()
@@ -145,6 +164,17 @@ export class WorkerPool {
       const data = job.request.data
       best.worker.postMessage(job.request, [data.buffer as ArrayBuffer])
     }
+  }
+
+  private recycle(input: Uint8Array): void {
+    const buffer = input.buffer
+    if (!(buffer instanceof ArrayBuffer) || input.byteOffset !== 0 || input.byteLength !== buffer.byteLength) return
+    let list = this.spare.get(buffer.byteLength)
+    if (list === undefined) {
+      list = []
+      this.spare.set(buffer.byteLength, list)
+    }
+    if (list.length < SPARE_LIMIT) list.push(buffer)
   }
 
   private failAll(message: string): void {
