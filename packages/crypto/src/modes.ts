@@ -112,6 +112,33 @@ const expandTweaks = (t0: Uint8Array, sectors: number, out32: Uint32Array): void
   }
 }
 
+/**
+ * CBC decryption's second half: P_j = D(C_j) ^ C_{j-1} with C_{-1} = the
+ * sector IV. `work` holds D(C) for `n` sectors, `src` the ciphertext. Walks
+ * backwards so that an in-place `dst === src` never overwrites a ciphertext
+ * word that is still needed.
+ */
+const cbcUnchain = (work: Uint8Array, src: Uint8Array, dst: Uint8Array, ivs: Uint8Array, n: number): void => {
+  if (((src.byteOffset | dst.byteOffset) & 3) === 0) {
+    const w = u32(work)
+    const s = new Uint32Array(src.buffer, src.byteOffset, n * (SECTOR_SIZE >>> 2))
+    const d = new Uint32Array(dst.buffer, dst.byteOffset, n * (SECTOR_SIZE >>> 2))
+    const iv = u32(ivs)
+    const perSector = SECTOR_SIZE >>> 2
+    for (let i = n - 1; i >= 0; i--) {
+      const base = i * perSector
+      for (let k = perSector - 1; k >= 4; k--) d[base + k] = w[base + k]! ^ s[base + k - 4]!
+      for (let k = 3; k >= 0; k--) d[base + k] = w[base + k]! ^ iv[i * 4 + k]!
+    }
+    return
+  }
+  for (let i = n - 1; i >= 0; i--) {
+    const base = i * SECTOR_SIZE
+    for (let k = SECTOR_SIZE - 1; k >= 16; k--) dst[base + k] = work[base + k]! ^ src[base + k - 16]!
+    for (let k = 15; k >= 0; k--) dst[base + k] = work[base + k]! ^ ivs[i * 16 + k]!
+  }
+}
+
 const checkArgs = (sector: number, data: Uint8Array, out: Uint8Array): void => {
   if (!Number.isSafeInteger(sector) || sector < 0) {
     throw new InvalidCryptoArgument({ reason: `sector number ${sector} is not a non-negative safe integer` })
@@ -206,16 +233,7 @@ export const makeSectorCipher = (backend: CryptoBackend, spec: CipherSpec, key: 
       return
     }
     dataEngine.decryptBlocks(work)
-    // P_j = D(C_j) ^ C_{j-1}, C_{-1} = IV. Walk backwards inside each sector so
-    // that in-place output never overwrites a ciphertext block still needed.
-    for (let i = 0; i < n; i++) {
-      const base = i * SECTOR_SIZE
-      for (let j = BLOCKS_PER_SECTOR - 1; j >= 0; j--) {
-        const o = base + j * 16
-        const prev = j === 0 ? ivs.subarray(i * 16, i * 16 + 16) : src.subarray(o - 16, o)
-        xor3(dst.subarray(o, o + 16), work.subarray(o, o + 16), prev, 16)
-      }
-    }
+    cbcUnchain(work, src, dst, ivs, n)
   }
 
   const ctrChunk = (src: Uint8Array, dst: Uint8Array, n: number): void => {

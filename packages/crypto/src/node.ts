@@ -18,7 +18,7 @@ import { makeSectorCipherFactory, SectorCipherFactory } from "./service.js"
  * cipher per chain; above it, chains are interleaved so that block j of every
  * chain goes through one ECB call (CBC is sequential within a chain only).
  */
-const CBC_INTERLEAVE_MIN = 8
+const CBC_INTERLEAVE_MIN = 12
 
 const nodeAes = (key: Uint8Array): AesEngine => {
   if (key.length !== 16 && key.length !== 24 && key.length !== 32) {
@@ -58,17 +58,33 @@ const nodeAes = (key: Uint8Array): AesEngine => {
       }
       const e = live(enc)
       if (column.length < count * 16) column = new Uint8Array(count * 16)
-      const col = column.subarray(0, count * 16)
-      for (let j = 0; j < chainBytes; j += 16) {
+      const col = new Uint32Array(column.buffer, 0, count * 4)
+      const w = new Uint32Array(buf.buffer, buf.byteOffset, (count * chainBytes) >>> 2)
+      const iv = new Uint32Array(ivs.buffer, ivs.byteOffset, count * 4)
+      const chainWords = chainBytes >>> 2
+      // Column j holds block j of every chain XORed with block j-1's ciphertext (or the IV).
+      for (let j = 0; j < chainWords; j += 4) {
         for (let c = 0; c < count; c++) {
-          const o = c * chainBytes + j
-          const prev = j === 0 ? ivs.subarray(c * 16, c * 16 + 16) : buf.subarray(o - 16, o)
-          for (let b = 0; b < 16; b++) col[c * 16 + b] = buf[o + b]! ^ prev[b]!
+          const o = c * chainWords + j
+          const p = j === 0 ? iv : w
+          const q = j === 0 ? c * 4 : o - 4
+          col[c * 4] = w[o]! ^ p[q]!
+          col[c * 4 + 1] = w[o + 1]! ^ p[q + 1]!
+          col[c * 4 + 2] = w[o + 2]! ^ p[q + 2]!
+          col[c * 4 + 3] = w[o + 3]! ^ p[q + 3]!
         }
-        const ct = e.update(col)
-        for (let c = 0; c < count; c++) buf.set(ct.subarray(c * 16, c * 16 + 16), c * chainBytes + j)
+        const ct = e.update(column.subarray(0, count * 16))
+        const ctw =
+          (ct.byteOffset & 3) === 0 ? new Uint32Array(ct.buffer, ct.byteOffset, count * 4) : new Uint32Array(Uint8Array.from(ct).buffer)
+        for (let c = 0; c < count; c++) {
+          const o = c * chainWords + j
+          w[o] = ctw[c * 4]!
+          w[o + 1] = ctw[c * 4 + 1]!
+          w[o + 2] = ctw[c * 4 + 2]!
+          w[o + 3] = ctw[c * 4 + 3]!
+        }
       }
-      col.fill(0)
+      column.fill(0)
     },
     dispose: () => {
       keyObject = undefined

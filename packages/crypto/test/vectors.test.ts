@@ -74,8 +74,8 @@ for (const backend of backends) {
       expect(toHex(buf)).toBe(v.ecb)
       engine.decryptBlocks(buf)
       expect(toHex(buf)).toBe(NIST_PT)
-      // One chain, and 9 chains (enough for node's interleaved path).
-      for (const count of [1, 9]) {
+      // One chain, and 13 chains (enough for node's interleaved path).
+      for (const count of [1, 13]) {
         const ivs = new Uint8Array(16 * count)
         const chains = new Uint8Array(64 * count)
         for (let c = 0; c < count; c++) {
