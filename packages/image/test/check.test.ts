@@ -569,6 +569,46 @@ describe("damaged images agree with qemu-img check and repair", () => {
     expect(theirs.exit).toBe(2)
   })
 
+  /** Rewrites the first snapshot table entry in place with `extraSize` bytes of extra data. */
+  const resizeSnapshotExtra = (file: string, extraSize: number): void => {
+    const table = Number(u64(file, 64))
+    const h = readAt(file, table, 40)
+    const extra = h.readUInt32BE(36)
+    const idLen = h.readUInt16BE(12)
+    const nameLen = h.readUInt16BE(14)
+    const rest = readAt(file, table + 40, extra + idLen + nameLen)
+    const newExtra = Buffer.alloc(extraSize, 0xab)
+    rest.copy(newExtra, 0, 0, Math.min(extra, extraSize))
+    h.writeUInt32BE(extraSize, 36)
+    writeAt(file, table, Buffer.concat([h, newExtra, rest.subarray(extra), Buffer.alloc(8)]))
+  }
+
+  it("snapshot entry with incomplete extra data (rewritten by -r all)", async () => {
+    for (const [opts, writes] of [
+      ["", ["write -P 1 0 192k"]],
+      ["cluster_size=512,refcount_bits=64", ["write -P 1 0 12k"]],
+      ["cluster_size=512,refcount_bits=64", ["write -P 1 0 13k"]],
+      ["cluster_size=512,refcount_bits=64", ["write -P 1 0 14k", "write -P 2 1M 1k"]],
+      // the new table lands where no refcount block covers it yet: a new block is made for it
+      ["cluster_size=512,refcount_bits=64", ["write -P 1 0 28160"]]
+    ] as const) {
+      const m = create("snap-incomplete.qcow2", "4M", opts)
+      io(m, ...writes)
+      sh("qemu-img", ["snapshot", "-c", "a", m.file])
+      resizeSnapshotExtra(m.file, 8)
+      const { theirs } = await compareWithQemu(m)
+      expect(theirs.messages).toEqual(["ERROR snapshot table entry 0 is incomplete"])
+    }
+  })
+
+  it("snapshot entry with too much extra data (check fails; -r all drops the excess)", async () => {
+    const m = base("snap-extra.qcow2")
+    sh("qemu-img", ["snapshot", "-c", "a", m.file])
+    resizeSnapshotExtra(m.file, 2000)
+    const { ours } = await compareWithQemu(m)
+    expect(ours.exit).toBe(1)
+  })
+
   it("snapshot table pointer invalid (check fails as in qemu-img)", async () => {
     const m = base("snap-ptr.qcow2")
     putU32(m.file, 60, 1)

@@ -16,6 +16,7 @@ import { MetadataIndex } from "./overlap.js"
 import { type Fix, NO_FIX, type Pass } from "./pass.js"
 import { MAX_IMRT_CLUSTERS, calculateRefcounts } from "./references.js"
 import { checkOflagCopied, compareRefcounts, rebuildRefcountStructure } from "./repair.js"
+import { rewriteSnapshotTable } from "./snapshot-table.js"
 import { readSnapshotTable } from "./snapshots.js"
 import { emptyTally, loadImage, type ImageInfo, type Tally } from "./state.js"
 import { StoredRefcounts } from "./stored.js"
@@ -130,7 +131,7 @@ function checkRefcounts(io: Io, img: ImageInfo, fix: Fix, force: boolean, log: (
     }
     yield* checkOflagCopied(p, fix)
     p.tally.imageEndOffset = (highest + 1) * cs
-    return p.tally
+    return p
   })
 }
 
@@ -150,15 +151,32 @@ function runCheck(io: Io, fix: Fix, force: boolean, log: (m: string) => void, pa
     }
     const refTally = emptyTally()
     const refs = yield* Effect.exit(checkRefcounts(io, img, fix, force, log, refTally))
-    const finalRef = refs._tag === "Success" ? refs.value : refTally
+    const finalRef = refs._tag === "Success" ? refs.value.tally : refTally
     addCounters(result, finalRef)
     result.imageEndOffset = finalRef.imageEndOffset
     result.totalClusters = finalRef.totalClusters
     result.allocatedClusters = finalRef.allocatedClusters
     result.fragmentedClusters = finalRef.fragmentedClusters
     result.compressedClusters = finalRef.compressedClusters
+    if (refs._tag === "Failure") {
+      addCounters(result, snapshotTally)
+      return yield* Effect.failCause(refs.cause)
+    }
+    if (snapshotTally.corruptions !== 0 && fix.errors) {
+      const rewritten = yield* Effect.exit(rewriteSnapshotTable(refs.value))
+      if (rewritten._tag === "Failure") {
+        const aborted = rewritten.cause.reasons.find((r) => r._tag === "Fail")
+        if (aborted !== undefined && aborted.error._tag === "CheckAborted") {
+          snapshotTally.checkErrors++
+          log(`ERROR failed to update snapshot table: ${aborted.error.strerror}`)
+        }
+        addCounters(result, snapshotTally)
+        return yield* Effect.failCause(rewritten.cause)
+      }
+      snapshotTally.corruptionsFixed += snapshotTally.corruptions
+      snapshotTally.corruptions = 0
+    }
     addCounters(result, snapshotTally)
-    if (refs._tag === "Failure") return yield* Effect.failCause(refs.cause)
     return result
   })
 }

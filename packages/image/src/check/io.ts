@@ -15,6 +15,7 @@ export const EIO = "Input/output error"
 export const EINVAL = "Invalid argument"
 export const EFBIG = "File too large"
 export const ENOMEM = "Cannot allocate memory"
+export const ENOSPC = "No space left on device"
 
 export const abort = (strerror: string): Effect.Effect<never, CheckAborted> => Effect.fail(new CheckAborted({ strerror }))
 

@@ -41,7 +41,7 @@ class Cursor {
   }
 }
 
-const latin = (b: Uint8Array): string => {
+const cString = (b: Uint8Array): string => {
   const nul = b.indexOf(0)
   return new TextDecoder("utf-8").decode(nul < 0 ? b : b.subarray(0, nul))
 }
@@ -114,15 +114,18 @@ export function readSnapshotTable(io: Io, img: ImageInfo, fix: Fix, tally: Tally
         extraDropped++
         truncate = true
       }
+      const knownExtra = (yield* cursor.read(offset, Math.min(KNOWN_EXTRA, extra))).slice()
       offset += Math.min(KNOWN_EXTRA, extra)
+      let unknownExtra = new Uint8Array(0)
       if (extra > KNOWN_EXTRA) {
         const extraEnd = offset + extra - KNOWN_EXTRA
         if (truncate) extra = MAX_EXTRA_DATA
+        unknownExtra = (yield* cursor.read(offset, extra - KNOWN_EXTRA)).slice()
         offset = extraEnd
       }
-      const id = latin(yield* cursor.read(offset, idSize))
+      const idBytes = (yield* cursor.read(offset, idSize)).slice()
       offset += idSize
-      const name = latin(yield* cursor.read(offset, nameSize))
+      const nameBytes = (yield* cursor.read(offset, nameSize)).slice()
       offset += nameSize
       tableLength += ENTRY_HEADER + extra + idSize + nameSize
       if (tableLength > Limits.maxSnapshotTableBytes || offset - tableOffset > INT_MAX) {
@@ -139,13 +142,18 @@ export function readSnapshotTable(io: Io, img: ImageInfo, fix: Fix, tally: Tally
         break
       }
       snapshots.push({
-        id,
-        name,
+        id: cString(idBytes),
+        name: cString(nameBytes),
         l1Offset: (l1Hi * TWO_32 + l1Lo),
         l1OffsetHex: hex64(l1Hi, l1Lo),
         l1OffsetAligned: l1Lo % img.clusterSize === 0,
         l1Size: be32(h, 8),
-        extraDataSize: extra
+        extraDataSize: extra,
+        rawHeader: h.slice(),
+        knownExtra,
+        unknownExtra,
+        idBytes,
+        nameBytes
       })
     }
     img.snapshots = snapshots

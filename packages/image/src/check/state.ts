@@ -68,7 +68,16 @@ export interface SnapshotInfo {
   readonly l1OffsetHex: string
   readonly l1OffsetAligned: boolean
   readonly l1Size: number
+  /** extra_data_size, lowered to QEMU's maximum when a repair drops the excess. */
   readonly extraDataSize: number
+  /** The fixed 40-byte entry header as stored. */
+  readonly rawHeader: Uint8Array
+  /** The known extra data fields as stored (at most 24 bytes). */
+  readonly knownExtra: Uint8Array
+  /** Extra data past the known fields (kept when the table is rewritten). */
+  readonly unknownExtra: Uint8Array
+  readonly idBytes: Uint8Array
+  readonly nameBytes: Uint8Array
 }
 
 export interface BitmapsInfo {
