@@ -41,6 +41,7 @@ export function preallocateClusters(ctx: ClusterContext, offset: number, length:
             run++
           }
           const host = ctx.externalData ? cluster * cs : yield* ctx.refcounts.allocate(run)
+          if (!ctx.lazyRefcounts) yield* ctx.l2Cache.dependOn(ctx.refcounts.cache)
           const again = yield* loadL2(ctx, l2Offset)
           for (let i = 0; i < run; i++) {
             const index = (cluster + i) % g.l2Entries
@@ -51,7 +52,6 @@ export function preallocateClusters(ctx: ClusterContext, offset: number, length:
             }
           }
           ctx.l2Cache.markDirty(l2Offset)
-          if (!ctx.lazyRefcounts) yield* ctx.l2Cache.dependOn(ctx.refcounts.cache)
           hostEnd = Math.max(hostEnd, host + run * cs)
           cluster += run
         }

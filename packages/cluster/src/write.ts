@@ -278,6 +278,10 @@ function link(ctx: ClusterContext, plan: Extract<WritePlan, { _tag: "Allocate" }
     const guest = plan.firstCluster * cs
     const l2Offset = yield* l2TableOffset(ctx, guest)
     if (l2Offset === 0) return yield* ctx.corrupt(`L2 table for guest offset ${guest} vanished during a write`, guest)
+    // Rule 1: the new clusters' refcounts are written before the L2 entry.
+    // The dependency is set before the table changes, so that settling an
+    // opposite (free path) dependency cannot write the new entry early.
+    if (!ctx.lazyRefcounts && plan.fresh) yield* ctx.l2Cache.dependOn(ctx.refcounts.cache)
     const table = yield* loadL2(ctx, l2Offset)
     const firstIndex = plan.firstCluster % g.l2Entries
     const frees: Array<{ offset: number; length: number }> = []
@@ -308,8 +312,6 @@ function link(ctx: ClusterContext, plan: Extract<WritePlan, { _tag: "Allocate" }
     ctx.l2Cache.markDirty(l2Offset)
     // Rule 2: the data (and copied head/tail) is durable before the L2 entry.
     ctx.l2Cache.dependOnStorageFlush()
-    // Rule 1: the new clusters' refcounts are written before the L2 entry.
-    if (!ctx.lazyRefcounts && plan.fresh) yield* ctx.l2Cache.dependOn(ctx.refcounts.cache)
     if (frees.length > 0) {
       // Rule 3: the L2 entry dropping a reference is written before the decrease.
       if (!ctx.lazyRefcounts) yield* ctx.refcounts.cache.dependOn(ctx.l2Cache)

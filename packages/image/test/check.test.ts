@@ -176,7 +176,10 @@ const notFinding = (line: string): boolean =>
   line === "" || line.startsWith("Check failed") || line.startsWith("qcow2: Marking image as corrupt") || line.startsWith("warning:")
 
 const qemuCheck = (m: Made, repair?: "leaks" | "all"): Outcome => {
-  const r = spawnSync("qemu-img", ["check", "--output=json", ...(repair ? ["-r", repair] : []), ...imageArgs(m)], { encoding: "utf8" })
+  const r = spawnSync("qemu-img", ["check", "--output=json", ...(repair ? ["-r", repair] : []), ...imageArgs(m)], {
+    encoding: "utf8",
+    maxBuffer: 1 << 28
+  })
   const j = r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, number>) : undefined
   const counters: Counters | undefined = j && {
     checkErrors: j["check-errors"] ?? 0,
