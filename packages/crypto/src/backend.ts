@@ -11,10 +11,14 @@ import type { HashName } from "./spec.js"
 export interface AesEngine {
   /** Key length in bytes (16, 24 or 32). */
   readonly keyBytes: number
-  /** AES-ECB encrypt `buf` in place. */
-  encryptBlocks(buf: Uint8Array): void
-  /** AES-ECB decrypt `buf` in place. */
-  decryptBlocks(buf: Uint8Array): void
+  /**
+   * AES-ECB encrypt `buf`. Returns the result: either `buf` itself (encrypted
+   * in place) or a new array (node:crypto hands back a fresh Buffer, and using
+   * it directly saves a copy). Callers must use the return value.
+   */
+  encryptBlocks(buf: Uint8Array): Uint8Array
+  /** AES-ECB decrypt `buf`; same contract as {@link encryptBlocks}. */
+  decryptBlocks(buf: Uint8Array): Uint8Array
   /**
    * CBC-encrypt `count` independent chains of `chainBytes` each, in place:
    * chain `i` is `buf[i*chainBytes ..]` with IV `ivs[i*16 .. i*16+16]`.

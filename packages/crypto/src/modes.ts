@@ -47,7 +47,11 @@ export interface SectorCipher {
   encrypt(sector: number, data: Uint8Array, out?: Uint8Array): void
   /** Decrypt; same contract as {@link encrypt}. */
   decrypt(sector: number, data: Uint8Array, out?: Uint8Array): void
-  /** Zero the key material held in JavaScript memory; the cipher is unusable afterwards. */
+  /**
+   * Zero the key material held in JavaScript memory (key schedules, ESSIV salt,
+   * scratch); the cipher is unusable afterwards. Data buffers are not treated
+   * as secret between calls: the caller holds the plaintext anyway.
+   */
   dispose(): void
 }
 
@@ -119,7 +123,7 @@ const expandTweaks = (t0: Uint8Array, sectors: number, out32: Uint32Array): void
  * word that is still needed.
  */
 const cbcUnchain = (work: Uint8Array, src: Uint8Array, dst: Uint8Array, ivs: Uint8Array, n: number): void => {
-  if (((src.byteOffset | dst.byteOffset) & 3) === 0) {
+  if (((work.byteOffset | src.byteOffset | dst.byteOffset) & 3) === 0) {
     const w = u32(work)
     const s = new Uint32Array(src.buffer, src.byteOffset, n * (SECTOR_SIZE >>> 2))
     const d = new Uint32Array(dst.buffer, dst.byteOffset, n * (SECTOR_SIZE >>> 2))
@@ -137,6 +141,12 @@ const cbcUnchain = (work: Uint8Array, src: Uint8Array, dst: Uint8Array, ivs: Uin
     for (let k = SECTOR_SIZE - 1; k >= 16; k--) dst[base + k] = work[base + k]! ^ src[base + k - 16]!
     for (let k = 15; k >= 0; k--) dst[base + k] = work[base + k]! ^ ivs[i * 16 + k]!
   }
+}
+
+/** Encrypt `buf` with `engine` and leave the result in `buf`. */
+const encryptInto = (engine: AesEngine, buf: Uint8Array): void => {
+  const out = engine.encryptBlocks(buf)
+  if (out !== buf) buf.set(out)
 }
 
 const checkArgs = (sector: number, data: Uint8Array, out: Uint8Array): void => {
@@ -209,18 +219,17 @@ export const makeSectorCipher = (backend: CryptoBackend, spec: CipherSpec, key: 
       ivView.setUint32(i * 16, lo, true)
       if (spec.ivgen !== "plain") ivView.setUint32(i * 16 + 4, (s - lo) / 0x1_0000_0000, true)
     }
-    if (essivEngine !== undefined) essivEngine.encryptBlocks(ivs.subarray(0, n * 16))
+    if (essivEngine !== undefined) encryptInto(essivEngine, ivs.subarray(0, n * 16))
   }
 
   const xtsChunk = (dir: Direction, src: Uint8Array, dst: Uint8Array, n: number): void => {
     const len = n * SECTOR_SIZE
-    tweakEngine!.encryptBlocks(ivs.subarray(0, n * 16))
+    encryptInto(tweakEngine!, ivs.subarray(0, n * 16))
     expandTweaks(ivs, n, tweaks32)
     const work = scratch.subarray(0, len)
     xor3(work, src, tweaks, len)
-    if (dir === "encrypt") dataEngine.encryptBlocks(work)
-    else dataEngine.decryptBlocks(work)
-    xor3(dst, work, tweaks, len)
+    const done = dir === "encrypt" ? dataEngine.encryptBlocks(work) : dataEngine.decryptBlocks(work)
+    xor3(dst, done, tweaks, len)
   }
 
   const cbcChunk = (dir: Direction, src: Uint8Array, dst: Uint8Array, n: number): void => {
@@ -232,8 +241,7 @@ export const makeSectorCipher = (backend: CryptoBackend, spec: CipherSpec, key: 
       dst.set(work)
       return
     }
-    dataEngine.decryptBlocks(work)
-    cbcUnchain(work, src, dst, ivs, n)
+    cbcUnchain(dataEngine.decryptBlocks(work), src, dst, ivs, n)
   }
 
   const ctrChunk = (src: Uint8Array, dst: Uint8Array, n: number): void => {
@@ -252,16 +260,13 @@ export const makeSectorCipher = (backend: CryptoBackend, spec: CipherSpec, key: 
         }
       }
     }
-    dataEngine.encryptBlocks(work)
-    xor3(dst, src, work, len)
+    xor3(dst, src, dataEngine.encryptBlocks(work), len)
   }
 
   const ecbChunk = (dir: Direction, src: Uint8Array, dst: Uint8Array, n: number): void => {
     const work = scratch.subarray(0, n * SECTOR_SIZE)
     work.set(src.subarray(0, work.length))
-    if (dir === "encrypt") dataEngine.encryptBlocks(work)
-    else dataEngine.decryptBlocks(work)
-    dst.set(work)
+    dst.set(dir === "encrypt" ? dataEngine.encryptBlocks(work) : dataEngine.decryptBlocks(work))
   }
 
   const run = (dir: Direction, sector: number, data: Uint8Array, out: Uint8Array): void => {
@@ -288,8 +293,6 @@ export const makeSectorCipher = (backend: CryptoBackend, spec: CipherSpec, key: 
           break
       }
     }
-    // The scratch can hold data-derived bytes (for CBC, plaintext XOR ciphertext).
-    scratch.fill(0, 0, Math.min(total, CHUNK_SECTORS) * SECTOR_SIZE)
   }
 
   return {

@@ -20,6 +20,8 @@ import { makeSectorCipherFactory, SectorCipherFactory } from "./service.js"
  */
 const CBC_INTERLEAVE_MIN = 12
 
+const toBytes = (b: Buffer): Uint8Array => new Uint8Array(b.buffer, b.byteOffset, b.byteLength)
+
 const nodeAes = (key: Uint8Array): AesEngine => {
   if (key.length !== 16 && key.length !== 24 && key.length !== 32) {
     throw new InvalidCryptoArgument({ reason: `AES key must be 16, 24 or 32 bytes, got ${key.length}` })
@@ -39,12 +41,8 @@ const nodeAes = (key: Uint8Array): AesEngine => {
 
   return {
     keyBytes: key.length,
-    encryptBlocks: (buf) => {
-      buf.set(live(enc).update(buf))
-    },
-    decryptBlocks: (buf) => {
-      buf.set(live(dec).update(buf))
-    },
+    encryptBlocks: (buf) => toBytes(live(enc).update(buf)),
+    decryptBlocks: (buf) => toBytes(live(dec).update(buf)),
     cbcEncryptChains: (ivs, buf, chainBytes, count) => {
       const k = live(keyObject)
       if (count < CBC_INTERLEAVE_MIN) {
@@ -94,8 +92,6 @@ const nodeAes = (key: Uint8Array): AesEngine => {
     }
   }
 }
-
-const toBytes = (b: Buffer): Uint8Array => new Uint8Array(b.buffer, b.byteOffset, b.byteLength)
 
 /** Kernels on node:crypto. */
 export const nodeBackend: CryptoBackend = {

@@ -36,7 +36,7 @@ const portableAes = (key: Uint8Array): AesEngine => {
   copy.fill(0)
   const { encrypt, decrypt } = unsafe
 
-  const ecb = (buf: Uint8Array, enc: boolean): void => {
+  const ecb = (buf: Uint8Array, enc: boolean): Uint8Array => {
     const w = words(buf)
     if (!isLE) for (let i = 0; i < w.length; i++) w[i] = bswap32(w[i]!)
     for (let i = 0; i < w.length; i += 4) {
@@ -47,6 +47,7 @@ const portableAes = (key: Uint8Array): AesEngine => {
       w[i + 3] = r.s3
     }
     if (!isLE) for (let i = 0; i < w.length; i++) w[i] = bswap32(w[i]!)
+    return buf
   }
 
   return {
