@@ -38,19 +38,36 @@ for (let i = 0; i < count; i++) {
 const clusters = Array.from({ length: count }, (_, i) => data.subarray(i * clusterSize, (i + 1) * clusterSize))
 
 const rows = []
-const record = (label, seconds, compressedBytes, stored) => {
-  const row = { label, mbps: Math.round(total / 1e6 / seconds), seconds: +seconds.toFixed(2) }
+// Wall-clock MB/s, and MB per CPU-second of the whole process (main thread + workers): on a
+// shared, loaded machine the second one is the stable figure.
+let cpuStart = process.cpuUsage()
+const startCpu = () => {
+  cpuStart = process.cpuUsage()
+}
+const cpuSeconds = () => {
+  const d = process.cpuUsage(cpuStart)
+  return (d.user + d.system) / 1e6
+}
+const record = (label, seconds, compressedBytes, stored, bytes = total) => {
+  const cpu = cpuSeconds()
+  const row = {
+    label,
+    mbps: Math.round(bytes / 1e6 / seconds),
+    mbPerCpuSecond: Math.round(bytes / 1e6 / cpu),
+    seconds: +seconds.toFixed(2)
+  }
   if (compressedBytes !== undefined) Object.assign(row, { ratio: +(compressedBytes / total).toFixed(3), stored })
   rows.push(row)
   console.log(JSON.stringify(row))
 }
-const sizeOf = (results) => results.reduce((n, r, i) => n + (r === undefined ? clusterSize : r.length), 0)
+const sizeOf = (results) => results.reduce((n, r) => n + (r === undefined ? clusterSize : r.length), 0)
 const storedCount = (results) => results.filter((r) => r !== undefined).length
 
 const node = await Effect.runPromise(NodeClusterCodec.make)
 const portable = await Effect.runPromise(PortableClusterCodec.make)
 
 const mainThread = (label, codec, type) => {
+  startCpu()
   const t = performance.now()
   const results = clusters.map((c) => codec.compressSync(type, c))
   record(label, (performance.now() - t) / 1000, sizeOf(results), storedCount(results))
@@ -65,6 +82,7 @@ const poolRun = (label, workers, type, transfer) =>
         // warm-up (worker start, wasm instantiation) outside the timing
         yield* Effect.forEach([0, 1], (t) => pool.compress(t, clusters[1]), { concurrency: 2 })
         const inputs = transfer ? clusters.map((c) => new Uint8Array(c)) : clusters
+        startCpu()
         const t = performance.now()
         const results = yield* Effect.forEach(inputs, (c) => pool.compress(type, c, undefined, { transfer }), {
           concurrency: workers * 4
@@ -88,6 +106,7 @@ mainThread("deflate, main thread, pako (portable)", portable, 0)
 
 const decode = (label, codec, type, compressed) => {
   const out = new Uint8Array(clusterSize)
+  startCpu()
   const t = performance.now()
   let bytes = 0
   compressed.forEach((c) => {
@@ -95,10 +114,7 @@ const decode = (label, codec, type, compressed) => {
     codec.decompressSync(type, c, out)
     bytes += clusterSize
   })
-  const seconds = (performance.now() - t) / 1000
-  const row = { label, mbps: Math.round(bytes / 1e6 / seconds), seconds: +seconds.toFixed(2) }
-  rows.push(row)
-  console.log(JSON.stringify(row))
+  record(label, (performance.now() - t) / 1000, undefined, undefined, bytes)
 }
 decode("inflate, node:zlib (output MB/s)", node, 0, deflated)
 decode("inflate, pako (output MB/s)", portable, 0, deflated)

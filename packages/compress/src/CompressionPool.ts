@@ -15,9 +15,9 @@
  */
 import { availableParallelism } from "node:os"
 import { Effect, type Scope } from "effect"
-import { checkCompressInput, resolveLevel } from "./ClusterCodec.js"
 import type { CompressionType } from "./CompressionType.js"
 import { CompressionError } from "./errors.js"
+import { checkCompressInput, resolveLevel } from "./internal/codec.js"
 import { nodeDeflateCluster } from "./internal/deflateNode.js"
 import { WorkerPool } from "./internal/workerPool.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"

@@ -4,7 +4,8 @@
  */
 import * as zlib from "node:zlib"
 import { Effect, Layer } from "effect"
-import { ClusterCodec, type ClusterCodecShape, makeClusterCodec } from "./ClusterCodec.js"
+import { ClusterCodec, type ClusterCodecShape } from "./ClusterCodec.js"
+import { makeClusterCodec } from "./internal/codec.js"
 import { CompressionType } from "./CompressionType.js"
 import { DecompressionError } from "./errors.js"
 import { nodeDeflateCluster } from "./internal/deflateNode.js"

@@ -4,7 +4,8 @@
  * @bokuweb/zstd-wasm (embedded, compiled once per realm).
  */
 import { Effect, Layer } from "effect"
-import { ClusterCodec, type ClusterCodecShape, makeClusterCodec } from "./ClusterCodec.js"
+import { ClusterCodec, type ClusterCodecShape } from "./ClusterCodec.js"
+import { makeClusterCodec } from "./internal/codec.js"
 import { makePortableDeflate, makePortableInflate } from "./internal/deflatePortable.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
