@@ -186,7 +186,7 @@ describe("the store-compressed rule against the C libraries QEMU uses", () => {
     return c
   })
 
-  it.skipIf(!hasCc || !has("sh", ["-c", "test -f /usr/include/zlib.h"]))(
+  it.skipIf(!hasCc || !existsSync("/usr/include/zlib.h"))(
     "deflate: zlib's Z_STREAM_END into cluster_size - 1 bytes <=> our decision",
     () => {
       const results = runHarness(ZLIB_HARNESS, "zlib-rule", ["-lz"], concat(...sweep), cs)
