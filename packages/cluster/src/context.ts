@@ -46,7 +46,8 @@ export interface ClusterContext {
   l1Offset: number
   l1Size: number
   readonly l2Cache: TableCache
-  readonly refcounts: Refcounts
+  /** Replaced when a repair rewrites the refcount structures. */
+  refcounts: Refcounts
   readonly backing: BackingReader | undefined
   readonly decompress: Decompress
   readonly compress: Compress

@@ -9,6 +9,7 @@ import type { CreateOptions, Image, ImageFormat, OpenOptions } from "./api.js"
 import { planCreate, writeEmptyImage } from "./create.js"
 import { ImageError } from "./errors.js"
 import { asImageError, toImageError } from "./internal/errors.js"
+import { checkQcow2 } from "./check/index.js"
 import { openQcow2 } from "./qcow2/open.js"
 import { makeRawImage } from "./raw.js"
 
@@ -78,7 +79,8 @@ function openNamed(
           e.reason === "BackingChain" ? e : new ImageError({ ...e, reason: "BackingChain", message: `Could not open backing file: ${e.message}` })
         ),
       // QEMU opens a relative data file name as given (relative to the working directory).
-      openDataFile: (dataFile) => Effect.mapError(step.opener.open(dataFile, { readOnly }), (e) => openFailure(dataFile, e))
+      openDataFile: (dataFile) => Effect.mapError(step.opener.open(dataFile, { readOnly }), (e) => openFailure(dataFile, e)),
+      check: (repair) => checkQcow2(storage, repair === undefined ? {} : { repair })
     })
   })
 }

@@ -14,6 +14,7 @@ import {
 } from "@qcow2/cluster"
 import type { ClusterContext, ClusterFailure } from "@qcow2/cluster"
 import type { ClusterCodecShape } from "@qcow2/compress"
+import type { Refcounts } from "@qcow2/alloc"
 import type { BlockStatus, CheckResult, Image, TruncateOptions } from "../api.js"
 import { ImageError } from "../errors.js"
 import { asImageError, checkRange } from "../internal/errors.js"
@@ -33,7 +34,9 @@ export interface Qcow2ImageParts {
   readonly codec: ClusterCodecShape
   readonly encryptedLocked: boolean
   /** Runs a consistency check / repair on the file (flushed first). */
-  readonly check?: (repair: "leaks" | "all" | undefined) => Effect.Effect<CheckResult, ImageError>
+  readonly check: (repair: "leaks" | "all" | undefined) => Effect.Effect<CheckResult, ImageError>
+  /** Fresh refcount state and L1 table from the file, after a repair. */
+  readonly reload: () => Effect.Effect<{ refcounts: Refcounts; l1: Uint8Array; l1Offset: number; l1Size: number }, ImageError>
 }
 
 /**
@@ -377,10 +380,27 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
     truncate,
     blockStatus,
     check: (options) => {
-      if (parts.check === undefined) {
-        return Effect.fail(new ImageError({ reason: "Unsupported", message: "check is not available", location }))
+      const repair = options?.repair
+      if (repair !== undefined && readOnly) {
+        return Effect.fail(new ImageError({ reason: "ReadOnly", message: `${location} is opened read-only; repairs need a read-write open`, location }))
       }
-      return Effect.andThen(flush(), parts.check(options?.repair))
+      if (repair === undefined) return Effect.andThen(flush(), parts.check(undefined))
+      // Repairs rewrite metadata behind the driver's back: hold the lock,
+      // write everything out, then start from what is on disk.
+      return ctx.lock.withPermits(1)(
+        Effect.gen(function* () {
+          yield* flush()
+          const result = yield* parts.check(repair)
+          ctx.l2Cache.dropClean()
+          const fresh = yield* parts.reload()
+          ctx.refcounts = fresh.refcounts
+          ctx.l1 = fresh.l1
+          ctx.l1Offset = fresh.l1Offset
+          ctx.l1Size = fresh.l1Size
+          if (result.corruptions === 0 && corruptFlagged && !parts.isCorrupt) corruptFlagged = false
+          return result
+        })
+      )
     }
   }
 

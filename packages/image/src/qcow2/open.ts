@@ -21,7 +21,7 @@ import { InFlightAllocations } from "@qcow2/cluster"
 import type { ClusterContext, SectorCrypto } from "@qcow2/cluster"
 import type { ClusterCodecShape } from "@qcow2/compress"
 import type { BlockStorageShape } from "@qcow2/storage"
-import type { Image, ImageFormat, OpenOptions } from "../api.js"
+import type { CheckResult, Image, ImageFormat, OpenOptions } from "../api.js"
 import { ImageError } from "../errors.js"
 import { asImageError, toImageError } from "../internal/errors.js"
 import { HeaderState } from "./header.js"
@@ -41,6 +41,10 @@ export interface Qcow2OpenEnvironment {
   readonly resolveBacking: (name: string) => string
   /** Unlocks encryption, when the image is encrypted and a passphrase was given. */
   readonly unlock?: (image: ImageHeader, storage: BlockStorageShape) => Effect.Effect<SectorCrypto | undefined, ImageError>
+  /** Checks (and repairs) the file on its own (qemu-img check). */
+  readonly check: (repair: "leaks" | "all" | undefined) => Effect.Effect<CheckResult, ImageError>
+  /** Set after the dirty-bit repair, so it runs once. */
+  readonly repaired?: boolean
 }
 
 const corrupt = (location: string, message: string, offset?: number): ImageError =>
@@ -104,6 +108,17 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
         message: "qcow2: Image is corrupt; cannot be opened read/write (run 'qcow2 check -r all' to repair it)",
         location
       })
+    }
+    if ((h.incompatibleFeatures & IncompatibleFeature.Dirty) !== 0n && !env.readOnly && env.repaired !== true) {
+      // Lazy refcounts left stale refcounts behind: rebuild them before use
+      // (QEMU repairs a dirty image on a read-write open).
+      yield* env.check("all")
+      // The repair may have moved the refcount table: start from the header on disk.
+      const repaired = new Uint8Array(clusterSize)
+      yield* asImageError(storage.read(0, repaired), location)
+      const current = yield* Effect.try({ try: () => decodeImageHeader(repaired), catch: (e) => fromFormatError(location, e) })
+      yield* asImageError(new HeaderState(storage, current).setIncompatible(IncompatibleFeature.Dirty, false), location)
+      return yield* openQcow2({ ...env, repaired: true })
     }
     const extendedL2 = (h.incompatibleFeatures & IncompatibleFeature.ExtendedL2) !== 0n
     const geometry = yield* Effect.try({
@@ -261,7 +276,45 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       dataFile,
       isCorrupt,
       codec: env.codec,
-      encryptedLocked: h.cryptMethod !== 0 && crypto === undefined
+      encryptedLocked: h.cryptMethod !== 0 && crypto === undefined,
+      check: env.check,
+      reload: () => reloadMetadata(storage, headerState, refcountCacheBytes)
     })
   })
+}
+
+/**
+ * Re-reads the refcount table location and the active L1 table after a
+ * repair rewrote them, and builds fresh refcount state. The caches must be
+ * flushed and empty.
+ */
+function reloadMetadata(storage: BlockStorageShape, headerState: HeaderState, refcountCacheBytes: number) {
+  const location = storage.location
+  return asImageError(
+    Effect.gen(function* () {
+      const first = new Uint8Array(4096)
+      yield* storage.read(0, first)
+      const h = decodeHeader(first)
+      const clusterSize = 2 ** h.clusterBits
+      const fileSize = yield* storage.size()
+      headerState.image = { ...headerState.image, header: { ...headerState.image.header, ...h, unknownHeaderFields: headerState.image.header.unknownHeaderFields } }
+      const reftable = new Uint8Array(h.refcountTableClusters * clusterSize)
+      yield* storage.read(h.refcountTableOffset, reftable)
+      const l1 = new Uint8Array(Math.max(h.l1Size * 8, 8))
+      if (h.l1Size > 0) yield* storage.read(h.l1TableOffset, l1.subarray(0, h.l1Size * 8))
+      const refcountCache = new TableCache({ name: "refcount block", tableSize: clusterSize, capacityBytes: refcountCacheBytes, storage })
+      const refcounts = new Refcounts({
+        storage,
+        clusterBits: h.clusterBits,
+        refcountOrder: h.refcountOrder,
+        table: { offset: h.refcountTableOffset, clusters: h.refcountTableClusters },
+        tableBytes: reftable,
+        blockCache: refcountCache,
+        fileSize,
+        commitTableLocation: (loc) => headerState.update({ refcountTableOffset: loc.offset, refcountTableClusters: loc.clusters })
+      })
+      return { refcounts, l1, l1Offset: h.l1TableOffset, l1Size: h.l1Size }
+    }),
+    location
+  )
 }
