@@ -174,11 +174,17 @@ const checkArgs = (sector: number, data: Uint8Array, out: Uint8Array): void => {
   }
 }
 
-/** Validate the key length for a spec (throws InvalidCryptoArgument). */
+/** Validate the key length and ESSIV hash of a spec (throws InvalidCryptoArgument). */
 const checkKey = (spec: CipherSpec, key: Uint8Array): void => {
   const want = specKeyBytes(spec)
   if (key.length !== want) {
     throw new InvalidCryptoArgument({ reason: `${specDescription(spec)} needs a ${want}-byte key, got ${key.length}` })
+  }
+  if (spec.ivgen === "essiv") {
+    const digest = spec.ivgenHash === undefined ? 0 : HASH_DIGEST_LENGTH[spec.ivgenHash]
+    if (digest !== 16 && digest !== 24 && digest !== 32) {
+      throw new InvalidCryptoArgument({ reason: `${specDescription(spec)}: ESSIV needs a hash with a 16, 24 or 32-byte digest` })
+    }
   }
 }
 

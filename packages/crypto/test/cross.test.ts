@@ -129,13 +129,30 @@ describe("argument checks", () => {
     const buf = new Uint8Array(2048)
     expect(() => cipher.encrypt(0, buf.subarray(0, 1024), buf.subarray(512, 1536))).toThrow(InvalidCryptoArgument)
   })
-  it("rejects wrong key sizes", () => {
+  it("rejects wrong key sizes and ESSIV without a usable hash", () => {
     expect(() => makeSectorCipher(portableBackend, spec, randomBytes(32))).toThrow(InvalidCryptoArgument)
+    const essiv: CipherSpec = { cipher: "aes", keyBits: 128, mode: "cbc", ivgen: "essiv" }
+    expect(() => makeSectorCipher(nodeBackend, essiv, randomBytes(16))).toThrow(InvalidCryptoArgument)
+    expect(() => makeSectorCipher(nodeBackend, { ...essiv, ivgenHash: "sha512" }, randomBytes(16))).toThrow(InvalidCryptoArgument)
   })
-  it("refuses use after dispose and zeroes portable key schedules", () => {
+  it("refuses use after dispose", () => {
     const c = makeSectorCipher(portableBackend, spec, randomBytes(64))
     c.dispose()
     expect(() => c.decrypt(0, new Uint8Array(512))).toThrow(InvalidCryptoArgument)
+  })
+  it("dispose zeroes portable key schedules and drops node cipher objects", () => {
+    const key = randomBytes(32)
+    const block = randomBytes(16)
+    const p = portableBackend.aes(key)
+    const q = portableBackend.aes(randomBytes(32))
+    expect(p.encryptBlocks(block.slice())).not.toEqual(q.encryptBlocks(block.slice()))
+    p.dispose()
+    q.dispose()
+    // Once every round key is zero, the two engines compute the same permutation.
+    expect(p.encryptBlocks(block.slice())).toEqual(q.encryptBlocks(block.slice()))
+    const n = nodeBackend.aes(key)
+    n.dispose()
+    expect(() => n.encryptBlocks(block.slice())).toThrow(InvalidCryptoArgument)
   })
   it("empty input is a no-op", () => {
     expect(() => cipher.encrypt(5, new Uint8Array(0))).not.toThrow()
