@@ -1,0 +1,96 @@
+/**
+ * Test helpers: build the bundle once, run it (the bundle is what ships),
+ * run qemu-img / qemu-io, and compare qemu-img map output.
+ */
+import { execFileSync, spawnSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+
+export const CLI_DIR = path.resolve(import.meta.dirname, "..")
+export const BUNDLE = path.join(CLI_DIR, "dist", "qcow2.mjs")
+
+let built = false
+/** Builds dist/qcow2.mjs with the package's own build script (once per worker). */
+export const buildBundle = (): void => {
+  if (built) return
+  execFileSync(process.execPath, ["build.mjs"], { cwd: CLI_DIR, stdio: "inherit" })
+  built = true
+}
+
+export const makeTempDir = (prefix: string): string => fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+
+export interface Run {
+  readonly status: number
+  readonly stdout: string
+  readonly stderr: string
+  readonly ms: number
+}
+
+/** Runs the bundled CLI in `cwd`. */
+export const qcow2 = (cwd: string, args: ReadonlyArray<string>, timeoutMs = 120_000): Run => {
+  const start = performance.now()
+  const r = spawnSync(process.execPath, [BUNDLE, ...args], { cwd, encoding: "utf8", timeout: timeoutMs, maxBuffer: 256 << 20 })
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr, ms: performance.now() - start }
+}
+
+/** Runs a qemu tool (qemu-img, qemu-io) in `cwd`; throws on failure unless `allowFail`. */
+export const qemu = (cwd: string, tool: string, args: ReadonlyArray<string>, allowFail = false): Run => {
+  const start = performance.now()
+  const r = spawnSync(tool, args, { cwd, encoding: "utf8", maxBuffer: 256 << 20 })
+  const run = { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr, ms: performance.now() - start }
+  if (!allowFail && run.status !== 0) {
+    throw new Error(`${tool} ${args.join(" ")} failed (${run.status}): ${run.stderr}`)
+  }
+  return run
+}
+
+export interface MapRecord {
+  start: number
+  length: number
+  depth: number
+  present: boolean
+  zero: boolean
+  data: boolean
+  offset?: number
+}
+
+/**
+ * Normalizes `qemu-img map --output=json` records for comparison. QEMU
+ * asks the host file system where its holes are (SEEK_DATA/SEEK_HOLE)
+ * when it believes an image is metadata-preallocated, and then reports
+ * allocated data clusters that are holes in the file as "zero": true.
+ * Node has no SEEK_HOLE, so a data range with a host offset is compared
+ * with "zero" cleared, and records are re-merged afterwards.
+ */
+export const normalizeMap = (records: ReadonlyArray<MapRecord>): MapRecord[] => {
+  const out: MapRecord[] = []
+  for (const r0 of records) {
+    const r = { ...r0 }
+    if (r.data && r.offset !== undefined) r.zero = false
+    const last = out[out.length - 1]
+    if (
+      last !== undefined &&
+      last.depth === r.depth &&
+      last.present === r.present &&
+      last.zero === r.zero &&
+      last.data === r.data &&
+      (last.offset === undefined) === (r.offset === undefined) &&
+      (last.offset === undefined || last.offset + last.length === r.offset)
+    ) {
+      last.length += r.length
+    } else {
+      out.push(r)
+    }
+  }
+  return out
+}
+
+/** File size and content equal, compared by qemu-img (sparse-aware, fast for huge sparse files). */
+export const sameRawFiles = (cwd: string, a: string, b: string): { same: boolean; detail: string } => {
+  const sa = fs.statSync(path.join(cwd, a)).size
+  const sb = fs.statSync(path.join(cwd, b)).size
+  if (sa !== sb) return { same: false, detail: `size ${sa} != ${sb}` }
+  const r = qemu(cwd, "qemu-img", ["compare", "-f", "raw", "-F", "raw", a, b], true)
+  return { same: r.status === 0, detail: r.stdout + r.stderr }
+}
