@@ -47,4 +47,11 @@ export interface CryptoBackend {
   pbkdf2(hash: HashName, password: Uint8Array, salt: Uint8Array, iterations: number, length: number): Promise<Uint8Array>
   /** Cryptographically secure random bytes. */
   randomBytes(length: number): Uint8Array
+  /**
+   * CPU time consumed by this process, in milliseconds, for timing PBKDF2 the
+   * way QEMU does (it reads thread CPU time, so a busy machine does not lower
+   * the iteration counts). Absent where no such clock exists (browsers):
+   * wall-clock time is used instead.
+   */
+  readonly cpuTimeMs?: (() => number) | undefined
 }
