@@ -59,12 +59,9 @@ export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure,
       const total = Math.max(a.virtualSize, b.virtualSize)
       const progress = o.progress && !o.quiet ? new Progress(total) : undefined
       const common = Math.min(a.virtualSize, b.virtualSize)
-      if (a.virtualSize !== b.virtualSize) {
-        if (o.strict) {
-          say("Strict mode: Image size mismatch!\n")
-          return 1
-        }
-        say("Warning: Image size mismatch!\n")
+      if (a.virtualSize !== b.virtualSize && o.strict) {
+        say("Strict mode: Image size mismatch!\n")
+        return 1
       }
       const bufA = new Uint8Array(CHUNK)
       const bufB = new Uint8Array(CHUNK)
@@ -95,6 +92,8 @@ export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure,
         progress?.advance(chunk)
       }
       if (a.virtualSize !== b.virtualSize) {
+        // Like qemu-img, the warning comes once the common part compared equal.
+        say("Warning: Image size mismatch!\n")
         const [img, name] = a.virtualSize > b.virtualSize ? [a, o.file1] : [b, o.file2]
         while (offset < total) {
           const s = yield* status(img, name, offset, total - offset)

@@ -226,7 +226,7 @@ const qcow2Sink = (o: ConvertOptions, total: number) =>
     if (o.backingFormat !== undefined) lists.push(`backing_fmt=${o.backingFormat.replace(/,/g, ",,")}`)
     const parsed = parseCreateOptions("qcow2", lists)
     if (!parsed.ok) return yield* Effect.fail(fail(parsed.message))
-    if (!parsed.values.has("size")) parsed.values.set("size", String(total))
+    if (!parsed.values.has("size")) parsed.values.set("size", String(Math.ceil(total / 512) * 512))
     const keyId = parsed.values.get("encrypt.key-secret")
     const passphrase = keyId !== undefined ? o.secrets.byId.get(keyId) : o.secrets.passphrase
     const built = toCreateOptions(parsed.values, passphrase)

@@ -89,6 +89,8 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
     }
     if (!values.has("size")) return yield* Effect.fail(fail(`${o.file}: Image creation needs a size parameter`))
     if (!o.quiet) print(formattingLine(o.file, format, values) + "\n")
+    // qemu-img prints the size as given but creates the image rounded up to whole sectors.
+    values.set("size", String(Math.ceil(Number(values.get("size")) / 512) * 512))
 
     if (format === "raw") {
       const prealloc = values.get("preallocation") ?? "off"
