@@ -1,4 +1,5 @@
-import { TWO_32, be32, type ImageInfo } from "./state.js"
+import { TWO_32, be32 } from "./bytes.js"
+import type { ImageInfo } from "./state.js"
 
 /** Metadata kinds in the order QEMU's qcow2_check_metadata_overlap tests them, named as it names them. */
 export type MetadataKind =

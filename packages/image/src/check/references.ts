@@ -3,7 +3,8 @@ import type { ImageError } from "../errors.js"
 import { checkBitmapReferences } from "./bitmaps.js"
 import { type CheckAborted, EFBIG, EINVAL, EIO, abort } from "./io.js"
 import type { Fix, Pass } from "./pass.js"
-import { TWO_32, altHex, be32, hex64, hexNum, readBounded } from "./state.js"
+import { TWO_32, altHex, be32, hex64, hexNum } from "./bytes.js"
+import { readBounded } from "./state.js"
 
 /** Largest IMRT we build (2 bytes per cluster): 2^27 clusters, 8 TiB of 64 KiB clusters. */
 export const MAX_IMRT_CLUSTERS = 2 ** 27

@@ -6,7 +6,7 @@ import type { MetadataKind } from "./overlap.js"
 import type { Fix, Pass } from "./pass.js"
 import { ClusterType, clusterType, entryOffset } from "./references.js"
 import { UNREADABLE } from "./stored.js"
-import { TWO_32, be32, hex64 } from "./state.js"
+import { TWO_32, be32, hex64 } from "./bytes.js"
 
 /**
  * Compares the counted references with the stored refcounts (QEMU's

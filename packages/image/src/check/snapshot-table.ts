@@ -4,7 +4,8 @@ import type { ImageError } from "../errors.js"
 import { type CheckAborted, EFBIG, EIO, ENOSPC, abort } from "./io.js"
 import type { Pass } from "./pass.js"
 import { UNREADABLE } from "./stored.js"
-import { TWO_32, type SnapshotInfo } from "./state.js"
+import { TWO_32 } from "./bytes.js"
+import type { SnapshotInfo } from "./state.js"
 
 const ENTRY_HEADER = 40
 const KNOWN_EXTRA = 24

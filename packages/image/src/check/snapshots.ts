@@ -3,7 +3,8 @@ import { Limits } from "@qcow2/format"
 import type { ImageError } from "../errors.js"
 import { type CheckAborted, EFBIG, EINVAL, type Io, abort } from "./io.js"
 import type { Fix } from "./pass.js"
-import { TWO_32, be16, be32, hex64, type ImageInfo, type SnapshotInfo, type Tally } from "./state.js"
+import { TWO_32, be16, be32, hex64 } from "./bytes.js"
+import type { ImageInfo, SnapshotInfo, Tally } from "./state.js"
 
 /** QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA. */
 const MAX_EXTRA_DATA = 1024

@@ -13,9 +13,8 @@ import {
 import type { Header } from "@qcow2/format"
 import { ImageError } from "../errors.js"
 import type { Io } from "./io.js"
-
-/** 2^32 */
-export const TWO_32 = 4294967296
+import { type BitmapEntry, bitmapTableValid, expectedBitmapTableSize, parseBitmapDirectory } from "./bitmap-directory.js"
+import { be32 } from "./bytes.js"
 
 /** Counters of one check, as QEMU's BdrvCheckResult holds them. */
 export interface Tally {
@@ -44,21 +43,6 @@ export const emptyTally = (): Tally => ({
   compressedClusters: 0
 })
 
-/** Big-endian unsigned 32-bit read; bytes past the end of `b` read as zero. */
-export const be32 = (b: Uint8Array, o: number): number =>
-  o + 4 <= b.length ? ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0 : 0
-
-export const be16 = (b: Uint8Array, o: number): number => (o + 2 <= b.length ? (b[o]! << 8) | b[o + 1]! : 0)
-
-/** The 64-bit word hi:lo in lower-case hex without prefix (C's PRIx64). */
-export const hex64 = (hi: number, lo: number): string => ((BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0)).toString(16)
-
-/** C's "%#" PRIx64: "0x"-prefixed hex, plain "0" for zero. */
-export const altHex = (text: string): string => (text === "0" ? "0" : "0x" + text)
-
-/** A non-negative integer (exact below 2^53) in hex. */
-export const hexNum = (n: number): string => n.toString(16)
-
 /** A snapshot as the check needs it (qcow2.txt "Snapshots"). */
 export interface SnapshotInfo {
   readonly id: string
@@ -84,6 +68,8 @@ export interface BitmapsInfo {
   readonly nbBitmaps: number
   readonly directoryOffset: number
   readonly directorySize: number
+  /** The directory, validated at open as QEMU's qcow2_load_dirty_bitmaps does. */
+  readonly bitmaps: ReadonlyArray<BitmapEntry>
 }
 
 /**
@@ -124,9 +110,13 @@ export interface ImageInfo {
   snapshotsSize: number
 }
 
-/** Reads `length` bytes at `offset` but only the part inside the file; the rest reads as zero. */
+/**
+ * Reads a table of 8-byte entries: `length` bytes at `offset`, but only the
+ * entries that start inside the file (the rest read as zero), so a table
+ * the header claims is huge costs no more memory than the file holds.
+ */
 export const readBounded = (io: Io, fileSize: number, offset: number, length: number): Effect.Effect<Uint8Array, ImageError> => {
-  const n = offset >= fileSize ? 0 : Math.min(length, fileSize - offset)
+  const n = offset >= fileSize ? 0 : Math.min(length, Math.ceil((fileSize - offset) / 8) * 8)
   return io.read(offset, n)
 }
 
@@ -174,6 +164,9 @@ export const loadImage = (io: Io, warnings: Array<string>): Effect.Effect<ImageI
     const geometry = makeGeometry(header.clusterBits, extendedL2, header.refcountOrder)
     const clusterSize = geometry.clusterSize
 
+    const totalSectors = Math.floor(header.size / 512)
+    const virtualSize = totalSectors * 512
+
     let crypto: ImageInfo["crypto"]
     const fde = extensions.fullDiskEncryption
     if (header.cryptMethod === CryptMethod.Luks && fde !== undefined) {
@@ -206,12 +199,35 @@ export const loadImage = (io: Io, warnings: Array<string>): Effect.Effect<ImageI
         if (b.directorySize > MAX_BITMAP_DIRECTORY_SIZE) {
           return yield* Effect.fail(new ImageError({ reason: "Corrupt", message: "bitmaps_ext: bitmap directory too large", location }))
         }
-        bitmaps = { nbBitmaps: b.nbBitmaps, directoryOffset: b.directoryOffset, directorySize: b.directorySize }
+        const dir = yield* readBounded(io, fileSize, b.directoryOffset, b.directorySize)
+        const parsed = parseBitmapDirectory(dir, b.directorySize, b.nbBitmaps, clusterSize, virtualSize)
+        if ("error" in parsed) return yield* Effect.fail(new ImageError({ reason: "Corrupt", message: parsed.error, location }))
+        const seen = new Set<string>()
+        for (const bm of parsed.bitmaps) {
+          const table = yield* readBounded(io, fileSize, bm.tableOffset, bm.tableSize * 8)
+          if (!bitmapTableValid(table, Math.floor(table.length / 8), clusterSize)) {
+            return yield* Effect.fail(
+              new ImageError({
+                reason: "Corrupt",
+                message: `Could not read bitmap_table table from image for bitmap '${bm.name}': Invalid argument`,
+                location
+              })
+            )
+          }
+          if (seen.has(bm.name)) {
+            return yield* Effect.fail(new ImageError({ reason: "Corrupt", message: `Bitmap already exists: ${bm.name}`, location }))
+          }
+          seen.add(bm.name)
+          if (!bm.inUse && bm.tableSize !== expectedBitmapTableSize(virtualSize, bm.granularityBits, clusterSize)) {
+            return yield* Effect.fail(
+              new ImageError({ reason: "Corrupt", message: `Could not read bitmap '${bm.name}' from image: Invalid argument`, location })
+            )
+          }
+        }
+        bitmaps = { nbBitmaps: b.nbBitmaps, directoryOffset: b.directoryOffset, directorySize: b.directorySize, bitmaps: parsed.bitmaps }
       }
     }
 
-    const totalSectors = Math.floor(header.size / 512)
-    const virtualSize = totalSectors * 512
     const activeL1 = yield* readBounded(io, fileSize, header.l1TableOffset, header.l1Size * 8)
     const reftableEntries = header.refcountTableClusters * (clusterSize / 8)
     const reftable = yield* readBounded(io, fileSize, header.refcountTableOffset, reftableEntries * 8)

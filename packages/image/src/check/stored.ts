@@ -2,7 +2,8 @@ import { Effect } from "effect"
 import { readRefcount, writeRefcount } from "@qcow2/format"
 import type { ImageError } from "../errors.js"
 import type { Io } from "./io.js"
-import { TWO_32, altHex, be32, hexNum, type ImageInfo } from "./state.js"
+import { TWO_32, altHex, be32, hexNum } from "./bytes.js"
+import type { ImageInfo } from "./state.js"
 
 /** Result of looking up a stored refcount whose refcount block offset is not cluster aligned (QEMU: -EIO). */
 export const UNREADABLE = -1

@@ -1,0 +1,301 @@
+/**
+ * checkQcow2 on hostile images: absurd sizes and offsets in the header and
+ * tables, truncated files, random damage. It must never throw, never
+ * allocate by what the image claims, and agree with `qemu-img check`
+ * wherever qemu-img can open the image.
+ */
+import { execFileSync, spawnSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { afterAll, describe, expect, it } from "vitest"
+import { Effect } from "effect"
+import { openNodeFile } from "@qcow2/storage-node"
+import type { CheckResult } from "../src/api.js"
+import { ImageError } from "../src/errors.js"
+import { type CheckFailure, checkQcow2 } from "../src/check/index.js"
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "qcow2-check-hostile-"))
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
+let counter = 0
+const tmp = (name: string): string => path.join(root, `${counter++}-${name}`)
+
+const sh = (cmd: string, args: ReadonlyArray<string>): string => execFileSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] })
+
+const writeAt = (file: string, offset: number, data: Buffer): void => {
+  const fd = fs.openSync(file, "r+")
+  try {
+    fs.writeSync(fd, data, 0, data.length, offset)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+const readAt = (file: string, offset: number, length: number): Buffer => {
+  const fd = fs.openSync(file, "r")
+  try {
+    const b = Buffer.alloc(length)
+    fs.readSync(fd, b, 0, length, offset)
+    return b
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+const u64 = (file: string, offset: number): bigint => readAt(file, offset, 8).readBigUInt64BE(0)
+const putU64 = (file: string, offset: number, v: bigint): void => {
+  const b = Buffer.alloc(8)
+  b.writeBigUInt64BE(BigInt.asUintN(64, v))
+  writeAt(file, offset, b)
+}
+const putU32 = (file: string, offset: number, v: number): void => {
+  const b = Buffer.alloc(4)
+  b.writeUInt32BE(v >>> 0)
+  writeAt(file, offset, b)
+}
+
+/** A 16 MiB image: data at 0-192k and 1M, a compressed cluster at 2M, one snapshot. */
+const sample = (name: string, opts = ""): string => {
+  const file = tmp(name)
+  sh("qemu-img", ["create", "-q", "-f", "qcow2", ...(opts ? ["-o", opts] : []), file, "16M"])
+  sh("qemu-io", ["-c", "write -P 1 0 192k", "-c", "write -P 2 1M 64k", "-c", "write -c -P 3 2M 64k", file])
+  return file
+}
+
+const L1 = (file: string) => Number(u64(file, 40))
+const REFTABLE = (file: string) => Number(u64(file, 48))
+const L2 = (file: string) => Number(u64(file, L1(file)) & 0x00fffffffffffe00n)
+
+interface Outcome {
+  readonly exit: number
+  readonly counters?: Omit<CheckResult, "messages">
+  readonly messages: ReadonlyArray<string>
+}
+
+const qemu = (file: string, repair?: "leaks" | "all"): Outcome => {
+  const r = spawnSync("qemu-img", ["check", "--output=json", ...(repair ? ["-r", repair] : []), file], { encoding: "utf8", maxBuffer: 1 << 28 })
+  const j = r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, number>) : undefined
+  return {
+    exit: r.status ?? -1,
+    ...(j !== undefined
+      ? {
+          counters: {
+            checkErrors: j["check-errors"] ?? 0,
+            corruptions: j["corruptions"] ?? 0,
+            leaks: j["leaks"] ?? 0,
+            corruptionsFixed: j["corruptions-fixed"] ?? 0,
+            leaksFixed: j["leaks-fixed"] ?? 0,
+            imageEndOffset: j["image-end-offset"] ?? 0,
+            totalClusters: j["total-clusters"] ?? 0,
+            allocatedClusters: j["allocated-clusters"] ?? 0,
+            fragmentedClusters: j["fragmented-clusters"] ?? 0,
+            compressedClusters: j["compressed-clusters"] ?? 0
+          }
+        }
+      : {}),
+    messages: r.stderr
+      .split("\n")
+      .map((l) => l.replace(/^qemu-img: /, ""))
+      .filter((l) => l !== "" && !l.startsWith("Check failed") && !l.startsWith("qcow2: ") && !l.startsWith("Could not open"))
+  }
+}
+
+/** Our check; an ImageError that is not a CheckFailure (QEMU could not open the image) gives exit 1 and `openError`. */
+const ours = async (file: string, repair?: "leaks" | "all"): Promise<Outcome & { readonly openError?: ImageError }> => {
+  const r = await Effect.runPromise(
+    Effect.scoped(
+      Effect.gen(function* () {
+        const storage = yield* openNodeFile(file, { readOnly: repair === undefined })
+        return yield* Effect.result(checkQcow2(storage, repair ? { repair } : undefined))
+      })
+    )
+  )
+  if (r._tag === "Failure") {
+    expect(r.failure).toBeInstanceOf(ImageError)
+    const cause = r.failure.cause as CheckFailure | undefined
+    if (cause?._tag === "CheckFailure") return { exit: 1, messages: cause.messages.filter((l) => !l.startsWith("qcow2: ")) }
+    return { exit: 1, messages: [], openError: r.failure }
+  }
+  const { messages, ...counters } = r.success
+  const exit = counters.checkErrors > 0 ? 1 : counters.corruptions > 0 ? 2 : counters.leaks > 0 ? 3 : 0
+  return { exit, counters, messages: messages.filter((l) => !l.startsWith("qcow2: ")) }
+}
+
+const agree = async (
+  file: string,
+  options: {
+    readonly messages?: boolean
+    readonly repair?: boolean
+    /** Repair modes where QEMU's overlap check refuses to write the new structure over the broken old one. */
+    readonly qemuRepairFails?: ReadonlyArray<"leaks" | "all">
+  } = {}
+) => {
+  const theirs = qemu(file)
+  const mine = await ours(file)
+  expect(mine.exit).toBe(theirs.exit)
+  expect(mine.counters).toEqual(theirs.counters)
+  if (options.messages !== false && mine.openError === undefined) expect(mine.messages).toEqual(theirs.messages)
+  if (options.repair) {
+    for (const mode of ["leaks", "all"] as const) {
+      const a = `${file}.ours-${mode}`
+      const b = `${file}.qemu-${mode}`
+      fs.copyFileSync(file, a)
+      fs.copyFileSync(file, b)
+      const r1 = await ours(a, mode)
+      const r2 = qemu(b, mode)
+      if (options.qemuRepairFails?.includes(mode)) {
+        expect(r2.exit).toBe(1)
+        expect(r1.exit, `-r ${mode}`).toBe(0)
+        expect(qemu(a).exit, `qemu-img check after our -r ${mode}`).toBe(0)
+        continue
+      }
+      expect(r1.exit, `-r ${mode}`).toBe(r2.exit)
+      expect(r1.counters, `-r ${mode}`).toEqual(r2.counters)
+      expect(qemu(a).counters, `qemu-img check after our -r ${mode}`).toEqual(qemu(b).counters)
+    }
+  }
+  return { theirs, mine }
+}
+
+describe("absurd header fields", () => {
+  it("l1_size and refcount_table_clusters beyond QEMU's limits: both refuse to open", async () => {
+    const a = sample("l1size.qcow2")
+    putU32(a, 36, 0x7fffffff)
+    const r = await agree(a)
+    expect(r.mine.openError?.reason).toBe("Corrupt")
+    const b = sample("rtclusters.qcow2")
+    putU32(b, 56, 0xffffffff)
+    expect((await agree(b)).mine.openError).toBeDefined()
+  })
+
+  it("unknown incompatible feature bit: both refuse", async () => {
+    const a = sample("incompat.qcow2")
+    putU64(a, 72, 1n << 40n)
+    expect((await agree(a)).mine.openError?.reason).toBe("Unsupported")
+  })
+
+  it("not a qcow2 file (qemu-img probes it as raw, which has no check)", async () => {
+    const a = tmp("raw.img")
+    fs.writeFileSync(a, Buffer.alloc(4096, 7))
+    expect(qemu(a).exit).toBe(63)
+    expect((await ours(a)).openError?.reason).toBe("NotQcow2")
+  })
+
+  it("active L1 table far past the end of the file", async () => {
+    const a = sample("l1-far.qcow2")
+    putU64(a, 40, 1n << 40n)
+    await agree(a, { repair: true })
+  })
+
+  it("refcount table past the end of the file (every refcount reads as 0)", async () => {
+    const a = sample("rt-far.qcow2")
+    putU64(a, 48, 1n << 40n)
+    await agree(a, { repair: true })
+  })
+
+  it("a refcount table of 128 clusters, mostly past the end of the file", async () => {
+    const a = sample("rt-big.qcow2")
+    putU32(a, 56, 128)
+    await agree(a, { repair: true, qemuRepairFails: ["all"] })
+  })
+
+  it("huge virtual size with a matching L1 table past the end of the file", async () => {
+    const a = sample("vsize.qcow2")
+    putU64(a, 24, 1n << 50n)
+    putU32(a, 36, 2 ** 21)
+    putU64(a, 40, 1n << 45n)
+    await agree(a)
+  })
+})
+
+describe("absurd offsets in tables", () => {
+  it("refcount block offset beyond 2^53", async () => {
+    const a = sample("rb-huge.qcow2")
+    putU64(a, REFTABLE(a), 0x4000000000000000n)
+    await agree(a, { repair: true })
+  })
+
+  it("refcount block a few GiB past the end (repair grows the file like QEMU)", async () => {
+    const a = sample("rb-far.qcow2")
+    putU64(a, REFTABLE(a), 1n << 32n)
+    await agree(a, { repair: true })
+    expect(fs.statSync(`${a}.ours-all`).size).toBe(fs.statSync(`${a}.qemu-all`).size)
+  })
+
+  it("L1 entry with an offset beyond 2^53 (exact in messages)", async () => {
+    const a = sample("l1-huge.qcow2")
+    putU32(a, 36, 2)
+    putU64(a, L1(a) + 8, 0x80fedcba98765400n)
+    const { mine } = await agree(a, { repair: true })
+    expect(mine.messages.some((l) => l.includes("fedcba98765400"))).toBe(true)
+  })
+
+  it("L2 entries with offsets beyond 2^53: data, zero, compressed", async () => {
+    const a = sample("l2-huge.qcow2")
+    putU64(a, L2(a) + 8 * 10, 0x80fedcba98765400n)
+    putU64(a, L2(a) + 8 * 11, 0x00f0000000000201n)
+    putU64(a, L2(a) + 8 * 12, 0x403fffffffffffffn)
+    await agree(a, { repair: true })
+  })
+
+  it("snapshot with a 4M-entry L1 table past the end and one at an odd offset", async () => {
+    const a = sample("snap-far.qcow2")
+    sh("qemu-img", ["snapshot", "-c", "s", a])
+    const table = Number(u64(a, 64))
+    putU64(a, table, 1n << 44n)
+    putU32(a, table + 8, 4194304)
+    await agree(a, { repair: true })
+  })
+
+  it("snapshot table offset far past the end with the maximum snapshot count", async () => {
+    const a = sample("snap-count.qcow2")
+    putU32(a, 60, 65536)
+    putU64(a, 64, 1n << 40n)
+    await agree(a)
+  })
+
+  it("bitmap directory past the end of the file (both refuse to open)", async () => {
+    const a = tmp("bm.qcow2")
+    sh("qemu-img", ["create", "-q", "-f", "qcow2", a, "16M"])
+    sh("qemu-img", ["bitmap", "--add", a, "b"])
+    const h = readAt(a, 0, 4096)
+    let o = 112
+    while (o < 4096 && h.readUInt32BE(o) !== 0x23852875) o += 8 + Math.ceil(h.readUInt32BE(o + 4) / 8) * 8
+    expect(o).toBeLessThan(4096)
+    putU64(a, o + 8 + 16, 1n << 40n)
+    expect((await agree(a)).mine.openError?.message).toBe("Bitmap '' doesn't satisfy the constraints")
+  })
+})
+
+describe("truncated and randomly damaged images", () => {
+  it("file cut short at every cluster boundary of the metadata", async () => {
+    const src = sample("cut.qcow2")
+    for (const end of [65536 * 2, 65536 * 3, 65536 * 4, 65536 * 5 + 100]) {
+      const a = tmp(`cut-${end}.qcow2`)
+      fs.copyFileSync(src, a)
+      fs.truncateSync(a, end)
+      await agree(a, { repair: true })
+    }
+  })
+
+  it("random bytes in the metadata clusters (seeded) never crash and agree with qemu-img", async () => {
+    const src = sample("fuzz.qcow2", "cluster_size=4096")
+    sh("qemu-img", ["snapshot", "-c", "s", src])
+    let seed = 12345
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31
+      return seed % n
+    }
+    const metadata = [Number(u64(src, 40)), Number(u64(src, 48)), Number(u64(src, 64)), L2(src)]
+    const refblock = Number(u64(src, REFTABLE(src)) & ~0x1ffn)
+    metadata.push(refblock)
+    for (let round = 0; round < 24; round++) {
+      const a = tmp(`fuzz-${round}.qcow2`)
+      fs.copyFileSync(src, a)
+      for (let k = 0; k < 1 + rand(4); k++) {
+        const base = metadata[rand(metadata.length)]!
+        writeAt(a, base + rand(256), Buffer.from([rand(256)]))
+      }
+      const { theirs, mine } = await agree(a, { messages: false })
+      if (theirs.counters === undefined) expect(mine.counters).toBeUndefined()
+    }
+  })
+})
