@@ -4,7 +4,7 @@ import { StorageOpener, type StorageOpenerShape } from "@qcow2/storage"
 import { nodeStorageOpener } from "@qcow2/storage-node"
 import { HttpStorageOpener } from "@qcow2/storage-http"
 import { NodeClusterCodec } from "@qcow2/compress/node"
-import type { ClusterCodec } from "@qcow2/compress"
+import { ClusterCodec, CompressionError, DecompressionError, type ClusterCodecShape } from "@qcow2/compress"
 import { openImage, type Image, type OpenOptions } from "@qcow2/image"
 import { isUrl } from "./names.js"
 import { openFailure, type CliFailure } from "./errors.js"
@@ -25,9 +25,35 @@ export const makeOpener = (http: StorageOpenerShape): StorageOpenerShape => ({
   }
 })
 
+/**
+ * The Node codec, built on the first compressed cluster instead of at
+ * start-up: building it compiles the zstd wasm (~150 ms of CPU), which
+ * `info`, `map`, `check` and uncompressed images never need.
+ */
+export const lazyCodec = (build: Effect.Effect<ClusterCodecShape>): ClusterCodecShape => {
+  let real: ClusterCodecShape | undefined
+  const get = Effect.suspend(() => (real !== undefined ? Effect.succeed(real) : build.pipe(Effect.tap((c) => Effect.sync(() => void (real = c))))))
+  return {
+    decompress: (type, input, out) => Effect.flatMap(get, (c) => c.decompress(type, input, out)),
+    compress: (type, input, options) => Effect.flatMap(get, (c) => c.compress(type, input, options)),
+    decompressSync: (type, input, out) => {
+      if (real === undefined) {
+        throw new DecompressionError({ compressionType: type, reason: "Unsupported", message: "codec not initialized: use decompress first" })
+      }
+      real.decompressSync(type, input, out)
+    },
+    compressSync: (type, input, options) => {
+      if (real === undefined) {
+        throw new CompressionError({ compressionType: type, reason: "Failed", message: "codec not initialized: use compress first" })
+      }
+      return real.compressSync(type, input, options)
+    }
+  }
+}
+
 export const envLayer: Layer.Layer<ImageEnv> = Layer.mergeAll(
   Layer.succeed(StorageOpener, makeOpener(HttpStorageOpener.make())),
-  NodeClusterCodec.layer
+  Layer.succeed(ClusterCodec, lazyCodec(NodeClusterCodec.make))
 )
 
 /** Opens an image, turning a failure into qemu-img's "Could not open" message. */

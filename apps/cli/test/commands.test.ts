@@ -203,7 +203,7 @@ describe("convert to qcow2 (write path)", () => {
       const check = JSON.parse(qemu(d, "qemu-img", ["check", "--output=json", "out.qcow2"], true).stdout)
       expect(check["corruptions"] ?? 0).toBe(0)
       expect(check["leaks"] ?? 0).toBe(0)
-      if (extra.includes("-c")) expect(check["compressed-clusters"] ?? 0).toBeGreaterThan(0)
+      if ((extra as ReadonlyArray<string>).includes("-c")) expect(check["compressed-clusters"] ?? 0).toBeGreaterThan(0)
     })
   }
   it("-p prints qemu-img's progress lines on stdout", () => {
