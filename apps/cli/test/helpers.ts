@@ -2,7 +2,7 @@
  * Test helpers: build the bundle once, run it (the bundle is what ships),
  * run qemu-img / qemu-io, and compare qemu-img map output.
  */
-import { execFileSync, spawnSync } from "node:child_process"
+import { execFile, execFileSync, spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -94,3 +94,13 @@ export const sameRawFiles = (cwd: string, a: string, b: string): { same: boolean
   const r = qemu(cwd, "qemu-img", ["compare", "-f", "raw", "-F", "raw", a, b], true)
   return { same: r.status === 0, detail: r.stdout + r.stderr }
 }
+
+/** Runs the bundled CLI without blocking this process's event loop (for in-process servers). */
+export const qcow2Async = (cwd: string, args: ReadonlyArray<string>, timeoutMs = 120_000): Promise<Run> =>
+  new Promise((resolve) => {
+    const start = performance.now()
+    execFile(process.execPath, [BUNDLE, ...args], { cwd, encoding: "utf8", timeout: timeoutMs, maxBuffer: 256 << 20 }, (err, stdout, stderr) => {
+      const status = err === null ? 0 : typeof err.code === "number" ? err.code : -1
+      resolve({ status, stdout, stderr, ms: performance.now() - start })
+    })
+  })
