@@ -105,33 +105,34 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
   )
 }
 
+/** Longest extent one block-status call on a raw file probes (callers loop). */
+const RAW_STATUS_WINDOW = 2 * 1024 * 1024
+
 function rawBlockStatus(storage: BlockStorageShape, offset: number, length: number): Effect.Effect<BlockStatus, unknown> {
   return Effect.gen(function* () {
-    const probe = new Uint8Array(ZERO_PROBE)
+    const window = new Uint8Array(Math.min(length, RAW_STATUS_WINDOW))
+    yield* storage.read(offset, window)
     let done = 0
     let zero: boolean | undefined
-    while (done < length) {
+    while (done < window.length) {
       const start = offset + done
-      const n = Math.min(ZERO_PROBE - (start % ZERO_PROBE), length - done)
-      const slice = probe.subarray(0, n)
-      yield* storage.read(start, slice)
-      const z = isZero(slice)
+      const n = Math.min(ZERO_PROBE - (start % ZERO_PROBE), window.length - done)
+      const z = isZero(window.subarray(done, done + n))
       if (zero === undefined) zero = z
       else if (z !== zero) break
       done += n
-      if (done >= 64 * 1024 * 1024) break
     }
+    const isHole = zero ?? true
     return {
       offset,
       length: done,
       depth: 0,
       present: true,
-      zero: zero ?? true,
-      data: !(zero ?? true),
+      zero: isHole,
+      data: !isHole,
       compressed: false,
       hostOffset: offset,
       file: storage.location
     }
   })
 }
-
