@@ -12,6 +12,7 @@ import {
   type SnapshotEntry
 } from "@qcow2/format"
 import type { Image, ImageFormat } from "@qcow2/image"
+import { LUKS_HEADER_SIZE, decodeLuksHeader } from "@qcow2/crypto"
 import { open, type ImageEnv } from "../env.js"
 import type { CliFailure } from "../errors.js"
 import { isUrl, pathCombine } from "../names.js"
@@ -89,8 +90,53 @@ const readBitmaps = (image: Image): Effect.Effect<QValue[] | undefined, never, S
     Effect.catchDefect(() => Effect.succeed(undefined))
   )
 
+/** QEMU's name of a LUKS cipher: algorithm and key size ("aes-256"). */
+const cipherAlg = (name: string, mode: string, keyBytes: number): string => {
+  const bits = (keyBytes * 8) / (mode.startsWith("xts") ? 2 : 1)
+  return name === "cast5" ? "cast5-128" : `${name}-${bits}`
+}
+
+/** QCryptoBlockInfoLUKS of the LUKS header the FDE extension points at, or undefined if unreadable. */
+const readLuksInfo = (image: Image): Effect.Effect<QDict | undefined, never, StorageOpener | Scope.Scope> =>
+  Effect.gen(function* () {
+    const fde = image.header?.extensions.fullDiskEncryption
+    if (fde === undefined) return undefined
+    const opener = yield* StorageOpener
+    const storage = yield* opener.open(image.location, { readOnly: true })
+    const bytes = new Uint8Array(LUKS_HEADER_SIZE)
+    yield* storage.read(fde.offset, bytes)
+    const h = decodeLuksHeader(bytes)
+    const [modeName = "", ivgen = ""] = h.cipherMode.split("-")
+    const [ivgenAlg = "", ivgenHash] = ivgen.split(":")
+    return QDict.of([
+      ["format", "luks"],
+      ["cipher-alg", cipherAlg(h.cipherName, modeName, h.keyBytes)],
+      ["cipher-mode", modeName],
+      ["ivgen-alg", ivgenAlg],
+      ["ivgen-hash-alg", ivgenAlg === "essiv" ? ivgenHash : undefined],
+      ["hash-alg", h.hashSpec],
+      ["payload-offset", h.payloadOffset * 512],
+      ["master-key-iters", h.mkDigestIterations],
+      ["uuid", h.uuid],
+      [
+        "slots",
+        h.keySlots.map((k) =>
+          QDict.of([
+            ["active", k.active],
+            ["iters", k.active ? k.iterations : undefined],
+            ["stripes", k.active ? k.stripes : undefined],
+            ["key-offset", k.keyMaterialOffset * 512]
+          ])
+        )
+      ]
+    ])
+  }).pipe(
+    Effect.catchCause(() => Effect.succeed(undefined)),
+    Effect.catchDefect(() => Effect.succeed(undefined))
+  )
+
 /** ImageInfoSpecificQCow2, with the fields QEMU 7.2 sets for each version. */
-const qcow2Specific = (image: Image, bitmaps: QValue[] | undefined): QDict | undefined => {
+const qcow2Specific = (image: Image, bitmaps: QValue[] | undefined, luks: QDict | undefined): QDict | undefined => {
   const parsed = image.header
   if (parsed === undefined) return undefined
   const h = parsed.header
@@ -100,7 +146,7 @@ const qcow2Specific = (image: Image, bitmaps: QValue[] | undefined): QDict | und
     h.cryptMethod === CryptMethod.Aes
       ? QDict.of([["format", "aes"]])
       : h.cryptMethod === CryptMethod.Luks
-        ? QDict.of([["format", "luks"]])
+        ? (luks ?? QDict.of([["format", "luks"]]))
         : undefined
   return QDict.of([
     ["compat", v3 ? "1.1" : "0.10"],
@@ -118,7 +164,11 @@ const qcow2Specific = (image: Image, bitmaps: QValue[] | undefined): QDict | und
 
 /** The qcow2 format-specific data of an image, bitmaps included (qemu-io "info" prints it too). */
 export const qcow2SpecificFor = (image: Image): Effect.Effect<QDict | undefined, never, StorageOpener | Scope.Scope> =>
-  readBitmaps(image).pipe(Effect.map((bitmaps) => qcow2Specific(image, bitmaps)))
+  Effect.gen(function* () {
+    const bitmaps = yield* readBitmaps(image)
+    const luks = yield* readLuksInfo(image)
+    return qcow2Specific(image, bitmaps, luks)
+  })
 
 const snapshotInfo = (s: SnapshotEntry): QDict => {
   const clock = s.vmClockNanoseconds
@@ -144,7 +194,7 @@ export const imageInfo = (layer: Layer): Effect.Effect<QDict, never, StorageOpen
     const backing = image.backingFileName !== undefined && image.backingFileName !== "" ? image.backingFileName : undefined
     const dirty = parsed !== undefined && isSet(parsed.header.incompatibleFeatures, IncompatibleFeature.Dirty)
     const encrypted = parsed !== undefined && parsed.header.cryptMethod !== CryptMethod.None
-    const bitmaps = image.format === "qcow2" ? yield* readBitmaps(image) : undefined
+    const specific = image.format === "qcow2" ? yield* qcow2SpecificFor(image) : undefined
     return QDict.of([
       ["filename", name],
       ["format", image.format],
@@ -157,7 +207,7 @@ export const imageInfo = (layer: Layer): Effect.Effect<QDict, never, StorageOpen
       ["full-backing-filename", backing !== undefined ? pathCombine(name, backing) : undefined],
       ["backing-filename-format", backing !== undefined ? parsed?.extensions.backingFormat : undefined],
       ["snapshots", image.snapshots.length > 0 ? image.snapshots.map(snapshotInfo) : undefined],
-      ["format-specific", image.format === "qcow2" ? QDict.of([["type", "qcow2"], ["data", qcow2Specific(image, bitmaps)]]) : undefined]
+      ["format-specific", specific !== undefined ? QDict.of([["type", "qcow2"], ["data", specific]]) : undefined]
     ])
   })
 
