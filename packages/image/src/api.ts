@@ -125,5 +125,8 @@ export interface CreateOptions {
     readonly ivgenHashAlg?: string
     readonly hashAlg?: string
     readonly iterTimeMs?: number
+    /** Fixed PBKDF2 iteration counts instead of timing (tests, reproducible output). */
+    readonly slotIterations?: number
+    readonly masterKeyIterations?: number
   }
 }

@@ -1,8 +1,12 @@
-import { Effect } from "effect"
+import { Effect, Option } from "effect"
 import type { Scope } from "effect"
 import { ClusterCodec } from "@qcow2/compress"
 import type { ClusterCodecShape } from "@qcow2/compress"
 import { QCOW2_MAGIC } from "@qcow2/format"
+import type { ImageHeader } from "@qcow2/format"
+import type { SectorCrypto } from "@qcow2/cluster"
+import { SectorCipherFactory } from "@qcow2/crypto"
+import type { CryptoError, SectorCipher, SectorCipherFactoryShape } from "@qcow2/crypto"
 import { StorageOpener } from "@qcow2/storage"
 import type { BlockStorageShape, StorageOpenerShape } from "@qcow2/storage"
 import type { CreateOptions, Image, ImageFormat, OpenOptions } from "./api.js"
@@ -11,6 +15,7 @@ import { ImageError } from "./errors.js"
 import { asImageError, toImageError } from "./internal/errors.js"
 import { checkQcow2 } from "./check/index.js"
 import { openQcow2 } from "./qcow2/open.js"
+import { qcow2Internals } from "./qcow2/image.js"
 import { makeRawImage } from "./raw.js"
 
 /** Deepest backing chain accepted (QEMU has no fixed limit; this bounds hostile chains). */
@@ -40,6 +45,59 @@ interface ChainStep {
   readonly opener: StorageOpenerShape
   readonly codec: ClusterCodecShape
   readonly options: OpenOptions
+  readonly ciphers: SectorCipherFactoryShape | undefined
+}
+
+/** Largest LUKS area accepted from an image (QEMU's default is about 2 MiB). */
+const MAX_LUKS_AREA = 64 * 1024 * 1024
+
+const cryptoAdapter = (cipher: SectorCipher, ivFrom: "guest" | "host"): SectorCrypto => ({
+  ivFrom,
+  encrypt: (offset, data) => cipher.encrypt(offset / 512, data),
+  decrypt: (offset, data) => cipher.decrypt(offset / 512, data)
+})
+
+const describeCryptoError = (e: CryptoError): string => {
+  switch (e._tag) {
+    case "BadPassphrase":
+      return "Invalid password, cannot unlock any keyslot"
+    default:
+      return e.message
+  }
+}
+
+/** Unlocks an encrypted image with the passphrase of the open options (legacy AES or LUKS). */
+function unlocker(step: ChainStep, name: string) {
+  return (image: ImageHeader, storage: BlockStorageShape): Effect.Effect<SectorCrypto | undefined, ImageError> =>
+    Effect.gen(function* () {
+      const passphrase = step.options.passphrase
+      if (passphrase === undefined) return undefined
+      const ciphers = step.ciphers
+      if (ciphers === undefined) {
+        return yield* new ImageError({ reason: "Encryption", message: "no encryption backend was provided (SectorCipherFactory layer)", location: name })
+      }
+      const method = image.header.cryptMethod
+      if (method === 1) return cryptoAdapter(ciphers.legacyAes(passphrase), "guest")
+      if (method !== 2) {
+        return yield* new ImageError({ reason: "Unsupported", message: `Unsupported encryption method: ${method}`, location: name })
+      }
+      const fde = image.extensions.fullDiskEncryption
+      const fileSize = yield* asImageError(storage.size(), name)
+      if (fde === undefined || fde.length <= 0 || fde.length > MAX_LUKS_AREA || fde.offset + fde.length > fileSize) {
+        return yield* new ImageError({ reason: "Corrupt", message: "The LUKS header extension is missing or points outside the image", location: name })
+      }
+      const reader = (offset: number, length: number) => {
+        if (offset < 0 || length < 0 || offset + length > fde.length) {
+          return Effect.fail(new ImageError({ reason: "Corrupt", message: "LUKS key material lies outside the LUKS area", location: name }))
+        }
+        const out = new Uint8Array(length)
+        return Effect.as(asImageError(storage.read(fde.offset + offset, out), name), out)
+      }
+      const volume = yield* Effect.mapError(ciphers.openLuks(reader, passphrase), (e) =>
+        e instanceof ImageError ? e : new ImageError({ reason: "Encryption", message: describeCryptoError(e as CryptoError), location: name, cause: e })
+      )
+      return cryptoAdapter(volume.cipher, "host")
+    })
 }
 
 function openNamed(
@@ -79,6 +137,7 @@ function openNamed(
           e.reason === "BackingChain" ? e : new ImageError({ ...e, reason: "BackingChain", message: `Could not open backing file: ${e.message}` })
         ),
       // QEMU opens a relative data file name as given (relative to the working directory).
+      unlock: unlocker(step, name),
       openDataFile: (dataFile) => Effect.mapError(step.opener.open(dataFile, { readOnly }), (e) => openFailure(dataFile, e)),
       check: (repair) => checkQcow2(storage, repair === undefined ? {} : { repair })
     })
@@ -92,10 +151,13 @@ function openNamed(
  * names them; loops and chains deeper than 64 are refused.
  */
 export function openImage(name: string, options: OpenOptions = {}): Effect.Effect<Image, ImageError, Scope.Scope | StorageOpener | ClusterCodec> {
+  // An encryption backend (SectorCipherFactory) is used when provided; it is
+  // optional so that images without encryption need none.
   return Effect.gen(function* () {
     const opener = yield* StorageOpener
     const codec = yield* ClusterCodec
-    return yield* openNamed({ opener, codec, options }, name, options.format, options.readOnly ?? false, [])
+    const ciphers = Option.getOrUndefined(yield* Effect.serviceOption(SectorCipherFactory))
+    return yield* openNamed({ opener, codec, options, ciphers }, name, options.format, options.readOnly ?? false, [])
   })
 }
 
@@ -109,11 +171,19 @@ export function createImage(name: string, options: CreateOptions): Effect.Effect
     Effect.gen(function* () {
       const opener = yield* StorageOpener
       const codec = yield* ClusterCodec
+      const ciphers = Option.getOrUndefined(yield* Effect.serviceOption(SectorCipherFactory))
+      const encryption = options.encryption
+      if (encryption !== undefined && ciphers === undefined) {
+        return yield* new ImageError({ reason: "Encryption", message: "no encryption backend was provided (SectorCipherFactory layer)", location: name })
+      }
+      if (encryption !== undefined && options.preallocation !== undefined && options.preallocation !== "off" && options.preallocation !== "metadata") {
+        return yield* new ImageError({ reason: "Unsupported", message: "Preallocation falloc/full is not supported together with encryption", location: name })
+      }
       let size = options.size
       if (options.backingFile !== undefined && size === undefined) {
         const backingName = opener.resolve(name, options.backingFile)
         const backing = yield* Effect.scoped(
-          openNamed({ opener, codec, options: {} }, backingName, options.backingFormat, true, [])
+          openNamed({ opener, codec, options: {}, ciphers }, backingName, options.backingFormat, true, [])
         ).pipe(Effect.map((image) => image.virtualSize))
         size = backing
       }
@@ -129,8 +199,31 @@ export function createImage(name: string, options: CreateOptions): Effect.Effect
       yield* writeEmptyImage(storage, plan)
       yield* Effect.scoped(
         Effect.gen(function* () {
-          const image = yield* openNamed({ opener, codec, options: { openBacking: false } }, name, "qcow2", false, [])
+          const image = yield* openNamed({ opener, codec, options: { openBacking: false }, ciphers }, name, "qcow2", false, [])
           if (plan.size > 0) yield* image.truncate(plan.size, { preallocation: plan.preallocation })
+          if (encryption !== undefined && ciphers !== undefined) {
+            const internals = qcow2Internals.get(image)!
+            if (encryption.format === "aes") {
+              yield* internals.setUpEncryption(undefined)
+            } else {
+              const created = yield* Effect.mapError(
+                ciphers.createLuks({
+                  passphrase: encryption.passphrase,
+                  cipherAlg: encryption.cipherAlg,
+                  cipherMode: encryption.cipherMode,
+                  ivgenAlg: encryption.ivgenAlg,
+                  ivgenHashAlg: encryption.ivgenHashAlg,
+                  hashAlg: encryption.hashAlg,
+                  iterTimeMs: encryption.iterTimeMs,
+                  slotIterations: encryption.slotIterations,
+                  masterKeyIterations: encryption.masterKeyIterations
+                }),
+                (e) => new ImageError({ reason: "Encryption", message: describeCryptoError(e), location: name, cause: e })
+              )
+              yield* internals.setUpEncryption(created.area)
+              created.cipher.dispose()
+            }
+          }
           yield* image.flush()
         })
       )

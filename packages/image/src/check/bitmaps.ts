@@ -1,10 +1,10 @@
 import { Effect } from "effect"
 import type { ImageError } from "../errors.js"
 import { bitmapTableValid } from "./bitmap-directory.js"
-import { TWO_32, be32, hex64 } from "./bytes.js"
+import { TWO_32, be32 } from "./bytes.js"
 import { type CheckAborted, EINVAL, abort } from "./io.js"
 import type { Pass } from "./pass.js"
-import { countRegion } from "./references.js"
+import { countRegion, exactHex } from "./references.js"
 import { readBounded } from "./state.js"
 
 /**
@@ -32,7 +32,7 @@ export function checkBitmapReferences(p: Pass): Effect.Effect<void, ImageError |
         const hi = be32(table, i * 8)
         const lo = be32(table, i * 8 + 4)
         const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0)
-        if (offset !== 0) countRegion(p, offset, cs, hex64(hi & 0x00ffffff, (lo & 0xfffffe00) >>> 0))
+        if (offset !== 0) countRegion(p, offset, cs, exactHex(offset, hi & 0x00ffffff, lo & 0xfffffe00))
       }
     }
   })

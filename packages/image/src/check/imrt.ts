@@ -44,6 +44,13 @@ export class Imrt {
 
   /** Adds one reference; false (count unchanged) when the count is already at the maximum. */
   increment(cluster: number): boolean {
+    if (cluster < this.size) {
+      const c = this.counts[cluster]!
+      if (c < 0xfffe && c < this.max) {
+        this.counts[cluster] = c + 1
+        return true
+      }
+    }
     const v = this.get(cluster)
     if (v >= this.max) return false
     this.set(cluster, v + 1)

@@ -22,6 +22,11 @@ const INT64_MAX = 2 ** 63
 export function countRegion(p: Pass, offset: number, size: number, offsetHex?: string): void {
   if (size <= 0) return
   const cs = p.img.clusterSize
+  if (size === cs && offset % cs === 0 && offset < p.img.fileSize) {
+    // one whole cluster inside the file: the common case of data and tables
+    if (!p.imrt.increment(offset / cs)) overflow(p, offset)
+    return
+  }
   if (offset + size - p.img.fileSize >= cs) {
     p.log(
       `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${offsetHex ?? hexNum(offset)} size 0x${hexNum(size)}`
@@ -32,15 +37,21 @@ export function countRegion(p: Pass, offset: number, size: number, offsetHex?: s
   const first = Math.floor(offset / cs)
   const last = Math.floor((offset + size - 1) / cs)
   for (let k = first; k <= last; k++) {
-    if (!p.imrt.increment(k)) {
-      p.log(`ERROR: overflow cluster offset=0x${hexNum(k * cs)}`)
-      p.log(
-        "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing"
-      )
-      p.tally.corruptions++
-    }
+    if (!p.imrt.increment(k)) overflow(p, k * cs)
   }
 }
+
+function overflow(p: Pass, clusterOffset: number): void {
+  p.log(`ERROR: overflow cluster offset=0x${hexNum(clusterOffset)}`)
+  p.log(
+    "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing"
+  )
+  p.tally.corruptions++
+}
+
+/** The exact hex text of hi:lo when `value` (its double) is not exact, else undefined. */
+export const exactHex = (value: number, hi: number, lo: number): string | undefined =>
+  value > Number.MAX_SAFE_INTEGER ? hex64(hi, lo >>> 0) : undefined
 
 /** L2 entry types as QEMU's qcow2_get_cluster_type classifies them. */
 export const enum ClusterType {
@@ -106,101 +117,172 @@ function fixEntryByZero(
   })
 }
 
+/** Bytes of L2 tables fetched ahead at once. */
+const L2_BATCH_BYTES = 8 << 20
+/** Concurrent reads while fetching ahead. */
+const L2_READ_CONCURRENCY = 8
+
+/**
+ * Reads the L2 tables of one L1 table in L1 order, fetching the next tables
+ * (up to 8 MiB, at most 64) with a few concurrent reads, since a check is
+ * bound by the latency of many small reads when clusters are small.
+ */
+export class L2Reader {
+  private batch = new Map<number, Uint8Array>()
+
+  constructor(
+    private readonly p: Pass,
+    private readonly l1: Uint8Array,
+    private readonly l1Entries: number
+  ) {}
+
+  /** The table at `offset`, which is entry `index` of the L1 table. */
+  read(index: number, offset: number): Effect.Effect<Uint8Array, ImageError> {
+    const hit = this.batch.get(offset)
+    if (hit !== undefined) return Effect.succeed(hit)
+    const cs = this.p.img.clusterSize
+    const limit = Math.max(1, Math.min(64, Math.floor(L2_BATCH_BYTES / cs)))
+    const offsets: Array<number> = [offset]
+    for (let j = index + 1; j < this.l1Entries && offsets.length < limit; j++) {
+      const o = entryOffset(be32(this.l1, j * 8), be32(this.l1, j * 8 + 4))
+      if (o !== 0 && o < this.p.img.fileSize && !offsets.includes(o)) offsets.push(o)
+    }
+    if (offsets.length === 1) return this.p.io.read(offset, cs)
+    return Effect.forEach(offsets, (o) => this.p.io.read(o, cs), { concurrency: L2_READ_CONCURRENCY }).pipe(
+      Effect.map((tables) => {
+        this.batch = new Map(offsets.map((o, i) => [o, tables[i]!]))
+        return tables[0]!
+      })
+    )
+  }
+}
+
+/** Where a scan of an L2 table stands: the next entry and the fragmentation cursor. */
+interface L2Scan {
+  next: number
+  nextContiguous: number
+}
+
+/**
+ * Counts the clusters of L2 entries from `scan.next` on and checks them
+ * (the body of QEMU's check_refcounts_l2), in plain code. Stops early and
+ * returns the index of an unaligned preallocated entry that `fix.errors`
+ * asks to repair (its corruption already counted); -1 at the end.
+ */
+function scanL2(p: Pass, table: Uint8Array, scan: L2Scan, fragInfo: boolean, fix: Fix): number {
+  const img = p.img
+  const cs = img.clusterSize
+  const tally = p.tally
+  const ext = img.extendedL2
+  const step = img.l2EntryBytes
+  const n = img.l2Entries
+  for (let i = scan.next; i < n; i++) {
+    const o = i * step
+    const hi = be32(table, o)
+    const lo = be32(table, o + 4)
+    const zeroMask = ext ? be32(table, o + 8) : 0
+    const allocMask = ext ? be32(table, o + 12) : 0
+    if (hi === 0 && lo === 0 && zeroMask === 0 && allocMask === 0) continue
+    const type = clusterType(hi, lo, ext, img.hasDataFile)
+    if (type !== ClusterType.Compressed && ((hi & 0x3f000000) !== 0 || (lo & 0x1fe) !== 0)) {
+      p.log(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`)
+      tally.corruptions++
+    }
+    switch (type) {
+      case ClusterType.Compressed: {
+        let h = hi
+        const shift = 70 - img.clusterBits
+        const offHi = h & ((1 << (shift - 32)) - 1)
+        if ((h & COPIED) !== 0) {
+          p.log(`ERROR: coffset=0x${hex64(offHi, lo)}: copied flag must never be set for compressed clusters`)
+          h = (h & ~COPIED) >>> 0
+          tally.corruptions++
+        }
+        if (img.hasDataFile) {
+          p.log(`ERROR compressed cluster ${i} with data file, entry=0x${hex64(h, lo)}`)
+          tally.corruptions++
+          break
+        }
+        if (zeroMask !== 0 || allocMask !== 0) {
+          p.log(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(h, lo)}`)
+          tally.corruptions++
+          break
+        }
+        const sectors = ((h >>> (shift - 32)) & ((1 << (img.clusterBits - 8)) - 1)) + 1
+        const coffset = offHi * TWO_32 + lo
+        countRegion(p, coffset, sectors * 512 - (lo & 511), exactHex(coffset, offHi, lo))
+        if (fragInfo) {
+          tally.allocatedClusters++
+          tally.compressedClusters++
+          tally.fragmentedClusters++
+        }
+        break
+      }
+      case ClusterType.ZeroAlloc:
+      case ClusterType.Normal: {
+        const offset = entryOffset(hi, lo)
+        if ((zeroMask & allocMask) !== 0) {
+          tally.corruptions++
+          p.log(`ERROR offset=${hex64(hi & 0x00ffffff, lo & 0xfffffe00)}: Allocated cluster has corrupted subcluster allocation bitmap`)
+        }
+        if ((lo & (cs - 1) & 0xfffffe00) !== 0) {
+          tally.corruptions++
+          const containsData = ext ? allocMask !== 0 : (lo & 1) === 0
+          const offsetHex = hex64(hi & 0x00ffffff, lo & 0xfffffe00)
+          if (!containsData) {
+            p.log(`${fix.errors ? "Repairing" : "ERROR"} offset=${offsetHex}: Preallocated cluster is not properly aligned; L2 entry corrupted.`)
+            if (fix.errors) {
+              scan.next = i + 1
+              return i
+            }
+          } else {
+            p.log(`ERROR offset=${offsetHex}: Data cluster is not properly aligned; L2 entry corrupted.`)
+          }
+        }
+        if (fragInfo) {
+          tally.allocatedClusters++
+          if (scan.nextContiguous !== 0 && offset !== scan.nextContiguous) tally.fragmentedClusters++
+          scan.nextContiguous = offset + cs
+        }
+        if (!img.hasDataFile) countRegion(p, offset, cs, exactHex(offset, hi & 0x00ffffff, lo & 0xfffffe00))
+        break
+      }
+      case ClusterType.ZeroPlain:
+        break
+      case ClusterType.Unallocated:
+        if (allocMask !== 0) {
+          tally.corruptions++
+          p.log("ERROR: Unallocated cluster has non-zero subcluster allocation map")
+        }
+        break
+    }
+  }
+  scan.next = n
+  return -1
+}
+
 /**
  * Counts the clusters one L2 table references and checks its entries
  * (QEMU's check_refcounts_l2). `fragInfo` updates the allocation figures
  * (active L1 only).
  */
-function checkL2(p: Pass, l2Offset: number, fragInfo: boolean, fix: Fix, active: boolean): Effect.Effect<void, ImageError | CheckAborted> {
+function checkL2(
+  p: Pass,
+  reader: L2Reader,
+  l1Index: number,
+  l2Offset: number,
+  fragInfo: boolean,
+  fix: Fix,
+  active: boolean
+): Effect.Effect<void, ImageError | CheckAborted> {
   return Effect.gen(function* () {
-    const img = p.img
-    const cs = img.clusterSize
-    if (l2Offset >= img.fileSize) return
-    const table = yield* p.io.read(l2Offset, cs)
-    const tally = p.tally
-    const ext = img.extendedL2
-    const step = img.l2EntryBytes
-    let nextContiguous = 0
-    for (let i = 0; i < img.l2Entries; i++) {
-      const o = i * step
-      const hi = be32(table, o)
-      const lo = be32(table, o + 4)
-      const zeroMask = ext ? be32(table, o + 8) : 0
-      const allocMask = ext ? be32(table, o + 12) : 0
-      if (hi === 0 && lo === 0 && zeroMask === 0 && allocMask === 0) continue
-      const type = clusterType(hi, lo, ext, img.hasDataFile)
-      if (type !== ClusterType.Compressed && ((hi & 0x3f000000) !== 0 || (lo & 0x1fe) !== 0)) {
-        p.log(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`)
-        tally.corruptions++
-      }
-      switch (type) {
-        case ClusterType.Compressed: {
-          let h = hi
-          const shift = 70 - img.clusterBits
-          const offHi = h & ((1 << (shift - 32)) - 1)
-          if ((h & COPIED) !== 0) {
-            p.log(`ERROR: coffset=0x${hex64(offHi, lo)}: copied flag must never be set for compressed clusters`)
-            h = (h & ~COPIED) >>> 0
-            tally.corruptions++
-          }
-          if (img.hasDataFile) {
-            p.log(`ERROR compressed cluster ${i} with data file, entry=0x${hex64(h, lo)}`)
-            tally.corruptions++
-            break
-          }
-          if (zeroMask !== 0 || allocMask !== 0) {
-            p.log(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(h, lo)}`)
-            tally.corruptions++
-            break
-          }
-          const sectors = ((h >>> (shift - 32)) & ((1 << (img.clusterBits - 8)) - 1)) + 1
-          const coffset = offHi * TWO_32 + lo
-          countRegion(p, coffset, sectors * 512 - (lo & 511), hex64(offHi, lo))
-          if (fragInfo) {
-            tally.allocatedClusters++
-            tally.compressedClusters++
-            tally.fragmentedClusters++
-          }
-          break
-        }
-        case ClusterType.ZeroAlloc:
-        case ClusterType.Normal: {
-          const offset = entryOffset(hi, lo)
-          const offsetHex = hex64(hi & 0x00ffffff, (lo & 0xfffffe00) >>> 0)
-          if ((zeroMask & allocMask) !== 0) {
-            tally.corruptions++
-            p.log(`ERROR offset=${offsetHex}: Allocated cluster has corrupted subcluster allocation bitmap`)
-          }
-          if ((lo & (cs - 1) & 0xfffffe00) !== 0) {
-            tally.corruptions++
-            const containsData = ext ? allocMask !== 0 : (lo & 1) === 0
-            if (!containsData) {
-              p.log(`${fix.errors ? "Repairing" : "ERROR"} offset=${offsetHex}: Preallocated cluster is not properly aligned; L2 entry corrupted.`)
-              if (fix.errors) {
-                yield* fixEntryByZero(p, l2Offset, table, i, active)
-                continue
-              }
-            } else {
-              p.log(`ERROR offset=${offsetHex}: Data cluster is not properly aligned; L2 entry corrupted.`)
-            }
-          }
-          if (fragInfo) {
-            tally.allocatedClusters++
-            if (nextContiguous !== 0 && offset !== nextContiguous) tally.fragmentedClusters++
-            nextContiguous = offset + cs
-          }
-          if (!img.hasDataFile) countRegion(p, offset, cs, offsetHex)
-          break
-        }
-        case ClusterType.ZeroPlain:
-          break
-        case ClusterType.Unallocated:
-          if (allocMask !== 0) {
-            tally.corruptions++
-            p.log("ERROR: Unallocated cluster has non-zero subcluster allocation map")
-          }
-          break
-      }
+    if (l2Offset >= p.img.fileSize) return
+    const table = yield* reader.read(l1Index, l2Offset)
+    const scan: L2Scan = { next: 0, nextContiguous: 0 }
+    for (;;) {
+      const stop = scanL2(p, table, scan, fragInfo, fix)
+      if (stop < 0) return
+      yield* fixEntryByZero(p, l2Offset, table, stop, active)
     }
   })
 }
@@ -224,6 +306,7 @@ function checkL1(
     countRegion(p, l1Offset, l1Size * 8, offsetHex)
     const table = active ? img.activeL1 : yield* readBounded(p.io, img.fileSize, l1Offset, l1Size * 8)
     const n = Math.min(l1Size, Math.floor(table.length / 8))
+    const reader = new L2Reader(p, table, n)
     for (let i = 0; i < n; i++) {
       const hi = be32(table, i * 8)
       const lo = be32(table, i * 8 + 4)
@@ -233,13 +316,12 @@ function checkL1(
         p.tally.corruptions++
       }
       const l2Offset = entryOffset(hi, lo)
-      const l2Hex = hex64(hi & 0x00ffffff, (lo & 0xfffffe00) >>> 0)
-      countRegion(p, l2Offset, img.clusterSize, l2Hex)
+      countRegion(p, l2Offset, img.clusterSize, exactHex(l2Offset, hi & 0x00ffffff, lo & 0xfffffe00))
       if ((lo & (img.clusterSize - 1) & 0xfffffe00) !== 0) {
-        p.log(`ERROR l2_offset=${l2Hex}: Table is not cluster aligned; L1 entry corrupted`)
+        p.log(`ERROR l2_offset=${hex64(hi & 0x00ffffff, (lo & 0xfffffe00) >>> 0)}: Table is not cluster aligned; L1 entry corrupted`)
         p.tally.corruptions++
       }
-      yield* checkL2(p, l2Offset, fragInfo, fix, active)
+      yield* checkL2(p, reader, i, l2Offset, fragInfo, fix, active)
     }
   })
 }

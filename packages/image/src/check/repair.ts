@@ -4,7 +4,7 @@ import type { ImageError } from "../errors.js"
 import { type CheckAborted, EIO, abort } from "./io.js"
 import type { MetadataKind } from "./overlap.js"
 import type { Fix, Pass } from "./pass.js"
-import { ClusterType, clusterType, entryOffset } from "./references.js"
+import { ClusterType, L2Reader, clusterType, entryOffset } from "./references.js"
 import { UNREADABLE } from "./stored.js"
 import { TWO_32, be32, hex64 } from "./bytes.js"
 
@@ -59,6 +59,51 @@ export function compareRefcounts(p: Pass, fix: Fix): Effect.Effect<number, Image
   })
 }
 
+interface CopiedScan {
+  next: number
+  dirty: number
+}
+
+/**
+ * Checks (and with `repair` fixes in `table`) the COPIED flags of the L2
+ * entries from `scan.next` on, in plain code. Returns a cluster whose
+ * refcount block must be loaded before the scan can go on, or -1 at the end.
+ */
+function scanCopied(p: Pass, table: Uint8Array, scan: CopiedScan, repair: boolean): number {
+  const { img, stored, tally } = p
+  const cs = img.clusterSize
+  const step = img.l2EntryBytes
+  const n = img.l2Entries
+  for (let j = scan.next; j < n; j++) {
+    const eh = be32(table, j * step)
+    const el = be32(table, j * step + 4)
+    if (eh === 0 && el === 0) continue
+    const t = clusterType(eh, el, img.extendedL2, img.hasDataFile)
+    if (t !== ClusterType.Normal && t !== ClusterType.ZeroAlloc) continue
+    let count = 1
+    if (!img.hasDataFile) {
+      const cluster = Math.floor(entryOffset(eh, el) / cs)
+      if (stored.needsLoad(cluster)) {
+        scan.next = j
+        return cluster
+      }
+      count = stored.get(cluster)
+    }
+    if (count === UNREADABLE) continue
+    if ((count === 1) !== ((eh & 0x80000000) !== 0)) {
+      tally.corruptions++
+      p.log(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex64(eh, el)} refcount=${count}`)
+      if (repair) {
+        const fixed = count === 1 ? (eh | 0x80000000) >>> 0 : (eh & 0x7fffffff) >>> 0
+        table[j * step] = fixed >>> 24
+        scan.dirty++
+      }
+    }
+  }
+  scan.next = n
+  return -1
+}
+
 const OL_ACTIVE_L1: ReadonlyArray<MetadataKind> = ["active L1 table"]
 const OL_ACTIVE_L2: ReadonlyArray<MetadataKind> = ["active L2 table"]
 
@@ -76,13 +121,14 @@ export function checkOflagCopied(p: Pass, fix: Fix): Effect.Effect<void, ImageEr
     const l1 = img.activeL1
     const n = Math.min(img.l1Size, Math.floor(l1.length / 8))
     let wrote = false
+    const reader = new L2Reader(p, l1, n)
     for (let i = 0; i < n; i++) {
       const hi = be32(l1, i * 8)
       const lo = be32(l1, i * 8 + 4)
       const l2Offset = entryOffset(hi, lo)
       if (l2Offset === 0) continue
       const l2Cluster = Math.floor(l2Offset / cs)
-      yield* stored.loadFor([l2Cluster])
+      yield* stored.loadFor(l2Cluster)
       const refcount = stored.get(l2Cluster)
       if (refcount === UNREADABLE) continue
       if ((refcount === 1) !== ((hi & 0x80000000) !== 0)) {
@@ -103,36 +149,14 @@ export function checkOflagCopied(p: Pass, fix: Fix): Effect.Effect<void, ImageEr
         }
       }
       if (l2Offset >= img.fileSize) continue
-      const table = yield* p.io.read(l2Offset, cs)
-      const step = img.l2EntryBytes
-      const wanted: Array<number> = []
-      if (!img.hasDataFile) {
-        for (let j = 0; j < img.l2Entries; j++) {
-          const eh = be32(table, j * step)
-          const el = be32(table, j * step + 4)
-          const t = clusterType(eh, el, img.extendedL2, false)
-          if (t === ClusterType.Normal || t === ClusterType.ZeroAlloc) wanted.push(Math.floor(entryOffset(eh, el) / cs))
-        }
-        yield* stored.loadFor(wanted)
+      const table = yield* reader.read(i, l2Offset)
+      const scan: CopiedScan = { next: 0, dirty: 0 }
+      for (;;) {
+        const missing = scanCopied(p, table, scan, repair)
+        if (missing < 0) break
+        yield* stored.loadFor(missing)
       }
-      let dirty = 0
-      const view = new DataView(table.buffer, table.byteOffset, table.byteLength)
-      for (let j = 0; j < img.l2Entries; j++) {
-        const eh = be32(table, j * step)
-        const el = be32(table, j * step + 4)
-        const t = clusterType(eh, el, img.extendedL2, img.hasDataFile)
-        if (t !== ClusterType.Normal && t !== ClusterType.ZeroAlloc) continue
-        const count = img.hasDataFile ? 1 : stored.get(Math.floor(entryOffset(eh, el) / cs))
-        if (count === UNREADABLE) continue
-        if ((count === 1) !== ((eh & 0x80000000) !== 0)) {
-          tally.corruptions++
-          p.log(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex64(eh, el)} refcount=${count}`)
-          if (repair) {
-            view.setUint32(j * step, count === 1 ? (eh | 0x80000000) >>> 0 : (eh & 0x7fffffff) >>> 0)
-            dirty++
-          }
-        }
-      }
+      const dirty = scan.dirty
       if (dirty > 0) {
         if (p.metadata.find(l2Offset, cs, OL_ACTIVE_L2) !== undefined) {
           p.log(`ERROR: Could not write L2 table; metadata overlap check failed: ${EIO}`)

@@ -76,7 +76,7 @@ function allocateClusters(p: Pass, count: number): Effect.Effect<number, ImageEr
       let run = 0
       while (run < count) {
         const c = next++
-        yield* stored.loadFor([c])
+        yield* stored.loadFor(c)
         const r = stored.get(c)
         if (r === UNREADABLE) return yield* abort(EIO)
         run = r === 0 ? run + 1 : 0
@@ -94,7 +94,7 @@ function allocateClusters(p: Pass, count: number): Effect.Effect<number, ImageEr
       const blockIndex = Math.floor(uncovered / perBlock)
       let blockCluster = next
       for (;;) {
-        yield* stored.loadFor([blockCluster])
+        yield* stored.loadFor(blockCluster)
         if (stored.get(blockCluster) === 0) break
         blockCluster++
       }
@@ -117,6 +117,7 @@ function allocateClusters(p: Pass, count: number): Effect.Effect<number, ImageEr
         img.reftable = grown
       }
       img.reftable.set(entry, blockIndex * 8)
+      stored.reset()
       img.fileSize = Math.max(img.fileSize, offset + img.clusterSize)
       p.metadata.invalidate()
       // QEMU retries the same clusters first (update_refcount resets free_cluster_index on -EAGAIN).
@@ -160,7 +161,7 @@ export function rewriteSnapshotTable(p: Pass): Effect.Effect<void, ImageError | 
       const last = Math.floor((oldOffset + oldSize - 1) / cs)
       const freed: Array<number> = []
       for (let c = first; c <= last; c++) {
-        yield* p.stored.loadFor([c])
+        yield* p.stored.loadFor(c)
         const r = p.stored.get(c)
         if (r === UNREADABLE || r === 0) continue
         p.stored.set(c, r - 1)

@@ -8,6 +8,9 @@ import type { ImageInfo } from "./state.js"
 /** Result of looking up a stored refcount whose refcount block offset is not cluster aligned (QEMU: -EIO). */
 export const UNREADABLE = -1
 
+/** Marks a block whose offset is not cluster aligned. */
+const UNALIGNED = new Uint8Array(0)
+
 /**
  * The refcounts stored in the image, read through the refcount table and its
  * blocks (QEMU's qcow2_get_refcount). Blocks are loaded on demand, once per
@@ -19,6 +22,12 @@ export class StoredRefcounts {
   private readonly dirty = new Set<number>()
   private readonly zeroBlock: Uint8Array
   private signaled = false
+  /** The block of the last table index looked up (undefined: none; UNALIGNED: unusable). */
+  private lastIndex = -1
+  private lastBlock: Uint8Array | undefined = undefined
+
+  private readonly perBlock: number
+  private readonly order: number
 
   constructor(
     private readonly io: Io,
@@ -26,22 +35,25 @@ export class StoredRefcounts {
     private readonly log: (message: string) => void
   ) {
     this.zeroBlock = new Uint8Array(img.clusterSize)
+    this.perBlock = 2 ** img.refblockBits
+    this.order = img.refcountOrder
   }
 
-  /** Refcount table entry `index` as hi/lo words (zero past the table or the file). */
-  private entry(index: number): { hi: number; lo: number } {
-    if (index >= this.img.reftableEntries) return { hi: 0, lo: 0 }
-    return { hi: be32(this.img.reftable, index * 8), lo: be32(this.img.reftable, index * 8 + 4) }
+  private entryHi(index: number): number {
+    return index < this.img.reftableEntries ? be32(this.img.reftable, index * 8) : 0
+  }
+
+  private entryLo(index: number): number {
+    return index < this.img.reftableEntries ? be32(this.img.reftable, index * 8 + 4) : 0
   }
 
   /** Offset of refcount block `index` (bits 9-63 of the entry; inexact above 2^53). */
   blockOffset(index: number): number {
-    const { hi, lo } = this.entry(index)
-    return hi * TWO_32 + ((lo & 0xfffffe00) >>> 0)
+    return this.entryHi(index) * TWO_32 + ((this.entryLo(index) & 0xfffffe00) >>> 0)
   }
 
   private blockUnaligned(index: number): boolean {
-    return (this.entry(index).lo & (this.img.clusterSize - 1) & 0xfffffe00) !== 0
+    return (this.entryLo(index) & (this.img.clusterSize - 1) & 0xfffffe00) !== 0
   }
 
   /** Loads the refcount block with table index `index`, if there is one to load. */
@@ -53,28 +65,21 @@ export class StoredRefcounts {
     return this.io.read(offset, this.img.clusterSize).pipe(
       Effect.map((block) => {
         this.blocks.set(offset, block)
+        this.lastIndex = -1
       })
     )
   }
 
-  /** Loads the blocks covering clusters `[first, last]`. */
-  loadRange(first: number, last: number): Effect.Effect<void, ImageError> {
-    const bits = this.img.refblockBits
-    const from = Math.floor(first / 2 ** bits)
-    const to = Math.floor(last / 2 ** bits)
-    if (from === to) return this.load(from)
-    return Effect.forEach(
-      Array.from({ length: to - from + 1 }, (_, i) => from + i),
-      (i) => this.load(i),
-      { discard: true }
-    )
+  /** Whether the block holding the refcount of `cluster` still has to be loaded. */
+  needsLoad(cluster: number): boolean {
+    const index = Math.floor(cluster / this.perBlock)
+    const offset = this.blockOffset(index)
+    return offset !== 0 && offset < this.img.fileSize && !this.blockUnaligned(index) && !this.blocks.has(offset)
   }
 
-  /** Loads the blocks covering every cluster in `clusters`. */
-  loadFor(clusters: Iterable<number>): Effect.Effect<void, ImageError> {
-    const indices = new Set<number>()
-    for (const c of clusters) indices.add(Math.floor(c / 2 ** this.img.refblockBits))
-    return Effect.forEach(indices, (i) => this.load(i), { discard: true })
+  /** Loads the block holding the refcount of `cluster`. */
+  loadFor(cluster: number): Effect.Effect<void, ImageError> {
+    return this.load(Math.floor(cluster / this.perBlock))
   }
 
   private block(index: number): Uint8Array | undefined {
@@ -89,11 +94,11 @@ export class StoredRefcounts {
    * reports the corruption as QEMU's qcow2_signal_corruption does.
    */
   get(cluster: number): number {
-    const bits = this.img.refblockBits
-    const index = Math.floor(cluster / 2 ** bits)
-    if (index >= this.img.reftableEntries) return 0
-    if (this.blockOffset(index) === 0) return 0
-    if (this.blockUnaligned(index)) {
+    const index = Math.floor(cluster / this.perBlock)
+    if (index !== this.lastIndex) this.select(index)
+    const block = this.lastBlock
+    if (block === undefined) return 0
+    if (block === UNALIGNED) {
       if (!this.signaled) {
         this.signaled = true
         this.log(
@@ -102,10 +107,23 @@ export class StoredRefcounts {
       }
       return UNREADABLE
     }
-    const block = this.block(index)!
-    const i = cluster - index * 2 ** bits
-    if (this.img.refcountOrder === 6) return be32(block, i * 8) * TWO_32 + be32(block, i * 8 + 4)
-    return readRefcount(block, i, this.img.refcountOrder)
+    const i = cluster - index * this.perBlock
+    switch (this.order) {
+      case 4:
+        return (block[i << 1]! << 8) | block[(i << 1) + 1]!
+      case 6:
+        return be32(block, i * 8) * TWO_32 + be32(block, i * 8 + 4)
+      default:
+        return readRefcount(block, i, this.order)
+    }
+  }
+
+  /** Looks up the block of table index `index` once for a run of clusters. */
+  private select(index: number): void {
+    this.lastIndex = index
+    if (index >= this.img.reftableEntries || this.blockOffset(index) === 0) this.lastBlock = undefined
+    else if (this.blockUnaligned(index)) this.lastBlock = UNALIGNED
+    else this.lastBlock = this.block(index)
   }
 
   /**
@@ -113,12 +131,11 @@ export class StoredRefcounts {
    * file and be aligned (the caller has seen a non-zero refcount there).
    */
   set(cluster: number, value: number): void {
-    const bits = this.img.refblockBits
-    const index = Math.floor(cluster / 2 ** bits)
+    const index = Math.floor(cluster / this.perBlock)
     const offset = this.blockOffset(index)
     const block = this.blocks.get(offset)
     if (block === undefined) return
-    writeRefcount(block, cluster - index * 2 ** bits, this.img.refcountOrder, value)
+    writeRefcount(block, cluster - index * this.perBlock, this.order, value)
     this.dirty.add(offset)
   }
 
@@ -136,5 +153,6 @@ export class StoredRefcounts {
   reset(): void {
     this.blocks.clear()
     this.dirty.clear()
+    this.lastIndex = -1
   }
 }

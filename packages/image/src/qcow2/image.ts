@@ -1,4 +1,4 @@
-import { Effect } from "effect"
+import { Effect, Semaphore } from "effect"
 import { CompatibleFeature, IncompatibleFeature, l1EntriesFor, snapshotTableSize } from "@qcow2/format"
 import type { SnapshotEntry } from "@qcow2/format"
 import {
@@ -20,6 +20,19 @@ import { ImageError } from "../errors.js"
 import { asImageError, checkRange } from "../internal/errors.js"
 import type { HeaderState } from "./header.js"
 import { writeCompressedCluster } from "./compressed.js"
+
+/** Create-time operations on an open qcow2 image that are not part of the public Image API. */
+export interface Qcow2Internals {
+  /**
+   * Allocates clusters for a LUKS area, writes it, and records it in the
+   * header (crypt_method 2 + full disk encryption extension), or records
+   * legacy AES (crypt_method 1) when `area` is undefined.
+   */
+  readonly setUpEncryption: (area: Uint8Array | undefined) => Effect.Effect<void, ImageError>
+}
+
+/** Internals of images opened by this driver, for createImage. */
+export const qcow2Internals = new WeakMap<Image, Qcow2Internals>()
 
 export interface Qcow2ImageParts {
   readonly context: ClusterContext
@@ -123,11 +136,33 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
       })
     )
 
+  /** Serialises read-modify-write of partial sectors of encrypted images. */
+  const sectorLock = Semaphore.makeUnsafe(1)
+
+  /**
+   * Writes guest bytes. Encrypted data is ciphered in whole 512-byte
+   * sectors, so a write that does not cover whole sectors reads the
+   * sectors it touches, patches them and writes them back.
+   */
+  const writeBytes = (offset: number, data: Uint8Array): Effect.Effect<void, unknown> => {
+    if (ctx.crypto === undefined || (offset % 512 === 0 && data.length % 512 === 0)) return writeGuest(ctx, offset, data)
+    return sectorLock.withPermits(1)(
+      Effect.gen(function* () {
+        const start = Math.floor(offset / 512) * 512
+        const end = Math.min(Math.ceil((offset + data.length) / 512) * 512, Math.ceil(ctx.virtualSize / 512) * 512)
+        const buffer = new Uint8Array(end - start)
+        yield* readGuest(ctx, start, buffer)
+        buffer.set(data, offset - start)
+        yield* writeGuest(ctx, start, buffer)
+      })
+    )
+  }
+
   const zeroWrite = (offset: number, length: number) => {
     const chunk = new Uint8Array(Math.min(length, 1 << 20))
     return Effect.gen(function* () {
       for (let done = 0; done < length; done += chunk.length) {
-        yield* writeGuest(ctx, offset + done, chunk.subarray(0, Math.min(chunk.length, length - done)))
+        yield* writeBytes(offset + done, chunk.subarray(0, Math.min(chunk.length, length - done)))
       }
     })
   }
@@ -367,13 +402,16 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
       const bad = requireWritable() ?? requireKey() ?? checkRange(location, ctx.virtualSize, offset, data.length)
       if (bad) return Effect.fail(bad)
       if (data.length === 0) return Effect.void
-      return Effect.andThen(beforeMetadataChange(), run(writeGuest(ctx, offset, data)))
+      return Effect.andThen(beforeMetadataChange(), run(writeBytes(offset, data)))
     },
     writeZeroes,
     discard,
     writeCompressed: (offset, data) => {
       const bad = requireWritable() ?? requireKey() ?? checkRange(location, ctx.virtualSize, offset, data.length)
       if (bad) return Effect.fail(bad)
+      if (ctx.crypto !== undefined || parts.encryptedLocked) {
+        return Effect.fail(new ImageError({ reason: "Unsupported", message: "Compression is not supported with encryption", location }))
+      }
       return Effect.andThen(beforeMetadataChange(), run(writeCompressedCluster(ctx, offset, data)))
     },
     flush,
@@ -403,6 +441,32 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
       )
     }
   }
+
+  qcow2Internals.set(image, {
+    setUpEncryption: (area) =>
+      run(
+        ctx.lock.withPermits(1)(
+          Effect.gen(function* () {
+            const current = headerState.image
+            if (area === undefined) {
+              yield* headerState.update({ cryptMethod: 1 })
+              return
+            }
+            const clusters = Math.ceil(area.length / cs)
+            const offset = yield* ctx.refcounts.allocate(clusters)
+            const padded = new Uint8Array(clusters * cs)
+            padded.set(area)
+            yield* ctx.refcounts.flushBlocks()
+            yield* ctx.storage.write(offset, padded)
+            yield* headerState.rewriteAll({
+              ...current,
+              header: { ...current.header, cryptMethod: 2 },
+              extensions: { ...current.extensions, fullDiskEncryption: { offset, length: area.length } }
+            })
+          })
+        )
+      )
+  })
 
   return Effect.as(
     Effect.addFinalizer(() =>
