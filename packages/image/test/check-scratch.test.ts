@@ -7,6 +7,7 @@ it("scratch", async () => {
   for (const spec of (process.env.FILES ?? "").split(",").filter(Boolean)) {
     const [file, mode] = spec.split(":")
     const repair = mode === "all" || mode === "leaks" ? mode : undefined
+    const t0 = performance.now()
     const r = await Effect.runPromise(
       Effect.scoped(
         Effect.gen(function* () {
@@ -15,6 +16,7 @@ it("scratch", async () => {
         })
       )
     )
+    console.log("elapsed ms", Math.round(performance.now() - t0))
     if (r._tag === "Failure") {
       console.log(file, "FAILED", r.failure.message, JSON.stringify((r.failure.cause as any)?.messages ?? r.failure.cause, null, 1))
     } else {
