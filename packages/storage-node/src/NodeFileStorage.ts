@@ -143,6 +143,13 @@ class NodeFile {
     })
   }
 
+  allocatedSize(resume: Resume<number>): void {
+    if (!this.begin("size", resume)) return
+    fs.fstat(this.fd, (error, stats) => {
+      this.end(resume, error === null ? Effect.succeed(stats.blocks * 512) : Effect.fail(fromSystemError(error, "size", this.location)))
+    })
+  }
+
   resize(size: number, resume: Resume<void>): void {
     if (!this.begin("resize", resume)) return
     fs.ftruncate(this.fd, size, (error) => {
@@ -184,6 +191,7 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
     },
     flush: () => Effect.callback<void, StorageError>((resume) => file.flush(resume)),
     size: () => Effect.callback<number, StorageError>((resume) => file.size(resume)),
+    allocatedSize: () => Effect.callback<number, StorageError>((resume) => file.allocatedSize(resume)),
     resize: (size) => {
       const invalid = checkSize(location, size)
       if (invalid !== undefined) return Effect.fail(invalid)

@@ -33,6 +33,12 @@ export interface BlockStorageShape {
   readonly resize: (size: number) => Effect.Effect<void, StorageError>
   /** Releases the byte range (punches a hole) where supported; a hint, may be a no-op. */
   readonly discard: (offset: number, length: number) => Effect.Effect<void, StorageError>
+  /**
+   * Bytes the store really occupies (a sparse file's allocated blocks), where
+   * the backend can tell; used for `actual-size` and QEMU's detection of
+   * metadata-preallocated images.
+   */
+  readonly allocatedSize?: () => Effect.Effect<number, StorageError>
 }
 
 /** The storage of one image file, provided by a backend's Layer. */

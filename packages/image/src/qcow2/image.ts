@@ -18,6 +18,7 @@ import type { Refcounts } from "@qcow2/alloc"
 import type { BlockStatus, CheckResult, Image, TruncateOptions } from "../api.js"
 import { ImageError } from "../errors.js"
 import { asImageError, checkRange } from "../internal/errors.js"
+import { isZero } from "../raw.js"
 import type { HeaderState } from "./header.js"
 import { writeCompressedCluster } from "./compressed.js"
 
@@ -267,6 +268,56 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
     return Effect.andThen(beforeMetadataChange(), run(discardClusters(ctx, first, last - first)))
   }
 
+  let preallocationDetected: boolean | undefined
+
+  /**
+   * QEMU's heuristic for images made with preallocation=metadata: more
+   * clusters have a refcount than the file really occupies (by at least a
+   * ninth, and two clusters). Data clusters of such images are then reported
+   * as zero where the file has holes.
+   */
+  const metadataPreallocated = (): Effect.Effect<boolean, unknown> => {
+    if (preallocationDetected !== undefined) return Effect.succeed(preallocationDetected)
+    const allocated = ctx.storage.allocatedSize
+    if (allocated === undefined) {
+      preallocationDetected = false
+      return Effect.succeed(false)
+    }
+    return Effect.gen(function* () {
+      const fileLength = yield* ctx.storage.size()
+      const realClusters = Math.floor((yield* allocated()) / cs)
+      const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2)
+      const endCluster = Math.ceil(fileLength / cs)
+      let count = 0
+      for (let i = 0; i < endCluster && count < threshold; i++) if ((yield* ctx.refcounts.get(i)) > 0) count++
+      preallocationDetected = count >= threshold
+      return preallocationDetected
+    })
+  }
+
+  /**
+   * Whether host bytes at `hostOffset` read as a hole, and how far that
+   * stays true. Node has no SEEK_HOLE, so all-zero 4 KiB blocks stand in for
+   * holes; bytes past the end of the file are a hole.
+   */
+  const holeStatus = (hostOffset: number, length: number): Effect.Effect<{ zero: boolean; length: number }, unknown> =>
+    Effect.gen(function* () {
+      const fileLength = yield* ctx.storage.size()
+      if (hostOffset >= fileLength) return { zero: true, length }
+      const window = new Uint8Array(Math.min(length, 2 * 1024 * 1024, fileLength - hostOffset))
+      yield* ctx.storage.read(hostOffset, window)
+      let done = 0
+      let zero: boolean | undefined
+      while (done < window.length) {
+        const n = Math.min(4096 - ((hostOffset + done) % 4096), window.length - done)
+        const z = isZero(window.subarray(done, done + n))
+        if (zero === undefined) zero = z
+        else if (z !== zero) break
+        done += n
+      }
+      return { zero: zero ?? true, length: Math.max(1, done) }
+    })
+
   const blockStatus = (offset: number, length: number): Effect.Effect<BlockStatus, ImageError> => {
     const bad = checkRange(location, ctx.virtualSize, offset, length)
     if (bad) return Effect.fail(bad)
@@ -276,11 +327,20 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
         const hideOffset = ctx.crypto !== undefined || parts.encryptedLocked
         const file = ctx.data.location
         switch (mapping.kind) {
-          case "data":
+          case "data": {
+            let length = mapping.length
+            let zero = false
+            if (!hideOffset && !ctx.externalData && (yield* metadataPreallocated())) {
+              // QEMU asks the file whether preallocated clusters hold data (BDRV_BLOCK_RECURSE).
+              const hole = yield* holeStatus(mapping.hostOffset, length)
+              length = hole.length
+              zero = hole.zero
+            }
             return {
-              offset, length: mapping.length, depth: 0, present: true, zero: false, data: true, compressed: false,
+              offset, length, depth: 0, present: true, zero, data: true, compressed: false,
               ...(hideOffset ? {} : { hostOffset: mapping.hostOffset, file })
             }
+          }
           case "compressed":
             return { offset, length: mapping.length, depth: 0, present: true, zero: false, data: true, compressed: true }
           case "zero":
