@@ -5,6 +5,7 @@ import { nodeStorageOpener } from "@qcow2/storage-node"
 import { HttpStorageOpener } from "@qcow2/storage-http"
 import { NodeClusterCodec } from "@qcow2/compress/node"
 import { ClusterCodec, CompressionError, DecompressionError, type ClusterCodecShape } from "@qcow2/compress"
+import { layerNode as NodeSectorCiphers } from "@qcow2/crypto/node"
 import { openImage, type Image, type OpenOptions } from "@qcow2/image"
 import { isUrl } from "./names.js"
 import { openFailure, type CliFailure } from "./errors.js"
@@ -51,9 +52,11 @@ export const lazyCodec = (build: Effect.Effect<ClusterCodecShape>): ClusterCodec
   }
 }
 
+/** Everything the commands use; the driver picks up the (optional) cipher factory for encrypted images. */
 export const envLayer: Layer.Layer<ImageEnv> = Layer.mergeAll(
   Layer.succeed(StorageOpener, makeOpener(HttpStorageOpener.make())),
-  Layer.succeed(ClusterCodec, lazyCodec(NodeClusterCodec.make))
+  Layer.succeed(ClusterCodec, lazyCodec(NodeClusterCodec.make)),
+  NodeSectorCiphers
 )
 
 /** Opens an image, turning a failure into qemu-img's "Could not open" message. */

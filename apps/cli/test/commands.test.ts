@@ -156,6 +156,26 @@ describe("create: qemu-img's Formatting line and an image qemu-img accepts", () 
   })
 })
 
+describe("create encrypted images that qemu can open", () => {
+  for (const format of ["luks", "aes"]) {
+    it(format, () => {
+      const d = sub(`create-${format}`)
+      const secret = "secret,id=s0,data=pw"
+      const opts = `encrypt.format=${format},encrypt.key-secret=s0${format === "luks" ? ",encrypt.iter-time=10" : ""}`
+      const expected = qemu(d, "qemu-img", ["create", "-f", "qcow2", "--object", secret, "-o", opts, "theirs.qcow2", "2M"])
+      const r = qcow2(d, ["create", "-f", "qcow2", "--object", secret, "-o", opts, "ours.qcow2", "2M"])
+      expect(r.stderr).toBe("")
+      expect(r.stdout).toBe(expected.stdout.replace("theirs.qcow2", "ours.qcow2"))
+      const w = qcow2(d, ["io", "--object", secret, "-c", "write -P 0x5c 4k 8k", "ours.qcow2"])
+      expect(w.status).toBe(0)
+      const read = qemu(d, "qemu-io", ["--object", secret, "--image-opts", "-c", "read -P 0x5c 4k 8k", "-c", "read -P 0 0 4k", "driver=qcow2,file.filename=ours.qcow2,encrypt.key-secret=s0"], true)
+      expect(read.stdout).not.toMatch(/Pattern verification failed/)
+      expect(read.status).toBe(0)
+      expect(JSON.parse(qemu(d, "qemu-img", ["info", "--output=json", "ours.qcow2"]).stdout)["encrypted"]).toBe(true)
+    })
+  }
+})
+
 describe("compare: qemu-img's messages and exit codes", () => {
   it("identical, different content, different sizes, strict, missing file", () => {
     const d = sub("compare")
