@@ -245,9 +245,9 @@ describe("absurd offsets in tables", () => {
     await agree(a, { repair: true })
   })
 
-  it("snapshot table offset far past the end with the maximum snapshot count", async () => {
+  it("snapshot table offset far past the end with 20000 snapshots", async () => {
     const a = sample("snap-count.qcow2")
-    putU32(a, 60, 65536)
+    putU32(a, 60, 20000)
     putU64(a, 64, 1n << 40n)
     await agree(a)
   })

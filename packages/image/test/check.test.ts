@@ -13,7 +13,7 @@ import { Effect } from "effect"
 import { openNodeFile } from "@qcow2/storage-node"
 import type { CheckResult } from "../src/api.js"
 import type { ImageError } from "../src/errors.js"
-import { type CheckFailure, checkQcow2 } from "../src/check/index.js"
+import { type CheckFailure, checkQcow2, rebuildRefcounts } from "../src/check/index.js"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "qcow2-check-"))
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
@@ -237,6 +237,11 @@ const compareWithQemu = async (
     readonly repairs?: ReadonlyArray<"leaks" | "all">
     /** Repair modes where qemu-img's own repair fails ("Check failed") but ours succeeds. */
     readonly qemuRepairFails?: ReadonlyArray<"leaks" | "all">
+    /**
+     * QEMU stores persistent bitmaps anew when it closes an image it opened read-write, so its
+     * repaired copy ends elsewhere: compare only the verdict after repair.
+     */
+    readonly persistentBitmaps?: boolean
   } = {}
 ) => {
   const theirs = qemuCheck(m)
@@ -264,9 +269,11 @@ const compareWithQemu = async (
     // In a repair QEMU marks the image corrupt where a check only reports it; we never set the corrupt bit.
     const findings = (o: Outcome) => o.messages.filter((l) => !l.startsWith("qcow2: "))
     if (options.messages !== false) expect(findings(oursRepair), `-r ${mode} messages`).toEqual(findings(theirRepair))
-    const afterTheirs = qemuCheck(b)
+    // When -r leaks finds a broken refcount structure, the check fails before any write: the
+    // image stays as it was (QEMU itself may still change it on close, storing persistent bitmaps).
+    const afterTheirs = theirRepair.counters === undefined && mode === "leaks" ? theirs : qemuCheck(b)
     expect(after.exit, `qemu-img check after our -r ${mode}`).toBe(afterTheirs.exit)
-    expect(after.counters, `qemu-img check after our -r ${mode}`).toEqual(afterTheirs.counters)
+    if (!options.persistentBitmaps) expect(after.counters, `qemu-img check after our -r ${mode}`).toEqual(afterTheirs.counters)
   }
   return { theirs, ours }
 }
@@ -624,6 +631,33 @@ describe("damaged images agree with qemu-img check and repair", () => {
     await compareWithQemu(many, { repairs: ["leaks"] })
   })
 
+  it("leak and lowered refcount in a LUKS image (header area counted)", async () => {
+    const file = tmp("luks-damaged.qcow2")
+    sh("qemu-img", ["create", "-q", "-f", "qcow2", ...LUKS_SECRET, "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", file, "8M"])
+    const m: Made = { file, luks: true }
+    io(m, "write -P 1 0 128k")
+    const hdr = clusterOf(file, 0x10000n)
+    setRefcount(file, hdr, 2n)
+    setRefcount(file, clusterOf(file, l2Entry(file, 1) & OFFSET_MASK), 0n)
+    await compareWithQemu(m)
+  })
+
+  it("leak in a bitmap table cluster and a bitmap data cluster's refcount zeroed", async () => {
+    const m = create("bitmap-damaged.qcow2", "64M", "cluster_size=4096")
+    sh("qemu-img", ["bitmap", "--add", m.file, "b0"])
+    io(m, "write -P 1 0 1M")
+    const h = readAt(m.file, 0, 4096)
+    let o = 112
+    while (h.readUInt32BE(o) !== 0x23852875) o += 8 + Math.ceil(h.readUInt32BE(o + 4) / 8) * 8
+    const dir = Number(h.readBigUInt64BE(o + 8 + 16))
+    const table = Number(u64(m.file, dir))
+    const data = Number(u64(m.file, table) & OFFSET_MASK)
+    expect(data).toBeGreaterThan(0)
+    setRefcount(m.file, clusterOf(m.file, table), 3n)
+    setRefcount(m.file, clusterOf(m.file, data), 0n)
+    await compareWithQemu(m, { persistentBitmaps: true })
+  })
+
   it("dirty lazy-refcounts image killed in the middle of writes", async () => {
     const m = create("lazy.qcow2", "16M", "lazy_refcounts=on")
     io(m, "write -P 3 4M 64k")
@@ -631,5 +665,37 @@ describe("damaged images agree with qemu-img check and repair", () => {
     expect(readAt(m.file, 79, 1)[0]! & 1).toBe(1)
     const { theirs } = await compareWithQemu(m)
     expect(theirs.exit).not.toBe(0)
+  })
+})
+
+describe("rebuildRefcounts", () => {
+  const rebuild = (file: string) =>
+    Effect.runPromise(Effect.scoped(Effect.flatMap(openNodeFile(file, { readOnly: false }), (storage) => rebuildRefcounts(storage))))
+
+  it("replaces an intact refcount structure; the image stays clean and reads the same", async () => {
+    const m = base("rebuild-clean.qcow2", "refcount_bits=8")
+    sh("qemu-img", ["snapshot", "-c", "s", m.file])
+    io(m, "write -P 9 64k 64k")
+    const original = copy(m, "orig")
+    const before = layout(m.file).reftableOffset
+    const r = await rebuild(m.file)
+    expect(r.corruptions + r.leaks + r.checkErrors).toBe(0)
+    expect(r.messages[0]).toBe("Rebuilding refcount structure")
+    expect(layout(m.file).reftableOffset).not.toBe(before)
+    const after = qemuCheck(m)
+    expect(after.exit).toBe(0)
+    expect(after.counters!.leaks).toBe(0)
+    sh("qemu-img", ["compare", "-q", original.file, m.file])
+  })
+
+  it("repairs a dirty lazy-refcounts image the way -r all does", async () => {
+    const m = create("rebuild-lazy.qcow2", "16M", "lazy_refcounts=on")
+    spawnSync("qemu-io", ["-c", "write -P 1 0 64k", "-c", "write -P 2 3M 192k", "-c", "sigraise 9", m.file])
+    const r = await rebuild(m.file)
+    expect(r.corruptions).toBe(0)
+    expect(r.corruptionsFixed).toBeGreaterThan(0)
+    const after = qemuCheck(m)
+    expect(after.exit).toBe(0)
+    expect(sh("qemu-io", ["-r", "-c", "read -P 2 3M 192k", m.file])).toContain("read 196608/196608 bytes")
   })
 })
