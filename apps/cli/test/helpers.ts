@@ -2,7 +2,7 @@
  * Test helpers: build the bundle once, run it (the bundle is what ships),
  * run qemu-img / qemu-io, and compare qemu-img map output.
  */
-import { execFile, execFileSync, spawnSync } from "node:child_process"
+import { execFile, spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -10,12 +10,9 @@ import * as path from "node:path"
 export const CLI_DIR = path.resolve(import.meta.dirname, "..")
 export const BUNDLE = path.join(CLI_DIR, "dist", "qcow2.mjs")
 
-let built = false
-/** Builds dist/qcow2.mjs with the package's own build script (once per worker). */
+/** The bundle is built by test/global-setup.ts before any test file runs; this only checks it is there. */
 export const buildBundle = (): void => {
-  if (built) return
-  execFileSync(process.execPath, ["build.mjs"], { cwd: CLI_DIR, stdio: "inherit" })
-  built = true
+  if (!fs.existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: the vitest global setup builds it`)
 }
 
 export const makeTempDir = (prefix: string): string => fs.mkdtempSync(path.join(os.tmpdir(), prefix))
