@@ -99,8 +99,8 @@ describe("random operation sequences against an in-memory model", () => {
                     const first = Math.ceil(op.offset / cs) * cs
                     const last = end === config.size ? end : Math.floor(end / cs) * cs
                     if (first < last) {
-                      if (v2 && backingContent) model.set(backingContent.subarray(first, last), first)
-                      else model.fill(0, first, last)
+                      // v2 over a backing file: QEMU refuses discards (they would expose the backing file).
+                      if (!(v2 && backingContent)) model.fill(0, first, last)
                     }
                     break
                   }

@@ -192,9 +192,14 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
       yield* zeroAligned(unitStart, unitEnd - unitStart, unmap)
     })
 
-  /** Zeroes an aligned range: whole clusters by flag, partial clusters by subcluster bits. */
+  /**
+   * Zeroes an aligned range: whole clusters by flag, partial clusters by
+   * subcluster bits; on v2 (no zero flag, no backing file) by dropping the
+   * clusters, as QEMU does.
+   */
   const zeroAligned = (offset: number, length: number, unmap: boolean): Effect.Effect<void, unknown> =>
     Effect.gen(function* () {
+      if (ctx.version < 3) return yield* discardClusters(ctx, offset, length)
       const end = offset + length
       let position = offset
       while (position < end) {
@@ -216,6 +221,15 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
       }
     })
 
+  /**
+   * Write-zeroes as QEMU does it (qcow2_co_pwrite_zeroes and the block
+   * layer around it): whole (sub)clusters get the zero flag (v3) or are
+   * dropped (v2 without a backing file, where unallocated reads as zeros);
+   * a partial unit at either end is widened to the whole unit when the rest
+   * of it already reads as zeros and it holds no data, and otherwise gets
+   * zero bytes written. Encrypted images and v2 images over a backing file
+   * get zero bytes written throughout.
+   */
   const writeZeroes = (offset: number, length: number, options?: { readonly unmap?: boolean }) => {
     const bad = requireWritable() ?? requireKey() ?? checkRange(location, ctx.virtualSize, offset, length)
     if (bad) return Effect.fail(bad)
@@ -226,32 +240,25 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
       run(
         Effect.gen(function* () {
           const end = offset + length
-          if (ctx.version < 3 || ctx.crypto !== undefined) {
-            // No zero flag in v2: without a backing file, dropping clusters reads as zeros.
-            if (ctx.version < 3 && ctx.backing === undefined && ctx.crypto === undefined) {
-              const first = Math.ceil(offset / cs) * cs
-              const last = end === ctx.virtualSize ? end : Math.floor(end / cs) * cs
-              if (first < last) {
-                if (first > offset) yield* zeroWrite(offset, first - offset)
-                yield* discardClusters(ctx, first, last - first)
-                if (end > last) yield* zeroWrite(last, end - last)
-                return
-              }
-            }
-            return yield* zeroWrite(offset, length)
-          }
+          if (ctx.crypto !== undefined || (ctx.version < 3 && ctx.backing !== undefined)) return yield* zeroWrite(offset, length)
           const unit = ctx.geometry.subclusterSize
-          const alignedStart = Math.ceil(offset / unit) * unit
-          const alignedEnd = end === ctx.virtualSize ? end : Math.floor(end / unit) * unit
-          if (alignedStart >= alignedEnd) {
-            // Inside one unit.
-            const unitStart = Math.floor(offset / unit) * unit
-            const unitEnd = Math.min(unitStart + unit, ctx.virtualSize)
-            return yield* zeroPartialUnit(unitStart, unitEnd, offset, end, unmap)
+          const size = ctx.virtualSize
+          const unitEndOf = (start: number) => Math.min(start + unit, size)
+          const firstUnit = Math.floor(offset / unit) * unit
+          const lastUnit = Math.floor((end - 1) / unit) * unit
+          if (firstUnit === lastUnit) {
+            if (offset === firstUnit && end === unitEndOf(firstUnit)) return yield* zeroAligned(offset, length, unmap)
+            return yield* zeroPartialUnit(firstUnit, unitEndOf(firstUnit), offset, end, unmap)
           }
-          if (alignedStart > offset) yield* zeroPartialUnit(alignedStart - unit, alignedStart, offset, alignedStart, unmap)
-          yield* zeroAligned(alignedStart, alignedEnd - alignedStart, unmap)
-          if (end > alignedEnd) yield* zeroPartialUnit(alignedEnd, Math.min(alignedEnd + unit, ctx.virtualSize), alignedEnd, end, unmap)
+          let middleStart = offset
+          if (offset !== firstUnit) {
+            yield* zeroPartialUnit(firstUnit, firstUnit + unit, offset, firstUnit + unit, unmap)
+            middleStart = firstUnit + unit
+          }
+          const tailPartial = end !== unitEndOf(lastUnit)
+          const middleEnd = tailPartial ? lastUnit : end
+          if (middleEnd > middleStart) yield* zeroAligned(middleStart, middleEnd - middleStart, unmap)
+          if (tailPartial) yield* zeroPartialUnit(lastUnit, unitEndOf(lastUnit), lastUnit, end, unmap)
         })
       )
     )
@@ -260,6 +267,9 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
   const discard = (offset: number, length: number) => {
     const bad = requireWritable() ?? checkRange(location, ctx.virtualSize, offset, length)
     if (bad) return Effect.fail(bad)
+    // v2 has no zero flag: dropping clusters would expose the backing file,
+    // so QEMU refuses the discard (and ignores the refusal).
+    if (ctx.version < 3 && ctx.backing !== undefined) return Effect.void
     // Only whole clusters are discarded (and a partial last cluster at the image end), as QEMU does.
     const first = Math.ceil(offset / cs) * cs
     const end = offset + length
