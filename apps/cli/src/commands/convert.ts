@@ -42,7 +42,8 @@ export const dataRuns = (buf: Buffer, length: number, granularity: number, zero:
   let runStart = -1
   for (let pos = 0; pos < length; pos += granularity) {
     const end = Math.min(length, pos + granularity)
-    const isZero = buf.compare(zero, 0, end - pos, pos, end) === 0
+    // Most data blocks have a non-zero first or last byte: no need to compare them whole.
+    const isZero = buf[pos] === 0 && buf[end - 1] === 0 && buf.compare(zero, 0, end - pos, pos, end) === 0
     if (isZero) {
       if (runStart >= 0) {
         runs.push([runStart, pos])
