@@ -35,6 +35,12 @@ export interface Qcow2Internals {
 /** Internals of images opened by this driver, for createImage. */
 export const qcow2Internals = new WeakMap<Image, Qcow2Internals>()
 
+const isRefcountCorruption = (error: unknown): boolean =>
+  typeof error === "object" &&
+  error !== null &&
+  (error as { _tag?: string })._tag === "RefcountError" &&
+  (error as { reason?: string }).reason === "Corrupt"
+
 export interface Qcow2ImageParts {
   readonly context: ClusterContext
   readonly headerState: HeaderState
@@ -124,7 +130,25 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
     return asImageError(headerState.setIncompatible(IncompatibleFeature.Dirty, true), location)
   }
 
-  const run = <A>(effect: Effect.Effect<A, unknown>): Effect.Effect<A, ImageError> => asImageError(effect, location)
+  /**
+   * Runs a request. A refcount inconsistency found on the way (a decrease
+   * below zero) is structural damage like any other: it sets the corrupt
+   * bit before the error goes back to the caller.
+   */
+  const run = <A>(effect: Effect.Effect<A, unknown>): Effect.Effect<A, ImageError> =>
+    asImageError(
+      Effect.tapError(effect, (error) =>
+        isRefcountCorruption(error) && !corruptFlagged && !readOnly
+          ? Effect.ignore(
+              Effect.suspend(() => {
+                corruptFlagged = true
+                return headerState.setIncompatible(IncompatibleFeature.Corrupt, true)
+              })
+            )
+          : Effect.void
+      ),
+      location
+    )
 
   const flush = (): Effect.Effect<void, ImageError> =>
     run(
