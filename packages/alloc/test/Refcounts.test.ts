@@ -1,0 +1,154 @@
+import { Effect } from "effect"
+import fc from "fast-check"
+import { describe, expect, it } from "vitest"
+import { TableCache } from "@qcow2/cache"
+import { readRefcountTableEntry, writeRefcount, writeRefcountTableEntry } from "@qcow2/format"
+import { makeMemoryStorage } from "@qcow2/storage"
+import type { BlockStorageShape } from "@qcow2/storage"
+import { Refcounts } from "../src/index.js"
+
+const run = <A>(effect: Effect.Effect<A, unknown>) => Effect.runPromise(effect as Effect.Effect<A>)
+
+/** A fresh image layout: header (cluster 0), refcount table (1), one refcount block (2), all counted. */
+async function fresh(clusterBits: number, refcountOrder: number) {
+  const cs = 2 ** clusterBits
+  const storage = makeMemoryStorage()
+  const table = new Uint8Array(cs)
+  writeRefcountTableEntry(table, 0, 2 * cs)
+  const block = new Uint8Array(cs)
+  for (let c = 0; c < 3; c++) writeRefcount(block, c, refcountOrder, 1)
+  await run(storage.write(0, new Uint8Array(cs)))
+  await run(storage.write(cs, table))
+  await run(storage.write(2 * cs, block))
+  let location = { offset: cs, clusters: 1 }
+  const make = (s: BlockStorageShape) =>
+    new Refcounts({
+      storage: s,
+      clusterBits,
+      refcountOrder,
+      table: location,
+      tableBytes: table.slice(),
+      blockCache: new TableCache({ name: "refcount block", tableSize: cs, capacityBytes: 4 * cs, storage: s }),
+      fileSize: 3 * cs,
+      commitTableLocation: (next) =>
+        Effect.sync(() => {
+          location = next
+        })
+    })
+  return { storage, refcounts: make(storage), cs, location: () => location }
+}
+
+describe("Refcounts", () => {
+  it("allocates contiguous runs after the metadata and counts them", async () => {
+    const { refcounts, cs } = await fresh(16, 4)
+    const a = await run(refcounts.allocate(3))
+    const b = await run(refcounts.allocate(1))
+    expect(a).toBe(3 * cs)
+    expect(b).toBe(6 * cs)
+    for (let c = 0; c < 7; c++) expect(await run(refcounts.get(c))).toBe(1)
+    expect(await run(refcounts.get(7))).toBe(0)
+  })
+
+  it("reuses freed clusters from the free-space hint", async () => {
+    const { refcounts, cs } = await fresh(16, 4)
+    await run(refcounts.allocate(10))
+    await run(refcounts.free(5 * cs, 2 * cs))
+    expect(await run(refcounts.allocate(2))).toBe(5 * cs)
+    expect(await run(refcounts.allocate(1))).toBe(13 * cs)
+  })
+
+  it("reports overflow instead of wrapping (refcount_bits=1)", async () => {
+    const { refcounts, cs } = await fresh(12, 0)
+    const at = await run(refcounts.allocate(1))
+    const error = await Effect.runPromise(Effect.flip(refcounts.update(at, cs, 1)))
+    expect(error).toMatchObject({ _tag: "RefcountError", reason: "Overflow" })
+    expect(await run(refcounts.get(at / cs))).toBe(1)
+  })
+
+  it("reports a decrease below zero as corruption", async () => {
+    const { refcounts, cs } = await fresh(12, 4)
+    const error = await Effect.runPromise(Effect.flip(refcounts.free(20 * cs, cs)))
+    expect(error).toMatchObject({ _tag: "RefcountError", reason: "Corrupt" })
+  })
+
+  it("packs compressed data at byte granularity, one reference per touched cluster", async () => {
+    const { refcounts, cs } = await fresh(12, 4)
+    const a = await run(refcounts.allocateBytes(1000))
+    const b = await run(refcounts.allocateBytes(1000))
+    const c = await run(refcounts.allocateBytes(3000))
+    expect(b).toBe(a + 1000)
+    expect(c).toBe(b + 1000)
+    expect(await run(refcounts.get(a / cs))).toBe(3)
+    expect(await run(refcounts.get(a / cs + 1))).toBe(1)
+  })
+
+  for (const [clusterBits, refcountOrder] of [[9, 4], [9, 6], [10, 0], [12, 6]] as const) {
+    it(`creates self-describing refcount blocks and grows the table (cluster_bits=${clusterBits}, refcount_order=${refcountOrder})`, async () => {
+      const { refcounts, storage, cs, location } = await fresh(clusterBits, refcountOrder)
+      const blockEntries = (cs * 8) / 2 ** refcountOrder
+      const tableEntries = cs / 8
+      // Enough clusters to need more refcount blocks than one table cluster names.
+      const wanted = Math.min(blockEntries * (tableEntries + 3), 40_000)
+      const result = await run(
+        Effect.gen(function* () {
+          const allocated: number[] = []
+          let total = 0
+          while (total < wanted) {
+            const n = Math.min(997, wanted - total)
+            const at = (yield* refcounts.allocate(n)) / cs
+            for (let i = 0; i < n; i++) allocated.push(at + i)
+            total += n
+          }
+          yield* refcounts.flushBlocks()
+          const expected = new Set<number>([0, ...allocated])
+          const loc = location()
+          for (let c = 0; c < loc.clusters; c++) expected.add(loc.offset / cs + c)
+          for (const o of refcounts.refcountBlockOffsets) if (o !== 0) expected.add(o / cs)
+          const wrong: number[] = []
+          for (let c = 0; c < refcounts.endOfAllocatedClusters; c++) {
+            const refcount = yield* refcounts.get(c)
+            if (refcount !== (expected.has(c) ? 1 : 0)) wrong.push(c)
+          }
+          const tableBytes = new Uint8Array(loc.clusters * cs)
+          yield* storage.read(loc.offset, tableBytes)
+          return { wrong, allocated: allocated.length, distinct: new Set(allocated).size, tableBytes, moved: loc.offset !== cs }
+        })
+      )
+      expect(result.distinct).toBe(result.allocated)
+      expect(result.wrong).toEqual([])
+      if (blockEntries * (tableEntries + 3) <= 40_000) expect(result.moved).toBe(true)
+      for (let i = 0; i < refcounts.refcountBlockOffsets.length; i++) {
+        expect(readRefcountTableEntry(result.tableBytes, i).offset).toBe(refcounts.refcountBlockOffsets[i])
+      }
+    })
+  }
+
+  it("random allocate/free sequences keep refcounts equal to a model", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.oneof(fc.record({ op: fc.constant("alloc" as const), n: fc.integer({ min: 1, max: 40 }) }), fc.record({ op: fc.constant("free" as const), pick: fc.nat() })), { maxLength: 60 }),
+        async (ops) => {
+          const { refcounts, cs } = await fresh(10, 1)
+          const owned: number[] = []
+          const model = new Map<number, number>([[0, 1], [1, 1], [2, 1]])
+          for (const o of ops) {
+            if (o.op === "alloc") {
+              const at = (await run(refcounts.allocate(o.n))) / cs
+              for (let i = 0; i < o.n; i++) {
+                expect(model.get(at + i) ?? 0).toBe(0)
+                model.set(at + i, 1)
+                owned.push(at + i)
+              }
+            } else if (owned.length > 0) {
+              const [c] = owned.splice(o.pick % owned.length, 1)
+              await run(refcounts.free(c * cs, cs))
+              model.set(c, 0)
+            }
+          }
+          for (const [c, v] of model) expect(await run(refcounts.get(c))).toBe(v)
+        }
+      ),
+      { numRuns: 60 }
+    )
+  })
+})
