@@ -151,7 +151,8 @@ function classify(ctx: ClusterContext, entry: L2Entry, unit: number, out: Unit):
       return undefined
     case "Zero":
       out.kind = "zero"
-      out.hostOffset = entry.hostOffset === 0 && !ctx.externalData ? undefined : entry.hostOffset
+      // Offset 0 means no preallocation here, even with an external data file (QCOW2_CLUSTER_ZERO_PLAIN).
+      out.hostOffset = entry.hostOffset === 0 ? undefined : entry.hostOffset
       return undefined
     case "Compressed":
       if (ctx.externalData) return "compressed cluster in an image with an external data file"

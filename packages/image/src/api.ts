@@ -7,7 +7,8 @@ export type ImageFormat = "qcow2" | "raw"
 /**
  * One extent of block status, shaped like a `qemu-img map --output=json`
  * record: `offset`..`offset+length` in guest bytes, found at `depth` in the
- * backing chain (0 = this image; chain length when no layer has it).
+ * backing chain (0 = this image). When no layer has the bytes, `present` is
+ * false and `depth` is the index of the last layer consulted (QEMU's rule).
  */
 export interface BlockStatus {
   readonly offset: number
@@ -99,6 +100,12 @@ export interface OpenOptions {
   readonly refcountCacheBytes?: number
   /** Passphrase for encrypted images. */
   readonly passphrase?: Uint8Array
+  /**
+   * Open for `check`/repair (QEMU's BDRV_O_CHECK): a dirty image is not
+   * repaired on open, and a corrupt image may be opened read-write so that
+   * `check({ repair })` can fix it.
+   */
+  readonly forCheck?: boolean
 }
 
 /** `qemu-img create -f qcow2 -o …` options, named as qemu-img names them (camelCased). */

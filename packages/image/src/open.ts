@@ -108,7 +108,12 @@ function openNamed(
   seen: ReadonlyArray<string>
 ): Effect.Effect<Image, ImageError, Scope.Scope> {
   return Effect.gen(function* () {
-    if (seen.includes(name)) {
+    // Compare canonical names (a relative top-level name and the absolute
+    // name a backing reference resolves to are the same file).
+    const canonicalName = (n: string) => step.opener.resolve(n, n.slice(n.lastIndexOf("/") + 1))
+    const canonical = canonicalName(name)
+    const canonicalSeen = seen.map(canonicalName)
+    if (canonicalSeen.includes(canonical)) {
       return yield* new ImageError({
         reason: "BackingChain",
         message: `Backing file loop: ${[...seen, name].join(" -> ")}`,

@@ -69,9 +69,12 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
             location
           )
         },
+        // QEMU's file driver punches a hole, which reads back as zeros; where
+        // the store cannot punch holes, zeros are written instead.
         discard: (offset, length) => {
           const bad = requireWritable() ?? guard(offset, length)
-          return bad ? Effect.fail(bad) : asImageError(storage.discard(offset, length), location)
+          if (bad) return Effect.fail(bad)
+          return storage.capabilities.discard ? asImageError(storage.discard(offset, length), location) : image.writeZeroes(offset, length)
         },
         writeCompressed: () =>
           Effect.fail(new ImageError({ reason: "Unsupported", message: "raw images cannot hold compressed data", location })),

@@ -67,6 +67,7 @@ export const runCheck = (o: CheckOptions): Effect.Effect<number, CliFailure, Ima
     Effect.gen(function* () {
       const image = yield* open(o.file, {
         readOnly: o.repair === undefined,
+        forCheck: true,
         format: o.format,
         passphrase: o.passphrase
       })

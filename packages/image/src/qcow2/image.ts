@@ -99,7 +99,9 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
       corruptFlagged = true
       return yield* new ClusterError({
         reason: "Corrupt",
-        message: `${message}; further writes are refused (the image is marked corrupt; run 'qcow2 check -r all')`,
+        message: readOnly
+          ? `${message} (the image is damaged; run 'qcow2 check -r all' on it)`
+          : `${message}; further writes are refused (the image is marked corrupt; run 'qcow2 check -r all')`,
         ...(offset !== undefined ? { offset } : {})
       })
     })
@@ -384,12 +386,14 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
             }
           case "unallocated": {
             const backing = parts.backing
-            if (backing === undefined) {
-              return { offset, length: mapping.length, depth: 1, present: false, zero: true, data: false, compressed: false }
-            }
-            if (offset >= backing.virtualSize) {
-              // Past the end of a shorter backing file: zeros that count as allocated there.
-              return { offset, length: mapping.length, depth: 1, present: true, zero: true, data: false, compressed: false }
+            if (backing === undefined || offset >= backing.virtualSize) {
+              // Nothing below (or past the end of a shorter backing file): zeros,
+              // reported at this layer. An extended-L2 cluster keeps its host
+              // offset even for subclusters not allocated yet, and QEMU shows it.
+              return {
+                offset, length: mapping.length, depth: 0, present: false, zero: true, data: false, compressed: false,
+                ...(mapping.hostOffset !== undefined && !hideOffset && backing === undefined ? { hostOffset: mapping.hostOffset, file } : {})
+              }
             }
             const below = yield* backing.blockStatus(offset, Math.min(mapping.length, backing.virtualSize - offset))
             return { ...below, depth: below.depth + 1 }
@@ -529,7 +533,12 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, Ima
           ctx.l1 = fresh.l1
           ctx.l1Offset = fresh.l1Offset
           ctx.l1Size = fresh.l1Size
-          if (result.corruptions === 0 && corruptFlagged && !parts.isCorrupt) corruptFlagged = false
+          if (result.corruptions === 0 && result.checkErrors === 0) {
+            // Consistent again (QEMU's qcow2_mark_clean + qcow2_mark_consistent after a repair).
+            yield* asImageError(headerState.setIncompatible(IncompatibleFeature.Dirty | IncompatibleFeature.Corrupt, false), location)
+            corruptFlagged = false
+            dirtyMarked = false
+          }
           return result
         })
       )

@@ -102,14 +102,14 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       })
     }
     const isCorrupt = (h.incompatibleFeatures & IncompatibleFeature.Corrupt) !== 0n
-    if (isCorrupt && !env.readOnly) {
+    if (isCorrupt && !env.readOnly && env.options.forCheck !== true) {
       return yield* new ImageError({
         reason: "Corrupt",
         message: "qcow2: Image is corrupt; cannot be opened read/write (run 'qcow2 check -r all' to repair it)",
         location
       })
     }
-    if ((h.incompatibleFeatures & IncompatibleFeature.Dirty) !== 0n && !env.readOnly && env.repaired !== true) {
+    if ((h.incompatibleFeatures & IncompatibleFeature.Dirty) !== 0n && !env.readOnly && env.repaired !== true && env.options.forCheck !== true) {
       // Lazy refcounts left stale refcounts behind: rebuild them before use
       // (QEMU repairs a dirty image on a read-write open).
       yield* env.check("all")
