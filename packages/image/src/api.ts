@@ -101,6 +101,13 @@ export interface OpenOptions {
   /** Passphrase for encrypted images. */
   readonly passphrase?: Uint8Array
   /**
+   * Compresses one cluster for compressed writes, in place of the
+   * ClusterCodec (e.g. a worker pool); `undefined` = store uncompressed.
+   */
+  readonly compress?: (type: 0 | 1, cluster: Uint8Array, level: number | undefined) => Effect.Effect<Uint8Array | undefined, unknown>
+  /** Compression level for compressed writes (deflate 0–9, zstd up to 22); the codec default otherwise. */
+  readonly compressionLevel?: number
+  /**
    * Open for `check`/repair (QEMU's BDRV_O_CHECK): a dirty image is not
    * repaired on open, and a corrupt image may be opened read-write so that
    * `check({ repair })` can fix it.

@@ -1,5 +1,6 @@
 import * as fs from "node:fs"
 import { Effect, Semaphore } from "effect"
+import { makeCompressionPool } from "@qcow2/compress/node"
 import { createImage, type Image, type ImageFormat } from "@qcow2/image"
 import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
 import { open, type ImageEnv } from "../env.js"
@@ -237,7 +238,15 @@ const qcow2Sink = (o: ConvertOptions, total: number) =>
         Effect.mapError((e) => fail(`${o.target}: error while converting qcow2: ${e.message} (${formattingLine(o.target, "qcow2", parsed.values)})`))
       )
     }
-    const target = yield* open(o.target, { readOnly: false, format: "qcow2", passphrase })
+    // Compression runs on a pool of worker threads sized to the cores; many
+    // clusters are in flight at once and each result lands in its own cluster.
+    const pool = o.compress ? yield* makeCompressionPool({}) : undefined
+    const target = yield* open(o.target, {
+      readOnly: false,
+      format: "qcow2",
+      passphrase,
+      ...(pool !== undefined ? { compress: (type: 0 | 1, cluster: Uint8Array, level: number | undefined) => pool.compress(type, cluster, level) } : {})
+    })
     if (target.virtualSize < total) return yield* Effect.fail(fail("Target image is smaller than the source"))
     const clusterSize = target.clusterSize
     const wrap = <A>(offset: number, eff: Effect.Effect<A, { readonly message: string }>) =>
@@ -248,17 +257,16 @@ const qcow2Sink = (o: ConvertOptions, total: number) =>
       writeData: (offset, data) =>
         o.compress
           ? Effect.gen(function* () {
-              // Compressed writes go cluster by cluster; data runs may start inside a cluster.
-              const first = Math.floor(offset / clusterSize) * clusterSize
-              for (let c = first; c < offset + data.length; c += clusterSize) {
-                const from = Math.max(c, offset)
-                const to = Math.min(c + clusterSize, offset + data.length, target.virtualSize)
-                if (from === c && (to === c + clusterSize || to === target.virtualSize)) {
-                  yield* wrap(c, target.writeCompressed(c, data.subarray(c - offset, to - offset)))
-                } else {
-                  yield* wrap(from, target.write(from, data.subarray(from - offset, to - offset)))
-                }
-              }
+              // Whole clusters go compressed in one request (compressed in
+              // parallel); a partial cluster at either end is written plainly.
+              const end = offset + data.length
+              const fullStart = Math.ceil(offset / clusterSize) * clusterSize
+              let fullEnd = Math.floor(end / clusterSize) * clusterSize
+              if (end === target.virtualSize && end > fullEnd && fullStart <= fullEnd) fullEnd = end
+              if (fullStart >= fullEnd) return yield* wrap(offset, target.write(offset, data))
+              if (fullStart > offset) yield* wrap(offset, target.write(offset, data.subarray(0, fullStart - offset)))
+              yield* wrap(fullStart, target.writeCompressed(fullStart, data.subarray(fullStart - offset, fullEnd - offset)))
+              if (end > fullEnd) yield* wrap(fullEnd, target.write(fullEnd, data.subarray(fullEnd - offset)))
             })
           : wrap(offset, target.write(offset, data)),
       writeZeroes: (offset, length) => wrap(offset, target.writeZeroes(offset, length))

@@ -25,15 +25,27 @@ export function writeCompressedCluster(ctx: ClusterContext, offset: number, data
         offset
       })
     }
-    for (let done = 0; done < data.length; done += cs) {
+    // Compress every cluster of the request at once (a worker pool runs them
+    // in parallel), then store them in guest order.
+    const starts: number[] = []
+    for (let done = 0; done < data.length; done += cs) starts.push(done)
+    const results = yield* Effect.forEach(
+      starts,
+      (done) => {
+        let cluster = data.subarray(done, Math.min(done + cs, data.length))
+        if (cluster.length < cs) {
+          const padded = new Uint8Array(cs)
+          padded.set(cluster)
+          cluster = padded
+        }
+        return ctx.compress(cluster)
+      },
+      { concurrency: "unbounded" }
+    )
+    for (let i = 0; i < starts.length; i++) {
+      const done = starts[i]
       const guest = offset + done
-      let cluster = data.subarray(done, Math.min(done + cs, data.length))
-      if (cluster.length < cs) {
-        const padded = new Uint8Array(cs)
-        padded.set(cluster)
-        cluster = padded
-      }
-      const compressed = yield* ctx.compress(cluster)
+      const compressed = results[i]
       if (compressed === undefined) {
         yield* writeGuest(ctx, guest, data.subarray(done, Math.min(done + cs, data.length)))
         continue

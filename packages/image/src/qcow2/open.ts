@@ -255,7 +255,12 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
         read: (offset, into) => backingImage.read(offset, into)
       },
       decompress: (input, out) => env.codec.decompress(h.compressionType as 0 | 1, input, out),
-      compress: (input) => env.codec.compress(h.compressionType as 0 | 1, input),
+      compress: (input) => {
+        const type = h.compressionType as 0 | 1
+        const level = env.options.compressionLevel
+        if (env.options.compress !== undefined) return env.options.compress(type, input, level)
+        return env.codec.compress(type, input, level === undefined ? undefined : { level })
+      },
       crypto,
       lock,
       inflight: new InFlightAllocations(),
