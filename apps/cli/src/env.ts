@@ -18,8 +18,17 @@ export type ImageEnv = StorageOpener | ClusterCodec
  * backend, everything else to node:fs. Backing names resolve against the
  * image that names them (URL-relative or directory-relative).
  */
+/**
+ * Files opened with cache mode "unsafe" (qemu-img's -t unsafe, convert's
+ * default): their flushes are skipped, trading durability for speed.
+ */
+export const unsafeCacheFiles = new Set<string>()
+
 export const makeOpener = (http: StorageOpenerShape): StorageOpenerShape => ({
-  open: (name, options) => (isUrl(name) ? http.open(name, options) : nodeStorageOpener.open(name, options)),
+  open: (name, options) => {
+    const opened = isUrl(name) ? http.open(name, options) : nodeStorageOpener.open(name, options)
+    return unsafeCacheFiles.has(name) ? Effect.map(opened, (s) => ({ ...s, flush: () => Effect.void })) : opened
+  },
   resolve: (from, name) => {
     if (isUrl(name)) return name
     return isUrl(from) ? http.resolve(from, name) : nodeStorageOpener.resolve(from, name)

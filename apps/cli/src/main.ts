@@ -263,7 +263,7 @@ const convert = Command.make(
     outOfOrder: Flag.Boolean("out-of-order").pipe(Flag.withAlias("W"), Flag.withDescription("accepted; writes are always unordered"), Flag.withDefault(false)),
     backing: Flag.String("backing").pipe(Flag.withAlias("B"), Flag.withDescription("backing file of the target"), Flag.optional),
     backingFormat: Flag.String("backing-format").pipe(Flag.withAlias("F"), Flag.optional),
-    cache: Flag.String("cache").pipe(Flag.withAlias("t"), Flag.withDescription("accepted for compatibility"), Flag.optional),
+    cache: Flag.String("cache").pipe(Flag.withAlias("t"), Flag.withDescription("target cache mode; 'unsafe' (the default, as in qemu-img convert) skips flushes"), Flag.optional),
     sourceCache: sourceCacheFlag,
     targetIsZero: Flag.Boolean("target-is-zero").pipe(Flag.withDefault(false)),
     ...common,
@@ -314,6 +314,7 @@ const convert = Command.make(
           targetIsZero: c.targetIsZero,
           parallel,
           secrets,
+          cache: opt(c.cache) ?? "unsafe",
           ...(backing !== undefined ? { backingFile: backing } : {}),
           ...(backingFormat !== undefined ? { backingFormat } : {})
         })

@@ -64,8 +64,8 @@ export class Refcounts {
   /** Refcount block offsets by block index (0 = none), decoded once. */
   private blockOffsets: number[]
   private blockSet = new Set<number>()
-  /** Lowest cluster index that may be free. */
-  private freeClusterHint = 0
+  /** Lowest cluster index that may be free (cluster 0 is always the header). */
+  private freeClusterHint = 1
   /** Next free byte for compressed data packing (0 = start a new cluster). */
   private freeByteOffset = 0
   /** One past the highest cluster index known to be in use or allocated. */
@@ -187,7 +187,7 @@ export class Refcounts {
           writeRefcount(block, index, self.refcountOrder, next)
           self.cache.markDirty(blockOffset)
           if (next === 0) {
-            if (cluster < self.freeClusterHint) self.freeClusterHint = cluster
+            if (cluster < self.freeClusterHint) self.freeClusterHint = Math.max(1, cluster)
             if (self.discardFreed) yield* self.storage.discard(cluster * self.clusterSize, self.clusterSize)
           } else if (cluster >= self.endCluster) {
             self.endCluster = cluster + 1
@@ -223,7 +223,8 @@ export class Refcounts {
         const created = yield* self.ensureBlocks(start, count)
         if (created) continue
         let taken = false
-        for (let i = 0; i < count; i++) {
+        // Past the end of everything allocated, every cluster is free.
+        for (let i = 0; i < count && start + i < self.endCluster; i++) {
           if ((yield* self.get(start + i)) !== 0) {
             taken = true
             break
@@ -321,6 +322,7 @@ export class Refcounts {
   /** First run of `count` free clusters at or after `from`. */
   private findFree(from: number, count: number): Effect.Effect<number, Failure> {
     const self = this
+    if (from >= this.endCluster) return Effect.succeed(Math.max(from, 1))
     return Effect.gen(function* () {
       let start = Math.max(from, 1)
       let run = 0

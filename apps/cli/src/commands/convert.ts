@@ -3,7 +3,7 @@ import { Effect, Semaphore } from "effect"
 import { makeCompressionPool } from "@qcow2/compress/node"
 import { createImage, type Image, type ImageFormat } from "@qcow2/image"
 import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
-import { open, type ImageEnv } from "../env.js"
+import { open, unsafeCacheFiles, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import { Progress } from "../progress.js"
 import type { Secrets } from "../secrets.js"
@@ -27,6 +27,8 @@ export interface ConvertOptions {
   readonly backingFile?: string
   readonly backingFormat?: string
   readonly secrets: Secrets
+  /** Target cache mode (qemu-img -t): "unsafe" ignores flushes, like qemu-img convert's default. */
+  readonly cache: string
 }
 
 /** Bytes per request: large reads amortise the per-request cost. */
@@ -223,6 +225,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
 /** A qcow2 target: created with the -o options, written through the driver. */
 const qcow2Sink = (o: ConvertOptions, total: number) =>
   Effect.gen(function* () {
+    if (o.cache === "unsafe") unsafeCacheFiles.add(o.target)
     const lists = [...o.options]
     if (o.backingFile !== undefined) lists.push(`backing_file=${o.backingFile.replace(/,/g, ",,")}`)
     if (o.backingFormat !== undefined) lists.push(`backing_fmt=${o.backingFormat.replace(/,/g, ",,")}`)
