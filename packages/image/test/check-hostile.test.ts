@@ -213,6 +213,12 @@ describe("absurd offsets in tables", () => {
     await agree(a, { repair: true })
   })
 
+  it("refcount block offset beyond 2^53 with 512-byte clusters (cluster numbers past 2^53)", async () => {
+    const a = sample("rb-huge-512.qcow2", "cluster_size=512")
+    putU64(a, REFTABLE(a), 0x4000000000000400n)
+    await agree(a, { repair: true })
+  })
+
   it("refcount block a few GiB past the end (repair grows the file like QEMU)", async () => {
     const a = sample("rb-far.qcow2")
     putU64(a, REFTABLE(a), 1n << 32n)
@@ -277,7 +283,7 @@ describe("truncated and randomly damaged images", () => {
   })
 
   it("random bytes in the metadata clusters (seeded) never crash and agree with qemu-img", async () => {
-    const src = sample("fuzz.qcow2", "cluster_size=4096")
+    const src = sample("fuzz.qcow2", process.env.FUZZ_OPTS ?? "cluster_size=4096")
     sh("qemu-img", ["snapshot", "-c", "s", src])
     let seed = 12345
     const rand = (n: number) => {
@@ -287,15 +293,42 @@ describe("truncated and randomly damaged images", () => {
     const metadata = [Number(u64(src, 40)), Number(u64(src, 48)), Number(u64(src, 64)), L2(src)]
     const refblock = Number(u64(src, REFTABLE(src)) & ~0x1ffn)
     metadata.push(refblock)
-    for (let round = 0; round < 24; round++) {
+    for (let round = 0; round < Number(process.env.FUZZ_ROUNDS ?? 24); round++) {
       const a = tmp(`fuzz-${round}.qcow2`)
       fs.copyFileSync(src, a)
       for (let k = 0; k < 1 + rand(4); k++) {
         const base = metadata[rand(metadata.length)]!
         writeAt(a, base + rand(256), Buffer.from([rand(256)]))
       }
-      const { theirs, mine } = await agree(a, { messages: false })
+      const { theirs, mine } = await agree(a, { messages: false, repair: process.env.FUZZ_REPAIR === "1" })
       if (theirs.counters === undefined) expect(mine.counters).toBeUndefined()
+    }
+  })
+  it("random 64-bit words in table entries (seeded) never crash and agree with qemu-img", async () => {
+    const opts = process.env.FUZZ_OPTS ?? "cluster_size=512"
+    const src = sample("fuzz64.qcow2", opts)
+    sh("qemu-img", ["snapshot", "-c", "s", src])
+    let seed = 777
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31
+      return seed % n
+    }
+    const word = (): bigint => {
+      const kinds = [
+        () => BigInt(rand(2 ** 20)) << 9n,
+        () => (1n << 63n) | (BigInt(rand(2 ** 20)) << 9n),
+        () => (BigInt(rand(256)) << 56n) | BigInt(rand(2 ** 30)),
+        () => (1n << 62n) | (BigInt(rand(2 ** 30)) << 20n) | BigInt(rand(2 ** 20)),
+        () => BigInt(rand(2 ** 31)) * BigInt(rand(2 ** 31)) * BigInt(rand(4) + 1)
+      ]
+      return kinds[rand(kinds.length)]!()
+    }
+    const tables = [Number(u64(src, 40)), Number(u64(src, 48)), L2(src), Number(u64(src, REFTABLE(src)) & ~0x1ffn)]
+    for (let round = 0; round < Number(process.env.FUZZ_ROUNDS ?? 16); round++) {
+      const a = tmp(`fuzz64-${round}.qcow2`)
+      fs.copyFileSync(src, a)
+      for (let k = 0; k < 1 + rand(3); k++) putU64(a, tables[rand(tables.length)]! + 8 * rand(16), word())
+      await agree(a, { messages: false, repair: process.env.FUZZ_REPAIR !== "0" })
     }
   })
 })

@@ -49,6 +49,8 @@ export class MetadataIndex {
     if (img.snapshotsSize > 0) add("snapshot table", img.snapshotsOffset, img.snapshotsSize)
     for (const s of img.snapshots) if (s.l1Size > 0) add("inactive L1 table", s.l1Offset, s.l1Size * 8)
     const mark = (set: Set<number>, offset: number) => {
+      // past 2^53 no write can reach it (and cluster numbers there are not exact)
+      if (offset > Number.MAX_SAFE_INTEGER) return
       const first = Math.floor(offset / cs)
       const last = Math.floor((offset + cs - 1) / cs)
       for (let c = first; c <= last; c++) set.add(c)

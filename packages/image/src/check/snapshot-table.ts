@@ -156,9 +156,10 @@ export function rewriteSnapshotTable(p: Pass): Effect.Effect<void, ImageError | 
     img.snapshotsSize = bytes.length
     img.fileSize = Math.max(img.fileSize, newOffset + bytes.length)
     p.metadata.invalidate()
-    if (oldSize > 0) {
+    // Only clusters inside the file can hold a refcount worth releasing.
+    if (oldSize > 0 && oldOffset < img.fileSize) {
       const first = Math.floor(oldOffset / cs)
-      const last = Math.floor((oldOffset + oldSize - 1) / cs)
+      const last = Math.floor((Math.min(oldOffset + oldSize, img.fileSize) - 1) / cs)
       const freed: Array<number> = []
       for (let c = first; c <= last; c++) {
         yield* p.stored.loadFor(c)
