@@ -13,7 +13,7 @@ import { Effect } from "effect"
 import { openNodeFile } from "@qcow2/storage-node"
 import type { CheckResult } from "../src/api.js"
 import { ImageError } from "../src/errors.js"
-import { type CheckFailure, checkQcow2 } from "../src/check/index.js"
+import { type CheckFailure, MAX_MESSAGES, checkQcow2 } from "../src/check/index.js"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "qcow2-check-hostile-"))
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
@@ -268,6 +268,21 @@ describe("absurd offsets in tables", () => {
     expect(o).toBeLessThan(4096)
     putU64(a, o + 8 + 16, 1n << 40n)
     expect((await agree(a)).mine.openError?.message).toBe("Bitmap '' doesn't satisfy the constraints")
+  })
+})
+
+describe("findings on every cluster", () => {
+  it("keeps the counters exact but at most MAX_MESSAGES messages", async () => {
+    const a = tmp("all-zero-refcounts.qcow2")
+    sh("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=512,preallocation=metadata", a, "64M"])
+    writeAt(a, REFTABLE(a), Buffer.alloc(readAt(a, 56, 4).readUInt32BE(0) * 512))
+    const theirs = qemu(a)
+    const mine = await ours(a)
+    expect(mine.counters).toEqual(theirs.counters)
+    expect(theirs.messages.length).toBeGreaterThan(MAX_MESSAGES)
+    expect(mine.messages.length).toBe(MAX_MESSAGES + 1)
+    expect(mine.messages.slice(0, MAX_MESSAGES)).toEqual(theirs.messages.slice(0, MAX_MESSAGES))
+    expect(mine.messages[MAX_MESSAGES]).toBe("(further messages omitted)")
   })
 })
 

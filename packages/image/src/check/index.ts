@@ -41,6 +41,14 @@ export interface CheckFailure {
 
 const INT_MAX = 2 ** 31 - 1
 
+/**
+ * Findings kept in CheckResult.messages. A badly damaged large image can
+ * produce one per cluster (qemu-img streams them to stderr); past this many
+ * the rest are counted but not kept, and one last line says so.
+ */
+export const MAX_MESSAGES = 100_000
+const OMITTED = "(further messages omitted)"
+
 const fixFor = (repair: CheckOptions["repair"]): Fix =>
   repair === "all" ? { leaks: true, errors: true } : repair === "leaks" ? { leaks: true, errors: false } : NO_FIX
 
@@ -184,8 +192,10 @@ function runCheck(io: Io, fix: Fix, force: boolean, log: (m: string) => void, pa
 function checkAndReport(storage: BlockStorageShape, fix: Fix, force: boolean): Effect.Effect<CheckResult, ImageError> {
   const io = new Io(storage)
   const messages: Array<string> = []
+  let dropped = 0
   const log = (m: string) => {
-    messages.push(m)
+    if (messages.length < MAX_MESSAGES) messages.push(m)
+    else if (++dropped === 1) messages.push(OMITTED)
   }
   const partial = { tally: emptyTally() }
   const run = Effect.gen(function* () {
