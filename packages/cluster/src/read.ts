@@ -35,6 +35,11 @@ export function readGuest(ctx: ClusterContext, offset: number, into: Uint8Array)
           yield* readBacking(ctx, offset + done, slice)
           break
         case "compressed": {
+          if (run.offsetInCluster === 0 && run.length === ctx.geometry.clusterSize) {
+            // A whole cluster: decompress straight into the caller's buffer.
+            yield* readCompressedCluster(ctx, run.hostOffset, run.compressedSize, slice)
+            break
+          }
           let cached = lastDecompressed.get(ctx)
           if (cached === undefined || cached.hostOffset !== run.hostOffset) {
             const data = new Uint8Array(ctx.geometry.clusterSize)
