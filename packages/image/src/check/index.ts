@@ -239,7 +239,9 @@ export function checkQcow2(
   storage: BlockStorageShape,
   options?: { readonly repair?: "leaks" | "all" }
 ): Effect.Effect<CheckResult, ImageError> {
-  return checkAndReport(storage, fixFor(options?.repair), false)
+  return checkAndReport(storage, fixFor(options?.repair), false).pipe(
+    Effect.withSpan("checkQcow2", { attributes: { location: storage.location, repair: options?.repair ?? "none" } })
+  )
 }
 
 /**
@@ -250,5 +252,7 @@ export function checkQcow2(
  * {@link checkQcow2} with repair "all".
  */
 export function rebuildRefcounts(storage: BlockStorageShape): Effect.Effect<CheckResult, ImageError> {
-  return checkAndReport(storage, { leaks: true, errors: true }, true)
+  return checkAndReport(storage, { leaks: true, errors: true }, true).pipe(
+    Effect.withSpan("rebuildRefcounts", { attributes: { location: storage.location } })
+  )
 }
