@@ -6,7 +6,8 @@ import { HttpStorageOpener } from "@qcow2/storage-http"
 import { NodeClusterCodec } from "@qcow2/compress/node"
 import { ClusterCodec, CompressionError, DecompressionError, type ClusterCodecShape } from "@qcow2/compress"
 import { layerNode as NodeSectorCiphers } from "@qcow2/crypto/node"
-import { openImage, type Image, type OpenOptions } from "@qcow2/image"
+import { ImageError, openImage, type Image, type OpenOptions } from "@qcow2/image"
+import { splitOptionList } from "./createopts.js"
 import { isUrl } from "./names.js"
 import { openFailure, type CliFailure } from "./errors.js"
 
@@ -68,10 +69,46 @@ export const envLayer: Layer.Layer<ImageEnv> = Layer.mergeAll(
   NodeSectorCiphers
 )
 
+/**
+ * `--image-opts`: image names are option lists
+ * (`driver=qcow2,file.filename=PATH,encrypt.key-secret=ID`), as qemu-img
+ * takes them. Set once from the command line.
+ */
+export const imageOptions: { enabled: boolean; secrets: ReadonlyMap<string, Uint8Array> } = { enabled: false, secrets: new Map() }
+
+/** Splits an `--image-opts` string into the file, the driver and the secret it names. */
+export const parseImageOpts = (
+  spec: string
+): { readonly file: string; readonly format?: "qcow2" | "raw"; readonly passphrase?: Uint8Array } | { readonly error: string } => {
+  const fields = new Map(splitOptionList(spec))
+  const file = fields.get("file.filename") ?? fields.get("filename")
+  if (file === undefined) return { error: "A block device must be specified for \"file\"" }
+  const driver = fields.get("driver")
+  if (driver !== undefined && driver !== "qcow2" && driver !== "raw") return { error: `Unknown driver '${driver}'` }
+  const keyId = fields.get("encrypt.key-secret")
+  let passphrase: Uint8Array | undefined
+  if (keyId !== undefined) {
+    passphrase = imageOptions.secrets.get(keyId)
+    if (passphrase === undefined) return { error: `No secret with id '${keyId}'` }
+  }
+  return { file, ...(driver !== undefined ? { format: driver } : {}), ...(passphrase !== undefined ? { passphrase } : {}) }
+}
+
 /** Opens an image, turning a failure into qemu-img's "Could not open" message. */
 export const open = (
   name: string,
   options: OpenOptions,
   exitCode = 1
-): Effect.Effect<Image, CliFailure, Scope.Scope | ImageEnv> =>
-  openImage(name, options).pipe(Effect.mapError((e) => openFailure(name, e, exitCode)))
+): Effect.Effect<Image, CliFailure, Scope.Scope | ImageEnv> => {
+  if (imageOptions.enabled) {
+    const parsed = parseImageOpts(name)
+    if ("error" in parsed) return Effect.fail(openFailure(name, new ImageError({ reason: "InvalidArgument", message: parsed.error }), exitCode))
+    const merged: OpenOptions = {
+      ...options,
+      ...(parsed.format !== undefined ? { format: parsed.format } : {}),
+      ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {})
+    }
+    return openImage(parsed.file, merged).pipe(Effect.mapError((e) => openFailure(parsed.file, e, exitCode)))
+  }
+  return openImage(name, options).pipe(Effect.mapError((e) => openFailure(name, e, exitCode)))
+}

@@ -10,7 +10,7 @@ import { CliOutput, Command, Flag, Argument } from "effect/cli"
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import type { ImageFormat } from "@qcow2/image"
 import { normalizeArgv } from "./argv.js"
-import { envLayer, type ImageEnv } from "./env.js"
+import { envLayer, imageOptions, type ImageEnv } from "./env.js"
 import { CliFailure, fail, usage } from "./errors.js"
 import { eprint, flushOutput, print } from "./output.js"
 import { parseSecrets, type Secrets } from "./secrets.js"
@@ -63,7 +63,10 @@ const objectFlag = Flag.String("object").pipe(
   Flag.withDescription("secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]: a passphrase for encrypt.key-secret"),
   Flag.atLeast(0)
 )
-const imageOptsFlag = Flag.Boolean("image-opts").pipe(Flag.withDescription("not supported yet"), Flag.withDefault(false))
+const imageOptsFlag = Flag.Boolean("image-opts").pipe(
+  Flag.withDescription("image names are option strings: driver=qcow2,file.filename=PATH,encrypt.key-secret=ID"),
+  Flag.withDefault(false)
+)
 const forceShareFlag = Flag.Boolean("force-share").pipe(Flag.withAlias("U"), Flag.withDescription("accepted for compatibility (no locking here)"), Flag.withDefault(false))
 const passphraseFileFlag = Flag.String("passphrase-file").pipe(Flag.withDescription("file holding the passphrase of an encrypted image"), Flag.optional)
 const quietFlag = Flag.Boolean("quiet").pipe(Flag.withAlias("q"), Flag.withDescription("print nothing but errors"), Flag.withDefault(false))
@@ -85,9 +88,13 @@ const imageFormat = (f: Option.Option<string>): Effect.Effect<ImageFormat | unde
 }
 
 const secretsOf = (c: { readonly object: ReadonlyArray<string>; readonly imageOpts: boolean; readonly passphraseFile: Option.Option<string> }): Effect.Effect<Secrets, CliFailure> => {
-  if (c.imageOpts) return Effect.fail(fail("--image-opts is not supported yet"))
   const r = parseSecrets(c.object, opt(c.passphraseFile))
-  return r.ok ? Effect.succeed(r.secrets) : Effect.fail(fail(r.message))
+  if (!r.ok) return Effect.fail(fail(r.message))
+  if (c.imageOpts) {
+    imageOptions.enabled = true
+    imageOptions.secrets = r.secrets.byId
+  }
+  return Effect.succeed(r.secrets)
 }
 
 const sizeArg = (text: string, what: string): Effect.Effect<number, CliFailure> => {
