@@ -54,13 +54,14 @@ export const exactHex = (value: number, hi: number, lo: number): string | undefi
   value > Number.MAX_SAFE_INTEGER ? hex64(hi, lo >>> 0) : undefined
 
 /** L2 entry types as QEMU's qcow2_get_cluster_type classifies them. */
-export const enum ClusterType {
-  Unallocated,
-  ZeroPlain,
-  ZeroAlloc,
-  Normal,
-  Compressed
-}
+export const ClusterType = {
+  Unallocated: 0,
+  ZeroPlain: 1,
+  ZeroAlloc: 2,
+  Normal: 3,
+  Compressed: 4
+} as const
+export type ClusterType = (typeof ClusterType)[keyof typeof ClusterType]
 
 const COPIED = 0x80000000
 const COMPRESSED = 0x40000000
