@@ -40,6 +40,23 @@ const create = (name: string, size: string, opts: string, extra: ReadonlyArray<s
   return { file }
 }
 
+/**
+ * Creates a LUKS image with fast key slots. QEMU times PBKDF2 to pick the
+ * iteration count and, on a busy machine, sometimes reports "Unable to get
+ * accurate CPU usage": retry a few times.
+ */
+const createLuks = (file: string, size: string): void => {
+  for (let attempt = 1; ; attempt++) {
+    const r = spawnSync(
+      "qemu-img",
+      ["create", "-q", "-f", "qcow2", ...LUKS_SECRET, "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", file, size],
+      { encoding: "utf8" }
+    )
+    if (r.status === 0) return
+    if (attempt === 5) throw new Error(r.stderr)
+  }
+}
+
 const io = (m: Made, ...cmds: ReadonlyArray<string>): void => {
   sh("qemu-io", [...cmds.flatMap((c) => ["-c", c]), ...imageArgs(m)])
 }
@@ -363,7 +380,7 @@ describe("clean images agree with qemu-img check", () => {
 
   it("LUKS encryption (header area counted)", async () => {
     const file = tmp("luks.qcow2")
-    sh("qemu-img", ["create", "-q", "-f", "qcow2", ...LUKS_SECRET, "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", file, "8M"])
+    createLuks(file, "8M")
     const m: Made = { file, luks: true }
     io(m, "write -P 1 0 128k", "write -P 2 4M 64k")
     await compareWithQemu(m, { repairs: [] })
@@ -637,7 +654,7 @@ describe("damaged images agree with qemu-img check and repair", () => {
 
   it("leak and lowered refcount in a LUKS image (header area counted)", async () => {
     const file = tmp("luks-damaged.qcow2")
-    sh("qemu-img", ["create", "-q", "-f", "qcow2", ...LUKS_SECRET, "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", file, "8M"])
+    createLuks(file, "8M")
     const m: Made = { file, luks: true }
     io(m, "write -P 1 0 128k")
     const hdr = clusterOf(file, 0x10000n)
