@@ -12,4 +12,6 @@ export class ClusterError extends Data.TaggedError("ClusterError")<{
   readonly reason: "Corrupt" | "ReadOnly" | "Unsupported" | "InvalidArgument"
   readonly message: string
   readonly offset?: number
+  /** The POSIX error QEMU returns in this situation, when it differs from what `reason` suggests. */
+  readonly errno?: "EIO" | "EINVAL" | "ENOTSUP"
 }> {}

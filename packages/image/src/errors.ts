@@ -24,5 +24,10 @@ export class ImageError extends Data.TaggedError("ImageError")<{
   readonly location?: string
   /** Byte offset in that file, where it helps. */
   readonly offset?: number
+  /**
+   * The POSIX error QEMU reports for the same failure (qemu-io prints its
+   * text), when a lower layer knows it; otherwise derive it from `reason`.
+   */
+  readonly errno?: string
   readonly cause?: unknown
 }> {}

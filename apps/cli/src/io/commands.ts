@@ -174,7 +174,7 @@ const readCmd: CommandSpec = {
       }
       const failed = yield* ctx.image.read(offset, buf).pipe(
         Effect.as(undefined),
-        Effect.catch((e) => Effect.succeed(e.message))
+        Effect.catch((e) => Effect.succeed(strerror(e)))
       )
       const seconds = elapsed(start)
       if (failed !== undefined) {
@@ -282,6 +282,17 @@ const writeCmd: CommandSpec = {
           data.fill(pattern)
         }
       }
+      if (c || b) {
+        // qemu-io: compressed (and -b) requests must be sector aligned.
+        if (offset % 512 !== 0) {
+          print(`${offset} is not a sector-aligned value for 'offset'\n`)
+          return false
+        }
+        if (count % 512 !== 0) {
+          print(`${count} is not a sector-aligned value for 'count'\n`)
+          return false
+        }
+      }
       const start = performance.now()
       if (!checkRange(ctx.image, offset, count)) {
         print("write failed: Input/output error\n")
@@ -294,7 +305,7 @@ const writeCmd: CommandSpec = {
           : ctx.image.write(offset, data!)
       const failed = yield* op.pipe(
         Effect.as(undefined),
-        Effect.catch((e) => Effect.succeed(e.message))
+        Effect.catch((e) => Effect.succeed(strerror(e)))
       )
       const seconds = elapsed(start)
       if (failed !== undefined) {
@@ -340,7 +351,7 @@ const discardCmd: CommandSpec = {
       }
       const failed = yield* ctx.image.discard(offset, count).pipe(
         Effect.as(undefined),
-        Effect.catch((e) => Effect.succeed(e.message))
+        Effect.catch((e) => Effect.succeed(strerror(e)))
       )
       const seconds = elapsed(start)
       if (failed !== undefined) {
@@ -543,3 +554,34 @@ export const runIoCommand = (ctx: IoContext, line: string): Effect.Effect<boolea
     }
     return spec.run(ctx, parsed.result)
   })
+
+/**
+ * qemu-io prints strerror() of the failed request; map the driver's error
+ * to the errno QEMU would return.
+ */
+export const strerror = (e: { readonly reason?: string; readonly errno?: string; readonly message: string }): string => {
+  const texts: Record<string, string> = {
+    EIO: "Input/output error",
+    EINVAL: "Invalid argument",
+    ENOTSUP: "Operation not supported",
+    ENOSPC: "No space left on device",
+    EPERM: "Operation not permitted",
+    EACCES: "Permission denied",
+    ERANGE: "Numerical result out of range"
+  }
+  if (e.errno !== undefined && texts[e.errno] !== undefined) return texts[e.errno]!
+  switch (e.reason) {
+    case "InvalidArgument":
+      return texts.EINVAL!
+    case "Unsupported":
+      return texts.ENOTSUP!
+    case "NoSpace":
+      return texts.ENOSPC!
+    case "RefcountOverflow":
+      return texts.ERANGE!
+    case "ReadOnly":
+      return texts.EACCES!
+    default:
+      return texts.EIO!
+  }
+}

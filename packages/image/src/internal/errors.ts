@@ -42,7 +42,15 @@ export function toImageError(error: unknown, location: string): ImageError {
     default:
       reason = "Storage"
   }
-  return new ImageError({ reason, message, location, ...(offset !== undefined ? { offset } : {}), cause: error })
+  const errno = typeof error === "object" && error !== null && "errno" in error ? (error as { errno?: string }).errno : undefined
+  return new ImageError({
+    reason,
+    message,
+    location,
+    ...(offset !== undefined ? { offset } : {}),
+    ...(typeof errno === "string" ? { errno } : {}),
+    cause: error
+  })
 }
 
 /** Runs `effect`, presenting any failure as an ImageError of `location`. */

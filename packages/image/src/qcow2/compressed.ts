@@ -22,7 +22,8 @@ export function writeCompressedCluster(ctx: ClusterContext, offset: number, data
       return yield* new ClusterError({
         reason: "InvalidArgument",
         message: `compressed writes must cover whole clusters (${cs} bytes) at cluster-aligned offsets`,
-        offset
+        offset,
+        errno: "EINVAL"
       })
     }
     // Compress every cluster of the request at once (a worker pool runs them
@@ -68,10 +69,12 @@ export function writeCompressedCluster(ctx: ClusterContext, offset: number, data
             (old._tag === "Subclusters" && (old.hostOffset !== 0 || old.allocatedMask !== 0))
           if (old._tag === "Invalid") return yield* ctx.corrupt(`L2 entry for guest offset ${guest}: ${old.reason}`, guest)
           if (holdsData) {
+            // QEMU: "Compression can't overwrite anything" (EIO).
             return yield* new ClusterError({
               reason: "InvalidArgument",
               message: `cannot write a compressed cluster over allocated data at guest offset ${guest}`,
-              offset: guest
+              offset: guest,
+              errno: "EIO"
             })
           }
           const host = yield* ctx.refcounts.allocateBytes(compressed.length)
