@@ -2,10 +2,8 @@ import { Effect, Layer } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener, type StorageOpenerShape } from "@qcow2/storage"
 import { nodeStorageOpener } from "@qcow2/storage-node"
-import { HttpStorageOpener } from "@qcow2/storage-http"
-import { NodeClusterCodec } from "@qcow2/compress/node"
 import { ClusterCodec, CompressionError, DecompressionError, type ClusterCodecShape } from "@qcow2/compress"
-import { layerNode as NodeSectorCiphers } from "@qcow2/crypto/node"
+import { SectorCipherFactory } from "@qcow2/crypto"
 import { ImageError, openImage, type Image, type OpenOptions } from "@qcow2/image"
 import { splitOptionList } from "./createopts.js"
 import { isUrl } from "./names.js"
@@ -25,16 +23,34 @@ export type ImageEnv = StorageOpener | ClusterCodec
  */
 export const unsafeCacheFiles = new Set<string>()
 
-export const makeOpener = (http: StorageOpenerShape): StorageOpenerShape => ({
+export const makeOpener = (http: Effect.Effect<StorageOpenerShape>): StorageOpenerShape => ({
   open: (name, options) => {
-    const opened = isUrl(name) ? http.open(name, options) : nodeStorageOpener.open(name, options)
+    const opened = isUrl(name) ? Effect.flatMap(http, (h) => h.open(name, options)) : nodeStorageOpener.open(name, options)
     return unsafeCacheFiles.has(name) ? Effect.map(opened, (s) => ({ ...s, flush: () => Effect.void })) : opened
   },
   resolve: (from, name) => {
     if (isUrl(name)) return name
-    return isUrl(from) ? http.resolve(from, name) : nodeStorageOpener.resolve(from, name)
+    return isUrl(from) ? resolveUrl(from, name) : nodeStorageOpener.resolve(from, name)
   }
 })
+
+/** A backing name found in an image opened by URL, resolved against that URL (as HttpStorageOpener.resolve does). */
+const resolveUrl = (from: string, name: string): string => {
+  try {
+    return new URL(name, from).href
+  } catch {
+    return name
+  }
+}
+
+/** Loads once, on first use, and keeps the result (a module the process may never need). */
+const once = <A>(load: () => Promise<A>): Effect.Effect<A> => {
+  let loaded: Promise<A> | undefined
+  return Effect.promise(() => (loaded ??= load()))
+}
+
+/** The HTTP backend, loaded with the first URL. */
+const httpOpener = once(() => import("@qcow2/storage-http").then((m) => m.HttpStorageOpener.make()))
 
 /**
  * The Node codec, built on the first compressed cluster instead of at
@@ -62,11 +78,22 @@ export const lazyCodec = (build: Effect.Effect<ClusterCodecShape>): ClusterCodec
   }
 }
 
-/** Everything the commands use; the driver picks up the (optional) cipher factory for encrypted images. */
+/** Everything the commands use. The codec module (zstd wasm, node:zlib) loads with the first compressed cluster. */
 export const envLayer: Layer.Layer<ImageEnv> = Layer.mergeAll(
-  Layer.succeed(StorageOpener, makeOpener(HttpStorageOpener.make())),
-  Layer.succeed(ClusterCodec, lazyCodec(NodeClusterCodec.make)),
-  NodeSectorCiphers
+  Layer.succeed(StorageOpener, makeOpener(httpOpener)),
+  Layer.succeed(
+    ClusterCodec,
+    lazyCodec(Effect.flatMap(once(() => import("@qcow2/compress/node")), (m) => m.NodeClusterCodec.make))
+  )
+)
+
+/**
+ * The cipher factory (node:crypto), which the driver picks up when it opens
+ * or creates an encrypted image with a passphrase. Only command lines that
+ * carry secrets (--object, --passphrase-file) load it.
+ */
+export const cipherLayer: Layer.Layer<SectorCipherFactory> = Layer.unwrap(
+  Effect.map(once(() => import("@qcow2/crypto/node")), (m) => m.layerNode)
 )
 
 /**

@@ -1,4 +1,4 @@
-import { Data } from "effect"
+import { Cause, Data } from "effect"
 import type { ImageError } from "@qcow2/image"
 
 /**
@@ -21,3 +21,11 @@ export const describeImageError = (error: ImageError): string => error.message
 /** qemu-img's wording for a failed open. */
 export const openFailure = (name: string, error: ImageError, exitCode = 1): CliFailure =>
   fail(`Could not open '${name}': ${describeImageError(error)}`, exitCode)
+
+/** The message of a defect or unexpected failure, for "qcow2: internal error: …". */
+export const describeCause = (cause: Cause.Cause<unknown>): string => {
+  const error = Cause.squash(cause)
+  if (error instanceof Error) return error.message
+  if (typeof error === "object" && error !== null && "message" in error) return String((error as { message: unknown }).message)
+  return String(error)
+}

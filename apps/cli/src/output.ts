@@ -49,3 +49,6 @@ export const flushOutput = (): void => {
   out.flush()
   err.flush()
 }
+
+/** The process exit status: set by the command, or to 1 by effect/cli for a bad command line. */
+export const exitStatus = { code: 0 }

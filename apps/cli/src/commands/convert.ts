@@ -1,6 +1,5 @@
 import * as fs from "node:fs"
 import { Effect, Semaphore } from "effect"
-import { makeCompressionPool } from "@qcow2/compress/node"
 import { createImage, type Image, type ImageFormat } from "@qcow2/image"
 import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
 import { open, unsafeCacheFiles, type ImageEnv } from "../env.js"
@@ -243,7 +242,7 @@ const qcow2Sink = (o: ConvertOptions, total: number) =>
     }
     // Compression runs on a pool of worker threads sized to the cores; many
     // clusters are in flight at once and each result lands in its own cluster.
-    const pool = o.compress ? yield* makeCompressionPool({}) : undefined
+    const pool = o.compress ? yield* Effect.flatMap(Effect.promise(() => import("@qcow2/compress/node")), (m) => m.makeCompressionPool({})) : undefined
     const target = yield* open(o.target, {
       readOnly: false,
       format: "qcow2",

@@ -1,0 +1,210 @@
+/**
+ * The command line, declared once: every subcommand's flags and arguments.
+ *
+ * Two parsers read this table. `fast.ts` parses the common, valid command
+ * lines without loading effect/cli (whose modules cost ~0.1 s of start-up);
+ * `effect-cli.ts` builds the effect/cli commands from it and handles
+ * everything else (--help, --version, mistakes and their messages). Both
+ * produce the same `Values` for a command line the fast parser accepts;
+ * test/fastparse.test.ts checks that against effect/cli.
+ *
+ * No imports here: the entry chunk stays small.
+ */
+
+/** A flag: `name` is the long name (`--name`), `alias` a one-letter short name. */
+export type FlagSpec =
+  /** Optional string: undefined when absent. */
+  | { readonly kind: "string"; readonly name: string; readonly alias?: string; readonly description?: string }
+  /** String with a default. */
+  | { readonly kind: "stringDefault"; readonly name: string; readonly alias?: string; readonly description?: string; readonly default: string }
+  /** Boolean switch, false when absent. */
+  | { readonly kind: "boolean"; readonly name: string; readonly alias?: string; readonly description?: string }
+  /** One of `choices`, `default` when absent. */
+  | {
+      readonly kind: "choice"
+      readonly name: string
+      readonly alias?: string
+      readonly description?: string
+      readonly choices: ReadonlyArray<string>
+      readonly default: string
+    }
+  /** Repeatable string: every occurrence, in order. */
+  | { readonly kind: "repeat"; readonly name: string; readonly alias?: string; readonly description?: string }
+
+/** A positional argument: exactly one, zero or one, or two and more. */
+export interface ArgSpec {
+  readonly name: string
+  readonly kind: "one" | "optional" | "atLeast2"
+}
+
+export interface CommandSpec {
+  readonly name: string
+  readonly description: string
+  readonly flags: Readonly<Record<string, FlagSpec>>
+  readonly args: Readonly<Record<string, ArgSpec>>
+}
+
+type FlagValue<F extends FlagSpec> = F extends { readonly kind: "string" }
+  ? string | undefined
+  : F extends { readonly kind: "boolean" }
+    ? boolean
+    : F extends { readonly kind: "repeat" }
+      ? ReadonlyArray<string>
+      : string
+
+type ArgValue<A extends ArgSpec> = A["kind"] extends "one" ? string : A["kind"] extends "optional" ? string | undefined : ReadonlyArray<string>
+
+/** Parsed values of one command line, keyed like the spec. */
+export type Values<C extends CommandSpec> = { readonly [K in keyof C["flags"]]: FlagValue<C["flags"][K]> } & {
+  readonly [K in keyof C["args"]]: ArgValue<C["args"][K]>
+}
+
+// ---- shared flags ---------------------------------------------------------
+
+const format = { kind: "string", name: "format", alias: "f", description: "image format (qcow2 or raw); probed when omitted" } as const
+const output = { kind: "choice", name: "output", description: "output format", choices: ["human", "json"], default: "human" } as const
+const object = {
+  kind: "repeat",
+  name: "object",
+  description: "secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]: a passphrase for encrypt.key-secret"
+} as const
+const imageOpts = {
+  kind: "boolean",
+  name: "image-opts",
+  description: "image names are option strings: driver=qcow2,file.filename=PATH,encrypt.key-secret=ID"
+} as const
+const forceShare = { kind: "boolean", name: "force-share", alias: "U", description: "accepted for compatibility (no locking here)" } as const
+const passphraseFile = { kind: "string", name: "passphrase-file", description: "file holding the passphrase of an encrypted image" } as const
+const quiet = { kind: "boolean", name: "quiet", alias: "q", description: "print nothing but errors" } as const
+const sourceCache = { kind: "string", name: "source-cache", alias: "T", description: "accepted for compatibility" } as const
+
+const common = { object, imageOpts, forceShare, passphraseFile } as const
+
+// ---- subcommands ----------------------------------------------------------
+
+export const info = {
+  name: "info",
+  description: "show image information like qemu-img info",
+  flags: { format, output, backingChain: { kind: "boolean", name: "backing-chain" }, ...common },
+  args: { file: { name: "filename", kind: "one" } }
+} as const satisfies CommandSpec
+
+export const map = {
+  name: "map",
+  description: "show the guest-to-host mapping like qemu-img map",
+  flags: {
+    format,
+    output,
+    startOffset: { kind: "string", name: "start-offset" },
+    maxLength: { kind: "string", name: "max-length" },
+    ...common
+  },
+  args: { file: { name: "filename", kind: "one" } }
+} as const satisfies CommandSpec
+
+export const check = {
+  name: "check",
+  description: "check (and repair) an image like qemu-img check",
+  flags: {
+    format,
+    output,
+    repair: { kind: "string", name: "repair", alias: "r", description: "leaks or all" },
+    quiet,
+    sourceCache,
+    ...common
+  },
+  args: { file: { name: "filename", kind: "one" } }
+} as const satisfies CommandSpec
+
+export const compare = {
+  name: "compare",
+  description: "compare the contents of two images like qemu-img compare",
+  flags: {
+    format,
+    format2: { kind: "string", name: "format2", alias: "F", description: "format of the second image" },
+    strict: { kind: "boolean", name: "strict", alias: "s" },
+    progress: { kind: "boolean", name: "progress", alias: "p" },
+    quiet,
+    sourceCache,
+    ...common
+  },
+  args: { file1: { name: "filename1", kind: "one" }, file2: { name: "filename2", kind: "one" } }
+} as const satisfies CommandSpec
+
+export const create = {
+  name: "create",
+  description: "create an image like qemu-img create",
+  flags: {
+    format: { kind: "stringDefault", name: "format", alias: "f", description: "qcow2 (default) or raw", default: "qcow2" },
+    options: { kind: "repeat", name: "options", alias: "o", description: "name=value,… creation options" },
+    backing: { kind: "string", name: "backing", alias: "b", description: "backing file" },
+    backingFormat: { kind: "string", name: "backing-format", alias: "F", description: "backing file format" },
+    unsafe: { kind: "boolean", name: "unsafe", alias: "u", description: "do not open the backing file" },
+    quiet,
+    object,
+    passphraseFile
+  },
+  args: { file: { name: "filename", kind: "one" }, size: { name: "size", kind: "optional" } }
+} as const satisfies CommandSpec
+
+export const convert = {
+  name: "convert",
+  description: "convert images like qemu-img convert (raw or qcow2 target)",
+  flags: {
+    format,
+    targetFormat: { kind: "stringDefault", name: "target-format", alias: "O", description: "raw (default) or qcow2", default: "raw" },
+    options: { kind: "repeat", name: "options", alias: "o", description: "name=value,… target creation options" },
+    compress: { kind: "boolean", name: "compress", alias: "c", description: "compress the qcow2 target" },
+    sparseSize: {
+      kind: "string",
+      name: "sparse-size",
+      alias: "S",
+      description: "zero runs at least this long stay holes (default 4k; 0 = write all)"
+    },
+    progress: { kind: "boolean", name: "progress", alias: "p" },
+    quiet,
+    noCreate: { kind: "boolean", name: "no-create", alias: "n", description: "the target exists; do not create it" },
+    parallel: { kind: "string", name: "parallel", alias: "m", description: "requests in flight (default 8)" },
+    outOfOrder: { kind: "boolean", name: "out-of-order", alias: "W", description: "accepted; writes are always unordered" },
+    backing: { kind: "string", name: "backing", alias: "B", description: "backing file of the target" },
+    backingFormat: { kind: "string", name: "backing-format", alias: "F" },
+    cache: {
+      kind: "string",
+      name: "cache",
+      alias: "t",
+      description: "target cache mode; 'unsafe' (the default, as in qemu-img convert) skips flushes"
+    },
+    sourceCache,
+    targetIsZero: { kind: "boolean", name: "target-is-zero" },
+    ...common
+  },
+  args: { files: { name: "filename", kind: "atLeast2" } }
+} as const satisfies CommandSpec
+
+export const io = {
+  name: "io",
+  description: "run qemu-io commands on an image",
+  flags: {
+    format,
+    readOnly: { kind: "boolean", name: "read-only", alias: "r" },
+    cmd: {
+      kind: "repeat",
+      name: "cmd",
+      alias: "c",
+      description: "qemu-io command (repeatable): read, write, discard, flush, truncate, map, alloc, info, length"
+    },
+    ...common
+  },
+  args: { file: { name: "filename", kind: "one" } }
+} as const satisfies CommandSpec
+
+export const COMMANDS = { info, map, check, compare, create, convert, io } as const
+
+export type CommandName = keyof typeof COMMANDS
+
+/** A parsed command line: the subcommand and its values. */
+export type Parsed = { [N in CommandName]: { readonly command: N; readonly values: Values<(typeof COMMANDS)[N]> } }[CommandName]
+
+export const ROOT_DESCRIPTION = "QCOW2 disk image tool (qemu-img / qemu-io compatible subset)"
+
+export const VERSION = "0.1.0"
