@@ -80,6 +80,13 @@ interface Sink {
   readonly zeroIsFree: boolean
   /** Writes must start and end on multiples of this (cluster size for compressed output), else 1. */
   readonly alignment: number
+  /**
+   * Zero detection need not be finer than this: a qcow2 target allocates
+   * whole clusters anyway, so a cluster is skipped only when all of it is
+   * zero (qemu-img convert aligns its zero detection to the target cluster
+   * size in the same way), and whole clusters are written in one piece.
+   */
+  readonly zeroGranularity: number
 }
 
 const writeAll = (fd: number, data: Uint8Array, position: number, target: string): Effect.Effect<void, CliFailure> =>
@@ -103,7 +110,13 @@ const writeAll = (fd: number, data: Uint8Array, position: number, target: string
 const rawSink = (target: string, size: number, o: ConvertOptions): Effect.Effect<Sink, CliFailure, never> =>
   Effect.try({
     try: () => {
-      const fd = fs.openSync(target, o.skipCreate ? "r+" : "w")
+      // Like qemu-img: create (truncating) on one descriptor, then write
+      // through another. On ext4, closing a descriptor that truncated a
+      // file to zero starts writeback of everything written through it
+      // (auto_da_alloc), which made replacing an existing target ~0.1-0.4 s
+      // slower; the creating descriptor is closed before any data is written.
+      if (!o.skipCreate) fs.closeSync(fs.openSync(target, "w"))
+      const fd = fs.openSync(target, "r+")
       if (!o.skipCreate) fs.ftruncateSync(fd, size)
       return fd
     },
@@ -115,6 +128,7 @@ const rawSink = (target: string, size: number, o: ConvertOptions): Effect.Effect
         fd,
         zeroIsFree: !o.skipCreate || o.targetIsZero,
         alignment: 1,
+        zeroGranularity: 1,
         writeData: (offset, data) => writeAll(fd, data, offset, target),
         writeZeroes: (offset, length) =>
           Effect.gen(function* () {
@@ -164,6 +178,15 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
           const source = sources[sourceIndex]!
           const sourceName = o.sources[sourceIndex]!
           const remaining = source.virtualSize - sourceOffset
+          if (source.format === "raw") {
+            // A raw file has no block status worth asking for (it would read
+            // the data to look for zeros): read whole chunks and find the
+            // zeros once, in the worker.
+            const end = Math.min(source.virtualSize, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
+            const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, zero: false }
+            sourceOffset = end
+            return task
+          }
           const status = yield* source
             .blockStatus(sourceOffset, remaining)
             .pipe(Effect.mapError((e) => fail(`error while reading block status at offset ${sourceOffset}: ${e.message}`)))
@@ -188,7 +211,8 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
         })
       )
 
-      const zero = Buffer.alloc(Math.max(o.sparseSize, sink.alignment, 512))
+      const granularity = sink.alignment > 1 ? sink.alignment : o.sparseSize === 0 ? 0 : Math.max(o.sparseSize, sink.zeroGranularity)
+      const zero = Buffer.alloc(Math.max(granularity, 512))
       const worker = Effect.gen(function* () {
         const buffer = Buffer.allocUnsafe(CHUNK)
         for (;;) {
@@ -201,7 +225,6 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             yield* task.source
               .read(task.offset, view)
               .pipe(Effect.mapError((e) => fail(`error while reading at byte ${task.offset}: ${e.message}`)))
-            const granularity = sink.alignment > 1 ? sink.alignment : o.sparseSize
             const runs = dataRuns(buffer, task.length, granularity, zero)
             let covered = 0
             for (const [start, end] of runs) {
@@ -256,6 +279,7 @@ const qcow2Sink = (o: ConvertOptions, total: number) =>
     const sink: Sink = {
       zeroIsFree: (!o.skipCreate || o.targetIsZero) && o.backingFile === undefined,
       alignment: o.compress ? clusterSize : 1,
+      zeroGranularity: clusterSize,
       writeData: (offset, data) =>
         o.compress
           ? Effect.gen(function* () {
