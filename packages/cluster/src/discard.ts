@@ -80,11 +80,7 @@ export function zeroSubclusters(ctx: ClusterContext, offset: number, length: num
     Effect.gen(function* () {
       const g = ctx.geometry
       const cluster = Math.floor(offset / g.clusterSize)
-      for (;;) {
-        const waiting = ctx.inflight.overlapping(cluster, cluster)
-        if (waiting === undefined) break
-        yield* Effect.andThen(ctx.lock.release(1), Effect.andThen(Deferred.await(waiting), ctx.lock.take(1)))
-      }
+      yield* awaitInFlight(ctx, cluster, cluster)
       const l2Offset = yield* prepareL2ForWrite(ctx, offset)
       const table = yield* loadL2(ctx, l2Offset)
       const index = cluster % g.l2Entries
@@ -101,6 +97,20 @@ export function zeroSubclusters(ctx: ClusterContext, offset: number, length: num
       return true
     })
   )
+}
+
+/**
+ * With the metadata lock held: waits (lock released meanwhile) until no
+ * allocation is in flight over guest clusters [first, last].
+ */
+function awaitInFlight(ctx: ClusterContext, first: number, last: number): Effect.Effect<void> {
+  return Effect.gen(function* () {
+    for (;;) {
+      const waiting = ctx.inflight.overlapping(first, last)
+      if (waiting === undefined) return
+      yield* Effect.andThen(ctx.lock.release(1), Effect.andThen(Deferred.await(waiting), ctx.lock.take(1)))
+    }
+  })
 }
 
 function changeClusters(
@@ -121,7 +131,6 @@ function changeClusters(
       yield* ctx.lock.withPermits(1)(changeInTable(ctx, position, tableEnd, forZero, change))
       position = tableEnd
     }
-
   })
 }
 
@@ -137,11 +146,7 @@ function changeInTable(
     const cs = g.clusterSize
     const firstCluster = Math.floor(start / cs)
     const lastCluster = Math.floor((end - 1) / cs)
-    for (;;) {
-      const waiting = ctx.inflight.overlapping(firstCluster, lastCluster)
-      if (waiting === undefined) break
-      yield* Effect.andThen(ctx.lock.release(1), Effect.andThen(Deferred.await(waiting), ctx.lock.take(1)))
-    }
+    yield* awaitInFlight(ctx, firstCluster, lastCluster)
     let l2Offset = yield* l2TableOffset(ctx, start)
     if (l2Offset === 0) {
       // Nothing mapped here: only a zero write (or a discard over a backing

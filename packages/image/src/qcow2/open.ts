@@ -16,7 +16,7 @@ import {
   Limits,
   makeGeometry
 } from "@qcow2/format"
-import type { FeatureName, ImageHeader, SnapshotEntry } from "@qcow2/format"
+import type { FeatureName, Header, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import { InFlightAllocations } from "@qcow2/cluster"
 import type { ClusterContext, SectorCrypto } from "@qcow2/cluster"
 import type { ClusterCodecShape } from "@qcow2/compress"
@@ -219,17 +219,7 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     const refcountCacheBytes = env.options.refcountCacheBytes ?? Math.max(4 * clusterSize, 1024 * 1024)
 
     const l2Cache = new TableCache({ name: "L2", tableSize: clusterSize, capacityBytes: l2CacheBytes, storage })
-    const refcountCache = new TableCache({ name: "refcount block", tableSize: clusterSize, capacityBytes: refcountCacheBytes, storage })
-    const refcounts = new Refcounts({
-      storage,
-      clusterBits: h.clusterBits,
-      refcountOrder: h.refcountOrder,
-      table: { offset: h.refcountTableOffset, clusters: h.refcountTableClusters },
-      tableBytes: reftable,
-      blockCache: refcountCache,
-      fileSize,
-      commitTableLocation: (loc) => headerState.update({ refcountTableOffset: loc.offset, refcountTableClusters: loc.clusters })
-    })
+    const refcounts = makeRefcounts(storage, headerState, h, reftable, fileSize, refcountCacheBytes)
 
     const lock = yield* Semaphore.make(1)
     const lazyRefcounts = (h.compatibleFeatures & CompatibleFeature.LazyRefcounts) !== 0n
@@ -307,19 +297,31 @@ function reloadMetadata(storage: BlockStorageShape, headerState: HeaderState, re
       yield* storage.read(h.refcountTableOffset, reftable)
       const l1 = new Uint8Array(Math.max(h.l1Size * 8, 8))
       if (h.l1Size > 0) yield* storage.read(h.l1TableOffset, l1.subarray(0, h.l1Size * 8))
-      const refcountCache = new TableCache({ name: "refcount block", tableSize: clusterSize, capacityBytes: refcountCacheBytes, storage })
-      const refcounts = new Refcounts({
-        storage,
-        clusterBits: h.clusterBits,
-        refcountOrder: h.refcountOrder,
-        table: { offset: h.refcountTableOffset, clusters: h.refcountTableClusters },
-        tableBytes: reftable,
-        blockCache: refcountCache,
-        fileSize,
-        commitTableLocation: (loc) => headerState.update({ refcountTableOffset: loc.offset, refcountTableClusters: loc.clusters })
-      })
+      const refcounts = makeRefcounts(storage, headerState, h, reftable, fileSize, refcountCacheBytes)
       return { refcounts, l1, l1Offset: h.l1TableOffset, l1Size: h.l1Size }
     }),
     location
   )
+}
+
+/** Refcount state over the table read from the image; table moves are written to the header. */
+function makeRefcounts(
+  storage: BlockStorageShape,
+  headerState: HeaderState,
+  h: Header,
+  reftable: Uint8Array,
+  fileSize: number,
+  cacheBytes: number
+): Refcounts {
+  const clusterSize = 2 ** h.clusterBits
+  return new Refcounts({
+    storage,
+    clusterBits: h.clusterBits,
+    refcountOrder: h.refcountOrder,
+    table: { offset: h.refcountTableOffset, clusters: h.refcountTableClusters },
+    tableBytes: reftable,
+    blockCache: new TableCache({ name: "refcount block", tableSize: clusterSize, capacityBytes: cacheBytes, storage }),
+    fileSize,
+    commitTableLocation: (loc) => headerState.update({ refcountTableOffset: loc.offset, refcountTableClusters: loc.clusters })
+  })
 }
