@@ -39,31 +39,47 @@ const GNU_TIME = fs.existsSync("/usr/bin/time") ? "/usr/bin/time" : undefined
 const timeRun = (cmd, args) => {
   const start = performance.now()
   const r = GNU_TIME
-    ? spawnSync(GNU_TIME, ["-f", "%U %S", cmd, ...args], { stdio: ["ignore", "ignore", "pipe"], encoding: "utf8" })
-    : spawnSync(cmd, args, { stdio: ["ignore", "ignore", "pipe"], encoding: "utf8" })
+    ? spawnSync(GNU_TIME, ["-f", "%U %S", cmd, ...args], { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" })
+    : spawnSync(cmd, args, { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" })
   const wall = (performance.now() - start) / 1000
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} exited with ${r.status}: ${r.stderr}`)
   const last = r.stderr.trim().split("\n").pop() ?? ""
   const [user, sys] = last.split(" ").map(Number)
-  return { wall, cpu: GNU_TIME && Number.isFinite(user) && Number.isFinite(sys) ? user + sys : undefined }
+  return { wall, cpu: GNU_TIME && Number.isFinite(user) && Number.isFinite(sys) ? user + sys : undefined, stdout: r.stdout }
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
-/** Runs `a` and `b` alternately `n` times; returns their median wall and CPU times. */
-const alternate = (n, a, b) => {
-  const ra = []
-  const rb = []
-  for (let i = 0; i < n; i++) {
-    ra.push(a())
-    rb.push(b())
-  }
-  const summary = (rs) => ({
+/** Runs the functions in turn, `n` rounds; returns each one's median wall and CPU times. */
+const alternateAll = (n, fns) => {
+  const results = fns.map(() => [])
+  for (let i = 0; i < n; i++) fns.forEach((f, j) => results[j].push(f()))
+  return results.map((rs) => ({
     wall: median(rs.map((r) => r.wall)),
-    cpu: rs[0].cpu === undefined ? undefined : median(rs.map((r) => r.cpu))
-  })
-  return [summary(ra), summary(rb)]
+    cpu: rs[0].cpu === undefined ? undefined : median(rs.map((r) => r.cpu)),
+    stdouts: rs.map((r) => r.stdout)
+  }))
 }
+
+/** Runs `a` and `b` alternately `n` times; returns their median wall and CPU times. */
+const alternate = (n, a, b) => alternateAll(n, [a, b])
+
+/** A timed run of `cmd` that first deletes `output` (every run writes a new file, as a user's convert would). */
+const fresh = (output, cmd, args) => () => {
+  fs.rmSync(output, { force: true })
+  return timeRun(cmd, args)
+}
+
+const cpuText = (t) => (t.cpu === undefined ? "" : `, CPU ${fmt(t.cpu)}`)
+
+/** Rows for several timed commands: each one's time and throughput, then its ratio against each reference. */
+const timingRows = (bytes, named, ratios) => [
+  ...named.map(([label, t]) => [label, `${fmt(t.wall)}  (${mbps(bytes, t.wall)}${cpuText(t)})`]),
+  ...ratios.map(([label, a, b]) => [
+    label,
+    `wall ${(a.wall / b.wall).toFixed(2)}x` + (a.cpu !== undefined && b.cpu !== undefined ? `, CPU ${(a.cpu / b.cpu).toFixed(2)}x` : "")
+  ])
+]
 
 const fmt = (s) => `${s.toFixed(3)} s`
 const mbps = (bytes, s) => `${(bytes / MiB / s).toFixed(0)} MiB/s`
@@ -102,13 +118,13 @@ const cached = (name, make) => {
   return file
 }
 
+/** The 1 GiB mixed raw image (zero chunks are holes). */
+const mixedRaw = () => cached("mixed.raw", (file) => writeMixedRaw(file, GiB))
+
 /** The 1 GiB mixed qcow2 image (64 KiB clusters). */
 const mixedImage = () =>
   cached("mixed.qcow2", (file) => {
-    const raw = path.join(WORK, "mixed.raw")
-    writeMixedRaw(raw, GiB)
-    sh("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, file])
-    fs.rmSync(raw)
+    sh("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", mixedRaw(), file])
   })
 
 /** A 256 MiB zlib-compressed image of the first part of the mixed content. */
@@ -127,8 +143,8 @@ const convertCase = (image, runs) => {
   const size = Number(JSON.parse(sh("qemu-img", ["info", "--output=json", image]).toString())["virtual-size"])
   const [tOurs, tQemu] = alternate(
     runs,
-    () => timeRun(process.execPath, [BUNDLE, "convert", "-O", "raw", image, ours]),
-    () => timeRun("qemu-img", ["convert", "-O", "raw", image, theirs])
+    fresh(ours, process.execPath, [BUNDLE, "convert", "-O", "raw", image, ours]),
+    fresh(theirs, "qemu-img", ["convert", "-O", "raw", image, theirs])
   )
   const same = spawnSync("qemu-img", ["compare", "-f", "raw", "-F", "raw", ours, theirs], { stdio: "ignore" }).status === 0
   fs.rmSync(ours, { force: true })
@@ -143,6 +159,37 @@ const convertCase = (image, runs) => {
     ["outputs identical", same ? "yes" : "NO"]
   ]
 }
+
+const SECRET = "secret,id=s,data=bench-passphrase"
+
+/** A fresh 256 MiB LUKS-encrypted qcow2 image, made by qemu-img. */
+const makeLuks = (file) =>
+  sh("qemu-img", ["create", "-q", "-f", "qcow2", "--object", SECRET, "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=200", file, "256M"])
+
+const imageOpts = (file) => `driver=qcow2,file.filename=${file},encrypt.key-secret=s`
+
+/**
+ * Median request throughput that qemu-io (and `qcow2 io`, which prints the
+ * same line) reports for its one request: "256 MiB, 1 ops; … (190.9 MiB/sec …)",
+ * which leaves out start-up and opening the image (PBKDF2).
+ */
+const ioRate = (stdouts) => {
+  const rates = stdouts.map((out) => {
+    const m = /\(([\d.]+) (bytes|KiB|MiB|GiB)\/sec/.exec(out)
+    if (m === null) return NaN
+    const scale = { bytes: 1 / MiB, KiB: 1 / 1024, MiB: 1, GiB: 1024 }[m[2]]
+    return Number(m[1]) * scale
+  })
+  return median(rates)
+}
+
+/** Whether two images hold the same guest data (qemu-img compare), with extra qemu-img arguments. */
+const sameImages = (a, b, extra = []) => spawnSync("qemu-img", ["compare", ...extra, a, b], { stdio: "ignore" }).status === 0
+
+/** Whether qemu-img check finds the image clean. */
+const checkClean = (file) => spawnSync("qemu-img", ["check", file], { stdio: "ignore" }).status === 0
+
+const fileSize = (file) => `${(fs.statSync(file).size / MiB).toFixed(1)} MiB`
 
 let libPromise
 /** bench/lib-reads.ts bundled with esbuild, resolving packages from apps/cli. */
@@ -180,6 +227,118 @@ const CASES = [
     name: "convert-zlib",
     description: "256 MiB zlib-compressed qcow2 → raw: qcow2 CLI vs qemu-img (median of 3)",
     run: () => convertCase(compressedImage(), 3)
+  },
+  {
+    name: "convert-qcow2",
+    description: "1 GiB mixed raw → qcow2: qcow2 CLI vs qemu-img (median of 5)",
+    run: () => {
+      const raw = mixedRaw()
+      const a = path.join(WORK, "out-ours.qcow2")
+      const b = path.join(WORK, "out-qemu.qcow2")
+      const [tOurs, tQemu] = alternate(
+        5,
+        fresh(a, process.execPath, [BUNDLE, "convert", "-f", "raw", "-O", "qcow2", raw, a]),
+        fresh(b, "qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, b])
+      )
+      const rows = [
+        ...timingRows(GiB, [["qcow2 convert -O qcow2", tOurs], ["qemu-img convert -O qcow2", tQemu]], [["qcow2 / qemu-img", tOurs, tQemu]]),
+        ["image sizes (ours, qemu-img)", `${fileSize(a)}, ${fileSize(b)}`],
+        ["guest data identical", sameImages(a, b) ? "yes" : "NO"],
+        ["qemu-img check of ours", checkClean(a) ? "clean" : "NOT CLEAN"]
+      ]
+      fs.rmSync(a, { force: true })
+      fs.rmSync(b, { force: true })
+      return rows
+    }
+  },
+  {
+    name: "convert-compress",
+    description: "1 GiB mixed raw → compressed qcow2 (zlib, zstd): qcow2 -c vs qemu-img -c and -c -W (median of 3)",
+    run: () => {
+      const raw = mixedRaw()
+      const rows = []
+      for (const type of ["zlib", "zstd"]) {
+        const out = (who) => path.join(WORK, `out-${who}-${type}.qcow2`)
+        const args = ["convert", "-c", "-f", "raw", "-O", "qcow2", "-o", `compression_type=${type}`, raw]
+        const [tOurs, tQemu, tQemuW] = alternateAll(3, [
+          fresh(out("ours"), process.execPath, [BUNDLE, ...args, out("ours")]),
+          fresh(out("qemu"), "qemu-img", [...args, out("qemu")]),
+          fresh(out("qemuW"), "qemu-img", ["convert", "-W", ...args.slice(1), out("qemuW")])
+        ])
+        rows.push(
+          ...timingRows(
+            GiB,
+            [
+              [`${type}: qcow2 convert -c`, tOurs],
+              [`${type}: qemu-img convert -c`, tQemu],
+              [`${type}: qemu-img convert -c -W`, tQemuW]
+            ],
+            [
+              [`${type}: qcow2 / qemu-img -c`, tOurs, tQemu],
+              [`${type}: qcow2 / qemu-img -c -W`, tOurs, tQemuW]
+            ]
+          ),
+          [`${type}: image sizes (ours, qemu-img, -W)`, `${fileSize(out("ours"))}, ${fileSize(out("qemu"))}, ${fileSize(out("qemuW"))}`],
+          [`${type}: guest data identical to the source`, sameImages(out("ours"), raw, ["-F", "raw"]) ? "yes" : "NO"],
+          [`${type}: qemu-img check of ours`, checkClean(out("ours")) ? "clean" : "NOT CLEAN"]
+        )
+        for (const who of ["ours", "qemu", "qemuW"]) fs.rmSync(out(who), { force: true })
+      }
+      return rows
+    }
+  },
+  {
+    name: "encrypted",
+    description: "LUKS (aes-xts) qcow2: write 256 MiB, read it back, convert it to raw: qcow2 vs qemu-io / qemu-img (median of 3)",
+    run: () => {
+      const size = 256 * MiB
+      const img = (who) => path.join(WORK, `luks-${who}.qcow2`)
+      const rawOut = (who) => path.join(WORK, `luks-${who}.raw`)
+      const io = (who, command) => ["--object", SECRET, "--image-opts", "-c", command, imageOpts(img(who))]
+      const write = (who, cmd, args) => () => {
+        fs.rmSync(img(who), { force: true })
+        makeLuks(img(who))
+        return timeRun(cmd, args)
+      }
+      const convertArgs = (who) => ["convert", "--object", SECRET, "--image-opts", imageOpts(img("qemu")), "-O", "raw", rawOut(who)]
+      const [wOurs, wQemu, rOurs, rQemu, cOurs, cQemu] = alternateAll(3, [
+        write("ours", process.execPath, [BUNDLE, "io", ...io("ours", "write -P 171 0 256M")]),
+        write("qemu", "qemu-io", io("qemu", "write -P 171 0 256M")),
+        () => timeRun(process.execPath, [BUNDLE, "io", ...io("ours", "read -P 171 0 256M")]),
+        () => timeRun("qemu-io", io("qemu", "read -P 171 0 256M")),
+        fresh(rawOut("ours"), process.execPath, [BUNDLE, ...convertArgs("ours")]),
+        fresh(rawOut("qemu"), "qemu-img", convertArgs("qemu"))
+      ])
+      const same =
+        sameImages(imageOpts(img("ours")), imageOpts(img("qemu")), ["--object", SECRET, "--image-opts"]) &&
+        sameImages(rawOut("ours"), rawOut("qemu"), ["-f", "raw", "-F", "raw"])
+      const rows = [
+        ...timingRows(
+          size,
+          [
+            ["qcow2 io write 256M (wall, incl. start and unlock)", wOurs],
+            ["qemu-io write 256M", wQemu],
+            ["qcow2 io read 256M", rOurs],
+            ["qemu-io read 256M", rQemu],
+            ["qcow2 convert → raw", cOurs],
+            ["qemu-img convert → raw", cQemu]
+          ],
+          [
+            ["write: qcow2 / qemu-io", wOurs, wQemu],
+            ["read: qcow2 / qemu-io", rOurs, rQemu],
+            ["convert: qcow2 / qemu-img", cOurs, cQemu]
+          ]
+        ),
+        ["request rate write (ours, qemu-io)", `${ioRate(wOurs.stdouts).toFixed(0)}, ${ioRate(wQemu.stdouts).toFixed(0)} MiB/s`],
+        ["request rate read (ours, qemu-io)", `${ioRate(rOurs.stdouts).toFixed(0)}, ${ioRate(rQemu.stdouts).toFixed(0)} MiB/s`],
+        ["images and raw outputs identical", same ? "yes" : "NO"]
+      ]
+      for (const who of ["ours", "qemu"]) {
+        fs.rmSync(img(who), { force: true })
+        fs.rmSync(rawOut(who), { force: true })
+      }
+      return rows
+    }
   },
   {
     name: "random-reads",

@@ -109,6 +109,16 @@ const value = (p: GetoptResult, c: string): string | undefined => {
 }
 
 /** Image requests past the end fail the way QEMU's block layer does. */
+/** Whether every byte of `bytes` equals `value`: memcmp against a filled block (a byte loop costs ~2 ns/byte). */
+const allBytesAre = (bytes: Uint8Array, value: number): boolean => {
+  const block = new Uint8Array(Math.min(bytes.length, 1 << 16)).fill(value)
+  for (let pos = 0; pos < bytes.length; pos += block.length) {
+    const n = Math.min(block.length, bytes.length - pos)
+    if (Buffer.compare(bytes.subarray(pos, pos + n), block.subarray(0, n)) !== 0) return false
+  }
+  return true
+}
+
 const checkRange = (image: Image, offset: number, count: number): boolean => offset + count <= image.virtualSize
 
 const readCmd: CommandSpec = {
@@ -182,14 +192,9 @@ const readCmd: CommandSpec = {
         return false
       }
       let ok = true
-      if (pattern !== undefined) {
-        for (let i = patternOffset; i < patternOffset + pCount; i++) {
-          if (buf[i] !== pattern) {
-            print(`Pattern verification failed at offset ${offset + patternOffset}, ${pCount} bytes\n`)
-            ok = false
-            break
-          }
-        }
+      if (pattern !== undefined && !allBytesAre(buf.subarray(patternOffset, patternOffset + pCount), pattern)) {
+        print(`Pattern verification failed at offset ${offset + patternOffset}, ${pCount} bytes\n`)
+        ok = false
       }
       if (flag(p, "q")) return ok
       if (flag(p, "v")) print(hexDump(buf, offset))
