@@ -6,6 +6,7 @@
  * same files, so the ratio means something on a shared, noisy machine.
  * Test images are built once with qemu-img and cached in
  * $QCOW2_BENCH_DIR (default: the OS temp dir); delete it to rebuild.
+ * $QCOW2_BENCH_CLI names another build of the CLI to measure.
  *
  * To add a case, append to CASES: { name, description, run(ctx) } where
  * run returns rows of [label, value] to print.
@@ -20,7 +21,8 @@ import { fileURLToPath, pathToFileURL } from "node:url"
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const CLI_DIR = path.join(ROOT, "apps", "cli")
-const BUNDLE = path.join(CLI_DIR, "dist", "qcow2.mjs")
+/** The CLI under test; $QCOW2_BENCH_CLI runs another build (e.g. an older one, for before/after figures) and skips the build. */
+const BUNDLE = process.env.QCOW2_BENCH_CLI ?? path.join(CLI_DIR, "dist", "qcow2.mjs")
 const WORK = process.env.QCOW2_BENCH_DIR ?? path.join(os.tmpdir(), "qcow2-bench")
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB
@@ -365,8 +367,12 @@ if (unknown.length > 0) {
   process.exit(2)
 }
 fs.mkdirSync(WORK, { recursive: true })
-console.log(`building ${path.relative(ROOT, BUNDLE)} …`)
-sh(process.execPath, ["build.mjs"], { cwd: CLI_DIR })
+if (process.env.QCOW2_BENCH_CLI === undefined) {
+  console.log(`building ${path.relative(ROOT, BUNDLE)} …`)
+  sh(process.execPath, ["build.mjs"], { cwd: CLI_DIR })
+} else {
+  console.log(`CLI under test: ${BUNDLE}`)
+}
 console.log(`work dir: ${WORK}; load average ${os.loadavg().map((l) => l.toFixed(2)).join(" ")}; ${os.cpus().length} CPUs\n`)
 for (const c of CASES) {
   if (wanted.length > 0 && !wanted.includes(c.name)) continue
