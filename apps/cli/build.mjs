@@ -1,31 +1,44 @@
 /**
- * Bundles the CLI with esbuild: dist/qcow2.mjs is the entry; code that only
- * some commands use (effect/cli, the compression pool, the HTTP backend,
- * each command) goes into chunks under dist/chunks/ that are loaded on
- * demand. Minified: less to read and compile at every start.
+ * Bundles the CLI with esbuild:
+ * - dist/qcow2.cjs: the whole CLI as one minified CommonJS bundle. Dynamic
+ *   imports become lazy requires, so code a command does not use is never
+ *   evaluated (effect/cli for help and errors, the other commands, the
+ *   compression pool, the HTTP backend, node:crypto).
+ * - dist/qcow2.mjs: the executable (src/entry.ts), which runs the bundle
+ *   with a V8 code cache kept in dist/cache/.
  */
 import { build } from "esbuild"
+import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 
 fs.rmSync("dist", { recursive: true, force: true })
 
-await build({
-  entryPoints: { qcow2: "src/main.ts" },
+const common = {
   bundle: true,
-  splitting: true,
   platform: "node",
-  format: "esm",
   target: "node20",
-  outdir: "dist",
-  outExtension: { ".js": ".mjs" },
-  chunkNames: "chunks/[name]-[hash]",
   conditions: ["@qcow2/source"],
   minify: true,
   charset: "ascii",
   legalComments: "none",
-  banner: {
-    js: "import { createRequire as __qcow2CreateRequire } from 'node:module'; const require = __qcow2CreateRequire(import.meta.url);"
-  },
-  sourcemap: "linked",
   logLevel: "warning"
+}
+
+await build({
+  ...common,
+  entryPoints: ["src/main.ts"],
+  format: "cjs",
+  outfile: "dist/qcow2.cjs",
+  supported: { "dynamic-import": false },
+  sourcemap: "linked"
+})
+
+const hash = createHash("sha256").update(fs.readFileSync("dist/qcow2.cjs")).digest("hex").slice(0, 16)
+
+await build({
+  ...common,
+  entryPoints: ["src/entry.ts"],
+  format: "esm",
+  outfile: "dist/qcow2.mjs",
+  define: { QCOW2_BUNDLE_HASH: JSON.stringify(hash) }
 })

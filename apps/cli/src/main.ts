@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 /**
  * qcow2: a qemu-img / qemu-io style command-line tool over @qcow2/image.
  *

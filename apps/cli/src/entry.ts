@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+/**
+ * The `qcow2` executable (dist/qcow2.mjs). The CLI itself is one CommonJS
+ * bundle, dist/qcow2.cjs, whose modules are evaluated on first use (esbuild
+ * turns every dynamic import into a lazy require): effect/cli, the command
+ * modules, the HTTP backend, node:crypto and the compression pool cost
+ * nothing until a command needs them.
+ *
+ * Node 20 has no module compile cache, so this entry compiles the bundle
+ * with node:vm and a V8 code cache, one per subcommand, written after the
+ * first run of that subcommand into dist/cache/ (when that directory is
+ * writable; otherwise the CLI simply runs without one). Compiling the
+ * bundle from source costs ~60 ms of every start; loading the cache a
+ * fraction of that. A cache from another build or Node version is never
+ * used: both are part of its name, and V8 rejects a mismatching one anyway.
+ */
+import * as fs from "node:fs"
+import { createRequire } from "node:module"
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
+import * as vm from "node:vm"
+import { COMMANDS } from "./cli/spec.js"
+
+/** Content hash of dist/qcow2.cjs, set by build.mjs. */
+declare const QCOW2_BUNDLE_HASH: string
+
+const dir = path.dirname(fileURLToPath(import.meta.url))
+const bundle = path.join(dir, "qcow2.cjs")
+const command = process.argv[2]
+const key = command !== undefined && Object.hasOwn(COMMANDS, command) ? command : "other"
+const cacheFile = path.join(dir, "cache", `${QCOW2_BUNDLE_HASH}-${process.version}-${key}.v8`)
+
+const readCache = (): Buffer | undefined => {
+  try {
+    return fs.readFileSync(cacheFile)
+  } catch {
+    return undefined
+  }
+}
+
+const cached = readCache()
+const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${fs.readFileSync(bundle, "utf8")}\n})`, {
+  filename: bundle,
+  ...(cached !== undefined ? { cachedData: cached } : {})
+})
+
+if (cached === undefined || script.cachedDataRejected === true) {
+  // After the run, so the cache also holds the functions the command compiled.
+  process.once("exit", () => {
+    try {
+      const data = script.createCachedData()
+      fs.mkdirSync(path.dirname(cacheFile), { recursive: true })
+      const temporary = `${cacheFile}.${process.pid}.tmp`
+      fs.writeFileSync(temporary, data)
+      fs.renameSync(temporary, cacheFile)
+    } catch {
+      // A read-only installation: run without a cache.
+    }
+  })
+}
+
+const module = { exports: {} }
+;(script.runInThisContext() as (...args: unknown[]) => void)(module.exports, createRequire(bundle), module, bundle, dir)
