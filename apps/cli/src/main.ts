@@ -8,6 +8,8 @@
  * Command code is loaded on demand too (`cli/dispatch.ts`), so start-up
  * only pays for what the command uses. Every command returns an exit code;
  * failures print "qcow2: <message>" and never a stack trace.
+ *
+ * Bundled into dist/qcow2.cjs, which `entry.ts` (dist/qcow2.mjs) runs.
  */
 import { Effect } from "effect"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
