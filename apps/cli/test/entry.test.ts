@@ -1,0 +1,72 @@
+/**
+ * The executable's V8 code cache (src/entry.ts): written after the first run
+ * of a subcommand, used by later runs, replaced when it is damaged, and
+ * never needed (a read-only installation runs without one).
+ */
+import { spawnSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { beforeAll, describe, expect, it } from "vitest"
+import { CLI_DIR, buildBundle, makeTempDir, qemu } from "./helpers.js"
+
+/** A private copy of the built CLI, so that its cache directory is this test's alone. */
+const install = (): string => {
+  const dir = makeTempDir("qcow2-entry-")
+  for (const file of ["qcow2.mjs", "qcow2.cjs"]) fs.copyFileSync(path.join(CLI_DIR, "dist", file), path.join(dir, file))
+  return dir
+}
+
+const run = (dir: string, args: ReadonlyArray<string>) =>
+  spawnSync(process.execPath, [path.join(dir, "qcow2.mjs"), ...args], { cwd: dir, encoding: "utf8" })
+
+const cacheFiles = (dir: string): string[] => {
+  const cache = path.join(dir, "cache")
+  return fs.existsSync(cache) ? fs.readdirSync(cache).sort() : []
+}
+
+describe("code cache of the executable", () => {
+  let image: string
+  beforeAll(() => {
+    buildBundle()
+    const d = makeTempDir("qcow2-entry-img-")
+    qemu(d, "qemu-img", ["create", "-f", "qcow2", "a.qcow2", "1M"])
+    image = path.join(d, "a.qcow2")
+  })
+
+  it("is written per subcommand by the first run and reused", () => {
+    const dir = install()
+    const expected = qemu(dir, "qemu-img", ["info", image]).stdout.split("\n")[1]
+    const first = run(dir, ["info", image])
+    expect(first.status).toBe(0)
+    expect(first.stdout.split("\n")[1]).toBe(expected)
+    const files = cacheFiles(dir)
+    expect(files).toHaveLength(1)
+    expect(files[0]).toMatch(/-info\.v8$/)
+    const written = fs.statSync(path.join(dir, "cache", files[0]!)).mtimeMs
+    expect(run(dir, ["info", image]).status).toBe(0)
+    expect(fs.statSync(path.join(dir, "cache", files[0]!)).mtimeMs).toBe(written)
+    expect(run(dir, ["--version"]).stdout).toBe("qcow2 version 0.1.0\n")
+    expect(cacheFiles(dir)).toHaveLength(2)
+  })
+
+  it("replaces a damaged cache and still runs", () => {
+    const dir = install()
+    expect(run(dir, ["info", image]).status).toBe(0)
+    const file = path.join(dir, "cache", cacheFiles(dir)[0]!)
+    const garbage = Buffer.alloc(fs.statSync(file).size, 0x5a)
+    fs.writeFileSync(file, garbage)
+    const r = run(dir, ["info", "--output=json", image])
+    expect(r.status).toBe(0)
+    expect(JSON.parse(r.stdout)["virtual-size"]).toBe(1024 * 1024)
+    expect(fs.readFileSync(file).equals(garbage)).toBe(false)
+  })
+
+  it("runs without a cache when it cannot write one", () => {
+    const dir = install()
+    fs.writeFileSync(path.join(dir, "cache"), "not a directory")
+    const r = run(dir, ["info", image])
+    expect(r.status).toBe(0)
+    expect(r.stderr).toBe("")
+    expect(r.stdout).toContain("file format: qcow2")
+  })
+})
