@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest"
+import fc from "fast-check"
 import { normalizeArgs, normalizeArgv } from "../src/argv.js"
 import { formattingLine, parseCreateOptions, splitOptionList, toCreateOptions } from "../src/createopts.js"
 import { breakline, getopt } from "../src/io/getopt.js"
@@ -6,7 +7,7 @@ import { hexDump, report, vmStateOffset } from "../src/io/commands.js"
 import { jsonEntry, humanEntry, humanHeader, mergeable, type MapEntry } from "../src/commands/map.js"
 import { checkExitCode, checkHuman, checkJson } from "../src/commands/check.js"
 import { snapshotHeader, snapshotRow } from "../src/commands/info.js"
-import { dataRuns } from "../src/commands/convert.js"
+import { dataRuns, isZeroRange } from "../src/commands/convert.js"
 import { firstDifference, firstNonZero } from "../src/commands/compare.js"
 import { pathCombine } from "../src/names.js"
 import { parseSecrets } from "../src/secrets.js"
@@ -212,14 +213,26 @@ describe("convert helpers", () => {
     const buf = Buffer.alloc(16384)
     buf[5000] = 1
     buf[16383] = 2
-    const zero = Buffer.alloc(4096)
-    expect(dataRuns(buf, 16384, 4096, zero)).toEqual([
+    expect(dataRuns(buf, 16384, 4096)).toEqual([
       [4096, 8192],
       [12288, 16384]
     ])
-    expect(dataRuns(buf, 16384, 0, zero)).toEqual([[0, 16384]])
-    expect(dataRuns(Buffer.alloc(10000), 10000, 4096, zero)).toEqual([])
-    expect(dataRuns(buf, 5001, 4096, zero)).toEqual([[4096, 5001]])
+    expect(dataRuns(buf, 16384, 0)).toEqual([[0, 16384]])
+    expect(dataRuns(Buffer.alloc(10000), 10000, 4096)).toEqual([])
+    expect(dataRuns(buf, 5001, 4096)).toEqual([[4096, 5001]])
+  })
+  it("tells zero ranges like a byte-by-byte check, wherever the non-zero byte is", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 300 }), fc.integer({ min: 0, max: 300 }), fc.option(fc.integer({ min: 0, max: 299 })), fc.integer({ min: 1, max: 255 }), (a, b, at, value) => {
+        const buf = new Uint8Array(300)
+        if (at !== null) buf[at] = value
+        const start = Math.min(a, b)
+        const end = Math.max(a, b)
+        const expected = buf.subarray(start, end).every((x) => x === 0)
+        expect(isZeroRange(buf, start, end)).toBe(expected)
+      }),
+      { numRuns: 2000 }
+    )
   })
   it("reports the first differing 512-byte sector", () => {
     const a = new Uint8Array(4096)

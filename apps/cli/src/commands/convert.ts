@@ -34,19 +34,31 @@ export interface ConvertOptions {
 export const CHUNK = 2 * 1024 * 1024
 
 /**
+ * Whether `buf[start, end)` is all zeros. Past its first 16 bytes the range
+ * is compared with itself shifted by 16 bytes (equal everywhere and zero at
+ * the start means zero throughout): one memcmp over memory that is already
+ * in cache, ~4x faster than comparing with a separate zero buffer.
+ */
+export const isZeroRange = (buf: Uint8Array, start: number, end: number): boolean => {
+  if (end <= start) return true
+  // Most data blocks have a non-zero first or last byte.
+  if (buf[start] !== 0 || buf[end - 1] !== 0) return false
+  const head = Math.min(end, start + 16)
+  for (let i = start + 1; i < head; i++) if (buf[i] !== 0) return false
+  return head === end || Buffer.compare(buf.subarray(start + 16, end), buf.subarray(start, end - 16)) === 0
+}
+
+/**
  * Non-zero runs of `buf[0, length)`, where a zero run counts only if it
  * covers whole `granularity`-sized aligned blocks (qemu-img -S). With
  * granularity 0 everything is one run.
  */
-export const dataRuns = (buf: Buffer, length: number, granularity: number, zero: Buffer): Array<readonly [number, number]> => {
+export const dataRuns = (buf: Uint8Array, length: number, granularity: number): Array<readonly [number, number]> => {
   if (granularity === 0) return length > 0 ? [[0, length]] : []
   const runs: Array<[number, number]> = []
   let runStart = -1
   for (let pos = 0; pos < length; pos += granularity) {
-    const end = Math.min(length, pos + granularity)
-    // Most data blocks have a non-zero first or last byte: no need to compare them whole.
-    const isZero = buf[pos] === 0 && buf[end - 1] === 0 && buf.compare(zero, 0, end - pos, pos, end) === 0
-    if (isZero) {
+    if (isZeroRange(buf, pos, Math.min(length, pos + granularity))) {
       if (runStart >= 0) {
         runs.push([runStart, pos])
         runStart = -1
@@ -212,7 +224,6 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       )
 
       const granularity = sink.alignment > 1 ? sink.alignment : o.sparseSize === 0 ? 0 : Math.max(o.sparseSize, sink.zeroGranularity)
-      const zero = Buffer.alloc(Math.max(granularity, 512))
       const worker = Effect.gen(function* () {
         const buffer = Buffer.allocUnsafe(CHUNK)
         for (;;) {
@@ -225,7 +236,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             yield* task.source
               .read(task.offset, view)
               .pipe(Effect.mapError((e) => fail(`error while reading at byte ${task.offset}: ${e.message}`)))
-            const runs = dataRuns(buffer, task.length, granularity, zero)
+            const runs = dataRuns(buffer, task.length, granularity)
             let covered = 0
             for (const [start, end] of runs) {
               if (start > covered && !sink.zeroIsFree) yield* sink.writeZeroes(task.target + covered, start - covered)
