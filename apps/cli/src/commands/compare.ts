@@ -4,6 +4,7 @@ import { open, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import { print } from "../output.js"
 import { Progress } from "../progress.js"
+import { isZeroRange } from "./convert.js"
 
 export interface CompareOptions {
   readonly file1: string
@@ -33,12 +34,31 @@ export const firstDifference = (a: Uint8Array, b: Uint8Array, length: number): n
 
 /** Byte offset of the first non-zero 512-byte sector, or -1. */
 export const firstNonZero = (a: Uint8Array, length: number): number => {
+  if (isZeroRange(a, 0, length)) return -1
   for (let pos = 0; pos < length; pos += SECTOR) {
-    const end = Math.min(length, pos + SECTOR)
-    for (let i = pos; i < end; i++) if (a[i] !== 0) return pos
+    if (!isZeroRange(a, pos, Math.min(length, pos + SECTOR))) return pos
   }
   return -1
 }
+
+/** Longest extent a raw image is taken to be data in one step (it is read in CHUNK pieces). */
+const RAW_EXTENT = 64 * CHUNK
+
+/**
+ * What the comparison assumes for a raw image: data everywhere. The
+ * driver's block status of a raw file reads the data to look for zeros,
+ * and the comparison reads it anyway (comparing two 1 GiB raw files took
+ * ~20 s through block status, against ~0.3 s for qemu-img).
+ */
+const rawExtent = (offset: number, length: number): BlockStatus => ({
+  offset,
+  length: Math.min(length, RAW_EXTENT),
+  depth: 0,
+  present: true,
+  zero: false,
+  data: true,
+  compressed: false
+})
 
 const statusKey = (s: BlockStatus): string =>
   `${s.present}/${s.zero}/${s.data}/${s.hostOffset !== undefined && !s.compressed}`
@@ -52,8 +72,11 @@ export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure,
       const say = (text: string) => {
         if (!o.quiet) print(text)
       }
+      // Strict mode compares allocation, so it asks even a raw image.
       const status = (img: Image, name: string, offset: number, length: number) =>
-        img.blockStatus(offset, length).pipe(Effect.mapError(() => fail(`Sector allocation test failed for ${name}`, 3)))
+        img.format === "raw" && !o.strict
+          ? Effect.succeed(rawExtent(offset, length))
+          : img.blockStatus(offset, length).pipe(Effect.mapError(() => fail(`Sector allocation test failed for ${name}`, 3)))
       const read = (img: Image, name: string, offset: number, into: Uint8Array) =>
         img.read(offset, into).pipe(Effect.mapError((e) => fail(`Error while reading offset ${offset} of ${name}: ${e.message}`, 4)))
       const total = Math.max(a.virtualSize, b.virtualSize)
@@ -78,8 +101,10 @@ export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure,
         if (!(sa.zero && sb.zero)) {
           for (let pos = offset; pos < offset + chunk; pos += CHUNK) {
             const n = Math.min(CHUNK, offset + chunk - pos)
-            yield* read(a, o.file1, pos, bufA.subarray(0, n))
-            yield* read(b, o.file2, pos, bufB.subarray(0, n))
+            yield* Effect.all([read(a, o.file1, pos, bufA.subarray(0, n)), read(b, o.file2, pos, bufB.subarray(0, n))], {
+              concurrency: 2,
+              discard: true
+            })
             const diff = firstDifference(bufA, bufB, n)
             if (diff >= 0) {
               progress?.finish()
