@@ -14,6 +14,20 @@ const layer = Layer.mergeAll(nodeLayer, layerNode)
 const run = <A, E>(effect: Effect.Effect<A, E, any>): Promise<A> =>
   Effect.runPromise(Effect.scoped(effect as Effect.Effect<A, E, Scope.Scope>).pipe(Effect.provide(layer)) as Effect.Effect<A, E>)
 const secret = (pass: string) => ["--object", `secret,id=sec0,data=${pass}`]
+
+/**
+ * qemu-img create, retried: QEMU times PBKDF2 with thread CPU time and gives
+ * up ("Unable to get accurate CPU usage") when a busy machine gives it no tick.
+ */
+const createEncrypted = (...args: string[]) => {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return qemuImg("create", ...args)
+    } catch (e) {
+      if (attempt >= 5) throw e
+    }
+  }
+}
 const imageOpts = (file: string) => `driver=qcow2,file.filename=${file},encrypt.key-secret=sec0`
 const enc = new TextEncoder()
 
@@ -32,7 +46,7 @@ describe("encrypted images, both ways with qemu-img", () => {
     it(`${format}: an image qemu-img made and qemu-io wrote reads identically here`, async () => {
       const file = tmp.path(`q-${format}.qcow2`)
       const raw = tmp.path(`q-${format}.raw`)
-      qemuImg("create", "-f", "qcow2", ...secret("hunter2"), "-o", `encrypt.format=${format},encrypt.key-secret=sec0${format === "luks" ? ",encrypt.iter-time=10" : ""}`, file, "2M")
+      createEncrypted("-f", "qcow2", ...secret("hunter2"), "-o", `encrypt.format=${format},encrypt.key-secret=sec0${format === "luks" ? ",encrypt.iter-time=10" : ""}`, file, "2M")
       execFileSync("qemu-io", [...secret("hunter2"), "--image-opts", "-c", "write -P 0x42 0 100k", "-c", "write -P 0x17 1M 3000", imageOpts(file)])
       execFileSync("qemu-img", ["convert", ...secret("hunter2"), "--image-opts", imageOpts(file), "-O", "raw", raw])
       const got = await readAll(file, "hunter2")
@@ -70,14 +84,14 @@ describe("encrypted images, both ways with qemu-img", () => {
 
   it("luks: a wrong passphrase is a clear Encryption error", async () => {
     const file = tmp.path("wrong.qcow2")
-    qemuImg("create", "-f", "qcow2", ...secret("right"), "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", file, "1M")
+    createEncrypted("-f", "qcow2", ...secret("right"), "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", file, "1M")
     const error = await run(Effect.flip(openImage(file, { readOnly: true, passphrase: enc.encode("wrong") })))
     expect(error).toMatchObject({ _tag: "ImageError", reason: "Encryption", message: "Invalid password, cannot unlock any keyslot" })
   })
 
   it("without a passphrase an encrypted image opens for info but refuses to read data", async () => {
     const file = tmp.path("locked.qcow2")
-    qemuImg("create", "-f", "qcow2", ...secret("x"), "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", file, "1M")
+    createEncrypted("-f", "qcow2", ...secret("x"), "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", file, "1M")
     const error = await run(
       Effect.gen(function* () {
         const image = yield* openImage(file, { readOnly: true })
