@@ -1,0 +1,118 @@
+/**
+ * Where an image's metadata lives on the host, and which structure a host
+ * range would overwrite: QEMU's metadata overlap check
+ * (qcow2_check_metadata_overlap, default mode "cached": every structure but
+ * inactive L2 tables). A writer asks before it writes data or a table; a
+ * hit means the image's metadata contradicts itself, and the writer marks
+ * the image corrupt instead of writing ("Preventing invalid write on
+ * metadata (overlaps with active L2 table)").
+ *
+ * Pure bookkeeping, no I/O: the engine keeps one index current as tables
+ * move, `qcow2 check` builds one from what it reads.
+ */
+
+/** Metadata structures, named as QEMU names them in its overlap messages. */
+export type MetadataKind =
+  | "qcow2_header"
+  | "active L1 table"
+  | "active L2 table"
+  | "refcount table"
+  | "refcount block"
+  | "snapshot table"
+  | "inactive L1 table"
+  | "bitmap directory"
+
+/** A host byte range [offset, offset + length). */
+export interface HostRange {
+  readonly offset: number
+  readonly length: number
+}
+
+/** Structures made of whole clusters that come and go one at a time. */
+export type ClusterKind = "active L2 table" | "refcount block"
+/** Structures that are one contiguous range each (or a list of them: inactive L1 tables). */
+export type RangeKind = Exclude<MetadataKind, ClusterKind | "qcow2_header">
+
+/** Check order, as QEMU reports the first structure hit. */
+const ORDER: ReadonlyArray<MetadataKind> = [
+  "qcow2_header",
+  "active L1 table",
+  "refcount table",
+  "snapshot table",
+  "inactive L1 table",
+  "active L2 table",
+  "refcount block",
+  "bitmap directory"
+]
+
+export class OverlapIndex {
+  private readonly clusterSize: number
+  private readonly ranges = new Map<RangeKind, ReadonlyArray<HostRange>>()
+  /** Cluster indices of L2 tables and refcount blocks. */
+  private readonly clusters: Record<ClusterKind, Set<number>> = { "active L2 table": new Set(), "refcount block": new Set() }
+
+  constructor(clusterSize: number) {
+    this.clusterSize = clusterSize
+  }
+
+  /** Replaces the ranges of one kind (the active L1 table moved, the snapshot table was rewritten …). */
+  setRanges(kind: RangeKind, ranges: ReadonlyArray<HostRange>): void {
+    this.ranges.set(
+      kind,
+      ranges.filter((r) => r.length > 0)
+    )
+  }
+
+  /** Records a table of `kind` in the cluster at `offset`. Offsets past 2^53 are unreachable by any write and skipped. */
+  addCluster(kind: ClusterKind, offset: number): void {
+    if (Number.isSafeInteger(offset) && offset > 0) this.clusters[kind].add(Math.floor(offset / this.clusterSize))
+  }
+
+  /** Forgets the table of `kind` at `offset` (freed). */
+  removeCluster(kind: ClusterKind, offset: number): void {
+    this.clusters[kind].delete(Math.floor(offset / this.clusterSize))
+  }
+
+  /** Forgets every table of `kind` (before re-reading them from disk). */
+  clearClusters(kind: ClusterKind): void {
+    this.clusters[kind].clear()
+  }
+
+  /** Whether a table of `kind` lives in the cluster at `offset`. */
+  hasCluster(kind: ClusterKind, offset: number): boolean {
+    return this.clusters[kind].has(Math.floor(offset / this.clusterSize))
+  }
+
+  /**
+   * The first structure (in QEMU's order, skipping `ignore`) that host
+   * bytes [offset, offset + length) touch, at cluster granularity as QEMU
+   * checks them; undefined when the range is free of metadata.
+   */
+  find(offset: number, length: number, ignore: ReadonlyArray<MetadataKind> = []): MetadataKind | undefined {
+    if (length <= 0) return undefined
+    const cs = this.clusterSize
+    const first = Math.floor(offset / cs)
+    const end = Math.ceil((offset + length) / cs)
+    for (const kind of ORDER) {
+      if (ignore.includes(kind)) continue
+      if (kind === "qcow2_header") {
+        if (first === 0) return kind
+        continue
+      }
+      if (kind === "active L2 table" || kind === "refcount block") {
+        const set = this.clusters[kind]
+        if (set.size === 0) continue
+        if (end - first <= set.size) {
+          for (let c = first; c < end; c++) if (set.has(c)) return kind
+        } else {
+          for (const c of set) if (c >= first && c < end) return kind
+        }
+        continue
+      }
+      for (const r of this.ranges.get(kind) ?? []) {
+        if (first * cs < r.offset + r.length && r.offset < end * cs) return kind
+      }
+    }
+    return undefined
+  }
+}
