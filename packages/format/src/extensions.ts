@@ -91,10 +91,8 @@ export function decodeHeaderExtensions(
     const type = u32(bytes, off)
     const len = u32(bytes, off + 4)
     const dataOffset = off + 8
-    if (type === HeaderExtensionType.End) {
-      off = dataOffset
-      break
-    }
+    // QEMU (qcow2_read_extensions) checks the length before looking at the type:
+    // an end marker whose length runs past the area is "Header extension too large" too.
     if (len > end - dataOffset) {
       throw new FormatError(
         "InvalidField",
@@ -102,6 +100,10 @@ export function decodeHeaderExtensions(
         "header_extension",
         off
       )
+    }
+    if (type === HeaderExtensionType.End) {
+      off = dataOffset
+      break
     }
     need(bytes, dataOffset, len, "header_extension")
     const data = bytes.subarray(dataOffset, dataOffset + len)

@@ -251,6 +251,14 @@ describe("hostile headers", () => {
     expect(e.offset).toBe(112)
     expect(reason(patch((v) => v.setUint32(116, 0xffffffff))).reason).toBe("InvalidField")
   })
+  it("end marker whose length runs past the extension area (QEMU: Header extension too large)", () => {
+    // feature name table at 112 (8 + 8 * 48 bytes), then the end marker at 504
+    expect(decodeImageHeader(patch((v) => v.setUint32(508, 65536 - 512))).header.size).toBe(1 << 30)
+    const e = reason(patch((v) => v.setUint32(508, 65536 - 512 + 1)))
+    expect(e.reason).toBe("InvalidField")
+    expect(e.offset).toBe(504)
+    expect(reason(patch((v) => v.setUint32(508, 0x20000))).reason).toBe("InvalidField")
+  })
   it("extension header crossing the end of the extension area", () => {
     // backing name at 996 ends the extension area; the next extension header would start at 992
     const b = patch((v, b) => {
