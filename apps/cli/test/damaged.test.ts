@@ -45,8 +45,6 @@ interface Observed {
 const KNOWN: ReadonlyArray<{ readonly id: string; readonly match: (o: Observed) => boolean }> = [
   // refcount table entry >= 2^53: format's readRefcountTableEntry throws OffsetTooLarge and nothing catches it.
   { id: "reftable-entry-past-2^53", match: (o) => /refcount table entry \d+ points past 2\^53/.test(o.finding.detail) },
-  // backing file name with a NUL byte goes to node:fs as is (QEMU cuts the name at the NUL).
-  { id: "backing-name-nul", match: (o) => /without null bytes/.test(o.finding.detail) },
   // marking a damaged v2 image corrupt: encodeHeader refuses feature bits on v2 (QEMU just fails the request with EIO).
   { id: "v2-mark-corrupt", match: (o) => /v2 images have no feature bits/.test(o.finding.detail) },
   // L1 table (l1_size) past the end of the file: QEMU opens (missing entries read as 0), we refuse to open.
@@ -56,12 +54,16 @@ const KNOWN: ReadonlyArray<{ readonly id: string; readonly match: (o: Observed) 
     id: "bitmaps-not-validated-on-open",
     match: (o) => /Broken bitmap directory|bitmaps found than specified|Can't update bitmap directory|bitmap/i.test(o.finding.detail) && /info-exit|write-/.test(o.finding.kind)
   },
-  // QEMU marks corrupt (overlap with metadata, refblock past EOF or unaligned) and leaves the file alone; we write
-  // refcounts first (into a refblock past EOF: file grown to 1 TiB sparse, or an unaligned one) and fail after.
+  // QEMU marks the image corrupt on the write (allocation overlapping metadata, refblock past EOF or unaligned) and
+  // leaves the file alone; we either write anyway (a missing refblock: the new one and the data land on the reftable
+  // and the old refblock, exit 0) or write refcounts first (into a refblock at 1 TiB: file grown sparse; into an
+  // unaligned refblock) and fail after.
   {
-    id: "write-damages-before-refusing",
-    match: (o) => /write-modified|write-growth/.test(o.finding.kind) && /Preventing invalid write|Marking image as corrupt|unaligned/.test(o.finding.detail)
+    id: "write-where-qemu-marks-corrupt",
+    match: (o) => /write-/.test(o.finding.kind) && /Preventing invalid write|Marking image as corrupt/.test(o.finding.detail)
   },
+  // nb_snapshots > 0 with snapshots_offset 0: QEMU opens (offset 0 is aligned; check reports the entries), we refuse.
+  { id: "snapshot-table-offset-0", match: (o) => /info-exit|check-exit/.test(o.finding.kind) && /Snapshot table offset invalid \(0\)/.test(o.finding.detail) },
   // a failed metadata write (L2 table at 16 TiB: EFBIG) is swallowed: "wrote 4096/4096", exit 0, the data is lost.
   { id: "metadata-write-error-swallowed", match: (o) => /write-not-refused|write-modified/.test(o.finding.kind) && /File too large/.test(o.finding.detail) },
   // crypt_method set without a key: qemu-img check cannot open the image (exit 1), we check it.
@@ -167,9 +169,11 @@ const write = (...cmds: string[]): Tool => ["qemu-io", ...cmds.flatMap((c) => ["
 const REPROS: ReadonlyArray<Repro & { readonly fixed?: true }> = [
   // qcow2: "internal error: refcount table entry 1 points past 2^53" (exit 1) / qemu-img info 0, check 2 "ERROR refcount block 1 is outside image"
   { id: "reftable-entry-past-2^53", make: [create(), write("write -P 1 0 128k")], patch: [[0x10008, "8000000000020000"]], ops: ["info", "check"] },
-  // qcow2: internal error "The argument 'path' must be … without null bytes" / QEMU opens "back" (ENOENT, exit 1)
+  // was: internal error "The argument 'path' must be … without null bytes"; QEMU opens "back" (ENOENT, exit 1).
+  // Fixed in format/header.ts: the name ends at the first NUL, as QEMU reads it.
   {
-    id: "backing-name-nul",
+    fixed: true,
+    id: "backing-name-nul (fixed)",
     make: [create("-b", "back.raw", "-F", "raw"), write("write -P 1 0 64k")],
     // the name "back.raw" sits after the extensions; the generator finds it with parseLayout, here it is at 0x210
     patch: [[0x214, "00"]],
@@ -189,11 +193,18 @@ const REPROS: ReadonlyArray<Repro & { readonly fixed?: true }> = [
   },
   // refcount table entry 0 -> a refblock at 1 TiB: qemu-io "Marking image as corrupt: Preventing invalid write on metadata
   // (overlaps with qcow2_header)", EIO, only the corrupt bit changes; qcow2 fails too but first writes a refcount at 1 TiB + 0x20000
+  // reftable entry 0 cleared (refblock missing): qemu-io "Marking image as corrupt: Preventing invalid write on metadata
+  // (overlaps with refcount table)", EIO, nothing else changed; qcow2 "wrote 4096/4096", exit 0, its new refblock and
+  // refcounts land on the reftable (0x10004…) and the old refblock at 0x20000 is overwritten: qemu-img check then finds errors
+  { id: "write-where-qemu-marks-corrupt (refblock missing)", make: [create(), write("write -P 1 0 64k")], patch: [[0x10000, "0000000000000000"]], ops: ["write"] },
+  // nb_snapshots 1 with snapshots_offset 0: qemu-img info 0, check 2 ("snapshot table entry 0 is incomplete" …);
+  // qcow2: "Snapshot table offset invalid (0)" (exit 1)
+  { id: "snapshot-table-offset-0", make: [create(), write("write -P 1 0 64k")], patch: [[60, "00000001"]], ops: ["info", "check"] },
   // (data only in the first cluster: the write at 64k allocates)
-  { id: "write-damages-before-refusing", make: [create(), write("write -P 1 0 64k")], patch: [[0x10000, "0000010000020000"]], ops: ["write"] },
+  { id: "write-where-qemu-marks-corrupt (refblock at 1 TiB)", make: [create(), write("write -P 1 0 64k")], patch: [[0x10000, "0000010000020000"]], ops: ["write"] },
   // refcount table entry 0 -> 0x20200 (unaligned): QEMU "Marking image as corrupt: Refblock offset 0x20200 unaligned (reftable index: 0)",
   // EIO; qcow2 marks corrupt too but also writes a refcount into the unaligned block (byte 0x20203)
-  { id: "write-damages-before-refusing (unaligned refblock)", make: [create(), write("write -P 1 0 64k")], patch: [[0x10000, "0000000000020200"]], ops: ["write"] },
+  { id: "write-where-qemu-marks-corrupt (unaligned refblock)", make: [create(), write("write -P 1 0 64k")], patch: [[0x10000, "0000000000020200"]], ops: ["write"] },
   // v2, L1 entry 0 -> L2 at 16 TiB + 0x40000: qemu-io "Failed to flush the L2 table cache: File too large" (exit 1);
   // qcow2 prints "wrote 4096/4096 bytes", exit 0, and reading 64k back gives zeros
   { id: "metadata-write-error-swallowed", make: [create("-o", "compat=0.10"), write("write -P 1 0 128k")], patch: [[0x30000, "8000100000040000"]], ops: ["write"] },

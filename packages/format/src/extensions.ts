@@ -114,11 +114,12 @@ export function decodeHeaderExtensions(
       seen.add(type)
     }
     switch (type) {
+      // Both names are C strings in QEMU: they end at the first NUL byte.
       case HeaderExtensionType.BackingFormat:
-        backingFormat = fromUtf8(data)
+        backingFormat = cString(data)
         break
       case HeaderExtensionType.ExternalDataFile:
-        externalDataFile = fromUtf8(data)
+        externalDataFile = cString(data)
         break
       case HeaderExtensionType.FeatureNameTable:
         featureNames = decodeFeatureNames(data)
@@ -146,6 +147,11 @@ export function decodeHeaderExtensions(
     ...(externalDataFile !== undefined ? { externalDataFile } : {})
   }
   return { extensions, endOffset: Math.min(off, end) }
+}
+
+const cString = (b: Uint8Array): string => {
+  const nul = b.indexOf(0)
+  return fromUtf8(nul < 0 ? b : b.subarray(0, nul))
 }
 
 /** Entries with an unknown feature type (> 2) are skipped; a trailing partial entry is ignored. */
