@@ -235,6 +235,9 @@ export class Qcow2Engine {
    */
   flushMetadata(): Effect.Effect<void, EngineFailure> {
     const self = this
+    // Once damage is found, no metadata is written any more (QEMU makes the
+    // image unusable): what the caches hold may be built on the damage.
+    if (this.integrity.isCorrupt) return Effect.andThen(this.data === this.storage ? Effect.void : this.data.flush(), this.storage.flush())
     return Effect.gen(function* () {
       yield* self.l2Cache.flushTables()
       yield* self.refcounts.cache.flushTables()

@@ -33,9 +33,13 @@ export class HeaderState {
     return this.current.header
   }
 
-  /** Virtual disk size in bytes. */
+  /**
+   * Virtual disk size in bytes: the header's size rounded down to whole
+   * 512-byte sectors, as QEMU sees it (bs->total_sectors); a size of 1
+   * byte is an empty disk.
+   */
   get size(): number {
-    return this.current.header.size
+    return Math.floor(this.current.header.size / 512) * 512
   }
 
   hasIncompatible(bit: bigint): boolean {
