@@ -5,7 +5,7 @@
 import type { Effect, Scope } from "effect"
 import type { StorageOpener } from "@qcow2/storage"
 import type { Image } from "@qcow2/image"
-import { print } from "../output.js"
+import { eprint, print } from "../output.js"
 import type { GetoptResult } from "./getopt.js"
 
 /** What a command works on: the image `qcow2 io` opened. */
@@ -32,4 +32,11 @@ export interface IoCommand {
 /** The usage line qemu-io prints for a misused command. */
 export const printUsage = (command: IoCommand): void => {
   print(`${command.name} ${command.args} -- ${command.oneline}\n`)
+}
+
+/** Whether the image refuses writes, after printing QEMU's "Block node is read-only". */
+export const refusesWrites = (image: Image): boolean => {
+  if (!image.readOnly) return false
+  eprint("qcow2: Block node is read-only\n")
+  return true
 }

@@ -1,6 +1,5 @@
 import { Effect } from "effect"
-import { eprint } from "../../output.js"
-import { printUsage, type IoCommand } from "../command.js"
+import { printUsage, refusesWrites, type IoCommand } from "../command.js"
 import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest } from "../request.js"
 
 /** `discard off len`: deallocates the range. */
@@ -20,10 +19,7 @@ export const discardCommand: IoCommand = {
       }
       const range = parseRequestRange(p.operands)
       if (range === undefined || exceedsRequestMax(range, p.operands[1]!)) return false
-      if (ctx.image.readOnly) {
-        eprint("qcow2: Block node is read-only\n")
-        return false
-      }
+      if (refusesWrites(ctx.image)) return false
       const seconds = yield* timeRequest(ctx.image, "discard", range, () => ctx.image.discard(range.offset, range.count))
       if (seconds === undefined) return false
       printRequestReport(p, "discard", range, seconds)

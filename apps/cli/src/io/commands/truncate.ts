@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import { eprint, print } from "../../output.js"
 import { optionArgument, parseSizeArgument } from "../args.js"
-import { printUsage, type IoCommand } from "../command.js"
+import { printUsage, refusesWrites, type IoCommand } from "../command.js"
 
 const PREALLOCATION_MODES = ["off", "metadata", "falloc", "full"]
 
@@ -31,10 +31,7 @@ export const truncateCommand: IoCommand = {
         eprint(`qcow2: Preallocation mode '${mode}' is not supported by truncate\n`)
         return false
       }
-      if (ctx.image.readOnly) {
-        eprint("qcow2: Block node is read-only\n")
-        return false
-      }
+      if (refusesWrites(ctx.image)) return false
       return yield* ctx.image.truncate(size, { shrink: true }).pipe(
         Effect.as(true),
         Effect.catch((e) => Effect.sync(() => (eprint(`qcow2: ${e.message}\n`), false)))

@@ -1,8 +1,8 @@
 import * as fs from "node:fs"
 import { Effect } from "effect"
-import { eprint, print } from "../../output.js"
+import { print } from "../../output.js"
 import { hasOption, optionArgument, parsePatternArgument } from "../args.js"
-import { printUsage, type IoCommand } from "../command.js"
+import { printUsage, refusesWrites, type IoCommand } from "../command.js"
 import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest } from "../request.js"
 
 /** Fills `data` from the start of `path` (write -s); false after printing why it could not. */
@@ -81,10 +81,7 @@ export const writeCommand: IoCommand = {
       const range = parseRequestRange(p.operands)
       if (range === undefined) return false
       if (!(zeroes && hasOption(p, "n")) && exceedsRequestMax(range, p.operands[1]!, " without -n")) return false
-      if (ctx.image.readOnly) {
-        eprint("qcow2: Block node is read-only\n")
-        return false
-      }
+      if (refusesWrites(ctx.image)) return false
       let data: Uint8Array | undefined
       if (!zeroes) {
         data = new Uint8Array(range.count)
