@@ -52,6 +52,7 @@ const errnoOfReason = (reason: ImageErrorReason): Errno => {
     case "Corrupt":
     case "BackingChain":
     case "Decompression":
+    case "Compression":
     case "Encryption":
     case "Storage":
       return "EIO"

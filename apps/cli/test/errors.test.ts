@@ -13,6 +13,7 @@ describe("strerror of an image error (what qemu-io prints after 'read failed: ')
       InvalidArgument: "Invalid argument",
       BackingChain: "Input/output error",
       Decompression: "Input/output error",
+      Compression: "Input/output error",
       Encryption: "Input/output error",
       RefcountOverflow: "Numerical result out of range",
       NoSpace: "No space left on device",
