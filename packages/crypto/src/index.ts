@@ -1,4 +1,4 @@
-export * from "./errors.js"
+export { CryptoError, type CryptoErrorReason } from "./errors.js"
 export * from "./spec.js"
 export type { AesEngine, CryptoBackend } from "./backend.js"
 export { SECTOR_SIZE, makeSectorCipher, type SectorCipher } from "./modes.js"
