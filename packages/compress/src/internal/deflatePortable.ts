@@ -15,6 +15,7 @@ import {
 } from "pako"
 import { CompressionType } from "../CompressionType.js"
 import { CompressionError, DecompressionError } from "../errors.js"
+import type { DeflateKernels } from "./codec.js"
 
 /** zlib's Z_DEFLATED method id. */
 const Z_DEFLATED = 8
@@ -119,3 +120,9 @@ export const makePortableDeflate = (): ((input: Uint8Array, level: number) => Ui
     })
   }
 }
+
+/** Deflate kernels of PortableClusterCodec: pako both ways. */
+export const portableDeflateKernels = (): DeflateKernels => ({
+  inflate: makePortableInflate(),
+  deflate: makePortableDeflate()
+})

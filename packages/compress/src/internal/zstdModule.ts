@@ -1,4 +1,5 @@
 import { inflateRaw } from "pako"
+import { createZstdKernel, type ZstdKernel } from "./zstdKernel.js"
 import { ZSTD_WASM_DEFLATE_BASE64, ZSTD_WASM_SIZE } from "./zstdWasmData.js"
 
 const decodeBase64 = (text: string): Uint8Array => {
@@ -29,4 +30,24 @@ export const zstdWasmModule = (): Promise<WebAssembly.Module> => {
     compiled = pending
   }
   return compiled
+}
+
+let kernel: Promise<ZstdKernel> | undefined
+
+/**
+ * The realm's zstd kernel: one wasm instance (one linear memory), created on
+ * the first call and shared by every codec of the realm (kernel calls run to
+ * completion synchronously, so sharing is safe). A failed instantiation (e.g.
+ * the wasm memory cannot be reserved, see makeClusterCodec) is not cached: the
+ * next call tries again.
+ */
+export const zstdKernel = (): Promise<ZstdKernel> => {
+  if (kernel === undefined) {
+    const pending = zstdWasmModule().then(createZstdKernel)
+    pending.catch(() => {
+      kernel = undefined
+    })
+    kernel = pending
+  }
+  return kernel
 }
