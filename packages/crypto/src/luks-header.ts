@@ -23,24 +23,24 @@
  */
 import { invalidLuksHeader } from "./errors.js"
 
-export const LUKS_MAGIC: Uint8Array = new Uint8Array([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])
+const LUKS_MAGIC: Uint8Array = new Uint8Array([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])
 export const LUKS_VERSION = 1
 /** Size of the LUKS1 partition header with its 8 key slots. */
 export const LUKS_HEADER_SIZE = 592
-export const LUKS_NUM_KEY_SLOTS = 8
+const LUKS_NUM_KEY_SLOTS = 8
 export const LUKS_DIGEST_SIZE = 20
 export const LUKS_SALT_SIZE = 32
 export const LUKS_STRIPES = 4000
 export const LUKS_SECTOR_SIZE = 512
-export const LUKS_KEY_ENABLED = 0x00ac71f3
-export const LUKS_KEY_DISABLED = 0x0000dead
+const LUKS_KEY_ENABLED = 0x00ac71f3
+const LUKS_KEY_DISABLED = 0x0000dead
 /**
  * The first key material starts 4096 bytes into the header and every slot's
  * material is rounded up to 4096 bytes (8 sectors); this is what cryptsetup and
  * QEMU do (crypto/block-luks.c, QCRYPTO_BLOCK_LUKS_KEY_SLOT_OFFSET), not the
  * spec's own 1.2 alignment example.
  */
-export const LUKS_ALIGN_SECTORS = 8
+const LUKS_ALIGN_SECTORS = 8
 /** QEMU's minimum PBKDF2 iteration counts for key slots and the master-key digest. */
 export const LUKS_MIN_ITERATIONS = 1000
 

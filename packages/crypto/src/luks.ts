@@ -40,7 +40,7 @@ import {
 export type LuksAreaReader<E> = (offset: number, length: number) => Effect.Effect<Uint8Array, E>
 
 /** Cipher spec and PBKDF2/AF hash a header names, or why they are unsupported. */
-export const luksHeaderAlgorithms = (
+const luksHeaderAlgorithms = (
   header: LuksHeader
 ): { readonly spec: CipherSpec; readonly hash: HashName } | CryptoError => {
   const spec = resolveLuksCipher(header.cipherName, header.cipherMode, header.keyBytes)
@@ -196,7 +196,7 @@ export interface CreateLuksOptions extends CipherSpecOptions {
 }
 
 /** Default `iter-time` of QEMU (QCRYPTO_BLOCK_LUKS_DEFAULT_ITER_TIME_MS). */
-export const DEFAULT_ITER_TIME_MS = 2000
+const DEFAULT_ITER_TIME_MS = 2000
 
 const randomUuid = (backend: CryptoBackend): string => {
   const b = backend.randomBytes(16)

@@ -17,10 +17,10 @@ import { invalidArgument } from "./errors.js"
 import { HASH_DIGEST_LENGTH, specDescription, specKeyBytes, type CipherSpec } from "./spec.js"
 
 /** Sector size of every mode here: 512 bytes (LUKS1 and qcow2 use 512-byte sectors). */
-export const SECTOR_SIZE = 512
+const SECTOR_SIZE = 512
 
 /** Bytes processed per inner iteration (128 sectors). */
-export const CHUNK_BYTES = 64 * 1024
+const CHUNK_BYTES = 64 * 1024
 const CHUNK_SECTORS = CHUNK_BYTES / SECTOR_SIZE
 const BLOCKS_PER_SECTOR = SECTOR_SIZE / 16
 

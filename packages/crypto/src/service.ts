@@ -70,7 +70,7 @@ export class SectorCipherFactory extends Context.Service<SectorCipherFactory, Se
 ) {}
 
 /** Decode a LUKS1 header as an Effect (see {@link decodeLuksHeader}). */
-export const parseLuksHeader = (bytes: Uint8Array): Effect.Effect<LuksHeader, CryptoError> =>
+const parseLuksHeader = (bytes: Uint8Array): Effect.Effect<LuksHeader, CryptoError> =>
   Effect.try({
     try: () => decodeLuksHeader(bytes),
     catch: (e) => (e instanceof CryptoError ? e : invalidLuksHeader(String(e)))
@@ -82,7 +82,7 @@ const bytesReader = (area: Uint8Array): LuksAreaReader<CryptoError> => (offset, 
     : Effect.fail(invalidLuksHeader(`LUKS area of ${area.length} bytes does not contain bytes ${offset}..${offset + length}`))
 
 /** Legacy qcow2 AES key: the passphrase's first 16 bytes, zero-padded (crypto/block-qcow.c). */
-export const legacyAesKey = (passphrase: Uint8Array | string): Uint8Array => {
+const legacyAesKey = (passphrase: Uint8Array | string): Uint8Array => {
   const bytes = passphraseBytes(passphrase)
   const key = new Uint8Array(16)
   key.set(bytes.subarray(0, 16))
