@@ -5,7 +5,8 @@
  * MMU), whatever the declared maximum; Node 20 has no fallback short of the
  * `--disable-wasm-trap-handler` flag. Deflate images must still read and
  * write there (the zstd wasm is only instantiated by the first zstd cluster),
- * and a zstd cluster must fail with a typed DecompressionError, not a defect.
+ * zstd clusters decode with the TypeScript decoder, and zstd compression
+ * fails with a typed CompressionError, not a defect.
  */
 import { execFileSync } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
@@ -52,6 +53,8 @@ const program = Effect.gen(function* () {
     results[name + " deflate (own)"] = outcome(yield* Effect.exit(codec.decompress(0, ours, out)), out)
     out = new Uint8Array(65536)
     results[name + " zstd"] = outcome(yield* Effect.exit(codec.decompress(1, zstdFrame, out)), out)
+    const compressed = yield* Effect.exit(codec.compress(1, data))
+    results[name + " zstd compress"] = compressed._tag === "Success" ? "ok" : outcome(compressed, out)
   }
   return results
 })
@@ -59,7 +62,7 @@ Effect.runPromise(program).then((results) => console.log(JSON.stringify(results)
 `
 
 describe.skipIf(process.platform !== "linux")(`with ulimit -v ${LIMIT_KIB} (KiB)`, () => {
-  it("deflate clusters decode and encode; zstd decodes where a wasm memory fits, else fails with a typed error", async () => {
+  it("deflate clusters decode and encode, zstd clusters decode; zstd compression fails with a typed error where no wasm memory fits", async () => {
     const outfile = join(dir, "ulimit.mjs")
     await build({
       stdin: { contents: ENTRY, resolveDir: import.meta.dirname, loader: "ts", sourcefile: "entry.ts" },
@@ -84,8 +87,9 @@ describe.skipIf(process.platform !== "linux")(`with ulimit -v ${LIMIT_KIB} (KiB)
     for (const name of ["node", "portable"]) {
       expect(results[`${name} deflate`], name).toBe("ok")
       expect(results[`${name} deflate (own)`], name).toBe("ok")
-      if (results.wasmMemory === "ok") expect(results[`${name} zstd`], name).toBe("ok")
-      else expect(results[`${name} zstd`], name).toMatch(/^DecompressionError\/Unsupported: zstd is not available: .*Out of memory/)
+      expect(results[`${name} zstd`], name).toBe("ok")
+      if (results.wasmMemory === "ok") expect(results[`${name} zstd compress`], name).toBe("ok")
+      else expect(results[`${name} zstd compress`], name).toMatch(/^CompressionError\/Failed: zstd compression needs WebAssembly, which failed here: .*Out of memory/)
     }
   })
 })

@@ -120,8 +120,10 @@ const causeMessage = (cause: unknown): string => (cause instanceof Error ? cause
  * guard regions, so that bounds checks can be left to the MMU), whatever the
  * memory's declared maximum. Under an address-space limit (`ulimit -v`, some
  * containers) that reservation fails; deflate images must not depend on it.
- * When it fails, zstd clusters fail with reason `Unsupported` (decompression)
- * or `Failed` (compression) and the next zstd cluster tries again.
+ * The layers' loader (zstdKernel) then decodes with a TypeScript decoder and
+ * fails to compress. A loader that fails makes zstd clusters fail with reason
+ * `Unsupported` (decompression) or `Failed` (compression), and the next zstd
+ * cluster tries again.
  */
 export const makeClusterCodec = (kernels: DeflateKernels, loadZstd: () => Promise<ZstdKernel>): ClusterCodecShape => {
   let zstd: ZstdKernel | undefined

@@ -1,4 +1,5 @@
 import { inflateRaw } from "pako"
+import { decodeZstdFrame } from "./zstdDecode.js"
 import { createZstdKernel, type ZstdKernel } from "./zstdKernel.js"
 import { ZSTD_WASM_DEFLATE_BASE64, ZSTD_WASM_SIZE } from "./zstdWasmData.js"
 
@@ -35,11 +36,28 @@ export const zstdWasmModule = (): Promise<WebAssembly.Module> => {
 let kernel: Promise<ZstdKernel> | undefined
 
 /**
+ * Decodes with the TypeScript decoder; compression needs the wasm. For
+ * runtimes where the wasm cannot be compiled or instantiated.
+ */
+const decodeOnlyKernel = (cause: unknown): ZstdKernel => ({
+  compress: () => {
+    throw new Error(
+      `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`
+    )
+  },
+  decompressFrame: decodeZstdFrame
+})
+
+/**
  * The realm's zstd kernel: one wasm instance (one linear memory), created on
  * the first call and shared by every codec of the realm (kernel calls run to
- * completion synchronously, so sharing is safe). A failed instantiation (e.g.
- * the wasm memory cannot be reserved, see makeClusterCodec) is not cached: the
- * next call tries again.
+ * completion synchronously, so sharing is safe).
+ *
+ * When the wasm cannot be instantiated (typically: V8 cannot reserve the
+ * ~10 GiB of address space it takes for a wasm memory under `ulimit -v`, see
+ * makeClusterCodec), the kernel decodes with the TypeScript decoder of
+ * zstdDecode.ts and fails to compress. That outcome is not cached: the next
+ * call (the next codec) tries the wasm again.
  */
 export const zstdKernel = (): Promise<ZstdKernel> => {
   if (kernel === undefined) {
@@ -49,5 +67,5 @@ export const zstdKernel = (): Promise<ZstdKernel> => {
     })
     kernel = pending
   }
-  return kernel
+  return kernel.catch(decodeOnlyKernel)
 }
