@@ -58,11 +58,17 @@ const cryptoAdapter = (cipher: SectorCipher, ivFrom: "guest" | "host"): SectorCr
 })
 
 const describeCryptoError = (e: CryptoError): string => {
-  switch (e._tag) {
+  switch (e.reason) {
     case "BadPassphrase":
       return "Invalid password, cannot unlock any keyslot"
-    default:
+    case "UnsupportedCipher":
+    case "InvalidLuksHeader":
+    case "InvalidArgument":
       return e.message
+    default: {
+      const unknown: never = e.reason
+      return `crypto error ${String(unknown)}`
+    }
   }
 }
 
