@@ -215,8 +215,9 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
       return Effect.gen(function* () {
         const secrets = yield* secretsOf(c)
         const format = yield* imageFormat(c.format)
-        const { runIo } = yield* Effect.promise(() => import("../commands/io.js"))
-        return yield* runIo({ file: c.file, format, readOnly: c.readOnly, commands: c.cmd, passphrase: secrets.passphrase })
+        const { runIo, ioCacheMode } = yield* Effect.promise(() => import("../commands/io.js"))
+        const cache = yield* ioCacheMode(c.cache)
+        return yield* runIo({ file: c.file, format, readOnly: c.readOnly, commands: c.cmd, passphrase: secrets.passphrase, writethrough: cache.writethrough })
       })
     }
   }

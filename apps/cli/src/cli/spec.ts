@@ -188,6 +188,12 @@ export const io = {
   flags: {
     format,
     readOnly: { kind: "boolean", name: "read-only", alias: "r" },
+    cache: {
+      kind: "string",
+      name: "cache",
+      alias: "t",
+      description: "cache mode: writethrough (the default, as in qemu-io: every write is flushed before it is reported), writeback, unsafe, none, directsync"
+    },
     cmd: {
       kind: "repeat",
       name: "cmd",
