@@ -1,20 +1,10 @@
 import * as fs from "node:fs"
 import { Effect } from "effect"
-import type { Scope } from "effect"
-import { StorageOpener } from "@qcow2/storage"
-import {
-  AutoclearFeature,
-  BitmapFlag,
-  CompatibleFeature,
-  CryptMethod,
-  IncompatibleFeature,
-  decodeBitmapDirectory,
-  type SnapshotEntry
-} from "@qcow2/format"
-import type { Image, ImageFormat } from "@qcow2/image"
-import { LUKS_HEADER_SIZE, decodeLuksHeader } from "@qcow2/crypto"
+import { AutoclearFeature, BitmapFlag, CompatibleFeature, CryptMethod, IncompatibleFeature, type SnapshotEntry } from "@qcow2/format"
+import type { FormatSpecific, Image, ImageError, ImageFormat } from "@qcow2/image"
+import type { LuksHeader } from "@qcow2/crypto"
 import { open, type ImageEnv } from "../env.js"
-import type { CliFailure } from "../errors.js"
+import { openFailure, type CliFailure } from "../errors.js"
 import { isUrl, pathCombine } from "../names.js"
 import { print } from "../output.js"
 import { padLeft, padRight } from "../text/cformat.js"
@@ -62,33 +52,18 @@ const allocatedBytes = (path: string): number | undefined => {
 
 const isSet = (bits: bigint, flag: bigint): boolean => (bits & flag) !== 0n
 
-/** Persistent bitmaps as ImageInfoSpecificQCow2.bitmaps (only while the autoclear bit says they are consistent). */
-const readBitmaps = (image: Image): Effect.Effect<QValue[] | undefined, never, StorageOpener | Scope.Scope> =>
-  Effect.gen(function* () {
-    const parsed = image.header
-    const ext = parsed?.extensions.bitmaps
-    if (parsed === undefined || ext === undefined || ext.nbBitmaps === 0) return undefined
-    if (!isSet(parsed.header.autoclearFeatures, AutoclearFeature.Bitmaps)) return undefined
-    if (ext.directorySize > 64 * 1024 * 1024) return undefined
-    const opener = yield* StorageOpener
-    const storage = yield* opener.open(image.location, { readOnly: true })
-    const bytes = new Uint8Array(ext.directorySize)
-    yield* storage.read(ext.directoryOffset, bytes)
-    const entries = decodeBitmapDirectory(bytes, ext.nbBitmaps)
-    return entries.map((e) => {
-      const flags: string[] = []
-      if ((e.flags & BitmapFlag.InUse) !== 0) flags.push("in-use")
-      if ((e.flags & BitmapFlag.Auto) !== 0) flags.push("auto")
-      return QDict.of([
-        ["name", e.name],
-        ["granularity", 2 ** e.granularityBits],
-        ["flags", flags]
-      ])
-    })
-  }).pipe(
-    Effect.catchCause(() => Effect.succeed(undefined)),
-    Effect.catchDefect(() => Effect.succeed(undefined))
-  )
+/** Persistent bitmaps as ImageInfoSpecificQCow2.bitmaps (the image lists them only while they are consistent). */
+const bitmapsInfo = (entries: FormatSpecific["bitmaps"]): QValue[] | undefined =>
+  entries?.map((e) => {
+    const flags: string[] = []
+    if ((e.flags & BitmapFlag.InUse) !== 0) flags.push("in-use")
+    if ((e.flags & BitmapFlag.Auto) !== 0) flags.push("auto")
+    return QDict.of([
+      ["name", e.name],
+      ["granularity", 2 ** e.granularityBits],
+      ["flags", flags]
+    ])
+  })
 
 /** QEMU's name of a LUKS cipher: algorithm and key size ("aes-256"). */
 const cipherAlg = (name: string, mode: string, keyBytes: number): string => {
@@ -96,44 +71,34 @@ const cipherAlg = (name: string, mode: string, keyBytes: number): string => {
   return name === "cast5" ? "cast5-128" : `${name}-${bits}`
 }
 
-/** QCryptoBlockInfoLUKS of the LUKS header the FDE extension points at, or undefined if unreadable. */
-const readLuksInfo = (image: Image): Effect.Effect<QDict | undefined, never, StorageOpener | Scope.Scope> =>
-  Effect.gen(function* () {
-    const fde = image.header?.extensions.fullDiskEncryption
-    if (fde === undefined) return undefined
-    const opener = yield* StorageOpener
-    const storage = yield* opener.open(image.location, { readOnly: true })
-    const bytes = new Uint8Array(LUKS_HEADER_SIZE)
-    yield* storage.read(fde.offset, bytes)
-    const h = decodeLuksHeader(bytes)
-    const [modeName = "", ivgen = ""] = h.cipherMode.split("-")
-    const [ivgenAlg = "", ivgenHash] = ivgen.split(":")
-    return QDict.of([
-      ["format", "luks"],
-      ["cipher-alg", cipherAlg(h.cipherName, modeName, h.keyBytes)],
-      ["cipher-mode", modeName],
-      ["ivgen-alg", ivgenAlg],
-      ["ivgen-hash-alg", ivgenAlg === "essiv" ? ivgenHash : undefined],
-      ["hash-alg", h.hashSpec],
-      ["payload-offset", h.payloadOffset * 512],
-      ["master-key-iters", h.mkDigestIterations],
-      ["uuid", h.uuid],
-      [
-        "slots",
-        h.keySlots.map((k) =>
-          QDict.of([
-            ["active", k.active],
-            ["iters", k.active ? k.iterations : undefined],
-            ["stripes", k.active ? k.stripes : undefined],
-            ["key-offset", k.keyMaterialOffset * 512]
-          ])
-        )
-      ]
-    ])
-  }).pipe(
-    Effect.catchCause(() => Effect.succeed(undefined)),
-    Effect.catchDefect(() => Effect.succeed(undefined))
-  )
+/** QCryptoBlockInfoLUKS of the image's LUKS header. */
+const luksInfo = (h: LuksHeader | undefined): QDict | undefined => {
+  if (h === undefined) return undefined
+  const [modeName = "", ivgen = ""] = h.cipherMode.split("-")
+  const [ivgenAlg = "", ivgenHash] = ivgen.split(":")
+  return QDict.of([
+    ["format", "luks"],
+    ["cipher-alg", cipherAlg(h.cipherName, modeName, h.keyBytes)],
+    ["cipher-mode", modeName],
+    ["ivgen-alg", ivgenAlg],
+    ["ivgen-hash-alg", ivgenAlg === "essiv" ? ivgenHash : undefined],
+    ["hash-alg", h.hashSpec],
+    ["payload-offset", h.payloadOffset * 512],
+    ["master-key-iters", h.mkDigestIterations],
+    ["uuid", h.uuid],
+    [
+      "slots",
+      h.keySlots.map((k) =>
+        QDict.of([
+          ["active", k.active],
+          ["iters", k.active ? k.iterations : undefined],
+          ["stripes", k.active ? k.stripes : undefined],
+          ["key-offset", k.keyMaterialOffset * 512]
+        ])
+      )
+    ]
+  ])
+}
 
 /** ImageInfoSpecificQCow2, with the fields QEMU 7.2 sets for each version. */
 const qcow2Specific = (image: Image, bitmaps: QValue[] | undefined, luks: QDict | undefined): QDict | undefined => {
@@ -163,12 +128,8 @@ const qcow2Specific = (image: Image, bitmaps: QValue[] | undefined, luks: QDict 
 }
 
 /** The qcow2 format-specific data of an image, bitmaps included (qemu-io "info" prints it too). */
-export const qcow2SpecificFor = (image: Image): Effect.Effect<QDict | undefined, never, StorageOpener | Scope.Scope> =>
-  Effect.gen(function* () {
-    const bitmaps = yield* readBitmaps(image)
-    const luks = yield* readLuksInfo(image)
-    return qcow2Specific(image, bitmaps, luks)
-  })
+export const qcow2SpecificFor = (image: Image): Effect.Effect<QDict | undefined, ImageError> =>
+  Effect.map(image.formatSpecific(), (details) => qcow2Specific(image, bitmapsInfo(details.bitmaps), luksInfo(details.luks)))
 
 const snapshotInfo = (s: SnapshotEntry): QDict => {
   const clock = s.vmClockNanoseconds
@@ -185,7 +146,7 @@ const snapshotInfo = (s: SnapshotEntry): QDict => {
 }
 
 /** QAPI ImageInfo for one image, fields inserted in struct order. */
-export const imageInfo = (layer: Layer): Effect.Effect<QDict, never, StorageOpener | Scope.Scope> =>
+export const imageInfo = (layer: Layer): Effect.Effect<QDict, ImageError> =>
   Effect.gen(function* () {
     const { image, name } = layer
     const parsed = image.header
@@ -283,7 +244,7 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
       })
       const layers = options.backingChain ? chainLayers(top, options.file) : [{ name: options.file, image: top }]
       const infos: QDict[] = []
-      for (const layer of layers) infos.push(yield* imageInfo(layer))
+      for (const layer of layers) infos.push(yield* Effect.mapError(imageInfo(layer), (e) => openFailure(layer.name, e)))
       if (options.output === "json") {
         print(toQemuJson(options.backingChain ? infos : infos[0]!) + "\n")
       } else {

@@ -2,6 +2,7 @@ import { Effect } from "effect"
 import { IncompatibleFeature } from "@qcow2/format"
 import type { Image } from "@qcow2/image"
 import { qcow2SpecificFor } from "../../commands/info.js"
+import { strerror } from "../../errors.js"
 import { print } from "../../output.js"
 import { dumpHuman } from "../../text/qjson.js"
 import { cvtstr } from "../../text/sizes.js"
@@ -37,8 +38,12 @@ export const infoCommand: IoCommand = {
       const clusterSize = image.format === "qcow2" ? image.clusterSize : 0
       let text = `format name: ${image.format}\ncluster size: ${cvtstr(clusterSize)}\nvm state offset: ${cvtstr(vmStateOffset(image))}\n`
       if (image.format === "qcow2") {
-        const specific = yield* qcow2SpecificFor(image)
-        if (specific !== undefined) text += "Format specific information:\n" + dumpHuman(specific, 1)
+        const specific = yield* Effect.result(qcow2SpecificFor(image))
+        if (specific._tag === "Failure") {
+          print(`info failed: ${strerror(specific.failure)}\n`)
+          return false
+        }
+        if (specific.success !== undefined) text += "Format specific information:\n" + dumpHuman(specific.success, 1)
       }
       print(text)
       return true
