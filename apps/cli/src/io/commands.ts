@@ -570,6 +570,8 @@ export const strerror = (e: { readonly reason?: string; readonly errno?: string;
     EINVAL: "Invalid argument",
     ENOTSUP: "Operation not supported",
     ENOSPC: "No space left on device",
+    EDQUOT: "Disk quota exceeded",
+    EFBIG: "File too large",
     EPERM: "Operation not permitted",
     EACCES: "Permission denied",
     ERANGE: "Numerical result out of range"
