@@ -1,4 +1,7 @@
+import { execFileSync } from "node:child_process"
+import * as fsSync from "node:fs"
 import * as fs from "node:fs/promises"
+import * as net from "node:net"
 import * as os from "node:os"
 import * as nodePath from "node:path"
 import { Effect, Layer } from "effect"
@@ -53,12 +56,64 @@ describe("openNodeFile errors", () => {
     expect(error.reason).toBe("NotFound")
   })
 
-  it("rejects a directory, read-only or not, with Io", async () => {
+  it("rejects a directory: read-only with Unsupported and QEMU's message, read-write as open(2) does (EISDIR)", async () => {
+    const ro = await failure(Effect.flatMap(tempDir, (dir) => openNodeFile(dir, { readOnly: true })))
+    expect(ro.reason).toBe("Unsupported")
+    expect(ro.message).toMatch(/^'file' driver requires '.*' to be a regular file$/)
+    const rw = await failure(Effect.flatMap(tempDir, (dir) => openNodeFile(dir, { readOnly: false })))
+    expect(rw.reason).toBe("Io")
+    expect(rw.errno).toBe("EISDIR")
+    expect(rw.message).toContain("is a directory")
+  })
+
+  it.skipIf(process.platform === "win32")("refuses a FIFO without a writer at once, read-only or not, instead of blocking", async () => {
     for (const readOnly of [true, false]) {
-      const error = await failure(Effect.flatMap(tempDir, (dir) => openNodeFile(dir, { readOnly })))
-      expect(error.reason).toBe("Io")
-      expect(error.message).toContain("is a directory")
+      const error = await failure(Effect.gen(function*() {
+        const dir = yield* tempDir
+        const fifo = nodePath.join(dir, "fifo")
+        execFileSync("mkfifo", [fifo])
+        return yield* openNodeFile(fifo, { readOnly })
+      }).pipe(Effect.timeout(5000)) as Effect.Effect<unknown, StorageError, Scope.Scope>)
+      expect(error.reason).toBe("Unsupported")
+      expect(error.message).toBe(`'file' driver requires '${error.location}' to be a regular file`)
     }
+  })
+
+  it.skipIf(process.platform === "win32")("refuses a FIFO that has a writer (a qcow2 fed through it is not an image)", async () => {
+    const error = await failure(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const fifo = nodePath.join(dir, "fifo")
+      execFileSync("mkfifo", [fifo])
+      // O_RDWR keeps a writer on the FIFO without waiting for a reader.
+      const writer = yield* Effect.acquireRelease(
+        Effect.sync(() => fsSync.openSync(fifo, fsSync.constants.O_RDWR)),
+        (fd) => Effect.sync(() => fsSync.closeSync(fd))
+      )
+      fsSync.writeSync(writer, new Uint8Array([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]))
+      return yield* openNodeFile(fifo, { readOnly: true })
+    }))
+    expect(error.reason).toBe("Unsupported")
+  })
+
+  it.skipIf(!fsSync.existsSync("/dev/null"))("accepts a character device, as QEMU's host_device driver does (/dev/null: empty)", async () => {
+    const size = await run(Effect.flatMap(openNodeFile("/dev/null", { readOnly: true }), (s) => s.size()))
+    expect(size).toBe(0)
+  })
+
+  it.skipIf(process.platform === "win32")("maps a socket (open fails with ENXIO) to Io with the errno", async () => {
+    const error = await failure(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const path = nodePath.join(dir, "sock")
+      const server = net.createServer()
+      yield* Effect.acquireRelease(
+        Effect.callback<void>((resume) => void server.listen(path, () => resume(Effect.void))),
+        () => Effect.callback<void>((resume) => void server.close(() => resume(Effect.void)))
+      )
+      return yield* openNodeFile(path, { readOnly: true })
+    }))
+    expect(error.reason).toBe("Io")
+    expect(error.errno).toBe("ENXIO")
+    expect(error.message).toContain("no such device or address (ENXIO)")
   })
 
   it("rejects writes, resize and discard on a read-only open with ReadOnly and leaves the file alone", async () => {
@@ -96,11 +151,14 @@ describe("openNodeFile errors", () => {
     const io = fromSystemError(errno("ENOSPC"), "write", "/a", 4096, 512)
     expect(io.reason).toBe("Io")
     expect(io.message).toBe("write /a of 512 bytes at 4096: no space left on device (ENOSPC)")
+    expect(io.errno).toBe("ENOSPC")
+    for (const code of ["EDQUOT", "EFBIG", "EIO"]) expect(fromSystemError(errno(code), "write", "/a").errno).toBe(code)
     expect(io.offset).toBe(4096)
     expect(io.length).toBe(512)
     expect(io.location).toBe("/a")
     expect(fromSystemError(errno("EWEIRD"), "read", "/a").message).toContain("EWEIRD: boom")
     expect(fromSystemError("not an error", "read", "/a").reason).toBe("Io")
+    expect(fromSystemError("not an error", "read", "/a").errno).toBeUndefined()
   })
 })
 
