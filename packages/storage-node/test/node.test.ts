@@ -210,6 +210,23 @@ describe("openNodeFile", () => {
   })
 })
 
+describe("resolveNodePath without a working directory name", () => {
+  it("joins relative names as they are when the working directory has no name (deeper than PATH_MAX)", () => {
+    const cwd = process.cwd
+    process.cwd = () => {
+      throw Object.assign(new Error("ERANGE: result too large, uv_cwd"), { code: "ERANGE" })
+    }
+    try {
+      expect(resolveNodePath("overlay.qcow2", "base.qcow2")).toBe("base.qcow2")
+      expect(resolveNodePath("sub/overlay.qcow2", "../base.qcow2")).toBe("base.qcow2")
+      expect(resolveNodePath("sub/overlay.qcow2", "base.qcow2")).toBe("sub/base.qcow2")
+      expect(resolveNodePath("/vm/overlay.qcow2", "base.qcow2")).toBe("/vm/base.qcow2")
+    } finally {
+      process.cwd = cwd
+    }
+  })
+})
+
 describe("layers", () => {
   it("NodeFileStorage.layer opens the file for the program and closes it after", async () => {
     await run(Effect.gen(function*() {
@@ -233,6 +250,7 @@ describe("layers", () => {
     expect(resolveNodePath("/vm/disks/overlay.qcow2", "../base.qcow2")).toBe("/vm/base.qcow2")
     expect(resolveNodePath("/vm/disks/overlay.qcow2", "/srv/base.qcow2")).toBe("/srv/base.qcow2")
     expect(resolveNodePath("overlay.qcow2", "base.qcow2")).toBe(nodePath.resolve("base.qcow2"))
+    expect(resolveNodePath("/vm/overlay.qcow2", "./x/../base.qcow2")).toBe("/vm/base.qcow2")
     await run(Effect.gen(function*() {
       const dir = yield* tempDir
       yield* Effect.promise(() => fs.mkdir(nodePath.join(dir, "sub")))
