@@ -229,6 +229,8 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
  *   and O_TRUNC with `truncate` (a read-only truncate fails with `ReadOnly`).
  * - `flush` is fdatasync, `size` fstat, `resize` ftruncate; `discard` is a
  *   no-op (`capabilities.discard` false: Node has no fallocate/punch-hole).
+ * - An empty name fails with `Unsupported` (QEMU: "The 'file' block driver
+ *   requires a file name").
  * - Opening never blocks (O_NONBLOCK), and only regular files, block and
  *   character devices are accepted: a FIFO or a directory fails with
  *   `Unsupported` and QEMU's message (see {@link unsupportedFileType}).
@@ -236,6 +238,9 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
  *   ReadOnly, others → Io; `location` is the path.
  */
 export const openNodeFile = (path: string, options: OpenOptions): Effect.Effect<BlockStorageShape, StorageError, Scope.Scope> => {
+  if (path === "") {
+    return Effect.fail(new StorageError({ reason: "Unsupported", message: "The 'file' block driver requires a file name", location: path }))
+  }
   if (options.readOnly && options.truncate === true) {
     return Effect.fail(readOnlyError(path, "truncate"))
   }

@@ -50,6 +50,12 @@ describe("openNodeFile errors", () => {
     expect(error.message).toContain("no such file or directory (ENOENT)")
   })
 
+  it("refuses an empty name as QEMU does", async () => {
+    const error = await failure(openNodeFile("", { readOnly: true }))
+    expect(error.reason).toBe("Unsupported")
+    expect(error.message).toBe("The 'file' block driver requires a file name")
+  })
+
   it("maps a path through a regular file to NotFound", async () => {
     const error = await failure(Effect.flatMap(withFile(new Uint8Array(1), { readOnly: true }), (s) =>
       openNodeFile(nodePath.join(s.location, "child"), { readOnly: true })))
