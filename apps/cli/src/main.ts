@@ -9,12 +9,13 @@
  * only pays for what the command uses. Every command returns an exit code;
  * failures print "qcow2: <message>" and never a stack trace.
  *
- * Signals: SIGINT, SIGTERM, SIGHUP (and SIGUSR1) interrupt the command's fiber, so its
- * scopes close (images flushed and closed, metadata consistent), and then
- * the process dies of that signal, as qemu-img does (a shell reports
+ * Signals: SIGINT, SIGTERM and SIGHUP interrupt the command's fiber, so
+ * its scopes close (images flushed and closed, metadata consistent), and
+ * then the process dies of that signal, as qemu-img does (a shell reports
  * 128 + the signal number: 130, 143, 129). A job that was signalled never
  * exits 0, even if it was about to finish. A second signal while stopping
- * ends the process at once. Output to a closed pipe is dropped (see below).
+ * ends the process at once. SIGUSR1, SIGALRM and SIGIO, which the QEMU
+ * tools block, do nothing; output to a closed pipe is dropped (see below).
  *
  * Bundled into dist/qcow2.cjs, which `entry.ts` (dist/qcow2.mjs) runs.
  */
@@ -34,12 +35,17 @@ const run = (p: Parsed): Effect.Effect<void> =>
 const program: Effect.Effect<void> =
   parsed !== undefined ? run(parsed) : Effect.promise(() => import("./cli/effect-cli.js")).pipe(Effect.flatMap((m) => m.runWithEffectCli(argv, run)))
 
+/** The signals that stop a job cleanly (their default action ends the process). */
+const STOP_SIGNALS: ReadonlyArray<NodeJS.Signals> = ["SIGINT", "SIGTERM", "SIGHUP"]
+
 /**
- * The signals that stop a job cleanly (their default action ends the
- * process). SIGUSR1 is among them so that it ends the job as it ends
- * qemu-img, instead of opening Node's debugger port.
+ * Signals the QEMU tools block for their own use (their main loop), so that
+ * they change nothing for a qemu-img or qemu-io job: here too, instead of
+ * ending the process without closing its images (SIGALRM, SIGIO) or
+ * opening Node's debugger port (SIGUSR1, which a listener disables).
  */
-const STOP_SIGNALS: ReadonlyArray<NodeJS.Signals> = ["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"]
+const IGNORED_SIGNALS: ReadonlyArray<NodeJS.Signals> = ["SIGUSR1", "SIGALRM", "SIGIO"]
+for (const s of IGNORED_SIGNALS) process.on(s, () => {})
 
 /**
  * Ends the process by `signal`, as if it had not been caught: the listeners
