@@ -184,6 +184,28 @@ class NodeFile {
   }
 }
 
+/**
+ * One request to the kernel. If the fiber is interrupted while the request
+ * runs, the interruption completes only when the request has: a write
+ * abandoned by an interrupted fiber must not land after the writes that
+ * follow (the flush of an image closing after a signal rewrites the same
+ * metadata), and a read must not fill a buffer its owner has moved on from.
+ */
+const request = <A>(start: (resume: Resume<A>) => void): Effect.Effect<A, StorageError> =>
+  Effect.callback<A, StorageError>((resume) => {
+    let finished = false
+    let onFinished: (() => void) | undefined
+    start((result) => {
+      finished = true
+      resume(result)
+      onFinished?.()
+    })
+    return Effect.callback<void>((done) => {
+      if (finished) done(Effect.void)
+      else onFinished = () => done(Effect.void)
+    })
+  })
+
 const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
   const location = file.location
   return {
@@ -194,22 +216,22 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
     read: (offset, into) => {
       const invalid = checkRange(location, "read", offset, into.length)
       if (invalid !== undefined) return Effect.fail(invalid)
-      return Effect.callback<void, StorageError>((resume) => file.read(offset, into, resume))
+      return request<void>((resume) => file.read(offset, into, resume))
     },
     write: (offset, data) => {
       const invalid = checkRange(location, "write", offset, data.length)
       if (invalid !== undefined) return Effect.fail(invalid)
       if (readOnly) return Effect.fail(readOnlyError(location, "write", offset, data.length))
-      return Effect.callback<void, StorageError>((resume) => file.write(offset, data, resume))
+      return request<void>((resume) => file.write(offset, data, resume))
     },
-    flush: () => Effect.callback<void, StorageError>((resume) => file.flush(resume)),
-    size: () => Effect.callback<number, StorageError>((resume) => file.size(resume)),
-    allocatedSize: () => Effect.callback<number, StorageError>((resume) => file.allocatedSize(resume)),
+    flush: () => request<void>((resume) => file.flush(resume)),
+    size: () => request<number>((resume) => file.size(resume)),
+    allocatedSize: () => request<number>((resume) => file.allocatedSize(resume)),
     resize: (size) => {
       const invalid = checkSize(location, size)
       if (invalid !== undefined) return Effect.fail(invalid)
       if (readOnly) return Effect.fail(readOnlyError(location, "resize", size))
-      return Effect.callback<void, StorageError>((resume) => file.resize(size, resume))
+      return request<void>((resume) => file.resize(size, resume))
     },
     discard: (offset, length) => {
       const invalid = checkRange(location, "discard", offset, length)

@@ -4,7 +4,7 @@ import * as fs from "node:fs/promises"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as nodePath from "node:path"
-import { Effect, Layer } from "effect"
+import { Effect, Fiber, Layer } from "effect"
 import type { Scope } from "effect"
 import { BlockStorage, StorageOpener } from "@qcow2/storage"
 import type { OpenOptions, StorageError } from "@qcow2/storage"
@@ -193,6 +193,23 @@ describe("openNodeFile", () => {
       const error = await Effect.runPromise(Effect.flip(effect))
       expect(error.reason).toBe("Closed")
     }
+  })
+
+  it("an interrupted request interrupts only once it has finished (no write left running behind later ones)", async () => {
+    const data = new Uint8Array(128 * 1024 * 1024).fill(5)
+    await run(Effect.gen(function*() {
+      const storage = yield* withFile(undefined, { readOnly: false, create: true })
+      const fiber = yield* Effect.forkChild(storage.write(0, data))
+      yield* Effect.sleep(1)
+      yield* Fiber.interrupt(fiber)
+      // The write is complete when the interruption is: nothing lands later.
+      expect(fsSync.statSync(storage.location).size).toBe(data.length)
+      const fd = fsSync.openSync(storage.location, "r")
+      const tail = new Uint8Array(4096)
+      fsSync.readSync(fd, tail, 0, tail.length, data.length - tail.length)
+      fsSync.closeSync(fd)
+      expect(tail.every((b) => b === 5)).toBe(true)
+    }))
   })
 
   it("closes only after in-flight requests finish", async () => {
