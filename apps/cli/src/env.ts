@@ -124,13 +124,13 @@ export const parseImageOpts = (
 /**
  * QEMU says "Could not open 'NAME': 'file' driver requires 'NAME' to be a
  * regular file" for a FIFO or a directory: the file type refusal of the
- * storage backend (reason Unsupported) without the driver's own "Could not
+ * node:fs backend (reason Unsupported) without the driver's own "Could not
  * open" in front, which errno failures keep ("Could not open 'NAME': Could
  * not open 'NAME': No such file or directory").
  */
 const withoutDriverPrefix = (name: string, e: ImageError): ImageError => {
   const cause = e.cause as { readonly _tag?: unknown; readonly reason?: unknown; readonly message?: unknown } | undefined
-  if (cause?._tag !== "StorageError" || cause.reason !== "Unsupported" || typeof cause.message !== "string") return e
+  if (isUrl(name) || cause?._tag !== "StorageError" || cause.reason !== "Unsupported" || typeof cause.message !== "string") return e
   return e.message === `Could not open '${name}': ${cause.message}` ? new ImageError({ ...e, message: cause.message }) : e
 }
 
