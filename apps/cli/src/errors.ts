@@ -24,6 +24,8 @@ const ERRNO_TEXT = {
   EINVAL: "Invalid argument",
   ENOTSUP: "Operation not supported",
   ENOSPC: "No space left on device",
+  EDQUOT: "Disk quota exceeded",
+  EFBIG: "File too large",
   EPERM: "Operation not permitted",
   EACCES: "Permission denied",
   ERANGE: "Numerical result out of range"

@@ -9,10 +9,18 @@
  * only pays for what the command uses. Every command returns an exit code;
  * failures print "qcow2: <message>" and never a stack trace.
  *
+ * Signals: SIGINT, SIGTERM and SIGHUP interrupt the command's fiber, so
+ * its scopes close (images flushed and closed, metadata consistent), and
+ * then the process dies of that signal, as qemu-img does (a shell reports
+ * 128 + the signal number: 130, 143, 129). A job that was signalled never
+ * exits 0, even if it was about to finish. A second signal while stopping
+ * ends the process at once. SIGUSR1, SIGALRM and SIGIO, which the QEMU
+ * tools block, do nothing; output to a closed pipe is dropped (see below).
+ *
  * Bundled into dist/qcow2.cjs, which `entry.ts` (dist/qcow2.mjs) runs.
  */
-import { Effect } from "effect"
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as os from "node:os"
+import { Effect, Exit, Runtime } from "effect"
 import { normalizeArgv } from "./argv.js"
 import { fastParse } from "./cli/fast.js"
 import type { Parsed } from "./cli/spec.js"
@@ -27,11 +35,64 @@ const run = (p: Parsed): Effect.Effect<void> =>
 const program: Effect.Effect<void> =
   parsed !== undefined ? run(parsed) : Effect.promise(() => import("./cli/effect-cli.js")).pipe(Effect.flatMap((m) => m.runWithEffectCli(argv, run)))
 
-NodeRuntime.runMain(program, {
-  disableErrorReporting: true,
-  teardown: (_exit, onExit) => {
-    flushOutput()
-    process.exitCode = exitStatus.code
-    onExit(0)
+/** The signals that stop a job cleanly (their default action ends the process). */
+const STOP_SIGNALS: ReadonlyArray<NodeJS.Signals> = ["SIGINT", "SIGTERM", "SIGHUP"]
+
+/**
+ * Signals the QEMU tools block for their own use (their main loop), so that
+ * they change nothing for a qemu-img or qemu-io job: here too, instead of
+ * ending the process without closing its images (SIGALRM, SIGIO) or
+ * opening Node's debugger port (SIGUSR1, which a listener disables).
+ */
+const IGNORED_SIGNALS: ReadonlyArray<NodeJS.Signals> = ["SIGUSR1", "SIGALRM", "SIGIO"]
+for (const s of IGNORED_SIGNALS) process.on(s, () => {})
+
+/**
+ * Ends the process by `signal`, as if it had not been caught: the listeners
+ * go, so the default action (terminate) applies when it is raised again.
+ * Should the signal not end the process (a parent that blocks it), exit
+ * with 128 + its number, the status a shell reports for a signal death.
+ */
+const dieOf = (signal: NodeJS.Signals): never => {
+  flushOutput()
+  for (const s of STOP_SIGNALS) process.removeAllListeners(s)
+  try {
+    process.kill(process.pid, signal)
+  } catch {
+    // fall through to exit
   }
+  return process.exit(128 + (os.constants.signals[signal] ?? 0))
+}
+
+const runMain = Runtime.makeRunMain(({ fiber, teardown }) => {
+  let received: NodeJS.Signals | undefined
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (received !== undefined) dieOf(signal)
+    received = signal
+    fiber.interruptUnsafe(fiber.id)
+  }
+  for (const s of STOP_SIGNALS) process.on(s, onSignal)
+  fiber.addObserver((exit) => {
+    teardown(exit, (code) => {
+      flushOutput()
+      if (received !== undefined) dieOf(received)
+      for (const s of STOP_SIGNALS) process.removeListener(s, onSignal)
+      process.exitCode = code
+    })
+  })
+})
+
+/*
+ * qemu-img ignores SIGPIPE: output to a closed pipe (`qcow2 map … | head`)
+ * is lost, the job runs to its end and exits with its own status. Node
+ * ignores SIGPIPE too, but reports EPIPE as an 'error' event that would
+ * end the process with a stack trace in the middle of a write.
+ */
+for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {})
+
+runMain(program, {
+  disableErrorReporting: true,
+  // A failure that reached this point unreported (a defect, an
+  // interruption without a signal) still must not exit 0.
+  teardown: (exit, onExit) => onExit(Exit.isSuccess(exit) || exitStatus.code !== 0 ? exitStatus.code : 1)
 })

@@ -129,11 +129,7 @@ function storageReason(reason: StorageError["reason"]): ImageErrorReason {
 }
 
 /** The errno a storage failure carries (set by backends that know it, e.g. ENOSPC from node:fs). */
-function storageErrno(error: StorageError): { errno?: string } {
-  const cause = error.cause
-  if (typeof cause === "object" && cause !== null && "code" in cause && typeof cause.code === "string") return { errno: cause.code }
-  return {}
-}
+const storageErrno = (error: StorageError): { errno?: string } => (error.errno !== undefined ? { errno: error.errno } : {})
 
 /** Runs `effect`, presenting its failure as an ImageError of `location`. */
 export const asImageError = <A, R>(effect: Effect.Effect<A, EngineFailure, R>, location: string): Effect.Effect<A, ImageError, R> =>

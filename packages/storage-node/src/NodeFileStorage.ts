@@ -20,33 +20,46 @@ const MAX_IO = 1 << 30
 
 type Resume<A> = (effect: Effect.Effect<A, StorageError>) => void
 
-/** Open flags for {@link OpenOptions}: never O_APPEND (positional writes). */
+/**
+ * Open flags for {@link OpenOptions}: never O_APPEND (positional writes).
+ * Always O_NONBLOCK, so that opening never waits: a FIFO without a writer
+ * would block a read-only open(2) forever (and with it the scope that
+ * acquires the file, which cannot be interrupted). The file type is
+ * checked right after; on the regular files and block devices accepted
+ * O_NONBLOCK changes nothing.
+ */
 const openFlags = (options: OpenOptions): number => {
-  const { O_CREAT, O_RDONLY, O_RDWR, O_TRUNC } = fs.constants
+  const { O_CREAT, O_NONBLOCK, O_RDONLY, O_RDWR, O_TRUNC } = fs.constants
   return (options.readOnly ? O_RDONLY : O_RDWR) |
+    O_NONBLOCK |
     (options.create === true ? O_CREAT : 0) |
     (options.truncate === true ? O_TRUNC : 0)
 }
 
-interface OpenFile {
-  readonly fd: number
-  readonly size: number
-  readonly isDirectory: boolean
-}
+/**
+ * Why a file of this type cannot be an image, or undefined if it can.
+ * Like QEMU: regular files and block devices hold images, and character
+ * devices are accepted as QEMU's host_device driver accepts them (/dev/null
+ * reads as an empty raw image); a FIFO, a directory or anything else is
+ * refused with QEMU's message ('file' driver requires … to be a regular
+ * file). A socket never gets here: open(2) fails with ENXIO.
+ */
+export const unsupportedFileType = (path: string, stats: fs.Stats): StorageError | undefined =>
+  stats.isFile() || stats.isBlockDevice() || stats.isCharacterDevice()
+    ? undefined
+    : new StorageError({ reason: "Unsupported", message: `'file' driver requires '${path}' to be a regular file`, location: path })
 
-const openFd = (path: string, options: OpenOptions): Effect.Effect<OpenFile, StorageError> =>
-  Effect.callback<OpenFile, StorageError>((resume) => {
+const openFd = (path: string, options: OpenOptions): Effect.Effect<number, StorageError> =>
+  Effect.callback<number, StorageError>((resume) => {
     fs.open(path, openFlags(options), (openError, fd) => {
       if (openError !== null) {
         resume(Effect.fail(fromSystemError(openError, "open", path)))
         return
       }
       fs.fstat(fd, (statError, stats) => {
-        if (statError !== null) {
-          fs.close(fd, () => resume(Effect.fail(fromSystemError(statError, "open", path))))
-          return
-        }
-        resume(Effect.succeed({ fd, size: stats.size, isDirectory: stats.isDirectory() }))
+        const refused = statError !== null ? fromSystemError(statError, "open", path) : unsupportedFileType(path, stats)
+        if (refused !== undefined) fs.close(fd, () => resume(Effect.fail(refused)))
+        else resume(Effect.succeed(fd))
       })
     })
   })
@@ -171,6 +184,28 @@ class NodeFile {
   }
 }
 
+/**
+ * One request to the kernel. If the fiber is interrupted while the request
+ * runs, the interruption completes only when the request has: a write
+ * abandoned by an interrupted fiber must not land after the writes that
+ * follow (the flush of an image closing after a signal rewrites the same
+ * metadata), and a read must not fill a buffer its owner has moved on from.
+ */
+const request = <A>(start: (resume: Resume<A>) => void): Effect.Effect<A, StorageError> =>
+  Effect.callback<A, StorageError>((resume) => {
+    let finished = false
+    let onFinished: (() => void) | undefined
+    start((result) => {
+      finished = true
+      resume(result)
+      onFinished?.()
+    })
+    return Effect.callback<void>((done) => {
+      if (finished) done(Effect.void)
+      else onFinished = () => done(Effect.void)
+    })
+  })
+
 const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
   const location = file.location
   return {
@@ -181,22 +216,22 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
     read: (offset, into) => {
       const invalid = checkRange(location, "read", offset, into.length)
       if (invalid !== undefined) return Effect.fail(invalid)
-      return Effect.callback<void, StorageError>((resume) => file.read(offset, into, resume))
+      return request<void>((resume) => file.read(offset, into, resume))
     },
     write: (offset, data) => {
       const invalid = checkRange(location, "write", offset, data.length)
       if (invalid !== undefined) return Effect.fail(invalid)
       if (readOnly) return Effect.fail(readOnlyError(location, "write", offset, data.length))
-      return Effect.callback<void, StorageError>((resume) => file.write(offset, data, resume))
+      return request<void>((resume) => file.write(offset, data, resume))
     },
-    flush: () => Effect.callback<void, StorageError>((resume) => file.flush(resume)),
-    size: () => Effect.callback<number, StorageError>((resume) => file.size(resume)),
-    allocatedSize: () => Effect.callback<number, StorageError>((resume) => file.allocatedSize(resume)),
+    flush: () => request<void>((resume) => file.flush(resume)),
+    size: () => request<number>((resume) => file.size(resume)),
+    allocatedSize: () => request<number>((resume) => file.allocatedSize(resume)),
     resize: (size) => {
       const invalid = checkSize(location, size)
       if (invalid !== undefined) return Effect.fail(invalid)
       if (readOnly) return Effect.fail(readOnlyError(location, "resize", size))
-      return Effect.callback<void, StorageError>((resume) => file.resize(size, resume))
+      return request<void>((resume) => file.resize(size, resume))
     },
     discard: (offset, length) => {
       const invalid = checkRange(location, "discard", offset, length)
@@ -216,22 +251,22 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
  *   and O_TRUNC with `truncate` (a read-only truncate fails with `ReadOnly`).
  * - `flush` is fdatasync, `size` fstat, `resize` ftruncate; `discard` is a
  *   no-op (`capabilities.discard` false: Node has no fallocate/punch-hole).
+ * - An empty name fails with `Unsupported` (QEMU: "The 'file' block driver
+ *   requires a file name").
+ * - Opening never blocks (O_NONBLOCK), and only regular files, block and
+ *   character devices are accepted: a FIFO or a directory fails with
+ *   `Unsupported` and QEMU's message (see {@link unsupportedFileType}).
  * - Errors: ENOENT → NotFound, EACCES/EPERM → PermissionDenied, EROFS →
- *   ReadOnly, others (a directory included) → Io; `location` is the path.
+ *   ReadOnly, others → Io; `location` is the path.
  */
 export const openNodeFile = (path: string, options: OpenOptions): Effect.Effect<BlockStorageShape, StorageError, Scope.Scope> => {
+  if (path === "") {
+    return Effect.fail(new StorageError({ reason: "Unsupported", message: "The 'file' block driver requires a file name", location: path }))
+  }
   if (options.readOnly && options.truncate === true) {
     return Effect.fail(readOnlyError(path, "truncate"))
   }
-  const acquire = Effect.flatMap(openFd(path, options), (opened) => {
-    if (opened.isDirectory) {
-      return Effect.andThen(
-        closeFd(opened.fd),
-        Effect.fail(new StorageError({ reason: "Io", message: `open ${path}: is a directory (EISDIR)`, location: path }))
-      )
-    }
-    return Effect.succeed(new NodeFile(opened.fd, path))
-  })
+  const acquire = Effect.map(openFd(path, options), (fd) => new NodeFile(fd, path))
   return Effect.map(
     Effect.acquireRelease(acquire, (file) => file.close()),
     (file) => makeShape(file, options.readOnly)

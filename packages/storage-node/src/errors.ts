@@ -21,6 +21,7 @@ const DESCRIPTIONS: Readonly<Record<string, string>> = {
   EIO: "input/output error",
   EFBIG: "file too large",
   EMFILE: "too many open files",
+  ENXIO: "no such device or address",
   EINVAL: "invalid argument",
   EBADF: "bad file descriptor"
 }
@@ -28,7 +29,9 @@ const DESCRIPTIONS: Readonly<Record<string, string>> = {
 /**
  * Maps a Node system error to a {@link StorageError}: ENOENT/ENOTDIR →
  * NotFound, EACCES/EPERM → PermissionDenied, EROFS → ReadOnly, anything
- * else → Io. The message names the operation, the path and the errno code.
+ * else → Io. The message names the operation, the path and the errno code,
+ * which `errno` keeps (qemu-io prints its text: ENOSPC is "No space left on
+ * device", not the "Input/output error" that reason Io stands for).
  */
 export const fromSystemError = (
   cause: unknown,
@@ -49,6 +52,7 @@ export const fromSystemError = (
     reason,
     message: `${operation} ${location}${where}: ${detail}`,
     location,
+    ...(code === undefined ? {} : { errno: code }),
     cause,
     ...(offset === undefined ? {} : { offset }),
     ...(length === undefined ? {} : { length })

@@ -1,7 +1,10 @@
+import { execFileSync } from "node:child_process"
+import * as fsSync from "node:fs"
 import * as fs from "node:fs/promises"
+import * as net from "node:net"
 import * as os from "node:os"
 import * as nodePath from "node:path"
-import { Effect, Layer } from "effect"
+import { Effect, Fiber, Layer } from "effect"
 import type { Scope } from "effect"
 import { BlockStorage, StorageOpener } from "@qcow2/storage"
 import type { OpenOptions, StorageError } from "@qcow2/storage"
@@ -47,18 +50,76 @@ describe("openNodeFile errors", () => {
     expect(error.message).toContain("no such file or directory (ENOENT)")
   })
 
+  it("refuses an empty name as QEMU does", async () => {
+    const error = await failure(openNodeFile("", { readOnly: true }))
+    expect(error.reason).toBe("Unsupported")
+    expect(error.message).toBe("The 'file' block driver requires a file name")
+  })
+
   it("maps a path through a regular file to NotFound", async () => {
     const error = await failure(Effect.flatMap(withFile(new Uint8Array(1), { readOnly: true }), (s) =>
       openNodeFile(nodePath.join(s.location, "child"), { readOnly: true })))
     expect(error.reason).toBe("NotFound")
   })
 
-  it("rejects a directory, read-only or not, with Io", async () => {
+  it("rejects a directory: read-only with Unsupported and QEMU's message, read-write as open(2) does (EISDIR)", async () => {
+    const ro = await failure(Effect.flatMap(tempDir, (dir) => openNodeFile(dir, { readOnly: true })))
+    expect(ro.reason).toBe("Unsupported")
+    expect(ro.message).toMatch(/^'file' driver requires '.*' to be a regular file$/)
+    const rw = await failure(Effect.flatMap(tempDir, (dir) => openNodeFile(dir, { readOnly: false })))
+    expect(rw.reason).toBe("Io")
+    expect(rw.errno).toBe("EISDIR")
+    expect(rw.message).toContain("is a directory")
+  })
+
+  it.skipIf(process.platform === "win32")("refuses a FIFO without a writer at once, read-only or not, instead of blocking", async () => {
     for (const readOnly of [true, false]) {
-      const error = await failure(Effect.flatMap(tempDir, (dir) => openNodeFile(dir, { readOnly })))
-      expect(error.reason).toBe("Io")
-      expect(error.message).toContain("is a directory")
+      const error = await failure(Effect.gen(function*() {
+        const dir = yield* tempDir
+        const fifo = nodePath.join(dir, "fifo")
+        execFileSync("mkfifo", [fifo])
+        return yield* openNodeFile(fifo, { readOnly })
+      }).pipe(Effect.timeout(5000)) as Effect.Effect<unknown, StorageError, Scope.Scope>)
+      expect(error.reason).toBe("Unsupported")
+      expect(error.message).toBe(`'file' driver requires '${error.location}' to be a regular file`)
     }
+  })
+
+  it.skipIf(process.platform === "win32")("refuses a FIFO that has a writer (a qcow2 fed through it is not an image)", async () => {
+    const error = await failure(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const fifo = nodePath.join(dir, "fifo")
+      execFileSync("mkfifo", [fifo])
+      // O_RDWR keeps a writer on the FIFO without waiting for a reader.
+      const writer = yield* Effect.acquireRelease(
+        Effect.sync(() => fsSync.openSync(fifo, fsSync.constants.O_RDWR)),
+        (fd) => Effect.sync(() => fsSync.closeSync(fd))
+      )
+      fsSync.writeSync(writer, new Uint8Array([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]))
+      return yield* openNodeFile(fifo, { readOnly: true })
+    }))
+    expect(error.reason).toBe("Unsupported")
+  })
+
+  it.skipIf(!fsSync.existsSync("/dev/null"))("accepts a character device, as QEMU's host_device driver does (/dev/null: empty)", async () => {
+    const size = await run(Effect.flatMap(openNodeFile("/dev/null", { readOnly: true }), (s) => s.size()))
+    expect(size).toBe(0)
+  })
+
+  it.skipIf(process.platform === "win32")("maps a socket (open fails with ENXIO) to Io with the errno", async () => {
+    const error = await failure(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const path = nodePath.join(dir, "sock")
+      const server = net.createServer()
+      yield* Effect.acquireRelease(
+        Effect.callback<void>((resume) => void server.listen(path, () => resume(Effect.void))),
+        () => Effect.callback<void>((resume) => void server.close(() => resume(Effect.void)))
+      )
+      return yield* openNodeFile(path, { readOnly: true })
+    }))
+    expect(error.reason).toBe("Io")
+    expect(error.errno).toBe("ENXIO")
+    expect(error.message).toContain("no such device or address (ENXIO)")
   })
 
   it("rejects writes, resize and discard on a read-only open with ReadOnly and leaves the file alone", async () => {
@@ -96,11 +157,14 @@ describe("openNodeFile errors", () => {
     const io = fromSystemError(errno("ENOSPC"), "write", "/a", 4096, 512)
     expect(io.reason).toBe("Io")
     expect(io.message).toBe("write /a of 512 bytes at 4096: no space left on device (ENOSPC)")
+    expect(io.errno).toBe("ENOSPC")
+    for (const code of ["EDQUOT", "EFBIG", "EIO"]) expect(fromSystemError(errno(code), "write", "/a").errno).toBe(code)
     expect(io.offset).toBe(4096)
     expect(io.length).toBe(512)
     expect(io.location).toBe("/a")
     expect(fromSystemError(errno("EWEIRD"), "read", "/a").message).toContain("EWEIRD: boom")
     expect(fromSystemError("not an error", "read", "/a").reason).toBe("Io")
+    expect(fromSystemError("not an error", "read", "/a").errno).toBeUndefined()
   })
 })
 
@@ -131,6 +195,23 @@ describe("openNodeFile", () => {
     }
   })
 
+  it("an interrupted request interrupts only once it has finished (no write left running behind later ones)", async () => {
+    const data = new Uint8Array(128 * 1024 * 1024).fill(5)
+    await run(Effect.gen(function*() {
+      const storage = yield* withFile(undefined, { readOnly: false, create: true })
+      const fiber = yield* Effect.forkChild(storage.write(0, data))
+      yield* Effect.sleep(1)
+      yield* Fiber.interrupt(fiber)
+      // The write is complete when the interruption is: nothing lands later.
+      expect(fsSync.statSync(storage.location).size).toBe(data.length)
+      const fd = fsSync.openSync(storage.location, "r")
+      const tail = new Uint8Array(4096)
+      fsSync.readSync(fd, tail, 0, tail.length, data.length - tail.length)
+      fsSync.closeSync(fd)
+      expect(tail.every((b) => b === 5)).toBe(true)
+    }))
+  })
+
   it("closes only after in-flight requests finish", async () => {
     const big = new Uint8Array(32 * 1024 * 1024)
     const data = await run(Effect.gen(function*() {
@@ -149,6 +230,23 @@ describe("openNodeFile", () => {
     }))
     expect(data.subarray(0, big.length).every((b) => b === 7)).toBe(true)
     expect(data.subarray(big.length).every((b) => b === 0)).toBe(true)
+  })
+})
+
+describe("resolveNodePath without a working directory name", () => {
+  it("joins relative names as they are when the working directory has no name (deeper than PATH_MAX)", () => {
+    const cwd = process.cwd
+    process.cwd = () => {
+      throw Object.assign(new Error("ERANGE: result too large, uv_cwd"), { code: "ERANGE" })
+    }
+    try {
+      expect(resolveNodePath("overlay.qcow2", "base.qcow2")).toBe("base.qcow2")
+      expect(resolveNodePath("sub/overlay.qcow2", "../base.qcow2")).toBe("base.qcow2")
+      expect(resolveNodePath("sub/overlay.qcow2", "base.qcow2")).toBe("sub/base.qcow2")
+      expect(resolveNodePath("/vm/overlay.qcow2", "base.qcow2")).toBe("/vm/base.qcow2")
+    } finally {
+      process.cwd = cwd
+    }
   })
 })
 
@@ -175,6 +273,7 @@ describe("layers", () => {
     expect(resolveNodePath("/vm/disks/overlay.qcow2", "../base.qcow2")).toBe("/vm/base.qcow2")
     expect(resolveNodePath("/vm/disks/overlay.qcow2", "/srv/base.qcow2")).toBe("/srv/base.qcow2")
     expect(resolveNodePath("overlay.qcow2", "base.qcow2")).toBe(nodePath.resolve("base.qcow2"))
+    expect(resolveNodePath("/vm/overlay.qcow2", "./x/../base.qcow2")).toBe("/vm/base.qcow2")
     await run(Effect.gen(function*() {
       const dir = yield* tempDir
       yield* Effect.promise(() => fs.mkdir(nodePath.join(dir, "sub")))

@@ -23,5 +23,7 @@ export class StorageError extends Data.TaggedError("StorageError")<{
   readonly length?: number
   /** Path, URL or name of the store. */
   readonly location?: string
+  /** The POSIX error code of a failed system call ("ENOSPC"), when the backend has one. */
+  readonly errno?: string
   readonly cause?: unknown
 }> {}

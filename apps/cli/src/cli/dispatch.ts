@@ -14,14 +14,17 @@ import type { Parsed } from "./spec.js"
 
 /**
  * Runs a command body: sets the exit code, reports failures and defects
- * briefly. `ciphers`: the command line carries secrets, so encrypted images
- * may be opened or created (loads node:crypto kernels).
+ * briefly; an interruption passes through. `ciphers`: the command line
+ * carries secrets, so encrypted images may be opened or created (loads
+ * node:crypto kernels).
  */
 export const execute = (body: Effect.Effect<number, CliFailure, ImageEnv>, ciphers: boolean): Effect.Effect<void> =>
   body.pipe(
     Effect.provide(ciphers ? Layer.merge(envLayer, cipherLayer) : envLayer),
     Effect.catchCause((cause) =>
-      Effect.sync(() => {
+      // An interruption (a signal, see main.ts) is not a failure to report:
+      // it goes on to the runner, which ends the process accordingly.
+      Cause.hasInterruptsOnly(cause) ? Effect.interrupt : Effect.sync(() => {
         const failure = Cause.findErrorOption(cause)
         if (Option.isSome(failure) && failure.value instanceof CliFailure) {
           const f = failure.value

@@ -127,7 +127,8 @@ const rawSink = (target: string, size: number, o: ConvertOptions): Effect.Effect
       // file to zero starts writeback of everything written through it
       // (auto_da_alloc), which made replacing an existing target ~0.1-0.4 s
       // slower; the creating descriptor is closed before any data is written.
-      if (!o.skipCreate) fs.closeSync(fs.openSync(target, "w"))
+      // "w+", not "w": a write-only open of a FIFO waits for a reader.
+      if (!o.skipCreate) fs.closeSync(fs.openSync(target, "w+"))
       const fd = fs.openSync(target, "r+")
       if (!o.skipCreate) fs.ftruncateSync(fd, size)
       return fd
