@@ -1,18 +1,39 @@
 import { Effect } from "effect"
 import { readL2Entry, writeL2Entry } from "@qcow2/format"
+import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
 import { prepareL2ForWrite } from "./l2.js"
 import { l2Coverage, loadL2 } from "./mapping.js"
 
+/** How the file is grown over preallocated clusters: sparse (metadata, falloc) or written with zeros (full). */
+export type FileFill = "sparse" | "zeros"
+
+/**
+ * Grows `storage` to at least `end` bytes: sparse, or by writing zeros
+ * from its current end (preallocation=full).
+ */
+export function growFile(storage: BlockStorageShape, end: number, fill: FileFill): Effect.Effect<void, StorageError> {
+  return Effect.gen(function* () {
+    const current = yield* storage.size()
+    if (end <= current) return
+    if (fill === "sparse") return yield* storage.resize(end)
+    const zeros = new Uint8Array(Math.min(1 << 20, end - current))
+    for (let p = current; p < end; p += zeros.length) yield* storage.write(p, zeros.subarray(0, Math.min(zeros.length, end - p)))
+  })
+}
+
 /**
  * Gives every unallocated guest cluster in [offset, offset + length) a host
- * cluster without writing data (qemu-img create -o preallocation=metadata):
+ * cluster without writing data (qemu-img create/resize -o preallocation):
  * L2 tables first, then runs of contiguous data clusters linked as normal,
- * COPIED clusters. With an external data file the host offset is the guest
- * offset. Returns the end of the last host cluster allocated.
+ * COPIED clusters. The file grows over each run before the entries that
+ * name it exist, so no entry ever points past the end of the file, even
+ * after a crash. With an external data file the host offset is the guest
+ * offset (the caller grows the data file). Returns the end of the last host
+ * cluster allocated.
  */
-export function preallocateClusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<number, EngineFailure> {
+export function preallocateClusters(engine: Qcow2Engine, offset: number, length: number, fill: FileFill): Effect.Effect<number, EngineFailure> {
   return engine.lock.withPermits(1)(
     Effect.gen(function* () {
       const g = engine.geometry
@@ -42,7 +63,10 @@ export function preallocateClusters(engine: Qcow2Engine, offset: number, length:
             run++
           }
           const host = engine.externalData ? cluster * cs : yield* engine.refcounts.allocate(run)
-          if (!engine.externalData) yield* engine.integrity.guardWrite(host, run * cs)
+          if (!engine.externalData) {
+            yield* engine.integrity.guardWrite(host, run * cs)
+            yield* growFile(engine.storage, host + run * cs, fill)
+          }
           const again = yield* loadL2(engine, l2Offset)
           for (let i = 0; i < run; i++) {
             const index = (cluster + i) % g.l2Entries

@@ -4,7 +4,7 @@ import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
 import { discardClusters } from "./discard.js"
 import { l2Coverage, lookup } from "./mapping.js"
-import { preallocateClusters } from "./preallocate.js"
+import { growFile, preallocateClusters } from "./preallocate.js"
 
 /** How `qemu-img resize --preallocation` fills a grown area. */
 export type Preallocation = "off" | "metadata" | "falloc" | "full"
@@ -33,19 +33,11 @@ export function truncateImage(engine: Qcow2Engine, size: number, preallocation: 
 /** Gives [from, to) host clusters and grows the file over them (zero-filled for "full"). */
 function preallocate(engine: Qcow2Engine, from: number, to: number, mode: Exclude<Preallocation, "off">): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
+    const fill = mode === "full" ? "zeros" : "sparse"
+    const hostEnd = yield* preallocateClusters(engine, from, to - from, fill)
     const cs = engine.geometry.clusterSize
-    const hostEnd = yield* preallocateClusters(engine, from, to - from)
+    yield* growFile(engine.data, engine.externalData ? Math.ceil(to / cs) * cs : hostEnd, fill)
     yield* engine.flushMetadata()
-    const target = engine.data
-    const end = engine.externalData ? Math.ceil(to / cs) * cs : hostEnd
-    const current = yield* target.size()
-    if (end <= current) return
-    if (mode === "full") {
-      const zeros = new Uint8Array(Math.min(1 << 20, end - current))
-      for (let p = current; p < end; p += zeros.length) yield* target.write(p, zeros.subarray(0, Math.min(zeros.length, end - p)))
-    } else {
-      yield* target.resize(end)
-    }
   })
 }
 
