@@ -212,16 +212,20 @@ export class TableCache {
     return Effect.andThen(this.flushTables(), this.storage.flush())
   }
 
+  /**
+   * Before this cache writes anything: every table of the cache it depends
+   * on is written and storage is flushed — even when that cache holds
+   * nothing dirty now, its tables may have been written since the last
+   * flush (QEMU's qcow2_cache_flush_dependency flushes unconditionally).
+   */
   private settleDependencies(): Effect.Effect<void, TableCacheError> {
     const self = this
     return Effect.gen(function* () {
       const dependency = self.dependency
       if (dependency !== undefined) {
-        if (dependency.hasDirty || dependency.dependency !== undefined) {
-          yield* dependency.flushTables()
-          yield* self.storage.flush()
-          self.needsStorageFlush = false
-        }
+        yield* dependency.flushTables()
+        yield* self.storage.flush()
+        self.needsStorageFlush = false
         self.dependency = undefined
       }
       if (self.needsStorageFlush) {

@@ -46,16 +46,19 @@ export class HeaderState {
     return (this.current.header.incompatibleFeatures & bit) !== 0n
   }
 
-  /** Rewrites only the fixed header fields in place (extensions unchanged). */
+  /**
+   * Rewrites only the fixed header fields in place (extensions unchanged).
+   * The new fields count only once written: after a failed write, memory
+   * still says what the disk says.
+   */
   update(patch: Partial<Header>): Effect.Effect<void, StorageError> {
-    this.current = { ...this.current, header: { ...this.current.header, ...patch } }
-    return this.writeThrough(encodeHeader(onDisk(this.current.header)))
+    const next = { ...this.current, header: { ...this.current.header, ...patch } }
+    return this.writeThrough(next, encodeHeader(onDisk(next.header)))
   }
 
   /** Rewrites header, extensions and backing name (cluster 0). */
   rewriteAll(next: ImageHeader): Effect.Effect<void, StorageError> {
-    this.current = next
-    return this.writeThrough(encodeImageHeader({ ...next, header: onDisk(next.header) }))
+    return this.writeThrough(next, encodeImageHeader({ ...next, header: onDisk(next.header) }))
   }
 
   /** Sets or clears incompatible feature bits (dirty, corrupt). */
@@ -71,8 +74,19 @@ export class HeaderState {
     this.current = image
   }
 
-  private writeThrough(bytes: Uint8Array): Effect.Effect<void, StorageError> {
-    return Effect.andThen(this.storage.flush(), Effect.andThen(this.storage.write(0, bytes), this.storage.flush()))
+  private writeThrough(next: ImageHeader, bytes: Uint8Array): Effect.Effect<void, StorageError> {
+    return Effect.andThen(
+      this.storage.flush(),
+      Effect.andThen(
+        this.storage.write(0, bytes),
+        Effect.andThen(
+          Effect.sync(() => {
+            this.current = next
+          }),
+          this.storage.flush()
+        )
+      )
+    )
   }
 }
 

@@ -1,7 +1,6 @@
 import { Effect } from "effect"
 import { Limits, readL1Entry, writeL1Entry } from "@qcow2/format"
 import type { Refcounts } from "@qcow2/alloc"
-import type { TableCacheError } from "@qcow2/cache"
 import type { BlockStorageShape } from "@qcow2/storage"
 import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"

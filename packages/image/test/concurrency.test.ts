@@ -86,7 +86,7 @@ describe("hundreds of concurrent writes from one handle", () => {
   }
 
   it("truly overlapping concurrent writes: every byte comes from one of its writers, image consistent", async () => {
-    const fs = memoryFiles((name, s) => jittered(s, 4242))
+    const fs = memoryFiles((_name, s) => jittered(s, 4242))
     const size = 1 << 20
     const rand = random(77)
     const writers: Array<{ offset: number; length: number; fill: number }> = []

@@ -1,6 +1,5 @@
 import { Effect } from "effect"
-import { describe, expect, it } from "vitest"
-import { makeMemoryStorage, MEMORY_PAGE_SIZE } from "../src/index.js"
+import { makeMemoryStorage } from "../src/index.js"
 import { blockStorageConformance } from "../src/testing/index.js"
 
 blockStorageConformance("memory", () => Effect.succeed(makeMemoryStorage()))
