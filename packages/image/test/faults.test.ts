@@ -11,8 +11,19 @@
  * flush. The crash variant cuts the recorded write stream at the points
  * after a fault and checks the same of each state a crash could leave.
  *
- * FAULTS_FULL=1 runs every N of every kind with both errors (slow);
- * FAULTS_CAP sets how many N per kind are run with EIO (ENOSPC gets a third).
+ * The injector of @qcow2/storage/testing only fails with reason Io; ENOSPC
+ * is made here as storage-node reports it (reason Io, "(ENOSPC)" in the
+ * message, the errno in the cause). Dirty lazy-refcounts images may show
+ * stale refcount increases (refcount=0 reference=1), which QEMU repairs on
+ * open; anything else is corruption, and `qemu-img check -r all` must
+ * leave them clean.
+ *
+ * Environment: FAULTS_FULL=1 runs every N of every kind with both errors and
+ * more crash points (slow, exploratory: cases past the known lists may
+ * fail); FAULTS_CAP sets how many N per kind run with EIO (default 16,
+ * ENOSPC a third of that); FAULTS_CRASH_CUTS the cuts per crash case
+ * (default 5); FAULTS_ONLY=sweep|crash; FAULTS_VERBOSE=1..4 prints counts,
+ * every case, crash operation logs, error statistics.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -398,6 +409,12 @@ const runCase = async (wl: Workload, fixture: Fixture, fault: FaultSpec): Promis
   if (!run.fired) problems.push("the fault never fired (the operation count changed?)")
   const state = await judgeState(fixture, run, run.final, lastDurable(run))
   problems.push(...state.problems.map((p) => `final image: ${p}`))
+  // An I/O error is not damage: QEMU never sets the corrupt bit or reports corruption for one.
+  if (state.corruptBit) problems.push("final image: the corrupt bit is set after an I/O error")
+  for (const e of run.errors) if (e.reason === "Corrupt") problems.push(`a request failed with reason Corrupt after an I/O error: ${e.message.slice(0, 200)}`)
+  if (process.env.FAULTS_VERBOSE === "4") {
+    console.log(`STATS ${JSON.stringify({ w: wl.name, f: describeFault(fault), reasons: run.errors.map((e) => `${e.reason}/${e.errno ?? "-"}/${e.message.slice(0, 60)}`), corruptBit: state.corruptBit })}`)
+  }
   if (process.env.FAULTS_VERBOSE === "2") console.log(`${wl.name} / ${describeFault(fault)}: ${story(wl, run)} => ${problems.length} problems${problems.length ? `: ${problems[0].slice(0, 300)}` : ""}`)
   return { run, problems }
 }
