@@ -97,7 +97,7 @@ export class Integrity {
   /** Lazy refcounts: the dirty bit reaches disk before the first metadata change (QEMU's qcow2_mark_dirty). */
   beforeMetadataChange(): Effect.Effect<void, StorageError> {
     if (!this.lazyRefcounts || this.dirty || this.readOnly) return Effect.void
-    return Effect.tap(this.header.setIncompatible(IncompatibleFeature.Dirty, true), () => {
+    return Effect.map(this.header.setIncompatible(IncompatibleFeature.Dirty, true), () => {
       this.dirty = true
     })
   }
@@ -105,14 +105,14 @@ export class Integrity {
   /** A clean close of a lazy-refcount image: refcounts are consistent again, the dirty bit goes. */
   markClean(): Effect.Effect<void, StorageError> {
     if (!this.lazyRefcounts || !this.dirty || this.corrupt || this.readOnly) return Effect.void
-    return Effect.tap(this.header.setIncompatible(IncompatibleFeature.Dirty, false), () => {
+    return Effect.map(this.header.setIncompatible(IncompatibleFeature.Dirty, false), () => {
       this.dirty = false
     })
   }
 
   /** After a repair that left no corruption (QEMU's qcow2_mark_clean + qcow2_mark_consistent). */
   repaired(): Effect.Effect<void, StorageError> {
-    return Effect.tap(this.header.setIncompatible(IncompatibleFeature.Dirty | IncompatibleFeature.Corrupt, false), () => {
+    return Effect.map(this.header.setIncompatible(IncompatibleFeature.Dirty | IncompatibleFeature.Corrupt, false), () => {
       this.corrupt = false
       this.dirty = false
     })

@@ -19,7 +19,7 @@
  * leave them clean.
  *
  * Environment: FAULTS_FULL=1 runs every N of every kind with both errors and
- * more crash points (slow, exploratory: cases past the known lists may
+ * more crash points (slow, exploratory: cases past the sampled ones may
  * fail); FAULTS_CAP sets how many N per kind run with EIO (default 16,
  * ENOSPC a third of that); FAULTS_CRASH_CUTS the cuts per crash case
  * (default 5); FAULTS_ONLY=sweep|crash; FAULTS_VERBOSE=1..4 prints counts,
@@ -301,9 +301,8 @@ const workloads: ReadonlyArray<Workload> = [
 ]
 
 // ---------------------------------------------------------------------------
-// Known engine bugs. Their cases are left out of the sweeps and pinned below
-// as it.fails, one test per case: when a bug is fixed, its it.fails tests
-// start to fail ("expected to fail") and the entries go.
+// Engine bugs these sweeps found (all fixed): each case is also pinned below
+// as a test of its own, so that it runs whatever the sampling picks.
 
 const REFTABLE = "refcount table growth (512 B clusters, refcount_bits=64)"
 
@@ -325,8 +324,8 @@ const BUGS = {
 } as const
 type Bug = keyof typeof BUGS
 
-/** Sweep cases (exact operation number) that fail today. */
-const KNOWN: ReadonlyArray<{ readonly workload: string; readonly fault: FaultSpec; readonly bug: Bug }> = [
+/** Sweep cases (exact operation number) that once failed. */
+const REGRESSIONS: ReadonlyArray<{ readonly workload: string; readonly fault: FaultSpec; readonly bug: Bug }> = [
   ...[
     "allocating writes (4 KiB clusters)",
     "allocating writes, lazy_refcounts=on, refcount_bits=1",
@@ -345,28 +344,6 @@ const KNOWN: ReadonlyArray<{ readonly workload: string; readonly fault: FaultSpe
   ] as const).map(([kind, nth, bug]) => ({ workload: REFTABLE, kind, nth, bug }))
 ].flatMap(({ workload, kind, nth, bug }) => ERRNOS.map((errno) => ({ workload, fault: { kind, nth, errno }, bug })))
 
-
-/** Crash cases that fail today, by workload, operation kind and position of the fault. */
-const KNOWN_CRASH: ReadonlyArray<{ readonly workload: string; readonly kind: FaultKind | "none"; readonly position: CrashPosition; readonly bug: Bug }> = [
-  { workload: "allocating writes, lazy_refcounts=on, refcount_bits=1", kind: "write", position: "first", bug: "dirtyBit" },
-  { workload: "allocating writes, lazy_refcounts=on, refcount_bits=1", kind: "flush", position: "first", bug: "dirtyBit" },
-  ...(["discard and write-zeroes with reuse (4 KiB clusters)", "discard and write-zeroes with reuse, lazy_refcounts=on"] as const).flatMap((workload) =>
-    ([["none", "any"], ["write", "middle"], ["flush", "first"], ["flush", "middle"]] as const).map(([kind, position]) => ({ workload, kind, position, bug: "reuse" as const }))
-  ),
-  { workload: "discard and write-zeroes with reuse, lazy_refcounts=on", kind: "write", position: "first", bug: "reuse" },
-  { workload: "discard and write-zeroes with reuse, lazy_refcounts=on", kind: "read", position: "last", bug: "reuse" },
-  { workload: "writes into an image with an internal snapshot (shared L2 and data)", kind: "write", position: "last", bug: "barrier" },
-  { workload: "writes into an image with an internal snapshot (shared L2 and data)", kind: "read", position: "last", bug: "barrier" },
-  { workload: "writes into an image with an internal snapshot, lazy_refcounts=on", kind: "write", position: "first", bug: "dirtyBit" },
-  { workload: "writes into an image with an internal snapshot, lazy_refcounts=on", kind: "flush", position: "first", bug: "dirtyBit" }
-]
-
-const knownCrash = (workload: string, kind: FaultKind | "none", position: CrashPosition): string | undefined => {
-  const bugs = KNOWN_CRASH.filter((k) => k.workload === workload && k.kind === kind && k.position === position).map((k) => k.bug)
-  return bugs.length > 0 ? bugs.join(", ") : undefined
-}
-const isKnown = (workload: string, f: FaultSpec) =>
-  KNOWN.some((k) => k.workload === workload && k.fault.kind === f.kind && k.fault.nth === f.nth && k.fault.errno === f.errno)
 
 // ---------------------------------------------------------------------------
 // Running and judging one case
@@ -476,7 +453,6 @@ describe.concurrent("fault injection through the Image API (iotest 026 style)", 
             const failures: string[] = []
             for (const nth of ns) {
               const fault: FaultSpec = { kind, nth, errno }
-              if (isKnown(wl.name, fault)) continue
               const { run, problems } = await runCase(wl, fixture, fault)
               if (problems.length > 0) failures.push(format(wl, fault, run, problems))
             }
@@ -486,18 +462,16 @@ describe.concurrent("fault injection through the Image API (iotest 026 style)", 
       }
 
       {
-        const known = knownCrash(wl.name, "none", "any")
-        const test = ONLY === "sweep" ? it.skip : known ? it.fails : it
-        test(`crash at any point of the run without faults${known ? ` (known bug: ${known})` : ""}: consistent, flushed data intact`, async () => {
+        const test = ONLY === "sweep" ? it.skip : it
+        test(`crash at any point of the run without faults: consistent, flushed data intact`, async () => {
           const { fixture } = await baselineOf(wl)
           expect(await crashCase(wl, fixture, undefined, CRASH_CUTS + 2)).toEqual([])
         }, 240_000)
       }
 
       for (const [kind, position] of CRASH_POSITIONS) {
-        const known = knownCrash(wl.name, kind, position)
-        const test = ONLY === "sweep" ? it.skip : known ? it.fails : it
-        test(`crash at any point after the ${position} ${kind} fails${known ? ` (known bug: ${known})` : ""}: consistent, flushed data intact`, async () => {
+        const test = ONLY === "sweep" ? it.skip : it
+        test(`crash at any point after the ${position} ${kind} fails: consistent, flushed data intact`, async () => {
           const { fixture, run: base } = await baselineOf(wl)
           const fault: FaultSpec = { kind, nth: crashN(base.counts[kind], position), errno: "EIO" }
           expect(await crashCase(wl, fixture, fault, CRASH_CUTS)).toEqual([])
@@ -507,10 +481,10 @@ describe.concurrent("fault injection through the Image API (iotest 026 style)", 
   }
 })
 
-describe.concurrent("known engine bugs, one fault case each", () => {
-  for (const k of KNOWN) {
+describe.concurrent("fault cases that once lost or corrupted data, one each", () => {
+  for (const k of REGRESSIONS) {
     const wl = workloads.find((x) => x.name === k.workload)!
-    it.fails(`${k.workload} / ${describeFault(k.fault)}: ${k.bug}: ${BUGS[k.bug]}`, async () => {
+    it(`${k.workload} / ${describeFault(k.fault)}: ${k.bug}: ${BUGS[k.bug]}`, async () => {
       const { fixture } = await baselineOf(wl)
       const { problems } = await runCase(wl, fixture, k.fault)
       expect(problems).toEqual([])
@@ -585,7 +559,7 @@ describe("discarded cluster reused by another guest offset, then a crash", () =>
       expect(failures, note).toEqual([])
     }
     const title = `${lazy ? "lazy_refcounts=on" : "lazy_refcounts=off"}: write A at 0, flush, discard 0, write B at 1 MiB, crash: offset 0 reads zeros or A, never B`
-    // Fails today in both modes: see BUGS.reuse.
-    it.fails(`${title} (known bug: reuse)`, body, 120_000)
+    // Once failed in both modes: see BUGS.reuse.
+    it(title, body, 120_000)
   }
 })
