@@ -1,4 +1,5 @@
 import type { Effect } from "effect"
+import type { CheckResult } from "@qcow2/check"
 import type { ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { ImageError } from "./errors.js"
 
@@ -27,21 +28,8 @@ export interface BlockStatus {
   readonly file?: string
 }
 
-/** The result of `check`, with qemu-img check's fields. */
-export interface CheckResult {
-  readonly checkErrors: number
-  readonly corruptions: number
-  readonly leaks: number
-  readonly corruptionsFixed: number
-  readonly leaksFixed: number
-  readonly imageEndOffset: number
-  readonly totalClusters: number
-  readonly allocatedClusters: number
-  readonly fragmentedClusters: number
-  readonly compressedClusters: number
-  /** Human-readable findings in qemu-img's wording ("ERROR cluster 5 refcount=0 reference=1", "Leaked cluster 22 refcount=1 reference=0"). */
-  readonly messages: ReadonlyArray<string>
-}
+/** The result of `check`, with qemu-img check's fields (defined by @qcow2/check). */
+export type { CheckResult }
 
 export interface Image {
   readonly format: ImageFormat

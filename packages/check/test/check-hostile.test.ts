@@ -11,9 +11,7 @@ import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { Effect } from "effect"
 import { openNodeFile } from "@qcow2/storage-node"
-import type { CheckResult } from "../src/api.js"
-import { ImageError } from "../src/errors.js"
-import { type CheckFailure, MAX_MESSAGES, checkQcow2 } from "../src/check/index.js"
+import { CheckError, type CheckResult, MAX_MESSAGES, checkQcow2 } from "../src/index.js"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "qcow2-check-hostile-"))
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
@@ -98,8 +96,8 @@ const qemu = (file: string, repair?: "leaks" | "all"): Outcome => {
   }
 }
 
-/** Our check; an ImageError that is not a CheckFailure (QEMU could not open the image) gives exit 1 and `openError`. */
-const ours = async (file: string, repair?: "leaks" | "all"): Promise<Outcome & { readonly openError?: ImageError }> => {
+/** Our check; a CheckError other than "Aborted" (QEMU could not open the image) gives exit 1 and `openError`. */
+const ours = async (file: string, repair?: "leaks" | "all"): Promise<Outcome & { readonly openError?: CheckError }> => {
   const r = await Effect.runPromise(
     Effect.scoped(
       Effect.gen(function* () {
@@ -109,9 +107,8 @@ const ours = async (file: string, repair?: "leaks" | "all"): Promise<Outcome & {
     )
   )
   if (r._tag === "Failure") {
-    expect(r.failure).toBeInstanceOf(ImageError)
-    const cause = r.failure.cause as CheckFailure | undefined
-    if (cause?._tag === "CheckFailure") return { exit: 1, messages: cause.messages.filter((l) => !l.startsWith("qcow2: ")) }
+    expect(r.failure).toBeInstanceOf(CheckError)
+    if (r.failure.reason === "Aborted") return { exit: 1, messages: r.failure.messages.filter((l) => !l.startsWith("qcow2: ")) }
     return { exit: 1, messages: [], openError: r.failure }
   }
   const { messages, ...counters } = r.success
