@@ -83,3 +83,14 @@ describe("check -r leaks of a corrupt image", () => {
     for (const args of [["check", "-r", "leaks"], ["check", "-r", "leaks", "--output=json"], ["check", "-r", "all"]]) sameAsQemu(d, "a.qcow2", args)
   })
 })
+
+describe("check of an image the driver cannot decode", () => {
+  it("a refcount table entry past 2^53: check and repairs report like qemu-img", () => {
+    const d = sub("reftable-huge")
+    const file = made(d)
+    const bytes = fs.readFileSync(file)
+    bytes.writeBigUInt64BE(1n << 60n, 0x10000 + 8)
+    fs.writeFileSync(file, bytes)
+    for (const args of [["check"], ["check", "-r", "leaks"], ["check", "-r", "all"]]) sameAsQemu(d, "a.qcow2", args)
+  })
+})

@@ -1,9 +1,9 @@
-import { Effect } from "effect"
+import { Cause, Effect, Exit, Option } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener } from "@qcow2/storage"
 import { CheckError, ImageError, checkQcow2, openImage, type CheckResult, type ImageFormat, type OpenOptions } from "@qcow2/image"
 import { imageOptions, parseImageOpts, type ImageEnv } from "../env.js"
-import { fail, openFailure, type CliFailure } from "../errors.js"
+import { describeCause, fail, openFailure, type CliFailure } from "../errors.js"
 import { eprint, print } from "../output.js"
 import { cFixed } from "../text/cformat.js"
 import { QDict, toQemuJson } from "../text/qjson.js"
@@ -67,52 +67,53 @@ export const checkExitCode = (r: CheckResult): number => (r.corruptions !== 0 ? 
 /** What a check of the opened file needs: the check itself, and the format for the JSON output. */
 interface Checkable {
   readonly format: ImageFormat
-  readonly check: (repair: "leaks" | "all" | undefined) => Effect.Effect<CheckResult, CheckError | ImageError | CliFailure>
+  readonly check: (repair: "leaks" | "all" | undefined) => Effect.Effect<CheckResult, CheckError | CliFailure>
 }
 
 /**
- * Opens the image for `check` (QEMU's BDRV_O_CHECK). When the driver refuses
- * a qcow2 image as corrupt (an L1 or refcount table past the end of the
- * file, a bad snapshot table …), the check runs on the file alone, as
+ * Opens the image for `check` (QEMU's BDRV_O_CHECK). The driver opens it
+ * read-only first, as the judge of what qemu-img refuses to open (bad
+ * header, unknown features, missing backing file …) and of its format;
+ * the check then runs on the file alone, read-write for a repair, so that
+ * nothing of the driver's state is written over a repaired file. When the
+ * driver refuses a qcow2 image as corrupt (an L1 or refcount table past the
+ * end of the file, a bad snapshot table …), the check still runs, as
  * qemu-img's open in check mode skips those validations; other commands
- * keep refusing such images. The original open error is kept for images
- * the check cannot open either.
+ * keep refusing such images. A check that cannot open the image either
+ * fails with the driver's open error.
  */
-const openForCheck = (o: CheckOptions): Effect.Effect<Checkable, CliFailure | ImageError, Scope.Scope | ImageEnv> =>
+const openForCheck = (o: CheckOptions): Effect.Effect<Checkable, CliFailure, Scope.Scope | ImageEnv> =>
   Effect.gen(function* () {
     let file = o.file
-    let options: OpenOptions = { readOnly: o.repair === undefined, forCheck: true, format: o.format, passphrase: o.passphrase }
+    let options: OpenOptions = { readOnly: true, forCheck: true, format: o.format, passphrase: o.passphrase }
     if (imageOptions.enabled) {
       const parsed = parseImageOpts(o.file)
       if ("error" in parsed) return yield* Effect.fail(fail(`Could not open '${o.file}': ${parsed.error}`))
       file = parsed.file
       options = { ...options, ...(parsed.format !== undefined ? { format: parsed.format } : {}), ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {}) }
     }
-    const opened = yield* Effect.result(openImage(file, options))
-    if (opened._tag === "Success") {
-      const image = opened.success
-      return { format: image.format, check: (repair) => image.check(repair !== undefined ? { repair } : undefined) }
-    }
-    const refused = opened.failure
-    if (refused.reason !== "Corrupt") return yield* Effect.fail(openFailure(file, refused))
+    const opened = yield* Effect.exit(Effect.scoped(Effect.map(openImage(file, options), (image) => image.format)))
+    if (Exit.isSuccess(opened) && opened.value !== "qcow2") return { format: opened.value, check: () => Effect.die("no check") }
+    // A driver that dies on a damaged image (a table entry it cannot decode) has refused it as corrupt.
+    const refused = Exit.isSuccess(opened) ? undefined : Option.getOrElse(Cause.findErrorOption(opened.cause), () =>
+      new ImageError({ reason: "Corrupt", message: describeCause(opened.cause), location: file }))
+    if (refused !== undefined && refused.reason !== "Corrupt") return yield* Effect.fail(openFailure(file, refused))
     const opener = yield* StorageOpener
-    const storage = yield* Effect.mapError(opener.open(file, { readOnly: o.repair === undefined }), () => openFailure(file, refused))
-    // A check that cannot open the image either (a broken header) fails as the open did.
-    const unopenable = (e: CheckError): CheckError | CliFailure => (e.reason === "Aborted" || e.reason === "Storage" ? e : openFailure(file, refused))
+    const storage = yield* Effect.mapError(opener.open(file, { readOnly: o.repair === undefined }), (e) =>
+      openFailure(file, refused ?? new ImageError({ reason: "Storage", message: e.message, location: file, cause: e }))
+    )
+    const unopenable = (e: CheckError): CheckError | CliFailure =>
+      e.reason === "Aborted" || e.reason === "Storage" ? e : openFailure(file, refused ?? new ImageError({ reason: e.reason, message: e.message, location: file }))
     return {
       format: "qcow2" as const,
       check: (repair) => Effect.mapError(checkQcow2(storage, repair !== undefined ? { repair } : {}), unopenable)
     }
   })
 
-/** The CheckError behind a failed check, when there is one (the driver wraps it in an ImageError). */
-const checkErrorOf = (e: CheckError | ImageError): CheckError | undefined =>
-  e instanceof CheckError ? e : e.cause instanceof CheckError ? e.cause : undefined
-
 export const runCheck = (o: CheckOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.scoped(
     Effect.gen(function* () {
-      const target = yield* Effect.mapError(openForCheck(o), (e) => (e instanceof ImageError ? openFailure(o.file, e) : e))
+      const target = yield* openForCheck(o)
       if (target.format !== "qcow2") {
         return yield* Effect.fail(fail("This image format does not support checks", 63))
       }
@@ -120,12 +121,10 @@ export const runCheck = (o: CheckOptions): Effect.Effect<number, CliFailure, Ima
         if (messages.length > 0) eprint(messages.map((m) => m + "\n").join(""))
       }
       // qemu-img prints the findings made before a check fails, then "Check failed: <strerror>".
-      const checkFailed = (e: CheckError | ImageError | CliFailure): CliFailure => {
+      const checkFailed = (e: CheckError | CliFailure): CliFailure => {
         if (e._tag === "CliFailure") return e
-        const inner = checkErrorOf(e)
-        if (inner === undefined) return fail(`Check failed: ${e.message}`)
-        printMessages(inner.messages)
-        return fail(`Check failed: ${inner.reason === "Aborted" ? inner.strerror : inner.message}`)
+        printMessages(e.messages)
+        return fail(`Check failed: ${e.reason === "Aborted" ? e.strerror : e.message}`)
       }
       // After a repair that fixed something, the result is already that of qemu-img's second, read-only check.
       const result = yield* target.check(o.repair).pipe(Effect.mapError(checkFailed))
