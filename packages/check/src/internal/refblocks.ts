@@ -69,9 +69,16 @@ function growFileFor(p: Pass, offset: number): Effect.Effect<string | undefined,
     const cs = p.img.clusterSize
     if (offset > INT64_MAX - cs) return EINVAL
     const target = offset + cs
-    if (!Number.isSafeInteger(target) || target / cs > MAX_IMRT_CLUSTERS) return EFBIG
+    // Past what we can count, as past what the host file system takes: the resize fails (QEMU prints its error).
+    if (!Number.isSafeInteger(target) || target / cs > MAX_IMRT_CLUSTERS) {
+      p.log(`Could not resize file: ${EFBIG}`)
+      return EFBIG
+    }
     const resized = yield* Effect.result(p.io.resize(target))
-    if (resized._tag === "Failure") return resized.failure.message
+    if (resized._tag === "Failure") {
+      p.log(`Could not resize file: ${resized.failure.message}`)
+      return resized.failure.message
+    }
     const size = yield* p.io.size()
     p.img.fileSize = size
     p.imrt.grow(Math.ceil(size / cs))
