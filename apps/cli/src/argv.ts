@@ -4,56 +4,58 @@
  * clusters that end in a value-taking letter ("-pO raw"). Clusters of
  * flags ("-rU") effect/cli handles itself, but they are expanded too so
  * one rule covers both.
+ *
+ * Which letters exist and which take a value comes from the command table
+ * in cli/spec.ts: every flag but a boolean one takes a value.
  */
+import { COMMANDS, type CommandName, type CommandSpec } from "./cli/spec.js"
 
-/** Per subcommand: its getopt optstring (letters followed by ':' take a value). */
-export const OPTSTRINGS: Readonly<Record<string, string>> = {
-  info: "f:hU",
-  map: "f:hU",
-  convert: "hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
-  io: "f:rc:hU",
-  create: "F:b:f:ho:qu",
-  check: "hf:r:T:qU",
-  compare: "hf:F:T:pqsU"
+/** Short options effect/cli gives every subcommand: -h (help), no value. */
+const BUILT_IN_SHORT: ReadonlyArray<readonly [string, boolean]> = [["h", false]]
+
+/**
+ * Options of qemu-img that this tool does not implement, but that getopt
+ * still splits as qemu-img would ("-lsnap" → "-l snap"), so effect/cli
+ * rejects them by name and their values are never rewritten. Short: letter
+ * → takes a value; long: names that take a value.
+ */
+const UNIMPLEMENTED: Partial<Record<CommandName, { readonly short: string; readonly long: ReadonlyArray<string> }>> = {
+  // -C (copy offloading), -l snapshot, -r rate limit
+  convert: { short: "Cl:r:", long: ["snapshot", "rate-limit"] }
 }
 
-/** Long options that take a value as the next word (so that word is never rewritten). */
-const VALUE_LONGS = new Set([
-  "--output",
-  "--object",
-  "--start-offset",
-  "--max-length",
-  "--passphrase-file",
-  "--format",
-  "--target-format",
-  "--options",
-  "--sparse-size",
-  "--backing",
-  "--backing-format",
-  "--parallel",
-  "--cache",
-  "--source-cache",
-  "--snapshot",
-  "--rate-limit",
-  "--cmd",
-  "--repair",
-  "--format2"
-])
+const isCommandName = (name: string): name is CommandName => Object.hasOwn(COMMANDS, name)
 
-const parseOptstring = (optstring: string): Map<string, boolean> => {
-  const m = new Map<string, boolean>()
-  for (let i = 0; i < optstring.length; i++) {
-    const c = optstring[i]!
-    if (c !== ":") m.set(c, optstring[i + 1] === ":")
+const takesValue = (spec: CommandSpec, flag: string): boolean => spec.flags[flag]!.kind !== "boolean"
+
+/** The short options of `command`: letter → whether it takes a value (getopt's optstring). */
+const shortOptions = (command: CommandName): Map<string, boolean> => {
+  const spec: CommandSpec = COMMANDS[command]
+  const options = new Map(BUILT_IN_SHORT)
+  for (const key of Object.keys(spec.flags)) {
+    const alias = spec.flags[key]!.alias
+    if (alias !== undefined) options.set(alias, takesValue(spec, key))
   }
-  return m
+  const extra = UNIMPLEMENTED[command]?.short ?? ""
+  for (let i = 0; i < extra.length; i++) {
+    if (extra[i] !== ":") options.set(extra[i]!, extra[i + 1] === ":")
+  }
+  return options
 }
+
+/** Long options that take a value as the next word, in any subcommand (so that word is never rewritten). */
+const VALUE_LONGS: ReadonlySet<string> = new Set(
+  (Object.keys(COMMANDS) as CommandName[]).flatMap((command) => {
+    const spec: CommandSpec = COMMANDS[command]
+    const own = Object.keys(spec.flags).filter((key) => takesValue(spec, key)).map((key) => spec.flags[key]!.name)
+    return [...own, ...(UNIMPLEMENTED[command]?.long ?? [])].map((name) => `--${name}`)
+  })
+)
 
 /** Rewrites `args` (everything after the subcommand name) for `subcommand`. */
 export const normalizeArgs = (subcommand: string, args: ReadonlyArray<string>): string[] => {
-  const optstring = OPTSTRINGS[subcommand]
-  if (optstring === undefined) return [...args]
-  const spec = parseOptstring(optstring)
+  if (!isCommandName(subcommand)) return [...args]
+  const options = shortOptions(subcommand)
   const out: string[] = []
   for (let i = 0; i < args.length; i++) {
     const word = args[i]!
@@ -72,7 +74,7 @@ export const normalizeArgs = (subcommand: string, args: ReadonlyArray<string>): 
     }
     if (word.length === 2) {
       out.push(word)
-      if (spec.get(word[1]!) === true && i + 1 < args.length) out.push(args[++i]!)
+      if (options.get(word[1]!) === true && i + 1 < args.length) out.push(args[++i]!)
       continue
     }
     // A cluster: expand only if every letter up to a value-taking one is known.
@@ -80,7 +82,7 @@ export const normalizeArgs = (subcommand: string, args: ReadonlyArray<string>): 
     let valid = true
     for (let j = 1; j < word.length; j++) {
       const c = word[j]!
-      const takes = spec.get(c)
+      const takes = options.get(c)
       if (takes === undefined) {
         valid = false
         break

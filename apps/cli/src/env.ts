@@ -2,7 +2,7 @@ import { Effect, Layer } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener, type StorageOpenerShape } from "@qcow2/storage"
 import { nodeStorageOpener } from "@qcow2/storage-node"
-import { ClusterCodec, CompressionError, DecompressionError, type ClusterCodecShape } from "@qcow2/compress"
+import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { SectorCipherFactory } from "@qcow2/crypto"
 import { ImageError, openImage, type Image, type OpenOptions } from "@qcow2/image"
 import { splitOptionList } from "./createopts.js"
@@ -54,27 +54,16 @@ const httpOpener = once(() => import("@qcow2/storage-http").then((m) => m.HttpSt
 
 /**
  * The Node codec, built on the first compressed cluster instead of at
- * start-up: building it compiles the zstd wasm (~150 ms of CPU), which
- * `info`, `map`, `check` and uncompressed images never need.
+ * start-up: its module (a separate chunk with node:zlib and the embedded
+ * zstd wasm, compiled by the first zstd cluster) is something `info`, `map`,
+ * `check` and uncompressed images never need.
  */
 export const lazyCodec = (build: Effect.Effect<ClusterCodecShape>): ClusterCodecShape => {
   let real: ClusterCodecShape | undefined
   const get = Effect.suspend(() => (real !== undefined ? Effect.succeed(real) : build.pipe(Effect.tap((c) => Effect.sync(() => void (real = c))))))
   return {
     decompress: (type, input, out) => Effect.flatMap(get, (c) => c.decompress(type, input, out)),
-    compress: (type, input, options) => Effect.flatMap(get, (c) => c.compress(type, input, options)),
-    decompressSync: (type, input, out) => {
-      if (real === undefined) {
-        throw new DecompressionError({ compressionType: type, reason: "Unsupported", message: "codec not initialized: use decompress first" })
-      }
-      real.decompressSync(type, input, out)
-    },
-    compressSync: (type, input, options) => {
-      if (real === undefined) {
-        throw new CompressionError({ compressionType: type, reason: "Failed", message: "codec not initialized: use compress first" })
-      }
-      return real.compressSync(type, input, options)
-    }
+    compress: (type, input, options) => Effect.flatMap(get, (c) => c.compress(type, input, options))
   }
 }
 

@@ -1,5 +1,5 @@
 import { Cause, Data } from "effect"
-import type { ImageError } from "@qcow2/image"
+import type { ImageError, ImageErrorReason } from "@qcow2/image"
 
 /**
  * A failure the CLI reports to the user: `qcow2: <message>` on stderr and
@@ -15,12 +15,60 @@ export const fail = (message: string, exitCode = 1): CliFailure => new CliFailur
 
 export const usage = (message: string): CliFailure => new CliFailure({ message, exitCode: 1, usage: true })
 
-/** Text of an image error, with the failing offset when it helps. */
-export const describeImageError = (error: ImageError): string => error.message
-
 /** qemu-img's wording for a failed open. */
-export const openFailure = (name: string, error: ImageError, exitCode = 1): CliFailure =>
-  fail(`Could not open '${name}': ${describeImageError(error)}`, exitCode)
+export const openFailure = (name: string, error: ImageError, exitCode = 1): CliFailure => fail(`Could not open '${name}': ${error.message}`, exitCode)
+
+/** The C library's strerror() text of each errno the CLI prints. */
+const ERRNO_TEXT = {
+  EIO: "Input/output error",
+  EINVAL: "Invalid argument",
+  ENOTSUP: "Operation not supported",
+  ENOSPC: "No space left on device",
+  EPERM: "Operation not permitted",
+  EACCES: "Permission denied",
+  ERANGE: "Numerical result out of range"
+} as const
+
+export type Errno = keyof typeof ERRNO_TEXT
+
+export const errnoText = (errno: Errno): string => ERRNO_TEXT[errno]
+
+const isKnownErrno = (errno: string): errno is Errno => Object.hasOwn(ERRNO_TEXT, errno)
+
+/** The errno QEMU returns for a failure of this kind, for errors that do not carry their own. */
+const errnoOfReason = (reason: ImageErrorReason): Errno => {
+  switch (reason) {
+    case "InvalidArgument":
+      return "EINVAL"
+    case "Unsupported":
+      return "ENOTSUP"
+    case "NoSpace":
+      return "ENOSPC"
+    case "RefcountOverflow":
+      return "ERANGE"
+    case "ReadOnly":
+      return "EACCES"
+    case "NotQcow2":
+    case "Corrupt":
+    case "BackingChain":
+    case "Decompression":
+    case "Compression":
+    case "Encryption":
+    case "Storage":
+      return "EIO"
+    default: {
+      const unhandled: never = reason
+      return unhandled
+    }
+  }
+}
+
+/**
+ * The strerror() text qemu-io prints for a failed request: the error's own
+ * errno when a lower layer knew it, else the errno of its reason.
+ */
+export const strerror = (error: ImageError): string =>
+  errnoText(error.errno !== undefined && isKnownErrno(error.errno) ? error.errno : errnoOfReason(error.reason))
 
 /** The message of a defect or unexpected failure, for "qcow2: internal error: …". */
 export const describeCause = (cause: Cause.Cause<unknown>): string => {

@@ -7,14 +7,24 @@ import {
   writeRefcount,
   writeRefcountTableEntry
 } from "@qcow2/format"
-import type { TableCache } from "@qcow2/cache"
+import type { TableCache, TableCacheError } from "@qcow2/cache"
+import type { OverlapIndex } from "@qcow2/format"
 import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 import { RefcountError } from "./errors.js"
 
-/** Where the refcount table lives; reported to the driver when it moves. */
+/** Where the refcount table lives. */
 export interface RefcountTableLocation {
   readonly offset: number
   readonly clusters: number
+}
+
+/**
+ * The header fields that locate the refcount table. Moving the table
+ * switches them (consistency rule 4: the header is written through, with
+ * flush barriers around it).
+ */
+export interface RefcountTableHeader {
+  readonly moveRefcountTable: (location: RefcountTableLocation) => Effect.Effect<void, StorageError>
 }
 
 export interface RefcountsOptions {
@@ -25,26 +35,43 @@ export interface RefcountsOptions {
   /** The whole refcount table as read from the image (refcount_table_clusters clusters). */
   readonly tableBytes: Uint8Array
   readonly blockCache: TableCache
+  /**
+   * The cache of the tables that reference clusters (the L2 cache): the
+   * flush order between it and the refcount blocks is declared here, by the
+   * allocator, so that no caller can forget it.
+   */
+  readonly mappingCache: TableCache
   /** Current size of the image file, to start allocation past its end when nothing is free. */
   readonly fileSize: number
-  /**
-   * Writes the header fields that locate the refcount table (rule 4: header
-   * changes are written through with flush barriers around them).
-   */
-  readonly commitTableLocation: (location: RefcountTableLocation) => Effect.Effect<void, StorageError>
-  /** Pass freed clusters to storage as discards (QEMU's pass-discard-request). */
-  readonly discardFreed?: boolean
+  readonly header: RefcountTableHeader
+  /** Lazy refcounts (the dirty bit is set): refcount blocks need not reach disk before the entries that use them. */
+  readonly lazy: boolean
+  /** The image's metadata overlap index; the allocator keeps the refcount table and blocks in it. */
+  readonly overlaps: OverlapIndex
 }
 
-type Failure = RefcountError | StorageError
+type Failure = RefcountError | TableCacheError
+
+/** A refcount table entry no valid image has: the reason, reported when the entry is used. */
+const INVALID_ENTRY = -1
 
 /**
  * The refcount table, its refcount blocks and cluster allocation
  * (spec: "Host cluster management"). Every method must be called with the
- * driver's metadata lock held; pure arithmetic stays outside Effect.
+ * engine's metadata lock held; pure arithmetic stays outside Effect.
  *
  * Refcounts count references: 0 free, 1 owned by one user, >= 2 shared
  * (a write must copy first).
+ *
+ * Consistency rules 1 and 3 live here, declared when clusters are allocated
+ * and freed:
+ * - rule 1: `allocate` makes the mapping (L2) cache wait for the refcount
+ *   blocks, and `persistAllocations` writes them before a reference that is
+ *   written through (L1 entries, a new L1 table);
+ * - rule 3: `free` makes the refcount blocks wait for the mapping cache;
+ * - and in every mode, lazy refcounts included: a cluster freed here is not
+ *   handed out again until the mapping tables that dropped it are durable
+ *   (otherwise a crash could leave the old entry pointing at new data).
  */
 export class Refcounts {
   readonly clusterBits: number
@@ -52,43 +79,67 @@ export class Refcounts {
   readonly refcountOrder: number
   /** Entries per refcount block. */
   readonly blockEntries: number
-  private readonly blockEntriesBits: number
   readonly maxRefcount: number
   private readonly storage: BlockStorageShape
-  /** The refcount block cache (the driver sets flush dependencies on it). */
+  /** The refcount block cache. */
   readonly cache: TableCache
-  private readonly commitTableLocation: RefcountsOptions["commitTableLocation"]
-  private readonly discardFreed: boolean
+  private readonly mappingCache: TableCache
+  private readonly header: RefcountTableHeader
+  private readonly lazy: boolean
+  private readonly overlaps: OverlapIndex
   private table: RefcountTableLocation
   private tableBytes: Uint8Array
-  /** Refcount block offsets by block index (0 = none), decoded once. */
-  private blockOffsets: number[]
-  private blockSet = new Set<number>()
+  /** Refcount block offsets by block index (0 = none, INVALID_ENTRY = unusable), decoded once. */
+  private blockOffsets: number[] = []
   /** Lowest cluster index that may be free (cluster 0 is always the header). */
   private freeClusterHint = 1
   /** Next free byte for compressed data packing (0 = start a new cluster). */
   private freeByteOffset = 0
   /** One past the highest cluster index known to be in use or allocated. */
-  private endCluster: number
+  private endCluster = 0
+  /** Clusters freed since the mapping tables were last made durable: not reusable yet. */
+  private readonly freedPending = new Set<number>()
 
   constructor(options: RefcountsOptions) {
     this.clusterBits = options.clusterBits
     this.clusterSize = 2 ** options.clusterBits
     this.refcountOrder = options.refcountOrder
-    this.blockEntriesBits = options.clusterBits + 3 - options.refcountOrder
-    this.blockEntries = 2 ** this.blockEntriesBits
+    this.blockEntries = 2 ** (options.clusterBits + 3 - options.refcountOrder)
     this.maxRefcount = maxRefcount(options.refcountOrder)
     this.storage = options.storage
     this.cache = options.blockCache
-    this.commitTableLocation = options.commitTableLocation
-    this.discardFreed = options.discardFreed ?? false
+    this.mappingCache = options.mappingCache
+    this.header = options.header
+    this.lazy = options.lazy
+    this.overlaps = options.overlaps
     this.table = options.table
     this.tableBytes = options.tableBytes
+    this.adoptTable(options.table, options.tableBytes, options.fileSize)
+  }
+
+  /**
+   * Starts over from a refcount table read from disk (after a repair
+   * rewrote the refcount structures). The block cache must be empty.
+   */
+  reload(table: RefcountTableLocation, tableBytes: Uint8Array, fileSize: number): void {
+    this.freeClusterHint = 1
+    this.freeByteOffset = 0
+    this.freedPending.clear()
+    this.adoptTable(table, tableBytes, fileSize)
+  }
+
+  private adoptTable(table: RefcountTableLocation, tableBytes: Uint8Array, fileSize: number): void {
+    this.table = table
+    this.tableBytes = tableBytes
+    this.overlaps.setRanges("refcount table", [{ offset: table.offset, length: table.clusters * this.clusterSize }])
+    this.overlaps.clearClusters("refcount block")
     this.blockOffsets = []
-    const entries = options.tableBytes.length / 8
-    for (let i = 0; i < entries; i++) this.blockOffsets.push(readRefcountTableEntry(options.tableBytes, i).offset)
-    for (const o of this.blockOffsets) if (o !== 0) this.blockSet.add(o)
-    this.endCluster = Math.ceil(options.fileSize / this.clusterSize)
+    for (let i = 0; i < tableBytes.length / 8; i++) {
+      const offset = refcountTableOffsetAt(tableBytes, i)
+      this.blockOffsets.push(offset)
+      if (offset > 0) this.overlaps.addCluster("refcount block", offset)
+    }
+    this.endCluster = Math.max(this.endCluster, Math.ceil(fileSize / this.clusterSize))
   }
 
   get tableLocation(): RefcountTableLocation {
@@ -100,20 +151,34 @@ export class Refcounts {
     return this.blockOffsets
   }
 
-  /** Whether a refcount block lives at host offset `offset`. */
-  isBlock(offset: number): boolean {
-    return this.blockSet.has(offset)
-  }
-
   /** One past the highest cluster index allocated so far (or the file end). */
   get endOfAllocatedClusters(): number {
     return this.endCluster
   }
 
+  /**
+   * The usable offset of refcount block `blockIndex`, 0 when none exists, or
+   * the corruption QEMU reports for it (an unaligned or impossible offset).
+   */
+  private blockAt(blockIndex: number): number | RefcountError {
+    const offset = blockIndex < this.blockOffsets.length ? this.blockOffsets[blockIndex] : 0
+    if (offset === 0) return 0
+    if (offset === INVALID_ENTRY || offset % this.clusterSize !== 0) {
+      const shown = offset === INVALID_ENTRY ? "beyond 2^53" : `0x${offset.toString(16)}`
+      return new RefcountError({
+        reason: "Corrupt",
+        message: `Refblock offset ${shown} unaligned (reftable index: 0x${blockIndex.toString(16)})`,
+        offset: this.table.offset + blockIndex * 8
+      })
+    }
+    return offset
+  }
+
   /** The refcount of host cluster `clusterIndex` (0 if no refcount block covers it). */
   get(clusterIndex: number): Effect.Effect<number, Failure> {
     const blockIndex = Math.floor(clusterIndex / this.blockEntries)
-    const blockOffset = blockIndex < this.blockOffsets.length ? this.blockOffsets[blockIndex] : 0
+    const blockOffset = this.blockAt(blockIndex)
+    if (typeof blockOffset !== "number") return Effect.fail(blockOffset)
     if (blockOffset === 0) return Effect.succeed(0)
     const index = clusterIndex - blockIndex * this.blockEntries
     const cached = this.cache.lookup(blockOffset)
@@ -140,10 +205,9 @@ export class Refcounts {
    * [offset, offset + length). Increases need every refcount block to exist
    * already (allocation paths call `ensureBlocks` first). A result above the
    * maximum fails with `Overflow`, below zero with `Corrupt`; nothing is
-   * changed for the failing cluster. Clusters reaching 0 become allocatable
-   * again and are discarded when asked.
+   * changed for the failing cluster.
    */
-  update(offset: number, length: number, delta: number): Effect.Effect<void, Failure> {
+  private update(offset: number, length: number, delta: number): Effect.Effect<void, Failure> {
     if (length <= 0 || delta === 0) return Effect.void
     const self = this
     return Effect.gen(function* () {
@@ -152,7 +216,8 @@ export class Refcounts {
       let cluster = first
       while (cluster <= last) {
         const blockIndex = Math.floor(cluster / self.blockEntries)
-        const blockOffset = blockIndex < self.blockOffsets.length ? self.blockOffsets[blockIndex] : 0
+        const blockOffset = self.blockAt(blockIndex)
+        if (typeof blockOffset !== "number") return yield* blockOffset
         if (blockOffset === 0) {
           if (delta < 0) {
             return yield* new RefcountError({
@@ -188,7 +253,7 @@ export class Refcounts {
           self.cache.markDirty(blockOffset)
           if (next === 0) {
             if (cluster < self.freeClusterHint) self.freeClusterHint = Math.max(1, cluster)
-            if (self.discardFreed) yield* self.storage.discard(cluster * self.clusterSize, self.clusterSize)
+            self.freedPending.add(cluster)
           } else if (cluster >= self.endCluster) {
             self.endCluster = cluster + 1
           }
@@ -197,15 +262,13 @@ export class Refcounts {
     })
   }
 
-  /** Sets a refcount to an absolute value (repair). */
-  set(clusterIndex: number, value: number): Effect.Effect<void, Failure> {
-    const self = this
-    return Effect.gen(function* () {
-      const current = yield* self.get(clusterIndex)
-      if (current === value) return
-      if (value > 0) yield* self.ensureBlocks(clusterIndex, 1)
-      yield* self.update(clusterIndex * self.clusterSize, self.clusterSize, value - current)
-    })
+  /**
+   * Adds one reference to every cluster touched by [offset, offset + length)
+   * (a snapshot sharing them, a compressed cluster packed after another).
+   * Rule 1: the mapping tables that will point at them wait for the blocks.
+   */
+  reference(offset: number, length: number): Effect.Effect<void, Failure> {
+    return Effect.andThen(this.update(offset, length, 1), this.orderAfterAllocation())
   }
 
   /**
@@ -222,39 +285,13 @@ export class Refcounts {
         // clusters can land inside the run, so search again when they do.
         const created = yield* self.ensureBlocks(start, count)
         if (created) continue
-        let taken = false
-        // Past the end of everything allocated, every cluster is free.
-        for (let i = 0; i < count && start + i < self.endCluster; i++) {
-          if ((yield* self.get(start + i)) !== 0) {
-            taken = true
-            break
-          }
-        }
-        if (taken) continue
+        if (!(yield* self.allFree(start, count))) continue
+        yield* self.settleFreed(start, count)
         yield* self.update(start * self.clusterSize, count * self.clusterSize, 1)
         if (start === self.freeClusterHint) self.freeClusterHint = start + count
+        yield* self.orderAfterAllocation()
         return start * self.clusterSize
       }
-    })
-  }
-
-  /**
-   * Takes as many of the `count` clusters starting at `offset` as are free,
-   * stopping at the first one in use; returns how many it took (QEMU's
-   * allocation at a given offset, used to extend a run in place).
-   */
-  allocateAt(offset: number, count: number): Effect.Effect<number, Failure> {
-    const self = this
-    return Effect.gen(function* () {
-      const first = offset / self.clusterSize
-      let free = 0
-      while (free < count && (yield* self.get(first + free)) === 0) free++
-      if (free === 0) return 0
-      yield* self.ensureBlocks(first, free)
-      let still = 0
-      while (still < free && (yield* self.get(first + still)) === 0) still++
-      if (still > 0) yield* self.update(offset, still * self.clusterSize, 1)
-      return still
     })
   }
 
@@ -269,7 +306,7 @@ export class Refcounts {
       let offset = self.freeByteOffset
       if (offset !== 0) {
         const refcount = yield* self.get(Math.floor(offset / self.clusterSize))
-        if (refcount === self.maxRefcount) offset = 0
+        if (refcount === 0 || refcount === self.maxRefcount) offset = 0
       }
       for (;;) {
         let freeInCluster = offset === 0 ? 0 : self.clusterSize - (offset % self.clusterSize)
@@ -285,50 +322,86 @@ export class Refcounts {
           if (created) continue
           const firstNew = continues ? next : Math.floor(offset / self.clusterSize)
           const lastNeeded = Math.floor((offset + size - 1) / self.clusterSize)
-          let taken = false
-          for (let c = firstNew; c <= lastNeeded; c++) {
-            if ((yield* self.get(c)) !== 0) {
-              taken = true
-              break
-            }
-          }
-          if (taken) {
+          if (!(yield* self.allFree(firstNew, lastNeeded - firstNew + 1))) {
             offset = 0
             continue
           }
+          yield* self.settleFreed(firstNew, lastNeeded - firstNew + 1)
         }
         yield* self.update(offset, size, 1)
         self.freeByteOffset = (offset + size) % self.clusterSize === 0 ? 0 : offset + size
+        yield* self.orderAfterAllocation()
         return offset
       }
     })
   }
 
-  /** Forgets the compressed packing position (after it was freed, e.g. on truncate). */
-  resetBytePosition(): void {
-    this.freeByteOffset = 0
-  }
-
-  /** Writes every dirty refcount block and flushes storage. */
-  flushBlocks(): Effect.Effect<void, StorageError> {
-    return this.cache.flush()
-  }
-
-  /** Drops one reference from every cluster touched by [offset, offset + length). */
+  /**
+   * Drops one reference from every cluster touched by [offset, offset + length).
+   * Rule 3: the refcount blocks wait for the mapping tables that dropped the references.
+   */
   free(offset: number, length: number): Effect.Effect<void, Failure> {
-    return this.update(offset, length, -1)
+    return Effect.andThen(this.lazy ? Effect.void : this.cache.dependOn(this.mappingCache), this.update(offset, length, -1))
+  }
+
+  /**
+   * Rule 1 for references written through (L1 entries, a new L1 table, a
+   * header field): the refcount blocks reach disk first. Lazy refcounts
+   * skip it; the dirty bit makes the next open rebuild them.
+   */
+  persistAllocations(): Effect.Effect<void, TableCacheError> {
+    return this.lazy ? Effect.void : this.cache.flush()
+  }
+
+  /** Rule 1 for references kept in the mapping cache: its write-backs wait for the refcount blocks. */
+  private orderAfterAllocation(): Effect.Effect<void, TableCacheError> {
+    return this.lazy ? Effect.void : this.mappingCache.dependOn(this.cache)
+  }
+
+  /**
+   * Before clusters freed earlier are handed out again, the mapping tables
+   * that dropped them are made durable; otherwise a crash could leave the
+   * old entry pointing at the new owner's data.
+   */
+  private settleFreed(first: number, count: number): Effect.Effect<void, TableCacheError> {
+    if (this.freedPending.size === 0) return Effect.void
+    let reused = false
+    for (let c = first; c < first + count && !reused; c++) reused = this.freedPending.has(c)
+    if (!reused) return Effect.void
+    return Effect.andThen(this.mappingCache.flush(), Effect.sync(() => this.freedPending.clear()))
+  }
+
+  /** Whether every cluster in [first, first + count) has refcount 0. */
+  private allFree(first: number, count: number): Effect.Effect<boolean, Failure> {
+    const self = this
+    return Effect.gen(function* () {
+      for (let c = first; c < first + count; c++) {
+        if (c >= self.endCluster && self.uncovered(c)) return true
+        if ((yield* self.get(c)) !== 0) return false
+      }
+      return true
+    })
+  }
+
+  /** No refcount block covers this cluster or any after it: everything from here on is free. */
+  private uncovered(cluster: number): boolean {
+    for (let b = Math.floor(cluster / this.blockEntries); b < this.blockOffsets.length; b++) if (this.blockOffsets[b] !== 0) return false
+    return true
   }
 
   /** First run of `count` free clusters at or after `from`. */
   private findFree(from: number, count: number): Effect.Effect<number, Failure> {
     const self = this
-    if (from >= this.endCluster) return Effect.succeed(Math.max(from, 1))
     return Effect.gen(function* () {
       let start = Math.max(from, 1)
       let run = 0
       for (let cluster = start; ; cluster++) {
-        if (cluster >= self.endCluster && run === 0) return cluster
-        if (cluster >= self.endCluster) return start
+        // Past the end of the file and of every refcount block, all is free;
+        // past the file end alone, a crash may have left counted clusters.
+        if (cluster >= self.endCluster && self.uncovered(cluster)) return run === 0 ? cluster : start
+        if ((cluster + 1) * self.clusterSize > Limits.maxHostOffset) {
+          return yield* new RefcountError({ reason: "NoSpace", message: "host offsets would exceed 2^56 bytes" })
+        }
         const refcount = yield* self.get(cluster)
         if (refcount === 0) {
           if (run === 0) start = cluster
@@ -337,9 +410,6 @@ export class Refcounts {
         } else {
           run = 0
           if (cluster === self.freeClusterHint) self.freeClusterHint = cluster + 1
-        }
-        if ((cluster + 1) * self.clusterSize > Limits.maxHostOffset) {
-          return yield* new RefcountError({ reason: "NoSpace", message: "host offsets would exceed 2^56 bytes" })
         }
       }
     })
@@ -357,6 +427,7 @@ export class Refcounts {
       const lastBlock = Math.floor((first + count - 1) / self.blockEntries)
       let created = false
       for (let block = firstBlock; block <= lastBlock; block++) {
+        // An unusable entry (INVALID_ENTRY) counts as present: using it reports the corruption.
         if (block < self.blockOffsets.length && self.blockOffsets[block] !== 0) continue
         if (block >= self.blockOffsets.length) {
           yield* self.growTable(block)
@@ -382,6 +453,7 @@ export class Refcounts {
         const ownerBlock = Math.floor(cluster / self.blockEntries)
         const offset = cluster * self.clusterSize
         if (ownerBlock === blockIndex) {
+          yield* self.settleFreed(cluster, 1)
           const block = yield* self.cache.getEmpty(offset)
           writeRefcount(block, cluster - blockIndex * self.blockEntries, self.refcountOrder, 1)
           self.cache.markDirty(offset)
@@ -390,17 +462,20 @@ export class Refcounts {
             yield* self.ensureBlocks(cluster, 1)
             continue
           }
+          yield* self.settleFreed(cluster, 1)
           yield* self.update(offset, self.clusterSize, 1)
           yield* self.cache.getEmpty(offset)
         }
         if (cluster >= self.endCluster) self.endCluster = cluster + 1
+        self.overlaps.addCluster("refcount block", offset)
         // Rule 1: the block reaches storage before the table entry naming it.
         yield* self.cache.flush()
-        writeRefcountTableEntry(self.tableBytes, blockIndex, offset)
-        self.blockOffsets[blockIndex] = offset
-        self.blockSet.add(offset)
-        yield* self.storage.write(self.table.offset + blockIndex * 8, self.tableBytes.subarray(blockIndex * 8, blockIndex * 8 + 8))
+        const entry = new Uint8Array(8)
+        writeRefcountTableEntry(entry, 0, offset)
+        yield* self.storage.write(self.table.offset + blockIndex * 8, entry)
         yield* self.storage.flush()
+        self.tableBytes.set(entry, blockIndex * 8)
+        self.blockOffsets[blockIndex] = offset
         return
       }
     })
@@ -468,7 +543,8 @@ export class Refcounts {
       }
       for (const c of oldCovered) {
         const b = Math.floor(c / self.blockEntries)
-        const blockOffset = self.blockOffsets[b]
+        const blockOffset = self.blockAt(b)
+        if (typeof blockOffset !== "number") return yield* blockOffset
         const block = yield* self.cache.get(blockOffset)
         writeRefcount(block, c - b * self.blockEntries, self.refcountOrder, 1)
         self.cache.markDirty(blockOffset)
@@ -477,14 +553,19 @@ export class Refcounts {
       yield* self.storage.write(tableOffset, newTable)
       yield* self.storage.flush()
       const oldTable = self.table
-      self.table = { offset: tableOffset, clusters: tableClusters }
-      self.tableBytes = newTable
-      self.blockOffsets = []
-      for (let i = 0; i < tableBytesLength / 8; i++) self.blockOffsets.push(readRefcountTableEntry(newTable, i).offset)
-      self.blockSet = new Set(self.blockOffsets.filter((o) => o !== 0))
-      self.endCluster = Math.max(self.endCluster, areaStart + areaClusters)
-      yield* self.commitTableLocation(self.table)
+      const moved = { offset: tableOffset, clusters: tableClusters }
+      yield* self.header.moveRefcountTable(moved)
+      self.adoptTable(moved, newTable, (areaStart + areaClusters) * self.clusterSize)
       yield* self.free(oldTable.offset, oldTable.clusters * self.clusterSize)
     })
+  }
+}
+
+/** Offset of refcount table entry `index`, INVALID_ENTRY when it does not fit 2^53 (reported when used). */
+function refcountTableOffsetAt(table: Uint8Array, index: number): number {
+  try {
+    return readRefcountTableEntry(table, index).offset
+  } catch {
+    return INVALID_ENTRY
   }
 }

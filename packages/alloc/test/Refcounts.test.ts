@@ -2,7 +2,7 @@ import { Effect } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { TableCache } from "@qcow2/cache"
-import { readRefcountTableEntry, writeRefcount, writeRefcountTableEntry } from "@qcow2/format"
+import { OverlapIndex, readRefcountTableEntry, writeRefcount, writeRefcountTableEntry } from "@qcow2/format"
 import { makeMemoryStorage } from "@qcow2/storage"
 import type { BlockStorageShape } from "@qcow2/storage"
 import { Refcounts } from "../src/index.js"
@@ -10,17 +10,19 @@ import { Refcounts } from "../src/index.js"
 const run = <A>(effect: Effect.Effect<A, unknown>) => Effect.runPromise(effect as Effect.Effect<A>)
 
 /** A fresh image layout: header (cluster 0), refcount table (1), one refcount block (2), all counted. */
-async function fresh(clusterBits: number, refcountOrder: number) {
+async function fresh(clusterBits: number, refcountOrder: number, setup: { lazy?: boolean; edit?: (table: Uint8Array, block: Uint8Array) => void } = {}) {
   const cs = 2 ** clusterBits
   const storage = makeMemoryStorage()
   const table = new Uint8Array(cs)
   writeRefcountTableEntry(table, 0, 2 * cs)
   const block = new Uint8Array(cs)
   for (let c = 0; c < 3; c++) writeRefcount(block, c, refcountOrder, 1)
+  setup.edit?.(table, block)
   await run(storage.write(0, new Uint8Array(cs)))
   await run(storage.write(cs, table))
   await run(storage.write(2 * cs, block))
   let location = { offset: cs, clusters: 1 }
+  const mappingCache = new TableCache({ name: "L2", tableSize: cs, capacityBytes: 4 * cs, storage })
   const make = (s: BlockStorageShape) =>
     new Refcounts({
       storage: s,
@@ -29,13 +31,18 @@ async function fresh(clusterBits: number, refcountOrder: number) {
       table: location,
       tableBytes: table.slice(),
       blockCache: new TableCache({ name: "refcount block", tableSize: cs, capacityBytes: 4 * cs, storage: s }),
+      mappingCache,
       fileSize: 3 * cs,
-      commitTableLocation: (next) =>
-        Effect.sync(() => {
-          location = next
-        })
+      header: {
+        moveRefcountTable: (next) =>
+          Effect.sync(() => {
+            location = next
+          })
+      },
+      lazy: setup.lazy ?? false,
+      overlaps: new OverlapIndex(cs)
     })
-  return { storage, refcounts: make(storage), cs, location: () => location }
+  return { storage, refcounts: make(storage), cs, location: () => location, mappingCache }
 }
 
 describe("Refcounts", () => {
@@ -60,7 +67,7 @@ describe("Refcounts", () => {
   it("reports overflow instead of wrapping (refcount_bits=1)", async () => {
     const { refcounts, cs } = await fresh(12, 0)
     const at = await run(refcounts.allocate(1))
-    const error = await Effect.runPromise(Effect.flip(refcounts.update(at, cs, 1)))
+    const error = await Effect.runPromise(Effect.flip(refcounts.reference(at, cs)))
     expect(error).toMatchObject({ _tag: "RefcountError", reason: "Overflow" })
     expect(await run(refcounts.get(at / cs))).toBe(1)
   })
@@ -99,7 +106,7 @@ describe("Refcounts", () => {
             for (let i = 0; i < n; i++) allocated.push(at + i)
             total += n
           }
-          yield* refcounts.flushBlocks()
+          yield* refcounts.cache.flush()
           const expected = new Set<number>([0, ...allocated])
           const loc = location()
           for (let c = 0; c < loc.clusters; c++) expected.add(loc.offset / cs + c)
@@ -151,4 +158,41 @@ describe("Refcounts", () => {
       { numRuns: 60 }
     )
   })
+
+  it("reports an unaligned refcount block offset as QEMU does, when the block is used", async () => {
+    const { refcounts } = await fresh(16, 4, { edit: (table) => writeRefcountTableEntry(table, 1, 0x20600) })
+    const blockEntries = 32768
+    expect(await run(refcounts.get(5))).toBe(0)
+    const error = await Effect.runPromise(Effect.flip(refcounts.get(blockEntries + 1)))
+    expect(error).toMatchObject({ _tag: "RefcountError", reason: "Corrupt" })
+    expect(error.message).toBe("Refblock offset 0x20600 unaligned (reftable index: 0x1)")
+  })
+
+  it("a refcount table entry past 2^53 is corruption when used, not a crash at load", async () => {
+    const { refcounts } = await fresh(16, 4, { edit: (table) => table.set([0x00, 0x40, 0, 0, 0, 0, 0, 0], 8) })
+    const error = await Effect.runPromise(Effect.flip(refcounts.get(32768 + 1)))
+    expect(error).toMatchObject({ _tag: "RefcountError", reason: "Corrupt" })
+    expect(await run(refcounts.allocate(1))).toBe(3 * 65536)
+  })
+
+  it("never hands out clusters counted past the end of the file (crash leftovers)", async () => {
+    const { refcounts, cs } = await fresh(16, 4, { edit: (_t, block) => [3, 4].forEach((c) => writeRefcount(block, c, 4, 1)) })
+    expect(await run(refcounts.allocate(1))).toBe(5 * cs)
+    expect(await run(refcounts.allocate(2))).toBe(6 * cs)
+  })
+
+  for (const lazy of [false, true]) {
+    it(`does not reuse a freed cluster before the mapping tables that dropped it are durable (lazy=${lazy})`, async () => {
+      const { refcounts, cs, mappingCache } = await fresh(16, 4, { lazy })
+      const a = await run(refcounts.allocate(1))
+      await run(mappingCache.flush())
+      await run(refcounts.cache.flush())
+      // An L2 change that drops the reference, still only in the cache.
+      ;(await run(mappingCache.getEmpty(40 * cs)))[0] = 1
+      await run(refcounts.free(a, cs))
+      expect(mappingCache.hasDirty).toBe(true)
+      expect(await run(refcounts.allocate(1))).toBe(a)
+      expect(mappingCache.hasDirty).toBe(false)
+    })
+  }
 })

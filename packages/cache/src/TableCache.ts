@@ -1,5 +1,20 @@
-import { Effect } from "effect"
+import { Data, Effect } from "effect"
+import type { MetadataKind, OverlapIndex } from "@qcow2/format"
 import type { BlockStorageShape, StorageError } from "@qcow2/storage"
+
+/**
+ * A table write-back refused because the table's cluster holds other
+ * metadata (QEMU's pre-write overlap check): the image contradicts itself,
+ * and the engine marks it corrupt (consistency rule 5).
+ */
+export class MetadataOverlapError extends Data.TaggedError("MetadataOverlapError")<{
+  readonly message: string
+  readonly offset: number
+  readonly overlaps: MetadataKind
+}> {}
+
+/** Why a cache operation failed: the store failed, or a write-back was refused. */
+export type TableCacheError = StorageError | MetadataOverlapError
 
 /**
  * A fixed-capacity write-back cache of cluster-sized metadata tables (L2
@@ -9,9 +24,7 @@ import type { BlockStorageShape, StorageError } from "@qcow2/storage"
  * - Hits are synchronous (`lookup`): a read whose table is cached pays no
  *   fiber, no generator step.
  * - Entries are evicted least-recently-used first. A dirty entry is written
- *   back before it is dropped. Pinned entries (`pin`/`unpin`, or `use`) are
- *   never evicted, so a table held across an await stays valid; the capacity
- *   is a target that pinned entries may exceed briefly.
+ *   back before it is dropped.
  * - Flush ordering (DESIGN.md consistency rules 1–3): a cache may depend on
  *   another (`dependOn`); before any dirty entry of this cache is written,
  *   every dirty entry of the other cache is written and storage is flushed.
@@ -20,6 +33,8 @@ import type { BlockStorageShape, StorageError } from "@qcow2/storage"
  *   L2 entry that exposes it). A dependency that would make a cycle is
  *   resolved the way the rules require: the older dependency is flushed
  *   first, so a cycle can never be observed.
+ * - Every write-back is checked against the image's metadata overlap index
+ *   first (`overlaps`): a table never lands on other metadata.
  */
 export interface TableCacheOptions {
   /** For messages: "L2" or "refcount block". */
@@ -30,17 +45,17 @@ export interface TableCacheOptions {
   readonly capacityBytes: number
   readonly storage: BlockStorageShape
   /**
-   * Called before a table is written back; may fail to veto the write (the
-   * driver's metadata overlap check). Defaults to allowing every write.
+   * The image's metadata overlap index and the kind of table this cache
+   * holds: a write-back whose cluster holds any other metadata is refused
+   * with MetadataOverlapError (QEMU's qcow2_pre_write_overlap_check).
    */
-  readonly beforeWrite?: (offset: number, table: Uint8Array) => Effect.Effect<void, StorageError>
+  readonly overlaps?: { readonly index: OverlapIndex; readonly kind: MetadataKind }
 }
 
 interface Entry {
   readonly offset: number
   readonly table: Uint8Array
   dirty: boolean
-  pins: number
 }
 
 /** Counters for tests and benchmarks. */
@@ -56,7 +71,7 @@ export class TableCache {
   readonly tableSize: number
   readonly capacity: number
   private readonly storage: BlockStorageShape
-  private readonly beforeWrite: TableCacheOptions["beforeWrite"]
+  private readonly overlaps: TableCacheOptions["overlaps"]
   /** Map iteration order is the LRU order: first = least recently used. */
   private readonly entries = new Map<number, Entry>()
   private dependency: TableCache | undefined
@@ -69,7 +84,7 @@ export class TableCache {
     this.tableSize = options.tableSize
     this.capacity = Math.max(2, Math.floor(options.capacityBytes / options.tableSize))
     this.storage = options.storage
-    this.beforeWrite = options.beforeWrite
+    this.overlaps = options.overlaps
   }
 
   /** Number of tables held now. */
@@ -97,7 +112,7 @@ export class TableCache {
   }
 
   /** The table at `offset`, read from storage on a miss. */
-  get(offset: number): Effect.Effect<Uint8Array, StorageError> {
+  get(offset: number): Effect.Effect<Uint8Array, TableCacheError> {
     const hit = this.lookup(offset)
     if (hit !== undefined) return Effect.succeed(hit)
     return this.load(offset, true)
@@ -107,7 +122,7 @@ export class TableCache {
    * A zero-filled table for a cluster just allocated at `offset`, without
    * reading it; it starts dirty so it reaches storage.
    */
-  getEmpty(offset: number): Effect.Effect<Uint8Array, StorageError> {
+  getEmpty(offset: number): Effect.Effect<Uint8Array, TableCacheError> {
     const existing = this.entries.get(offset)
     if (existing !== undefined) {
       existing.table.fill(0)
@@ -134,25 +149,6 @@ export class TableCache {
     }
   }
 
-  pin(offset: number): void {
-    const entry = this.entries.get(offset)
-    if (entry !== undefined) entry.pins++
-  }
-
-  unpin(offset: number): void {
-    const entry = this.entries.get(offset)
-    if (entry !== undefined && entry.pins > 0) entry.pins--
-  }
-
-  /** Runs `f` with the table at `offset` pinned (not evictable) for its duration. */
-  use<A, E, R>(offset: number, f: (table: Uint8Array) => Effect.Effect<A, E, R>): Effect.Effect<A, E | StorageError, R> {
-    return Effect.acquireUseRelease(
-      Effect.tap(this.get(offset), () => Effect.sync(() => this.pin(offset))),
-      f,
-      () => Effect.sync(() => this.unpin(offset))
-    )
-  }
-
   /**
    * Drops the table at `offset` without writing it (its cluster was freed).
    * Pending writes of a freed table must not land on a reused cluster.
@@ -166,7 +162,7 @@ export class TableCache {
 
   /** Drops every clean table (e.g. after an external change of the image). */
   dropClean(): void {
-    for (const [offset, entry] of this.entries) if (!entry.dirty && entry.pins === 0) this.entries.delete(offset)
+    for (const [offset, entry] of this.entries) if (!entry.dirty) this.entries.delete(offset)
   }
 
   /**
@@ -177,7 +173,7 @@ export class TableCache {
    * (rule 3). Returns an Effect because resolving an opposite dependency
    * flushes first.
    */
-  dependOn(other: TableCache): Effect.Effect<void, StorageError> {
+  dependOn(other: TableCache): Effect.Effect<void, TableCacheError> {
     if (other === this) return Effect.die(new CacheInvariantError(`${this.name} cache cannot depend on itself`))
     if (this.dependency === other) return Effect.void
     const self = this
@@ -196,7 +192,7 @@ export class TableCache {
   }
 
   /** Writes every dirty table (dependencies first) without a final storage flush. */
-  flushTables(): Effect.Effect<void, StorageError> {
+  flushTables(): Effect.Effect<void, TableCacheError> {
     if (this.dirtyCount === 0 && this.dependency === undefined) {
       this.needsStorageFlush = false
       return Effect.void
@@ -212,11 +208,11 @@ export class TableCache {
   }
 
   /** Writes every dirty table, then flushes storage: everything cached is durable. */
-  flush(): Effect.Effect<void, StorageError> {
+  flush(): Effect.Effect<void, TableCacheError> {
     return Effect.andThen(this.flushTables(), this.storage.flush())
   }
 
-  private settleDependencies(): Effect.Effect<void, StorageError> {
+  private settleDependencies(): Effect.Effect<void, TableCacheError> {
     const self = this
     return Effect.gen(function* () {
       const dependency = self.dependency
@@ -235,11 +231,20 @@ export class TableCache {
     })
   }
 
-  private writeEntry(entry: Entry): Effect.Effect<void, StorageError> {
+  private writeEntry(entry: Entry): Effect.Effect<void, TableCacheError> {
     const self = this
     return Effect.gen(function* () {
       if (!entry.dirty) return
-      if (self.beforeWrite !== undefined) yield* self.beforeWrite(entry.offset, entry.table)
+      if (self.overlaps !== undefined) {
+        const hit = self.overlaps.index.find(entry.offset, self.tableSize, [self.overlaps.kind])
+        if (hit !== undefined) {
+          return yield* new MetadataOverlapError({
+            message: `Preventing invalid write on metadata (overlaps with ${hit}): ${self.name} table at host offset ${entry.offset}`,
+            offset: entry.offset,
+            overlaps: hit
+          })
+        }
+      }
       // Cleared before the write so a concurrent modification re-dirties it.
       entry.dirty = false
       self.dirtyCount--
@@ -255,7 +260,7 @@ export class TableCache {
     })
   }
 
-  private load(offset: number, read: boolean): Effect.Effect<Uint8Array, StorageError> {
+  private load(offset: number, read: boolean): Effect.Effect<Uint8Array, TableCacheError> {
     const self = this
     return Effect.gen(function* () {
       yield* self.makeRoom()
@@ -269,30 +274,24 @@ export class TableCache {
         const again = self.entries.get(offset)
         if (again !== undefined) return again.table
       }
-      self.entries.set(offset, { offset, table, dirty: false, pins: 0 })
+      self.entries.set(offset, { offset, table, dirty: false })
       return table
     })
   }
 
-  /** Evicts least recently used unpinned tables until one more fits. */
-  private makeRoom(): Effect.Effect<void, StorageError> {
+  /** Evicts least recently used tables until one more fits. */
+  private makeRoom(): Effect.Effect<void, TableCacheError> {
     if (this.entries.size < this.capacity) return Effect.void
     const self = this
     return Effect.gen(function* () {
       while (self.entries.size >= self.capacity) {
-        let victim: Entry | undefined
-        for (const entry of self.entries.values()) {
-          if (entry.pins === 0) {
-            victim = entry
-            break
-          }
-        }
+        const victim: Entry | undefined = self.entries.values().next().value
         if (victim === undefined) return
         if (victim.dirty) {
           yield* self.settleDependencies()
           yield* self.writeEntry(victim)
           // Re-check: it may have been used (and dirtied) during the write.
-          if (victim.dirty || victim.pins > 0 || self.entries.get(victim.offset) !== victim) continue
+          if (victim.dirty || self.entries.get(victim.offset) !== victim) continue
         }
         self.entries.delete(victim.offset)
         self.stats.evictions++

@@ -1,7 +1,8 @@
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import type { BlockStorageShape } from "@qcow2/storage"
-import { TableCache } from "../src/index.js"
+import { OverlapIndex } from "@qcow2/format"
+import { MetadataOverlapError, TableCache } from "../src/index.js"
 
 type Op = { kind: "write"; offset: number; first: number } | { kind: "flush" }
 
@@ -58,22 +59,6 @@ describe("TableCache", () => {
     expect(cache.lookup(0)).toBe(a)
     await run(cache.flush())
     expect(bytes.get(0)?.[0]).toBe(1)
-  })
-
-  it("never evicts a pinned table", async () => {
-    const { storage } = recordingStorage()
-    const cache = new TableCache({ name: "L2", tableSize: 512, capacityBytes: 2 * 512, storage })
-    await run(
-      cache.use(0, (held) =>
-        Effect.gen(function* () {
-          yield* cache.get(512)
-          yield* cache.get(1024)
-          yield* cache.get(1536)
-          expect(cache.lookup(0)).toBe(held)
-        })
-      )
-    )
-    expect(cache.size).toBe(2)
   })
 
   it("writes the tables it depends on, then a flush barrier, before its own (rule 1)", async () => {
@@ -136,5 +121,21 @@ describe("TableCache", () => {
     fail = false
     await run(cache.flushTables())
     expect(cache.hasDirty).toBe(false)
+  })
+
+  it("refuses to write a table over other metadata (QEMU's pre-write overlap check)", async () => {
+    const { storage, ops } = recordingStorage()
+    const index = new OverlapIndex(512)
+    index.addCluster("refcount block", 1024)
+    index.addCluster("active L2 table", 1024)
+    index.addCluster("active L2 table", 2048)
+    const l2 = new TableCache({ name: "L2", tableSize: 512, capacityBytes: 8 * 512, storage, overlaps: { index, kind: "active L2 table" } })
+    ;(await run(l2.getEmpty(2048)))[0] = 1
+    await run(l2.flushTables())
+    ;(await run(l2.getEmpty(1024)))[0] = 2
+    const refused = await Effect.runPromise(Effect.flip(l2.flushTables()))
+    expect(refused).toBeInstanceOf(MetadataOverlapError)
+    expect(refused).toMatchObject({ offset: 1024, overlaps: "refcount block" })
+    expect(ops).toEqual([{ kind: "write", offset: 2048, first: 1 }])
   })
 })

@@ -1,20 +1,13 @@
 import { Effect } from "effect"
 import { readL2Entry, writeL2Entry } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
-import type { ClusterContext, ClusterFailure } from "./context.js"
-import { prepareL2ForWrite } from "./l1.js"
+import type { Qcow2Engine } from "./Engine.js"
+import type { EngineFailure } from "./errors.js"
+import { hasHostData, prepareL2ForWrite, releaseReplaced, replacedHostRange } from "./l2.js"
+import type { HostRange } from "./l2.js"
 import { l2Coverage, l2TableOffset, loadL2 } from "./mapping.js"
-import { forgetDecompressed } from "./read.js"
-import { Deferred } from "effect"
 
 const ALL_ZERO_BITMAP = 0xffffffff
-
-/** An entry with host data behind it (QEMU's "allocated" cluster types). */
-const hasHostData = (entry: L2Entry): boolean =>
-  entry._tag === "Normal" ||
-  entry._tag === "Compressed" ||
-  (entry._tag === "Zero" && entry.hostOffset !== 0) ||
-  (entry._tag === "Subclusters" && (entry.hostOffset !== 0 || entry.copied))
 
 type EntryChange = (entry: Exclude<L2Entry, { _tag: "Invalid" }>) => {
   readonly entry: Exclude<L2Entry, { _tag: "Invalid" }>
@@ -28,14 +21,14 @@ type EntryChange = (entry: Exclude<L2Entry, { _tag: "Invalid" }>) => {
  * all-zero subclusters), the backing file on v2 images; host clusters are
  * freed. Unallocated clusters without a backing file stay as they are.
  */
-export function discardClusters(ctx: ClusterContext, offset: number, length: number): Effect.Effect<void, ClusterFailure> {
-  const hasBacking = ctx.backing !== undefined
-  return changeClusters(ctx, offset, length, false, (old) => {
-    if (!(hasBacking || hasHostData(old))) return undefined
-    if (ctx.geometry.extendedL2) {
+export function discardClusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<void, EngineFailure> {
+  const hasBacking = engine.backing !== undefined
+  return changeClusters(engine, offset, length, (old) => {
+    if (!(hasBacking || hasHostData(engine, old))) return undefined
+    if (engine.geometry.extendedL2) {
       return { entry: { _tag: "Subclusters", hostOffset: 0, copied: false, allocatedMask: 0, zeroMask: ALL_ZERO_BITMAP }, free: true }
     }
-    return { entry: ctx.version >= 3 ? { _tag: "Zero", hostOffset: 0, copied: false } : { _tag: "Unallocated" }, free: true }
+    return { entry: engine.version >= 3 ? { _tag: "Zero", hostOffset: 0, copied: false } : { _tag: "Unallocated" }, free: true }
   })
 }
 
@@ -45,11 +38,11 @@ export function discardClusters(ctx: ClusterContext, offset: number, length: num
  * allocated behind the flag (QEMU keeps them so later writes need no
  * allocation). Compressed clusters are always freed.
  */
-export function zeroClusters(ctx: ClusterContext, offset: number, length: number, unmap: boolean): Effect.Effect<void, ClusterFailure> {
-  return changeClusters(ctx, offset, length, true, (old) => {
-    const free = old._tag === "Compressed" || (unmap && hasHostData(old))
+export function zeroClusters(engine: Qcow2Engine, offset: number, length: number, unmap: boolean): Effect.Effect<void, EngineFailure> {
+  return changeClusters(engine, offset, length, (old) => {
+    const free = old._tag === "Compressed" || (unmap && hasHostData(engine, old))
     let entry: Exclude<L2Entry, { _tag: "Invalid" }>
-    if (ctx.geometry.extendedL2) {
+    if (engine.geometry.extendedL2) {
       const keep = !free && old._tag === "Subclusters"
       entry = {
         _tag: "Subclusters",
@@ -75,17 +68,19 @@ export function zeroClusters(ctx: ClusterContext, offset: number, length: number
  * aligned, extended L2 only) to read as zeros. Returns false when the
  * cluster is compressed (the caller writes zeros instead).
  */
-export function zeroSubclusters(ctx: ClusterContext, offset: number, length: number): Effect.Effect<boolean, ClusterFailure> {
-  return ctx.lock.withPermits(1)(
+export function zeroSubclusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<boolean, EngineFailure> {
+  const g = engine.geometry
+  const cluster = Math.floor(offset / g.clusterSize)
+  return engine.inflight.whenSettled(
+    engine.lock,
+    cluster,
+    cluster,
     Effect.gen(function* () {
-      const g = ctx.geometry
-      const cluster = Math.floor(offset / g.clusterSize)
-      yield* awaitInFlight(ctx, cluster, cluster)
-      const l2Offset = yield* prepareL2ForWrite(ctx, offset)
-      const table = yield* loadL2(ctx, l2Offset)
+      const l2Offset = yield* prepareL2ForWrite(engine, offset)
+      const table = yield* loadL2(engine, l2Offset)
       const index = cluster % g.l2Entries
       const old = readL2Entry(table, index, g)
-      if (old._tag === "Invalid") return yield* ctx.corrupt(`L2 entry for guest offset ${cluster * g.clusterSize}: ${old.reason}`, offset)
+      if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${cluster * g.clusterSize}: ${old.reason}`, offset)
       if (old._tag !== "Subclusters") return false
       const first = Math.floor((offset % g.clusterSize) / g.subclusterSize)
       const count = Math.ceil(length / g.subclusterSize)
@@ -93,98 +88,56 @@ export function zeroSubclusters(ctx: ClusterContext, offset: number, length: num
       const next = { ...old, allocatedMask: (old.allocatedMask & ~mask) >>> 0, zeroMask: (old.zeroMask | mask) >>> 0 }
       if (next.allocatedMask === old.allocatedMask && next.zeroMask === old.zeroMask) return true
       writeL2Entry(table, index, next, g)
-      ctx.l2Cache.markDirty(l2Offset)
+      engine.l2Cache.markDirty(l2Offset)
       return true
     })
   )
 }
 
-/**
- * With the metadata lock held: waits (lock released meanwhile) until no
- * allocation is in flight over guest clusters [first, last].
- */
-function awaitInFlight(ctx: ClusterContext, first: number, last: number): Effect.Effect<void> {
+function changeClusters(engine: Qcow2Engine, offset: number, length: number, change: EntryChange): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
-    for (;;) {
-      const waiting = ctx.inflight.overlapping(first, last)
-      if (waiting === undefined) return
-      yield* Effect.andThen(ctx.lock.release(1), Effect.andThen(Deferred.await(waiting), ctx.lock.take(1)))
-    }
-  })
-}
-
-function changeClusters(
-  ctx: ClusterContext,
-  offset: number,
-  length: number,
-  forZero: boolean,
-  change: EntryChange
-): Effect.Effect<void, ClusterFailure> {
-  return Effect.gen(function* () {
-    const g = ctx.geometry
+    const g = engine.geometry
     const cs = g.clusterSize
-    const coverage = l2Coverage(ctx)
+    const coverage = l2Coverage(engine)
     let position = offset
     const end = offset + length
     while (position < end) {
       const tableEnd = Math.min(end, (Math.floor(position / coverage) + 1) * coverage)
-      yield* ctx.lock.withPermits(1)(changeInTable(ctx, position, tableEnd, forZero, change))
+      const body = changeInTable(engine, position, tableEnd, change)
+      yield* engine.inflight.whenSettled(engine.lock, Math.floor(position / cs), Math.floor((tableEnd - 1) / cs), body)
       position = tableEnd
     }
   })
 }
 
-function changeInTable(
-  ctx: ClusterContext,
-  start: number,
-  end: number,
-  forZero: boolean,
-  change: EntryChange
-): Effect.Effect<void, ClusterFailure> {
+/** Changes the entries of guest clusters [start, end) of one L2 table. Call with the lock held and no allocation in flight there. */
+function changeInTable(engine: Qcow2Engine, start: number, end: number, change: EntryChange): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
-    const g = ctx.geometry
+    const g = engine.geometry
     const cs = g.clusterSize
     const firstCluster = Math.floor(start / cs)
     const lastCluster = Math.floor((end - 1) / cs)
-    yield* awaitInFlight(ctx, firstCluster, lastCluster)
-    let l2Offset = yield* l2TableOffset(ctx, start)
-    if (l2Offset === 0) {
-      // Nothing mapped here: only a zero write (or a discard over a backing
-      // file) needs entries, so only then create the table.
-      const probe = change({ _tag: "Unallocated" })
-      if (probe === undefined) return
-      l2Offset = yield* prepareL2ForWrite(ctx, start)
-    } else {
-      l2Offset = yield* prepareL2ForWrite(ctx, start)
-    }
-    const table = yield* loadL2(ctx, l2Offset)
-    const frees: Array<{ offset: number; length: number }> = []
-    let freedCompressed = false
+    const mapped = yield* l2TableOffset(engine, start)
+    // Nothing mapped here: only a zero write (or a discard over a backing
+    // file) needs entries, so only then create the table.
+    if (mapped === 0 && change({ _tag: "Unallocated" }) === undefined) return
+    const l2Offset = yield* prepareL2ForWrite(engine, start)
+    const table = yield* loadL2(engine, l2Offset)
+    const released: HostRange[] = []
     let changed = false
     for (let cluster = firstCluster; cluster <= lastCluster; cluster++) {
       const index = cluster % g.l2Entries
       const old = readL2Entry(table, index, g)
-      if (old._tag === "Invalid") return yield* ctx.corrupt(`L2 entry for guest offset ${cluster * cs}: ${old.reason}`, cluster * cs)
+      if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${cluster * cs}: ${old.reason}`, cluster * cs)
       const next = change(old)
       if (next === undefined) continue
       writeL2Entry(table, index, next.entry, g)
       changed = true
-      if (next.free && !ctx.externalData) {
-        if (old._tag === "Compressed") {
-          frees.push({ offset: old.hostOffset, length: old.compressedSize })
-          freedCompressed = true
-        } else if ((old._tag === "Normal" || old._tag === "Zero" || old._tag === "Subclusters") && old.hostOffset !== 0) {
-          frees.push({ offset: old.hostOffset, length: cs })
-        }
-      }
+      const range = next.free ? replacedHostRange(engine, old) : undefined
+      if (range !== undefined) released.push(range)
     }
     if (!changed) return
-    ctx.l2Cache.markDirty(l2Offset)
-    if (frees.length > 0) {
-      if (!ctx.lazyRefcounts) yield* ctx.refcounts.cache.dependOn(ctx.l2Cache)
-      for (const f of frees) yield* ctx.refcounts.free(f.offset, f.length)
-      if (freedCompressed) forgetDecompressed(ctx)
-    }
-
+    engine.l2Cache.markDirty(l2Offset)
+    yield* releaseReplaced(engine, released)
   })
 }

@@ -1,9 +1,13 @@
-import { Data } from "effect"
+import { Data, Effect } from "effect"
+import type { RefcountError } from "@qcow2/alloc"
+import type { MetadataOverlapError } from "@qcow2/cache"
+import type { CompressionError, DecompressionError } from "@qcow2/compress"
+import type { StorageError } from "@qcow2/storage"
 
 /**
  * A mapping problem found in the image's L1/L2 tables, or a request the
  * mapping layer cannot serve.
- * - `Corrupt`: an entry no valid image has (the driver marks the image corrupt).
+ * - `Corrupt`: an entry no valid image has (the engine marks the image corrupt).
  * - `ReadOnly`: a write reached an image opened read-only or flagged corrupt.
  * - `Unsupported`: e.g. compressed writes with an external data file.
  * - `InvalidArgument`: e.g. a compressed write that is not one whole cluster.
@@ -15,3 +19,122 @@ export class ClusterError extends Data.TaggedError("ClusterError")<{
   /** The POSIX error QEMU returns in this situation, when it differs from what `reason` suggests. */
   readonly errno?: "EIO" | "EINVAL" | "ENOTSUP"
 }> {}
+
+/**
+ * Why an image operation failed. One family for every image problem so a
+ * caller (the CLI, the Promise facade) can map reasons to messages and exit
+ * codes with one exhaustive switch.
+ */
+export type ImageErrorReason =
+  | "NotQcow2" // magic or format mismatch
+  | "Corrupt" // structural damage found while reading or writing
+  | "Unsupported" // unknown incompatible feature, unsupported version/option
+  | "ReadOnly" // write to a read-only or corrupt-flagged image
+  | "InvalidArgument" // offset/length outside the image, bad option
+  | "BackingChain" // missing backing file, loop, too deep
+  | "Decompression" // a compressed cluster failed to decode
+  | "Compression" // a cluster could not be compressed
+  | "Encryption" // bad passphrase, missing secret, unsupported cipher
+  | "RefcountOverflow" // a refcount would exceed refcount_bits
+  | "NoSpace" // the store is full, or host offsets would exceed the format's limit
+  | "Storage" // the byte store failed (cause: StorageError)
+
+/** The one error family of an open image (the engine's and the driver's). */
+export class ImageError extends Data.TaggedError("ImageError")<{
+  readonly reason: ImageErrorReason
+  readonly message: string
+  /** Image (path or URL) the problem is in. */
+  readonly location?: string
+  /** Byte offset in that file, where it helps. */
+  readonly offset?: number
+  /**
+   * The POSIX error QEMU reports for the same failure (qemu-io prints its
+   * text), when a lower layer knows it; otherwise derive it from `reason`.
+   */
+  readonly errno?: string
+  /** The failure below this one, for diagnostics. */
+  readonly cause?: unknown
+}> {}
+
+/** Every failure a request can meet inside the engine, before it is presented as an ImageError. */
+export type EngineFailure =
+  | ClusterError
+  | RefcountError
+  | MetadataOverlapError
+  | StorageError
+  | DecompressionError
+  | CompressionError
+  | ImageError
+
+/**
+ * Whether a failure is structural damage found on the way (a refcount
+ * below zero, an unaligned refcount block, a table write-back refused by
+ * the overlap check): the engine marks the image corrupt for it (rule 5).
+ */
+export const isStructuralDamage = (error: EngineFailure): error is RefcountError | MetadataOverlapError =>
+  (error._tag === "RefcountError" && error.reason === "Corrupt") || error._tag === "MetadataOverlapError"
+
+const withOffset = (offset: number | undefined) => (offset !== undefined ? { offset } : {})
+
+/**
+ * Presents a failure of any layer below as an ImageError of `location`,
+ * keeping the cause. Exhaustive: a new error class or reason below is a
+ * compile error here, not a silent "Storage".
+ */
+export function toImageError(error: EngineFailure, location: string): ImageError {
+  switch (error._tag) {
+    case "ImageError":
+      return error
+    case "ClusterError":
+      return new ImageError({ reason: error.reason, message: error.message, location, ...withOffset(error.offset), ...(error.errno ? { errno: error.errno } : {}), cause: error })
+    case "RefcountError": {
+      const reason = refcountReason(error.reason)
+      return new ImageError({ reason, message: error.message, location, ...withOffset(error.offset), ...(reason === "Corrupt" ? { errno: "EIO" } : {}), cause: error })
+    }
+    case "MetadataOverlapError":
+      return new ImageError({ reason: "Corrupt", message: error.message, location, offset: error.offset, errno: "EIO", cause: error })
+    case "StorageError":
+      return new ImageError({ reason: storageReason(error.reason), message: error.message, location, ...withOffset(error.offset), ...storageErrno(error), cause: error })
+    case "DecompressionError":
+      return new ImageError({ reason: "Decompression", message: error.message, location, errno: "EIO", cause: error })
+    case "CompressionError":
+      return new ImageError({ reason: "Compression", message: error.message, location, errno: "EIO", cause: error })
+  }
+}
+
+function refcountReason(reason: RefcountError["reason"]): ImageErrorReason {
+  switch (reason) {
+    case "Overflow":
+      return "RefcountOverflow"
+    case "NoSpace":
+      return "NoSpace"
+    case "Corrupt":
+      return "Corrupt"
+  }
+}
+
+function storageReason(reason: StorageError["reason"]): ImageErrorReason {
+  switch (reason) {
+    case "ReadOnly":
+      return "ReadOnly"
+    case "NotFound":
+    case "PermissionDenied":
+    case "OutOfRange":
+    case "Io":
+    case "RemoteChanged":
+    case "Unsupported":
+    case "Closed":
+      return "Storage"
+  }
+}
+
+/** The errno a storage failure carries (set by backends that know it, e.g. ENOSPC from node:fs). */
+function storageErrno(error: StorageError): { errno?: string } {
+  const cause = error.cause
+  if (typeof cause === "object" && cause !== null && "code" in cause && typeof cause.code === "string") return { errno: cause.code }
+  return {}
+}
+
+/** Runs `effect`, presenting its failure as an ImageError of `location`. */
+export const asImageError = <A, R>(effect: Effect.Effect<A, EngineFailure, R>, location: string): Effect.Effect<A, ImageError, R> =>
+  Effect.mapError(effect, (e) => toImageError(e, location))

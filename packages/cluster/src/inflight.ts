@@ -1,4 +1,5 @@
 import { Deferred, Effect } from "effect"
+import type { Semaphore } from "effect"
 
 interface Allocation {
   readonly first: number
@@ -35,5 +36,26 @@ export class InFlightAllocations {
 
   get size(): number {
     return this.allocations.size
+  }
+
+  /**
+   * Runs `body` holding `lock` once no allocation over guest clusters
+   * [first, last] is in flight; while one is, waits for it without the lock.
+   */
+  whenSettled<A, E>(lock: Semaphore.Semaphore, first: number, last: number, body: Effect.Effect<A, E>): Effect.Effect<A, E> {
+    const self = this
+    const attempt = lock.withPermits(1)(
+      Effect.suspend((): Effect.Effect<{ readonly wait: Deferred.Deferred<void> } | { readonly done: A }, E> => {
+        const wait = self.overlapping(first, last)
+        return wait !== undefined ? Effect.succeed({ wait }) : Effect.map(body, (done) => ({ done }))
+      })
+    )
+    return Effect.gen(function* () {
+      for (;;) {
+        const outcome = yield* attempt
+        if ("done" in outcome) return outcome.done
+        yield* Deferred.await(outcome.wait)
+      }
+    })
   }
 }

@@ -1,76 +1,141 @@
 import { Effect } from "effect"
 import { Limits, readL1Entry, writeL1Entry } from "@qcow2/format"
-import type { ClusterContext, ClusterFailure } from "./context.js"
+import type { Refcounts } from "@qcow2/alloc"
+import type { TableCacheError } from "@qcow2/cache"
+import type { BlockStorageShape } from "@qcow2/storage"
 import { ClusterError } from "./errors.js"
-import { l2Coverage, l2TableOffset, loadL2 } from "./mapping.js"
-
-/** Writes L1 entry `index` through to storage (rule 4). */
-export function writeL1Through(ctx: ClusterContext, index: number): Effect.Effect<void, ClusterFailure> {
-  return ctx.storage.write(ctx.l1Offset + index * 8, ctx.l1.subarray(index * 8, index * 8 + 8))
-}
+import type { EngineFailure } from "./errors.js"
+import type { HeaderState } from "./header.js"
+import type { Integrity } from "./integrity.js"
 
 /**
- * Grows the active L1 table to at least `minEntries` entries: a new table is
- * allocated and written, the header switched to it, and the old one freed
- * (spec: L1 table; QEMU grows by half again each time).
+ * The active L1 table (spec "Cluster mapping"): kept whole in memory, every
+ * change written through (consistency rule 4 for L1 entries and for the
+ * header fields that locate the table). Keeps the active L1 and L2 ranges
+ * of the overlap index current.
  */
-export function growL1(ctx: ClusterContext, minEntries: number): Effect.Effect<void, ClusterFailure> {
-  return Effect.gen(function* () {
-    if (minEntries <= ctx.l1Size) return
-    const cs = ctx.geometry.clusterSize
-    let entries = Math.max(minEntries, Math.ceil(ctx.l1Size * 1.5))
-    if (entries * 8 > Limits.maxL1Bytes) entries = minEntries
-    if (entries * 8 > Limits.maxL1Bytes) {
-      return yield* new ClusterError({ reason: "InvalidArgument", message: `the L1 table would exceed ${Limits.maxL1Bytes} bytes` })
+export class ActiveL1 {
+  private bytes: Uint8Array
+  private tableOffset: number
+  private entries: number
+
+  constructor(
+    private readonly storage: BlockStorageShape,
+    private readonly header: HeaderState,
+    private readonly integrity: Integrity,
+    private readonly clusterSize: number,
+    table: Uint8Array
+  ) {
+    this.bytes = table
+    this.tableOffset = header.header.l1TableOffset
+    this.entries = header.header.l1Size
+    this.index()
+  }
+
+  get offset(): number {
+    return this.tableOffset
+  }
+
+  /** Number of entries. */
+  get size(): number {
+    return this.entries
+  }
+
+  /** The raw table (l1_size entries); read only. */
+  get table(): Uint8Array {
+    return this.bytes.subarray(0, this.entries * 8)
+  }
+
+  /**
+   * The L2 table offset of entry `index` (0 when empty or past the end),
+   * checked the way QEMU checks it before use: an offset past 2^53, an
+   * unaligned one, or one that overlaps other metadata is corruption.
+   */
+  l2Offset(index: number): Effect.Effect<number, ClusterError> {
+    if (index >= this.entries) return Effect.succeed(0)
+    let offset: number
+    try {
+      offset = readL1Entry(this.bytes, index).l2Offset
+    } catch {
+      return this.integrity.markCorrupt(`L1 entry ${index} points past 2^53`, this.tableOffset + index * 8)
     }
-    const clusters = Math.ceil((entries * 8) / cs)
-    const table = new Uint8Array(clusters * cs)
-    table.set(ctx.l1.subarray(0, ctx.l1Size * 8))
-    const offset = yield* ctx.refcounts.allocate(clusters)
-    const overlap = ctx.overlapsMetadata(offset, clusters * cs)
-    if (overlap !== undefined) return yield* ctx.corrupt(`new L1 table at ${offset} overlaps the ${overlap}`, offset)
-    if (!ctx.lazyRefcounts) yield* ctx.refcounts.flushBlocks()
-    yield* ctx.storage.write(offset, table)
-    yield* ctx.storage.flush()
-    const old = { offset: ctx.l1Offset, size: ctx.l1Size }
-    yield* ctx.commitL1(offset, entries)
-    ctx.l1 = table
-    ctx.l1Offset = offset
-    ctx.l1Size = entries
-    if (old.size > 0 && old.offset !== 0) {
-      yield* ctx.refcounts.free(old.offset, Math.ceil((old.size * 8) / cs) * cs)
+    if (offset === 0) return Effect.succeed(0)
+    if (offset % this.clusterSize !== 0) {
+      return this.integrity.markCorrupt(`L2 table offset ${offset} of L1 entry ${index} is not cluster aligned`, this.tableOffset + index * 8)
     }
-  })
+    const hit = this.integrity.overlaps.find(offset, this.clusterSize, ["active L2 table"])
+    if (hit !== undefined) return this.integrity.markCorrupt(`L2 table at ${offset} (L1 entry ${index}) overlaps the ${hit}`, offset)
+    return Effect.succeed(offset)
+  }
+
+  /** Whether entry `index` has COPIED set (its L2 table is not shared with a snapshot). */
+  copied(index: number): boolean {
+    return index < this.entries && readL1Entry(this.bytes, index).copied
+  }
+
+  /** Points entry `index` at the L2 table at `l2Offset` (COPIED), written through. */
+  link(index: number, l2Offset: number): Effect.Effect<void, EngineFailure> {
+    const entry = new Uint8Array(8)
+    writeL1Entry(entry, 0, l2Offset, true)
+    return Effect.map(this.storage.write(this.tableOffset + index * 8, entry), () => {
+      const previous = readL1Entry(this.bytes, index).l2Offset
+      this.bytes.set(entry, index * 8)
+      if (previous !== 0) this.integrity.overlaps.removeCluster("active L2 table", previous)
+      this.integrity.overlaps.addCluster("active L2 table", l2Offset)
+    })
+  }
+
+  /**
+   * Grows the table to at least `minEntries` entries: a new table is
+   * allocated and written, the header switched to it, then the old one
+   * freed (spec "L1 table"; QEMU grows by half again each time).
+   */
+  grow(minEntries: number, refcounts: Refcounts): Effect.Effect<void, EngineFailure> {
+    const self = this
+    return Effect.gen(function* () {
+      if (minEntries <= self.entries) return
+      const cs = self.clusterSize
+      let entries = Math.max(minEntries, Math.ceil(self.entries * 1.5))
+      if (entries * 8 > Limits.maxL1Bytes) entries = minEntries
+      if (entries * 8 > Limits.maxL1Bytes) {
+        return yield* new ClusterError({ reason: "InvalidArgument", message: `the L1 table would exceed ${Limits.maxL1Bytes} bytes` })
+      }
+      const clusters = Math.ceil((entries * 8) / cs)
+      const table = new Uint8Array(clusters * cs)
+      table.set(self.table)
+      const offset = yield* refcounts.allocate(clusters)
+      yield* self.integrity.guardWrite(offset, clusters * cs)
+      yield* refcounts.persistAllocations()
+      yield* self.storage.write(offset, table)
+      yield* self.storage.flush()
+      const old = { offset: self.tableOffset, size: self.entries }
+      yield* self.header.update({ l1TableOffset: offset, l1Size: entries })
+      self.replace(table, offset, entries)
+      if (old.size > 0 && old.offset !== 0) yield* refcounts.free(old.offset, Math.ceil((old.size * 8) / cs) * cs)
+    })
+  }
+
+  /** Adopts the table a repair left on disk. */
+  replace(table: Uint8Array, offset: number, entries: number): void {
+    this.bytes = table
+    this.tableOffset = offset
+    this.entries = entries
+    this.index()
+  }
+
+  private index(): void {
+    const overlaps = this.integrity.overlaps
+    overlaps.setRanges("active L1 table", [{ offset: this.tableOffset, length: this.entries * 8 }])
+    overlaps.clearClusters("active L2 table")
+    for (let i = 0; i < this.entries; i++) {
+      let offset = 0
+      try {
+        offset = readL1Entry(this.bytes, i).l2Offset
+      } catch {
+        continue
+      }
+      if (offset !== 0 && offset % this.clusterSize === 0) overlaps.addCluster("active L2 table", offset)
+    }
+  }
 }
 
-/**
- * The offset of an L2 table that may be written for guest `offset`:
- * allocates one when the L1 entry is empty, or copies a table shared with a
- * snapshot (L1 entry without COPIED). The new table reaches storage before
- * the L1 entry naming it, and its refcount before both (rules 1 and 4).
- * Call with the metadata lock held.
- */
-export function prepareL2ForWrite(ctx: ClusterContext, offset: number): Effect.Effect<number, ClusterFailure> {
-  return Effect.gen(function* () {
-    const l1Index = Math.floor(offset / l2Coverage(ctx))
-    if (l1Index >= ctx.l1Size) yield* growL1(ctx, l1Index + 1)
-    const current = yield* l2TableOffset(ctx, offset)
-    const entry = readL1Entry(ctx.l1, l1Index)
-    if (current !== 0 && entry.copied) return current
-    const cs = ctx.geometry.clusterSize
-    const newOffset = yield* ctx.refcounts.allocate(1)
-    const overlap = ctx.overlapsMetadata(newOffset, cs)
-    if (overlap !== undefined) return yield* ctx.corrupt(`new L2 table at ${newOffset} overlaps the ${overlap}`, newOffset)
-    const previous = current !== 0 ? yield* loadL2(ctx, current) : undefined
-    const table = yield* ctx.l2Cache.getEmpty(newOffset)
-    if (previous !== undefined) table.set(previous)
-    ctx.l2Cache.markDirty(newOffset)
-    if (!ctx.lazyRefcounts) yield* ctx.refcounts.flushBlocks()
-    yield* ctx.l2Cache.flush()
-    writeL1Entry(ctx.l1, l1Index, newOffset, true)
-    yield* writeL1Through(ctx, l1Index)
-    yield* ctx.storage.flush()
-    if (current !== 0) yield* ctx.refcounts.free(current, cs)
-    return newOffset
-  })
-}

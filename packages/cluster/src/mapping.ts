@@ -1,8 +1,10 @@
 import { Effect } from "effect"
-import { readL1Entry, readL2Entry } from "@qcow2/format"
+import { readL2Entry } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
+import type { TableCacheError } from "@qcow2/cache"
+import type { DecompressionError } from "@qcow2/compress"
 import type { StorageError } from "@qcow2/storage"
-import type { ClusterContext, ClusterFailure } from "./context.js"
+import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
 
 /**
@@ -29,37 +31,20 @@ export type MappingRun =
     }
 
 /** Guest clusters mapped by one L2 table. */
-export const l2Coverage = (ctx: ClusterContext): number => ctx.geometry.clusterSize * ctx.geometry.l2Entries
+export const l2Coverage = (engine: Qcow2Engine): number => engine.geometry.clusterSize * engine.geometry.l2Entries
 
 /**
  * The L2 table offset for guest `offset`, or 0 when its L1 entry is empty.
- * An L1 entry with reserved bits or an unaligned offset is corruption.
+ * An L1 entry past 2^53, unaligned or overlapping other metadata is corruption.
  */
-export function l2TableOffset(ctx: ClusterContext, offset: number): Effect.Effect<number, ClusterFailure> {
-  const l1Index = Math.floor(offset / l2Coverage(ctx))
-  if (l1Index >= ctx.l1Size) return Effect.succeed(0)
-  let entry
-  try {
-    entry = readL1Entry(ctx.l1, l1Index)
-  } catch {
-    return ctx.corrupt(`L1 entry ${l1Index} points past 2^53`, ctx.l1Offset + l1Index * 8)
-  }
-  if (entry.l2Offset !== 0 && entry.l2Offset % ctx.geometry.clusterSize !== 0) {
-    return ctx.corrupt(`L2 table offset ${entry.l2Offset} of L1 entry ${l1Index} is not cluster aligned`, ctx.l1Offset + l1Index * 8)
-  }
-  if (entry.l2Offset !== 0) {
-    const overlap = ctx.overlapsMetadata(entry.l2Offset, ctx.geometry.clusterSize, "l2")
-    if (overlap !== undefined) {
-      return ctx.corrupt(`L2 table at ${entry.l2Offset} (L1 entry ${l1Index}) overlaps the ${overlap}`, entry.l2Offset)
-    }
-  }
-  return Effect.succeed(entry.l2Offset)
+export function l2TableOffset(engine: Qcow2Engine, offset: number): Effect.Effect<number, ClusterError> {
+  return engine.l1.l2Offset(Math.floor(offset / l2Coverage(engine)))
 }
 
 /** Loads (or finds cached) the L2 table at `l2Offset`. */
-export function loadL2(ctx: ClusterContext, l2Offset: number): Effect.Effect<Uint8Array, StorageError> {
-  const cached = ctx.l2Cache.lookup(l2Offset)
-  return cached !== undefined ? Effect.succeed(cached) : ctx.l2Cache.get(l2Offset)
+export function loadL2(engine: Qcow2Engine, l2Offset: number): Effect.Effect<Uint8Array, TableCacheError> {
+  const cached = engine.l2Cache.lookup(l2Offset)
+  return cached !== undefined ? Effect.succeed(cached) : engine.l2Cache.get(l2Offset)
 }
 
 /**
@@ -67,15 +52,15 @@ export function loadL2(ctx: ClusterContext, l2Offset: number): Effect.Effect<Uin
  * same kind (merging adjacent clusters where the host side is contiguous
  * too). Never crosses an L2 table; callers loop.
  */
-export function lookup(ctx: ClusterContext, offset: number, maxLength: number): Effect.Effect<MappingRun, ClusterFailure> {
-  const coverage = l2Coverage(ctx)
+export function lookup(engine: Qcow2Engine, offset: number, maxLength: number): Effect.Effect<MappingRun, ClusterError | TableCacheError> {
+  const coverage = l2Coverage(engine)
   const tableStart = Math.floor(offset / coverage) * coverage
   const limit = Math.min(maxLength, tableStart + coverage - offset)
-  return Effect.flatMap(l2TableOffset(ctx, offset), (l2Offset) => {
+  return Effect.flatMap(l2TableOffset(engine, offset), (l2Offset) => {
     if (l2Offset === 0) return Effect.succeed<MappingRun>({ kind: "unallocated", length: limit, hostOffset: undefined })
-    const cached = ctx.l2Cache.lookup(l2Offset)
-    if (cached !== undefined) return scanTable(ctx, cached, offset, limit)
-    return Effect.flatMap(ctx.l2Cache.get(l2Offset), (table) => scanTable(ctx, table, offset, limit))
+    const cached = engine.l2Cache.lookup(l2Offset)
+    if (cached !== undefined) return scanTable(engine, cached, offset, limit)
+    return Effect.flatMap(engine.l2Cache.get(l2Offset), (table) => scanTable(engine, table, offset, limit))
   })
 }
 
@@ -86,8 +71,8 @@ interface Unit {
   compressedSize: number
 }
 
-function scanTable(ctx: ClusterContext, table: Uint8Array, offset: number, limit: number): Effect.Effect<MappingRun, ClusterFailure> {
-  const g = ctx.geometry
+function scanTable(engine: Qcow2Engine, table: Uint8Array, offset: number, limit: number): Effect.Effect<MappingRun, ClusterError | TableCacheError> {
+  const g = engine.geometry
   const unitSize = g.subclusterSize
   const unitsPerCluster = g.subclustersPerCluster
   const clusterIndex = Math.floor(offset / g.clusterSize)
@@ -96,8 +81,8 @@ function scanTable(ctx: ClusterContext, table: Uint8Array, offset: number, limit
   const offsetInUnit = offset % unitSize
   let entry = readL2Entry(table, l2Index, g)
   const first: Unit = { kind: "unallocated", hostOffset: undefined, compressedSize: 0 }
-  const bad = classify(ctx, entry, unit, first)
-  if (bad !== undefined) return ctx.corrupt(`L2 entry for guest offset ${clusterIndex * g.clusterSize}: ${bad}`, offset)
+  const bad = classify(engine, entry, unit, first)
+  if (bad !== undefined) return engine.integrity.markCorrupt(`L2 entry for guest offset ${clusterIndex * g.clusterSize}: ${bad}`, offset)
   if (first.kind === "compressed") {
     const offsetInCluster = offset % g.clusterSize
     return Effect.succeed({
@@ -119,7 +104,7 @@ function scanTable(ctx: ClusterContext, table: Uint8Array, offset: number, limit
       if (l2Index === g.l2Entries) break
       entry = readL2Entry(table, l2Index, g)
     }
-    if (classify(ctx, entry, unit, next) !== undefined) break
+    if (classify(engine, entry, unit, next) !== undefined) break
     if (next.kind !== first.kind) break
     if (first.kind === "data" && next.hostOffset !== expectedHost) break
     if (first.kind !== "data" && (next.hostOffset === undefined) !== (first.hostOffset === undefined)) break
@@ -138,7 +123,7 @@ function scanTable(ctx: ClusterContext, table: Uint8Array, offset: number, limit
  * Fills `out` with the status of subcluster `unit` of `entry`; returns a
  * reason string when the entry is invalid.
  */
-function classify(ctx: ClusterContext, entry: L2Entry, unit: number, out: Unit): string | undefined {
+function classify(engine: Qcow2Engine, entry: L2Entry, unit: number, out: Unit): string | undefined {
   out.compressedSize = 0
   switch (entry._tag) {
     case "Unallocated":
@@ -146,8 +131,16 @@ function classify(ctx: ClusterContext, entry: L2Entry, unit: number, out: Unit):
       out.hostOffset = undefined
       return undefined
     case "Normal":
+      // Offset 0 is a real offset only in an external data file; otherwise
+      // the entry is unallocated, whatever COPIED says (QEMU's
+      // QCOW2_CLUSTER_UNALLOCATED).
+      if (entry.hostOffset === 0 && !engine.externalData) {
+        out.kind = "unallocated"
+        out.hostOffset = undefined
+        return undefined
+      }
       out.kind = "data"
-      out.hostOffset = dataHost(ctx, entry.hostOffset)
+      out.hostOffset = entry.hostOffset
       return undefined
     case "Zero":
       out.kind = "zero"
@@ -155,23 +148,24 @@ function classify(ctx: ClusterContext, entry: L2Entry, unit: number, out: Unit):
       out.hostOffset = entry.hostOffset === 0 ? undefined : entry.hostOffset
       return undefined
     case "Compressed":
-      if (ctx.externalData) return "compressed cluster in an image with an external data file"
+      if (engine.externalData) return "compressed cluster in an image with an external data file"
       out.kind = "compressed"
       out.hostOffset = entry.hostOffset
       out.compressedSize = entry.compressedSize
       return undefined
     case "Subclusters": {
       const bit = 1 << unit
-      const hasHost = entry.hostOffset !== 0 || entry.copied
+      const hasHost = entry.hostOffset !== 0 || engine.externalData
       if ((entry.allocatedMask & bit) !== 0) {
+        if (!hasHost) return "allocated subclusters without a host cluster"
         out.kind = "data"
-        out.hostOffset = dataHost(ctx, entry.hostOffset) + unit * ctx.geometry.subclusterSize
+        out.hostOffset = entry.hostOffset + unit * engine.geometry.subclusterSize
       } else if ((entry.zeroMask & bit) !== 0) {
         out.kind = "zero"
-        out.hostOffset = hasHost ? entry.hostOffset + unit * ctx.geometry.subclusterSize : undefined
+        out.hostOffset = hasHost ? entry.hostOffset + unit * engine.geometry.subclusterSize : undefined
       } else {
         out.kind = "unallocated"
-        out.hostOffset = hasHost ? entry.hostOffset + unit * ctx.geometry.subclusterSize : undefined
+        out.hostOffset = hasHost ? entry.hostOffset + unit * engine.geometry.subclusterSize : undefined
       }
       return undefined
     }
@@ -180,32 +174,28 @@ function classify(ctx: ClusterContext, entry: L2Entry, unit: number, out: Unit):
   }
 }
 
-const dataHost = (_ctx: ClusterContext, hostOffset: number): number => hostOffset
-
 /** Reads a whole compressed cluster's stored bytes and decompresses it into `out` (one cluster). */
 export function readCompressedCluster(
-  ctx: ClusterContext,
+  engine: Qcow2Engine,
   hostOffset: number,
   compressedSize: number,
   out: Uint8Array
-): Effect.Effect<void, ClusterFailure> {
-  const g = ctx.geometry
+): Effect.Effect<void, ClusterError | StorageError> {
+  const g = engine.geometry
   if (compressedSize <= 0 || compressedSize > 2 * g.clusterSize + 512) {
-    return ctx.corrupt(`compressed cluster at ${hostOffset} has an impossible size ${compressedSize}`, hostOffset)
+    return engine.integrity.markCorrupt(`compressed cluster at ${hostOffset} has an impossible size ${compressedSize}`, hostOffset)
   }
   const input = new Uint8Array(compressedSize)
-  return Effect.flatMap(ctx.storage.read(hostOffset, input), () =>
+  return Effect.flatMap(engine.storage.read(hostOffset, input), () =>
     Effect.mapError(
-      ctx.decompress(input, out),
-      (error) =>
+      engine.codec.decompress(input, out),
+      (error: DecompressionError) =>
         new ClusterError({
           reason: "Corrupt",
-          message: `compressed cluster at host offset ${hostOffset} (${compressedSize} bytes) does not decompress: ${describe(error)}`,
+          message: `compressed cluster at host offset ${hostOffset} (${compressedSize} bytes) does not decompress: ${error.message}`,
           offset: hostOffset
         })
     )
   )
 }
 
-const describe = (e: unknown): string =>
-  typeof e === "object" && e !== null && "message" in e ? String((e as { message: unknown }).message) : String(e)

@@ -1,13 +1,32 @@
 import { Effect } from "effect"
-import type { ClusterContext, ClusterFailure } from "./context.js"
+import type { StorageError } from "@qcow2/storage"
+import type { Qcow2Engine } from "./Engine.js"
+import type { EngineFailure } from "./errors.js"
 import { lookup, readCompressedCluster } from "./mapping.js"
 
-/** The most recently decompressed cluster of each image, for sequential reads of compressed data. */
-const lastDecompressed = new WeakMap<ClusterContext, { hostOffset: number; data: Uint8Array }>()
+/**
+ * The most recently decompressed cluster, for reads of compressed data in
+ * pieces smaller than a cluster (sequential readers).
+ */
+export class DecompressedCluster {
+  private hostOffset = -1
+  private data: Uint8Array | undefined
 
-/** Forgets a cached decompressed cluster (its host bytes were freed or rewritten). */
-export const forgetDecompressed = (ctx: ClusterContext): void => {
-  lastDecompressed.delete(ctx)
+  /** The decompressed bytes of the compressed cluster at `hostOffset`, if it is the one kept. */
+  lookup(hostOffset: number): Uint8Array | undefined {
+    return this.hostOffset === hostOffset ? this.data : undefined
+  }
+
+  remember(hostOffset: number, data: Uint8Array): void {
+    this.hostOffset = hostOffset
+    this.data = data
+  }
+
+  /** Its host bytes were freed or rewritten. */
+  forget(): void {
+    this.hostOffset = -1
+    this.data = undefined
+  }
 }
 
 /**
@@ -15,39 +34,38 @@ export const forgetDecompressed = (ctx: ClusterContext): void => {
  * through to the backing file for unallocated ranges (zeros past its end
  * or without one). Bytes past the virtual size read as zeros.
  */
-export function readGuest(ctx: ClusterContext, offset: number, into: Uint8Array): Effect.Effect<void, ClusterFailure | unknown> {
-  const inside = Math.max(0, Math.min(into.length, ctx.virtualSize - offset))
+export function readGuest(engine: Qcow2Engine, offset: number, into: Uint8Array): Effect.Effect<void, EngineFailure> {
+  const inside = Math.max(0, Math.min(into.length, engine.header.size - offset))
   if (inside < into.length) into.fill(0, inside)
   if (inside === 0) return Effect.void
   return Effect.gen(function* () {
     let done = 0
     while (done < inside) {
-      const run = yield* lookup(ctx, offset + done, inside - done)
+      const run = yield* lookup(engine, offset + done, inside - done)
       const slice = into.subarray(done, done + run.length)
       switch (run.kind) {
         case "data":
-          yield* readData(ctx, offset + done, run.hostOffset, slice)
+          yield* readData(engine, offset + done, run.hostOffset, slice)
           break
         case "zero":
           slice.fill(0)
           break
         case "unallocated":
-          yield* readBacking(ctx, offset + done, slice)
+          yield* readBacking(engine, offset + done, slice)
           break
         case "compressed": {
-          if (run.offsetInCluster === 0 && run.length === ctx.geometry.clusterSize) {
+          if (run.offsetInCluster === 0 && run.length === engine.geometry.clusterSize) {
             // A whole cluster: decompress straight into the caller's buffer.
-            yield* readCompressedCluster(ctx, run.hostOffset, run.compressedSize, slice)
+            yield* readCompressedCluster(engine, run.hostOffset, run.compressedSize, slice)
             break
           }
-          let cached = lastDecompressed.get(ctx)
-          if (cached === undefined || cached.hostOffset !== run.hostOffset) {
-            const data = new Uint8Array(ctx.geometry.clusterSize)
-            yield* readCompressedCluster(ctx, run.hostOffset, run.compressedSize, data)
-            cached = { hostOffset: run.hostOffset, data }
-            lastDecompressed.set(ctx, cached)
+          let cluster = engine.decompressed.lookup(run.hostOffset)
+          if (cluster === undefined) {
+            cluster = new Uint8Array(engine.geometry.clusterSize)
+            yield* readCompressedCluster(engine, run.hostOffset, run.compressedSize, cluster)
+            engine.decompressed.remember(run.hostOffset, cluster)
           }
-          slice.set(cached.data.subarray(run.offsetInCluster, run.offsetInCluster + run.length))
+          slice.set(cluster.subarray(run.offsetInCluster, run.offsetInCluster + run.length))
           break
         }
       }
@@ -57,8 +75,8 @@ export function readGuest(ctx: ClusterContext, offset: number, into: Uint8Array)
 }
 
 /** Reads guest bytes from the backing file; zeros past its end or without one. */
-export function readBacking(ctx: ClusterContext, offset: number, into: Uint8Array): Effect.Effect<void, unknown> {
-  const backing = ctx.backing
+export function readBacking(engine: Qcow2Engine, offset: number, into: Uint8Array): Effect.Effect<void, EngineFailure> {
+  const backing = engine.backing
   if (backing === undefined) {
     into.fill(0)
     return Effect.void
@@ -74,14 +92,14 @@ export function readBacking(ctx: ClusterContext, offset: number, into: Uint8Arra
  * data is handled in whole 512-byte sectors, so unaligned reads go through
  * a bounce buffer.
  */
-export function readData(ctx: ClusterContext, guestOffset: number, hostOffset: number, into: Uint8Array): Effect.Effect<void, ClusterFailure> {
-  const crypto = ctx.crypto
-  if (crypto === undefined) return ctx.data.read(hostOffset, into)
+export function readData(engine: Qcow2Engine, guestOffset: number, hostOffset: number, into: Uint8Array): Effect.Effect<void, StorageError> {
+  const crypto = engine.crypto
+  if (crypto === undefined) return engine.data.read(hostOffset, into)
   const head = hostOffset % 512
   const alignedHost = hostOffset - head
   const alignedLength = Math.ceil((head + into.length) / 512) * 512
   const aligned = head === 0 && alignedLength === into.length ? into : new Uint8Array(alignedLength)
-  return Effect.map(ctx.data.read(alignedHost, aligned), () => {
+  return Effect.map(engine.data.read(alignedHost, aligned), () => {
     crypto.decrypt(crypto.ivFrom === "host" ? alignedHost : guestOffset - head, aligned)
     if (aligned !== into) into.set(aligned.subarray(head, head + into.length))
   })

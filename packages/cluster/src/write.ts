@@ -1,11 +1,13 @@
 import { Deferred, Effect } from "effect"
 import { readL2Entry, writeL2Entry } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
-import type { ClusterContext, ClusterFailure } from "./context.js"
+import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
-import { prepareL2ForWrite } from "./l1.js"
+import type { EngineFailure } from "./errors.js"
+import { prepareL2ForWrite, releaseReplaced, replacedHostRange } from "./l2.js"
+import type { HostRange } from "./l2.js"
 import { l2Coverage, l2TableOffset, loadL2 } from "./mapping.js"
-import { forgetDecompressed, readGuest } from "./read.js"
+import { readGuest } from "./read.js"
 
 const ALL_SUBCLUSTERS = 0xffffffff
 
@@ -35,8 +37,8 @@ type WritePlan =
       readonly progress: { linked: boolean }
     }
 
-const isOwned = (ctx: ClusterContext, entry: L2Entry): boolean =>
-  (entry._tag === "Normal" || entry._tag === "Subclusters") && entry.copied && (entry.hostOffset !== 0 || ctx.externalData)
+const isOwned = (engine: Qcow2Engine, entry: L2Entry): boolean =>
+  (entry._tag === "Normal" || entry._tag === "Subclusters") && entry.copied && (entry.hostOffset !== 0 || engine.externalData)
 
 /**
  * Writes guest bytes (spec "Cluster mapping"; QEMU's allocating write path).
@@ -47,30 +49,29 @@ const isOwned = (ctx: ClusterContext, entry: L2Entry): boolean =>
  * what they replaced is freed. Data I/O runs outside the metadata lock; a
  * write that meets an allocation in flight waits for it and looks again.
  */
-export function writeGuest(ctx: ClusterContext, offset: number, data: Uint8Array): Effect.Effect<void, ClusterFailure | unknown> {
+export function writeGuest(engine: Qcow2Engine, offset: number, data: Uint8Array): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
     let done = 0
-    while (done < data.length) done += yield* writeStep(ctx, offset + done, data.subarray(done))
+    while (done < data.length) done += yield* writeStep(engine, offset + done, data.subarray(done))
   })
 }
 
-function writeStep(ctx: ClusterContext, offset: number, data: Uint8Array): Effect.Effect<number, ClusterFailure | unknown> {
+function writeStep(engine: Qcow2Engine, offset: number, data: Uint8Array): Effect.Effect<number, EngineFailure> {
   return Effect.gen(function* () {
     for (;;) {
-      if (!ctx.writable()) {
-        return yield* new ClusterError({ reason: "ReadOnly", message: `${ctx.location} is read-only`, offset })
-      }
-      const plan = yield* ctx.lock.withPermits(1)(planWrite(ctx, offset, data))
+      const refused = engine.integrity.refuseWrite(offset)
+      if (refused !== undefined) return yield* refused
+      const plan = yield* engine.lock.withPermits(1)(planWrite(engine, offset, data))
       switch (plan._tag) {
         case "Wait":
           yield* Deferred.await(plan.done)
           continue
         case "InPlace":
-          yield* writeData(ctx, offset, plan.hostOffset, data.subarray(0, plan.length))
+          yield* writeData(engine, offset, plan.hostOffset, data.subarray(0, plan.length))
           return plan.length
         case "Allocate":
-          yield* Effect.onExit(performAllocation(ctx, offset, data, plan), (exit) =>
-            exit._tag === "Success" ? plan.release : Effect.andThen(abandon(ctx, plan), plan.release)
+          yield* Effect.onExit(performAllocation(engine, offset, data, plan), (exit) =>
+            exit._tag === "Success" ? plan.release : Effect.andThen(abandon(engine, plan), plan.release)
           )
           return plan.length
       }
@@ -79,55 +80,55 @@ function writeStep(ctx: ClusterContext, offset: number, data: Uint8Array): Effec
 }
 
 /** Writes data bytes to the data file, encrypting first when the image is encrypted. */
-export function writeData(ctx: ClusterContext, guestOffset: number, hostOffset: number, data: Uint8Array): Effect.Effect<void, ClusterFailure> {
-  const crypto = ctx.crypto
-  if (crypto === undefined) return ctx.data.write(hostOffset, data)
+export function writeData(engine: Qcow2Engine, guestOffset: number, hostOffset: number, data: Uint8Array): Effect.Effect<void, EngineFailure> {
+  const crypto = engine.crypto
+  if (crypto === undefined) return engine.data.write(hostOffset, data)
   if (hostOffset % 512 !== 0 || data.length % 512 !== 0) {
     return Effect.die(new ClusterError({ reason: "InvalidArgument", message: "encrypted writes must be whole 512-byte sectors" }))
   }
   const copy = data.slice()
   crypto.encrypt(crypto.ivFrom === "host" ? hostOffset : guestOffset, copy)
-  return ctx.data.write(hostOffset, copy)
+  return engine.data.write(hostOffset, copy)
 }
 
-function planWrite(ctx: ClusterContext, offset: number, data: Uint8Array): Effect.Effect<WritePlan, ClusterFailure> {
+function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array): Effect.Effect<WritePlan, EngineFailure> {
   return Effect.gen(function* () {
-    const g = ctx.geometry
+    const g = engine.geometry
     const cs = g.clusterSize
-    const coverage = l2Coverage(ctx)
+    const coverage = l2Coverage(engine)
     const tableEnd = (Math.floor(offset / coverage) + 1) * coverage
     const length = Math.min(data.length, tableEnd - offset)
     const firstCluster = Math.floor(offset / cs)
     const lastCluster = Math.floor((offset + length - 1) / cs)
-    const waiting = ctx.inflight.overlapping(firstCluster, lastCluster)
+    const waiting = engine.inflight.overlapping(firstCluster, lastCluster)
     if (waiting !== undefined) return { _tag: "Wait", done: waiting } as const
 
-    const l2Offset = yield* prepareL2ForWrite(ctx, offset)
-    const table = yield* loadL2(ctx, l2Offset)
+    const l2Offset = yield* prepareL2ForWrite(engine, offset)
+    const table = yield* loadL2(engine, l2Offset)
     const firstIndex = firstCluster % g.l2Entries
     const inCluster = offset - firstCluster * cs
     const entry = readL2Entry(table, firstIndex, g)
     if (entry._tag === "Invalid") {
-      return yield* ctx.corrupt(`L2 entry for guest offset ${firstCluster * cs}: ${entry.reason}`, offset)
+      return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${firstCluster * cs}: ${entry.reason}`, offset)
     }
 
     if (!g.extendedL2) {
-      if (isOwned(ctx, entry)) {
+      if (isOwned(engine, entry)) {
         // Extend over following owned clusters that are contiguous on the host.
         const host = (entry as { hostOffset: number }).hostOffset
         let clusters = 1
         while (firstCluster + clusters <= lastCluster) {
           const next = readL2Entry(table, firstIndex + clusters, g)
-          if (!isOwned(ctx, next) || (next as { hostOffset: number }).hostOffset !== host + clusters * cs) break
+          if (!isOwned(engine, next) || (next as { hostOffset: number }).hostOffset !== host + clusters * cs) break
           clusters++
         }
         const bytes = Math.min(length, clusters * cs - inCluster)
-        return yield* inPlace(ctx, host + inCluster, bytes)
+        return yield* inPlace(engine, host + inCluster, bytes)
       }
       let clusters = 1
-      while (firstCluster + clusters <= lastCluster && !isOwned(ctx, readL2Entry(table, firstIndex + clusters, g))) clusters++
+      while (firstCluster + clusters <= lastCluster && !isOwned(engine, readL2Entry(table, firstIndex + clusters, g))) clusters++
       const bytes = Math.min(length, clusters * cs - inCluster)
-      return yield* allocate(ctx, {
+      return yield* allocate(engine, {
         offset,
         length: bytes,
         firstCluster,
@@ -147,9 +148,9 @@ function planWrite(ctx: ClusterContext, offset: number, data: Uint8Array): Effec
     const lastSub = Math.floor((inCluster + bytes - 1) / scs)
     const touched = lastSub - firstSub === 31 ? ALL_SUBCLUSTERS : (((1 << (lastSub - firstSub + 1)) - 1) << firstSub) >>> 0
     const clusterStart = firstCluster * cs
-    if (entry._tag === "Subclusters" && isOwned(ctx, entry)) {
-      if (((entry.allocatedMask & touched) >>> 0) === touched) return yield* inPlace(ctx, entry.hostOffset + inCluster, bytes)
-      return yield* allocate(ctx, {
+    if (entry._tag === "Subclusters" && isOwned(engine, entry)) {
+      if (((entry.allocatedMask & touched) >>> 0) === touched) return yield* inPlace(engine, entry.hostOffset + inCluster, bytes)
+      return yield* allocate(engine, {
         offset,
         length: bytes,
         firstCluster,
@@ -162,7 +163,7 @@ function planWrite(ctx: ClusterContext, offset: number, data: Uint8Array): Effec
       })
     }
     if (entry._tag === "Subclusters" && entry.hostOffset === 0 && !entry.copied) {
-      return yield* allocate(ctx, {
+      return yield* allocate(engine, {
         offset,
         length: bytes,
         firstCluster,
@@ -175,7 +176,7 @@ function planWrite(ctx: ClusterContext, offset: number, data: Uint8Array): Effec
       })
     }
     // Shared or compressed: a whole new cluster holding the old content.
-    return yield* allocate(ctx, {
+    return yield* allocate(engine, {
       offset,
       length: bytes,
       firstCluster,
@@ -189,12 +190,10 @@ function planWrite(ctx: ClusterContext, offset: number, data: Uint8Array): Effec
   })
 }
 
-function inPlace(ctx: ClusterContext, hostOffset: number, length: number): Effect.Effect<WritePlan, ClusterFailure> {
-  const overlap = ctx.overlapsMetadata(hostOffset, length)
-  if (overlap !== undefined && !ctx.externalData) {
-    return ctx.corrupt(`data write at host offset ${hostOffset} would overwrite the ${overlap}`, hostOffset)
-  }
-  return Effect.succeed({ _tag: "InPlace", hostOffset, length })
+function inPlace(engine: Qcow2Engine, hostOffset: number, length: number): Effect.Effect<WritePlan, EngineFailure> {
+  const plan: WritePlan = { _tag: "InPlace", hostOffset, length }
+  if (engine.externalData) return Effect.succeed(plan)
+  return Effect.as(engine.integrity.guardWrite(hostOffset, length), plan)
 }
 
 interface AllocationRequest {
@@ -209,23 +208,22 @@ interface AllocationRequest {
   readonly zeroMask: number
 }
 
-function allocate(ctx: ClusterContext, request: AllocationRequest): Effect.Effect<WritePlan, ClusterFailure> {
+function allocate(engine: Qcow2Engine, request: AllocationRequest): Effect.Effect<WritePlan, EngineFailure> {
   return Effect.gen(function* () {
-    const cs = ctx.geometry.clusterSize
+    const cs = engine.geometry.clusterSize
     let hostOffset: number
     let fresh = false
     if (request.existingHost !== undefined) {
       hostOffset = request.existingHost
-    } else if (ctx.externalData) {
+    } else if (engine.externalData) {
       // Spec "External data file": guest offset == host offset in the data file.
       hostOffset = request.firstCluster * cs
     } else {
-      hostOffset = yield* ctx.refcounts.allocate(request.clusters)
+      hostOffset = yield* engine.refcounts.allocate(request.clusters)
       fresh = true
-      const overlap = ctx.overlapsMetadata(hostOffset, request.clusters * cs)
-      if (overlap !== undefined) return yield* ctx.corrupt(`newly allocated cluster at ${hostOffset} overlaps the ${overlap}`, hostOffset)
+      yield* engine.integrity.guardWrite(hostOffset, request.clusters * cs)
     }
-    const release = yield* ctx.inflight.register(request.firstCluster, request.firstCluster + request.clusters - 1)
+    const release = yield* engine.inflight.register(request.firstCluster, request.firstCluster + request.clusters - 1)
     return {
       _tag: "Allocate",
       length: request.length,
@@ -245,13 +243,13 @@ function allocate(ctx: ClusterContext, request: AllocationRequest): Effect.Effec
 
 /** Copy-on-write outside the lock, then link the L2 entries under it. */
 function performAllocation(
-  ctx: ClusterContext,
+  engine: Qcow2Engine,
   offset: number,
   data: Uint8Array,
   plan: Extract<WritePlan, { _tag: "Allocate" }>
-): Effect.Effect<void, ClusterFailure | unknown> {
+): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
-    const cs = ctx.geometry.clusterSize
+    const cs = engine.geometry.clusterSize
     const runStart = plan.firstCluster * cs
     const head = offset - plan.cowStart
     const tailStart = offset + plan.length
@@ -260,32 +258,32 @@ function performAllocation(
       buffer = data.subarray(0, plan.length)
     } else {
       buffer = new Uint8Array(plan.cowEnd - plan.cowStart)
-      if (head > 0) yield* readGuest(ctx, plan.cowStart, buffer.subarray(0, head))
+      if (head > 0) yield* readGuest(engine, plan.cowStart, buffer.subarray(0, head))
       buffer.set(data.subarray(0, plan.length), head)
-      if (tailStart < plan.cowEnd) yield* readGuest(ctx, tailStart, buffer.subarray(tailStart - plan.cowStart))
+      if (tailStart < plan.cowEnd) yield* readGuest(engine, tailStart, buffer.subarray(tailStart - plan.cowStart))
     }
-    yield* writeData(ctx, plan.cowStart, plan.hostOffset + (plan.cowStart - runStart), buffer)
+    yield* writeData(engine, plan.cowStart, plan.hostOffset + (plan.cowStart - runStart), buffer)
     plan.progress.linked = true
-    yield* ctx.lock.withPermits(1)(link(ctx, plan))
+    yield* engine.lock.withPermits(1)(link(engine, plan))
   })
 }
 
-/** Points the L2 entries at the new clusters and frees what they replaced (rules 1–3). */
-function link(ctx: ClusterContext, plan: Extract<WritePlan, { _tag: "Allocate" }>): Effect.Effect<void, ClusterFailure> {
+/**
+ * Points the L2 entries at the new clusters and frees what they replaced.
+ * Rule 1 was declared when the clusters were allocated, rule 3 is declared
+ * by the free; rule 2 is this function's: the data (and the copied head and
+ * tail) is durable before the L2 entry that makes it visible.
+ */
+function link(engine: Qcow2Engine, plan: Extract<WritePlan, { _tag: "Allocate" }>): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
-    const g = ctx.geometry
+    const g = engine.geometry
     const cs = g.clusterSize
     const guest = plan.firstCluster * cs
-    const l2Offset = yield* l2TableOffset(ctx, guest)
-    if (l2Offset === 0) return yield* ctx.corrupt(`L2 table for guest offset ${guest} vanished during a write`, guest)
-    // Rule 1: the new clusters' refcounts are written before the L2 entry.
-    // The dependency is set before the table changes, so that settling an
-    // opposite (free path) dependency cannot write the new entry early.
-    if (!ctx.lazyRefcounts && plan.fresh) yield* ctx.l2Cache.dependOn(ctx.refcounts.cache)
-    const table = yield* loadL2(ctx, l2Offset)
+    const l2Offset = yield* l2TableOffset(engine, guest)
+    if (l2Offset === 0) return yield* engine.integrity.markCorrupt(`L2 table for guest offset ${guest} vanished during a write`, guest)
+    const table = yield* loadL2(engine, l2Offset)
     const firstIndex = plan.firstCluster % g.l2Entries
-    const frees: Array<{ offset: number; length: number }> = []
-    let freedCompressed = false
+    const replaced: HostRange[] = []
     for (let i = 0; i < plan.clusters; i++) {
       const old = readL2Entry(table, firstIndex + i, g)
       const host = plan.hostOffset + i * cs
@@ -294,37 +292,39 @@ function link(ctx: ClusterContext, plan: Extract<WritePlan, { _tag: "Allocate" }
       } else {
         writeL2Entry(table, firstIndex + i, { _tag: "Normal", hostOffset: host, copied: true }, g)
       }
-      if (ctx.externalData) continue
-      switch (old._tag) {
-        case "Normal":
-        case "Zero":
-        case "Subclusters":
-          if (old.hostOffset !== 0 && old.hostOffset !== host) frees.push({ offset: old.hostOffset, length: cs })
-          break
-        case "Compressed":
-          frees.push({ offset: old.hostOffset, length: old.compressedSize })
-          freedCompressed = true
-          break
-        default:
-          break
-      }
+      const range = replacedHostRange(engine, old, host)
+      if (range !== undefined) replaced.push(range)
     }
-    ctx.l2Cache.markDirty(l2Offset)
-    // Rule 2: the data (and copied head/tail) is durable before the L2 entry.
-    ctx.l2Cache.dependOnStorageFlush()
-    if (frees.length > 0) {
-      // Rule 3: the L2 entry dropping a reference is written before the decrease.
-      if (!ctx.lazyRefcounts) yield* ctx.refcounts.cache.dependOn(ctx.l2Cache)
-      for (const f of frees) yield* ctx.refcounts.free(f.offset, f.length)
-      if (freedCompressed) forgetDecompressed(ctx)
-    }
+    engine.l2Cache.markDirty(l2Offset)
+    engine.l2Cache.dependOnStorageFlush()
+    yield* releaseReplaced(engine, replaced)
   })
 }
 
 /** A failed allocating write: give back clusters that were never linked. */
-function abandon(ctx: ClusterContext, plan: Extract<WritePlan, { _tag: "Allocate" }>): Effect.Effect<void> {
+function abandon(engine: Qcow2Engine, plan: Extract<WritePlan, { _tag: "Allocate" }>): Effect.Effect<void> {
   if (!plan.fresh || plan.progress.linked) return Effect.void
-  return ctx.lock
-    .withPermits(1)(ctx.refcounts.free(plan.hostOffset, plan.clusters * ctx.geometry.clusterSize))
+  return engine.lock
+    .withPermits(1)(engine.refcounts.free(plan.hostOffset, plan.clusters * engine.geometry.clusterSize))
     .pipe(Effect.ignore)
+}
+
+/**
+ * Writes guest bytes of any alignment. Encrypted data is ciphered in whole
+ * 512-byte sectors, so a write that does not cover whole sectors reads the
+ * sectors it touches, patches them and writes them back, one at a time
+ * (`sectorLock`).
+ */
+export function writeBytes(engine: Qcow2Engine, offset: number, data: Uint8Array): Effect.Effect<void, EngineFailure> {
+  if (engine.crypto === undefined || (offset % 512 === 0 && data.length % 512 === 0)) return writeGuest(engine, offset, data)
+  return engine.sectorLock.withPermits(1)(
+    Effect.gen(function* () {
+      const start = Math.floor(offset / 512) * 512
+      const end = Math.min(Math.ceil((offset + data.length) / 512) * 512, Math.ceil(engine.header.size / 512) * 512)
+      const buffer = new Uint8Array(end - start)
+      yield* readGuest(engine, start, buffer)
+      buffer.set(data, offset - start)
+      yield* writeGuest(engine, start, buffer)
+    })
+  )
 }

@@ -4,7 +4,11 @@
 import { randomFillSync } from "node:crypto"
 import { availableParallelism } from "node:os"
 import { Effect } from "effect"
-import { makeCompressionPool, NodeClusterCodec, PortableClusterCodec } from "../dist/node.js"
+import { makeClusterKernels } from "../dist/internal/codec.js"
+import { portableDeflateKernels } from "../dist/internal/deflatePortable.js"
+import { nodeDeflateKernels } from "../dist/internal/nodeKernels.js"
+import { zstdKernel } from "../dist/internal/zstdModule.js"
+import { makeCompressionPool } from "../dist/node.js"
 
 const arg = (name, fallback) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -63,13 +67,15 @@ const record = (label, seconds, compressedBytes, stored, bytes = total) => {
 const sizeOf = (results) => results.reduce((n, r) => n + (r === undefined ? clusterSize : r.length), 0)
 const storedCount = (results) => results.filter((r) => r !== undefined).length
 
-const node = await Effect.runPromise(NodeClusterCodec.make)
-const portable = await Effect.runPromise(PortableClusterCodec.make)
+// The synchronous kernels NodeClusterCodec and PortableClusterCodec run per cluster.
+const zstd = await zstdKernel()
+const node = makeClusterKernels(nodeDeflateKernels(), () => zstd)
+const portable = makeClusterKernels(portableDeflateKernels(), () => zstd)
 
 const mainThread = (label, codec, type) => {
   startCpu()
   const t = performance.now()
-  const results = clusters.map((c) => codec.compressSync(type, c))
+  const results = clusters.map((c) => codec.compress(type, c))
   record(label, (performance.now() - t) / 1000, sizeOf(results), storedCount(results))
   return results
 }
@@ -111,7 +117,7 @@ const decode = (label, codec, type, compressed) => {
   let bytes = 0
   compressed.forEach((c) => {
     if (c === undefined) return
-    codec.decompressSync(type, c, out)
+    codec.decompress(type, c, out)
     bytes += clusterSize
   })
   record(label, (performance.now() - t) / 1000, undefined, undefined, bytes)

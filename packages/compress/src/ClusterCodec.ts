@@ -28,8 +28,6 @@ export interface CompressOptions {
  *   bytes for deflate, as zlib needs a spare byte to report the end, and at
  *   most cluster_size - 1 bytes for zstd), `undefined` otherwise (store the
  *   cluster uncompressed).
- * - The `*Sync` variants do the same without an Effect per call, for loops
- *   over many clusters; they throw DecompressionError / CompressionError.
  *
  * Instances are not reentrant across threads but are safe to share within
  * one JavaScript realm (every call runs to completion synchronously).
@@ -41,10 +39,6 @@ export interface ClusterCodecShape {
     input: Uint8Array,
     options?: CompressOptions
   ) => Effect.Effect<Uint8Array | undefined, CompressionError>
-  /** Like `decompress`; throws DecompressionError. */
-  readonly decompressSync: (type: CompressionType, input: Uint8Array, out: Uint8Array) => void
-  /** Like `compress`; throws CompressionError. */
-  readonly compressSync: (type: CompressionType, input: Uint8Array, options?: CompressOptions) => Uint8Array | undefined
 }
 
 /** The cluster compression service. Provided by `NodeClusterCodec.layer` (node:zlib) or `PortableClusterCodec.layer` (pako). */

@@ -61,7 +61,7 @@ export interface CompressionPool {
 }
 
 /** The worker program: kernels inlined from their source text. */
-export const compressionWorkerSource = (): string =>
+const compressionWorkerSource = (): string =>
   [
     `"use strict";`,
     `const { parentPort, workerData } = require("node:worker_threads");`,

@@ -10,8 +10,8 @@ export const CompressionType = {
 } as const satisfies Record<string, CompressionType>
 
 /** Smallest and largest cluster sizes QEMU accepts (cluster_bits 9..21). */
-export const MIN_CLUSTER_SIZE = 512
-export const MAX_CLUSTER_SIZE = 2 * 1024 * 1024
+const MIN_CLUSTER_SIZE = 512
+const MAX_CLUSTER_SIZE = 2 * 1024 * 1024
 
 /** Default levels: zlib's Z_DEFAULT_COMPRESSION (6) and ZSTD_CLEVEL_DEFAULT (3), as QEMU uses. */
 export const DEFAULT_DEFLATE_LEVEL = 6

@@ -2,64 +2,14 @@
  * ClusterCodec for Node: deflate with node:zlib (native zlib), zstd with the
  * libzstd wasm build (Node 20's zlib has no zstd).
  */
-import * as zlib from "node:zlib"
 import { Effect, Layer } from "effect"
 import { ClusterCodec, type ClusterCodecShape } from "./ClusterCodec.js"
 import { makeClusterCodec } from "./internal/codec.js"
-import { CompressionType } from "./CompressionType.js"
-import { DecompressionError } from "./errors.js"
-import { nodeDeflateCluster } from "./internal/deflateNode.js"
-import { DEFLATE_READ_WINDOW_BITS, makePortableInflate } from "./internal/deflatePortable.js"
-import { createZstdKernel } from "./internal/zstdKernel.js"
-import { zstdWasmModule } from "./internal/zstdModule.js"
+import { nodeDeflateKernels } from "./internal/nodeKernels.js"
+import { zstdKernel } from "./internal/zstdModule.js"
 
-/**
- * Inflate with node:zlib into at most one cluster. Node's one-shot API
- * cannot write into the caller's buffer, so the result (one chunk of
- * cluster size) is copied; `maxOutputLength` bounds the allocation. A
- * stream that holds more than a cluster makes Node throw
- * ERR_BUFFER_TOO_LARGE, and Node also reports errors in data past the end
- * of the cluster; QEMU accepts both (it stops once the cluster is full), so
- * on any Node error the input is decoded again by the bounded pako path,
- * whose result is final.
- */
-const makeNodeInflate = (): ((input: Uint8Array, out: Uint8Array) => void) => {
-  const exact = makePortableInflate()
-  return (input, out) => {
-    let result: Buffer
-    try {
-      result = zlib.inflateRawSync(input, {
-        windowBits: DEFLATE_READ_WINDOW_BITS,
-        finishFlush: zlib.constants.Z_SYNC_FLUSH,
-        chunkSize: out.length,
-        maxOutputLength: out.length
-      })
-    } catch {
-      // ERR_BUFFER_TOO_LARGE (the stream holds more than a cluster) or a zlib
-      // error, possibly past the end of the cluster, where QEMU never looks:
-      // the exact path gives QEMU's verdict.
-      return exact(input, out)
-    }
-    if (result.length < out.length) {
-      throw new DecompressionError({
-        compressionType: CompressionType.Deflate,
-        reason: "ShortOutput",
-        message: `deflate data yields ${result.length} of ${out.length} bytes`
-      })
-    }
-    out.set(result)
-  }
-}
-
-/** Builds a Node codec (compiles the zstd wasm on first use in the process). */
-export const make: Effect.Effect<ClusterCodecShape> = Effect.gen(function* () {
-  const module = yield* Effect.promise(() => zstdWasmModule())
-  return makeClusterCodec({
-    inflate: makeNodeInflate(),
-    deflate: (input, level) => nodeDeflateCluster(zlib, input, level),
-    zstd: createZstdKernel(module)
-  })
-})
+/** Builds a Node codec. The zstd wasm is compiled and instantiated by the first zstd cluster of the process. */
+export const make: Effect.Effect<ClusterCodecShape> = Effect.sync(() => makeClusterCodec(nodeDeflateKernels(), zstdKernel))
 
 /** Provides ClusterCodec with node:zlib and zstd wasm. */
 export const layer: Layer.Layer<ClusterCodec> = Layer.effect(ClusterCodec, make)

@@ -6,19 +6,11 @@
 import { Effect, Layer } from "effect"
 import { ClusterCodec, type ClusterCodecShape } from "./ClusterCodec.js"
 import { makeClusterCodec } from "./internal/codec.js"
-import { makePortableDeflate, makePortableInflate } from "./internal/deflatePortable.js"
-import { createZstdKernel } from "./internal/zstdKernel.js"
-import { zstdWasmModule } from "./internal/zstdModule.js"
+import { portableDeflateKernels } from "./internal/deflatePortable.js"
+import { zstdKernel } from "./internal/zstdModule.js"
 
-/** Builds a portable codec (compiles the zstd wasm on first use in the realm). */
-export const make: Effect.Effect<ClusterCodecShape> = Effect.gen(function* () {
-  const module = yield* Effect.promise(() => zstdWasmModule())
-  return makeClusterCodec({
-    inflate: makePortableInflate(),
-    deflate: makePortableDeflate(),
-    zstd: createZstdKernel(module)
-  })
-})
+/** Builds a portable codec. The zstd wasm is compiled and instantiated by the first zstd cluster of the realm. */
+export const make: Effect.Effect<ClusterCodecShape> = Effect.sync(() => makeClusterCodec(portableDeflateKernels(), zstdKernel))
 
 /** Provides ClusterCodec with pako and zstd wasm. */
 export const layer: Layer.Layer<ClusterCodec> = Layer.effect(ClusterCodec, make)

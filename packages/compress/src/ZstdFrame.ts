@@ -11,12 +11,12 @@
  */
 
 /** Little-endian magic of a zstd frame (RFC 8878 3.1.1). */
-export const ZSTD_MAGIC = 0xfd2fb528
+const ZSTD_MAGIC = 0xfd2fb528
 /** Skippable frames use magics 0x184D2A50..0x184D2A5F (RFC 8878 3.1.2). */
-export const ZSTD_SKIPPABLE_MAGIC_MIN = 0x184d2a50
-export const ZSTD_SKIPPABLE_MAGIC_MAX = 0x184d2a5f
+const ZSTD_SKIPPABLE_MAGIC_MIN = 0x184d2a50
+const ZSTD_SKIPPABLE_MAGIC_MAX = 0x184d2a5f
 /** Largest block size a frame may use (RFC 8878 3.1.1.2: Block_Maximum_Size <= 128 KiB). */
-export const ZSTD_BLOCK_SIZE_MAX = 128 * 1024
+const ZSTD_BLOCK_SIZE_MAX = 128 * 1024
 
 /** Block types (RFC 8878 3.1.1.2.2). */
 export const ZstdBlockType = { Raw: 0, Rle: 1, Compressed: 2, Reserved: 3 } as const

@@ -24,11 +24,11 @@ const program = Effect.scoped(
     const pool = yield* makeCompressionPool({ workers: 2 })
     const results = yield* Effect.forEach([0, 1, 0, 1], (type) => pool.compress(type, data), { concurrency: 4 })
     const out = new Uint8Array(65536)
-    results.forEach((compressed, i) => {
+    for (const [i, compressed] of results.entries()) {
       const codec = i < 2 ? node : portable
-      codec.decompressSync(i % 2, compressed, out)
+      yield* codec.decompress(i % 2, compressed, out)
       if (Buffer.compare(out, data) !== 0) throw new Error("mismatch in result " + i)
-    })
+    }
     return results.map((r) => r.length)
   })
 )

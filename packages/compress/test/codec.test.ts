@@ -4,13 +4,10 @@ import { Effect, Exit } from "effect"
 import fc from "fast-check"
 import { deflateRaw as pakoDeflateRaw, inflateRaw as pakoInflateRaw } from "pako"
 import { beforeAll, describe, expect, it } from "vitest"
-import {
-  ClusterCodec,
-  type ClusterCodecShape,
-  CompressionError,
-  type CompressionType,
-  DecompressionError
-} from "../src/index.js"
+import { ClusterCodec, CompressionError, type CompressionType, DecompressionError } from "../src/index.js"
+import { type ClusterKernels, makeClusterCodec } from "../src/internal/codec.js"
+import { portableDeflateKernels } from "../src/internal/deflatePortable.js"
+import { zstdKernel } from "../src/internal/zstdModule.js"
 import { NodeClusterCodec, PortableClusterCodec } from "../src/node.js"
 import {
   CLUSTER_SIZES,
@@ -28,14 +25,14 @@ import { buildFrame, buildSkippable } from "./zstdFrameBuilder.js"
 const TYPES = [0, 1] as const satisfies ReadonlyArray<CompressionType>
 const typeName = (t: CompressionType) => (t === 0 ? "deflate" : "zstd")
 
-let codecs: ReadonlyArray<readonly [string, ClusterCodecShape]> = []
+let codecs: ReadonlyArray<readonly [string, ClusterKernels]> = []
 beforeAll(async () => {
   codecs = await makeCodecs()
   await packageInit()
 })
 
-const decodeError = (codec: ClusterCodecShape, type: CompressionType, input: Uint8Array, size: number) => {
-  const error = thrown(() => codec.decompressSync(type, input, new Uint8Array(size)))
+const decodeError = (codec: ClusterKernels, type: CompressionType, input: Uint8Array, size: number) => {
+  const error = thrown(() => codec.decompress(type, input, new Uint8Array(size)))
   expect(error).toBeInstanceOf(DecompressionError)
   return error as DecompressionError
 }
@@ -50,12 +47,12 @@ describe("round trips", () => {
       const data = textBytes(size, size)
       for (const type of TYPES) {
         for (const [encoderName, encoder] of codecs) {
-          const compressed = encoder.compressSync(type, data)
+          const compressed = encoder.compress(type, data)
           expect(compressed, `${encoderName} ${typeName(type)} ${size}`).toBeDefined()
           expect(compressed!.length).toBeLessThanOrEqual(size - 1)
           for (const [decoderName, decoder] of codecs) {
             const out = new Uint8Array(size)
-            decoder.decompressSync(type, padToSector(compressed!), out)
+            decoder.decompress(type, padToSector(compressed!), out)
             expectSameBytes(out, data, `${encoderName} -> ${decoderName} ${typeName(type)} ${size}`)
           }
         }
@@ -67,10 +64,10 @@ describe("round trips", () => {
     for (const size of CLUSTER_SIZES) {
       for (const type of TYPES) {
         for (const [, codec] of codecs) {
-          const compressed = codec.compressSync(type, new Uint8Array(size))!
+          const compressed = codec.compress(type, new Uint8Array(size))!
           expect(compressed.length).toBeLessThan(Math.max(64, size / 100))
           const out = new Uint8Array(size).fill(0xee)
-          codec.decompressSync(type, compressed, out)
+          codec.decompress(type, compressed, out)
           expect(out.every((b) => b === 0)).toBe(true)
         }
       }
@@ -82,7 +79,7 @@ describe("round trips", () => {
       const data = randomBytes(size, size + 1)
       for (const type of TYPES) {
         for (const [name, codec] of codecs) {
-          expect(codec.compressSync(type, data), `${name} ${typeName(type)} ${size}`).toBeUndefined()
+          expect(codec.compress(type, data), `${name} ${typeName(type)} ${size}`).toBeUndefined()
         }
       }
     }
@@ -91,7 +88,7 @@ describe("round trips", () => {
   it("node and portable deflate output both decode with zlib and pako (byte formats agree)", () => {
     const data = textBytes(65536)
     for (const [, codec] of codecs) {
-      const compressed = codec.compressSync(0, data)!
+      const compressed = codec.compress(0, data)!
       expectSameBytes(new Uint8Array(zlib.inflateRawSync(compressed)), data)
       expectSameBytes(pakoInflateRaw(compressed), data)
     }
@@ -100,15 +97,15 @@ describe("round trips", () => {
   it("respects the level option", () => {
     const data = textBytes(65536)
     for (const [, codec] of codecs) {
-      const fast = codec.compressSync(0, data, { level: 1 })!
-      const best = codec.compressSync(0, data, { level: 9 })!
+      const fast = codec.compress(0, data, { level: 1 })!
+      const best = codec.compress(0, data, { level: 9 })!
       expect(best.length).toBeLessThan(fast.length)
-      expect(codec.compressSync(0, data, { level: 0 })).toBeUndefined()
-      const zfast = codec.compressSync(1, data, { level: 1 })!
-      const zbest = codec.compressSync(1, data, { level: 19 })!
+      expect(codec.compress(0, data, { level: 0 })).toBeUndefined()
+      const zfast = codec.compress(1, data, { level: 1 })!
+      const zbest = codec.compress(1, data, { level: 19 })!
       expect(zbest.length).toBeLessThan(zfast.length)
       const out = new Uint8Array(65536)
-      codec.decompressSync(1, zbest, out)
+      codec.decompress(1, zbest, out)
       expectSameBytes(out, data)
     }
   })
@@ -137,7 +134,7 @@ describe("QEMU's compression rule (qcow2_co_pwritev_compressed_task)", () => {
         [portable, pakoDeflateRaw(data, { level: 6, windowBits: -12, memLevel: 9 })]
       ] as const
       for (const [codec, reference] of references) {
-        const result = codec.compressSync(0, data)
+        const result = codec.compress(0, data)
         if (reference.length <= size - 2) expectSameBytes(result, reference)
         else expect(result).toBeUndefined()
         seen.add(size - reference.length)
@@ -153,7 +150,7 @@ describe("QEMU's compression rule (qcow2_co_pwritev_compressed_task)", () => {
       data.set(randomBytes(2900 + k * 3, k + 1))
       const reference = packageCompress(data, 3)
       for (const [, codec] of codecs) {
-        const result = codec.compressSync(1, data)
+        const result = codec.compress(1, data)
         if (reference.length <= size - 1) expectSameBytes(result, reference)
         else expect(result).toBeUndefined()
         outcomes.add(result !== undefined)
@@ -179,7 +176,7 @@ describe("deflate interop and trailing data", () => {
     for (const [, codec] of codecs) {
       for (const input of inputs) {
         const out = new Uint8Array(size)
-        codec.decompressSync(0, input, out)
+        codec.decompress(0, input, out)
         expectSameBytes(out, data)
       }
     }
@@ -191,7 +188,7 @@ describe("deflate interop and trailing data", () => {
       const stream = qemuDeflate(data, 15)
       for (const [, codec] of codecs) {
         const out = new Uint8Array(size)
-        codec.decompressSync(0, padToSector(stream), out)
+        codec.decompress(0, padToSector(stream), out)
         expectSameBytes(out, data)
       }
     }
@@ -210,7 +207,7 @@ describe("deflate interop and trailing data", () => {
     for (const input of [stream, stream.subarray(0, Math.floor(stream.length * 0.6))]) {
       for (const [, codec] of codecs) {
         const out = new Uint8Array(size)
-        codec.decompressSync(0, input, out)
+        codec.decompress(0, input, out)
         expectSameBytes(out, data.subarray(0, size))
       }
     }
@@ -263,7 +260,7 @@ describe("deflate interop and trailing data", () => {
           const outcomes = [node, portable].map((codec) => {
             const out = new Uint8Array(size)
             try {
-              codec.decompressSync(0, input, out)
+              codec.decompress(0, input, out)
               return { ok: true, out, reason: undefined }
             } catch (error) {
               expect(error).toBeInstanceOf(DecompressionError)
@@ -283,7 +280,7 @@ describe("deflate interop and trailing data", () => {
     const bomb = qemuDeflate(new Uint8Array(64 * 1024 * 1024))
     for (const [, codec] of codecs) {
       const out = new Uint8Array(512)
-      codec.decompressSync(0, bomb, out)
+      codec.decompress(0, bomb, out)
       expect(out.every((b) => b === 0)).toBe(true)
     }
   })
@@ -298,7 +295,7 @@ describe("zstd interop and trailing data", () => {
       for (const input of [frame, padToSector(frame), concat(frame, next), concat(frame, randomBytes(900))]) {
         for (const [, codec] of codecs) {
           const out = new Uint8Array(size)
-          codec.decompressSync(1, input, out)
+          codec.decompress(1, input, out)
           expectSameBytes(out, data)
         }
       }
@@ -308,7 +305,7 @@ describe("zstd interop and trailing data", () => {
   it("our frames decode with the @bokuweb/zstd-wasm package", () => {
     const data = textBytes(65536, 77)
     for (const [, codec] of codecs) {
-      expectSameBytes(packageDecompress(codec.compressSync(1, data)!), data)
+      expectSameBytes(packageDecompress(codec.compress(1, data)!), data)
     }
   })
 
@@ -326,7 +323,7 @@ describe("zstd interop and trailing data", () => {
     )
     for (const [, codec] of codecs) {
       const out = new Uint8Array(size)
-      codec.decompressSync(1, input, out)
+      codec.decompress(1, input, out)
       expectSameBytes(out, data)
     }
   })
@@ -344,7 +341,7 @@ describe("zstd interop and trailing data", () => {
     })
     for (const [, codec] of codecs) {
       const out = new Uint8Array(size)
-      codec.decompressSync(1, padToSector(frame), out)
+      codec.decompress(1, padToSector(frame), out)
       expectSameBytes(out, expected)
     }
   })
@@ -413,7 +410,7 @@ describe("zstd interop and trailing data", () => {
           const input = base.slice(0, cut)
           for (const [i, v] of edits) if (i < input.length) input[i] = v
           try {
-            codec.decompressSync(1, input, new Uint8Array(size))
+            codec.decompress(1, input, new Uint8Array(size))
           } catch (error) {
             expect(error).toBeInstanceOf(DecompressionError)
           }
@@ -439,7 +436,7 @@ describe("argument checks", () => {
         [1, new Uint8Array(512), 23],
         [1, new Uint8Array(512), 1.5]
       ] as const) {
-        const error = thrown(() => codec.compressSync(type as CompressionType, input, { level }))
+        const error = thrown(() => codec.compress(type as CompressionType, input, { level }))
         expect(error).toBeInstanceOf(CompressionError)
         expect((error as CompressionError).reason).toBe("Unsupported")
       }
@@ -480,4 +477,38 @@ describe("Effect API and layers", () => {
       expect(Exit.isFailure(exit)).toBe(true)
     })
   }
+})
+
+describe("zstd wasm loaded by the first zstd cluster", () => {
+  it("deflate never loads it; a failed load fails zstd clusters with typed errors; the next zstd cluster tries again", async () => {
+    let loads = 0
+    let available = false
+    const codec = makeClusterCodec(portableDeflateKernels(), () => {
+      loads++
+      return available ? zstdKernel() : Promise.reject(new RangeError("WebAssembly.Instance(): Out of memory"))
+    })
+    const data = textBytes(65536, 41)
+    const out = new Uint8Array(65536)
+    const deflated = await Effect.runPromise(codec.compress(0, data))
+    await Effect.runPromise(codec.decompress(0, deflated!, out))
+    expectSameBytes(out, data)
+    expect(loads).toBe(0)
+
+    const zstdFrame = packageCompress(data, 3)
+    const decodeFailure = await Effect.runPromise(Effect.flip(codec.decompress(1, zstdFrame, out)))
+    expect(decodeFailure).toBeInstanceOf(DecompressionError)
+    expect(decodeFailure.reason).toBe("Unsupported")
+    expect(decodeFailure.message).toMatch(/zstd is not available: .*Out of memory/)
+    const encodeFailure = await Effect.runPromise(Effect.flip(codec.compress(1, data)))
+    expect(encodeFailure).toBeInstanceOf(CompressionError)
+    expect(encodeFailure.reason).toBe("Failed")
+    expect(loads).toBe(2)
+
+    available = true
+    out.fill(0)
+    await Effect.runPromise(codec.decompress(1, zstdFrame, out))
+    expectSameBytes(out, data)
+    expectSameBytes(await Effect.runPromise(codec.compress(1, data)), zstdFrame)
+    expect(loads).toBe(3)
+  })
 })

@@ -1,6 +1,7 @@
-import { Effect } from "effect"
-import type { ClusterCodecShape } from "../src/index.js"
-import { NodeClusterCodec, PortableClusterCodec } from "../src/node.js"
+import { type ClusterKernels, makeClusterKernels } from "../src/internal/codec.js"
+import { portableDeflateKernels } from "../src/internal/deflatePortable.js"
+import { nodeDeflateKernels } from "../src/internal/nodeKernels.js"
+import { zstdKernel } from "../src/internal/zstdModule.js"
 
 /** Every cluster size QEMU accepts: 512 B .. 2 MiB. */
 export const CLUSTER_SIZES = Array.from({ length: 13 }, (_, i) => 512 << i)
@@ -62,10 +63,17 @@ export const padToSector = (data: Uint8Array, fill: Uint8Array = new Uint8Array(
   return concat(data, fill.subarray(0, padded - data.length))
 }
 
-export const makeCodecs = async (): Promise<ReadonlyArray<readonly [string, ClusterCodecShape]>> => [
-  ["node", await Effect.runPromise(NodeClusterCodec.make)],
-  ["portable", await Effect.runPromise(PortableClusterCodec.make)]
-]
+/**
+ * The synchronous kernels of NodeClusterCodec and PortableClusterCodec (what
+ * their Effects run per cluster), with the zstd wasm loaded.
+ */
+export const makeCodecs = async (): Promise<ReadonlyArray<readonly [string, ClusterKernels]>> => {
+  const zstd = await zstdKernel()
+  return [
+    ["node", makeClusterKernels(nodeDeflateKernels(), () => zstd)],
+    ["portable", makeClusterKernels(portableDeflateKernels(), () => zstd)]
+  ]
+}
 
 /** Calls `f`, returns the thrown value (fails the test if nothing is thrown). */
 export const thrown = (f: () => unknown): unknown => {

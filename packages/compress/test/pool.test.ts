@@ -1,13 +1,15 @@
 import { Effect, Exit } from "effect"
 import { beforeAll, describe, expect, it } from "vitest"
-import { CompressionError, type ClusterCodecShape } from "../src/index.js"
+import { CompressionError } from "../src/index.js"
+import type { ClusterKernels } from "../src/internal/codec.js"
 import { WorkerPool, type JobOutcome } from "../src/internal/workerPool.js"
-import { makeCompressionPool, NodeClusterCodec } from "../src/node.js"
-import { expectSameBytes, periodicBytes, randomBytes, textBytes } from "./fixtures.js"
+import { makeCompressionPool } from "../src/node.js"
+import { expectSameBytes, makeCodecs, periodicBytes, randomBytes, textBytes } from "./fixtures.js"
 
-let node: ClusterCodecShape
+/** NodeClusterCodec's kernels, the reference for the pool's bytes. */
+let node: ClusterKernels
 beforeAll(async () => {
-  node = await Effect.runPromise(NodeClusterCodec.make)
+  node = (await makeCodecs())[0][1]
 })
 
 const mixedClusters = (count: number, size: number): Array<Uint8Array> =>
@@ -42,7 +44,7 @@ describe("makeCompressionPool", () => {
     )
     clusters.forEach((cluster, i) => {
       for (const type of [0, 1] as const) {
-        const expected = node.compressSync(type, cluster)
+        const expected = node.compress(type, cluster)
         const got = results[i * 2 + type]
         if (expected === undefined) expect(got).toBeUndefined()
         else expectSameBytes(got, expected, `cluster ${i} type ${type}`)
@@ -69,7 +71,7 @@ describe("makeCompressionPool", () => {
       )
     )
     expect(completed).not.toEqual([0, 1, 2, 3, 4, 5])
-    inputs.forEach((input, i) => expectSameBytes(results[i], node.compressSync(0, input)!, `result ${i}`))
+    inputs.forEach((input, i) => expectSameBytes(results[i], node.compress(0, input)!, `result ${i}`))
   })
 
   it("copies the caller's cluster unless transfer is requested for a whole buffer", async () => {
@@ -87,7 +89,7 @@ describe("makeCompressionPool", () => {
           expect(region.byteLength).toBe(65536) // a view is copied, never detaches its buffer
 
           const owned = textBytes(4096)
-          const expected = node.compressSync(0, owned)!
+          const expected = node.compress(0, owned)!
           const result = yield* pool.compress(0, owned, undefined, { transfer: true })
           expect(owned.byteLength).toBe(0) // detached: the memory went to the worker
           expectSameBytes(result, expected)

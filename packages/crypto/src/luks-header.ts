@@ -21,26 +21,26 @@
  * Key slot: active u32 (0x00AC71F3 enabled, 0x0000DEAD disabled), iterations
  * u32, salt 32 bytes, key-material-offset u32 (sectors), stripes u32.
  */
-import { InvalidLuksHeader } from "./errors.js"
+import { invalidLuksHeader } from "./errors.js"
 
-export const LUKS_MAGIC: Uint8Array = new Uint8Array([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])
+const LUKS_MAGIC: Uint8Array = new Uint8Array([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])
 export const LUKS_VERSION = 1
 /** Size of the LUKS1 partition header with its 8 key slots. */
 export const LUKS_HEADER_SIZE = 592
-export const LUKS_NUM_KEY_SLOTS = 8
+const LUKS_NUM_KEY_SLOTS = 8
 export const LUKS_DIGEST_SIZE = 20
 export const LUKS_SALT_SIZE = 32
 export const LUKS_STRIPES = 4000
 export const LUKS_SECTOR_SIZE = 512
-export const LUKS_KEY_ENABLED = 0x00ac71f3
-export const LUKS_KEY_DISABLED = 0x0000dead
+const LUKS_KEY_ENABLED = 0x00ac71f3
+const LUKS_KEY_DISABLED = 0x0000dead
 /**
  * The first key material starts 4096 bytes into the header and every slot's
  * material is rounded up to 4096 bytes (8 sectors); this is what cryptsetup and
  * QEMU do (crypto/block-luks.c, QCRYPTO_BLOCK_LUKS_KEY_SLOT_OFFSET), not the
  * spec's own 1.2 alignment example.
  */
-export const LUKS_ALIGN_SECTORS = 8
+const LUKS_ALIGN_SECTORS = 8
 /** QEMU's minimum PBKDF2 iteration counts for key slots and the master-key digest. */
 export const LUKS_MIN_ITERATIONS = 1000
 
@@ -106,21 +106,21 @@ export const luksLayout = (
 const readString = (bytes: Uint8Array, offset: number, size: number, name: string): string => {
   const field = bytes.subarray(offset, offset + size)
   const nul = field.indexOf(0)
-  if (nul < 0) throw new InvalidLuksHeader({ reason: `${name} is not NUL-terminated`, offset })
+  if (nul < 0) throw invalidLuksHeader(`${name} is not NUL-terminated`, offset)
   let s = ""
   for (let i = 0; i < nul; i++) {
     const c = field[i]!
-    if (c < 0x20 || c > 0x7e) throw new InvalidLuksHeader({ reason: `${name} contains a non-ASCII byte`, offset: offset + i })
+    if (c < 0x20 || c > 0x7e) throw invalidLuksHeader(`${name} contains a non-ASCII byte`, offset + i)
     s += String.fromCharCode(c)
   }
   return s
 }
 
 const writeString = (bytes: Uint8Array, offset: number, size: number, value: string, name: string): void => {
-  if (value.length >= size) throw new InvalidLuksHeader({ reason: `${name} "${value}" does not fit in ${size - 1} bytes`, offset })
+  if (value.length >= size) throw invalidLuksHeader(`${name} "${value}" does not fit in ${size - 1} bytes`, offset)
   for (let i = 0; i < value.length; i++) {
     const c = value.charCodeAt(i)
-    if (c < 0x20 || c > 0x7e) throw new InvalidLuksHeader({ reason: `${name} "${value}" is not printable ASCII`, offset })
+    if (c < 0x20 || c > 0x7e) throw invalidLuksHeader(`${name} "${value}" is not printable ASCII`, offset)
     bytes[offset + i] = c
   }
 }
@@ -132,18 +132,18 @@ const writeString = (bytes: Uint8Array, offset: number, size: number, value: str
  * non-zero master-key iterations, valid slot states, non-zero iterations for
  * enabled slots, key material after the header, inside the payload offset and
  * not overlapping other slots, and a bounded key size and stripe count.
- * Throws {@link InvalidLuksHeader}.
+ * Throws a {@link CryptoError} of reason `InvalidLuksHeader`.
  */
 export const decodeLuksHeader = (bytes: Uint8Array): LuksHeader => {
   if (bytes.length < LUKS_HEADER_SIZE) {
-    throw new InvalidLuksHeader({ reason: `header needs ${LUKS_HEADER_SIZE} bytes, got ${bytes.length}` })
+    throw invalidLuksHeader(`header needs ${LUKS_HEADER_SIZE} bytes, got ${bytes.length}`)
   }
   for (let i = 0; i < LUKS_MAGIC.length; i++) {
-    if (bytes[i] !== LUKS_MAGIC[i]) throw new InvalidLuksHeader({ reason: "bad magic (not a LUKS volume)", offset: 0 })
+    if (bytes[i] !== LUKS_MAGIC[i]) throw invalidLuksHeader("bad magic (not a LUKS volume)", 0)
   }
   const view = new DataView(bytes.buffer, bytes.byteOffset, LUKS_HEADER_SIZE)
   const version = view.getUint16(6)
-  if (version !== LUKS_VERSION) throw new InvalidLuksHeader({ reason: `LUKS version ${version} is not supported`, offset: 6 })
+  if (version !== LUKS_VERSION) throw invalidLuksHeader(`LUKS version ${version} is not supported`, 6)
   const cipherName = readString(bytes, 8, STRING_FIELD, "cipher-name")
   const cipherMode = readString(bytes, 40, STRING_FIELD, "cipher-mode")
   const hashSpec = readString(bytes, 72, STRING_FIELD, "hash-spec")
@@ -157,18 +157,18 @@ export const decodeLuksHeader = (bytes: Uint8Array): LuksHeader => {
   let uuid = ""
   for (let i = 0; i < (uuidEnd < 0 ? UUID_FIELD : uuidEnd); i++) uuid += String.fromCharCode(uuidField[i]!)
 
-  if (keyBytes === 0 || keyBytes > 256) throw new InvalidLuksHeader({ reason: `key-bytes ${keyBytes} out of range`, offset: 108 })
+  if (keyBytes === 0 || keyBytes > 256) throw invalidLuksHeader(`key-bytes ${keyBytes} out of range`, 108)
   if (payloadOffset < LUKS_ALIGN_SECTORS) {
-    throw new InvalidLuksHeader({ reason: "payload offset overlaps the LUKS header", offset: 104 })
+    throw invalidLuksHeader("payload offset overlaps the LUKS header", 104)
   }
-  if (mkDigestIterations === 0) throw new InvalidLuksHeader({ reason: "master key iteration count is zero", offset: 164 })
+  if (mkDigestIterations === 0) throw invalidLuksHeader("master key iteration count is zero", 164)
 
   const keySlots: Array<LuksKeySlot> = []
   for (let i = 0; i < LUKS_NUM_KEY_SLOTS; i++) {
     const o = 208 + i * 48
     const state = view.getUint32(o)
     if (state !== LUKS_KEY_ENABLED && state !== LUKS_KEY_DISABLED) {
-      throw new InvalidLuksHeader({ reason: `key slot ${i} state 0x${state.toString(16)} is corrupted`, offset: o })
+      throw invalidLuksHeader(`key slot ${i} state 0x${state.toString(16)} is corrupted`, o)
     }
     const slot: LuksKeySlot = {
       active: state === LUKS_KEY_ENABLED,
@@ -178,16 +178,16 @@ export const decodeLuksHeader = (bytes: Uint8Array): LuksHeader => {
       stripes: view.getUint32(o + 44)
     }
     if (slot.active && slot.iterations === 0) {
-      throw new InvalidLuksHeader({ reason: `key slot ${i} iteration count is zero`, offset: o + 4 })
+      throw invalidLuksHeader(`key slot ${i} iteration count is zero`, o + 4)
     }
     if (slot.stripes === 0 || slot.stripes > 65536) {
-      throw new InvalidLuksHeader({ reason: `key slot ${i} stripe count ${slot.stripes} out of range`, offset: o + 44 })
+      throw invalidLuksHeader(`key slot ${i} stripe count ${slot.stripes} out of range`, o + 44)
     }
     if (slot.keyMaterialOffset < LUKS_ALIGN_SECTORS) {
-      throw new InvalidLuksHeader({ reason: `key slot ${i} overlaps the LUKS header`, offset: o + 40 })
+      throw invalidLuksHeader(`key slot ${i} overlaps the LUKS header`, o + 40)
     }
     if (slot.keyMaterialOffset + keyMaterialSectors(keyBytes, slot.stripes) > payloadOffset) {
-      throw new InvalidLuksHeader({ reason: `key slot ${i} overlaps the encrypted payload`, offset: o + 40 })
+      throw invalidLuksHeader(`key slot ${i} overlaps the encrypted payload`, o + 40)
     }
     keySlots.push(slot)
   }
@@ -198,7 +198,7 @@ export const decodeLuksHeader = (bytes: Uint8Array): LuksHeader => {
       const b = keySlots[j]!
       const bEnd = b.keyMaterialOffset + keyMaterialSectors(keyBytes, b.stripes)
       if (a.keyMaterialOffset < bEnd && b.keyMaterialOffset < aEnd) {
-        throw new InvalidLuksHeader({ reason: `key slots ${i} and ${j} overlap`, offset: 208 + j * 48 + 40 })
+        throw invalidLuksHeader(`key slots ${i} and ${j} overlap`, 208 + j * 48 + 40)
       }
     }
   }
@@ -218,10 +218,10 @@ export const decodeLuksHeader = (bytes: Uint8Array): LuksHeader => {
 }
 
 const checkLength = (value: Uint8Array, length: number, name: string): void => {
-  if (value.length !== length) throw new InvalidLuksHeader({ reason: `${name} must be ${length} bytes, got ${value.length}` })
+  if (value.length !== length) throw invalidLuksHeader(`${name} must be ${length} bytes, got ${value.length}`)
 }
 
-/** Encode a header into 592 bytes (spec §2.4). Throws {@link InvalidLuksHeader} on fields that do not fit. */
+/** Encode a header into 592 bytes (spec §2.4). Throws a {@link CryptoError} of reason `InvalidLuksHeader` on fields that do not fit. */
 export const encodeLuksHeader = (header: LuksHeader): Uint8Array => {
   const bytes = new Uint8Array(LUKS_HEADER_SIZE)
   const view = new DataView(bytes.buffer)
@@ -239,7 +239,7 @@ export const encodeLuksHeader = (header: LuksHeader): Uint8Array => {
   view.setUint32(164, header.mkDigestIterations)
   writeString(bytes, 168, UUID_FIELD, header.uuid, "uuid")
   if (header.keySlots.length !== LUKS_NUM_KEY_SLOTS) {
-    throw new InvalidLuksHeader({ reason: `a LUKS1 header has ${LUKS_NUM_KEY_SLOTS} key slots, got ${header.keySlots.length}` })
+    throw invalidLuksHeader(`a LUKS1 header has ${LUKS_NUM_KEY_SLOTS} key slots, got ${header.keySlots.length}`)
   }
   header.keySlots.forEach((slot, i) => {
     const o = 208 + i * 48

@@ -6,13 +6,7 @@
 import { Effect } from "effect"
 import { afMerge, afSplit } from "./af.js"
 import type { CryptoBackend } from "./backend.js"
-import {
-  BadPassphrase,
-  InvalidCryptoArgument,
-  InvalidLuksHeader,
-  UnsupportedCipher,
-  type CryptoError
-} from "./errors.js"
+import { badPassphrase, CryptoError, invalidArgument, invalidLuksHeader, unsupportedCipher } from "./errors.js"
 import {
   encodeLuksHeader,
   keyMaterialSectors,
@@ -46,18 +40,13 @@ import {
 export type LuksAreaReader<E> = (offset: number, length: number) => Effect.Effect<Uint8Array, E>
 
 /** Cipher spec and PBKDF2/AF hash a header names, or why they are unsupported. */
-export const luksHeaderAlgorithms = (
+const luksHeaderAlgorithms = (
   header: LuksHeader
-): { readonly spec: CipherSpec; readonly hash: HashName } | UnsupportedCipher => {
+): { readonly spec: CipherSpec; readonly hash: HashName } | CryptoError => {
   const spec = resolveLuksCipher(header.cipherName, header.cipherMode, header.keyBytes)
-  if (spec instanceof UnsupportedCipher) return spec
+  if (spec instanceof CryptoError) return spec
   if (!isHashName(header.hashSpec)) {
-    return new UnsupportedCipher({
-      cipher: header.cipherName,
-      mode: header.cipherMode,
-      hash: header.hashSpec,
-      reason: `unknown hash ${header.hashSpec}`
-    })
+    return unsupportedCipher(header.cipherName, header.cipherMode, `unknown hash ${header.hashSpec}`, header.hashSpec)
   }
   return { spec, hash: header.hashSpec }
 }
@@ -96,7 +85,7 @@ const tryKeySlot = <E>(
   slot: LuksKeySlot,
   read: LuksAreaReader<E>,
   passphrase: Uint8Array
-): Effect.Effect<Uint8Array | undefined, E | InvalidLuksHeader> =>
+): Effect.Effect<Uint8Array | undefined, E | CryptoError> =>
   Effect.gen(function* () {
     const materialLength = header.keyBytes * slot.stripes
     // QEMU decrypts exactly key-bytes × stripes; a short last sector decrypts
@@ -104,9 +93,9 @@ const tryKeySlot = <E>(
     const readLength = keyMaterialSectors(header.keyBytes, slot.stripes) * LUKS_SECTOR_SIZE
     const stored = yield* read(slot.keyMaterialOffset * LUKS_SECTOR_SIZE, readLength)
     if (stored.length < materialLength) {
-      return yield* new InvalidLuksHeader({
-        reason: `key material of ${materialLength} bytes at sector ${slot.keyMaterialOffset} is truncated (${stored.length} bytes)`
-      })
+      return yield* invalidLuksHeader(
+        `key material of ${materialLength} bytes at sector ${slot.keyMaterialOffset} is truncated (${stored.length} bytes)`
+      )
     }
     const slotKey = yield* pbkdf2(backend, hash, passphrase, slot.salt, slot.iterations, header.keyBytes)
     const material = new Uint8Array(readLength)
@@ -134,7 +123,7 @@ const tryKeySlot = <E>(
  * Recover the master key of a decoded header with `passphrase` (UTF-8 bytes;
  * QEMU passes the secret as a C string, so a passphrase with a NUL byte cannot
  * match a QEMU-created slot). Tries the enabled slots in order.
- * Fails with {@link BadPassphrase} when no slot accepts it.
+ * Fails with a {@link CryptoError} of reason `BadPassphrase` when no slot accepts it.
  */
 export const unlockLuksHeader = <E>(
   backend: CryptoBackend,
@@ -147,7 +136,7 @@ export const unlockLuksHeader = <E>(
 > =>
   Effect.gen(function* () {
     const algorithms = luksHeaderAlgorithms(header)
-    if (algorithms instanceof UnsupportedCipher) return yield* algorithms
+    if (algorithms instanceof CryptoError) return yield* algorithms
     const { spec, hash } = algorithms
     let tried = 0
     for (let i = 0; i < header.keySlots.length; i++) {
@@ -157,7 +146,7 @@ export const unlockLuksHeader = <E>(
       const key = yield* tryKeySlot(backend, header, spec, hash, slot, read, passphrase)
       if (key !== undefined) return { masterKey: key, slot: i, spec, hash }
     }
-    return yield* new BadPassphrase({ slotsTried: tried })
+    return yield* badPassphrase(tried)
   })
 
 /**
@@ -207,7 +196,7 @@ export interface CreateLuksOptions extends CipherSpecOptions {
 }
 
 /** Default `iter-time` of QEMU (QCRYPTO_BLOCK_LUKS_DEFAULT_ITER_TIME_MS). */
-export const DEFAULT_ITER_TIME_MS = 2000
+const DEFAULT_ITER_TIME_MS = 2000
 
 const randomUuid = (backend: CryptoBackend): string => {
   const b = backend.randomBytes(16)
@@ -223,10 +212,8 @@ const textEncoder = new TextEncoder()
 export const passphraseBytes = (passphrase: Uint8Array | string): Uint8Array =>
   typeof passphrase === "string" ? textEncoder.encode(passphrase) : Uint8Array.from(passphrase)
 
-const checkIterations = (n: number, name: string): InvalidCryptoArgument | undefined =>
-  Number.isInteger(n) && n >= 1 && n <= 0xffffffff
-    ? undefined
-    : new InvalidCryptoArgument({ reason: `${name} ${n} must be an integer in 1..2^32-1` })
+const checkIterations = (n: number, name: string): CryptoError | undefined =>
+  Number.isInteger(n) && n >= 1 && n <= 0xffffffff ? undefined : invalidArgument(`${name} ${n} must be an integer in 1..2^32-1`)
 
 /** Iterations for a target time: QEMU scales per-second counts by iter-time/1000 (integer arithmetic). */
 const scaleIterations = (perSecond: number, iterTimeMs: number, divisor: number): number =>
@@ -253,20 +240,15 @@ export const createLuksArea = (
 > =>
   Effect.gen(function* () {
     const spec = specFromOptions(options)
-    if (spec instanceof UnsupportedCipher) return yield* spec
+    if (spec instanceof CryptoError) return yield* spec
     const hashName = options.hashAlg ?? "sha256"
     if (!isHashName(hashName)) {
-      return yield* new UnsupportedCipher({
-        cipher: specCipherName(spec),
-        mode: specCipherMode(spec),
-        hash: hashName,
-        reason: `unknown hash ${hashName}`
-      })
+      return yield* unsupportedCipher(specCipherName(spec), specCipherMode(spec), `unknown hash ${hashName}`, hashName)
     }
     const hash: HashName = hashName
     const iterTimeMs = options.iterTimeMs ?? DEFAULT_ITER_TIME_MS
     if (!Number.isInteger(iterTimeMs) || iterTimeMs < 1) {
-      return yield* new InvalidCryptoArgument({ reason: `iter-time ${iterTimeMs} must be a positive integer (ms)` })
+      return yield* invalidArgument(`iter-time ${iterTimeMs} must be a positive integer (ms)`)
     }
     for (const [n, name] of [
       [options.slotIterations, "slot iterations"],
@@ -277,9 +259,9 @@ export const createLuksArea = (
     }
     const keyBytes = specKeyBytes(spec)
     if (options.masterKey !== undefined && options.masterKey.length !== keyBytes) {
-      return yield* new InvalidCryptoArgument({
-        reason: `master key must be ${keyBytes} bytes for ${specCipherMode(spec)}, got ${options.masterKey.length}`
-      })
+      return yield* invalidArgument(
+        `master key must be ${keyBytes} bytes for ${specCipherMode(spec)}, got ${options.masterKey.length}`
+      )
     }
     const uuid = options.uuid ?? randomUuid(backend)
     const passphrase = passphraseBytes(options.passphrase)
@@ -326,7 +308,7 @@ export const createLuksArea = (
     }
     const headerBytes = yield* Effect.try({
       try: () => encodeLuksHeader(header),
-      catch: (e) => (e instanceof InvalidLuksHeader ? e : new InvalidLuksHeader({ reason: String(e) }))
+      catch: (e) => (e instanceof CryptoError ? e : invalidLuksHeader(String(e)))
     })
 
     const slotKey = yield* pbkdf2(backend, hash, passphrase, slotSalt, slotIterations, keyBytes)

@@ -13,14 +13,14 @@
  *   memory stays small and cache-resident.
  */
 import type { AesEngine, CryptoBackend } from "./backend.js"
-import { InvalidCryptoArgument } from "./errors.js"
+import { invalidArgument } from "./errors.js"
 import { HASH_DIGEST_LENGTH, specDescription, specKeyBytes, type CipherSpec } from "./spec.js"
 
 /** Sector size of every mode here: 512 bytes (LUKS1 and qcow2 use 512-byte sectors). */
-export const SECTOR_SIZE = 512
+const SECTOR_SIZE = 512
 
 /** Bytes processed per inner iteration (128 sectors). */
-export const CHUNK_BYTES = 64 * 1024
+const CHUNK_BYTES = 64 * 1024
 const CHUNK_SECTORS = CHUNK_BYTES / SECTOR_SIZE
 const BLOCKS_PER_SECTOR = SECTOR_SIZE / 16
 
@@ -41,7 +41,7 @@ export interface SectorCipher {
   /**
    * Encrypt `data` (a multiple of 512 bytes) whose first sector is `sector`.
    * Writes to `out` (same length; identical range or non-overlapping) or, by
-   * default, in place. Throws {@link InvalidCryptoArgument} on bad lengths,
+   * default, in place. Throws a {@link CryptoError} of reason `InvalidArgument` on bad lengths,
    * sector numbers beyond 2^53, or use after {@link dispose}.
    */
   encrypt(sector: number, data: Uint8Array, out?: Uint8Array): void
@@ -164,17 +164,17 @@ const encryptInto = (engine: AesEngine, buf: Uint8Array): void => {
 
 const checkArgs = (sector: number, data: Uint8Array, out: Uint8Array): void => {
   if (!Number.isSafeInteger(sector) || sector < 0) {
-    throw new InvalidCryptoArgument({ reason: `sector number ${sector} is not a non-negative safe integer` })
+    throw invalidArgument(`sector number ${sector} is not a non-negative safe integer`)
   }
   if (data.length % SECTOR_SIZE !== 0) {
-    throw new InvalidCryptoArgument({ reason: `data length ${data.length} is not a multiple of ${SECTOR_SIZE}` })
+    throw invalidArgument(`data length ${data.length} is not a multiple of ${SECTOR_SIZE}`)
   }
   if (!Number.isSafeInteger(sector + data.length / SECTOR_SIZE)) {
-    throw new InvalidCryptoArgument({ reason: `sector range starting at ${sector} exceeds 2^53` })
+    throw invalidArgument(`sector range starting at ${sector} exceeds 2^53`)
   }
   if (out !== data) {
     if (out.length !== data.length) {
-      throw new InvalidCryptoArgument({ reason: `output length ${out.length} differs from input length ${data.length}` })
+      throw invalidArgument(`output length ${out.length} differs from input length ${data.length}`)
     }
     if (
       out.buffer === data.buffer &&
@@ -182,21 +182,21 @@ const checkArgs = (sector: number, data: Uint8Array, out: Uint8Array): void => {
       out.byteOffset < data.byteOffset + data.length &&
       data.byteOffset < out.byteOffset + out.length
     ) {
-      throw new InvalidCryptoArgument({ reason: "output partially overlaps input" })
+      throw invalidArgument("output partially overlaps input")
     }
   }
 }
 
-/** Validate the key length and ESSIV hash of a spec (throws InvalidCryptoArgument). */
+/** Validate the key length and ESSIV hash of a spec (throws a CryptoError, reason InvalidArgument). */
 const checkKey = (spec: CipherSpec, key: Uint8Array): void => {
   const want = specKeyBytes(spec)
   if (key.length !== want) {
-    throw new InvalidCryptoArgument({ reason: `${specDescription(spec)} needs a ${want}-byte key, got ${key.length}` })
+    throw invalidArgument(`${specDescription(spec)} needs a ${want}-byte key, got ${key.length}`)
   }
   if (spec.ivgen === "essiv") {
     const digest = spec.ivgenHash === undefined ? 0 : HASH_DIGEST_LENGTH[spec.ivgenHash]
     if (digest !== 16 && digest !== 24 && digest !== 32) {
-      throw new InvalidCryptoArgument({ reason: `${specDescription(spec)}: ESSIV needs a hash with a 16, 24 or 32-byte digest` })
+      throw invalidArgument(`${specDescription(spec)}: ESSIV needs a hash with a 16, 24 or 32-byte digest`)
     }
   }
 }
@@ -206,7 +206,7 @@ type Direction = "encrypt" | "decrypt"
 /**
  * Build a {@link SectorCipher} for `spec` with master key `key` on `backend`.
  * The key is copied into the backend's key schedules; the caller may zero its copy.
- * Throws {@link InvalidCryptoArgument} if the key length does not fit the spec.
+ * Throws a {@link CryptoError} of reason `InvalidArgument` if the key length does not fit the spec.
  */
 export const makeSectorCipher = (backend: CryptoBackend, spec: CipherSpec, key: Uint8Array): SectorCipher => {
   checkKey(spec, key)
@@ -285,7 +285,7 @@ export const makeSectorCipher = (backend: CryptoBackend, spec: CipherSpec, key: 
   }
 
   const run = (dir: Direction, sector: number, data: Uint8Array, out: Uint8Array): void => {
-    if (disposed) throw new InvalidCryptoArgument({ reason: "sector cipher used after dispose()" })
+    if (disposed) throw invalidArgument("sector cipher used after dispose()")
     checkArgs(sector, data, out)
     const total = data.length / SECTOR_SIZE
     for (let done = 0; done < total; done += CHUNK_SECTORS) {

@@ -10,7 +10,7 @@
 import * as nodeCrypto from "node:crypto"
 import { Layer } from "effect"
 import type { AesEngine, CryptoBackend } from "./backend.js"
-import { InvalidCryptoArgument } from "./errors.js"
+import { invalidArgument } from "./errors.js"
 import { makeSectorCipherFactory, SectorCipherFactory } from "./service.js"
 
 /**
@@ -24,7 +24,7 @@ const toBytes = (b: Buffer): Uint8Array => new Uint8Array(b.buffer, b.byteOffset
 
 const nodeAes = (key: Uint8Array): AesEngine => {
   if (key.length !== 16 && key.length !== 24 && key.length !== 32) {
-    throw new InvalidCryptoArgument({ reason: `AES key must be 16, 24 or 32 bytes, got ${key.length}` })
+    throw invalidArgument(`AES key must be 16, 24 or 32 bytes, got ${key.length}`)
   }
   const bits = key.length * 8
   let keyObject: nodeCrypto.KeyObject | undefined = nodeCrypto.createSecretKey(Uint8Array.from(key))
@@ -35,7 +35,7 @@ const nodeAes = (key: Uint8Array): AesEngine => {
   let column = new Uint8Array(0)
 
   const live = <A>(x: A | undefined): A => {
-    if (x === undefined) throw new InvalidCryptoArgument({ reason: "AES engine used after dispose()" })
+    if (x === undefined) throw invalidArgument("AES engine used after dispose()")
     return x
   }
 

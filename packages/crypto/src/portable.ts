@@ -10,7 +10,7 @@ import { pbkdf2Async } from "@noble/hashes/pbkdf2.js"
 import { sha224, sha256, sha384, sha512 } from "@noble/hashes/sha2.js"
 import { randomBytes } from "@noble/hashes/utils.js"
 import type { AesEngine, CryptoBackend } from "./backend.js"
-import { InvalidCryptoArgument } from "./errors.js"
+import { invalidArgument } from "./errors.js"
 import type { HashName } from "./spec.js"
 
 const isLE = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1
@@ -21,7 +21,7 @@ const HASHES = { md5, sha1, sha224, sha256, sha384, sha512, ripemd160 } as const
 
 const checkAesKey = (key: Uint8Array): void => {
   if (key.length !== 16 && key.length !== 24 && key.length !== 32) {
-    throw new InvalidCryptoArgument({ reason: `AES key must be 16, 24 or 32 bytes, got ${key.length}` })
+    throw invalidArgument(`AES key must be 16, 24 or 32 bytes, got ${key.length}`)
   }
 }
 

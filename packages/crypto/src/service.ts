@@ -1,6 +1,6 @@
 import { Context, Effect, Layer } from "effect"
 import type { CryptoBackend } from "./backend.js"
-import { InvalidCryptoArgument, InvalidLuksHeader, type CryptoError } from "./errors.js"
+import { CryptoError, invalidArgument, invalidLuksHeader } from "./errors.js"
 import { decodeLuksHeader, LUKS_HEADER_SIZE, type LuksHeader } from "./luks-header.js"
 import {
   createLuksArea,
@@ -41,8 +41,8 @@ export interface SectorCipherFactoryShape {
   /**
    * Unlock a LUKS1 area: either its bytes (from the header start; at least
    * through the active key slots' material) or a reader of byte ranges in it.
-   * Fails with `BadPassphrase`, `UnsupportedCipher`, `InvalidLuksHeader`, or
-   * the reader's error.
+   * Fails with a CryptoError (reason `BadPassphrase`, `UnsupportedCipher`,
+   * `InvalidLuksHeader` or `InvalidArgument`) or the reader's error.
    */
   readonly openLuks: <E = never>(
     area: Uint8Array | LuksAreaReader<E>,
@@ -56,7 +56,7 @@ export interface SectorCipherFactoryShape {
    * (QEMU crypto/block-qcow.c). Broken by design; for reading old images.
    */
   readonly legacyAes: (passphrase: Uint8Array | string) => SectorCipher
-  /** A sector cipher for an explicit spec and key (throws InvalidCryptoArgument on a bad key length). */
+  /** A sector cipher for an explicit spec and key (throws a CryptoError, reason InvalidArgument, on a bad key length). */
   readonly sectorCipher: (spec: CipherSpec, key: Uint8Array) => SectorCipher
 }
 
@@ -70,23 +70,19 @@ export class SectorCipherFactory extends Context.Service<SectorCipherFactory, Se
 ) {}
 
 /** Decode a LUKS1 header as an Effect (see {@link decodeLuksHeader}). */
-export const parseLuksHeader = (bytes: Uint8Array): Effect.Effect<LuksHeader, InvalidLuksHeader> =>
+const parseLuksHeader = (bytes: Uint8Array): Effect.Effect<LuksHeader, CryptoError> =>
   Effect.try({
     try: () => decodeLuksHeader(bytes),
-    catch: (e) => (e instanceof InvalidLuksHeader ? e : new InvalidLuksHeader({ reason: String(e) }))
+    catch: (e) => (e instanceof CryptoError ? e : invalidLuksHeader(String(e)))
   })
 
-const bytesReader = (area: Uint8Array): LuksAreaReader<InvalidLuksHeader> => (offset, length) =>
+const bytesReader = (area: Uint8Array): LuksAreaReader<CryptoError> => (offset, length) =>
   offset + length <= area.length
     ? Effect.succeed(area.subarray(offset, offset + length))
-    : Effect.fail(
-        new InvalidLuksHeader({
-          reason: `LUKS area of ${area.length} bytes does not contain bytes ${offset}..${offset + length}`
-        })
-      )
+    : Effect.fail(invalidLuksHeader(`LUKS area of ${area.length} bytes does not contain bytes ${offset}..${offset + length}`))
 
 /** Legacy qcow2 AES key: the passphrase's first 16 bytes, zero-padded (crypto/block-qcow.c). */
-export const legacyAesKey = (passphrase: Uint8Array | string): Uint8Array => {
+const legacyAesKey = (passphrase: Uint8Array | string): Uint8Array => {
   const bytes = passphraseBytes(passphrase)
   const key = new Uint8Array(16)
   key.set(bytes.subarray(0, 16))
@@ -103,14 +99,14 @@ export const makeSectorCipherFactory = (backend: CryptoBackend): SectorCipherFac
     passphrase: Uint8Array | string
   ): Effect.Effect<LuksVolume, CryptoError | E> =>
     Effect.gen(function* () {
-      const read: LuksAreaReader<E | InvalidLuksHeader> = area instanceof Uint8Array ? bytesReader(area) : area
+      const read: LuksAreaReader<E | CryptoError> = area instanceof Uint8Array ? bytesReader(area) : area
       const headerBytes = yield* read(0, LUKS_HEADER_SIZE)
       const header = yield* parseLuksHeader(headerBytes)
       const pass = passphraseBytes(passphrase)
       const unlocked = yield* unlockLuksHeader(backend, header, read, pass).pipe(Effect.ensuring(Effect.sync(() => pass.fill(0))))
       const cipher = yield* Effect.try({
         try: () => makeSectorCipher(backend, unlocked.spec, unlocked.masterKey),
-        catch: (e) => (e instanceof InvalidCryptoArgument ? e : new InvalidCryptoArgument({ reason: String(e) }))
+        catch: (e) => (e instanceof CryptoError ? e : invalidArgument(String(e)))
       }).pipe(Effect.ensuring(Effect.sync(() => unlocked.masterKey.fill(0))))
       return { header, slot: unlocked.slot, cipher }
     }).pipe(Effect.withSpan("SectorCipherFactory.openLuks"))

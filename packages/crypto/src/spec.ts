@@ -1,4 +1,4 @@
-import { UnsupportedCipher } from "./errors.js"
+import { type CryptoError, unsupportedCipher } from "./errors.js"
 
 /**
  * Hash algorithms LUKS1 names in `hash-spec` (LUKS1 spec §2.4 and the
@@ -82,39 +82,37 @@ const KNOWN_UNSUPPORTED_CIPHERS = new Set(["serpent", "twofish", "cast5", "sm4"]
  * size (dm-crypt's quirk: the ESSIV cipher is AES with a key as long as the
  * digest, e.g. AES-256 for sha256 even with AES-128 data encryption).
  */
-export const resolveLuksCipher = (
-  cipherName: string,
-  cipherMode: string,
-  keyBytes: number
-): CipherSpec | UnsupportedCipher => {
-  const fail = (reason: string) => new UnsupportedCipher({ cipher: cipherName, mode: cipherMode, reason })
+export const resolveLuksCipher = (cipherName: string, cipherMode: string, keyBytes: number): CipherSpec | CryptoError => {
+  const resolved = resolveCipher(cipherName, cipherMode, keyBytes)
+  return typeof resolved === "string" ? unsupportedCipher(cipherName, cipherMode, resolved) : resolved
+}
+
+/** {@link resolveLuksCipher}, with the reason a spec is unsupported as a string. */
+const resolveCipher = (cipherName: string, cipherMode: string, keyBytes: number): CipherSpec | string => {
   const dash = cipherMode.indexOf("-")
-  if (dash < 0) return fail("cipher mode is not of the form <mode>-<ivgen>[:<hash>]")
+  if (dash < 0) return "cipher mode is not of the form <mode>-<ivgen>[:<hash>]"
   const modeName = cipherMode.slice(0, dash)
   const rest = cipherMode.slice(dash + 1)
   const colon = rest.indexOf(":")
   const ivgenName = colon < 0 ? rest : rest.slice(0, colon)
   const ivHashName = colon < 0 ? undefined : rest.slice(colon + 1)
   if (cipherName !== "aes") {
-    return fail(
-      KNOWN_UNSUPPORTED_CIPHERS.has(cipherName)
-        ? "only AES is implemented (serpent, twofish, cast5 and sm4 are not)"
-        : "unknown cipher"
-    )
+    return KNOWN_UNSUPPORTED_CIPHERS.has(cipherName)
+      ? "only AES is implemented (serpent, twofish, cast5 and sm4 are not)"
+      : "unknown cipher"
   }
-  if (!(CIPHER_MODES as ReadonlyArray<string>).includes(modeName)) return fail(`unknown cipher mode ${modeName}`)
+  if (!(CIPHER_MODES as ReadonlyArray<string>).includes(modeName)) return `unknown cipher mode ${modeName}`
   const mode = modeName as CipherModeName
-  if (!(IVGENS as ReadonlyArray<string>).includes(ivgenName)) return fail(`unknown IV generator ${ivgenName}`)
+  if (!(IVGENS as ReadonlyArray<string>).includes(ivgenName)) return `unknown IV generator ${ivgenName}`
   const ivgen = ivgenName as IvGenName
-  if (ivHashName !== undefined && !isHashName(ivHashName)) return fail(`unknown IV generator hash ${ivHashName}`)
+  if (ivHashName !== undefined && !isHashName(ivHashName)) return `unknown IV generator hash ${ivHashName}`
   const ivgenHash = ivHashName as HashName | undefined
   const aesBytes = mode === "xts" ? keyBytes / 2 : keyBytes
   if (aesBytes !== 16 && aesBytes !== 24 && aesBytes !== 32) {
-    return fail(`AES with ${keyBytes} key bytes is not possible in ${mode} mode`)
+    return `AES with ${keyBytes} key bytes is not possible in ${mode} mode`
   }
   const spec: CipherSpec = { cipher: "aes", keyBits: (aesBytes * 8) as AesKeyBits, mode, ivgen, ivgenHash }
-  const essivProblem = checkEssiv(spec)
-  return essivProblem === undefined ? spec : fail(essivProblem)
+  return checkEssiv(spec) ?? spec
 }
 
 /** Why a spec's ESSIV settings are unusable, or undefined when fine. */
@@ -143,9 +141,9 @@ export interface CipherSpecOptions {
 /**
  * Build a {@link CipherSpec} from qemu-img style option values with QEMU's
  * defaults (aes-256, xts, plain64; ESSIV hash sha256). `serpent-*`,
- * `twofish-*`, `cast5-128` fail with {@link UnsupportedCipher}.
+ * `twofish-*`, `cast5-128` give a {@link CryptoError} of reason `UnsupportedCipher`.
  */
-export const specFromOptions = (options: CipherSpecOptions): CipherSpec | UnsupportedCipher => {
+export const specFromOptions = (options: CipherSpecOptions): CipherSpec | CryptoError => {
   const cipherAlg = options.cipherAlg ?? "aes-256"
   const modeName = options.cipherMode ?? "xts"
   const ivgenName = options.ivgenAlg ?? "plain64"
@@ -153,22 +151,15 @@ export const specFromOptions = (options: CipherSpecOptions): CipherSpec | Unsupp
   const modeString = `${modeName}-${ivgenName}${ivHashName === undefined ? "" : `:${ivHashName}`}`
   const m = /^([a-z0-9]+)-(\d+)$/.exec(cipherAlg)
   if (m === null) {
-    return new UnsupportedCipher({ cipher: cipherAlg, mode: modeString, reason: "unknown cipher algorithm" })
+    return unsupportedCipher(cipherAlg, modeString, "unknown cipher algorithm")
   }
   const bits = Number(m[2])
   if (m[1] !== "aes" || (bits !== 128 && bits !== 192 && bits !== 256)) {
-    return new UnsupportedCipher({
-      cipher: cipherAlg,
-      mode: modeString,
-      reason: "only aes-128, aes-192 and aes-256 are implemented"
-    })
+    return unsupportedCipher(cipherAlg, modeString, "only aes-128, aes-192 and aes-256 are implemented")
   }
   const keyBytes = (bits / 8) * (modeName === "xts" ? 2 : 1)
-  const resolved = resolveLuksCipher("aes", modeString, keyBytes)
-  if (resolved instanceof UnsupportedCipher) {
-    return new UnsupportedCipher({ cipher: cipherAlg, mode: modeString, reason: resolved.reason })
-  }
-  return resolved
+  const resolved = resolveCipher("aes", modeString, keyBytes)
+  return typeof resolved === "string" ? unsupportedCipher(cipherAlg, modeString, resolved) : resolved
 }
 
 /** The spec of legacy qcow2 encryption (crypt_method 1): AES-128-CBC, plain64 IVs. */

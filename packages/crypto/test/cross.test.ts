@@ -2,14 +2,13 @@ import * as nodeCrypto from "node:crypto"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import {
-  InvalidCryptoArgument,
   makeSectorCipher,
   portableBackend,
   specKeyBytes,
   type CipherSpec
 } from "../src/index.js"
 import { nodeBackend } from "../src/node.js"
-import { expectBytes, plain64Iv, randomBytes, referenceSectors } from "./helpers.js"
+import { expectBytes, expectThrowsCryptoError, plain64Iv, randomBytes, referenceSectors } from "./helpers.js"
 
 const SPECS: ReadonlyArray<CipherSpec> = [
   { cipher: "aes", keyBits: 256, mode: "xts", ivgen: "plain64" },
@@ -121,24 +120,24 @@ describe("argument checks", () => {
   const spec = SPECS[0]!
   const cipher = makeSectorCipher(nodeBackend, spec, randomBytes(64))
   it("rejects lengths that are not whole sectors, negative or unsafe sectors, bad outputs", () => {
-    expect(() => cipher.encrypt(0, new Uint8Array(100))).toThrow(InvalidCryptoArgument)
-    expect(() => cipher.encrypt(-1, new Uint8Array(512))).toThrow(InvalidCryptoArgument)
-    expect(() => cipher.encrypt(1.5, new Uint8Array(512))).toThrow(InvalidCryptoArgument)
-    expect(() => cipher.encrypt(Number.MAX_SAFE_INTEGER, new Uint8Array(1024))).toThrow(InvalidCryptoArgument)
-    expect(() => cipher.encrypt(0, new Uint8Array(512), new Uint8Array(1024))).toThrow(InvalidCryptoArgument)
+    expectThrowsCryptoError(() => cipher.encrypt(0, new Uint8Array(100)), "InvalidArgument")
+    expectThrowsCryptoError(() => cipher.encrypt(-1, new Uint8Array(512)), "InvalidArgument")
+    expectThrowsCryptoError(() => cipher.encrypt(1.5, new Uint8Array(512)), "InvalidArgument")
+    expectThrowsCryptoError(() => cipher.encrypt(Number.MAX_SAFE_INTEGER, new Uint8Array(1024)), "InvalidArgument")
+    expectThrowsCryptoError(() => cipher.encrypt(0, new Uint8Array(512), new Uint8Array(1024)), "InvalidArgument")
     const buf = new Uint8Array(2048)
-    expect(() => cipher.encrypt(0, buf.subarray(0, 1024), buf.subarray(512, 1536))).toThrow(InvalidCryptoArgument)
+    expectThrowsCryptoError(() => cipher.encrypt(0, buf.subarray(0, 1024), buf.subarray(512, 1536)), "InvalidArgument")
   })
   it("rejects wrong key sizes and ESSIV without a usable hash", () => {
-    expect(() => makeSectorCipher(portableBackend, spec, randomBytes(32))).toThrow(InvalidCryptoArgument)
+    expectThrowsCryptoError(() => makeSectorCipher(portableBackend, spec, randomBytes(32)), "InvalidArgument")
     const essiv: CipherSpec = { cipher: "aes", keyBits: 128, mode: "cbc", ivgen: "essiv" }
-    expect(() => makeSectorCipher(nodeBackend, essiv, randomBytes(16))).toThrow(InvalidCryptoArgument)
-    expect(() => makeSectorCipher(nodeBackend, { ...essiv, ivgenHash: "sha512" }, randomBytes(16))).toThrow(InvalidCryptoArgument)
+    expectThrowsCryptoError(() => makeSectorCipher(nodeBackend, essiv, randomBytes(16)), "InvalidArgument")
+    expectThrowsCryptoError(() => makeSectorCipher(nodeBackend, { ...essiv, ivgenHash: "sha512" }, randomBytes(16)), "InvalidArgument")
   })
   it("refuses use after dispose", () => {
     const c = makeSectorCipher(portableBackend, spec, randomBytes(64))
     c.dispose()
-    expect(() => c.decrypt(0, new Uint8Array(512))).toThrow(InvalidCryptoArgument)
+    expectThrowsCryptoError(() => c.decrypt(0, new Uint8Array(512)), "InvalidArgument")
   })
   it("dispose zeroes portable key schedules and drops node cipher objects", () => {
     const key = randomBytes(32)
@@ -152,7 +151,7 @@ describe("argument checks", () => {
     expect(p.encryptBlocks(block.slice())).toEqual(q.encryptBlocks(block.slice()))
     const n = nodeBackend.aes(key)
     n.dispose()
-    expect(() => n.encryptBlocks(block.slice())).toThrow(InvalidCryptoArgument)
+    expectThrowsCryptoError(() => n.encryptBlocks(block.slice()), "InvalidArgument")
   })
   it("empty input is a no-op", () => {
     expect(() => cipher.encrypt(5, new Uint8Array(0))).not.toThrow()

@@ -1,6 +1,7 @@
 import * as nodeCrypto from "node:crypto"
-import type { CryptoBackend } from "../src/index.js"
-import { portableBackend } from "../src/index.js"
+import { expect } from "vitest"
+import type { CryptoBackend, CryptoErrorReason } from "../src/index.js"
+import { CryptoError, portableBackend } from "../src/index.js"
 import { nodeBackend } from "../src/node.js"
 
 export const hex = (s: string): Uint8Array => Uint8Array.from(Buffer.from(s.replace(/\s+/g, ""), "hex"))
@@ -50,4 +51,24 @@ export const expectBytes = (actual: Uint8Array, expected: Uint8Array): void => {
     while (i < a.length && a[i] === b[i]) i++
     throw new Error(`byte arrays differ (lengths ${a.length}/${b.length}) first at ${i}`)
   }
+}
+
+/** Asserts that `error` is a CryptoError of `reason` whose message matches `message` (when given). */
+export const expectCryptoError = (error: unknown, reason: CryptoErrorReason, message?: RegExp): CryptoError => {
+  expect(error).toBeInstanceOf(CryptoError)
+  const e = error as CryptoError
+  expect(e.reason).toBe(reason)
+  if (message !== undefined) expect(e.message).toMatch(message)
+  return e
+}
+
+/** Asserts that `f` throws a CryptoError of `reason`. */
+export const expectThrowsCryptoError = (f: () => unknown, reason: CryptoErrorReason, message?: RegExp): CryptoError => {
+  let thrown: unknown = undefined
+  try {
+    f()
+  } catch (e) {
+    thrown = e
+  }
+  return expectCryptoError(thrown, reason, message)
 }

@@ -91,10 +91,8 @@ export function decodeHeaderExtensions(
     const type = u32(bytes, off)
     const len = u32(bytes, off + 4)
     const dataOffset = off + 8
-    if (type === HeaderExtensionType.End) {
-      off = dataOffset
-      break
-    }
+    // QEMU (qcow2_read_extensions) checks the length before looking at the type:
+    // an end marker whose length runs past the area is "Header extension too large" too.
     if (len > end - dataOffset) {
       throw new FormatError(
         "InvalidField",
@@ -102,6 +100,10 @@ export function decodeHeaderExtensions(
         "header_extension",
         off
       )
+    }
+    if (type === HeaderExtensionType.End) {
+      off = dataOffset
+      break
     }
     need(bytes, dataOffset, len, "header_extension")
     const data = bytes.subarray(dataOffset, dataOffset + len)
@@ -112,11 +114,12 @@ export function decodeHeaderExtensions(
       seen.add(type)
     }
     switch (type) {
+      // Both names are C strings in QEMU: they end at the first NUL byte.
       case HeaderExtensionType.BackingFormat:
-        backingFormat = fromUtf8(data)
+        backingFormat = cString(data)
         break
       case HeaderExtensionType.ExternalDataFile:
-        externalDataFile = fromUtf8(data)
+        externalDataFile = cString(data)
         break
       case HeaderExtensionType.FeatureNameTable:
         featureNames = decodeFeatureNames(data)
@@ -144,6 +147,11 @@ export function decodeHeaderExtensions(
     ...(externalDataFile !== undefined ? { externalDataFile } : {})
   }
   return { extensions, endOffset: Math.min(off, end) }
+}
+
+const cString = (b: Uint8Array): string => {
+  const nul = b.indexOf(0)
+  return fromUtf8(nul < 0 ? b : b.subarray(0, nul))
 }
 
 /** Entries with an unknown feature type (> 2) are skipped; a trailing partial entry is ignored. */

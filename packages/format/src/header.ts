@@ -211,7 +211,10 @@ export function decodeImageHeader(bytes: Uint8Array): ImageHeader {
   }
   if (header.backingFileOffset === 0) return { header, extensions }
   need(bytes, header.backingFileOffset, header.backingFileSize, "backing_file_name")
-  const backingFile = fromUtf8(bytes.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize))
+  // QEMU reads the name as a C string: it ends at the first NUL byte ("" = no backing file).
+  const raw = bytes.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize)
+  const nul = raw.indexOf(0)
+  const backingFile = fromUtf8(nul < 0 ? raw : raw.subarray(0, nul))
   return { header, extensions, backingFile }
 }
 

@@ -8,7 +8,8 @@ import type { Geometry } from "./geometry.js"
  *
  * - Unallocated: standard entry with offset 0 and COPIED clear (read the backing file or zeros).
  * - Zero: standard entry with bit 0 set (reads zeros); hostOffset 0 = no preallocation.
- * - Normal: standard data cluster (hostOffset 0 with COPIED is cluster 0 of an external data file).
+ * - Normal: standard data cluster (hostOffset 0 with COPIED is cluster 0 of an external data file;
+ *   without one, QEMU reads such an entry as unallocated: see readL2Entry's `dataFile`).
  * - Compressed: byte offset and size (nb_sectors*512 - (offset & 511), as QEMU computes).
  * - Subclusters: every non-compressed extended entry; bit i of allocatedMask means
  *   subcluster i reads from hostOffset + i*subclusterSize, bit i of zeroMask reads zeros.
@@ -56,8 +57,19 @@ export function l2EntryLow(table: Uint8Array, index: number, geometry: Geometry)
   return u32(table, index * geometry.l2EntrySize + 4)
 }
 
-/** Decodes entry `index` (8 bytes each, 16 with extended L2). Never throws for bad content: returns Invalid. */
-export function readL2Entry(table: Uint8Array, index: number, geometry: Geometry): L2Entry {
+/**
+ * Decodes entry `index` (8 bytes each, 16 with extended L2). Never throws for bad content: returns Invalid.
+ *
+ * `dataFile` says whether the image has an external data file (incompatible bit 2). Host offset 0 is
+ * ambiguous: qcow2.txt calls a standard entry with offset 0 and COPIED clear unallocated, and QEMU
+ * (qcow2_get_cluster_type) treats offset 0 as a real cluster only with a data file and COPIED set;
+ * without a data file an entry that is only COPIED is unallocated (it reads the backing file or zeros,
+ * never the image's header cluster). So with `dataFile: false` such an entry decodes as Unallocated
+ * (extended L2: Subclusters without a host cluster, or Invalid if it marks subclusters allocated, as
+ * QEMU's QCOW2_SUBCLUSTER_INVALID). Omitted, the entry decodes as Normal at host offset 0 and the
+ * caller must tell the two apart itself (kept for callers not yet passing the flag).
+ */
+export function readL2Entry(table: Uint8Array, index: number, geometry: Geometry, dataFile?: boolean): L2Entry {
   const o = index * geometry.l2EntrySize
   const hi = u32(table, o)
   const lo = u32(table, o + 4)
@@ -80,7 +92,8 @@ export function readL2Entry(table: Uint8Array, index: number, geometry: Geometry
   const offLo = (lo & 0xfffffe00) >>> 0
   if ((offLo & (geometry.clusterSize - 1)) !== 0) return invalid("host offset is not cluster aligned", hi, lo)
   const hostOffset = offHi * TWO_32 + offLo
-  const copied = (hi & COPIED) !== 0
+  // Offset 0 with COPIED is a host cluster only in an external data file (see above).
+  const copied = (hi & COPIED) !== 0 && (hostOffset !== 0 || dataFile !== false)
   if (extended) {
     const zeroMask = u32(table, o + 8)
     const allocatedMask = u32(table, o + 12)

@@ -251,6 +251,28 @@ describe("hostile headers", () => {
     expect(e.offset).toBe(112)
     expect(reason(patch((v) => v.setUint32(116, 0xffffffff))).reason).toBe("InvalidField")
   })
+  it("end marker whose length runs past the extension area (QEMU: Header extension too large)", () => {
+    // feature name table at 112 (8 + 8 * 48 bytes), then the end marker at 504
+    expect(decodeImageHeader(patch((v) => v.setUint32(508, 65536 - 512))).header.size).toBe(1 << 30)
+    const e = reason(patch((v) => v.setUint32(508, 65536 - 512 + 1)))
+    expect(e.reason).toBe("InvalidField")
+    expect(e.offset).toBe(504)
+    expect(reason(patch((v) => v.setUint32(508, 0x20000))).reason).toBe("InvalidField")
+  })
+  it("names end at the first NUL byte, as QEMU reads them (C strings)", () => {
+    const image = decodeImageHeader(baseImage())
+    const b = new Uint8Array(65536)
+    b.set(encodeImageHeader({ ...image, backingFile: "back.raw", extensions: { ...image.extensions, backingFormat: "raw" } }))
+    const at = Number(new DataView(b.buffer).getBigUint64(8))
+    expect(decodeImageHeader(b).backingFile).toBe("back.raw")
+    b[at + 4] = 0
+    expect(decodeImageHeader(b).backingFile).toBe("back")
+    b[at] = 0
+    expect(decodeImageHeader(b).backingFile).toBe("")
+    // the backing format extension's data ("raw") starts 8 bytes after the first extension header at 112
+    b[121] = 0
+    expect(decodeImageHeader(b).extensions.backingFormat).toBe("r")
+  })
   it("extension header crossing the end of the extension area", () => {
     // backing name at 996 ends the extension area; the next extension header would start at 992
     const b = patch((v, b) => {

@@ -216,6 +216,30 @@ describe("L2 entries", () => {
     // bit 0 is not used with extended L2 entries and is ignored, as QEMU does
     expect(ext(0x80000000, 0x50001, 0, 3)).toEqual({ _tag: "Subclusters", hostOffset: 0x50000, copied: true, allocatedMask: 3, zeroMask: 0 })
   })
+  it("an entry that is only COPIED (host offset 0) is unallocated without an external data file, as in QEMU", () => {
+    const g = makeGeometry(16, false, 4)
+    const gx = makeGeometry(16, true, 4)
+    const read = (hi: number, lo: number, dataFile: boolean | undefined, zero = 0, alloc = 0, geometry = g): L2Entry => {
+      const t = new Uint8Array(16)
+      setWord(t, 0, hi, lo)
+      setWord(t, 8, zero, alloc)
+      return readL2Entry(t, 0, geometry, dataFile)
+    }
+    // qcow2_get_cluster_type: offset 0 is a real offset only with a data file and COPIED set
+    expect(read(0x80000000, 0, false)).toEqual({ _tag: "Unallocated" })
+    expect(read(0x80000000, 0, true)).toEqual({ _tag: "Normal", hostOffset: 0, copied: true })
+    expect(read(0x80000000, 0, undefined)).toEqual({ _tag: "Normal", hostOffset: 0, copied: true })
+    expect(read(0, 0, true)).toEqual({ _tag: "Unallocated" })
+    // the zero flag wins: QCOW2_CLUSTER_ZERO_PLAIN, no preallocated host cluster
+    expect(read(0x80000000, 1, false)).toEqual({ _tag: "Zero", hostOffset: 0, copied: false })
+    expect(read(0x80000000, 1, true)).toEqual({ _tag: "Zero", hostOffset: 0, copied: true })
+    // a real offset is unaffected
+    expect(read(0x80000000, 0x50000, false)).toEqual({ _tag: "Normal", hostOffset: 0x50000, copied: true })
+    // extended L2: no host cluster, so allocated subclusters are QCOW2_SUBCLUSTER_INVALID and zero ones stay zero
+    expect(read(0x80000000, 0, false, 0, 1, gx)._tag).toBe("Invalid")
+    expect(read(0x80000000, 0, false, 0xffffffff, 0, gx)).toEqual({ _tag: "Subclusters", hostOffset: 0, copied: false, allocatedMask: 0, zeroMask: 0xffffffff })
+    expect(read(0x80000000, 0, true, 0, 1, gx)).toEqual({ _tag: "Subclusters", hostOffset: 0, copied: true, allocatedMask: 1, zeroMask: 0 })
+  })
 })
 
 /** Reads the L2 table mapping guest cluster 0 of an image written by qemu-io. */

@@ -1,32 +1,14 @@
 import type { Effect } from "effect"
 import type { CheckResult } from "@qcow2/check"
-import type { ImageHeader, SnapshotEntry } from "@qcow2/format"
+import type { BlockStatus, Preallocation } from "@qcow2/cluster"
+import type { BitmapDirectoryEntry, ImageHeader, SnapshotEntry } from "@qcow2/format"
+import type { CompressionError } from "@qcow2/compress"
+import type { LuksHeader } from "@qcow2/crypto"
 import type { ImageError } from "./errors.js"
 
-export type ImageFormat = "qcow2" | "raw"
+export type { BlockStatus }
 
-/**
- * One extent of block status, shaped like a `qemu-img map --output=json`
- * record: `offset`..`offset+length` in guest bytes, found at `depth` in the
- * backing chain (0 = this image). When no layer has the bytes, `present` is
- * false and `depth` is the index of the last layer consulted (QEMU's rule).
- */
-export interface BlockStatus {
-  readonly offset: number
-  readonly length: number
-  readonly depth: number
-  /** Some layer of the chain defines these bytes. */
-  readonly present: boolean
-  /** Reads as zeros. */
-  readonly zero: boolean
-  /** Backed by data in a file (not only a zero flag). */
-  readonly data: boolean
-  readonly compressed: boolean
-  /** Host offset in the file holding the data (the data file for external data), when there is one. */
-  readonly hostOffset?: number
-  /** Name of the file that holds the data, when `hostOffset` is set. */
-  readonly file?: string
-}
+export type ImageFormat = "qcow2" | "raw"
 
 /** The result of `check`, with qemu-img check's fields (defined by @qcow2/check). */
 export type { CheckResult }
@@ -69,12 +51,24 @@ export interface Image {
    * adjacent clusters with equal status are merged.
    */
   readonly blockStatus: (offset: number, length: number) => Effect.Effect<BlockStatus, ImageError>
+  /**
+   * What qemu-img info shows under "format-specific" beyond the header: the
+   * LUKS header of an encrypted qcow2 image, its persistent bitmaps (while
+   * consistent). Read through the open image; empty for raw images.
+   */
+  readonly formatSpecific: () => Effect.Effect<FormatSpecific, ImageError>
   readonly check: (options?: { readonly repair?: "leaks" | "all" }) => Effect.Effect<CheckResult, ImageError>
 }
 
 export interface TruncateOptions {
   readonly shrink?: boolean
-  readonly preallocation?: "off" | "metadata" | "falloc" | "full"
+  readonly preallocation?: Preallocation
+}
+
+/** Format-specific details of an image (see `Image.formatSpecific`). */
+export interface FormatSpecific {
+  readonly luks?: LuksHeader
+  readonly bitmaps?: ReadonlyArray<BitmapDirectoryEntry>
 }
 
 export interface OpenOptions {
@@ -92,7 +86,7 @@ export interface OpenOptions {
    * Compresses one cluster for compressed writes, in place of the
    * ClusterCodec (e.g. a worker pool); `undefined` = store uncompressed.
    */
-  readonly compress?: (type: 0 | 1, cluster: Uint8Array, level: number | undefined) => Effect.Effect<Uint8Array | undefined, unknown>
+  readonly compress?: (type: 0 | 1, cluster: Uint8Array, level: number | undefined) => Effect.Effect<Uint8Array | undefined, CompressionError>
   /** Compression level for compressed writes (deflate 0–9, zstd up to 22); the codec default otherwise. */
   readonly compressionLevel?: number
   /**

@@ -8,20 +8,20 @@ import type { SectorCrypto } from "@qcow2/cluster"
 import { SectorCipherFactory } from "@qcow2/crypto"
 import type { CryptoError, SectorCipher, SectorCipherFactoryShape } from "@qcow2/crypto"
 import { StorageOpener } from "@qcow2/storage"
-import type { BlockStorageShape, StorageOpenerShape } from "@qcow2/storage"
+import type { BlockStorageShape, StorageError, StorageOpenerShape } from "@qcow2/storage"
 import type { CreateOptions, Image, ImageFormat, OpenOptions } from "./api.js"
 import { planCreate, writeEmptyImage } from "./create.js"
 import { ImageError } from "./errors.js"
 import { asImageError, toImageError } from "./internal/errors.js"
 import { type CheckError, checkQcow2 } from "@qcow2/check"
 import { openQcow2 } from "./qcow2/open.js"
-import { qcow2Internals } from "./qcow2/image.js"
+import { qcow2Engines } from "./qcow2/image.js"
 import { makeRawImage } from "./raw.js"
 
 /** Deepest backing chain accepted (QEMU has no fixed limit; this bounds hostile chains). */
 export const MAX_BACKING_CHAIN_DEPTH = 64
 
-const openFailure = (name: string, e: unknown): ImageError => {
+const openFailure = (name: string, e: StorageError | ImageError): ImageError => {
   const inner = toImageError(e, name)
   return new ImageError({ reason: inner.reason, message: `Could not open '${name}': ${inner.message}`, location: name, cause: e })
 }
@@ -46,7 +46,7 @@ const checkFailure = (e: CheckError): ImageError => {
   const common = { location: e.location, cause: e, ...(e.offset !== undefined ? { offset: e.offset } : {}) }
   switch (e.reason) {
     case "Aborted":
-      return new ImageError({ ...common, reason: e.strerror === "Cannot allocate memory" ? "NoSpace" : "Corrupt", message: e.message, errno: e.strerror })
+      return new ImageError({ ...common, reason: e.strerror === "Cannot allocate memory" ? "NoSpace" : "Corrupt", message: e.message })
     case "Storage":
       return new ImageError({ ...common, reason: "Storage", message: e.message })
     case "NotQcow2":
@@ -73,11 +73,17 @@ const cryptoAdapter = (cipher: SectorCipher, ivFrom: "guest" | "host"): SectorCr
 })
 
 const describeCryptoError = (e: CryptoError): string => {
-  switch (e._tag) {
+  switch (e.reason) {
     case "BadPassphrase":
       return "Invalid password, cannot unlock any keyslot"
-    default:
+    case "UnsupportedCipher":
+    case "InvalidLuksHeader":
+    case "InvalidArgument":
       return e.message
+    default: {
+      const unknown: never = e.reason
+      return `crypto error ${String(unknown)}`
+    }
   }
 }
 
@@ -222,9 +228,9 @@ export function createImage(name: string, options: CreateOptions): Effect.Effect
           const image = yield* openNamed({ opener, codec, options: { openBacking: false }, ciphers }, name, "qcow2", false, [])
           if (plan.size > 0) yield* image.truncate(plan.size, { preallocation: plan.preallocation })
           if (encryption !== undefined && ciphers !== undefined) {
-            const internals = qcow2Internals.get(image)!
+            const engine = qcow2Engines.get(image)!
             if (encryption.format === "aes") {
-              yield* internals.setUpEncryption(undefined)
+              yield* engine.setUpEncryption(undefined)
             } else {
               const created = yield* Effect.mapError(
                 ciphers.createLuks({
@@ -240,7 +246,7 @@ export function createImage(name: string, options: CreateOptions): Effect.Effect
                 }),
                 (e) => new ImageError({ reason: "Encryption", message: describeCryptoError(e), location: name, cause: e })
               )
-              yield* internals.setUpEncryption(created.area)
+              yield* engine.setUpEncryption(created.area)
               created.cipher.dispose()
             }
           }

@@ -1,21 +1,9 @@
 import { Effect } from "effect"
-import type { BlockStorageShape } from "@qcow2/storage"
+import { holeStatus } from "@qcow2/cluster"
+import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 import type { BlockStatus, Image } from "./api.js"
 import { ImageError } from "./errors.js"
 import { asImageError, checkRange } from "./internal/errors.js"
-
-/** Granularity at which raw files are probed for all-zero blocks in block status. */
-const ZERO_PROBE = 4096
-/** True when every byte is zero (word-wise where alignment allows). */
-export const isZero = (bytes: Uint8Array): boolean => {
-  if (bytes.byteOffset % 4 === 0 && bytes.length % 4 === 0) {
-    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4)
-    for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false
-    return true
-  }
-  for (let i = 0; i < bytes.length; i++) if (bytes[i] !== 0) return false
-  return true
-}
 
 /**
  * A raw image: guest offset == file offset. Used as a backing file or data
@@ -99,6 +87,7 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
           if (bad) return Effect.fail(bad)
           return asImageError(rawBlockStatus(storage, offset, Math.min(length, size - offset)), location)
         },
+        formatSpecific: () => Effect.succeed({}),
         check: () =>
           Effect.fail(new ImageError({ reason: "Unsupported", message: "This image format does not support checks", location }))
       }
@@ -111,31 +100,16 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
 /** Longest extent one block-status call on a raw file probes (callers loop). */
 const RAW_STATUS_WINDOW = 2 * 1024 * 1024
 
-function rawBlockStatus(storage: BlockStorageShape, offset: number, length: number): Effect.Effect<BlockStatus, unknown> {
-  return Effect.gen(function* () {
-    const window = new Uint8Array(Math.min(length, RAW_STATUS_WINDOW))
-    yield* storage.read(offset, window)
-    let done = 0
-    let zero: boolean | undefined
-    while (done < window.length) {
-      const start = offset + done
-      const n = Math.min(ZERO_PROBE - (start % ZERO_PROBE), window.length - done)
-      const z = isZero(window.subarray(done, done + n))
-      if (zero === undefined) zero = z
-      else if (z !== zero) break
-      done += n
-    }
-    const isHole = zero ?? true
-    return {
-      offset,
-      length: done,
-      depth: 0,
-      present: true,
-      zero: isHole,
-      data: !isHole,
-      compressed: false,
-      hostOffset: offset,
-      file: storage.location
-    }
-  })
+function rawBlockStatus(storage: BlockStorageShape, offset: number, length: number): Effect.Effect<BlockStatus, StorageError> {
+  return Effect.map(holeStatus(storage, offset, Math.min(length, RAW_STATUS_WINDOW)), (hole) => ({
+    offset,
+    length: hole.length,
+    depth: 0,
+    present: true,
+    zero: hole.zero,
+    data: !hole.zero,
+    compressed: false,
+    hostOffset: offset,
+    file: storage.location
+  }))
 }

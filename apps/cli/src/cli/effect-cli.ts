@@ -46,7 +46,7 @@ const makeArgument = (a: ArgSpec): Argument.Argument<unknown> => {
 }
 
 /** effect/cli's parsed input in the shape the fast parser produces (Option → undefined). */
-const plain = (spec: CommandSpec, input: Record<string, unknown>): Record<string, unknown> => {
+const valuesOf = (spec: CommandSpec, input: Record<string, unknown>): Record<string, unknown> => {
   const out: Record<string, unknown> = {}
   for (const key of [...Object.keys(spec.flags), ...Object.keys(spec.args)]) {
     const v = input[key]
@@ -64,7 +64,7 @@ export const rootCommand = <E, R>(handle: (parsed: Parsed) => Effect.Effect<void
     const config: Record<string, AnyParam> = {}
     for (const [key, f] of Object.entries(spec.flags)) config[key] = makeFlag(f)
     for (const [key, a] of Object.entries(spec.args)) config[key] = makeArgument(a)
-    return Command.make(spec.name, config, (input) => handle({ command: spec.name, values: plain(spec, input as Record<string, unknown>) } as Parsed)).pipe(
+    return Command.make(spec.name, config, (input) => handle({ command: spec.name, values: valuesOf(spec, input as Record<string, unknown>) } as Parsed)).pipe(
       Command.withDescription(spec.description)
     )
   })
@@ -102,9 +102,8 @@ export const runWithEffectCli = <R>(argv: ReadonlyArray<string>, run: (parsed: P
     Effect.catchCause((cause) =>
       Effect.sync(() => {
         const error = Cause.findErrorOption(cause)
-        if (Option.isSome(error) && (error.value as { _tag?: string })._tag === "ShowHelp") {
-          const errors = (error.value as { errors?: ReadonlyArray<unknown> }).errors ?? []
-          if (errors.length > 0) exitStatus.code = 1
+        if (Option.isSome(error) && error.value._tag === "ShowHelp") {
+          if (error.value.errors.length > 0) exitStatus.code = 1
           return
         }
         eprint(`qcow2: internal error: ${describeCause(cause)}\n`)

@@ -1,7 +1,8 @@
 /**
  * The command line, declared once: every subcommand's flags and arguments.
  *
- * Two parsers read this table. `fast.ts` parses the common, valid command
+ * `argv.ts` takes the getopt letters and which of them take a value from
+ * it. Two parsers read this table. `fast.ts` parses the common, valid command
  * lines without loading effect/cli (whose modules cost ~0.1 s of start-up);
  * `effect-cli.ts` builds the effect/cli commands from it and handles
  * everything else (--help, --version, mistakes and their messages). Both

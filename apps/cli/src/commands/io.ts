@@ -2,7 +2,7 @@ import { Effect } from "effect"
 import type { ImageFormat } from "@qcow2/image"
 import { open, type ImageEnv } from "../env.js"
 import { CliFailure } from "../errors.js"
-import { runIoCommand } from "../io/commands.js"
+import { runIoCommand } from "../io/registry.js"
 
 export interface IoOptions {
   readonly file: string

@@ -5,13 +5,23 @@ import { CompressionError, DecompressionError } from "../errors.js"
 import { decompressZstdCluster } from "./zstdCluster.js"
 import type { ZstdKernel } from "./zstdKernel.js"
 
-/** The primitives a layer supplies; argument checks and zstd framing are shared. */
-export interface CodecBackend {
+/** The deflate primitives a layer supplies (node:zlib or pako). */
+export interface DeflateKernels {
   /** Fills `out` from raw deflate data (throws DecompressionError). */
   readonly inflate: (input: Uint8Array, out: Uint8Array) => void
   /** Raw deflate of one cluster, `undefined` when it does not fit in `input.length - 1` bytes. */
   readonly deflate: (input: Uint8Array, level: number) => Uint8Array | undefined
-  readonly zstd: ZstdKernel
+}
+
+/**
+ * One cluster at a time, synchronously, on loaded kernels: argument checks,
+ * levels and zstd framing shared by every layer. Throws DecompressionError /
+ * CompressionError. The service wraps these in Effects; tests and benchmarks
+ * call them directly.
+ */
+export interface ClusterKernels {
+  readonly decompress: (type: CompressionType, input: Uint8Array, out: Uint8Array) => void
+  readonly compress: (type: CompressionType, input: Uint8Array, options?: CompressOptions) => Uint8Array | undefined
 }
 
 const ZSTD_MIN_LEVEL = -131072
@@ -57,11 +67,11 @@ export const checkCompressInput = (type: CompressionType, input: Uint8Array): vo
   }
 }
 
-/** Builds the service from a backend. */
-export const makeClusterCodec = (backend: CodecBackend): ClusterCodecShape => {
-  const { deflate, inflate, zstd } = backend
+/** The synchronous codec on `kernels` and a zstd kernel (`zstd` is only called for zstd clusters). */
+export const makeClusterKernels = (kernels: DeflateKernels, zstd: () => ZstdKernel): ClusterKernels => {
+  const { deflate, inflate } = kernels
 
-  const decompressSync = (type: CompressionType, input: Uint8Array, out: Uint8Array): void => {
+  const decompress = (type: CompressionType, input: Uint8Array, out: Uint8Array): void => {
     if (type !== CompressionType.Deflate && type !== CompressionType.Zstd) {
       throw new DecompressionError({
         compressionType: type,
@@ -77,15 +87,15 @@ export const makeClusterCodec = (backend: CodecBackend): ClusterCodecShape => {
       })
     }
     if (type === CompressionType.Deflate) inflate(input, out)
-    else decompressZstdCluster(zstd, input, out)
+    else decompressZstdCluster(zstd(), input, out)
   }
 
-  const compressSync = (type: CompressionType, input: Uint8Array, options?: CompressOptions): Uint8Array | undefined => {
+  const compress = (type: CompressionType, input: Uint8Array, options?: CompressOptions): Uint8Array | undefined => {
     checkCompressInput(type, input)
     const level = resolveLevel(type, options?.level)
     if (type === CompressionType.Deflate) return deflate(input, level)
     try {
-      return zstd.compress(input, input.length - 1, level)
+      return zstd().compress(input, input.length - 1, level)
     } catch (cause) {
       throw new CompressionError({
         compressionType: type,
@@ -96,28 +106,94 @@ export const makeClusterCodec = (backend: CodecBackend): ClusterCodecShape => {
     }
   }
 
-  const decompress = (type: CompressionType, input: Uint8Array, out: Uint8Array): Effect.Effect<void, DecompressionError> =>
+  return { decompress, compress }
+}
+
+const causeMessage = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
+
+/**
+ * Builds the service from a layer's deflate kernels and a zstd loader.
+ *
+ * The zstd wasm instance is created by the first zstd cluster, not before:
+ * instantiating it reserves a wasm linear memory, and V8 on 64-bit hosts
+ * reserves ~10 GiB of address space for every 32-bit wasm memory (8 GiB plus
+ * guard regions, so that bounds checks can be left to the MMU), whatever the
+ * memory's declared maximum. Under an address-space limit (`ulimit -v`, some
+ * containers) that reservation fails; deflate images must not depend on it.
+ * The layers' loader (zstdKernel) then decodes with a TypeScript decoder and
+ * fails to compress. A loader that fails makes zstd clusters fail with reason
+ * `Unsupported` (decompression) or `Failed` (compression), and the next zstd
+ * cluster tries again.
+ */
+export const makeClusterCodec = (kernels: DeflateKernels, loadZstd: () => Promise<ZstdKernel>): ClusterCodecShape => {
+  let zstd: ZstdKernel | undefined
+  const sync = makeClusterKernels(kernels, () => zstd!)
+
+  const withZstd = <E>(onError: (cause: unknown) => E): Effect.Effect<void, E> =>
+    Effect.tryPromise({ try: loadZstd, catch: onError }).pipe(
+      Effect.map((kernel) => {
+        zstd = kernel
+      })
+    )
+
+  const runDecompress = (type: CompressionType, input: Uint8Array, out: Uint8Array): Effect.Effect<void, DecompressionError> =>
     Effect.suspend(() => {
       try {
-        decompressSync(type, input, out)
+        sync.decompress(type, input, out)
         return Effect.void
       } catch (error) {
         return error instanceof DecompressionError ? Effect.fail(error) : Effect.die(error)
       }
     })
 
-  const compress = (
+  const runCompress = (
     type: CompressionType,
     input: Uint8Array,
     options?: CompressOptions
   ): Effect.Effect<Uint8Array | undefined, CompressionError> =>
     Effect.suspend(() => {
       try {
-        return Effect.succeed(compressSync(type, input, options))
+        return Effect.succeed(sync.compress(type, input, options))
       } catch (error) {
         return error instanceof CompressionError ? Effect.fail(error) : Effect.die(error)
       }
     })
 
-  return { decompress, compress, decompressSync, compressSync }
+  const decompress = (type: CompressionType, input: Uint8Array, out: Uint8Array): Effect.Effect<void, DecompressionError> =>
+    type === CompressionType.Zstd && zstd === undefined
+      ? Effect.flatMap(
+          withZstd(
+            (cause) =>
+              new DecompressionError({
+                compressionType: type,
+                reason: "Unsupported",
+                message: `zstd is not available: ${causeMessage(cause)}`,
+                cause
+              })
+          ),
+          () => runDecompress(type, input, out)
+        )
+      : runDecompress(type, input, out)
+
+  const compress = (
+    type: CompressionType,
+    input: Uint8Array,
+    options?: CompressOptions
+  ): Effect.Effect<Uint8Array | undefined, CompressionError> =>
+    type === CompressionType.Zstd && zstd === undefined
+      ? Effect.flatMap(
+          withZstd(
+            (cause) =>
+              new CompressionError({
+                compressionType: type,
+                reason: "Failed",
+                message: `zstd is not available: ${causeMessage(cause)}`,
+                cause
+              })
+          ),
+          () => runCompress(type, input, options)
+        )
+      : runCompress(type, input, options)
+
+  return { decompress, compress }
 }

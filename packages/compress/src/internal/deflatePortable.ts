@@ -15,14 +15,15 @@ import {
 } from "pako"
 import { CompressionType } from "../CompressionType.js"
 import { CompressionError, DecompressionError } from "../errors.js"
+import type { DeflateKernels } from "./codec.js"
 
 /** zlib's Z_DEFLATED method id. */
 const Z_DEFLATED = 8
 /** Window used to write: 2^12 = 4 KiB, raw (negative = no zlib header), as QEMU. */
-export const DEFLATE_WRITE_WINDOW_BITS = 12
+const DEFLATE_WRITE_WINDOW_BITS = 12
 /** Window used to read: 2^15 accepts any raw stream (QEMU 7.2 also decodes window-15 streams). */
 export const DEFLATE_READ_WINDOW_BITS = 15
-export const DEFLATE_MEM_LEVEL = 9
+const DEFLATE_MEM_LEVEL = 9
 
 /**
  * Inflate with pako's zlib port, QEMU's way (block/qcow2-threads.c,
@@ -77,7 +78,7 @@ const EMPTY = new Uint8Array(0)
  * Z_STREAM_END only with at least one byte to spare, so accepted streams are
  * at most cluster_size - 2 bytes.
  */
-export const makePortableDeflate = (): ((input: Uint8Array, level: number) => Uint8Array | undefined) => {
+const makePortableDeflate = (): ((input: Uint8Array, level: number) => Uint8Array | undefined) => {
   let strm: ZStream | undefined
   let streamLevel = Number.NaN
   let scratch = new Uint8Array(0)
@@ -119,3 +120,9 @@ export const makePortableDeflate = (): ((input: Uint8Array, level: number) => Ui
     })
   }
 }
+
+/** Deflate kernels of PortableClusterCodec: pako both ways. */
+export const portableDeflateKernels = (): DeflateKernels => ({
+  inflate: makePortableInflate(),
+  deflate: makePortableDeflate()
+})

@@ -1,7 +1,7 @@
 import { Worker } from "node:worker_threads"
 
 /** A request to a worker: compress `data` (one cluster) with `type` at `level`. */
-export interface WorkerRequest {
+interface WorkerRequest {
   readonly id: number
   readonly type: number
   readonly level: number
@@ -12,7 +12,7 @@ export interface WorkerRequest {
  * A worker's answer. `result` is undefined when the cluster does not shrink
  * enough. `input` hands the request's memory back for reuse.
  */
-export type WorkerReply =
+type WorkerReply =
   | {
       readonly id: number
       readonly ok: true

@@ -1,4 +1,6 @@
 import { inflateRaw } from "pako"
+import { decodeZstdFrame } from "./zstdDecode.js"
+import { createZstdKernel, type ZstdKernel } from "./zstdKernel.js"
 import { ZSTD_WASM_DEFLATE_BASE64, ZSTD_WASM_SIZE } from "./zstdWasmData.js"
 
 const decodeBase64 = (text: string): Uint8Array => {
@@ -29,4 +31,41 @@ export const zstdWasmModule = (): Promise<WebAssembly.Module> => {
     compiled = pending
   }
   return compiled
+}
+
+let kernel: Promise<ZstdKernel> | undefined
+
+/**
+ * Decodes with the TypeScript decoder; compression needs the wasm. For
+ * runtimes where the wasm cannot be compiled or instantiated.
+ */
+const decodeOnlyKernel = (cause: unknown): ZstdKernel => ({
+  compress: () => {
+    throw new Error(
+      `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`
+    )
+  },
+  decompressFrame: decodeZstdFrame
+})
+
+/**
+ * The realm's zstd kernel: one wasm instance (one linear memory), created on
+ * the first call and shared by every codec of the realm (kernel calls run to
+ * completion synchronously, so sharing is safe).
+ *
+ * When the wasm cannot be instantiated (typically: V8 cannot reserve the
+ * ~10 GiB of address space it takes for a wasm memory under `ulimit -v`, see
+ * makeClusterCodec), the kernel decodes with the TypeScript decoder of
+ * zstdDecode.ts and fails to compress. That outcome is not cached: the next
+ * call (the next codec) tries the wasm again.
+ */
+export const zstdKernel = (): Promise<ZstdKernel> => {
+  if (kernel === undefined) {
+    const pending = zstdWasmModule().then(createZstdKernel)
+    pending.catch(() => {
+      kernel = undefined
+    })
+    kernel = pending
+  }
+  return kernel.catch(decodeOnlyKernel)
 }

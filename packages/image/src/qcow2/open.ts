@@ -1,14 +1,9 @@
-import { Effect, Semaphore } from "effect"
+import { Effect } from "effect"
 import type { Scope } from "effect"
-import { Refcounts } from "@qcow2/alloc"
-import { TableCache } from "@qcow2/cache"
 import {
-  AutoclearFeature,
-  CompatibleFeature,
   decodeHeader,
   decodeImageHeader,
   decodeSnapshotTable,
-  FormatError,
   IncompatibleFeature,
   KNOWN_AUTOCLEAR_FEATURES,
   KNOWN_INCOMPATIBLE_FEATURES,
@@ -16,15 +11,14 @@ import {
   Limits,
   makeGeometry
 } from "@qcow2/format"
-import type { FeatureName, Header, ImageHeader, SnapshotEntry } from "@qcow2/format"
-import { InFlightAllocations } from "@qcow2/cluster"
-import type { ClusterContext, SectorCrypto } from "@qcow2/cluster"
+import type { FeatureName, ImageHeader, SnapshotEntry } from "@qcow2/format"
+import { HeaderState, Qcow2Engine } from "@qcow2/cluster"
+import type { BackingLayer, ClusterCompression, SectorCrypto } from "@qcow2/cluster"
 import type { ClusterCodecShape } from "@qcow2/compress"
 import type { BlockStorageShape } from "@qcow2/storage"
 import type { CheckResult, Image, ImageFormat, OpenOptions } from "../api.js"
 import { ImageError } from "../errors.js"
-import { asImageError, toImageError } from "../internal/errors.js"
-import { HeaderState } from "./header.js"
+import { asImageError, fromDecodeFailure } from "../internal/errors.js"
 import { makeQcow2Image } from "./image.js"
 
 /** What opening a qcow2 image needs from the chain opener above it. */
@@ -61,14 +55,6 @@ function unsupportedFeatures(bits: bigint, names: ReadonlyArray<FeatureName>): s
   return out.join(", ")
 }
 
-function fromFormatError(location: string, e: unknown): ImageError {
-  if (e instanceof FormatError) {
-    const reason = e.reason === "BadMagic" ? "NotQcow2" : e.reason === "UnsupportedVersion" ? "Unsupported" : "Corrupt"
-    return new ImageError({ reason, message: e.message, location, ...(e.offset !== undefined ? { offset: e.offset } : {}), cause: e })
-  }
-  return toImageError(e, location)
-}
-
 const tableFits = (offset: number, length: number, fileSize: number): boolean => offset + length <= fileSize
 
 /**
@@ -86,11 +72,11 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     if (fileSize < 72) return yield* new ImageError({ reason: "NotQcow2", message: "Image is not in qcow2 format (file too small)", location })
     const first = new Uint8Array(Math.min(fileSize, 4096))
     yield* asImageError(storage.read(0, first), location)
-    const fixed = yield* Effect.try({ try: () => decodeHeader(first), catch: (e) => fromFormatError(location, e) })
+    const fixed = yield* Effect.try({ try: () => decodeHeader(first), catch: (e) => fromDecodeFailure(location, e) })
     const clusterSize = 2 ** fixed.clusterBits
     const cluster0 = new Uint8Array(clusterSize)
     yield* asImageError(storage.read(0, cluster0), location)
-    const parsed = yield* Effect.try({ try: () => decodeImageHeader(cluster0), catch: (e) => fromFormatError(location, e) })
+    const parsed = yield* Effect.try({ try: () => decodeImageHeader(cluster0), catch: (e) => fromDecodeFailure(location, e) })
     const h = parsed.header
 
     const unknownIncompatible = h.incompatibleFeatures & ~KNOWN_INCOMPATIBLE_FEATURES
@@ -116,14 +102,14 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       // The repair may have moved the refcount table: start from the header on disk.
       const repaired = new Uint8Array(clusterSize)
       yield* asImageError(storage.read(0, repaired), location)
-      const current = yield* Effect.try({ try: () => decodeImageHeader(repaired), catch: (e) => fromFormatError(location, e) })
+      const current = yield* Effect.try({ try: () => decodeImageHeader(repaired), catch: (e) => fromDecodeFailure(location, e) })
       yield* asImageError(new HeaderState(storage, current).setIncompatible(IncompatibleFeature.Dirty, false), location)
       return yield* openQcow2({ ...env, repaired: true })
     }
     const extendedL2 = (h.incompatibleFeatures & IncompatibleFeature.ExtendedL2) !== 0n
     const geometry = yield* Effect.try({
       try: () => makeGeometry(h.clusterBits, extendedL2, h.refcountOrder),
-      catch: (e) => fromFormatError(location, e)
+      catch: (e) => fromDecodeFailure(location, e)
     })
 
     // L1 table: bounded, aligned, inside the file, large enough.
@@ -163,165 +149,102 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       yield* asImageError(storage.read(h.snapshotsOffset, tableBytes), location)
       snapshots = yield* Effect.try({
         try: () => decodeSnapshotTable(tableBytes, h.nbSnapshots).snapshots,
-        catch: (e) => fromFormatError(location, e)
+        catch: (e) => fromDecodeFailure(location, e)
       })
     }
 
     // External data file.
     const externalData = (h.incompatibleFeatures & IncompatibleFeature.ExternalDataFile) !== 0n
-    const rawExternalData = externalData && (h.autoclearFeatures & AutoclearFeature.RawExternalData) !== 0n
-    let data = storage
-    let dataFile: string | undefined
+    let dataStorage: BlockStorageShape | undefined
     if (externalData) {
       const name = parsed.extensions.externalDataFile
       if (name === undefined || name === "") {
         return yield* new ImageError({ reason: "Unsupported", message: "Missing data file: the image needs an external data file but names none", location })
       }
-      data = yield* env.openDataFile(name)
-      dataFile = data.location
+      dataStorage = yield* env.openDataFile(name)
     }
 
-    // Backing file.
+    // Backing file. A name is a C string to QEMU: it ends at the first NUL byte.
+    const backingFileName = parsed.backingFile === undefined ? undefined : parsed.backingFile.split("\0")[0]
     let backing: Image | undefined
     let backingResolved: string | undefined
-    if (parsed.backingFile !== undefined && parsed.backingFile !== "" && env.options.openBacking !== false) {
+    if (backingFileName !== undefined && backingFileName !== "" && env.options.openBacking !== false) {
       const fmt = parsed.extensions.backingFormat
       const format: ImageFormat | undefined = fmt === "qcow2" || fmt === "raw" ? fmt : undefined
       if (fmt !== undefined && format === undefined) {
         return yield* new ImageError({ reason: "Unsupported", message: `Unsupported backing file format '${fmt}'`, location })
       }
-      backingResolved = env.resolveBacking(parsed.backingFile)
-      backing = yield* env.openBacking(parsed.backingFile, format)
-    } else if (parsed.backingFile !== undefined) {
-      backingResolved = env.resolveBacking(parsed.backingFile)
+      backingResolved = env.resolveBacking(backingFileName)
+      backing = yield* env.openBacking(backingFileName, format)
+    } else if (backingFileName !== undefined) {
+      backingResolved = env.resolveBacking(backingFileName)
     }
 
     // Encryption.
     let crypto: SectorCrypto | undefined
     if (h.cryptMethod !== 0 && env.unlock !== undefined) crypto = yield* env.unlock(parsed, storage)
 
-    const headerState = new HeaderState(storage, parsed)
-    const readOnly = env.readOnly
-    if (!readOnly) {
+    let header = parsed
+    if (!env.readOnly) {
       // Unknown autoclear bits are cleared by a writer that does not know them.
       const autoclear = h.autoclearFeatures & KNOWN_AUTOCLEAR_FEATURES
-      if (autoclear !== h.autoclearFeatures) yield* asImageError(headerState.update({ autoclearFeatures: autoclear }), location)
+      if (autoclear !== h.autoclearFeatures) {
+        const state = new HeaderState(storage, parsed)
+        yield* asImageError(state.update({ autoclearFeatures: autoclear }), location)
+        header = state.image
+      }
     }
 
-    const l1Bytes = new Uint8Array(Math.max(h.l1Size * 8, 8))
-    if (h.l1Size > 0) yield* asImageError(storage.read(h.l1TableOffset, l1Bytes.subarray(0, h.l1Size * 8)), location)
-    const reftable = new Uint8Array(reftableBytes)
-    yield* asImageError(storage.read(h.refcountTableOffset, reftable), location)
+    const l1Table = new Uint8Array(Math.max(h.l1Size * 8, 8))
+    if (h.l1Size > 0) yield* asImageError(storage.read(h.l1TableOffset, l1Table.subarray(0, h.l1Size * 8)), location)
+    const refcountTable = new Uint8Array(reftableBytes)
+    yield* asImageError(storage.read(h.refcountTableOffset, refcountTable), location)
 
-    const l2CacheBytes =
-      env.options.l2CacheBytes ??
-      Math.min(32 * 1024 * 1024, Math.max(4 * clusterSize, Math.ceil(h.size / geometry.l2Entries / clusterSize) * clusterSize))
-    const refcountCacheBytes = env.options.refcountCacheBytes ?? Math.max(4 * clusterSize, 1024 * 1024)
-
-    const l2Cache = new TableCache({ name: "L2", tableSize: clusterSize, capacityBytes: l2CacheBytes, storage })
-    const refcounts = makeRefcounts(storage, headerState, h, reftable, fileSize, refcountCacheBytes)
-
-    const lock = yield* Semaphore.make(1)
-    const lazyRefcounts = (h.compatibleFeatures & CompatibleFeature.LazyRefcounts) !== 0n
-    const backingImage = backing
-    const context: ClusterContext = {
-      location,
+    const engine = new Qcow2Engine({
       storage,
-      data,
-      externalData,
-      rawExternalData,
-      geometry,
-      version: h.version,
-      virtualSize: h.size,
-      l1: l1Bytes,
-      l1Offset: h.l1TableOffset,
-      l1Size: h.l1Size,
-      l2Cache,
-      refcounts,
-      backing: backingImage === undefined ? undefined : {
-        get size() {
-          return backingImage.virtualSize
-        },
-        read: (offset, into) => backingImage.read(offset, into)
-      },
-      decompress: (input, out) => env.codec.decompress(h.compressionType as 0 | 1, input, out),
-      compress: (input) => {
-        const type = h.compressionType as 0 | 1
-        const level = env.options.compressionLevel
-        if (env.options.compress !== undefined) return env.options.compress(type, input, level)
-        return env.codec.compress(type, input, level === undefined ? undefined : { level })
-      },
+      dataFile: dataStorage,
+      header,
+      readOnly: env.readOnly,
+      l1Table,
+      refcountTable,
+      fileSize,
+      snapshots,
+      backing: backing === undefined ? undefined : backingLayer(backing),
+      compression: compressionOf(env, h.compressionType === 1 ? 1 : 0),
       crypto,
-      lock,
-      inflight: new InFlightAllocations(),
-      lazyRefcounts,
-      commitL1: (offset, size) => headerState.update({ l1TableOffset: offset, l1Size: size }),
-      corrupt: () => Effect.die("replaced by the image"),
-      writable: () => !readOnly,
-      overlapsMetadata: () => undefined
-    }
+      l2CacheBytes:
+        env.options.l2CacheBytes ??
+        Math.min(32 * 1024 * 1024, Math.max(4 * clusterSize, Math.ceil(h.size / geometry.l2Entries / clusterSize) * clusterSize)),
+      refcountCacheBytes: env.options.refcountCacheBytes ?? Math.max(4 * clusterSize, 1024 * 1024)
+    })
     return yield* makeQcow2Image({
-      context,
-      headerState,
-      readOnly,
+      engine,
       snapshots,
       backing,
-      backingFileName: parsed.backingFile,
+      backingFileName,
       backingResolved,
-      dataFile,
-      isCorrupt,
-      codec: env.codec,
-      encryptedLocked: h.cryptMethod !== 0 && crypto === undefined,
-      check: env.check,
-      reload: () => reloadMetadata(storage, headerState, refcountCacheBytes)
+      dataFile: dataStorage?.location,
+      check: env.check
     })
   })
 }
 
-/**
- * Re-reads the refcount table location and the active L1 table after a
- * repair rewrote them, and builds fresh refcount state. The caches must be
- * flushed and empty.
- */
-function reloadMetadata(storage: BlockStorageShape, headerState: HeaderState, refcountCacheBytes: number) {
-  const location = storage.location
-  return asImageError(
-    Effect.gen(function* () {
-      const first = new Uint8Array(4096)
-      yield* storage.read(0, first)
-      const h = decodeHeader(first)
-      const clusterSize = 2 ** h.clusterBits
-      const fileSize = yield* storage.size()
-      headerState.image = { ...headerState.image, header: { ...headerState.image.header, ...h, unknownHeaderFields: headerState.image.header.unknownHeaderFields } }
-      const reftable = new Uint8Array(h.refcountTableClusters * clusterSize)
-      yield* storage.read(h.refcountTableOffset, reftable)
-      const l1 = new Uint8Array(Math.max(h.l1Size * 8, 8))
-      if (h.l1Size > 0) yield* storage.read(h.l1TableOffset, l1.subarray(0, h.l1Size * 8))
-      const refcounts = makeRefcounts(storage, headerState, h, reftable, fileSize, refcountCacheBytes)
-      return { refcounts, l1, l1Offset: h.l1TableOffset, l1Size: h.l1Size }
-    }),
-    location
-  )
-}
+/** The backing image as the engine reads it. */
+const backingLayer = (image: Image): BackingLayer => ({
+  get size() {
+    return image.virtualSize
+  },
+  read: (offset, into) => image.read(offset, into),
+  blockStatus: (offset, length) => image.blockStatus(offset, length)
+})
 
-/** Refcount state over the table read from the image; table moves are written to the header. */
-function makeRefcounts(
-  storage: BlockStorageShape,
-  headerState: HeaderState,
-  h: Header,
-  reftable: Uint8Array,
-  fileSize: number,
-  cacheBytes: number
-): Refcounts {
-  const clusterSize = 2 ** h.clusterBits
-  return new Refcounts({
-    storage,
-    clusterBits: h.clusterBits,
-    refcountOrder: h.refcountOrder,
-    table: { offset: h.refcountTableOffset, clusters: h.refcountTableClusters },
-    tableBytes: reftable,
-    blockCache: new TableCache({ name: "refcount block", tableSize: clusterSize, capacityBytes: cacheBytes, storage }),
-    fileSize,
-    commitTableLocation: (loc) => headerState.update({ refcountTableOffset: loc.offset, refcountTableClusters: loc.clusters })
-  })
+/** The image's compression type bound to the codec (or the caller's compressor, e.g. a worker pool). */
+function compressionOf(env: Qcow2OpenEnvironment, type: 0 | 1): ClusterCompression {
+  const level = env.options.compressionLevel
+  const compress = env.options.compress
+  return {
+    decompress: (input, out) => env.codec.decompress(type, input, out),
+    compress: (input) =>
+      compress !== undefined ? compress(type, input, level) : env.codec.compress(type, input, level === undefined ? undefined : { level })
+  }
 }

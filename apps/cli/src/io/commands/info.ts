@@ -1,0 +1,46 @@
+import { Effect } from "effect"
+import { IncompatibleFeature } from "@qcow2/format"
+import type { Image } from "@qcow2/image"
+import { qcow2SpecificFor } from "../../commands/info.js"
+import { print } from "../../output.js"
+import { dumpHuman } from "../../text/qjson.js"
+import { cvtstr } from "../../text/sizes.js"
+import type { IoCommand } from "../command.js"
+
+/**
+ * qcow2's vm_state_offset: the guest offset where VM state would start,
+ * past the range the L1 table maps (virtual size rounded up to what one L2
+ * table maps). An L2 table is one cluster of 8-byte entries, 16-byte ones
+ * with extended L2 (qcow2.txt "Cluster mapping", "Extended L2 Entries").
+ */
+export const vmStateOffset = (image: Image): number => {
+  const header = image.header?.header
+  if (image.format !== "qcow2" || header === undefined) return 0
+  const extendedL2 = (header.incompatibleFeatures & IncompatibleFeature.ExtendedL2) !== 0n
+  const l2EntryBytes = extendedL2 ? 16 : 8
+  const bytesPerL2Table = image.clusterSize * (image.clusterSize / l2EntryBytes)
+  return Math.ceil(header.size / bytesPerL2Table) * bytesPerL2Table
+}
+
+/** `info`: format, cluster size, vm state offset and qemu-img info's format-specific block. */
+export const infoCommand: IoCommand = {
+  name: "info",
+  alias: "i",
+  argmin: 0,
+  argmax: 0,
+  optstring: "",
+  args: "",
+  oneline: "prints information about the current file",
+  run: (ctx) =>
+    Effect.gen(function* () {
+      const image = ctx.image
+      const clusterSize = image.format === "qcow2" ? image.clusterSize : 0
+      let text = `format name: ${image.format}\ncluster size: ${cvtstr(clusterSize)}\nvm state offset: ${cvtstr(vmStateOffset(image))}\n`
+      if (image.format === "qcow2") {
+        const specific = yield* qcow2SpecificFor(image)
+        if (specific !== undefined) text += "Format specific information:\n" + dumpHuman(specific, 1)
+      }
+      print(text)
+      return true
+    })
+}

@@ -1,0 +1,16 @@
+import { Effect } from "effect"
+import { print } from "../../output.js"
+import { cvtstr } from "../../text/sizes.js"
+import type { IoCommand } from "../command.js"
+
+/** `length`: the virtual size, human-readable. */
+export const lengthCommand: IoCommand = {
+  name: "length",
+  alias: "l",
+  argmin: 0,
+  argmax: 0,
+  optstring: "",
+  args: "",
+  oneline: "gets the length of the current file",
+  run: (ctx) => Effect.sync(() => (print(`${cvtstr(ctx.image.virtualSize)}\n`), true))
+}

@@ -1,0 +1,76 @@
+/**
+ * The skeleton qemu-io's read, write and discard share: "off len"
+ * operands, the request-size limit, a timed request whose failure prints
+ * "<command> failed: <strerror>", and the statistics report.
+ */
+import { Effect } from "effect"
+import type { Image, ImageError } from "@qcow2/image"
+import { errnoText, strerror } from "../errors.js"
+import { print } from "../output.js"
+import { hasOption, parseSizeArgument } from "./args.js"
+import type { GetoptResult } from "./getopt.js"
+import { report } from "./report.js"
+
+/** Largest single request qemu accepts (BDRV_REQUEST_MAX_BYTES). */
+const REQUEST_MAX = 2147483136
+
+/** The bytes a request covers. */
+export interface RequestRange {
+  readonly offset: number
+  readonly count: number
+}
+
+/** The "off len" operands; undefined after printing the parse error. */
+export const parseRequestRange = (operands: ReadonlyArray<string>): RequestRange | undefined => {
+  const offset = parseSizeArgument(operands[0]!)
+  if (offset === undefined) return undefined
+  const count = parseSizeArgument(operands[1]!)
+  if (count === undefined) return undefined
+  return { offset, count }
+}
+
+/**
+ * Whether `range` is longer than one request may be, after printing
+ * "length cannot exceed …"; `qualifier` goes after the limit (" without -n").
+ */
+export const exceedsRequestMax = (range: RequestRange, lengthText: string, qualifier = ""): boolean => {
+  if (range.count <= REQUEST_MAX) return false
+  print(`length cannot exceed ${REQUEST_MAX}${qualifier}, given ${lengthText}\n`)
+  return true
+}
+
+/**
+ * Runs `request` and times it as qemu-io does. The clock starts before the
+ * range check; a range past the end of the image fails with EIO, as in
+ * QEMU's block layer. A failure prints "<command> failed: <strerror>".
+ * Succeeds with the seconds the request took, or undefined when it failed.
+ */
+export const timeRequest = (
+  image: Image,
+  command: string,
+  range: RequestRange,
+  request: () => Effect.Effect<void, ImageError>
+): Effect.Effect<number | undefined> =>
+  Effect.suspend(() => {
+    const start = performance.now()
+    if (range.offset + range.count > image.virtualSize) {
+      print(`${command} failed: ${errnoText("EIO")}\n`)
+      return Effect.succeed(undefined)
+    }
+    return request().pipe(
+      Effect.as(undefined),
+      Effect.catch((error) => Effect.succeed(strerror(error))),
+      Effect.map((failure) => {
+        const seconds = (performance.now() - start) / 1000
+        if (failure === undefined) return seconds
+        print(`${command} failed: ${failure}\n`)
+        return undefined
+      })
+    )
+  })
+
+/** The statistics report of a request that succeeded ("wrote 512/512 bytes at offset 0" …); -C: as CSV; -q: nothing. */
+export const printRequestReport = (parsed: GetoptResult, verb: string, range: RequestRange, seconds: number): void => {
+  if (hasOption(parsed, "q")) return
+  print(report(verb, seconds, range.offset, range.count, range.count, 1, hasOption(parsed, "C")))
+}

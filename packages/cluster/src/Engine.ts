@@ -1,0 +1,370 @@
+import { Effect, Semaphore } from "effect"
+import { Refcounts } from "@qcow2/alloc"
+import { TableCache } from "@qcow2/cache"
+import type { CompressionError, DecompressionError } from "@qcow2/compress"
+import { AutoclearFeature, decodeImageHeader, IncompatibleFeature, makeGeometry, snapshotTableSize } from "@qcow2/format"
+import type { Geometry, ImageHeader, SnapshotEntry } from "@qcow2/format"
+import type { BlockStorageShape } from "@qcow2/storage"
+import { writeCompressedClusters } from "./compressed.js"
+import { discardClusters } from "./discard.js"
+import { asImageError, ClusterError, ImageError, isStructuralDamage, toImageError } from "./errors.js"
+import type { EngineFailure } from "./errors.js"
+import { HeaderState } from "./header.js"
+import { InFlightAllocations } from "./inflight.js"
+import { Integrity } from "./integrity.js"
+import { ActiveL1 } from "./l1.js"
+import { DecompressedCluster, readGuest } from "./read.js"
+import { blockStatus, PreallocationProbe } from "./status.js"
+import type { BlockStatus } from "./status.js"
+import { truncateImage } from "./truncate.js"
+import type { Preallocation } from "./truncate.js"
+import { writeBytes } from "./write.js"
+import { writeZeroes } from "./zero.js"
+
+/** The layer below (the backing file), as the engine reads it: guest bytes and their status. */
+export interface BackingLayer {
+  readonly size: number
+  readonly read: (offset: number, into: Uint8Array) => Effect.Effect<void, ImageError>
+  readonly blockStatus: (offset: number, length: number) => Effect.Effect<BlockStatus, ImageError>
+}
+
+/** Compression of the image's clusters, with its compression type already chosen. */
+export interface ClusterCompression {
+  /** Decompresses one compressed cluster into `out` (exactly one cluster). */
+  readonly decompress: (input: Uint8Array, out: Uint8Array) => Effect.Effect<void, DecompressionError>
+  /** Compresses one cluster; undefined when it does not get smaller. */
+  readonly compress: (input: Uint8Array) => Effect.Effect<Uint8Array | undefined, CompressionError>
+}
+
+/** Encrypts or decrypts whole 512-byte sectors in place; `offset` selects the IV. */
+export interface SectorCrypto {
+  readonly encrypt: (offset: number, data: Uint8Array) => void
+  readonly decrypt: (offset: number, data: Uint8Array) => void
+  /** Whether the IV follows the guest offset (legacy AES) or the host offset (LUKS). */
+  readonly ivFrom: "guest" | "host"
+}
+
+/** What the engine is built from: the validated header and tables read by the opener. */
+export interface EngineOptions {
+  /** The qcow2 file. */
+  readonly storage: BlockStorageShape
+  /** The external data file, when the image has one. */
+  readonly dataFile: BlockStorageShape | undefined
+  readonly header: ImageHeader
+  readonly readOnly: boolean
+  /** The active L1 table as read (at least l1_size entries). */
+  readonly l1Table: Uint8Array
+  /** The refcount table as read (refcount_table_clusters clusters). */
+  readonly refcountTable: Uint8Array
+  readonly fileSize: number
+  readonly snapshots: ReadonlyArray<SnapshotEntry>
+  readonly backing: BackingLayer | undefined
+  readonly compression: ClusterCompression
+  /** The unlocked cipher of an encrypted image; undefined when not encrypted or locked. */
+  readonly crypto: SectorCrypto | undefined
+  readonly l2CacheBytes: number
+  readonly refcountCacheBytes: number
+}
+
+export interface TruncateOptions {
+  readonly shrink?: boolean
+  readonly preallocation?: Preallocation
+}
+
+/**
+ * One open qcow2 image: the only owner of its header state, L1 table,
+ * L2 and refcount caches, refcounts, metadata lock, in-flight allocations,
+ * corrupt and dirty flags, and metadata overlap index.
+ *
+ * Each public method is one request: one Effect, arguments checked here,
+ * plain loops inside, failures presented as ImageError. A structural
+ * problem met on the way marks the image corrupt (rule 5). Which module
+ * holds which consistency rule: see the package README.
+ */
+export class Qcow2Engine {
+  readonly location: string
+  /** The qcow2 file: metadata, and data unless there is an external data file. */
+  readonly storage: BlockStorageShape
+  /** Where data clusters live: `storage`, or the external data file. */
+  readonly data: BlockStorageShape
+  readonly externalData: boolean
+  /** data_file_raw: guest offset == host offset in the data file. */
+  readonly rawExternalData: boolean
+  readonly geometry: Geometry
+  readonly version: 2 | 3
+  readonly header: HeaderState
+  readonly integrity: Integrity
+  readonly l1: ActiveL1
+  readonly l2Cache: TableCache
+  readonly refcounts: Refcounts
+  /** Metadata lock (QEMU's s->lock): one holder changes L1/L2/refcounts at a time. */
+  readonly lock = Semaphore.makeUnsafe(1)
+  /** Serialises read-modify-write of partial sectors of encrypted images. */
+  readonly sectorLock = Semaphore.makeUnsafe(1)
+  readonly inflight = new InFlightAllocations()
+  readonly decompressed = new DecompressedCluster()
+  readonly preallocation = new PreallocationProbe()
+  readonly backing: BackingLayer | undefined
+  readonly codec: ClusterCompression
+  readonly crypto: SectorCrypto | undefined
+
+  constructor(options: EngineOptions) {
+    const image = options.header
+    const h = image.header
+    const storage = options.storage
+    this.location = storage.location
+    this.storage = storage
+    this.data = options.dataFile ?? storage
+    this.externalData = (h.incompatibleFeatures & IncompatibleFeature.ExternalDataFile) !== 0n
+    this.rawExternalData = this.externalData && (h.autoclearFeatures & AutoclearFeature.RawExternalData) !== 0n
+    this.geometry = makeGeometry(h.clusterBits, (h.incompatibleFeatures & IncompatibleFeature.ExtendedL2) !== 0n, h.refcountOrder)
+    this.version = h.version
+    this.backing = options.backing
+    this.codec = options.compression
+    this.crypto = options.crypto
+    const cs = this.geometry.clusterSize
+    this.header = new HeaderState(storage, image)
+    this.integrity = new Integrity(this.header, options.readOnly, this.location)
+    const overlaps = this.integrity.overlaps
+    overlaps.setRanges("snapshot table", h.nbSnapshots > 0 ? [{ offset: h.snapshotsOffset, length: snapshotTableSize(options.snapshots) }] : [])
+    overlaps.setRanges("inactive L1 table", options.snapshots.map((s) => ({ offset: s.l1TableOffset, length: s.l1Size * 8 })))
+    const bitmaps = image.extensions.bitmaps
+    overlaps.setRanges("bitmap directory", bitmaps !== undefined ? [{ offset: bitmaps.directoryOffset, length: bitmaps.directorySize }] : [])
+    this.l1 = new ActiveL1(storage, this.header, this.integrity, cs, options.l1Table)
+    this.l2Cache = new TableCache({ name: "L2", tableSize: cs, capacityBytes: options.l2CacheBytes, storage, overlaps: { index: overlaps, kind: "active L2 table" } })
+    this.refcounts = new Refcounts({
+      storage,
+      clusterBits: h.clusterBits,
+      refcountOrder: h.refcountOrder,
+      table: { offset: h.refcountTableOffset, clusters: h.refcountTableClusters },
+      tableBytes: options.refcountTable,
+      blockCache: new TableCache({
+        name: "refcount block",
+        tableSize: cs,
+        capacityBytes: options.refcountCacheBytes,
+        storage,
+        overlaps: { index: overlaps, kind: "refcount block" }
+      }),
+      mappingCache: this.l2Cache,
+      fileSize: options.fileSize,
+      header: { moveRefcountTable: (table) => this.header.update({ refcountTableOffset: table.offset, refcountTableClusters: table.clusters }) },
+      lazy: this.integrity.lazyRefcounts,
+      overlaps
+    })
+  }
+
+  get virtualSize(): number {
+    return this.header.size
+  }
+
+  /** Reads guest bytes (any alignment), falling through to the backing file where this layer has nothing. */
+  read(offset: number, into: Uint8Array): Effect.Effect<void, ImageError> {
+    const bad = this.checkRange(offset, into.length) ?? this.requireKey()
+    return bad ? Effect.fail(bad) : this.run(readGuest(this, offset, into))
+  }
+
+  /** Writes guest bytes (any alignment); allocating writes copy the untouched parts of their clusters. */
+  write(offset: number, data: Uint8Array): Effect.Effect<void, ImageError> {
+    const bad = this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, data.length)
+    if (bad) return Effect.fail(bad)
+    if (data.length === 0) return Effect.void
+    return this.change(writeBytes(this, offset, data))
+  }
+
+  /** Writes zeros; `unmap` lets whole clusters be deallocated (qemu-io `write -z -u`). */
+  writeZeroes(offset: number, length: number, unmap = false): Effect.Effect<void, ImageError> {
+    const bad = this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, length)
+    if (bad) return Effect.fail(bad)
+    if (length === 0) return Effect.void
+    return this.change(writeZeroes(this, offset, length, unmap))
+  }
+
+  /**
+   * Discards whole clusters inside [offset, offset + length) (and a partial
+   * last cluster at the image end), as QEMU does. On v2 over a backing file
+   * dropping clusters would expose the backing data, so QEMU refuses the
+   * discard and ignores the refusal.
+   */
+  discard(offset: number, length: number): Effect.Effect<void, ImageError> {
+    const bad = this.requireWritable() ?? this.checkRange(offset, length)
+    if (bad) return Effect.fail(bad)
+    if (this.version < 3 && this.backing !== undefined) return Effect.void
+    const cs = this.geometry.clusterSize
+    const first = Math.ceil(offset / cs) * cs
+    const end = offset + length
+    const last = end === this.virtualSize ? end : Math.floor(end / cs) * cs
+    if (first >= last) return Effect.void
+    return this.change(discardClusters(this, first, last - first))
+  }
+
+  /** Writes whole aligned clusters compressed (qemu-io `write -c`). */
+  writeCompressed(offset: number, data: Uint8Array): Effect.Effect<void, ImageError> {
+    const bad = this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, data.length)
+    if (bad) return Effect.fail(bad)
+    if (this.header.header.cryptMethod !== 0) {
+      return Effect.fail(new ImageError({ reason: "Unsupported", message: "Compression is not supported with encryption", location: this.location }))
+    }
+    return this.change(writeCompressedClusters(this, offset, data))
+  }
+
+  /** Grows (or with `shrink`, shrinks) the virtual size, preallocating a grown area as asked. */
+  truncate(size: number, options: TruncateOptions = {}): Effect.Effect<void, ImageError> {
+    const bad = this.requireWritable()
+    if (bad) return Effect.fail(bad)
+    if (!Number.isSafeInteger(size) || size < 0) return Effect.fail(this.invalid(`invalid size ${size}`))
+    if (size < this.virtualSize && !options.shrink) return Effect.fail(this.invalid("Use the --shrink option to perform a shrink operation."))
+    if (size % 512 !== 0) return Effect.fail(this.invalid("The new size must be a multiple of 512"))
+    return this.change(truncateImage(this, size, options.preallocation ?? "off"))
+  }
+
+  /** Status of the extent at `offset`, at most `length` bytes; adjacent clusters with equal status merge. */
+  blockStatus(offset: number, length: number): Effect.Effect<BlockStatus, ImageError> {
+    const bad = this.checkRange(offset, length)
+    return bad ? Effect.fail(bad) : this.run(blockStatus(this, offset, length))
+  }
+
+  /** Makes everything written so far durable. */
+  flush(): Effect.Effect<void, ImageError> {
+    return this.run(this.flushMetadata())
+  }
+
+  /**
+   * Writes every cached table in the one order the rules allow (each cache
+   * settles what it depends on first), then flushes the data file and the
+   * image file.
+   */
+  flushMetadata(): Effect.Effect<void, EngineFailure> {
+    const self = this
+    // Once damage is found, no metadata is written any more (QEMU makes the
+    // image unusable): what the caches hold may be built on the damage.
+    if (this.integrity.isCorrupt) return Effect.andThen(this.data === this.storage ? Effect.void : this.data.flush(), this.storage.flush())
+    return Effect.gen(function* () {
+      yield* self.l2Cache.flushTables()
+      yield* self.refcounts.cache.flushTables()
+      yield* self.l2Cache.flushTables()
+      if (self.data !== self.storage) yield* self.data.flush()
+      yield* self.storage.flush()
+    })
+  }
+
+  /**
+   * Runs `repair` (which rewrites metadata on the file behind the engine)
+   * with the metadata lock held and everything flushed, then starts over
+   * from what is on disk. When `consistent` says the result left no
+   * corruption, the dirty and corrupt bits are cleared (QEMU's
+   * qcow2_mark_clean + qcow2_mark_consistent after a repair).
+   */
+  repair<A>(repair: Effect.Effect<A, ImageError>, consistent: (result: A) => boolean): Effect.Effect<A, ImageError> {
+    const self = this
+    return this.lock.withPermits(1)(
+      Effect.gen(function* () {
+        yield* self.flush()
+        const result = yield* repair
+        yield* self.reload()
+        if (consistent(result)) yield* asImageError(self.integrity.repaired(), self.location)
+        return result
+      })
+    )
+  }
+
+  /** Re-reads the header, refcount table and active L1 table from disk; the caches must hold nothing dirty. */
+  private reload(): Effect.Effect<void, ImageError> {
+    const self = this
+    return asImageError(
+      Effect.gen(function* () {
+        const cs = self.geometry.clusterSize
+        self.l2Cache.dropClean()
+        self.refcounts.cache.dropClean()
+        self.decompressed.forget()
+        const cluster0 = new Uint8Array(cs)
+        yield* self.storage.read(0, cluster0)
+        const image = yield* Effect.try({
+          try: () => decodeImageHeader(cluster0),
+          catch: (e) => new ClusterError({ reason: "Corrupt", message: `the repaired header does not decode: ${e instanceof Error ? e.message : String(e)}` })
+        })
+        const h = image.header
+        self.header.adopt({ ...image, header: { ...h, incompatibleFeatures: h.incompatibleFeatures | (self.header.header.incompatibleFeatures & IncompatibleFeature.Corrupt) } })
+        const fileSize = yield* self.storage.size()
+        const reftable = new Uint8Array(h.refcountTableClusters * cs)
+        yield* self.storage.read(h.refcountTableOffset, reftable)
+        const l1 = new Uint8Array(Math.max(h.l1Size * 8, 8))
+        if (h.l1Size > 0) yield* self.storage.read(h.l1TableOffset, l1.subarray(0, h.l1Size * 8))
+        self.refcounts.reload({ offset: h.refcountTableOffset, clusters: h.refcountTableClusters }, reftable, fileSize)
+        self.l1.replace(l1, h.l1TableOffset, h.l1Size)
+      }),
+      this.location
+    )
+  }
+
+  /**
+   * Allocates clusters for a LUKS area, writes it, and records it in the
+   * header (crypt_method 2 + full disk encryption extension), or records
+   * legacy AES (crypt_method 1) when `area` is undefined. For image creation.
+   */
+  setUpEncryption(area: Uint8Array | undefined): Effect.Effect<void, ImageError> {
+    const self = this
+    return this.run(
+      this.lock.withPermits(1)(
+        Effect.gen(function* () {
+          if (area === undefined) return yield* self.header.update({ cryptMethod: 1 })
+          const cs = self.geometry.clusterSize
+          const clusters = Math.ceil(area.length / cs)
+          const offset = yield* self.refcounts.allocate(clusters)
+          const padded = new Uint8Array(clusters * cs)
+          padded.set(area)
+          yield* self.refcounts.cache.flush()
+          yield* self.storage.write(offset, padded)
+          const current = self.header.image
+          yield* self.header.rewriteAll({
+            ...current,
+            header: { ...current.header, cryptMethod: 2 },
+            extensions: { ...current.extensions, fullDiskEncryption: { offset, length: area.length } }
+          })
+        })
+      )
+    )
+  }
+
+  /** Flushes, and after a clean session of a lazy-refcount image clears the dirty bit. Never fails. */
+  close(): Effect.Effect<void> {
+    if (this.integrity.readOnly) return Effect.void
+    return Effect.ignore(Effect.andThen(this.flush(), this.run(this.integrity.markClean())))
+  }
+
+  /** A metadata-changing request: the dirty bit (lazy refcounts) goes to disk first. */
+  private change(effect: Effect.Effect<void, EngineFailure>): Effect.Effect<void, ImageError> {
+    return this.run(Effect.andThen(this.integrity.beforeMetadataChange(), effect))
+  }
+
+  /** Presents failures as ImageError; structural damage met on the way marks the image corrupt first (rule 5). */
+  private run<A>(effect: Effect.Effect<A, EngineFailure>): Effect.Effect<A, ImageError> {
+    return Effect.mapError(
+      Effect.tapError(effect, (error) =>
+        isStructuralDamage(error) ? Effect.ignore(this.integrity.markCorrupt(error.message, error.offset)) : Effect.void
+      ),
+      (error) => toImageError(error, this.location)
+    )
+  }
+
+  private requireWritable(): ImageError | undefined {
+    const refused = this.integrity.refuseWrite()
+    return refused === undefined ? undefined : toImageError(refused, this.location)
+  }
+
+  private requireKey(): ImageError | undefined {
+    if (this.header.header.cryptMethod === 0 || this.crypto !== undefined) return undefined
+    return new ImageError({ reason: "Encryption", message: `${this.location} is encrypted: a passphrase is needed to read or write its data`, location: this.location })
+  }
+
+  private checkRange(offset: number, length: number): ImageError | undefined {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      return this.invalid(`invalid range: offset ${offset}, length ${length}`)
+    }
+    if (offset + length > this.virtualSize) return this.invalid(`range ${offset}+${length} is past the end of the image (${this.virtualSize} bytes)`)
+    return undefined
+  }
+
+  private invalid(message: string): ImageError {
+    return new ImageError({ reason: "InvalidArgument", message, location: this.location })
+  }
+}

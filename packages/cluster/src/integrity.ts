@@ -1,0 +1,117 @@
+import { Effect } from "effect"
+import { CompatibleFeature, IncompatibleFeature, OverlapIndex } from "@qcow2/format"
+import type { MetadataKind } from "@qcow2/format"
+import type { StorageError } from "@qcow2/storage"
+import { ClusterError } from "./errors.js"
+import type { HeaderState } from "./header.js"
+
+/**
+ * Whether the image may be changed, and what must never be overwritten.
+ *
+ * Consistency rule 5 lives here: a structural inconsistency found while
+ * reading or writing (metadata overlapping other metadata, an entry
+ * pointing past the end, an unaligned table, a refcount of 0 for a used
+ * cluster) marks the image corrupt — the header bit, once — and stops
+ * further writes with a clear error; reads go on where they can (QEMU's
+ * qcow2_signal_corruption). `overlaps` is the engine's metadata overlap
+ * index, asked before every data and metadata write (QEMU's
+ * qcow2_pre_write_overlap_check).
+ *
+ * It also owns the dirty bit of lazy refcounts (QEMU's qcow2_mark_dirty):
+ * set on disk before the first metadata change, cleared on a clean close.
+ */
+export class Integrity {
+  readonly overlaps: OverlapIndex
+  /** Lazy refcounts in effect: refcount updates may trail the L2 updates (the dirty bit covers them). */
+  readonly lazyRefcounts: boolean
+  private corrupt: boolean
+  private dirty: boolean
+
+  constructor(
+    private readonly header: HeaderState,
+    readonly readOnly: boolean,
+    readonly location: string
+  ) {
+    const h = header.header
+    this.overlaps = new OverlapIndex(2 ** h.clusterBits)
+    this.lazyRefcounts = (h.compatibleFeatures & CompatibleFeature.LazyRefcounts) !== 0n
+    this.corrupt = (h.incompatibleFeatures & IncompatibleFeature.Corrupt) !== 0n
+    this.dirty = (h.incompatibleFeatures & IncompatibleFeature.Dirty) !== 0n
+  }
+
+  get isCorrupt(): boolean {
+    return this.corrupt
+  }
+
+  /** Writes are possible: opened read-write and not marked corrupt. */
+  get writable(): boolean {
+    return !this.readOnly && !this.corrupt
+  }
+
+  /** Why a write cannot go ahead, or undefined when it can. */
+  refuseWrite(offset?: number): ClusterError | undefined {
+    if (this.readOnly) return new ClusterError({ reason: "ReadOnly", message: `${this.location} is opened read-only`, ...(offset !== undefined ? { offset } : {}) })
+    if (this.corrupt) {
+      return new ClusterError({
+        reason: "Corrupt",
+        message: `${this.location} is marked corrupt; writes are refused (run 'qcow2 check -r all')`,
+        errno: "EIO",
+        ...(offset !== undefined ? { offset } : {})
+      })
+    }
+    return undefined
+  }
+
+  /**
+   * Records structural damage: sets the corrupt bit (read-write opens
+   * only), refuses further writes, and fails with a Corrupt error.
+   */
+  markCorrupt(message: string, offset?: number): Effect.Effect<never, ClusterError> {
+    const error = new ClusterError({
+      reason: "Corrupt",
+      message: this.readOnly
+        ? `${message} (the image is damaged; run 'qcow2 check -r all' on it)`
+        : `${message}; further writes are refused (the image is marked corrupt; run 'qcow2 check -r all')`,
+      errno: "EIO",
+      ...(offset !== undefined ? { offset } : {})
+    })
+    if (this.readOnly || this.corrupt) {
+      this.corrupt = true
+      return Effect.fail(error)
+    }
+    this.corrupt = true
+    return Effect.andThen(Effect.ignore(this.header.setIncompatible(IncompatibleFeature.Corrupt, true)), Effect.fail(error))
+  }
+
+  /**
+   * Fails (and marks the image corrupt) when host bytes [offset, +length)
+   * hold metadata other than `ignore`: QEMU's "Preventing invalid write on
+   * metadata (overlaps with …)".
+   */
+  guardWrite(offset: number, length: number, ignore: ReadonlyArray<MetadataKind> = []): Effect.Effect<void, ClusterError> {
+    const hit = this.overlaps.find(offset, length, ignore)
+    if (hit === undefined) return Effect.void
+    return this.markCorrupt(`Preventing invalid write on metadata (overlaps with ${hit}) at host offset ${offset}`, offset)
+  }
+
+  /** Lazy refcounts: the dirty bit reaches disk before the first metadata change (QEMU's qcow2_mark_dirty). */
+  beforeMetadataChange(): Effect.Effect<void, StorageError> {
+    if (!this.lazyRefcounts || this.dirty || this.readOnly) return Effect.void
+    this.dirty = true
+    return this.header.setIncompatible(IncompatibleFeature.Dirty, true)
+  }
+
+  /** A clean close of a lazy-refcount image: refcounts are consistent again, the dirty bit goes. */
+  markClean(): Effect.Effect<void, StorageError> {
+    if (!this.lazyRefcounts || !this.dirty || this.corrupt || this.readOnly) return Effect.void
+    this.dirty = false
+    return this.header.setIncompatible(IncompatibleFeature.Dirty, false)
+  }
+
+  /** After a repair that left no corruption (QEMU's qcow2_mark_clean + qcow2_mark_consistent). */
+  repaired(): Effect.Effect<void, StorageError> {
+    this.corrupt = false
+    this.dirty = false
+    return this.header.setIncompatible(IncompatibleFeature.Dirty | IncompatibleFeature.Corrupt, false)
+  }
+}
