@@ -41,8 +41,8 @@ interface Base {
 /** Images with data, a snapshot (unless refcounts are 1 bit wide) (shared clusters, refcount 2) and writes after it, in a few geometries. */
 const makeBase = (name: string, opts: string, clusterSize: number, snapshot = true): Base => {
   const file = path.join(root, `${name}.qcow2`)
-  must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", opts, file, "8M"])
   const c = clusterSize
+  must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", opts, file, String(128 * c)])
   must("qemu-io", ["-c", `write -P 1 0 ${6 * c}`, "-c", `write -P 2 ${40 * c} ${3 * c}`, "-c", `write -c -P 3 ${80 * c} ${c}`, file])
   if (snapshot) must("qemu-img", ["snapshot", "-c", "s1", file])
   must("qemu-io", ["-c", `write -P 4 ${2 * c} ${2 * c}`, "-c", `write -P 5 ${120 * c} ${2 * c}`, file])
@@ -56,7 +56,9 @@ beforeAll(() => {
     makeBase("c64k", "cluster_size=65536", 65536),
     makeBase("c4k", "cluster_size=4096", 4096),
     makeBase("c4k-r1", "cluster_size=4096,refcount_bits=1", 4096, false),
-    makeBase("c16k-r64", "cluster_size=16384,refcount_bits=64", 16384)
+    makeBase("c16k-r64", "cluster_size=16384,refcount_bits=64", 16384),
+    makeBase("c512", "cluster_size=512", 512),
+    makeBase("c2m-v2", "cluster_size=2097152,compat=0.10", 2097152)
   ]
 }, 120_000)
 
@@ -84,7 +86,7 @@ class Img {
     return 2 ** this.clusterBits
   }
   get refcountOrder(): number {
-    return this.buf.readUInt32BE(96)
+    return this.buf.readUInt32BE(4) >= 3 ? this.buf.readUInt32BE(96) : 4
   }
   get l1Offset(): number {
     return Number(this.u64(40))
