@@ -16,38 +16,24 @@ const OL_ACTIVE_L2 = ["active L2 table"] as const
 
 /**
  * Turns an L2 entry whose preallocated (zero) cluster is unaligned into a
- * plain zero entry (QEMU's fix_l2_entry_by_zero). The caller has counted the
- * corruption; success moves it to the fixed ones. A metadata overlap aborts.
+ * plain zero entry, in the table in memory (QEMU's fix_l2_entry_by_zero;
+ * the caller writes the changed entries back). The caller has counted the
+ * corruption; it moves to the fixed ones.
  */
-type EntryAt = { readonly l2Offset: number; readonly index: number; readonly active: boolean }
-
-function fixEntryByZero(p: Pass, table: Uint8Array, at: EntryAt): Effect.Effect<void, StorageError | CheckAborted> {
-  const { l2Offset, index, active } = at
-  return Effect.gen(function* () {
-    const size = p.img.l2EntryBytes
-    const o = index * size
-    const entry = table.subarray(o, o + size)
-    const view = new DataView(entry.buffer, entry.byteOffset, entry.byteLength)
-    if (p.img.extendedL2) {
-      const zero = l2Raw(p.img, table, index).zeroMask
-      entry.fill(0)
-      view.setUint32(8, zero)
-    } else {
-      entry.fill(0)
-      view.setUint32(4, EntryBits.Zero)
-    }
-    const where = l2Offset + o
-    // Inactive L2 tables are not guarded by QEMU's default overlap check.
-    if (p.metadata.find(where, size, active ? OL_ACTIVE_L2 : []) !== undefined) {
-      p.log("ERROR: Overlap check failed")
-      p.tally.checkErrors++
-      return yield* abort(EIO)
-    }
-    yield* p.io.write(where, entry.slice())
-    yield* p.io.flush()
-    p.tally.corruptions--
-    p.tally.corruptionsFixed++
-  })
+function zeroEntry(p: Pass, table: Uint8Array, index: number): void {
+  const size = p.img.l2EntryBytes
+  const entry = table.subarray(index * size, index * size + size)
+  const view = new DataView(entry.buffer, entry.byteOffset, entry.byteLength)
+  if (p.img.extendedL2) {
+    const zero = l2Raw(p.img, table, index).zeroMask
+    entry.fill(0)
+    view.setUint32(8, zero)
+  } else {
+    entry.fill(0)
+    view.setUint32(4, EntryBits.Zero)
+  }
+  p.tally.corruptions--
+  p.tally.corruptionsFixed++
 }
 
 /** Where a scan of an L2 table stands: the next entry and the fragmentation cursor. */
@@ -208,10 +194,27 @@ function checkL2(
     if (l2Offset >= p.img.fileSize) return
     const table = yield* reader.read(l1Index, l2Offset)
     const scan: L2Scan = { next: 0, nextContiguous: 0 }
+    let first = -1
+    let last = -1
     for (;;) {
       const stop = scanL2(p, table, scan, fragInfo, fix)
-      if (stop < 0) return
-      yield* fixEntryByZero(p, table, { l2Offset, index: stop, active })
+      if (stop < 0) break
+      // Inactive L2 tables are not guarded by QEMU's default overlap check. Every entry of the
+      // table lies in the same cluster, so the first repair decides for all (QEMU stops there).
+      if (first < 0 && p.metadata.find(l2Offset + stop * p.img.l2EntryBytes, p.img.l2EntryBytes, active ? OL_ACTIVE_L2 : []) !== undefined) {
+        p.log("ERROR: Overlap check failed")
+        p.tally.checkErrors++
+        return yield* abort(EIO)
+      }
+      zeroEntry(p, table, stop)
+      if (first < 0) first = stop
+      last = stop
+    }
+    // QEMU writes each repaired entry synchronously; one write of the changed span (then a flush) leaves the same bytes.
+    if (first >= 0) {
+      const size = p.img.l2EntryBytes
+      yield* p.io.write(l2Offset + first * size, table.slice(first * size, (last + 1) * size))
+      yield* p.io.flush()
     }
   })
 }
