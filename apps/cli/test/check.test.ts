@@ -7,25 +7,15 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import { buildBundle, makeTempDir, qcow2, qemu } from "./helpers.js"
 
-let dir = ""
+buildBundle()
+const dir = makeTempDir("qcow2-check-")
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 
-beforeAll(() => {
-  buildBundle()
-  dir = makeTempDir("qcow2-check-")
-}, 120_000)
-
-afterAll(() => {
-  if (dir !== "") fs.rmSync(dir, { recursive: true, force: true })
-})
-
-const sub = (name: string): string => {
-  const d = path.join(dir, name)
-  fs.mkdirSync(d, { recursive: true })
-  return d
-}
+/** A fresh directory for one test. */
+const sub = (name: string): string => fs.mkdtempSync(path.join(dir, `${name}-`))
 
 /** stderr lines without the program name prefix. */
 const findings = (stderr: string, program: string): string => stderr.replace(new RegExp(`^${program}: `, "gm"), "")

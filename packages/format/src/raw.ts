@@ -1,6 +1,7 @@
 import { TWO_32, u32 } from "./bytes.js"
 import { compressedSizeShift } from "./compressed.js"
 import type { Geometry } from "./geometry.js"
+import { readRefcount } from "./refcount.js"
 
 /**
  * Lenient raw views of table entries, for consistency checkers (`qemu-img
@@ -110,22 +111,7 @@ export function rawCompressedDescriptor(
 
 /** Refcount `index` of a block, like readRefcount, but a 64-bit value at or above 2^53 reads as the nearest double instead of throwing. */
 export function rawRefcount(block: Uint8Array, index: number, refcountOrder: number): number {
-  if (refcountOrder !== 6) {
-    switch (refcountOrder) {
-      case 0:
-        return (block[index >>> 3]! >>> (index & 7)) & 1
-      case 1:
-        return (block[index >>> 2]! >>> ((index & 3) << 1)) & 3
-      case 2:
-        return (block[index >>> 1]! >>> ((index & 1) << 2)) & 15
-      case 3:
-        return block[index]!
-      case 4:
-        return (block[index << 1]! << 8) | block[(index << 1) + 1]!
-      default:
-        return u32(block, index << 2)
-    }
-  }
+  if (refcountOrder !== 6) return readRefcount(block, index, refcountOrder)
   return u32(block, index * 8) * TWO_32 + u32(block, index * 8 + 4)
 }
 
