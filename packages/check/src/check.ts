@@ -30,6 +30,9 @@ export interface CheckOptions {
 
 const INT_MAX = 2 ** 31 - 1
 
+/** Rebuilds of the refcount structure in one repair, where QEMU does one. */
+const MAX_REBUILDS = 3
+
 /**
  * Findings kept in CheckResult.messages. A badly damaged large image can
  * produce one per cluster (qemu-img streams them to stderr); past this many
@@ -97,20 +100,28 @@ function checkRefcounts(io: Io, img: ImageInfo, fix: Fix, force: boolean, log: (
     if ((p.rebuild && fix.errors) || force) {
       const before = { ...p.tally }
       let freshLeaks = 0
-      log("Rebuilding refcount structure")
-      yield* rebuildRefcountStructure(p)
-      p.tally.corruptions = 0
-      p.tally.leaks = 0
-      p.rebuild = false
-      p.imrt.clear()
-      yield* calculateRefcounts(p, NO_FIX)
-      if (fix.leaks) {
+      for (let round = 1; ; round++) {
+        log("Rebuilding refcount structure")
+        yield* rebuildRefcountStructure(p)
+        p.tally.corruptions = 0
+        p.tally.leaks = 0
+        p.rebuild = false
+        p.imrt.clear()
+        yield* calculateRefcounts(p, NO_FIX)
+        if (!fix.leaks) break
         const saved = p.tally
         p.tally = emptyTally()
         highest = yield* compareRefcounts(p, { leaks: true, errors: false })
-        if (p.rebuild) log("ERROR rebuilt refcount structure is still broken")
+        const broken = p.rebuild
         freshLeaks = p.tally.leaks
         p.tally = saved
+        if (!broken) break
+        // QEMU stops here. A rebuild that grew the file over structures referenced past its old end
+        // (a file cut short) leaves them with refcount 0: counted again, the next rebuild covers them.
+        if (round === MAX_REBUILDS) {
+          log("ERROR rebuilt refcount structure is still broken")
+          break
+        }
       }
       if (p.tally.corruptions < before.corruptions) p.tally.corruptionsFixed += before.corruptions - p.tally.corruptions
       if (p.tally.leaks < before.leaks) p.tally.leaksFixed += before.leaks - p.tally.leaks
