@@ -64,11 +64,10 @@ export const checkHuman = (r: CheckResult): string => {
 /** Exit status of qemu-img check: 2 corruptions, 3 leaks only, 0 clean. */
 export const checkExitCode = (r: CheckResult): number => (r.corruptions !== 0 ? 2 : r.leaks !== 0 ? 3 : 0)
 
-/** What a check of the opened file needs: the check itself, and the format for the JSON output. */
-interface Checkable {
-  readonly format: ImageFormat
-  readonly check: (repair: "leaks" | "all" | undefined) => Effect.Effect<CheckResult, CheckError | CliFailure>
-}
+/** A qcow2 file ready for its check, or a format that has none. */
+type Checkable =
+  | { readonly format: "qcow2"; readonly check: (repair: "leaks" | "all" | undefined) => Effect.Effect<CheckResult, CheckError | CliFailure> }
+  | { readonly format: Exclude<ImageFormat, "qcow2"> }
 
 /**
  * Opens the image for `check` (QEMU's BDRV_O_CHECK). The driver opens it
@@ -93,7 +92,8 @@ const openForCheck = (o: CheckOptions): Effect.Effect<Checkable, CliFailure, Sco
       options = { ...options, ...(parsed.format !== undefined ? { format: parsed.format } : {}), ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {}) }
     }
     const opened = yield* Effect.exit(Effect.scoped(Effect.map(openImage(file, options), (image) => image.format)))
-    if (Exit.isSuccess(opened) && opened.value !== "qcow2") return { format: opened.value, check: () => Effect.die("no check") }
+    if (Exit.isSuccess(opened) && opened.value !== "qcow2") return { format: opened.value }
+    if (Exit.isFailure(opened) && Cause.hasInterruptsOnly(opened.cause)) return yield* Effect.interrupt
     // A driver that dies on a damaged image (a table entry it cannot decode) has refused it as corrupt.
     const refused = Exit.isSuccess(opened) ? undefined : Option.getOrElse(Cause.findErrorOption(opened.cause), () =>
       new ImageError({ reason: "Corrupt", message: describeCause(opened.cause), location: file }))
