@@ -1,4 +1,5 @@
 import type { Effect } from "effect"
+import type { CheckResult } from "@qcow2/check"
 import type { BlockStatus, Preallocation } from "@qcow2/cluster"
 import type { BitmapDirectoryEntry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { CompressionError } from "@qcow2/compress"
@@ -9,21 +10,8 @@ export type { BlockStatus }
 
 export type ImageFormat = "qcow2" | "raw"
 
-/** The result of `check`, with qemu-img check's fields. */
-export interface CheckResult {
-  readonly checkErrors: number
-  readonly corruptions: number
-  readonly leaks: number
-  readonly corruptionsFixed: number
-  readonly leaksFixed: number
-  readonly imageEndOffset: number
-  readonly totalClusters: number
-  readonly allocatedClusters: number
-  readonly fragmentedClusters: number
-  readonly compressedClusters: number
-  /** Human-readable findings in qemu-img's wording ("ERROR cluster 5 refcount=0 reference=1", "Leaked cluster 22 refcount=1 reference=0"). */
-  readonly messages: ReadonlyArray<string>
-}
+/** The result of `check`, with qemu-img check's fields (defined by @qcow2/check). */
+export type { CheckResult }
 
 export interface Image {
   readonly format: ImageFormat

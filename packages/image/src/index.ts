@@ -4,4 +4,4 @@ export { openImage, createImage, probeFormat, MAX_BACKING_CHAIN_DEPTH } from "./
 export { planCreate } from "./create.js"
 export { makeRawImage } from "./raw.js"
 export { isZero } from "@qcow2/cluster"
-export { checkQcow2, rebuildRefcounts } from "./check/index.js"
+export { CheckError, type CheckErrorReason, MAX_MESSAGES, checkQcow2, rebuildRefcounts } from "@qcow2/check"

@@ -13,7 +13,7 @@ import type { CreateOptions, Image, ImageFormat, OpenOptions } from "./api.js"
 import { planCreate, writeEmptyImage } from "./create.js"
 import { ImageError } from "./errors.js"
 import { asImageError, toImageError } from "./internal/errors.js"
-import { checkQcow2 } from "./check/index.js"
+import { type CheckError, checkQcow2 } from "@qcow2/check"
 import { openQcow2 } from "./qcow2/open.js"
 import { qcow2Engines } from "./qcow2/image.js"
 import { makeRawImage } from "./raw.js"
@@ -39,6 +39,21 @@ export function probeFormat(storage: BlockStorageShape): Effect.Effect<ImageForm
     }),
     storage.location
   )
+}
+
+/** A failed check as an ImageError; the CheckError (findings so far, strerror, counters) is its cause. */
+const checkFailure = (e: CheckError): ImageError => {
+  const common = { location: e.location, cause: e, ...(e.offset !== undefined ? { offset: e.offset } : {}) }
+  switch (e.reason) {
+    case "Aborted":
+      return new ImageError({ ...common, reason: e.strerror === "Cannot allocate memory" ? "NoSpace" : "Corrupt", message: e.message })
+    case "Storage":
+      return new ImageError({ ...common, reason: "Storage", message: e.message })
+    case "NotQcow2":
+    case "Unsupported":
+    case "Corrupt":
+      return new ImageError({ ...common, reason: e.reason, message: e.message })
+  }
 }
 
 interface ChainStep {
@@ -150,7 +165,7 @@ function openNamed(
       // QEMU opens a relative data file name as given (relative to the working directory).
       unlock: unlocker(step, name),
       openDataFile: (dataFile) => Effect.mapError(step.opener.open(dataFile, { readOnly }), (e) => openFailure(dataFile, e)),
-      check: (repair) => checkQcow2(storage, repair === undefined ? {} : { repair })
+      check: (repair) => Effect.mapError(checkQcow2(storage, repair === undefined ? {} : { repair }), checkFailure)
     })
   })
 }

@@ -1,7 +1,9 @@
-import { Effect } from "effect"
-import type { CheckResult, ImageFormat } from "@qcow2/image"
-import { open, type ImageEnv } from "../env.js"
-import { fail, type CliFailure } from "../errors.js"
+import { Cause, Effect, Exit, Option } from "effect"
+import type { Scope } from "effect"
+import { StorageOpener } from "@qcow2/storage"
+import { CheckError, ImageError, checkQcow2, openImage, type CheckResult, type ImageFormat, type OpenOptions } from "@qcow2/image"
+import { imageOptions, parseImageOpts, type ImageEnv } from "../env.js"
+import { describeCause, fail, openFailure, type CliFailure } from "../errors.js"
 import { eprint, print } from "../output.js"
 import { cFixed } from "../text/cformat.js"
 import { QDict, toQemuJson } from "../text/qjson.js"
@@ -62,37 +64,79 @@ export const checkHuman = (r: CheckResult): string => {
 /** Exit status of qemu-img check: 2 corruptions, 3 leaks only, 0 clean. */
 export const checkExitCode = (r: CheckResult): number => (r.corruptions !== 0 ? 2 : r.leaks !== 0 ? 3 : 0)
 
+/** A qcow2 file ready for its check, or a format that has none. */
+type Checkable =
+  | { readonly format: "qcow2"; readonly check: (repair: "leaks" | "all" | undefined) => Effect.Effect<CheckResult, CheckError | CliFailure> }
+  | { readonly format: Exclude<ImageFormat, "qcow2"> }
+
+/**
+ * Opens the image for `check` (QEMU's BDRV_O_CHECK). The driver opens it
+ * read-only first, as the judge of what qemu-img refuses to open (bad
+ * header, unknown features, missing backing file …) and of its format;
+ * the check then runs on the file alone, read-write for a repair, so that
+ * nothing of the driver's state is written over a repaired file. When the
+ * driver refuses a qcow2 image as corrupt (an L1 or refcount table past the
+ * end of the file, a bad snapshot table …), the check still runs, as
+ * qemu-img's open in check mode skips those validations; other commands
+ * keep refusing such images. A check that cannot open the image either
+ * fails with the driver's open error.
+ */
+const openForCheck = (o: CheckOptions): Effect.Effect<Checkable, CliFailure, Scope.Scope | ImageEnv> =>
+  Effect.gen(function* () {
+    let file = o.file
+    let options: OpenOptions = { readOnly: true, forCheck: true, format: o.format, passphrase: o.passphrase }
+    if (imageOptions.enabled) {
+      const parsed = parseImageOpts(o.file)
+      if ("error" in parsed) return yield* Effect.fail(fail(`Could not open '${o.file}': ${parsed.error}`))
+      file = parsed.file
+      options = { ...options, ...(parsed.format !== undefined ? { format: parsed.format } : {}), ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {}) }
+    }
+    const opened = yield* Effect.exit(Effect.scoped(Effect.map(openImage(file, options), (image) => image.format)))
+    if (Exit.isSuccess(opened) && opened.value !== "qcow2") return { format: opened.value }
+    if (Exit.isFailure(opened) && Cause.hasInterruptsOnly(opened.cause)) return yield* Effect.interrupt
+    // A driver that dies on a damaged image (a table entry it cannot decode) has refused it as corrupt.
+    const refused = Exit.isSuccess(opened) ? undefined : Option.getOrElse(Cause.findErrorOption(opened.cause), () =>
+      new ImageError({ reason: "Corrupt", message: describeCause(opened.cause), location: file }))
+    if (refused !== undefined && refused.reason !== "Corrupt") return yield* Effect.fail(openFailure(file, refused))
+    const opener = yield* StorageOpener
+    const storage = yield* Effect.mapError(opener.open(file, { readOnly: o.repair === undefined }), (e) =>
+      openFailure(file, refused ?? new ImageError({ reason: "Storage", message: e.message, location: file, cause: e }))
+    )
+    const unopenable = (e: CheckError): CheckError | CliFailure =>
+      e.reason === "Aborted" || e.reason === "Storage" ? e : openFailure(file, refused ?? new ImageError({ reason: e.reason, message: e.message, location: file }))
+    return {
+      format: "qcow2" as const,
+      check: (repair) => Effect.mapError(checkQcow2(storage, repair !== undefined ? { repair } : {}), unopenable)
+    }
+  })
+
 export const runCheck = (o: CheckOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.scoped(
     Effect.gen(function* () {
-      const image = yield* open(o.file, {
-        readOnly: o.repair === undefined,
-        forCheck: true,
-        format: o.format,
-        passphrase: o.passphrase
-      })
-      if (image.format !== "qcow2") {
+      const target = yield* openForCheck(o)
+      if (target.format !== "qcow2") {
         return yield* Effect.fail(fail("This image format does not support checks", 63))
       }
-      const checkFailed = (e: { readonly message: string }) => fail(`Check failed: ${e.message}`)
-      const printMessages = (r: CheckResult) => {
-        if (r.messages.length > 0) eprint(r.messages.map((m) => m + "\n").join(""))
+      const printMessages = (messages: ReadonlyArray<string>) => {
+        if (messages.length > 0) eprint(messages.map((m) => m + "\n").join(""))
       }
-      let result = yield* image.check(o.repair !== undefined ? { repair: o.repair } : undefined).pipe(Effect.mapError(checkFailed))
-      printMessages(result)
-      if (result.corruptionsFixed !== 0 || result.leaksFixed !== 0) {
-        if (o.output === "human" && !o.quiet) {
-          print(
-            "The following inconsistencies were found and repaired:\n\n" +
-              `    ${result.leaksFixed} leaked clusters\n    ${result.corruptionsFixed} corruptions\n\n` +
-              "Double checking the fixed image now...\n"
-          )
-        }
-        const again = yield* image.check().pipe(Effect.mapError(checkFailed))
-        printMessages(again)
-        result = { ...again, leaksFixed: result.leaksFixed, corruptionsFixed: result.corruptionsFixed }
+      // qemu-img prints the findings made before a check fails, then "Check failed: <strerror>".
+      const checkFailed = (e: CheckError | CliFailure): CliFailure => {
+        if (e._tag === "CliFailure") return e
+        printMessages(e.messages)
+        return fail(`Check failed: ${e.reason === "Aborted" ? e.strerror : e.message}`)
       }
-      if (!o.quiet) print(o.output === "json" ? toQemuJson(checkJson(o.file, image.format, result)) + "\n" : checkHuman(result))
+      // After a repair that fixed something, the result is already that of qemu-img's second, read-only check.
+      const result = yield* target.check(o.repair).pipe(Effect.mapError(checkFailed))
+      printMessages(result.messages)
+      if ((result.corruptionsFixed !== 0 || result.leaksFixed !== 0) && o.output === "human" && !o.quiet) {
+        print(
+          "The following inconsistencies were found and repaired:\n\n" +
+            `    ${result.leaksFixed} leaked clusters\n    ${result.corruptionsFixed} corruptions\n\n` +
+            "Double checking the fixed image now...\n"
+        )
+      }
+      if (!o.quiet) print(o.output === "json" ? toQemuJson(checkJson(o.file, target.format, result)) + "\n" : checkHuman(result))
       if (result.checkErrors !== 0) return yield* Effect.fail(fail("Check failed"))
       return checkExitCode(result)
     })

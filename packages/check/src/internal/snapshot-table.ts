@@ -1,13 +1,14 @@
 import { Effect } from "effect"
-import { Limits, writeRefcount } from "@qcow2/format"
-import type { ImageError } from "../errors.js"
+import { Limits, SNAPSHOT_ENTRY_FIXED_SIZE, writeRefcount, writeRefcountTableEntry } from "@qcow2/format"
+import type { StorageError } from "@qcow2/storage"
 import { type CheckAborted, EFBIG, EIO, ENOSPC, abort } from "./io.js"
 import type { Pass } from "./pass.js"
 import { UNREADABLE } from "./stored.js"
-import { TWO_32 } from "./bytes.js"
+
 import type { SnapshotInfo } from "./state.js"
 
-const ENTRY_HEADER = 40
+const TWO_32 = 2 ** 32
+const ENTRY_HEADER = SNAPSHOT_ENTRY_FIXED_SIZE
 const KNOWN_EXTRA = 24
 
 /**
@@ -66,7 +67,7 @@ export function encodeSnapshotsLikeQemu(snapshots: ReadonlyArray<SnapshotInfo>, 
  * the range (QEMU's alloc_refcount_block and -EAGAIN); a block that could not
  * describe itself, or a refcount table without room, fails with ENOSPC.
  */
-function allocateClusters(p: Pass, count: number): Effect.Effect<number, ImageError | CheckAborted> {
+function allocateClusters(p: Pass, count: number): Effect.Effect<number, StorageError | CheckAborted> {
   return Effect.gen(function* () {
     const { img, stored } = p
     const bits = img.refblockBits
@@ -107,8 +108,7 @@ function allocateClusters(p: Pass, count: number): Effect.Effect<number, ImageEr
       yield* p.io.flush()
       const entry = new Uint8Array(8)
       const offset = blockCluster * img.clusterSize
-      new DataView(entry.buffer).setUint32(0, Math.floor(offset / TWO_32))
-      new DataView(entry.buffer).setUint32(4, offset >>> 0)
+      writeRefcountTableEntry(entry, 0, offset)
       yield* p.io.write(img.reftableOffset + blockIndex * 8, entry)
       yield* p.io.flush()
       if (img.reftable.length < (blockIndex + 1) * 8) {
@@ -132,7 +132,7 @@ function allocateClusters(p: Pass, count: number): Effect.Effect<number, ImageEr
  * table goes into freshly allocated clusters, the header is switched to it
  * after a flush, then the old table's clusters are released.
  */
-export function rewriteSnapshotTable(p: Pass): Effect.Effect<void, ImageError | CheckAborted> {
+export function rewriteSnapshotTable(p: Pass): Effect.Effect<void, StorageError | CheckAborted> {
   return Effect.gen(function* () {
     const { img } = p
     const bytes = encodeSnapshotsLikeQemu(img.snapshots, img.virtualSize)

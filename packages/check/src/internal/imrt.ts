@@ -102,3 +102,6 @@ export class Imrt {
     return start
   }
 }
+
+/** Largest IMRT we build (2 bytes per cluster): 2^27 clusters, 8 TiB of 64 KiB clusters. */
+export const MAX_IMRT_CLUSTERS = 2 ** 27

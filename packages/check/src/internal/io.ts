@@ -1,6 +1,5 @@
 import { Data, Effect } from "effect"
 import type { BlockStorageShape, StorageError } from "@qcow2/storage"
-import { ImageError } from "../errors.js"
 
 /**
  * Ends a check the way a negative return of QEMU's qcow2_co_check ends
@@ -11,48 +10,51 @@ export class CheckAborted extends Data.TaggedError("CheckAborted")<{
   readonly strerror: string
 }> {}
 
+/** The image cannot be opened for a check (QEMU's qcow2_do_open fails even with BDRV_O_CHECK). */
+export class OpenRefused extends Data.TaggedError("OpenRefused")<{
+  readonly reason: "NotQcow2" | "Unsupported" | "Corrupt"
+  readonly message: string
+  readonly offset?: number
+  readonly cause?: unknown
+}> {}
+
+/** Every way the internals of a check fail; index.ts turns them into CheckError. */
+export type Failure = CheckAborted | OpenRefused | StorageError
+
 export const EIO = "Input/output error"
 export const EINVAL = "Invalid argument"
 export const EFBIG = "File too large"
 export const ENOMEM = "Cannot allocate memory"
 export const ENOSPC = "No space left on device"
+export const ENOTSUP = "Operation not supported"
 
 export const abort = (strerror: string): Effect.Effect<never, CheckAborted> => Effect.fail(new CheckAborted({ strerror }))
 
-/** The byte store of the image file, with failures turned into ImageError. */
+/** The byte store of the image file. */
 export class Io {
   constructor(readonly storage: BlockStorageShape) {}
 
-  private readonly mapError = (e: StorageError): ImageError =>
-    new ImageError({
-      reason: "Storage",
-      message: e.message,
-      location: this.storage.location,
-      ...(e.offset !== undefined ? { offset: e.offset } : {}),
-      cause: e
-    })
-
   /** Reads `length` bytes at `offset` (zeros past the end of the file). */
-  read(offset: number, length: number): Effect.Effect<Uint8Array, ImageError> {
+  read(offset: number, length: number): Effect.Effect<Uint8Array, StorageError> {
     const buf = new Uint8Array(length)
     if (length === 0) return Effect.succeed(buf)
-    return this.storage.read(offset, buf).pipe(Effect.as(buf), Effect.mapError(this.mapError))
+    return this.storage.read(offset, buf).pipe(Effect.as(buf))
   }
 
-  write(offset: number, data: Uint8Array): Effect.Effect<void, ImageError> {
-    return this.storage.write(offset, data).pipe(Effect.mapError(this.mapError))
+  write(offset: number, data: Uint8Array): Effect.Effect<void, StorageError> {
+    return this.storage.write(offset, data)
   }
 
-  flush(): Effect.Effect<void, ImageError> {
-    return this.storage.flush().pipe(Effect.mapError(this.mapError))
+  flush(): Effect.Effect<void, StorageError> {
+    return this.storage.flush()
   }
 
-  size(): Effect.Effect<number, ImageError> {
-    return this.storage.size().pipe(Effect.mapError(this.mapError))
+  size(): Effect.Effect<number, StorageError> {
+    return this.storage.size()
   }
 
-  resize(size: number): Effect.Effect<void, ImageError> {
-    return this.storage.resize(size).pipe(Effect.mapError(this.mapError))
+  resize(size: number): Effect.Effect<void, StorageError> {
+    return this.storage.resize(size)
   }
 
   /** A hint: failures are ignored, as QEMU ignores failed discards of freed clusters. */

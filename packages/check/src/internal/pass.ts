@@ -1,6 +1,6 @@
 import type { Imrt } from "./imrt.js"
 import type { Io } from "./io.js"
-import type { MetadataIndex } from "./overlap.js"
+import type { MetadataGuard } from "./metadata.js"
 import type { StoredRefcounts } from "./stored.js"
 import type { ImageInfo, Tally } from "./state.js"
 
@@ -19,7 +19,7 @@ export interface Pass {
   readonly log: (message: string) => void
   readonly imrt: Imrt
   readonly stored: StoredRefcounts
-  readonly metadata: MetadataIndex
+  readonly metadata: MetadataGuard
   /** Refcount counters; replaced wholesale where QEMU saves and restores its result. */
   tally: Tally
   /** The refcount structure is broken beyond per-cluster fixes. */

@@ -8,13 +8,13 @@ import {
   Limits,
   decodeImageHeader,
   makeGeometry,
-  maxRefcount
+  maxRefcount,
+  readU32Lenient
 } from "@qcow2/format"
-import type { Header } from "@qcow2/format"
-import { ImageError } from "../errors.js"
-import type { Io } from "./io.js"
+import type { Geometry, Header } from "@qcow2/format"
+import type { StorageError } from "@qcow2/storage"
+import { type Io, OpenRefused } from "./io.js"
 import { type BitmapEntry, bitmapTableValid, expectedBitmapTableSize, parseBitmapDirectory } from "./bitmap-directory.js"
-import { be32 } from "./bytes.js"
 
 /** Counters of one check, as QEMU's BdrvCheckResult holds them. */
 export interface Tally {
@@ -80,6 +80,8 @@ export interface BitmapsInfo {
  */
 export interface ImageInfo {
   readonly header: Header
+  /** Sizes derived from cluster_bits, the extended L2 bit and refcount_order (for the format codecs). */
+  readonly geometry: Geometry
   readonly clusterBits: number
   readonly clusterSize: number
   readonly extendedL2: boolean
@@ -115,17 +117,17 @@ export interface ImageInfo {
  * entries that start inside the file (the rest read as zero), so a table
  * the header claims is huge costs no more memory than the file holds.
  */
-export const readBounded = (io: Io, fileSize: number, offset: number, length: number): Effect.Effect<Uint8Array, ImageError> => {
+export const readBounded = (io: Io, fileSize: number, offset: number, length: number): Effect.Effect<Uint8Array, StorageError> => {
   const n = offset >= fileSize ? 0 : Math.min(length, Math.ceil((fileSize - offset) / 8) * 8)
   return io.read(offset, n)
 }
 
-const openError = (location: string, e: unknown): ImageError => {
+const openError = (e: unknown): OpenRefused => {
   if (e instanceof FormatError) {
     const reason = e.reason === "BadMagic" ? "NotQcow2" : e.reason === "UnsupportedVersion" ? "Unsupported" : "Corrupt"
-    return new ImageError({ reason, message: e.message, location, cause: e })
+    return new OpenRefused({ reason, message: e.message, ...(e.offset !== undefined ? { offset: e.offset } : {}), cause: e })
   }
-  return new ImageError({ reason: "Corrupt", message: String(e), location, cause: e })
+  return new OpenRefused({ reason: "Corrupt", message: String(e), cause: e })
 }
 
 /** QEMU's QCOW2_MAX_BITMAP_DIRECTORY_SIZE. */
@@ -134,15 +136,14 @@ const MAX_BITMAP_DIRECTORY_SIZE = 1024 * Limits.maxBitmaps
 /**
  * Opens the image the way `qemu-img check` does (QEMU's qcow2_do_open with
  * BDRV_O_CHECK): the header must be valid, but the snapshot table is left to
- * the check itself. Fails with ImageError when QEMU would refuse to open.
+ * the check itself. Fails with OpenRefused when QEMU would refuse to open.
  * `warnings` receives QEMU's open-time warnings.
  */
-export const loadImage = (io: Io, warnings: Array<string>): Effect.Effect<ImageInfo, ImageError> =>
+export const loadImage = (io: Io, warnings: Array<string>): Effect.Effect<ImageInfo, OpenRefused | StorageError> =>
   Effect.gen(function* () {
-    const location = io.storage.location
     const fileSize = yield* io.size()
     const probe = yield* io.read(0, 512)
-    const bits = be32(probe, 20)
+    const bits = readU32Lenient(probe, 20)
     const headerBytes = bits >= Limits.minClusterBits && bits <= Limits.maxClusterBits ? yield* io.read(0, 2 ** bits) : probe
     // The snapshot table pointer is judged by the check (qcow2_check_read_snapshot_table), not at open.
     const forDecode = headerBytes.slice()
@@ -151,13 +152,13 @@ export const loadImage = (io: Io, warnings: Array<string>): Effect.Effect<ImageI
     try {
       decoded = decodeImageHeader(forDecode)
     } catch (e) {
-      return yield* Effect.fail(openError(location, e))
+      return yield* Effect.fail(openError(e))
     }
     const { header, extensions } = decoded
     const unknown = header.incompatibleFeatures & ~KNOWN_INCOMPATIBLE_FEATURES
     if (unknown !== 0n) {
       return yield* Effect.fail(
-        new ImageError({ reason: "Unsupported", message: `Unsupported IMAGE feature(s): 0x${unknown.toString(16)}`, location })
+        new OpenRefused({ reason: "Unsupported", message: `Unsupported IMAGE feature(s): 0x${unknown.toString(16)}` })
       )
     }
     const extendedL2 = (header.incompatibleFeatures & IncompatibleFeature.ExtendedL2) !== 0n
@@ -172,10 +173,9 @@ export const loadImage = (io: Io, warnings: Array<string>): Effect.Effect<ImageI
     if (header.cryptMethod === CryptMethod.Luks && fde !== undefined) {
       if (fde.offset % clusterSize !== 0) {
         return yield* Effect.fail(
-          new ImageError({
+          new OpenRefused({
             reason: "Corrupt",
-            message: `Encryption header offset '${fde.offset}' is not a multiple of cluster size '${clusterSize}'`,
-            location
+            message: `Encryption header offset '${fde.offset}' is not a multiple of cluster size '${clusterSize}'`
           })
         )
       }
@@ -194,33 +194,32 @@ export const loadImage = (io: Io, warnings: Array<string>): Effect.Effect<ImageI
       } else {
         const b = extensions.bitmaps
         if (b.directoryOffset % clusterSize !== 0) {
-          return yield* Effect.fail(new ImageError({ reason: "Corrupt", message: "bitmaps_ext: invalid dir offset", location }))
+          return yield* Effect.fail(new OpenRefused({ reason: "Corrupt", message: "bitmaps_ext: invalid dir offset" }))
         }
         if (b.directorySize > MAX_BITMAP_DIRECTORY_SIZE) {
-          return yield* Effect.fail(new ImageError({ reason: "Corrupt", message: "bitmaps_ext: bitmap directory too large", location }))
+          return yield* Effect.fail(new OpenRefused({ reason: "Corrupt", message: "bitmaps_ext: bitmap directory too large" }))
         }
         const dir = yield* readBounded(io, fileSize, b.directoryOffset, b.directorySize)
         const parsed = parseBitmapDirectory(dir, b.directorySize, b.nbBitmaps, clusterSize, virtualSize)
-        if ("error" in parsed) return yield* Effect.fail(new ImageError({ reason: "Corrupt", message: parsed.error, location }))
+        if ("error" in parsed) return yield* Effect.fail(new OpenRefused({ reason: "Corrupt", message: parsed.error }))
         const seen = new Set<string>()
         for (const bm of parsed.bitmaps) {
           const table = yield* readBounded(io, fileSize, bm.tableOffset, bm.tableSize * 8)
           if (!bitmapTableValid(table, Math.floor(table.length / 8), clusterSize)) {
             return yield* Effect.fail(
-              new ImageError({
+              new OpenRefused({
                 reason: "Corrupt",
-                message: `Could not read bitmap_table table from image for bitmap '${bm.name}': Invalid argument`,
-                location
+                message: `Could not read bitmap_table table from image for bitmap '${bm.name}': Invalid argument`
               })
             )
           }
           if (seen.has(bm.name)) {
-            return yield* Effect.fail(new ImageError({ reason: "Corrupt", message: `Bitmap already exists: ${bm.name}`, location }))
+            return yield* Effect.fail(new OpenRefused({ reason: "Corrupt", message: `Bitmap already exists: ${bm.name}` }))
           }
           seen.add(bm.name)
           if (!bm.inUse && bm.tableSize !== expectedBitmapTableSize(virtualSize, bm.granularityBits, clusterSize)) {
             return yield* Effect.fail(
-              new ImageError({ reason: "Corrupt", message: `Could not read bitmap '${bm.name}' from image: Invalid argument`, location })
+              new OpenRefused({ reason: "Corrupt", message: `Could not read bitmap '${bm.name}' from image: Invalid argument` })
             )
           }
         }
@@ -233,6 +232,7 @@ export const loadImage = (io: Io, warnings: Array<string>): Effect.Effect<ImageI
     const reftable = yield* readBounded(io, fileSize, header.refcountTableOffset, reftableEntries * 8)
     return {
       header,
+      geometry,
       clusterBits: header.clusterBits,
       clusterSize,
       extendedL2,

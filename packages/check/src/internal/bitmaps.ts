@@ -1,10 +1,11 @@
 import { Effect } from "effect"
-import type { ImageError } from "../errors.js"
+import { rawHostOffset, readRawWord } from "@qcow2/format"
+import type { StorageError } from "@qcow2/storage"
 import { bitmapTableValid } from "./bitmap-directory.js"
-import { TWO_32, be32 } from "./bytes.js"
+import { countRegion } from "./count.js"
+import { offsetHex } from "./entries.js"
 import { type CheckAborted, EINVAL, abort } from "./io.js"
 import type { Pass } from "./pass.js"
-import { countRegion, exactHex } from "./references.js"
 import { readBounded } from "./state.js"
 
 /**
@@ -13,7 +14,7 @@ import { readBounded } from "./state.js"
  * the image was opened; a bitmap table that became unreadable since is a
  * corruption that ends the check (EINVAL), as in QEMU.
  */
-export function checkBitmapReferences(p: Pass): Effect.Effect<void, ImageError | CheckAborted> {
+export function checkBitmapReferences(p: Pass): Effect.Effect<void, StorageError | CheckAborted> {
   return Effect.gen(function* () {
     const img = p.img
     const info = img.bitmaps
@@ -29,10 +30,9 @@ export function checkBitmapReferences(p: Pass): Effect.Effect<void, ImageError |
         return yield* abort(EINVAL)
       }
       for (let i = 0; i < n; i++) {
-        const hi = be32(table, i * 8)
-        const lo = be32(table, i * 8 + 4)
-        const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0)
-        if (offset !== 0) countRegion(p, offset, cs, exactHex(offset, hi & 0x00ffffff, lo & 0xfffffe00))
+        const { hi, lo } = readRawWord(table, i * 8)
+        const offset = rawHostOffset(hi, lo)
+        if (offset !== 0) countRegion(p, offset, cs, offsetHex(hi, lo))
       }
     }
   })

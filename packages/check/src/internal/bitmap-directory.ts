@@ -1,13 +1,28 @@
-import { TWO_32, be16, be32, hex64 } from "./bytes.js"
+import {
+  BITMAP_ENTRY_FIXED_SIZE,
+  BITMAP_MAX_NAME_SIZE,
+  BITMAP_TYPE_DIRTY_TRACKING,
+  BitmapFlag,
+  EntryBits,
+  hex64,
+  rawOffsetUnaligned,
+  readRawWord,
+  readU16Lenient,
+  readU32Lenient
+} from "@qcow2/format"
 
 /** QEMU's limits on bitmap directory entries (block/qcow2-bitmap.c). */
 const BME_MAX_TABLE_SIZE = 0x8000000
 const BME_MAX_PHYS_SIZE = 0x20000000
 const BME_MIN_GRANULARITY_BITS = 9
 const BME_MAX_GRANULARITY_BITS = 31
-const BME_MAX_NAME_SIZE = 1023
-const BME_RESERVED_FLAGS = 0xfffffffc
-const ENTRY_FIXED_SIZE = 24
+/** QEMU 7.2 treats every flag but in_use and auto as reserved. */
+const BME_RESERVED_FLAGS = ~(BitmapFlag.InUse | BitmapFlag.Auto) >>> 0
+const ENTRY_FIXED_SIZE = BITMAP_ENTRY_FIXED_SIZE
+/** Bitmap table entry bits (qcow2.txt "Bitmap table"): 56-63 reserved (high half), 1-8 reserved and 0 all-ones (low half). */
+const BITMAP_ENTRY_RESERVED_HIGH = 0xff000000
+const BITMAP_ENTRY_RESERVED_LOW = 0x1fe
+const BITMAP_ENTRY_ALL_ONES = 1
 
 /** A persistent bitmap as far as reference counting needs it (qcow2.txt "Bitmap directory"). */
 export interface BitmapEntry {
@@ -43,21 +58,20 @@ export function parseBitmapDirectory(
   while (e < size) {
     if (e + ENTRY_FIXED_SIZE > size) return { error: "Broken bitmap directory" }
     if (out.length + 1 > count) return { error: "More bitmaps found than specified in header extension" }
-    const offHi = be32(dir, e)
-    const offLo = be32(dir, e + 4)
-    const tableSize = be32(dir, e + 8)
-    const flags = be32(dir, e + 12)
+    const { hi: offHi, lo: offLo } = readRawWord(dir, e)
+    const tableSize = readU32Lenient(dir, e + 8)
+    const flags = readU32Lenient(dir, e + 12)
     const type = byte(e + 16)
     const granularityBits = byte(e + 17)
-    const nameSize = be16(dir, e + 18)
-    const extraSize = be32(dir, e + 20)
+    const nameSize = readU16Lenient(dir, e + 18)
+    const extraSize = readU32Lenient(dir, e + 20)
     const next = e + align8(ENTRY_FIXED_SIZE + nameSize + extraSize)
     if (next > size) return { error: "Broken bitmap directory" }
     if (extraSize !== 0) return { error: "Bitmap extra data is not supported" }
     const nameBytes = new Uint8Array(nameSize)
     for (let i = 0; i < nameSize; i++) nameBytes[i] = byte(e + ENTRY_FIXED_SIZE + i)
     const name = new TextDecoder("utf-8").decode(nameBytes)
-    const tableOffset = offHi * TWO_32 + offLo
+    const tableOffset = offHi * 2 ** 32 + offLo
     const physBytes = tableSize * clusterSize
     const bad =
       tableSize === 0 ||
@@ -67,12 +81,12 @@ export function parseBitmapDirectory(
       granularityBits > BME_MAX_GRANULARITY_BITS ||
       granularityBits < BME_MIN_GRANULARITY_BITS ||
       (flags & BME_RESERVED_FLAGS) !== 0 ||
-      nameSize > BME_MAX_NAME_SIZE ||
-      type !== 1 ||
+      nameSize > BITMAP_MAX_NAME_SIZE ||
+      type !== BITMAP_TYPE_DIRTY_TRACKING ||
       physBytes > BME_MAX_PHYS_SIZE ||
       virtualSize > physBytes * 8 * 2 ** granularityBits
     if (bad) return { error: `Bitmap '${name}' doesn't satisfy the constraints` }
-    out.push({ name, tableOffset, tableOffsetHex: hex64(offHi, offLo), tableSize, granularityBits, inUse: (flags & 1) !== 0 })
+    out.push({ name, tableOffset, tableOffsetHex: hex64(offHi, offLo), tableSize, granularityBits, inUse: (flags & BitmapFlag.InUse) !== 0 })
     e = next
   }
   if (out.length !== count) return { error: "Less bitmaps found than specified in header extension" }
@@ -83,11 +97,10 @@ export function parseBitmapDirectory(
 /** Whether every bitmap table entry is valid (QEMU's check_table_entry). */
 export function bitmapTableValid(table: Uint8Array, entries: number, clusterSize: number): boolean {
   for (let i = 0; i < entries; i++) {
-    const hi = be32(table, i * 8)
-    const lo = be32(table, i * 8 + 4)
-    if ((hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0) return false
-    const offsetSet = (hi & 0x00ffffff) !== 0 || (lo & 0xfffffe00) !== 0
-    if (offsetSet && ((lo & 1) !== 0 || (lo & (clusterSize - 1) & 0xfffffe00) !== 0)) return false
+    const { hi, lo } = readRawWord(table, i * 8)
+    if ((hi & BITMAP_ENTRY_RESERVED_HIGH) !== 0 || (lo & BITMAP_ENTRY_RESERVED_LOW) !== 0) return false
+    const offsetSet = (hi & EntryBits.OffsetHigh) !== 0 || (lo & EntryBits.OffsetLow) !== 0
+    if (offsetSet && ((lo & BITMAP_ENTRY_ALL_ONES) !== 0 || rawOffsetUnaligned(lo, clusterSize))) return false
   }
   return true
 }

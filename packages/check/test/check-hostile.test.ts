@@ -4,53 +4,15 @@
  * allocate by what the image claims, and agree with `qemu-img check`
  * wherever qemu-img can open the image.
  */
-import { execFileSync, spawnSync } from "node:child_process"
+import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
-import * as os from "node:os"
-import * as path from "node:path"
-import { afterAll, describe, expect, it } from "vitest"
-import { Effect } from "effect"
-import { openNodeFile } from "@qcow2/storage-node"
-import type { CheckResult } from "../src/api.js"
-import { ImageError } from "../src/errors.js"
-import { type CheckFailure, MAX_MESSAGES, checkQcow2 } from "../src/check/index.js"
+import { describe, expect, it } from "vitest"
+import { CheckError, type CheckResult, MAX_MESSAGES } from "../src/index.js"
+import { countersFromJson, ourCheckResult, putU32, putU64, readAt, scratch, sh, u64, writeAt } from "./files.js"
 
-const root = fs.mkdtempSync(path.join(os.tmpdir(), "qcow2-check-hostile-"))
-afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
-let counter = 0
-const tmp = (name: string): string => path.join(root, `${counter++}-${name}`)
+const tmp = scratch("qcow2-check-hostile-")
 
-const sh = (cmd: string, args: ReadonlyArray<string>): string => execFileSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] })
 
-const writeAt = (file: string, offset: number, data: Buffer): void => {
-  const fd = fs.openSync(file, "r+")
-  try {
-    fs.writeSync(fd, data, 0, data.length, offset)
-  } finally {
-    fs.closeSync(fd)
-  }
-}
-const readAt = (file: string, offset: number, length: number): Buffer => {
-  const fd = fs.openSync(file, "r")
-  try {
-    const b = Buffer.alloc(length)
-    fs.readSync(fd, b, 0, length, offset)
-    return b
-  } finally {
-    fs.closeSync(fd)
-  }
-}
-const u64 = (file: string, offset: number): bigint => readAt(file, offset, 8).readBigUInt64BE(0)
-const putU64 = (file: string, offset: number, v: bigint): void => {
-  const b = Buffer.alloc(8)
-  b.writeBigUInt64BE(BigInt.asUintN(64, v))
-  writeAt(file, offset, b)
-}
-const putU32 = (file: string, offset: number, v: number): void => {
-  const b = Buffer.alloc(4)
-  b.writeUInt32BE(v >>> 0)
-  writeAt(file, offset, b)
-}
 
 /** A 16 MiB image: data at 0-192k and 1M, a compressed cluster at 2M, one snapshot. */
 const sample = (name: string, opts = ""): string => {
@@ -77,18 +39,7 @@ const qemu = (file: string, repair?: "leaks" | "all"): Outcome => {
     exit: r.status ?? -1,
     ...(j !== undefined
       ? {
-          counters: {
-            checkErrors: j["check-errors"] ?? 0,
-            corruptions: j["corruptions"] ?? 0,
-            leaks: j["leaks"] ?? 0,
-            corruptionsFixed: j["corruptions-fixed"] ?? 0,
-            leaksFixed: j["leaks-fixed"] ?? 0,
-            imageEndOffset: j["image-end-offset"] ?? 0,
-            totalClusters: j["total-clusters"] ?? 0,
-            allocatedClusters: j["allocated-clusters"] ?? 0,
-            fragmentedClusters: j["fragmented-clusters"] ?? 0,
-            compressedClusters: j["compressed-clusters"] ?? 0
-          }
+          counters: countersFromJson(j)
         }
       : {}),
     messages: r.stderr
@@ -98,20 +49,12 @@ const qemu = (file: string, repair?: "leaks" | "all"): Outcome => {
   }
 }
 
-/** Our check; an ImageError that is not a CheckFailure (QEMU could not open the image) gives exit 1 and `openError`. */
-const ours = async (file: string, repair?: "leaks" | "all"): Promise<Outcome & { readonly openError?: ImageError }> => {
-  const r = await Effect.runPromise(
-    Effect.scoped(
-      Effect.gen(function* () {
-        const storage = yield* openNodeFile(file, { readOnly: repair === undefined })
-        return yield* Effect.result(checkQcow2(storage, repair ? { repair } : undefined))
-      })
-    )
-  )
+/** Our check; a CheckError other than "Aborted" (QEMU could not open the image) gives exit 1 and `openError`. */
+const ours = async (file: string, repair?: "leaks" | "all"): Promise<Outcome & { readonly openError?: CheckError }> => {
+  const r = await ourCheckResult(file, repair)
   if (r._tag === "Failure") {
-    expect(r.failure).toBeInstanceOf(ImageError)
-    const cause = r.failure.cause as CheckFailure | undefined
-    if (cause?._tag === "CheckFailure") return { exit: 1, messages: cause.messages.filter((l) => !l.startsWith("qcow2: ")) }
+    expect(r.failure).toBeInstanceOf(CheckError)
+    if (r.failure.reason === "Aborted") return { exit: 1, messages: r.failure.messages.filter((l) => !l.startsWith("qcow2: ")) }
     return { exit: 1, messages: [], openError: r.failure }
   }
   const { messages, ...counters } = r.success

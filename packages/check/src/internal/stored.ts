@@ -1,9 +1,11 @@
 import { Effect } from "effect"
-import { readRefcount, writeRefcount } from "@qcow2/format"
-import type { ImageError } from "../errors.js"
+import { rawOffsetUnaligned, rawRefcount, writeRefcount } from "@qcow2/format"
+import type { StorageError } from "@qcow2/storage"
+import { reftableEntry } from "./entries.js"
 import type { Io } from "./io.js"
-import { TWO_32, altHex, be32, hexNum } from "./bytes.js"
 import type { ImageInfo } from "./state.js"
+
+const altHex = (n: number): string => (n === 0 ? "0" : "0x" + n.toString(16))
 
 /** Result of looking up a stored refcount whose refcount block offset is not cluster aligned (QEMU: -EIO). */
 export const UNREADABLE = -1
@@ -39,25 +41,17 @@ export class StoredRefcounts {
     this.order = img.refcountOrder
   }
 
-  private entryHi(index: number): number {
-    return index < this.img.reftableEntries ? be32(this.img.reftable, index * 8) : 0
-  }
-
-  private entryLo(index: number): number {
-    return index < this.img.reftableEntries ? be32(this.img.reftable, index * 8 + 4) : 0
-  }
-
-  /** Offset of refcount block `index` (bits 9-63 of the entry; inexact above 2^53). */
+  /** Offset of refcount block `index` (bits 9-63 of the entry, reserved bits ignored; inexact above 2^53). */
   blockOffset(index: number): number {
-    return this.entryHi(index) * TWO_32 + ((this.entryLo(index) & 0xfffffe00) >>> 0)
+    return index < this.img.reftableEntries ? reftableEntry(this.img.reftable, index).offset : 0
   }
 
   private blockUnaligned(index: number): boolean {
-    return (this.entryLo(index) & (this.img.clusterSize - 1) & 0xfffffe00) !== 0
+    return index < this.img.reftableEntries && rawOffsetUnaligned(reftableEntry(this.img.reftable, index).lo, this.img.clusterSize)
   }
 
   /** Loads the refcount block with table index `index`, if there is one to load. */
-  load(index: number): Effect.Effect<void, ImageError> {
+  load(index: number): Effect.Effect<void, StorageError> {
     const offset = this.blockOffset(index)
     if (offset === 0 || this.blocks.has(offset) || this.blockUnaligned(index) || offset >= this.img.fileSize) {
       return Effect.void
@@ -78,7 +72,7 @@ export class StoredRefcounts {
   }
 
   /** Loads the block holding the refcount of `cluster`. */
-  loadFor(cluster: number): Effect.Effect<void, ImageError> {
+  loadFor(cluster: number): Effect.Effect<void, StorageError> {
     return this.load(Math.floor(cluster / this.perBlock))
   }
 
@@ -102,20 +96,12 @@ export class StoredRefcounts {
       if (!this.signaled) {
         this.signaled = true
         this.log(
-          `qcow2: Image is corrupt: Refblock offset ${altHex(hexNum(this.blockOffset(index)))} unaligned (reftable index: ${altHex(hexNum(index))}); further non-fatal corruption events will be suppressed`
+          `qcow2: Image is corrupt: Refblock offset ${altHex(this.blockOffset(index))} unaligned (reftable index: ${altHex(index)}); further non-fatal corruption events will be suppressed`
         )
       }
       return UNREADABLE
     }
-    const i = cluster - index * this.perBlock
-    switch (this.order) {
-      case 4:
-        return (block[i << 1]! << 8) | block[(i << 1) + 1]!
-      case 6:
-        return be32(block, i * 8) * TWO_32 + be32(block, i * 8 + 4)
-      default:
-        return readRefcount(block, i, this.order)
-    }
+    return rawRefcount(block, cluster - index * this.perBlock, this.order)
   }
 
   /** Looks up the block of table index `index` once for a run of clusters. */
@@ -140,7 +126,7 @@ export class StoredRefcounts {
   }
 
   /** Writes every changed block back (one cluster each) and flushes. */
-  writeBack(): Effect.Effect<void, ImageError> {
+  writeBack(): Effect.Effect<void, StorageError> {
     if (this.dirty.size === 0) return Effect.void
     const offsets = [...this.dirty].sort((a, b) => a - b)
     this.dirty.clear()

@@ -4,42 +4,34 @@
  * block/qcow2-refcount.c qcow2_check_refcounts and qemu-img's img_check).
  *
  * The caller flushes its caches before and reloads its state after a check
- * that repaired something; the dirty and corrupt header bits are left to it.
+ * that repaired something. A repair that leaves no corruption behind clears
+ * the dirty and corrupt header bits, as QEMU's check does.
  */
 import { Effect } from "effect"
 import type { BlockStorageShape } from "@qcow2/storage"
-import type { CheckResult } from "../api.js"
-import { ImageError } from "../errors.js"
-import { Imrt } from "./imrt.js"
-import { CheckAborted, EFBIG, EIO, ENOMEM, Io, abort } from "./io.js"
-import { MetadataIndex } from "./overlap.js"
-import { type Fix, NO_FIX, type Pass } from "./pass.js"
-import { MAX_IMRT_CLUSTERS, calculateRefcounts } from "./references.js"
-import { checkOflagCopied, compareRefcounts, rebuildRefcountStructure } from "./repair.js"
-import { rewriteSnapshotTable } from "./snapshot-table.js"
-import { readSnapshotTable } from "./snapshots.js"
-import { emptyTally, loadImage, type ImageInfo, type Tally } from "./state.js"
-import { StoredRefcounts } from "./stored.js"
+import { CheckError } from "./errors.js"
+import { markConsistent } from "./internal/header.js"
+import { Imrt, MAX_IMRT_CLUSTERS } from "./internal/imrt.js"
+import { EFBIG, EINVAL, EIO, ENOMEM, ENOTSUP, type Failure, Io, abort } from "./internal/io.js"
+import { MetadataGuard } from "./internal/metadata.js"
+import { type Fix, NO_FIX, type Pass } from "./internal/pass.js"
+import { calculateRefcounts } from "./internal/references.js"
+import { checkOflagCopied, compareRefcounts, rebuildRefcountStructure } from "./internal/repair.js"
+import { rewriteSnapshotTable } from "./internal/snapshot-table.js"
+import { readSnapshotTable } from "./internal/snapshots.js"
+import { emptyTally, loadImage, type ImageInfo, type Tally } from "./internal/state.js"
+import { StoredRefcounts } from "./internal/stored.js"
+import type { CheckResult } from "./result.js"
 
 export interface CheckOptions {
   /** "leaks": fix leaked clusters; "all": also fix corruptions (qemu-img check -r). */
   readonly repair?: "leaks" | "all"
 }
 
-/**
- * The `cause` of the ImageError a check fails with when QEMU's check would
- * return an error instead of a result ("qemu-img: Check failed: <strerror>",
- * exit code 1): `messages` were printed before, `result` holds the counters
- * reached so far.
- */
-export interface CheckFailure {
-  readonly _tag: "CheckFailure"
-  readonly strerror: string
-  readonly messages: ReadonlyArray<string>
-  readonly result: CheckResult
-}
-
 const INT_MAX = 2 ** 31 - 1
+
+/** Rebuilds of the refcount structure in one repair, where QEMU does one. */
+const MAX_REBUILDS = 3
 
 /**
  * Findings kept in CheckResult.messages. A badly damaged large image can
@@ -98,7 +90,7 @@ function checkRefcounts(io: Io, img: ImageInfo, fix: Fix, force: boolean, log: (
       log,
       imrt: new Imrt(nbClusters, img.refcountMax),
       stored: new StoredRefcounts(io, img, log),
-      metadata: new MetadataIndex(img),
+      metadata: new MetadataGuard(img),
       tally,
       rebuild: false
     }
@@ -108,20 +100,28 @@ function checkRefcounts(io: Io, img: ImageInfo, fix: Fix, force: boolean, log: (
     if ((p.rebuild && fix.errors) || force) {
       const before = { ...p.tally }
       let freshLeaks = 0
-      log("Rebuilding refcount structure")
-      yield* rebuildRefcountStructure(p)
-      p.tally.corruptions = 0
-      p.tally.leaks = 0
-      p.rebuild = false
-      p.imrt.clear()
-      yield* calculateRefcounts(p, NO_FIX)
-      if (fix.leaks) {
+      for (let round = 1; ; round++) {
+        log("Rebuilding refcount structure")
+        yield* rebuildRefcountStructure(p)
+        p.tally.corruptions = 0
+        p.tally.leaks = 0
+        p.rebuild = false
+        p.imrt.clear()
+        yield* calculateRefcounts(p, NO_FIX)
+        if (!fix.leaks) break
         const saved = p.tally
         p.tally = emptyTally()
         highest = yield* compareRefcounts(p, { leaks: true, errors: false })
-        if (p.rebuild) log("ERROR rebuilt refcount structure is still broken")
+        const broken = p.rebuild
         freshLeaks = p.tally.leaks
         p.tally = saved
+        if (!broken) break
+        // QEMU stops here. A rebuild that grew the file over structures referenced past its old end
+        // (a file cut short) leaves them with refcount 0: counted again, the next rebuild covers them.
+        if (round === MAX_REBUILDS) {
+          log("ERROR rebuilt refcount structure is still broken")
+          break
+        }
       }
       if (p.tally.corruptions < before.corruptions) p.tally.corruptionsFixed += before.corruptions - p.tally.corruptions
       if (p.tally.leaks < before.leaks) p.tally.leaksFixed += before.leaks - p.tally.leaks
@@ -185,11 +185,16 @@ function runCheck(io: Io, fix: Fix, force: boolean, log: (m: string) => void, pa
       snapshotTally.corruptions = 0
     }
     addCounters(result, snapshotTally)
+    // A repair that left no corruption marks the image clean and consistent (QEMU's qcow2_co_check_locked).
+    if ((fix.leaks || fix.errors) && result.checkErrors === 0 && result.corruptions === 0) yield* markConsistent(io)
     return result
   })
 }
 
-function checkAndReport(storage: BlockStorageShape, fix: Fix, force: boolean): Effect.Effect<CheckResult, ImageError> {
+/** The errno text QEMU's open fails with, for an image the check cannot open. */
+const openStrerror = (reason: "NotQcow2" | "Unsupported" | "Corrupt"): string => (reason === "Unsupported" ? ENOTSUP : EINVAL)
+
+function checkAndReport(storage: BlockStorageShape, fix: Fix, force: boolean): Effect.Effect<CheckResult, CheckError> {
   const io = new Io(storage)
   const messages: Array<string> = []
   let dropped = 0
@@ -207,22 +212,33 @@ function checkAndReport(storage: BlockStorageShape, fix: Fix, force: boolean): E
     second.leaksFixed = first.leaksFixed
     return toResult(second, messages)
   })
+  const location = storage.location
   return run.pipe(
-    Effect.catchTag("CheckAborted", (e: CheckAborted) =>
-      Effect.fail(
-        new ImageError({
-          reason: e.strerror === EIO ? "Corrupt" : e.strerror === ENOMEM ? "NoSpace" : "Corrupt",
-          message: `Check failed: ${e.strerror}`,
-          location: storage.location,
-          cause: {
-            _tag: "CheckFailure",
-            strerror: e.strerror,
-            messages: [...messages],
-            result: toResult(partial.tally, messages)
-          } satisfies CheckFailure
-        })
-      )
-    )
+    Effect.mapError((e: Failure): CheckError => {
+      const common = { location, messages: [...messages], result: toResult(partial.tally, messages) }
+      switch (e._tag) {
+        case "CheckAborted":
+          return new CheckError({ ...common, reason: "Aborted", message: `Check failed: ${e.strerror}`, strerror: e.strerror })
+        case "StorageError":
+          return new CheckError({
+            ...common,
+            reason: "Storage",
+            message: e.message,
+            strerror: EIO,
+            ...(e.offset !== undefined ? { offset: e.offset } : {}),
+            cause: e
+          })
+        case "OpenRefused":
+          return new CheckError({
+            ...common,
+            reason: e.reason,
+            message: e.message,
+            strerror: openStrerror(e.reason),
+            ...(e.offset !== undefined ? { offset: e.offset } : {}),
+            cause: e.cause ?? e
+          })
+      }
+    })
   )
 }
 
@@ -232,13 +248,14 @@ function checkAndReport(storage: BlockStorageShape, fix: Fix, force: boolean): E
  * repairing it like `qemu-img check -r leaks|all`. After a repair that fixed
  * something, the result is that of a second, read-only check, carrying the
  * fixed counts of the first (as qemu-img reports it). Fails with an
- * ImageError whose cause is a {@link CheckFailure} where qemu-img prints
- * "Check failed", and with the image's open error where qemu-img cannot open it.
+ * {@link CheckError}: reason "Aborted" where qemu-img prints "Check failed"
+ * (with the findings printed before it), "Storage" when the file fails,
+ * and the reason QEMU's open gives where qemu-img cannot open the image.
  */
 export function checkQcow2(
   storage: BlockStorageShape,
   options?: { readonly repair?: "leaks" | "all" }
-): Effect.Effect<CheckResult, ImageError> {
+): Effect.Effect<CheckResult, CheckError> {
   return checkAndReport(storage, fixFor(options?.repair), false).pipe(
     Effect.withSpan("checkQcow2", { attributes: { location: storage.location, repair: options?.repair ?? "none" } })
   )
@@ -251,7 +268,7 @@ export function checkQcow2(
  * repairs what else `-r all` repairs. The result is reported as for
  * {@link checkQcow2} with repair "all".
  */
-export function rebuildRefcounts(storage: BlockStorageShape): Effect.Effect<CheckResult, ImageError> {
+export function rebuildRefcounts(storage: BlockStorageShape): Effect.Effect<CheckResult, CheckError> {
   return checkAndReport(storage, { leaks: true, errors: true }, true).pipe(
     Effect.withSpan("rebuildRefcounts", { attributes: { location: storage.location } })
   )

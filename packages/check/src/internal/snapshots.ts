@@ -1,15 +1,14 @@
 import { Effect } from "effect"
-import { Limits } from "@qcow2/format"
-import type { ImageError } from "../errors.js"
+import { Limits, SNAPSHOT_ENTRY_FIXED_SIZE, hex64, rawSnapshotHeader, readRawWord, readU32Lenient } from "@qcow2/format"
+import type { StorageError } from "@qcow2/storage"
 import { type CheckAborted, EFBIG, EINVAL, type Io, abort } from "./io.js"
 import type { Fix } from "./pass.js"
-import { TWO_32, be16, be32, hex64 } from "./bytes.js"
 import type { ImageInfo, SnapshotInfo, Tally } from "./state.js"
 
 /** QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA. */
 const MAX_EXTRA_DATA = 1024
 /** sizeof(QCowSnapshotHeader) and sizeof(QCowSnapshotExtraData) in QEMU 7.2. */
-const ENTRY_HEADER = 40
+const ENTRY_HEADER = SNAPSHOT_ENTRY_FIXED_SIZE
 const KNOWN_EXTRA = 24
 const INT_MAX = 2 ** 31 - 1
 const INT64_MAX = 2 ** 63
@@ -24,7 +23,7 @@ class Cursor {
     private readonly fileSize: number
   ) {}
 
-  read(offset: number, length: number): Effect.Effect<Uint8Array, ImageError> {
+  read(offset: number, length: number): Effect.Effect<Uint8Array, StorageError> {
     if (offset >= this.windowStart && offset + length <= this.windowStart + this.window.length) {
       return Effect.succeed(this.window.subarray(offset - this.windowStart, offset - this.windowStart + length))
     }
@@ -54,13 +53,12 @@ const cString = (b: Uint8Array): string => {
  * the header count and oversized extra data is ignored. Fills
  * img.snapshots / snapshotsOffset / snapshotsSize.
  */
-export function readSnapshotTable(io: Io, img: ImageInfo, fix: Fix, tally: Tally, log: (m: string) => void): Effect.Effect<void, ImageError | CheckAborted> {
+export function readSnapshotTable(io: Io, img: ImageInfo, fix: Fix, tally: Tally, log: (m: string) => void): Effect.Effect<void, StorageError | CheckAborted> {
   return Effect.gen(function* () {
     const pointer = yield* io.read(60, 12)
-    let nb = be32(pointer, 0)
-    const offHi = be32(pointer, 4)
-    const offLo = be32(pointer, 8)
-    const tableOffset = offHi * TWO_32 + offLo
+    let nb = readU32Lenient(pointer, 0)
+    const { hi: offHi, lo: offLo } = readRawWord(pointer, 4)
+    const tableOffset = offHi * 2 ** 32 + offLo
     let reduced = 0
     if (nb > Limits.maxSnapshots && fix.errors) {
       log(`Discarding ${nb - Limits.maxSnapshots} overhanging snapshots`)
@@ -98,11 +96,10 @@ export function readSnapshotTable(io: Io, img: ImageInfo, fix: Fix, tally: Tally
       offset = Math.ceil(offset / 8) * 8
       const h = yield* cursor.read(offset, ENTRY_HEADER)
       offset += ENTRY_HEADER
-      const l1Hi = be32(h, 0)
-      const l1Lo = be32(h, 4)
-      const idSize = be16(h, 12)
-      const nameSize = be16(h, 14)
-      let extra = be32(h, 36)
+      const fixed = rawSnapshotHeader(h, 0)
+      const { hi: l1Hi, lo: l1Lo } = fixed.l1Offset
+      const { idSize, nameSize } = fixed
+      let extra = fixed.extraDataSize
       let truncate = false
       if (extra > MAX_EXTRA_DATA) {
         if (!repair) {
@@ -145,10 +142,10 @@ export function readSnapshotTable(io: Io, img: ImageInfo, fix: Fix, tally: Tally
       snapshots.push({
         id: cString(idBytes),
         name: cString(nameBytes),
-        l1Offset: (l1Hi * TWO_32 + l1Lo),
+        l1Offset: l1Hi * 2 ** 32 + l1Lo,
         l1OffsetHex: hex64(l1Hi, l1Lo),
         l1OffsetAligned: l1Lo % img.clusterSize === 0,
-        l1Size: be32(h, 8),
+        l1Size: fixed.l1Size,
         extraDataSize: extra,
         rawHeader: h.slice(),
         knownExtra,

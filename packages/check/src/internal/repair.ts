@@ -1,12 +1,11 @@
 import { Effect } from "effect"
-import { writeRefcount } from "@qcow2/format"
-import type { ImageError } from "../errors.js"
+import { EntryBits, type MetadataKind, hex64, rawHostOffset, writeRefcount, writeRefcountTableEntry } from "@qcow2/format"
+import type { StorageError } from "@qcow2/storage"
+import { ClusterType, allocatedOffset, l1Entry, l2Entry, l2Raw, rawClusterType } from "./entries.js"
 import { type CheckAborted, EIO, abort } from "./io.js"
-import type { MetadataKind } from "./overlap.js"
+import { L2Reader } from "./l2-reader.js"
 import type { Fix, Pass } from "./pass.js"
-import { ClusterType, L2Reader, clusterType, entryOffset } from "./references.js"
 import { UNREADABLE } from "./stored.js"
-import { TWO_32, be32, hex64 } from "./bytes.js"
 
 /**
  * Compares the counted references with the stored refcounts (QEMU's
@@ -16,7 +15,7 @@ import { TWO_32, be32, hex64 } from "./bytes.js"
  * refcount of 0 for a referenced cluster asks for a rebuild of the refcount
  * structure instead. Returns the highest cluster in use.
  */
-export function compareRefcounts(p: Pass, fix: Fix): Effect.Effect<number, ImageError> {
+export function compareRefcounts(p: Pass, fix: Fix): Effect.Effect<number, StorageError> {
   return Effect.gen(function* () {
     const { imrt, stored, img } = p
     const blockEntries = 2 ** img.refblockBits
@@ -75,14 +74,23 @@ function scanCopied(p: Pass, table: Uint8Array, scan: CopiedScan, repair: boolea
   const step = img.l2EntryBytes
   const n = img.l2Entries
   for (let j = scan.next; j < n; j++) {
-    const eh = be32(table, j * step)
-    const el = be32(table, j * step + 4)
-    if (eh === 0 && el === 0) continue
-    const t = clusterType(eh, el, img.extendedL2, img.hasDataFile)
-    if (t !== ClusterType.Normal && t !== ClusterType.ZeroAlloc) continue
+    const e = l2Entry(img, table, j)
+    let offset: number
+    let copied: boolean
+    if (e._tag === "Invalid") {
+      const raw = l2Raw(img, table, j)
+      const t = rawClusterType(raw, img.extendedL2, img.hasDataFile)
+      if (t !== ClusterType.Normal && t !== ClusterType.ZeroAlloc) continue
+      offset = rawHostOffset(raw.hi, raw.lo)
+      copied = (raw.hi & EntryBits.Copied) !== 0
+    } else {
+      offset = allocatedOffset(e, img.hasDataFile)
+      if (offset < 0) continue
+      copied = "copied" in e && e.copied
+    }
     let count = 1
     if (!img.hasDataFile) {
-      const cluster = Math.floor(entryOffset(eh, el) / cs)
+      const cluster = Math.floor(offset / cs)
       if (stored.needsLoad(cluster)) {
         scan.next = j
         return cluster
@@ -90,12 +98,13 @@ function scanCopied(p: Pass, table: Uint8Array, scan: CopiedScan, repair: boolea
       count = stored.get(cluster)
     }
     if (count === UNREADABLE) continue
-    if ((count === 1) !== ((eh & 0x80000000) !== 0)) {
+    if ((count === 1) !== copied) {
       tally.corruptions++
-      p.log(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex64(eh, el)} refcount=${count}`)
+      const { hi, lo } = l2Raw(img, table, j)
+      p.log(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex64(hi, lo)} refcount=${count}`)
       if (repair) {
-        const fixed = count === 1 ? (eh | 0x80000000) >>> 0 : (eh & 0x7fffffff) >>> 0
-        table[j * step] = fixed >>> 24
+        const fixed = count === 1 ? (hi | EntryBits.Copied) >>> 0 : (hi & ~EntryBits.Copied) >>> 0
+        new DataView(table.buffer, table.byteOffset, table.byteLength).setUint32(j * step, fixed)
         scan.dirty++
       }
     }
@@ -113,7 +122,7 @@ const OL_ACTIVE_L2: ReadonlyArray<MetadataKind> = ["active L2 table"]
  * refcount is 1 (always for data in an external data file). Repairs with
  * `fix.errors`, or with `fix.leaks` when the refcounts are known good.
  */
-export function checkOflagCopied(p: Pass, fix: Fix): Effect.Effect<void, ImageError | CheckAborted> {
+export function checkOflagCopied(p: Pass, fix: Fix): Effect.Effect<void, StorageError | CheckAborted> {
   return Effect.gen(function* () {
     const { img, stored, tally } = p
     const cs = img.clusterSize
@@ -123,19 +132,17 @@ export function checkOflagCopied(p: Pass, fix: Fix): Effect.Effect<void, ImageEr
     let wrote = false
     const reader = new L2Reader(p, l1, n)
     for (let i = 0; i < n; i++) {
-      const hi = be32(l1, i * 8)
-      const lo = be32(l1, i * 8 + 4)
-      const l2Offset = entryOffset(hi, lo)
+      const { hi, lo, l2Offset, copied } = l1Entry(l1, i)
       if (l2Offset === 0) continue
       const l2Cluster = Math.floor(l2Offset / cs)
       yield* stored.loadFor(l2Cluster)
       const refcount = stored.get(l2Cluster)
       if (refcount === UNREADABLE) continue
-      if ((refcount === 1) !== ((hi & 0x80000000) !== 0)) {
+      if ((refcount === 1) !== copied) {
         tally.corruptions++
         p.log(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${refcount}`)
         if (repair) {
-          const fixedHi = refcount === 1 ? (hi | 0x80000000) >>> 0 : (hi & 0x7fffffff) >>> 0
+          const fixedHi = refcount === 1 ? (hi | EntryBits.Copied) >>> 0 : (hi & ~EntryBits.Copied) >>> 0
           new DataView(l1.buffer, l1.byteOffset, l1.byteLength).setUint32(i * 8, fixedHi)
           const where = img.l1TableOffset + i * 8
           if (p.metadata.find(where, 8, OL_ACTIVE_L1) !== undefined) {
@@ -187,7 +194,7 @@ function writeRefblocks(
   first: number,
   endCluster: number,
   reftable: { entries: Array<number> }
-): Effect.Effect<boolean, ImageError | CheckAborted> {
+): Effect.Effect<boolean, StorageError | CheckAborted> {
   return Effect.gen(function* () {
     const { img, imrt } = p
     const cs = img.clusterSize
@@ -239,7 +246,7 @@ function writeRefblocks(
  * flushed, and only then does the header switch to them (and is flushed).
  * The old structure is left behind as leaked clusters.
  */
-export function rebuildRefcountStructure(p: Pass): Effect.Effect<void, ImageError | CheckAborted> {
+export function rebuildRefcountStructure(p: Pass): Effect.Effect<void, StorageError | CheckAborted> {
   return Effect.gen(function* () {
     const { img, imrt } = p
     const cs = img.clusterSize
@@ -260,16 +267,12 @@ export function rebuildRefcountStructure(p: Pass): Effect.Effect<void, ImageErro
       return yield* abort(EIO)
     }
     const table = new Uint8Array(length)
-    const view = new DataView(table.buffer)
-    reftable.entries.forEach((o, i) => {
-      view.setUint32(i * 8, Math.floor(o / TWO_32))
-      view.setUint32(i * 8 + 4, o >>> 0)
-    })
+    reftable.entries.forEach((o, i) => writeRefcountTableEntry(table, i, o))
     yield* p.io.write(reftableOffset, table)
     yield* p.io.flush()
     const header = new Uint8Array(12)
     const hv = new DataView(header.buffer)
-    hv.setUint32(0, Math.floor(reftableOffset / TWO_32))
+    hv.setUint32(0, Math.floor(reftableOffset / 2 ** 32))
     hv.setUint32(4, reftableOffset >>> 0)
     hv.setUint32(8, reftableClusters)
     yield* p.io.write(48, header)
