@@ -100,16 +100,6 @@ const refcountSlot = (file: string, cluster: number) => {
   return { block, bits, byte: block + Math.floor(bitPos / 8), bitPos }
 }
 
-const getRefcount = (file: string, cluster: number): bigint => {
-  const { bits, byte, bitPos } = refcountSlot(file, cluster)
-  if (bits >= 8) {
-    const b = readAt(file, byte, bits / 8)
-    return BigInt("0x" + b.toString("hex"))
-  }
-  const shift = bitPos % 8
-  return BigInt((readAt(file, byte, 1)[0]! >> shift) & ((1 << bits) - 1))
-}
-
 const setRefcount = (file: string, cluster: number, value: bigint): void => {
   const { bits, byte, bitPos } = refcountSlot(file, cluster)
   if (bits >= 8) {
