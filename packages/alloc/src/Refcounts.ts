@@ -1,3 +1,10 @@
+/**
+ * Refcounts and cluster allocation (qcow2.txt "Host cluster management").
+ * Longer than most modules on purpose: allocation, refcount block creation
+ * and refcount table growth share one free-space state (hint, end of
+ * allocated clusters, freed-but-not-durable clusters) and one set of
+ * ordering rules; split apart, each piece would need the others' internals.
+ */
 import { Effect } from "effect"
 import {
   Limits,

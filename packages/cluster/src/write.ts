@@ -148,8 +148,11 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array): Effec
     const lastSub = Math.floor((inCluster + bytes - 1) / scs)
     const touched = lastSub - firstSub === 31 ? ALL_SUBCLUSTERS : (((1 << (lastSub - firstSub + 1)) - 1) << firstSub) >>> 0
     const clusterStart = firstCluster * cs
-    if (entry._tag === "Subclusters" && isOwned(engine, entry)) {
-      if (((entry.allocatedMask & touched) >>> 0) === touched) return yield* inPlace(engine, entry.hostOffset + inCluster, bytes)
+    // A cluster of this image's own (in place where every touched subcluster
+    // is allocated), or one with no host cluster yet: subcluster granularity.
+    const ownedHost = entry._tag === "Subclusters" && isOwned(engine, entry) ? entry.hostOffset : undefined
+    if (entry._tag === "Subclusters" && (ownedHost !== undefined || (entry.hostOffset === 0 && !entry.copied))) {
+      if (ownedHost !== undefined && ((entry.allocatedMask & touched) >>> 0) === touched) return yield* inPlace(engine, ownedHost + inCluster, bytes)
       return yield* allocate(engine, {
         offset,
         length: bytes,
@@ -157,20 +160,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array): Effec
         clusters: 1,
         cowStart: clusterStart + firstSub * scs,
         cowEnd: clusterStart + (lastSub + 1) * scs,
-        existingHost: entry.hostOffset,
-        allocatedMask: (entry.allocatedMask | touched) >>> 0,
-        zeroMask: (entry.zeroMask & ~touched) >>> 0
-      })
-    }
-    if (entry._tag === "Subclusters" && entry.hostOffset === 0 && !entry.copied) {
-      return yield* allocate(engine, {
-        offset,
-        length: bytes,
-        firstCluster,
-        clusters: 1,
-        cowStart: clusterStart + firstSub * scs,
-        cowEnd: clusterStart + (lastSub + 1) * scs,
-        existingHost: undefined,
+        existingHost: ownedHost,
         allocatedMask: (entry.allocatedMask | touched) >>> 0,
         zeroMask: (entry.zeroMask & ~touched) >>> 0
       })

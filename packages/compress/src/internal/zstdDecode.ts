@@ -6,7 +6,9 @@
  * frame per cluster), checks content checksums (XXH64 with BigInt), and is
  * only used when the wasm cannot be instantiated: it is several times slower
  * (one run on a loaded machine, 64 KiB text clusters: 14 MB/s of output
- * against 52 for the wasm). Written from the RFC.
+ * against 52 for the wasm). Written from the RFC. One file on purpose: the
+ * Huffman and FSE tables, literals and sequence execution of a block share
+ * their state, and a split would only pass it around.
  *
  * Same contract as ZstdKernel.decompressFrame: decodes one frame (its exact
  * bytes) into `out`, returns the bytes written or a negated zstd error code:
