@@ -131,6 +131,7 @@ export class Refcounts {
   reload(table: RefcountTableLocation, tableBytes: Uint8Array, fileSize: number): void {
     this.freeClusterHint = 1
     this.freeByteOffset = 0
+    this.endCluster = 0
     this.freedPending.clear()
     this.adoptTable(table, tableBytes, fileSize)
   }

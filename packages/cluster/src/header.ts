@@ -42,10 +42,6 @@ export class HeaderState {
     return Math.floor(this.current.header.size / 512) * 512
   }
 
-  hasIncompatible(bit: bigint): boolean {
-    return (this.current.header.incompatibleFeatures & bit) !== 0n
-  }
-
   /**
    * Rewrites only the fixed header fields in place (extensions unchanged).
    * The new fields count only once written: after a failed write, memory
