@@ -110,19 +110,6 @@ export const parseImageOpts = (
   return { file, ...(driver !== undefined ? { format: driver } : {}), ...(passphrase !== undefined ? { passphrase } : {}) }
 }
 
-/**
- * QEMU says "Could not open 'NAME': 'file' driver requires 'NAME' to be a
- * regular file" for a FIFO or a directory: the file type refusal of the
- * node:fs backend (reason Unsupported) without the driver's own "Could not
- * open" in front, which errno failures keep ("Could not open 'NAME': Could
- * not open 'NAME': No such file or directory").
- */
-const withoutDriverPrefix = (name: string, e: ImageError): ImageError => {
-  const cause = e.cause as { readonly _tag?: unknown; readonly reason?: unknown; readonly message?: unknown } | undefined
-  if (isUrl(name) || cause?._tag !== "StorageError" || cause.reason !== "Unsupported" || typeof cause.message !== "string") return e
-  return e.message === `Could not open '${name}': ${cause.message}` ? new ImageError({ ...e, message: cause.message }) : e
-}
-
 /** Opens an image, turning a failure into qemu-img's "Could not open" message. */
 export const open = (
   name: string,
@@ -137,7 +124,7 @@ export const open = (
       ...(parsed.format !== undefined ? { format: parsed.format } : {}),
       ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {})
     }
-    return openImage(parsed.file, merged).pipe(Effect.mapError((e) => openFailure(parsed.file, withoutDriverPrefix(parsed.file, e), exitCode)))
+    return openImage(parsed.file, merged).pipe(Effect.mapError((e) => openFailure(parsed.file, e, exitCode)))
   }
-  return openImage(name, options).pipe(Effect.mapError((e) => openFailure(name, withoutDriverPrefix(name, e), exitCode)))
+  return openImage(name, options).pipe(Effect.mapError((e) => openFailure(name, e, exitCode)))
 }

@@ -43,8 +43,9 @@ interface Observed {
  * is reported but does not fail the property. Each has a reproduction below.
  */
 const KNOWN: ReadonlyArray<{ readonly id: string; readonly match: (o: Observed) => boolean }> = [
-  // L1 table (l1_size) past the end of the file: QEMU opens (missing entries read as 0), we refuse to open.
-  { id: "l1-table-past-eof", match: (o) => /Active L1 table .* lies past the end of the file/.test(o.finding.detail) },
+  // L1 or refcount table past the end of the file: QEMU opens (missing entries read as 0), we refuse to open
+  // (deliberately: only check opens such images leniently).
+  { id: "l1-table-past-eof", match: (o) => /(Active L1 table|Reference count table) .* lies past the end of the file/.test(o.finding.detail) },
   // QEMU validates the bitmap directory and nb_bitmaps on every open, and rewrites it (in_use) on a read-write open.
   {
     id: "bitmaps-not-validated-on-open",

@@ -21,9 +21,16 @@ import { makeRawImage } from "./raw.js"
 /** Deepest backing chain accepted (QEMU has no fixed limit; this bounds hostile chains). */
 export const MAX_BACKING_CHAIN_DEPTH = 64
 
+/**
+ * A store that cannot be opened, in QEMU's words: the file driver's own
+ * "Could not open 'NAME': <strerror>" for system errors, but its refusal of
+ * a file type (a FIFO, a directory: "'file' driver requires 'NAME' to be a
+ * regular file") as it is.
+ */
 const openFailure = (name: string, e: StorageError | ImageError): ImageError => {
   const inner = toImageError(e, name)
-  return new ImageError({ reason: inner.reason, message: `Could not open '${name}': ${inner.message}`, location: name, cause: e })
+  const refusedType = e._tag === "StorageError" && e.reason === "Unsupported"
+  return new ImageError({ reason: inner.reason, message: refusedType ? inner.message : `Could not open '${name}': ${inner.message}`, location: name, cause: e })
 }
 
 /** Reads the magic to tell qcow2 from raw (QEMU's probe, limited to the two formats here). */
