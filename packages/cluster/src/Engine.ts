@@ -7,7 +7,7 @@ import type { Geometry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { BlockStorageShape } from "@qcow2/storage"
 import { writeCompressedClusters } from "./compressed.js"
 import { discardClusters } from "./discard.js"
-import { asImageError, ClusterError, ImageError, isStructuralDamage, toImageError } from "./errors.js"
+import { asImageError, checkRange, ClusterError, ImageError, isStructuralDamage, toImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { HeaderState } from "./header.js"
 import { InFlightAllocations } from "./inflight.js"
@@ -357,11 +357,7 @@ export class Qcow2Engine {
   }
 
   private checkRange(offset: number, length: number): ImageError | undefined {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      return this.invalid(`invalid range: offset ${offset}, length ${length}`)
-    }
-    if (offset + length > this.virtualSize) return this.invalid(`range ${offset}+${length} is past the end of the image (${this.virtualSize} bytes)`)
-    return undefined
+    return checkRange(this.location, this.virtualSize, offset, length)
   }
 
   private invalid(message: string): ImageError {

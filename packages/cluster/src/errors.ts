@@ -134,3 +134,14 @@ const storageErrno = (error: StorageError): { errno?: string } => (error.errno !
 /** Runs `effect`, presenting its failure as an ImageError of `location`. */
 export const asImageError = <A, R>(effect: Effect.Effect<A, EngineFailure, R>, location: string): Effect.Effect<A, ImageError, R> =>
   Effect.mapError(effect, (e) => toImageError(e, location))
+
+/** Why guest range [offset, offset + length) is not a valid request on an image of `size` bytes, if it is not. */
+export function checkRange(location: string, size: number, offset: number, length: number): ImageError | undefined {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    return new ImageError({ reason: "InvalidArgument", message: `invalid range: offset ${offset}, length ${length}`, location })
+  }
+  if (offset + length > size) {
+    return new ImageError({ reason: "InvalidArgument", message: `range ${offset}+${length} is past the end of the image (${size} bytes)`, location })
+  }
+  return undefined
+}
