@@ -104,6 +104,14 @@ export class Refcounts {
   private freeByteOffset = 0
   /** One past the highest cluster index known to be in use or allocated. */
   private endCluster = 0
+  /** Index of the last refcount table entry naming a block (-1 when none): past its range, nothing is counted. */
+  private lastBlock = -1
+  /**
+   * Whether `endCluster` is known to bound every counted cluster. At open it
+   * is only the file end, and a crash can leave clusters counted past it;
+   * the first allocation looks once.
+   */
+  private tailKnown = false
   /** Clusters freed since the mapping tables were last made durable: not reusable yet. */
   private readonly freedPending = new Set<number>()
 
@@ -142,9 +150,12 @@ export class Refcounts {
     this.overlaps.setRanges("refcount table", [{ offset: table.offset, length: table.clusters * this.clusterSize }])
     this.overlaps.clearClusters("refcount block")
     this.blockOffsets = []
+    this.lastBlock = -1
+    this.tailKnown = false
     for (let i = 0; i < tableBytes.length / 8; i++) {
       const offset = refcountTableOffsetAt(tableBytes, i)
       this.blockOffsets.push(offset)
+      if (offset !== 0) this.lastBlock = i
       if (offset > 0) this.overlaps.addCluster("refcount block", offset)
     }
     this.endCluster = Math.max(this.endCluster, Math.ceil(fileSize / this.clusterSize))
@@ -383,30 +394,51 @@ export class Refcounts {
   private allFree(first: number, count: number): Effect.Effect<boolean, Failure> {
     const self = this
     return Effect.gen(function* () {
+      yield* self.learnTail()
       for (let c = first; c < first + count; c++) {
-        if (c >= self.endCluster && self.uncovered(c)) return true
+        if (c >= self.endCluster) return true
         if ((yield* self.get(c)) !== 0) return false
       }
       return true
     })
   }
 
-  /** No refcount block covers this cluster or any after it: everything from here on is free. */
-  private uncovered(cluster: number): boolean {
-    for (let b = Math.floor(cluster / this.blockEntries); b < this.blockOffsets.length; b++) if (this.blockOffsets[b] !== 0) return false
-    return true
+  /**
+   * Moves `endCluster` past every cluster counted beyond the end of the
+   * file (crash leftovers), so that everything from it on is free. Reads
+   * the refcount blocks past the file end once.
+   */
+  private learnTail(): Effect.Effect<void, Failure> {
+    if (this.tailKnown) return Effect.void
+    const self = this
+    return Effect.gen(function* () {
+      for (let b = Math.floor(self.endCluster / self.blockEntries); b <= self.lastBlock; b++) {
+        // An unusable entry is reported when a cluster it covers is used.
+        const offset = self.blockAt(b)
+        if (typeof offset !== "number" || offset === 0) continue
+        const block = yield* self.cache.get(offset)
+        for (let i = self.blockEntries - 1; i >= 0; i--) {
+          if (readRefcount(block, i, self.refcountOrder) !== 0) {
+            self.endCluster = Math.max(self.endCluster, b * self.blockEntries + i + 1)
+            break
+          }
+        }
+      }
+      self.tailKnown = true
+    })
   }
 
   /** First run of `count` free clusters at or after `from`. */
   private findFree(from: number, count: number): Effect.Effect<number, Failure> {
     const self = this
+    if (this.tailKnown && from >= this.endCluster) return Effect.succeed(Math.max(from, 1))
     return Effect.gen(function* () {
+      yield* self.learnTail()
       let start = Math.max(from, 1)
       let run = 0
       for (let cluster = start; ; cluster++) {
-        // Past the end of the file and of every refcount block, all is free;
-        // past the file end alone, a crash may have left counted clusters.
-        if (cluster >= self.endCluster && self.uncovered(cluster)) return run === 0 ? cluster : start
+        // Past every counted cluster, all is free.
+        if (cluster >= self.endCluster) return run === 0 ? cluster : start
         if ((cluster + 1) * self.clusterSize > Limits.maxHostOffset) {
           return yield* new RefcountError({ reason: "NoSpace", message: "host offsets would exceed 2^56 bytes" })
         }
@@ -484,6 +516,7 @@ export class Refcounts {
         yield* self.storage.flush()
         self.tableBytes.set(entry, blockIndex * 8)
         self.blockOffsets[blockIndex] = offset
+        if (blockIndex > self.lastBlock) self.lastBlock = blockIndex
         return
       }
     })
