@@ -564,6 +564,9 @@ export class Refcounts {
       const areaStart = start
       const areaClusters = tableClusters + newBlocks.length
       const tableOffset = areaStart * self.clusterSize
+      // The area is taken from here on, even if the move fails half way
+      // (its clusters may already be counted): nothing past endCluster may be.
+      self.endCluster = Math.max(self.endCluster, areaStart + areaClusters)
       // Write the new refcount blocks, each counting the area clusters it covers.
       const blockOffsetOf = new Map<number, number>()
       newBlocks.forEach((b, i) => blockOffsetOf.set(b, (areaStart + tableClusters + i) * self.clusterSize))
