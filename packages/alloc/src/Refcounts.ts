@@ -315,6 +315,35 @@ export class Refcounts {
   }
 
   /**
+   * Allocates up to `count` clusters starting exactly at cluster index
+   * `first`: as many as are free there in a row, possibly none (QEMU's
+   * qcow2_alloc_clusters_at, which a write uses to continue its host range
+   * right after the part before it). Returns how many were allocated.
+   */
+  allocateAt(first: number, count: number): Effect.Effect<number, Failure> {
+    const self = this
+    return Effect.gen(function* () {
+      if (first < 1) return 0
+      for (;;) {
+        let free = 0
+        while (free < count && (first + free + 1) * self.clusterSize <= Limits.maxHostOffset) {
+          const c = first + free
+          if (!(c >= self.endCluster && self.uncovered(c)) && (yield* self.get(c)) !== 0) break
+          free++
+        }
+        if (free === 0) return 0
+        // New refcount blocks may land inside the run: count again when they do.
+        if (yield* self.ensureBlocks(first, free)) continue
+        yield* self.settleFreed(first, free)
+        yield* self.update(first * self.clusterSize, free * self.clusterSize, 1)
+        if (first === self.freeClusterHint) self.freeClusterHint = first + free
+        yield* self.orderAfterAllocation()
+        return free
+      }
+    })
+  }
+
+  /**
    * Allocates `size` bytes for a compressed cluster, packed at byte
    * granularity after the previous one (spec: compressed clusters may share
    * host clusters). Every host cluster the range touches gains one reference.

@@ -48,32 +48,49 @@ const isOwned = (engine: Qcow2Engine, entry: L2Entry): boolean =>
  * the data reaches storage, and only then the L2 entries are linked and
  * what they replaced is freed. Data I/O runs outside the metadata lock; a
  * write that meets an allocation in flight waits for it and looks again.
+ *
+ * New clusters go right after the host bytes of the part before them when
+ * those clusters are free (QEMU keeps one request's host range contiguous:
+ * handle_alloc with the host offset handle_copied left), else wherever the
+ * allocator finds room. Where they go matters beyond speed: it is the same
+ * layout QEMU makes, and on an image whose refcounts undercount it is which
+ * live clusters get overwritten.
  */
 export function writeGuest(engine: Qcow2Engine, offset: number, data: Uint8Array): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
     let done = 0
-    while (done < data.length) done += yield* writeStep(engine, offset + done, data.subarray(done))
+    let hostEnd: number | undefined
+    while (done < data.length) {
+      const step = yield* writeStep(engine, offset + done, data.subarray(done), hostEnd)
+      done += step.length
+      hostEnd = step.hostEnd
+    }
   })
 }
 
-function writeStep(engine: Qcow2Engine, offset: number, data: Uint8Array): Effect.Effect<number, EngineFailure> {
+function writeStep(
+  engine: Qcow2Engine,
+  offset: number,
+  data: Uint8Array,
+  after: number | undefined
+): Effect.Effect<{ readonly length: number; readonly hostEnd: number }, EngineFailure> {
   return Effect.gen(function* () {
     for (;;) {
       const refused = engine.integrity.refuseWrite(offset)
       if (refused !== undefined) return yield* refused
-      const plan = yield* engine.lock.withPermits(1)(planWrite(engine, offset, data))
+      const plan = yield* engine.lock.withPermits(1)(planWrite(engine, offset, data, after))
       switch (plan._tag) {
         case "Wait":
           yield* Deferred.await(plan.done)
           continue
         case "InPlace":
           yield* writeData(engine, offset, plan.hostOffset, data.subarray(0, plan.length))
-          return plan.length
+          return { length: plan.length, hostEnd: plan.hostOffset + plan.length }
         case "Allocate":
           yield* Effect.onExit(performAllocation(engine, offset, data, plan), (exit) =>
             exit._tag === "Success" ? plan.release : Effect.andThen(abandon(engine, plan), plan.release)
           )
-          return plan.length
+          return { length: plan.length, hostEnd: plan.hostOffset + (offset - plan.firstCluster * engine.geometry.clusterSize) + plan.length }
       }
     }
   })
@@ -91,7 +108,8 @@ export function writeData(engine: Qcow2Engine, guestOffset: number, hostOffset: 
   return engine.data.write(hostOffset, copy)
 }
 
-function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array): Effect.Effect<WritePlan, EngineFailure> {
+/** `after`: host offset just past the previous part of this write, where new clusters go first if free. */
+function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after: number | undefined): Effect.Effect<WritePlan, EngineFailure> {
   return Effect.gen(function* () {
     const g = engine.geometry
     const cs = g.clusterSize
@@ -136,6 +154,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array): Effec
         cowStart: firstCluster * cs,
         cowEnd: (firstCluster + clusters) * cs,
         existingHost: undefined,
+        after,
         allocatedMask: ALL_SUBCLUSTERS,
         zeroMask: 0
       })
@@ -161,6 +180,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array): Effec
         cowStart: clusterStart + firstSub * scs,
         cowEnd: clusterStart + (lastSub + 1) * scs,
         existingHost: ownedHost,
+        after,
         allocatedMask: (entry.allocatedMask | touched) >>> 0,
         zeroMask: (entry.zeroMask & ~touched) >>> 0
       })
@@ -174,6 +194,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array): Effec
       cowStart: clusterStart,
       cowEnd: clusterStart + cs,
       existingHost: undefined,
+      after,
       allocatedMask: ALL_SUBCLUSTERS,
       zeroMask: 0
     })
@@ -194,6 +215,8 @@ interface AllocationRequest {
   readonly cowStart: number
   readonly cowEnd: number
   readonly existingHost: number | undefined
+  /** Host offset to continue at when the clusters there are free (see writeGuest). */
+  readonly after: number | undefined
   readonly allocatedMask: number
   readonly zeroMask: number
 }
@@ -203,26 +226,39 @@ function allocate(engine: Qcow2Engine, request: AllocationRequest): Effect.Effec
     const cs = engine.geometry.clusterSize
     let hostOffset: number
     let fresh = false
+    let clusters = request.clusters
+    let length = request.length
+    let cowEnd = request.cowEnd
     if (request.existingHost !== undefined) {
       hostOffset = request.existingHost
     } else if (engine.externalData) {
       // Spec "External data file": guest offset == host offset in the data file.
       hostOffset = request.firstCluster * cs
     } else {
-      hostOffset = yield* engine.refcounts.allocate(request.clusters)
+      const at = request.after !== undefined && request.after % cs === 0 ? yield* engine.refcounts.allocateAt(request.after / cs, clusters) : 0
+      if (at > 0) {
+        // Only the clusters free there: the rest of the write is a later step.
+        hostOffset = request.after as number
+        clusters = at
+        const runEnd = (request.firstCluster + clusters) * cs
+        length = Math.min(length, runEnd - request.offset)
+        cowEnd = Math.min(cowEnd, runEnd)
+      } else {
+        hostOffset = yield* engine.refcounts.allocate(clusters)
+      }
       fresh = true
-      yield* engine.integrity.guardWrite(hostOffset, request.clusters * cs)
+      yield* engine.integrity.guardWrite(hostOffset, clusters * cs)
     }
-    const release = yield* engine.inflight.register(request.firstCluster, request.firstCluster + request.clusters - 1)
+    const release = yield* engine.inflight.register(request.firstCluster, request.firstCluster + clusters - 1)
     return {
       _tag: "Allocate",
-      length: request.length,
+      length,
       firstCluster: request.firstCluster,
-      clusters: request.clusters,
+      clusters,
       hostOffset,
       fresh,
       cowStart: request.cowStart,
-      cowEnd: Math.max(request.cowEnd, request.offset + request.length),
+      cowEnd: Math.max(cowEnd, request.offset + length),
       allocatedMask: request.allocatedMask,
       zeroMask: request.zeroMask,
       release,

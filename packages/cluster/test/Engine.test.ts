@@ -1,3 +1,4 @@
+import { readFileSync, writeFileSync } from "node:fs"
 import { Effect } from "effect"
 import { readL1Entry, readL2Entry, readRefcount, makeGeometry } from "@qcow2/format"
 import { afterAll, describe, expect, it } from "vitest"
@@ -142,5 +143,25 @@ describe("Qcow2Engine", () => {
     expect(again).toMatchObject({ reason: "Corrupt" })
     const image = await bytes()
     expect(image.subarray(REFBLOCK, REFBLOCK + 512).some((x) => x === 9)).toBe(false)
+  })
+
+  it("new clusters of a write continue right after its in-place part when free there, as qemu-io places them", async () => {
+    const file = tmp.path("contiguous.qcow2")
+    qemuImg("create", "-f", "qcow2", file, "1M")
+    // Data at clusters 5, 6, 7; discarding 256k leaves cluster 6 free.
+    qemuIo("-c", "write -P 1 0 64k", "-c", "write -P 2 256k 64k", "-c", "write -P 3 512k 64k", "-c", "discard 256k 64k", file)
+    const theirs = tmp.path("contiguous-qemu.qcow2")
+    writeFileSync(theirs, readFileSync(file))
+    qemuIo("-c", "write -P 9 512k 128k", theirs)
+    const { engine, bytes, save } = await openEngine(file)
+    await run(engine.write(512 * K, new Uint8Array(2 * cs).fill(9)))
+    await run(engine.close())
+    const image = await bytes()
+    // 512k stays in place at cluster 7; 576k goes to cluster 8 (qemu-io too), not to the hole at 6.
+    expect(l2EntryOf(image, 576 * K)).toMatchObject({ _tag: "Normal", hostOffset: 8 * cs, copied: true })
+    expect(l2EntryOf(readFileSync(theirs), 576 * K)).toMatchObject({ _tag: "Normal", hostOffset: 8 * cs, copied: true })
+    expect(refcountOf(image, 6)).toBe(0)
+    await save(file)
+    expect(qemuCheck(file)).toMatchObject({ exitCode: 0 })
   })
 })
