@@ -324,11 +324,12 @@ export class Refcounts {
     const self = this
     return Effect.gen(function* () {
       if (first < 1) return 0
+      yield* self.learnTail()
       for (;;) {
         let free = 0
         while (free < count && (first + free + 1) * self.clusterSize <= Limits.maxHostOffset) {
           const c = first + free
-          if (!(c >= self.endCluster && self.uncovered(c)) && (yield* self.get(c)) !== 0) break
+          if (c < self.endCluster && (yield* self.get(c)) !== 0) break
           free++
         }
         if (free === 0) return 0

@@ -8,7 +8,8 @@
  * the dirty and corrupt header bits, as QEMU's check does.
  */
 import { Effect } from "effect"
-import type { BlockStorageShape } from "@qcow2/storage"
+import { KNOWN_AUTOCLEAR_FEATURES, QCOW2_MAGIC } from "@qcow2/format"
+import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 import { CheckError } from "./errors.js"
 import { markConsistent } from "./internal/header.js"
 import { Imrt, MAX_IMRT_CLUSTERS } from "./internal/imrt.js"
@@ -194,6 +195,26 @@ function runCheck(io: Io, fix: Fix, force: boolean, log: (m: string) => void, pa
 /** The errno text QEMU's open fails with, for an image the check cannot open. */
 const openStrerror = (reason: "NotQcow2" | "Unsupported" | "Corrupt"): string => (reason === "Unsupported" ? ENOTSUP : EINVAL)
 
+/**
+ * A repair opens the image read-write, and a writer clears the autoclear
+ * feature bits it does not know (qcow2.txt "autoclear_features"; QEMU does
+ * it on every read-write open, `qemu-img check -r` included; iotest 036).
+ */
+function clearUnknownAutoclearBits(io: Io): Effect.Effect<void, StorageError> {
+  return Effect.gen(function* () {
+    const fixed = yield* io.read(0, 104)
+    const view = new DataView(fixed.buffer, fixed.byteOffset, fixed.byteLength)
+    if (view.getUint32(0) !== QCOW2_MAGIC || view.getUint32(4) < 3) return
+    const autoclear = view.getBigUint64(88)
+    const known = autoclear & KNOWN_AUTOCLEAR_FEATURES
+    if (known === autoclear) return
+    const field = new Uint8Array(8)
+    new DataView(field.buffer).setBigUint64(0, known)
+    yield* io.write(88, field)
+    yield* io.flush()
+  })
+}
+
 function checkAndReport(storage: BlockStorageShape, fix: Fix, force: boolean): Effect.Effect<CheckResult, CheckError> {
   const io = new Io(storage)
   const messages: Array<string> = []
@@ -204,6 +225,7 @@ function checkAndReport(storage: BlockStorageShape, fix: Fix, force: boolean): E
   }
   const partial = { tally: emptyTally() }
   const run = Effect.gen(function* () {
+    if (fix.leaks) yield* clearUnknownAutoclearBits(io)
     const first = yield* runCheck(io, fix, force, log, partial)
     if (first.corruptionsFixed === 0 && first.leaksFixed === 0) return toResult(first, messages)
     // qemu-img reports a second, read-only check of the repaired image, with the first one's fixed counts.
