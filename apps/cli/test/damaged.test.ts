@@ -46,11 +46,6 @@ const KNOWN: ReadonlyArray<{ readonly id: string; readonly match: (o: Observed) 
   // L1 or refcount table past the end of the file: QEMU opens (missing entries read as 0), we refuse to open
   // (deliberately: only check opens such images leniently).
   { id: "l1-table-past-eof", match: (o) => /(Active L1 table|Reference count table) .* lies past the end of the file/.test(o.finding.detail) },
-  // QEMU validates the bitmap directory and nb_bitmaps on every open, and rewrites it (in_use) on a read-write open.
-  {
-    id: "bitmaps-not-validated-on-open",
-    match: (o) => /Broken bitmap directory|bitmaps found than specified|Can't update bitmap directory|bitmap/i.test(o.finding.detail) && /info-exit|write-/.test(o.finding.kind)
-  },
   // nb_snapshots > 0 with snapshots_offset 0: QEMU opens (offset 0 is aligned; check reports the entries), we refuse.
   { id: "snapshot-table-offset-0", match: (o) => /info-exit|check-exit/.test(o.finding.kind) && /Snapshot table offset invalid \(0\)/.test(o.finding.detail) },
   // crypt_method set without a key: qemu-img check cannot open the image (exit 1), we check it.
@@ -163,13 +158,14 @@ const REPROS: ReadonlyArray<Repro & { readonly fixed?: true }> = [
   { id: "v2-mark-corrupt", make: [create("-o", "compat=0.10"), write("write -P 1 0 128k")], patch: [[0x40008, "8000000000010000"]], ops: ["write"], fixed: true },
   // l1_size 65536 (512 KiB past the end): qemu-img info 0, check 2; qcow2: "Active L1 table … lies past the end of the file" (exit 1)
   { id: "l1-table-past-eof", make: [create(), write("write -P 1 0 128k")], patch: [[36, "00010000"]], ops: ["info", "check"] },
-  // bitmap directory entry extra_data_size 0 -> 8: QEMU "Broken bitmap directory" on open (info 1, write refused); qcow2 opens and writes
+  // bitmap directory entry extra_data_size 0 -> 8: QEMU "Broken bitmap directory" on open (info 1, write refused); so do we now
   {
     id: "bitmaps-not-validated-on-open",
     make: [create(), write("write -P 1 0 64k"), ["qemu-img", "bitmap", "--add", "image.qcow2", "b0"]],
     // the directory is found at run time (see bitmapDirPatch)
     patch: [],
-    ops: ["info", "write"]
+    ops: ["info", "write"],
+    fixed: true
   },
   // refcount table entry 0 -> a refblock at 1 TiB: qemu-io "Marking image as corrupt: Preventing invalid write on metadata
   // (overlaps with qcow2_header)", EIO, only the corrupt bit changes; qcow2 fails too but first writes a refcount at 1 TiB + 0x20000

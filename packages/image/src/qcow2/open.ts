@@ -1,6 +1,10 @@
 import { Effect } from "effect"
 import type { Scope } from "effect"
 import {
+  AutoclearFeature,
+  BITMAP_TYPE_DIRTY_TRACKING,
+  BitmapFlag,
+  decodeBitmapDirectory,
   decodeHeader,
   decodeImageHeader,
   decodeSnapshotTable,
@@ -11,7 +15,7 @@ import {
   Limits,
   makeGeometry
 } from "@qcow2/format"
-import type { FeatureName, ImageHeader, SnapshotEntry } from "@qcow2/format"
+import type { BitmapDirectoryEntry, FeatureName, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import { HeaderState, Qcow2Engine } from "@qcow2/cluster"
 import type { BackingLayer, ClusterCompression, SectorCrypto } from "@qcow2/cluster"
 import type { ClusterCodecShape } from "@qcow2/compress"
@@ -153,6 +157,11 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       })
     }
 
+    // Persistent bitmaps: QEMU loads and checks the directory on every open
+    // while the autoclear bit says the bitmaps are consistent.
+    const broken = yield* brokenBitmapDirectory(storage, parsed, clusterSize)
+    if (broken) return yield* corrupt(location, "Broken bitmap directory")
+
     // External data file.
     const externalData = (h.incompatibleFeatures & IncompatibleFeature.ExternalDataFile) !== 0n
     let dataStorage: BlockStorageShape | undefined
@@ -226,6 +235,41 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       dataFile: dataStorage?.location,
       check: env.check
     })
+  })
+}
+
+/** Largest bitmap directory QEMU reads (QCOW2_MAX_BITMAP_DIRECTORY_SIZE). */
+const MAX_BITMAP_DIRECTORY = 64 * 1024 * 1024
+
+/**
+ * Whether the bitmap directory is one QEMU refuses ("Broken bitmap
+ * directory", qcow2-bitmap.c check_dir_entry): undecodable, or an entry
+ * with reserved flags, an unknown type, a granularity outside 9..31, an
+ * unaligned table, or extra data QEMU cannot ignore.
+ */
+function brokenBitmapDirectory(storage: BlockStorageShape, image: ImageHeader, clusterSize: number): Effect.Effect<boolean, ImageError> {
+  const ext = image.extensions.bitmaps
+  if (ext === undefined || (image.header.autoclearFeatures & AutoclearFeature.Bitmaps) === 0n) return Effect.succeed(false)
+  if (ext.directorySize > MAX_BITMAP_DIRECTORY || ext.directoryOffset % clusterSize !== 0) return Effect.succeed(true)
+  return Effect.gen(function* () {
+    const bytes = new Uint8Array(ext.directorySize)
+    yield* asImageError(storage.read(ext.directoryOffset, bytes), storage.location)
+    let entries: ReadonlyArray<BitmapDirectoryEntry>
+    try {
+      entries = decodeBitmapDirectory(bytes, ext.nbBitmaps)
+    } catch {
+      return true
+    }
+    const knownFlags = BitmapFlag.InUse | BitmapFlag.Auto | BitmapFlag.ExtraDataCompatible
+    return entries.some(
+      (e) =>
+        (e.flags & ~knownFlags) !== 0 ||
+        e.type !== BITMAP_TYPE_DIRTY_TRACKING ||
+        e.granularityBits < 9 ||
+        e.granularityBits > 31 ||
+        e.tableOffset % clusterSize !== 0 ||
+        (e.extraData.length > 0 && (e.flags & BitmapFlag.ExtraDataCompatible) === 0)
+    )
   })
 }
 
