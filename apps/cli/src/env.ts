@@ -110,21 +110,36 @@ export const parseImageOpts = (
   return { file, ...(driver !== undefined ? { format: driver } : {}), ...(passphrase !== undefined ? { passphrase } : {}) }
 }
 
-/** Opens an image, turning a failure into qemu-img's "Could not open" message. */
-export const open = (
+/**
+ * Opens an image named on the command line (an --image-opts string when
+ * that mode is on); the failure is the driver's, with the file name it is
+ * about.
+ */
+export const openNamed = (
   name: string,
-  options: OpenOptions,
-  exitCode = 1
-): Effect.Effect<Image, CliFailure, Scope.Scope | ImageEnv> => {
+  options: OpenOptions
+): Effect.Effect<{ readonly image: Image; readonly file: string }, { readonly error: ImageError; readonly file: string }, Scope.Scope | ImageEnv> => {
+  let file = name
+  let merged = options
   if (imageOptions.enabled) {
     const parsed = parseImageOpts(name)
-    if ("error" in parsed) return Effect.fail(openFailure(name, new ImageError({ reason: "InvalidArgument", message: parsed.error }), exitCode))
-    const merged: OpenOptions = {
+    if ("error" in parsed) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: parsed.error }), file: name })
+    file = parsed.file
+    merged = {
       ...options,
       ...(parsed.format !== undefined ? { format: parsed.format } : {}),
       ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {})
     }
-    return openImage(parsed.file, merged).pipe(Effect.mapError((e) => openFailure(parsed.file, e, exitCode)))
   }
-  return openImage(name, options).pipe(Effect.mapError((e) => openFailure(name, e, exitCode)))
+  return openImage(file, merged).pipe(
+    Effect.map((image) => ({ image, file })),
+    Effect.mapError((error) => ({ error, file }))
+  )
 }
+
+/** Opens an image, turning a failure into qemu-img's "Could not open" message. */
+export const open = (name: string, options: OpenOptions, exitCode = 1): Effect.Effect<Image, CliFailure, Scope.Scope | ImageEnv> =>
+  openNamed(name, options).pipe(
+    Effect.map(({ image }) => image),
+    Effect.mapError(({ error, file }) => openFailure(file, error, exitCode))
+  )

@@ -1,6 +1,6 @@
 import { Effect } from "effect"
 import type { Image, ImageFormat } from "@qcow2/image"
-import { open, type ImageEnv } from "../env.js"
+import { openNamed, type ImageEnv } from "../env.js"
 import { CliFailure, strerror, usage } from "../errors.js"
 import { runIoCommand } from "../io/registry.js"
 import { eprint } from "../output.js"
@@ -47,8 +47,9 @@ export interface IoOptions {
 export const runIo = (o: IoOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.scoped(
     Effect.gen(function* () {
-      const image = yield* open(o.file, { readOnly: o.readOnly, format: o.format, passphrase: o.passphrase }).pipe(
-        Effect.mapError((e) => new CliFailure({ message: `can't open device ${o.file}: ${e.message}`, exitCode: 1 }))
+      // qemu-io prints the driver's own message ("can't open device X: Broken bitmap directory").
+      const { image } = yield* openNamed(o.file, { readOnly: o.readOnly, format: o.format, passphrase: o.passphrase }).pipe(
+        Effect.mapError(({ error }) => new CliFailure({ message: `can't open device ${o.file}: ${error.message}`, exitCode: 1 }))
       )
       let failed = false
       const target = o.writethrough && !o.readOnly ? writethrough(image) : image
