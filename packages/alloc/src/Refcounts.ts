@@ -161,10 +161,6 @@ export class Refcounts {
     this.endCluster = Math.max(this.endCluster, Math.ceil(fileSize / this.clusterSize))
   }
 
-  get tableLocation(): RefcountTableLocation {
-    return this.table
-  }
-
   /** Offsets of every refcount block (0 where none), by block index. */
   get refcountBlockOffsets(): ReadonlyArray<number> {
     return this.blockOffsets

@@ -2,7 +2,7 @@ import { Effect, Semaphore } from "effect"
 import { Refcounts } from "@qcow2/alloc"
 import { TableCache } from "@qcow2/cache"
 import type { CompressionError, DecompressionError } from "@qcow2/compress"
-import { AutoclearFeature, decodeImageHeader, IncompatibleFeature, makeGeometry, snapshotTableSize } from "@qcow2/format"
+import { decodeImageHeader, IncompatibleFeature, makeGeometry, snapshotTableSize } from "@qcow2/format"
 import type { Geometry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { BlockStorageShape } from "@qcow2/storage"
 import { writeCompressedClusters } from "./compressed.js"
@@ -88,8 +88,6 @@ export class Qcow2Engine {
   /** Where data clusters live: `storage`, or the external data file. */
   readonly data: BlockStorageShape
   readonly externalData: boolean
-  /** data_file_raw: guest offset == host offset in the data file. */
-  readonly rawExternalData: boolean
   readonly geometry: Geometry
   readonly version: 2 | 3
   readonly header: HeaderState
@@ -116,7 +114,6 @@ export class Qcow2Engine {
     this.storage = storage
     this.data = options.dataFile ?? storage
     this.externalData = (h.incompatibleFeatures & IncompatibleFeature.ExternalDataFile) !== 0n
-    this.rawExternalData = this.externalData && (h.autoclearFeatures & AutoclearFeature.RawExternalData) !== 0n
     this.geometry = makeGeometry(h.clusterBits, (h.incompatibleFeatures & IncompatibleFeature.ExtendedL2) !== 0n, h.refcountOrder)
     this.version = h.version
     this.backing = options.backing

@@ -43,11 +43,6 @@ export class Integrity {
     return this.corrupt
   }
 
-  /** Writes are possible: opened read-write and not marked corrupt. */
-  get writable(): boolean {
-    return !this.readOnly && !this.corrupt
-  }
-
   /** Why a write cannot go ahead, or undefined when it can. */
   refuseWrite(offset?: number): ClusterError | undefined {
     if (this.readOnly) return new ClusterError({ reason: "ReadOnly", message: `${this.location} is opened read-only`, ...(offset !== undefined ? { offset } : {}) })
