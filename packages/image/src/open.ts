@@ -228,14 +228,19 @@ export function createImage(name: string, options: CreateOptions): Effect.Effect
       }
       if (size === undefined) return yield* new ImageError({ reason: "InvalidArgument", message: "Image creation needs a size parameter", location: name })
       const plan = yield* planCreate(options, size)
-      const storage = yield* Effect.mapError(opener.open(name, { readOnly: false, create: true, truncate: true }), (e) => openFailure(name, e))
-      if (plan.dataFile !== undefined) {
-        const data = yield* Effect.mapError(opener.open(plan.dataFile, { readOnly: false, create: true, truncate: true }), (e) =>
-          openFailure(plan.dataFile!, e)
-        )
-        if (plan.dataFileRaw || plan.preallocation !== "off") yield* asImageError(data.resize(plan.size), plan.dataFile)
-      }
-      yield* writeEmptyImage(storage, plan)
+      // The files are closed again before the driver opens them: a store has one writer at a time.
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const storage = yield* Effect.mapError(opener.open(name, { readOnly: false, create: true, truncate: true }), (e) => openFailure(name, e))
+          if (plan.dataFile !== undefined) {
+            const data = yield* Effect.mapError(opener.open(plan.dataFile, { readOnly: false, create: true, truncate: true }), (e) =>
+              openFailure(plan.dataFile!, e)
+            )
+            if (plan.dataFileRaw || plan.preallocation !== "off") yield* asImageError(data.resize(plan.size), plan.dataFile)
+          }
+          yield* writeEmptyImage(storage, plan)
+        })
+      )
       yield* Effect.scoped(
         Effect.gen(function* () {
           const image = yield* openNamed({ opener, codec, options: { openBacking: false }, ciphers }, name, "qcow2", false, [])
