@@ -59,10 +59,11 @@ export const claimStore = (factory: object, location: string, readOnly: boolean)
     // The Web Lock is held while `release` is pending; the scope resolves it.
     let release!: () => void
     const released = new Promise<void>((resolve) => (release = resolve))
+    let held!: Promise<void>
     const granted = yield* Effect.promise(
       () =>
         new Promise<boolean>((resolve) => {
-          locks
+          held = locks
             .request(`qcow2:${location}`, { mode: readOnly ? "shared" : "exclusive", ifAvailable: true }, (lock) => {
               resolve(lock !== null)
               return lock === null ? Promise.resolve() : released
@@ -74,5 +75,12 @@ export const claimStore = (factory: object, location: string, readOnly: boolean)
       release()
       return yield* busy(location, readOnly)
     }
-    yield* Effect.addFinalizer(() => Effect.sync(release))
+    // The lock manager frees the lock after the callback's promise settles:
+    // wait for that, so that closing and reopening a store never races.
+    yield* Effect.addFinalizer(() =>
+      Effect.promise(() => {
+        release()
+        return held
+      })
+    )
   })
