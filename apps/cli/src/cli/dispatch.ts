@@ -213,6 +213,19 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         })
       })
     }
+    case "snapshot": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        const chosen = [c.list ? { kind: "list" as const } : undefined, ...(["create", "apply", "delete"] as const).map((kind) => {
+          const name = c[kind]
+          return name !== undefined ? { kind, name } : undefined
+        })].filter((a) => a !== undefined)
+        if (chosen.length > 1) return yield* Effect.fail(usage("Cannot mix '-l', '-a', '-c', '-d'"))
+        const { runSnapshot } = yield* Effect.promise(() => import("../commands/snapshot.js"))
+        return yield* runSnapshot({ file: c.file, action: chosen[0] ?? { kind: "none" }, passphrase: secrets.passphrase })
+      })
+    }
     case "io": {
       const c = p.values
       return Effect.gen(function* () {

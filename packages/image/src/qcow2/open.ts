@@ -228,7 +228,6 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     })
     return yield* makeQcow2Image({
       engine,
-      snapshots,
       backing,
       backingFileName,
       backingResolved,
