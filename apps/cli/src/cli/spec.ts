@@ -177,6 +177,7 @@ export const convert = {
     },
     sourceCache,
     targetIsZero: { kind: "boolean", name: "target-is-zero" },
+    snapshot: { kind: "string", name: "snapshot", alias: "l", description: "read this internal snapshot: snapshot.id=ID,snapshot.name=NAME or an ID or name" },
     ...common
   },
   args: { files: { name: "filename", kind: "atLeast2" } }

@@ -1,5 +1,6 @@
 import { Effect } from "effect"
 import type { Image, ImageError } from "@qcow2/image"
+import { splitOptionList } from "../createopts.js"
 import { open, type ImageEnv } from "../env.js"
 import { errnoOf, errnoText, fail, type CliFailure, type Errno } from "../errors.js"
 import { eprint, print } from "../output.js"
@@ -87,3 +88,53 @@ export const runSnapshot = (options: SnapshotOptions): Effect.Effect<number, Cli
       }
     })
   )
+
+/**
+ * Which snapshot `convert -l` reads: `snapshot.id=…,snapshot.name=…`
+ * (both must match when both are given), or a bare ID or name.
+ */
+export type SnapshotSelector =
+  | { readonly kind: "options"; readonly id?: string; readonly name?: string }
+  | { readonly kind: "idOrName"; readonly value: string }
+
+/** Parses `-l` as qemu-img does (an option list when it starts with "snapshot."). */
+export const parseSnapshotParam = (text: string): SnapshotSelector | CliFailure => {
+  if (!text.startsWith("snapshot.")) return { kind: "idOrName", value: text }
+  let id: string | undefined
+  let name: string | undefined
+  for (const [key, value] of splitOptionList(text)) {
+    if (key === "snapshot.id") id = value
+    else if (key === "snapshot.name") name = value
+    else {
+      eprint(`qcow2: Invalid parameter '${key}'\n`)
+      return fail(`Failed in parsing snapshot param '${text}'`)
+    }
+  }
+  return { kind: "options", ...(id !== undefined ? { id } : {}), ...(name !== undefined ? { name } : {}) }
+}
+
+/**
+ * Makes the first source read as the selected snapshot (qemu-img convert
+ * -l: bdrv_snapshot_load_tmp, or by ID then by name for a bare word, which
+ * needs a single source).
+ */
+export const loadConvertSnapshot = (sources: ReadonlyArray<Image>, selector: SnapshotSelector): Effect.Effect<void, CliFailure> => {
+  const image = sources[0]!
+  const snapshots = image.internalSnapshots
+  const failed = (message: string) => fail(`Failed to load snapshot: ${message}`)
+  if (selector.kind === "idOrName" && sources.length > 1) return Effect.fail(fail("No support for concatenating multiple snapshot"))
+  if (snapshots === undefined) {
+    return Effect.fail(failed(`Block format '${image.format}' used by device '' does not support temporarily loading internal snapshots`))
+  }
+  if (selector.kind === "options") {
+    if (selector.id === undefined && selector.name === undefined) return Effect.fail(failed("snapshot_id and name are both NULL"))
+    return Effect.mapError(snapshots.load(selector.id, selector.name), (error) => failed(error.message))
+  }
+  return snapshots.load(selector.value, undefined).pipe(
+    Effect.catchIf(
+      (error) => error.errno === "ENOENT" || error.errno === "EINVAL",
+      () => snapshots.load(undefined, selector.value)
+    ),
+    Effect.mapError((error) => failed(error.message))
+  )
+}
