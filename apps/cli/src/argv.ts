@@ -20,8 +20,8 @@ const BUILT_IN_SHORT: ReadonlyArray<readonly [string, boolean]> = [["h", false]]
  * → takes a value; long: names that take a value.
  */
 const UNIMPLEMENTED: Partial<Record<CommandName, { readonly short: string; readonly long: ReadonlyArray<string> }>> = {
-  // -C (copy offloading), -l snapshot, -r rate limit
-  convert: { short: "Cl:r:", long: ["snapshot", "rate-limit"] }
+  // -C (copy offloading), -r rate limit
+  convert: { short: "Cr:", long: ["rate-limit"] }
 }
 
 const isCommandName = (name: string): name is CommandName => Object.hasOwn(COMMANDS, name)

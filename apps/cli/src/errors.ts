@@ -28,7 +28,8 @@ const ERRNO_TEXT = {
   EFBIG: "File too large",
   EPERM: "Operation not permitted",
   EACCES: "Permission denied",
-  ERANGE: "Numerical result out of range"
+  ERANGE: "Numerical result out of range",
+  ENOENT: "No such file or directory"
 } as const
 
 export type Errno = keyof typeof ERRNO_TEXT
@@ -69,8 +70,11 @@ const errnoOfReason = (reason: ImageErrorReason): Errno => {
  * The strerror() text qemu-io prints for a failed request: the error's own
  * errno when a lower layer knew it, else the errno of its reason.
  */
-export const strerror = (error: ImageError): string =>
-  errnoText(error.errno !== undefined && isKnownErrno(error.errno) ? error.errno : errnoOfReason(error.reason))
+export const strerror = (error: ImageError): string => errnoText(errnoOf(error))
+
+/** The errno QEMU would return for a failure: the error's own when a lower layer knew it, else its reason's. */
+export const errnoOf = (error: ImageError): Errno =>
+  error.errno !== undefined && isKnownErrno(error.errno) ? error.errno : errnoOfReason(error.reason)
 
 /** The message of a defect or unexpected failure, for "qcow2: internal error: …". */
 export const describeCause = (cause: Cause.Cause<unknown>): string => {

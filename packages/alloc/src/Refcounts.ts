@@ -269,6 +269,8 @@ export class Refcounts {
           if (next === 0) {
             if (cluster < self.freeClusterHint) self.freeClusterHint = Math.max(1, cluster)
             self.freedPending.add(cluster)
+            // Compressed data is no longer packed into a freed cluster: it may be handed out whole next.
+            if (self.freeByteOffset !== 0 && Math.floor(self.freeByteOffset / self.clusterSize) === cluster) self.freeByteOffset = 0
           } else if (cluster >= self.endCluster) {
             self.endCluster = cluster + 1
           }

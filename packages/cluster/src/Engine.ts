@@ -2,7 +2,7 @@ import { Effect, Semaphore } from "effect"
 import { Refcounts } from "@qcow2/alloc"
 import { TableCache } from "@qcow2/cache"
 import type { CompressionError, DecompressionError } from "@qcow2/compress"
-import { decodeImageHeader, IncompatibleFeature, makeGeometry, snapshotTableSize } from "@qcow2/format"
+import { decodeImageHeader, IncompatibleFeature, makeGeometry } from "@qcow2/format"
 import type { Geometry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { BlockStorageShape } from "@qcow2/storage"
 import { writeCompressedClusters } from "./compressed.js"
@@ -14,6 +14,9 @@ import { InFlightAllocations } from "./inflight.js"
 import { Integrity } from "./integrity.js"
 import { ActiveL1 } from "./l1.js"
 import { DecompressedCluster, readGuest } from "./read.js"
+import { applySnapshot, createSnapshot, deleteSnapshot, loadSnapshot, snapshotForApply } from "./snapshot.js"
+import type { SnapshotTime } from "./snapshot.js"
+import { SnapshotTable } from "./snapshot-table.js"
 import { blockStatus, PreallocationProbe } from "./status.js"
 import type { BlockStatus } from "./status.js"
 import { truncateImage } from "./truncate.js"
@@ -93,6 +96,7 @@ export class Qcow2Engine {
   readonly header: HeaderState
   readonly integrity: Integrity
   readonly l1: ActiveL1
+  readonly snapshots: SnapshotTable
   readonly l2Cache: TableCache
   readonly refcounts: Refcounts
   /** Metadata lock (QEMU's s->lock): one holder changes L1/L2/refcounts at a time. */
@@ -123,8 +127,7 @@ export class Qcow2Engine {
     this.header = new HeaderState(storage, image)
     this.integrity = new Integrity(this.header, options.readOnly, this.location)
     const overlaps = this.integrity.overlaps
-    overlaps.setRanges("snapshot table", h.nbSnapshots > 0 ? [{ offset: h.snapshotsOffset, length: snapshotTableSize(options.snapshots) }] : [])
-    overlaps.setRanges("inactive L1 table", options.snapshots.map((s) => ({ offset: s.l1TableOffset, length: s.l1Size * 8 })))
+    this.snapshots = new SnapshotTable(options.snapshots, h.snapshotsOffset, Math.floor(h.size / 512) * 512, overlaps)
     const bitmaps = image.extensions.bitmaps
     overlaps.setRanges("bitmap directory", bitmaps !== undefined ? [{ offset: bitmaps.directoryOffset, length: bitmaps.directorySize }] : [])
     this.l1 = new ActiveL1(storage, this.header, this.integrity, cs, options.l1Table)
@@ -320,6 +323,50 @@ export class Qcow2Engine {
         })
       )
     )
+  }
+
+  /** Takes an internal snapshot of the active state (`qemu-img snapshot -c`; see snapshot.ts). */
+  createSnapshot(name: string, time: SnapshotTime, icount = 0n): Effect.Effect<SnapshotEntry, ImageError> {
+    const bad = this.requireWritable()
+    if (bad) return Effect.fail(bad)
+    return this.run(Effect.andThen(this.integrity.beforeMetadataChange(), this.lock.withPermits(1)(createSnapshot(this, name, time, icount))))
+  }
+
+  /**
+   * Reverts to the snapshot with this ID, else this name (`qemu-img snapshot
+   * -a`): the virtual size becomes the snapshot's (QEMU refuses that on v2
+   * images), then its tables become the active ones.
+   */
+  applySnapshot(idOrName: string): Effect.Effect<void, ImageError> {
+    const bad = this.requireWritable()
+    if (bad) return Effect.fail(bad)
+    const self = this
+    return this.run(
+      Effect.gen(function* () {
+        const s = snapshotForApply(self, idOrName)
+        if (s instanceof ClusterError) return yield* s
+        yield* self.integrity.beforeMetadataChange()
+        if (s.diskSize !== undefined && s.diskSize !== self.virtualSize) {
+          if (self.version < 3) {
+            return yield* new ClusterError({ reason: "Unsupported", message: "Can't resize a v2 image which has snapshots", errno: "ENOTSUP" })
+          }
+          yield* truncateImage(self, s.diskSize, "off")
+        }
+        yield* self.lock.withPermits(1)(applySnapshot(self, s))
+      })
+    )
+  }
+
+  /** Deletes the snapshot matching `id` and `name` (either may be omitted, not both; `qemu-img snapshot -d`). */
+  deleteSnapshot(id: string | undefined, name: string | undefined): Effect.Effect<void, ImageError> {
+    const bad = this.requireWritable()
+    if (bad) return Effect.fail(bad)
+    return this.run(Effect.andThen(this.integrity.beforeMetadataChange(), this.lock.withPermits(1)(deleteSnapshot(this, id, name))))
+  }
+
+  /** Makes reads of this read-only engine see a snapshot's content (`qemu-img convert -l`). */
+  loadSnapshot(id: string | undefined, name: string | undefined): Effect.Effect<void, ImageError> {
+    return this.run(this.lock.withPermits(1)(loadSnapshot(this, id, name)))
   }
 
   /** Flushes, and after a clean session of a lazy-refcount image clears the dirty bit. Never fails. */

@@ -17,7 +17,7 @@ export class ClusterError extends Data.TaggedError("ClusterError")<{
   readonly message: string
   readonly offset?: number
   /** The POSIX error QEMU returns in this situation, when it differs from what `reason` suggests. */
-  readonly errno?: "EIO" | "EINVAL" | "ENOTSUP"
+  readonly errno?: "EIO" | "EINVAL" | "ENOTSUP" | "EFBIG" | "ENOENT"
 }> {}
 
 /**

@@ -114,6 +114,23 @@ export class ActiveL1 {
     })
   }
 
+  /**
+   * Replaces every entry in place (a snapshot reverted to, COPIED flags
+   * recomputed), written through with a flush after (rule 4); the table
+   * keeps its offset and size. `table` holds at least l1_size entries.
+   */
+  overwrite(table: Uint8Array): Effect.Effect<void, EngineFailure> {
+    const self = this
+    return Effect.gen(function* () {
+      const bytes = new Uint8Array(Math.max(self.entries * 8, 8))
+      bytes.set(table.subarray(0, self.entries * 8))
+      yield* self.integrity.guardWrite(self.tableOffset, self.entries * 8, ["active L1 table"])
+      yield* self.storage.write(self.tableOffset, bytes.subarray(0, self.entries * 8))
+      yield* self.storage.flush()
+      self.replace(bytes, self.tableOffset, self.entries)
+    })
+  }
+
   /** Adopts the table a repair left on disk. */
   replace(table: Uint8Array, offset: number, entries: number): void {
     this.bytes = table

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect } from "effect"
-import { decodeImageHeader } from "@qcow2/format"
+import { decodeImageHeader, decodeSnapshotTable } from "@qcow2/format"
 import { NodeClusterCodec } from "@qcow2/compress/node"
 import { makeMemoryStorage } from "@qcow2/storage"
 import type { BlockStorageShape } from "@qcow2/storage"
@@ -88,7 +88,7 @@ export async function openEngine(path: string, options: { readOnly?: boolean; ba
     l1Table,
     refcountTable,
     fileSize: file.length,
-    snapshots: [],
+    snapshots: h.nbSnapshots > 0 ? decodeSnapshotTable(new Uint8Array(file.subarray(h.snapshotsOffset)), h.nbSnapshots).snapshots : [],
     backing: options.backing,
     compression: { decompress: (input, out) => codec.decompress(type, input, out), compress: (input) => codec.compress(type, input) },
     crypto: undefined,

@@ -141,7 +141,7 @@ export function decodeHeader(bytes: Uint8Array): Header {
     throw invalid(`refcount_table_offset ${refcountTableOffset} is not cluster aligned`, "refcount_table_offset", 48)
   }
   if (snapshotsOffset % clusterSize !== 0) {
-    throw invalid(`snapshots_offset ${snapshotsOffset} is not cluster aligned`, "snapshots_offset", 64)
+    throw invalid("Snapshot table offset invalid", "snapshots_offset", 64)
   }
   if (l1Size > Limits.maxL1Bytes / 8) {
     throw invalid(`l1_size ${l1Size} exceeds QEMU's limit of ${Limits.maxL1Bytes / 8} entries`, "l1_size", 36)
@@ -150,7 +150,7 @@ export function decodeHeader(bytes: Uint8Array): Header {
     throw invalid(`refcount table of ${refcountTableClusters} clusters exceeds ${Limits.maxRefcountTableBytes} bytes`, "refcount_table_clusters", 56)
   }
   if (nbSnapshots > Limits.maxSnapshots) {
-    throw invalid(`nb_snapshots ${nbSnapshots} exceeds ${Limits.maxSnapshots}`, "nb_snapshots", 60)
+    throw invalid("Snapshot table too large", "nb_snapshots", 60)
   }
   const l2Bits = clusterBits - ((incompatibleFeatures & IncompatibleFeature.ExtendedL2) !== 0n ? 4 : 3)
   const needed = Math.ceil(size / 2 ** (clusterBits + l2Bits))

@@ -27,6 +27,41 @@ export interface SnapshotEntry {
 /** Fixed part of a snapshot table entry. */
 export const SNAPSHOT_ENTRY_FIXED_SIZE = 40
 
+/** QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA: more extra data in one entry refuses the open. */
+export const MAX_SNAPSHOT_EXTRA_DATA = 1024
+
+/** Largest single entry: fixed part, the most extra data QEMU accepts, ID and name of 65535 bytes each. */
+export const MAX_SNAPSHOT_ENTRY_SIZE = SNAPSHOT_ENTRY_FIXED_SIZE + MAX_SNAPSHOT_EXTRA_DATA + 2 * 0xffff
+
+/**
+ * Why QEMU refuses to open an image with this snapshot table
+ * (qcow2_read_snapshots, not in repair mode), as it words it (message,
+ * then the hint line), or undefined. `bytes` holds the table from its
+ * start, zeros past the end of the file (as QEMU reads them); entries are
+ * walked until one breaks a limit or `count` are seen: extra data over
+ * 1024 bytes, or a table over 64 MiB.
+ */
+export function snapshotTableRefusal(bytes: Uint8Array, count: number): string | undefined {
+  let off = 0
+  let length = 0
+  for (let i = 0; i < count; i++) {
+    off = roundUp8(off)
+    length = roundUp8(length)
+    if (off + SNAPSHOT_ENTRY_FIXED_SIZE > bytes.length) return undefined
+    const extraLen = u32(bytes, off + 36)
+    if (extraLen > MAX_SNAPSHOT_EXTRA_DATA) {
+      return `Too much extra metadata in snapshot table entry ${i}\nYou can force-remove this extra metadata with qemu-img check -r all`
+    }
+    const entry = SNAPSHOT_ENTRY_FIXED_SIZE + extraLen + u16(bytes, off + 12) + u16(bytes, off + 14)
+    off += entry
+    length += entry
+    if (length > Limits.maxSnapshotTableBytes) {
+      return `Snapshot table is too big\nYou can force-remove all ${count - i} overhanging snapshots with qemu-img check -r all`
+    }
+  }
+  return undefined
+}
+
 const roundUp8 = (n: number): number => Math.ceil(n / 8) * 8
 
 /**

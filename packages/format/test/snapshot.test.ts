@@ -6,6 +6,7 @@ import {
   decodeSnapshotTable,
   encodeSnapshotTable,
   readL1Entry,
+  snapshotTableRefusal,
   snapshotTableSize,
   type SnapshotEntry
 } from "../src/index.js"
@@ -128,5 +129,43 @@ describe("snapshot table", () => {
       expect(readL1Entry(bytes.subarray(s.l1TableOffset), 0).l2Offset).toBe(readL1Entry(bytes.subarray(header.l1TableOffset), 0).l2Offset)
     }
     expect(Buffer.from(encodeSnapshotTable(snapshots)).equals(Buffer.from(table.subarray(0, byteLength)))).toBe(true)
+  })
+})
+
+describe("snapshotTableRefusal (QEMU's limits when opening)", () => {
+  const entry = (extraLen: number, name = "s"): Uint8Array => {
+    const bytes = new Uint8Array(Math.ceil((40 + extraLen + 1 + name.length) / 8) * 8)
+    const view = new DataView(bytes.buffer)
+    view.setUint16(12, 1)
+    view.setUint16(14, name.length)
+    view.setUint32(36, extraLen)
+    bytes[40 + extraLen] = 0x31
+    bytes.set(new TextEncoder().encode(name), 41 + extraLen)
+    return bytes
+  }
+  const concat = (parts: Uint8Array[]): Uint8Array => {
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0) + 64)
+    let off = 0
+    for (const p of parts) {
+      out.set(p, off)
+      off += p.length
+    }
+    return out
+  }
+
+  it("accepts tables within the limits", () => {
+    expect(snapshotTableRefusal(concat([entry(24), entry(1024)]), 2)).toBeUndefined()
+  })
+
+  it("refuses more than 1024 bytes of extra data in an entry, naming it", () => {
+    expect(snapshotTableRefusal(concat([entry(24), entry(1025)]), 2)).toBe(
+      "Too much extra metadata in snapshot table entry 1\nYou can force-remove this extra metadata with qemu-img check -r all"
+    )
+  })
+
+  it("refuses a table over 64 MiB, counting the overhanging snapshots", () => {
+    const big = entry(0, "x".repeat(65535))
+    const parts = Array.from({ length: 1025 }, () => big)
+    expect(snapshotTableRefusal(concat(parts), 1026)).toBe("Snapshot table is too big\nYou can force-remove all 3 overhanging snapshots with qemu-img check -r all")
   })
 })

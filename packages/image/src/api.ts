@@ -1,6 +1,6 @@
 import type { Effect } from "effect"
 import type { CheckResult } from "@qcow2/check"
-import type { BlockStatus, Preallocation } from "@qcow2/cluster"
+import type { BlockStatus, Preallocation, SnapshotTime } from "@qcow2/cluster"
 import type { BitmapDirectoryEntry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { CompressionError } from "@qcow2/compress"
 import type { LuksHeader } from "@qcow2/crypto"
@@ -59,6 +59,24 @@ export interface Image {
    */
   readonly formatSpecific: () => Effect.Effect<FormatSpecific, ImageError>
   readonly check: (options?: { readonly repair?: "leaks" | "all" }) => Effect.Effect<CheckResult, ImageError>
+  /** Internal snapshots (qcow2 spec "Snapshots"); undefined for a format without them (raw). */
+  readonly internalSnapshots: InternalSnapshots | undefined
+}
+
+/**
+ * What `qemu-img snapshot` and `convert -l` do with internal snapshots
+ * (QEMU's qcow2_snapshot_create / goto / delete / load_tmp). `Image.snapshots`
+ * reflects the table after each change.
+ */
+export interface InternalSnapshots {
+  /** Takes a snapshot named `name` (ID: one more than the largest), VM state empty, dated `time`, icount 0 unless given. */
+  readonly create: (name: string, time: SnapshotTime, icount?: bigint) => Effect.Effect<SnapshotEntry, ImageError>
+  /** Reverts to the snapshot with this ID, else this name; the virtual size becomes the snapshot's. */
+  readonly apply: (idOrName: string) => Effect.Effect<void, ImageError>
+  /** Deletes the snapshot matching `id` and `name` (either may be omitted, not both). */
+  readonly delete: (id: string | undefined, name: string | undefined) => Effect.Effect<void, ImageError>
+  /** Reads of a read-only image see the snapshot matching `id` and `name` from now on. */
+  readonly load: (id: string | undefined, name: string | undefined) => Effect.Effect<void, ImageError>
 }
 
 export interface TruncateOptions {

@@ -32,6 +32,7 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
         clusterSize: 512,
         header: undefined,
         snapshots: [],
+        internalSnapshots: undefined,
         backing: undefined,
         backingFileName: undefined,
         backingFileResolved: undefined,

@@ -10,6 +10,7 @@ import { CliFailure, describeCause, fail, usage } from "../errors.js"
 import { eprint, exitStatus } from "../output.js"
 import { parseSecrets, type Secrets } from "../secrets.js"
 import { parseSize } from "../text/strtosz.js"
+import type { SnapshotSelector } from "../commands/snapshot.js"
 import type { Parsed } from "./spec.js"
 
 /**
@@ -192,6 +193,13 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           }
         }
         const format = yield* imageFormat(c.format)
+        let snapshot: SnapshotSelector | undefined
+        if (c.snapshot !== undefined) {
+          const { parseSnapshotParam } = yield* Effect.promise(() => import("../commands/snapshot.js"))
+          const parsed = parseSnapshotParam(c.snapshot)
+          if (parsed instanceof CliFailure) return yield* Effect.fail(parsed)
+          snapshot = parsed
+        }
         const { runConvert } = yield* Effect.promise(() => import("../commands/convert.js"))
         return yield* runConvert({
           sources: c.files.slice(0, -1),
@@ -208,9 +216,23 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           parallel,
           secrets,
           cache: c.cache ?? "unsafe",
+          ...(snapshot !== undefined ? { snapshot } : {}),
           ...(c.backing !== undefined ? { backingFile: c.backing } : {}),
           ...(c.backingFormat !== undefined ? { backingFormat: c.backingFormat } : {})
         })
+      })
+    }
+    case "snapshot": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        const chosen = [c.list ? { kind: "list" as const } : undefined, ...(["create", "apply", "delete"] as const).map((kind) => {
+          const name = c[kind]
+          return name !== undefined ? { kind, name } : undefined
+        })].filter((a) => a !== undefined)
+        if (chosen.length > 1) return yield* Effect.fail(usage("Cannot mix '-l', '-a', '-c', '-d'"))
+        const { runSnapshot } = yield* Effect.promise(() => import("../commands/snapshot.js"))
+        return yield* runSnapshot({ file: c.file, action: chosen[0] ?? { kind: "none" }, passphrase: secrets.passphrase })
       })
     }
     case "io": {

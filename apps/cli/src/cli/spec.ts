@@ -177,6 +177,7 @@ export const convert = {
     },
     sourceCache,
     targetIsZero: { kind: "boolean", name: "target-is-zero" },
+    snapshot: { kind: "string", name: "snapshot", alias: "l", description: "read this internal snapshot: snapshot.id=ID,snapshot.name=NAME or an ID or name" },
     ...common
   },
   args: { files: { name: "filename", kind: "atLeast2" } }
@@ -205,7 +206,21 @@ export const io = {
   args: { file: { name: "filename", kind: "one" } }
 } as const satisfies CommandSpec
 
-export const COMMANDS = { info, map, check, compare, create, convert, io } as const
+export const snapshot = {
+  name: "snapshot",
+  description: "list, create, apply or delete internal snapshots like qemu-img snapshot",
+  flags: {
+    list: { kind: "boolean", name: "list", alias: "l", description: "list the snapshots" },
+    create: { kind: "string", name: "create", alias: "c", description: "create a snapshot with this name" },
+    apply: { kind: "string", name: "apply", alias: "a", description: "revert the image to this snapshot (ID or name)" },
+    delete: { kind: "string", name: "delete", alias: "d", description: "delete the snapshot with this name" },
+    quiet,
+    ...common
+  },
+  args: { file: { name: "filename", kind: "one" } }
+} as const satisfies CommandSpec
+
+export const COMMANDS = { info, map, check, compare, create, convert, io, snapshot } as const
 
 export type CommandName = keyof typeof COMMANDS
 

@@ -6,6 +6,7 @@ import { open, unsafeCacheFiles, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import { Progress } from "../progress.js"
 import type { Secrets } from "../secrets.js"
+import type { SnapshotSelector } from "./snapshot.js"
 
 export interface ConvertOptions {
   readonly sources: ReadonlyArray<string>
@@ -28,6 +29,8 @@ export interface ConvertOptions {
   readonly secrets: Secrets
   /** Target cache mode (qemu-img -t): "unsafe" ignores flushes, like qemu-img convert's default. */
   readonly cache: string
+  /** -l: read this internal snapshot of the (first) source. */
+  readonly snapshot?: SnapshotSelector
 }
 
 /** Bytes per request: large reads amortise the per-request cost. */
@@ -160,6 +163,10 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       const sources: Image[] = []
       for (const name of o.sources) {
         sources.push(yield* open(name, { readOnly: true, format: o.format, passphrase: o.secrets.passphrase }))
+      }
+      if (o.snapshot !== undefined) {
+        const { loadConvertSnapshot } = yield* Effect.promise(() => import("./snapshot.js"))
+        yield* loadConvertSnapshot(sources, o.snapshot)
       }
       const total = sources.reduce((n, s) => n + s.virtualSize, 0)
 

@@ -1,6 +1,6 @@
 import { Effect } from "effect"
 import { AutoclearFeature, decodeBitmapDirectory } from "@qcow2/format"
-import type { BitmapDirectoryEntry, SnapshotEntry } from "@qcow2/format"
+import type { BitmapDirectoryEntry } from "@qcow2/format"
 import { asImageError, ImageError } from "@qcow2/cluster"
 import type { Qcow2Engine } from "@qcow2/cluster"
 import { decodeLuksHeader, LUKS_HEADER_SIZE } from "@qcow2/crypto"
@@ -16,7 +16,6 @@ export const qcow2Engines = new WeakMap<Image, Qcow2Engine>()
 /** What the qcow2 Image adds to its engine: the chain around it and qemu-img check. */
 export interface Qcow2ImageParts {
   readonly engine: Qcow2Engine
-  readonly snapshots: ReadonlyArray<SnapshotEntry>
   readonly backing: Image | undefined
   readonly backingFileName: string | undefined
   readonly backingResolved: string | undefined
@@ -44,7 +43,9 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, nev
     get header() {
       return engine.header.image
     },
-    snapshots: parts.snapshots,
+    get snapshots() {
+      return engine.snapshots.entries
+    },
     backing: parts.backing,
     backingFileName: parts.backingFileName,
     backingFileResolved: parts.backingResolved,
@@ -65,6 +66,12 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, nev
         return Effect.fail(new ImageError({ reason: "ReadOnly", message: `${location} is opened read-only; repairs need a read-write open`, location }))
       }
       return engine.repair(parts.check(repair), (result) => result.corruptions === 0 && result.checkErrors === 0)
+    },
+    internalSnapshots: {
+      create: (name, time, icount) => engine.createSnapshot(name, time, icount),
+      apply: (idOrName) => engine.applySnapshot(idOrName),
+      delete: (id, name) => engine.deleteSnapshot(id, name),
+      load: (id, name) => engine.loadSnapshot(id, name)
     }
   }
   qcow2Engines.set(image, engine)

@@ -8,6 +8,9 @@ import {
   decodeHeader,
   decodeImageHeader,
   decodeSnapshotTable,
+  MAX_SNAPSHOT_ENTRY_SIZE,
+  SNAPSHOT_ENTRY_FIXED_SIZE,
+  snapshotTableRefusal,
   IncompatibleFeature,
   KNOWN_AUTOCLEAR_FEATURES,
   KNOWN_INCOMPATIBLE_FEATURES,
@@ -142,15 +145,24 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     }
     // Snapshot table.
     if (h.nbSnapshots > Limits.maxSnapshots) {
-      return yield* corrupt(location, `Too many snapshots (${h.nbSnapshots})`, 60)
+      return yield* corrupt(location, "Snapshot table too large", 60)
     }
     let snapshots: SnapshotEntry[] = []
     if (h.nbSnapshots > 0) {
-      if (h.snapshotsOffset % clusterSize !== 0 || h.snapshotsOffset === 0 || h.snapshotsOffset >= fileSize) {
-        return yield* corrupt(location, `Snapshot table offset invalid (${h.snapshotsOffset})`, 64)
+      if (h.snapshotsOffset % clusterSize !== 0 || h.snapshotsOffset === 0) {
+        return yield* corrupt(location, "Snapshot table offset invalid", 64)
       }
-      const tableBytes = new Uint8Array(Math.min(fileSize - h.snapshotsOffset, Limits.maxSnapshotTableBytes))
-      yield* asImageError(storage.read(h.snapshotsOffset, tableBytes), location)
+      // QEMU reads a table that runs past the end of the file as zeros: room
+      // for the file's part, a zero entry for each snapshot beyond it, and
+      // one whole entry crossing either limit.
+      const inFile = Math.max(0, fileSize - h.snapshotsOffset)
+      const tableBytes = new Uint8Array(
+        Math.min(Limits.maxSnapshotTableBytes, inFile + h.nbSnapshots * SNAPSHOT_ENTRY_FIXED_SIZE) + MAX_SNAPSHOT_ENTRY_SIZE
+      )
+      const readable = Math.min(inFile, tableBytes.length)
+      if (readable > 0) yield* asImageError(storage.read(h.snapshotsOffset, tableBytes.subarray(0, readable)), location)
+      const refusal = snapshotTableRefusal(tableBytes, h.nbSnapshots)
+      if (refusal !== undefined) return yield* corrupt(location, refusal, h.snapshotsOffset)
       snapshots = yield* Effect.try({
         try: () => decodeSnapshotTable(tableBytes, h.nbSnapshots).snapshots,
         catch: (e) => fromDecodeFailure(location, e)
@@ -228,7 +240,6 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     })
     return yield* makeQcow2Image({
       engine,
-      snapshots,
       backing,
       backingFileName,
       backingResolved,
