@@ -31,6 +31,9 @@ export interface LuksOptions {
   readonly hashAlg?: string
   /** Milliseconds of PBKDF2 work per key slot (`iter-time`, default 2000). */
   readonly iterTime?: number
+  /** Fixed PBKDF2 iteration counts instead of timing them (reproducible output, fast tests). */
+  readonly slotIterations?: number
+  readonly masterKeyIterations?: number
 }
 
 /** `qemu-img create -f qcow2 -o …`. */

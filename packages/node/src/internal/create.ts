@@ -24,7 +24,9 @@ const luksFields = (o: LuksOptions) => ({
   ...(o.ivgenAlg !== undefined ? { ivgenAlg: o.ivgenAlg } : {}),
   ...(o.ivgenHashAlg !== undefined ? { ivgenHashAlg: o.ivgenHashAlg } : {}),
   ...(o.hashAlg !== undefined ? { hashAlg: o.hashAlg } : {}),
-  ...(o.iterTime !== undefined ? { iterTimeMs: o.iterTime } : {})
+  ...(o.iterTime !== undefined ? { iterTimeMs: o.iterTime } : {}),
+  ...(o.slotIterations !== undefined ? { slotIterations: o.slotIterations } : {}),
+  ...(o.masterKeyIterations !== undefined ? { masterKeyIterations: o.masterKeyIterations } : {})
 })
 
 /** A raw file of `size` bytes: sparse, or written out as zeros with falloc/full (as QEMU's file driver does). */
