@@ -48,6 +48,7 @@ export interface ImageErrorDetails {
 
 /** An image problem: the Effect API's `ImageError` (same `_tag` "ImageError" and `reason`). */
 export class ImageError extends Qcow2Error {
+  declare readonly _tag: "ImageError"
   readonly reason: ImageErrorReason
   readonly location: string | undefined
   readonly offset: number | undefined
@@ -70,6 +71,7 @@ export class NoSpaceError extends ImageError {}
 
 /** A method was called on an image that was closed. */
 export class ImageClosedError extends Qcow2Error {
+  declare readonly _tag: "ImageClosedError"
   readonly location: string
 
   constructor(location: string) {
@@ -80,6 +82,8 @@ export class ImageClosedError extends Qcow2Error {
 
 /** An operation stopped by its AbortSignal (`name` is "AbortError", as DOM aborts are named). */
 export class AbortError extends Qcow2Error {
+  declare readonly _tag: "AbortError"
+
   constructor(message = "The operation was aborted", options?: { readonly cause?: unknown }) {
     super("AbortError", message, options)
     this.name = "AbortError"
