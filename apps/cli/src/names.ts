@@ -5,17 +5,8 @@
  * path; qemu-img info shows that as "full-backing-filename".
  */
 
-/** QEMU's path_has_protocol: a ':' before any '/'. */
-const hasProtocol = (name: string): boolean => /^[^:/]*:/.test(name)
-
 /** True for URLs the HTTP backend opens. */
 export const isUrl = (name: string): boolean => /^https?:\/\//i.test(name)
 
-/** The name QEMU shows for backing file `name` referenced from image `base`. */
-export const pathCombine = (base: string, name: string): string => {
-  if (name === "" || name.startsWith("/") || hasProtocol(name)) return name
-  const protocolEnd = hasProtocol(base) ? base.indexOf(":") + 1 : 0
-  const slash = base.lastIndexOf("/")
-  const cut = Math.max(protocolEnd, slash + 1)
-  return base.slice(0, cut) + name
-}
+/** The name QEMU shows for backing file `name` referenced from image `base` (moved to @qcow2/image with the info data). */
+export { pathCombine } from "@qcow2/image"

@@ -1,11 +1,12 @@
 import { Effect } from "effect"
-import { CryptMethod } from "@qcow2/format"
-import type { BlockStatus, Image, ImageFormat } from "@qcow2/image"
+import { chainLayers, mergeable, toMapEntry as toEntry, type ImageFormat, type MapEntry } from "@qcow2/image"
 import { open, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
-import { chainLayers, type OutputFormat } from "./info.js"
+import type { OutputFormat } from "./info.js"
 import { eprint, print } from "../output.js"
 import { cAltHex, padRight } from "../text/cformat.js"
+
+export { mergeable, type MapEntry }
 
 export interface MapOptions {
   readonly file: string
@@ -14,30 +15,6 @@ export interface MapOptions {
   readonly startOffset?: number
   readonly maxLength?: number
   readonly passphrase?: Uint8Array
-}
-
-/** One record of `qemu-img map` (qemu-img.c MapEntry). */
-export interface MapEntry {
-  start: number
-  length: number
-  readonly depth: number
-  readonly present: boolean
-  readonly zero: boolean
-  readonly data: boolean
-  readonly offset?: number
-  /** File holding the data, when `offset` is set (human output only). */
-  readonly filename?: string
-}
-
-/** qemu-img.c entry_mergeable: same status and, with offsets, contiguous in the same file. */
-export const mergeable = (curr: MapEntry, next: MapEntry): boolean => {
-  if (curr.length === 0) return false
-  if (curr.zero !== next.zero || curr.data !== next.data || curr.depth !== next.depth || curr.present !== next.present) return false
-  if ((curr.filename === undefined) !== (next.filename === undefined)) return false
-  if (curr.filename !== undefined && curr.filename !== next.filename) return false
-  if ((curr.offset === undefined) !== (next.offset === undefined)) return false
-  if (curr.offset !== undefined && curr.offset + curr.length !== next.offset) return false
-  return true
 }
 
 /** A JSON record exactly as qemu-img prints it (one line, its own spacing). */
@@ -51,29 +28,6 @@ export const humanHeader = (): string => padRight("Offset", 16) + padRight("Leng
 /** A human row; only data that is not a zero range is listed. */
 export const humanEntry = (e: MapEntry): string =>
   padRight(cAltHex(e.start), 16) + padRight(cAltHex(e.length), 16) + padRight(cAltHex(e.offset ?? 0), 16) + (e.filename ?? "") + "\n"
-
-/**
- * Converts the driver's block status into qemu-img's record. QEMU reports
- * no host offset for compressed or encrypted data (there is no plain
- * mapping to show), and names the file that holds the bytes: the layer at
- * `depth`, or its external data file.
- */
-export const toEntry = (status: BlockStatus, layers: ReadonlyArray<{ readonly name: string; readonly image: Image }>): MapEntry => {
-  const layer = layers[Math.min(status.depth, layers.length - 1)]!
-  const encrypted = (layer.image.header?.header.cryptMethod ?? CryptMethod.None) !== CryptMethod.None
-  const hasOffset = status.hostOffset !== undefined && !status.compressed && !encrypted
-  const dataFile = layer.image.header?.extensions.externalDataFile
-  return {
-    start: status.offset,
-    length: status.length,
-    // The driver reports the chain length when no layer has the bytes; qemu-img reports the last layer it asked.
-    depth: status.present ? status.depth : Math.min(status.depth, layers.length - 1),
-    present: status.present,
-    zero: status.zero,
-    data: status.data,
-    ...(hasOffset ? { offset: status.hostOffset!, filename: layer.image.dataFile !== undefined && dataFile !== undefined ? dataFile : layer.name } : {})
-  }
-}
 
 export const runMap = (options: MapOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.scoped(

@@ -1,0 +1,20 @@
+/**
+ * The qcow2 toolkit for Node without Effect: `open`, `create` and `convert`
+ * return Promises, with file and HTTP storage, the native codecs, a worker
+ * pool for compression and node:crypto already wired in. The Effect API
+ * (@qcow2/image) is the primary one; this is a thin facade over it.
+ */
+export { open, type QcowImage } from "./image.js"
+export { create } from "./create.js"
+export { convert } from "./convert.js"
+export type * from "./options.js"
+export {
+  AbortError,
+  ImageClosedError,
+  ImageError,
+  NoSpaceError,
+  Qcow2Error,
+  WrongPassphraseError,
+  type ImageErrorDetails,
+  type ImageErrorReason
+} from "./errors.js"
