@@ -1,7 +1,7 @@
 /**
  * `qcow2 serve` against real NBD clients only, on loopback: qemu-img and
  * qemu-io (QEMU's NBD client), nbdinfo and nbdcopy (libnbd). Every server
- * listens on a port the kernel picks (-p 0, printed with -v) and is
+ * listens on a port the kernel picks (-p 0, printed with --verbose) and is
  * stopped by the test; images are made by qemu-img and checked by it after
  * the server has closed them.
  */
@@ -19,10 +19,10 @@ interface Server {
 
 const hasTool = (tool: string): boolean => spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0
 
-/** Starts `qcow2 serve -v -p 0 -b 127.0.0.1 …` and waits for the URI it prints. */
+/** Starts `qcow2 serve --verbose -p 0 -b 127.0.0.1 …` and waits for the URI it prints. */
 const serve = (cwd: string, args: ReadonlyArray<string>): Promise<Server> =>
   new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BUNDLE, "serve", "-v", "-p", "0", "-b", "127.0.0.1", ...args], { cwd, stdio: ["ignore", "pipe", "pipe"] })
+    const child = spawn(process.execPath, [BUNDLE, "serve", "--verbose", "-p", "0", "-b", "127.0.0.1", ...args], { cwd, stdio: ["ignore", "pipe", "pipe"] })
     let stderr = ""
     const timer = setTimeout(() => child.kill("SIGKILL"), 50_000)
     const ended = new Promise<{ code: number | null; stderr: string }>((done) =>

@@ -221,7 +221,8 @@ export const serve = {
     allocationDepth: { kind: "boolean", name: "allocation-depth", alias: "A", description: "offer the qemu:allocation-depth metadata context" },
     nocache: { kind: "boolean", name: "nocache", alias: "n", description: "same as --cache=none" },
     cache: { kind: "string", name: "cache", description: "writeback (default), writethrough, directsync, none or unsafe" },
-    verbose: { kind: "boolean", name: "verbose", alias: "v", description: "print the NBD URI served on stderr" },
+    // No -v: effect/cli gives every command -v for --version.
+    verbose: { kind: "boolean", name: "verbose", description: "print the NBD URI served on stderr" },
     object,
     imageOpts,
     passphraseFile

@@ -4,7 +4,7 @@
  * with -t, forever) or until SIGINT, SIGTERM or SIGHUP, which end it
  * normally: connections finish their requests in flight, the image is
  * flushed and closed, exit 0. A second signal ends the process at once.
- * Prints nothing on success unless -v is given.
+ * Prints nothing on success unless --verbose is given.
  */
 import * as os from "node:os"
 import { Effect } from "effect"
