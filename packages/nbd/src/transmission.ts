@@ -111,6 +111,14 @@ export const fastZeroPossible = (session: Session, offset: number, length: numbe
 /** Most descriptors one block status reply carries per context (fewer than the range needs is allowed). */
 const MAX_EXTENTS = 4096
 
+/**
+ * Most image block-status calls one request makes. Block status of a raw
+ * image reads the data to find zeros (up to 2 MiB a call), so a raw export
+ * examines at most 32 MiB per request; qcow2 status comes from metadata.
+ * The client asks again for the rest (proto.md allows a shorter answer).
+ */
+const statusCalls = (session: Session): number => (session.export.image.format === "raw" ? 16 : MAX_EXTENTS)
+
 /** The descriptor flags of one status in a context. */
 const statusFlags = (context: MetaContext, status: BlockStatus): number =>
   context.name === BASE_ALLOCATION ? (status.data ? 0 : STATE_HOLE) | (status.zero ? STATE_ZERO : 0) : status.present ? status.depth + 1 : 0
@@ -157,7 +165,7 @@ export const execute = (request: Request, payload: Uint8Array | undefined, sessi
 /**
  * NBD_CMD_READ. Simple replies carry the bytes after the header. Structured
  * replies send ranges that read as zeros as holes (NBD_REPLY_TYPE_OFFSET_HOLE)
- * and the rest as data chunks, unless the client asked for one chunk (DF).
+ * and the rest as data chunks, as QEMU's server does for sparse images.
  */
 const read = (request: Request, session: Session): Effect.Effect<ReadonlyArray<Uint8Array>, ImageError> =>
   Effect.gen(function* () {
@@ -169,7 +177,8 @@ const read = (request: Request, session: Session): Effect.Effect<ReadonlyArray<U
       return [encode.simpleReply(request, 0), data]
     }
     if (length === 0) return [encode.chunkNone(request)]
-    if ((request.flags & CommandFlag.DF) !== 0) {
+    // One chunk when asked (DF), and for raw images, whose block status would read the data a second time to find zeros.
+    if ((request.flags & CommandFlag.DF) !== 0 || image.format === "raw") {
       yield* image.read(offset, data)
       return [encode.chunkDataHeader(request, true, offset, length), data]
     }
@@ -198,7 +207,7 @@ const blockStatus = (request: Request, session: Session): Effect.Effect<Readonly
     const limit = (request.flags & CommandFlag.REQ_ONE) !== 0 ? 1 : MAX_EXTENTS
     const extents = session.contexts.map(() => [] as { length: number; flags: number }[])
     let at = 0
-    while (at < request.length) {
+    for (let calls = statusCalls(session); at < request.length && calls > 0; calls--) {
       const status = yield* image.blockStatus(request.offset + at, request.length - at)
       const run = Math.max(1, Math.min(status.length, request.length - at))
       let full = false

@@ -11,7 +11,10 @@ import { IHAVEOPT, REQUEST_MAGIC } from "../src/protocol.js"
 
 const BLOCK = 4096
 
-/** A raw in-memory image; block status reports 4 KiB blocks of zeros as holes. */
+/**
+ * An in-memory image. It presents itself as qcow2 (so the server trusts its
+ * block status for holes); block status reports 4 KiB blocks of zeros as holes.
+ */
 export const memoryImage = (size: number, readOnly = false): Image & { readonly bytes: Uint8Array; flushes: number } => {
   const bytes = new Uint8Array(size)
   const range = (offset: number, length: number) =>
@@ -20,7 +23,7 @@ export const memoryImage = (size: number, readOnly = false): Image & { readonly 
   const image = {
     bytes,
     flushes: 0,
-    format: "raw" as const,
+    format: "qcow2" as const,
     location: "memory",
     readOnly,
     virtualSize: size,
