@@ -209,6 +209,44 @@ describe.runIf(NBDINFO)("qcow2 serve with libnbd's tools", () => {
     }
   })
 
+  it("on a backing chain, nbdinfo --map of base:allocation and qemu:allocation-depth is what it is against qemu-nbd -A", async () => {
+    const base = sample("chain-base.qcow2")
+    const top = path.join(dir, "chain-top.qcow2")
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top])
+    qemu(dir, "qemu-io", ["-c", "write -P 1 0 64k", "-c", "write -z 1M 64k", "-c", "write -P 2 20M 128k", top])
+    const ours = await serve(dir, ["-t", "-r", "-A", top])
+    const port = 20000 + Math.floor(Math.random() * 20000)
+    const theirs = spawn("qemu-nbd", ["-t", "-r", "-A", "-b", "127.0.0.1", "-p", String(port), "-f", "qcow2", top], { stdio: "ignore" })
+    try {
+      const qemuUri = `nbd://127.0.0.1:${port}/`
+      for (let i = 0; i < 100 && spawnSync("nbdinfo", ["--size", qemuUri]).status !== 0; i++) await new Promise((r) => setTimeout(r, 50))
+      for (const context of ["base:allocation", "qemu:allocation-depth"]) {
+        const map = (uri: string) => spawnSync("nbdinfo", [`--map=${context}`, uri], { encoding: "utf8" }).stdout
+        const expected = map(qemuUri)
+        expect(expected).not.toBe("")
+        expect({ context, map: map(ours.uri) }).toEqual({ context, map: expected })
+      }
+    } finally {
+      theirs.kill("SIGTERM")
+      expect((await ours.stop()).code).toBe(0)
+    }
+  })
+
+  it("an encrypted image (--object secret) reads as qemu-img reads it", async () => {
+    const file = path.join(dir, "secret.qcow2")
+    const secret = ["--object", "secret,id=sec0,data=hunter2"]
+    qemu(dir, "qemu-img", ["create", "-q", ...secret, "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", file, "8M"])
+    qemu(dir, "qemu-io", [...secret, "--image-opts", "-c", "write -P 0x42 1M 256k", `driver=qcow2,file.filename=${file},encrypt.key-secret=sec0`])
+    const server = await serve(dir, ["-t", ...secret, file])
+    try {
+      qemu(dir, "qemu-img", ["convert", "-f", "raw", "-O", "raw", server.uri, "secret-nbd.raw"])
+      qemu(dir, "qemu-img", ["convert", ...secret, "--image-opts", "-O", "raw", `driver=qcow2,file.filename=${file},encrypt.key-secret=sec0`, "secret-qemu.raw"])
+      expect(fs.readFileSync(path.join(dir, "secret-nbd.raw")).equals(fs.readFileSync(path.join(dir, "secret-qemu.raw")))).toBe(true)
+    } finally {
+      expect((await server.stop()).code).toBe(0)
+    }
+  })
+
   it("a raw image: nbdinfo --map covers it in bounded requests, qemu-img convert of the export equals it", async () => {
     const file = path.join(dir, "plain.raw")
     qemu(dir, "qemu-img", ["create", "-q", "-f", "raw", file, "100M"])
