@@ -6,6 +6,7 @@
  * backlog), and without `persistent` the server is done once the last
  * client that reached the transmission phase has gone.
  */
+import * as fs from "node:fs"
 import * as net from "node:net"
 import { Data, Deferred, Effect, FiberSet } from "effect"
 import type { Scope } from "effect"
@@ -97,6 +98,14 @@ export const socketTransport = (socket: net.Socket): Transport => {
   }
 }
 
+const removeStaleSocket = (path: string): void => {
+  try {
+    if (fs.lstatSync(path).isSocket()) fs.unlinkSync(path)
+  } catch {
+    // nothing there (or not ours to remove): listen reports what is wrong
+  }
+}
+
 const listenError = (error: NodeJS.ErrnoException, where: string): NbdListenError => {
   const text = error.code === "EADDRINUSE" ? "Address already in use" : error.code === "EACCES" ? "Permission denied" : error.code === "EADDRNOTAVAIL" ? "Cannot assign requested address" : error.message
   const reason = error.code === "EADDRINUSE" ? "AddressInUse" : error.code === "EACCES" ? "PermissionDenied" : error.code === "EADDRNOTAVAIL" ? "AddressNotAvailable" : "Other"
@@ -153,6 +162,8 @@ export const listen = (config: ServerConfig, options: ListenOptions): Effect.Eff
           server.off("error", onError)
           resume(Effect.void)
         }
+        // A socket file left by an earlier server is replaced, as QEMU replaces it.
+        if (options.path !== undefined) removeStaleSocket(options.path)
         if (options.path !== undefined) server.listen(options.path, ready)
         else server.listen(options.port ?? 10809, options.host ?? "0.0.0.0", ready)
       }),

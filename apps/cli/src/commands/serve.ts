@@ -53,7 +53,11 @@ const uriOf = (address: { readonly host: string; readonly port: number } | { rea
     ? `nbd+unix:///${encodeURIComponent(name)}?socket=${address.path}`
     : `nbd://${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}/${encodeURIComponent(name)}`
 
+/** Serves until the last client has gone (without -t) or a stop signal, even one that comes while the image opens. */
 export const runServe = (o: ServeOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
+  Effect.raceFirst(serveUntilDone(o), Effect.as(stopSignal, 0))
+
+const serveUntilDone = (o: ServeOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.scoped(
     Effect.gen(function* () {
       if (o.cache === "unsafe") unsafeCacheFiles.add(o.file)
@@ -73,7 +77,7 @@ export const runServe = (o: ServeOptions): Effect.Effect<number, CliFailure, Ima
         Effect.mapError((error) => fail(error.message))
       )
       if (o.verbose) eprint(`qcow2: serving '${o.file}' on ${uriOf(listener.address, o.exportName)}\n`)
-      yield* Effect.raceFirst(listener.done, Effect.asVoid(stopSignal))
+      yield* listener.done
       return 0
     })
   )
