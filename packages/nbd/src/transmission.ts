@@ -108,6 +108,9 @@ export const fastZeroPossible = (session: Session, offset: number, length: numbe
   return offset % image.clusterSize === 0 && (end % image.clusterSize === 0 || end === image.virtualSize)
 }
 
+/** Reads this long or longer send zero ranges as holes. */
+const SPARSE_READ_MIN = 64 * 1024
+
 /** Most descriptors one block status reply carries per context (fewer than the range needs is allowed). */
 const MAX_EXTENTS = 4096
 
@@ -177,8 +180,9 @@ const read = (request: Request, session: Session): Effect.Effect<ReadonlyArray<U
       return [encode.simpleReply(request, 0), data]
     }
     if (length === 0) return [encode.chunkNone(request)]
-    // One chunk when asked (DF), and for raw images, whose block status would read the data a second time to find zeros.
-    if ((request.flags & CommandFlag.DF) !== 0 || image.format === "raw") {
+    // One chunk when asked (DF); for raw images, whose block status would read the data a second time to find zeros;
+    // and for small reads, where a block-status lookup costs more than the zeros it could spare.
+    if ((request.flags & CommandFlag.DF) !== 0 || image.format === "raw" || length < SPARSE_READ_MIN) {
       yield* image.read(offset, data)
       return [encode.chunkDataHeader(request, true, offset, length), data]
     }
