@@ -35,8 +35,12 @@ const run = (p: Parsed): Effect.Effect<void> =>
 const program: Effect.Effect<void> =
   parsed !== undefined ? run(parsed) : Effect.promise(() => import("./cli/effect-cli.js")).pipe(Effect.flatMap((m) => m.runWithEffectCli(argv, run)))
 
-/** The signals that stop a job cleanly (their default action ends the process). */
-const STOP_SIGNALS: ReadonlyArray<NodeJS.Signals> = ["SIGINT", "SIGTERM", "SIGHUP"]
+/**
+ * The signals that stop a job cleanly (their default action ends the
+ * process). `serve` handles them itself: for an NBD server, as for
+ * qemu-nbd, they are the normal way to end (exit 0).
+ */
+const STOP_SIGNALS: ReadonlyArray<NodeJS.Signals> = argv[0] === "serve" ? [] : ["SIGINT", "SIGTERM", "SIGHUP"]
 
 /**
  * Signals the QEMU tools block for their own use (their main loop), so that

@@ -245,5 +245,14 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         return yield* runIo({ file: c.file, format, readOnly: c.readOnly, commands: c.cmd, passphrase: secrets.passphrase, writethrough: cache.writethrough })
       })
     }
+    case "serve": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const { serveOptions } = yield* Effect.promise(() => import("../commands/serve-options.js"))
+        const options = yield* serveOptions(c, yield* secretsOf(c))
+        const { runServe } = yield* Effect.promise(() => import("../commands/serve.js"))
+        return yield* runServe(options)
+      })
+    }
   }
 }

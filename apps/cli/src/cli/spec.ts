@@ -220,7 +220,32 @@ export const snapshot = {
   args: { file: { name: "filename", kind: "one" } }
 } as const satisfies CommandSpec
 
-export const COMMANDS = { info, map, check, compare, create, convert, io, snapshot } as const
+export const serve = {
+  name: "serve",
+  description: "export an image over NBD like qemu-nbd (serves until killed, or until the last client leaves without -t)",
+  flags: {
+    format,
+    readOnly: { kind: "boolean", name: "read-only", alias: "r", description: "export read-only" },
+    port: { kind: "string", name: "port", alias: "p", description: "TCP port to listen on (default 10809; 0 = any free port)" },
+    bind: { kind: "string", name: "bind", alias: "b", description: "address to bind to (default 0.0.0.0)" },
+    socket: { kind: "string", name: "socket", alias: "k", description: "absolute path of a Unix socket to listen on instead of TCP" },
+    exportName: { kind: "string", name: "export-name", alias: "x", description: "export name (default empty)" },
+    description: { kind: "string", name: "description", alias: "D", description: "human-readable description of the export" },
+    shared: { kind: "string", name: "shared", alias: "e", description: "clients served at once (default 1; 0 = no limit)" },
+    persistent: { kind: "boolean", name: "persistent", alias: "t", description: "keep serving after the last client disconnects" },
+    allocationDepth: { kind: "boolean", name: "allocation-depth", alias: "A", description: "offer the qemu:allocation-depth metadata context" },
+    nocache: { kind: "boolean", name: "nocache", alias: "n", description: "same as --cache=none" },
+    cache: { kind: "string", name: "cache", description: "writeback (default), writethrough, directsync, none or unsafe" },
+    // No -v: effect/cli gives every command -v for --version.
+    verbose: { kind: "boolean", name: "verbose", description: "print the NBD URI served on stderr" },
+    object,
+    imageOpts,
+    passphraseFile
+  },
+  args: { file: { name: "filename", kind: "one" } }
+} as const satisfies CommandSpec
+
+export const COMMANDS = { info, map, check, compare, create, convert, io, snapshot, serve } as const
 
 export type CommandName = keyof typeof COMMANDS
 

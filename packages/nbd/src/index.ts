@@ -1,0 +1,6 @@
+export * from "./protocol.js"
+export { ClientDecoder, type ClientMessage, type DecoderLimits, type Request } from "./decoder.js"
+export * as Encode from "./encode.js"
+export { Negotiation, transmissionFlags, type MetaContext, type NbdExport, type Next, type Outcome, type ServerConfig, type Session } from "./negotiate.js"
+export { checkRequest, errnoOf, execute, fastZeroPossible, type Refusal } from "./transmission.js"
+export { IN_FLIGHT_BYTES, MAX_IN_FLIGHT, serveConnection, type ConnectionEnd, type Transport } from "./connection.js"
