@@ -8,6 +8,7 @@ import type { ImageFormat } from "@qcow2/image"
 import { cipherLayer, envLayer, imageOptions, type ImageEnv } from "../env.js"
 import { CliFailure, describeCause, fail, usage } from "../errors.js"
 import { eprint, exitStatus } from "../output.js"
+import { programName } from "../progname.js"
 import { parseSecrets, type Secrets } from "../secrets.js"
 import { parseSize } from "../text/strtosz.js"
 import type { Parsed } from "./spec.js"
@@ -28,10 +29,10 @@ export const execute = (body: Effect.Effect<number, CliFailure, ImageEnv>, ciphe
         const failure = Cause.findErrorOption(cause)
         if (Option.isSome(failure) && failure.value instanceof CliFailure) {
           const f = failure.value
-          eprint(`qcow2: ${f.message}\n${f.usage === true ? "Try 'qcow2 --help' for more information\n" : ""}`)
+          eprint(`${programName}: ${f.message}\n${f.usage === true ? `Try '${programName} --help' for more information\n` : ""}`)
           return f.exitCode
         }
-        eprint(`qcow2: internal error: ${describeCause(cause)}\n`)
+        eprint(`${programName}: internal error: ${describeCause(cause)}\n`)
         return 1
       })
     ),
@@ -211,16 +212,6 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           ...(c.backing !== undefined ? { backingFile: c.backing } : {}),
           ...(c.backingFormat !== undefined ? { backingFormat: c.backingFormat } : {})
         })
-      })
-    }
-    case "io": {
-      const c = p.values
-      return Effect.gen(function* () {
-        const secrets = yield* secretsOf(c)
-        const format = yield* imageFormat(c.format)
-        const { runIo, ioCacheMode } = yield* Effect.promise(() => import("../commands/io.js"))
-        const cache = yield* ioCacheMode(c.cache)
-        return yield* runIo({ file: c.file, format, readOnly: c.readOnly, commands: c.cmd, passphrase: secrets.passphrase, writethrough: cache.writethrough })
       })
     }
   }

@@ -12,7 +12,7 @@ import type { GetoptResult } from "./getopt.js"
 import { report } from "./report.js"
 
 /** Largest single request qemu accepts (BDRV_REQUEST_MAX_BYTES). */
-const REQUEST_MAX = 2147483136
+export const REQUEST_MAX = 2147483136
 
 /** The bytes a request covers. */
 export interface RequestRange {

@@ -2,22 +2,16 @@ import { Effect } from "effect"
 import { print } from "../../output.js"
 import { hasOption, optionArgument, parsePatternArgument, parseSizeArgument } from "../args.js"
 import { printUsage, type IoCommand } from "../command.js"
+import { readHelp } from "../help-texts.js"
 import { hexDump } from "../report.js"
+import { allBytesAre } from "../vectored.js"
 import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest } from "../request.js"
-
-/** Whether every byte of `bytes` equals `value`: memcmp against a filled block (a byte loop costs ~2 ns/byte). */
-const allBytesAre = (bytes: Uint8Array, value: number): boolean => {
-  const block = new Uint8Array(Math.min(bytes.length, 1 << 16)).fill(value)
-  for (let pos = 0; pos < bytes.length; pos += block.length) {
-    const n = Math.min(block.length, bytes.length - pos)
-    if (Buffer.compare(bytes.subarray(pos, pos + n), block.subarray(0, n)) !== 0) return false
-  }
-  return true
-}
 
 /** `read [-P pattern [-s off] [-l len]] off len`: -P checks the bytes read, -v dumps them. */
 export const readCommand: IoCommand = {
   name: "read",
+  needsFile: true,
+  help: readHelp,
   alias: "r",
   argmin: 2,
   argmax: -1,

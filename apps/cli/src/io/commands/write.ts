@@ -2,7 +2,8 @@ import * as fs from "node:fs"
 import { Effect } from "effect"
 import { print } from "../../output.js"
 import { hasOption, optionArgument, parsePatternArgument } from "../args.js"
-import { printUsage, refusesWrites, type IoCommand } from "../command.js"
+import { printUsage, type IoCommand } from "../command.js"
+import { writeHelp } from "../help-texts.js"
 import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest } from "../request.js"
 
 /** Fills `data` from the start of `path` (write -s); false after printing why it could not. */
@@ -31,6 +32,9 @@ const readSourceFile = (path: string, data: Uint8Array): boolean => {
  */
 export const writeCommand: IoCommand = {
   name: "write",
+  needsFile: true,
+  writes: true,
+  help: writeHelp,
   alias: "w",
   argmin: 2,
   argmax: -1,
@@ -81,7 +85,6 @@ export const writeCommand: IoCommand = {
       const range = parseRequestRange(p.operands)
       if (range === undefined) return false
       if (!(zeroes && hasOption(p, "n")) && exceedsRequestMax(range, p.operands[1]!, " without -n")) return false
-      if (refusesWrites(ctx.image)) return false
       let data: Uint8Array | undefined
       if (!zeroes) {
         data = new Uint8Array(range.count)
