@@ -62,6 +62,18 @@ const stop = (exitCode: number, message?: string): Plan => {
   return { run: false, exitCode }
 }
 
+/**
+ * -T [enable=]PATTERN[,events=FILE][,file=FILE]: this tool has no trace
+ * events, so a named event is one that does not exist (QEMU's warning); a
+ * pattern with wildcards matches nothing, silently.
+ */
+const warnUnknownTraceEvent = (spec: string): void => {
+  const fields = spec.split(",")
+  const first = fields[0] ?? ""
+  const pattern = first.startsWith("enable=") ? first.slice("enable=".length) : first.includes("=") ? "" : first
+  if (pattern !== "" && !/[*?]/.test(pattern)) errorReport(`warning: trace event '${pattern}' does not exist`)
+}
+
 /** Acts on qemu-io's options in order, as its getopt loop does. */
 const plan = (args: ReadonlyArray<string>): Plan => {
   const parsed = parseProgramArgs(args)
@@ -124,7 +136,10 @@ const plan = (args: ReadonlyArray<string>): Plan => {
       case "image-opts":
         imageOpts = true
         break
-      // -m (misalign buffers), -T (trace events), -U (force share): nothing to change here.
+      case "T":
+        warnUnknownTraceEvent(value!)
+        break
+      // -m (misalign buffers), -U (force share): nothing to change here.
     }
   }
   if (parsed.error !== undefined) {
