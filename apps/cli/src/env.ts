@@ -7,6 +7,7 @@ import { SectorCipherFactory } from "@qcow2/crypto"
 import { ImageError, openImage, type Image, type OpenOptions } from "@qcow2/image"
 import { splitOptionList } from "./createopts.js"
 import { isUrl } from "./names.js"
+import { resolveImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
 
 /** Services every image command needs. */
@@ -121,7 +122,23 @@ export const openNamed = (
 ): Effect.Effect<{ readonly image: Image; readonly file: string }, { readonly error: ImageError; readonly file: string }, Scope.Scope | ImageEnv> => {
   let file = name
   let merged = options
-  if (imageOptions.enabled) {
+  if (!imageOptions.enabled && (name.startsWith("json:") || name.startsWith("file:"))) {
+    // QEMU's protocol-prefixed and JSON names (qemu-filename.ts).
+    const resolved = resolveImageSpec(name, new Map(), options.format)
+    if (!resolved.ok) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.message }), file: name })
+    const spec = resolved.spec
+    const passphrase = spec.keySecret !== undefined ? imageOptions.secrets.get(spec.keySecret) : undefined
+    if (spec.keySecret !== undefined && passphrase === undefined) {
+      return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: `No secret with id '${spec.keySecret}'` }), file: name })
+    }
+    file = spec.file
+    merged = {
+      ...options,
+      ...(spec.format !== undefined ? { format: spec.format } : {}),
+      ...(passphrase !== undefined ? { passphrase } : {}),
+      ...(spec.noBacking ? { openBacking: false } : {})
+    }
+  } else if (imageOptions.enabled) {
     const parsed = parseImageOpts(name)
     if ("error" in parsed) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: parsed.error }), file: name })
     file = parsed.file

@@ -53,10 +53,8 @@ const secretsOf = (c: {
 }): Effect.Effect<Secrets, CliFailure> => {
   const r = parseSecrets(c.object, c.passphraseFile)
   if (!r.ok) return Effect.fail(fail(r.message))
-  if (c.imageOpts) {
-    imageOptions.enabled = true
-    imageOptions.secrets = r.secrets.byId
-  }
+  imageOptions.secrets = r.secrets.byId
+  if (c.imageOpts) imageOptions.enabled = true
   return Effect.succeed(r.secrets)
 }
 
