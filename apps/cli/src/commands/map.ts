@@ -4,7 +4,8 @@ import type { BlockStatus, Image, ImageFormat } from "@qcow2/image"
 import { open, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import { chainLayers, type OutputFormat } from "./info.js"
-import { eprint, print } from "../output.js"
+import { print } from "../output.js"
+import { errorReport } from "../progname.js"
 import { cAltHex, padRight } from "../text/cformat.js"
 
 export interface MapOptions {
@@ -92,7 +93,7 @@ export const runMap = (options: MapOptions): Effect.Effect<number, CliFailure, I
           return true
         }
         if (e.data && e.offset === undefined) {
-          eprint("qcow2: File contains external, encrypted or compressed clusters.\n")
+          errorReport("File contains external, encrypted or compressed clusters.")
           return false
         }
         if (e.data && !e.zero) print(humanEntry(e))
