@@ -66,13 +66,15 @@ export interface OpenRequest {
 /** The image with a flush after every change: a request is reported done only once it is durable. */
 const writethrough = (image: Image): Image => {
   const flushed = <A>(effect: Effect.Effect<A, ImageError>) => Effect.tap(effect, () => image.flush())
+  const area = image.vmState
   const wrapped: Image = Object.create(image)
   return Object.assign(wrapped, {
     write: (offset: number, data: Uint8Array) => flushed(image.write(offset, data)),
     writeZeroes: (offset: number, length: number, options?: { readonly unmap?: boolean }) => flushed(image.writeZeroes(offset, length, options)),
     writeCompressed: (offset: number, data: Uint8Array) => flushed(image.writeCompressed(offset, data)),
     discard: (offset: number, length: number) => flushed(image.discard(offset, length)),
-    truncate: (size: number, options?: Parameters<Image["truncate"]>[1]) => flushed(image.truncate(size, options))
+    truncate: (size: number, options?: Parameters<Image["truncate"]>[1]) => flushed(image.truncate(size, options)),
+    ...(area !== undefined ? { vmState: { read: area.read, write: (pos: number, data: Uint8Array) => flushed(area.write(pos, data)) } } : {})
   })
 }
 

@@ -5,9 +5,9 @@ import { printUsage, type IoCommand } from "../command.js"
 import { readHelp } from "../help-texts.js"
 import { hexDump } from "../report.js"
 import { allBytesAre } from "../vectored.js"
-import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest } from "../request.js"
+import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest, vmStateAligned, vmStateUnsupported } from "../request.js"
 
-/** `read [-P pattern [-s off] [-l len]] off len`: -P checks the bytes read, -v dumps them. */
+/** `read [-b] [-P pattern [-s off] [-l len]] off len`: -P checks the bytes read, -v dumps them; -b reads VM state. */
 export const readCommand: IoCommand = {
   name: "read",
   needsFile: true,
@@ -22,10 +22,6 @@ export const readCommand: IoCommand = {
     Effect.gen(function* () {
       if (p.operands.length !== 2) {
         printUsage(readCommand)
-        return false
-      }
-      if (hasOption(p, "b")) {
-        print("read failed: Operation not supported\n")
         return false
       }
       let pattern: number | undefined
@@ -54,13 +50,21 @@ export const readCommand: IoCommand = {
       }
       const range = parseRequestRange(p.operands)
       if (range === undefined || exceedsRequestMax(range, p.operands[1]!)) return false
+      const vmState = hasOption(p, "b")
+      if (vmState && !vmStateAligned(range)) return false
       const checkedLength = patternLength ?? range.count - patternOffset
       if (checkedLength < 0 || checkedLength + patternOffset > range.count) {
         print("pattern verification range exceeds end of read data\n")
         return false
       }
       const buf = new Uint8Array(range.count)
-      const seconds = yield* timeRequest(ctx.image, "read", range, () => ctx.image.read(range.offset, buf))
+      const seconds = yield* timeRequest(
+        ctx.image,
+        "read",
+        range,
+        () => (!vmState ? ctx.image.read(range.offset, buf) : ctx.image.vmState !== undefined ? ctx.image.vmState.read(range.offset, buf) : vmStateUnsupported),
+        !vmState
+      )
       if (seconds === undefined) return false
       let ok = true
       if (pattern !== undefined && !allBytesAre(buf.subarray(patternOffset, patternOffset + checkedLength), pattern)) {

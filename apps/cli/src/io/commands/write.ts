@@ -4,7 +4,7 @@ import { print } from "../../output.js"
 import { hasOption, optionArgument, parsePatternArgument } from "../args.js"
 import { printUsage, type IoCommand } from "../command.js"
 import { writeHelp } from "../help-texts.js"
-import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest } from "../request.js"
+import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest, vmStateAligned, vmStateUnsupported } from "../request.js"
 
 /** Fills `data` from the start of `path` (write -s); false after printing why it could not. */
 const readSourceFile = (path: string, data: Uint8Array): boolean => {
@@ -72,10 +72,6 @@ export const writeCommand: IoCommand = {
         printUsage(writeCommand)
         return false
       }
-      if (vmState) {
-        print("write failed: Operation not supported\n")
-        return false
-      }
       let pattern = 0xcd
       if (patternText !== undefined) {
         const v = parsePatternArgument(patternText)
@@ -94,23 +90,24 @@ export const writeCommand: IoCommand = {
           data.fill(pattern)
         }
       }
-      if (compressed) {
-        // qemu-io: compressed requests must be sector aligned.
-        if (range.offset % 512 !== 0) {
-          print(`${range.offset} is not a sector-aligned value for 'offset'\n`)
-          return false
-        }
-        if (range.count % 512 !== 0) {
-          print(`${range.count} is not a sector-aligned value for 'count'\n`)
-          return false
-        }
-      }
-      const seconds = yield* timeRequest(ctx.image, "write", range, () =>
-        data === undefined
-          ? ctx.image.writeZeroes(range.offset, range.count, { unmap: hasOption(p, "u") })
-          : compressed
-            ? ctx.image.writeCompressed(range.offset, data)
-            : ctx.image.write(range.offset, data)
+      // qemu-io: VM state and compressed requests must be sector aligned.
+      if ((vmState || compressed) && !vmStateAligned(range)) return false
+      const vmArea = ctx.image.vmState
+      const seconds = yield* timeRequest(
+        ctx.image,
+        "write",
+        range,
+        () =>
+          data === undefined
+            ? ctx.image.writeZeroes(range.offset, range.count, { unmap: hasOption(p, "u") })
+            : vmState
+              ? vmArea !== undefined
+                ? vmArea.write(range.offset, data)
+                : vmStateUnsupported
+              : compressed
+                ? ctx.image.writeCompressed(range.offset, data)
+                : ctx.image.write(range.offset, data),
+        !vmState
       )
       if (seconds === undefined) return false
       printRequestReport(p, "wrote", range, seconds)
