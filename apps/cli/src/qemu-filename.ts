@@ -1,7 +1,9 @@
 /**
  * Image names as QEMU takes them (block.c bdrv_open): a plain path,
  * `file:PATH` (the file protocol named explicitly), `json:{…}` (an options
- * tree: driver, file / file.filename, backing, encrypt.key-secret …), or,
+ * tree: driver, file / file.filename, backing, encrypt.key-secret …),
+ * `blkdebug::PATH` (QEMU's debug filter without rules: its request-shaping
+ * knobs such as file.align change no result here, so it is the file), or,
  * with --image-opts, a `key=value,…` option string. Options given apart
  * (qemu-io's `open -o`) merge in. The result is what this toolkit opens.
  */
@@ -51,6 +53,9 @@ const ACCEPTED = new Set([
   "file.detect-zeroes",
   "file.read-only"
 ])
+
+/** blkdebug options that only shape requests (alignment, transfer limits): results are the same without them. */
+const BLKDEBUG_KNOBS = ["align", "max-transfer", "opt-write-zero", "max-write-zero", "opt-discard", "max-discard"]
 
 const flatten = (value: unknown, prefix: string, into: BlockOptions): string | undefined => {
   if (value === null) {
@@ -106,6 +111,14 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     file = undefined
   } else if (name !== undefined && name.startsWith("file:")) {
     file = name.slice("file:".length)
+  }
+  if (file !== undefined && file.startsWith("blkdebug:")) {
+    const rest = file.slice("blkdebug:".length)
+    const colon = rest.indexOf(":")
+    if (colon === -1) return { ok: false, message: "Invalid blkdebug filename: no image file given" }
+    if (colon > 0) return { ok: false, message: "blkdebug rule files (error injection) are not supported" }
+    file = rest.slice(colon + 1)
+    for (const key of [...options.keys()]) if (BLKDEBUG_KNOBS.some((k) => key === `file.${k}`)) options.delete(key)
   }
   const take = (key: string): string | null | undefined => {
     const v = options.get(key)

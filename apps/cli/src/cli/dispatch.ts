@@ -65,7 +65,8 @@ const sizeArg = (text: string, what: string): Effect.Effect<number, CliFailure> 
     fail(
       r.reason === "range"
         ? `Invalid ${what} specified. Must be between 0 and 9223372036854775807.`
-        : `Invalid ${what} specified. You may use k, M, G, T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`
+        : // Two error_report lines in qemu-img, each with the program name.
+          `Invalid ${what} specified. You may use k, M, G, T, P or E suffixes for\n${programName}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`
     )
   )
 }
