@@ -85,7 +85,9 @@ describe("qemu-io commands: same output as qemu-io 7.2", () => {
     "reopen": ["reopen -r", "write 0 512", "reopen -w", "write 0 512", "reopen -r -w", "reopen -c foo", "reopen -c none", "reopen -o foo=bar", "reopen -o lazy-refcounts=on", "read -P 0xcd 0 512"],
     "truncate": ["truncate -m falloc 2M", "truncate -m bogus 2M", "length", "truncate 1M", "length"],
     "quit stops the run": ["length", "quit", "length"],
-    "unknown commands and counts": ["foo", "sigraise", "sleep", "open", "read 0", "open a b c -Z"]
+    "unknown commands and counts": ["foo", "sigraise", "sleep", "open", "read 0", "open a b c -Z"],
+    "VM state": ["write -b -P 3 512 1k", "read -b -P 3 512 1k", "read -b -P 0 0 512", "read -b -P 0 100M 512", "write -b -P 0x11 1T 4k", "read -b -P 0x11 1T 4k", "write -b 1 3", "read -b 0 5", "write -b -z 0 512", "read -b 0 3G", "read -P 7 64k 64k"],
+    "blkdebug without rules": ["open -o driver=qcow2,file.align=4k blkdebug::IMG", "read -P 7 64k 64k", "write -P 2 1 3", "read -P 2 1 3"]
   }
   for (const [name, commands] of Object.entries(sequences)) {
     it(name, () => expectSame([...commands.flatMap((c) => ["-c", c]), "IMG"]))
@@ -93,6 +95,35 @@ describe("qemu-io commands: same output as qemu-io 7.2", () => {
   it("a read-only image refuses every writing command before parsing it", () =>
     expectSame(["-r", "-c", "write -Z 0 1", "-c", "aio_write 0 1", "-c", "writev 0 1", "-c", "discard 0 1", "-c", "truncate 1", "IMG"]))
   it("commands without an image", () => expectSame(["-c", "length", "-c", "read 0 1", "-c", "aio_flush", "-c", "help length", "-c", "open IMG", "-c", "length"]))
+})
+
+describe("VM state written here", () => {
+  it("reads back in qemu-io, past the virtual disk, and the image stays clean", () => {
+    const image = freshCopy()
+    expect(run(process.execPath, [QEMU_IO_BIN, "-c", "write -b -P 0x11 1T 4k", "-c", "write -b -P 5 0 64k", "-c", "write -P 6 0 4k", image]).status).toBe(0)
+    const r = run("qemu-io", ["-c", "read -b -P 0x11 1T 4k", "-c", "read -b -P 5 0 64k", "-c", "read -P 6 0 4k", "-c", "read -P 7 64k 64k", "-c", "length", image])
+    expect(r.stdout).not.toMatch(/Pattern verification failed/)
+    expect(r.stdout).toMatch(/1 MiB\n$/)
+    expect(run("qemu-img", ["check", image]).status).toBe(0)
+  })
+  it("a raw image has no VM state area", () => {
+    fs.writeFileSync(path.join(dir, "plain.raw"), new Uint8Array(1 << 16))
+    const args = ["-f", "raw", "-c", "write -b 0 512", "-c", "read -b 0 512", "plain.raw"]
+    const real = run("qemu-io", args)
+    expect(run(process.execPath, [QEMU_IO_BIN, ...args])).toEqual(real)
+  })
+})
+
+describe("QEMU image names in every subcommand", () => {
+  it("json: and file: names open the image they describe", () => {
+    const names = ['json:{"driver":"qcow2","file":{"driver":"file","filename":"base.qcow2"}}', "file:base.qcow2"]
+    for (const name of names) {
+      for (const args of [["check", name], ["compare", name, "base.qcow2"], ["map", "--output=json", name]]) {
+        const real = run("qemu-img", args)
+        expect(run(process.execPath, [QEMU_IMG_BIN, ...args]), args.join(" ")).toEqual(real)
+      }
+    }
+  })
 })
 
 describe("qemu-io on standard input", () => {

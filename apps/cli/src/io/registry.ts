@@ -5,6 +5,7 @@
  * its options, run it. Each command lives in commands/.
  */
 import { Effect } from "effect"
+import type { Image } from "@qcow2/image"
 import type { ImageEnv } from "../env.js"
 import { eprint, print } from "../output.js"
 import { errorReport } from "../progname.js"
@@ -108,24 +109,34 @@ export const runIoCommand = (session: IoSession, line: string): Effect.Effect<bo
       eprint("no file open, try 'help open'\n")
       return Effect.succeed(false)
     }
-    const args = words.slice(1)
-    if (args.length < command.argmin || (command.argmax !== -1 && args.length > command.argmax)) {
-      eprint(argCountMessage(command, args.length) + "\n")
-      return Effect.succeed(false)
-    }
-    if (command.writes === true && image?.readOnly === true) {
-      errorReport("Block node is read-only")
-      return Effect.succeed(false)
-    }
-    let parsed: GetoptResult = { options: [], operands: args }
-    if (command.optstring !== undefined) {
-      const outcome = getopt(command.name, args, command.optstring)
-      if (!outcome.ok) {
-        eprint(outcome.message + "\n")
-        printUsage(command)
-        return Effect.succeed(false)
-      }
-      parsed = outcome.result
-    }
-    return command.needsFile ? command.run({ image: image!, session }, parsed) : command.run(session, parsed)
+    return runParsed(session, command, image, words.slice(1))
   })
+
+/** The rest of command(): argument count, write permission, options, then the command itself. */
+const runParsed = (
+  session: IoSession,
+  command: IoCommand,
+  image: Image | undefined,
+  args: ReadonlyArray<string>
+): Effect.Effect<boolean, never, ImageEnv> => {
+  if (args.length < command.argmin || (command.argmax !== -1 && args.length > command.argmax)) {
+    eprint(argCountMessage(command, args.length) + "\n")
+    return Effect.succeed(false)
+  }
+  if (command.writes === true && image?.readOnly === true) {
+    errorReport("Block node is read-only")
+    return Effect.succeed(false)
+  }
+  let parsed: GetoptResult = { options: [], operands: [...args] }
+  if (command.optstring !== undefined) {
+    const outcome = getopt(command.name, args, command.optstring)
+    if (!outcome.ok) {
+      eprint(outcome.message + "\n")
+      printUsage(command)
+      return Effect.succeed(false)
+    }
+    parsed = outcome.result
+  }
+  if (!command.needsFile) return command.run(session, parsed)
+  return image !== undefined ? command.run({ image, session }, parsed) : Effect.succeed(false)
+}
