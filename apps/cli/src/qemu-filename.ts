@@ -49,6 +49,7 @@ const ACCEPTED = new Set([
   "cache-clean-interval",
   "encrypt.format",
   "file.node-name",
+  "backing.node-name",
   "file.discard",
   "file.detect-zeroes",
   "file.read-only"
@@ -75,11 +76,38 @@ const flatten = (value: unknown, prefix: string, into: BlockOptions): string | u
   return undefined
 }
 
+/**
+ * QEMU's JSON parser also takes single-quoted strings ('driver': 'qcow2',
+ * \' inside them); this rewrites them as standard JSON strings.
+ */
+const withDoubleQuotes = (text: string): string => {
+  let out = ""
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!
+    if (c === '"') {
+      const start = i
+      for (i++; i < text.length && text[i] !== '"'; i++) if (text[i] === "\\") i++
+      out += text.slice(start, i + 1)
+    } else if (c === "'") {
+      let value = ""
+      for (i++; i < text.length && text[i] !== "'"; i++) {
+        if (text[i] === "\\" && text[i + 1] === "'") value += text[++i]
+        else if (text[i] === '"') value += '\\"'
+        else value += text[i]
+      }
+      out += `"${value}"`
+    } else {
+      out += c
+    }
+  }
+  return out
+}
+
 /** The options of a `json:{…}` name; a message when it is not a JSON object. */
 export const parseJsonName = (name: string): { readonly ok: true; readonly options: BlockOptions } | { readonly ok: false; readonly message: string } => {
   let parsed: unknown
   try {
-    parsed = JSON.parse(name.slice("json:".length))
+    parsed = JSON.parse(withDoubleQuotes(name.slice("json:".length)))
   } catch {
     return { ok: false, message: "Could not parse the JSON options: JSON parse error" }
   }

@@ -99,6 +99,23 @@ export interface ReopenRequest {
 /** Options `reopen -o` may change (the others: "Cannot change the option"). */
 const REOPENABLE = new Set(["lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other", "cache-size", "l2-cache-size", "refcount-cache-size", "cache-clean-interval", "discard", "detect-zeroes"])
 
+/** Options `reopen -o` takes as booleans, checked before anything else. */
+const BOOLEAN_OPTIONS = new Set(["read-only", "auto-read-only", "cache.direct", "cache.no-flush"])
+
+/** What option `key` is now (node names as opened, drivers as detected): `reopen -o` may repeat it, not change it. */
+const currentOption = (opened: OpenedImage, key: string): string | null | undefined => {
+  switch (key) {
+    case "driver":
+      return opened.raw.format
+    case "file.driver":
+      return "file"
+    case "backing.driver":
+      return opened.raw.backing?.format
+    default:
+      return opened.request.options.get(key)
+  }
+}
+
 export class IoSession {
   private opened: OpenedImage | undefined
   /** Set by `quit`: no further commands run. */
@@ -199,15 +216,25 @@ export class IoSession {
     return Effect.gen(function* () {
       const opened = self.opened
       if (opened === undefined) return false
-      for (const key of change.options.keys()) {
-        if (!REOPENABLE.has(key)) {
-          errorReport(`Cannot change the option '${key}'`)
+      let readOnly = change.readOnly
+      for (const [key, value] of change.options) {
+        if (BOOLEAN_OPTIONS.has(key) && value !== "on" && value !== "off") {
+          errorReport(`Parameter '${key}' expects 'on' or 'off'`)
+          return false
+        }
+      }
+      for (const [key, value] of change.options) {
+        if (key === "read-only") readOnly = value === "on"
+        else if (BOOLEAN_OPTIONS.has(key) || REOPENABLE.has(key)) continue
+        else if (value !== currentOption(opened, key)) {
+          // The node the option belongs to reports it by its own name.
+          errorReport(`Cannot change the option '${key.replace(/^(?:file|backing)\./, "")}'`)
           return false
         }
       }
       const request: OpenRequest = {
         ...opened.request,
-        readOnly: change.readOnly ?? opened.request.readOnly,
+        readOnly: readOnly ?? opened.request.readOnly,
         cache: change.cache ?? opened.request.cache
       }
       if (opened.overlay !== undefined || (request.readOnly === opened.request.readOnly && request.cache === opened.request.cache)) {

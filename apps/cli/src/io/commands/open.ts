@@ -133,6 +133,14 @@ export const reopenCommand: IoCommand = {
         printUsage(reopenCommand)
         return Effect.succeed(false)
       }
+      if (readOnly !== undefined && options.has("read-only")) {
+        errorReport("Cannot set both -r/-w and 'read-only'")
+        return Effect.succeed(false)
+      }
+      if (cache !== undefined && (options.has("cache.direct") || options.has("cache.no-flush"))) {
+        errorReport("Cannot set both -c and the cache options")
+        return Effect.succeed(false)
+      }
       return ctx.session.reopen({ options, ...(readOnly !== undefined ? { readOnly } : {}), ...(cache !== undefined ? { cache } : {}) })
     })
 }
