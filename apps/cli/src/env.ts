@@ -133,6 +133,7 @@ export const resolveNamed = (
   const resolved = resolveImageSpec(name, new Map(), options.format)
   if (!resolved.ok) return { error: resolved.message }
   const spec = resolved.spec
+  if (spec.backingFile !== undefined || spec.backingFormat !== undefined) return { error: "Overriding the backing file is not supported" }
   const passphrase = spec.keySecret !== undefined ? imageOptions.secrets.get(spec.keySecret) : undefined
   if (spec.keySecret !== undefined && passphrase === undefined) return { error: `No secret with id '${spec.keySecret}'` }
   return {

@@ -7,7 +7,8 @@
  * with --image-opts, a `key=value,…` option string. Options given apart
  * (qemu-io's `open -o`) merge in. The result is what this toolkit opens.
  */
-import type { ImageFormat } from "@qcow2/image"
+import * as path from "node:path"
+import type { Image, ImageFormat } from "@qcow2/image"
 import { splitOptionList } from "./createopts.js"
 
 /** Block options flattened to dotted keys ("file.filename"); null: JSON null ("backing": null). */
@@ -21,6 +22,13 @@ export interface ImageSpec {
   readonly keySecret?: string
   /** `backing: null`: open without the backing file. */
   readonly noBacking: boolean
+  /**
+   * backing.file.filename / backing.driver: the backing file the options
+   * name. The image's own backing file is opened; these must agree with it
+   * (checkBackingOptions), as this toolkit cannot substitute another.
+   */
+  readonly backingFile?: string
+  readonly backingFormat?: string
 }
 
 export type ImageSpecResult = { readonly ok: true; readonly spec: ImageSpec } | { readonly ok: false; readonly message: string }
@@ -153,6 +161,19 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     options.delete(key)
     return v
   }
+  if (options.get("driver") === "blkdebug") {
+    // blkdebug over the image (driver=blkdebug,image.driver=qcow2): its knobs only shape requests.
+    options.delete("driver")
+    for (const key of [...options.keys()]) {
+      if (key === "config" || key.startsWith("inject-error") || key.startsWith("set-state")) {
+        return { ok: false, message: "blkdebug rules (error injection) are not supported" }
+      }
+      const value = options.get(key)!
+      options.delete(key)
+      if (key.startsWith("image.")) options.set(key.slice("image.".length), value)
+      else if (!BLKDEBUG_KNOBS.includes(key)) return { ok: false, message: `Block format 'blkdebug' does not support the option '${key}'` }
+    }
+  }
   const fileDriver = take("file.driver")
   if (typeof fileDriver === "string" && fileDriver !== "file") return { ok: false, message: `Unknown protocol '${fileDriver}'` }
   const fileOption = take("file.filename") ?? take("file") ?? take("filename")
@@ -165,6 +186,10 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   }
   const keySecret = take("encrypt.key-secret")
   const backing = take("backing")
+  const backingFile = take("backing.file.filename")
+  const backingFormat = take("backing.driver")
+  // The chain is opened with the image's passphrase.
+  take("backing.encrypt.key-secret")
   if (typeof backing === "string") return { ok: false, message: "Could not open backing file: a backing node reference is not supported" }
   for (const key of options.keys()) {
     if (!ACCEPTED.has(key) && !ACCEPTED_PREFIXES.some((p) => key.startsWith(p))) {
@@ -177,7 +202,21 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       file,
       ...(driver !== undefined ? { format: driver } : {}),
       ...(typeof keySecret === "string" ? { keySecret } : {}),
-      noBacking: backing === null
+      noBacking: backing === null,
+      ...(typeof backingFile === "string" ? { backingFile } : {}),
+      ...(typeof backingFormat === "string" ? { backingFormat } : {})
     }
   }
+}
+
+/** After opening: a message when the backing options name another backing file or format than the image has. */
+export const checkBackingOptions = (spec: ImageSpec, image: Image): string | undefined => {
+  const backing = image.backing
+  if (spec.backingFile !== undefined && (image.backingFileResolved === undefined || path.resolve(spec.backingFile) !== path.resolve(image.backingFileResolved))) {
+    return `Overriding the backing file ('${spec.backingFile}') is not supported`
+  }
+  if (spec.backingFormat !== undefined && backing !== undefined && backing.format !== spec.backingFormat) {
+    return `Overriding the backing format ('${spec.backingFormat}') is not supported`
+  }
+  return undefined
 }

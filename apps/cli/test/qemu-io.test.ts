@@ -88,6 +88,7 @@ describe("qemu-io commands: same output as qemu-io 7.2", () => {
     "quit stops the run": ["length", "quit", "length"],
     "unknown commands and counts": ["foo", "sigraise", "sleep", "open", "read 0", "open a b c -Z"],
     "VM state": ["write -b -P 3 512 1k", "read -b -P 3 512 1k", "read -b -P 0 0 512", "read -b -P 0 100M 512", "write -b -P 0x11 1T 4k", "read -b -P 0x11 1T 4k", "write -b 1 3", "read -b 0 5", "write -b -z 0 512", "read -b 0 3G", "read -P 7 64k 64k"],
+    "blkdebug as the top driver": ["open -o driver=blkdebug,image.driver=qcow2,align=4k blkdebug::IMG", "read -P 7 64k 64k"],
     "blkdebug without rules": ["open -o driver=qcow2,file.align=4k blkdebug::IMG", "read -P 7 64k 64k", "write -P 2 1 3", "read -P 2 1 3"]
   }
   for (const [name, commands] of Object.entries(sequences)) {

@@ -8,11 +8,11 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Exit, Scope } from "effect"
-import { createImage, openImage, type Image, type ImageError } from "@qcow2/image"
+import { createImage, ImageError, openImage, type Image } from "@qcow2/image"
 import type { ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
-import { resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
+import { checkBackingOptions, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
 
 /** qemu-io's cache modes (bdrv_parse_cache_mode). */
@@ -169,6 +169,8 @@ export class IoSession {
           Scope.provide(scope)(
             Effect.gen(function* () {
               const base = yield* openImage(spec.file, options)
+              const backingMismatch = checkBackingOptions(spec, base)
+              if (backingMismatch !== undefined) return yield* new ImageError({ reason: "Unsupported", message: backingMismatch })
               if (!request.snapshot) return { raw: base, overlay: undefined }
               const overlay = path.join(os.tmpdir(), `qcow2-io-snapshot-${process.pid}-${Date.now()}.qcow2`)
               yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(overlay, { force: true })))
