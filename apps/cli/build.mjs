@@ -6,6 +6,9 @@
  *   compression pool, the HTTP backend, node:crypto).
  * - dist/qcow2.mjs: the executable (src/entry.ts), which runs the bundle
  *   with a V8 code cache kept in dist/cache/.
+ * - dist/qemu-img.mjs, dist/qemu-io.mjs: the same executable under QEMU's
+ *   program names, for machines without QEMU: run by those names, the CLI
+ *   is qemu-img / qemu-io (src/progname.ts).
  */
 import { build } from "esbuild"
 import { createHash } from "node:crypto"
@@ -42,3 +45,8 @@ await build({
   outfile: "dist/qcow2.mjs",
   define: { QCOW2_BUNDLE_HASH: JSON.stringify(hash) }
 })
+
+for (const name of ["qemu-img", "qemu-io"]) {
+  fs.copyFileSync("dist/qcow2.mjs", `dist/${name}.mjs`)
+  fs.chmodSync(`dist/${name}.mjs`, 0o755)
+}

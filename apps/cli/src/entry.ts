@@ -27,7 +27,9 @@ declare const QCOW2_BUNDLE_HASH: string
 const dir = path.dirname(fileURLToPath(import.meta.url))
 const bundle = path.join(dir, "qcow2.cjs")
 const command = process.argv[2]
-const key = command !== undefined && Object.hasOwn(COMMANDS, command) ? command : "other"
+/** Run as qemu-io (see progname.ts), every command line is qemu-io's. */
+const invokedAsQemuIo = [process.argv[1], process.argv0].some((w) => w !== undefined && path.basename(w).replace(/\.m?js$/, "") === "qemu-io")
+const key = invokedAsQemuIo || command === "io" ? "io" : command !== undefined && Object.hasOwn(COMMANDS, command) ? command : "other"
 const cacheFile = path.join(dir, "cache", `${QCOW2_BUNDLE_HASH}-${process.version}-${key}.v8`)
 
 const readCache = (): Buffer | undefined => {

@@ -7,6 +7,7 @@ import { SectorCipherFactory } from "@qcow2/crypto"
 import { ImageError, openImage, type Image, type ImageFormat, type OpenOptions } from "@qcow2/image"
 import { splitOptionList } from "./createopts.js"
 import { isUrl } from "./names.js"
+import { resolveImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
 
 /** Services every image command needs. */
@@ -112,27 +113,53 @@ export const parseImageOpts = (
 }
 
 /**
- * Opens an image named on the command line (an --image-opts string when
- * that mode is on); the failure is the driver's, with the file name it is
- * about.
+ * What an image name on the command line opens: an --image-opts string
+ * when that mode is on, QEMU's `json:{…}` and `file:PATH` names
+ * (qemu-filename.ts), else a path; the options merged with what the name
+ * says (format, passphrase, no backing). A message when the name is bad.
+ */
+export const resolveNamed = (
+  name: string,
+  options: OpenOptions
+): { readonly file: string; readonly options: OpenOptions } | { readonly error: string } => {
+  if (imageOptions.enabled) {
+    const parsed = parseImageOpts(name)
+    if ("error" in parsed) return parsed
+    return {
+      file: parsed.file,
+      options: { ...options, ...(parsed.format !== undefined ? { format: parsed.format } : {}), ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {}) }
+    }
+  }
+  if (!name.startsWith("json:") && !name.startsWith("file:")) return { file: name, options }
+  const resolved = resolveImageSpec(name, new Map(), options.format)
+  if (!resolved.ok) return { error: resolved.message }
+  const spec = resolved.spec
+  if (spec.backingFile !== undefined || spec.backingFormat !== undefined) return { error: "Overriding the backing file is not supported" }
+  const passphrase = spec.keySecret !== undefined ? imageOptions.secrets.get(spec.keySecret) : undefined
+  if (spec.keySecret !== undefined && passphrase === undefined) return { error: `No secret with id '${spec.keySecret}'` }
+  return {
+    file: spec.file,
+    options: {
+      ...options,
+      ...(spec.format !== undefined ? { format: spec.format } : {}),
+      ...(passphrase !== undefined ? { passphrase } : {}),
+      ...(spec.noBacking ? { openBacking: false } : {})
+    }
+  }
+}
+
+/**
+ * Opens an image named on the command line (see resolveNamed); the failure
+ * is the driver's, with the file name it is about.
  */
 export const openNamed = (
   name: string,
   options: OpenOptions
 ): Effect.Effect<{ readonly image: Image; readonly file: string }, { readonly error: ImageError; readonly file: string }, Scope.Scope | ImageEnv> => {
-  let file = name
-  let merged = options
-  if (imageOptions.enabled) {
-    const parsed = parseImageOpts(name)
-    if ("error" in parsed) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: parsed.error }), file: name })
-    file = parsed.file
-    merged = {
-      ...options,
-      ...(parsed.format !== undefined ? { format: parsed.format } : {}),
-      ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {})
-    }
-  }
-  return openImage(file, merged).pipe(
+  const resolved = resolveNamed(name, options)
+  if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
+  const file = resolved.file
+  return openImage(file, resolved.options).pipe(
     Effect.map((image) => ({ image, file })),
     Effect.mapError((error) => ({ error, file }))
   )

@@ -25,15 +25,25 @@ import { normalizeArgv } from "./argv.js"
 import { fastParse } from "./cli/fast.js"
 import type { Parsed } from "./cli/spec.js"
 import { exitStatus, flushOutput } from "./output.js"
-
-const argv = normalizeArgv(process.argv.slice(2))
-const parsed = fastParse(argv)
+import { qemuIoArguments } from "./progname.js"
 
 const run = (p: Parsed): Effect.Effect<void> =>
   Effect.promise(() => import("./cli/dispatch.js")).pipe(Effect.flatMap((d) => d.execute(d.commandBody(p), d.hasSecrets(p))))
 
-const program: Effect.Effect<void> =
-  parsed !== undefined ? run(parsed) : Effect.promise(() => import("./cli/effect-cli.js")).pipe(Effect.flatMap((m) => m.runWithEffectCli(argv, run)))
+/** qemu-io's command line is its own (commands/io.ts parses it), not one for effect/cli. */
+const runQemuIo = (args: ReadonlyArray<string>): Effect.Effect<void> =>
+  Effect.promise(() => Promise.all([import("./cli/dispatch.js"), import("./commands/io.js")])).pipe(
+    Effect.flatMap(([d, io]) => d.execute(io.runQemuIo(args), io.qemuIoHasSecrets(args)))
+  )
+
+const parseAndRun = (): Effect.Effect<void> => {
+  const argv = normalizeArgv(process.argv.slice(2))
+  const parsed = fastParse(argv)
+  return parsed !== undefined ? run(parsed) : Effect.promise(() => import("./cli/effect-cli.js")).pipe(Effect.flatMap((m) => m.runWithEffectCli(argv, run)))
+}
+
+const ioArgs = qemuIoArguments(process.argv.slice(2))
+const program: Effect.Effect<void> = ioArgs !== undefined ? runQemuIo(ioArgs) : parseAndRun()
 
 /**
  * The signals that stop a job cleanly (their default action ends the

@@ -2,7 +2,7 @@ import { Effect, Semaphore } from "effect"
 import { Refcounts } from "@qcow2/alloc"
 import { TableCache } from "@qcow2/cache"
 import type { CompressionError, DecompressionError } from "@qcow2/compress"
-import { decodeImageHeader, IncompatibleFeature, makeGeometry } from "@qcow2/format"
+import { decodeImageHeader, IncompatibleFeature, l1EntriesFor, makeGeometry, snapshotTableSize } from "@qcow2/format"
 import type { Geometry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { BlockStorageShape } from "@qcow2/storage"
 import { writeCompressedClusters } from "./compressed.js"
@@ -215,6 +215,36 @@ export class Qcow2Engine {
     if (size < this.virtualSize && !options.shrink) return Effect.fail(this.invalid("Use the --shrink option to perform a shrink operation."))
     if (size % 512 !== 0) return Effect.fail(this.invalid("The new size must be a multiple of 512"))
     return this.change(truncateImage(this, size, options.preallocation ?? "off"))
+  }
+
+  /**
+   * Where the VM state area starts (QEMU's qcow2_vm_state_offset): the
+   * guest offset past what the L1 entries of the virtual size map. VM
+   * state is stored there like guest data, in clusters the L1 table grows
+   * to map (qemu-io `read -b` / `write -b`, bdrv_load/save_vmstate).
+   */
+  get vmStateOffset(): number {
+    return l1EntriesFor(this.virtualSize, this.geometry) * 2 ** (this.geometry.clusterBits + this.geometry.l2Bits)
+  }
+
+  /** Reads VM state bytes [pos, pos + into.length) of the area at vmStateOffset. */
+  readVmState(pos: number, into: Uint8Array): Effect.Effect<void, ImageError> {
+    const bad = this.checkVmStateRange(pos, into.length) ?? this.requireKey()
+    const start = this.vmStateOffset + pos
+    return bad ? Effect.fail(bad) : this.run(readGuest(this, start, into, start + into.length))
+  }
+
+  /** Writes VM state bytes at `pos` of the area at vmStateOffset, growing the L1 table as needed. */
+  writeVmState(pos: number, data: Uint8Array): Effect.Effect<void, ImageError> {
+    const bad = this.requireWritable() ?? this.requireKey() ?? this.checkVmStateRange(pos, data.length)
+    if (bad) return Effect.fail(bad)
+    if (data.length === 0) return Effect.void
+    return this.change(writeBytes(this, this.vmStateOffset + pos, data))
+  }
+
+  private checkVmStateRange(pos: number, length: number): ImageError | undefined {
+    if (Number.isSafeInteger(pos) && pos >= 0 && Number.isSafeInteger(this.vmStateOffset + pos + length)) return undefined
+    return this.invalid(`VM state range ${pos}+${length} is out of range`)
   }
 
   /** Status of the extent at `offset`, at most `length` bytes; adjacent clusters with equal status merge. */

@@ -32,10 +32,11 @@ export class DecompressedCluster {
 /**
  * Reads guest bytes [offset, offset + into.length) of this layer, falling
  * through to the backing file for unallocated ranges (zeros past its end
- * or without one). Bytes past the virtual size read as zeros.
+ * or without one). Bytes past `end` (the virtual size; the VM state area
+ * reads further) read as zeros.
  */
-export function readGuest(engine: Qcow2Engine, offset: number, into: Uint8Array): Effect.Effect<void, EngineFailure> {
-  const inside = Math.max(0, Math.min(into.length, engine.header.size - offset))
+export function readGuest(engine: Qcow2Engine, offset: number, into: Uint8Array, end: number = engine.header.size): Effect.Effect<void, EngineFailure> {
+  const inside = Math.max(0, Math.min(into.length, end - offset))
   if (inside < into.length) into.fill(0, inside)
   if (inside === 0) return Effect.void
   return Effect.gen(function* () {

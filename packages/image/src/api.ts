@@ -43,6 +43,15 @@ export interface Image {
   readonly writeCompressed: (offset: number, data: Uint8Array) => Effect.Effect<void, ImageError>
   readonly flush: () => Effect.Effect<void, ImageError>
   /**
+   * The VM state area (qemu-io `read -b` / `write -b`; QEMU's
+   * bdrv_load/save_vmstate): bytes at `pos` of the area qcow2 keeps past
+   * the guest disk. Undefined for formats without one (raw).
+   */
+  readonly vmState?: {
+    readonly read: (pos: number, into: Uint8Array) => Effect.Effect<void, ImageError>
+    readonly write: (pos: number, data: Uint8Array) => Effect.Effect<void, ImageError>
+  }
+  /**
    * Grows (or with `shrink`, shrinks) the virtual size; `preallocation`
    * allocates the new area as `qemu-img resize --preallocation` does.
    */

@@ -8,6 +8,7 @@ import type { ImageFormat } from "@qcow2/image"
 import { cipherLayer, envLayer, imageOptions, type ImageEnv } from "../env.js"
 import { CliFailure, describeCause, fail, usage } from "../errors.js"
 import { eprint, exitStatus } from "../output.js"
+import { programName } from "../progname.js"
 import { parseSecrets, type Secrets } from "../secrets.js"
 import { parseSize } from "../text/strtosz.js"
 import type { SnapshotSelector } from "../commands/snapshot.js"
@@ -29,10 +30,10 @@ export const execute = (body: Effect.Effect<number, CliFailure, ImageEnv>, ciphe
         const failure = Cause.findErrorOption(cause)
         if (Option.isSome(failure) && failure.value instanceof CliFailure) {
           const f = failure.value
-          eprint(`qcow2: ${f.message}\n${f.usage === true ? "Try 'qcow2 --help' for more information\n" : ""}`)
+          eprint(`${programName}: ${f.message}\n${f.usage === true ? `Try '${programName} --help' for more information\n` : ""}`)
           return f.exitCode
         }
-        eprint(`qcow2: internal error: ${describeCause(cause)}\n`)
+        eprint(`${programName}: internal error: ${describeCause(cause)}\n`)
         return 1
       })
     ),
@@ -53,10 +54,8 @@ const secretsOf = (c: {
 }): Effect.Effect<Secrets, CliFailure> => {
   const r = parseSecrets(c.object, c.passphraseFile)
   if (!r.ok) return Effect.fail(fail(r.message))
-  if (c.imageOpts) {
-    imageOptions.enabled = true
-    imageOptions.secrets = r.secrets.byId
-  }
+  imageOptions.secrets = r.secrets.byId
+  if (c.imageOpts) imageOptions.enabled = true
   return Effect.succeed(r.secrets)
 }
 
@@ -67,7 +66,8 @@ const sizeArg = (text: string, what: string): Effect.Effect<number, CliFailure> 
     fail(
       r.reason === "range"
         ? `Invalid ${what} specified. Must be between 0 and 9223372036854775807.`
-        : `Invalid ${what} specified. You may use k, M, G, T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`
+        : // Two error_report lines in qemu-img, each with the program name.
+          `Invalid ${what} specified. You may use k, M, G, T, P or E suffixes for\n${programName}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`
     )
   )
 }
@@ -233,16 +233,6 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         if (chosen.length > 1) return yield* Effect.fail(usage("Cannot mix '-l', '-a', '-c', '-d'"))
         const { runSnapshot } = yield* Effect.promise(() => import("../commands/snapshot.js"))
         return yield* runSnapshot({ file: c.file, action: chosen[0] ?? { kind: "none" }, passphrase: secrets.passphrase })
-      })
-    }
-    case "io": {
-      const c = p.values
-      return Effect.gen(function* () {
-        const secrets = yield* secretsOf(c)
-        const format = yield* imageFormat(c.format)
-        const { runIo, ioCacheMode } = yield* Effect.promise(() => import("../commands/io.js"))
-        const cache = yield* ioCacheMode(c.cache)
-        return yield* runIo({ file: c.file, format, readOnly: c.readOnly, commands: c.cmd, passphrase: secrets.passphrase, writethrough: cache.writethrough })
       })
     }
     case "serve": {

@@ -9,6 +9,7 @@ import { Argument, CliOutput, Command, Flag } from "effect/cli"
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import { describeCause } from "../errors.js"
 import { eprint, exitStatus, print } from "../output.js"
+import { programName } from "../progname.js"
 import { COMMANDS, ROOT_DESCRIPTION, VERSION, type ArgSpec, type CommandSpec, type FlagSpec, type Parsed } from "./spec.js"
 
 type AnyParam = Flag.Flag<unknown> | Argument.Argument<unknown>
@@ -88,7 +89,7 @@ export const runWithEffectCli = <R>(argv: ReadonlyArray<string>, run: (parsed: P
           case "InvalidInvocation": {
             const first = event.errors[0]
             eprint(
-              `qcow2: ${first !== undefined ? first.message : "invalid arguments"}\nTry 'qcow2 ${[...event.commandPath.slice(1), "--help"].join(" ")}' for more information\n`
+              `${programName}: ${first !== undefined ? first.message : "invalid arguments"}\nTry '${programName} ${[...event.commandPath.slice(1), "--help"].join(" ")}' for more information\n`
             )
             exitStatus.code = 1
             break
@@ -106,7 +107,7 @@ export const runWithEffectCli = <R>(argv: ReadonlyArray<string>, run: (parsed: P
           if (error.value.errors.length > 0) exitStatus.code = 1
           return
         }
-        eprint(`qcow2: internal error: ${describeCause(cause)}\n`)
+        eprint(`${programName}: internal error: ${describeCause(cause)}\n`)
         exitStatus.code = 1
       })
     )

@@ -183,29 +183,6 @@ export const convert = {
   args: { files: { name: "filename", kind: "atLeast2" } }
 } as const satisfies CommandSpec
 
-export const io = {
-  name: "io",
-  description: "run qemu-io commands on an image",
-  flags: {
-    format,
-    readOnly: { kind: "boolean", name: "read-only", alias: "r" },
-    cache: {
-      kind: "string",
-      name: "cache",
-      alias: "t",
-      description: "cache mode: writethrough (the default, as in qemu-io: every write is flushed before it is reported), writeback, unsafe, none, directsync"
-    },
-    cmd: {
-      kind: "repeat",
-      name: "cmd",
-      alias: "c",
-      description: "qemu-io command (repeatable): read, write, discard, flush, truncate, map, alloc, info, length"
-    },
-    ...common
-  },
-  args: { file: { name: "filename", kind: "one" } }
-} as const satisfies CommandSpec
-
 export const snapshot = {
   name: "snapshot",
   description: "list, create, apply or delete internal snapshots like qemu-img snapshot",
@@ -245,13 +222,13 @@ export const serve = {
   args: { file: { name: "filename", kind: "one" } }
 } as const satisfies CommandSpec
 
-export const COMMANDS = { info, map, check, compare, create, convert, io, snapshot, serve } as const
+export const COMMANDS = { info, map, check, compare, create, convert, snapshot, serve } as const
 
 export type CommandName = keyof typeof COMMANDS
 
 /** A parsed command line: the subcommand and its values. */
 export type Parsed = { [N in CommandName]: { readonly command: N; readonly values: Values<(typeof COMMANDS)[N]> } }[CommandName]
 
-export const ROOT_DESCRIPTION = "QCOW2 disk image tool (qemu-img / qemu-io compatible subset)"
+export const ROOT_DESCRIPTION = "QCOW2 disk image tool (qemu-img / qemu-io compatible subset); `qcow2 io` is qemu-io (`qcow2 io --help`)"
 
 export const VERSION = "0.1.0"

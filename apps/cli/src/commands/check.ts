@@ -1,8 +1,8 @@
 import { Cause, Effect, Exit, Option } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener } from "@qcow2/storage"
-import { CheckError, ImageError, checkQcow2, openImage, type CheckResult, type ImageFormat, type OpenOptions } from "@qcow2/image"
-import { imageOptions, parseImageOpts, type ImageEnv } from "../env.js"
+import { CheckError, ImageError, checkQcow2, openImage, type CheckResult, type ImageFormat } from "@qcow2/image"
+import { resolveNamed, type ImageEnv } from "../env.js"
 import { describeCause, fail, openFailure, type CliFailure } from "../errors.js"
 import { eprint, print } from "../output.js"
 import { cFixed } from "../text/cformat.js"
@@ -83,14 +83,9 @@ type Checkable =
  */
 const openForCheck = (o: CheckOptions): Effect.Effect<Checkable, CliFailure, Scope.Scope | ImageEnv> =>
   Effect.gen(function* () {
-    let file = o.file
-    let options: OpenOptions = { readOnly: true, forCheck: true, format: o.format, passphrase: o.passphrase }
-    if (imageOptions.enabled) {
-      const parsed = parseImageOpts(o.file)
-      if ("error" in parsed) return yield* Effect.fail(fail(`Could not open '${o.file}': ${parsed.error}`))
-      file = parsed.file
-      options = { ...options, ...(parsed.format !== undefined ? { format: parsed.format } : {}), ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {}) }
-    }
+    const named = resolveNamed(o.file, { readOnly: true, forCheck: true, format: o.format, passphrase: o.passphrase })
+    if ("error" in named) return yield* Effect.fail(fail(`Could not open '${o.file}': ${named.error}`))
+    const { file, options } = named
     const opened = yield* Effect.exit(Effect.scoped(Effect.map(openImage(file, options), (image) => image.format)))
     if (Exit.isSuccess(opened) && opened.value !== "qcow2") return { format: opened.value }
     if (Exit.isFailure(opened) && Cause.hasInterruptsOnly(opened.cause)) return yield* Effect.interrupt

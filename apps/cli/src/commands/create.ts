@@ -9,6 +9,7 @@ import { pathCombine } from "../names.js"
 import { print } from "../output.js"
 import type { Secrets } from "../secrets.js"
 import { parseSize } from "../text/strtosz.js"
+import { programName } from "../progname.js"
 
 export interface CreateCommandOptions {
   readonly file: string
@@ -22,8 +23,8 @@ export interface CreateCommandOptions {
   readonly secrets: Secrets
 }
 
-const INVALID_SIZE =
-  "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
+/** Two error_report lines in qemu-img, each with the program name. */
+const INVALID_SIZE = `Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n${programName}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`
 
 /** Parses a size argument the way qemu-img does, with its messages. */
 export const parseImageSize = (text: string, what = "image size"): Effect.Effect<number, CliFailure> => {

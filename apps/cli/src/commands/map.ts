@@ -3,7 +3,8 @@ import { chainLayers, mergeable, toMapEntry as toEntry, type ImageFormat, type M
 import { open, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import type { OutputFormat } from "./info.js"
-import { eprint, print } from "../output.js"
+import { print } from "../output.js"
+import { errorReport } from "../progname.js"
 import { cAltHex, padRight } from "../text/cformat.js"
 
 export { mergeable, type MapEntry }
@@ -46,7 +47,7 @@ export const runMap = (options: MapOptions): Effect.Effect<number, CliFailure, I
           return true
         }
         if (e.data && e.offset === undefined) {
-          eprint("qcow2: File contains external, encrypted or compressed clusters.\n")
+          errorReport("File contains external, encrypted or compressed clusters.")
           return false
         }
         if (e.data && !e.zero) print(humanEntry(e))

@@ -1,5 +1,6 @@
 /** Reading a qemu-io command's parsed options and operands, with qemu-io's error texts. */
-import { eprint, print } from "../output.js"
+import { print } from "../output.js"
+import { errorReport } from "../progname.js"
 import { parseSize } from "../text/strtosz.js"
 import type { GetoptResult } from "./getopt.js"
 
@@ -17,7 +18,7 @@ export const optionArgument = (parsed: GetoptResult, letter: string): string | u
 export const parseSizeArgument = (text: string): number | undefined => {
   const r = parseSize(text)
   if (r.ok) {
-    if (r.hexWithSuffix) eprint(`qcow2: warning: Using a multiplier suffix on hex numbers is deprecated: ${text}\n`)
+    if (r.hexWithSuffix) errorReport(`warning: Using a multiplier suffix on hex numbers is deprecated: ${text}`)
     return r.value
   }
   print(

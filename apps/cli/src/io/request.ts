@@ -4,7 +4,7 @@
  * "<command> failed: <strerror>", and the statistics report.
  */
 import { Effect } from "effect"
-import type { Image, ImageError } from "@qcow2/image"
+import { ImageError, type Image } from "@qcow2/image"
 import { errnoText, strerror } from "../errors.js"
 import { print } from "../output.js"
 import { hasOption, parseSizeArgument } from "./args.js"
@@ -12,7 +12,7 @@ import type { GetoptResult } from "./getopt.js"
 import { report } from "./report.js"
 
 /** Largest single request qemu accepts (BDRV_REQUEST_MAX_BYTES). */
-const REQUEST_MAX = 2147483136
+export const REQUEST_MAX = 2147483136
 
 /** The bytes a request covers. */
 export interface RequestRange {
@@ -42,18 +42,19 @@ export const exceedsRequestMax = (range: RequestRange, lengthText: string, quali
 /**
  * Runs `request` and times it as qemu-io does. The clock starts before the
  * range check; a range past the end of the image fails with EIO, as in
- * QEMU's block layer. A failure prints "<command> failed: <strerror>".
+ * QEMU's block layer (`withinDisk` false: the VM state area, past the disk). A failure prints "<command> failed: <strerror>".
  * Succeeds with the seconds the request took, or undefined when it failed.
  */
 export const timeRequest = (
   image: Image,
   command: string,
   range: RequestRange,
-  request: () => Effect.Effect<void, ImageError>
+  request: () => Effect.Effect<void, ImageError>,
+  withinDisk = true
 ): Effect.Effect<number | undefined> =>
   Effect.suspend(() => {
     const start = performance.now()
-    if (range.offset + range.count > image.virtualSize) {
+    if (withinDisk && range.offset + range.count > image.virtualSize) {
       print(`${command} failed: ${errnoText("EIO")}\n`)
       return Effect.succeed(undefined)
     }
@@ -68,6 +69,25 @@ export const timeRequest = (
       })
     )
   })
+
+/** The failure of a VM state request on a format without a VM state area (raw): ENOTSUP. */
+export const vmStateUnsupported: Effect.Effect<void, ImageError> = Effect.fail(
+  new ImageError({ reason: "Unsupported", message: "VM state is not supported by this format" })
+)
+
+/** Whether both ends of a VM state (or compressed) request are sector aligned, after printing qemu-io's message for the first that is not. */
+export const vmStateAligned = (range: RequestRange): boolean => {
+  for (const [value, what] of [
+    [range.offset, "offset"],
+    [range.count, "count"]
+  ] as const) {
+    if (value % 512 !== 0) {
+      print(`${value} is not a sector-aligned value for '${what}'\n`)
+      return false
+    }
+  }
+  return true
+}
 
 /** The statistics report of a request that succeeded ("wrote 512/512 bytes at offset 0" …); -C: as CSV; -q: nothing. */
 export const printRequestReport = (parsed: GetoptResult, verb: string, range: RequestRange, seconds: number): void => {

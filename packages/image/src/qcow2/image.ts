@@ -56,6 +56,7 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, nev
     discard: (offset, length) => engine.discard(offset, length),
     writeCompressed: (offset, data) => engine.writeCompressed(offset, data),
     flush: () => engine.flush(),
+    vmState: { read: (pos, into) => engine.readVmState(pos, into), write: (pos, data) => engine.writeVmState(pos, data) },
     truncate: (size, options) => engine.truncate(size, options),
     blockStatus: (offset, length) => engine.blockStatus(offset, length),
     formatSpecific: () => formatSpecific(engine),

@@ -8,6 +8,7 @@ import type { IoCommand } from "../command.js"
 /** `alloc offset [count]`: how many of the bytes (512 by default) are allocated in the top layer. */
 export const allocCommand: IoCommand = {
   name: "alloc",
+  needsFile: true,
   alias: "a",
   argmin: 1,
   argmax: 2,

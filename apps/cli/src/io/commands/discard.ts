@@ -1,10 +1,14 @@
 import { Effect } from "effect"
-import { printUsage, refusesWrites, type IoCommand } from "../command.js"
+import { printUsage, type IoCommand } from "../command.js"
+import { discardHelp } from "../help-texts.js"
 import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest } from "../request.js"
 
 /** `discard off len`: deallocates the range. */
 export const discardCommand: IoCommand = {
   name: "discard",
+  needsFile: true,
+  writes: true,
+  help: discardHelp,
   alias: "d",
   argmin: 2,
   argmax: -1,
@@ -19,7 +23,6 @@ export const discardCommand: IoCommand = {
       }
       const range = parseRequestRange(p.operands)
       if (range === undefined || exceedsRequestMax(range, p.operands[1]!)) return false
-      if (refusesWrites(ctx.image)) return false
       const seconds = yield* timeRequest(ctx.image, "discard", range, () => ctx.image.discard(range.offset, range.count))
       if (seconds === undefined) return false
       printRequestReport(p, "discard", range, seconds)

@@ -26,11 +26,11 @@ export const vmStateOffset = (image: Image): number => {
 /** `info`: format, cluster size, vm state offset and qemu-img info's format-specific block. */
 export const infoCommand: IoCommand = {
   name: "info",
+  needsFile: true,
   alias: "i",
   argmin: 0,
   argmax: 0,
   optstring: "",
-  args: "",
   oneline: "prints information about the current file",
   run: (ctx) =>
     Effect.gen(function* () {

@@ -7,6 +7,7 @@ import type { IoCommand } from "../command.js"
 /** `map`: one line per run of allocated or unallocated bytes over the whole image. */
 export const mapCommand: IoCommand = {
   name: "map",
+  needsFile: true,
   argmin: 0,
   argmax: 0,
   optstring: "",

@@ -2,22 +2,16 @@ import { Effect } from "effect"
 import { print } from "../../output.js"
 import { hasOption, optionArgument, parsePatternArgument, parseSizeArgument } from "../args.js"
 import { printUsage, type IoCommand } from "../command.js"
+import { readHelp } from "../help-texts.js"
 import { hexDump } from "../report.js"
-import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest } from "../request.js"
+import { allBytesAre } from "../vectored.js"
+import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest, vmStateAligned, vmStateUnsupported } from "../request.js"
 
-/** Whether every byte of `bytes` equals `value`: memcmp against a filled block (a byte loop costs ~2 ns/byte). */
-const allBytesAre = (bytes: Uint8Array, value: number): boolean => {
-  const block = new Uint8Array(Math.min(bytes.length, 1 << 16)).fill(value)
-  for (let pos = 0; pos < bytes.length; pos += block.length) {
-    const n = Math.min(block.length, bytes.length - pos)
-    if (Buffer.compare(bytes.subarray(pos, pos + n), block.subarray(0, n)) !== 0) return false
-  }
-  return true
-}
-
-/** `read [-P pattern [-s off] [-l len]] off len`: -P checks the bytes read, -v dumps them. */
+/** `read [-b] [-P pattern [-s off] [-l len]] off len`: -P checks the bytes read, -v dumps them; -b reads VM state. */
 export const readCommand: IoCommand = {
   name: "read",
+  needsFile: true,
+  help: readHelp,
   alias: "r",
   argmin: 2,
   argmax: -1,
@@ -28,10 +22,6 @@ export const readCommand: IoCommand = {
     Effect.gen(function* () {
       if (p.operands.length !== 2) {
         printUsage(readCommand)
-        return false
-      }
-      if (hasOption(p, "b")) {
-        print("read failed: Operation not supported\n")
         return false
       }
       let pattern: number | undefined
@@ -60,13 +50,21 @@ export const readCommand: IoCommand = {
       }
       const range = parseRequestRange(p.operands)
       if (range === undefined || exceedsRequestMax(range, p.operands[1]!)) return false
+      const vmState = hasOption(p, "b")
+      if (vmState && !vmStateAligned(range)) return false
       const checkedLength = patternLength ?? range.count - patternOffset
       if (checkedLength < 0 || checkedLength + patternOffset > range.count) {
         print("pattern verification range exceeds end of read data\n")
         return false
       }
       const buf = new Uint8Array(range.count)
-      const seconds = yield* timeRequest(ctx.image, "read", range, () => ctx.image.read(range.offset, buf))
+      const seconds = yield* timeRequest(
+        ctx.image,
+        "read",
+        range,
+        () => (!vmState ? ctx.image.read(range.offset, buf) : ctx.image.vmState !== undefined ? ctx.image.vmState.read(range.offset, buf) : vmStateUnsupported),
+        !vmState
+      )
       if (seconds === undefined) return false
       let ok = true
       if (pattern !== undefined && !allBytesAre(buf.subarray(patternOffset, patternOffset + checkedLength), pattern)) {

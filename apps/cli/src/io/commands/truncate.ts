@@ -1,13 +1,18 @@
 import { Effect } from "effect"
-import { eprint, print } from "../../output.js"
+import type { TruncateOptions } from "@qcow2/image"
+import { errorReport } from "../../progname.js"
 import { optionArgument, parseSizeArgument } from "../args.js"
-import { printUsage, refusesWrites, type IoCommand } from "../command.js"
+import { printUsage, type IoCommand } from "../command.js"
 
-const PREALLOCATION_MODES = ["off", "metadata", "falloc", "full"]
+type Preallocation = NonNullable<TruncateOptions["preallocation"]>
 
-/** `truncate off`: grows or shrinks the virtual size (preallocation only "off"). */
+const isPreallocation = (mode: string): mode is Preallocation => ["off", "metadata", "falloc", "full"].includes(mode)
+
+/** `truncate [-m prealloc_mode] off`: grows or shrinks the virtual size; a grown range preallocated as -m says. */
 export const truncateCommand: IoCommand = {
   name: "truncate",
+  needsFile: true,
+  writes: true,
   alias: "t",
   argmin: 1,
   argmax: 3,
@@ -16,9 +21,9 @@ export const truncateCommand: IoCommand = {
   oneline: "truncates the current file at the given offset",
   run: (ctx, p) =>
     Effect.gen(function* () {
-      const mode = optionArgument(p, "m")
-      if (mode !== undefined && !PREALLOCATION_MODES.includes(mode)) {
-        print(`Invalid preallocation mode '${mode}'\n`)
+      const mode = optionArgument(p, "m") ?? "off"
+      if (!isPreallocation(mode)) {
+        errorReport(`Invalid preallocation mode '${mode}'`)
         return false
       }
       if (p.operands.length !== 1) {
@@ -27,14 +32,9 @@ export const truncateCommand: IoCommand = {
       }
       const size = parseSizeArgument(p.operands[0]!)
       if (size === undefined) return false
-      if (mode !== undefined && mode !== "off") {
-        eprint(`qcow2: Preallocation mode '${mode}' is not supported by truncate\n`)
-        return false
-      }
-      if (refusesWrites(ctx.image)) return false
-      return yield* ctx.image.truncate(size, { shrink: true }).pipe(
+      return yield* ctx.image.truncate(size, { shrink: true, preallocation: mode }).pipe(
         Effect.as(true),
-        Effect.catch((e) => Effect.sync(() => (eprint(`qcow2: ${e.message}\n`), false)))
+        Effect.catch((e) => Effect.sync(() => (errorReport(e.message), false)))
       )
     })
 }

@@ -2,8 +2,9 @@ import * as fs from "node:fs"
 import { Effect } from "effect"
 import { print } from "../../output.js"
 import { hasOption, optionArgument, parsePatternArgument } from "../args.js"
-import { printUsage, refusesWrites, type IoCommand } from "../command.js"
-import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest } from "../request.js"
+import { printUsage, type IoCommand } from "../command.js"
+import { writeHelp } from "../help-texts.js"
+import { exceedsRequestMax, parseRequestRange, printRequestReport, timeRequest, vmStateAligned, vmStateUnsupported } from "../request.js"
 
 /** Fills `data` from the start of `path` (write -s); false after printing why it could not. */
 const readSourceFile = (path: string, data: Uint8Array): boolean => {
@@ -31,6 +32,9 @@ const readSourceFile = (path: string, data: Uint8Array): boolean => {
  */
 export const writeCommand: IoCommand = {
   name: "write",
+  needsFile: true,
+  writes: true,
+  help: writeHelp,
   alias: "w",
   argmin: 2,
   argmax: -1,
@@ -68,10 +72,6 @@ export const writeCommand: IoCommand = {
         printUsage(writeCommand)
         return false
       }
-      if (vmState) {
-        print("write failed: Operation not supported\n")
-        return false
-      }
       let pattern = 0xcd
       if (patternText !== undefined) {
         const v = parsePatternArgument(patternText)
@@ -81,7 +81,6 @@ export const writeCommand: IoCommand = {
       const range = parseRequestRange(p.operands)
       if (range === undefined) return false
       if (!(zeroes && hasOption(p, "n")) && exceedsRequestMax(range, p.operands[1]!, " without -n")) return false
-      if (refusesWrites(ctx.image)) return false
       let data: Uint8Array | undefined
       if (!zeroes) {
         data = new Uint8Array(range.count)
@@ -91,23 +90,24 @@ export const writeCommand: IoCommand = {
           data.fill(pattern)
         }
       }
-      if (compressed) {
-        // qemu-io: compressed requests must be sector aligned.
-        if (range.offset % 512 !== 0) {
-          print(`${range.offset} is not a sector-aligned value for 'offset'\n`)
-          return false
-        }
-        if (range.count % 512 !== 0) {
-          print(`${range.count} is not a sector-aligned value for 'count'\n`)
-          return false
-        }
-      }
-      const seconds = yield* timeRequest(ctx.image, "write", range, () =>
-        data === undefined
-          ? ctx.image.writeZeroes(range.offset, range.count, { unmap: hasOption(p, "u") })
-          : compressed
-            ? ctx.image.writeCompressed(range.offset, data)
-            : ctx.image.write(range.offset, data)
+      // qemu-io: VM state and compressed requests must be sector aligned.
+      if ((vmState || compressed) && !vmStateAligned(range)) return false
+      const vmArea = ctx.image.vmState
+      const seconds = yield* timeRequest(
+        ctx.image,
+        "write",
+        range,
+        () =>
+          data === undefined
+            ? ctx.image.writeZeroes(range.offset, range.count, { unmap: hasOption(p, "u") })
+            : vmState
+              ? vmArea !== undefined
+                ? vmArea.write(range.offset, data)
+                : vmStateUnsupported
+              : compressed
+                ? ctx.image.writeCompressed(range.offset, data)
+                : ctx.image.write(range.offset, data),
+        !vmState
       )
       if (seconds === undefined) return false
       printRequestReport(p, "wrote", range, seconds)

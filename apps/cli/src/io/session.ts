@@ -1,0 +1,252 @@
+/**
+ * The image a qemu-io run works on, owned here: qemu-io opens it from the
+ * command line or with `open`, drops it with `close`, changes its mode with
+ * `reopen`, and closes it (flushed) at exit. Opening follows qemu-io.c
+ * openfile(): one image at a time, its messages as error_report prints them.
+ */
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { Effect, Exit, Scope } from "effect"
+import { createImage, ImageError, openImage, type Image } from "@qcow2/image"
+import type { ImageEnv } from "../env.js"
+import { strerror } from "../errors.js"
+import { errorReport } from "../progname.js"
+import { checkBackingOptions, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
+import type { Secrets } from "../secrets.js"
+
+/** qemu-io's cache modes (bdrv_parse_cache_mode). */
+export type CacheMode = "writethrough" | "writeback" | "none" | "directsync" | "unsafe"
+
+/** A cache mode by name ("off" is "none"); undefined when QEMU does not know it. */
+export const parseCacheMode = (text: string): CacheMode | undefined => {
+  switch (text) {
+    case "writethrough":
+    case "writeback":
+    case "none":
+    case "directsync":
+    case "unsafe":
+      return text
+    case "off":
+      return "none"
+    default:
+      return undefined
+  }
+}
+
+/** Whether the mode bypasses the host cache (cache.direct), which aio=native requires. */
+const isDirect = (mode: CacheMode): boolean => mode === "none" || mode === "directsync"
+
+/** Whether every write is flushed before it is reported done (the guest sees a write-through cache). */
+const isWritethrough = (mode: CacheMode): boolean => mode === "writethrough" || mode === "directsync"
+
+/** qemu-io's aio modes (-i). */
+export type AioMode = "threads" | "native" | "io_uring"
+
+export const parseAioMode = (text: string): AioMode | undefined =>
+  text === "threads" || text === "native" || text === "io_uring" ? text : undefined
+
+/** Discard modes (-d): "ignore"/"off" or "unmap"/"on"; this toolkit always passes discards. */
+export const isDiscardMode = (text: string): boolean => ["ignore", "off", "unmap", "on"].includes(text)
+
+/** How to open an image: qemu-io's options and `open`'s flags. */
+export interface OpenRequest {
+  /** The name as given; undefined when only options (-o, --image-opts) name the image. */
+  readonly name: string | undefined
+  readonly options: BlockOptions
+  readonly format: string | undefined
+  readonly readOnly: boolean
+  /** -s: writes go to a temporary overlay, dropped at close. */
+  readonly snapshot: boolean
+  readonly copyOnRead: boolean
+  readonly cache: CacheMode
+  readonly aio: AioMode
+}
+
+/** The image with a flush after every change: a request is reported done only once it is durable. */
+const writethrough = (image: Image): Image => {
+  const flushed = <A>(effect: Effect.Effect<A, ImageError>) => Effect.tap(effect, () => image.flush())
+  const area = image.vmState
+  const wrapped: Image = Object.create(image)
+  return Object.assign(wrapped, {
+    write: (offset: number, data: Uint8Array) => flushed(image.write(offset, data)),
+    writeZeroes: (offset: number, length: number, options?: { readonly unmap?: boolean }) => flushed(image.writeZeroes(offset, length, options)),
+    writeCompressed: (offset: number, data: Uint8Array) => flushed(image.writeCompressed(offset, data)),
+    discard: (offset: number, length: number) => flushed(image.discard(offset, length)),
+    truncate: (size: number, options?: Parameters<Image["truncate"]>[1]) => flushed(image.truncate(size, options)),
+    ...(area !== undefined ? { vmState: { read: area.read, write: (pos: number, data: Uint8Array) => flushed(area.write(pos, data)) } } : {})
+  })
+}
+
+interface OpenedImage {
+  /** What commands use: the image, or its write-through view. */
+  readonly image: Image
+  /** The image itself (flushed at close). */
+  readonly raw: Image
+  readonly scope: Scope.Closeable
+  readonly request: OpenRequest
+  /** The temporary overlay of -s, removed at close. */
+  readonly overlay: string | undefined
+}
+
+/** The changes `reopen` asks for. */
+export interface ReopenRequest {
+  readonly readOnly?: boolean
+  readonly cache?: CacheMode
+  readonly options: BlockOptions
+}
+
+/** Options `reopen -o` may change (the others: "Cannot change the option"). */
+const REOPENABLE = new Set(["lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other", "cache-size", "l2-cache-size", "refcount-cache-size", "cache-clean-interval", "discard", "detect-zeroes"])
+
+/** Options `reopen -o` takes as booleans, checked before anything else. */
+const BOOLEAN_OPTIONS = new Set(["read-only", "auto-read-only", "cache.direct", "cache.no-flush"])
+
+/** What option `key` is now (node names as opened, drivers as detected): `reopen -o` may repeat it, not change it. */
+const currentOption = (opened: OpenedImage, key: string): string | null | undefined => {
+  switch (key) {
+    case "driver":
+      return opened.raw.format
+    case "file.driver":
+      return "file"
+    case "backing.driver":
+      return opened.raw.backing?.format
+    default:
+      return opened.request.options.get(key)
+  }
+}
+
+export class IoSession {
+  private opened: OpenedImage | undefined
+  /** Set by `quit`: no further commands run. */
+  quitRequested = false
+
+  /**
+   * `secrets`: --object passphrases; `imageOpts`: --image-opts, under which
+   * `open` takes an option string in place of a file name.
+   */
+  constructor(
+    private readonly secrets: Secrets,
+    readonly imageOpts: boolean
+  ) {}
+
+  /** The open image, as commands see it. */
+  get image(): Image | undefined {
+    return this.opened?.image
+  }
+
+  /** Opens `request`; false after reporting why not (qemu-io's "can't open device …"). */
+  open(request: OpenRequest): Effect.Effect<boolean, never, ImageEnv> {
+    return Effect.suspend(() => {
+      if (this.opened !== undefined) {
+        errorReport("file open already, try 'help close'")
+        return Effect.succeed(false)
+      }
+      const prefix = request.name !== undefined ? `can't open device ${request.name}: ` : "can't open: "
+      const refuse = (message: string) => Effect.sync(() => (errorReport(prefix + message), false))
+      if (request.readOnly && request.copyOnRead) return refuse("Can't use copy-on-read on read-only device")
+      if (request.aio === "native" && !isDirect(request.cache)) {
+        return refuse("aio=native was specified, but it requires cache.direct=on, which was not specified.")
+      }
+      const resolved = resolveImageSpec(request.name, request.options, request.format)
+      if (!resolved.ok) return refuse(resolved.message)
+      const spec = resolved.spec
+      let passphrase = this.secrets.passphrase
+      if (spec.keySecret !== undefined) {
+        passphrase = this.secrets.byId.get(spec.keySecret)
+        if (passphrase === undefined) return refuse(`No secret with id '${spec.keySecret}'`)
+      }
+      const options = {
+        readOnly: request.readOnly || request.snapshot,
+        ...(spec.format !== undefined ? { format: spec.format } : {}),
+        ...(passphrase !== undefined ? { passphrase } : {}),
+        ...(spec.noBacking ? { openBacking: false } : {})
+      }
+      const self = this
+      return Effect.gen(function* () {
+        const scope = yield* Scope.make()
+        const opened = yield* Effect.result(
+          Scope.provide(scope)(
+            Effect.gen(function* () {
+              const base = yield* openImage(spec.file, options)
+              const backingMismatch = checkBackingOptions(spec, base)
+              if (backingMismatch !== undefined) return yield* new ImageError({ reason: "Unsupported", message: backingMismatch })
+              if (!request.snapshot) return { raw: base, overlay: undefined }
+              const overlay = path.join(os.tmpdir(), `qcow2-io-snapshot-${process.pid}-${Date.now()}.qcow2`)
+              yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(overlay, { force: true })))
+              yield* createImage(overlay, { size: base.virtualSize, backingFile: path.resolve(spec.file), backingFormat: base.format })
+              return { raw: yield* openImage(overlay, { readOnly: request.readOnly, ...(passphrase !== undefined ? { passphrase } : {}) }), overlay }
+            })
+          )
+        )
+        if (opened._tag === "Failure") {
+          yield* Scope.close(scope, Exit.void)
+          errorReport(prefix + opened.failure.message)
+          return false
+        }
+        const { raw, overlay } = opened.success
+        const image = isWritethrough(request.cache) && !raw.readOnly ? writethrough(raw) : raw
+        self.opened = { image, raw, scope, request, overlay }
+        return true
+      })
+    })
+  }
+
+  /**
+   * Closes the image: flushed unless read-only, then released. False after
+   * reporting a failed flush (the run then fails, as qemu-io's exit does).
+   */
+  close(): Effect.Effect<boolean> {
+    return Effect.suspend(() => {
+      const opened = this.opened
+      if (opened === undefined) return Effect.succeed(true)
+      this.opened = undefined
+      const flush = opened.raw.readOnly || opened.request.cache === "unsafe" ? Effect.succeed(true) : opened.raw.flush().pipe(
+        Effect.as(true),
+        Effect.catch((error) => Effect.sync(() => (errorReport(`Failed to flush the image: ${strerror(error)}`), false)))
+      )
+      return flush.pipe(Effect.tap(() => Scope.close(opened.scope, Exit.void)))
+    })
+  }
+
+  /**
+   * `reopen`: the same image with another mode; options it cannot change
+   * are refused before anything changes. On failure the image stays as it was.
+   */
+  reopen(change: ReopenRequest): Effect.Effect<boolean, never, ImageEnv> {
+    const self = this
+    return Effect.gen(function* () {
+      const opened = self.opened
+      if (opened === undefined) return false
+      let readOnly = change.readOnly
+      for (const [key, value] of change.options) {
+        if (BOOLEAN_OPTIONS.has(key) && value !== "on" && value !== "off") {
+          errorReport(`Parameter '${key}' expects 'on' or 'off'`)
+          return false
+        }
+      }
+      for (const [key, value] of change.options) {
+        if (key === "read-only") readOnly = value === "on"
+        else if (BOOLEAN_OPTIONS.has(key) || REOPENABLE.has(key)) continue
+        else if (value !== currentOption(opened, key)) {
+          // The node the option belongs to reports it by its own name.
+          errorReport(`Cannot change the option '${key.replace(/^(?:file|backing)\./, "")}'`)
+          return false
+        }
+      }
+      const request: OpenRequest = {
+        ...opened.request,
+        readOnly: readOnly ?? opened.request.readOnly,
+        cache: change.cache ?? opened.request.cache
+      }
+      if (opened.overlay !== undefined || (request.readOnly === opened.request.readOnly && request.cache === opened.request.cache)) {
+        self.opened = { ...opened, request, image: isWritethrough(request.cache) && !opened.raw.readOnly ? writethrough(opened.raw) : opened.raw }
+        return true
+      }
+      if (!(yield* self.close())) return false
+      if (yield* self.open(request)) return true
+      yield* self.open(opened.request)
+      return false
+    })
+  }
+}
