@@ -208,6 +208,7 @@ export function makeLuksImage(
         return bad ? Effect.fail(bad) : Effect.succeed(wholeRange(offset, Math.min(length, size - offset)))
       },
       formatSpecific: () => Effect.succeed({ luks: header }),
+      internalSnapshots: undefined,
       check: () => Effect.fail(new ImageError({ reason: "Unsupported", message: "This image format does not support checks", location }))
     }
     return image
