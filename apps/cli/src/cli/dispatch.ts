@@ -71,6 +71,16 @@ const sizeArg = (text: string, what: string): Effect.Effect<number, CliFailure> 
   )
 }
 
+/**
+ * Whether a `-o` list is one qemu-img accepts (is_valid_option_list): not
+ * empty, not starting with a comma, and not ending in an unescaped one.
+ */
+const isValidOptionList = (list: string): boolean => {
+  if (list === "" || list.startsWith(",")) return false
+  const trailing = list.length - list.replace(/,+$/, "").length
+  return trailing % 2 === 0
+}
+
 /** Cache modes qemu-img accepts for -t/-T (bdrv_parse_cache_mode). */
 const CACHE_MODES: ReadonlySet<string> = new Set(["none", "off", "writeback", "writethrough", "directsync", "unsafe"])
 
@@ -265,6 +275,15 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
       const c = p.values
       return Effect.gen(function* () {
         const secrets = yield* secretsOf(c)
+        const bad = c.options.find((list) => !isValidOptionList(list))
+        if (bad !== undefined) return yield* Effect.fail(fail(`Invalid option list: ${bad}`))
+        if (c.snapshot !== undefined && c.snapshot.startsWith("snapshot.")) {
+          const unknown = c.snapshot.split(",").map((field) => field.split("=")[0]!).find((name) => name !== "snapshot.id" && name !== "snapshot.name")
+          if (unknown !== undefined) return yield* Effect.fail(fail(`Invalid parameter '${unknown}'\nFailed in parsing snapshot param '${c.snapshot}'`))
+        }
+        if (c.output !== undefined && c.output !== "human" && c.output !== "json") {
+          return yield* Effect.fail(fail("--output must be used with human or json as argument."))
+        }
         let size: number | undefined
         if (c.size !== undefined) {
           const r = parseSizeBig(c.size)
@@ -285,7 +304,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           format,
           outFormat: c.targetFormat,
           options: c.options,
-          output: c.output as "human" | "json",
+          output: c.output === "json" ? "json" : "human",
           passphrase: secrets.passphrase,
           ...(file !== undefined ? { file } : {}),
           ...(size !== undefined ? { size } : {})

@@ -245,7 +245,7 @@ export const measure = {
   description: "compute the size of a new image like qemu-img measure",
   flags: {
     format,
-    output,
+    output: { kind: "string", name: "output", description: "human (default) or json" },
     targetFormat: { kind: "stringDefault", name: "target-format", alias: "O", description: "raw (default) or qcow2", default: "raw" },
     options: { kind: "repeat", name: "options", alias: "o", description: "name=value,… creation options" },
     snapshot: { kind: "string", name: "snapshot", alias: "l", description: "measure an internal snapshot" },

@@ -7,7 +7,7 @@
 import * as nodePath from "node:path"
 import * as fs from "node:fs"
 import { Effect } from "effect"
-import type { BlockStatus, Image, ImageFormat } from "@qcow2/image"
+import type { BlockStatus, Image, ImageError, ImageFormat } from "@qcow2/image"
 import { open, type ImageEnv } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { print } from "../output.js"
@@ -65,7 +65,7 @@ export const allocatedAbove = (s: BlockStatus, base: number): boolean => (s.pres
 /** The dirty-bitmap granularity QEMU's mirror uses for a target: its cluster size within 4 KiB..64 KiB (64 KiB for raw). */
 const granularityOf = (base: Image): number => (base.format === "raw" ? 65536 : Math.min(65536, Math.max(4096, base.clusterSize)))
 
-const jobFailed = (e: { readonly message: string } & Parameters<typeof strerror>[0]) => fail(`Block job failed: ${strerror(e)}`)
+const jobFailed = (e: ImageError) => fail(`Block job failed: ${strerror(e)}`)
 
 /** Runs the commit job: every chunk allocated above `depth` is written into `base`. */
 const commitJob = (top: Image, base: Image, depth: number, progress: Progress | undefined): Effect.Effect<void, CliFailure> =>
@@ -149,10 +149,9 @@ export const runCommit = (o: CommitOptions): Effect.Effect<number, CliFailure, I
         const progress = o.progress && !o.quiet ? new Progress(100) : undefined
         yield* commitJob(top, base, target.depth, progress)
         if (!drop) {
-          yield* top.makeEmpty().pipe(
-            Effect.catch((e) => (e.reason === "Unsupported" ? Effect.void : Effect.fail(fail(`${e.message}`))))
-          )
-          yield* top.flush().pipe(Effect.mapError((e) => fail(e.message)))
+          const emptyFailed = (e: ImageError) => fail(`Failed to empty ${o.file}: ${strerror(e)}`)
+          yield* top.makeEmpty().pipe(Effect.catch((e) => (e.reason === "Unsupported" ? Effect.void : Effect.fail(emptyFailed(e)))))
+          yield* top.flush().pipe(Effect.mapError(emptyFailed))
         }
         progress?.finish()
         if (!o.quiet) print("Image committed.\n")
