@@ -266,7 +266,13 @@ qemu-io -f raw -c "write 0 1M" r.raw >/dev/null`
     "a.qcow2 b",
     "-f qcow2",
     "-O foo a.qcow2",
-    "-O qcow2 -o compat=0.9 a.qcow2"
+    "-O qcow2 -o compat=0.9 a.qcow2",
+    "--size -1",
+    "--size 9E",
+    "-o , --size 1M",
+    "-O qcow2 -o foo=1 --size 1M",
+    "-l snapshot.foo=bar",
+    "--output foo --size 1M"
   ]
   for (const c of cases) {
     it(`measure ${c || "(nothing)"}`, () => {
@@ -286,6 +292,7 @@ describe("dd", () => {
     "bs=1000 count=7 if=in.qcow2 of=OUT -O qcow2",
     "bs=64k skip=100 if=in.qcow2 of=OUT",
     "bs=0 if=in.qcow2 of=OUT",
+    "bs=x if=in.qcow2 of=OUT",
     "foo=1 if=in.qcow2 of=OUT",
     "if=in.qcow2",
     "junk",

@@ -8,6 +8,7 @@ import type { ImageFormat } from "@qcow2/image"
 import { cipherLayer, envLayer, imageOptions, type ImageEnv } from "../env.js"
 import { CliFailure, describeCause, fail, usage } from "../errors.js"
 import { eprint, exitStatus } from "../output.js"
+import { reportLine } from "../report.js"
 import { parseSecrets, type Secrets } from "../secrets.js"
 import { parseSize, parseSizeBig } from "../text/strtosz.js"
 import type { Parsed } from "./spec.js"
@@ -279,7 +280,10 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         if (bad !== undefined) return yield* Effect.fail(fail(`Invalid option list: ${bad}`))
         if (c.snapshot !== undefined && c.snapshot.startsWith("snapshot.")) {
           const unknown = c.snapshot.split(",").map((field) => field.split("=")[0]!).find((name) => name !== "snapshot.id" && name !== "snapshot.name")
-          if (unknown !== undefined) return yield* Effect.fail(fail(`Invalid parameter '${unknown}'\nFailed in parsing snapshot param '${c.snapshot}'`))
+          if (unknown !== undefined) {
+            reportLine(`Invalid parameter '${unknown}'`)
+            return yield* Effect.fail(fail(`Failed in parsing snapshot param '${c.snapshot}'`))
+          }
         }
         if (c.output !== undefined && c.output !== "human" && c.output !== "json") {
           return yield* Effect.fail(fail("--output must be used with human or json as argument."))
@@ -287,7 +291,11 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         let size: number | undefined
         if (c.size !== undefined) {
           const r = parseSizeBig(c.size)
-          if (!r.ok) return yield* sizeArg(c.size, "image size")
+          if (!r.ok && r.reason === "range") return yield* sizeArg(c.size, "image size")
+          if (!r.ok) {
+            reportLine("Invalid image size specified. You may use k, M, G, T, P or E suffixes for")
+            return yield* Effect.fail(fail("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."))
+          }
           size = Number(r.value)
         }
         if (c.files.length > 1) return yield* Effect.fail(fail("At most one filename argument is allowed."))

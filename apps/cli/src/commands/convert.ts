@@ -4,7 +4,7 @@ import { createImage, type Image, type ImageFormat } from "@qcow2/image"
 import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
 import { open, unsafeCacheFiles, type ImageEnv } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
-import { eprint } from "../output.js"
+import { reportLine } from "../report.js"
 import { Progress } from "../progress.js"
 import type { Secrets } from "../secrets.js"
 
@@ -301,7 +301,7 @@ const sourceStatus = (
     }),
     Effect.catch((e) => {
       if (o.salvage !== true) return Effect.fail(fail(`error while reading block status at offset ${offset}: ${strerror(e)}`))
-      if (!o.quiet) eprint(`qcow2: warning: error while reading block status at offset ${offset}: ${strerror(e)}\n`)
+      if (!o.quiet) reportLine(`warning: error while reading block status at offset ${offset}: ${strerror(e)}`)
       return Effect.succeed({ kind: "data" as const, length: Math.min(512, remaining) })
     })
   )
@@ -317,7 +317,7 @@ const readSource = (task: Task, view: Uint8Array, o: ConvertOptions): Effect.Eff
           yield* task.source.read(task.offset + pos, sector).pipe(
             Effect.catch((err) =>
               Effect.sync(() => {
-                if (!o.quiet) eprint(`qcow2: warning: error while reading offset ${task.offset + pos}: ${strerror(err)}\n`)
+                if (!o.quiet) reportLine(`warning: error while reading offset ${task.offset + pos}: ${strerror(err)}`)
                 sector.fill(0)
               })
             )

@@ -8,7 +8,7 @@ import { Effect } from "effect"
 import { createImage, type ImageFormat } from "@qcow2/image"
 import { open, type ImageEnv } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
-import { eprint } from "../output.js"
+import { reportLine } from "../report.js"
 import { parseSize } from "../text/strtosz.js"
 
 export interface DdOptions {
@@ -34,13 +34,18 @@ const INT64_MAX = 9223372036854775807n
 const number = (name: string, text: string, min: number, max: bigint): number | CliFailure => {
   const r = parseSize(text)
   if (!r.ok && r.reason !== "range") {
-    return fail(`Invalid ${name} specified. You may use k, M, G, T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`)
+    reportLine(`Invalid ${name} specified. You may use k, M, G, T, P or E suffixes for`)
+    return fail("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
   }
   if (!r.ok || BigInt(r.value) > max || r.value < min) return fail(`Invalid ${name} specified. Must be between ${min} and ${max}.`)
   return r.value
 }
 
-/** Parses `name=value` operands (bs, count, skip, if, of); the last of each wins. */
+/**
+ * Parses `name=value` operands (bs, count, skip, if, of); the last of each
+ * wins. A malformed number reports its first message line right away, as
+ * qemu-img's two error_report calls do; the failure carries the second.
+ */
 export const parseDdOperands = (operands: ReadonlyArray<string>): DdOperands | CliFailure => {
   let result: { bs: number; count?: number; skip?: number; input?: string; output?: string } = { bs: 512 }
   for (const operand of operands) {
@@ -96,7 +101,7 @@ export const runDd = (o: DdOptions): Effect.Effect<number, CliFailure, ImageEnv>
       const output = yield* open(parsed.output, { readOnly: false, format: o.outFormat })
       let inPos = skipBytes
       if (skipPast) {
-        eprint(`qcow2: ${parsed.input}: cannot skip to specified offset\n`)
+        reportLine(`${parsed.input}: cannot skip to specified offset`)
         inPos = size
       }
       const buffer = new Uint8Array(bs)

@@ -13,6 +13,7 @@ import { parseCreateOptions, type OptionValues } from "../createopts.js"
 import { open, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import { print } from "../output.js"
+import { reportLine } from "../report.js"
 import { QDict, toQemuJson } from "../text/qjson.js"
 
 export interface MeasureOptions {
@@ -162,7 +163,10 @@ export const runMeasure = (o: MeasureOptions): Effect.Effect<number, CliFailure,
       const input = o.file !== undefined ? yield* open(o.file, { readOnly: true, format: o.format, passphrase: o.passphrase }) : undefined
       if (o.outFormat !== "qcow2" && o.outFormat !== "raw") return yield* Effect.fail(fail(`Unknown file format '${o.outFormat}'`))
       const parsed = parseCreateOptions(o.outFormat, o.options)
-      if (!parsed.ok) return yield* Effect.fail(fail(`${parsed.message}\nqcow2: Invalid options for file format '${o.outFormat}'`))
+      if (!parsed.ok) {
+        reportLine(parsed.message)
+        return yield* Effect.fail(fail(`Invalid options for file format '${o.outFormat}'`))
+      }
       const values = parsed.values
       if (o.size !== undefined) values.set("size", String(o.size))
       let m: Measurement
