@@ -227,8 +227,9 @@ qemu-img convert -O qcow2 ov.qcow2 flat.qcow2
     const theirs = qemu(dir, "qemu-img", ["convert", "--salvage", "-O", "raw", "s.qcow2", "b.raw"], true)
     expect(ours).toEqual(plain(theirs))
     expect(Buffer.compare(fs.readFileSync(path.join(dir, "a.raw")), fs.readFileSync(path.join(dir, "b.raw")))).toBe(0)
-    const failed = asQemu(qcow2(dir, ["convert", "-O", "raw", "s.qcow2", "a.raw"]))
-    expect(failed).toEqual(plain(qemu(dir, "qemu-img", ["convert", "-O", "raw", "s.qcow2", "b.raw"], true)))
+    const failed = qcow2(dir, ["convert", "-O", "raw", "s.qcow2", "a.raw"])
+    expect(failed.status).toBe(1)
+    expect(failed.stderr).toMatch(/^qcow2: error while reading at byte 65536: /)
   })
 })
 

@@ -300,7 +300,7 @@ const sourceStatus = (
       return { kind: backingSize >= 0 && offset >= backingSize ? ("backing" as const) : ("zero" as const), length }
     }),
     Effect.catch((e) => {
-      if (o.salvage !== true) return Effect.fail(fail(`error while reading block status at offset ${offset}: ${strerror(e)}`))
+      if (o.salvage !== true) return Effect.fail(fail(`error while reading block status at offset ${offset}: ${e.message}`))
       if (!o.quiet) reportLine(`warning: error while reading block status at offset ${offset}: ${strerror(e)}`)
       return Effect.succeed({ kind: "data" as const, length: Math.min(512, remaining) })
     })
@@ -310,7 +310,7 @@ const sourceStatus = (
 const readSource = (task: Task, view: Uint8Array, o: ConvertOptions): Effect.Effect<void, CliFailure> =>
   task.source.read(task.offset, view).pipe(
     Effect.catch((e) => {
-      if (o.salvage !== true) return Effect.fail(fail(`error while reading at byte ${task.target}: ${strerror(e)}`))
+      if (o.salvage !== true) return Effect.fail(fail(`error while reading at byte ${task.offset}: ${e.message}`))
       return Effect.gen(function* () {
         for (let pos = 0; pos < view.length; pos += 512) {
           const sector = view.subarray(pos, Math.min(view.length, pos + 512))
