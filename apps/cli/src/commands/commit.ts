@@ -88,7 +88,6 @@ const commitJob = (top: Image, base: Image, depth: number, progress: Progress | 
       offset += n
     }
     const total = dirty.reduce((sum, [s, e]) => sum + (e - s), 0)
-    let done = 0
     const buffer = new Uint8Array(MAX_IO)
     for (const [runStart, runEnd] of dirty) {
       for (let iteration = runStart; iteration < runEnd; ) {
@@ -114,7 +113,6 @@ const commitJob = (top: Image, base: Image, depth: number, progress: Progress | 
             yield* base.discard(offset, io).pipe(Effect.mapError(jobFailed))
           }
           offset += io
-          done += io
           progress?.advance(total === 0 ? 0 : (io * 100) / total)
         }
         iteration = iterationEnd
@@ -144,8 +142,9 @@ export const runCommit = (o: CommitOptions): Effect.Effect<number, CliFailure, I
     return yield* Effect.scoped(
       Effect.gen(function* () {
         const top = yield* open(o.file, { readOnly: false, format: o.format, passphrase: o.passphrase, readWriteBacking: target.location })
-        let base: Image = top
-        for (let i = 0; i < target.depth; i++) base = base.backing!
+        let base: Image | undefined = top
+        for (let i = 0; i < target.depth && base !== undefined; i++) base = base.backing
+        if (base === undefined) return yield* Effect.fail(fail("Image does not have a backing file"))
         const progress = o.progress && !o.quiet ? new Progress(100) : undefined
         yield* commitJob(top, base, target.depth, progress)
         if (!drop) {
