@@ -2,11 +2,11 @@ import { Effect, Semaphore } from "effect"
 import { Refcounts } from "@qcow2/alloc"
 import { TableCache } from "@qcow2/cache"
 import type { CompressionError, DecompressionError } from "@qcow2/compress"
-import { decodeImageHeader, IncompatibleFeature, l1EntriesFor, makeGeometry } from "@qcow2/format"
+import { AutoclearFeature, decodeImageHeader, encodeImageHeader, IncompatibleFeature, l1EntriesFor, makeGeometry, snapshotTableSize } from "@qcow2/format"
 import type { Geometry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { BlockStorageShape } from "@qcow2/storage"
 import { writeCompressedClusters } from "./compressed.js"
-import { discardClusters } from "./discard.js"
+import { discardClusters, unmapClusters } from "./discard.js"
 import { asImageError, checkRange, ClusterError, ImageError, isStructuralDamage, toImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { HeaderState } from "./header.js"
@@ -397,6 +397,49 @@ export class Qcow2Engine {
   /** Makes reads of this read-only engine see a snapshot's content (`qemu-img convert -l`). */
   loadSnapshot(id: string | undefined, name: string | undefined): Effect.Effect<void, ImageError> {
     return this.run(this.lock.withPermits(1)(loadSnapshot(this, id, name)))
+  }
+
+  /**
+   * Makes every cluster of the active layer unallocated (the backing file
+   * shows through again) and frees what they held: QEMU's
+   * `bdrv_make_empty` of a qcow2 image, as `qemu-img commit` uses it.
+   */
+  makeEmpty(): Effect.Effect<void, ImageError> {
+    const bad = this.requireWritable()
+    if (bad) return Effect.fail(bad)
+    if (this.virtualSize === 0) return Effect.void
+    return this.change(unmapClusters(this, 0, this.virtualSize))
+  }
+
+  /**
+   * Records a new backing file name and format in the header (cluster 0
+   * rewritten through `HeaderState`), or none: QEMU's
+   * qcow2_change_backing_file. Refused as QEMU refuses it: a backing file
+   * on a raw external data file or a name over 1023 bytes (InvalidArgument),
+   * a header that no longer fits its cluster (NoSpace).
+   */
+  setBacking(name: string | undefined, format: string | undefined): Effect.Effect<void, ImageError> {
+    const bad = this.requireWritable()
+    if (bad) return Effect.fail(bad)
+    const current = this.header.image
+    if (name !== undefined && (current.header.autoclearFeatures & AutoclearFeature.RawExternalData) !== 0n) {
+      return Effect.fail(new ImageError({ reason: "InvalidArgument", message: "a raw external data file cannot have a backing file", location: this.location, errno: "EINVAL" }))
+    }
+    if (name !== undefined && new TextEncoder().encode(name).length > 1023) {
+      return Effect.fail(new ImageError({ reason: "InvalidArgument", message: "backing file name too long", location: this.location, errno: "EINVAL" }))
+    }
+    const { backingFormat: _dropped, ...otherExtensions } = current.extensions
+    const next: ImageHeader = {
+      ...current,
+      backingFile: name,
+      extensions: format !== undefined ? { ...otherExtensions, backingFormat: format } : otherExtensions
+    }
+    try {
+      encodeImageHeader(next)
+    } catch {
+      return Effect.fail(new ImageError({ reason: "NoSpace", message: "No space left in the file header", location: this.location, errno: "ENOSPC" }))
+    }
+    return this.run(this.lock.withPermits(1)(this.header.rewriteAll(next)))
   }
 
   /** Flushes, and after a clean session of a lazy-refcount image clears the dirty bit. Never fails. */

@@ -52,9 +52,16 @@ export class HeaderState {
     return this.writeThrough(next, encodeHeader(onDisk(next.header)))
   }
 
-  /** Rewrites header, extensions and backing name (cluster 0). */
+  /**
+   * Rewrites header, extensions and backing name: the whole of cluster 0,
+   * zero-padded as QEMU's qcow2_update_header writes it, so nothing of a
+   * longer previous backing name or extension area is left behind.
+   */
   rewriteAll(next: ImageHeader): Effect.Effect<void, StorageError> {
-    return this.writeThrough(next, encodeImageHeader({ ...next, header: onDisk(next.header) }))
+    const used = encodeImageHeader({ ...next, header: onDisk(next.header) })
+    const cluster = new Uint8Array(Math.max(used.length, 2 ** next.header.clusterBits))
+    cluster.set(used)
+    return this.writeThrough(next, cluster)
   }
 
   /** Sets or clears incompatible feature bits (dirty, corrupt). */

@@ -68,6 +68,18 @@ export interface Image {
    */
   readonly formatSpecific: () => Effect.Effect<FormatSpecific, ImageError>
   readonly check: (options?: { readonly repair?: "leaks" | "all" }) => Effect.Effect<CheckResult, ImageError>
+  /**
+   * Makes every cluster unallocated again (the backing file shows through),
+   * as QEMU's `bdrv_make_empty` after `qemu-img commit`; raw images refuse
+   * (Unsupported, which qemu-img commit ignores).
+   */
+  readonly makeEmpty: () => Effect.Effect<void, ImageError>
+  /**
+   * Rewrites the backing file name and format recorded in the header (none
+   * when `name` is undefined), as QEMU's `bdrv_change_backing_file`; the
+   * open backing chain is not changed. Raw images refuse (Unsupported).
+   */
+  readonly setBacking: (name: string | undefined, format: string | undefined) => Effect.Effect<void, ImageError>
   /** Internal snapshots (qcow2 spec "Snapshots"); undefined for a format without them (raw). */
   readonly internalSnapshots: InternalSnapshots | undefined
 }
@@ -129,6 +141,11 @@ export interface OpenOptions {
    * `check({ repair })` can fix it.
    */
   readonly forCheck?: boolean
+  /**
+   * Resolved name of one image of the backing chain to open read-write
+   * (the rest stays read-only), as `qemu-img commit` reopens its base.
+   */
+  readonly readWriteBacking?: string
 }
 
 /** `qemu-img create -f qcow2 -o …` options, named as qemu-img names them (camelCased). */

@@ -171,10 +171,12 @@ function openNamed(
       options: step.options,
       codec: step.codec,
       resolveBacking: (backing) => step.opener.resolve(name, backing),
-      openBacking: (backing, backingFormat) =>
-        Effect.mapError(openNamed(step, step.opener.resolve(name, backing), backingFormat, true, chain), (e) =>
+      openBacking: (backing, backingFormat) => {
+        const resolved = step.opener.resolve(name, backing)
+        return Effect.mapError(openNamed(step, resolved, backingFormat, step.options.readWriteBacking !== resolved, chain), (e) =>
           e.reason === "BackingChain" ? e : new ImageError({ ...e, reason: "BackingChain", message: `Could not open backing file: ${e.message}` })
-        ),
+        )
+      },
       // QEMU opens a relative data file name as given (relative to the working directory).
       unlock: unlocker(step, name),
       openDataFile: (dataFile) => Effect.mapError(step.opener.open(dataFile, { readOnly }), (e) => openFailure(dataFile, e)),

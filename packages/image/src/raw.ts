@@ -89,6 +89,8 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
           return asImageError(rawBlockStatus(storage, offset, Math.min(length, size - offset)), location)
         },
         formatSpecific: () => Effect.succeed({}),
+        makeEmpty: () => Effect.fail(new ImageError({ reason: "Unsupported", message: "raw images cannot be emptied", location, errno: "ENOTSUP" })),
+        setBacking: () => Effect.fail(new ImageError({ reason: "Unsupported", message: "raw images have no backing file", location, errno: "ENOTSUP" })),
         check: () =>
           Effect.fail(new ImageError({ reason: "Unsupported", message: "This image format does not support checks", location }))
       }

@@ -9,8 +9,9 @@ import { cipherLayer, envLayer, imageOptions, type ImageEnv } from "../env.js"
 import { CliFailure, describeCause, fail, usage } from "../errors.js"
 import { eprint, exitStatus } from "../output.js"
 import { programName } from "../progname.js"
+import { reportLine } from "../report.js"
 import { parseSecrets, type Secrets } from "../secrets.js"
-import { parseSize } from "../text/strtosz.js"
+import { parseSize, parseSizeBig } from "../text/strtosz.js"
 import type { SnapshotSelector } from "../commands/snapshot.js"
 import type { Parsed } from "./spec.js"
 
@@ -71,6 +72,19 @@ const sizeArg = (text: string, what: string): Effect.Effect<number, CliFailure> 
     )
   )
 }
+
+/**
+ * Whether a `-o` list is one qemu-img accepts (is_valid_option_list): not
+ * empty, not starting with a comma, and not ending in an unescaped one.
+ */
+const isValidOptionList = (list: string): boolean => {
+  if (list === "" || list.startsWith(",")) return false
+  const trailing = list.length - list.replace(/,+$/, "").length
+  return trailing % 2 === 0
+}
+
+/** Cache modes qemu-img accepts for -t/-T (bdrv_parse_cache_mode). */
+const CACHE_MODES: ReadonlySet<string> = new Set(["none", "off", "writeback", "writethrough", "directsync", "unsafe"])
 
 /** The command line carries secrets (every command has --object and all but create --passphrase-file). */
 export const hasSecrets = (p: Parsed): boolean =>
@@ -169,6 +183,9 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         const secrets = yield* secretsOf(c)
         const target = c.targetFormat
         if (target !== "raw" && target !== "qcow2") return yield* Effect.fail(fail(`Unknown file format '${target}'`))
+        if (c.compress && c.copyRange) return yield* Effect.fail(fail("Cannot enable copy offloading when -c is used"))
+        if (c.sparseSize !== undefined && c.copyRange) return yield* Effect.fail(fail("Cannot enable copy offloading when -S is used"))
+        if (c.copyRange && c.salvage) return yield* Effect.fail(fail("Cannot use copy offloading in salvaging mode"))
         if (c.targetIsZero && !c.noCreate) return yield* Effect.fail(fail("--target-is-zero requires use of -n flag"))
         let sparseSize = 4096
         const s = c.sparseSize
@@ -217,9 +234,107 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           secrets,
           cache: c.cache ?? "unsafe",
           ...(snapshot !== undefined ? { snapshot } : {}),
+          salvage: c.salvage,
+          copyRange: c.copyRange,
           ...(c.backing !== undefined ? { backingFile: c.backing } : {}),
           ...(c.backingFormat !== undefined ? { backingFormat: c.backingFormat } : {})
         })
+      })
+    }
+    case "commit": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        const format = yield* imageFormat(c.format)
+        if (c.cache !== undefined && !CACHE_MODES.has(c.cache)) return yield* Effect.fail(fail(`Invalid cache option: ${c.cache}`))
+        if (c.rateLimit !== undefined) yield* sizeArg(c.rateLimit, "rate limit")
+        const { runCommit } = yield* Effect.promise(() => import("../commands/commit.js"))
+        return yield* runCommit({
+          file: c.file,
+          format,
+          drop: c.drop,
+          progress: c.progress,
+          quiet: c.quiet,
+          passphrase: secrets.passphrase,
+          ...(c.base !== undefined ? { base: c.base } : {})
+        })
+      })
+    }
+    case "rebase": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        if (!c.unsafe && c.backing === undefined) return yield* Effect.fail(usage("Must specify backing file (-b) or use unsafe mode (-u)"))
+        const format = yield* imageFormat(c.format)
+        if (c.cache !== undefined && !CACHE_MODES.has(c.cache)) return yield* Effect.fail(fail(`Invalid cache option: ${c.cache}`))
+        if (c.sourceCache !== undefined && !CACHE_MODES.has(c.sourceCache)) return yield* Effect.fail(fail(`Invalid source cache option: ${c.sourceCache}`))
+        const { runRebase } = yield* Effect.promise(() => import("../commands/rebase.js"))
+        return yield* runRebase({
+          file: c.file,
+          format,
+          backing: c.backing,
+          unsafe: c.unsafe,
+          progress: c.progress,
+          quiet: c.quiet,
+          passphrase: secrets.passphrase,
+          ...(c.backingFormat !== undefined ? { backingFormat: c.backingFormat } : {})
+        })
+      })
+    }
+    case "measure": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        const bad = c.options.find((list) => !isValidOptionList(list))
+        if (bad !== undefined) return yield* Effect.fail(fail(`Invalid option list: ${bad}`))
+        if (c.snapshot !== undefined && c.snapshot.startsWith("snapshot.")) {
+          const unknown = c.snapshot.split(",").map((field) => field.split("=")[0]!).find((name) => name !== "snapshot.id" && name !== "snapshot.name")
+          if (unknown !== undefined) {
+            reportLine(`Invalid parameter '${unknown}'`)
+            return yield* Effect.fail(fail(`Failed in parsing snapshot param '${c.snapshot}'`))
+          }
+        }
+        if (c.output !== undefined && c.output !== "human" && c.output !== "json") {
+          return yield* Effect.fail(fail("--output must be used with human or json as argument."))
+        }
+        let size: number | undefined
+        if (c.size !== undefined) {
+          const r = parseSizeBig(c.size)
+          if (!r.ok && r.reason === "range") return yield* sizeArg(c.size, "image size")
+          if (!r.ok) {
+            reportLine("Invalid image size specified. You may use k, M, G, T, P or E suffixes for")
+            return yield* Effect.fail(fail("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."))
+          }
+          size = Number(r.value)
+        }
+        if (c.files.length > 1) return yield* Effect.fail(fail("At most one filename argument is allowed."))
+        const file = c.files[0]
+        if (file === undefined && (c.imageOpts || c.format !== undefined || c.snapshot !== undefined)) {
+          return yield* Effect.fail(fail("--image-opts, -f, and -l require a filename argument."))
+        }
+        if (file !== undefined && size !== undefined) return yield* Effect.fail(fail("--size N cannot be used together with a filename."))
+        if (file === undefined && size === undefined) return yield* Effect.fail(fail("Either --size N or one filename must be specified."))
+        if (c.snapshot !== undefined) return yield* Effect.fail(fail(`Failed to load snapshot: measuring an internal snapshot is not supported here`))
+        const format = yield* imageFormat(c.format)
+        const { runMeasure } = yield* Effect.promise(() => import("../commands/measure.js"))
+        return yield* runMeasure({
+          format,
+          outFormat: c.targetFormat,
+          options: c.options,
+          output: c.output === "json" ? "json" : "human",
+          passphrase: secrets.passphrase,
+          ...(file !== undefined ? { file } : {}),
+          ...(size !== undefined ? { size } : {})
+        })
+      })
+    }
+    case "dd": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        const format = yield* imageFormat(c.format)
+        const { runDd } = yield* Effect.promise(() => import("../commands/dd.js"))
+        return yield* runDd({ operands: c.operands, format, outFormat: c.targetFormat, passphrase: secrets.passphrase })
       })
     }
     case "snapshot": {

@@ -43,6 +43,8 @@ const makeArgument = (a: ArgSpec): Argument.Argument<unknown> => {
       return Argument.String(a.name).pipe(Argument.optional)
     case "atLeast2":
       return Argument.String(a.name).pipe(Argument.atLeast(2))
+    case "many":
+      return Argument.String(a.name).pipe(Argument.atLeast(0))
   }
 }
 

@@ -102,7 +102,7 @@ const parseCommand = (spec: CommandSpec, tokens: ReadonlyArray<Token>, trailing:
     } else if (arg.kind === "optional") {
       values[key] = next < positional.length ? positional[next++] : undefined
     } else {
-      if (positional.length - next < 2) return undefined
+      if (arg.kind === "atLeast2" && positional.length - next < 2) return undefined
       values[key] = positional.slice(next)
       next = positional.length
     }

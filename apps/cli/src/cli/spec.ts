@@ -35,7 +35,7 @@ export type FlagSpec =
 /** A positional argument: exactly one, zero or one, or two and more. */
 export interface ArgSpec {
   readonly name: string
-  readonly kind: "one" | "optional" | "atLeast2"
+  readonly kind: "one" | "optional" | "atLeast2" | "many"
 }
 
 export interface CommandSpec {
@@ -178,6 +178,8 @@ export const convert = {
     sourceCache,
     targetIsZero: { kind: "boolean", name: "target-is-zero" },
     snapshot: { kind: "string", name: "snapshot", alias: "l", description: "read this internal snapshot: snapshot.id=ID,snapshot.name=NAME or an ID or name" },
+    salvage: { kind: "boolean", name: "salvage", description: "continue past read errors, zeros in place of what cannot be read" },
+    copyRange: { kind: "boolean", name: "copy-range-offloading", alias: "C", description: "copy offloading: data copied as it is, without zero detection" },
     ...common
   },
   args: { files: { name: "filename", kind: "atLeast2" } }
@@ -222,7 +224,66 @@ export const serve = {
   args: { file: { name: "filename", kind: "one" } }
 } as const satisfies CommandSpec
 
-export const COMMANDS = { info, map, check, compare, create, convert, snapshot, serve } as const
+export const commit = {
+  name: "commit",
+  description: "commit an overlay into its backing chain like qemu-img commit",
+  flags: {
+    format,
+    cache: { kind: "string", name: "cache", alias: "t", description: "cache mode (accepted)" },
+    base: { kind: "string", name: "base", alias: "b", description: "commit down to this image of the chain (implies -d)" },
+    drop: { kind: "boolean", name: "drop", alias: "d", description: "leave the overlay as it is (do not empty it)" },
+    progress: { kind: "boolean", name: "progress", alias: "p" },
+    quiet,
+    rateLimit: { kind: "string", name: "rate-limit", alias: "r", description: "accepted, ignored" },
+    ...common
+  },
+  args: { file: { name: "filename", kind: "one" } }
+} as const satisfies CommandSpec
+
+export const rebase = {
+  name: "rebase",
+  description: "change the backing file of an image like qemu-img rebase",
+  flags: {
+    format,
+    backing: { kind: "string", name: "backing", alias: "b", description: "new backing file (\"\" detaches)" },
+    backingFormat: { kind: "string", name: "backing-format", alias: "F", description: "format of the new backing file" },
+    unsafe: { kind: "boolean", name: "unsafe", alias: "u", description: "only rewrite the backing file name and format" },
+    progress: { kind: "boolean", name: "progress", alias: "p" },
+    quiet,
+    cache: { kind: "string", name: "cache", alias: "t", description: "cache mode (accepted)" },
+    sourceCache,
+    ...common
+  },
+  args: { file: { name: "filename", kind: "one" } }
+} as const satisfies CommandSpec
+
+export const measure = {
+  name: "measure",
+  description: "compute the size of a new image like qemu-img measure",
+  flags: {
+    format,
+    output: { kind: "string", name: "output", description: "human (default) or json" },
+    targetFormat: { kind: "stringDefault", name: "target-format", alias: "O", description: "raw (default) or qcow2", default: "raw" },
+    options: { kind: "repeat", name: "options", alias: "o", description: "name=value,… creation options" },
+    snapshot: { kind: "string", name: "snapshot", alias: "l", description: "measure an internal snapshot" },
+    size: { kind: "string", name: "size", description: "virtual size of a new image (instead of FILE)" },
+    ...common
+  },
+  args: { files: { name: "filename", kind: "many" } }
+} as const satisfies CommandSpec
+
+export const dd = {
+  name: "dd",
+  description: "copy an image like qemu-img dd: bs=N count=N skip=N if=IN of=OUT",
+  flags: {
+    format,
+    targetFormat: { kind: "stringDefault", name: "target-format", alias: "O", description: "raw (default) or qcow2", default: "raw" },
+    ...common
+  },
+  args: { operands: { name: "operand", kind: "many" } }
+} as const satisfies CommandSpec
+
+export const COMMANDS = { info, map, check, compare, create, convert, snapshot, serve, commit, rebase, measure, dd } as const
 
 export type CommandName = keyof typeof COMMANDS
 

@@ -3,7 +3,8 @@ import { Effect, Semaphore } from "effect"
 import { createImage, type Image, type ImageFormat } from "@qcow2/image"
 import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
 import { open, unsafeCacheFiles, type ImageEnv } from "../env.js"
-import { fail, type CliFailure } from "../errors.js"
+import { fail, strerror, type CliFailure } from "../errors.js"
+import { reportLine } from "../report.js"
 import { Progress } from "../progress.js"
 import type { Secrets } from "../secrets.js"
 import type { SnapshotSelector } from "./snapshot.js"
@@ -31,6 +32,10 @@ export interface ConvertOptions {
   readonly cache: string
   /** -l: read this internal snapshot of the (first) source. */
   readonly snapshot?: SnapshotSelector
+  /** --salvage: unreadable sectors become zeros (with a warning) instead of ending the copy. */
+  readonly salvage?: boolean
+  /** -C: copy offloading; data goes over as it is, without looking for zeros (as a successful offload does). */
+  readonly copyRange?: boolean
 }
 
 /** Bytes per request: large reads amortise the per-request cost. */
@@ -82,8 +87,12 @@ interface Task {
   /** Offset in the target. */
   readonly target: number
   readonly length: number
-  /** The source reads as zeros here: nothing to read. */
-  readonly zero: boolean
+  /**
+   * What to do (qemu-img's BLK_DATA / BLK_ZERO / BLK_BACKING_FILE): copy
+   * data, make zeros (nothing to read), or leave the target unallocated so
+   * that its backing file shows.
+   */
+  readonly status: "data" | "zero" | "backing"
 }
 
 /** Where the converted bytes go. */
@@ -102,6 +111,12 @@ interface Sink {
    * size in the same way), and whole clusters are written in one piece.
    */
   readonly zeroGranularity: number
+  /**
+   * Size of the new target's backing file when it has one (zeros past it
+   * need no writing), -1 when the backing size does not count; undefined
+   * without a backing file.
+   */
+  readonly backingSize?: number
 }
 
 const writeAll = (fd: number, data: Uint8Array, position: number, target: string): Effect.Effect<void, CliFailure> =>
@@ -168,6 +183,9 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
         const { loadConvertSnapshot } = yield* Effect.promise(() => import("./snapshot.js"))
         yield* loadConvertSnapshot(sources, o.snapshot)
       }
+      if (sources.length > 1 && o.backingFile !== undefined) {
+        return yield* Effect.fail(fail("Having a backing file for the target makes no sense when concatenating multiple input images"))
+      }
       const total = sources.reduce((n, s) => n + s.virtualSize, 0)
 
       let sink: Sink
@@ -203,16 +221,19 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             // the data to look for zeros): read whole chunks and find the
             // zeros once, in the worker.
             const end = Math.min(source.virtualSize, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
-            const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, zero: false }
+            const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "data" }
             sourceOffset = end
             return task
           }
-          const status = yield* source
-            .blockStatus(sourceOffset, remaining)
-            .pipe(Effect.mapError((e) => fail(`error while reading block status at offset ${sourceOffset}: ${e.message}`)))
+          const status = yield* sourceStatus(source, sourceOffset, remaining, sink.backingSize, o)
           const align = sink.alignment
           const extentEnd = sourceOffset + Math.max(1, Math.min(status.length, remaining))
-          let zeroTask = status.zero
+          if (status.kind === "backing") {
+            const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: extentEnd - sourceOffset, status: "backing" }
+            sourceOffset = extentEnd
+            return task
+          }
+          let zeroTask = status.kind === "zero"
           let end: number
           if (zeroTask) {
             // Keep later data aligned: a zero extent ends on an alignment boundary.
@@ -225,25 +246,23 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             end = Math.min(rounded, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
           }
           const length = end! - sourceOffset
-          const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length, zero: zeroTask }
+          const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length, status: zeroTask ? "zero" : "data" }
           sourceOffset += length
           return task
         })
       )
 
-      const granularity = sink.alignment > 1 ? sink.alignment : o.sparseSize === 0 ? 0 : Math.max(o.sparseSize, sink.zeroGranularity)
+      const granularity = sink.alignment > 1 ? sink.alignment : o.sparseSize === 0 || o.copyRange === true ? 0 : Math.max(o.sparseSize, sink.zeroGranularity)
       const worker = Effect.gen(function* () {
         const buffer = Buffer.allocUnsafe(CHUNK)
         for (;;) {
           const task = yield* nextTask
           if (task === undefined) return
-          if (task.zero) {
+          if (task.status === "zero") {
             if (o.sparseSize === 0 || !sink.zeroIsFree) yield* sink.writeZeroes(task.target, task.length)
-          } else {
+          } else if (task.status === "data") {
             const view = buffer.subarray(0, task.length)
-            yield* task.source
-              .read(task.offset, view)
-              .pipe(Effect.mapError((e) => fail(`error while reading at byte ${task.offset}: ${e.message}`)))
+            yield* readSource(task, view, o)
             const runs = dataRuns(buffer, task.length, granularity)
             let covered = 0
             for (const [start, end] of runs) {
@@ -260,6 +279,58 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       yield* Effect.all(Array.from({ length: workers }, () => worker), { concurrency: "unbounded", discard: true })
       progress?.finish()
       return 0
+    })
+  )
+
+/**
+ * Status of the source extent at `offset` as qemu-img convert sees it. With
+ * a backing file for the target only what the source's top image holds is
+ * copied (status above the source's own backing file); the rest is left to
+ * the target's backing file, and so are zeros past its end.
+ */
+const sourceStatus = (
+  source: Image,
+  offset: number,
+  remaining: number,
+  backingSize: number | undefined,
+  o: ConvertOptions
+): Effect.Effect<{ readonly kind: Task["status"]; readonly length: number }, CliFailure> =>
+  source.blockStatus(offset, remaining).pipe(
+    Effect.map((s) => {
+      if (backingSize === undefined) return { kind: s.zero ? ("zero" as const) : ("data" as const), length: s.length }
+      let length = s.length
+      if (backingSize >= 0 && offset < backingSize) length = Math.min(length, backingSize - offset)
+      // Allocated in the top image, or zeros no backing file of the source provides.
+      const own = source.backing === undefined || (s.depth === 0 && (s.present || s.zero))
+      if (!own) return { kind: "backing" as const, length }
+      if (!s.zero) return { kind: "data" as const, length }
+      return { kind: backingSize >= 0 && offset >= backingSize ? ("backing" as const) : ("zero" as const), length }
+    }),
+    Effect.catch((e) => {
+      if (o.salvage !== true) return Effect.fail(fail(`error while reading block status at offset ${offset}: ${e.message}`))
+      if (!o.quiet) reportLine(`warning: error while reading block status at offset ${offset}: ${strerror(e)}`)
+      return Effect.succeed({ kind: "data" as const, length: Math.min(512, remaining) })
+    })
+  )
+
+/** Reads a data task; with --salvage a failed read is retried sector by sector, and unreadable sectors read as zeros. */
+const readSource = (task: Task, view: Uint8Array, o: ConvertOptions): Effect.Effect<void, CliFailure> =>
+  task.source.read(task.offset, view).pipe(
+    Effect.catch((e) => {
+      if (o.salvage !== true) return Effect.fail(fail(`error while reading at byte ${task.offset}: ${e.message}`))
+      return Effect.gen(function* () {
+        for (let pos = 0; pos < view.length; pos += 512) {
+          const sector = view.subarray(pos, Math.min(view.length, pos + 512))
+          yield* task.source.read(task.offset + pos, sector).pipe(
+            Effect.catch((err) =>
+              Effect.sync(() => {
+                if (!o.quiet) reportLine(`warning: error while reading offset ${task.offset + pos}: ${strerror(err)}`)
+                sector.fill(0)
+              })
+            )
+          )
+        }
+      })
     })
   )
 
@@ -314,7 +385,8 @@ const qcow2Sink = (o: ConvertOptions, total: number) =>
               if (end > fullEnd) yield* wrap(fullEnd, target.write(fullEnd, data.subarray(fullEnd - offset)))
             })
           : wrap(offset, target.write(offset, data)),
-      writeZeroes: (offset, length) => wrap(offset, target.writeZeroes(offset, length))
+      writeZeroes: (offset, length) => wrap(offset, target.writeZeroes(offset, length, { unmap: o.sparseSize !== 0 })),
+      ...(o.backingFile !== undefined ? { backingSize: !o.skipCreate && target.backing !== undefined ? target.backing.virtualSize : -1 } : {})
     }
     yield* Effect.addFinalizer(() => target.flush().pipe(Effect.ignore))
     return sink

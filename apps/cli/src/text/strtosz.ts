@@ -24,6 +24,16 @@ const invalid: SizeResult = { ok: false, reason: "invalid" }
 const range: SizeResult = { ok: false, reason: "range" }
 
 export const parseSize = (text: string): SizeResult => {
+  const r = parseSizeBig(text)
+  if (!r.ok) return r
+  if (r.value > BigInt(Number.MAX_SAFE_INTEGER)) return range
+  return { ok: true, value: Number(r.value), hexWithSuffix: r.hexWithSuffix }
+}
+
+/** `parseSize` over the whole range QEMU takes (up to INT64_MAX), as a bigint. */
+export const parseSizeBig = (
+  text: string
+): { readonly ok: true; readonly value: bigint; readonly hexWithSuffix: boolean } | { readonly ok: false; readonly reason: "invalid" | "range" } => {
   let i = 0
   while (i < text.length && /\s/.test(text[i]!)) i++
   if (text[i] === "-") return invalid
@@ -63,6 +73,5 @@ export const parseSize = (text: string): SizeResult => {
   let value = whole * multiplier + (scaledFraction >> 64n)
   if (((scaledFraction >> 63n) & 1n) === 1n) value += 1n
   if (value > INT64_MAX) return range
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) return range
-  return { ok: true, value: Number(value), hexWithSuffix: hex && unit !== undefined }
+  return { ok: true, value, hexWithSuffix: hex && unit !== undefined }
 }

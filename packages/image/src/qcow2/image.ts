@@ -60,6 +60,8 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, nev
     truncate: (size, options) => engine.truncate(size, options),
     blockStatus: (offset, length) => engine.blockStatus(offset, length),
     formatSpecific: () => formatSpecific(engine),
+    makeEmpty: () => engine.makeEmpty(),
+    setBacking: (name, format) => engine.setBacking(name, format),
     check: (options) => {
       const repair = options?.repair
       if (repair === undefined) return Effect.andThen(engine.flush(), parts.check(undefined))
