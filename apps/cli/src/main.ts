@@ -50,7 +50,8 @@ const program: Effect.Effect<void> = ioArgs !== undefined ? runQemuIo(ioArgs) : 
  * process). `serve` handles them itself: for an NBD server, as for
  * qemu-nbd, they are the normal way to end (exit 0).
  */
-const STOP_SIGNALS: ReadonlyArray<NodeJS.Signals> = argv[0] === "serve" ? [] : ["SIGINT", "SIGTERM", "SIGHUP"]
+const STOP_SIGNALS: ReadonlyArray<NodeJS.Signals> =
+  ioArgs === undefined && normalizeArgv(process.argv.slice(2))[0] === "serve" ? [] : ["SIGINT", "SIGTERM", "SIGHUP"]
 
 /**
  * Signals the QEMU tools block for their own use (their main loop), so that

@@ -209,6 +209,8 @@ export function makeLuksImage(
       },
       formatSpecific: () => Effect.succeed({ luks: header }),
       internalSnapshots: undefined,
+      makeEmpty: () => Effect.fail(new ImageError({ reason: "Unsupported", message: "luks images cannot be emptied", location, errno: "ENOTSUP" })),
+      setBacking: () => Effect.fail(new ImageError({ reason: "Unsupported", message: "luks images have no backing file", location, errno: "ENOTSUP" })),
       check: () => Effect.fail(new ImageError({ reason: "Unsupported", message: "This image format does not support checks", location }))
     }
     return image
