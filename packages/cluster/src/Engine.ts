@@ -2,7 +2,7 @@ import { Effect, Semaphore } from "effect"
 import { Refcounts } from "@qcow2/alloc"
 import { TableCache } from "@qcow2/cache"
 import type { CompressionError, DecompressionError } from "@qcow2/compress"
-import { AutoclearFeature, decodeImageHeader, encodeImageHeader, IncompatibleFeature, l1EntriesFor, makeGeometry } from "@qcow2/format"
+import { AutoclearFeature, decodeImageHeader, decodeSnapshotTable, encodeImageHeader, IncompatibleFeature, l1EntriesFor, Limits, makeGeometry } from "@qcow2/format"
 import type { Geometry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { BlockStorageShape } from "@qcow2/storage"
 import { writeCompressedClusters } from "./compressed.js"
@@ -321,6 +321,14 @@ export class Qcow2Engine {
         if (h.l1Size > 0) yield* self.storage.read(h.l1TableOffset, l1.subarray(0, h.l1Size * 8))
         self.refcounts.reload({ offset: h.refcountTableOffset, clusters: h.refcountTableClusters }, reftable, fileSize)
         self.l1.replace(l1, h.l1TableOffset, h.l1Size)
+        // A repair may have dropped snapshots (QEMU's check -r all of an oversized table).
+        const table = new Uint8Array(h.nbSnapshots > 0 ? Math.max(0, Math.min(fileSize - h.snapshotsOffset, Limits.maxSnapshotTableBytes)) : 0)
+        if (table.length > 0) yield* self.storage.read(h.snapshotsOffset, table)
+        const snapshots = yield* Effect.try({
+          try: () => decodeSnapshotTable(table, h.nbSnapshots).snapshots,
+          catch: (e) => new ClusterError({ reason: "Corrupt", message: `the repaired snapshot table does not decode: ${e instanceof Error ? e.message : String(e)}` })
+        })
+        self.snapshots.adopt(snapshots, h.snapshotsOffset, Math.floor(h.size / 512) * 512)
       }),
       this.location
     )

@@ -14,14 +14,15 @@ import type { Integrity } from "./integrity.js"
  * table" and "inactive L1 table" ranges of the overlap index current.
  *
  * Entries are kept as QEMU keeps them after reading (qcow2_read_snapshots):
- * an entry whose extra data has no disk size takes the virtual size at
- * open, one without icount takes -1; a rewritten table carries both.
+ * ID and name are C strings (they end at a NUL byte), an entry whose extra
+ * data has no disk size takes the virtual size at open, one without icount
+ * takes -1; a rewritten table carries them so.
  */
 export class SnapshotTable {
-  private list: ReadonlyArray<SnapshotEntry>
-  private tableOffset: number
+  private list: ReadonlyArray<SnapshotEntry> = []
+  private tableOffset = 0
   /** Bytes the table occupies on disk (what freeing it releases). */
-  private tableLength: number
+  private tableLength = 0
 
   constructor(
     entries: ReadonlyArray<SnapshotEntry>,
@@ -29,9 +30,14 @@ export class SnapshotTable {
     virtualSize: number,
     private readonly overlaps: OverlapIndex
   ) {
+    this.adopt(entries, offset, virtualSize)
+  }
+
+  /** Takes the table as read from disk (at open, and after a repair rewrote it). */
+  adopt(entries: ReadonlyArray<SnapshotEntry>, offset: number, virtualSize: number): void {
     this.tableLength = entries.length > 0 ? snapshotTableSize(entries) : 0
     this.tableOffset = entries.length > 0 ? offset : 0
-    this.list = entries.map((s) => ({ ...s, diskSize: s.diskSize ?? virtualSize, icount: s.icount ?? -1n }))
+    this.list = entries.map((s) => ({ ...s, id: cString(s.id), name: cString(s.name), diskSize: s.diskSize ?? virtualSize, icount: s.icount ?? -1n }))
     this.index()
   }
 
@@ -102,6 +108,12 @@ export class SnapshotTable {
     this.overlaps.setRanges("snapshot table", this.tableLength > 0 ? [{ offset: this.tableOffset, length: this.tableLength }] : [])
     this.overlaps.setRanges("inactive L1 table", this.list.map((s) => ({ offset: s.l1TableOffset, length: s.l1Size * 8 })))
   }
+}
+
+/** A string as C reads it: up to its first NUL. */
+const cString = (text: string): string => {
+  const nul = text.indexOf("\0")
+  return nul < 0 ? text : text.slice(0, nul)
 }
 
 const tooLarge = (message: string) => new ClusterError({ reason: "InvalidArgument", message, errno: "EFBIG" })
