@@ -130,7 +130,7 @@ export const parseJsonName = (name: string): { readonly ok: true; readonly optio
 /** The options of an --image-opts string ("driver=qcow2,file.filename=x.qcow2"). */
 export const parseOptionString = (text: string): BlockOptions => new Map(splitOptionList(text))
 
-const isFormat = (driver: string): driver is ImageFormat => driver === "qcow2" || driver === "raw"
+const isFormat = (driver: string): driver is ImageFormat => driver === "qcow2" || driver === "raw" || driver === "luks"
 
 /**
  * What `name` (undefined: no file name, only options) opens, with the
@@ -184,7 +184,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   if (file === undefined) {
     return { ok: false, message: driver !== undefined ? 'A block device must be specified for "file"' : "Must specify either driver or file" }
   }
-  const keySecret = take("encrypt.key-secret")
+  // qcow2 names its secret encrypt.key-secret; the luks driver plain key-secret.
+  const keySecret = take(driver === "luks" ? "key-secret" : "encrypt.key-secret")
   const backing = take("backing")
   const backingFile = take("backing.file.filename")
   const backingFormat = take("backing.driver")

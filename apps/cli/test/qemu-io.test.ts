@@ -85,6 +85,7 @@ describe("qemu-io commands: same output as qemu-io 7.2", () => {
     "reopen": ["reopen -r", "write 0 512", "reopen -w", "write 0 512", "reopen -r -w", "reopen -c foo", "reopen -c none", "reopen -o foo=bar", "reopen -o lazy-refcounts=on", "read -P 0xcd 0 512"],
     "reopen options": ["reopen -o node-name=foo", "reopen -o file.node-name=foo", "reopen -o driver=raw", "reopen -o driver=qcow2", "reopen -o file.driver=file", "reopen -r -o read-only=on", "reopen -c none -o cache.direct=on", "reopen -o read-only=foo", "reopen -o cache.no-flush=bar", "reopen -o read-only=on", "write 0 1", "reopen -o read-only=off", "write 0 1"],
     "truncate": ["truncate -m falloc 2M", "truncate -m bogus 2M", "length", "truncate 1M", "length"],
+    "alloc clips to the image": ["alloc 512k 5P", "alloc 1M 1", "alloc 2M 1", "alloc 0 2M", "alloc 64k"],
     "quit stops the run": ["length", "quit", "length"],
     "unknown commands and counts": ["foo", "sigraise", "sleep", "open", "read 0", "open a b c -Z"],
     "VM state": ["write -b -P 3 512 1k", "read -b -P 3 512 1k", "read -b -P 0 0 512", "read -b -P 0 100M 512", "write -b -P 0x11 1T 4k", "read -b -P 0x11 1T 4k", "write -b 1 3", "read -b 0 5", "write -b -z 0 512", "read -b 0 3G", "read -P 7 64k 64k"],

@@ -5,7 +5,7 @@ import { allocationRun } from "../allocation.js"
 import { parseSizeArgument } from "../args.js"
 import type { IoCommand } from "../command.js"
 
-/** `alloc offset [count]`: how many of the bytes (512 by default) are allocated in the top layer. */
+/** `alloc offset [count]`: how many of the bytes (512 by default, clipped to the image) are allocated in the top layer. */
 export const allocCommand: IoCommand = {
   name: "alloc",
   needsFile: true,
@@ -25,7 +25,9 @@ export const allocCommand: IoCommand = {
         if (c === undefined) return false
         count = c
       }
-      const end = Math.min(offset + count, ctx.image.virtualSize)
+      // qemu-io counts (and reports) only the bytes inside the image.
+      count = Math.max(0, Math.min(count, ctx.image.virtualSize - offset))
+      const end = offset + count
       let allocated = 0
       let pos = offset
       while (pos < end) {
