@@ -28,7 +28,8 @@ const ERRNO_TEXT = {
   EFBIG: "File too large",
   EPERM: "Operation not permitted",
   EACCES: "Permission denied",
-  ERANGE: "Numerical result out of range"
+  ERANGE: "Numerical result out of range",
+  EAGAIN: "Resource temporarily unavailable"
 } as const
 
 export type Errno = keyof typeof ERRNO_TEXT
@@ -50,6 +51,8 @@ const errnoOfReason = (reason: ImageErrorReason): Errno => {
       return "ERANGE"
     case "ReadOnly":
       return "EACCES"
+    case "Locked":
+      return "EAGAIN"
     case "NotQcow2":
     case "Corrupt":
     case "BackingChain":

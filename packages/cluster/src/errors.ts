@@ -38,6 +38,7 @@ export type ImageErrorReason =
   | "RefcountOverflow" // a refcount would exceed refcount_bits
   | "NoSpace" // the store is full, or host offsets would exceed the format's limit
   | "Storage" // the byte store failed (cause: StorageError)
+  | "Locked" // another process uses the file in a way this open may not share (QEMU's image locking)
 
 /** The one error family of an open image (the engine's and the driver's). */
 export class ImageError extends Data.TaggedError("ImageError")<{
@@ -117,6 +118,8 @@ function storageReason(reason: StorageError["reason"]): ImageErrorReason {
   switch (reason) {
     case "ReadOnly":
       return "ReadOnly"
+    case "Locked":
+      return "Locked"
     case "NotFound":
     case "PermissionDenied":
     case "OutOfRange":

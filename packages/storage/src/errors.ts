@@ -13,6 +13,7 @@ export type StorageErrorReason =
   | "RemoteChanged"
   | "Unsupported"
   | "Closed"
+  | "Locked" // another process holds a lock QEMU's file driver would refuse to share
 
 /** A failure of the byte store underneath an image (file, memory, HTTP, IndexedDB). */
 export class StorageError extends Data.TaggedError("StorageError")<{

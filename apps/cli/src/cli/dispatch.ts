@@ -84,7 +84,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         const secrets = yield* secretsOf(c)
         const format = yield* imageFormat(c.format)
         const { runInfo } = yield* Effect.promise(() => import("../commands/info.js"))
-        return yield* runInfo({ file: c.file, format, output: c.output as "human" | "json", backingChain: c.backingChain, passphrase: secrets.passphrase })
+        return yield* runInfo({ file: c.file, format, output: c.output as "human" | "json", backingChain: c.backingChain, passphrase: secrets.passphrase, forceShare: c.forceShare })
       })
     }
     case "map": {
@@ -101,7 +101,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           output: c.output as "human" | "json",
           ...(startOffset !== undefined ? { startOffset } : {}),
           ...(maxLength !== undefined ? { maxLength } : {}),
-          passphrase: secrets.passphrase
+          passphrase: secrets.passphrase,
+          forceShare: c.forceShare
         })
       })
     }
@@ -121,7 +122,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           output: c.output as "human" | "json",
           quiet: c.quiet,
           ...(repair !== undefined ? { repair } : {}),
-          passphrase: secrets.passphrase
+          passphrase: secrets.passphrase,
+          forceShare: c.forceShare
         })
       })
     }
@@ -140,7 +142,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           strict: c.strict,
           progress: c.progress,
           quiet: c.quiet,
-          passphrase: secrets.passphrase
+          passphrase: secrets.passphrase,
+          forceShare: c.forceShare
         }).pipe(Effect.mapError((e) => (e.exitCode === 1 && e.message.startsWith("Could not open") ? new CliFailure({ ...e, exitCode: 2 }) : e)))
       })
     }
@@ -208,6 +211,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           parallel,
           secrets,
           cache: c.cache ?? "unsafe",
+          forceShare: c.forceShare,
           ...(c.backing !== undefined ? { backingFile: c.backing } : {}),
           ...(c.backingFormat !== undefined ? { backingFormat: c.backingFormat } : {})
         })
@@ -220,7 +224,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         const format = yield* imageFormat(c.format)
         const { runIo, ioCacheMode } = yield* Effect.promise(() => import("../commands/io.js"))
         const cache = yield* ioCacheMode(c.cache)
-        return yield* runIo({ file: c.file, format, readOnly: c.readOnly, commands: c.cmd, passphrase: secrets.passphrase, writethrough: cache.writethrough })
+        return yield* runIo({ file: c.file, format, readOnly: c.readOnly, commands: c.cmd, passphrase: secrets.passphrase, writethrough: cache.writethrough, forceShare: c.forceShare })
       })
     }
   }

@@ -74,7 +74,7 @@ const imageOpts = {
   name: "image-opts",
   description: "image names are option strings: driver=qcow2,file.filename=PATH,encrypt.key-secret=ID"
 } as const
-const forceShare = { kind: "boolean", name: "force-share", alias: "U", description: "accepted for compatibility (no locking here)" } as const
+const forceShare = { kind: "boolean", name: "force-share", alias: "U", description: "share the image with other users: take no lock that refuses them (read-only opens only)" } as const
 const passphraseFile = { kind: "string", name: "passphrase-file", description: "file holding the passphrase of an encrypted image" } as const
 const quiet = { kind: "boolean", name: "quiet", alias: "q", description: "print nothing but errors" } as const
 const sourceCache = { kind: "string", name: "source-cache", alias: "T", description: "accepted for compatibility" } as const

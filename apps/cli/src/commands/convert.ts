@@ -28,6 +28,8 @@ export interface ConvertOptions {
   readonly secrets: Secrets
   /** Target cache mode (qemu-img -t): "unsafe" ignores flushes, like qemu-img convert's default. */
   readonly cache: string
+  /** `-U`: share the sources with every other user (the target is locked as usual). */
+  readonly forceShare?: boolean
 }
 
 /** Bytes per request: large reads amortise the per-request cost. */
@@ -159,7 +161,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
     Effect.gen(function* () {
       const sources: Image[] = []
       for (const name of o.sources) {
-        sources.push(yield* open(name, { readOnly: true, format: o.format, passphrase: o.secrets.passphrase }))
+        sources.push(yield* open(name, { readOnly: true, format: o.format, passphrase: o.secrets.passphrase, forceShare: o.forceShare === true }))
       }
       const total = sources.reduce((n, s) => n + s.virtualSize, 0)
 
@@ -272,7 +274,10 @@ const qcow2Sink = (o: ConvertOptions, total: number) =>
     if (!built.ok) return yield* Effect.fail(fail(`${o.target}: ${built.message}`))
     if (!o.skipCreate) {
       yield* Effect.scoped(createImage(o.target, built.options)).pipe(
-        Effect.mapError((e) => fail(`${o.target}: error while converting qcow2: ${e.message} (${formattingLine(o.target, "qcow2", parsed.values)})`))
+        Effect.mapError((e) =>
+          // A lock conflict is reported before the creation is announced (qemu-img's message has no "Formatting" part).
+          fail(`${o.target}: error while converting qcow2: ${e.message}${e.reason === "Locked" ? "" : ` (${formattingLine(o.target, "qcow2", parsed.values)})`}`)
+        )
       )
     }
     // Compression runs on a pool of worker threads sized to the cores; many

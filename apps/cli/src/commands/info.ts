@@ -19,6 +19,8 @@ export interface InfoOptions {
   readonly output: OutputFormat
   readonly backingChain: boolean
   readonly passphrase?: Uint8Array
+  /** `-U`: share the image with every other user (read-only opens; see OpenOptions.forceShare). */
+  readonly forceShare?: boolean
 }
 
 /** One image of `qemu-img info`: the name QEMU shows and the opened image. */
@@ -240,7 +242,8 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
         readOnly: true,
         format: options.format,
         openBacking: options.backingChain,
-        passphrase: options.passphrase
+        passphrase: options.passphrase,
+        forceShare: options.forceShare === true
       })
       const layers = options.backingChain ? chainLayers(top, options.file) : [{ name: options.file, image: top }]
       const infos: QDict[] = []

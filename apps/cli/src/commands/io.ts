@@ -39,6 +39,8 @@ export interface IoOptions {
   readonly readOnly: boolean
   readonly commands: ReadonlyArray<string>
   readonly passphrase?: Uint8Array
+  /** `-U`: share the image with every other user (read-only opens; see OpenOptions.forceShare). */
+  readonly forceShare?: boolean
   /** Flush after every write (qemu-io's default cache mode). */
   readonly writethrough: boolean
 }
@@ -48,7 +50,7 @@ export const runIo = (o: IoOptions): Effect.Effect<number, CliFailure, ImageEnv>
   Effect.scoped(
     Effect.gen(function* () {
       // qemu-io prints the driver's own message ("can't open device X: Broken bitmap directory").
-      const { image } = yield* openNamed(o.file, { readOnly: o.readOnly, format: o.format, passphrase: o.passphrase }).pipe(
+      const { image } = yield* openNamed(o.file, { readOnly: o.readOnly, format: o.format, passphrase: o.passphrase, forceShare: o.forceShare === true }).pipe(
         Effect.mapError(({ error }) => new CliFailure({ message: `can't open device ${o.file}: ${error.message}`, exitCode: 1 }))
       )
       let failed = false

@@ -14,6 +14,8 @@ export interface MapOptions {
   readonly startOffset?: number
   readonly maxLength?: number
   readonly passphrase?: Uint8Array
+  /** `-U`: share the image with every other user (read-only opens; see OpenOptions.forceShare). */
+  readonly forceShare?: boolean
 }
 
 /** One record of `qemu-img map` (qemu-img.c MapEntry). */
@@ -78,7 +80,7 @@ export const toEntry = (status: BlockStatus, layers: ReadonlyArray<{ readonly na
 export const runMap = (options: MapOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.scoped(
     Effect.gen(function* () {
-      const image = yield* open(options.file, { readOnly: true, format: options.format, passphrase: options.passphrase })
+      const image = yield* open(options.file, { readOnly: true, format: options.format, passphrase: options.passphrase, forceShare: options.forceShare === true })
       const layers = chainLayers(image, options.file)
       const start = options.startOffset ?? 0
       const end = options.maxLength === undefined ? image.virtualSize : Math.min(image.virtualSize, start + options.maxLength)
