@@ -126,10 +126,12 @@ export class FileLocks {
     if (sys === undefined) return undefined
     const use = bitsOf(request.use)
     const unshared = bitsOf(request.unshared)
-    const failed = this.set(sys, this.used | use, this.unshared | unshared)
+    const [usedBefore, unsharedBefore] = [this.used, this.unshared]
+    const failed = this.set(sys, usedBefore | use, unsharedBefore | unshared)
     const refused = failed ?? this.conflict(sys, use, unshared)
     if (refused !== undefined) {
-      this.set(sys, this.used, this.unshared)
+      // Back to what was held before (QEMU's RAW_PL_ABORT).
+      this.set(sys, usedBefore, unsharedBefore)
       return refused
     }
     this.set(sys, use, unshared)
