@@ -29,11 +29,15 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 
 /** The bytes other open files hold OFD locks on in `file`, sorted (from /proc/locks). */
 const lockedBytes = (file: string): number[] => {
-  const inode = fs.statSync(path.join(dir, file)).ino
+  const stat = fs.statSync(path.join(dir, file))
+  // /proc/locks names the file MAJOR:MINOR:INODE, the device numbers in hex.
+  const major = (stat.dev >> 8) & 0xfff
+  const minor = (stat.dev & 0xff) | ((stat.dev >> 12) & 0xfff00)
+  const id = `${major.toString(16).padStart(2, "0")}:${minor.toString(16).padStart(2, "0")}:${stat.ino}`
   const bytes: number[] = []
   for (const line of fs.readFileSync("/proc/locks", "utf8").split("\n")) {
     const fields = line.trim().split(/\s+/)
-    if (fields[1] !== "OFDLCK" || !fields[5]?.endsWith(`:${inode}`)) continue
+    if (fields[1] !== "OFDLCK" || fields[5] !== id) continue
     for (let b = Number(fields[6]); b <= Number(fields[7]); b++) bytes.push(b)
   }
   return bytes.sort((a, b) => a - b)
@@ -119,6 +123,10 @@ describe("qemu-io holds the image, qcow2 runs", () => {
     sameAsQemu(["compare", "top.qcow2", "other.qcow2"])
     sameAsQemu(["compare", "-U", "top.qcow2", "top.qcow2"])
     sameAsQemu(["convert", "-n", "-O", "qcow2", "other.qcow2", "top.qcow2"])
+    sameAsQemu(["convert", "-O", "qcow2", "other.qcow2", "top.qcow2"])
+    sameAsQemu(["convert", "-O", "raw", "other.qcow2", "top.qcow2"])
+    sameAsQemu(["convert", "-n", "-O", "raw", "other.qcow2", "top.qcow2"])
+    sameAsQemu(["create", "-f", "raw", "top.qcow2", "1M"])
     const create = qcow2(dir, ["create", "-f", "qcow2", "top.qcow2", "1M"])
     expect({ status: create.status, stderr: create.stderr }).toEqual(asQcow2(qemu(dir, "qemu-img", ["create", "-f", "qcow2", "top.qcow2", "1M"], true)))
     // The backing file is locked too: read-only, not shared for writing.

@@ -19,11 +19,15 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 
 /** Bytes of `path` held by OFD locks, sorted. */
 const lockedBytes = (path: string): number[] => {
-  const inode = fs.statSync(path).ino
+  const stat = fs.statSync(path)
+  // /proc/locks names the file MAJOR:MINOR:INODE, the device numbers in hex.
+  const major = (stat.dev >> 8) & 0xfff
+  const minor = (stat.dev & 0xff) | ((stat.dev >> 12) & 0xfff00)
+  const id = `${major.toString(16).padStart(2, "0")}:${minor.toString(16).padStart(2, "0")}:${stat.ino}`
   const bytes: number[] = []
   for (const line of fs.readFileSync("/proc/locks", "utf8").split("\n")) {
     const f = line.trim().split(/\s+/)
-    if (f[1] !== "OFDLCK" || !f[5]?.endsWith(`:${inode}`)) continue
+    if (f[1] !== "OFDLCK" || f[5] !== id) continue
     for (let b = Number(f[6]); b <= Number(f[7]); b++) bytes.push(b)
   }
   return bytes.sort((a, b) => a - b)

@@ -75,29 +75,6 @@ const sizeArg = (text: string, what: string): Effect.Effect<number, CliFailure> 
 export const hasSecrets = (p: Parsed): boolean =>
   p.command !== "bench" && (p.values.object.length > 0 || p.values.passphraseFile !== undefined)
 
-/** qemu_strtoul with base 0 (decimal, 0x hex, 0 octal), the whole text, at most `max`. */
-const parseUnsigned = (text: string, max: number): number | undefined => {
-  const t = text.trimStart()
-  const value = /^\+?0[xX][0-9a-fA-F]+$/.test(t)
-    ? parseInt(t.replace(/^\+?0[xX]/, ""), 16)
-    : /^\+?0[0-7]*$/.test(t)
-      ? parseInt(t.replace(/^\+/, ""), 8)
-      : /^\+?[1-9][0-9]*$/.test(t)
-        ? Number(t)
-        : undefined
-  return value !== undefined && value <= max ? value : undefined
-}
-
-const INT_MAX = 2147483647
-
-/** qemu-img's cvtnum_full: a size with suffixes, between `min` and `max`. */
-const cvtnum = (text: string, what: string, max: number): Effect.Effect<number, CliFailure> => {
-  const r = parseSize(text)
-  if (r.ok && r.value <= max) return Effect.succeed(r.value)
-  if (!r.ok && r.reason === "invalid") return sizeArg(text, what)
-  return Effect.fail(fail(`Invalid ${what} specified. Must be between 0 and ${max === INT_MAX ? "2147483647" : "9223372036854775807"}.`))
-}
-
 /** The body of a parsed command line. */
 export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageEnv> => {
   switch (p.command) {
@@ -243,47 +220,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
     case "bench": {
       const c = p.values
       return Effect.gen(function* () {
-        // In qemu-img's order of checks (the options' own, then the file, then the combinations).
-        const count = c.count === undefined ? 75000 : parseUnsigned(c.count, INT_MAX)
-        if (count === undefined) return yield* Effect.fail(fail("Invalid request count specified"))
-        // qemu-img 7.2 takes -d 0 and then waits forever for requests it never sends: refused here.
-        const depth = c.depth === undefined ? 64 : parseUnsigned(c.depth, INT_MAX)
-        if (depth === undefined || depth === 0) return yield* Effect.fail(fail("Invalid queue depth specified"))
-        const format = yield* imageFormat(c.format)
-        const aio = c.aio ?? (c.native ? "native" : "threads")
-        if (aio !== "threads" && aio !== "native" && aio !== "io_uring") return yield* Effect.fail(fail(`Invalid aio option: ${aio}`))
-        const offset = c.offset === undefined ? 0 : yield* cvtnum(c.offset, "offset", Number.MAX_SAFE_INTEGER)
-        const bufferSize = c.bufferSize === undefined ? 4096 : yield* cvtnum(c.bufferSize, "buffer size", INT_MAX)
-        const step = c.stepSize === undefined ? 0 : yield* cvtnum(c.stepSize, "step_size", INT_MAX)
-        const cache = c.cache ?? "writeback"
-        if (!["none", "off", "directsync", "writeback", "unsafe", "writethrough"].includes(cache)) return yield* Effect.fail(fail("Invalid cache mode"))
-        const pattern = c.pattern === undefined ? 0 : parseUnsigned(c.pattern, 0xff)
-        if (pattern === undefined) return yield* Effect.fail(fail("Invalid pattern byte specified"))
-        const flushInterval = c.flushInterval === undefined ? 0 : parseUnsigned(c.flushInterval, INT_MAX)
-        if (flushInterval === undefined) return yield* Effect.fail(fail("Invalid flush interval specified"))
-        if (!c.write && flushInterval > 0) return yield* Effect.fail(fail("--flush-interval is only available in write tests"))
-        if (flushInterval > 0 && flushInterval < depth) return yield* Effect.fail(fail("Flush interval can't be smaller than depth"))
-        yield* secretsOf({ object: [], imageOpts: c.imageOpts, passphraseFile: undefined })
-        // aio=native needs O_DIRECT (cache none or directsync), which QEMU checks when it opens the file.
-        if (aio === "native" && cache !== "none" && cache !== "off" && cache !== "directsync") {
-          return yield* Effect.fail(fail(`Could not open '${c.file}': aio=native was specified, but it requires cache.direct=on, which was not specified.`))
-        }
-        const { runBench } = yield* Effect.promise(() => import("../commands/bench.js"))
-        return yield* runBench({
-          file: c.file,
-          format,
-          count,
-          depth,
-          bufferSize,
-          step: step === 0 ? bufferSize : step,
-          offset,
-          write: c.write,
-          pattern,
-          flushInterval,
-          drainOnFlush: !c.noDrain,
-          cache: cache === "unsafe" ? "unsafe" : cache === "writethrough" || cache === "directsync" ? "writethrough" : "writeback",
-          forceShare: c.forceShare
-        })
+        const { benchOptions, runBench } = yield* Effect.promise(() => import("../commands/bench.js"))
+        return yield* runBench(yield* benchOptions(c))
       })
     }
     case "io": {

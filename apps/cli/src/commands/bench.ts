@@ -12,6 +12,8 @@ import { type CliFailure, errnoText, fail, strerror } from "../errors.js"
 import { print } from "../output.js"
 import { cFixed } from "../text/cformat.js"
 
+export { benchOptions } from "./bench-options.js"
+
 export interface BenchOptions {
   readonly file: string
   readonly format?: ImageFormat
