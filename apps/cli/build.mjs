@@ -24,7 +24,10 @@ const common = {
   minify: true,
   charset: "ascii",
   legalComments: "none",
-  logLevel: "warning"
+  logLevel: "warning",
+  // koffi (fcntl for image locking) finds its native binary next to its own
+  // files, so it stays a runtime require, resolved from node_modules.
+  external: ["koffi"]
 }
 
 await build({

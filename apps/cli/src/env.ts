@@ -1,10 +1,11 @@
 import { Effect, Layer } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener, type StorageOpenerShape } from "@qcow2/storage"
-import { nodeStorageOpener } from "@qcow2/storage-node"
+import { FileLocks, nodeStorageOpener } from "@qcow2/storage-node"
+import type { StorageError } from "@qcow2/storage"
 import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { SectorCipherFactory } from "@qcow2/crypto"
-import { ImageError, openImage, type Image, type ImageFormat, type OpenOptions } from "@qcow2/image"
+import { ImageError, lockRequest, openImage, type FileRole, type Image, type ImageFormat, type OpenOptions } from "@qcow2/image"
 import { splitOptionList } from "./createopts.js"
 import { isUrl } from "./names.js"
 import { resolveImageSpec } from "./qemu-filename.js"
@@ -171,3 +172,12 @@ export const open = (name: string, options: OpenOptions, exitCode = 1): Effect.E
     Effect.map(({ image }) => image),
     Effect.mapError(({ error, file }) => openFailure(file, error, exitCode))
   )
+
+/**
+ * Takes the locks QEMU holds on a file in `role` (read-write) on a
+ * descriptor the CLI opened itself (raw targets of create and convert), so
+ * that a file another process holds is refused before it is truncated.
+ * The refusal, if any; the locks go when the descriptor closes.
+ */
+export const lockDescriptor = (fd: number, file: string, role: FileRole): Effect.Effect<StorageError | undefined> =>
+  Effect.promise(() => new FileLocks(fd, file).apply(lockRequest(role, false, false)))

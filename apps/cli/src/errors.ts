@@ -29,7 +29,8 @@ const ERRNO_TEXT = {
   EPERM: "Operation not permitted",
   EACCES: "Permission denied",
   ERANGE: "Numerical result out of range",
-  ENOENT: "No such file or directory"
+  ENOENT: "No such file or directory",
+  EAGAIN: "Resource temporarily unavailable"
 } as const
 
 export type Errno = keyof typeof ERRNO_TEXT
@@ -51,6 +52,8 @@ const errnoOfReason = (reason: ImageErrorReason): Errno => {
       return "ERANGE"
     case "ReadOnly":
       return "EACCES"
+    case "Locked":
+      return "EAGAIN"
     case "NotQcow2":
     case "Corrupt":
     case "BackingChain":

@@ -17,7 +17,8 @@ describe("strerror of an image error (what qemu-io prints after 'read failed: ')
       Encryption: "Input/output error",
       RefcountOverflow: "Numerical result out of range",
       NoSpace: "No space left on device",
-      Storage: "Input/output error"
+      Storage: "Input/output error",
+      Locked: "Resource temporarily unavailable"
     }
     for (const [reason, text] of Object.entries(expected)) expect(strerror(error(reason as ImageErrorReason)), reason).toBe(text)
   })

@@ -38,6 +38,7 @@ export type ImageErrorReason =
   | "RefcountOverflow" // a refcount would exceed refcount_bits
   | "NoSpace" // the store is full, or host offsets would exceed the format's limit
   | "Storage" // the byte store failed (cause: StorageError)
+  | "Locked" // another process uses the file in a way this open may not share (QEMU's image locking)
 
 /** The one error family of an open image (the engine's and the driver's). */
 export class ImageError extends Data.TaggedError("ImageError")<{
@@ -119,6 +120,8 @@ function storageReason(reason: StorageError["reason"]): ImageErrorReason {
       return "ReadOnly"
     case "NoSpace":
       return "NoSpace"
+    case "Locked":
+      return "Locked"
     case "NotFound":
     case "PermissionDenied":
     case "OutOfRange":
@@ -126,7 +129,6 @@ function storageReason(reason: StorageError["reason"]): ImageErrorReason {
     case "RemoteChanged":
     case "Unsupported":
     case "Closed":
-    case "Locked":
       return "Storage"
   }
 }

@@ -146,6 +146,12 @@ export interface OpenOptions {
    * (the rest stays read-only), as `qemu-img commit` reopens its base.
    */
   readonly readWriteBacking?: string
+  /**
+   * Share every permission with other users of the files (qemu-img `-U`,
+   * force-share=on): no lock refuses the open. Read-only opens only.
+   * Otherwise the files are locked as QEMU locks them (see `lockRequest`).
+   */
+  readonly forceShare?: boolean
 }
 
 /** `qemu-img create -f qcow2 -o …` options, named as qemu-img names them (camelCased). */

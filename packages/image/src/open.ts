@@ -7,7 +7,7 @@ import type { ImageHeader } from "@qcow2/format"
 import type { SectorCrypto } from "@qcow2/cluster"
 import { SectorCipherFactory } from "@qcow2/crypto"
 import type { CryptoError, SectorCipher, SectorCipherFactoryShape } from "@qcow2/crypto"
-import { StorageOpener } from "@qcow2/storage"
+import { NO_LOCKS, StorageOpener } from "@qcow2/storage"
 import type { BlockStorageShape, StorageError, StorageOpenerShape } from "@qcow2/storage"
 import type { CreateOptions, Image, ImageFormat, OpenOptions } from "./api.js"
 import { planCreate, writeEmptyImage } from "./create.js"
@@ -18,6 +18,7 @@ import { openQcow2 } from "./qcow2/open.js"
 import { qcow2Engines } from "./qcow2/image.js"
 import { makeRawImage } from "./raw.js"
 import { createLuksVolume, hasLuksMagic, LUKS_MAGIC, openLuks, type LuksVolumeOptions } from "./luks.js"
+import { FORCE_SHARE_READ_ONLY, type FileRole, lockRequest } from "./lock.js"
 
 /** Deepest backing chain accepted (QEMU has no fixed limit; this bounds hostile chains). */
 export const MAX_BACKING_CHAIN_DEPTH = 64
@@ -33,6 +34,14 @@ const openFailure = (name: string, e: StorageError | ImageError): ImageError => 
   const refusedType = e._tag === "StorageError" && e.reason === "Unsupported"
   return new ImageError({ reason: inner.reason, message: refusedType ? inner.message : `Could not open '${name}': ${inner.message}`, location: name, cause: e })
 }
+
+/**
+ * Takes the locks QEMU holds on a file in `role` (see {@link lockRequest});
+ * a conflict fails with reason `Locked` and QEMU's message ('Failed to get
+ * "write" lock' / 'Is another process using the image [NAME]?').
+ */
+const lockAs = (storage: BlockStorageShape, role: FileRole, readOnly: boolean, forceShare: boolean): Effect.Effect<void, ImageError> =>
+  storage.lock === undefined ? Effect.void : asImageError(storage.lock(lockRequest(role, readOnly, forceShare)), storage.location)
 
 /** Reads the magic to tell qcow2 and LUKS from raw (QEMU's probe, limited to the formats here). */
 export function probeFormat(storage: BlockStorageShape): Effect.Effect<ImageFormat, ImageError> {
@@ -162,6 +171,8 @@ function openNamed(
     }
     const storage = yield* Effect.mapError(step.opener.open(name, { readOnly }), (e) => openFailure(name, e))
     const actual = format ?? (yield* probeFormat(storage))
+    const forceShare = step.options.forceShare === true
+    yield* lockAs(storage, actual, readOnly, forceShare)
     if (actual === "raw") return yield* makeRawImage(storage, readOnly)
     if (actual === "luks") return yield* openLuks(storage, readOnly, step.options.passphrase, step.options.noIo === true, step.ciphers)
     const chain = [...seen, name]
@@ -179,7 +190,10 @@ function openNamed(
       },
       // QEMU opens a relative data file name as given (relative to the working directory).
       unlock: unlocker(step, name),
-      openDataFile: (dataFile) => Effect.mapError(step.opener.open(dataFile, { readOnly }), (e) => openFailure(dataFile, e)),
+      openDataFile: (dataFile) =>
+        Effect.tap(Effect.mapError(step.opener.open(dataFile, { readOnly }), (e) => openFailure(dataFile, e)), (data) =>
+          lockAs(data, "data-file", readOnly, forceShare)
+        ),
       check: (repair) => Effect.mapError(checkQcow2(storage, repair === undefined ? {} : { repair }), checkFailure)
     })
   })
@@ -198,6 +212,9 @@ export function openImage(name: string, options: OpenOptions = {}): Effect.Effec
     const opener = yield* StorageOpener
     const codec = yield* ClusterCodec
     const ciphers = Option.getOrUndefined(yield* Effect.serviceOption(SectorCipherFactory))
+    if (options.forceShare === true && options.readOnly !== true) {
+      return yield* new ImageError({ reason: "InvalidArgument", message: FORCE_SHARE_READ_ONLY, location: name })
+    }
     return yield* openNamed({ opener, codec, options, ciphers }, name, options.format, options.readOnly ?? false, [])
   })
 }
@@ -230,16 +247,22 @@ export function createImage(name: string, options: CreateOptions): Effect.Effect
       }
       if (size === undefined) return yield* new ImageError({ reason: "InvalidArgument", message: "Image creation needs a size parameter", location: name })
       const plan = yield* planCreate(options, size)
-      // The files are closed again before the driver opens them: a store has one writer at a time.
+      // As qemu-img: files are truncated only once their locks are held, so
+      // creating over an image another process uses fails and leaves it be.
+      // They are closed again before the driver opens them: a store has one
+      // writer at a time (closing drops the creation locks, as QEMU does).
       yield* Effect.scoped(
         Effect.gen(function* () {
-          const storage = yield* Effect.mapError(opener.open(name, { readOnly: false, create: true, truncate: true }), (e) => openFailure(name, e))
-          if (plan.dataFile !== undefined) {
-            const data = yield* Effect.mapError(opener.open(plan.dataFile, { readOnly: false, create: true, truncate: true }), (e) =>
-              openFailure(plan.dataFile!, e)
-            )
-            if (plan.dataFileRaw || plan.preallocation !== "off") yield* asImageError(data.resize(plan.size), plan.dataFile)
-          }
+          const createFile = (file: string) =>
+            Effect.gen(function* () {
+              const created = yield* Effect.mapError(opener.open(file, { readOnly: false, create: true }), (e) => openFailure(file, e))
+              yield* lockAs(created, "create", false, false)
+              yield* asImageError(created.resize(0), file)
+              return created
+            })
+          const storage = yield* createFile(name)
+          const data = plan.dataFile !== undefined ? yield* createFile(plan.dataFile) : undefined
+          if (data !== undefined && (plan.dataFileRaw || plan.preallocation !== "off")) yield* asImageError(data.resize(plan.size), data.location)
           yield* writeEmptyImage(storage, plan)
         })
       )

@@ -1,5 +1,5 @@
 import { writeFileSync } from "node:fs"
-import { Effect } from "effect"
+import { Effect, Exit, Scope } from "effect"
 import fc from "fast-check"
 import { afterAll, describe, expect, it } from "vitest"
 import type { CreateOptions, Image } from "../src/index.js"
@@ -78,9 +78,11 @@ describe("random operation sequences against an in-memory model", () => {
           await runNode(
             Effect.gen(function* () {
               yield* createImage(file, create)
-              let scope = yield* Effect.scope
-              void scope
-              let image: Image = yield* openImage(file)
+              // Each open gets its own scope: a reopen closes the previous
+              // image first, as two opens of one image read-write would
+              // conflict (QEMU's image locking refuses the second).
+              let scope = yield* Scope.make()
+              let image: Image = yield* Scope.provide(scope)(openImage(file))
               for (const op of ops) {
                 switch (op.kind) {
                   case "write": {
@@ -108,8 +110,9 @@ describe("random operation sequences against an in-memory model", () => {
                     yield* image.flush()
                     break
                   case "reopen":
-                    yield* image.flush()
-                    image = yield* openImage(file)
+                    yield* Scope.close(scope, Exit.void)
+                    scope = yield* Scope.make()
+                    image = yield* Scope.provide(scope)(openImage(file))
                     break
                 }
                 const back = new Uint8Array(config.size)
@@ -121,6 +124,7 @@ describe("random operation sequences against an in-memory model", () => {
                 }
               }
               yield* image.flush()
+              yield* Scope.close(scope, Exit.void)
             })
           )
           const check = qemuCheck(file)

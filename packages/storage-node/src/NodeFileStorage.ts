@@ -9,8 +9,9 @@ import {
   readOnlyError,
   StorageError
 } from "@qcow2/storage"
-import type { BlockStorageShape, OpenOptions } from "@qcow2/storage"
+import type { BlockStorageShape, LockRequest, OpenOptions } from "@qcow2/storage"
 import { fromSystemError } from "./errors.js"
+import { FileLocks } from "./lock.js"
 
 /**
  * Largest single read/write handed to Node (its limit is 2^31 - 1 bytes);
@@ -79,8 +80,12 @@ class NodeFile {
   inflight = 0
   closed = false
   onDrained: (() => void) | undefined = undefined
+  /** QEMU-compatible image locks of this descriptor, released when it closes. */
+  readonly locks: FileLocks
 
-  constructor(readonly fd: number, readonly location: string) {}
+  constructor(readonly fd: number, readonly location: string) {
+    this.locks = new FileLocks(fd, location)
+  }
 
   begin<A>(operation: string, resume: Resume<A>): boolean {
     if (this.closed) {
@@ -170,6 +175,14 @@ class NodeFile {
     })
   }
 
+  lock(request: LockRequest, resume: Resume<void>): void {
+    if (!this.begin("lock", resume)) return
+    this.locks.apply(request).then(
+      (refused) => this.end(resume, refused === undefined ? Effect.void : Effect.fail(refused)),
+      (defect: unknown) => this.end(resume, Effect.die(defect))
+    )
+  }
+
   close(): Effect.Effect<void> {
     return Effect.suspend(() => {
       this.closed = true
@@ -238,7 +251,8 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
       if (invalid !== undefined) return Effect.fail(invalid)
       if (readOnly) return Effect.fail(readOnlyError(location, "discard", offset, length))
       return Effect.suspend(() => (file.closed ? Effect.fail(closedError(location, "discard")) : Effect.void))
-    }
+    },
+    lock: (wanted) => request<void>((resume) => file.lock(wanted, resume))
   }
 }
 
@@ -256,6 +270,9 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
  * - Opening never blocks (O_NONBLOCK), and only regular files, block and
  *   character devices are accepted: a FIFO or a directory fails with
  *   `Unsupported` and QEMU's message (see {@link unsupportedFileType}).
+ * - `lock` takes QEMU's image locks (fcntl open-file-description locks,
+ *   see `lock.ts`); none are held until it is called, all go with the
+ *   descriptor.
  * - Errors: ENOENT → NotFound, EACCES/EPERM → PermissionDenied, EROFS →
  *   ReadOnly, others → Io; `location` is the path.
  */

@@ -1,3 +1,4 @@
 export * from "./errors.js"
 export * from "./NodeFileStorage.js"
 export * from "./NodeStorageOpener.js"
+export { FileLocks } from "./lock.js"

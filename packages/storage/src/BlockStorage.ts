@@ -39,7 +39,41 @@ export interface BlockStorageShape {
    * metadata-preallocated images.
    */
   readonly allocatedSize?: () => Effect.Effect<number, StorageError>
+  /**
+   * Replaces the image locks this open store holds with `request`, as QEMU's
+   * file driver does (see {@link LockRequest}): fails with reason `Locked`
+   * when another opener holds what the request conflicts with, keeping the
+   * locks held before. Absent where there is nothing to share with QEMU
+   * (memory, HTTP, browser stores) or no way to lock (a platform without
+   * open-file-description locks): then opens never conflict.
+   */
+  readonly lock?: (request: LockRequest) => Effect.Effect<void, StorageError>
 }
+
+/**
+ * QEMU's block-layer permissions (include/block/block-common.h BLK_PERM_*),
+ * in bit order, named as QEMU's messages name them ('Failed to get "write"
+ * lock').
+ */
+export const LOCK_PERMISSIONS = ["consistent read", "write", "write unchanged", "resize"] as const
+
+export type LockPermission = (typeof LOCK_PERMISSIONS)[number]
+
+/**
+ * What an opener of an image file does with it and lets others do, in
+ * QEMU's terms. QEMU's file driver (block/file-posix.c) holds a shared
+ * open-file-description lock on byte 100 + bit for each permission it
+ * uses and on byte 200 + bit for each one it does not share; an opener
+ * conflicts with another when it uses what the other does not share, or
+ * does not share what the other uses. The empty request releases all.
+ */
+export interface LockRequest {
+  readonly use: ReadonlyArray<LockPermission>
+  readonly unshared: ReadonlyArray<LockPermission>
+}
+
+/** No locks: what a released store or `-U` on a metadata-only open holds. */
+export const NO_LOCKS: LockRequest = { use: [], unshared: [] }
 
 /** The storage of one image file, provided by a backend's Layer. */
 export class BlockStorage extends Context.Service<BlockStorage, BlockStorageShape>()("@qcow2/storage/BlockStorage") {}

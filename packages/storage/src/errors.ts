@@ -14,7 +14,7 @@ export type StorageErrorReason =
   | "Unsupported"
   | "Closed"
   | "NoSpace" // the store is full (a browser's storage quota, ENOSPC)
-  | "Locked" // another user holds the store (a writer, or a reader that refuses to share)
+  | "Locked" // another user holds the store: a process holding a lock QEMU's file driver would refuse to share, or a browser store's writer
 
 /** A failure of the byte store underneath an image (file, memory, HTTP, IndexedDB). */
 export class StorageError extends Data.TaggedError("StorageError")<{

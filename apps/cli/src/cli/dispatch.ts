@@ -86,9 +86,9 @@ const isValidOptionList = (list: string): boolean => {
 /** Cache modes qemu-img accepts for -t/-T (bdrv_parse_cache_mode). */
 const CACHE_MODES: ReadonlySet<string> = new Set(["none", "off", "writeback", "writethrough", "directsync", "unsafe"])
 
-/** The command line carries secrets (every command has --object and all but create --passphrase-file). */
+/** The command line carries secrets (--object, --passphrase-file; bench takes neither, as in qemu-img 7.2). */
 export const hasSecrets = (p: Parsed): boolean =>
-  p.values.object.length > 0 || p.values.passphraseFile !== undefined
+  p.command !== "bench" && (p.values.object.length > 0 || p.values.passphraseFile !== undefined)
 
 /** The body of a parsed command line. */
 export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageEnv> => {
@@ -99,7 +99,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         const secrets = yield* secretsOf(c)
         const format = yield* imageFormat(c.format)
         const { runInfo } = yield* Effect.promise(() => import("../commands/info.js"))
-        return yield* runInfo({ file: c.file, format, output: c.output as "human" | "json", backingChain: c.backingChain, passphrase: secrets.passphrase })
+        return yield* runInfo({ file: c.file, format, output: c.output as "human" | "json", backingChain: c.backingChain, passphrase: secrets.passphrase, forceShare: c.forceShare })
       })
     }
     case "map": {
@@ -116,7 +116,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           output: c.output as "human" | "json",
           ...(startOffset !== undefined ? { startOffset } : {}),
           ...(maxLength !== undefined ? { maxLength } : {}),
-          passphrase: secrets.passphrase
+          passphrase: secrets.passphrase,
+          forceShare: c.forceShare
         })
       })
     }
@@ -136,7 +137,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           output: c.output as "human" | "json",
           quiet: c.quiet,
           ...(repair !== undefined ? { repair } : {}),
-          passphrase: secrets.passphrase
+          passphrase: secrets.passphrase,
+          forceShare: c.forceShare
         })
       })
     }
@@ -155,7 +157,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           strict: c.strict,
           progress: c.progress,
           quiet: c.quiet,
-          passphrase: secrets.passphrase
+          passphrase: secrets.passphrase,
+          forceShare: c.forceShare
         }).pipe(Effect.mapError((e) => (e.exitCode === 1 && e.message.startsWith("Could not open") ? new CliFailure({ ...e, exitCode: 2 }) : e)))
       })
     }
@@ -236,9 +239,17 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           ...(snapshot !== undefined ? { snapshot } : {}),
           salvage: c.salvage,
           copyRange: c.copyRange,
+          forceShare: c.forceShare,
           ...(c.backing !== undefined ? { backingFile: c.backing } : {}),
           ...(c.backingFormat !== undefined ? { backingFormat: c.backingFormat } : {})
         })
+      })
+    }
+    case "bench": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const { benchOptions, runBench } = yield* Effect.promise(() => import("../commands/bench.js"))
+        return yield* runBench(yield* benchOptions(c))
       })
     }
     case "commit": {

@@ -74,7 +74,7 @@ const imageOpts = {
   name: "image-opts",
   description: "image names are option strings: driver=qcow2,file.filename=PATH,encrypt.key-secret=ID"
 } as const
-const forceShare = { kind: "boolean", name: "force-share", alias: "U", description: "accepted for compatibility (no locking here)" } as const
+const forceShare = { kind: "boolean", name: "force-share", alias: "U", description: "share the image with other users: take no lock that refuses them (read-only opens only)" } as const
 const passphraseFile = { kind: "string", name: "passphrase-file", description: "file holding the passphrase of an encrypted image" } as const
 const quiet = { kind: "boolean", name: "quiet", alias: "q", description: "print nothing but errors" } as const
 const sourceCache = { kind: "string", name: "source-cache", alias: "T", description: "accepted for compatibility" } as const
@@ -240,6 +240,30 @@ export const commit = {
   args: { file: { name: "filename", kind: "one" } }
 } as const satisfies CommandSpec
 
+export const bench = {
+  name: "bench",
+  description: "run a simple image benchmark like qemu-img bench",
+  flags: {
+    count: { kind: "string", name: "count", alias: "c", description: "number of requests (default 75000)" },
+    depth: { kind: "string", name: "depth", alias: "d", description: "requests in flight at once (default 64)" },
+    format,
+    flushInterval: { kind: "string", name: "flush-interval", description: "flush after every N requests (write tests)" },
+    aio: { kind: "string", name: "aio", alias: "i", description: "threads, native or io_uring (accepted; Node's I/O is its own)" },
+    native: { kind: "boolean", name: "native", alias: "n", description: "aio=native" },
+    noDrain: { kind: "boolean", name: "no-drain", description: "flush without waiting for the requests in flight" },
+    offset: { kind: "string", name: "offset", alias: "o", description: "offset of the first request" },
+    pattern: { kind: "string", name: "pattern", description: "byte written by write tests (default 0)" },
+    quiet,
+    bufferSize: { kind: "string", name: "buffer-size", alias: "s", description: "bytes per request (default 4096)" },
+    stepSize: { kind: "string", name: "step-size", alias: "S", description: "offset step between requests (default: the buffer size)" },
+    cache: { kind: "string", name: "cache", alias: "t", description: "cache mode (default writeback)" },
+    write: { kind: "boolean", name: "write", alias: "w", description: "write test (default: read)" },
+    forceShare,
+    imageOpts
+  },
+  args: { file: { name: "filename", kind: "one" } }
+} as const satisfies CommandSpec
+
 export const rebase = {
   name: "rebase",
   description: "change the backing file of an image like qemu-img rebase",
@@ -283,7 +307,7 @@ export const dd = {
   args: { operands: { name: "operand", kind: "many" } }
 } as const satisfies CommandSpec
 
-export const COMMANDS = { info, map, check, compare, create, convert, snapshot, serve, commit, rebase, measure, dd } as const
+export const COMMANDS = { info, map, check, compare, create, convert, snapshot, serve, commit, rebase, measure, dd, bench } as const
 
 export type CommandName = keyof typeof COMMANDS
 

@@ -1,7 +1,7 @@
 import { Cause, Effect, Exit, Option } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener } from "@qcow2/storage"
-import { CheckError, ImageError, checkQcow2, openImage, type CheckResult, type ImageFormat } from "@qcow2/image"
+import { CheckError, FORCE_SHARE_READ_ONLY, ImageError, checkQcow2, lockRequest, openImage, type CheckResult, type ImageFormat } from "@qcow2/image"
 import { resolveNamed, type ImageEnv } from "../env.js"
 import { describeCause, fail, openFailure, type CliFailure } from "../errors.js"
 import { eprint, print } from "../output.js"
@@ -16,6 +16,8 @@ export interface CheckOptions {
   readonly output: OutputFormat
   readonly quiet: boolean
   readonly passphrase?: Uint8Array
+  /** `-U`: share the image with every other user (read-only opens; see OpenOptions.forceShare). */
+  readonly forceShare?: boolean
 }
 
 /** QAPI ImageCheck, counters present only when non-zero (qemu-img.c collect_image_check). */
@@ -83,9 +85,10 @@ type Checkable =
  */
 const openForCheck = (o: CheckOptions): Effect.Effect<Checkable, CliFailure, Scope.Scope | ImageEnv> =>
   Effect.gen(function* () {
-    const named = resolveNamed(o.file, { readOnly: true, forCheck: true, format: o.format, passphrase: o.passphrase })
+    const named = resolveNamed(o.file, { readOnly: true, forCheck: true, format: o.format, passphrase: o.passphrase, forceShare: o.forceShare === true })
     if ("error" in named) return yield* Effect.fail(fail(`Could not open '${o.file}': ${named.error}`))
     const { file, options } = named
+    if (o.forceShare === true && o.repair !== undefined) return yield* Effect.fail(fail(`Could not open '${o.file}': ${FORCE_SHARE_READ_ONLY}`))
     const opened = yield* Effect.exit(Effect.scoped(Effect.map(openImage(file, options), (image) => image.format)))
     if (Exit.isSuccess(opened) && opened.value !== "qcow2") return { format: opened.value }
     if (Exit.isFailure(opened) && Cause.hasInterruptsOnly(opened.cause)) return yield* Effect.interrupt
@@ -97,6 +100,12 @@ const openForCheck = (o: CheckOptions): Effect.Effect<Checkable, CliFailure, Sco
     const storage = yield* Effect.mapError(opener.open(file, { readOnly: o.repair === undefined }), (e) =>
       openFailure(file, refused ?? new ImageError({ reason: "Storage", message: e.message, location: file, cause: e }))
     )
+    if (storage.lock !== undefined) {
+      const readOnly = o.repair === undefined
+      yield* Effect.mapError(storage.lock(lockRequest("qcow2", readOnly, o.forceShare === true)), (e) =>
+        openFailure(file, new ImageError({ reason: e.reason === "Locked" ? "Locked" : "Storage", message: e.message, location: file, cause: e }))
+      )
+    }
     const unopenable = (e: CheckError): CheckError | CliFailure =>
       e.reason === "Aborted" || e.reason === "Storage" ? e : openFailure(file, refused ?? new ImageError({ reason: e.reason, message: e.message, location: file }))
     return {

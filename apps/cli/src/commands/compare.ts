@@ -15,6 +15,8 @@ export interface CompareOptions {
   readonly progress: boolean
   readonly quiet: boolean
   readonly passphrase?: Uint8Array
+  /** `-U`: share the image with every other user (read-only opens; see OpenOptions.forceShare). */
+  readonly forceShare?: boolean
 }
 
 const CHUNK = 1 << 20
@@ -67,8 +69,8 @@ const statusKey = (s: BlockStatus): string =>
 export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.scoped(
     Effect.gen(function* () {
-      const a = yield* open(o.file1, { readOnly: true, format: o.format1, passphrase: o.passphrase }, 2)
-      const b = yield* open(o.file2, { readOnly: true, format: o.format2, passphrase: o.passphrase }, 2)
+      const a = yield* open(o.file1, { readOnly: true, format: o.format1, passphrase: o.passphrase, forceShare: o.forceShare === true }, 2)
+      const b = yield* open(o.file2, { readOnly: true, format: o.format2, passphrase: o.passphrase, forceShare: o.forceShare === true }, 2)
       const say = (text: string) => {
         if (!o.quiet) print(text)
       }

@@ -3,7 +3,7 @@ import { Effect } from "effect"
 import { createImage, createLuksImage, openImage } from "@qcow2/image"
 import type { ImageFormat } from "@qcow2/image"
 import { formattingLine, parseCreateOptions, toCreateOptions, type CreateFormat, type OptionValues } from "../createopts.js"
-import type { ImageEnv } from "../env.js"
+import { lockDescriptor, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import { pathCombine } from "../names.js"
 import { print } from "../output.js"
@@ -36,21 +36,31 @@ export const parseImageSize = (text: string, what = "image size"): Effect.Effect
 
 /** Creates a raw image file of `size` bytes (preallocation off or full). */
 const createRaw = (file: string, size: number, preallocation: string): Effect.Effect<void, CliFailure> =>
-  Effect.try({
-    try: () => {
-      const fd = fs.openSync(file, "w")
-      try {
-        fs.ftruncateSync(fd, 0)
-        if (preallocation === "full" || preallocation === "falloc") {
-          const chunk = Buffer.alloc(Math.min(size, 1 << 20))
-          for (let pos = 0; pos < size; pos += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, size - pos), pos)
+  Effect.gen(function* () {
+    const failure = (e: unknown) => fail(`${file}: ${e instanceof Error ? e.message : String(e)}`)
+    // Truncated only once QEMU's creation locks are held: a file another process uses is left alone.
+    // Read-write, as qemu-img opens it: a read lock needs a descriptor open for reading.
+    const fd = yield* Effect.try({ try: () => fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT), catch: failure })
+    const refused = yield* lockDescriptor(fd, file, "create")
+    if (refused !== undefined) {
+      fs.closeSync(fd)
+      return yield* Effect.fail(failure(refused))
+    }
+    yield* Effect.try({
+      try: () => {
+        try {
+          fs.ftruncateSync(fd, 0)
+          if (preallocation === "full" || preallocation === "falloc") {
+            const chunk = Buffer.alloc(Math.min(size, 1 << 20))
+            for (let pos = 0; pos < size; pos += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, size - pos), pos)
+          }
+          fs.ftruncateSync(fd, size)
+        } finally {
+          fs.closeSync(fd)
         }
-        fs.ftruncateSync(fd, size)
-      } finally {
-        fs.closeSync(fd)
-      }
-    },
-    catch: (e) => fail(`${file}: ${e instanceof Error ? e.message : String(e)}`)
+      },
+      catch: failure
+    })
   })
 
 /** A raw LUKS1 volume (qemu-img create -f luks), with the crypto driver's messages. */

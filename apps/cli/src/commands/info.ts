@@ -18,6 +18,8 @@ export interface InfoOptions {
   readonly output: OutputFormat
   readonly backingChain: boolean
   readonly passphrase?: Uint8Array
+  /** `-U`: share the image with every other user (read-only opens; see OpenOptions.forceShare). */
+  readonly forceShare?: boolean
 }
 
 /** One image of `qemu-img info`: the name QEMU shows and the opened image. */
@@ -120,7 +122,8 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
         openBacking: options.backingChain,
         passphrase: options.passphrase,
         // qemu-img info opens with BDRV_O_NO_IO: an encrypted image needs no key.
-        noIo: true
+        noIo: true,
+        forceShare: options.forceShare === true
       })
       const layers = options.backingChain ? chainLayers(top, options.file) : [{ name: options.file, image: top }]
       const infos: QDict[] = []

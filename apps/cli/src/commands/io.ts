@@ -83,6 +83,7 @@ const plan = (args: ReadonlyArray<string>): Plan => {
   let readOnly = false
   let snapshot = false
   let copyOnRead = false
+  let forceShare = false
   let imageOpts = false
   let cache: CacheMode = "writethrough"
   let aio: AioMode = "threads"
@@ -111,6 +112,9 @@ const plan = (args: ReadonlyArray<string>): Plan => {
         break
       case "C":
         copyOnRead = true
+        break
+      case "U":
+        forceShare = true
         break
       case "k":
         aio = "native"
@@ -156,7 +160,7 @@ const plan = (args: ReadonlyArray<string>): Plan => {
   let open: OpenRequest | undefined
   if (operand !== undefined) {
     const options: BlockOptions = imageOpts ? parseOptionString(operand) : new Map()
-    open = { name: imageOpts ? undefined : operand, options, format, readOnly, snapshot, copyOnRead, cache, aio }
+    open = { name: imageOpts ? undefined : operand, options, format, readOnly, snapshot, copyOnRead, forceShare, cache, aio }
   }
   return { run: true, commands, open, objects, imageOpts }
 }

@@ -16,6 +16,8 @@ export interface MapOptions {
   readonly startOffset?: number
   readonly maxLength?: number
   readonly passphrase?: Uint8Array
+  /** `-U`: share the image with every other user (read-only opens; see OpenOptions.forceShare). */
+  readonly forceShare?: boolean
 }
 
 /** A JSON record exactly as qemu-img prints it (one line, its own spacing). */
@@ -33,7 +35,7 @@ export const humanEntry = (e: MapEntry): string =>
 export const runMap = (options: MapOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.scoped(
     Effect.gen(function* () {
-      const image = yield* open(options.file, { readOnly: true, format: options.format, passphrase: options.passphrase })
+      const image = yield* open(options.file, { readOnly: true, format: options.format, passphrase: options.passphrase, forceShare: options.forceShare === true })
       const layers = chainLayers(image, options.file)
       const start = options.startOffset ?? 0
       const end = options.maxLength === undefined ? image.virtualSize : Math.min(image.virtualSize, start + options.maxLength)

@@ -59,6 +59,8 @@ export interface OpenRequest {
   /** -s: writes go to a temporary overlay, dropped at close. */
   readonly snapshot: boolean
   readonly copyOnRead: boolean
+  /** -U: share the image with every other user (read-only opens; QEMU's force-share). */
+  readonly forceShare: boolean
   readonly cache: CacheMode
   readonly aio: AioMode
 }
@@ -158,6 +160,7 @@ export class IoSession {
       }
       const options = {
         readOnly: request.readOnly || request.snapshot,
+        forceShare: request.forceShare,
         ...(spec.format !== undefined ? { format: spec.format } : {}),
         ...(passphrase !== undefined ? { passphrase } : {}),
         ...(spec.noBacking ? { openBacking: false } : {})

@@ -26,6 +26,7 @@ export const openCommand: IoCommand = {
       let readOnly = false
       let snapshot = false
       let copyOnRead = false
+      let forceShare = false
       let cache: CacheMode = "writethrough"
       let aio: AioMode = "threads"
       const options: BlockOptions = new Map()
@@ -39,6 +40,9 @@ export const openCommand: IoCommand = {
             break
           case "C":
             copyOnRead = true
+            break
+          case "U":
+            forceShare = true
             break
           case "r":
             readOnly = true
@@ -81,7 +85,7 @@ export const openCommand: IoCommand = {
         printUsage(openCommand)
         return Effect.succeed(false)
       }
-      return session.open({ name: operands[0], options, format: undefined, readOnly, snapshot, copyOnRead, cache, aio })
+      return session.open({ name: operands[0], options, format: undefined, readOnly, snapshot, copyOnRead, forceShare, cache, aio })
     })
 }
 
