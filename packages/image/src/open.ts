@@ -7,7 +7,7 @@ import type { ImageHeader } from "@qcow2/format"
 import type { SectorCrypto } from "@qcow2/cluster"
 import { SectorCipherFactory } from "@qcow2/crypto"
 import type { CryptoError, SectorCipher, SectorCipherFactoryShape } from "@qcow2/crypto"
-import { NO_LOCKS, StorageOpener } from "@qcow2/storage"
+import { StorageOpener } from "@qcow2/storage"
 import type { BlockStorageShape, StorageError, StorageOpenerShape } from "@qcow2/storage"
 import type { CreateOptions, Image, ImageFormat, OpenOptions } from "./api.js"
 import { planCreate, writeEmptyImage } from "./create.js"
@@ -172,7 +172,8 @@ function openNamed(
     const storage = yield* Effect.mapError(step.opener.open(name, { readOnly }), (e) => openFailure(name, e))
     const actual = format ?? (yield* probeFormat(storage))
     const forceShare = step.options.forceShare === true
-    yield* lockAs(storage, actual, readOnly, forceShare)
+    // The luks driver is a format layer over its file, as qcow2 is: it takes the same locks.
+    yield* lockAs(storage, actual === "luks" ? "qcow2" : actual, readOnly, forceShare)
     if (actual === "raw") return yield* makeRawImage(storage, readOnly)
     if (actual === "luks") return yield* openLuks(storage, readOnly, step.options.passphrase, step.options.noIo === true, step.ciphers)
     const chain = [...seen, name]

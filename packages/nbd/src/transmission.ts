@@ -81,6 +81,7 @@ export const errnoOf = (error: ImageError): Errno => {
     case "Encryption":
     case "RefcountOverflow":
     case "Storage":
+    case "Locked":
       return Errno.EIO
   }
 }

@@ -23,6 +23,7 @@ const ERRNO_NUMBER: Record<Errno, number> = {
   EPERM: 1,
   ENOENT: 2,
   EIO: 5,
+  EAGAIN: 11,
   EACCES: 13,
   EFBIG: 27,
   ENOSPC: 28,
