@@ -33,6 +33,22 @@ export function discardClusters(engine: Qcow2Engine, offset: number, length: num
 }
 
 /**
+ * Drops whole clusters [offset, offset + length) completely (QEMU's
+ * full discard, used when shrinking): every entry becomes unallocated,
+ * whatever the version or backing file, and host clusters are freed.
+ */
+export function dropClusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<void, EngineFailure> {
+  return changeClusters(engine, offset, length, (old) => {
+    if (old._tag === "Unallocated") return undefined
+    if (engine.geometry.extendedL2) {
+      if (old._tag === "Subclusters" && old.hostOffset === 0 && !old.copied && old.allocatedMask === 0 && old.zeroMask === 0) return undefined
+      return { entry: { _tag: "Subclusters", hostOffset: 0, copied: false, allocatedMask: 0, zeroMask: 0 }, free: true }
+    }
+    return { entry: { _tag: "Unallocated" }, free: true }
+  })
+}
+
+/**
  * Makes whole clusters read as zeros with the v3 zero flag (or all-zero
  * subclusters). With `unmap` the host clusters are freed; without, they stay
  * allocated behind the flag (QEMU keeps them so later writes need no

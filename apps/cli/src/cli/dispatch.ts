@@ -213,6 +213,32 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         })
       })
     }
+    case "resize": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        const format = yield* imageFormat(c.format)
+        const { runResize } = yield* Effect.promise(() => import("../commands/resize.js"))
+        return yield* runResize({
+          file: c.file,
+          size: c.size,
+          format,
+          shrink: c.shrink,
+          quiet: c.quiet,
+          ...(c.preallocation !== undefined ? { preallocation: c.preallocation } : {}),
+          passphrase: secrets.passphrase
+        })
+      })
+    }
+    case "amend": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        const format = yield* imageFormat(c.format)
+        const { runAmend } = yield* Effect.promise(() => import("../commands/amend.js"))
+        return yield* runAmend({ file: c.file, format, options: c.options, force: c.force, quiet: c.quiet, secrets })
+      })
+    }
     case "io": {
       const c = p.values
       return Effect.gen(function* () {
