@@ -150,7 +150,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         const secrets = yield* secretsOf({ ...c, imageOpts: false })
         const { runCreate } = yield* Effect.promise(() => import("../commands/create.js"))
         return yield* runCreate({
-          file: c.file,
+          file: c.file ?? "",
           format: c.format,
           options: c.options,
           unsafe: c.unsafe,
@@ -236,7 +236,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         const secrets = yield* secretsOf(c)
         const format = yield* imageFormat(c.format)
         const { runAmend } = yield* Effect.promise(() => import("../commands/amend.js"))
-        return yield* runAmend({ file: c.file, format, options: c.options, force: c.force, quiet: c.quiet, secrets })
+        return yield* runAmend({ file: c.file ?? "", format, options: c.options, force: c.force, quiet: c.quiet, progress: c.progress, secrets })
       })
     }
     case "io": {

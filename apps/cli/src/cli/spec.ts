@@ -145,7 +145,7 @@ export const create = {
     object,
     passphraseFile
   },
-  args: { file: { name: "filename", kind: "one" }, size: { name: "size", kind: "optional" } }
+  args: { file: { name: "filename", kind: "optional" }, size: { name: "size", kind: "optional" } }
 } as const satisfies CommandSpec
 
 export const convert = {
@@ -230,7 +230,7 @@ export const amend = {
     cache: { kind: "string", name: "cache", alias: "t", description: "accepted for compatibility" },
     ...common
   },
-  args: { file: { name: "filename", kind: "one" } }
+  args: { file: { name: "filename", kind: "optional" } }
 } as const satisfies CommandSpec
 
 export const COMMANDS = { info, map, check, compare, create, convert, io, resize, amend } as const

@@ -4,8 +4,9 @@ import { createImage, openImage } from "@qcow2/image"
 import type { ImageFormat } from "@qcow2/image"
 import { formattingLine, parseCreateOptions, toCreateOptions, type CreateFormat } from "../createopts.js"
 import type { ImageEnv } from "../env.js"
-import { fail, type CliFailure } from "../errors.js"
+import { fail, usage, type CliFailure } from "../errors.js"
 import { pathCombine } from "../names.js"
+import { asksForHelp, createHelp } from "../optionhelp.js"
 import { print } from "../output.js"
 import type { Secrets } from "../secrets.js"
 import { parseSize } from "../text/strtosz.js"
@@ -57,6 +58,11 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
   Effect.gen(function* () {
     if (o.format !== "qcow2" && o.format !== "raw") return yield* Effect.fail(fail(`Unknown file format '${o.format}'`))
     const format: CreateFormat = o.format
+    if (asksForHelp(o.options)) {
+      print(createHelp(format, o.file !== ""))
+      return 0
+    }
+    if (o.file === "") return yield* Effect.fail(usage("Expecting image file name"))
     const lists = [...o.options]
     if (o.backingFile !== undefined) lists.push(`backing_file=${o.backingFile.replace(/,/g, ",,")}`)
     if (o.backingFormat !== undefined) lists.push(`backing_fmt=${o.backingFormat.replace(/,/g, ",,")}`)

@@ -1,0 +1,152 @@
+import { Effect } from "effect"
+import { Limits, maxRefcount, readRefcount, readRefcountTableEntry, writeRefcount, writeRefcountTableEntry } from "@qcow2/format"
+import type { ImageHeader } from "@qcow2/format"
+import type { BlockStorageShape, StorageError } from "@qcow2/storage"
+import { ClusterError } from "./errors.js"
+import { HeaderState } from "./header.js"
+
+/** Progress of a long amend step: `done` of `total` units (QEMU's BlockDriverAmendStatusCB). */
+export type AmendProgress = (done: number, total: number) => void
+
+/** The refcounts of one old refcount block, decoded (index = cluster within the block). */
+interface DecodedBlock {
+  readonly index: number
+  readonly counts: Float64Array
+}
+
+const corrupt = (message: string, offset?: number) => new ClusterError({ reason: "Corrupt", message, ...(offset !== undefined ? { offset } : {}) })
+
+/**
+ * Rewrites the refcount structures of a closed qcow2 image for a new
+ * refcount width (`qemu-img amend -o refcount_bits=N`, QEMU's
+ * qcow2_change_refcount_order), and returns the header written.
+ *
+ * Every old count is read first (a count that does not fit the new width
+ * refuses the change with QEMU's message). The new refcount table and
+ * blocks go past everything in use, sized for the new width; they count
+ * the data as before plus themselves, and no longer the old table and
+ * blocks. They are written and flushed before the header switches to them
+ * in one sector write, so a crash leaves either the old structures or the
+ * new ones in charge, never a mix; the old ones are then simply free
+ * clusters.
+ */
+export function changeRefcountOrder(
+  storage: BlockStorageShape,
+  image: ImageHeader,
+  newOrder: number,
+  progress: AmendProgress = () => {}
+): Effect.Effect<ImageHeader, ClusterError | StorageError> {
+  return Effect.gen(function* () {
+    const h = image.header
+    const cs = 2 ** h.clusterBits
+    const oldOrder = h.refcountOrder
+    if (newOrder === oldOrder) return image
+    const tableBytes = h.refcountTableClusters * cs
+    if (tableBytes > Limits.maxRefcountTableBytes) return yield* corrupt(`Reference count table too large (${h.refcountTableClusters} clusters)`, 56)
+    const table = new Uint8Array(tableBytes)
+    yield* storage.read(h.refcountTableOffset, table)
+    const fileSize = yield* storage.size()
+
+    // 1. Every old count, block by block; the old table and blocks drop out.
+    const oldEntries = cs * 8 / 2 ** oldOrder
+    const blocks: DecodedBlock[] = []
+    const oldStructures: number[] = []
+    for (let i = 0; i < table.length / 8; i++) {
+      let offset: number
+      try {
+        offset = readRefcountTableEntry(table, i).offset
+      } catch {
+        return yield* corrupt(`Refblock offset of reftable index ${i} does not fit 2^53`, h.refcountTableOffset + i * 8)
+      }
+      if (offset === 0) continue
+      if (offset % cs !== 0 || offset + cs > fileSize) return yield* corrupt(`Refblock offset 0x${offset.toString(16)} invalid (reftable index: 0x${i.toString(16)})`, h.refcountTableOffset + i * 8)
+      const raw = new Uint8Array(cs)
+      yield* storage.read(offset, raw)
+      const counts = new Float64Array(oldEntries)
+      for (let e = 0; e < oldEntries; e++) {
+        try {
+          counts[e] = readRefcount(raw, e, oldOrder)
+        } catch {
+          counts[e] = Number.MAX_VALUE
+        }
+      }
+      blocks.push({ index: i, counts })
+      oldStructures.push(offset / cs)
+    }
+    for (let c = 0; c < h.refcountTableClusters; c++) oldStructures.push(h.refcountTableOffset / cs + c)
+    const byIndex = new Map(blocks.map((b) => [b.index, b] as const))
+    const countOf = (cluster: number): number => byIndex.get(Math.floor(cluster / oldEntries))?.counts[cluster % oldEntries] ?? 0
+    for (const cluster of oldStructures) {
+      const block = byIndex.get(Math.floor(cluster / oldEntries))
+      if (block === undefined || block.counts[cluster % oldEntries]! === 0) return yield* corrupt(`Refcount structure at cluster ${cluster} is not counted`)
+      block.counts[cluster % oldEntries]! -= 1
+    }
+    progress(1, 3)
+
+    // 2. The counts must fit the new width.
+    const newMax = maxRefcount(newOrder)
+    let lastUsed = 0
+    for (const block of blocks) {
+      for (let e = 0; e < oldEntries; e++) {
+        const count = block.counts[e]!
+        if (count === 0) continue
+        const cluster = block.index * oldEntries + e
+        if (count > newMax) {
+          const shown = count === Number.MAX_VALUE ? "more than 2^53" : String(count)
+          return yield* new ClusterError({
+            reason: "InvalidArgument",
+            message: `Cannot decrease refcount entry width to ${2 ** newOrder} bits: Cluster at offset 0x${(cluster * cs).toString(16)} has a refcount of ${shown}`
+          })
+        }
+        lastUsed = Math.max(lastUsed, cluster)
+      }
+    }
+
+    // 3. Where the new structures go: past everything in use and past the file end.
+    const newEntries = cs * 8 / 2 ** newOrder
+    const areaStart = Math.max(Math.ceil(fileSize / cs), lastUsed + 1)
+    const usedBlocks = new Set<number>()
+    for (const block of blocks) {
+      for (let e = 0; e < oldEntries; e++) if (block.counts[e]! !== 0) usedBlocks.add(Math.floor((block.index * oldEntries + e) / newEntries))
+    }
+    let tableClusters = 1
+    let newBlocks: number[] = []
+    for (;;) {
+      const wanted = new Set(usedBlocks)
+      const areaEnd = areaStart + tableClusters + newBlocks.length
+      for (let b = Math.floor(areaStart / newEntries); b <= Math.floor((areaEnd - 1) / newEntries); b++) wanted.add(b)
+      const sorted = [...wanted].sort((a, b) => a - b)
+      const neededTable = Math.max(1, Math.ceil(((sorted[sorted.length - 1] ?? 0) + 1) * 8 / cs))
+      if (sorted.length === newBlocks.length && neededTable === tableClusters) break
+      newBlocks = sorted
+      tableClusters = neededTable
+    }
+    if (tableClusters * cs > Limits.maxRefcountTableBytes) {
+      return yield* new ClusterError({ reason: "Unsupported", message: "Failed to allocate the new reftable: the table would exceed the size limit" })
+    }
+    const areaClusters = tableClusters + newBlocks.length
+    const newTableOffset = areaStart * cs
+    const blockOffset = new Map(newBlocks.map((b, i) => [b, (areaStart + tableClusters + i) * cs] as const))
+
+    // 4. Write the new blocks and table, then switch the header.
+    const newTable = new Uint8Array(tableClusters * cs)
+    const inArea = (cluster: number) => cluster >= areaStart && cluster < areaStart + areaClusters
+    for (const [b, offset] of blockOffset) {
+      const block = new Uint8Array(cs)
+      for (let e = 0; e < newEntries; e++) {
+        const cluster = b * newEntries + e
+        const count = inArea(cluster) ? 1 : countOf(cluster)
+        if (count !== 0) writeRefcount(block, e, newOrder, count)
+      }
+      yield* storage.write(offset, block)
+      writeRefcountTableEntry(newTable, b, offset)
+    }
+    progress(2, 3)
+    yield* storage.write(newTableOffset, newTable)
+    yield* storage.flush()
+    const header = new HeaderState(storage, image)
+    yield* header.update({ refcountOrder: newOrder, refcountTableOffset: newTableOffset, refcountTableClusters: tableClusters })
+    progress(3, 3)
+    return header.image
+  })
+}
