@@ -94,6 +94,8 @@ const parseNumber = (text: string): number | undefined => {
   if (/^0[xX][0-9a-fA-F]+$/.test(text)) return parseInt(text.slice(2), 16)
   if (/^0[0-7]+$/.test(text)) return parseInt(text, 8)
   if (/^[0-9]+$/.test(text)) return parseInt(text, 10)
+  // strtoull takes a sign: "-1" is a (huge) number, refused later as a value.
+  if (/^-[0-9]+$/.test(text)) return -parseInt(text.slice(1), 10)
   return undefined
 }
 

@@ -17,6 +17,22 @@ interface DecodedBlock {
 const corrupt = (message: string, offset?: number) => new ClusterError({ reason: "Corrupt", message, ...(offset !== undefined ? { offset } : {}) })
 
 /**
+ * Reports progress as QEMU's walks over the old refcount table do: one
+ * walk per layout pass (the last finds nothing new to allocate; at least
+ * two), then the walk that writes the new blocks, each step one table
+ * entry, the expected number of walks growing as passes are added.
+ */
+function reportWalks(progress: AmendProgress, entries: number, passes: number): void {
+  const walk = (index: number, total: number) => {
+    for (let r = 0; r < entries; r++) progress(index * entries + r, total * entries)
+    progress((index + 1) * entries, total * entries)
+  }
+  const allocationWalks = Math.max(passes, 2)
+  for (let index = 0; index < allocationWalks; index++) walk(index, Math.max(index + 2, 3))
+  walk(allocationWalks, allocationWalks + 1)
+}
+
+/**
  * Rewrites the refcount structures of a closed qcow2 image for a new
  * refcount width (`qemu-img amend -o refcount_bits=N`, QEMU's
  * qcow2_change_refcount_order), and returns the header written.
@@ -81,7 +97,6 @@ export function changeRefcountOrder(
       if (block === undefined || block.counts[cluster % oldEntries]! === 0) return yield* corrupt(`Refcount structure at cluster ${cluster} is not counted`)
       block.counts[cluster % oldEntries]! -= 1
     }
-    progress(1, 3)
 
     // 2. The counts must fit the new width.
     const newMax = maxRefcount(newOrder)
@@ -111,7 +126,9 @@ export function changeRefcountOrder(
     }
     let tableClusters = 1
     let newBlocks: number[] = []
+    let walks = 0
     for (;;) {
+      walks++
       const wanted = new Set(usedBlocks)
       const areaEnd = areaStart + tableClusters + newBlocks.length
       for (let b = Math.floor(areaStart / newEntries); b <= Math.floor((areaEnd - 1) / newEntries); b++) wanted.add(b)
@@ -124,6 +141,7 @@ export function changeRefcountOrder(
     if (tableClusters * cs > Limits.maxRefcountTableBytes) {
       return yield* new ClusterError({ reason: "Unsupported", message: "Failed to allocate the new reftable: the table would exceed the size limit" })
     }
+    reportWalks(progress, table.length / 8, walks)
     const areaClusters = tableClusters + newBlocks.length
     const newTableOffset = areaStart * cs
     const blockOffset = new Map(newBlocks.map((b, i) => [b, (areaStart + tableClusters + i) * cs] as const))
@@ -141,12 +159,10 @@ export function changeRefcountOrder(
       yield* storage.write(offset, block)
       writeRefcountTableEntry(newTable, b, offset)
     }
-    progress(2, 3)
     yield* storage.write(newTableOffset, newTable)
     yield* storage.flush()
     const header = new HeaderState(storage, image)
     yield* header.update({ refcountOrder: newOrder, refcountTableOffset: newTableOffset, refcountTableClusters: tableClusters })
-    progress(3, 3)
     return header.image
   })
 }

@@ -76,7 +76,7 @@ export const parseAmendOptions = (lists: ReadonlyArray<string>): { readonly ok: 
   }
   const bits = values.get("refcount_bits")
   if (bits !== undefined) {
-    if (!/^(0[xX][0-9a-fA-F]+|[0-9]+)$/.test(bits)) return { ok: false, message: "Parameter 'refcount_bits' expects a number" }
+    if (!/^(0[xX][0-9a-fA-F]+|-?[0-9]+)$/.test(bits)) return { ok: false, message: "Parameter 'refcount_bits' expects a number" }
     out.refcountBits = Number(bits)
   }
   const compat = values.get("compat")
