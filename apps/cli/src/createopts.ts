@@ -3,7 +3,7 @@
  * qemu-img parses, prints ("Formatting …") and validates them.
  */
 import type { CreateOptions } from "@qcow2/image"
-import { parseSize } from "./text/strtosz.js"
+import { parseSizeBig } from "./text/strtosz.js"
 
 /** Splits an option list: ',' separates, ',,' is a literal comma, a bare name means "on". */
 export const splitOptionList = (text: string): Array<readonly [string, string]> => {
@@ -112,7 +112,7 @@ export const parseCreateOptions = (format: CreateFormat, lists: ReadonlyArray<st
       if (desc === undefined) return { ok: false, message: `Invalid parameter '${name}'` }
       switch (desc.type) {
         case "size": {
-          const r = parseSize(value)
+          const r = parseSizeBig(value)
           if (!r.ok) {
             return {
               ok: false,

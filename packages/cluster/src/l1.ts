@@ -122,7 +122,8 @@ export class ActiveL1 {
       const offset = yield* refcounts.allocate(clusters)
       yield* self.integrity.guardWrite(offset, clusters * cs)
       yield* refcounts.persistAllocations()
-      yield* self.storage.write(offset, table)
+      // Only the entries are written, as QEMU does (a fresh image ends 8 bytes into cluster 3).
+      yield* self.storage.write(offset, table.subarray(0, entries * 8))
       yield* self.storage.flush()
       const old = { offset: self.tableOffset, size: self.entries }
       yield* self.header.update({ l1TableOffset: offset, l1Size: entries })

@@ -227,7 +227,8 @@ export function createImage(name: string, options: CreateOptions): Effect.Effect
         const data = yield* Effect.mapError(opener.open(plan.dataFile, { readOnly: false, create: true, truncate: true }), (e) =>
           openFailure(plan.dataFile!, e)
         )
-        if (plan.dataFileRaw || plan.preallocation !== "off") yield* asImageError(data.resize(plan.size), plan.dataFile)
+        // The data file gets the virtual size at once (sparse); falloc and full fill it while preallocating.
+        if (plan.preallocation === "off" || plan.preallocation === "metadata") yield* asImageError(data.resize(plan.size), plan.dataFile)
       }
       yield* writeEmptyImage(storage, plan)
       yield* Effect.scoped(

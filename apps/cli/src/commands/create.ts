@@ -9,7 +9,7 @@ import { pathCombine } from "../names.js"
 import { asksForHelp, createHelp } from "../optionhelp.js"
 import { print } from "../output.js"
 import type { Secrets } from "../secrets.js"
-import { parseSize } from "../text/strtosz.js"
+import { parseSize, parseSizeBig } from "../text/strtosz.js"
 
 export interface CreateCommandOptions {
   readonly file: string
@@ -34,6 +34,23 @@ export const parseImageSize = (text: string, what = "image size"): Effect.Effect
   return Effect.fail(fail(what === "image size" ? INVALID_SIZE : INVALID_SIZE.replace("image size", what)))
 }
 
+const INT64_MAX = (1n << 63n) - 1n
+
+/** The size argument of create: anything up to 2^63 - 1 is accepted here (the driver judges it after "Formatting"). */
+const parseCreateSize = (text: string): Effect.Effect<bigint, CliFailure> => {
+  const r = parseSizeBig(text)
+  if (r.ok && r.value <= INT64_MAX) return Effect.succeed(r.value)
+  if (r.ok || r.reason === "range") return Effect.fail(fail("Invalid image size specified. Must be between 0 and 9223372036854775807."))
+  return Effect.fail(fail(INVALID_SIZE))
+}
+
+/**
+ * What qemu-img says when the driver finds the size too large (EFBIG):
+ * here every size past 2^53 bytes, which this toolkit cannot address.
+ */
+const tooLarge = (file: string, format: CreateFormat) =>
+  fail(`${file}: The image size is too large for file format '${format}'${format === "qcow2" ? " (try using a larger cluster size)" : ""}`)
+
 /** Creates a raw image file of `size` bytes (preallocation off or full). */
 const createRaw = (file: string, size: number, preallocation: string): Effect.Effect<void, CliFailure> =>
   Effect.try({
@@ -50,7 +67,8 @@ const createRaw = (file: string, size: number, preallocation: string): Effect.Ef
         fs.closeSync(fd)
       }
     },
-    catch: (e) => fail(`${file}: ${e instanceof Error ? e.message : String(e)}`)
+    catch: (e) =>
+      e instanceof Error && "code" in e && e.code === "EFBIG" ? tooLarge(file, "raw") : fail(`${file}: ${e instanceof Error ? e.message : String(e)}`)
   })
 
 /** `qcow2 create`: qemu-img create for the qcow2 and raw formats. */
@@ -69,7 +87,7 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
     const parsed = parseCreateOptions(format, lists)
     if (!parsed.ok) return yield* Effect.fail(fail(`${o.file}: ${parsed.message}`))
     const values = parsed.values
-    if (o.size !== undefined) values.set("size", String(yield* parseImageSize(o.size)))
+    if (o.size !== undefined) values.set("size", String(yield* parseCreateSize(o.size)))
 
     const backing = values.get("backing_file")
     const backingFmt = values.get("backing_fmt")
@@ -95,6 +113,7 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
     }
     if (!values.has("size")) return yield* Effect.fail(fail(`${o.file}: Image creation needs a size parameter`))
     if (!o.quiet) print(formattingLine(o.file, format, values) + "\n")
+    if (BigInt(values.get("size")!) > BigInt(Number.MAX_SAFE_INTEGER)) return yield* Effect.fail(tooLarge(o.file, format))
     // qemu-img prints the size as given but creates the image rounded up to whole sectors.
     values.set("size", String(Math.ceil(Number(values.get("size")) / 512) * 512))
 
