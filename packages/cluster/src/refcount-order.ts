@@ -8,13 +8,40 @@ import { HeaderState } from "./header.js"
 /** Progress of a long amend step: `done` of `total` units (QEMU's BlockDriverAmendStatusCB). */
 export type AmendProgress = (done: number, total: number) => void
 
-/** The refcounts of one old refcount block, decoded (index = cluster within the block). */
-interface DecodedBlock {
-  readonly index: number
-  readonly counts: Float64Array
-}
-
 const corrupt = (message: string, offset?: number) => new ClusterError({ reason: "Corrupt", message, ...(offset !== undefined ? { offset } : {}) })
+
+/**
+ * Adds the non-zero entries of refcount block `raw` (whose first entry is
+ * cluster `first`) to `counts`; all-zero bytes are skipped whole. A count
+ * past 2^53 is kept as Number.MAX_VALUE (it fits no narrower width).
+ */
+function decodeNonZero(raw: Uint8Array, order: number, first: number, counts: Map<number, number>): void {
+  const bytesPerEntry = order >= 3 ? 2 ** (order - 3) : 0
+  const entriesPerByte = order < 3 ? 8 >> order : 0
+  if (entriesPerByte > 0) {
+    for (let i = 0; i < raw.length; i++) {
+      if (raw[i] === 0) continue
+      for (let k = 0; k < entriesPerByte; k++) {
+        const e = i * entriesPerByte + k
+        const count = readRefcount(raw, e, order)
+        if (count !== 0) counts.set(first + e, count)
+      }
+    }
+    return
+  }
+  for (let e = 0; e < raw.length / bytesPerEntry; e++) {
+    let zero = true
+    for (let j = e * bytesPerEntry; j < (e + 1) * bytesPerEntry && zero; j++) zero = raw[j] === 0
+    if (zero) continue
+    let count: number
+    try {
+      count = readRefcount(raw, e, order)
+    } catch {
+      count = Number.MAX_VALUE
+    }
+    counts.set(first + e, count)
+  }
+}
 
 /**
  * Reports progress as QEMU's walks over the old refcount table do: one
@@ -63,9 +90,9 @@ export function changeRefcountOrder(
     yield* storage.read(h.refcountTableOffset, table)
     const fileSize = yield* storage.size()
 
-    // 1. Every old count, block by block; the old table and blocks drop out.
+    // 1. Every non-zero old count, in cluster order; the old table and blocks drop out.
     const oldEntries = cs * 8 / 2 ** oldOrder
-    const blocks: DecodedBlock[] = []
+    const counts = new Map<number, number>()
     const oldStructures: number[] = []
     for (let i = 0; i < table.length / 8; i++) {
       let offset: number
@@ -78,52 +105,36 @@ export function changeRefcountOrder(
       if (offset % cs !== 0 || offset + cs > fileSize) return yield* corrupt(`Refblock offset 0x${offset.toString(16)} invalid (reftable index: 0x${i.toString(16)})`, h.refcountTableOffset + i * 8)
       const raw = new Uint8Array(cs)
       yield* storage.read(offset, raw)
-      const counts = new Float64Array(oldEntries)
-      for (let e = 0; e < oldEntries; e++) {
-        try {
-          counts[e] = readRefcount(raw, e, oldOrder)
-        } catch {
-          counts[e] = Number.MAX_VALUE
-        }
-      }
-      blocks.push({ index: i, counts })
+      decodeNonZero(raw, oldOrder, i * oldEntries, counts)
       oldStructures.push(offset / cs)
     }
     for (let c = 0; c < h.refcountTableClusters; c++) oldStructures.push(h.refcountTableOffset / cs + c)
-    const byIndex = new Map(blocks.map((b) => [b.index, b] as const))
-    const countOf = (cluster: number): number => byIndex.get(Math.floor(cluster / oldEntries))?.counts[cluster % oldEntries] ?? 0
     for (const cluster of oldStructures) {
-      const block = byIndex.get(Math.floor(cluster / oldEntries))
-      if (block === undefined || block.counts[cluster % oldEntries]! === 0) return yield* corrupt(`Refcount structure at cluster ${cluster} is not counted`)
-      block.counts[cluster % oldEntries]! -= 1
+      const count = counts.get(cluster) ?? 0
+      if (count === 0) return yield* corrupt(`Refcount structure at cluster ${cluster} is not counted`)
+      if (count === 1) counts.delete(cluster)
+      else counts.set(cluster, count - 1)
     }
 
-    // 2. The counts must fit the new width.
+    // 2. The counts must fit the new width (the first that does not is reported).
     const newMax = maxRefcount(newOrder)
     let lastUsed = 0
-    for (const block of blocks) {
-      for (let e = 0; e < oldEntries; e++) {
-        const count = block.counts[e]!
-        if (count === 0) continue
-        const cluster = block.index * oldEntries + e
-        if (count > newMax) {
-          const shown = count === Number.MAX_VALUE ? "more than 2^53" : String(count)
-          return yield* new ClusterError({
-            reason: "InvalidArgument",
-            message: `Cannot decrease refcount entry width to ${2 ** newOrder} bits: Cluster at offset 0x${(cluster * cs).toString(16)} has a refcount of ${shown}`
-          })
-        }
-        lastUsed = Math.max(lastUsed, cluster)
+    for (const [cluster, count] of counts) {
+      if (count > newMax) {
+        const shown = count === Number.MAX_VALUE ? "more than 2^53" : String(count)
+        return yield* new ClusterError({
+          reason: "InvalidArgument",
+          message: `Cannot decrease refcount entry width to ${2 ** newOrder} bits: Cluster at offset 0x${(cluster * cs).toString(16)} has a refcount of ${shown}`
+        })
       }
+      lastUsed = Math.max(lastUsed, cluster)
     }
 
     // 3. Where the new structures go: past everything in use and past the file end.
     const newEntries = cs * 8 / 2 ** newOrder
     const areaStart = Math.max(Math.ceil(fileSize / cs), lastUsed + 1)
     const usedBlocks = new Set<number>()
-    for (const block of blocks) {
-      for (let e = 0; e < oldEntries; e++) if (block.counts[e]! !== 0) usedBlocks.add(Math.floor((block.index * oldEntries + e) / newEntries))
-    }
+    for (const cluster of counts.keys()) usedBlocks.add(Math.floor(cluster / newEntries))
     let tableClusters = 1
     let newBlocks: number[] = []
     let walks = 0
@@ -144,19 +155,15 @@ export function changeRefcountOrder(
     reportWalks(progress, table.length / 8, walks)
     const areaClusters = tableClusters + newBlocks.length
     const newTableOffset = areaStart * cs
-    const blockOffset = new Map(newBlocks.map((b, i) => [b, (areaStart + tableClusters + i) * cs] as const))
+    for (let c = areaStart; c < areaStart + areaClusters; c++) counts.set(c, 1)
+    const newBlockBytes = new Map(newBlocks.map((b) => [b, new Uint8Array(cs)] as const))
+    for (const [cluster, count] of counts) writeRefcount(newBlockBytes.get(Math.floor(cluster / newEntries))!, cluster % newEntries, newOrder, count)
 
     // 4. Write the new blocks and table, then switch the header.
     const newTable = new Uint8Array(tableClusters * cs)
-    const inArea = (cluster: number) => cluster >= areaStart && cluster < areaStart + areaClusters
-    for (const [b, offset] of blockOffset) {
-      const block = new Uint8Array(cs)
-      for (let e = 0; e < newEntries; e++) {
-        const cluster = b * newEntries + e
-        const count = inArea(cluster) ? 1 : countOf(cluster)
-        if (count !== 0) writeRefcount(block, e, newOrder, count)
-      }
-      yield* storage.write(offset, block)
+    for (const [i, b] of newBlocks.entries()) {
+      const offset = (areaStart + tableClusters + i) * cs
+      yield* storage.write(offset, newBlockBytes.get(b)!)
       writeRefcountTableEntry(newTable, b, offset)
     }
     yield* storage.write(newTableOffset, newTable)
