@@ -104,7 +104,7 @@ export function amendImage(
   progress: AmendProgress = () => {}
 ): Effect.Effect<void, ImageError, Env> {
   return Effect.gen(function* () {
-    const first = yield* withEngine(name, openOptions, (_image, engine) =>
+    const first = yield* withEngine(name, openOptions, (opened, engine) =>
       Effect.gen(function* () {
         const current = engine.header.image
         const h = current.header
@@ -126,7 +126,7 @@ export function amendImage(
         if (newVersion > oldVersion) {
           const report = operations.operation(1)
           report(0, 2)
-          if (engine.header.image.header.nbSnapshots > 0 && _image.snapshots.some((s) => s.extraData.length < 16)) {
+          if (engine.header.image.header.nbSnapshots > 0 && opened.snapshots.some((s) => s.extraData.length < 16)) {
             return yield* unsupported("Failed to update the snapshot table: snapshots without a disk size cannot be upgraded here", name)
           }
           report(1, 2)
