@@ -86,6 +86,18 @@ export const QCOW2_AMEND_OPTIONS: ReadonlyArray<string> = [
 
 const line = (name: string, [type, description]: readonly [HelpType, string]): string => `  ${`${name}=<${type}>`.padEnd(22)} - ${description}\n`
 
+/**
+ * The first -o argument qemu-img refuses as a list ("Invalid option
+ * list: …"): empty, starting with a comma, or ending in an odd number of
+ * commas (qemu-img.c is_valid_option_list).
+ */
+export const invalidOptionList = (lists: ReadonlyArray<string>): string | undefined =>
+  lists.find((list) => {
+    if (list === "" || list.startsWith(",")) return true
+    const trailing = list.length - list.replace(/,+$/, "").length
+    return trailing % 2 === 1
+  })
+
 /** Whether an option list asks for help (an item "help" or "?"), as qemu-img's has_help_option. */
 export const asksForHelp = (lists: ReadonlyArray<string>): boolean =>
   lists.some((list) => splitOptionList(list).some(([name, value]) => value === "on" && (name === "help" || name === "?")))

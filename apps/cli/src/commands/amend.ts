@@ -3,7 +3,7 @@ import { amendImage, type AmendOptions, type ImageFormat } from "@qcow2/image"
 import { splitOptionList } from "../createopts.js"
 import { openNamed, type ImageEnv } from "../env.js"
 import { fail, openFailure, usage, type CliFailure } from "../errors.js"
-import { amendHelp, asksForHelp, QCOW2_AMEND_OPTIONS } from "../optionhelp.js"
+import { amendHelp, asksForHelp, invalidOptionList, QCOW2_AMEND_OPTIONS } from "../optionhelp.js"
 import { print, printNow } from "../output.js"
 import type { Secrets } from "../secrets.js"
 import { cFixedPadded } from "../text/cformat.js"
@@ -114,6 +114,8 @@ class AmendProgressLine {
 /** `qcow2 amend`: qemu-img amend for qcow2 images. */
 export const runAmend = (o: AmendCommandOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.gen(function* () {
+    const badList = invalidOptionList(o.options)
+    if (badList !== undefined) return yield* Effect.fail(fail(`Invalid option list: ${badList}`))
     if (o.options.length === 0) return yield* Effect.fail(usage("Must specify options (-o)"))
     const help = asksForHelp(o.options)
     if (o.format !== undefined && help) {

@@ -6,7 +6,7 @@ import { formattingLine, parseCreateOptions, toCreateOptions, type CreateFormat 
 import type { ImageEnv } from "../env.js"
 import { fail, usage, type CliFailure } from "../errors.js"
 import { pathCombine } from "../names.js"
-import { asksForHelp, createHelp } from "../optionhelp.js"
+import { asksForHelp, createHelp, invalidOptionList } from "../optionhelp.js"
 import { print } from "../output.js"
 import type { Secrets } from "../secrets.js"
 import { parseSize, parseSizeBig } from "../text/strtosz.js"
@@ -74,6 +74,8 @@ const createRaw = (file: string, size: number, preallocation: string): Effect.Ef
 /** `qcow2 create`: qemu-img create for the qcow2 and raw formats. */
 export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.gen(function* () {
+    const badList = invalidOptionList(o.options)
+    if (badList !== undefined) return yield* Effect.fail(fail(`Invalid option list: ${badList}`))
     if (o.format !== "qcow2" && o.format !== "raw") return yield* Effect.fail(fail(`Unknown file format '${o.format}'`))
     const format: CreateFormat = o.format
     if (asksForHelp(o.options)) {
