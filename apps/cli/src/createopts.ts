@@ -81,9 +81,33 @@ const RAW_OPTIONS: ReadonlyArray<OptionDesc> = [
   { name: "extent_size_hint", type: "size" }
 ]
 
-export type CreateFormat = "qcow2" | "raw"
+/** The luks driver's creation options, in qemu-img 7.2's "Formatting" order. */
+const LUKS_OPTIONS: ReadonlyArray<OptionDesc> = [
+  { name: "size", type: "size" },
+  { name: "key-secret", type: "string" },
+  { name: "cipher-alg", type: "string" },
+  { name: "cipher-mode", type: "string" },
+  { name: "ivgen-alg", type: "string" },
+  { name: "ivgen-hash-alg", type: "string" },
+  { name: "hash-alg", type: "string" },
+  { name: "iter-time", type: "number" },
+  { name: "nocow", type: "bool" },
+  { name: "preallocation", type: "string" },
+  { name: "extent_size_hint", type: "size" }
+]
 
-export const optionDescs = (format: CreateFormat): ReadonlyArray<OptionDesc> => (format === "qcow2" ? QCOW2_OPTIONS : RAW_OPTIONS)
+export type CreateFormat = "qcow2" | "raw" | "luks"
+
+export const optionDescs = (format: CreateFormat): ReadonlyArray<OptionDesc> => {
+  switch (format) {
+    case "qcow2":
+      return QCOW2_OPTIONS
+    case "raw":
+      return RAW_OPTIONS
+    case "luks":
+      return LUKS_OPTIONS
+  }
+}
 
 /** Parsed option values: the text qemu-img keeps (sizes and numbers normalized). */
 export type OptionValues = Map<string, string>

@@ -4,7 +4,7 @@ import { StorageOpener, type StorageOpenerShape } from "@qcow2/storage"
 import { nodeStorageOpener } from "@qcow2/storage-node"
 import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { SectorCipherFactory } from "@qcow2/crypto"
-import { ImageError, openImage, type Image, type OpenOptions } from "@qcow2/image"
+import { ImageError, openImage, type Image, type ImageFormat, type OpenOptions } from "@qcow2/image"
 import { splitOptionList } from "./createopts.js"
 import { isUrl } from "./names.js"
 import { openFailure, type CliFailure } from "./errors.js"
@@ -95,13 +95,14 @@ export const imageOptions: { enabled: boolean; secrets: ReadonlyMap<string, Uint
 /** Splits an `--image-opts` string into the file, the driver and the secret it names. */
 export const parseImageOpts = (
   spec: string
-): { readonly file: string; readonly format?: "qcow2" | "raw"; readonly passphrase?: Uint8Array } | { readonly error: string } => {
+): { readonly file: string; readonly format?: ImageFormat; readonly passphrase?: Uint8Array } | { readonly error: string } => {
   const fields = new Map(splitOptionList(spec))
   const file = fields.get("file.filename") ?? fields.get("filename")
   if (file === undefined) return { error: "A block device must be specified for \"file\"" }
   const driver = fields.get("driver")
-  if (driver !== undefined && driver !== "qcow2" && driver !== "raw") return { error: `Unknown driver '${driver}'` }
-  const keyId = fields.get("encrypt.key-secret")
+  if (driver !== undefined && driver !== "qcow2" && driver !== "raw" && driver !== "luks") return { error: `Unknown driver '${driver}'` }
+  // qcow2 names its secret encrypt.key-secret; the luks driver plain key-secret.
+  const keyId = fields.get(driver === "luks" ? "key-secret" : "encrypt.key-secret")
   let passphrase: Uint8Array | undefined
   if (keyId !== undefined) {
     passphrase = imageOptions.secrets.get(keyId)

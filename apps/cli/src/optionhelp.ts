@@ -35,7 +35,14 @@ const DESCRIPTIONS: Readonly<Record<string, readonly [HelpType, string]>> = {
   nocow: ["bool (on/off)", "Turn off copy-on-write (valid only on btrfs)"],
   preallocation: ["str", "Preallocation mode (allowed values: off, metadata, falloc, full)"],
   refcount_bits: ["num", "Width of a reference count entry in bits"],
-  size: ["size", "Virtual disk size"]
+  size: ["size", "Virtual disk size"],
+  "cipher-alg": ["str", "Name of encryption cipher algorithm"],
+  "cipher-mode": ["str", "Name of encryption cipher mode"],
+  "hash-alg": ["str", "Name of encryption hash algorithm"],
+  "iter-time": ["num", "Time to spend in PBKDF in milliseconds"],
+  "ivgen-alg": ["str", "Name of IV generator algorithm"],
+  "ivgen-hash-alg": ["str", "Name of IV generator hash algorithm"],
+  "key-secret": ["str", "ID of the secret that provides the keyslot passphrase"]
 }
 
 /** The file protocol's preallocation: no "metadata". */
@@ -64,6 +71,8 @@ const QCOW2_CREATE = [
   "refcount_bits",
   "size"
 ]
+
+const LUKS_CREATE = ["cipher-alg", "cipher-mode", "hash-alg", "iter-time", "ivgen-alg", "ivgen-hash-alg", "key-secret", "size"]
 
 const FILE_PROTOCOL = ["extent_size_hint", "nocow", "preallocation", "size"]
 
@@ -106,13 +115,13 @@ export const asksForHelp = (lists: ReadonlyArray<string>): boolean =>
  * `qemu-img create -f FMT -o help [FILE]`: the driver's options, or with a
  * file name the driver's merged with the file protocol's.
  */
-export const createHelp = (format: "qcow2" | "raw", withFile: boolean): string => {
-  const driver = format === "qcow2" ? QCOW2_CREATE : ["size"]
+export const createHelp = (format: "qcow2" | "raw" | "luks", withFile: boolean): string => {
+  const driver = format === "qcow2" ? QCOW2_CREATE : format === "luks" ? LUKS_CREATE : ["size"]
   if (!withFile) {
     return `Supported ${format} options:\n${driver.map((n) => line(n, DESCRIPTIONS[n]!)).join("")}\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n`
   }
   const names = [...new Set([...driver, ...FILE_PROTOCOL])].sort()
-  const describe = (n: string) => (n === "preallocation" && format === "raw" ? FILE_PREALLOCATION : DESCRIPTIONS[n]!)
+  const describe = (n: string) => (n === "preallocation" && format !== "qcow2" ? FILE_PREALLOCATION : DESCRIPTIONS[n]!)
   return `Supported options:\n${names.map((n) => line(n, describe(n))).join("")}`
 }
 

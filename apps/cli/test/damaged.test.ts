@@ -48,8 +48,6 @@ const KNOWN: ReadonlyArray<{ readonly id: string; readonly match: (o: Observed) 
   { id: "l1-table-past-eof", match: (o) => /(Active L1 table|Reference count table) .* lies past the end of the file/.test(o.finding.detail) },
   // nb_snapshots > 0 with snapshots_offset 0: QEMU opens (offset 0 is aligned; check reports the entries), we refuse.
   { id: "snapshot-table-offset-0", match: (o) => /info-exit|check-exit/.test(o.finding.kind) && /Snapshot table offset invalid \(0\)/.test(o.finding.detail) },
-  // crypt_method set without a key: qemu-img check cannot open the image (exit 1), we check it.
-  { id: "encrypted-check-without-key", match: (o) => o.finding.kind === "check-exit" && /encrypt\.key-secret/.test(o.finding.detail) },
   // autoclear bit 1 (raw external data) without incompatible bit 2: format's decodeImageHeader refuses, so info fails;
   // QEMU refuses it at open too ("data-file-raw requires a data file") except in qemu-img info, which shows the image.
   { id: "data-file-raw-without-data-file (info)", match: (o) => o.finding.kind === "info-exit" && /raw external data autoclear bit/.test(o.finding.detail) }
@@ -184,8 +182,8 @@ const REPROS: ReadonlyArray<Repro & { readonly fixed?: true }> = [
   // v2, L1 entry 0 -> L2 at 16 TiB + 0x40000: qemu-io "Failed to flush the L2 table cache: File too large" (exit 1);
   // qcow2 prints "wrote 4096/4096 bytes", exit 0, and reading 64k back gives zeros
   { id: "metadata-write-error-swallowed", make: [create("-o", "compat=0.10"), write("write -P 1 0 128k")], patch: [[0x30000, "8000100000040000"]], ops: ["write"], fixed: true },
-  // crypt_method 1 (AES) without a key: qemu-img check "Parameter 'encrypt.key-secret' is required for cipher" (exit 1); qcow2 check 0
-  { id: "encrypted-check-without-key", make: [create(), write("write -P 1 0 128k")], patch: [[32, "00000001"]], ops: ["check"] },
+  // crypt_method 1 (AES) without a key: qemu-img check "Parameter 'encrypt.key-secret' is required for cipher" (exit 1); fixed in image/open.ts
+  { id: "encrypted-check-without-key (fixed)", make: [create(), write("write -P 1 0 128k")], patch: [[32, "00000001"]], ops: ["check"], fixed: true },
   // L2 entry 0 = 0x8000000000000000 over a raw backing file of 0x5a: QEMU reads 0x5a (unallocated), qcow2 reads the header cluster
   { id: "copied-only-l2-entry", make: [create("-b", "back.raw", "-F", "raw"), write("write -P 1 0 128k")], patch: [[0x40000, "8000000000000000"]], ops: ["read", "convert"], fixed: true },
   // size = 1: qemu-img convert writes 0 bytes (1 / 512 sectors), qcow2 writes 1 byte (0x01)

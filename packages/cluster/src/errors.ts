@@ -117,6 +117,8 @@ function storageReason(reason: StorageError["reason"]): ImageErrorReason {
   switch (reason) {
     case "ReadOnly":
       return "ReadOnly"
+    case "NoSpace":
+      return "NoSpace"
     case "NotFound":
     case "PermissionDenied":
     case "OutOfRange":
@@ -124,6 +126,7 @@ function storageReason(reason: StorageError["reason"]): ImageErrorReason {
     case "RemoteChanged":
     case "Unsupported":
     case "Closed":
+    case "Locked":
       return "Storage"
   }
 }

@@ -8,7 +8,8 @@ import type { ImageError } from "./errors.js"
 
 export type { BlockStatus }
 
-export type ImageFormat = "qcow2" | "raw"
+/** The formats this toolkit opens: qcow2, raw, and raw LUKS1 volumes (QEMU's `luks` driver). */
+export type ImageFormat = "qcow2" | "raw" | "luks"
 
 /** The result of `check`, with qemu-img check's fields (defined by @qcow2/check). */
 export type { CheckResult }
@@ -82,6 +83,12 @@ export interface OpenOptions {
   readonly refcountCacheBytes?: number
   /** Passphrase for encrypted images. */
   readonly passphrase?: Uint8Array
+  /**
+   * Open for metadata only (QEMU's BDRV_O_NO_IO, as `qemu-img info` opens):
+   * an encrypted image opens without its passphrase, and its data cannot be
+   * read. Otherwise an encrypted image without a passphrase is refused.
+   */
+  readonly noIo?: boolean
   /**
    * Compresses one cluster for compressed writes, in place of the
    * ClusterCodec (e.g. a worker pool); `undefined` = store uncompressed.

@@ -17,6 +17,7 @@ import { type CheckError, checkQcow2 } from "@qcow2/check"
 import { openQcow2 } from "./qcow2/open.js"
 import { qcow2Engines } from "./qcow2/image.js"
 import { makeRawImage } from "./raw.js"
+import { createLuksVolume, hasLuksMagic, LUKS_MAGIC, openLuks, type LuksVolumeOptions } from "./luks.js"
 
 /** Deepest backing chain accepted (QEMU has no fixed limit; this bounds hostile chains). */
 export const MAX_BACKING_CHAIN_DEPTH = 64
@@ -33,16 +34,17 @@ const openFailure = (name: string, e: StorageError | ImageError): ImageError => 
   return new ImageError({ reason: inner.reason, message: refusedType ? inner.message : `Could not open '${name}': ${inner.message}`, location: name, cause: e })
 }
 
-/** Reads the magic to tell qcow2 from raw (QEMU's probe, limited to the two formats here). */
+/** Reads the magic to tell qcow2 and LUKS from raw (QEMU's probe, limited to the formats here). */
 export function probeFormat(storage: BlockStorageShape): Effect.Effect<ImageFormat, ImageError> {
   return asImageError(
     Effect.gen(function* () {
       const size = yield* storage.size()
       if (size < 4) return "raw" as const
-      const magic = new Uint8Array(4)
+      const magic = new Uint8Array(Math.min(size, LUKS_MAGIC.length))
       yield* storage.read(0, magic)
       const value = ((magic[0] << 24) | (magic[1] << 16) | (magic[2] << 8) | magic[3]) >>> 0
-      return value === QCOW2_MAGIC ? ("qcow2" as const) : ("raw" as const)
+      if (value === QCOW2_MAGIC) return "qcow2" as const
+      return hasLuksMagic(magic) ? ("luks" as const) : ("raw" as const)
     }),
     storage.location
   )
@@ -99,7 +101,10 @@ function unlocker(step: ChainStep, name: string) {
   return (image: ImageHeader, storage: BlockStorageShape): Effect.Effect<SectorCrypto | undefined, ImageError> =>
     Effect.gen(function* () {
       const passphrase = step.options.passphrase
-      if (passphrase === undefined) return undefined
+      if (passphrase === undefined) {
+        if (step.options.noIo === true) return undefined
+        return yield* new ImageError({ reason: "Encryption", message: "Parameter 'encrypt.key-secret' is required for cipher", location: name })
+      }
       const ciphers = step.ciphers
       if (ciphers === undefined) {
         return yield* new ImageError({ reason: "Encryption", message: "no encryption backend was provided (SectorCipherFactory layer)", location: name })
@@ -158,6 +163,7 @@ function openNamed(
     const storage = yield* Effect.mapError(step.opener.open(name, { readOnly }), (e) => openFailure(name, e))
     const actual = format ?? (yield* probeFormat(storage))
     if (actual === "raw") return yield* makeRawImage(storage, readOnly)
+    if (actual === "luks") return yield* openLuks(storage, readOnly, step.options.passphrase, step.options.noIo === true, step.ciphers)
     const chain = [...seen, name]
     return yield* openQcow2({
       storage,
@@ -222,15 +228,20 @@ export function createImage(name: string, options: CreateOptions): Effect.Effect
       }
       if (size === undefined) return yield* new ImageError({ reason: "InvalidArgument", message: "Image creation needs a size parameter", location: name })
       const plan = yield* planCreate(options, size)
-      const storage = yield* Effect.mapError(opener.open(name, { readOnly: false, create: true, truncate: true }), (e) => openFailure(name, e))
-      if (plan.dataFile !== undefined) {
-        const data = yield* Effect.mapError(opener.open(plan.dataFile, { readOnly: false, create: true, truncate: true }), (e) =>
-          openFailure(plan.dataFile!, e)
-        )
-        // The data file gets the virtual size at once (sparse); falloc and full fill it while preallocating.
-        if (plan.preallocation === "off" || plan.preallocation === "metadata") yield* asImageError(data.resize(plan.size), plan.dataFile)
-      }
-      yield* writeEmptyImage(storage, plan)
+      // The files are closed again before the driver opens them: a store has one writer at a time.
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const storage = yield* Effect.mapError(opener.open(name, { readOnly: false, create: true, truncate: true }), (e) => openFailure(name, e))
+          if (plan.dataFile !== undefined) {
+            const data = yield* Effect.mapError(opener.open(plan.dataFile, { readOnly: false, create: true, truncate: true }), (e) =>
+              openFailure(plan.dataFile!, e)
+            )
+            // The data file gets the virtual size at once (sparse); falloc and full fill it while preallocating.
+            if (plan.preallocation === "off" || plan.preallocation === "metadata") yield* asImageError(data.resize(plan.size), plan.dataFile)
+          }
+          yield* writeEmptyImage(storage, plan)
+        })
+      )
       yield* Effect.scoped(
         Effect.gen(function* () {
           const image = yield* openNamed({ opener, codec, options: { openBacking: false }, ciphers }, name, "qcow2", false, [])
@@ -266,3 +277,21 @@ export function createImage(name: string, options: CreateOptions): Effect.Effect
 }
 
 export type { CreateOptions }
+
+/**
+ * Creates a raw LUKS1 volume (`qemu-img create -f luks`): needs the
+ * SectorCipherFactory layer for the key material.
+ */
+export function createLuksImage(name: string, options: LuksVolumeOptions): Effect.Effect<void, ImageError, StorageOpener> {
+  return Effect.scoped(
+    Effect.gen(function* () {
+      const opener = yield* StorageOpener
+      const ciphers = Option.getOrUndefined(yield* Effect.serviceOption(SectorCipherFactory))
+      if (ciphers === undefined) {
+        return yield* new ImageError({ reason: "Encryption", message: "no encryption backend was provided (SectorCipherFactory layer)", location: name })
+      }
+      const storage = yield* Effect.mapError(opener.open(name, { readOnly: false, create: true, truncate: true }), (e) => openFailure(name, e))
+      yield* createLuksVolume(storage, ciphers, options)
+    })
+  )
+}

@@ -89,12 +89,14 @@ describe("encrypted images, both ways with qemu-img", () => {
     expect(error).toMatchObject({ _tag: "ImageError", reason: "Encryption", message: "Invalid password, cannot unlock any keyslot" })
   })
 
-  it("without a passphrase an encrypted image opens for info but refuses to read data", async () => {
+  it("without a passphrase an encrypted image is refused as QEMU refuses it, but opens for info (no I/O) and refuses to read data", async () => {
     const file = tmp.path("locked.qcow2")
     createEncrypted("-f", "qcow2", ...secret("x"), "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", file, "1M")
+    const refused = await run(Effect.flip(openImage(file, { readOnly: true })))
+    expect(refused).toMatchObject({ reason: "Encryption", message: "Parameter 'encrypt.key-secret' is required for cipher" })
     const error = await run(
       Effect.gen(function* () {
-        const image = yield* openImage(file, { readOnly: true })
+        const image = yield* openImage(file, { readOnly: true, noIo: true })
         return yield* Effect.flip(image.read(0, new Uint8Array(512)))
       })
     )

@@ -13,7 +13,7 @@
  */
 import { BlockStorage, type BlockStorageShape, checkRange, closedError, readOnlyError, StorageError } from "@qcow2/storage"
 import { Deferred, Effect, Exit, Layer, Result, type Scope, Semaphore } from "effect"
-import { BlockCache } from "./BlockCache.js"
+import { BlockCache } from "@qcow2/storage"
 import { type HttpStorageOptions, resolveOptions, type ResolvedOptions } from "./options.js"
 import {
   type Counters,

@@ -13,6 +13,8 @@ export type StorageErrorReason =
   | "RemoteChanged"
   | "Unsupported"
   | "Closed"
+  | "NoSpace" // the store is full (a browser's storage quota, ENOSPC)
+  | "Locked" // another user holds the store (a writer, or a reader that refuses to share)
 
 /** A failure of the byte store underneath an image (file, memory, HTTP, IndexedDB). */
 export class StorageError extends Data.TaggedError("StorageError")<{

@@ -41,7 +41,7 @@ export const execute = (body: Effect.Effect<number, CliFailure, ImageEnv>, ciphe
   )
 
 const imageFormat = (v: string | undefined): Effect.Effect<ImageFormat | undefined, CliFailure> => {
-  if (v === undefined || v === "qcow2" || v === "raw") return Effect.succeed(v)
+  if (v === undefined || v === "qcow2" || v === "raw" || v === "luks") return Effect.succeed(v)
   return Effect.fail(fail(`Unknown driver '${v}'`))
 }
 

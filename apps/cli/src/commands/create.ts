@@ -1,8 +1,8 @@
 import * as fs from "node:fs"
 import { Effect } from "effect"
-import { createImage, openImage } from "@qcow2/image"
+import { createImage, createLuksImage, openImage } from "@qcow2/image"
 import type { ImageFormat } from "@qcow2/image"
-import { formattingLine, parseCreateOptions, toCreateOptions, type CreateFormat } from "../createopts.js"
+import { formattingLine, parseCreateOptions, toCreateOptions, type CreateFormat, type OptionValues } from "../createopts.js"
 import type { ImageEnv } from "../env.js"
 import { fail, usage, type CliFailure } from "../errors.js"
 import { pathCombine } from "../names.js"
@@ -71,12 +71,39 @@ const createRaw = (file: string, size: number, preallocation: string): Effect.Ef
       e instanceof Error && "code" in e && e.code === "EFBIG" ? tooLarge(file, "raw") : fail(`${file}: ${e instanceof Error ? e.message : String(e)}`)
   })
 
+/** A raw LUKS1 volume (qemu-img create -f luks), with the crypto driver's messages. */
+const createLuks = (o: CreateCommandOptions, values: OptionValues): Effect.Effect<void, CliFailure, ImageEnv> =>
+  Effect.gen(function* () {
+    const bad = (message: string) => Effect.fail(fail(`${o.file}: ${message}`))
+    const keyId = values.get("key-secret")
+    if (keyId === undefined) return yield* bad("Parameter 'key-secret' is required for cipher")
+    const passphrase = o.secrets.byId.get(keyId)
+    if (passphrase === undefined) return yield* bad(`No secret with id '${keyId}'`)
+    const preallocation = values.get("preallocation") ?? "off"
+    if (preallocation !== "off" && preallocation !== "falloc" && preallocation !== "full") {
+      return yield* bad(`Parameter 'preallocation' does not accept value '${preallocation}'`)
+    }
+    const text = (name: string) => values.get(name)
+    const iter = text("iter-time")
+    yield* createLuksImage(o.file, {
+      size: Number(values.get("size")),
+      passphrase,
+      preallocation,
+      ...(text("cipher-alg") !== undefined ? { cipherAlg: text("cipher-alg")! } : {}),
+      ...(text("cipher-mode") !== undefined ? { cipherMode: text("cipher-mode")! } : {}),
+      ...(text("ivgen-alg") !== undefined ? { ivgenAlg: text("ivgen-alg")! } : {}),
+      ...(text("ivgen-hash-alg") !== undefined ? { ivgenHashAlg: text("ivgen-hash-alg")! } : {}),
+      ...(text("hash-alg") !== undefined ? { hashAlg: text("hash-alg")! } : {}),
+      ...(iter !== undefined ? { iterTimeMs: Number(iter) } : {})
+    }).pipe(Effect.mapError((e) => fail(`${o.file}: ${e.message}`)))
+  })
+
 /** `qcow2 create`: qemu-img create for the qcow2 and raw formats. */
 export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.gen(function* () {
     const badList = invalidOptionList(o.options)
     if (badList !== undefined) return yield* Effect.fail(fail(`Invalid option list: ${badList}`))
-    if (o.format !== "qcow2" && o.format !== "raw") return yield* Effect.fail(fail(`Unknown file format '${o.format}'`))
+    if (o.format !== "qcow2" && o.format !== "raw" && o.format !== "luks") return yield* Effect.fail(fail(`Unknown file format '${o.format}'`))
     const format: CreateFormat = o.format
     if (asksForHelp(o.options)) {
       print(createHelp(format, o.file !== ""))
@@ -125,6 +152,10 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
         return yield* Effect.fail(fail(`${o.file}: Parameter 'preallocation' does not accept value '${prealloc}'`))
       }
       yield* createRaw(o.file, Number(values.get("size")), prealloc)
+      return 0
+    }
+    if (format === "luks") {
+      yield* createLuks(o, values)
       return 0
     }
     const keyId = values.get("encrypt.key-secret")

@@ -72,12 +72,13 @@ const cipherAlg = (name: string, mode: string, keyBytes: number): string => {
 }
 
 /** QCryptoBlockInfoLUKS of the image's LUKS header. */
-const luksInfo = (h: LuksHeader | undefined): QDict | undefined => {
+const luksInfo = (h: LuksHeader | undefined, inQcow2 = true): QDict | undefined => {
   if (h === undefined) return undefined
   const [modeName = "", ivgen = ""] = h.cipherMode.split("-")
   const [ivgenAlg = "", ivgenHash] = ivgen.split(":")
   return QDict.of([
-    ["format", "luks"],
+    // Inside qcow2 it is the "encrypt" member (a union tagged by format); a luks image's own data has no tag.
+    ["format", inQcow2 ? "luks" : undefined],
     ["cipher-alg", cipherAlg(h.cipherName, modeName, h.keyBytes)],
     ["cipher-mode", modeName],
     ["ivgen-alg", ivgenAlg],
@@ -154,8 +155,13 @@ export const imageInfo = (layer: Layer): Effect.Effect<QDict, ImageError> =>
     const actualSize = allocatedBytes(image.location)
     const backing = image.backingFileName !== undefined && image.backingFileName !== "" ? image.backingFileName : undefined
     const dirty = parsed !== undefined && isSet(parsed.header.incompatibleFeatures, IncompatibleFeature.Dirty)
-    const encrypted = parsed !== undefined && parsed.header.cryptMethod !== CryptMethod.None
-    const specific = image.format === "qcow2" ? yield* qcow2SpecificFor(image) : undefined
+    const encrypted = image.format === "luks" || (parsed !== undefined && parsed.header.cryptMethod !== CryptMethod.None)
+    const specific =
+      image.format === "qcow2"
+        ? yield* qcow2SpecificFor(image)
+        : image.format === "luks"
+          ? luksInfo((yield* image.formatSpecific()).luks, false)
+          : undefined
     return QDict.of([
       ["filename", name],
       ["format", image.format],
@@ -168,7 +174,7 @@ export const imageInfo = (layer: Layer): Effect.Effect<QDict, ImageError> =>
       ["full-backing-filename", backing !== undefined ? pathCombine(name, backing) : undefined],
       ["backing-filename-format", backing !== undefined ? parsed?.extensions.backingFormat : undefined],
       ["snapshots", image.snapshots.length > 0 ? image.snapshots.map(snapshotInfo) : undefined],
-      ["format-specific", specific !== undefined ? QDict.of([["type", "qcow2"], ["data", specific]]) : undefined]
+      ["format-specific", specific !== undefined ? QDict.of([["type", image.format], ["data", specific]]) : undefined]
     ])
   })
 
@@ -240,7 +246,9 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
         readOnly: true,
         format: options.format,
         openBacking: options.backingChain,
-        passphrase: options.passphrase
+        passphrase: options.passphrase,
+        // qemu-img info opens with BDRV_O_NO_IO: an encrypted image needs no key.
+        noIo: true
       })
       const layers = options.backingChain ? chainLayers(top, options.file) : [{ name: options.file, image: top }]
       const infos: QDict[] = []
