@@ -55,6 +55,12 @@ const VALUE_LONGS: ReadonlySet<string> = new Set(
 /** Rewrites `args` (everything after the subcommand name) for `subcommand`. */
 export const normalizeArgs = (subcommand: string, args: ReadonlyArray<string>): string[] => {
   if (!isCommandName(subcommand)) return [...args]
+  // qemu-img resize takes its last word as the size before getopt sees it,
+  // so "-1G" is a size, not an option.
+  const last = args[args.length - 1]
+  if (subcommand === "resize" && last !== undefined && /^-[^-]/.test(last) && !args.includes("--")) {
+    return [...normalizeArgs(subcommand, args.slice(0, -1)), "--", last]
+  }
   const options = shortOptions(subcommand)
   const out: string[] = []
   for (let i = 0; i < args.length; i++) {

@@ -3,7 +3,7 @@
  * qemu-img parses, prints ("Formatting …") and validates them.
  */
 import type { CreateOptions } from "@qcow2/image"
-import { parseSize } from "./text/strtosz.js"
+import { parseSizeBig } from "./text/strtosz.js"
 
 /** Splits an option list: ',' separates, ',,' is a literal comma, a bare name means "on". */
 export const splitOptionList = (text: string): Array<readonly [string, string]> => {
@@ -118,6 +118,8 @@ const parseNumber = (text: string): number | undefined => {
   if (/^0[xX][0-9a-fA-F]+$/.test(text)) return parseInt(text.slice(2), 16)
   if (/^0[0-7]+$/.test(text)) return parseInt(text, 8)
   if (/^[0-9]+$/.test(text)) return parseInt(text, 10)
+  // strtoull takes a sign: "-1" is a (huge) number, refused later as a value.
+  if (/^-[0-9]+$/.test(text)) return -parseInt(text.slice(1), 10)
   return undefined
 }
 
@@ -134,7 +136,7 @@ export const parseCreateOptions = (format: CreateFormat, lists: ReadonlyArray<st
       if (desc === undefined) return { ok: false, message: `Invalid parameter '${name}'` }
       switch (desc.type) {
         case "size": {
-          const r = parseSize(value)
+          const r = parseSizeBig(value)
           if (!r.ok) {
             return {
               ok: false,

@@ -216,6 +216,100 @@ export class Refcounts {
   }
 
   /**
+   * Drops refcount blocks that count nothing but (possibly) themselves
+   * (QEMU's qcow2_shrink_reftable, after a shrink freed the clusters they
+   * described): the table entry is emptied and made durable first, then
+   * the block's own cluster is freed.
+   */
+  dropUnusedBlocks(): Effect.Effect<void, Failure> {
+    const self = this
+    return Effect.gen(function* () {
+      for (let b = self.lastBlock; b >= 1; b--) {
+        const offset = self.blockAt(b)
+        if (typeof offset !== "number" || offset === 0) continue
+        const block = self.cache.lookup(offset) ?? (yield* self.cache.get(offset))
+        const own = offset / self.clusterSize - b * self.blockEntries
+        const selfCounted = own >= 0 && own < self.blockEntries
+        let unused = true
+        for (let i = 0; i < self.blockEntries && unused; i++) {
+          if (selfCounted && i === own) unused = refcountIsOne(block, i, self.refcountOrder)
+          else unused = refcountIsZero(block, i, self.refcountOrder)
+        }
+        if (!unused) continue
+        const entry = new Uint8Array(8)
+        yield* self.storage.write(self.table.offset + b * 8, entry)
+        yield* self.storage.flush()
+        self.tableBytes.set(entry, b * 8)
+        self.blockOffsets[b] = 0
+        self.cache.invalidate(offset)
+        self.overlaps.removeCluster("refcount block", offset)
+        if (!selfCounted) yield* self.update(offset, self.clusterSize, -1)
+      }
+      while (self.lastBlock >= 0 && (self.blockOffsets[self.lastBlock] ?? 0) === 0) self.lastBlock--
+    })
+  }
+
+  /**
+   * Runs of free clusters (refcount 0) below cluster `end`, as host byte
+   * ranges: what a shrink hands back to the file system (QEMU discards
+   * the clusters it frees).
+   */
+  freeRanges(end: number): Effect.Effect<ReadonlyArray<{ readonly offset: number; readonly length: number }>, Failure> {
+    const self = this
+    return Effect.gen(function* () {
+      const ranges: Array<{ offset: number; length: number }> = []
+      let runStart = -1
+      const close = (at: number) => {
+        if (runStart >= 0) ranges.push({ offset: runStart * self.clusterSize, length: (at - runStart) * self.clusterSize })
+        runStart = -1
+      }
+      for (let b = 0; b * self.blockEntries < end; b++) {
+        const offset = self.blockAt(b)
+        if (typeof offset !== "number") return yield* offset
+        const first = b * self.blockEntries
+        const last = Math.min(end, first + self.blockEntries)
+        if (offset === 0) {
+          if (runStart < 0) runStart = Math.max(first, 1)
+          continue
+        }
+        const block = self.cache.lookup(offset) ?? (yield* self.cache.get(offset))
+        for (let c = Math.max(first, 1); c < last; c++) {
+          if (refcountIsZero(block, c - first, self.refcountOrder)) {
+            if (runStart < 0) runStart = c
+          } else close(c)
+        }
+      }
+      close(end)
+      return ranges
+    })
+  }
+
+  /**
+   * Finds the last cluster with a non-zero refcount and returns the end of
+   * it (a cluster count): what the image file may be truncated to after a
+   * shrink (QEMU's qcow2_get_last_cluster). Everything from there on is
+   * known to be free afterwards. Reads the refcount blocks, last first.
+   */
+  usedEnd(): Effect.Effect<number, Failure> {
+    const self = this
+    return Effect.gen(function* () {
+      for (let b = self.lastBlock; b >= 0; b--) {
+        const offset = self.blockAt(b)
+        if (typeof offset !== "number") return yield* offset
+        if (offset === 0) continue
+        const block = self.cache.lookup(offset) ?? (yield* self.cache.get(offset))
+        for (let i = self.blockEntries - 1; i >= 0; i--) {
+          if (refcountIsZero(block, i, self.refcountOrder)) continue
+          self.endCluster = b * self.blockEntries + i + 1
+          self.tailKnown = true
+          return self.endCluster
+        }
+      }
+      return 1
+    })
+  }
+
+  /**
    * Adds `delta` to the refcount of every cluster touched by the byte range
    * [offset, offset + length). Increases need every refcount block to exist
    * already (allocation paths call `ensureBlocks` first). A result above the
@@ -630,6 +724,24 @@ export class Refcounts {
       self.adoptTable(moved, newTable, (areaStart + areaClusters) * self.clusterSize)
       yield* self.free(oldTable.offset, oldTable.clusters * self.clusterSize)
     })
+  }
+}
+
+/** Whether entry `index` of a refcount block is 0 (an entry too large for a safe integer is not). */
+function refcountIsZero(block: Uint8Array, index: number, order: number): boolean {
+  try {
+    return readRefcount(block, index, order) === 0
+  } catch {
+    return false
+  }
+}
+
+/** Whether entry `index` of a refcount block is exactly 1. */
+function refcountIsOne(block: Uint8Array, index: number, order: number): boolean {
+  try {
+    return readRefcount(block, index, order) === 1
+  } catch {
+    return false
   }
 }
 

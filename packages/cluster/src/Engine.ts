@@ -6,7 +6,7 @@ import { AutoclearFeature, decodeImageHeader, decodeSnapshotTable, encodeImageHe
 import type { Geometry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { BlockStorageShape } from "@qcow2/storage"
 import { writeCompressedClusters } from "./compressed.js"
-import { discardClusters, unmapClusters } from "./discard.js"
+import { discardClusters, dropClusters } from "./discard.js"
 import { asImageError, checkRange, ClusterError, ImageError, isStructuralDamage, toImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { HeaderState } from "./header.js"
@@ -416,7 +416,7 @@ export class Qcow2Engine {
     const bad = this.requireWritable()
     if (bad) return Effect.fail(bad)
     if (this.virtualSize === 0) return Effect.void
-    return this.change(unmapClusters(this, 0, this.virtualSize))
+    return this.change(dropClusters(this, 0, this.virtualSize))
   }
 
   /**

@@ -33,20 +33,18 @@ export function discardClusters(engine: Qcow2Engine, offset: number, length: num
 }
 
 /**
- * Drops clusters [offset, offset + length) (cluster aligned, or ending at
- * the image end) entirely: each entry becomes unallocated, so the backing
- * file shows through again, and host clusters are freed. QEMU's full
- * discard (qcow2_cluster_discard with full_discard), which
- * `bdrv_make_empty` uses to empty an overlay after `qemu-img commit`.
+ * Drops whole clusters [offset, offset + length) completely (QEMU's
+ * full discard, used when shrinking): every entry becomes unallocated,
+ * whatever the version or backing file, and host clusters are freed.
  */
-export function unmapClusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<void, EngineFailure> {
+export function dropClusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<void, EngineFailure> {
   return changeClusters(engine, offset, length, (old) => {
     if (old._tag === "Unallocated") return undefined
-    if (old._tag === "Subclusters" && old.hostOffset === 0 && !old.copied && old.allocatedMask === 0 && old.zeroMask === 0) return undefined
-    const entry: Exclude<L2Entry, { _tag: "Invalid" }> = engine.geometry.extendedL2
-      ? { _tag: "Subclusters", hostOffset: 0, copied: false, allocatedMask: 0, zeroMask: 0 }
-      : { _tag: "Unallocated" }
-    return { entry, free: true }
+    if (engine.geometry.extendedL2) {
+      if (old._tag === "Subclusters" && old.hostOffset === 0 && !old.copied && old.allocatedMask === 0 && old.zeroMask === 0) return undefined
+      return { entry: { _tag: "Subclusters", hostOffset: 0, copied: false, allocatedMask: 0, zeroMask: 0 }, free: true }
+    }
+    return { entry: { _tag: "Unallocated" }, free: true }
   })
 }
 

@@ -85,6 +85,23 @@ export class ActiveL1 {
   }
 
   /**
+   * Empties entry `index`, written through, and returns the L2 table offset
+   * it named (0 when it was empty). The caller frees that table after the
+   * write is durable (rule 3).
+   */
+  unlink(index: number): Effect.Effect<number, EngineFailure> {
+    if (index >= this.entries) return Effect.succeed(0)
+    const previous = readL1Entry(this.bytes, index).l2Offset
+    if (previous === 0 && readL1Entry(this.bytes, index).copied === false) return Effect.succeed(0)
+    const entry = new Uint8Array(8)
+    return Effect.map(this.storage.write(this.tableOffset + index * 8, entry), () => {
+      this.bytes.set(entry, index * 8)
+      if (previous !== 0) this.integrity.overlaps.removeCluster("active L2 table", previous)
+      return previous
+    })
+  }
+
+  /**
    * Grows the table to at least `minEntries` entries: a new table is
    * allocated and written, the header switched to it, then the old one
    * freed (spec "L1 table"; QEMU grows by half again each time).
@@ -105,7 +122,8 @@ export class ActiveL1 {
       const offset = yield* refcounts.allocate(clusters)
       yield* self.integrity.guardWrite(offset, clusters * cs)
       yield* refcounts.persistAllocations()
-      yield* self.storage.write(offset, table)
+      // Only the entries are written, as QEMU does (a fresh image ends 8 bytes into cluster 3).
+      yield* self.storage.write(offset, table.subarray(0, entries * 8))
       yield* self.storage.flush()
       const old = { offset: self.tableOffset, size: self.entries }
       yield* self.header.update({ l1TableOffset: offset, l1Size: entries })

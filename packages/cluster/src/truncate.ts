@@ -1,39 +1,57 @@
 import { Effect } from "effect"
-import { l1EntriesFor } from "@qcow2/format"
+import { IncompatibleFeature, l1EntriesFor, Limits, AutoclearFeature } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
+import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
-import { discardClusters } from "./discard.js"
+import { dropClusters } from "./discard.js"
 import { l2Coverage, lookup } from "./mapping.js"
 import { growFile, preallocateClusters } from "./preallocate.js"
+import { writeBytes } from "./write.js"
+import { writeZeroes } from "./zero.js"
 
 /** How `qemu-img resize --preallocation` fills a grown area. */
 export type Preallocation = "off" | "metadata" | "falloc" | "full"
 
+const refuse = (reason: "InvalidArgument" | "Unsupported", message: string) => new ClusterError({ reason, message })
+
 /**
- * Changes the virtual size (qemu-img resize; arguments checked by the
- * caller). Shrinking drops every cluster past the new end first; growing
- * makes room in the L1 table first. The header records the size last, and
- * the new area is then preallocated as asked.
+ * Changes the virtual size as QEMU's qcow2_co_truncate does (arguments
+ * checked by the caller).
+ *
+ * Shrinking drops every cluster past the new end completely (full
+ * discard), empties the L1 entries past it and frees their L2 tables, and
+ * cuts the file after the last cluster still in use. Growing makes room in
+ * the L1 table, records the size, preallocates as asked (data-file-raw
+ * images always get their metadata), and, when a backing file would show
+ * through the new area, makes that area read as zeros (QEMU's
+ * BDRV_REQ_ZERO_WRITE, which v2 images do not support).
  */
 export function truncateImage(engine: Qcow2Engine, size: number, preallocation: Preallocation): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
     const oldSize = engine.header.size
-    const cs = engine.geometry.clusterSize
-    if (size < oldSize) yield* discardTail(engine, Math.ceil(size / cs) * cs, oldSize)
-    yield* engine.lock.withPermits(1)(
-      Effect.gen(function* () {
-        if (size > oldSize) yield* engine.l1.grow(l1EntriesFor(size, engine.geometry), engine.refcounts)
-        yield* engine.header.update({ size })
-      })
-    )
-    if (preallocation !== "off" && size > oldSize) yield* preallocate(engine, oldSize, size, preallocation)
+    const h = engine.header.header
+    if (h.nbSnapshots > 0 && h.version < 3) return yield* refuse("Unsupported", "Can't resize a v2 image which has snapshots")
+    if (size < oldSize) {
+      if (preallocation !== "off") return yield* refuse("InvalidArgument", "Preallocation can't be used for shrinking an image")
+      yield* shrink(engine, size, oldSize)
+      return yield* engine.lock.withPermits(1)(engine.header.update({ size }))
+    }
+    if (l1EntriesFor(size, engine.geometry) * 8 > Limits.maxL1Bytes) return yield* refuse("InvalidArgument", "Failed to grow the L1 table: File too large")
+    yield* engine.lock.withPermits(1)(engine.l1.grow(l1EntriesFor(size, engine.geometry), engine.refcounts))
+    const backingShows = engine.backing !== undefined && engine.backing.size > oldSize && size > oldSize
+    if (backingShows && engine.version < 3) return yield* refuse("Unsupported", "Failed to zero out new clusters: Operation not supported")
+    yield* engine.lock.withPermits(1)(engine.header.update({ size }))
+    const rawData = (h.autoclearFeatures & AutoclearFeature.RawExternalData) !== 0n && (h.incompatibleFeatures & IncompatibleFeature.ExternalDataFile) !== 0n
+    const mode = rawData && preallocation === "off" ? "metadata" : preallocation
+    if (mode !== "off" && size > oldSize) yield* preallocate(engine, oldSize, size, mode)
+    if (backingShows) yield* zeroNewArea(engine, oldSize, size)
   })
 }
 
-/** Gives [from, to) host clusters and grows the file over them (zero-filled for "full"). */
+/** Gives [from, to) host clusters and grows the file over them (zero-filled for falloc and full, so that the file is not sparse). */
 function preallocate(engine: Qcow2Engine, from: number, to: number, mode: Exclude<Preallocation, "off">): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
-    const fill = mode === "full" ? "zeros" : "sparse"
+    const fill = mode === "metadata" ? "sparse" : "zeros"
     const hostEnd = yield* preallocateClusters(engine, from, to - from, fill)
     const cs = engine.geometry.clusterSize
     yield* growFile(engine.data, engine.externalData ? Math.ceil(to / cs) * cs : hostEnd, fill)
@@ -41,8 +59,53 @@ function preallocate(engine: Qcow2Engine, from: number, to: number, mode: Exclud
   })
 }
 
+/** Zero flags from the first whole unit on, zero bytes before it (QEMU zeroizes from the aligned start and writes the head). */
+function zeroNewArea(engine: Qcow2Engine, from: number, to: number): Effect.Effect<void, EngineFailure> {
+  return Effect.gen(function* () {
+    const unit = engine.geometry.subclusterSize
+    const alignedStart = Math.ceil(from / unit) * unit
+    if (to > alignedStart) yield* writeZeroes(engine, alignedStart, to - alignedStart, false)
+    const headEnd = Math.min(alignedStart, to)
+    if (headEnd > from) yield* writeBytes(engine, from, new Uint8Array(headEnd - from))
+  })
+}
+
+/** Drops everything past `size`, the L2 tables no longer needed, and the unused tail of the file. */
+function shrink(engine: Qcow2Engine, size: number, oldSize: number): Effect.Effect<void, EngineFailure> {
+  return Effect.gen(function* () {
+    const cs = engine.geometry.clusterSize
+    yield* dropTail(engine, Math.ceil(size / cs) * cs, oldSize)
+    yield* engine.flushMetadata()
+    yield* engine.lock.withPermits(1)(
+      Effect.gen(function* () {
+        const keep = l1EntriesFor(size, engine.geometry)
+        const freed: number[] = []
+        for (let index = keep; index < engine.l1.size; index++) {
+          const l2Offset = yield* engine.l1.unlink(index)
+          if (l2Offset !== 0) freed.push(l2Offset)
+        }
+        // Rule 3: the emptied L1 entries are durable before the tables' refcounts drop.
+        yield* engine.storage.flush()
+        for (const l2Offset of freed) {
+          engine.l2Cache.invalidate(l2Offset)
+          yield* engine.refcounts.free(l2Offset, cs)
+        }
+        yield* engine.refcounts.dropUnusedBlocks()
+        yield* engine.refcounts.cache.flush()
+        const usedClusters = yield* engine.refcounts.usedEnd()
+        if (usedClusters * cs < (yield* engine.storage.size())) yield* engine.storage.resize(usedClusters * cs)
+        // What the shrink freed goes back to the file system, as QEMU's discard of freed clusters does.
+        if (engine.storage.capabilities.discard) {
+          for (const range of yield* engine.refcounts.freeRanges(usedClusters)) yield* engine.storage.discard(range.offset, range.length)
+        }
+      })
+    )
+    yield* engine.flushMetadata()
+  })
+}
+
 /** Drops every cluster in guest range [from, end) (a shrink), one L2 table at a time. */
-function discardTail(engine: Qcow2Engine, from: number, oldSize: number): Effect.Effect<void, EngineFailure> {
+function dropTail(engine: Qcow2Engine, from: number, oldSize: number): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
     const cs = engine.geometry.clusterSize
     const coverage = l2Coverage(engine)
@@ -51,7 +114,7 @@ function discardTail(engine: Qcow2Engine, from: number, oldSize: number): Effect
       const next = Math.min(end, (Math.floor(position / coverage) + 1) * coverage)
       const mapping = yield* lookup(engine, position, next - position)
       if (!(mapping.kind === "unallocated" && mapping.hostOffset === undefined && mapping.length === next - position)) {
-        yield* discardClusters(engine, position, next - position)
+        yield* dropClusters(engine, position, next - position)
       }
       position = next
     }

@@ -263,7 +263,8 @@ export function createImage(name: string, options: CreateOptions): Effect.Effect
             })
           const storage = yield* createFile(name)
           const data = plan.dataFile !== undefined ? yield* createFile(plan.dataFile) : undefined
-          if (data !== undefined && (plan.dataFileRaw || plan.preallocation !== "off")) yield* asImageError(data.resize(plan.size), data.location)
+          // The data file gets the virtual size at once (sparse); falloc and full fill it while preallocating.
+          if (data !== undefined && (plan.preallocation === "off" || plan.preallocation === "metadata")) yield* asImageError(data.resize(plan.size), data.location)
           yield* writeEmptyImage(storage, plan)
         })
       )

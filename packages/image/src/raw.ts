@@ -15,10 +15,19 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
   const location = storage.location
   return asImageError(
     Effect.map(storage.size(), (initialSize) => {
-      let size = initialSize
-      const guard = (offset: number, length: number) => {
-        const bad = checkRange(location, size, offset, length)
-        return bad
+      // The file's length in bytes; the disk is that rounded up to whole
+      // sectors, and the tail past the file end reads as zeros (QEMU's raw
+      // driver over a file of odd length).
+      let fileSize = initialSize
+      const sectors = () => Math.ceil(fileSize / 512) * 512
+      const guard = (offset: number, length: number) => checkRange(location, sectors(), offset, length)
+      const readClamped = (offset: number, into: Uint8Array): Effect.Effect<void, StorageError> => {
+        const inFile = Math.max(0, Math.min(into.length, fileSize - offset))
+        if (inFile < into.length) into.fill(0, inFile)
+        return inFile > 0 ? storage.read(offset, into.subarray(0, inFile)) : Effect.void
+      }
+      const grown = (end: number) => {
+        if (end > fileSize) fileSize = end
       }
       const requireWritable = (): ImageError | undefined =>
         readOnly ? new ImageError({ reason: "ReadOnly", message: `${location} is opened read-only`, location }) : undefined
@@ -27,7 +36,7 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
         location,
         readOnly,
         get virtualSize() {
-          return size
+          return sectors()
         },
         clusterSize: 512,
         header: undefined,
@@ -39,11 +48,11 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
         dataFile: undefined,
         read: (offset, into) => {
           const bad = guard(offset, into.length)
-          return bad ? Effect.fail(bad) : asImageError(storage.read(offset, into), location)
+          return bad ? Effect.fail(bad) : asImageError(readClamped(offset, into), location)
         },
         write: (offset, data) => {
           const bad = requireWritable() ?? guard(offset, data.length)
-          return bad ? Effect.fail(bad) : asImageError(storage.write(offset, data), location)
+          return bad ? Effect.fail(bad) : asImageError(Effect.map(storage.write(offset, data), () => grown(offset + data.length)), location)
         },
         writeZeroes: (offset, length) => {
           const bad = requireWritable() ?? guard(offset, length)
@@ -54,6 +63,7 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
               for (let done = 0; done < length; done += chunk.length) {
                 yield* storage.write(offset + done, chunk.subarray(0, Math.min(chunk.length, length - done)))
               }
+              grown(offset + length)
             }),
             location
           )
@@ -68,17 +78,29 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
         writeCompressed: () =>
           Effect.fail(new ImageError({ reason: "Unsupported", message: "raw images cannot hold compressed data", location })),
         flush: () => asImageError(storage.flush(), location),
+        // The file takes the new length exactly (QEMU's file driver); a
+        // grown area is written with zeros for falloc and full, so that it
+        // is not sparse.
         truncate: (newSize, options) => {
           const bad = requireWritable()
           if (bad) return Effect.fail(bad)
-          if (newSize < size && !options?.shrink) {
+          if (newSize < sectors() && !options?.shrink) {
             return Effect.fail(
               new ImageError({ reason: "InvalidArgument", message: "Use the --shrink option to perform a shrink operation.", location })
             )
           }
+          const mode = options?.preallocation ?? "off"
+          if (mode === "metadata") {
+            return Effect.fail(new ImageError({ reason: "Unsupported", message: "Unsupported preallocation mode: metadata", location }))
+          }
           return asImageError(
-            Effect.map(storage.resize(newSize), () => {
-              size = newSize
+            Effect.gen(function* () {
+              const from = fileSize
+              yield* storage.resize(newSize)
+              fileSize = newSize
+              if (mode === "off" || newSize <= from) return
+              const chunk = new Uint8Array(Math.min(newSize - from, 1 << 20))
+              for (let p = from; p < newSize; p += chunk.length) yield* storage.write(p, chunk.subarray(0, Math.min(chunk.length, newSize - p)))
             }),
             location
           )
@@ -86,7 +108,8 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
         blockStatus: (offset, length) => {
           const bad = guard(offset, length)
           if (bad) return Effect.fail(bad)
-          return asImageError(rawBlockStatus(storage, offset, Math.min(length, size - offset)), location)
+          if (offset >= fileSize) return Effect.succeed(tailStatus(storage, offset, Math.min(length, sectors() - offset)))
+          return asImageError(rawBlockStatus(storage, offset, Math.min(length, fileSize - offset)), location)
         },
         formatSpecific: () => Effect.succeed({}),
         makeEmpty: () => Effect.fail(new ImageError({ reason: "Unsupported", message: "raw images cannot be emptied", location, errno: "ENOTSUP" })),
@@ -99,6 +122,19 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
     location
   )
 }
+
+/** The sector tail past the end of an odd-sized file: reads as zeros, no data. */
+const tailStatus = (storage: BlockStorageShape, offset: number, length: number): BlockStatus => ({
+  offset,
+  length,
+  depth: 0,
+  present: true,
+  zero: true,
+  data: false,
+  compressed: false,
+  hostOffset: offset,
+  file: storage.location
+})
 
 /** Longest extent one block-status call on a raw file probes (callers loop). */
 const RAW_STATUS_WINDOW = 2 * 1024 * 1024

@@ -168,7 +168,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         const secrets = yield* secretsOf({ ...c, imageOpts: false })
         const { runCreate } = yield* Effect.promise(() => import("../commands/create.js"))
         return yield* runCreate({
-          file: c.file,
+          file: c.file ?? "",
           format: c.format,
           options: c.options,
           unsafe: c.unsafe,
@@ -245,6 +245,32 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         })
       })
     }
+    case "resize": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        const format = yield* imageFormat(c.format)
+        const { runResize } = yield* Effect.promise(() => import("../commands/resize.js"))
+        return yield* runResize({
+          file: c.file,
+          size: c.size,
+          format,
+          shrink: c.shrink,
+          quiet: c.quiet,
+          ...(c.preallocation !== undefined ? { preallocation: c.preallocation } : {}),
+          passphrase: secrets.passphrase
+        })
+      })
+    }
+    case "amend": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        const format = yield* imageFormat(c.format)
+        const { runAmend } = yield* Effect.promise(() => import("../commands/amend.js"))
+        return yield* runAmend({ file: c.file ?? "", format, options: c.options, force: c.force, quiet: c.quiet, progress: c.progress, secrets })
+      })
+    }
     case "bench": {
       const c = p.values
       return Effect.gen(function* () {
@@ -311,7 +337,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         let size: number | undefined
         if (c.size !== undefined) {
           const r = parseSizeBig(c.size)
-          if (!r.ok && r.reason === "range") return yield* sizeArg(c.size, "image size")
+          // measure's --size is an int64 (cvtnum_full up to INT64_MAX).
+          if ((!r.ok && r.reason === "range") || (r.ok && r.value > (1n << 63n) - 1n)) return yield* sizeArg(c.size, "image size")
           if (!r.ok) {
             reportLine("Invalid image size specified. You may use k, M, G, T, P or E suffixes for")
             return yield* Effect.fail(fail("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."))

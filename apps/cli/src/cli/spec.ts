@@ -145,7 +145,7 @@ export const create = {
     object,
     passphraseFile
   },
-  args: { file: { name: "filename", kind: "one" }, size: { name: "size", kind: "optional" } }
+  args: { file: { name: "filename", kind: "optional" }, size: { name: "size", kind: "optional" } }
 } as const satisfies CommandSpec
 
 export const convert = {
@@ -307,7 +307,35 @@ export const dd = {
   args: { operands: { name: "operand", kind: "many" } }
 } as const satisfies CommandSpec
 
-export const COMMANDS = { info, map, check, compare, create, convert, snapshot, serve, commit, rebase, measure, dd, bench } as const
+export const resize = {
+  name: "resize",
+  description: "change the virtual size of an image like qemu-img resize ([+|-]SIZE)",
+  flags: {
+    format,
+    preallocation: { kind: "string", name: "preallocation", description: "off, metadata, falloc or full: how the grown area is allocated" },
+    shrink: { kind: "boolean", name: "shrink", description: "allow shrinking (data past the new end is lost)" },
+    quiet,
+    ...common
+  },
+  args: { file: { name: "filename", kind: "one" }, size: { name: "size", kind: "one" } }
+} as const satisfies CommandSpec
+
+export const amend = {
+  name: "amend",
+  description: "change image options of an existing image like qemu-img amend",
+  flags: {
+    format,
+    options: { kind: "repeat", name: "options", alias: "o", description: "name=value,… options to change ('help' lists them)" },
+    force: { kind: "boolean", name: "force", description: "allow changes QEMU considers dangerous" },
+    progress: { kind: "boolean", name: "progress", alias: "p" },
+    quiet,
+    cache: { kind: "string", name: "cache", alias: "t", description: "accepted for compatibility" },
+    ...common
+  },
+  args: { file: { name: "filename", kind: "optional" } }
+} as const satisfies CommandSpec
+
+export const COMMANDS = { info, map, check, compare, create, convert, snapshot, serve, commit, rebase, measure, dd, bench, resize, amend } as const
 
 export type CommandName = keyof typeof COMMANDS
 

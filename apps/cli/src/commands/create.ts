@@ -4,11 +4,12 @@ import { createImage, createLuksImage, openImage } from "@qcow2/image"
 import type { ImageFormat } from "@qcow2/image"
 import { formattingLine, parseCreateOptions, toCreateOptions, type CreateFormat, type OptionValues } from "../createopts.js"
 import { lockDescriptor, type ImageEnv } from "../env.js"
-import { fail, type CliFailure } from "../errors.js"
+import { fail, usage, type CliFailure } from "../errors.js"
 import { pathCombine } from "../names.js"
+import { asksForHelp, createHelp, invalidOptionList } from "../optionhelp.js"
 import { print } from "../output.js"
 import type { Secrets } from "../secrets.js"
-import { parseSize } from "../text/strtosz.js"
+import { parseSize, parseSizeBig } from "../text/strtosz.js"
 import { programName } from "../progname.js"
 
 export interface CreateCommandOptions {
@@ -33,6 +34,23 @@ export const parseImageSize = (text: string, what = "image size"): Effect.Effect
   if (r.reason === "range") return Effect.fail(fail(`Invalid ${what} specified. Must be between 0 and 9223372036854775807.`))
   return Effect.fail(fail(what === "image size" ? INVALID_SIZE : INVALID_SIZE.replace("image size", what)))
 }
+
+const INT64_MAX = (1n << 63n) - 1n
+
+/** The size argument of create: anything up to 2^63 - 1 is accepted here (the driver judges it after "Formatting"). */
+const parseCreateSize = (text: string): Effect.Effect<bigint, CliFailure> => {
+  const r = parseSizeBig(text)
+  if (r.ok && r.value <= INT64_MAX) return Effect.succeed(r.value)
+  if (r.ok || r.reason === "range") return Effect.fail(fail("Invalid image size specified. Must be between 0 and 9223372036854775807."))
+  return Effect.fail(fail(INVALID_SIZE))
+}
+
+/**
+ * What qemu-img says when the driver finds the size too large (EFBIG):
+ * here every size past 2^53 bytes, which this toolkit cannot address.
+ */
+const tooLarge = (file: string, format: CreateFormat) =>
+  fail(`${file}: The image size is too large for file format '${format}'${format === "qcow2" ? " (try using a larger cluster size)" : ""}`)
 
 /** Creates a raw image file of `size` bytes (preallocation off or full). */
 const createRaw = (file: string, size: number, preallocation: string): Effect.Effect<void, CliFailure> =>
@@ -59,7 +77,7 @@ const createRaw = (file: string, size: number, preallocation: string): Effect.Ef
           fs.closeSync(fd)
         }
       },
-      catch: failure
+      catch: (e) => (e instanceof Error && "code" in e && e.code === "EFBIG" ? tooLarge(file, "raw") : failure(e))
     })
   })
 
@@ -93,15 +111,22 @@ const createLuks = (o: CreateCommandOptions, values: OptionValues): Effect.Effec
 /** `qcow2 create`: qemu-img create for the qcow2 and raw formats. */
 export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.gen(function* () {
+    const badList = invalidOptionList(o.options)
+    if (badList !== undefined) return yield* Effect.fail(fail(`Invalid option list: ${badList}`))
     if (o.format !== "qcow2" && o.format !== "raw" && o.format !== "luks") return yield* Effect.fail(fail(`Unknown file format '${o.format}'`))
     const format: CreateFormat = o.format
+    if (asksForHelp(o.options)) {
+      print(createHelp(format, o.file !== ""))
+      return 0
+    }
+    if (o.file === "") return yield* Effect.fail(usage("Expecting image file name"))
     const lists = [...o.options]
     if (o.backingFile !== undefined) lists.push(`backing_file=${o.backingFile.replace(/,/g, ",,")}`)
     if (o.backingFormat !== undefined) lists.push(`backing_fmt=${o.backingFormat.replace(/,/g, ",,")}`)
     const parsed = parseCreateOptions(format, lists)
     if (!parsed.ok) return yield* Effect.fail(fail(`${o.file}: ${parsed.message}`))
     const values = parsed.values
-    if (o.size !== undefined) values.set("size", String(yield* parseImageSize(o.size)))
+    if (o.size !== undefined) values.set("size", String(yield* parseCreateSize(o.size)))
 
     const backing = values.get("backing_file")
     const backingFmt = values.get("backing_fmt")
@@ -127,6 +152,7 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
     }
     if (!values.has("size")) return yield* Effect.fail(fail(`${o.file}: Image creation needs a size parameter`))
     if (!o.quiet) print(formattingLine(o.file, format, values) + "\n")
+    if (BigInt(values.get("size")!) > BigInt(Number.MAX_SAFE_INTEGER)) return yield* Effect.fail(tooLarge(o.file, format))
     // qemu-img prints the size as given but creates the image rounded up to whole sectors.
     values.set("size", String(Math.ceil(Number(values.get("size")) / 512) * 512))
 

@@ -20,20 +20,26 @@ const UNIT: Record<string, bigint> = {
 }
 
 const INT64_MAX = (1n << 63n) - 1n
-const invalid: SizeResult = { ok: false, reason: "invalid" }
-const range: SizeResult = { ok: false, reason: "range" }
+const invalid = { ok: false, reason: "invalid" } as const
+const range = { ok: false, reason: "range" } as const
 
 export const parseSize = (text: string): SizeResult => {
   const r = parseSizeBig(text)
   if (!r.ok) return r
+  if (r.value > INT64_MAX) return range
   if (r.value > BigInt(Number.MAX_SAFE_INTEGER)) return range
   return { ok: true, value: Number(r.value), hexWithSuffix: r.hexWithSuffix }
 }
 
-/** `parseSize` over the whole range QEMU takes (up to INT64_MAX), as a bigint. */
-export const parseSizeBig = (
-  text: string
-): { readonly ok: true; readonly value: bigint; readonly hexWithSuffix: boolean } | { readonly ok: false; readonly reason: "invalid" | "range" } => {
+/** A size as QEMU's option parser takes it: any value below 2^64 (larger ones are "range"). */
+export type BigSizeResult =
+  | { readonly ok: true; readonly value: bigint; readonly hexWithSuffix: boolean }
+  | { readonly ok: false; readonly reason: "invalid" | "range" }
+
+const UINT64_MAX = (1n << 64n) - 1n
+
+/** Parses like `parseSize`, keeping every value up to 2^64 - 1 (QEMU's size options are uint64). */
+export const parseSizeBig = (text: string): BigSizeResult => {
   let i = 0
   while (i < text.length && /\s/.test(text[i]!)) i++
   if (text[i] === "-") return invalid
@@ -72,6 +78,6 @@ export const parseSizeBig = (
   const scaledFraction = fixedFraction * multiplier
   let value = whole * multiplier + (scaledFraction >> 64n)
   if (((scaledFraction >> 63n) & 1n) === 1n) value += 1n
-  if (value > INT64_MAX) return range
+  if (value > UINT64_MAX) return range
   return { ok: true, value, hexWithSuffix: hex && unit !== undefined }
 }
