@@ -1,12 +1,12 @@
 import type { Effect } from "effect"
 import type { CheckResult } from "@qcow2/check"
-import type { BlockStatus, Preallocation } from "@qcow2/cluster"
+import type { BlockStatus, PersistentBitmaps, Preallocation } from "@qcow2/cluster"
 import type { BitmapDirectoryEntry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { CompressionError } from "@qcow2/compress"
 import type { LuksHeader } from "@qcow2/crypto"
 import type { ImageError } from "./errors.js"
 
-export type { BlockStatus }
+export type { BlockStatus, PersistentBitmaps }
 
 export type ImageFormat = "qcow2" | "raw"
 
@@ -58,6 +58,12 @@ export interface Image {
    */
   readonly formatSpecific: () => Effect.Effect<FormatSpecific, ImageError>
   readonly check: (options?: { readonly repair?: "leaks" | "all" }) => Effect.Effect<CheckResult, ImageError>
+  /**
+   * Persistent dirty bitmaps of a qcow2 image (qcow2.txt "Bitmaps"), loaded
+   * on open, tracking writes while open read-write, stored on close;
+   * undefined for formats without them (raw).
+   */
+  readonly bitmaps?: PersistentBitmaps
 }
 
 export interface TruncateOptions {

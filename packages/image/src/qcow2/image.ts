@@ -58,6 +58,7 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, nev
     truncate: (size, options) => engine.truncate(size, options),
     blockStatus: (offset, length) => engine.blockStatus(offset, length),
     formatSpecific: () => formatSpecific(engine),
+    bitmaps: engine.bitmaps,
     check: (options) => {
       const repair = options?.repair
       if (repair === undefined) return Effect.andThen(engine.flush(), parts.check(undefined))
