@@ -26,7 +26,8 @@ export interface BitmapContents {
   readonly granularity: number
   /** Guest bytes the bitmap covers. */
   readonly size: number
-  readonly bits: Uint8Array
+  /** undefined when the bitmap is inconsistent (in use at open). */
+  readonly bits: Uint8Array | undefined
 }
 
 /** What users of an open image do with its persistent bitmaps (`qemu-img bitmap`, `convert --bitmaps`). */
@@ -107,13 +108,12 @@ export class DirtyBitmaps {
     return this.held.map((b) => ({ name: b.name, granularity: b.granularity, enabled: b.enabled, inconsistent: b.inconsistent, readOnly: this.env.readOnly }))
   }
 
-  /** A copy of a bitmap's bits. Fails for a missing or inconsistent bitmap. */
+  /** A copy of a bitmap's bits (undefined when it is inconsistent). Fails for a missing bitmap. */
   contents(name: string): Effect.Effect<BitmapContents, ImageError> {
     return Effect.suspend(() => {
       const b = this.find(name)
       if (b === undefined) return Effect.fail(this.notFound(name))
-      if (b.bits === undefined) return Effect.fail(this.inconsistentError(b))
-      return Effect.succeed({ name: b.name, granularity: b.granularity, size: this.size, bits: b.bits.slice() })
+      return Effect.succeed({ name: b.name, granularity: b.granularity, size: this.size, bits: b.bits?.slice() })
     })
   }
 
@@ -185,12 +185,21 @@ export class DirtyBitmaps {
     return this.modify(name, false, (b) => (b.enabled = false))
   }
 
-  /** ORs `source` (of this image or another of the same size) into bitmap `name` (QEMU's block-dirty-bitmap-merge). */
+  /**
+   * ORs `source` (of this image or another of the same size) into bitmap
+   * `name` (QEMU's block-dirty-bitmap-merge): the target must be writable
+   * and consistent, the source consistent, both of one size.
+   */
   merge(name: string, source: BitmapContents): Effect.Effect<void, ImageError> {
-    return this.modify(name, true, (b) => mergeBits(b.bits!, b.granularity, source.bits, source.granularity, this.size), () =>
-      this.size !== source.size
-        ? this.invalid(`Bitmaps are of different sizes (destination size is ${this.size}, source size is ${source.size}) and can't be merged`)
-        : undefined
+    return this.modify(
+      name,
+      true,
+      (b) => mergeBits(b.bits!, b.granularity, source.bits!, source.granularity, this.size),
+      () => {
+        if (source.bits === undefined) return this.inconsistentError(source.name)
+        if (this.size === source.size) return undefined
+        return this.invalid(`Bitmaps are of different sizes (destination size is ${this.size}, source size is ${source.size}) and can't be merged`)
+      }
     )
   }
 
@@ -198,7 +207,7 @@ export class DirtyBitmaps {
   refuseResize(): ImageError | undefined {
     for (const b of this.held) {
       if (this.env.readOnly) return this.invalid(`Bitmap '${b.name}' is readonly and cannot be modified`)
-      if (b.inconsistent) return this.inconsistentError(b)
+      if (b.inconsistent) return this.inconsistentError(b.name)
     }
     return undefined
   }
@@ -274,7 +283,7 @@ export class DirtyBitmaps {
       const b = this.find(name)
       if (b === undefined) return Effect.fail(this.notFound(name))
       if (writes && this.env.readOnly) return Effect.fail(this.invalid(`Bitmap '${name}' is readonly and cannot be modified`))
-      if (b.inconsistent) return Effect.fail(this.inconsistentError(b))
+      if (b.inconsistent) return Effect.fail(this.inconsistentError(b.name))
       const bad = extra?.(b)
       if (bad !== undefined) return Effect.fail(bad)
       apply(b)
@@ -303,8 +312,8 @@ export class DirtyBitmaps {
     return this.invalid(`Dirty bitmap '${name}' not found`)
   }
 
-  private inconsistentError(b: Bitmap): ImageError {
-    return this.invalid(`Bitmap '${b.name}' is inconsistent and cannot be used\nTry block-dirty-bitmap-remove to delete this bitmap from disk`)
+  private inconsistentError(name: string): ImageError {
+    return this.invalid(`Bitmap '${name}' is inconsistent and cannot be used\nTry block-dirty-bitmap-remove to delete this bitmap from disk`)
   }
 
   private invalid(message: string): ImageError {

@@ -7,6 +7,7 @@ import { Cause, Effect, Layer, Option } from "effect"
 import type { ImageFormat } from "@qcow2/image"
 import { cipherLayer, envLayer, imageOptions, type ImageEnv } from "../env.js"
 import { CliFailure, describeCause, fail, usage } from "../errors.js"
+import { normalizeArgv } from "../argv.js"
 import { eprint, exitStatus } from "../output.js"
 import { parseSecrets, type Secrets } from "../secrets.js"
 import { parseSize } from "../text/strtosz.js"
@@ -168,6 +169,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         const secrets = yield* secretsOf(c)
         const target = c.targetFormat
         if (target !== "raw" && target !== "qcow2") return yield* Effect.fail(fail(`Unknown file format '${target}'`))
+        if (c.skipBrokenBitmaps && !c.bitmaps) return yield* Effect.fail(fail("Use of --skip-broken-bitmaps requires --bitmaps"))
         if (c.targetIsZero && !c.noCreate) return yield* Effect.fail(fail("--target-is-zero requires use of -n flag"))
         let sparseSize = 4096
         const s = c.sparseSize
@@ -208,8 +210,37 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           parallel,
           secrets,
           cache: c.cache ?? "unsafe",
+          bitmaps: c.bitmaps,
+          skipBrokenBitmaps: c.skipBrokenBitmaps,
           ...(c.backing !== undefined ? { backingFile: c.backing } : {}),
           ...(c.backingFormat !== undefined ? { backingFormat: c.backingFormat } : {})
+        })
+      })
+    }
+    case "bitmap": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        const granularity = c.granularity !== undefined ? yield* sizeArg(c.granularity, "granularity") : 0
+        const { runBitmap, bitmapActions } = yield* Effect.promise(() => import("../commands/bitmap.js"))
+        // The flag table keeps no order across flags; qemu-img runs the actions in command-line order.
+        const actions = bitmapActions(normalizeArgv(process.argv.slice(2)).slice(1))
+        if (actions.length === 0) return yield* Effect.fail(fail("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge"))
+        if (granularity !== 0 && !c.add) return yield* Effect.fail(fail("granularity only supported with --add"))
+        if (c.sourceFormat !== undefined && c.sourceFile === undefined) return yield* Effect.fail(fail("-F only supported with -b"))
+        if (c.sourceFile !== undefined && c.merge.length === 0) return yield* Effect.fail(fail("Merge bitmap source file only supported with --merge"))
+        if (c.file === undefined || c.bitmap === undefined) return yield* Effect.fail(fail("Expecting filename and bitmap name"))
+        const format = yield* imageFormat(c.format)
+        const sourceFormat = yield* imageFormat(c.sourceFormat)
+        return yield* runBitmap({
+          file: c.file,
+          bitmap: c.bitmap,
+          actions,
+          format,
+          granularity,
+          sourceFile: c.sourceFile,
+          sourceFormat,
+          passphrase: secrets.passphrase
         })
       })
     }

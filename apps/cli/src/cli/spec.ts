@@ -177,6 +177,8 @@ export const convert = {
     },
     sourceCache,
     targetIsZero: { kind: "boolean", name: "target-is-zero" },
+    bitmaps: { kind: "boolean", name: "bitmaps", description: "copy the persistent bitmaps (qcow2 source and target)" },
+    skipBrokenBitmaps: { kind: "boolean", name: "skip-broken-bitmaps", description: "with --bitmaps: leave out inconsistent bitmaps" },
     ...common
   },
   args: { files: { name: "filename", kind: "atLeast2" } }
@@ -205,7 +207,26 @@ export const io = {
   args: { file: { name: "filename", kind: "one" } }
 } as const satisfies CommandSpec
 
-export const COMMANDS = { info, map, check, compare, create, convert, io } as const
+export const bitmap = {
+  name: "bitmap",
+  description: "add, remove, clear, enable, disable or merge persistent bitmaps like qemu-img bitmap",
+  flags: {
+    format,
+    add: { kind: "boolean", name: "add", description: "add the bitmap (empty, enabled)" },
+    remove: { kind: "boolean", name: "remove", description: "remove the bitmap" },
+    clear: { kind: "boolean", name: "clear", description: "clear every bit" },
+    enable: { kind: "boolean", name: "enable", description: "track writes" },
+    disable: { kind: "boolean", name: "disable", description: "stop tracking writes" },
+    merge: { kind: "repeat", name: "merge", description: "SOURCE: merge bitmap SOURCE into the bitmap" },
+    granularity: { kind: "string", name: "granularity", alias: "g", description: "bytes per bit for --add" },
+    sourceFile: { kind: "string", name: "source-file", alias: "b", description: "image holding the --merge source" },
+    sourceFormat: { kind: "string", name: "source-format", alias: "F", description: "format of the -b image" },
+    ...common
+  },
+  args: { file: { name: "filename", kind: "optional" }, bitmap: { name: "bitmap", kind: "optional" } }
+} as const satisfies CommandSpec
+
+export const COMMANDS = { info, map, check, compare, create, convert, io, bitmap } as const
 
 export type CommandName = keyof typeof COMMANDS
 

@@ -4,6 +4,7 @@ import { createImage, type Image, type ImageFormat } from "@qcow2/image"
 import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
 import { open, unsafeCacheFiles, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
+import { checkBitmapsCopyable, checkTargetSupportsBitmaps, copyBitmaps } from "./convert-bitmaps.js"
 import { Progress } from "../progress.js"
 import type { Secrets } from "../secrets.js"
 
@@ -28,6 +29,9 @@ export interface ConvertOptions {
   readonly secrets: Secrets
   /** Target cache mode (qemu-img -t): "unsafe" ignores flushes, like qemu-img convert's default. */
   readonly cache: string
+  /** --bitmaps: copy the persistent bitmaps; --skip-broken-bitmaps: leave inconsistent ones out. */
+  readonly bitmaps?: boolean
+  readonly skipBrokenBitmaps?: boolean
 }
 
 /** Bytes per request: large reads amortise the per-request cost. */
@@ -99,6 +103,8 @@ interface Sink {
    * size in the same way), and whole clusters are written in one piece.
    */
   readonly zeroGranularity: number
+  /** The target image (qcow2 targets), for copying bitmaps after the data. */
+  readonly image?: Image
 }
 
 const writeAll = (fd: number, data: Uint8Array, position: number, target: string): Effect.Effect<void, CliFailure> =>
@@ -162,6 +168,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
         sources.push(yield* open(name, { readOnly: true, format: o.format, passphrase: o.secrets.passphrase }))
       }
       const total = sources.reduce((n, s) => n + s.virtualSize, 0)
+      if (o.bitmaps === true) yield* checkBitmapsCopyable(sources, o.skipBrokenBitmaps === true)
 
       let sink: Sink
       if (o.outFormat === "raw") {
@@ -173,6 +180,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       } else {
         sink = yield* qcow2Sink(o, total)
       }
+      if (o.bitmaps === true) yield* checkTargetSupportsBitmaps(sink.image, o.outFormat)
 
       const progress = o.progress && !o.quiet ? new Progress(total) : undefined
       const lock = yield* Semaphore.make(1)
@@ -251,6 +259,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       })
       const workers = Math.max(1, Math.min(o.parallel, 16))
       yield* Effect.all(Array.from({ length: workers }, () => worker), { concurrency: "unbounded", discard: true })
+      if (o.bitmaps === true) yield* copyBitmaps(sources[0]!, sink.image!, o.skipBrokenBitmaps === true)
       progress?.finish()
       return 0
     })
@@ -289,6 +298,7 @@ const qcow2Sink = (o: ConvertOptions, total: number) =>
     const wrap = <A>(offset: number, eff: Effect.Effect<A, { readonly message: string }>) =>
       eff.pipe(Effect.mapError((e) => fail(`error while writing at byte ${offset}: ${e.message}`)))
     const sink: Sink = {
+      image: target,
       zeroIsFree: (!o.skipCreate || o.targetIsZero) && o.backingFile === undefined,
       alignment: o.compress ? clusterSize : 1,
       zeroGranularity: clusterSize,
