@@ -106,6 +106,40 @@ describe("writes set the bits qemu-io sets", () => {
   })
 })
 
+describe("bitmaps and the virtual size, and images written by programs without bitmap support", () => {
+  it("truncate grows and shrinks the bitmaps as QEMU does; in-use bitmaps refuse it", () => {
+    const { qemuFile, ourFile } = twins("t", "10M")
+    const cmds = ["write 9M 1M", "truncate 20M", "write 15M 4k", "truncate 9500k", "truncate 12M", "write 11M 4k"].flatMap((c) => ["-c", c])
+    io([...cmds, qemuFile])
+    expect(ours(["io", ...cmds, ourFile]).status).toBe(0)
+    expect(storedBitmaps(file(ourFile))).toEqual(storedBitmaps(file(qemuFile)))
+    expectClean(ourFile)
+    for (const f of [qemuFile, ourFile]) io(["-c", "abort", f], true)
+    const q = io(["-c", "truncate 30M", qemuFile], true)
+    const t = ours(["io", "-c", "truncate 30M", ourFile])
+    expect(messages(t.stderr)).toBe(messages(q.stderr))
+    expect(img(["info", ourFile]).stdout).toContain("virtual size: 12 MiB")
+  })
+
+  it("a cleared autoclear bit voids the bitmaps: a writer drops the extension and leaks what QEMU leaks", () => {
+    const { qemuFile, ourFile } = twins("a", "4M")
+    for (const f of [qemuFile, ourFile]) {
+      const fd = fs.openSync(file(f), "r+")
+      fs.writeSync(fd, new Uint8Array(8), 0, 8, 88)
+      fs.closeSync(fd)
+    }
+    io(["-c", "write 0 4k", qemuFile])
+    expect(ours(["io", "-c", "write 0 4k", ourFile]).status).toBe(0)
+    expect(storedBitmaps(file(ourFile))).toEqual([])
+    const q = img(["check", "--output=json", qemuFile], true)
+    const t = img(["check", "--output=json", ourFile], true)
+    expect({ ...JSON.parse(t.stdout), filename: "" }).toEqual({ ...JSON.parse(q.stdout), filename: "" })
+    expect(JSON.parse(t.stdout)["leaks"]).toBeGreaterThan(0)
+    expect(ours(["check", "-r", "leaks", ourFile]).status).toBe(0)
+    expectClean(ourFile)
+  })
+})
+
 describe("qcow2 bitmap against qemu-img bitmap", () => {
   /** Runs the same bitmap command on both twins: same exit code, same messages, same output. */
   const both = (qemuFile: string, ourFile: string, options: ReadonlyArray<string>, name: string) => {

@@ -42,4 +42,4 @@ export const storedBitmaps = (file: string): StoredBitmap[] => {
 }
 
 /** stderr with the program name QEMU or this CLI prefixes its messages with taken out. */
-export const messages = (stderr: string): string => stderr.replace(/^(qemu-img|qcow2): /gm, "")
+export const messages = (stderr: string): string => stderr.replace(/^(qemu-img|qemu-io|qcow2): /gm, "")

@@ -108,7 +108,16 @@ export function loadBitmaps(
 ): Effect.Effect<LoadedBitmaps, ImageError> {
   const location = storage.location
   const ext = image.extensions.bitmaps
-  if (ext === undefined || !bitmapsInForce(image)) return Effect.succeed({ directory: [], bitmaps: [], image })
+  if (ext === undefined) return Effect.succeed({ directory: [], bitmaps: [], image })
+  if (!bitmapsInForce(image)) {
+    // A program without bitmap support wrote the image (the autoclear bit is
+    // gone): the bitmaps are void. A writer drops the extension, as QEMU
+    // does; their clusters leak until `check -r`.
+    if (readOnly) return Effect.succeed({ directory: [], bitmaps: [], image })
+    const { bitmaps: _void, ...extensions } = image.extensions
+    const header = new HeaderState(storage, image)
+    return Effect.as(io(rewriteHeader(header, { ...image, extensions }), location), { directory: [], bitmaps: [], image: header.image })
+  }
   const clusterSize = 2 ** image.header.clusterBits
   return Effect.gen(function* () {
     if (ext.directorySize === 0) return yield* refuse(location, "Requested bitmap directory size is zero")
@@ -241,7 +250,7 @@ export function writeDirectory(disk: BitmapDisk, entries: ReadonlyArray<BitmapDi
   const cs = disk.clusterSize
   return Effect.gen(function* () {
     const current = disk.header.image
-    const old = current.extensions.bitmaps
+    const old = bitmapsInForce(current) ? current.extensions.bitmaps : undefined
     const h = current.header
     let next: ImageHeader
     if (entries.length === 0) {

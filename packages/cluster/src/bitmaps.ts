@@ -205,7 +205,10 @@ export class DirtyBitmaps {
 
   /** Why the virtual size cannot change (QEMU's qcow2_truncate_bitmaps_check), if it cannot. */
   refuseResize(): ImageError | undefined {
-    for (const b of this.held) {
+    // QEMU walks the directory on disk, in its order.
+    for (const e of this.directory) {
+      const b = this.find(e.name)
+      if (b === undefined) continue
       if (this.env.readOnly) return this.invalid(`Bitmap '${b.name}' is readonly and cannot be modified`)
       if (b.inconsistent) return this.inconsistentError(b.name)
     }
