@@ -140,6 +140,68 @@ describe("bitmaps and the virtual size, and images written by programs without b
   })
 })
 
+describe("damaged bitmap tables", () => {
+  /** Sets a reserved bit in the first table entry of the first bitmap; `inUse` also sets its in_use flag. */
+  const damage = (name: string, inUse: boolean) => {
+    img(["create", "-q", "-f", "qcow2", file(name), "4M"])
+    img(["bitmap", "--add", file(name), "b"])
+    io(["-c", "write 0 64k", file(name)])
+    const dirOffset = findDirectory(file(name))
+    const fd = fs.openSync(file(name), "r+")
+    const entry = Buffer.alloc(16)
+    fs.readSync(fd, entry, 0, 16, dirOffset)
+    const tableOffset = Number(entry.readBigUInt64BE(0))
+    const tableEntry = Buffer.alloc(8)
+    fs.readSync(fd, tableEntry, 0, 8, tableOffset)
+    tableEntry[7]! |= 2
+    fs.writeSync(fd, tableEntry, 0, 8, tableOffset)
+    if (inUse) {
+      entry.writeUInt32BE(entry.readUInt32BE(12) | 1, 12)
+      fs.writeSync(fd, entry, 12, 4, dirOffset + 12)
+    }
+    fs.closeSync(fd)
+  }
+
+  const same = (args: ReadonlyArray<string>, name: string, tail: ReadonlyArray<string> = []) => {
+    const q = img([...args, file(name), ...tail], true)
+    const t = ours([...args, file(name), ...tail])
+    expect(messages(t.stderr), args.join(" ")).toBe(messages(q.stderr))
+    expect(t.status, args.join(" ")).toBe(q.status)
+  }
+
+  it("a bitmap in use is not loaded: info works, check fails as qemu-img's, remove leaves the leak qemu-img leaves", () => {
+    damage("dmg-q.qcow2", true)
+    fs.copyFileSync(file("dmg-q.qcow2"), file("dmg-t.qcow2"))
+    same(["check"], "dmg-t.qcow2")
+    same(["check", "-r", "all"], "dmg-t.qcow2")
+    expect(ours(["info", file("dmg-t.qcow2")]).stdout).toContain("[0]: in-use")
+    img(["bitmap", "--remove", file("dmg-q.qcow2"), "b"])
+    expect(ours(["bitmap", "--remove", file("dmg-t.qcow2"), "b"]).status).toBe(0)
+    const leaks = (f: string) => JSON.parse(img(["check", "--output=json", file(f)], true).stdout)["leaks"]
+    expect(leaks("dmg-t.qcow2")).toBe(leaks("dmg-q.qcow2"))
+  })
+
+  it("a bitmap not in use with a bad table refuses every open, with qemu-img's message", () => {
+    damage("dmg2.qcow2", false)
+    same(["info"], "dmg2.qcow2")
+    same(["check"], "dmg2.qcow2")
+    same(["bitmap", "--remove"], "dmg2.qcow2", ["b"])
+  })
+})
+
+/** Offset of the bitmap directory, from the header extension (type 0x23852875). */
+const findDirectory = (f: string): number => {
+  const b = fs.readFileSync(f)
+  let off = b.readUInt32BE(100)
+  for (;;) {
+    const type = b.readUInt32BE(off)
+    const len = b.readUInt32BE(off + 4)
+    if (type === 0x23852875) return Number(b.readBigUInt64BE(off + 24))
+    if (type === 0) throw new Error("no bitmaps extension")
+    off += 8 + Math.ceil(len / 8) * 8
+  }
+}
+
 describe("qcow2 bitmap against qemu-img bitmap", () => {
   /** Runs the same bitmap command on both twins: same exit code, same messages, same output. */
   const both = (qemuFile: string, ourFile: string, options: ReadonlyArray<string>, name: string) => {

@@ -131,11 +131,15 @@ export function loadBitmaps(
       return yield* refuse(location, "Broken bitmap directory")
     }
     if (bitmapDirectorySize(directory) !== ext.directorySize) return yield* refuse(location, "Broken bitmap directory")
-    let loadedBytes = 0
-    const bitmaps: LoadedBitmap[] = []
+    // The whole directory is judged before any bitmap is loaded (QEMU's bitmap_list_load).
     for (const e of directory) {
       if (e.extraData.length !== 0) return yield* refuse(location, "Bitmap extra data is not supported")
       if (entryRefused(e, clusterSize, virtualSize)) return yield* refuse(location, `Bitmap '${e.name}' doesn't satisfy the constraints`)
+    }
+    let loadedBytes = 0
+    const bitmaps: LoadedBitmap[] = []
+    for (const e of directory) {
+      if (bitmaps.some((b) => b.name === e.name)) return yield* refuse(location, `Bitmap already exists: ${e.name}`)
       const inconsistent = (e.flags & BitmapFlag.InUse) !== 0
       let bits: Uint8Array | undefined
       if (!inconsistent) {
