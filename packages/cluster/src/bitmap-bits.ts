@@ -31,9 +31,21 @@ export function markRange(bits: Uint8Array, granularity: number, offset: number,
 /** Whether bit i is set. */
 export const bitSet = (bits: Uint8Array, i: number): boolean => ((bits[i >>> 3]! >>> (i & 7)) & 1) !== 0
 
-/** Whether any byte of bits[from, to) is non-zero. */
+/**
+ * Whether any byte of bits[from, to) is non-zero. Scans 32-bit words where
+ * it can: a 2 TiB image at 512-byte granularity has a 512 MiB bitmap,
+ * scanned once per store.
+ */
 export function anySet(bits: Uint8Array, from: number, to: number): boolean {
-  for (let i = from; i < to; i++) if (bits[i] !== 0) return true
+  let i = from
+  for (; i < to && ((bits.byteOffset + i) & 3) !== 0; i++) if (bits[i] !== 0) return true
+  const words = (to - i) >>> 2
+  if (words > 0) {
+    const view = new Int32Array(bits.buffer, bits.byteOffset + i, words)
+    for (let w = 0; w < words; w++) if (view[w] !== 0) return true
+    i += words * 4
+  }
+  for (; i < to; i++) if (bits[i] !== 0) return true
   return false
 }
 
@@ -87,4 +99,66 @@ export function resizeBits(bits: Uint8Array, granularity: number, size: number, 
   const clearFrom = Math.ceil(count / 8)
   if (clearFrom < out.length) out.fill(0, clearFrom)
   return out
+}
+
+/**
+ * The bits of one bitmap, and for each cluster of its serialised data (one
+ * bitmap table entry) whether a bit may be set there, so that storing a
+ * large, mostly clean bitmap looks only at the clusters writes touched.
+ */
+export class BitmapBits {
+  /** 1 where the cluster may hold a set bit, 0 where it is known clear. */
+  readonly chunks: Uint8Array
+  private readonly bitsPerChunk: number
+
+  constructor(
+    readonly bits: Uint8Array,
+    readonly granularity: number,
+    private readonly clusterSize: number,
+    chunks?: Uint8Array
+  ) {
+    this.bitsPerChunk = clusterSize * 8
+    this.chunks = chunks ?? new Uint8Array(Math.ceil(bits.length / clusterSize))
+  }
+
+  /** Marks guest bytes [offset, offset + length) dirty. */
+  mark(offset: number, length: number): void {
+    if (length <= 0) return
+    const first = Math.floor(offset / this.granularity)
+    const last = Math.floor((offset + length - 1) / this.granularity)
+    setBits(this.bits, first, last)
+    this.chunks.fill(1, Math.floor(first / this.bitsPerChunk), Math.floor(last / this.bitsPerChunk) + 1)
+  }
+
+  clear(): void {
+    this.bits.fill(0)
+    this.chunks.fill(0)
+  }
+
+  /** ORs in another bitmap's bits (see mergeBits); the cluster marks are recomputed. */
+  merge(from: Uint8Array, fromGranularity: number, size: number): void {
+    mergeBits(this.bits, this.granularity, from, fromGranularity, size)
+    this.rescan()
+  }
+
+  /** The bits for a new virtual size (see resizeBits). */
+  resized(size: number, bytes: number): BitmapBits {
+    const out = new BitmapBits(resizeBits(this.bits, this.granularity, size, bytes), this.granularity, this.clusterSize)
+    out.rescan()
+    return out
+  }
+
+  /** Whether cluster `i` of the serialised data has a set bit. */
+  clusterDirty(i: number): boolean {
+    if (this.chunks[i] === 0) return false
+    const from = i * this.clusterSize
+    return anySet(this.bits, from, Math.min(this.bits.length, from + this.clusterSize))
+  }
+
+  private rescan(): void {
+    for (let i = 0; i < this.chunks.length; i++) {
+      const from = i * this.clusterSize
+      this.chunks[i] = anySet(this.bits, from, Math.min(this.bits.length, from + this.clusterSize)) ? 1 : 0
+    }
+  }
 }

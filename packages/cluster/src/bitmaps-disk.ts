@@ -22,7 +22,7 @@ import {
 } from "@qcow2/format"
 import type { BitmapDirectoryEntry, ImageHeader } from "@qcow2/format"
 import type { BlockStorageShape } from "@qcow2/storage"
-import { anySet } from "./bitmap-bits.js"
+import type { BitmapBits } from "./bitmap-bits.js"
 import { ClusterError, ImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { HeaderState } from "./header.js"
@@ -38,6 +38,8 @@ export interface LoadedBitmap {
   readonly inconsistent: boolean
   /** The bits (bitmapDataBytes long), undefined when inconsistent. */
   readonly bits: Uint8Array | undefined
+  /** Per bitmap table entry: 1 where the stored cluster may hold set bits (data or all ones). */
+  readonly dirtyClusters: Uint8Array | undefined
 }
 
 /** The persistent bitmaps of an image as its opener read them. */
@@ -141,13 +143,20 @@ export function loadBitmaps(
     for (const e of directory) {
       if (bitmaps.some((b) => b.name === e.name)) return yield* refuse(location, `Bitmap already exists: ${e.name}`)
       const inconsistent = (e.flags & BitmapFlag.InUse) !== 0
-      let bits: Uint8Array | undefined
+      let data: { bits: Uint8Array; dirtyClusters: Uint8Array } | undefined
       if (!inconsistent) {
         loadedBytes += bitmapDataBytes(virtualSize, e.granularityBits)
         if (loadedBytes > MAX_LOADED_BYTES) return yield* refuse(location, `Could not read bitmap '${e.name}' from image: Cannot allocate memory`)
-        bits = yield* readBitmapData(storage, e, clusterSize, virtualSize)
+        data = yield* readBitmapData(storage, e, clusterSize, virtualSize)
       }
-      bitmaps.push({ name: e.name, granularityBits: e.granularityBits, enabled: (e.flags & BitmapFlag.Auto) !== 0, inconsistent, bits })
+      bitmaps.push({
+        name: e.name,
+        granularityBits: e.granularityBits,
+        enabled: (e.flags & BitmapFlag.Auto) !== 0,
+        inconsistent,
+        bits: data?.bits,
+        dirtyClusters: data?.dirtyClusters
+      })
     }
     if (readOnly || bitmaps.every((b) => b.inconsistent)) return { directory, bitmaps, image }
     const marked = directory.map((e) => ({ ...e, flags: e.flags | BitmapFlag.InUse }))
@@ -164,7 +173,12 @@ const io = <A>(effect: Effect.Effect<A, EngineFailure>, location: string): Effec
   Effect.mapError(effect, (e) => (e._tag === "ImageError" ? e : new ImageError({ reason: "Storage", message: e.message, location, cause: e })))
 
 /** Reads a bitmap's table (every entry checked) and data (QEMU's bitmap_table_load + load_bitmap_data). */
-function readBitmapData(storage: BlockStorageShape, e: BitmapDirectoryEntry, clusterSize: number, virtualSize: number): Effect.Effect<Uint8Array, ImageError> {
+function readBitmapData(
+  storage: BlockStorageShape,
+  e: BitmapDirectoryEntry,
+  clusterSize: number,
+  virtualSize: number
+): Effect.Effect<{ bits: Uint8Array; dirtyClusters: Uint8Array }, ImageError> {
   const location = storage.location
   return Effect.gen(function* () {
     const table = new Uint8Array(e.tableSize * 8)
@@ -175,6 +189,7 @@ function readBitmapData(storage: BlockStorageShape, e: BitmapDirectoryEntry, clu
       return yield* refuse(location, `Could not read bitmap '${e.name}' from image: Invalid argument`)
     }
     const bits = new Uint8Array(bitmapDataBytes(virtualSize, e.granularityBits))
+    const dirtyClusters = new Uint8Array(entries.length)
     const cluster = new Uint8Array(clusterSize)
     for (let i = 0; i < entries.length; i++) {
       const at = i * clusterSize
@@ -183,11 +198,13 @@ function readBitmapData(storage: BlockStorageShape, e: BitmapDirectoryEntry, clu
       if (entry.offset !== 0) {
         yield* io(storage.read(entry.offset, cluster), location)
         part.set(cluster.subarray(0, part.length))
+        dirtyClusters[i] = 1
       } else if (entry.allOnes) {
         part.fill(0xff)
+        dirtyClusters[i] = 1
       }
     }
-    return bits
+    return { bits, dirtyClusters }
   })
 }
 
@@ -214,7 +231,7 @@ function readTable(table: Uint8Array, size: number, clusterSize: number): Array<
  */
 export function writeBitmap(
   disk: BitmapDisk,
-  bits: Uint8Array,
+  data: BitmapBits,
   granularityBits: number,
   virtualSize: number
 ): Effect.Effect<{ readonly tableOffset: number; readonly tableSize: number }, EngineFailure> {
@@ -224,12 +241,12 @@ export function writeBitmap(
     const table = new Uint8Array(tableSize * 8)
     const cluster = new Uint8Array(cs)
     for (let i = 0; i < tableSize; i++) {
+      if (!data.clusterDirty(i)) continue
       const from = i * cs
-      const to = Math.min(bits.length, from + cs)
-      if (!anySet(bits, from, to)) continue
+      const to = Math.min(data.bits.length, from + cs)
       const offset = yield* disk.refcounts.allocate(1)
       cluster.fill(0)
-      cluster.set(bits.subarray(from, to))
+      cluster.set(data.bits.subarray(from, to))
       yield* disk.integrity.guardWrite(offset, cs)
       yield* disk.storage.write(offset, cluster)
       writeBitmapTableEntry(table, i, offset, false)

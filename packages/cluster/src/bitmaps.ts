@@ -2,7 +2,7 @@ import { Effect } from "effect"
 import type { Semaphore } from "effect"
 import { BitmapFlag, BitmapLimits, bitmapDataBytes, bitmapDirectoryEntrySize, Limits } from "@qcow2/format"
 import type { BitmapDirectoryEntry } from "@qcow2/format"
-import { markRange, mergeBits, resizeBits } from "./bitmap-bits.js"
+import { BitmapBits } from "./bitmap-bits.js"
 import { freeBitmapClusters, writeBitmap, writeDirectory } from "./bitmaps-disk.js"
 import type { BitmapDisk, LoadedBitmaps } from "./bitmaps-disk.js"
 import { ImageError } from "./errors.js"
@@ -41,7 +41,7 @@ interface Bitmap {
   enabled: boolean
   readonly inconsistent: boolean
   /** undefined when inconsistent. */
-  bits: Uint8Array | undefined
+  bits: BitmapBits | undefined
 }
 
 /** How the bitmaps reach the engine's metadata: its parts, its lock, its error presentation. */
@@ -92,7 +92,7 @@ export class DirtyBitmaps {
         granularity: 2 ** b.granularityBits,
         enabled: b.enabled,
         inconsistent: b.inconsistent,
-        bits: b.bits
+        bits: b.bits === undefined ? undefined : new BitmapBits(b.bits, 2 ** b.granularityBits, env.clusterSize, b.dirtyClusters)
       }))
       .reverse()
     this.retrack()
@@ -100,7 +100,7 @@ export class DirtyBitmaps {
 
   /** Sets the bits covering guest bytes [offset, offset + length) in every enabled bitmap. */
   mark(offset: number, length: number): void {
-    for (const b of this.tracking) markRange(b.bits!, b.granularity, offset, length)
+    for (const b of this.tracking) b.bits!.mark(offset, length)
   }
 
   /** The bitmaps, in QEMU's order (newest first; loaded ones in reverse directory order). */
@@ -113,7 +113,7 @@ export class DirtyBitmaps {
     return Effect.suspend(() => {
       const b = this.find(name)
       if (b === undefined) return Effect.fail(this.notFound(name))
-      return Effect.succeed({ name: b.name, granularity: b.granularity, size: this.size, bits: b.bits?.slice() })
+      return Effect.succeed({ name: b.name, granularity: b.granularity, size: this.size, bits: b.bits?.bits.slice() })
     })
   }
 
@@ -138,7 +138,7 @@ export class DirtyBitmaps {
         granularity,
         enabled: !disabled,
         inconsistent: false,
-        bits: new Uint8Array(bitmapDataBytes(this.size, granularityBits))
+        bits: new BitmapBits(new Uint8Array(bitmapDataBytes(this.size, granularityBits)), granularity, this.env.clusterSize)
       })
       this.retrack()
       return Effect.void
@@ -174,7 +174,7 @@ export class DirtyBitmaps {
 
   /** Clears every bit (QEMU's block-dirty-bitmap-clear). */
   clear(name: string): Effect.Effect<void, ImageError> {
-    return this.modify(name, true, (b) => b.bits!.fill(0))
+    return this.modify(name, true, (b) => b.bits!.clear())
   }
 
   enable(name: string): Effect.Effect<void, ImageError> {
@@ -194,7 +194,7 @@ export class DirtyBitmaps {
     return this.modify(
       name,
       true,
-      (b) => mergeBits(b.bits!, b.granularity, source.bits!, source.granularity, this.size),
+      (b) => b.bits!.merge(source.bits!, source.granularity, this.size),
       () => {
         if (source.bits === undefined) return this.inconsistentError(source.name)
         if (this.size === source.size) return undefined
@@ -219,7 +219,7 @@ export class DirtyBitmaps {
   resize(size: number): void {
     this.size = size
     for (const b of this.held) {
-      if (b.bits !== undefined) b.bits = resizeBits(b.bits, b.granularity, size, bitmapDataBytes(size, b.granularityBits))
+      if (b.bits !== undefined) b.bits = b.bits.resized(size, bitmapDataBytes(size, b.granularityBits))
     }
     this.retrack()
   }

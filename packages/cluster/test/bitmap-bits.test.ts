@@ -1,6 +1,6 @@
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { bitSet, dirtyRanges, markRange, mergeBits, resizeBits } from "../src/bitmap-bits.js"
+import { BitmapBits, anySet, bitSet, dirtyRanges, markRange, mergeBits, resizeBits } from "../src/bitmap-bits.js"
 
 /** The naive model: bit i is dirty when [offset, offset + length) touches [i * g, (i + 1) * g). */
 const touched = (i: number, g: number, offset: number, length: number): boolean => length > 0 && offset < (i + 1) * g && offset + length > i * g
@@ -79,6 +79,28 @@ describe("dirty bitmap bits", () => {
         let wrong = 0
         for (let i = 0; i < out.length * 8; i++) if (bitSet(out, i) !== (i < n && i < bits.length * 8 && bitSet(bits, i))) wrong++
         expect(wrong).toBe(0)
+      }),
+      { numRuns: 100 }
+    )
+  })
+
+  it("BitmapBits knows which clusters of its data writes touched (a store reads only those)", () => {
+    fc.assert(
+      fc.property(granularity, fc.array(fc.tuple(fc.nat(8 << 20), fc.nat(1 << 20)), { maxLength: 6 }), fc.boolean(), (g, writes, clearFirst) => {
+        const size = 9 << 20
+        const cs = 512
+        const data = new BitmapBits(new Uint8Array(bytesFor(size, g)), g, cs)
+        data.mark(0, size)
+        if (clearFirst) data.clear()
+        for (const [offset, length] of writes) data.mark(offset, Math.min(length, size - offset))
+        const plain = new Uint8Array(data.bits.length)
+        if (!clearFirst) markRange(plain, g, 0, size)
+        for (const [offset, length] of writes) markRange(plain, g, offset, Math.min(length, size - offset))
+        expect(data.bits).toEqual(plain)
+        for (let i = 0; i < data.chunks.length; i++) {
+          const from = i * cs
+          expect(data.clusterDirty(i)).toBe(anySet(plain, from, Math.min(plain.length, from + cs)))
+        }
       }),
       { numRuns: 100 }
     )
