@@ -76,7 +76,7 @@ export const runBitmap = (o: BitmapOptions): Effect.Effect<number, CliFailure, I
 /** One action; fails with QEMU's message. */
 function perform(image: Image, source: Image, action: BitmapAction, o: BitmapOptions): Effect.Effect<void, string> {
   const target = image.bitmaps
-  if (target === undefined) return Effect.fail(`Dirty bitmap '${o.bitmap}' not found`)
+  if (target === undefined) return Effect.fail(withoutBitmaps(action, o))
   const run = (effect: Effect.Effect<void, { readonly message: string }>) => Effect.mapError(effect, (e) => e.message)
   switch (action.kind) {
     case "add":
@@ -93,6 +93,16 @@ function perform(image: Image, source: Image, action: BitmapAction, o: BitmapOpt
     case "merge":
       return run(merge(target, source.bitmaps, o.bitmap, action.source))
   }
+}
+
+/** Why an action fails on an image format without persistent bitmaps (raw), in QEMU's order of checks. */
+function withoutBitmaps(action: BitmapAction, o: BitmapOptions): string {
+  if (action.kind !== "add") return `Dirty bitmap '${o.bitmap}' not found`
+  if (o.bitmap === "") return "Bitmap name cannot be empty"
+  const g = o.granularity % 2 ** 32
+  if (o.granularity !== 0 && (g < 512 || (g & (g - 1)) !== 0)) return "Granularity must be power of 2 and at least 512"
+  // QEMU names the node after an automatic node name: "#block", a counter and two random digits.
+  return `Can't store persistent bitmaps to #block1${String(Math.floor(Math.random() * 100)).padStart(2, "0")}: Operation not supported`
 }
 
 /** QEMU's order of checks: the target exists, the source exists, then the merge's own checks. */
