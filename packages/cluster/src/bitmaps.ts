@@ -1,6 +1,6 @@
 import { Effect } from "effect"
 import type { Semaphore } from "effect"
-import { BitmapFlag, BitmapLimits, bitmapDataBytes, bitmapDirectoryEntrySize, Limits } from "@qcow2/format"
+import { BITMAP_TYPE_DIRTY_TRACKING, BitmapFlag, BitmapLimits, bitmapDataBytes, bitmapDirectoryEntrySize, Limits } from "@qcow2/format"
 import type { BitmapDirectoryEntry } from "@qcow2/format"
 import { BitmapBits } from "./bitmap-bits.js"
 import { freeBitmapClusters, writeBitmap, writeDirectory } from "./bitmaps-disk.js"
@@ -229,7 +229,8 @@ export class DirtyBitmaps {
    * qcow2_store_persistent_dirty_bitmaps on close): data and tables to new
    * clusters, a new directory with in_use cleared and the auto flag as
    * enabled, then the old tables freed. Bitmaps in use at open keep their
-   * entries. Nothing to do on read-only or corrupt images.
+   * entries. Nothing to do on read-only or corrupt images. Afterwards the
+   * stored bitmaps are released: this is the last thing a session does.
    */
   store(): Effect.Effect<void, ImageError> {
     const self = this
@@ -249,7 +250,7 @@ export class DirtyBitmaps {
               tableOffset: 0,
               tableSize: 0,
               flags: b.enabled ? BitmapFlag.Auto : 0,
-              type: 1,
+              type: BITMAP_TYPE_DIRTY_TRACKING,
               granularityBits: b.granularityBits,
               name: b.name,
               extraData: new Uint8Array(0)
@@ -266,6 +267,9 @@ export class DirtyBitmaps {
           }
           yield* writeDirectory(env, entries)
           self.directory = entries
+          // Stored bitmaps are released (QEMU's release_stored): nothing marks them any more.
+          self.held = self.held.filter((b) => b.inconsistent)
+          self.retrack()
           for (const t of dropTables) yield* freeBitmapClusters(env, t.offset, t.size)
         })
       )
