@@ -5,6 +5,8 @@ import type { CompressionError, DecompressionError } from "@qcow2/compress"
 import { AutoclearFeature, decodeImageHeader, decodeSnapshotTable, encodeImageHeader, IncompatibleFeature, l1EntriesFor, Limits, makeGeometry } from "@qcow2/format"
 import type { Geometry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { BlockStorageShape } from "@qcow2/storage"
+import { DirtyBitmaps } from "./bitmaps.js"
+import type { LoadedBitmaps } from "./bitmaps-disk.js"
 import { writeCompressedClusters } from "./compressed.js"
 import { discardClusters, dropClusters } from "./discard.js"
 import { asImageError, checkRange, ClusterError, ImageError, isStructuralDamage, toImageError } from "./errors.js"
@@ -67,6 +69,8 @@ export interface EngineOptions {
   readonly crypto: SectorCrypto | undefined
   readonly l2CacheBytes: number
   readonly refcountCacheBytes: number
+  /** The persistent bitmaps as the opener loaded them (`loadBitmaps`); none when absent. */
+  readonly bitmaps?: LoadedBitmaps
 }
 
 export interface TruncateOptions {
@@ -109,6 +113,8 @@ export class Qcow2Engine {
   readonly backing: BackingLayer | undefined
   readonly codec: ClusterCompression
   readonly crypto: SectorCrypto | undefined
+  /** Persistent dirty bitmaps: marked by every write path, stored on close. */
+  readonly bitmaps: DirtyBitmaps
 
   constructor(options: EngineOptions) {
     const image = options.header
@@ -151,6 +157,22 @@ export class Qcow2Engine {
       lazy: this.integrity.lazyRefcounts,
       overlaps
     })
+    this.bitmaps = new DirtyBitmaps(
+      {
+        storage,
+        header: this.header,
+        integrity: this.integrity,
+        refcounts: this.refcounts,
+        clusterSize: cs,
+        readOnly: options.readOnly,
+        version: h.version,
+        location: this.location,
+        lock: this.lock,
+        change: (effect) => this.change(effect)
+      },
+      options.bitmaps ?? { directory: [], bitmaps: [], image },
+      this.header.size
+    )
   }
 
   get virtualSize(): number {
@@ -168,6 +190,7 @@ export class Qcow2Engine {
     const bad = this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, data.length)
     if (bad) return Effect.fail(bad)
     if (data.length === 0) return Effect.void
+    this.bitmaps.mark(offset, data.length)
     return this.change(writeBytes(this, offset, data))
   }
 
@@ -176,6 +199,7 @@ export class Qcow2Engine {
     const bad = this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, length)
     if (bad) return Effect.fail(bad)
     if (length === 0) return Effect.void
+    this.bitmaps.mark(offset, length)
     return this.change(writeZeroes(this, offset, length, unmap))
   }
 
@@ -188,6 +212,7 @@ export class Qcow2Engine {
   discard(offset: number, length: number): Effect.Effect<void, ImageError> {
     const bad = this.requireWritable() ?? this.checkRange(offset, length)
     if (bad) return Effect.fail(bad)
+    this.bitmaps.mark(offset, length)
     if (this.version < 3 && this.backing !== undefined) return Effect.void
     const cs = this.geometry.clusterSize
     const first = Math.ceil(offset / cs) * cs
@@ -204,6 +229,7 @@ export class Qcow2Engine {
     if (this.header.header.cryptMethod !== 0) {
       return Effect.fail(new ImageError({ reason: "Unsupported", message: "Compression is not supported with encryption", location: this.location }))
     }
+    this.bitmaps.mark(offset, data.length)
     return this.change(writeCompressedClusters(this, offset, data))
   }
 
@@ -214,7 +240,9 @@ export class Qcow2Engine {
     if (!Number.isSafeInteger(size) || size < 0) return Effect.fail(this.invalid(`invalid size ${size}`))
     if (size < this.virtualSize && !options.shrink) return Effect.fail(this.invalid("Use the --shrink option to perform a shrink operation."))
     if (size % 512 !== 0) return Effect.fail(this.invalid("The new size must be a multiple of 512"))
-    return this.change(truncateImage(this, size, options.preallocation ?? "off"))
+    const bitmapsRefuse = this.bitmaps.refuseResize()
+    if (bitmapsRefuse !== undefined) return Effect.fail(bitmapsRefuse)
+    return Effect.tap(this.change(truncateImage(this, size, options.preallocation ?? "off")), () => Effect.sync(() => this.bitmaps.resize(this.virtualSize)))
   }
 
   /**
@@ -450,10 +478,15 @@ export class Qcow2Engine {
     return this.run(this.lock.withPermits(1)(this.header.rewriteAll(next)))
   }
 
-  /** Flushes, and after a clean session of a lazy-refcount image clears the dirty bit. Never fails. */
+  /**
+   * Stores the persistent bitmaps (in_use cleared), flushes, and after a
+   * clean session of a lazy-refcount image clears the dirty bit (QEMU's
+   * qcow2_inactivate). Never fails: bitmaps that cannot be stored stay
+   * marked in use on disk.
+   */
   close(): Effect.Effect<void> {
     if (this.integrity.readOnly) return Effect.void
-    return Effect.ignore(Effect.andThen(this.flush(), this.run(this.integrity.markClean())))
+    return Effect.andThen(Effect.ignore(this.bitmaps.store()), Effect.ignore(Effect.andThen(this.flush(), this.run(this.integrity.markClean()))))
   }
 
   /** A metadata-changing request: the dirty bit (lazy refcounts) goes to disk first. */

@@ -149,3 +149,68 @@ export function writeBitmapTableEntry(table: Uint8Array, index: number, offset: 
   putU32(table, o, Math.floor(offset / TWO_32))
   putU32(table, o + 4, ((offset >>> 0) | (allOnes ? 1 : 0)) >>> 0)
 }
+
+/** QEMU's limits on one bitmap (block/qcow2-bitmap.c BME_MAX_TABLE_SIZE, BME_MAX_PHYS_SIZE) and the directory. */
+export const BitmapLimits = {
+  minGranularityBits: 9,
+  maxGranularityBits: 31,
+  maxTableEntries: 0x8000000,
+  maxDataBytes: 0x20000000,
+  maxDirectoryBytes: 64 * 1024 * 1024
+} as const
+
+/**
+ * Bytes of a bitmap's serialised data (qcow2.txt "Bitmap data"): one bit
+ * per `2^granularityBits` guest bytes, bit i in byte i/8 at bit i%8, padded
+ * to whole 64-bit words as QEMU writes them.
+ */
+export function bitmapDataBytes(virtualSize: number, granularityBits: number): number {
+  const bits = Math.ceil(virtualSize / 2 ** granularityBits)
+  return Math.ceil(bits / 64) * 8
+}
+
+/** Entries of the bitmap table of such a bitmap: one per cluster of serialised data. */
+export function bitmapTableEntries(virtualSize: number, granularityBits: number, clusterSize: number): number {
+  return Math.ceil(bitmapDataBytes(virtualSize, granularityBits) / clusterSize)
+}
+
+/** Bytes one directory entry takes for a bitmap of this name (no extra data), padded to 8. */
+export function bitmapDirectoryEntrySize(name: string): number {
+  return roundUp8(BITMAP_ENTRY_FIXED_SIZE + utf8(name).length)
+}
+
+/** A persistent bitmap as `measure` counts it. */
+export interface MeasuredBitmap {
+  readonly name: string
+  readonly granularity: number
+  /** Bytes the bitmap covers (the virtual size of its image). */
+  readonly size: number
+}
+
+/**
+ * Bytes that copying these bitmaps into a new image of `clusterSize`
+ * needs, every bitmap assumed fully dirty: data clusters, bitmap tables and
+ * the directory, each rounded up to clusters (QEMU's
+ * qcow2_get_persistent_dirty_bitmap_size, "bitmaps size" of qemu-img measure).
+ * Unlike the table written for an image, QEMU counts bytes here, not 64-bit words.
+ */
+export function persistentBitmapsSize(bitmaps: ReadonlyArray<MeasuredBitmap>, clusterSize: number): number {
+  let total = 0
+  let directory = 0
+  for (const b of bitmaps) {
+    const dataBytes = Math.ceil(Math.ceil(b.size / b.granularity) / 8)
+    const clusters = Math.ceil(dataBytes / clusterSize)
+    total += clusters * clusterSize
+    total += Math.ceil((clusters * 8) / clusterSize) * clusterSize
+    directory += bitmapDirectoryEntrySize(b.name)
+  }
+  return total + Math.ceil(directory / clusterSize) * clusterSize
+}
+
+/**
+ * Granularity of a bitmap added without one (QEMU's
+ * bdrv_get_default_bitmap_granularity): the cluster size, kept within 4 KiB..64 KiB.
+ */
+export function defaultBitmapGranularity(clusterSize: number): number {
+  return Math.min(65536, Math.max(4096, clusterSize))
+}

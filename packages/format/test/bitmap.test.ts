@@ -3,7 +3,11 @@ import { afterAll, describe, expect, it } from "vitest"
 import {
   BitmapFlag,
   FormatError,
+  bitmapDataBytes,
   bitmapDirectorySize,
+  bitmapTableEntries,
+  defaultBitmapGranularity,
+  persistentBitmapsSize,
   decodeBitmapDirectory,
   decodeImageHeader,
   encodeBitmapDirectory,
@@ -100,5 +104,26 @@ describe("bitmap directory", () => {
     }
     expect(bitmapDirectorySize(dir)).toBe(ext.directorySize)
     expect(Buffer.from(encodeBitmapDirectory(dir)).equals(Buffer.from(raw))).toBe(true)
+  })
+})
+
+describe("bitmap sizes", () => {
+  const T = 2 * 1024 ** 4
+  it("persistentBitmapsSize gives qemu-img measure's 'bitmaps size' (iotest 190's expected numbers)", () => {
+    const bitmaps = [
+      { name: "b1", granularity: 512, size: T },
+      { name: "b2", granularity: 2 * 1024 * 1024, size: T }
+    ]
+    expect(persistentBitmapsSize(bitmaps, 65536)).toBe(537198592)
+    expect(persistentBitmapsSize(bitmaps, 2 * 1024 * 1024)).toBe(545259520)
+    expect(persistentBitmapsSize([], 65536)).toBe(0)
+  })
+
+  it("data bytes, table entries and default granularity as QEMU serialises them", () => {
+    expect(bitmapDataBytes(10 * 1024 * 1024, 16)).toBe(24) // 160 bits, three 64-bit words
+    expect(bitmapDataBytes(1, 9)).toBe(8)
+    expect(bitmapTableEntries(T, 9, 65536)).toBe(8192)
+    expect(bitmapTableEntries(10 * 1024 * 1024, 16, 65536)).toBe(1)
+    expect([512, 4096, 65536, 2 * 1024 * 1024].map(defaultBitmapGranularity)).toEqual([4096, 4096, 65536, 65536])
   })
 })

@@ -1,12 +1,12 @@
 import type { Effect } from "effect"
 import type { CheckResult } from "@qcow2/check"
-import type { BlockStatus, Preallocation, SnapshotTime } from "@qcow2/cluster"
+import type { BlockStatus, PersistentBitmaps, Preallocation, SnapshotTime } from "@qcow2/cluster"
 import type { BitmapDirectoryEntry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { CompressionError } from "@qcow2/compress"
 import type { LuksHeader } from "@qcow2/crypto"
 import type { ImageError } from "./errors.js"
 
-export type { BlockStatus }
+export type { BlockStatus, PersistentBitmaps }
 
 /** The formats this toolkit opens: qcow2, raw, and raw LUKS1 volumes (QEMU's `luks` driver). */
 export type ImageFormat = "qcow2" | "raw" | "luks"
@@ -68,6 +68,12 @@ export interface Image {
    */
   readonly formatSpecific: () => Effect.Effect<FormatSpecific, ImageError>
   readonly check: (options?: { readonly repair?: "leaks" | "all" }) => Effect.Effect<CheckResult, ImageError>
+  /**
+   * Persistent dirty bitmaps of a qcow2 image (qcow2.txt "Bitmaps"), loaded
+   * on open, tracking writes while open read-write, stored on close;
+   * undefined for formats without them (raw).
+   */
+  readonly bitmaps?: PersistentBitmaps
   /**
    * Makes every cluster unallocated again (the backing file shows through),
    * as QEMU's `bdrv_make_empty` after `qemu-img commit`; raw images refuse

@@ -10,3 +10,4 @@ export { CheckError, type CheckErrorReason, MAX_MESSAGES, checkQcow2, rebuildRef
 export * from "./info.js"
 export * from "./map.js"
 export { amendImage, type AmendOptions } from "./amend.js"
+export { persistentBitmapsSizeOf } from "./bitmaps.js"

@@ -7,6 +7,7 @@ import { Cause, Effect, Layer, Option } from "effect"
 import type { ImageFormat } from "@qcow2/image"
 import { cipherLayer, envLayer, imageOptions, type ImageEnv } from "../env.js"
 import { CliFailure, describeCause, fail, usage } from "../errors.js"
+import { normalizeArgv } from "../argv.js"
 import { eprint, exitStatus } from "../output.js"
 import { programName } from "../progname.js"
 import { reportLine } from "../report.js"
@@ -189,6 +190,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         if (c.compress && c.copyRange) return yield* Effect.fail(fail("Cannot enable copy offloading when -c is used"))
         if (c.sparseSize !== undefined && c.copyRange) return yield* Effect.fail(fail("Cannot enable copy offloading when -S is used"))
         if (c.copyRange && c.salvage) return yield* Effect.fail(fail("Cannot use copy offloading in salvaging mode"))
+        if (c.skipBrokenBitmaps && !c.bitmaps) return yield* Effect.fail(fail("Use of --skip-broken-bitmaps requires --bitmaps"))
         if (c.targetIsZero && !c.noCreate) return yield* Effect.fail(fail("--target-is-zero requires use of -n flag"))
         let sparseSize = 4096
         const s = c.sparseSize
@@ -240,8 +242,37 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           salvage: c.salvage,
           copyRange: c.copyRange,
           forceShare: c.forceShare,
+          bitmaps: c.bitmaps,
+          skipBrokenBitmaps: c.skipBrokenBitmaps,
           ...(c.backing !== undefined ? { backingFile: c.backing } : {}),
           ...(c.backingFormat !== undefined ? { backingFormat: c.backingFormat } : {})
+        })
+      })
+    }
+    case "bitmap": {
+      const c = p.values
+      return Effect.gen(function* () {
+        const secrets = yield* secretsOf(c)
+        const granularity = c.granularity !== undefined ? yield* sizeArg(c.granularity, "granularity") : 0
+        const { runBitmap, bitmapActions } = yield* Effect.promise(() => import("../commands/bitmap.js"))
+        // The flag table keeps no order across flags; qemu-img runs the actions in command-line order.
+        const actions = bitmapActions(normalizeArgv(process.argv.slice(2)).slice(1))
+        if (actions.length === 0) return yield* Effect.fail(fail("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge"))
+        if (granularity !== 0 && !c.add) return yield* Effect.fail(fail("granularity only supported with --add"))
+        if (c.sourceFormat !== undefined && c.sourceFile === undefined) return yield* Effect.fail(fail("-F only supported with -b"))
+        if (c.sourceFile !== undefined && c.merge.length === 0) return yield* Effect.fail(fail("Merge bitmap source file only supported with --merge"))
+        if (c.file === undefined || c.bitmap === undefined) return yield* Effect.fail(fail("Expecting filename and bitmap name"))
+        const format = yield* imageFormat(c.format)
+        const sourceFormat = yield* imageFormat(c.sourceFormat)
+        return yield* runBitmap({
+          file: c.file,
+          bitmap: c.bitmap,
+          actions,
+          format,
+          granularity,
+          sourceFile: c.sourceFile,
+          sourceFormat,
+          passphrase: secrets.passphrase
         })
       })
     }

@@ -180,6 +180,8 @@ export const convert = {
     snapshot: { kind: "string", name: "snapshot", alias: "l", description: "read this internal snapshot: snapshot.id=ID,snapshot.name=NAME or an ID or name" },
     salvage: { kind: "boolean", name: "salvage", description: "continue past read errors, zeros in place of what cannot be read" },
     copyRange: { kind: "boolean", name: "copy-range-offloading", alias: "C", description: "copy offloading: data copied as it is, without zero detection" },
+    bitmaps: { kind: "boolean", name: "bitmaps", description: "copy the persistent bitmaps (qcow2 source and target)" },
+    skipBrokenBitmaps: { kind: "boolean", name: "skip-broken-bitmaps", description: "with --bitmaps: leave out inconsistent bitmaps" },
     ...common
   },
   args: { files: { name: "filename", kind: "atLeast2" } }
@@ -335,7 +337,26 @@ export const amend = {
   args: { file: { name: "filename", kind: "optional" } }
 } as const satisfies CommandSpec
 
-export const COMMANDS = { info, map, check, compare, create, convert, snapshot, serve, commit, rebase, measure, dd, bench, resize, amend } as const
+export const bitmap = {
+  name: "bitmap",
+  description: "add, remove, clear, enable, disable or merge persistent bitmaps like qemu-img bitmap",
+  flags: {
+    format,
+    add: { kind: "boolean", name: "add", description: "add the bitmap (empty, enabled)" },
+    remove: { kind: "boolean", name: "remove", description: "remove the bitmap" },
+    clear: { kind: "boolean", name: "clear", description: "clear every bit" },
+    enable: { kind: "boolean", name: "enable", description: "track writes" },
+    disable: { kind: "boolean", name: "disable", description: "stop tracking writes" },
+    merge: { kind: "repeat", name: "merge", description: "SOURCE: merge bitmap SOURCE into the bitmap" },
+    granularity: { kind: "string", name: "granularity", alias: "g", description: "bytes per bit for --add" },
+    sourceFile: { kind: "string", name: "source-file", alias: "b", description: "image holding the --merge source" },
+    sourceFormat: { kind: "string", name: "source-format", alias: "F", description: "format of the -b image" },
+    ...common
+  },
+  args: { file: { name: "filename", kind: "optional" }, bitmap: { name: "bitmap", kind: "optional" } }
+} as const satisfies CommandSpec
+
+export const COMMANDS = { info, map, check, compare, create, convert, snapshot, serve, commit, rebase, measure, dd, bench, resize, amend, bitmap } as const
 
 export type CommandName = keyof typeof COMMANDS
 

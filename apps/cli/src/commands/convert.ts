@@ -5,6 +5,7 @@ import { parseCreateOptions, toCreateOptions, formattingLine } from "../createop
 import { lockDescriptor, open, unsafeCacheFiles, type ImageEnv } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
+import { checkBitmapsCopyable, checkTargetSupportsBitmaps, copyBitmaps } from "./convert-bitmaps.js"
 import { Progress } from "../progress.js"
 import type { Secrets } from "../secrets.js"
 import type { SnapshotSelector } from "./snapshot.js"
@@ -38,6 +39,9 @@ export interface ConvertOptions {
   readonly copyRange?: boolean
   /** `-U`: share the sources with every other user (the target is locked as usual). */
   readonly forceShare?: boolean
+  /** --bitmaps: copy the persistent bitmaps; --skip-broken-bitmaps: leave inconsistent ones out. */
+  readonly bitmaps?: boolean
+  readonly skipBrokenBitmaps?: boolean
 }
 
 /** Bytes per request: large reads amortise the per-request cost. */
@@ -119,6 +123,8 @@ interface Sink {
    * without a backing file.
    */
   readonly backingSize?: number
+  /** The target image (qcow2 targets), for copying bitmaps after the data. */
+  readonly image?: Image
 }
 
 const writeAll = (fd: number, data: Uint8Array, position: number, target: string): Effect.Effect<void, CliFailure> =>
@@ -203,6 +209,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
         return yield* Effect.fail(fail("Having a backing file for the target makes no sense when concatenating multiple input images"))
       }
       const total = sources.reduce((n, s) => n + s.virtualSize, 0)
+      if (o.bitmaps === true) yield* checkBitmapsCopyable(sources, o.skipBrokenBitmaps === true)
 
       let sink: Sink
       if (o.outFormat === "raw") {
@@ -214,6 +221,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       } else {
         sink = yield* qcow2Sink(o, total)
       }
+      if (o.bitmaps === true) yield* checkTargetSupportsBitmaps(sink.image, o.outFormat)
 
       const progress = o.progress && !o.quiet ? new Progress(total) : undefined
       const lock = yield* Semaphore.make(1)
@@ -293,6 +301,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       })
       const workers = Math.max(1, Math.min(o.parallel, 16))
       yield* Effect.all(Array.from({ length: workers }, () => worker), { concurrency: "unbounded", discard: true })
+      if (o.bitmaps === true) yield* copyBitmaps(sources[0]!, sink.image!, o.skipBrokenBitmaps === true)
       progress?.finish()
       return 0
     })
@@ -386,6 +395,7 @@ const qcow2Sink = (o: ConvertOptions, total: number) =>
     const wrap = <A>(offset: number, eff: Effect.Effect<A, { readonly message: string }>) =>
       eff.pipe(Effect.mapError((e) => fail(`error while writing at byte ${offset}: ${e.message}`)))
     const sink: Sink = {
+      image: target,
       zeroIsFree: (!o.skipCreate || o.targetIsZero) && o.backingFile === undefined,
       alignment: o.compress ? clusterSize : 1,
       zeroGranularity: clusterSize,

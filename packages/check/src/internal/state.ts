@@ -204,6 +204,12 @@ export const loadImage = (io: Io, warnings: Array<string>): Effect.Effect<ImageI
         if ("error" in parsed) return yield* Effect.fail(new OpenRefused({ reason: "Corrupt", message: parsed.error }))
         const seen = new Set<string>()
         for (const bm of parsed.bitmaps) {
+          if (seen.has(bm.name)) {
+            return yield* Effect.fail(new OpenRefused({ reason: "Corrupt", message: `Bitmap already exists: ${bm.name}` }))
+          }
+          seen.add(bm.name)
+          // The data of a bitmap in use are not loaded (QEMU's load_bitmap): its table is judged by the check itself.
+          if (bm.inUse) continue
           const table = yield* readBounded(io, fileSize, bm.tableOffset, bm.tableSize * 8)
           if (!bitmapTableValid(table, Math.floor(table.length / 8), clusterSize)) {
             return yield* Effect.fail(
@@ -213,11 +219,7 @@ export const loadImage = (io: Io, warnings: Array<string>): Effect.Effect<ImageI
               })
             )
           }
-          if (seen.has(bm.name)) {
-            return yield* Effect.fail(new OpenRefused({ reason: "Corrupt", message: `Bitmap already exists: ${bm.name}` }))
-          }
-          seen.add(bm.name)
-          if (!bm.inUse && bm.tableSize !== expectedBitmapTableSize(virtualSize, bm.granularityBits, clusterSize)) {
+          if (bm.tableSize !== expectedBitmapTableSize(virtualSize, bm.granularityBits, clusterSize)) {
             return yield* Effect.fail(
               new OpenRefused({ reason: "Corrupt", message: `Could not read bitmap '${bm.name}' from image: Invalid argument` })
             )

@@ -62,6 +62,7 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, nev
     formatSpecific: () => formatSpecific(engine),
     makeEmpty: () => engine.makeEmpty(),
     setBacking: (name, format) => engine.setBacking(name, format),
+    bitmaps: engine.bitmaps,
     check: (options) => {
       const repair = options?.repair
       if (repair === undefined) return Effect.andThen(engine.flush(), parts.check(undefined))

@@ -19,7 +19,7 @@ import {
   makeGeometry
 } from "@qcow2/format"
 import type { BitmapDirectoryEntry, FeatureName, ImageHeader, SnapshotEntry } from "@qcow2/format"
-import { HeaderState, Qcow2Engine } from "@qcow2/cluster"
+import { HeaderState, loadBitmaps, Qcow2Engine } from "@qcow2/cluster"
 import type { BackingLayer, ClusterCompression, SectorCrypto } from "@qcow2/cluster"
 import type { ClusterCodecShape } from "@qcow2/compress"
 import type { BlockStorageShape } from "@qcow2/storage"
@@ -216,6 +216,10 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       }
     }
 
+    // Persistent bitmaps are loaded on every open; a read-write open marks them in use first.
+    const bitmaps = yield* loadBitmaps(storage, header, env.readOnly, Math.floor(h.size / 512) * 512)
+    header = bitmaps.image
+
     const l1Table = new Uint8Array(Math.max(h.l1Size * 8, 8))
     if (h.l1Size > 0) yield* asImageError(storage.read(h.l1TableOffset, l1Table.subarray(0, h.l1Size * 8)), location)
     const refcountTable = new Uint8Array(reftableBytes)
@@ -233,6 +237,7 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       backing: backing === undefined ? undefined : backingLayer(backing),
       compression: compressionOf(env, h.compressionType === 1 ? 1 : 0),
       crypto,
+      bitmaps,
       l2CacheBytes:
         env.options.l2CacheBytes ??
         Math.min(32 * 1024 * 1024, Math.max(4 * clusterSize, Math.ceil(h.size / geometry.l2Entries / clusterSize) * clusterSize)),
