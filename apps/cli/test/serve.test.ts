@@ -63,7 +63,7 @@ describe("qcow2 serve with QEMU's NBD client", () => {
     const server = await serve(dir, ["-t", "-x", "disk", file])
     try {
       qemu(dir, "qemu-img", ["convert", "-f", "raw", "-O", "raw", server.uri, "from-nbd.raw"])
-      expect(qemu(dir, "qemu-img", ["compare", "-f", "raw", "-F", "qcow2", "from-nbd.raw", file]).stdout).toBe("Images are identical.\n")
+      expect(qemu(dir, "qemu-img", ["compare", "-U", "-f", "raw", "-F", "qcow2", "from-nbd.raw", file]).stdout).toBe("Images are identical.\n")
       const map = qemu(dir, "qemu-img", ["map", "--output=json", "-f", "raw", server.uri]).stdout
       expect(JSON.parse(map)).toEqual([
         { start: 0, length: 1048576, depth: 0, present: true, zero: true, data: false, offset: 0 },
@@ -240,7 +240,7 @@ describe.runIf(NBDINFO)("qcow2 serve with libnbd's tools", () => {
     const server = await serve(dir, ["-t", ...secret, file])
     try {
       qemu(dir, "qemu-img", ["convert", "-f", "raw", "-O", "raw", server.uri, "secret-nbd.raw"])
-      qemu(dir, "qemu-img", ["convert", ...secret, "--image-opts", "-O", "raw", `driver=qcow2,file.filename=${file},encrypt.key-secret=sec0`, "secret-qemu.raw"])
+      qemu(dir, "qemu-img", ["convert", "-U", ...secret, "--image-opts", "-O", "raw", `driver=qcow2,file.filename=${file},encrypt.key-secret=sec0`, "secret-qemu.raw"])
       expect(fs.readFileSync(path.join(dir, "secret-nbd.raw")).equals(fs.readFileSync(path.join(dir, "secret-qemu.raw")))).toBe(true)
     } finally {
       expect((await server.stop()).code).toBe(0)
@@ -270,7 +270,7 @@ describe.runIf(NBDINFO)("qcow2 serve with libnbd's tools", () => {
     const server = await serve(dir, ["-t", "-e", "0", file])
     try {
       expect(spawnSync("nbdcopy", [server.uri, path.join(dir, "copied.raw")]).status).toBe(0)
-      expect(qemu(dir, "qemu-img", ["compare", "-f", "raw", "-F", "qcow2", "copied.raw", file]).status).toBe(0)
+      expect(qemu(dir, "qemu-img", ["compare", "-U", "-f", "raw", "-F", "qcow2", "copied.raw", file]).status).toBe(0)
       const input = path.join(dir, "input.raw")
       qemu(dir, "qemu-img", ["create", "-q", "-f", "raw", input, "64M"])
       qemu(dir, "qemu-io", ["-f", "raw", "-c", "write -P 0x77 3M 5M", "-c", "write -P 0x12 40M 64k", input])
@@ -308,7 +308,8 @@ describe("qcow2 serve command line", () => {
     const server = await serve(dir, ["-t", file])
     try {
       const port = new URL(server.uri).port
-      const r = qcow2(dir, ["serve", "-p", port, "-b", "127.0.0.1", file])
+      // Another image: the served one is locked, as qemu-nbd locks it.
+      const r = qcow2(dir, ["serve", "-p", port, "-b", "127.0.0.1", sample("busy-2.qcow2")])
       expect(r.status).toBe(1)
       expect(r.stderr).toBe("qcow2: Failed to bind socket: Address already in use\n")
     } finally {
@@ -324,7 +325,7 @@ describe("qcow2 serve command line", () => {
       for (let i = 0; i < 100 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50))
       const uri = `nbd+unix:///?socket=${socket}`
       qemu(dir, "qemu-img", ["convert", "-f", "raw", "-O", "raw", uri, "unix.raw"])
-      expect(qemu(dir, "qemu-img", ["compare", "-f", "raw", "-F", "qcow2", "unix.raw", file]).status).toBe(0)
+      expect(qemu(dir, "qemu-img", ["compare", "-U", "-f", "raw", "-F", "qcow2", "unix.raw", file]).status).toBe(0)
     } finally {
       const code = await new Promise<number | null>((resolve) => {
         child.on("close", resolve)
