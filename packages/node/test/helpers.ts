@@ -9,6 +9,21 @@ export const tempDir = (): { dir: string; path: (name: string) => string; cleanu
 }
 
 export const qemuImg = (...args: string[]): string => execFileSync("qemu-img", args, { encoding: "utf8" })
+/**
+ * qemu-img create of an encrypted image, retried: QEMU times PBKDF2 with
+ * thread CPU time and gives up ("Unable to get accurate CPU usage") when a
+ * busy machine gives it no tick.
+ */
+export const qemuCreateEncrypted = (...args: string[]): string => {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return qemuImg("create", ...args)
+    } catch (e) {
+      if (attempt >= 5 || !String((e as { stderr?: unknown }).stderr ?? e).includes("CPU usage")) throw e
+    }
+  }
+}
+
 export const qemuIo = (...args: string[]): string => execFileSync("qemu-io", args, { encoding: "utf8" })
 
 /** `qemu-img check --output=json`, whatever the exit code. */
