@@ -186,6 +186,15 @@ qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2
 qemu-io -c "write -P 2 512k 64k" -c "write -z 1M 128k" -c "write -P 0 3M 64k" -c "write -P 4 3500k 3k" ov.qcow2 >/dev/null
 qemu-img convert -O qcow2 ov.qcow2 flat.qcow2
 `
+  it("convert -o backing_file= is convert -B, as in qemu-img (iotest 019)", () => {
+    const dir = freshDir()
+    sh(dir, setup)
+    const args = (out: string) => ["convert", "-O", "qcow2", "-o", "backing_file=base.qcow2,backing_fmt=qcow2", "ov.qcow2", out]
+    expect(plain(qcow2(dir, args("a.qcow2")))).toEqual({ status: 0, stdout: "", stderr: "" })
+    qemu(dir, "qemu-img", args("b.qcow2"))
+    expectTwins(dir, "a.qcow2", "b.qcow2", false)
+  })
+
   for (const source of ["ov.qcow2", "flat.qcow2"]) {
     it(`convert -B of ${source} writes only what qemu-img writes`, () => {
       const dir = freshDir()

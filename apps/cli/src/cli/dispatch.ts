@@ -14,6 +14,7 @@ import { reportLine } from "../report.js"
 import { parseSecrets, type Secrets } from "../secrets.js"
 import { parseSize, parseSizeBig } from "../text/strtosz.js"
 import type { SnapshotSelector } from "../commands/snapshot.js"
+import { splitOptionList } from "../createopts.js"
 import type { Parsed } from "./spec.js"
 
 /**
@@ -190,6 +191,9 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         if (c.compress && c.copyRange) return yield* Effect.fail(fail("Cannot enable copy offloading when -c is used"))
         if (c.sparseSize !== undefined && c.copyRange) return yield* Effect.fail(fail("Cannot enable copy offloading when -S is used"))
         if (c.copyRange && c.salvage) return yield* Effect.fail(fail("Cannot use copy offloading in salvaging mode"))
+        // `-o backing_file=X` is -B X (qemu-img.c takes the option as out_baseimg); the last one given wins.
+        const backingOption = c.options.flatMap((list) => splitOptionList(list)).filter(([name]) => name === "backing_file").pop()
+        const backing = c.backing ?? backingOption?.[1]
         if (c.skipBrokenBitmaps && !c.bitmaps) return yield* Effect.fail(fail("Use of --skip-broken-bitmaps requires --bitmaps"))
         if (c.targetIsZero && !c.noCreate) return yield* Effect.fail(fail("--target-is-zero requires use of -n flag"))
         let sparseSize = 4096
@@ -244,7 +248,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           forceShare: c.forceShare,
           bitmaps: c.bitmaps,
           skipBrokenBitmaps: c.skipBrokenBitmaps,
-          ...(c.backing !== undefined ? { backingFile: c.backing } : {}),
+          ...(backing !== undefined ? { backingFile: backing } : {}),
           ...(c.backingFormat !== undefined ? { backingFormat: c.backingFormat } : {})
         })
       })
