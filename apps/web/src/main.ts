@@ -225,7 +225,7 @@ const openPicked = async (files: FileList | File[]) => {
     session.picked.set(f.name, f)
     session.policy.approve(`${PICKED}${f.name}`)
   }
-  // The first qcow2 that no other picked file names is the top of the chain; else the first file.
+  // The first picked file is opened; the others are there for its backing chain.
   await openWithPlan(`${PICKED}${list[0]!.name}`, true)
 }
 

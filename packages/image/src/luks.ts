@@ -2,7 +2,7 @@ import { Effect, Semaphore } from "effect"
 import { decodeLuksHeader, LUKS_HEADER_SIZE, LUKS_SECTOR_SIZE } from "@qcow2/crypto"
 import type { CryptoError, LuksHeader, SectorCipher, SectorCipherFactoryShape } from "@qcow2/crypto"
 import type { BlockStorageShape } from "@qcow2/storage"
-import type { BlockStatus, Image } from "./api.js"
+import type { BlockStatus, CreateOptions, Image } from "./api.js"
 import { ImageError } from "./errors.js"
 import { asImageError, checkRange } from "./internal/errors.js"
 
@@ -250,19 +250,12 @@ export function openLuks(
   })
 }
 
-/** `qemu-img create -f luks` options (QEMU's names, camelCased). */
-export interface LuksVolumeOptions {
+/**
+ * `qemu-img create -f luks` options (QEMU's names, camelCased): the cipher
+ * settings are those of a LUKS-encrypted qcow2 image (`CreateOptions.encryption`).
+ */
+export interface LuksVolumeOptions extends Omit<NonNullable<CreateOptions["encryption"]>, "format"> {
   readonly size: number
-  readonly passphrase: Uint8Array
-  readonly cipherAlg?: string
-  readonly cipherMode?: string
-  readonly ivgenAlg?: string
-  readonly ivgenHashAlg?: string
-  readonly hashAlg?: string
-  readonly iterTimeMs?: number
-  /** Fixed PBKDF2 iteration counts instead of timing (tests, reproducible output). */
-  readonly slotIterations?: number
-  readonly masterKeyIterations?: number
   /** off (sparse payload) or full/falloc (payload written out as zero bytes, as QEMU's file driver does). */
   readonly preallocation?: "off" | "falloc" | "full"
 }
