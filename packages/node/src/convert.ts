@@ -16,6 +16,7 @@ import { makeCompressionPool } from "@qcow2/compress/node"
 import { isZero, openImage, ImageError as EffectImageError, type Image } from "@qcow2/image"
 import { createEffect, createRaw } from "./internal/create.js"
 import { AbortError } from "./errors.js"
+import { inputFormat, outputFormat } from "./internal/arguments.js"
 import { isUrl, passphraseBytes, publicErrors, run } from "./internal/runtime.js"
 import type { ConvertOptions } from "./options.js"
 
@@ -55,6 +56,8 @@ const allZero = (source: Image, offset: number, length: number): Effect.Effect<b
 const convertEffect = (source: string, target: string, o: ConvertOptions) =>
   Effect.scoped(
     Effect.gen(function* () {
+      yield* inputFormat(source, o.format)
+      yield* outputFormat(target, o.outFormat, ["raw", "qcow2"], (format) => `Unknown file format '${format}'`)
       const outFormat = o.outFormat ?? "raw"
       if (isUrl(target)) return yield* invalid("the target must be a local file", target)
       if (o.compress === true && outFormat !== "qcow2") return yield* invalid("Compression not supported for this file format", target)

@@ -19,6 +19,7 @@ import {
   type MapEntry
 } from "@qcow2/image"
 import { ImageClosedError } from "./errors.js"
+import * as Arguments from "./internal/arguments.js"
 import { isUrl, passphraseBytes, publicErrors, run } from "./internal/runtime.js"
 import type { OpenOptions, ResizeOptions } from "./options.js"
 
@@ -138,11 +139,11 @@ class OpenedImage implements QcowImage {
   }
 
   readInto<T extends Uint8Array>(offset: number, buffer: T): Promise<T> {
-    return this.#request(Effect.as(this.#image.read(offset, buffer), buffer))
+    return this.#request(Arguments.bytes(this.location, buffer).pipe(Effect.andThen(this.#image.read(offset, buffer)), Effect.as(buffer)))
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
-    return this.#request(this.#image.write(offset, data))
+    return this.#request(Effect.andThen(Arguments.bytes(this.location, data), this.#image.write(offset, data)))
   }
 
   writeZeroes(offset: number, length: number, options?: { readonly unmap?: boolean }): Promise<void> {
@@ -154,7 +155,7 @@ class OpenedImage implements QcowImage {
   }
 
   writeCompressed(offset: number, data: Uint8Array): Promise<void> {
-    return this.#request(this.#image.writeCompressed(offset, data))
+    return this.#request(Effect.andThen(Arguments.bytes(this.location, data), this.#image.writeCompressed(offset, data)))
   }
 
   flush(): Promise<void> {
@@ -178,7 +179,7 @@ class OpenedImage implements QcowImage {
   }
 
   check(options?: { readonly repair?: "leaks" | "all" }): Promise<CheckResult> {
-    return this.#request(this.#image.check(options))
+    return this.#request(Effect.andThen(Arguments.repairMode(this.location, options?.repair), this.#image.check(options)))
   }
 
   info(): Promise<ImageInfo>
@@ -219,12 +220,12 @@ class OpenedImage implements QcowImage {
 export async function open(name: string, options: OpenOptions = {}): Promise<QcowImage> {
   const scope = Scope.makeUnsafe()
   const opened = Effect.suspend(() => {
-    const effect = openImage(name, {
+    const effect = Effect.andThen(Arguments.inputFormat(name, options.format), openImage(name, {
       readOnly: options.readOnly ?? isUrl(name),
       ...(options.format !== undefined ? { format: options.format } : {}),
       ...(options.openBacking !== undefined ? { openBacking: options.openBacking } : {}),
       ...(options.passphrase !== undefined ? { passphrase: passphraseBytes(options.passphrase) } : {})
-    })
+    }))
     return publicErrors(Scope.provide(scope)(effect))
   })
   try {

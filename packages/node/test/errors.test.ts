@@ -3,12 +3,12 @@
  * the Effect API's `_tag` and `reason`, for damaged images, bad requests
  * and closed handles.
  */
-import { openSync, readSync, writeSync, closeSync, writeFileSync } from "node:fs"
+import { closeSync, existsSync, openSync, readSync, writeFileSync, writeSync } from "node:fs"
 import { afterAll, describe, expect, it } from "vitest"
 import { ImageError as EffectImageError } from "@qcow2/image"
-import { create, open, ImageClosedError, ImageError, NoSpaceError, Qcow2Error, WrongPassphraseError } from "../src/index.js"
+import { convert, create, open, ImageClosedError, ImageError, NoSpaceError, Qcow2Error, WrongPassphraseError } from "../src/index.js"
 import { fromImageError } from "../src/internal/runtime.js"
-import { qemuIo, qemuImg, tempDir } from "./helpers.js"
+import { qemuCheck, qemuIo, qemuImg, tempDir } from "./helpers.js"
 
 /** What a promise rejects with (fails the test if it resolves). */
 const rejection = async (promise: Promise<unknown>): Promise<unknown> => {
@@ -100,6 +100,38 @@ describe("errors", () => {
     // The write in flight when close() was called landed.
     await using again = await open(path)
     expect((await again.read(0, 4096)).every((b) => b === 3)).toBe(true)
+  })
+
+  it("a full disk: a write to an image whose data file is /dev/full rejects with NoSpaceError (errno ENOSPC), and the image stays consistent", async () => {
+    const path = tmp.path("full.qcow2")
+    qemuImg("create", "-q", "-f", "qcow2", "-o", `data_file=${tmp.path("full.data")}`, path, "1M")
+    qemuImg("amend", "-o", "data_file=/dev/full", path)
+    const img = await open(path)
+    const e = await rejection(img.write(0, new Uint8Array(65536).fill(1)))
+    expect(e).toBeInstanceOf(NoSpaceError)
+    expect(e).toMatchObject({ _tag: "ImageError", reason: "Storage", errno: "ENOSPC" })
+    // fsync of /dev/full fails (EINVAL); close() still closes every file.
+    await rejection(img.close())
+    expect(img.closed).toBe(true)
+    expect(qemuCheck(path).exitCode).toBe(0)
+  })
+
+  it("arguments only a JavaScript caller can get wrong reject with reason InvalidArgument and qemu-img's words", async () => {
+    const path = tmp.path("args.qcow2")
+    await create(path, { size: 1 << 20 })
+    const invalid = (message: string) => ({ _tag: "ImageError", reason: "InvalidArgument", message })
+    // Casts stand for untyped callers.
+    expect(await rejection(create(tmp.path("x.vmdk"), { format: "vmdk" as "raw", size: 1 << 20 }))).toMatchObject(invalid(`${tmp.path("x.vmdk")}: Unknown file format 'vmdk'`))
+    expect(existsSync(tmp.path("x.vmdk"))).toBe(false)
+    expect(await rejection(open(path, { format: "vmdk" as "raw" }))).toMatchObject(invalid(`Could not open '${path}': Unknown driver 'vmdk'`))
+    expect(await rejection(convert(path, tmp.path("y"), { format: "vmdk" as "raw" }))).toMatchObject(invalid(`Could not open '${path}': Unknown driver 'vmdk'`))
+    expect(await rejection(convert(path, tmp.path("y"), { outFormat: "vmdk" as "raw" }))).toMatchObject(invalid("Unknown file format 'vmdk'"))
+    expect(existsSync(tmp.path("y"))).toBe(false)
+    await using img = await open(path)
+    expect(await rejection(img.write(0, "text" as unknown as Uint8Array))).toMatchObject(invalid("expected a Uint8Array"))
+    expect(await rejection(img.writeCompressed(0, [1, 2] as unknown as Uint8Array))).toMatchObject(invalid("expected a Uint8Array"))
+    expect(await rejection(img.readInto(0, new ArrayBuffer(8) as unknown as Uint8Array))).toMatchObject(invalid("expected a Uint8Array"))
+    expect(await rejection(img.check({ repair: "some" as "all" }))).toMatchObject(invalid("Unknown option value for -r (expecting 'leaks' or 'all'): some"))
   })
 
   it("picks the class by reason, errno and cause", () => {

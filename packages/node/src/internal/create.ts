@@ -6,6 +6,7 @@ import { Effect } from "effect"
 import { createImage, createLuksImage, ImageError as EffectImageError, type CreateOptions as DriverCreateOptions } from "@qcow2/image"
 import { StorageOpener } from "@qcow2/storage"
 import type { CreateOptions, LuksOptions, Qcow2CreateOptions, RawCreateOptions } from "../options.js"
+import { outputFormat } from "./arguments.js"
 import { passphraseBytes } from "./runtime.js"
 
 const invalid = (location: string, message: string) => new EffectImageError({ reason: "InvalidArgument", message, location })
@@ -63,6 +64,7 @@ const qcow2Options = (o: Qcow2CreateOptions, size: number | undefined): DriverCr
 /** The Effect that creates `path` as `options` say (used by `create` and `convert`). */
 export const createEffect = (path: string, options: CreateOptions) =>
   Effect.gen(function* () {
+    yield* outputFormat(path, options.format, ["qcow2", "raw", "luks"], (format) => `${path}: Unknown file format '${format}'`)
     const size = yield* sectorSize(path, options.size)
     switch (options.format) {
       case "raw":
