@@ -21,13 +21,23 @@ export interface Manifest {
   readonly keywords?: readonly string[]
   readonly engines?: Record<string, string>
   readonly sideEffects?: boolean
-  readonly exports?: Record<string, Record<string, string>>
+  readonly exports?: Record<string, ExportTarget>
   readonly bin?: Record<string, string>
   readonly files?: readonly string[]
   readonly dependencies?: Record<string, string>
   readonly peerDependencies?: Record<string, string>
   readonly peerDependenciesMeta?: Record<string, { readonly optional?: boolean }>
 }
+
+/** An `exports` entry: a path, or conditions (types, browser, node, default, …) mapping to entries. */
+export type ExportTarget = string | { readonly [condition: string]: ExportTarget }
+
+/** Every path an `exports` entry can resolve to, under any condition. */
+export const exportPaths = (target: ExportTarget): string[] => (typeof target === "string" ? [target] : Object.values(target).flatMap(exportPaths))
+
+/** An `exports` map without the workspace's dev-time `@qcow2/source` condition (what the published one must equal). */
+export const withoutSourceCondition = (target: ExportTarget): ExportTarget =>
+  typeof target === "string" ? target : Object.fromEntries(Object.entries(target).filter(([condition]) => condition !== "@qcow2/source").map(([condition, inner]) => [condition, withoutSourceCondition(inner)]))
 
 export const readManifest = (dir: string): Manifest => JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as Manifest
 
