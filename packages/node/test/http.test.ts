@@ -1,8 +1,15 @@
 /**
  * Images opened by http:// URL through the Promise API, served by a
- * loopback node:http server the test starts (Range requests, ETags).
+ * loopback node:http server the test starts (Range requests, ETags), and
+ * by https:// through a TLS front to that server with a certificate
+ * openssl makes at test time.
  */
+import { execFile, execFileSync } from "node:child_process"
 import { readFileSync } from "node:fs"
+import { createConnection, type AddressInfo } from "node:net"
+import { resolve } from "node:path"
+import { createServer as createTlsServer, type Server as TlsServer } from "node:tls"
+import { promisify } from "node:util"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { TestServer } from "../../storage-http/test/server.js"
 import { convert, open, ImageError } from "../src/index.js"
@@ -56,5 +63,59 @@ describe("open over HTTP", () => {
 
   it("a URL that is not there rejects with reason Storage", async () => {
     await expect(open(server.url("/images/missing.qcow2"))).rejects.toMatchObject({ _tag: "ImageError", reason: "Storage" })
+  })
+})
+
+describe("open over HTTPS", () => {
+  const tmp = tempDir()
+  const server = new TestServer()
+  let tls: TlsServer | undefined
+  let url = ""
+
+  beforeAll(async () => {
+    await server.start()
+    qemuImg("create", "-q", "-f", "qcow2", tmp.path("img.qcow2"), "2M")
+    qemuIo("-f", "qcow2", "-c", "write -P 0x71 64k 300k", tmp.path("img.qcow2"))
+    const path = new URL(server.put("/img.qcow2", new Uint8Array(readFileSync(tmp.path("img.qcow2"))))).pathname
+    execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+      "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", tmp.path("key.pem"), "-out", tmp.path("cert.pem")], { stdio: "ignore" })
+    // TLS in front of the plain test server: each connection is piped to it.
+    const front = createTlsServer({ key: readFileSync(tmp.path("key.pem")), cert: readFileSync(tmp.path("cert.pem")) }, (socket) => {
+      const upstream = createConnection(server.port, "127.0.0.1")
+      socket.pipe(upstream).pipe(socket)
+      const destroy = () => (socket.destroy(), upstream.destroy())
+      socket.on("error", destroy)
+      upstream.on("error", destroy)
+    })
+    await new Promise<void>((done) => front.listen(0, "127.0.0.1", done))
+    tls = front
+    url = `https://127.0.0.1:${(front.address() as AddressInfo).port}${path}`
+  })
+  afterAll(async () => {
+    await new Promise((done) => (tls !== undefined ? tls.close(done) : done(undefined)))
+    await server.stop()
+    tmp.cleanup()
+  })
+
+  it("reads and converts an https:// image in a process that trusts the certificate", async () => {
+    const dist = resolve(import.meta.dirname, "../dist/index.js")
+    const script = `
+      import { convert, open } from ${JSON.stringify(dist)}
+      const img = await open(process.argv[1])
+      const info = await img.info()
+      await img.close()
+      await convert(process.argv[1], process.argv[2])
+      console.log(info.format, info["virtual-size"])`
+    // Asynchronously: the servers run in this process.
+    const { stdout } = await promisify(execFile)(process.execPath, ["--input-type=module", "-e", script, url, tmp.path("img.raw")], {
+      encoding: "utf8",
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: tmp.path("cert.pem") }
+    })
+    expect(stdout).toBe("qcow2 2097152\n")
+    expect(qemuCompare("-f", "raw", "-F", "qcow2", tmp.path("img.raw"), tmp.path("img.qcow2"))).toBe(0)
+  })
+
+  it("an untrusted certificate rejects the open with reason Storage", async () => {
+    await expect(open(url)).rejects.toMatchObject({ _tag: "ImageError", reason: "Storage" })
   })
 })
