@@ -183,6 +183,9 @@ describe("packed tarballs installed with npm outside the workspace", () => {
 
   it("the CLI installs as the qcow2 bin: --version runs and info gives qemu-img's JSON", () => {
     const bin = join(project, "node_modules/.bin/qcow2")
+    // Only `qcow2`: installing the CLI must not shadow QEMU's own qemu-img / qemu-io.
+    expect(Object.keys(readManifest(installed("@qcow2/cli")).bin ?? {})).toEqual(["qcow2"])
+    expect(existsSync(join(project, "node_modules/.bin/qemu-img"))).toBe(false)
     const version = spawnSync(bin, ["--version"], { encoding: "utf8" })
     expect(version.status).toBe(0)
     expect(version.stdout).toContain(readManifest(installed("@qcow2/cli")).version)
