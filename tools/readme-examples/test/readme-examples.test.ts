@@ -76,7 +76,9 @@ const workDir = (): { dir: string; env: NodeJS.ProcessEnv } => {
   fs.mkdirSync(bin)
   const shim = `#!/bin/sh\nexec "${process.execPath}" "${CLI_BUNDLE}" "$@"\n`
   for (const file of [path.join(bin, "qcow2"), path.join(dir, "qcow2")]) fs.writeFileSync(file, shim, { mode: 0o755 })
-  return { dir, env: { ...process.env, PATH: `${bin}:${process.env["PATH"]}` } }
+  // Without node_modules/.bin (where a workspace package's bin could shadow qemu-img): the oracle is QEMU's.
+  const searchPath = (process.env["PATH"] ?? "").split(":").filter((p) => !p.includes("node_modules"))
+  return { dir, env: { ...process.env, PATH: [bin, ...searchPath].join(":") } }
 }
 
 const describeRun = (what: string, r: ReturnType<typeof spawnSync>): string =>
