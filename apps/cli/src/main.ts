@@ -24,8 +24,9 @@ import { Effect, Exit, Runtime } from "effect"
 import { normalizeArgv } from "./argv.js"
 import { fastParse } from "./cli/fast.js"
 import type { Parsed } from "./cli/spec.js"
-import { exitStatus, flushOutput } from "./output.js"
-import { qemuIoArguments } from "./progname.js"
+import { helpText, rootAction, versionText, type RootAction } from "./cli/root.js"
+import { eprint, exitStatus, flushOutput, print } from "./output.js"
+import { programName, qemuIoArguments } from "./progname.js"
 
 const run = (p: Parsed): Effect.Effect<void> =>
   Effect.promise(() => import("./cli/dispatch.js")).pipe(Effect.flatMap((d) => d.execute(d.commandBody(p), d.hasSecrets(p))))
@@ -36,8 +37,24 @@ const runQemuIo = (args: ReadonlyArray<string>): Effect.Effect<void> =>
     Effect.flatMap(([d, io]) => d.execute(io.runQemuIo(args), io.qemuIoHasSecrets(args)))
   )
 
+/** `qcow2`, `qcow2 -V`, `qcow2 --help`, `qcow2 -x`: answered here, as qemu-img answers them (cli/root.ts). */
+const runRoot = (action: Exclude<RootAction, { kind: "command" }>): Effect.Effect<void> =>
+  Effect.sync(() => {
+    switch (action.kind) {
+      case "help":
+        return print(helpText(programName))
+      case "version":
+        return print(versionText(programName))
+      case "usage":
+        eprint(`${programName}: ${action.message}\nTry '${programName} --help' for more information\n`)
+        exitStatus.code = 1
+    }
+  })
+
 const parseAndRun = (): Effect.Effect<void> => {
   const argv = normalizeArgv(process.argv.slice(2))
+  const root = rootAction(argv)
+  if (root.kind !== "command") return runRoot(root)
   const parsed = fastParse(argv)
   return parsed !== undefined ? run(parsed) : Effect.promise(() => import("./cli/effect-cli.js")).pipe(Effect.flatMap((m) => m.runWithEffectCli(argv, run)))
 }

@@ -5,7 +5,7 @@
  * help and error messages, and a fine command line parses the same way.
  */
 import { Cause, Effect, Option } from "effect"
-import { Argument, CliOutput, Command, Flag } from "effect/cli"
+import { Argument, CliConfig, CliOutput, Command, Flag, GlobalFlag } from "effect/cli"
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import { describeCause } from "../errors.js"
 import { eprint, exitStatus, print } from "../output.js"
@@ -101,6 +101,10 @@ export const runWithEffectCli = <R>(argv: ReadonlyArray<string>, run: (parsed: P
   }
   return Command.runWith(rootCommand(run), { version: VERSION })(argv).pipe(
     Effect.provide(CliOutput.layerPresenter(presenter)),
+    // `--help` is the only built-in flag: `-V`/`--version` come before the
+    // subcommand (cli/root.ts), and --wizard, --completions and --log-level
+    // are not options of this tool.
+    Effect.provide(CliConfig.layer({ builtIns: [GlobalFlag.Help] })),
     Effect.provide(NodeServices.layer),
     Effect.catchCause((cause) =>
       Effect.sync(() => {
