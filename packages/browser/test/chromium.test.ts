@@ -1,0 +1,155 @@
+/**
+ * @qcow2/browser, the storage backends and the Web Worker compression pool
+ * in real Chromium (Debian's), with qemu-img as the oracle: the shared
+ * BlockStorage conformance suite against IndexedDB and Blob stores, pool
+ * output that decodes to its input, and images converted or compressed in
+ * the page that pass `qemu-img check` and `compare`.
+ */
+import { execFileSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import type { Browser, Page } from "playwright-core"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { bundlePage, openPage, servePage, type PageServer } from "./harness.js"
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "qcow2-browser-"))
+const qemu = (tool: string, ...args: string[]) => execFileSync(tool, args, { cwd: dir, encoding: "utf8" })
+/** Exit code of a qemu-img command (0 = clean / identical). */
+const qemuStatus = (...args: string[]): number => {
+  try {
+    execFileSync("qemu-img", args, { cwd: dir, stdio: "pipe" })
+    return 0
+  } catch (e) {
+    return (e as { status: number }).status
+  }
+}
+
+let server: PageServer
+let browser: Browser
+let page: Page
+
+beforeAll(async () => {
+  await bundlePage(dir)
+  qemu("qemu-img", "create", "-f", "qcow2", "base.qcow2", "4M")
+  qemu("qemu-io", "-c", "write -P 0x41 0 1M", "-c", "write -P 0x42 3M 64k", "-c", "write -z 2M 64k", "base.qcow2")
+  server = await servePage(dir)
+  ;({ browser, page } = await openPage(server.url))
+})
+
+afterAll(async () => {
+  await browser?.close()
+  await server?.close()
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+
+/** Writes what the page returned (base64) into the test directory. */
+const saveBase64 = (name: string, base64: string): string => {
+  fs.writeFileSync(path.join(dir, name), Buffer.from(base64, "base64"))
+  return name
+}
+
+describe("in Chromium", () => {
+  it("IndexedDB and Blob stores pass the shared BlockStorage conformance suite", async () => {
+    const outcomes = await page.evaluate(() => window.qcow2Test.conformance())
+    expect(outcomes.filter((o) => !o.ok)).toEqual([])
+    expect(outcomes.filter((o) => o.name.includes("IndexedDB")).length).toBeGreaterThan(30)
+    expect(outcomes.filter((o) => o.name.includes("Blob")).length).toBeGreaterThan(5)
+  })
+
+  it("the Web Worker pool gives the portable codec's bytes, which decode to the input", async () => {
+    const report = await page.evaluate(() => window.qcow2Test.poolRoundTrip())
+    expect(report.runtime).toBe("browser")
+    expect(report.mismatches).toEqual([])
+    expect(report.clusters).toBe(2 * (3 * 8 + 2))
+    expect(report.compressed).toBeGreaterThan(30)
+  })
+
+  for (const compressionType of ["zlib", "zstd"] as const) {
+    it(`an image opened by URL and exported compressed (${compressionType}, Web Workers) passes qemu-img check and compare`, async () => {
+      const base64 = await page.evaluate(
+        async ({ url, compressionType }) => {
+          const t = window.qcow2Test
+          const sink = t.collector()
+          const phases = new Set<string>()
+          await t.api.convert(url, sink.stream, { outFormat: "qcow2", compress: true, targetOptions: { compressionType }, onProgress: (p) => void phases.add(p.phase) })
+          if (!phases.has("convert") || !phases.has("write")) throw new Error(`progress phases: ${[...phases].join(",")}`)
+          return t.toBase64(sink.bytes())
+        },
+        { url: `${server.url}/base.qcow2`, compressionType }
+      )
+      const name = saveBase64(`export-${compressionType}.qcow2`, base64)
+      const info = JSON.parse(qemu("qemu-img", "info", "--output=json", name))
+      expect(info["format-specific"].data["compression-type"]).toBe(compressionType)
+      expect(qemuStatus("check", name)).toBe(0)
+      expect(qemuStatus("compare", "base.qcow2", name)).toBe(0)
+      // Every data cluster (1 MiB + 64 KiB in 64 KiB clusters) is stored compressed.
+      const check = JSON.parse(qemu("qemu-img", "check", "--output=json", name))
+      expect([check["allocated-clusters"], check["compressed-clusters"]]).toEqual([17, 17])
+    })
+  }
+
+  it("info and map of an image opened by URL are qemu-img's", async () => {
+    const got = await page.evaluate(async (url) => {
+      const img = await window.qcow2Test.api.open(url)
+      try {
+        return { info: await img.info(), map: await img.map(), readOnly: img.readOnly }
+      } finally {
+        await img.close()
+      }
+    }, `${server.url}/base.qcow2`)
+    const expected = JSON.parse(qemu("qemu-img", "info", "--output=json", "base.qcow2"))
+    expect(got.readOnly).toBe(true)
+    expect({ ...got.info, filename: "", "actual-size": 0 }).toEqual({ ...expected, filename: "", "actual-size": 0 })
+    const expectedMap = (JSON.parse(qemu("qemu-img", "map", "--output=json", "base.qcow2")) as Array<Record<string, unknown>>).map(({ filename: _, ...e }) => e)
+    expect(got.map).toEqual(expectedMap)
+  })
+
+  it("an IndexedDB overlay over a URL keeps its writes, reopens only with the base allowed, and exports as raw", async () => {
+    const url = `${server.url}/base.qcow2`
+    const result = await page.evaluate(async (url) => {
+      const { api, collector, toBase64 } = window.qcow2Test
+      const name = "idb://vm/overlay.qcow2"
+      await api.create(name, { backingFile: url, backingFormat: "qcow2" })
+      const img = await api.open(name, { allow: [url] })
+      await img.write(1536 * 1024, new Uint8Array(65536).fill(0x55))
+      await img.writeZeroes(0, 4096)
+      await img.close()
+      // Without the user's approval the overlay may not reach another origin.
+      const refused = await api.open(name).then(
+        (i) => i.close().then(() => "opened"),
+        (e: InstanceType<typeof api.ImageError>) => `${e instanceof api.ImageError ? e.name : "?"} ${e.reason}`
+      )
+      const sink = collector()
+      await api.convert(name, sink.stream, { allow: [url] })
+      const listed = (await api.listImages("vm")).map((s) => s.location)
+      await api.deleteImage(name)
+      return { refused, raw: toBase64(sink.bytes()), listed }
+    }, url)
+    expect(result.refused).toBe("ImageError BackingChain")
+    expect(result.listed).toEqual(["idb://vm/overlay.qcow2"])
+    qemu("qemu-img", "convert", "-O", "raw", "base.qcow2", "expected.raw")
+    qemu("qemu-io", "-f", "raw", "-c", "write -P 0x55 1536k 64k", "-c", "write -z 0 4k", "expected.raw")
+    const name = saveBase64("overlay.raw", result.raw)
+    expect(qemuStatus("compare", "-f", "raw", "-F", "raw", "expected.raw", name)).toBe(0)
+  })
+
+  it("a picked file (Blob) opens read-only with its data", async () => {
+    const got = await page.evaluate(async (url) => {
+      const { api } = window.qcow2Test
+      const file = new File([await (await fetch(url)).blob()], "base.qcow2")
+      const img = await api.open(file)
+      try {
+        const bytes = await img.read(3 * 1024 * 1024, 4)
+        const write = await img.write(0, new Uint8Array(512)).then(
+          () => "written",
+          (e: InstanceType<typeof api.ImageError>) => e.reason
+        )
+        return { location: img.location, readOnly: img.readOnly, bytes: [...bytes], write }
+      } finally {
+        await img.close()
+      }
+    }, `${server.url}/base.qcow2`)
+    expect(got).toEqual({ location: "picked:base.qcow2", readOnly: true, bytes: [0x42, 0x42, 0x42, 0x42], write: "ReadOnly" })
+  })
+})
