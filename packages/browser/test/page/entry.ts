@@ -111,55 +111,61 @@ const timed = async (body: () => Promise<void>): Promise<number> => {
   return (performance.now() - start) / 1000
 }
 
+/** Random 4 KiB-aligned offsets in a store of `size` bytes, from `seed`. */
+const randomOffsets = (size: number, seed: number) => {
+  let s = seed
+  return () => {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0
+    return (s % (size / 4096)) * 4096
+  }
+}
+
+type IdbStore = Effect.Success<ReturnType<typeof openIdbStorage>>
+
+/** Seconds `body` takes on store `name` of database "bench" (created when writable), opened for the call. */
+const onBenchStore = (name: string, readOnly: boolean, body: (store: IdbStore) => Effect.Effect<void, unknown>) =>
+  timed(() => Effect.runPromise(Effect.scoped(Effect.flatMap(openIdbStorage("bench", name, { readOnly, create: !readOnly }), body))))
+
 /**
- * IndexedDB throughput on the real browser store (default chunk size):
- * sequential 1 MiB writes with a flush every `flushEvery` MiB, then random
- * 4 KiB writes (flushed at the end) and random 4 KiB reads.
+ * IndexedDB measurements on the real browser store (default chunk size),
+ * one step per call so the test can take the browser's CPU time around
+ * each: sequential 1 MiB writes with a flush every `flushEvery` MiB; random
+ * 4 KiB writes, flushed at the end; random 4 KiB reads on a fresh handle
+ * (empty chunk cache). Each returns its wall seconds.
  */
-const idbBench = async (mib: number, flushEvery: number, randomOps: number) => {
-  const name = `bench-${Date.now()}`
-  const size = mib << 20
-  const randomOffsets = (seed: number) => {
-    let s = seed
-    return () => {
-      s = (Math.imul(s, 1103515245) + 12345) >>> 0
-      return (s % (size / 4096)) * 4096
-    }
-  }
-  const withStore = (readOnly: boolean, body: (store: Effect.Success<ReturnType<typeof openIdbStorage>>) => Effect.Effect<void, unknown>) =>
-    timed(() => Effect.runPromise(Effect.scoped(Effect.flatMap(openIdbStorage("bench", name, { readOnly, create: !readOnly }), body))))
-  const piece = patternBytes(1 << 20, 7)
-  const small = patternBytes(4096, 9)
-  const sequential = await withStore(false, (store) =>
-    Effect.gen(function* () {
-      for (let i = 0; i < mib; i++) {
-        yield* store.write(i << 20, piece)
-        if ((i + 1) % flushEvery === 0) yield* store.flush()
-      }
-      yield* store.flush()
-    })
-  )
-  const writes = await withStore(false, (store) =>
-    Effect.gen(function* () {
-      const next = randomOffsets(1)
-      for (let i = 0; i < randomOps; i++) yield* store.write(next(), small)
-      yield* store.flush()
-    })
-  )
-  // A fresh handle: the reads start with an empty chunk cache.
-  const reads = await withStore(true, (store) =>
-    Effect.gen(function* () {
-      const next = randomOffsets(2)
-      const into = new Uint8Array(4096)
-      for (let i = 0; i < randomOps; i++) yield* store.read(next(), into)
-    })
-  )
-  await Effect.runPromise(Effect.ignore(deleteIdbStore("bench", name)))
-  return {
-    sequentialWriteMBps: size / 1e6 / sequential,
-    randomWriteIops: randomOps / writes,
-    randomReadIops: randomOps / reads
-  }
+const idbBench = {
+  sequential: (name: string, mib: number, flushEvery: number) => {
+    const piece = patternBytes(1 << 20, 7)
+    return onBenchStore(name, false, (store) =>
+      Effect.gen(function* () {
+        for (let i = 0; i < mib; i++) {
+          yield* store.write(i << 20, piece)
+          if ((i + 1) % flushEvery === 0) yield* store.flush()
+        }
+        yield* store.flush()
+      })
+    )
+  },
+  randomWrites: (name: string, mib: number, ops: number) => {
+    const small = patternBytes(4096, 9)
+    const next = randomOffsets(mib << 20, 1)
+    return onBenchStore(name, false, (store) =>
+      Effect.gen(function* () {
+        for (let i = 0; i < ops; i++) yield* store.write(next(), small)
+        yield* store.flush()
+      })
+    )
+  },
+  randomReads: (name: string, mib: number, ops: number) => {
+    const into = new Uint8Array(4096)
+    const next = randomOffsets(mib << 20, 2)
+    return onBenchStore(name, true, (store) =>
+      Effect.gen(function* () {
+        for (let i = 0; i < ops; i++) yield* store.read(next(), into)
+      })
+    )
+  },
+  remove: (name: string) => Effect.runPromise(Effect.ignore(deleteIdbStore("bench", name)))
 }
 
 declare global {
