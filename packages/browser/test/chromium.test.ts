@@ -34,6 +34,8 @@ beforeAll(async () => {
   qemu("qemu-img", "create", "-f", "qcow2", "base.qcow2", "4M")
   qemu("qemu-io", "-c", "write -P 0x41 0 1M", "-c", "write -P 0x42 3M 64k", "-c", "write -z 2M 64k", "base.qcow2")
   server = await servePage(dir)
+  // Names its backing file on another origin (localhost is not 127.0.0.1).
+  qemu("qemu-img", "create", "-f", "qcow2", "-u", "-b", `${server.url.replace("127.0.0.1", "localhost")}/base.qcow2`, "-F", "qcow2", "hostile.qcow2", "4M")
   ;({ browser, page } = await openPage(server.url))
 })
 
@@ -132,6 +134,40 @@ describe("in Chromium", () => {
     qemu("qemu-io", "-f", "raw", "-c", "write -P 0x55 1536k 64k", "-c", "write -z 0 4k", "expected.raw")
     const name = saveBase64("overlay.raw", result.raw)
     expect(qemuStatus("compare", "-f", "raw", "-F", "raw", "expected.raw", name)).toBe(0)
+  })
+
+  it("a hostile image cannot reach another origin or another database unless the caller allows it", async () => {
+    const hostile = `${server.url}/hostile.qcow2`
+    const other = `${server.url.replace("127.0.0.1", "localhost")}/base.qcow2`
+    const got = await page.evaluate(
+      async ({ hostile, other, base }) => {
+        const { api } = window.qcow2Test
+        const outcome = (p: Promise<{ close(): Promise<void> }>) =>
+          p.then(
+            (img) => img.close().then(() => "opened"),
+            (e: Error & { reason?: string }) => `${e.name} ${e.reason}: ${e.message}`
+          )
+        // Another database: created with its base approved, reopened without.
+        await api.create("idb://a/base.qcow2", { size: 1 << 20 })
+        await api.create("idb://b/top.qcow2", { backingFile: "idb://a/base.qcow2", backingFormat: "qcow2" })
+        const result = {
+          otherOrigin: await outcome(api.open(hostile)),
+          otherOriginAllowed: await outcome(api.open(hostile, { allow: [other] })),
+          otherDatabase: await outcome(api.open("idb://b/top.qcow2")),
+          otherDatabaseAllowed: await outcome(api.open("idb://b/top.qcow2", { allow: ["idb://a/base.qcow2"] })),
+          sameOrigin: await outcome(api.open(base))
+        }
+        await api.deleteImage("idb://a/base.qcow2")
+        await api.deleteImage("idb://b/top.qcow2")
+        return result
+      },
+      { hostile, other, base: `${server.url}/base.qcow2` }
+    )
+    expect(got.otherOrigin).toMatch(/^ImageError BackingChain: .*blocked by the opening policy/)
+    expect(got.otherOriginAllowed).toBe("opened")
+    expect(got.otherDatabase).toMatch(/^ImageError BackingChain: .*idb:\/\/a\/base\.qcow2.*blocked by the opening policy/)
+    expect(got.otherDatabaseAllowed).toBe("opened")
+    expect(got.sameOrigin).toBe("opened")
   })
 
   it("a picked file (Blob) opens read-only with its data", async () => {

@@ -53,15 +53,26 @@ export interface PageServer {
   close(): Promise<void>
 }
 
+/** Lets pages of other origins read images (the cross-origin backing file a user approved). */
+const CORS = {
+  "Access-Control-Allow-Origin": "*",
+  "Access-Control-Allow-Headers": "Range",
+  "Access-Control-Expose-Headers": "Content-Range, Accept-Ranges, Content-Length"
+}
+
 export const servePage = (dir: string): Promise<PageServer> => {
   const server = http.createServer((req, res) => {
+    if (req.method === "OPTIONS") {
+      res.writeHead(204, CORS).end()
+      return
+    }
     const file = path.join(dir, path.normalize(decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname)))
     if (!file.startsWith(dir) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
       res.writeHead(404).end()
       return
     }
     const size = fs.statSync(file).size
-    const headers = { "Content-Type": TYPES[path.extname(file)] ?? "application/octet-stream", "Accept-Ranges": "bytes" }
+    const headers = { ...CORS, "Content-Type": TYPES[path.extname(file)] ?? "application/octet-stream", "Accept-Ranges": "bytes" }
     const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "")
     if (range === null) {
       res.writeHead(200, { ...headers, "Content-Length": String(size) })
