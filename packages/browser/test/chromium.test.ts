@@ -91,6 +91,23 @@ describe("in Chromium", () => {
     })
   }
 
+  it("an export aborted through its signal rejects with AbortError, aborts the stream and leaves no scratch store", async () => {
+    const got = await page.evaluate(async (url) => {
+      const { api } = window.qcow2Test
+      const controller = new AbortController()
+      let aborted = "no"
+      const stream = new WritableStream<Uint8Array>({ abort: (reason) => void (aborted = `yes: ${reason?.name}`) })
+      const error = await api
+        .convert(url, stream, { outFormat: "qcow2", compress: true, parallel: 1, scratchDatabase: "abort-scratch", onProgress: () => controller.abort(), signal: controller.signal })
+        .then(
+          () => "resolved",
+          (e: Error) => `${e.name}: ${e instanceof api.AbortError}`
+        )
+      return { error, aborted, left: (await api.listImages("abort-scratch")).length }
+    }, `${server.url}/base.qcow2`)
+    expect(got).toEqual({ error: "AbortError: true", aborted: "yes: AbortError", left: 0 })
+  })
+
   it("info and map of an image opened by URL are qemu-img's", async () => {
     const got = await page.evaluate(async (url) => {
       const img = await window.qcow2Test.api.open(url)
