@@ -34,6 +34,10 @@ beforeAll(async () => {
   qemu("qemu-img", "create", "-f", "qcow2", "base.qcow2", "4M")
   qemu("qemu-io", "-c", "write -P 0x41 0 1M", "-c", "write -P 0x42 3M 64k", "-c", "write -z 2M 64k", "base.qcow2")
   server = await servePage(dir)
+  qemu("qemu-img", "create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2")
+  qemu("qemu-io", "-c", "write -P 0x43 512k 4k", "top.qcow2")
+  qemu("qemu-img", "create", "-f", "qcow2", "--object", "secret,id=s0,data=hunter2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", "luks.qcow2", "1M")
+  qemu("qemu-io", "--object", "secret,id=s0,data=hunter2", "--image-opts", "-c", "write -P 0x66 64k 64k", "driver=qcow2,file.filename=luks.qcow2,encrypt.key-secret=s0")
   // Names its backing file on another origin (localhost is not 127.0.0.1).
   qemu("qemu-img", "create", "-f", "qcow2", "-u", "-b", `${server.url.replace("127.0.0.1", "localhost")}/base.qcow2`, "-F", "qcow2", "hostile.qcow2", "4M")
   ;({ browser, page } = await openPage(server.url))
@@ -185,6 +189,36 @@ describe("in Chromium", () => {
     expect(got.otherDatabase).toMatch(/^ImageError BackingChain: .*idb:\/\/a\/base\.qcow2.*blocked by the opening policy/)
     expect(got.otherDatabaseAllowed).toBe("opened")
     expect(got.sameOrigin).toBe("opened")
+  })
+
+  it("picked files: an overlay finds its backing file among them; an encrypted image needs its passphrase", async () => {
+    const got = await page.evaluate(async (url) => {
+      const { api } = window.qcow2Test
+      const file = async (name: string) => new File([await (await fetch(`${url}/${name}`)).blob()], name)
+      const [top, base, luks] = [await file("top.qcow2"), await file("base.qcow2"), await file("luks.qcow2")]
+      const img = await api.open(top, { files: [base] })
+      const read = async (i: { read(o: number, l: number): Promise<Uint8Array> }, offset: number) => [...(await i.read(offset, 2))]
+      const overlay = { own: await read(img, 512 * 1024), backing: await read(img, 3 * 1024 * 1024) }
+      await img.close()
+      const alone = await api.open(top).then(
+        (i) => i.close().then(() => "opened"),
+        (e: Error & { reason?: string }) => `${e.name} ${e.reason}`
+      )
+      const wrong = await api.open(luks, { passphrase: "nope" }).then(
+        (i) => i.close().then(() => "opened"),
+        (e: Error) => `${e.name} ${e instanceof api.WrongPassphraseError}`
+      )
+      const encrypted = await api.open(luks, { passphrase: "hunter2" })
+      const decrypted = await read(encrypted, 64 * 1024)
+      await encrypted.close()
+      return { overlay, alone, wrong, decrypted }
+    }, server.url)
+    expect(got).toEqual({
+      overlay: { own: [0x43, 0x43], backing: [0x42, 0x42] },
+      alone: "ImageError BackingChain",
+      wrong: "WrongPassphraseError true",
+      decrypted: [0x66, 0x66]
+    })
   })
 
   it("a picked file (Blob) opens read-only with its data", async () => {
