@@ -6,8 +6,8 @@ import { Effect } from "effect"
 import { createImage, createLuksImage, ImageError as EffectImageError, type CreateOptions as DriverCreateOptions } from "@qcow2/image"
 import { StorageOpener } from "@qcow2/storage"
 import type { CreateOptions, LuksOptions, Qcow2CreateOptions, RawCreateOptions } from "../options.js"
+import { passphraseBytes } from "../runtime.js"
 import { outputFormat } from "./arguments.js"
-import { passphraseBytes } from "./runtime.js"
 
 const invalid = (location: string, message: string) => new EffectImageError({ reason: "InvalidArgument", message, location })
 

@@ -26,11 +26,12 @@ export type { ImageErrorReason }
 export class Qcow2Error extends Error {
   /** The tag of the corresponding Effect error (or of this error's kind). */
   readonly _tag: string
+  // Each class names itself: `new.target.name` would be whatever a bundler renamed the class to.
+  override name = "Qcow2Error"
 
   constructor(tag: string, message: string, options?: { readonly cause?: unknown }) {
     super(message, options?.cause !== undefined ? { cause: options.cause } : undefined)
     this._tag = tag
-    this.name = new.target.name
   }
 }
 
@@ -49,6 +50,7 @@ export interface ImageErrorDetails {
 /** An image problem: the Effect API's `ImageError` (same `_tag` "ImageError" and `reason`). */
 export class ImageError extends Qcow2Error {
   declare readonly _tag: "ImageError"
+  override name = "ImageError"
   readonly reason: ImageErrorReason
   readonly location: string | undefined
   readonly offset: number | undefined
@@ -64,14 +66,19 @@ export class ImageError extends Qcow2Error {
 }
 
 /** No active LUKS key slot accepted the passphrase (reason "Encryption"). */
-export class WrongPassphraseError extends ImageError {}
+export class WrongPassphraseError extends ImageError {
+  override name = "WrongPassphraseError"
+}
 
 /** The disk is full (errno ENOSPC), or host offsets would pass the format's limit (reason "NoSpace"). */
-export class NoSpaceError extends ImageError {}
+export class NoSpaceError extends ImageError {
+  override name = "NoSpaceError"
+}
 
 /** A method was called on an image that was closed. */
 export class ImageClosedError extends Qcow2Error {
   declare readonly _tag: "ImageClosedError"
+  override name = "ImageClosedError"
   readonly location: string
 
   constructor(location: string) {
@@ -83,9 +90,9 @@ export class ImageClosedError extends Qcow2Error {
 /** An operation stopped by its AbortSignal (`name` is "AbortError", as DOM aborts are named). */
 export class AbortError extends Qcow2Error {
   declare readonly _tag: "AbortError"
+  override name = "AbortError"
 
   constructor(message = "The operation was aborted", options?: { readonly cause?: unknown }) {
     super("AbortError", message, options)
-    this.name = "AbortError"
   }
 }
