@@ -1,6 +1,6 @@
 import { Effect } from "effect"
 import { AutoclearFeature, CompatibleFeature, IncompatibleFeature } from "@qcow2/format"
-import type { Image } from "@qcow2/image"
+import { imageInfo, mapImage, type Image, type MapEntry } from "@qcow2/image"
 import { el, humanSize } from "./dom.js"
 
 /** Feature bits in words (qcow2.txt, "Header": incompatible, compatible and autoclear features). */
@@ -43,7 +43,11 @@ export const renderInfo = (image: Image): Effect.Effect<HTMLElement, unknown> =>
       )
       const set = FEATURES.filter(([, field, bit]) => (h[field] & bit) !== 0n)
       table.append(row("features", set.length === 0 ? "none" : set.map(([n]) => n).join(", ")))
-      for (const [n, , , words] of set) table.append(row(`  ${n}`, words))
+      for (const [n, , , words] of set) {
+        const explain = row(n, words)
+        explain.classList.add("explain")
+        table.append(explain)
+      }
     }
     if (image.format === "luks" && specific.luks !== undefined) {
       const l = specific.luks
@@ -76,3 +80,24 @@ export const renderInfo = (image: Image): Effect.Effect<HTMLElement, unknown> =>
     }
     return el("div", {}, ...sections)
   })
+
+/** JSON text with 4-space indents; an icount too large for a number prints as its digits. */
+const toJson = (value: unknown): string =>
+  JSON.stringify(value, (_, v: unknown) => (typeof v === "bigint" ? `\u0000${v}` : v), 4).replace(/"\\u0000(\d+)"/g, "$1")
+
+/**
+ * `qcow2 info --output=json` of the open image shown as `name` (the same
+ * data as qemu-img's ImageInfo; keys in QAPI struct order). The browser
+ * cannot know the file's allocated size, so "actual-size" is left out.
+ */
+export const infoJson = (image: Image, name: string): Effect.Effect<string, unknown> => Effect.map(imageInfo(image, name, undefined), toJson)
+
+/** One map record exactly as `qemu-img map --output=json` prints it. */
+const mapRecord = (e: MapEntry): string =>
+  `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}` +
+  (e.offset !== undefined ? `, "offset": ${e.offset}` : "") +
+  "}"
+
+/** `qcow2 map --output=json` of the open image, in qemu-img's layout. */
+export const mapJson = (image: Image, name: string): Effect.Effect<string, unknown> =>
+  Effect.map(mapImage(image, name), (entries) => `[${entries.map(mapRecord).join(",\n")}]\n`)
