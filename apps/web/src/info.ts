@@ -22,6 +22,7 @@ export const renderInfo = (image: Image): Effect.Effect<HTMLElement, unknown> =>
   Effect.gen(function* () {
     const specific = yield* image.formatSpecific()
     const table = el("table", { class: "fields" })
+    let features: HTMLElement | undefined
     table.append(
       row("format", image.format),
       row("virtual size", `${humanSize(image.virtualSize)} (${image.virtualSize} bytes)`),
@@ -41,24 +42,35 @@ export const renderInfo = (image: Image): Effect.Effect<HTMLElement, unknown> =>
         row("encryption", h.cryptMethod === 0 ? "none" : h.cryptMethod === 1 ? "AES (legacy)" : "LUKS"),
         row("compression type", h.compressionType === 1 ? "zstd" : "zlib")
       )
-      const set = FEATURES.filter(([, field, bit]) => (h[field] & bit) !== 0n)
-      table.append(row("features", set.length === 0 ? "none" : set.map(([n]) => n).join(", ")))
-      for (const [n, , , words] of set) {
-        const explain = row(n, words)
-        explain.classList.add("explain")
-        table.append(explain)
-      }
-    }
-    if (image.format === "luks" && specific.luks !== undefined) {
-      const l = specific.luks
-      table.append(row("encryption", `LUKS ${l.cipherName}-${l.cipherMode}, ${l.hashSpec}`), row("key slots in use", l.keySlots.filter((k) => k.active).length))
-    } else if (specific.luks !== undefined) {
-      table.append(row("LUKS cipher", `${specific.luks.cipherName}-${specific.luks.cipherMode}`))
+      features = el(
+        "table",
+        { class: "features", id: "features" },
+        el("tr", {}, el("th", {}, "feature"), el("th", {}, "bit"), el("th", {}, "meaning")),
+        ...FEATURES.map(([n, field, bit, words]) => {
+          const on = (h[field] & bit) !== 0n
+          return el("tr", { class: on ? "set" : "unset", "data-feature": n }, el("td", {}, n), el("td", { class: on ? "on" : "off" }, on ? "set" : "—"), el("td", {}, words))
+        })
+      )
     }
     const chain: Image[] = []
     for (let layer: Image | undefined = image; layer !== undefined; layer = layer.backing) chain.push(layer)
     const chainList = el("ol", { id: "chain" }, ...chain.map((layer, depth) => el("li", {}, `${depth === 0 ? "top" : `backing ${depth}`}: ${layer.location} (${layer.format})`)))
-    const sections: HTMLElement[] = [table, el("h3", {}, "Backing chain"), chainList]
+    const sections: HTMLElement[] = [el("h3", {}, "Backing chain"), chainList]
+    if (features !== undefined) sections.push(el("h3", {}, "Feature bits"), features)
+    const luks = specific.luks
+    if (luks !== undefined) {
+      sections.push(
+        el("h3", {}, "Encryption"),
+        el(
+          "table",
+          { class: "fields", id: "encryption" },
+          row("LUKS cipher", `${luks.cipherName}-${luks.cipherMode}`),
+          row("hash", luks.hashSpec),
+          row("key slots in use", `${luks.keySlots.filter((k) => k.active).length} of ${luks.keySlots.length}`),
+          row("payload offset", luks.payloadOffset * 512)
+        )
+      )
+    }
     if (image.snapshots.length > 0) {
       sections.push(
         el("h3", {}, "Snapshots"),
@@ -78,7 +90,7 @@ export const renderInfo = (image: Image): Effect.Effect<HTMLElement, unknown> =>
         el("ul", { id: "bitmaps" }, ...specific.bitmaps.map((b) => el("li", {}, `${b.name}: granularity ${2 ** b.granularityBits}, flags ${b.flags}`)))
       )
     }
-    return el("div", {}, ...sections)
+    return el("div", { class: "overview" }, el("div", {}, el("h3", {}, "Header"), table), el("div", {}, ...sections))
   })
 
 /** JSON text with 4-space indents; an icount too large for a number prints as its digits. */
