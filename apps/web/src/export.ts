@@ -44,8 +44,14 @@ export interface ConvertOptions {
   readonly onProgress: (done: number, total: number) => void
 }
 
-/** Bytes read from the source per request. */
-export const CHUNK = 1 << 20
+/**
+ * Bytes read from the source and written to the file per request. Each
+ * request to a Blob or a file stream is a round trip to the browser
+ * process: in Chromium here a 256 MiB picked file reads in ~0.7 s in 4 MiB
+ * slices but ~1.2-6 s in 1 MiB slices, and OPFS writes take ~2.6 s in
+ * 4 MiB pieces against ~3-4 s in 1 MiB pieces.
+ */
+export const CHUNK = 4 << 20
 
 /** The reason an export stopped because the user pressed Cancel. */
 export class ExportCancelled extends Error {

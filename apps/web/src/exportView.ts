@@ -42,7 +42,8 @@ export interface ExportViewOptions {
 class Job {
   readonly controller = new AbortController()
   private readonly started = performance.now()
-  constructor(readonly label: string) {
+  constructor(readonly label: string, status: (text: string) => void) {
+    status(`${label} running…`)
     byId("export-box").hidden = false
     byId<HTMLButtonElement>("export-cancel").disabled = false
     byId<HTMLButtonElement>("export-cancel").onclick = () => this.controller.abort()
@@ -81,7 +82,7 @@ export const makeExportView = (o: ExportViewOptions) => {
   /** Runs one job; a failure or Cancel leaves no partial file or scratch store behind. */
   const run = async (label: string, work: (job: Job) => Promise<string>, cleanup: () => Promise<void>): Promise<void> => {
     if (running !== undefined) throw new Error(`${running.label} is still running; cancel it first`)
-    const job = new Job(label)
+    const job = new Job(label, status)
     running = job
     try {
       const done = await work(job)
