@@ -112,6 +112,7 @@ describe("apps/web in Chromium", () => {
     await page.click('[data-tab="console"]')
     expect(await consoleRun(page, "read -P 0x77 64k 128k")).toContain("read 131072/131072 bytes at offset 65536")
     expect(await consoleRun(page, "read -P 0x41 512k 4k")).toContain("read 4096/4096 bytes at offset 524288")
+    expect(await consoleRun(page, "read -v 3M 64")).toContain("00300000:  42 42 42 42")
     await f.shot(page, "05-console")
     expect(await page.textContent("#chain")).toContain(`backing 1: ${f.app.url}/base.qcow2 (qcow2)`)
     const expected = path.join(f.dir, "overlay-expected.raw")
@@ -196,6 +197,77 @@ describe("apps/web in Chromium", () => {
     // Picked files open read-only.
     expect(await consoleRun(page, "write 0 4k")).toContain("write failed")
     expect(await page.textContent('[data-category="backing"]')).toBe("backing: 17")
+    await page.context().close()
+  })
+
+  it("creates an image with the create options qemu-img reads back, and shows snapshots and bitmaps", async () => {
+    const page = await f.newPage()
+    await page.click("#create-panel summary")
+    await page.fill('#create-form [name="name"]', "opts.qcow2")
+    await page.fill('#create-form [name="size"]', "3M")
+    await page.selectOption('#create-form [name="clusterSize"]', "16384")
+    await page.selectOption('#create-form [name="refcountBits"]', "8")
+    await page.selectOption('#create-form [name="compressionType"]', "zstd")
+    await page.selectOption('#create-form [name="preallocation"]', "metadata")
+    await page.check('#create-form [name="lazyRefcounts"]')
+    await page.check('#create-form [name="extendedL2"]')
+    await page.click("#create-form button")
+    await page.waitForSelector("text=Open: idb://qcow2-web/opts.qcow2")
+    expect(await page.textContent('[data-feature="extended L2"] .on')).toBe("set")
+    await page.selectOption("#export-via", "download")
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click('[data-store="opts.qcow2"] [data-action="download"]')])
+    const saved = path.join(f.dir, "opts.qcow2")
+    await download.saveAs(saved)
+    const info = qemuJson(f, "qemu-img", "info", "--output=json", saved)
+    expect([info["virtual-size"], info["cluster-size"]]).toEqual([3 << 20, 16384])
+    expect(info["format-specific"].data).toMatchObject({ "refcount-bits": 8, "compression-type": "zstd", "lazy-refcounts": true, "extended-l2": true })
+    expect(qemuJson(f, "qemu-img", "check", "--output=json", saved)["check-errors"]).toBe(0)
+
+    f.qemu("qemu-img", "snapshot", "-c", "before-upgrade", "base.qcow2")
+    f.qemu("qemu-img", "bitmap", "--add", "base.qcow2", "backup-0")
+    await openUrl(page, `${f.app.url}/base.qcow2`)
+    expect(await page.textContent("#snapshots")).toContain("before-upgrade")
+    expect(await page.textContent("#bitmaps")).toContain("backup-0")
+    expect(comparableInfo(JSON.parse((await page.textContent('[data-testid="info-json"]')) ?? ""))).toEqual(
+      comparableInfo(qemuJson(f, "qemu-img", "info", "--output=json", "base.qcow2"))
+    )
+    f.qemu("qemu-img", "snapshot", "-d", "before-upgrade", "base.qcow2")
+    f.qemu("qemu-img", "bitmap", "--remove", "base.qcow2", "backup-0")
+    await page.context().close()
+  })
+
+  it("cancels an export: no download, no scratch store left, and the next export works", async () => {
+    f.qemu("qemu-img", "create", "-f", "qcow2", "big.qcow2", "48M")
+    f.qemu("qemu-io", "-c", "write -P 0x61 0 48M", "big.qcow2")
+    const page = await f.newPage()
+    await openUrl(page, `${f.app.url}/big.qcow2`)
+    await page.click('[data-tab="export"]')
+    await page.selectOption('#export-form [name="compression"]', "zlib")
+    await page.selectOption("#export-via", "download")
+    let downloads = 0
+    page.on("download", () => downloads++)
+    await page.click("#export-button")
+    await page.waitForFunction(() => (document.getElementById("export-progress") as HTMLProgressElement).value > 0)
+    await page.click("#export-cancel")
+    await page.waitForFunction(() => document.getElementById("export-status")?.textContent === "Cancelled.")
+    const scratch = await page.evaluate(async () => {
+      const stores = await new Promise<string[]>((resolve, reject) => {
+        const open = indexedDB.open("qcow2-web-scratch")
+        open.onsuccess = () => {
+          const db = open.result
+          if (!db.objectStoreNames.contains("files")) return resolve([])
+          const all = db.transaction("files").objectStore("files").getAllKeys()
+          all.onsuccess = () => resolve(all.result.map(String))
+          all.onerror = () => reject(all.error)
+        }
+        open.onerror = () => reject(open.error)
+      })
+      return stores
+    })
+    expect(scratch).toEqual([])
+    expect(downloads).toBe(0)
+    const saved = await exportTo(page, { format: "raw", compression: "none" }, "big.raw")
+    f.qemu("qemu-img", "compare", "-F", "raw", "big.qcow2", saved)
     await page.context().close()
   })
 
