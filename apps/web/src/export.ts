@@ -89,7 +89,7 @@ export const forEachData = <E, R>(
       yield* checkCancelled(signal)
       const status = yield* source.blockStatus(pos, Math.min(total - pos, 1 << 30))
       const length = Math.max(1, Math.min(status.length, total - pos))
-      if (status.present && status.data && !(status.zero && !status.data)) {
+      if (status.data) {
         // Whole aligned chunks: a compressed target takes whole clusters.
         const start = Math.floor(pos / alignment) * alignment
         const end = Math.min(total, Math.ceil((pos + length) / alignment) * alignment)

@@ -39,8 +39,8 @@ const exportOnce = async (page: Page, format: string, compression: string, file:
   if (shot !== undefined) {
     await page.waitForFunction(() => {
       const bar = document.getElementById("export-progress") as HTMLProgressElement
-      return bar.value > 0.3 * bar.max && bar.value < bar.max
-    })
+      return bar.value > 0.15 * bar.max && bar.value < bar.max
+    }, undefined, { timeout: 600_000 })
     await f.shot(page, shot)
   }
   await (await download).saveAs(path.join(f.dir, file))
