@@ -53,6 +53,9 @@ export interface ConvertOptions {
  */
 export const CHUNK = 4 << 20
 
+/** Guest bytes written into a new image between flushes: what a target in IndexedDB holds in memory at most. */
+const FLUSH_EVERY = 32 << 20
+
 /** The reason an export stopped because the user pressed Cancel. */
 export class ExportCancelled extends Error {
   constructor() {
@@ -133,7 +136,8 @@ export const convertToQcow2 = (source: Image, target: string, o: ConvertOptions)
       })
       const out = yield* openImage(target, { readOnly: false, format: "qcow2", ...(o.compressor !== undefined ? { compress: o.compressor } : {}) })
       const size = out.virtualSize
-      yield* forEachData(source, out.clusterSize, o.signal, o.onProgress, (offset, bytes) => {
+      let unflushed = 0
+      const write = (offset: number, bytes: Uint8Array): Effect.Effect<void, { readonly message: string }> => {
         if (o.compression === "none") return out.write(offset, bytes)
         // Whole clusters compressed; the image's last partial cluster too (it ends the image).
         const end = offset + bytes.length
@@ -142,7 +146,18 @@ export const convertToQcow2 = (source: Image, target: string, o: ConvertOptions)
           if (fullEnd > offset) yield* out.writeCompressed(offset, bytes.subarray(0, fullEnd - offset))
           if (end > fullEnd) yield* out.write(fullEnd, bytes.subarray(fullEnd - offset))
         })
-      })
+      }
+      yield* forEachData(source, out.clusterSize, o.signal, o.onProgress, (offset, bytes) =>
+        Effect.gen(function* () {
+          yield* write(offset, bytes)
+          // An IndexedDB store keeps its writes in memory until a flush commits them.
+          unflushed += bytes.length
+          if (unflushed >= FLUSH_EVERY) {
+            unflushed = 0
+            yield* out.flush()
+          }
+        })
+      )
       yield* out.flush()
     })
   )
