@@ -1,10 +1,11 @@
 import { Effect } from "effect"
 import { createImage, type CreateOptions, type Image } from "@qcow2/image"
-import { deleteIdbStore, formatIdbName, listIdbStores, makeIdbStorageOpener, renameIdbStore, storageUsage } from "@qcow2/storage-idb"
+import { deleteIdbStore, formatIdbName, listIdbStores, renameIdbStore, storageUsage } from "@qcow2/storage-idb"
 import { runCommand, parseSize } from "./console.js"
 import { byId, el, humanSize, messageOf } from "./dom.js"
+import { makeExportView } from "./exportView.js"
 import { hexDump } from "./hex.js"
-import { renderInfo } from "./info.js"
+import { infoJson, mapJson, renderInfo } from "./info.js"
 import { COLOURS, countCategories, drawGuestMap, drawHostLayout, MAX_CELLS, scanClusters, type Category } from "./map.js"
 import { kindOf, PICKED } from "./opener.js"
 import { Session } from "./session.js"
@@ -13,7 +14,11 @@ import { Session } from "./session.js"
 const DATABASE = "qcow2-web"
 
 const session = new Session()
-const status = (text: string) => (byId("status").textContent = text)
+const status = (text: string, isError = false) => {
+  const line = byId("status")
+  line.textContent = text
+  line.classList.toggle("error", isError)
+}
 const image = (): Image => {
   if (session.image === undefined) throw new Error("no image is open")
   return session.image
@@ -21,46 +26,83 @@ const image = (): Image => {
 
 /** Runs a UI action, showing its failure in the status line instead of losing it. */
 const action = (run: () => Promise<void>) => () => {
-  run().catch((e) => status(`Error: ${messageOf(e)}`))
+  run().catch((e) => status(`Error: ${messageOf(e)}`, true))
 }
+
+/** The name an image is shown under (what qemu-img would be given): a picked file by its file name. */
+const displayName = (name: string) => (kindOf(name) === "picked" ? name.slice(PICKED.length) : name)
+
+// ---- tabs ------------------------------------------------------------------------
+
+const showTab = (tab: string) => {
+  for (const b of Array.from(document.querySelectorAll<HTMLButtonElement>("[data-tab]"))) b.classList.toggle("active", b.dataset.tab === tab)
+  for (const s of Array.from(document.querySelectorAll<HTMLElement>("section.tab"))) s.hidden = s.id !== `tab-${tab}`
+  if (tab === "map" && session.image !== undefined) action(drawMap)()
+}
+for (const b of Array.from(document.querySelectorAll<HTMLButtonElement>("[data-tab]"))) b.addEventListener("click", () => showTab(b.dataset.tab!))
 
 // ---- opening, behind the policy ----------------------------------------------
 
+/** Asks for a passphrase in a dialog; undefined when the user cancels. Nothing is stored. */
+const askPassphrase = (name: string): Promise<Uint8Array | undefined> =>
+  new Promise((resolve) => {
+    const dialog = byId<HTMLDialogElement>("passphrase-dialog")
+    const input = byId<HTMLInputElement>("passphrase-input")
+    byId("passphrase-for").textContent = `${displayName(name)} is encrypted.`
+    input.value = ""
+    dialog.onclose = () => {
+      const text = input.value
+      input.value = ""
+      resolve(dialog.returnValue === "ok" ? new TextEncoder().encode(text) : undefined)
+    }
+    dialog.showModal()
+  })
+
 /**
  * Shows the chain `name` would open; opens it when every name is allowed,
- * otherwise offers to approve the blocked one.
+ * otherwise offers to approve the blocked one. An encrypted image asks for
+ * its passphrase.
  */
 const openWithPlan = async (name: string, readOnly: boolean): Promise<void> => {
   session.policy.approve(name)
+  status(`Opening ${displayName(name)}…`)
   const plan = await session.plan(name)
   const box = byId("plan")
   box.replaceChildren(
-    el("h3", {}, "Opening"),
-    el("ol", {}, ...plan.map((s) => el("li", { class: s.allowed ? "" : "blocked" }, `${s.name} ${s.allowed ? `(${s.format})` : "— blocked: not the image's origin or library; approve to open"}`)))
+    el("h3", {}, "Chain to open"),
+    el("ol", {}, ...plan.map((s) => el("li", { class: s.allowed ? "" : "blocked" }, `${displayName(s.name)} ${s.allowed ? `(${s.format}${s.encrypted ? ", encrypted" : ""})` : "— blocked: not the image's origin or library; approve to open"}`)))
   )
   const blocked = plan.find((s) => !s.allowed)
   if (blocked !== undefined) {
-    const approve = el("button", { id: "approve" }, `Allow ${blocked.name}`)
+    const approve = el("button", { id: "approve", class: "primary" }, `Allow ${blocked.name}`)
     approve.addEventListener("click", action(() => {
       session.policy.approve(blocked.name)
       return openWithPlan(name, readOnly)
     }))
     box.append(approve)
-    status(`Not opened: ${name} names ${blocked.name}, which needs your approval.`)
+    status(`Not opened: ${displayName(name)} names ${blocked.name}, which needs your approval.`, true)
     return
   }
-  const opened = await session.open(name, { readOnly })
+  const passphrase = plan[0]?.encrypted === true ? await askPassphrase(name) : undefined
+  if (plan[0]?.encrypted === true && passphrase === undefined) return void status(`Not opened: ${displayName(name)} needs its passphrase.`, true)
+  const opened = await session.open(name, { readOnly, ...(passphrase !== undefined ? { passphrase } : {}) })
   status(`Open: ${name} (${opened.format}, ${humanSize(opened.virtualSize)}${opened.readOnly ? ", read-only" : ""})`)
   await showImage()
 }
 
 const showImage = async () => {
   const img = image()
+  const name = displayName(session.name)
+  byId("image-title").textContent = name
   byId("info").replaceChildren(await session.run(renderInfo(img)))
+  byId("info-json").textContent = await session.run(infoJson(img, name))
+  byId("map-json").textContent = await session.run(mapJson(img, name))
+  byId<HTMLInputElement>("export-name").value = `${name.slice(name.lastIndexOf("/") + 1).replace(/\.[a-z0-9]+$/i, "")}-export.qcow2`
   showHttpStats()
   byId("check-result").textContent = ""
   byId("hex").textContent = ""
   byId("console-output").textContent = ""
+  for (const row of Array.from(document.querySelectorAll<HTMLElement>("#library tr"))) row.classList.toggle("current", formatIdbName({ database: DATABASE, name: row.dataset.store ?? "" }) === session.name)
   await drawMap()
 }
 
@@ -81,20 +123,19 @@ const drawMap = async () => {
   drawGuestMap(byId("guest-map"), map, cell)
   const counts = countCategories(map)
   byId("legend").replaceChildren(
-    ...(Object.keys(counts) as Category[]).map((c) =>
-      el("span", { "data-category": c, style: `border-left: 1em solid ${COLOURS[c]}; padding: 0 1em 0 0.3em` }, `${c}: ${counts[c]}`)
-    ),
-    `clusters ${start / img.clusterSize}…${start / img.clusterSize + map.categories.length - 1} of ${Math.ceil(img.virtualSize / img.clusterSize)}`
+    ...(Object.keys(counts) as Category[]).map((c) => el("span", { "data-category": c }, el("i", { style: `background: ${COLOURS[c]}` }), `${c}: ${counts[c]}`)),
+    el("span", { class: "muted" }, `clusters ${start / img.clusterSize}…${start / img.clusterSize + map.categories.length - 1} of ${Math.ceil(img.virtualSize / img.clusterSize)}`)
   )
   // The host extent this view's data reaches (the Image API does not expose the file itself).
   const hostEnd = map.hosts.reduce((end, h) => Math.max(end, h + img.clusterSize), img.clusterSize)
   const layout = drawHostLayout(byId("host-map"), map, hostEnd)
-  byId("host-summary").textContent = `host file: ${layout.dataClusters} data clusters of this view in ${layout.fragments} contiguous runs`
+  byId("host-summary").textContent = `${layout.dataClusters} data clusters of this view in ${layout.fragments} contiguous runs`
   byId<HTMLCanvasElement>("guest-map").onclick = (event) => {
     const canvas = event.currentTarget as HTMLCanvasElement
     const columns = Math.max(1, Math.floor(canvas.width / cell))
     const index = Math.floor(event.offsetY / cell) * columns + Math.floor(event.offsetX / cell)
     byId<HTMLInputElement>("hex-offset").value = String(start + index * img.clusterSize)
+    showTab("hex")
     void showHex()
   }
 }
@@ -114,6 +155,7 @@ const runConsole = async () => {
   const line = input.value
   const text = await session.run(runCommand(image(), line))
   out.textContent += `qemu-io> ${line}\n${text}${text === "" ? "" : "\n"}`
+  out.scrollTop = out.scrollHeight
   input.value = ""
   showHttpStats()
 }
@@ -133,7 +175,9 @@ const runCheck = async () => {
 const refreshLibrary = async () => {
   const stores = await Effect.runPromise(listIdbStores(DATABASE))
   const usage = await Effect.runPromise(storageUsage())
-  byId("usage").textContent = usage === undefined ? "" : `${humanSize(usage.usage)} used of ${humanSize(usage.quota)}`
+  byId("usage").replaceChildren(
+    ...(usage === undefined ? [] : [`${humanSize(usage.usage)} used of ${humanSize(usage.quota)} available to this site`, el("meter", { min: "0", max: String(usage.quota), value: String(usage.usage) })])
+  )
   const rows = stores.map((s) => {
     const name = formatIdbName({ database: DATABASE, name: s.name })
     const button = (label: string, run: () => Promise<void>) => {
@@ -143,47 +187,27 @@ const refreshLibrary = async () => {
     }
     return el(
       "tr",
-      { "data-store": s.name },
-      el("td", {}, s.name),
-      el("td", {}, humanSize(s.size)),
-      el("td", {}, button("open", () => openWithPlan(name, false)), button("download", () => download(name, s.name)), button("rename", async () => {
+      { "data-store": s.name, class: name === session.name ? "current" : "" },
+      el("td", { class: "name" }, s.name),
+      el("td", { class: "size" }, humanSize(s.size)),
+      el("td", { class: "actions" }, button("open", () => openWithPlan(name, false)), button("download", () => exportView.downloadStored(name, s.name.slice(s.name.lastIndexOf("/") + 1))), button("rename", async () => {
         const to = prompt(`Rename ${s.name} to`, s.name)
-        if (to === null || to === s.name) return
-        await session.close()
-        await Effect.runPromise(renameIdbStore(DATABASE, s.name, to))
+        if (to === null || to.trim() === "" || to === s.name) return
+        if (session.name === name) await session.close()
+        await Effect.runPromise(renameIdbStore(DATABASE, s.name, to.trim()))
         await refreshLibrary()
       }), button("delete", async () => {
-        if (!confirm(`Delete ${s.name}?`)) return
+        if (!confirm(`Delete ${s.name}? This cannot be undone.`)) return
         if (session.name === name) await session.close()
         await Effect.runPromise(deleteIdbStore(DATABASE, s.name))
         await refreshLibrary()
       }))
     )
   })
-  byId("library").replaceChildren(...rows)
+  byId("library").replaceChildren(...(rows.length > 0 ? rows : [el("tr", {}, el("td", { class: "muted" }, "No images yet: create one below, or commit an open image from its Export tab."))]))
 }
 
-/**
- * The stored bytes of a library image as a file download. The open image
- * holds its store exclusively: it is closed (flushed) for the copy and opened again.
- */
-const download = async (name: string, fileName: string) => {
-  const reopen = session.name === name ? session.image?.readOnly ?? false : undefined
-  if (reopen !== undefined) await session.close()
-  const bytes = await session.run(
-    Effect.scoped(
-      Effect.gen(function* () {
-        const store = yield* makeIdbStorageOpener().open(name, { readOnly: true })
-        const out = new Uint8Array(yield* store.size())
-        yield* store.read(0, out)
-        return out
-      })
-    )
-  )
-  const link = el("a", { href: URL.createObjectURL(new Blob([bytes])), download: fileName.slice(fileName.lastIndexOf("/") + 1) })
-  link.click()
-  if (reopen !== undefined) await session.open(name, { readOnly: reopen })
-}
+const exportView = makeExportView({ session, database: DATABASE, status, refreshLibrary })
 
 const createFromForm = async (form: HTMLFormElement) => {
   const f = new FormData(form)
@@ -193,27 +217,36 @@ const createFromForm = async (form: HTMLFormElement) => {
   const sizeText = text("size")
   const size = sizeText === "" ? undefined : parseSize(sizeText)
   if (sizeText !== "" && size === undefined) throw new Error(`invalid size ${sizeText}`)
-  const passphrase = text("passphrase")
+  const encryption = text("encryption") as "" | "luks" | "aes"
+  // The passphrase is read from the form and cleared at once; it is never stored.
+  const passphrase = new TextEncoder().encode(String(f.get("passphrase") ?? ""))
+  form.querySelector<HTMLInputElement>('[name="passphrase"]')!.value = ""
+  if (encryption !== "" && passphrase.length === 0) throw new Error("an encrypted image needs a passphrase")
   const options: CreateOptions = {
     ...(size !== undefined ? { size } : {}),
     clusterSize: Number(text("clusterSize")),
     compat: text("compat") as "1.1" | "0.10",
     refcountBits: Number(text("refcountBits")),
     compressionType: text("compressionType") as "zlib" | "zstd",
-    preallocation: text("preallocation") as "off" | "metadata",
+    preallocation: text("preallocation") as "off" | "metadata" | "falloc" | "full",
     lazyRefcounts: f.get("lazyRefcounts") !== null,
     extendedL2: f.get("extendedL2") !== null,
     ...(backing !== "" ? { backingFile: backing, backingFormat: text("backingFormat") as "qcow2" | "raw" } : {}),
-    ...(passphrase !== "" ? { encryption: { format: "luks" as const, passphrase: new TextEncoder().encode(passphrase) } } : {})
+    ...(encryption !== "" ? { encryption: { format: encryption, passphrase } } : {})
   }
   // The user named the backing file: that is their approval to open it.
   if (backing !== "") session.policy.approve(kindOf(backing) === "other" ? formatIdbName({ database: DATABASE, name: backing }) : backing)
   session.policy.approve(name)
   await session.close()
+  status(`Creating ${name}…`)
   await session.run(Effect.scoped(createImage(name, options)))
   status(`Created ${name}`)
   await refreshLibrary()
-  await openWithPlan(name, false)
+  if (encryption !== "") {
+    await session.open(name, { readOnly: false, passphrase })
+    status(`Open: ${name} (qcow2, ${humanSize(image().virtualSize)}, encrypted)`)
+    await showImage()
+  } else await openWithPlan(name, false)
 }
 
 // ---- wiring ----------------------------------------------------------------------
@@ -229,6 +262,12 @@ const openPicked = async (files: FileList | File[]) => {
   await openWithPlan(`${PICKED}${list[0]!.name}`, true)
 }
 
+const submit = (id: string, run: (form: HTMLFormElement) => Promise<void>) =>
+  byId(id).addEventListener("submit", (e) => {
+    e.preventDefault()
+    action(() => run(e.currentTarget as HTMLFormElement))()
+  })
+
 byId<HTMLInputElement>("file-input").addEventListener("change", action(async () => openPicked(byId<HTMLInputElement>("file-input").files ?? [])))
 const drop = byId("drop")
 drop.addEventListener("dragover", (e) => {
@@ -241,14 +280,12 @@ drop.addEventListener("drop", (e) => {
   drop.classList.remove("over")
   action(() => openPicked(e.dataTransfer?.files ?? []))()
 })
-byId("url-form").addEventListener("submit", (e) => {
-  e.preventDefault()
-  action(() => openWithPlan(byId<HTMLInputElement>("url-input").value.trim(), true))()
-})
-byId("create-form").addEventListener("submit", (e) => {
-  e.preventDefault()
-  action(() => createFromForm(e.currentTarget as HTMLFormElement))()
-})
+submit("url-form", () => openWithPlan(byId<HTMLInputElement>("url-input").value.trim(), true))
+submit("create-form", createFromForm)
+submit("hex-form", showHex)
+submit("console-form", runConsole)
+submit("export-form", exportView.exportImage)
+submit("commit-form", exportView.commitImage)
 byId("check-button").addEventListener("click", action(runCheck))
 byId("map-draw").addEventListener("click", action(drawMap))
 byId("map-zoom-out").addEventListener("click", action(async () => {
@@ -256,17 +293,12 @@ byId("map-zoom-out").addEventListener("click", action(async () => {
   byId<HTMLSelectElement>("map-cell").value = "2"
   await drawMap()
 }))
-byId("hex-form").addEventListener("submit", (e) => {
-  e.preventDefault()
-  action(showHex)()
-})
-byId("console-form").addEventListener("submit", (e) => {
-  e.preventDefault()
-  action(runConsole)()
-})
-byId("download-button").addEventListener("click", action(async () => {
-  if (kindOf(session.name) !== "idb") throw new Error("only library images can be downloaded here")
-  await download(session.name, session.name.slice(session.name.lastIndexOf("/") + 1))
-}))
 window.addEventListener("pagehide", () => void session.close())
 action(refreshLibrary)()
+
+// Deep link: /?url=<image URL> opens that image at once (read-only, behind the policy).
+const linked = new URLSearchParams(location.search).get("url")
+if (linked !== null && linked !== "") {
+  byId<HTMLInputElement>("url-input").value = linked
+  action(() => openWithPlan(linked, true))()
+}

@@ -8,7 +8,7 @@ export const COLOURS: Record<Category, string> = {
   data: "#2f6fd6",
   compressed: "#9b4dca",
   zero: "#cfd8dc",
-  unallocated: "#ffffff",
+  unallocated: "#eef1f5",
   backing: "#3aa675"
 }
 
@@ -71,7 +71,7 @@ export const drawGuestMap = (canvas: HTMLCanvasElement, map: ClusterMap, cell: n
   const columns = Math.max(1, Math.floor(canvas.width / cell))
   canvas.height = Math.max(cell, Math.ceil(map.categories.length / columns) * cell)
   const g = canvas.getContext("2d")!
-  g.fillStyle = "#fafafa"
+  g.fillStyle = "#ffffff"
   g.fillRect(0, 0, canvas.width, canvas.height)
   map.categories.forEach((c, i) => {
     g.fillStyle = c === "backing" ? shade(COLOURS.backing, map.depths[i]!) : COLOURS[c]
@@ -94,14 +94,21 @@ const shade = (hex: string, depth: number): string => {
 export const drawHostLayout = (canvas: HTMLCanvasElement, map: ClusterMap, fileSize: number): { dataClusters: number; fragments: number } => {
   const g = canvas.getContext("2d")!
   const clusters = Math.max(1, Math.ceil(fileSize / map.clusterSize))
-  const columns = Math.max(1, Math.ceil(Math.sqrt(clusters * (canvas.width / Math.max(1, canvas.height)))))
+  // A square grid as wide as the canvas.
+  const columns = Math.max(1, Math.ceil(Math.sqrt(clusters)))
   const cell = Math.max(1, Math.floor(canvas.width / columns))
+  const inner = Math.max(1, cell - (cell >= 6 ? 1 : 0))
+  const at = (index: number): readonly [number, number] => [(index % columns) * cell, Math.floor(index / columns) * cell]
   canvas.height = Math.max(cell, Math.ceil(clusters / columns) * cell)
-  g.fillStyle = "#f4b942"
+  g.fillStyle = "#ffffff"
   g.fillRect(0, 0, canvas.width, canvas.height)
+  g.fillStyle = METADATA_COLOUR
+  if (inner === cell) g.fillRect(0, 0, columns * cell, Math.ceil(clusters / columns) * cell)
+  else for (let i = 0; i < clusters; i++) g.fillRect(...at(i), inner, inner)
   let fragments = 0
   let dataClusters = 0
   let previous = -2
+  g.fillStyle = COLOURS.data
   for (const host of map.hosts) {
     if (host < 0) {
       previous = -2
@@ -111,8 +118,10 @@ export const drawHostLayout = (canvas: HTMLCanvasElement, map: ClusterMap, fileS
     if (index !== previous + 1) fragments++
     previous = index
     dataClusters++
-    g.fillStyle = COLOURS.data
-    g.fillRect((index % columns) * cell, Math.floor(index / columns) * cell, cell, cell)
+    g.fillRect(...at(index), inner, inner)
   }
   return { dataClusters, fragments }
 }
+
+/** Host clusters that hold no data of this view: metadata (header, tables) or free. */
+export const METADATA_COLOUR = "#f4b942"

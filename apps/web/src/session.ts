@@ -1,5 +1,6 @@
 import { Effect, Exit, Layer, Scope } from "effect"
-import { PortableClusterCodec } from "@qcow2/compress"
+import { type ClusterCodec, PortableClusterCodec } from "@qcow2/compress"
+import { layerPortable as PortableCiphers, type SectorCipherFactory } from "@qcow2/crypto"
 import { StorageOpener } from "@qcow2/storage"
 import { openImage, type Image, type OpenOptions } from "@qcow2/image"
 import type { HttpBlockStorage } from "@qcow2/storage-http"
@@ -10,6 +11,8 @@ export interface ChainStep {
   readonly name: string
   readonly format: string
   readonly allowed: boolean
+  /** The image is encrypted (qcow2 with AES or LUKS, or a LUKS image): opening it needs the passphrase. */
+  readonly encrypted: boolean
 }
 
 /**
@@ -24,14 +27,16 @@ export class Session {
   image: Image | undefined
   name = ""
   private scope: Scope.Closeable | undefined
+  /** How the open image was opened (its passphrase included, in memory only while it is open). */
+  private options: OpenOptions = {}
 
   private layer() {
     const opener = makeAppOpener({ picked: this.picked, policy: this.policy, onHttpStore: (s) => this.httpStores.push(s) })
-    return Layer.mergeAll(Layer.succeed(StorageOpener, opener), PortableClusterCodec.layer)
+    return Layer.mergeAll(Layer.succeed(StorageOpener, opener), PortableClusterCodec.layer, PortableCiphers)
   }
 
-  /** Runs an effect that needs the app's storage and codecs. */
-  run<A, E>(effect: Effect.Effect<A, E, StorageOpener | PortableClusterCodecService>): Promise<A> {
+  /** Runs an effect that needs the app's storage, codecs and ciphers. */
+  run<A, E>(effect: Effect.Effect<A, E, StorageOpener | ClusterCodec | SectorCipherFactory>): Promise<A> {
     return Effect.runPromise(effect.pipe(Effect.provide(this.layer())) as Effect.Effect<A, E>)
   }
 
@@ -45,18 +50,19 @@ export class Session {
     for (let depth = 0; current !== undefined && depth < 16; depth++) {
       const allowed = this.policy.allows(current)
       if (!allowed) {
-        steps.push({ name: current, format: "?", allowed })
+        steps.push({ name: current, format: "?", allowed, encrypted: false })
         break
       }
-      const layer: { format: string; backing: string | undefined } = await this.run(
+      const layer: { format: string; backing: string | undefined; encrypted: boolean } = await this.run(
         Effect.scoped(
           Effect.map(openImage(current, { readOnly: true, openBacking: false, noIo: true }), (image) => ({
             format: image.format,
+            encrypted: image.format === "luks" || (image.header !== undefined && image.header.header.cryptMethod !== 0),
             backing: image.backingFileName !== undefined && image.backingFileName !== "" ? image.backingFileResolved : undefined
           }))
         )
       )
-      steps.push({ name: current, format: layer.format, allowed })
+      steps.push({ name: current, format: layer.format, allowed, encrypted: layer.encrypted })
       current = layer.backing
     }
     return steps
@@ -71,11 +77,17 @@ export class Session {
       this.scope = scope
       this.image = image
       this.name = name
+      this.options = options
       return image
     } catch (e) {
       await Effect.runPromise(Scope.close(scope, Exit.void))
       throw e
     }
+  }
+
+  /** Opens the image that was open before a `close`, as it was opened. */
+  async reopen(name: string): Promise<Image> {
+    return this.open(name, this.options)
   }
 
   async close(): Promise<void> {
@@ -86,5 +98,3 @@ export class Session {
     if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
   }
 }
-
-type PortableClusterCodecService = Layer.Success<typeof PortableClusterCodec.layer>
