@@ -387,8 +387,14 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         }
         if (file !== undefined && size !== undefined) return yield* Effect.fail(fail("--size N cannot be used together with a filename."))
         if (file === undefined && size === undefined) return yield* Effect.fail(fail("Either --size N or one filename must be specified."))
-        if (c.snapshot !== undefined) return yield* Effect.fail(fail(`Failed to load snapshot: measuring an internal snapshot is not supported here`))
         const format = yield* imageFormat(c.format)
+        let snapshot: SnapshotSelector | undefined
+        if (c.snapshot !== undefined) {
+          const { parseSnapshotParam } = yield* Effect.promise(() => import("../commands/snapshot.js"))
+          const parsed = parseSnapshotParam(c.snapshot)
+          if (parsed instanceof CliFailure) return yield* Effect.fail(parsed)
+          snapshot = parsed
+        }
         const { runMeasure } = yield* Effect.promise(() => import("../commands/measure.js"))
         return yield* runMeasure({
           format,
@@ -397,7 +403,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           output: c.output === "json" ? "json" : "human",
           passphrase: secrets.passphrase,
           ...(file !== undefined ? { file } : {}),
-          ...(size !== undefined ? { size } : {})
+          ...(size !== undefined ? { size } : {}),
+          ...(snapshot !== undefined ? { snapshot } : {})
         })
       })
     }
