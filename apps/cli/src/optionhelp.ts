@@ -42,7 +42,11 @@ const DESCRIPTIONS: Readonly<Record<string, readonly [HelpType, string]>> = {
   "iter-time": ["num", "Time to spend in PBKDF in milliseconds"],
   "ivgen-alg": ["str", "Name of IV generator algorithm"],
   "ivgen-hash-alg": ["str", "Name of IV generator hash algorithm"],
-  "key-secret": ["str", "ID of the secret that provides the keyslot passphrase"]
+  "key-secret": ["str", "ID of the secret that provides the keyslot passphrase"],
+  keyslot: ["num", "Select a single keyslot to modify explicitly"],
+  "new-secret": ["str", "New secret to set in the matching keyslots. Empty string to erase"],
+  "old-secret": ["str", "Select all keyslots that match this password"],
+  state: ["str", "Select new state of affected keyslots (active/inactive)"]
 }
 
 /** The file protocol's preallocation: no "metadata". */
@@ -93,6 +97,12 @@ export const QCOW2_AMEND_OPTIONS: ReadonlyArray<string> = [
   "size"
 ]
 
+/** The luks driver's amend_opts (block/crypto.c): key-slot options only. */
+export const LUKS_AMEND_OPTIONS: ReadonlyArray<string> = ["iter-time", "keyslot", "new-secret", "old-secret", "state"]
+
+/** The luks driver's creation options: amend calls them "only supported for image creation". */
+export const LUKS_CREATE_OPTIONS: ReadonlyArray<string> = LUKS_CREATE
+
 const line = (name: string, [type, description]: readonly [HelpType, string]): string => `  ${`${name}=<${type}>`.padEnd(22)} - ${description}\n`
 
 /**
@@ -125,5 +135,6 @@ export const createHelp = (format: "qcow2" | "raw" | "luks", withFile: boolean):
   return `Supported options:\n${names.map((n) => line(n, describe(n))).join("")}`
 }
 
-/** `qemu-img amend -o help` for qcow2. */
-export const amendHelp = (): string => `Amend options for 'qcow2':\n${QCOW2_AMEND_OPTIONS.map((n) => line(n, DESCRIPTIONS[n]!)).join("")}`
+/** `qemu-img amend -o help` for qcow2 or luks. */
+export const amendHelp = (format: "qcow2" | "luks" = "qcow2"): string =>
+  `Amend options for '${format}':\n${(format === "luks" ? LUKS_AMEND_OPTIONS : QCOW2_AMEND_OPTIONS).map((n) => line(n, DESCRIPTIONS[n]!)).join("")}`

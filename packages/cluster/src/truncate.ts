@@ -48,9 +48,21 @@ export function truncateImage(engine: Qcow2Engine, size: number, preallocation: 
   })
 }
 
-/** Gives [from, to) host clusters and grows the file over them (zero-filled for falloc and full, so that the file is not sparse). */
+/**
+ * Gives [from, to) host clusters and grows the file over them (zero-filled
+ * for falloc and full, so that the file is not sparse). A cluster the old
+ * end cuts in two is written first, as QEMU's allocation with a COW head
+ * does: when unallocated it gets a cluster holding what the old part read
+ * (backing data included); for falloc and full its new part is written
+ * out even when allocated, so later writes there do not grow the file.
+ */
 function preallocate(engine: Qcow2Engine, from: number, to: number, mode: Exclude<Preallocation, "off">): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
+    const headEnd = Math.min(to, Math.ceil(from / engine.geometry.clusterSize) * engine.geometry.clusterSize)
+    if (headEnd > from && !engine.externalData) {
+      const head = yield* lookup(engine, from, headEnd - from)
+      if (mode !== "metadata" || head.kind === "unallocated") yield* writeBytes(engine, from, new Uint8Array(headEnd - from))
+    }
     const fill = mode === "metadata" ? "sparse" : "zeros"
     const hostEnd = yield* preallocateClusters(engine, from, to - from, fill)
     const cs = engine.geometry.clusterSize

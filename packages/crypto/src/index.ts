@@ -12,6 +12,12 @@ export {
   type CreateLuksOptions,
   type LuksAreaReader
 } from "./luks.js"
+export {
+  amendLuksKeySlots,
+  type LuksAreaAccess,
+  type LuksKeySlotAmendment,
+  type LuksSecretLookup
+} from "./luks-amend.js"
 export { portableBackend } from "./portable.js"
 export {
   layerPortable,

@@ -40,7 +40,7 @@ import {
 export type LuksAreaReader<E> = (offset: number, length: number) => Effect.Effect<Uint8Array, E>
 
 /** Cipher spec and PBKDF2/AF hash a header names, or why they are unsupported. */
-const luksHeaderAlgorithms = (
+export const luksHeaderAlgorithms = (
   header: LuksHeader
 ): { readonly spec: CipherSpec; readonly hash: HashName } | CryptoError => {
   const spec = resolveLuksCipher(header.cipherName, header.cipherMode, header.keyBytes)
@@ -58,7 +58,7 @@ const constantTimeEqual = (a: Uint8Array, b: Uint8Array): boolean => {
   return diff === 0
 }
 
-const pbkdf2 = (
+export const pbkdf2 = (
   backend: CryptoBackend,
   hash: HashName,
   password: Uint8Array,
@@ -68,7 +68,7 @@ const pbkdf2 = (
 ): Effect.Effect<Uint8Array> => Effect.promise(() => backend.pbkdf2(hash, password, salt, iterations, length))
 
 /** Round a byte count up to whole 512-byte sectors. */
-const sectorRound = (n: number): number => Math.ceil(n / LUKS_SECTOR_SIZE) * LUKS_SECTOR_SIZE
+export const sectorRound = (n: number): number => Math.ceil(n / LUKS_SECTOR_SIZE) * LUKS_SECTOR_SIZE
 
 /**
  * Try to recover the master key from one key slot (spec §4.2 steps 1–4):
@@ -77,7 +77,7 @@ const sectorRound = (n: number): number => Math.ceil(n / LUKS_SECTOR_SIZE) * LUK
  * check PBKDF2(candidate, mk-digest-salt, mk-digest-iter) against mk-digest.
  * Returns the key, or undefined when the passphrase does not fit this slot.
  */
-const tryKeySlot = <E>(
+export const tryKeySlot = <E>(
   backend: CryptoBackend,
   header: LuksHeader,
   spec: CipherSpec,
@@ -196,7 +196,7 @@ export interface CreateLuksOptions extends CipherSpecOptions {
 }
 
 /** Default `iter-time` of QEMU (QCRYPTO_BLOCK_LUKS_DEFAULT_ITER_TIME_MS). */
-const DEFAULT_ITER_TIME_MS = 2000
+export const DEFAULT_ITER_TIME_MS = 2000
 
 const randomUuid = (backend: CryptoBackend): string => {
   const b = backend.randomBytes(16)
@@ -216,7 +216,7 @@ const checkIterations = (n: number, name: string): CryptoError | undefined =>
   Number.isInteger(n) && n >= 1 && n <= 0xffffffff ? undefined : invalidArgument(`${name} ${n} must be an integer in 1..2^32-1`)
 
 /** Iterations for a target time: QEMU scales per-second counts by iter-time/1000 (integer arithmetic). */
-const scaleIterations = (perSecond: number, iterTimeMs: number, divisor: number): number =>
+export const scaleIterations = (perSecond: number, iterTimeMs: number, divisor: number): number =>
   Math.max(Math.floor(Math.floor((perSecond * iterTimeMs) / 1000) / divisor), LUKS_MIN_ITERATIONS)
 
 /**

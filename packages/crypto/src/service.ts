@@ -9,6 +9,7 @@ import {
   type CreateLuksOptions,
   type LuksAreaReader
 } from "./luks.js"
+import { amendLuksKeySlots, type LuksAreaAccess, type LuksKeySlotAmendment, type LuksSecretLookup } from "./luks-amend.js"
 import { makeSectorCipher, type SectorCipher } from "./modes.js"
 import { LEGACY_AES_SPEC, type CipherSpec } from "./spec.js"
 import { portableBackend } from "./portable.js"
@@ -48,6 +49,17 @@ export interface SectorCipherFactoryShape {
     area: Uint8Array | LuksAreaReader<E>,
     passphrase: Uint8Array | string
   ) => Effect.Effect<LuksVolume, CryptoError | E>
+  /**
+   * Add or erase key slots of a LUKS1 area like `qemu-img amend -o
+   * encrypt.state=…` (see amendLuksKeySlots); `unlockPassphrase` is the one
+   * the image was opened with.
+   */
+  readonly amendLuks: <E = never>(
+    access: LuksAreaAccess<E>,
+    unlockPassphrase: Uint8Array | string | undefined,
+    amendment: LuksKeySlotAmendment,
+    lookup: LuksSecretLookup
+  ) => Effect.Effect<void, CryptoError | E>
   /** Create a LUKS1 area like `qemu-img create -o encrypt.format=luks` (see createLuksArea). */
   readonly createLuks: (options: CreateLuksOptions) => Effect.Effect<CreatedLuks, CryptoError>
   /**
@@ -118,9 +130,23 @@ export const makeSectorCipherFactory = (backend: CryptoBackend): SectorCipherFac
     return { area: created.area, header: created.header, cipher } satisfies CreatedLuks
   })
 
+  const amendLuks = <E = never>(
+    access: LuksAreaAccess<E>,
+    unlockPassphrase: Uint8Array | string | undefined,
+    amendment: LuksKeySlotAmendment,
+    lookup: LuksSecretLookup
+  ): Effect.Effect<void, CryptoError | E> => {
+    const pass = unlockPassphrase === undefined ? undefined : passphraseBytes(unlockPassphrase)
+    return amendLuksKeySlots(backend, access, pass, amendment, lookup).pipe(
+      Effect.ensuring(Effect.sync(() => pass?.fill(0))),
+      Effect.withSpan("SectorCipherFactory.amendLuks")
+    )
+  }
+
   return {
     backend: backend.name,
     openLuks,
+    amendLuks,
     createLuks,
     legacyAes: (passphrase) => {
       const key = legacyAesKey(passphrase)

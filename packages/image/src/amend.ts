@@ -6,7 +6,9 @@
  * step opens the image again, so the engine never runs on a header it
  * does not describe.
  */
-import { Effect } from "effect"
+import { Effect, Option } from "effect"
+import { SectorCipherFactory } from "@qcow2/crypto"
+import type { LuksKeySlotAmendment, LuksSecretLookup, SectorCipherFactoryShape } from "@qcow2/crypto"
 import { AutoclearFeature, CompatibleFeature, featureNamesFor, IncompatibleFeature, V2_HEADER_LENGTH, V3_HEADER_LENGTH } from "@qcow2/format"
 import type { ImageHeader } from "@qcow2/format"
 import { asImageError as engineError, changeRefcountOrder, expandZeroClusters } from "@qcow2/cluster"
@@ -15,6 +17,7 @@ import type { ClusterCodec } from "@qcow2/compress"
 import { StorageOpener } from "@qcow2/storage"
 import type { Image, OpenOptions } from "./api.js"
 import { ImageError } from "./errors.js"
+import { amendLuksArea, luksStorages } from "./luks.js"
 import { openImage } from "./open.js"
 import { qcow2Engines } from "./qcow2/image.js"
 
@@ -29,8 +32,13 @@ export interface AmendOptions {
   /** New external data file name; "" removes the name. */
   readonly dataFile?: string
   readonly dataFileRaw?: boolean
-  /** Whether any encrypt.* option was given (LUKS key slot changes). */
-  readonly encryption?: boolean
+  /**
+   * LUKS key-slot change (the encrypt.* options), or the option error QEMU
+   * reports when it reaches that step (e.g. "Parameter 'state' is missing").
+   */
+  readonly encryption?: LuksKeySlotAmendment | { readonly invalid: string }
+  /** Secrets named by `encryption` (qemu-img's --object secret,id=…). */
+  readonly secrets?: LuksSecretLookup
 }
 
 const invalid = (message: string, location: string) => new ImageError({ reason: "InvalidArgument", message, location })
@@ -108,10 +116,9 @@ export function amendImage(
       Effect.gen(function* () {
         const current = engine.header.image
         const h = current.header
-        if (options.encryption === true) {
+        if (options.encryption !== undefined) {
           if (h.cryptMethod === 0) return yield* invalid("Can't amend encryption options - encryption not present", name)
           if (h.cryptMethod !== 2) return yield* unsupported("Only LUKS encryption options can be amended", name)
-          return yield* unsupported("Amending LUKS key slots is not supported by this tool", name)
         }
         const bits = options.refcountBits
         if (bits !== undefined && !(bits >= 1 && bits <= 64 && (bits & (bits - 1)) === 0)) {
@@ -122,7 +129,10 @@ export function amendImage(
         const oldVersion = h.version
         const newVersion = options.compat === undefined ? oldVersion : options.compat === "0.10" ? 2 : 3
         const refcountChange = bits !== undefined && bits !== 2 ** h.refcountOrder
-        const operations = new OperationProgress((newVersion !== oldVersion ? 1 : 0) + (refcountChange ? 1 : 0), progress)
+        const operations = new OperationProgress(
+          (newVersion !== oldVersion ? 1 : 0) + (refcountChange ? 1 : 0) + (options.encryption !== undefined ? 1 : 0),
+          progress
+        )
         if (newVersion > oldVersion) {
           const report = operations.operation(1)
           report(0, 2)
@@ -133,9 +143,20 @@ export function amendImage(
           yield* rewrite(engine, { ...current, header: { ...h, version: 3, headerLength: V3_HEADER_LENGTH, refcountOrder: 4 }, extensions: { ...current.extensions, featureNames: featureNamesFor(3, h.clusterBits) } })
           report(2, 2)
         }
+        if (options.encryption !== undefined) {
+          const fde = engine.header.image.extensions.fullDiskEncryption
+          if (fde === undefined) return yield* invalid("Can't amend encryption options - encryption not present", name)
+          yield* amendKeySlots(name, options, (ciphers, amendment) =>
+            amendLuksArea(engine.storage, fde.offset, fde.length, ciphers, openOptions.passphrase, amendment, options.secrets ?? (() => undefined))
+          )
+        }
         return { newVersion, oldVersion, refcountChange, operations }
       })
     )
+    // A new key slot opens the image from now on; the one it opened with may be gone.
+    const encryption = options.encryption
+    const newSecret = encryption !== undefined && !("invalid" in encryption) && encryption.state === "active" && encryption.newSecret !== undefined ? options.secrets?.(encryption.newSecret) : undefined
+    const reopenOptions: OpenOptions = newSecret === undefined ? openOptions : { ...openOptions, passphrase: newSecret }
     const bits = options.refcountBits
     if (first.refcountChange && bits !== undefined) {
       if (first.newVersion < 3 && bits !== 16) {
@@ -146,12 +167,14 @@ export function amendImage(
         Effect.gen(function* () {
           const opener = yield* StorageOpener
           const storage = yield* Effect.mapError(opener.open(name, { readOnly: false }), (e) => new ImageError({ reason: "Storage", message: e.message, location: name, cause: e }))
-          const cluster0 = yield* withEngine(name, { ...openOptions, openBacking: false }, (_i, engine) => Effect.succeed(engine.header.image))
+          const cluster0 = yield* withEngine(name, { ...reopenOptions, openBacking: false }, (_i, engine) => Effect.succeed(engine.header.image))
           yield* engineError(changeRefcountOrder(storage, cluster0, Math.log2(bits), report), name)
         })
       )
     }
-    yield* withEngine(name, openOptions, (image, engine) =>
+    const laterSteps = [options.dataFile, options.dataFileRaw, options.backingFile, options.backingFormat, options.lazyRefcounts, options.size].some((o) => o !== undefined)
+    if (!laterSteps && first.newVersion >= first.oldVersion) return
+    yield* withEngine(name, reopenOptions, (image, engine) =>
       Effect.gen(function* () {
         let current = engine.header.image
         let autoclear = current.header.autoclearFeatures
@@ -191,6 +214,48 @@ export function amendImage(
       })
     )
   })
+}
+
+/** Runs a key-slot change with the cipher factory, or fails with the option error the CLI found. */
+function amendKeySlots(
+  name: string,
+  options: AmendOptions,
+  apply: (ciphers: SectorCipherFactoryShape, amendment: LuksKeySlotAmendment) => Effect.Effect<void, ImageError>
+): Effect.Effect<void, ImageError> {
+  return Effect.gen(function* () {
+    const encryption = options.encryption
+    if (encryption === undefined) return
+    if ("invalid" in encryption) return yield* invalid(encryption.invalid, name)
+    const ciphers = Option.getOrUndefined(yield* Effect.serviceOption(SectorCipherFactory))
+    if (ciphers === undefined) {
+      return yield* new ImageError({ reason: "Encryption", message: "no encryption backend was provided (SectorCipherFactory layer)", location: name })
+    }
+    yield* apply(ciphers, encryption)
+  })
+}
+
+/**
+ * `qemu-img amend` of a raw LUKS volume (`-f luks`; QEMU's crypto driver
+ * takes only the key-slot options `state`, `keyslot`, `old-secret`,
+ * `new-secret`, `iter-time`): opens it with the passphrase, then changes
+ * the key slots in its header.
+ */
+export function amendLuksImage(
+  name: string,
+  options: AmendOptions,
+  openOptions: OpenOptions = {}
+): Effect.Effect<void, ImageError, Env> {
+  return Effect.scoped(
+    Effect.gen(function* () {
+      const image = yield* openImage(name, { ...openOptions, format: "luks", readOnly: false })
+      const storage = luksStorages.get(image)
+      if (storage === undefined) return yield* unsupported(`Format driver '${image.format}' does not support option amendment`, name)
+      const payload = ((yield* image.formatSpecific()).luks?.payloadOffset ?? 0) * 512
+      yield* amendKeySlots(name, options, (ciphers, amendment) =>
+        amendLuksArea(storage, 0, payload, ciphers, openOptions.passphrase, amendment, options.secrets ?? (() => undefined))
+      )
+    })
+  )
 }
 
 /** Rewrites cluster 0 with `next` (header, extensions, backing name). */

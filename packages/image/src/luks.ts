@@ -1,6 +1,6 @@
 import { Effect, Semaphore } from "effect"
 import { decodeLuksHeader, LUKS_HEADER_SIZE, LUKS_SECTOR_SIZE } from "@qcow2/crypto"
-import type { CryptoError, LuksHeader, SectorCipher, SectorCipherFactoryShape } from "@qcow2/crypto"
+import type { CryptoError, LuksHeader, LuksKeySlotAmendment, LuksSecretLookup, SectorCipher, SectorCipherFactoryShape } from "@qcow2/crypto"
 import type { BlockStorageShape } from "@qcow2/storage"
 import type { BlockStatus, CreateOptions, Image } from "./api.js"
 import { ImageError } from "./errors.js"
@@ -14,6 +14,9 @@ const CHUNK = 1 << 20
 
 /** True when `bytes` start with the LUKS1 magic. */
 export const hasLuksMagic = (bytes: Uint8Array): boolean => LUKS_MAGIC.every((b, i) => bytes[i] === b)
+
+/** The file under each open raw LUKS image, for key-slot amendment (the image's only other owner of its header area). */
+export const luksStorages = new WeakMap<Image, BlockStorageShape>()
 
 const cryptoFailure = (location: string, e: CryptoError): ImageError =>
   new ImageError({
@@ -213,6 +216,7 @@ export function makeLuksImage(
       setBacking: () => Effect.fail(new ImageError({ reason: "Unsupported", message: "luks images have no backing file", location, errno: "ENOTSUP" })),
       check: () => Effect.fail(new ImageError({ reason: "Unsupported", message: "This image format does not support checks", location }))
     }
+    luksStorages.set(image, storage)
     return image
   })
 }
@@ -299,4 +303,42 @@ export function createLuksVolume(
     yield* asImageError(storage.resize(created.area.length + size), location)
     yield* asImageError(storage.flush(), location)
   })
+}
+
+/**
+ * Adds or erases key slots of the LUKS area at `areaOffset` of `storage`
+ * (`areaLength` bytes: the qcow2 FDE extension, or a raw volume's header up
+ * to its payload), as `qemu-img amend -o encrypt.state=…` does. Requests
+ * outside the area fail as in QEMU's qcow2 header callbacks.
+ */
+export function amendLuksArea(
+  storage: BlockStorageShape,
+  areaOffset: number,
+  areaLength: number,
+  ciphers: SectorCipherFactoryShape,
+  unlockPassphrase: Uint8Array | undefined,
+  amendment: LuksKeySlotAmendment,
+  lookup: LuksSecretLookup
+): Effect.Effect<void, ImageError> {
+  const location = storage.location
+  const outside = (offset: number, length: number) =>
+    offset < 0 || length < 0 || offset + length > areaLength
+      ? new ImageError({ reason: "Corrupt", message: "Request for data outside of extension header", location })
+      : undefined
+  const access = {
+    read: (offset: number, length: number) => {
+      const bad = outside(offset, length)
+      if (bad) return Effect.fail(bad)
+      const out = new Uint8Array(length)
+      return Effect.as(asImageError(storage.read(areaOffset + offset, out), location), out)
+    },
+    write: (offset: number, bytes: Uint8Array) => {
+      const bad = outside(offset, bytes.length)
+      return bad ? Effect.fail(bad) : asImageError(storage.write(areaOffset + offset, bytes), location)
+    },
+    flush: () => asImageError(storage.flush(), location)
+  }
+  return Effect.mapError(ciphers.amendLuks(access, unlockPassphrase, amendment, lookup), (e) =>
+    e._tag === "ImageError" ? e : cryptoFailure(location, e)
+  )
 }

@@ -257,24 +257,28 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
       const c = p.values
       return Effect.gen(function* () {
         const secrets = yield* secretsOf(c)
-        const granularity = c.granularity !== undefined ? yield* sizeArg(c.granularity, "granularity") : 0
+        // -g, -b and -F may repeat: the last one counts, as in qemu-img.
+        const lastGranularity = c.granularity.at(-1)
+        const sourceFile = c.sourceFile.at(-1)
+        const sourceFormatName = c.sourceFormat.at(-1)
+        const granularity = lastGranularity !== undefined ? yield* sizeArg(lastGranularity, "granularity") : 0
         const { runBitmap, bitmapActions } = yield* Effect.promise(() => import("../commands/bitmap.js"))
         // The flag table keeps no order across flags; qemu-img runs the actions in command-line order.
         const actions = bitmapActions(normalizeArgv(process.argv.slice(2)).slice(1))
         if (actions.length === 0) return yield* Effect.fail(fail("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge"))
         if (granularity !== 0 && !c.add) return yield* Effect.fail(fail("granularity only supported with --add"))
-        if (c.sourceFormat !== undefined && c.sourceFile === undefined) return yield* Effect.fail(fail("-F only supported with -b"))
-        if (c.sourceFile !== undefined && c.merge.length === 0) return yield* Effect.fail(fail("Merge bitmap source file only supported with --merge"))
+        if (sourceFormatName !== undefined && sourceFile === undefined) return yield* Effect.fail(fail("-F only supported with -b"))
+        if (sourceFile !== undefined && c.merge.length === 0) return yield* Effect.fail(fail("Merge bitmap source file only supported with --merge"))
         if (c.file === undefined || c.bitmap === undefined) return yield* Effect.fail(fail("Expecting filename and bitmap name"))
         const format = yield* imageFormat(c.format)
-        const sourceFormat = yield* imageFormat(c.sourceFormat)
+        const sourceFormat = yield* imageFormat(sourceFormatName)
         return yield* runBitmap({
           file: c.file,
           bitmap: c.bitmap,
           actions,
           format,
           granularity,
-          sourceFile: c.sourceFile,
+          sourceFile,
           sourceFormat,
           passphrase: secrets.passphrase
         })
@@ -387,8 +391,14 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         }
         if (file !== undefined && size !== undefined) return yield* Effect.fail(fail("--size N cannot be used together with a filename."))
         if (file === undefined && size === undefined) return yield* Effect.fail(fail("Either --size N or one filename must be specified."))
-        if (c.snapshot !== undefined) return yield* Effect.fail(fail(`Failed to load snapshot: measuring an internal snapshot is not supported here`))
         const format = yield* imageFormat(c.format)
+        let snapshot: SnapshotSelector | undefined
+        if (c.snapshot !== undefined) {
+          const { parseSnapshotParam } = yield* Effect.promise(() => import("../commands/snapshot.js"))
+          const parsed = parseSnapshotParam(c.snapshot)
+          if (parsed instanceof CliFailure) return yield* Effect.fail(parsed)
+          snapshot = parsed
+        }
         const { runMeasure } = yield* Effect.promise(() => import("../commands/measure.js"))
         return yield* runMeasure({
           format,
@@ -397,7 +407,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           output: c.output === "json" ? "json" : "human",
           passphrase: secrets.passphrase,
           ...(file !== undefined ? { file } : {}),
-          ...(size !== undefined ? { size } : {})
+          ...(size !== undefined ? { size } : {}),
+          ...(snapshot !== undefined ? { snapshot } : {})
         })
       })
     }

@@ -27,7 +27,12 @@ const makeFlag = (f: FlagSpec): Flag.Flag<unknown> => {
     case "stringDefault":
       return named(Flag.String(f.name)).pipe(Flag.withDefault(f.default))
     case "boolean":
-      return named(Flag.Boolean(f.name)).pipe(Flag.withDefault(false))
+      return f.repeatable === true
+        ? named(Flag.Boolean(f.name)).pipe(
+            Flag.atLeast(0),
+            Flag.map((given) => given.length > 0)
+          )
+        : named(Flag.Boolean(f.name)).pipe(Flag.withDefault(false))
     case "choice":
       return named(Flag.Literals(f.name, f.choices)).pipe(Flag.withDefault(f.default))
     case "repeat":

@@ -82,7 +82,7 @@ const parseCommand = (spec: CommandSpec, tokens: ReadonlyArray<Token>, trailing:
     }
     const list = seen.get(key)
     if (list === undefined) seen.set(key, [value])
-    else if (flag.kind === "repeat") list.push(value)
+    else if (flag.kind === "repeat" || (flag.kind === "boolean" && flag.repeatable === true)) list.push(value)
     else return undefined
   }
   const values: Record<string, unknown> = {}

@@ -396,7 +396,8 @@ const qcow2Sink = (o: ConvertOptions, total: number) =>
       eff.pipe(Effect.mapError((e) => fail(`error while writing at byte ${offset}: ${e.message}`)))
     const sink: Sink = {
       image: target,
-      zeroIsFree: (!o.skipCreate || o.targetIsZero) && o.backingFile === undefined,
+      // A preallocated encrypted image does not read as zeros (QEMU's qcow2_has_zero_init).
+      zeroIsFree: (!o.skipCreate || o.targetIsZero) && o.backingFile === undefined && !(passphrase !== undefined && parsed.values.has("encrypt.format") && (parsed.values.get("preallocation") ?? "off") !== "off"),
       alignment: o.compress ? clusterSize : 1,
       zeroGranularity: clusterSize,
       writeData: (offset, data) =>

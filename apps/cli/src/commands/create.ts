@@ -141,6 +141,8 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
           openImage(name, {
             readOnly: true,
             openBacking: false,
+            // As bdrv_img_create: no I/O, so an encrypted backing file needs no key.
+            noIo: true,
             ...(backingFmt !== undefined ? { format: backingFmt as ImageFormat } : {})
           }).pipe(Effect.map((img) => ({ size: img.virtualSize, format: img.format })))
         ).pipe(Effect.mapError((e) => fail(`${o.file}: ${e.message}\nCould not open backing image.`)))

@@ -15,6 +15,7 @@ import { fail, type CliFailure } from "../errors.js"
 import { print } from "../output.js"
 import { reportLine } from "../report.js"
 import { QDict, toQemuJson } from "../text/qjson.js"
+import { loadConvertSnapshot, type SnapshotSelector } from "./snapshot.js"
 
 export interface MeasureOptions {
   /** The input image, or undefined with `size`. */
@@ -26,6 +27,8 @@ export interface MeasureOptions {
   readonly size?: number
   readonly output: "human" | "json"
   readonly passphrase?: Uint8Array
+  /** -l: measure this internal snapshot of the input (loaded as qemu-img's bdrv_snapshot_load_tmp). */
+  readonly snapshot?: SnapshotSelector
 }
 
 export interface Measurement {
@@ -161,6 +164,7 @@ export const runMeasure = (o: MeasureOptions): Effect.Effect<number, CliFailure,
   Effect.scoped(
     Effect.gen(function* () {
       const input = o.file !== undefined ? yield* open(o.file, { readOnly: true, format: o.format, passphrase: o.passphrase }) : undefined
+      if (input !== undefined && o.snapshot !== undefined) yield* loadConvertSnapshot([input], o.snapshot)
       if (o.outFormat !== "qcow2" && o.outFormat !== "raw") return yield* Effect.fail(fail(`Unknown file format '${o.outFormat}'`))
       const parsed = parseCreateOptions(o.outFormat, o.options)
       if (!parsed.ok) {
