@@ -13,8 +13,11 @@
  * - runs the CLI through the `qcow2` bin npm linked.
  * The manifests and file lists of the tarballs are checked too.
  *
- * The devDependencies on the workspace packages only order turbo's builds
- * before this test; nothing here imports them.
+ * The devDependencies on the workspace packages, and the CLI's build in
+ * this package's turbo.json (a devDependency on the CLI would link its
+ * `qemu-img` bin into node_modules/.bin, ahead of QEMU's on the PATH of
+ * `pnpm test`), only order turbo's builds before this test; nothing here
+ * imports them.
  */
 import { execFileSync, spawnSync } from "node:child_process"
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
