@@ -14,6 +14,7 @@ import { gzipSync } from "node:zlib"
 import { build } from "esbuild"
 import { afterAll, describe, expect, it } from "vitest"
 import { bundlePage, openPage, servePage } from "../test/harness.js"
+import { mixedClusters } from "../test/page/clusters.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "qcow2-browser-bench-"))
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
@@ -40,13 +41,15 @@ const treeCpu = (root: number): number => {
   return stats.filter((s) => tree.has(s.pid)).reduce((n, s) => n + s.ticks, 0) / 100
 }
 
-/** `qemu-img bench ARGS`: wall and CPU (user + sys) seconds, from /usr/bin/time. */
-const qemuBench = (...args: string[]): { wall: number; cpu: number } => {
-  const run = spawnSync("/usr/bin/time", ["-f", "%e %U %S", "qemu-img", "bench", ...args], { cwd: dir, encoding: "utf8" })
-  if (run.status !== 0) throw new Error(`qemu-img bench failed: ${run.stderr}`)
+/** `qemu-img ARGS`: wall and CPU (user + sys) seconds, from /usr/bin/time. */
+const qemuTimed = (...args: string[]): { wall: number; cpu: number } => {
+  const run = spawnSync("/usr/bin/time", ["-f", "%e %U %S", "qemu-img", ...args], { cwd: dir, encoding: "utf8" })
+  if (run.status !== 0) throw new Error(`qemu-img ${args[0]} failed: ${run.stderr}`)
   const [wall, user, sys] = run.stderr.trim().split("\n").pop()!.split(" ").map(Number)
   return { wall: wall!, cpu: user! + sys! }
 }
+
+const qemuBench = (...args: string[]) => qemuTimed("bench", ...args)
 
 describe("figures", () => {
   it("IndexedDB throughput in Chromium, qemu-img bench on a raw file for scale", async () => {
@@ -84,6 +87,33 @@ describe("figures", () => {
       const rd = qemuBench("-f", "raw", "-t", "none", "-c", String(RANDOM_OPS), "-d", "1", "-s", "4k", "-S", "1M", "bench.raw")
       row(`qemu-img bench, raw file (-t none): ${RANDOM_OPS} 4 KiB reads, depth 1`, `${(RANDOM_OPS / rd.wall).toFixed(0)} IOPS`, rd.wall, rd.cpu)
       console.log(["", "| what | rate | wall | CPU (user+sys) |", ...rows].join("\n"))
+    } finally {
+      await browser.close()
+      await server.close()
+    }
+  })
+
+  it("cluster compression in Chromium (Web Worker pool, page thread) and qemu-img convert -c of the same data", async () => {
+    const mib = Number(process.env.BENCH_COMPRESS_MIB ?? 32)
+    fs.writeFileSync(path.join(dir, "mixed.raw"), Buffer.concat(mixedClusters(mib * 16, 65536)))
+    await bundlePage(dir)
+    const server = await servePage(dir)
+    const { browser, page } = await openPage(server.url)
+    const rows: Array<string> = []
+    try {
+      await page.evaluate((m) => window.qcow2Test.compressBench(m, 0, -1), mib)
+      for (const [type, name] of [[0, "zlib"], [1, "zstd"]] as const) {
+        for (const workers of [0, 1, 2]) {
+          const cpu = treeCpu(process.pid)
+          const r = await page.evaluate(([m, t, w]) => window.qcow2Test.compressBench(m, t, w), [mib, type, workers] as const)
+          const used = treeCpu(process.pid) - cpu
+          const what = workers === 0 ? "page thread (PortableClusterCodec)" : `Web Worker pool, ${workers} worker${workers > 1 ? "s" : ""}`
+          rows.push(`| ${name}: ${what} | ${((mib * 2 ** 20) / 1e6 / r.seconds).toFixed(1)} MB/s | ${r.seconds.toFixed(2)} s | ${used.toFixed(2)} s | ${((mib * 2 ** 20) / 1e6 / used).toFixed(1)} MB/CPU-s | ratio ${(r.stored / (mib * 2 ** 20)).toFixed(3)} |`)
+        }
+        const q = qemuTimed("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", `compression_type=${name}`, "mixed.raw", `mixed-${name}.qcow2`)
+        rows.push(`| ${name}: qemu-img convert -c | ${((mib * 2 ** 20) / 1e6 / q.wall).toFixed(1)} MB/s | ${q.wall.toFixed(2)} s | ${q.cpu.toFixed(2)} s | ${((mib * 2 ** 20) / 1e6 / q.cpu).toFixed(1)} MB/CPU-s | file ${fs.statSync(path.join(dir, `mixed-${name}.qcow2`)).size} B |`)
+      }
+      console.log(["", `| ${mib} MiB of mixed 64 KiB clusters | rate | wall | CPU (user+sys) | per CPU | |`, ...rows].join("\n"))
     } finally {
       await browser.close()
       await server.close()

@@ -13,6 +13,7 @@ import { blockStorageConformance, patternBytes } from "@qcow2/storage/testing"
 import { makeBlobStorage } from "@qcow2/storage-blob"
 import { DEFAULT_CHUNK_SIZE, deleteIdbStore, openIdbStorage } from "@qcow2/storage-idb"
 import * as api from "../../src/index.js"
+import { mixedClusters } from "./clusters.js"
 import { runCollected } from "./vitest-shim.js"
 
 let counter = 0
@@ -28,21 +29,6 @@ const conformance = () => {
   })
   return runCollected()
 }
-
-/** Clusters of mixed content: random, text, zeros, and runs. */
-const mixedClusters = (count: number, size: number): Array<Uint8Array> =>
-  Array.from({ length: count }, (_, i) => {
-    switch (i % 4) {
-      case 0:
-        return patternBytes(size, i + 1)
-      case 1:
-        return new TextEncoder().encode(`cluster ${i} of a qcow2 image compressed in a browser worker. `.repeat(Math.ceil(size / 40))).subarray(0, size)
-      case 2:
-        return new Uint8Array(size)
-      default:
-        return Uint8Array.from({ length: size }, (_, j) => (j >> 9) & 0xff)
-    }
-  })
 
 /**
  * Compresses clusters on the Web Worker pool (both types, several sizes)
@@ -168,12 +154,39 @@ const idbBench = {
   remove: (name: string) => Effect.runPromise(Effect.ignore(deleteIdbStore("bench", name)))
 }
 
+let benchClusters: Array<Uint8Array> = []
+
+/**
+ * Compresses `mib` MiB of mixed 64 KiB clusters (clusters.ts, made by the
+ * first call for that size, outside the measured part) with `type` on the
+ * Web Worker pool (`workers` workers) or, with `workers` 0, on the page's
+ * thread with the portable codec. Returns wall seconds and the bytes stored.
+ */
+const compressBench = (mib: number, type: 0 | 1, workers: number) => {
+  if (benchClusters.length !== mib * 16) benchClusters = mixedClusters(mib * 16, 65536)
+  if (workers < 0) return Promise.resolve({ seconds: 0, stored: 0 })
+  const clusters = benchClusters
+  let stored = 0
+  return Effect.runPromise(
+    Effect.scoped(
+      Effect.gen(function* () {
+        const codec = yield* PortableClusterCodec.make
+        const pool = workers > 0 ? yield* makeRuntimeCompressionPool({ workers }) : undefined
+        const compress = (c: Uint8Array) => (pool !== undefined ? pool.compress(type, c) : codec.compress(type, c))
+        const start = performance.now()
+        yield* Effect.forEach(clusters, (c) => Effect.map(compress(c), (r) => void (stored += r?.length ?? c.length)), { concurrency: 8, discard: true })
+        return { seconds: (performance.now() - start) / 1000, stored }
+      })
+    )
+  )
+}
+
 declare global {
   interface Window {
     qcow2Test: typeof qcow2Test
   }
 }
 
-const qcow2Test = { api, conformance, poolRoundTrip, toBase64, collector, idbBench, patternBytes }
+const qcow2Test = { api, conformance, poolRoundTrip, toBase64, collector, idbBench, compressBench, patternBytes }
 window.qcow2Test = qcow2Test
 document.title = "ready"
