@@ -157,6 +157,35 @@ describe("apps/web in Chromium", () => {
     await page.context().close()
   })
 
+  it("saves through the File System Access API where the browser has it (the picker answered by a stub)", async () => {
+    const page = await f.newPage()
+    // The native dialog cannot be driven headless: the stub hands out an OPFS file, as the picker hands out a disk file.
+    await page.evaluate(() => {
+      ;(window as unknown as { showSaveFilePicker: unknown }).showSaveFilePicker = async (o: { suggestedName: string }) =>
+        (await navigator.storage.getDirectory()).getFileHandle(`picked-${o.suggestedName}`, { create: true })
+    })
+    await openUrl(page, `${f.app.url}/base.qcow2`)
+    await page.selectOption("#export-via", "picker")
+    await page.click('[data-tab="export"]')
+    await page.selectOption('#export-form [name="compression"]', "zstd")
+    await page.fill("#export-name", "picked.qcow2")
+    await page.click("#export-button")
+    await page.waitForFunction(() => (document.getElementById("export-status")?.textContent ?? "").startsWith("Exported"))
+    expect(await page.textContent("#export-status")).not.toContain("downloaded")
+    const base64 = await page.evaluate(async () => {
+      const file = await (await (await navigator.storage.getDirectory()).getFileHandle("picked-picked.qcow2")).getFile()
+      const bytes = new Uint8Array(await file.arrayBuffer())
+      let text = ""
+      for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000))
+      return btoa(text)
+    })
+    const saved = path.join(f.dir, "picked.qcow2")
+    fs.writeFileSync(saved, Buffer.from(base64, "base64"))
+    expect(qemuJson(f, "qemu-img", "check", "--output=json", saved)["compressed-clusters"]).toBe(17)
+    f.qemu("qemu-img", "compare", saved, "base.qcow2")
+    await page.context().close()
+  })
+
   it("shows a readable error for a truncated or corrupt image, and keeps working", async () => {
     const good = fs.readFileSync(path.join(f.dir, "base.qcow2"))
     fs.writeFileSync(path.join(f.dir, "truncated.qcow2"), good.subarray(0, 64))
