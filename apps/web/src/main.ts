@@ -85,7 +85,13 @@ const openWithPlan = async (name: string, readOnly: boolean): Promise<void> => {
   }
   const passphrase = plan[0]?.encrypted === true ? await askPassphrase(name) : undefined
   if (plan[0]?.encrypted === true && passphrase === undefined) return void status(`Not opened: ${displayName(name)} needs its passphrase.`, true)
-  const opened = await session.open(name, { readOnly, ...(passphrase !== undefined ? { passphrase } : {}) })
+  const opened = await session.open(name, { readOnly, ...(passphrase !== undefined ? { passphrase } : {}) }).catch((e: unknown) => {
+    // The image open before was closed: the page no longer shows it.
+    byId("image-title").textContent = "No image open"
+    byId("info").replaceChildren()
+    byId("http-stats").textContent = ""
+    throw e
+  })
   status(`Open: ${name} (${opened.format}, ${humanSize(opened.virtualSize)}${opened.readOnly ? ", read-only" : ""})`)
   await showImage()
 }
