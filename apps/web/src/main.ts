@@ -6,7 +6,7 @@ import { byId, el, humanSize, messageOf } from "./dom.js"
 import { makeExportView } from "./exportView.js"
 import { hexDump } from "./hex.js"
 import { infoJson, mapJson, renderInfo } from "./info.js"
-import { COLOURS, countCategories, drawGuestMap, drawHostLayout, MAX_CELLS, scanClusters, type Category } from "./map.js"
+import { COLOURS, countCategories, drawGuestMap, drawHostLayout, headerRegions, HOST_COLOURS, MAX_CELLS, scanClusters, type Category } from "./map.js"
 import { kindOf, PICKED } from "./opener.js"
 import { Session } from "./session.js"
 
@@ -40,6 +40,11 @@ const showTab = (tab: string) => {
   if (tab === "map" && session.image !== undefined) action(drawMap)()
 }
 for (const b of Array.from(document.querySelectorAll<HTMLButtonElement>("[data-tab]"))) b.addEventListener("click", () => showTab(b.dataset.tab!))
+byId("host-legend").replaceChildren(
+  ...Object.entries(HOST_COLOURS).map(([kind, colour]) =>
+    el("span", {}, el("i", { style: `background: ${colour}` }), kind === "other" ? "L2 tables, refcount blocks, free" : kind)
+  )
+)
 
 // ---- opening, behind the policy ----------------------------------------------
 
@@ -132,9 +137,13 @@ const drawMap = async () => {
     ...(Object.keys(counts) as Category[]).map((c) => el("span", { "data-category": c }, el("i", { style: `background: ${COLOURS[c]}` }), `${c}: ${counts[c]}`)),
     el("span", { class: "muted" }, `clusters ${start / img.clusterSize}…${start / img.clusterSize + map.categories.length - 1} of ${Math.ceil(img.virtualSize / img.clusterSize)}`)
   )
-  // The host extent this view's data reaches (the Image API does not expose the file itself).
-  const hostEnd = map.hosts.reduce((end, h) => Math.max(end, h + img.clusterSize), img.clusterSize)
-  const layout = drawHostLayout(byId("host-map"), map, hostEnd)
+  // The host extent this view's data and the header's structures reach (the Image API does not expose the file itself).
+  const regions = headerRegions(img)
+  const hostEnd = Math.max(
+    map.hosts.reduce((end, h) => Math.max(end, h + img.clusterSize), img.clusterSize),
+    ...regions.map((r) => r.offset + r.length)
+  )
+  const layout = drawHostLayout(byId("host-map"), map, regions, hostEnd)
   byId("host-summary").textContent = `${layout.dataClusters} data clusters of this view in ${layout.fragments} contiguous runs`
   byId<HTMLCanvasElement>("guest-map").onclick = (event) => {
     const canvas = event.currentTarget as HTMLCanvasElement

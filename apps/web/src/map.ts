@@ -86,12 +86,46 @@ const shade = (hex: string, depth: number): string => {
   return `rgb(${c.join(",")})`
 }
 
+/** A metadata structure the image header locates (qcow2.txt "Header"): where it lies in the host file. */
+export interface HostRegion {
+  readonly kind: "header" | "L1 table" | "refcount table"
+  readonly offset: number
+  readonly length: number
+}
+
+/** Colours of the host-file view: the header's structures, data, and the rest (L2 tables, refcount blocks, free space). */
+export const HOST_COLOURS: Record<HostRegion["kind"] | "data" | "other", string> = {
+  header: "#37474f",
+  "L1 table": "#e8833a",
+  "refcount table": "#d94f70",
+  data: COLOURS.data,
+  other: "#f4d58d"
+}
+
+/** The structures the header of `image` places (none for raw images). */
+export const headerRegions = (image: Image): HostRegion[] => {
+  const h = image.header?.header
+  if (h === undefined) return []
+  return [
+    { kind: "header", offset: 0, length: image.clusterSize },
+    { kind: "L1 table", offset: h.l1TableOffset, length: h.l1Size * 8 },
+    { kind: "refcount table", offset: h.refcountTableOffset, length: h.refcountTableClusters * image.clusterSize }
+  ]
+}
+
 /**
- * The host file beside it: which host clusters hold this view's guest data
- * (the rest of the file is metadata or free), and how fragmented the data is
- * (guest-consecutive clusters whose host clusters are not consecutive).
+ * The host file beside it: where the header, L1 table and refcount table
+ * lie, which host clusters hold this view's guest data, and how fragmented
+ * the data is (guest-consecutive clusters whose host clusters are not
+ * consecutive). The rest of the file (L2 tables, refcount blocks, other
+ * data, free space) is drawn as "other".
  */
-export const drawHostLayout = (canvas: HTMLCanvasElement, map: ClusterMap, fileSize: number): { dataClusters: number; fragments: number } => {
+export const drawHostLayout = (
+  canvas: HTMLCanvasElement,
+  map: ClusterMap,
+  regions: ReadonlyArray<HostRegion>,
+  fileSize: number
+): { dataClusters: number; fragments: number } => {
   const g = canvas.getContext("2d")!
   const clusters = Math.max(1, Math.ceil(fileSize / map.clusterSize))
   // A square grid as wide as the canvas.
@@ -102,13 +136,18 @@ export const drawHostLayout = (canvas: HTMLCanvasElement, map: ClusterMap, fileS
   canvas.height = Math.max(cell, Math.ceil(clusters / columns) * cell)
   g.fillStyle = "#ffffff"
   g.fillRect(0, 0, canvas.width, canvas.height)
-  g.fillStyle = METADATA_COLOUR
+  g.fillStyle = HOST_COLOURS.other
   if (inner === cell) g.fillRect(0, 0, columns * cell, Math.ceil(clusters / columns) * cell)
   else for (let i = 0; i < clusters; i++) g.fillRect(...at(i), inner, inner)
+  for (const r of regions) {
+    g.fillStyle = HOST_COLOURS[r.kind]
+    const last = Math.min(clusters - 1, Math.floor((r.offset + Math.max(1, r.length) - 1) / map.clusterSize))
+    for (let i = Math.floor(r.offset / map.clusterSize); i <= last; i++) g.fillRect(...at(i), inner, inner)
+  }
   let fragments = 0
   let dataClusters = 0
   let previous = -2
-  g.fillStyle = COLOURS.data
+  g.fillStyle = HOST_COLOURS.data
   for (const host of map.hosts) {
     if (host < 0) {
       previous = -2
@@ -122,6 +161,3 @@ export const drawHostLayout = (canvas: HTMLCanvasElement, map: ClusterMap, fileS
   }
   return { dataClusters, fragments }
 }
-
-/** Host clusters that hold no data of this view: metadata (header, tables) or free. */
-export const METADATA_COLOUR = "#f4b942"
