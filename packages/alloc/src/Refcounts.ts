@@ -31,9 +31,11 @@ export interface RefcountTableLocation {
  * flush barriers around it).
  */
 export interface RefcountTableHeader {
+  /** Writes the new refcount table location into the header (`refcount_table_offset`, `refcount_table_clusters`), flushed around. */
   readonly moveRefcountTable: (location: RefcountTableLocation) => Effect.Effect<void, StorageError>
 }
 
+/** What `Refcounts` is built from: the open image's storage and geometry, its refcount table as read at open, and the caches it shares with the engine. */
 export interface RefcountsOptions {
   readonly storage: BlockStorageShape
   readonly clusterBits: number

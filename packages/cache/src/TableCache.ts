@@ -66,6 +66,7 @@ export interface TableCacheStats {
   evictions: number
 }
 
+/** A cache of one kind of table (L2 tables or refcount blocks) of one image: LRU, write-back, flush dependencies and overlap checks, as described at `TableCacheOptions`. */
 export class TableCache {
   readonly name: string
   readonly tableSize: number

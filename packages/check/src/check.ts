@@ -24,6 +24,7 @@ import { emptyTally, loadImage, type ImageInfo, type Tally } from "./internal/st
 import { StoredRefcounts } from "./internal/stored.js"
 import type { CheckResult } from "./result.js"
 
+/** Options of `checkQcow2` (qemu-img check's `-r`). */
 export interface CheckOptions {
   /** "leaks": fix leaked clusters; "all": also fix corruptions (qemu-img check -r). */
   readonly repair?: "leaks" | "all"

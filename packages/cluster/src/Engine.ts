@@ -29,7 +29,9 @@ import { writeZeroes } from "./zero.js"
 /** The layer below (the backing file), as the engine reads it: guest bytes and their status. */
 export interface BackingLayer {
   readonly size: number
+  /** Reads guest bytes of the backing layer. */
   readonly read: (offset: number, into: Uint8Array) => Effect.Effect<void, ImageError>
+  /** Allocation status of the backing layer at `offset` (for block status and `qemu-img map` depth). */
   readonly blockStatus: (offset: number, length: number) => Effect.Effect<BlockStatus, ImageError>
 }
 
@@ -43,7 +45,9 @@ export interface ClusterCompression {
 
 /** Encrypts or decrypts whole 512-byte sectors in place; `offset` selects the IV. */
 export interface SectorCrypto {
+  /** Encrypts `data` (whole sectors) in place; `offset` is the byte offset its IV is derived from (see `ivFrom`). */
   readonly encrypt: (offset: number, data: Uint8Array) => void
+  /** Decrypts `data` (whole sectors) in place; `offset` as for `encrypt`. */
   readonly decrypt: (offset: number, data: Uint8Array) => void
   /** Whether the IV follows the guest offset (legacy AES) or the host offset (LUKS). */
   readonly ivFrom: "guest" | "host"
@@ -73,6 +77,7 @@ export interface EngineOptions {
   readonly bitmaps?: LoadedBitmaps
 }
 
+/** Options of `truncate` (qemu-img resize: `--shrink`, `--preallocation`). */
 export interface TruncateOptions {
   readonly shrink?: boolean
   readonly preallocation?: Preallocation

@@ -177,10 +177,12 @@ export class DirtyBitmaps {
     return this.modify(name, true, (b) => b.bits!.clear())
   }
 
+  /** Starts tracking writes in the bitmap (qemu-img bitmap --enable). */
   enable(name: string): Effect.Effect<void, ImageError> {
     return this.modify(name, false, (b) => (b.enabled = true))
   }
 
+  /** Stops tracking writes in the bitmap (qemu-img bitmap --disable). */
   disable(name: string): Effect.Effect<void, ImageError> {
     return this.modify(name, false, (b) => (b.enabled = false))
   }

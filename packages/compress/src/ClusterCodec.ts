@@ -33,7 +33,9 @@ export interface CompressOptions {
  * one JavaScript realm (every call runs to completion synchronously).
  */
 export interface ClusterCodecShape {
+  /** Fills `out` (exactly one cluster) from the stored bytes `input`, which may run past the compressed data. */
   readonly decompress: (type: CompressionType, input: Uint8Array, out: Uint8Array) => Effect.Effect<void, DecompressionError>
+  /** The bytes QEMU would store for the whole cluster `input`, or `undefined` when QEMU would write it uncompressed. */
   readonly compress: (
     type: CompressionType,
     input: Uint8Array,

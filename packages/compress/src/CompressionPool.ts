@@ -23,6 +23,7 @@ import { WorkerPool } from "./internal/workerPool.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
 
+/** Options of `makeCompressionPool`. */
 export interface CompressionPoolOptions {
   /** Number of worker threads (default: `os.availableParallelism()`). */
   readonly workers?: number
@@ -30,6 +31,7 @@ export interface CompressionPoolOptions {
   readonly maxInFlightPerWorker?: number
 }
 
+/** Options of one `pool.compress` call. */
 export interface PoolCompressOptions {
   /**
    * Hand the cluster's memory to the worker instead of copying it. Only when

@@ -4,6 +4,7 @@
  */
 export type CompressionType = 0 | 1
 
+/** The `compression_type` values by name. */
 export const CompressionType = {
   Deflate: 0,
   Zstd: 1
@@ -15,6 +16,7 @@ const MAX_CLUSTER_SIZE = 2 * 1024 * 1024
 
 /** Default levels: zlib's Z_DEFAULT_COMPRESSION (6) and ZSTD_CLEVEL_DEFAULT (3), as QEMU uses. */
 export const DEFAULT_DEFLATE_LEVEL = 6
+/** zstd's level when none is given (ZSTD_CLEVEL_DEFAULT, as QEMU). */
 export const DEFAULT_ZSTD_LEVEL = 3
 
 /** True for a power of two in 512 B..2 MiB. */

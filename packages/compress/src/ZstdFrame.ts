@@ -60,6 +60,7 @@ export interface ZstdFrameProblem {
   readonly message: string
 }
 
+/** What `walkZstdFrame` finds at an offset: a frame (with its exact length), a skippable frame, or why neither is there. */
 export type ZstdWalkResult = ZstdFrame | ZstdSkippableFrame | ZstdFrameProblem
 
 const u32le = (b: Uint8Array, i: number): number => (b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | (b[i + 3] << 24)) >>> 0

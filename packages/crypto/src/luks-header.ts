@@ -24,13 +24,18 @@
 import { invalidLuksHeader } from "./errors.js"
 
 const LUKS_MAGIC: Uint8Array = new Uint8Array([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])
+/** The LUKS header version this codec reads and writes (LUKS1). */
 export const LUKS_VERSION = 1
 /** Size of the LUKS1 partition header with its 8 key slots. */
 export const LUKS_HEADER_SIZE = 592
 const LUKS_NUM_KEY_SLOTS = 8
+/** Bytes of the master-key digest (LUKS1 spec: mk-digest, 20). */
 export const LUKS_DIGEST_SIZE = 20
+/** Bytes of the PBKDF2 salts (master-key digest and key slots). */
 export const LUKS_SALT_SIZE = 32
+/** Anti-forensic stripes per key slot that QEMU and cryptsetup write. */
 export const LUKS_STRIPES = 4000
+/** LUKS sector size in bytes (offsets in the header count these). */
 export const LUKS_SECTOR_SIZE = 512
 const LUKS_KEY_ENABLED = 0x00ac71f3
 const LUKS_KEY_DISABLED = 0x0000dead

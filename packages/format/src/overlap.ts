@@ -45,6 +45,7 @@ const ORDER: ReadonlyArray<MetadataKind> = [
   "bitmap directory"
 ]
 
+/** Where an image's metadata lives (header, L1 and refcount tables, L2 tables, refcount blocks, snapshot table, bitmaps), to refuse a write that would land on it (QEMU's qcow2_check_metadata_overlap). */
 export class OverlapIndex {
   private readonly clusterSize: number
   private readonly ranges = new Map<RangeKind, ReadonlyArray<HostRange>>()

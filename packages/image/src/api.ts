@@ -14,6 +14,7 @@ export type ImageFormat = "qcow2" | "raw" | "luks"
 /** The result of `check`, with qemu-img check's fields (defined by @qcow2/check). */
 export type { CheckResult }
 
+/** An open image (qcow2, raw or LUKS, with its backing chain): guest-offset reads and writes and the qemu-img operations on it. Closed with the scope it was opened in. */
 export interface Image {
   readonly format: ImageFormat
   /** Name the image was opened by (path or URL). */
@@ -35,12 +36,15 @@ export interface Image {
 
   /** Reads `into.length` bytes at guest `offset` (any alignment). */
   readonly read: (offset: number, into: Uint8Array) => Effect.Effect<void, ImageError>
+  /** Writes `data` at guest `offset` (any alignment; allocates and copies on write as needed). */
   readonly write: (offset: number, data: Uint8Array) => Effect.Effect<void, ImageError>
   /** Writes zeros; `unmap` lets the image deallocate (qemu-io `write -z -u`). */
   readonly writeZeroes: (offset: number, length: number, options?: { readonly unmap?: boolean }) => Effect.Effect<void, ImageError>
+  /** Discards the range (qemu-io `discard`), as QEMU's driver for the format does. */
   readonly discard: (offset: number, length: number) => Effect.Effect<void, ImageError>
   /** Writes whole aligned clusters compressed (qemu-io `write -c`). */
   readonly writeCompressed: (offset: number, data: Uint8Array) => Effect.Effect<void, ImageError>
+  /** Makes everything written so far durable (metadata caches written back, storage flushed). */
   readonly flush: () => Effect.Effect<void, ImageError>
   /**
    * The VM state area (qemu-io `read -b` / `write -b`; QEMU's
@@ -48,7 +52,9 @@ export interface Image {
    * the guest disk. Undefined for formats without one (raw).
    */
   readonly vmState?: {
+    /** Reads VM state bytes at `pos`. */
     readonly read: (pos: number, into: Uint8Array) => Effect.Effect<void, ImageError>
+    /** Writes VM state bytes at `pos`. */
     readonly write: (pos: number, data: Uint8Array) => Effect.Effect<void, ImageError>
   }
   /**
@@ -67,6 +73,7 @@ export interface Image {
    * consistent). Read through the open image; empty for raw images.
    */
   readonly formatSpecific: () => Effect.Effect<FormatSpecific, ImageError>
+  /** qemu-img check (and `-r leaks|all` repair) of the image file. */
   readonly check: (options?: { readonly repair?: "leaks" | "all" }) => Effect.Effect<CheckResult, ImageError>
   /**
    * Persistent dirty bitmaps of a qcow2 image (qcow2.txt "Bitmaps"), loaded
@@ -106,6 +113,7 @@ export interface InternalSnapshots {
   readonly load: (id: string | undefined, name: string | undefined) => Effect.Effect<void, ImageError>
 }
 
+/** Options of `truncate` (qemu-img resize `--shrink`, `--preallocation`). */
 export interface TruncateOptions {
   readonly shrink?: boolean
   readonly preallocation?: Preallocation
@@ -117,6 +125,7 @@ export interface FormatSpecific {
   readonly bitmaps?: ReadonlyArray<BitmapDirectoryEntry>
 }
 
+/** Options of `openImage`. */
 export interface OpenOptions {
   readonly readOnly?: boolean
   /** Skip probing and open as this format. */

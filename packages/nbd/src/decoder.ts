@@ -46,11 +46,13 @@ type Body =
 const OPTION_HEADER = 16
 const REQUEST_HEADER = 28
 
+/** Bounds on what a client may send: option data and write payloads longer than these are skipped, never buffered. */
 export interface DecoderLimits {
   readonly maxOptionData?: number
   readonly maxPayload?: number
 }
 
+/** The decoder of one connection's client bytes (see the module comment). */
 export class ClientDecoder {
   private readonly chunks: Uint8Array[] = []
   /** Read position in chunks[0]. */

@@ -33,6 +33,7 @@ export interface NbdExport {
   readonly writethrough?: boolean
 }
 
+/** What a server offers: its exports and connection-wide settings. */
 export interface ServerConfig {
   readonly exports: ReadonlyArray<NbdExport>
   /**
@@ -56,11 +57,13 @@ export interface Session {
   readonly contexts: ReadonlyArray<MetaContext>
 }
 
+/** What the connection does after an option: read more options, close, or start transmission with the negotiated session. */
 export type Next =
   | { readonly kind: "continue" }
   | { readonly kind: "close" }
   | { readonly kind: "transmission"; readonly session: Session }
 
+/** The server's answer to one option: the replies to send, then what comes next. */
 export interface Outcome {
   readonly replies: ReadonlyArray<Uint8Array>
   readonly next: Next

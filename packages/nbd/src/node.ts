@@ -19,6 +19,7 @@ export class NbdListenError extends Data.TaggedError("NbdListenError")<{
   readonly message: string
 }> {}
 
+/** Where and how `listen` accepts clients (qemu-nbd's `-b`, `-p`, `-k`, `-e`, `-t`). */
 export interface ListenOptions {
   /** TCP address to bind (qemu-nbd -b; default 0.0.0.0). Ignored with `path`. */
   readonly host?: string
@@ -32,6 +33,7 @@ export interface ListenOptions {
   readonly persistent?: boolean
 }
 
+/** A listening server, stopped when its scope closes. */
 export interface NbdListener {
   /** Where the server listens: "host:port" for TCP (port resolved when 0 was asked), or the socket path. */
   readonly address: { readonly host: string; readonly port: number } | { readonly path: string }

@@ -19,10 +19,12 @@ export const STRUCTURED_REPLY_MAGIC = 0x668e33ef
 
 /** Handshake flags (server, 16 bits). */
 export const FLAG_FIXED_NEWSTYLE = 1 << 0
+/** The server can leave out the 124 zero bytes after an NBD_OPT_EXPORT_NAME reply (NBD_FLAG_NO_ZEROES). */
 export const FLAG_NO_ZEROES = 1 << 1
 
 /** Client flags (32 bits); any other bit makes the server drop the connection. */
 export const FLAG_C_FIXED_NEWSTYLE = 1 << 0
+/** The client asks for those zero bytes to be left out (NBD_FLAG_C_NO_ZEROES). */
 export const FLAG_C_NO_ZEROES = 1 << 1
 
 /** Transmission flags (16 bits), sent with the export's size. */
@@ -107,6 +109,7 @@ export const CommandFlag = {
 
 /** Structured reply chunk flags and types; error types have bit 15 set. */
 export const REPLY_FLAG_DONE = 1 << 0
+/** Structured reply chunk types (NBD_REPLY_TYPE_*). */
 export const ChunkType = {
   NONE: 0,
   OFFSET_DATA: 1,
@@ -118,6 +121,7 @@ export const ChunkType = {
 
 /** Status flags of the `base:allocation` metadata context. */
 export const STATE_HOLE = 1 << 0
+/** The extent reads as zeros (NBD_STATE_ZERO). */
 export const STATE_ZERO = 1 << 1
 
 /** Error values of a reply (proto.md "Error values"): the common Linux errno numbers. */
@@ -135,6 +139,7 @@ export type Errno = (typeof Errno)[keyof typeof Errno]
 
 /** Metadata contexts this server offers (proto.md "Metadata querying"; QEMU's docs/interop/nbd.txt). */
 export const BASE_ALLOCATION = "base:allocation"
+/** QEMU's context: in which layer of the backing chain each extent is allocated. */
 export const QEMU_ALLOCATION_DEPTH = "qemu:allocation-depth"
 
 /** Longest string (export name, description, query) the protocol allows. */

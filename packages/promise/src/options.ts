@@ -71,6 +71,7 @@ export interface LuksCreateOptions extends LuksOptions {
   readonly preallocation?: "off" | "falloc" | "full"
 }
 
+/** What `create` makes: a qcow2 image (default), a raw file (`format: "raw"`) or a raw LUKS volume (`format: "luks"`). */
 export type CreateOptions = Qcow2CreateOptions | RawCreateOptions | LuksCreateOptions
 
 /** How far a conversion is, reported after every chunk. */

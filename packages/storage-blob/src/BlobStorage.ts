@@ -8,6 +8,7 @@ const BLOCK = 64 * 1024
 /** Reads at least this long go straight to the Blob, past the cache (bulk data, not metadata). */
 const DIRECT = 1024 * 1024
 
+/** Options of `makeBlobStorage` and `makeBlobStorageOpener`. */
 export interface BlobStorageOptions {
   /** The store's `location` (a file's name). Default: the File's `name`, or "blob". */
   readonly name?: string

@@ -21,8 +21,10 @@ export const parseIdbName = (text: string): IdbName | undefined => {
   return { database: decodeURIComponent(rest.slice(0, slash)), name: rest.slice(slash + 1) }
 }
 
+/** The `idb://DATABASE/NAME` name of a store (the inverse of `parseIdbName`). */
 export const formatIdbName = (n: IdbName): string => `${PREFIX}${encodeURIComponent(n.database)}/${n.name}`
 
+/** Options of `makeIdbStorageOpener`. */
 export interface IdbOpenerOptions {
   /** Bytes per chunk record of stores created through this opener. */
   readonly chunkSize?: number

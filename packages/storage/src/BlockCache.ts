@@ -56,6 +56,7 @@ export class BlockCache {
     return this.used
   }
 
+  /** Drops every cached block. */
   clear(): void {
     this.blocks.clear()
     this.used = 0

@@ -26,10 +26,15 @@ export interface StorageCapabilities {
 export interface BlockStorageShape {
   readonly location: string
   readonly capabilities: StorageCapabilities
+  /** Fills `into` with the bytes at `offset`; past the end they read as zeros. */
   readonly read: (offset: number, into: Uint8Array) => Effect.Effect<void, StorageError>
+  /** Writes all of `data` at `offset`, growing the store if needed. */
   readonly write: (offset: number, data: Uint8Array) => Effect.Effect<void, StorageError>
+  /** A barrier: everything written before it is durable when it succeeds. */
   readonly flush: () => Effect.Effect<void, StorageError>
+  /** The store's current size in bytes. */
   readonly size: () => Effect.Effect<number, StorageError>
+  /** Grows (with zeros) or cuts the store to `size` bytes. */
   readonly resize: (size: number) => Effect.Effect<void, StorageError>
   /** Releases the byte range (punches a hole) where supported; a hint, may be a no-op. */
   readonly discard: (offset: number, length: number) => Effect.Effect<void, StorageError>
@@ -57,6 +62,7 @@ export interface BlockStorageShape {
  */
 export const LOCK_PERMISSIONS = ["consistent read", "write", "write unchanged", "resize"] as const
 
+/** One of QEMU's block-layer permissions, by the name its messages use. */
 export type LockPermission = (typeof LOCK_PERMISSIONS)[number]
 
 /**
@@ -96,8 +102,11 @@ export interface OpenOptions {
  * backing file names against the overlay's directory.
  */
 export interface StorageOpenerShape {
+  /** Opens the store `name`, closed when the scope closes. */
   readonly open: (name: string, options: OpenOptions) => Effect.Effect<BlockStorageShape, StorageError, Scope.Scope>
+  /** The name of `name` as referenced from the store `referencedFrom` (a backing file name against its overlay). */
   readonly resolve: (referencedFrom: string, name: string) => string
 }
 
+/** The service that opens images, backing files and data files by name (Node files, HTTP, IndexedDB, Blobs, memory). */
 export class StorageOpener extends Context.Service<StorageOpener, StorageOpenerShape>()("@qcow2/storage/StorageOpener") {}

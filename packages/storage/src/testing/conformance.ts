@@ -38,6 +38,7 @@ export interface ReadOnlyConformanceOptions {
   readonly makeWithContent: MakeStorageWithContent
 }
 
+/** How `blockStorageConformance` runs: on a writable backend, or read-only with stores made from given content. */
 export type ConformanceOptions = WritableConformanceOptions | ReadOnlyConformanceOptions
 
 /** Size of the content the suite gives `makeWithContent`: three 64 KiB pages and a bit. */

@@ -32,9 +32,11 @@ export interface FaultRule {
   readonly partialBytes?: number
 }
 
+/** A store wrapper that fails chosen operations (`makeFaultInjector`). */
 export interface FaultInjector {
   /** The wrapped store; operations matching a rule fail with reason `Io`. */
   readonly storage: BlockStorageShape
+  /** Fails every later call that matches `rule`. */
   readonly inject: (rule: FaultRule) => void
   /** Fail the `n`-th call (1-based, counted since the injector was made) of `operation`. */
   readonly failNth: (operation: FaultOperation, n: number) => void

@@ -24,6 +24,7 @@ export class ModelStore {
     this.bytes = next
   }
 
+  /** Writes `data` at `offset`, growing the model. */
   write(offset: number, data: Uint8Array): void {
     if (data.length === 0) return
     this.reserve(offset + data.length)
@@ -31,6 +32,7 @@ export class ModelStore {
     this.length = Math.max(this.length, offset + data.length)
   }
 
+  /** Grows with zeros or cuts to `size`. */
   resize(size: number): void {
     if (size < this.length) this.bytes.fill(0, size, this.length)
     else this.reserve(size)
@@ -42,6 +44,7 @@ export class ModelStore {
     if (offset < this.length) this.bytes.fill(0, offset, Math.min(offset + length, this.length))
   }
 
+  /** The `length` bytes at `offset` (zeros past the end). */
   read(offset: number, length: number): Uint8Array {
     const out = new Uint8Array(length)
     if (offset < this.length) out.set(this.bytes.subarray(offset, Math.min(offset + length, this.length)))

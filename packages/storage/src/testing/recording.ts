@@ -34,6 +34,7 @@ export type KeepUnflushed =
   | "all"
   | { readonly seed: number; readonly probability?: number; readonly sector?: number }
 
+/** Which unflushed writes a simulated crash keeps. */
 export interface CrashOptions {
   /** Default `"all"`. */
   readonly keepUnflushed?: KeepUnflushed
@@ -65,6 +66,7 @@ export interface CrashRecorder {
   readonly storageAt: (cut: number, options?: CrashOptions) => BlockStorageShape
 }
 
+/** Options of `makeCrashRecorder`. */
 export interface CrashRecorderOptions {
   /**
    * The content `inner` holds when it is wrapped (default: empty). The
