@@ -19,6 +19,7 @@ import type { CompressionType } from "./CompressionType.js"
 import { CompressionError } from "./errors.js"
 import { checkCompressInput, resolveLevel } from "./internal/codec.js"
 import { nodeDeflateCluster } from "./internal/deflateNode.js"
+import { nodeInflateRaw } from "./internal/nodeKernels.js"
 import { WorkerPool } from "./internal/workerPool.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
@@ -117,7 +118,7 @@ export const makeCompressionPool = (
   Effect.gen(function* () {
     const size = Math.max(1, Math.floor(options?.workers ?? availableParallelism()))
     const maxInFlight = Math.max(1, Math.floor(options?.maxInFlightPerWorker ?? 2))
-    const zstdModule = yield* Effect.promise(() => zstdWasmModule())
+    const zstdModule = yield* Effect.promise(() => zstdWasmModule(nodeInflateRaw))
     const pool = yield* Effect.acquireRelease(
       Effect.sync(() => new WorkerPool(compressionWorkerSource(), { zstdModule }, size, maxInFlight)),
       (running) => Effect.promise(() => running.close())
