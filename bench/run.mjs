@@ -7,7 +7,10 @@
  * Test images are built once with qemu-img and cached in
  * $QCOW2_BENCH_DIR (default: the OS temp dir); delete it to rebuild.
  * $QCOW2_BENCH_CLI names another build of the CLI to measure;
- * $QCOW2_BENCH_RUNS sets how many times each command runs (median taken).
+ * $QCOW2_BENCH_RUNS sets how many times each command runs (median taken);
+ * $QCOW2_BENCH_BASE names a baseline build of the CLI that the convert and
+ * start-up cases also run, in the same rounds (before/after figures on a
+ * machine whose load changes).
  *
  * To add a case, append to CASES: { name, description, run(ctx) } where
  * run returns rows of [label, value] to print.
@@ -24,6 +27,8 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const CLI_DIR = path.join(ROOT, "apps", "cli")
 /** The CLI under test; $QCOW2_BENCH_CLI runs another build (e.g. an older one, for before/after figures) and skips the build. */
 const BUNDLE = process.env.QCOW2_BENCH_CLI ?? path.join(CLI_DIR, "dist", "qcow2.mjs")
+/** A baseline build run alongside (see the header), or undefined. */
+const BASE = process.env.QCOW2_BENCH_BASE
 const WORK = process.env.QCOW2_BENCH_DIR ?? path.join(os.tmpdir(), "qcow2-bench")
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB
@@ -162,11 +167,21 @@ const convertPair = (image, from, to, runs) => {
   const ours = path.join(WORK, `out-ours.${to}`)
   const theirs = path.join(WORK, `out-qemu.${to}`)
   const size = Number(JSON.parse(sh("qemu-img", ["info", "-f", from, "--output=json", image]).toString())["virtual-size"])
+  const base = path.join(WORK, `out-base.${to}`)
   const args = ["convert", "-f", from, "-O", to, image]
-  const [tOurs, tQemu] = alternate(runs, fresh(ours, process.execPath, [BUNDLE, ...args, ours]), fresh(theirs, "qemu-img", [...args, theirs]))
+  const [tOurs, tQemu, tBase] = alternateAll(runs, [
+    fresh(ours, process.execPath, [BUNDLE, ...args, ours]),
+    fresh(theirs, "qemu-img", [...args, theirs]),
+    ...(BASE === undefined ? [] : [fresh(base, process.execPath, [BASE, ...args, base])])
+  ])
+  fs.rmSync(base, { force: true })
   const rows = [
     ["virtual size", `${(size / MiB).toFixed(0)} MiB`],
-    ...timingRows(size, [[`qcow2 convert -O ${to}`, tOurs], [`qemu-img convert -O ${to}`, tQemu]], [["qcow2 / qemu-img", tOurs, tQemu]]),
+    ...timingRows(
+      size,
+      [[`qcow2 convert -O ${to}`, tOurs], [`qemu-img convert -O ${to}`, tQemu], ...(tBase === undefined ? [] : [[`baseline convert -O ${to}`, tBase]])],
+      [["qcow2 / qemu-img", tOurs, tQemu], ...(tBase === undefined ? [] : [["baseline / qemu-img", tBase, tQemu]])]
+    ),
     ["per GiB (ours, qemu-img)", `${fmt(tOurs.wall / (size / GiB))}, ${fmt(tQemu.wall / (size / GiB))}`],
     ["same guest data", sameImages(ours, theirs, ["-f", to, "-F", to]) ? "yes" : "NO"],
     ...(to === "qcow2" ? [["qemu-img check of ours", checkClean(ours) ? "clean" : "NOT CLEAN"]] : [])
@@ -273,13 +288,15 @@ const CASES = [
     description: "info on a small image: qcow2 vs qemu-img vs `node -e 0` (median of 11)",
     run: () => {
       const image = smallImage()
-      const [tOurs, tQemu, tNode] = alternateAll(11, [
+      const [tOurs, tQemu, tNode, tBase] = alternateAll(11, [
         () => timeRun(process.execPath, [BUNDLE, "info", image]),
         () => timeRun("qemu-img", ["info", image]),
-        () => timeRun(process.execPath, ["-e", "0"])
+        () => timeRun(process.execPath, ["-e", "0"]),
+        ...(BASE === undefined ? [] : [() => timeRun(process.execPath, [BASE, "info", image])])
       ])
+      const named = [["qcow2 info", tOurs], ["qemu-img info", tQemu], ["node -e 0", tNode], ...(tBase === undefined ? [] : [["baseline info", tBase]])]
       return [
-        ...timingRows(0, [["qcow2 info", tOurs], ["qemu-img info", tQemu], ["node -e 0", tNode]], []).map(([k, v]) => [k, v.replace(/\(0 MiB\/s, /, "(")]),
+        ...timingRows(0, named, []).map(([k, v]) => [k, v.replace(/\(0 MiB\/s, /, "(")]),
         ["qcow2 info − node -e 0", `wall ${((tOurs.wall - tNode.wall) * 1000).toFixed(0)} ms, CPU ${(((tOurs.cpu ?? 0) - (tNode.cpu ?? 0)) * 1000).toFixed(0)} ms`]
       ]
     }
@@ -293,11 +310,13 @@ const CASES = [
       for (const type of ["zlib", "zstd"]) {
         const out = (who) => path.join(WORK, `out-${who}-${type}.qcow2`)
         const args = ["convert", "-c", "-f", "raw", "-O", "qcow2", "-o", `compression_type=${type}`, raw]
-        const [tOurs, tQemu, tQemuW] = alternateAll(3, [
+        const [tOurs, tQemu, tQemuW, tBase] = alternateAll(3, [
           fresh(out("ours"), process.execPath, [BUNDLE, ...args, out("ours")]),
           fresh(out("qemu"), "qemu-img", [...args, out("qemu")]),
-          fresh(out("qemuW"), "qemu-img", ["convert", "-W", ...args.slice(1), out("qemuW")])
+          fresh(out("qemuW"), "qemu-img", ["convert", "-W", ...args.slice(1), out("qemuW")]),
+          ...(BASE === undefined ? [] : [fresh(out("base"), process.execPath, [BASE, ...args, out("base")])])
         ])
+        if (tBase !== undefined) rows.push(...timingRows(GiB, [[`${type}: baseline convert -c`, tBase]], [[`${type}: baseline / qemu-img -c -W`, tBase, tQemuW]]))
         rows.push(
           ...timingRows(
             GiB,
@@ -315,7 +334,7 @@ const CASES = [
           [`${type}: guest data identical to the source`, sameImages(out("ours"), raw, ["-F", "raw"]) ? "yes" : "NO"],
           [`${type}: qemu-img check of ours`, checkClean(out("ours")) ? "clean" : "NOT CLEAN"]
         )
-        for (const who of ["ours", "qemu", "qemuW"]) fs.rmSync(out(who), { force: true })
+        for (const who of ["ours", "qemu", "qemuW", "base"]) fs.rmSync(out(who), { force: true })
       }
       return rows
     }
