@@ -185,7 +185,7 @@ export interface CompressedPiece {
  * Largest host span read in one request for a batch of compressed clusters
  * (QEMU reads each one on its own; packed neighbours cost one read here).
  */
-export const COMPRESSED_SPAN_LIMIT = 1024 * 1024
+export const COMPRESSED_SPAN_LIMIT = 256 * 1024
 
 /**
  * Reads and decompresses whole compressed clusters whose host bytes lie
