@@ -6,7 +6,11 @@
  * same files, so the ratio means something on a shared, noisy machine.
  * Test images are built once with qemu-img and cached in
  * $QCOW2_BENCH_DIR (default: the OS temp dir); delete it to rebuild.
- * $QCOW2_BENCH_CLI names another build of the CLI to measure.
+ * $QCOW2_BENCH_CLI names another build of the CLI to measure;
+ * $QCOW2_BENCH_RUNS sets how many times each command runs (median taken);
+ * $QCOW2_BENCH_BASE names a baseline build of the CLI that the convert and
+ * start-up cases also run, in the same rounds (before/after figures on a
+ * machine whose load changes).
  *
  * To add a case, append to CASES: { name, description, run(ctx) } where
  * run returns rows of [label, value] to print.
@@ -23,6 +27,8 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const CLI_DIR = path.join(ROOT, "apps", "cli")
 /** The CLI under test; $QCOW2_BENCH_CLI runs another build (e.g. an older one, for before/after figures) and skips the build. */
 const BUNDLE = process.env.QCOW2_BENCH_CLI ?? path.join(CLI_DIR, "dist", "qcow2.mjs")
+/** A baseline build run alongside (see the header), or undefined. */
+const BASE = process.env.QCOW2_BENCH_BASE
 const WORK = process.env.QCOW2_BENCH_DIR ?? path.join(os.tmpdir(), "qcow2-bench")
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB
@@ -36,29 +42,32 @@ const GNU_TIME = fs.existsSync("/usr/bin/time") ? "/usr/bin/time" : undefined
 /**
  * One run of a command (stdout discarded): wall-clock seconds and, when GNU
  * time is installed, CPU seconds (user + system), which a busy machine
- * disturbs much less than wall time.
+ * disturbs much less than wall time, and peak resident memory (bytes).
  */
 const timeRun = (cmd, args) => {
   const start = performance.now()
   const r = GNU_TIME
-    ? spawnSync(GNU_TIME, ["-f", "%U %S", cmd, ...args], { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" })
+    ? spawnSync(GNU_TIME, ["-f", "%U %S %M", cmd, ...args], { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" })
     : spawnSync(cmd, args, { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" })
   const wall = (performance.now() - start) / 1000
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} exited with ${r.status}: ${r.stderr}`)
   const last = r.stderr.trim().split("\n").pop() ?? ""
-  const [user, sys] = last.split(" ").map(Number)
-  return { wall, cpu: GNU_TIME && Number.isFinite(user) && Number.isFinite(sys) ? user + sys : undefined, stdout: r.stdout }
+  const [user, sys, kib] = last.split(" ").map(Number)
+  const measured = GNU_TIME && Number.isFinite(user) && Number.isFinite(sys)
+  return { wall, cpu: measured ? user + sys : undefined, rss: measured && Number.isFinite(kib) ? kib * 1024 : undefined, stdout: r.stdout }
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
-/** Runs the functions in turn, `n` rounds; returns each one's median wall and CPU times. */
-const alternateAll = (n, fns) => {
+/** Runs the functions in turn, `n` rounds ($QCOW2_BENCH_RUNS overrides `n`); returns each one's median wall and CPU times and largest peak memory. */
+const alternateAll = (runs, fns) => {
+  const n = process.env.QCOW2_BENCH_RUNS === undefined ? runs : Number(process.env.QCOW2_BENCH_RUNS)
   const results = fns.map(() => [])
   for (let i = 0; i < n; i++) fns.forEach((f, j) => results[j].push(f()))
   return results.map((rs) => ({
     wall: median(rs.map((r) => r.wall)),
     cpu: rs[0].cpu === undefined ? undefined : median(rs.map((r) => r.cpu)),
+    rss: rs[0].rss === undefined ? undefined : Math.max(...rs.map((r) => r.rss)),
     stdouts: rs.map((r) => r.stdout)
   }))
 }
@@ -72,7 +81,7 @@ const fresh = (output, cmd, args) => () => {
   return timeRun(cmd, args)
 }
 
-const cpuText = (t) => (t.cpu === undefined ? "" : `, CPU ${fmt(t.cpu)}`)
+const cpuText = (t) => (t.cpu === undefined ? "" : `, CPU ${fmt(t.cpu)}`) + (t.rss === undefined ? "" : `, peak ${(t.rss / MiB).toFixed(0)} MiB`)
 
 /** Rows for several timed commands: each one's time and throughput, then its ratio against each reference. */
 const timingRows = (bytes, named, ratios) => [
@@ -89,9 +98,10 @@ const mbps = (bytes, s) => `${(bytes / MiB / s).toFixed(0)} MiB/s`
 /**
  * A raw file of `size` bytes mixing 1 MiB chunks of zeros (left as holes),
  * random bytes and text, in a fixed pseudo-random order; some data chunks
- * carry zero runs inside so 4 KiB zero detection matters.
+ * carry zero runs inside so 4 KiB zero detection matters. With `dataEvery`
+ * n > 1 only every n-th MiB may hold data (a large, sparse-ish image).
  */
-const writeMixedRaw = (file, size) => {
+const writeMixedRaw = (file, size, dataEvery = 1) => {
   const fd = fs.openSync(file, "w")
   const chunk = Buffer.alloc(MiB)
   const text = Buffer.from(
@@ -101,7 +111,7 @@ const writeMixedRaw = (file, size) => {
   for (let off = 0; off < size; off += MiB) {
     x = (x * 1103515245 + 12345) >>> 0
     const kind = x % 3
-    if (kind === 0) continue
+    if (kind === 0 || (off / MiB) % dataEvery !== 0) continue
     if (kind === 1) randomFillSync(chunk)
     else for (let i = 0; i < MiB; i += text.length) text.copy(chunk, i, 0, Math.min(text.length, MiB - i))
     if ((x >>> 8) % 4 === 0) chunk.fill(0, 256 * 1024, 512 * 1024)
@@ -115,7 +125,8 @@ const cached = (name, make) => {
   const file = path.join(WORK, name)
   if (!fs.existsSync(file)) {
     console.log(`  building ${name} …`)
-    make(file)
+    make(file + ".part")
+    fs.renameSync(file + ".part", file)
   }
   return file
 }
@@ -129,37 +140,55 @@ const mixedImage = () =>
     sh("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", mixedRaw(), file])
   })
 
-/** A 256 MiB zlib-compressed image of the first part of the mixed content. */
-const compressedImage = () =>
-  cached("mixed-zlib.qcow2", (file) => {
-    const raw = path.join(WORK, "mixed-small.raw")
-    writeMixedRaw(raw, 256 * MiB)
-    sh("qemu-img", ["convert", "-f", "raw", "-c", "-O", "qcow2", raw, file])
-    fs.rmSync(raw)
+/** The 1 GiB mixed content as a compressed image (compression_type zlib or zstd), made by qemu-img convert -c. */
+const compressedImage = (type) =>
+  cached(`mixed-${type}-1g.qcow2`, (file) => {
+    sh("qemu-img", ["convert", "-W", "-f", "raw", "-c", "-O", "qcow2", "-o", `compression_type=${type}`, mixedRaw(), file])
   })
 
-/** Converts `image` to raw with both tools, checks the outputs agree, returns timing rows. */
-const convertCase = (image, runs) => {
-  const ours = path.join(WORK, "out-ours.raw")
-  const theirs = path.join(WORK, "out-qemu.raw")
-  const size = Number(JSON.parse(sh("qemu-img", ["info", "--output=json", image]).toString())["virtual-size"])
-  const [tOurs, tQemu] = alternate(
-    runs,
-    fresh(ours, process.execPath, [BUNDLE, "convert", "-O", "raw", image, ours]),
-    fresh(theirs, "qemu-img", ["convert", "-O", "raw", image, theirs])
-  )
-  const same = spawnSync("qemu-img", ["compare", "-f", "raw", "-F", "raw", ours, theirs], { stdio: "ignore" }).status === 0
+/** An 8 GiB raw image whose data (1 MiB chunks, every 4th MiB at most: ~1.3 GiB) is spread over the whole size. */
+const sparseRaw8g = () => cached("sparse-8g.raw", (file) => writeMixedRaw(file, 8 * GiB, 4))
+
+/** The 8 GiB sparse-ish content as qcow2 (64 KiB clusters). */
+const sparseImage8g = () =>
+  cached("sparse-8g.qcow2", (file) => {
+    sh("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", sparseRaw8g(), file])
+  })
+
+/** A small qcow2 image for start-up timing. */
+const smallImage = () => cached("small.qcow2", (file) => sh("qemu-img", ["create", "-q", "-f", "qcow2", file, "64M"]))
+
+/**
+ * Converts `image` (format `from`) to `to` with both tools, alternating
+ * `runs` times; checks the outputs hold the same guest data (and, for
+ * qcow2 outputs, that qemu-img check finds ours clean); returns rows.
+ */
+const convertPair = (image, from, to, runs) => {
+  const ours = path.join(WORK, `out-ours.${to}`)
+  const theirs = path.join(WORK, `out-qemu.${to}`)
+  const size = Number(JSON.parse(sh("qemu-img", ["info", "-f", from, "--output=json", image]).toString())["virtual-size"])
+  const base = path.join(WORK, `out-base.${to}`)
+  const args = ["convert", "-f", from, "-O", to, image]
+  const [tOurs, tQemu, tBase] = alternateAll(runs, [
+    fresh(ours, process.execPath, [BUNDLE, ...args, ours]),
+    fresh(theirs, "qemu-img", [...args, theirs]),
+    ...(BASE === undefined ? [] : [fresh(base, process.execPath, [BASE, ...args, base])])
+  ])
+  fs.rmSync(base, { force: true })
+  const rows = [
+    ["virtual size", `${(size / MiB).toFixed(0)} MiB`],
+    ...timingRows(
+      size,
+      [[`qcow2 convert -O ${to}`, tOurs], [`qemu-img convert -O ${to}`, tQemu], ...(tBase === undefined ? [] : [[`baseline convert -O ${to}`, tBase]])],
+      [["qcow2 / qemu-img", tOurs, tQemu], ...(tBase === undefined ? [] : [["baseline / qemu-img", tBase, tQemu]])]
+    ),
+    ["per GiB (ours, qemu-img)", `${fmt(tOurs.wall / (size / GiB))}, ${fmt(tQemu.wall / (size / GiB))}`],
+    ["same guest data", sameImages(ours, theirs, ["-f", to, "-F", to]) ? "yes" : "NO"],
+    ...(to === "qcow2" ? [["qemu-img check of ours", checkClean(ours) ? "clean" : "NOT CLEAN"]] : [])
+  ]
   fs.rmSync(ours, { force: true })
   fs.rmSync(theirs, { force: true })
-  const cpu = (t) => (t.cpu === undefined ? "" : `, CPU ${fmt(t.cpu)}`)
-  return [
-    ["virtual size", `${(size / MiB).toFixed(0)} MiB`],
-    ["qcow2 convert -O raw", `${fmt(tOurs.wall)}  (${mbps(size, tOurs.wall)}${cpu(tOurs)})`],
-    ["qemu-img convert -O raw", `${fmt(tQemu.wall)}  (${mbps(size, tQemu.wall)}${cpu(tQemu)})`],
-    ["wall ratio (qcow2 / qemu-img)", `${(tOurs.wall / tQemu.wall).toFixed(2)}x`],
-    ...(tOurs.cpu !== undefined && tQemu.cpu !== undefined ? [["CPU ratio (qcow2 / qemu-img)", `${(tOurs.cpu / tQemu.cpu).toFixed(2)}x`]] : []),
-    ["outputs identical", same ? "yes" : "NO"]
-  ]
+  return rows
 }
 
 const SECRET = "secret,id=s,data=bench-passphrase"
@@ -223,34 +252,53 @@ const CASES = [
   {
     name: "convert-raw",
     description: "1 GiB mixed qcow2 → raw: qcow2 CLI vs qemu-img (median of 5)",
-    run: () => convertCase(mixedImage(), 5)
-  },
-  {
-    name: "convert-zlib",
-    description: "256 MiB zlib-compressed qcow2 → raw: qcow2 CLI vs qemu-img (median of 3)",
-    run: () => convertCase(compressedImage(), 3)
+    run: () => convertPair(mixedImage(), "qcow2", "raw", 5)
   },
   {
     name: "convert-qcow2",
     description: "1 GiB mixed raw → qcow2: qcow2 CLI vs qemu-img (median of 5)",
+    run: () => convertPair(mixedRaw(), "raw", "qcow2", 5)
+  },
+  {
+    name: "convert-q2q",
+    description: "1 GiB mixed qcow2 → qcow2: qcow2 CLI vs qemu-img (median of 5)",
+    run: () => convertPair(mixedImage(), "qcow2", "qcow2", 5)
+  },
+  {
+    name: "convert-8g",
+    description: "8 GiB sparse-ish image (~1.3 GiB data spread over it): qcow2 → raw, raw → qcow2, qcow2 → qcow2 (median of 3)",
+    run: () => [
+      ...convertPair(sparseImage8g(), "qcow2", "raw", 3).map(([k, v]) => [`qcow2→raw: ${k}`, v]),
+      ...convertPair(sparseRaw8g(), "raw", "qcow2", 3).map(([k, v]) => [`raw→qcow2: ${k}`, v]),
+      ...convertPair(sparseImage8g(), "qcow2", "qcow2", 3).map(([k, v]) => [`qcow2→qcow2: ${k}`, v])
+    ]
+  },
+  {
+    name: "convert-zlib",
+    description: "1 GiB mixed zlib-compressed qcow2 → raw: qcow2 CLI vs qemu-img (median of 3)",
+    run: () => convertPair(compressedImage("zlib"), "qcow2", "raw", 3)
+  },
+  {
+    name: "convert-zstd",
+    description: "1 GiB mixed zstd-compressed qcow2 → raw: qcow2 CLI vs qemu-img (median of 3)",
+    run: () => convertPair(compressedImage("zstd"), "qcow2", "raw", 3)
+  },
+  {
+    name: "startup",
+    description: "info on a small image: qcow2 vs qemu-img vs `node -e 0` (median of 11)",
     run: () => {
-      const raw = mixedRaw()
-      const a = path.join(WORK, "out-ours.qcow2")
-      const b = path.join(WORK, "out-qemu.qcow2")
-      const [tOurs, tQemu] = alternate(
-        5,
-        fresh(a, process.execPath, [BUNDLE, "convert", "-f", "raw", "-O", "qcow2", raw, a]),
-        fresh(b, "qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, b])
-      )
-      const rows = [
-        ...timingRows(GiB, [["qcow2 convert -O qcow2", tOurs], ["qemu-img convert -O qcow2", tQemu]], [["qcow2 / qemu-img", tOurs, tQemu]]),
-        ["image sizes (ours, qemu-img)", `${fileSize(a)}, ${fileSize(b)}`],
-        ["guest data identical", sameImages(a, b) ? "yes" : "NO"],
-        ["qemu-img check of ours", checkClean(a) ? "clean" : "NOT CLEAN"]
+      const image = smallImage()
+      const [tOurs, tQemu, tNode, tBase] = alternateAll(11, [
+        () => timeRun(process.execPath, [BUNDLE, "info", image]),
+        () => timeRun("qemu-img", ["info", image]),
+        () => timeRun(process.execPath, ["-e", "0"]),
+        ...(BASE === undefined ? [] : [() => timeRun(process.execPath, [BASE, "info", image])])
+      ])
+      const named = [["qcow2 info", tOurs], ["qemu-img info", tQemu], ["node -e 0", tNode], ...(tBase === undefined ? [] : [["baseline info", tBase]])]
+      return [
+        ...timingRows(0, named, []).map(([k, v]) => [k, v.replace(/\(0 MiB\/s, /, "(")]),
+        ["qcow2 info − node -e 0", `wall ${((tOurs.wall - tNode.wall) * 1000).toFixed(0)} ms, CPU ${(((tOurs.cpu ?? 0) - (tNode.cpu ?? 0)) * 1000).toFixed(0)} ms`]
       ]
-      fs.rmSync(a, { force: true })
-      fs.rmSync(b, { force: true })
-      return rows
     }
   },
   {
@@ -262,11 +310,13 @@ const CASES = [
       for (const type of ["zlib", "zstd"]) {
         const out = (who) => path.join(WORK, `out-${who}-${type}.qcow2`)
         const args = ["convert", "-c", "-f", "raw", "-O", "qcow2", "-o", `compression_type=${type}`, raw]
-        const [tOurs, tQemu, tQemuW] = alternateAll(3, [
+        const [tOurs, tQemu, tQemuW, tBase] = alternateAll(3, [
           fresh(out("ours"), process.execPath, [BUNDLE, ...args, out("ours")]),
           fresh(out("qemu"), "qemu-img", [...args, out("qemu")]),
-          fresh(out("qemuW"), "qemu-img", ["convert", "-W", ...args.slice(1), out("qemuW")])
+          fresh(out("qemuW"), "qemu-img", ["convert", "-W", ...args.slice(1), out("qemuW")]),
+          ...(BASE === undefined ? [] : [fresh(out("base"), process.execPath, [BASE, ...args, out("base")])])
         ])
+        if (tBase !== undefined) rows.push(...timingRows(GiB, [[`${type}: baseline convert -c`, tBase]], [[`${type}: baseline / qemu-img -c -W`, tBase, tQemuW]]))
         rows.push(
           ...timingRows(
             GiB,
@@ -284,7 +334,7 @@ const CASES = [
           [`${type}: guest data identical to the source`, sameImages(out("ours"), raw, ["-F", "raw"]) ? "yes" : "NO"],
           [`${type}: qemu-img check of ours`, checkClean(out("ours")) ? "clean" : "NOT CLEAN"]
         )
-        for (const who of ["ours", "qemu", "qemuW"]) fs.rmSync(out(who), { force: true })
+        for (const who of ["ours", "qemu", "qemuW", "base"]) fs.rmSync(out(who), { force: true })
       }
       return rows
     }

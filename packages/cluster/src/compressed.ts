@@ -47,44 +47,84 @@ export function writeCompressedClusters(engine: Qcow2Engine, offset: number, dat
       },
       { concurrency: "unbounded" }
     )
-    for (let i = 0; i < starts.length; i++) {
+    // Each run of clusters that did shrink is stored together: one storage
+    // write per stretch of contiguous host bytes instead of one per cluster.
+    let i = 0
+    while (i < starts.length) {
       const guest = offset + starts[i]
-      const compressed = results[i]
-      if (compressed === undefined) {
+      if (results[i] === undefined) {
         yield* writeGuest(engine, guest, data.subarray(starts[i], Math.min(starts[i] + cs, data.length)))
+        i++
         continue
       }
-      const clusterIndex = guest / cs
-      yield* engine.inflight.whenSettled(engine.lock, clusterIndex, clusterIndex, storeCompressed(engine, guest, compressed))
+      let j = i
+      while (j + 1 < starts.length && results[j + 1] !== undefined) j++
+      const run = results.slice(i, j + 1) as Array<Uint8Array>
+      yield* engine.inflight.whenSettled(engine.lock, guest / cs, guest / cs + run.length - 1, storeCompressed(engine, guest, run))
+      i = j + 1
     }
   })
 }
 
-/** Stores one compressed cluster and links it. Call with the lock held. */
-function storeCompressed(engine: Qcow2Engine, guest: number, compressed: Uint8Array): Effect.Effect<void, EngineFailure> {
+/** Where one compressed cluster of a run goes. */
+interface Placement {
+  readonly l2Offset: number
+  readonly index: number
+  readonly host: number
+  readonly bytes: Uint8Array
+}
+
+/**
+ * Stores the compressed clusters `run` (guest clusters from `guest` on)
+ * and links them. Call with the lock held. Bytes are allocated cluster by
+ * cluster (each one references the host clusters it touches, as QEMU
+ * counts them), written in one request per stretch of contiguous host
+ * bytes, and linked once written.
+ */
+function storeCompressed(engine: Qcow2Engine, guest: number, run: ReadonlyArray<Uint8Array>): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
-    const refused = engine.integrity.refuseWrite(guest)
-    if (refused !== undefined) return yield* refused
     const g = engine.geometry
-    const l2Offset = yield* prepareL2ForWrite(engine, guest)
-    const index = (guest / g.clusterSize) % g.l2Entries
-    const old = readL2Entry(yield* loadL2(engine, l2Offset), index, g)
-    if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${guest}: ${old.reason}`, guest)
-    if (hasHostData(engine, old) || (old._tag === "Subclusters" && old.allocatedMask !== 0)) {
-      return yield* new ClusterError({
-        reason: "InvalidArgument",
-        message: `cannot write a compressed cluster over allocated data at guest offset ${guest}`,
-        offset: guest,
-        errno: "EIO"
-      })
+    const placed: Array<Placement> = []
+    for (let k = 0; k < run.length; k++) {
+      const at = guest + k * g.clusterSize
+      const refused = engine.integrity.refuseWrite(at)
+      if (refused !== undefined) return yield* refused
+      const l2Offset = yield* prepareL2ForWrite(engine, at)
+      const index = (at / g.clusterSize) % g.l2Entries
+      const old = readL2Entry(yield* loadL2(engine, l2Offset), index, g)
+      if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${at}: ${old.reason}`, at)
+      if (hasHostData(engine, old) || (old._tag === "Subclusters" && old.allocatedMask !== 0)) {
+        return yield* new ClusterError({
+          reason: "InvalidArgument",
+          message: `cannot write a compressed cluster over allocated data at guest offset ${at}`,
+          offset: at,
+          errno: "EIO"
+        })
+      }
+      const bytes = run[k]
+      const host = yield* engine.refcounts.allocateBytes(bytes.length)
+      yield* engine.integrity.guardWrite(host, bytes.length)
+      placed.push({ l2Offset, index, host, bytes })
     }
-    const host = yield* engine.refcounts.allocateBytes(compressed.length)
-    yield* engine.integrity.guardWrite(host, compressed.length)
-    yield* engine.storage.write(host, compressed)
-    const table = yield* loadL2(engine, l2Offset)
-    writeL2Entry(table, index, { _tag: "Compressed", hostOffset: host, compressedSize: compressed.length }, g)
-    engine.l2Cache.markDirty(l2Offset)
-    // Rule 2: the compressed bytes are durable before the entry.
+    for (let a = 0; a < placed.length; ) {
+      let b = a
+      let end = placed[a].host + placed[a].bytes.length
+      while (b + 1 < placed.length && placed[b + 1].host === end) end += placed[++b].bytes.length
+      if (a === b) {
+        yield* engine.storage.write(placed[a].host, placed[a].bytes)
+      } else {
+        const joined = new Uint8Array(end - placed[a].host)
+        for (let k = a; k <= b; k++) joined.set(placed[k].bytes, placed[k].host - placed[a].host)
+        yield* engine.storage.write(placed[a].host, joined)
+      }
+      a = b + 1
+    }
+    for (const p of placed) {
+      const table = yield* loadL2(engine, p.l2Offset)
+      writeL2Entry(table, p.index, { _tag: "Compressed", hostOffset: p.host, compressedSize: p.bytes.length }, g)
+      engine.l2Cache.markDirty(p.l2Offset)
+    }
+    // Rule 2: the compressed bytes are durable before the entries.
     engine.l2Cache.dependOnStorageFlush()
     engine.decompressed.forget()
   })

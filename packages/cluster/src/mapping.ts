@@ -174,6 +174,56 @@ function classify(engine: Qcow2Engine, entry: L2Entry, unit: number, out: Unit):
   }
 }
 
+/** One whole compressed cluster of a batch: its host bytes and where it decompresses to. */
+export interface CompressedPiece {
+  readonly hostOffset: number
+  readonly compressedSize: number
+  readonly out: Uint8Array
+}
+
+/**
+ * Largest host span read in one request for a batch of compressed clusters
+ * (QEMU reads each one on its own; packed neighbours cost one read here).
+ */
+export const COMPRESSED_SPAN_LIMIT = 256 * 1024
+
+/**
+ * Reads and decompresses whole compressed clusters whose host bytes lie
+ * within [start, end) (at most COMPRESSED_SPAN_LIMIT, see readGuest) with
+ * one storage read, then decompresses each into its `out`.
+ */
+export function readCompressedClusters(
+  engine: Qcow2Engine,
+  pieces: ReadonlyArray<CompressedPiece>,
+  start: number,
+  end: number
+): Effect.Effect<void, ClusterError | StorageError> {
+  if (pieces.length === 1) return readCompressedCluster(engine, pieces[0].hostOffset, pieces[0].compressedSize, pieces[0].out)
+  const g = engine.geometry
+  for (const p of pieces) {
+    if (p.compressedSize <= 0 || p.compressedSize > 2 * g.clusterSize + 512) {
+      return engine.integrity.markCorrupt(`compressed cluster at ${p.hostOffset} has an impossible size ${p.compressedSize}`, p.hostOffset)
+    }
+  }
+  const span = new Uint8Array(end - start)
+  return Effect.flatMap(engine.storage.read(start, span), () =>
+    Effect.forEach(
+      pieces,
+      (p) =>
+        Effect.mapError(
+          engine.codec.decompress(span.subarray(p.hostOffset - start, p.hostOffset - start + p.compressedSize), p.out),
+          (error: DecompressionError) =>
+            new ClusterError({
+              reason: "Corrupt",
+              message: `compressed cluster at host offset ${p.hostOffset} (${p.compressedSize} bytes) does not decompress: ${error.message}`,
+              offset: p.hostOffset
+            })
+        ),
+      { discard: true }
+    )
+  )
+}
+
 /** Reads a whole compressed cluster's stored bytes and decompresses it into `out` (one cluster). */
 export function readCompressedCluster(
   engine: Qcow2Engine,

@@ -2,7 +2,7 @@ import { Effect } from "effect"
 import type { StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
-import { lookup, readCompressedCluster } from "./mapping.js"
+import { COMPRESSED_SPAN_LIMIT, lookup, readCompressedCluster, readCompressedClusters, type CompressedPiece, type MappingRun } from "./mapping.js"
 
 /**
  * The most recently decompressed cluster, for reads of compressed data in
@@ -40,9 +40,13 @@ export function readGuest(engine: Qcow2Engine, offset: number, into: Uint8Array,
   if (inside < into.length) into.fill(0, inside)
   if (inside === 0) return Effect.void
   return Effect.gen(function* () {
+    const cs = engine.geometry.clusterSize
     let done = 0
+    /** A run looked up ahead (past a batch of compressed clusters), handled next. */
+    let next: MappingRun | undefined
     while (done < inside) {
-      const run = yield* lookup(engine, offset + done, inside - done)
+      const run = next ?? (yield* lookup(engine, offset + done, inside - done))
+      next = undefined
       const slice = into.subarray(done, done + run.length)
       switch (run.kind) {
         case "data":
@@ -55,10 +59,34 @@ export function readGuest(engine: Qcow2Engine, offset: number, into: Uint8Array,
           yield* readBacking(engine, offset + done, slice)
           break
         case "compressed": {
-          if (run.offsetInCluster === 0 && run.length === engine.geometry.clusterSize) {
-            // A whole cluster: decompress straight into the caller's buffer.
-            yield* readCompressedCluster(engine, run.hostOffset, run.compressedSize, slice)
-            break
+          if (run.offsetInCluster === 0 && run.length === cs) {
+            // Whole clusters decompress straight into the caller's buffer;
+            // the following ones packed next to this one on the host are read
+            // with it, in one request.
+            const pieces: Array<CompressedPiece> = [{ hostOffset: run.hostOffset, compressedSize: run.compressedSize, out: slice }]
+            const start = run.hostOffset
+            let end = start + run.compressedSize
+            let covered = done + cs
+            while (covered < inside) {
+              const ahead = yield* lookup(engine, offset + covered, inside - covered)
+              const packed =
+                ahead.kind === "compressed" &&
+                ahead.offsetInCluster === 0 &&
+                ahead.length === cs &&
+                ahead.hostOffset >= start &&
+                ahead.hostOffset <= end + 4096 &&
+                ahead.hostOffset + ahead.compressedSize - start <= COMPRESSED_SPAN_LIMIT
+              if (!packed) {
+                next = ahead
+                break
+              }
+              pieces.push({ hostOffset: ahead.hostOffset, compressedSize: ahead.compressedSize, out: into.subarray(covered, covered + cs) })
+              end = Math.max(end, ahead.hostOffset + ahead.compressedSize)
+              covered += cs
+            }
+            yield* readCompressedClusters(engine, pieces, start, end)
+            done = covered
+            continue
           }
           let cluster = engine.decompressed.lookup(run.hostOffset)
           if (cluster === undefined) {

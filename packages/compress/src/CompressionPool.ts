@@ -19,6 +19,7 @@ import type { CompressionType } from "./CompressionType.js"
 import { CompressionError } from "./errors.js"
 import { checkCompressInput, resolveLevel } from "./internal/codec.js"
 import { nodeDeflateCluster } from "./internal/deflateNode.js"
+import { nodeInflateRaw } from "./internal/nodeKernels.js"
 import { WorkerPool } from "./internal/workerPool.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
@@ -27,7 +28,7 @@ import { zstdWasmModule } from "./internal/zstdModule.js"
 export interface CompressionPoolOptions {
   /** Number of worker threads (default: `os.availableParallelism()`). */
   readonly workers?: number
-  /** Jobs sent ahead to each worker so it never waits for the next message (default 2). */
+  /** Messages (batches of up to 32 clusters) sent ahead to each worker so it never waits for the next one (default 2). */
   readonly maxInFlightPerWorker?: number
 }
 
@@ -73,7 +74,7 @@ const compressionWorkerSource = (): string =>
     `const createZstdKernel = ${createZstdKernel.toString()};`,
     `const nodeDeflateCluster = ${nodeDeflateCluster.toString()};`,
     `let zstd;`,
-    `parentPort.on("message", (job) => {`,
+    `const compressJob = (job, replies, transfer) => {`,
     `  try {`,
     `    let result;`,
     `    if (job.type === 0) {`,
@@ -84,14 +85,23 @@ const compressionWorkerSource = (): string =>
     `    }`,
     // The input's memory goes back with the answer, for the next request.
     `    if (result === undefined) {`,
-    `      parentPort.postMessage({ id: job.id, ok: true, result: undefined, input: job.data }, [job.data.buffer]);`,
+    `      replies.push({ id: job.id, ok: true, result: undefined, input: job.data });`,
+    `      transfer.push(job.data.buffer);`,
     `    } else {`,
     `      const owned = result.byteOffset === 0 && result.byteLength === result.buffer.byteLength ? result : result.slice();`,
-    `      parentPort.postMessage({ id: job.id, ok: true, result: owned, input: job.data }, [owned.buffer, job.data.buffer]);`,
+    `      replies.push({ id: job.id, ok: true, result: owned, input: job.data });`,
+    `      transfer.push(owned.buffer, job.data.buffer);`,
     `    }`,
     `  } catch (error) {`,
-    `    parentPort.postMessage({ id: job.id, ok: false, message: error && error.message ? error.message : String(error) });`,
+    `    replies.push({ id: job.id, ok: false, message: error && error.message ? error.message : String(error) });`,
     `  }`,
+    `};`,
+    // One message carries a batch of jobs; one answer carries their results.
+    `parentPort.on("message", (jobs) => {`,
+    `  const replies = [];`,
+    `  const transfer = [];`,
+    `  for (const job of jobs) compressJob(job, replies, transfer);`,
+    `  parentPort.postMessage(replies, transfer);`,
     `});`
   ].join("\n")
 
@@ -119,7 +129,7 @@ export const makeCompressionPool = (
   Effect.gen(function* () {
     const size = Math.max(1, Math.floor(options?.workers ?? availableParallelism()))
     const maxInFlight = Math.max(1, Math.floor(options?.maxInFlightPerWorker ?? 2))
-    const zstdModule = yield* Effect.promise(() => zstdWasmModule())
+    const zstdModule = yield* Effect.promise(() => zstdWasmModule(nodeInflateRaw))
     const pool = yield* Effect.acquireRelease(
       Effect.sync(() => new WorkerPool(compressionWorkerSource(), { zstdModule }, size, maxInFlight)),
       (running) => Effect.promise(() => running.close())

@@ -5,11 +5,11 @@
 import { Effect, Layer } from "effect"
 import { ClusterCodec, type ClusterCodecShape } from "./ClusterCodec.js"
 import { makeClusterCodec } from "./internal/codec.js"
-import { nodeDeflateKernels } from "./internal/nodeKernels.js"
+import { nodeDeflateKernels, nodeInflateRaw } from "./internal/nodeKernels.js"
 import { zstdKernel } from "./internal/zstdModule.js"
 
 /** Builds a Node codec. The zstd wasm is compiled and instantiated by the first zstd cluster of the process. */
-export const make: Effect.Effect<ClusterCodecShape> = Effect.sync(() => makeClusterCodec(nodeDeflateKernels(), zstdKernel))
+export const make: Effect.Effect<ClusterCodecShape> = Effect.sync(() => makeClusterCodec(nodeDeflateKernels(), () => zstdKernel(nodeInflateRaw)))
 
 /** Provides ClusterCodec with node:zlib and zstd wasm. */
 export const layer: Layer.Layer<ClusterCodec> = Layer.effect(ClusterCodec, make)

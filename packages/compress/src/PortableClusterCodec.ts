@@ -10,7 +10,7 @@ import { portableDeflateKernels } from "./internal/deflatePortable.js"
 import { zstdKernel } from "./internal/zstdModule.js"
 
 /** Builds a portable codec. The zstd wasm is compiled and instantiated by the first zstd cluster of the realm. */
-export const make: Effect.Effect<ClusterCodecShape> = Effect.sync(() => makeClusterCodec(portableDeflateKernels(), zstdKernel))
+export const make: Effect.Effect<ClusterCodecShape> = Effect.sync(() => makeClusterCodec(portableDeflateKernels(), () => zstdKernel()))
 
 /** Provides ClusterCodec with pako and zstd wasm. */
 export const layer: Layer.Layer<ClusterCodec> = Layer.effect(ClusterCodec, make)

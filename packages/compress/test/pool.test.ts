@@ -125,9 +125,9 @@ describe("WorkerPool", () => {
   it("fails the jobs of a worker that dies, replaces it, and keeps serving", async () => {
     const source = `
       const { parentPort } = require("node:worker_threads");
-      parentPort.on("message", (job) => {
-        if (job.type === 99) process.exit(7);
-        parentPort.postMessage({ id: job.id, ok: true, result: job.data });
+      parentPort.on("message", (jobs) => {
+        if (jobs.some((job) => job.type === 99)) process.exit(7);
+        parentPort.postMessage(jobs.map((job) => ({ id: job.id, ok: true, result: job.data })));
       });`
     const pool = new WorkerPool(source, undefined, 1, 2)
     try {

@@ -7,9 +7,10 @@ import { asImageError, checkRange } from "./internal/errors.js"
 
 /**
  * A raw image: guest offset == file offset. Used as a backing file or data
- * source and for `-f raw`. Block status reports all-zero 4 KiB blocks as
- * zero (QEMU reads holes from the file system; content is the portable
- * approximation).
+ * source and for `-f raw`. Block status reports holes as zeros and the
+ * rest as data where the storage can tell them apart (SEEK_DATA/SEEK_HOLE,
+ * as QEMU's file driver does); elsewhere all-zero 4 KiB blocks are zero
+ * (content is the portable approximation).
  */
 export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Effect.Effect<Image, ImageError> {
   const location = storage.location
@@ -140,15 +141,26 @@ const tailStatus = (storage: BlockStorageShape, offset: number, length: number):
 const RAW_STATUS_WINDOW = 2 * 1024 * 1024
 
 function rawBlockStatus(storage: BlockStorageShape, offset: number, length: number): Effect.Effect<BlockStatus, StorageError> {
-  return Effect.map(holeStatus(storage, offset, Math.min(length, RAW_STATUS_WINDOW)), (hole) => ({
+  const status = (zero: boolean, extent: number): BlockStatus => ({
     offset,
-    length: hole.length,
+    length: extent,
     depth: 0,
     present: true,
-    zero: hole.zero,
-    data: !hole.zero,
+    zero,
+    data: !zero,
     compressed: false,
     hostOffset: offset,
     file: storage.location
-  }))
+  })
+  const seek = storage.seekExtent
+  if (seek !== undefined) {
+    // As QEMU's file driver: a hole is zeros up to the next data, data is
+    // data up to the next hole (its content is not looked at).
+    return Effect.flatMap(seek(offset, "data"), (data) =>
+      data > offset
+        ? Effect.succeed(status(true, Math.min(length, data - offset)))
+        : Effect.map(seek(offset, "hole"), (hole) => status(false, Math.max(1, Math.min(length, hole - offset))))
+    )
+  }
+  return Effect.map(holeStatus(storage, offset, Math.min(length, RAW_STATUS_WINDOW)), (hole) => status(hole.zero, hole.length))
 }

@@ -12,6 +12,7 @@ import {
 import type { BlockStorageShape, LockRequest, OpenOptions } from "@qcow2/storage"
 import { fromSystemError } from "./errors.js"
 import { FileLocks } from "./lock.js"
+import { seekExtent } from "./seek.js"
 
 /**
  * Largest single read/write handed to Node (its limit is 2^31 - 1 bytes);
@@ -175,6 +176,24 @@ class NodeFile {
     })
   }
 
+  seekExtent(offset: number, what: "data" | "hole", resume: Resume<number>): void {
+    if (!this.begin("seek", resume)) return
+    fs.fstat(this.fd, (statError, stats) => {
+      if (statError !== null) {
+        this.end(resume, Effect.fail(fromSystemError(statError, "seek", this.location)))
+        return
+      }
+      seekExtent(this.fd, offset, stats.size, what).then(
+        (r) =>
+          this.end(
+            resume,
+            r >= 0 ? Effect.succeed(r) : Effect.fail(new StorageError({ reason: "Io", message: `lseek failed (errno ${-r})`, location: this.location }))
+          ),
+        (defect: unknown) => this.end(resume, Effect.die(defect))
+      )
+    })
+  }
+
   lock(request: LockRequest, resume: Resume<void>): void {
     if (!this.begin("lock", resume)) return
     this.locks.apply(request).then(
@@ -252,6 +271,7 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
       if (readOnly) return Effect.fail(readOnlyError(location, "discard", offset, length))
       return Effect.suspend(() => (file.closed ? Effect.fail(closedError(location, "discard")) : Effect.void))
     },
+    seekExtent: (offset, what) => request<number>((resume) => file.seekExtent(offset, what, resume)),
     lock: (wanted) => request<void>((resume) => file.lock(wanted, resume))
   }
 }

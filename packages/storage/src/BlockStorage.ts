@@ -45,6 +45,13 @@ export interface BlockStorageShape {
    */
   readonly allocatedSize?: () => Effect.Effect<number, StorageError>
   /**
+   * Where the first data (`what` "data") or hole ("hole") at or after
+   * `offset` starts, as lseek(2) SEEK_DATA / SEEK_HOLE tell it (QEMU's file
+   * driver asks the same for block status): the store's size when there is
+   * none. Holes read as zeros. Absent where the backend cannot tell.
+   */
+  readonly seekExtent?: (offset: number, what: "data" | "hole") => Effect.Effect<number, StorageError>
+  /**
    * Replaces the image locks this open store holds with `request`, as QEMU's
    * file driver does (see {@link LockRequest}): fails with reason `Locked`
    * when another opener holds what the request conflicts with, keeping the

@@ -241,9 +241,19 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
           const sourceName = o.sources[sourceIndex]!
           const remaining = source.virtualSize - sourceOffset
           if (source.format === "raw") {
-            // A raw file has no block status worth asking for (it would read
-            // the data to look for zeros): read whole chunks and find the
-            // zeros once, in the worker.
+            // A raw file's block status knows its holes (SEEK_DATA/SEEK_HOLE,
+            // as qemu-img asks): a hole is skipped like a zero extent. Data
+            // is read in whole chunks, and its zeros found once, in the worker.
+            if (sink.backingSize === undefined) {
+              const status = yield* sourceStatus(source, sourceOffset, remaining, undefined, o)
+              const holeEnd = Math.min(source.virtualSize, sourceOffset + status.length)
+              const end = holeEnd === source.virtualSize ? holeEnd : Math.floor(holeEnd / sink.alignment) * sink.alignment
+              if (status.kind === "zero" && end > sourceOffset) {
+                const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "zero" }
+                sourceOffset = end
+                return task
+              }
+            }
             const end = Math.min(source.virtualSize, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
             const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "data" }
             sourceOffset = end

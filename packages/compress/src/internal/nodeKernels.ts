@@ -43,6 +43,9 @@ const makeNodeInflate = (): ((input: Uint8Array, out: Uint8Array) => void) => {
   }
 }
 
+/** Whole-buffer raw inflate with native zlib (decodes the embedded zstd wasm). */
+export const nodeInflateRaw = (data: Uint8Array): Uint8Array => zlib.inflateRawSync(data)
+
 /** Deflate kernels of NodeClusterCodec: node:zlib (inflate falls back to pako, see above). */
 export const nodeDeflateKernels = (): DeflateKernels => ({
   inflate: makeNodeInflate(),

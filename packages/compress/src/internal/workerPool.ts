@@ -34,7 +34,10 @@ interface Job {
 
 interface Slot {
   worker: Worker
+  /** Jobs sent and not answered, by id. */
   readonly inflight: Map<number, Job>
+  /** Messages (batches of jobs) sent and not answered. */
+  messages: number
   /** Jobs this worker answered; a worker that dies before answering any counts towards the crash-loop limit. */
   answered: number
   lastError: unknown
@@ -43,14 +46,25 @@ interface Slot {
 /** Recycled input buffers kept per size (fresh memory is slow to touch: reuse it). */
 const SPARE_LIMIT = 64
 
+/**
+ * Jobs per message at most, and their bytes: a message and its answer each
+ * cost both threads a wake-up, which on a busy machine costs more than
+ * compressing a small cluster.
+ */
+const BATCH_JOBS = 32
+const BATCH_BYTES = 2 * 1024 * 1024
+
 /** Consecutive worker deaths without a single answer after which the pool gives up. */
 const CRASH_LOOP_LIMIT = 3
 
 /**
  * A fixed set of worker threads running `source` (CommonJS, `eval: true`),
- * each answering WorkerRequest messages with WorkerReply messages. Jobs are
- * queued and sent to the least busy worker (at most `maxInFlight` each);
- * each job's callback fires once, whatever the completion order. A worker
+ * each answering a message holding an array of WorkerRequests with one
+ * holding the array of their WorkerReplies. Jobs are queued, and those
+ * submitted in the same turn of the event loop go out together, in
+ * batches (BATCH_JOBS, BATCH_BYTES) to the least busy worker (at most
+ * `maxInFlight` messages each); each job's callback fires once, whatever
+ * the completion order. A worker
  * that dies fails its in-flight jobs and is replaced. Idle workers are
  * unref'ed so an idle pool does not keep the process alive.
  */
@@ -61,6 +75,7 @@ export class WorkerPool {
   private nextId = 1
   private closed = false
   private broken: string | undefined
+  private dispatchQueued = false
   private deathsWithoutAnswer = 0
   private readonly spare = new Map<number, Array<ArrayBuffer>>()
 
@@ -81,7 +96,13 @@ export class WorkerPool {
       return () => {}
     }
     this.queue.push(job)
-    this.dispatch()
+    if (!this.dispatchQueued) {
+      this.dispatchQueued = true
+      queueMicrotask(() => {
+        this.dispatchQueued = false
+        this.dispatch()
+      })
+    }
     return () => {
       job.settled = true
     }
@@ -102,10 +123,10 @@ export class WorkerPool {
   }
 
   private spawn(): Slot {
-    const worker = new Worker(this.source, { eval: true, workerData: this.workerData })
-    const slot: Slot = { worker, inflight: new Map(), answered: 0, lastError: undefined }
+    const worker = new Worker(this.source, { eval: true, workerData: this.workerData, resourceLimits: { maxYoungGenerationSizeMb: 2 } })
+    const slot: Slot = { worker, inflight: new Map(), messages: 0, answered: 0, lastError: undefined }
     worker.unref()
-    worker.on("message", (reply: WorkerReply) => this.onReply(slot, reply))
+    worker.on("message", (replies: ReadonlyArray<WorkerReply>) => this.onReplies(slot, replies))
     worker.on("error", (error) => {
       slot.lastError = error
     })
@@ -113,15 +134,18 @@ export class WorkerPool {
     return slot
   }
 
-  private onReply(slot: Slot, reply: WorkerReply): void {
-    const job = slot.inflight.get(reply.id)
-    if (job === undefined) return
-    slot.inflight.delete(reply.id)
-    slot.answered++
-    this.deathsWithoutAnswer = 0
-    if (reply.ok && reply.input !== undefined) this.recycle(reply.input)
+  private onReplies(slot: Slot, replies: ReadonlyArray<WorkerReply>): void {
+    slot.messages = Math.max(0, slot.messages - 1)
+    for (const reply of replies) {
+      const job = slot.inflight.get(reply.id)
+      if (job === undefined) continue
+      slot.inflight.delete(reply.id)
+      slot.answered++
+      this.deathsWithoutAnswer = 0
+      if (reply.ok && reply.input !== undefined) this.recycle(reply.input)
+      this.settle(job, reply.ok ? { ok: true, result: reply.result ?? undefined } : { ok: false, message: reply.message })
+    }
     if (slot.inflight.size === 0) slot.worker.unref()
-    this.settle(job, reply.ok ? { ok: true, result: reply.result ?? undefined } : { ok: false, message: reply.message })
     this.dispatch()
   }
 
@@ -133,6 +157,7 @@ export class WorkerPool {
         : `compression worker exited with code ${code}`
     for (const job of slot.inflight.values()) this.settle(job, { ok: false, message: reason, cause: slot.lastError })
     slot.inflight.clear()
+    slot.messages = 0
     if (slot.answered === 0) this.deathsWithoutAnswer++
     if (this.deathsWithoutAnswer >= CRASH_LOOP_LIMIT) {
       this.broken = `compression workers keep failing (${reason})`
@@ -148,21 +173,28 @@ export class WorkerPool {
     while (this.queueHead < this.queue.length) {
       let best: Slot | undefined
       for (const slot of this.slots) {
-        if (slot.inflight.size < this.maxInFlight && (best === undefined || slot.inflight.size < best.inflight.size)) {
-          best = slot
-        }
+        if (slot.messages < this.maxInFlight && (best === undefined || slot.messages < best.messages)) best = slot
       }
       if (best === undefined) return
-      const job = this.queue[this.queueHead++]
+      const requests: Array<WorkerRequest> = []
+      const transfer: Array<ArrayBuffer> = []
+      let bytes = 0
+      while (this.queueHead < this.queue.length && requests.length < BATCH_JOBS && (bytes === 0 || bytes + this.queue[this.queueHead].request.data.length <= BATCH_BYTES)) {
+        const job = this.queue[this.queueHead++]
+        if (job.settled) continue
+        best.inflight.set(job.request.id, job)
+        requests.push(job.request)
+        transfer.push(job.request.data.buffer as ArrayBuffer)
+        bytes += job.request.data.length
+      }
       if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
         this.queue.splice(0, this.queueHead)
         this.queueHead = 0
       }
-      if (job.settled) continue
-      if (best.inflight.size === 0) best.worker.ref()
-      best.inflight.set(job.request.id, job)
-      const data = job.request.data
-      best.worker.postMessage(job.request, [data.buffer as ArrayBuffer])
+      if (requests.length === 0) continue
+      if (best.messages === 0) best.worker.ref()
+      best.messages++
+      best.worker.postMessage(requests, transfer)
     }
   }
 
