@@ -23,6 +23,7 @@
 import { Effect } from "effect"
 import { createImage, openImage, type Image, type OpenOptions } from "@qcow2/image"
 import type { ClusterCodec } from "@qcow2/compress"
+import { makeRuntimeCompressionPool } from "@qcow2/compress/runtime"
 import { StorageOpener } from "@qcow2/storage"
 
 /**
@@ -124,7 +125,7 @@ export const forEachData = <E, R>(
  * Copies the guest view of `source` into a new standalone qcow2 image
  * `target` (no backing file: an overlay is flattened, "committed" into a
  * self-contained image). Compressed exports write whole clusters with
- * `writeCompressed`, through `compressor` when given.
+ * `writeCompressed`, compressed by `compressor` or else by a Web Worker pool.
  */
 export const convertToQcow2 = (source: Image, target: string, o: ConvertOptions): Effect.Effect<void, { readonly message: string }, StorageOpener | ClusterCodec> =>
   Effect.scoped(
@@ -134,7 +135,9 @@ export const convertToQcow2 = (source: Image, target: string, o: ConvertOptions)
         clusterSize: o.clusterSize,
         ...(o.compression !== "none" ? { compressionType: o.compression } : {})
       })
-      const out = yield* openImage(target, { readOnly: false, format: "qcow2", ...(o.compressor !== undefined ? { compress: o.compressor } : {}) })
+      // Compressed exports run the codec on the Web Worker pool (the browser build of @qcow2/compress/runtime), alive for this export only.
+      const compressor = o.compressor ?? (o.compression !== "none" ? (yield* makeRuntimeCompressionPool()).compress : undefined)
+      const out = yield* openImage(target, { readOnly: false, format: "qcow2", ...(compressor !== undefined ? { compress: compressor } : {}) })
       const size = out.virtualSize
       let unflushed = 0
       const write = (offset: number, bytes: Uint8Array): Effect.Effect<void, { readonly message: string }> => {

@@ -31,9 +31,8 @@ export interface ExportViewOptions {
   readonly status: (text: string, isError?: boolean) => void
   readonly refreshLibrary: () => Promise<void>
   /**
-   * Compresses clusters off the page's thread (the Web Worker pool of
-   * `@qcow2/compress`'s browser build, same interface as CompressionPool);
-   * undefined = the portable codec on the page's thread.
+   * Compresses clusters for compressed exports; undefined = a Web Worker
+   * pool (`@qcow2/compress/runtime`'s browser build) started per export.
    */
   readonly compressor?: ClusterCompressor
 }
