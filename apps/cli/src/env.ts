@@ -94,10 +94,15 @@ export const cipherLayer: Layer.Layer<SectorCipherFactory> = Layer.unwrap(
  */
 export const imageOptions: { enabled: boolean; secrets: ReadonlyMap<string, Uint8Array> } = { enabled: false, secrets: new Map() }
 
-/** Splits an `--image-opts` string into the file, the driver and the secret it names. */
+/**
+ * Splits an `--image-opts` string into the file, the driver and the secrets
+ * it names; with `noIo` (QEMU's BDRV_O_NO_IO opens, as info's) a secret
+ * that is not defined is not looked for.
+ */
 export const parseImageOpts = (
-  spec: string
-): { readonly file: string; readonly format?: ImageFormat; readonly passphrase?: Uint8Array } | { readonly error: string } => {
+  spec: string,
+  noIo = false
+): { readonly file: string; readonly format?: ImageFormat; readonly passphrase?: Uint8Array; readonly backingPassphrase?: Uint8Array } | { readonly error: string } => {
   const fields = new Map(splitOptionList(spec))
   const file = fields.get("file.filename") ?? fields.get("filename")
   if (file === undefined) return { error: "A block device must be specified for \"file\"" }
@@ -108,9 +113,17 @@ export const parseImageOpts = (
   let passphrase: Uint8Array | undefined
   if (keyId !== undefined) {
     passphrase = imageOptions.secrets.get(keyId)
-    if (passphrase === undefined) return { error: `No secret with id '${keyId}'` }
+    if (passphrase === undefined && !noIo) return { error: `No secret with id '${keyId}'` }
   }
-  return { file, ...(driver !== undefined ? { format: driver } : {}), ...(passphrase !== undefined ? { passphrase } : {}) }
+  const backingKeyId = fields.get("backing.encrypt.key-secret")
+  const backingPassphrase = backingKeyId === undefined ? undefined : imageOptions.secrets.get(backingKeyId)
+  if (backingKeyId !== undefined && backingPassphrase === undefined && !noIo) return { error: `No secret with id '${backingKeyId}'` }
+  return {
+    file,
+    ...(driver !== undefined ? { format: driver } : {}),
+    ...(passphrase !== undefined ? { passphrase } : {}),
+    ...(backingPassphrase !== undefined ? { backingPassphrase } : {})
+  }
 }
 
 /**
@@ -124,11 +137,16 @@ export const resolveNamed = (
   options: OpenOptions
 ): { readonly file: string; readonly options: OpenOptions } | { readonly error: string } => {
   if (imageOptions.enabled) {
-    const parsed = parseImageOpts(name)
+    const parsed = parseImageOpts(name, options.noIo === true)
     if ("error" in parsed) return parsed
     return {
       file: parsed.file,
-      options: { ...options, ...(parsed.format !== undefined ? { format: parsed.format } : {}), ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {}) }
+      options: {
+        ...options,
+        ...(parsed.format !== undefined ? { format: parsed.format } : {}),
+        ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {}),
+        ...(parsed.backingPassphrase !== undefined ? { backingPassphrase: parsed.backingPassphrase } : {})
+      }
     }
   }
   if (!name.startsWith("json:") && !name.startsWith("file:")) return { file: name, options }
@@ -138,12 +156,15 @@ export const resolveNamed = (
   if (spec.backingFile !== undefined || spec.backingFormat !== undefined) return { error: "Overriding the backing file is not supported" }
   const passphrase = spec.keySecret !== undefined ? imageOptions.secrets.get(spec.keySecret) : undefined
   if (spec.keySecret !== undefined && passphrase === undefined) return { error: `No secret with id '${spec.keySecret}'` }
+  const backingPassphrase = spec.backingKeySecret !== undefined ? imageOptions.secrets.get(spec.backingKeySecret) : undefined
+  if (spec.backingKeySecret !== undefined && backingPassphrase === undefined) return { error: `No secret with id '${spec.backingKeySecret}'` }
   return {
     file: spec.file,
     options: {
       ...options,
       ...(spec.format !== undefined ? { format: spec.format } : {}),
       ...(passphrase !== undefined ? { passphrase } : {}),
+      ...(backingPassphrase !== undefined ? { backingPassphrase } : {}),
       ...(spec.noBacking ? { openBacking: false } : {})
     }
   }

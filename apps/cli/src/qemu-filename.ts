@@ -20,6 +20,8 @@ export interface ImageSpec {
   readonly format?: ImageFormat
   /** The id of the secret holding the passphrase (encrypt.key-secret). */
   readonly keySecret?: string
+  /** The id of the secret of the backing file (backing.encrypt.key-secret). */
+  readonly backingKeySecret?: string
   /** `backing: null`: open without the backing file. */
   readonly noBacking: boolean
   /**
@@ -189,8 +191,7 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   const backing = take("backing")
   const backingFile = take("backing.file.filename")
   const backingFormat = take("backing.driver")
-  // The chain is opened with the image's passphrase.
-  take("backing.encrypt.key-secret")
+  const backingKeySecret = take("backing.encrypt.key-secret")
   if (typeof backing === "string") return { ok: false, message: "Could not open backing file: a backing node reference is not supported" }
   for (const key of options.keys()) {
     if (!ACCEPTED.has(key) && !ACCEPTED_PREFIXES.some((p) => key.startsWith(p))) {
@@ -203,6 +204,7 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       file,
       ...(driver !== undefined ? { format: driver } : {}),
       ...(typeof keySecret === "string" ? { keySecret } : {}),
+      ...(typeof backingKeySecret === "string" ? { backingKeySecret } : {}),
       noBacking: backing === null,
       ...(typeof backingFile === "string" ? { backingFile } : {}),
       ...(typeof backingFormat === "string" ? { backingFormat } : {})

@@ -137,6 +137,8 @@ export interface OpenOptions {
   readonly refcountCacheBytes?: number
   /** Passphrase for encrypted images. */
   readonly passphrase?: Uint8Array
+  /** Passphrase for the images of the backing chain, when it is not `passphrase` (QEMU's backing.encrypt.key-secret). */
+  readonly backingPassphrase?: Uint8Array
   /**
    * Open for metadata only (QEMU's BDRV_O_NO_IO, as `qemu-img info` opens):
    * an encrypted image opens without its passphrase, and its data cannot be

@@ -185,7 +185,9 @@ function openNamed(
       resolveBacking: (backing) => step.opener.resolve(name, backing),
       openBacking: (backing, backingFormat) => {
         const resolved = step.opener.resolve(name, backing)
-        return Effect.mapError(openNamed(step, resolved, backingFormat, step.options.readWriteBacking !== resolved, chain), (e) =>
+        const backingPassphrase = step.options.backingPassphrase
+        const backingStep = backingPassphrase === undefined ? step : { ...step, options: { ...step.options, passphrase: backingPassphrase } }
+        return Effect.mapError(openNamed(backingStep, resolved, backingFormat, step.options.readWriteBacking !== resolved, chain), (e) =>
           e.reason === "BackingChain" ? e : new ImageError({ ...e, reason: "BackingChain", message: `Could not open backing file: ${e.message}` })
         )
       },

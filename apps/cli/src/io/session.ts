@@ -158,11 +158,14 @@ export class IoSession {
         passphrase = this.secrets.byId.get(spec.keySecret)
         if (passphrase === undefined) return refuse(`No secret with id '${spec.keySecret}'`)
       }
+      const backingPassphrase = spec.backingKeySecret === undefined ? undefined : this.secrets.byId.get(spec.backingKeySecret)
+      if (spec.backingKeySecret !== undefined && backingPassphrase === undefined) return refuse(`No secret with id '${spec.backingKeySecret}'`)
       const options = {
         readOnly: request.readOnly || request.snapshot,
         forceShare: request.forceShare,
         ...(spec.format !== undefined ? { format: spec.format } : {}),
         ...(passphrase !== undefined ? { passphrase } : {}),
+        ...(backingPassphrase !== undefined ? { backingPassphrase } : {}),
         ...(spec.noBacking ? { openBacking: false } : {})
       }
       const self = this
