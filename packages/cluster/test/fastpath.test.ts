@@ -31,13 +31,13 @@ const yielding = (yields: () => number) => (s: BlockStorageShape): BlockStorageS
   return { ...s, read: (o, b) => pause(s.read(o, b)), write: (o, d) => pause(s.write(o, d)) }
 }
 
-type Op =
-  | { readonly kind: "flush" }
+type RangeOp =
   | { readonly kind: "read" | "discard" | "zero"; readonly offset: number; readonly length: number }
   | { readonly kind: "write"; readonly offset: number; readonly length: number; readonly seed: number }
+type Op = RangeOp | { readonly kind: "flush" }
 
 /** One op on a range inside clusters [slot * 3, slot * 3 + 3): batches never overlap themselves. */
-const opIn = (slot: number): fc.Arbitrary<Op> =>
+const opIn = (slot: number): fc.Arbitrary<RangeOp> =>
   fc
     .record({
       kind: fc.constantFrom("read", "write", "write", "write", "discard", "zero"),
