@@ -444,6 +444,40 @@ const CASES = [
     name: "bench-write",
     description: "random 4 KiB writes into allocated clusters, qd 1 and 32: qcow2 bench -w vs qemu-img bench -w (threads), same flags (median of 3)",
     run: () => randomBenchCase(true, 3, 100000)
+  },
+  {
+    name: "check-compare",
+    description: "check of the 1 GiB mixed qcow2, compare of it with its raw source: qcow2 vs qemu-img, with `info` as the start-up floor (median of 5)",
+    run: () => {
+      const image = mixedImage()
+      const raw = mixedRaw()
+      const [cOurs, cQemu, mOurs, mQemu, iOurs, iQemu] = alternatePeak(5, [
+        () => timeRunPeak(process.execPath, [BUNDLE, "check", image]),
+        () => timeRunPeak("qemu-img", ["check", image]),
+        () => timeRunPeak(process.execPath, [BUNDLE, "compare", image, raw]),
+        () => timeRunPeak("qemu-img", ["compare", image, raw]),
+        () => timeRunPeak(process.execPath, [BUNDLE, "info", image]),
+        () => timeRunPeak("qemu-img", ["info", image])
+      ])
+      const row = (label, t) => [label, `${fmt(t.wall)}${cpuText(t)}${peakText(t)}`]
+      const ratio = (label, a, b) => [
+        label,
+        `wall ${(a.wall / b.wall).toFixed(2)}x` + (a.cpu !== undefined && b.cpu !== undefined ? `, CPU ${(a.cpu / b.cpu).toFixed(2)}x` : "")
+      ]
+      const less = (a, b) => ({ wall: Math.max(0, a.wall - b.wall), cpu: a.cpu === undefined || b.cpu === undefined ? undefined : Math.max(0, a.cpu - b.cpu) })
+      return [
+        row("qcow2 check", cOurs),
+        row("qemu-img check", cQemu),
+        ratio("check: qcow2 / qemu-img", cOurs, cQemu),
+        row("qcow2 compare (qcow2 vs raw)", mOurs),
+        row("qemu-img compare", mQemu),
+        ratio("compare: qcow2 / qemu-img", mOurs, mQemu),
+        row("qcow2 info (start-up floor)", iOurs),
+        row("qemu-img info", iQemu),
+        row("qcow2 check beyond info", less(cOurs, iOurs)),
+        row("qcow2 compare beyond info", less(mOurs, iOurs))
+      ]
+    }
   }
 ]
 
