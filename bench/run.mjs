@@ -11,10 +11,11 @@
  * To add a case, append to CASES: { name, description, run(ctx) } where
  * run returns rows of [label, value] to print.
  */
-import { execFileSync, spawnSync } from "node:child_process"
+import { execFileSync, spawn, spawnSync } from "node:child_process"
 import { randomFillSync } from "node:crypto"
 import * as fs from "node:fs"
 import { createRequire } from "node:module"
+import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
@@ -296,6 +297,54 @@ const randomBenchCase = (write, runs, count) => {
   return rows
 }
 
+/** Resolves once something accepts connections on 127.0.0.1:`port` (a probe connection, closed at once). */
+const waitForPort = async (port, child) => {
+  for (let i = 0; i < 600; i++) {
+    if (child.exitCode !== null) throw new Error(`the server exited with ${child.exitCode} before listening`)
+    const up = await new Promise((resolve) => {
+      const probe = net.connect(port, "127.0.0.1", () => {
+        probe.destroy()
+        resolve(true)
+      })
+      probe.on("error", () => resolve(false))
+    })
+    if (up) return
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  throw new Error(`nothing listens on port ${port}`)
+}
+
+/** CPU seconds (user + system) and peak RSS (MiB) of a running process, from /proc. */
+const procUsage = (pid) => {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  const ticks = Number(fields[11]) + Number(fields[12])
+  const hwm = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"))
+  return { cpu: ticks / 100, peakMiB: hwm === null ? undefined : Number(hwm[1]) / 1024 }
+}
+
+/**
+ * Starts an NBD server (`cmd args`, listening on `port`), runs
+ * `qemu-img bench -f raw nbd://127.0.0.1:PORT` for each of `runs`, stops it
+ * with SIGTERM; returns each run's request rate and the server's CPU time
+ * and peak memory over the whole session.
+ */
+const nbdSession = async (cmd, args, port, runs, count) => {
+  const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "inherit"] })
+  try {
+    await waitForPort(port, child)
+    const rates = runs.map(({ depth, write }) => {
+      const out = sh("qemu-img", ["bench", "-f", "raw", ...(write ? ["-w"] : []), "-c", String(count), "-d", String(depth), "-s", "4096", "-S", String(RANDOM_STEP), `nbd://127.0.0.1:${port}`]).toString()
+      return count / benchSeconds(out)
+    })
+    return { rates, ...procUsage(child.pid) }
+  } finally {
+    const exited = new Promise((r) => child.once("exit", r))
+    child.kill("SIGTERM")
+    await exited
+  }
+}
+
 // ---- cases -----------------------------------------------------------------
 
 const CASES = [
@@ -477,6 +526,34 @@ const CASES = [
         row("qcow2 check beyond info", less(cOurs, iOurs)),
         row("qcow2 compare beyond info", less(mOurs, iOurs))
       ]
+    }
+  },
+  {
+    name: "nbd",
+    description: "qemu-img bench -f raw nbd://… random 4 KiB reads and writes, qd 1 and 32: qcow2 serve vs qemu-nbd on the allocated 1 GiB image (median of 3 sessions)",
+    run: async () => {
+      const image = allocatedImage()
+      const port = 10809 + 1000 + (process.pid % 1000)
+      const runs = [
+        { depth: 1, write: false },
+        { depth: 1, write: true },
+        { depth: 32, write: false },
+        { depth: 32, write: true }
+      ]
+      const count = 20000
+      const ours = []
+      const theirs = []
+      for (let i = 0; i < 3; i++) {
+        ours.push(await nbdSession(process.execPath, [BUNDLE, "serve", "-t", "-p", String(port), "-f", "qcow2", image], port, runs, count))
+        theirs.push(await nbdSession("qemu-nbd", ["-t", "-p", String(port), "-f", "qcow2", image], port, runs, count))
+      }
+      const rows = runs.map(({ depth, write }, j) => {
+        const a = median(ours.map((s) => s.rates[j]))
+        const b = median(theirs.map((s) => s.rates[j]))
+        return [`${write ? "writes" : "reads"} qd ${depth}`, `qcow2 serve ${a.toFixed(0)} req/s, qemu-nbd ${b.toFixed(0)} req/s, time ratio ${(b / a).toFixed(2)}x`]
+      })
+      const usage = (ss) => `CPU ${fmt(median(ss.map((s) => s.cpu)))}, peak ${median(ss.map((s) => s.peakMiB ?? NaN)).toFixed(0)} MiB`
+      return [...rows, ["server per session (qcow2 serve)", usage(ours)], ["server per session (qemu-nbd)", usage(theirs)], ["qemu-img check after the writes", checkClean(image) ? "clean" : "NOT CLEAN"]]
     }
   }
 ]
