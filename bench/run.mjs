@@ -15,10 +15,11 @@
  * To add a case, append to CASES: { name, description, run(ctx) } where
  * run returns rows of [label, value] to print.
  */
-import { execFileSync, spawnSync } from "node:child_process"
+import { execFileSync, spawn, spawnSync } from "node:child_process"
 import { randomFillSync } from "node:crypto"
 import * as fs from "node:fs"
 import { createRequire } from "node:module"
+import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
@@ -246,6 +247,133 @@ const lib = () => {
   return libPromise
 }
 
+
+// ---- qcow2 bench / check / compare / serve helpers (random I/O, metadata speed) ----
+
+/** One run with GNU time's peak RSS too (KiB → MiB); undefined without GNU time. */
+const timeRunPeak = (cmd, args) => {
+  const start = performance.now()
+  const r = GNU_TIME
+    ? spawnSync(GNU_TIME, ["-f", "%U %S %M", cmd, ...args], { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" })
+    : spawnSync(cmd, args, { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" })
+  const wall = (performance.now() - start) / 1000
+  if (r.status !== 0 && r.status !== 1) throw new Error(`${cmd} ${args.join(" ")} exited with ${r.status}: ${r.stderr}`)
+  const [user, sys, peak] = (r.stderr.trim().split("\n").pop() ?? "").split(" ").map(Number)
+  return {
+    wall,
+    cpu: GNU_TIME && Number.isFinite(user) && Number.isFinite(sys) ? user + sys : undefined,
+    peakMiB: GNU_TIME && Number.isFinite(peak) ? peak / 1024 : undefined,
+    stdout: r.stdout
+  }
+}
+
+const peakText = (t) => (t.peakMiB === undefined ? "" : `, peak ${t.peakMiB.toFixed(0)} MiB`)
+
+/** Median of each function's runs, `n` rounds alternating, with peak memory. */
+const alternatePeak = (n, fns) => {
+  const results = fns.map(() => [])
+  for (let i = 0; i < n; i++) fns.forEach((f, j) => results[j].push(f()))
+  return results.map((rs) => ({
+    wall: median(rs.map((r) => r.wall)),
+    cpu: rs[0].cpu === undefined ? undefined : median(rs.map((r) => r.cpu)),
+    peakMiB: rs[0].peakMiB === undefined ? undefined : median(rs.map((r) => r.peakMiB)),
+    stdouts: rs.map((r) => r.stdout),
+    runs: rs
+  }))
+}
+
+/** A fully allocated 1 GiB qcow2 image (preallocation=full): every cluster is data owned by the image. */
+const allocatedImage = () =>
+  cached("alloc.qcow2", (file) => sh("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "preallocation=full", file, "1G"]))
+
+/**
+ * qemu-img bench has no random mode; a step of a prime number of 4 KiB
+ * blocks (the image has 2^18 of them, so the offsets wrap round and visit
+ * every block once per 2^18 requests) scatters the requests over the whole
+ * image like random ones, the same sequence for both tools.
+ */
+const RANDOM_STEP = 104729 * 4096
+
+/** The "Run completed in X seconds." of a bench run: the requests alone, without start-up and open. */
+const benchSeconds = (stdout) => Number(/Run completed in ([\d.]+) seconds/.exec(stdout)?.[1] ?? NaN)
+
+/** Rows comparing qcow2 bench and qemu-img bench runs of `count` requests. */
+const benchRows = (label, count, ours, theirs) => {
+  const rate = (t) => median(t.stdouts.map((out) => count / benchSeconds(out)))
+  const rOurs = rate(ours)
+  const rQemu = rate(theirs)
+  return [
+    [`${label}: qcow2 bench`, `${rOurs.toFixed(0)} req/s (process ${fmt(ours.wall)}${cpuText(ours)}${peakText(ours)})`],
+    [`${label}: qemu-img bench`, `${rQemu.toFixed(0)} req/s (process ${fmt(theirs.wall)}${cpuText(theirs)}${peakText(theirs)})`],
+    [
+      `${label}: time ratio qcow2 / qemu-img`,
+      `requests ${(rQemu / rOurs).toFixed(2)}x, process wall ${(ours.wall / theirs.wall).toFixed(2)}x` +
+        (ours.cpu !== undefined && theirs.cpu !== undefined ? `, CPU ${(ours.cpu / theirs.cpu).toFixed(2)}x` : "")
+    ]
+  ]
+}
+
+/** Random 4 KiB requests at depth 1 and 32 through `qcow2 bench` and `qemu-img bench`, same flags, same image. */
+const randomBenchCase = (write, runs, count) => {
+  const image = allocatedImage()
+  const rows = []
+  for (const depth of [1, 32]) {
+    const args = ["bench", ...(write ? ["-w"] : []), "-c", String(count), "-d", String(depth), "-s", "4096", "-S", String(RANDOM_STEP), image]
+    const [ours, theirs] = alternatePeak(runs, [() => timeRunPeak(process.execPath, [BUNDLE, ...args]), () => timeRunPeak("qemu-img", args)])
+    rows.push(...benchRows(`qd ${depth}`, count, ours, theirs))
+  }
+  if (write) rows.push(["qemu-img check after the writes", checkClean(image) ? "clean" : "NOT CLEAN"])
+  return rows
+}
+
+/** Resolves once something accepts connections on 127.0.0.1:`port` (a probe connection, closed at once). */
+const waitForPort = async (port, child) => {
+  for (let i = 0; i < 600; i++) {
+    if (child.exitCode !== null) throw new Error(`the server exited with ${child.exitCode} before listening`)
+    const up = await new Promise((resolve) => {
+      const probe = net.connect(port, "127.0.0.1", () => {
+        probe.destroy()
+        resolve(true)
+      })
+      probe.on("error", () => resolve(false))
+    })
+    if (up) return
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  throw new Error(`nothing listens on port ${port}`)
+}
+
+/** CPU seconds (user + system) and peak RSS (MiB) of a running process, from /proc. */
+const procUsage = (pid) => {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  const ticks = Number(fields[11]) + Number(fields[12])
+  const hwm = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"))
+  return { cpu: ticks / 100, peakMiB: hwm === null ? undefined : Number(hwm[1]) / 1024 }
+}
+
+/**
+ * Starts an NBD server (`cmd args`, listening on `port`), runs
+ * `qemu-img bench -f raw nbd://127.0.0.1:PORT` for each of `runs`, stops it
+ * with SIGTERM; returns each run's request rate and the server's CPU time
+ * and peak memory over the whole session.
+ */
+const nbdSession = async (cmd, args, port, runs, count) => {
+  const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "inherit"] })
+  try {
+    await waitForPort(port, child)
+    const rates = runs.map(({ depth, write }) => {
+      const out = sh("qemu-img", ["bench", "-f", "raw", ...(write ? ["-w"] : []), "-c", String(count), "-d", String(depth), "-s", "4096", "-S", String(RANDOM_STEP), `nbd://127.0.0.1:${port}`]).toString()
+      return count / benchSeconds(out)
+    })
+    return { rates, ...procUsage(child.pid) }
+  } finally {
+    const exited = new Promise((r) => child.once("exit", r))
+    child.kill("SIGTERM")
+    await exited
+  }
+}
+
 // ---- cases -----------------------------------------------------------------
 
 const CASES = [
@@ -404,6 +532,78 @@ const CASES = [
         rows.push([`queue depth ${depth}`, `${Math.round(r.reads / r.seconds)} reads/s`])
       }
       return rows
+    }
+  },
+  {
+    name: "bench-read",
+    description: "random 4 KiB reads, qd 1 and 32, allocated 1 GiB image: qcow2 bench vs qemu-img bench (threads), same flags (median of 3)",
+    run: () => randomBenchCase(false, 3, 100000)
+  },
+  {
+    name: "bench-write",
+    description: "random 4 KiB writes into allocated clusters, qd 1 and 32: qcow2 bench -w vs qemu-img bench -w (threads), same flags (median of 3)",
+    run: () => randomBenchCase(true, 3, 100000)
+  },
+  {
+    name: "check-compare",
+    description: "check of the 1 GiB mixed qcow2, compare of it with its raw source: qcow2 vs qemu-img, with `info` as the start-up floor (median of 5)",
+    run: () => {
+      const image = mixedImage()
+      const raw = mixedRaw()
+      const [cOurs, cQemu, mOurs, mQemu, iOurs, iQemu] = alternatePeak(5, [
+        () => timeRunPeak(process.execPath, [BUNDLE, "check", image]),
+        () => timeRunPeak("qemu-img", ["check", image]),
+        () => timeRunPeak(process.execPath, [BUNDLE, "compare", image, raw]),
+        () => timeRunPeak("qemu-img", ["compare", image, raw]),
+        () => timeRunPeak(process.execPath, [BUNDLE, "info", image]),
+        () => timeRunPeak("qemu-img", ["info", image])
+      ])
+      const row = (label, t) => [label, `${fmt(t.wall)}${cpuText(t)}${peakText(t)}`]
+      const ratio = (label, a, b) => [
+        label,
+        `wall ${(a.wall / b.wall).toFixed(2)}x` + (a.cpu !== undefined && b.cpu !== undefined ? `, CPU ${(a.cpu / b.cpu).toFixed(2)}x` : "")
+      ]
+      const less = (a, b) => ({ wall: Math.max(0, a.wall - b.wall), cpu: a.cpu === undefined || b.cpu === undefined ? undefined : Math.max(0, a.cpu - b.cpu) })
+      return [
+        row("qcow2 check", cOurs),
+        row("qemu-img check", cQemu),
+        ratio("check: qcow2 / qemu-img", cOurs, cQemu),
+        row("qcow2 compare (qcow2 vs raw)", mOurs),
+        row("qemu-img compare", mQemu),
+        ratio("compare: qcow2 / qemu-img", mOurs, mQemu),
+        row("qcow2 info (start-up floor)", iOurs),
+        row("qemu-img info", iQemu),
+        row("qcow2 check beyond info", less(cOurs, iOurs)),
+        row("qcow2 compare beyond info", less(mOurs, iOurs))
+      ]
+    }
+  },
+  {
+    name: "nbd",
+    description: "qemu-img bench -f raw nbd://… random 4 KiB reads and writes, qd 1 and 32: qcow2 serve vs qemu-nbd on the allocated 1 GiB image (median of 3 sessions)",
+    run: async () => {
+      const image = allocatedImage()
+      const port = 10809 + 1000 + (process.pid % 1000)
+      const runs = [
+        { depth: 1, write: false },
+        { depth: 1, write: true },
+        { depth: 32, write: false },
+        { depth: 32, write: true }
+      ]
+      const count = 20000
+      const ours = []
+      const theirs = []
+      for (let i = 0; i < 3; i++) {
+        ours.push(await nbdSession(process.execPath, [BUNDLE, "serve", "-t", "-p", String(port), "-f", "qcow2", image], port, runs, count))
+        theirs.push(await nbdSession("qemu-nbd", ["-t", "-p", String(port), "-f", "qcow2", image], port, runs, count))
+      }
+      const rows = runs.map(({ depth, write }, j) => {
+        const a = median(ours.map((s) => s.rates[j]))
+        const b = median(theirs.map((s) => s.rates[j]))
+        return [`${write ? "writes" : "reads"} qd ${depth}`, `qcow2 serve ${a.toFixed(0)} req/s, qemu-nbd ${b.toFixed(0)} req/s, time ratio ${(b / a).toFixed(2)}x`]
+      })
+      const usage = (ss) => `CPU ${fmt(median(ss.map((s) => s.cpu)))}, peak ${median(ss.map((s) => s.peakMiB ?? NaN)).toFixed(0)} MiB`
+      return [...rows, ["server per session (qcow2 serve)", usage(ours)], ["server per session (qemu-nbd)", usage(theirs)], ["qemu-img check after the writes", checkClean(image) ? "clean" : "NOT CLEAN"]]
     }
   }
 ]

@@ -12,6 +12,7 @@ import { discardClusters, dropClusters } from "./discard.js"
 import { asImageError, checkRange, ClusterError, ImageError, isStructuralDamage, toImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { HeaderState } from "./header.js"
+import { directWriteHost, readMapped } from "./fastpath.js"
 import { InFlightAllocations } from "./inflight.js"
 import { Integrity } from "./integrity.js"
 import { ActiveL1 } from "./l1.js"
@@ -184,20 +185,43 @@ export class Qcow2Engine {
     return this.header.size
   }
 
-  /** Reads guest bytes (any alignment), falling through to the backing file where this layer has nothing. */
+  /**
+   * Reads guest bytes (any alignment), falling through to the backing file
+   * where this layer has nothing. Mapped from cached tables without the
+   * Effect machinery when it can be (fastpath.ts), when the request runs.
+   */
   read(offset: number, into: Uint8Array): Effect.Effect<void, ImageError> {
     const bad = this.checkRange(offset, into.length) ?? this.requireKey()
-    return bad ? Effect.fail(bad) : this.run(readGuest(this, offset, into))
+    if (bad) return Effect.fail(bad)
+    return Effect.suspend(() => {
+      const mapped = readMapped(this, offset, into)
+      return mapped !== undefined ? Effect.mapError(mapped, this.storageFailure) : this.run(readGuest(this, offset, into))
+    })
   }
 
-  /** Writes guest bytes (any alignment); allocating writes copy the untouched parts of their clusters. */
+  /**
+   * Writes guest bytes (any alignment); allocating writes copy the untouched
+   * parts of their clusters. A write into clusters the image owns goes
+   * straight to storage without the metadata lock when fastpath.ts can
+   * map it, counted as a direct write in flight (see InFlightAllocations).
+   */
   write(offset: number, data: Uint8Array): Effect.Effect<void, ImageError> {
     const bad = this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, data.length)
     if (bad) return Effect.fail(bad)
     if (data.length === 0) return Effect.void
     this.bitmaps.mark(offset, data.length)
-    return this.change(writeBytes(this, offset, data))
+    return Effect.acquireUseRelease(
+      Effect.sync(() => {
+        const host = directWriteHost(this, offset, data.length)
+        if (host !== undefined) this.inflight.beginDirect()
+        return host
+      }),
+      (host) => (host === undefined ? this.change(writeBytes(this, offset, data)) : Effect.mapError(this.data.write(host, data), this.storageFailure)),
+      (host) => (host === undefined ? Effect.void : Effect.sync(() => this.inflight.endDirect()))
+    )
   }
+
+  private readonly storageFailure = (error: EngineFailure): ImageError => toImageError(error, this.location)
 
   /** Writes zeros; `unmap` lets whole clusters be deallocated (qemu-io `write -z -u`). */
   writeZeroes(offset: number, length: number, unmap = false): Effect.Effect<void, ImageError> {
@@ -205,7 +229,7 @@ export class Qcow2Engine {
     if (bad) return Effect.fail(bad)
     if (length === 0) return Effect.void
     this.bitmaps.mark(offset, length)
-    return this.change(writeZeroes(this, offset, length, unmap))
+    return this.inflight.excludingDirect(this.change(writeZeroes(this, offset, length, unmap)))
   }
 
   /**
@@ -224,7 +248,7 @@ export class Qcow2Engine {
     const end = offset + length
     const last = end === this.virtualSize ? end : Math.floor(end / cs) * cs
     if (first >= last) return Effect.void
-    return this.change(discardClusters(this, first, last - first))
+    return this.inflight.excludingDirect(this.change(discardClusters(this, first, last - first)))
   }
 
   /** Writes whole aligned clusters compressed (qemu-io `write -c`). */
@@ -235,7 +259,7 @@ export class Qcow2Engine {
       return Effect.fail(new ImageError({ reason: "Unsupported", message: "Compression is not supported with encryption", location: this.location }))
     }
     this.bitmaps.mark(offset, data.length)
-    return this.change(writeCompressedClusters(this, offset, data))
+    return this.inflight.excludingDirect(this.change(writeCompressedClusters(this, offset, data)))
   }
 
   /** Grows (or with `shrink`, shrinks) the virtual size, preallocating a grown area as asked. */
@@ -247,7 +271,9 @@ export class Qcow2Engine {
     if (size % 512 !== 0) return Effect.fail(this.invalid("The new size must be a multiple of 512"))
     const bitmapsRefuse = this.bitmaps.refuseResize()
     if (bitmapsRefuse !== undefined) return Effect.fail(bitmapsRefuse)
-    return Effect.tap(this.change(truncateImage(this, size, options.preallocation ?? "off")), () => Effect.sync(() => this.bitmaps.resize(this.virtualSize)))
+    return Effect.tap(this.inflight.excludingDirect(this.change(truncateImage(this, size, options.preallocation ?? "off"))), () =>
+      Effect.sync(() => this.bitmaps.resize(this.virtualSize))
+    )
   }
 
   /**
@@ -319,7 +345,8 @@ export class Qcow2Engine {
    */
   repair<A>(repair: Effect.Effect<A, ImageError>, consistent: (result: A) => boolean): Effect.Effect<A, ImageError> {
     const self = this
-    return this.lock.withPermits(1)(
+    return this.inflight.excludingDirect(this.inflight.withLockDrained(
+      this.lock,
       Effect.gen(function* () {
         yield* self.flush()
         const result = yield* repair
@@ -327,7 +354,7 @@ export class Qcow2Engine {
         if (consistent(result)) yield* asImageError(self.integrity.repaired(), self.location)
         return result
       })
-    )
+    ))
   }
 
   /** Re-reads the header, refcount table and active L1 table from disk; the caches must hold nothing dirty. */
@@ -400,7 +427,9 @@ export class Qcow2Engine {
   createSnapshot(name: string, time: SnapshotTime, icount = 0n): Effect.Effect<SnapshotEntry, ImageError> {
     const bad = this.requireWritable()
     if (bad) return Effect.fail(bad)
-    return this.run(Effect.andThen(this.integrity.beforeMetadataChange(), this.lock.withPermits(1)(createSnapshot(this, name, time, icount))))
+    return this.run(
+      Effect.andThen(this.integrity.beforeMetadataChange(), this.inflight.excludingDirect(this.inflight.withLockDrained(this.lock, createSnapshot(this, name, time, icount))))
+    )
   }
 
   /**
@@ -413,7 +442,7 @@ export class Qcow2Engine {
     if (bad) return Effect.fail(bad)
     const self = this
     return this.run(
-      Effect.gen(function* () {
+      this.inflight.excludingDirect(Effect.gen(function* () {
         const s = snapshotForApply(self, idOrName)
         if (s instanceof ClusterError) return yield* s
         yield* self.integrity.beforeMetadataChange()
@@ -423,8 +452,8 @@ export class Qcow2Engine {
           }
           yield* truncateImage(self, s.diskSize, "off")
         }
-        yield* self.lock.withPermits(1)(applySnapshot(self, s))
-      })
+        yield* self.inflight.withLockDrained(self.lock, applySnapshot(self, s))
+      }))
     )
   }
 
@@ -432,7 +461,9 @@ export class Qcow2Engine {
   deleteSnapshot(id: string | undefined, name: string | undefined): Effect.Effect<void, ImageError> {
     const bad = this.requireWritable()
     if (bad) return Effect.fail(bad)
-    return this.run(Effect.andThen(this.integrity.beforeMetadataChange(), this.lock.withPermits(1)(deleteSnapshot(this, id, name))))
+    return this.run(
+      Effect.andThen(this.integrity.beforeMetadataChange(), this.inflight.excludingDirect(this.inflight.withLockDrained(this.lock, deleteSnapshot(this, id, name))))
+    )
   }
 
   /** Makes reads of this read-only engine see a snapshot's content (`qemu-img convert -l`). */
@@ -449,7 +480,7 @@ export class Qcow2Engine {
     const bad = this.requireWritable()
     if (bad) return Effect.fail(bad)
     if (this.virtualSize === 0) return Effect.void
-    return this.change(dropClusters(this, 0, this.virtualSize))
+    return this.inflight.excludingDirect(this.change(dropClusters(this, 0, this.virtualSize)))
   }
 
   /**

@@ -12,9 +12,68 @@ interface Allocation {
  * in-flight cluster allocations, s->cluster_allocs). A write that needs a
  * cluster in such a range waits for it to finish, then looks the mapping up
  * again: two concurrent writes to one unallocated cluster never both win.
+ *
+ * Also the direct writes in flight: data written in place into clusters
+ * the image owns, outside the metadata lock (fastpath.ts, and the locked
+ * path's in-place writes). A request that may free such a cluster or stop
+ * owning it (discard, zero, compressed write, truncate, snapshots, repair)
+ * first closes the door (`excludingDirect`: new writes take the locked
+ * path), then, holding the lock, waits until the direct writes in flight
+ * are done (`whenSettled`, `directDrained`) before it changes an entry:
+ * a write acknowledged into a cluster never lands after that cluster was
+ * given to something else.
  */
 export class InFlightAllocations {
   private readonly allocations = new Set<Allocation>()
+  private direct = 0
+  private closers = 0
+  private drainWaiters: Array<() => void> = []
+
+  /** Whether a write may go to storage without the lock now (no request has closed the door). */
+  get admitsDirect(): boolean {
+    return this.closers === 0
+  }
+
+  /** Counts a direct write that is starting; pair with `endDirect`. */
+  beginDirect(): void {
+    this.direct++
+  }
+
+  endDirect(): void {
+    this.direct--
+    if (this.direct > 0 || this.drainWaiters.length === 0) return
+    const waiters = this.drainWaiters
+    this.drainWaiters = []
+    for (const wake of waiters) wake()
+  }
+
+  /** Completes once no direct write is in flight. */
+  readonly directDrained: Effect.Effect<void> = Effect.suspend(() =>
+    this.direct === 0
+      ? Effect.void
+      : Effect.callback<void>((resume) => {
+          this.drainWaiters.push(() => resume(Effect.void))
+        })
+  )
+
+  /** Runs `effect` with new writes kept off the direct path (they take the lock) until it ends. */
+  excludingDirect<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
+    return Effect.acquireUseRelease(
+      Effect.sync(() => {
+        this.closers++
+      }),
+      () => effect,
+      () =>
+        Effect.sync(() => {
+          this.closers--
+        })
+    )
+  }
+
+  /** Runs `body` holding `lock` once the direct writes in flight are done (call inside `excludingDirect`). */
+  withLockDrained<A, E>(lock: Semaphore.Semaphore, body: Effect.Effect<A, E>): Effect.Effect<A, E> {
+    return lock.withPermits(1)(Effect.andThen(this.directDrained, body))
+  }
 
   /** The first in-flight allocation overlapping guest clusters [first, last], if any. */
   overlapping(first: number, last: number): Deferred.Deferred<void> | undefined {
@@ -40,14 +99,16 @@ export class InFlightAllocations {
 
   /**
    * Runs `body` holding `lock` once no allocation over guest clusters
-   * [first, last] is in flight; while one is, waits for it without the lock.
+   * [first, last] is in flight; while one is, waits for it without the
+   * lock. Direct writes in flight are waited for with the lock held (they
+   * never need it to finish).
    */
   whenSettled<A, E>(lock: Semaphore.Semaphore, first: number, last: number, body: Effect.Effect<A, E>): Effect.Effect<A, E> {
     const self = this
     const attempt = lock.withPermits(1)(
       Effect.suspend((): Effect.Effect<{ readonly wait: Deferred.Deferred<void> } | { readonly done: A }, E> => {
         const wait = self.overlapping(first, last)
-        return wait !== undefined ? Effect.succeed({ wait }) : Effect.map(body, (done) => ({ done }))
+        return wait !== undefined ? Effect.succeed({ wait }) : Effect.andThen(self.directDrained, Effect.map(body, (done) => ({ done })))
       })
     )
     return Effect.gen(function* () {

@@ -7,6 +7,8 @@ import type { EngineFailure } from "./errors.js"
 import type { HeaderState } from "./header.js"
 import type { Integrity } from "./integrity.js"
 
+const ACTIVE_L2: ReadonlyArray<"active L2 table"> = ["active L2 table"]
+
 /**
  * The active L1 table (spec "Cluster mapping"): kept whole in memory, every
  * change written through (consistency rule 4 for L1 entries and for the
@@ -65,6 +67,27 @@ export class ActiveL1 {
     const hit = this.integrity.overlaps.find(offset, this.clusterSize, ["active L2 table"])
     if (hit !== undefined) return this.integrity.markCorrupt(`L2 table at ${offset} (L1 entry ${index}) overlaps the ${hit}`, offset)
     return Effect.succeed(offset)
+  }
+
+  /**
+   * The request fast path's view of entry `index`: its L2 table offset (0
+   * when empty) when it passes every check of `l2Offset` and, with
+   * `owned`, has COPIED set; undefined otherwise, and then the caller takes
+   * the checked path, which reports the problem. Plain code, no allocation.
+   */
+  plainL2Offset(index: number, owned: boolean): number | undefined {
+    if (index >= this.entries) return owned ? undefined : 0
+    const b = this.bytes
+    const o = index * 8
+    const hi = ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0
+    const lo = ((b[o + 4]! << 24) | (b[o + 5]! << 16) | (b[o + 6]! << 8) | b[o + 7]!) >>> 0
+    if (owned && (hi & 0x80000000) === 0) return undefined
+    const offHi = hi & 0x00ffffff
+    if (offHi > 0x1fffff) return undefined
+    const offset = offHi * 4294967296 + ((lo & 0xfffffe00) >>> 0)
+    if (offset === 0) return owned ? undefined : 0
+    if (offset % this.clusterSize !== 0) return undefined
+    return this.integrity.overlaps.find(offset, this.clusterSize, ACTIVE_L2) === undefined ? offset : undefined
   }
 
   /** Whether entry `index` has COPIED set (its L2 table is not shared with a snapshot). */

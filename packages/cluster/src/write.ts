@@ -78,22 +78,41 @@ function writeStep(
     for (;;) {
       const refused = engine.integrity.refuseWrite(offset)
       if (refused !== undefined) return yield* refused
-      const plan = yield* engine.lock.withPermits(1)(planWrite(engine, offset, data, after))
-      switch (plan._tag) {
-        case "Wait":
-          yield* Deferred.await(plan.done)
-          continue
-        case "InPlace":
-          yield* writeData(engine, offset, plan.hostOffset, data.subarray(0, plan.length))
-          return { length: plan.length, hostEnd: plan.hostOffset + plan.length }
-        case "Allocate":
-          yield* Effect.onExit(performAllocation(engine, offset, data, plan), (exit) =>
-            exit._tag === "Success" ? plan.release : Effect.andThen(abandon(engine, plan), plan.release)
-          )
-          return { length: plan.length, hostEnd: plan.hostOffset + (offset - plan.firstCluster * engine.geometry.clusterSize) + plan.length }
-      }
+      // An in-place plan counts as a direct write from the moment it is made
+      // under the lock until its data is written (see InFlightAllocations).
+      const step = yield* Effect.acquireUseRelease(
+        engine.lock.withPermits(1)(planWrite(engine, offset, data, after)),
+        (plan) => performPlan(engine, offset, data, plan),
+        (plan) => (plan._tag === "InPlace" ? Effect.sync(() => engine.inflight.endDirect()) : Effect.void)
+      )
+      if (step !== undefined) return step
     }
   })
+}
+
+/** Carries out a plan; undefined after waiting for an allocation in flight (plan again). */
+function performPlan(
+  engine: Qcow2Engine,
+  offset: number,
+  data: Uint8Array,
+  plan: WritePlan
+): Effect.Effect<{ readonly length: number; readonly hostEnd: number } | undefined, EngineFailure> {
+  switch (plan._tag) {
+    case "Wait":
+      return Effect.as(Deferred.await(plan.done), undefined)
+    case "InPlace":
+      return Effect.as(writeData(engine, offset, plan.hostOffset, data.subarray(0, plan.length)), {
+        length: plan.length,
+        hostEnd: plan.hostOffset + plan.length
+      })
+    case "Allocate":
+      return Effect.as(
+        Effect.onExit(performAllocation(engine, offset, data, plan), (exit) =>
+          exit._tag === "Success" ? plan.release : Effect.andThen(abandon(engine, plan), plan.release)
+        ),
+        { length: plan.length, hostEnd: plan.hostOffset + (offset - plan.firstCluster * engine.geometry.clusterSize) + plan.length }
+      )
+  }
 }
 
 /** Writes data bytes to the data file, encrypting first when the image is encrypted. */
@@ -201,10 +220,15 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
   })
 }
 
+/** An in-place plan, counted as a direct write in flight (the caller ends it). */
 function inPlace(engine: Qcow2Engine, hostOffset: number, length: number): Effect.Effect<WritePlan, EngineFailure> {
   const plan: WritePlan = { _tag: "InPlace", hostOffset, length }
-  if (engine.externalData) return Effect.succeed(plan)
-  return Effect.as(engine.integrity.guardWrite(hostOffset, length), plan)
+  const begin = Effect.sync(() => {
+    engine.inflight.beginDirect()
+    return plan
+  })
+  if (engine.externalData) return begin
+  return Effect.andThen(engine.integrity.guardWrite(hostOffset, length), begin)
 }
 
 interface AllocationRequest {

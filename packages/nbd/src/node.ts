@@ -44,19 +44,32 @@ export interface NbdListener {
 /** Clients accepted while all slots are taken, waiting for one; beyond this they are turned away. */
 const MAX_WAITING = 64
 
-/** A Transport over a net.Socket: paused between reads, so unread input stays in the kernel. */
+/**
+ * Input read ahead of the connection, at most: past it the socket is paused
+ * and the rest waits in the kernel (the connection bounds its requests in
+ * flight by not reading; this bounds what sits in between).
+ */
+const READ_AHEAD = 256 * 1024
+
+/**
+ * A Transport over a net.Socket. The socket keeps flowing while less than
+ * READ_AHEAD bytes wait to be read (pausing and resuming it for every
+ * request cost two system calls each); each reply goes out corked, as one
+ * writev, however many parts it has.
+ */
 export const socketTransport = (socket: net.Socket): Transport => {
   const queue: Uint8Array[] = []
+  let queued = 0
   let ended = false
   let waiter: ((bytes: Uint8Array | undefined) => void) | undefined
-  socket.pause()
   socket.setNoDelay(true)
   socket.on("data", (bytes: Buffer) => {
-    socket.pause()
     const w = waiter
     waiter = undefined
-    if (w !== undefined) w(bytes)
-    else queue.push(bytes)
+    if (w !== undefined) return w(bytes)
+    queue.push(bytes)
+    queued += bytes.length
+    if (queued >= READ_AHEAD) socket.pause()
   })
   const finish = () => {
     ended = true
@@ -70,21 +83,26 @@ export const socketTransport = (socket: net.Socket): Transport => {
   socket.on("error", finish)
   return {
     read: Effect.callback<Uint8Array | undefined>((resume) => {
-      const queued = queue.shift()
-      if (queued !== undefined) return resume(Effect.succeed(queued))
+      const next = queue.shift()
+      if (next !== undefined) {
+        queued -= next.length
+        if (queued < READ_AHEAD && socket.isPaused() && !ended) socket.resume()
+        return resume(Effect.succeed(next))
+      }
       if (ended) return resume(Effect.succeed(undefined))
       waiter = (bytes) => resume(Effect.succeed(bytes))
-      socket.resume()
+      if (socket.isPaused()) socket.resume()
       return Effect.sync(() => {
         waiter = undefined
-        socket.pause()
       })
     }),
     write: (parts) =>
       Effect.callback<void>((resume) => {
         if (socket.destroyed || !socket.writable) return resume(Effect.void)
         let ready = true
+        if (parts.length > 1) socket.cork()
         for (const part of parts) ready = socket.write(part)
+        if (parts.length > 1) socket.uncork()
         if (ready) return resume(Effect.void)
         const go = () => {
           socket.off("drain", go)

@@ -13,12 +13,21 @@ import type { BlockStorageShape, LockRequest, OpenOptions } from "@qcow2/storage
 import { fromSystemError } from "./errors.js"
 import { FileLocks } from "./lock.js"
 import { seekExtent } from "./seek.js"
+import { nowaitBinding } from "./nowait.js"
+import type { NowaitBinding } from "./nowait.js"
 
 /**
  * Largest single read/write handed to Node (its limit is 2^31 - 1 bytes);
  * bigger requests are split by the loops below.
  */
 const MAX_IO = 1 << 30
+
+/**
+ * Largest read tried from the page cache on the event loop's thread
+ * (nowait.ts): past this the copy costs about what the thread pool's round
+ * trip does, and big copies belong on the pool's threads, beside the loop.
+ */
+const NOWAIT_MAX = 128 * 1024
 
 type Resume<A> = (effect: Effect.Effect<A, StorageError>) => void
 
@@ -84,8 +93,26 @@ class NodeFile {
   /** QEMU-compatible image locks of this descriptor, released when it closes. */
   readonly locks: FileLocks
 
-  constructor(readonly fd: number, readonly location: string) {
+  constructor(
+    readonly fd: number,
+    readonly location: string,
+    /** Page-cache reads on this thread (nowait.ts); dropped when the file refuses them. */
+    private nowait: NowaitBinding | undefined
+  ) {
     this.locks = new FileLocks(fd, location)
+  }
+
+  /**
+   * Reads what the page cache holds of the start of [offset, +into.length)
+   * without waiting for the disk; answers the bytes read (0 when nothing
+   * was cached or there is no binding). The rest is the thread pool's.
+   */
+  readCached(offset: number, into: Uint8Array): number {
+    const nowait = this.nowait
+    if (nowait === undefined || this.closed || into.length === 0 || into.length > NOWAIT_MAX) return 0
+    const n = nowait.read(this.fd, into, offset)
+    if (n < 0 && !nowait.lastErrorWasMiss()) this.nowait = undefined
+    return n > 0 ? n : 0
   }
 
   begin<A>(operation: string, resume: Resume<A>): boolean {
@@ -103,10 +130,10 @@ class NodeFile {
     resume(result)
   }
 
-  /** Positional read of all of `into`, looping on short reads; zero-fills past EOF. */
-  read(offset: number, into: Uint8Array, resume: Resume<void>): void {
+  /** Positional read of all of `into` from byte `start` on, looping on short reads; zero-fills past EOF. */
+  read(offset: number, into: Uint8Array, resume: Resume<void>, start = 0): void {
     if (!this.begin("read", resume)) return
-    let done = 0
+    let done = start
     const step = (): void => {
       fs.read(this.fd, into, done, Math.min(into.length - done, MAX_IO), offset + done, onRead)
     }
@@ -124,7 +151,7 @@ class NodeFile {
       if (done < into.length) step()
       else this.end(resume, Effect.void)
     }
-    if (into.length === 0) this.end(resume, Effect.void)
+    if (done === into.length) this.end(resume, Effect.void)
     else step()
   }
 
@@ -248,7 +275,10 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
     read: (offset, into) => {
       const invalid = checkRange(location, "read", offset, into.length)
       if (invalid !== undefined) return Effect.fail(invalid)
-      return request<void>((resume) => file.read(offset, into, resume))
+      return Effect.suspend(() => {
+        const cached = file.readCached(offset, into)
+        return cached === into.length ? Effect.void : request<void>((resume) => file.read(offset, into, resume, cached))
+      })
     },
     write: (offset, data) => {
       const invalid = checkRange(location, "write", offset, data.length)
@@ -303,7 +333,7 @@ export const openNodeFile = (path: string, options: OpenOptions): Effect.Effect<
   if (options.readOnly && options.truncate === true) {
     return Effect.fail(readOnlyError(path, "truncate"))
   }
-  const acquire = Effect.map(openFd(path, options), (fd) => new NodeFile(fd, path))
+  const acquire = Effect.flatMap(Effect.promise(nowaitBinding), (nowait) => Effect.map(openFd(path, options), (fd) => new NodeFile(fd, path, nowait)))
   return Effect.map(
     Effect.acquireRelease(acquire, (file) => file.close()),
     (file) => makeShape(file, options.readOnly)
