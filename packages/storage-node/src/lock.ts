@@ -13,9 +13,8 @@
  * released, on a conflict those the new one added are. Two openers racing
  * may both fail, never both succeed.
  *
- * Node has no fcntl(2): it is called through koffi, a foreign-function
- * package whose npm tarballs carry prebuilt binaries (no build or download
- * at install), loaded on the first lock. OFD locks belong to the open file
+ * Node has no fcntl(2): it is called through koffi (libc.ts), loaded on
+ * the first lock. OFD locks belong to the open file
  * description, so they last exactly as long as the descriptor and are not
  * lost when another descriptor of the same file closes (as POSIX locks
  * are). Where they cannot be had (not Linux on x64/arm64, koffi missing, a
@@ -25,6 +24,7 @@
 import * as fs from "node:fs"
 import { LOCK_PERMISSIONS, StorageError } from "@qcow2/storage"
 import type { LockPermission, LockRequest } from "@qcow2/storage"
+import { onceWithLibc, type Libc } from "./libc.js"
 
 /** fcntl(2) commands and lock types; the same values on every Linux architecture loaded here. */
 const F_OFD_GETLK = 36
@@ -62,40 +62,24 @@ const flock = (type: number, start: number): Uint8Array => {
 
 const lockType = (lock: Uint8Array): number => new DataView(lock.buffer, lock.byteOffset, lock.byteLength).getInt16(0, true)
 
-interface KoffiFunction {
-  (...args: ReadonlyArray<unknown>): unknown
-}
-interface KoffiModule {
-  readonly load: (library: string) => { readonly func: (declaration: string) => KoffiFunction }
-  readonly errno: () => number
-}
-
-const load = async (): Promise<Syscalls | undefined> => {
-  if (process.platform !== "linux" || (process.arch !== "x64" && process.arch !== "arm64")) return undefined
+/** fcntl through libc, if OFD locks work here. */
+const bindSyscalls = (c: Libc): Syscalls | undefined => {
+  const fcntl = c.func("int fcntl(int fd, int cmd, ...)")
+  const syscalls: Syscalls = {
+    fcntl: (fd, cmd, lock) => Number(fcntl(fd, cmd, "void *", lock)),
+    errno: () => c.errno()
+  }
+  // QEMU's probe: F_OFD_GETLK fails with EINVAL on kernels before 3.15.
+  const probe = fs.openSync("/dev/null", "r")
   try {
-    const imported = (await import("koffi")) as { readonly default?: KoffiModule } & Partial<KoffiModule>
-    const koffi = (imported.default ?? imported) as KoffiModule
-    const fcntl = koffi.load("libc.so.6").func("int fcntl(int fd, int cmd, ...)")
-    const syscalls: Syscalls = {
-      fcntl: (fd, cmd, lock) => fcntl(fd, cmd, "void *", lock) as number,
-      errno: () => koffi.errno()
-    }
-    // QEMU's probe: F_OFD_GETLK fails with EINVAL on kernels before 3.15.
-    const probe = fs.openSync("/dev/null", "r")
-    try {
-      return syscalls.fcntl(probe, F_OFD_GETLK, flock(F_WRLCK, 0)) === 0 ? syscalls : undefined
-    } finally {
-      fs.closeSync(probe)
-    }
-  } catch {
-    return undefined
+    return syscalls.fcntl(probe, F_OFD_GETLK, flock(F_WRLCK, 0)) === 0 ? syscalls : undefined
+  } finally {
+    fs.closeSync(probe)
   }
 }
 
-let loaded: Promise<Syscalls | undefined> | undefined
-
 /** The fcntl binding, loaded once per process; undefined where locks cannot be had. */
-const syscalls = (): Promise<Syscalls | undefined> => (loaded ??= load())
+const syscalls = onceWithLibc(bindSyscalls)
 
 const bitsOf = (permissions: ReadonlyArray<LockPermission>): number =>
   permissions.reduce((bits, p) => bits | (1 << LOCK_PERMISSIONS.indexOf(p)), 0)

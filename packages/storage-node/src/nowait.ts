@@ -12,16 +12,11 @@
  * (EOPNOTSUPP) by ext4 and most file systems, and a plain write can wait
  * (dirty-page throttling), which the event loop must not.
  *
- * preadv2 is called through koffi (as fcntl in `lock.ts`), loaded once per
- * process; where it cannot be had (not Linux x64/arm64, koffi missing, no
- * preadv2 in libc) every read goes to the thread pool.
+ * preadv2 is called through koffi (libc.ts), bound once per process;
+ * where it cannot be had (not Linux x64/arm64, koffi missing, no preadv2
+ * in libc) every read goes to the thread pool.
  */
-interface KoffiModule {
-  readonly load: (library: string) => { readonly func: (declaration: string) => (...args: ReadonlyArray<number | Uint8Array>) => number }
-  readonly errno: () => number
-  /** The address of a typed array's first byte (its backing store does not move). */
-  readonly address: (value: Uint8Array) => bigint
-}
+import { onceWithLibc } from "./libc.js"
 
 const RWF_NOWAIT = 0x8
 const EAGAIN = 11
@@ -38,28 +33,19 @@ export interface NowaitBinding {
   readonly lastErrorWasMiss: () => boolean
 }
 
-const load = async (): Promise<NowaitBinding | undefined> => {
-  if (process.platform !== "linux" || (process.arch !== "x64" && process.arch !== "arm64")) return undefined
-  try {
-    const imported = (await import("koffi")) as { readonly default?: KoffiModule } & Partial<KoffiModule>
-    const koffi = (imported.default ?? imported) as KoffiModule
-    const preadv2 = koffi.load("libc.so.6").func("long preadv2(int fd, void *iov, int iovcnt, int64_t offset, int flags)")
-    // One struct iovec { void *iov_base; size_t iov_len; } (LP64, little-endian), refilled per call.
-    const iovec = new Uint8Array(16)
-    const view = new DataView(iovec.buffer)
-    const read: NowaitRead = (fd, into, offset) => {
-      view.setBigUint64(0, koffi.address(into), true)
-      view.setBigUint64(8, BigInt(into.length), true)
-      const n = preadv2(fd, iovec, 1, offset, RWF_NOWAIT)
-      return n >= 0 ? n : -1
-    }
-    return { read, lastErrorWasMiss: () => koffi.errno() === EAGAIN }
-  } catch {
-    return undefined
+const bindNowait = onceWithLibc((c): NowaitBinding => {
+  const preadv2 = c.func("long preadv2(int fd, void *iov, int iovcnt, int64_t offset, int flags)")
+  // One struct iovec { void *iov_base; size_t iov_len; } (LP64, little-endian), refilled per call.
+  const iovec = new Uint8Array(16)
+  const view = new DataView(iovec.buffer)
+  const read: NowaitRead = (fd, into, offset) => {
+    view.setBigUint64(0, c.address(into), true)
+    view.setBigUint64(8, BigInt(into.length), true)
+    const n = Number(preadv2(fd, iovec, 1, offset, RWF_NOWAIT))
+    return n >= 0 ? n : -1
   }
-}
-
-let loaded: Promise<NowaitBinding | undefined> | undefined
+  return { read, lastErrorWasMiss: () => c.errno() === EAGAIN }
+})
 
 /** The preadv2 binding, loaded once per process; undefined where it cannot be had. */
-export const nowaitBinding = (): Promise<NowaitBinding | undefined> => (loaded ??= load())
+export const nowaitBinding: () => Promise<NowaitBinding | undefined> = bindNowait

@@ -2,42 +2,27 @@
  * lseek(2) with SEEK_DATA / SEEK_HOLE, as QEMU's file driver uses it for
  * block status (block/file-posix.c find_allocation): a raw image's holes
  * read as zeros without reading them. Node has no binding for these
- * whence values; lseek is called through koffi, loaded on first use, as
- * for the image locks (lock.ts). Where it cannot be had (not Linux on
+ * whence values; lseek is called through koffi (libc.ts), as for the image
+ * locks. Where it cannot be had (not Linux on
  * x64/arm64, koffi missing) the file is reported as data from end to end,
  * what lseek itself answers on file systems without hole support.
  */
+import { onceWithLibc } from "./libc.js"
+
 const SEEK_DATA = 3
 const SEEK_HOLE = 4
 const ENXIO = 6
 
-interface KoffiFunction {
-  (...args: ReadonlyArray<number | bigint>): number | bigint
-}
-interface KoffiModule {
-  readonly load: (library: string) => { readonly func: (declaration: string) => KoffiFunction }
-  readonly errno: () => number
-}
-
 /** lseek(fd, offset, whence): the resulting offset, or -errno. */
 type Lseek = (fd: number, offset: number, whence: number) => number
 
-const load = async (): Promise<Lseek | undefined> => {
-  if (process.platform !== "linux" || (process.arch !== "x64" && process.arch !== "arm64")) return undefined
-  try {
-    const imported = (await import("koffi")) as { readonly default?: KoffiModule } & Partial<KoffiModule>
-    const koffi = (imported.default ?? imported) as KoffiModule
-    const lseek = koffi.load("libc.so.6").func("int64_t lseek(int fd, int64_t offset, int whence)")
-    return (fd, offset, whence) => {
-      const r = Number(lseek(fd, offset, whence))
-      return r < 0 ? -koffi.errno() : r
-    }
-  } catch {
-    return undefined
+const lseekBinding = onceWithLibc((c): Lseek => {
+  const lseek = c.func("int64_t lseek(int fd, int64_t offset, int whence)")
+  return (fd, offset, whence) => {
+    const r = Number(lseek(fd, offset, whence))
+    return r < 0 ? -c.errno() : r
   }
-}
-
-let loaded: Promise<Lseek | undefined> | undefined
+})
 
 /**
  * Where the first data (`what` "data") or hole ("hole") at or after
@@ -47,7 +32,7 @@ let loaded: Promise<Lseek | undefined> | undefined
  * Other errors than ENXIO are reported as -errno.
  */
 export const seekExtent = async (fd: number, offset: number, size: number, what: "data" | "hole"): Promise<number> => {
-  const lseek = await (loaded ??= load())
+  const lseek = await lseekBinding()
   if (lseek === undefined || offset >= size) return what === "data" ? Math.min(offset, size) : size
   const r = lseek(fd, offset, what === "data" ? SEEK_DATA : SEEK_HOLE)
   if (r === -ENXIO) return size
