@@ -64,9 +64,12 @@ const release = async (child: ChildProcess): Promise<void> => {
 
 /** qemu-io (interactive, reading commands from a pipe) holding `file` until released; ready once it holds byte 100. */
 const qemuIoHolds = async (file: string, ...flags: string[]): Promise<ChildProcess> => {
-  const child = spawn("qemu-io", [...flags, file], { cwd: dir, stdio: ["pipe", "ignore", "inherit"] })
+  const child = spawn("qemu-io", [...flags, file], { cwd: dir, stdio: ["pipe", "pipe", "inherit"] })
   holders.push(child)
-  await waitFor(`qemu-io ${flags.join(" ")} ${file}`, () => lockedBytes(file).includes(100), child)
+  // Its first prompt comes once the whole chain is open (and locked): the top file's lock alone comes before the backing file's.
+  let out = ""
+  child.stdout!.on("data", (d: Buffer) => (out += d.toString()))
+  await waitFor(`qemu-io ${flags.join(" ")} ${file}`, () => out.includes("qemu-io> ") && lockedBytes(file).includes(100), child)
   return child
 }
 
