@@ -53,3 +53,45 @@ describe("sparse raw files", () => {
     expect(qemu(dir, "qemu-img", ["compare", "-f", "raw", "-F", "raw", "sparse.raw", "back.raw"]).stdout).toBe("Images are identical.\n")
   })
 })
+
+describe("compare with sparse raw files", () => {
+  let dir: string
+  beforeAll(() => {
+    buildBundle()
+    dir = makeTempDir("qcow2-sparse-compare-")
+    // Data at 1 MiB, a zero run inside data at 4 MiB, holes elsewhere; the
+    // qcow2 copy leaves both the holes and the zero run unallocated.
+    const fd = fs.openSync(path.join(dir, "a.raw"), "w")
+    const data = Buffer.alloc(6 * MiB, "compare sparse ")
+    data.fill(0, 3 * MiB, 4 * MiB)
+    fs.writeSync(fd, data, 0, data.length, MiB)
+    fs.ftruncateSync(fd, 32 * MiB)
+    fs.closeSync(fd)
+    qemu(dir, "qemu-img", ["convert", "-f", "raw", "-O", "qcow2", "a.raw", "a.qcow2"])
+    // One changed byte in a hole (20 MiB + 777) and one in the zero run.
+    for (const [name, at] of [
+      ["hole.raw", 20 * MiB + 777],
+      ["run.raw", 4 * MiB + 4097]
+    ] as const) {
+      fs.copyFileSync(path.join(dir, "a.raw"), path.join(dir, name))
+      const f = fs.openSync(path.join(dir, name), "r+")
+      fs.writeSync(f, Buffer.from([7]), 0, 1, at)
+      fs.closeSync(f)
+    }
+  })
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+  it("prints what qemu-img compare prints, either side first", () => {
+    for (const raw of ["a.raw", "hole.raw", "run.raw"]) {
+      for (const args of [
+        ["-f", "qcow2", "-F", "raw", "a.qcow2", raw],
+        ["-f", "raw", "-F", "qcow2", raw, "a.qcow2"],
+        ["-f", "raw", "-F", "raw", "a.raw", raw]
+      ]) {
+        const ours = qcow2(dir, ["compare", ...args])
+        const theirs = qemu(dir, "qemu-img", ["compare", ...args], true)
+        expect([ours.stdout, ours.status]).toEqual([theirs.stdout, theirs.status])
+      }
+    }
+  })
+})

@@ -158,8 +158,12 @@ export const makeSectorCipherFactory = (backend: CryptoBackend): SectorCipherFac
   }
 }
 
-/** {@link SectorCipherFactory} on the portable (@noble) kernels. */
-export const layerPortable: Layer.Layer<SectorCipherFactory> = Layer.succeed(
+/**
+ * {@link SectorCipherFactory} on the portable (@noble) kernels. Marked pure
+ * so that a bundle which never uses it leaves out noble's AES, whose
+ * tables are built when its module is evaluated (~20-60 ms of every start).
+ */
+export const layerPortable: Layer.Layer<SectorCipherFactory> = /* @__PURE__ */ Layer.succeed(
   SectorCipherFactory,
-  makeSectorCipherFactory(portableBackend)
+  /* @__PURE__ */ makeSectorCipherFactory(portableBackend)
 )

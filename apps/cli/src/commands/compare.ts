@@ -62,6 +62,14 @@ const rawExtent = (offset: number, length: number): BlockStatus => ({
   compressed: false
 })
 
+/** `s` from `offset` on, when it covers `offset`. */
+const known = (s: BlockStatus | undefined, offset: number): BlockStatus | undefined =>
+  s !== undefined && s.offset <= offset && offset < s.offset + s.length
+    ? s.offset === offset
+      ? s
+      : { ...s, offset, length: s.offset + s.length - offset, ...(s.hostOffset !== undefined ? { hostOffset: s.hostOffset + offset - s.offset } : {}) }
+    : undefined
+
 const statusKey = (s: BlockStatus): string =>
   `${s.present}/${s.zero}/${s.data}/${s.hostOffset !== undefined && !s.compressed}`
 
@@ -74,11 +82,31 @@ export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure,
       const say = (text: string) => {
         if (!o.quiet) print(text)
       }
-      // Strict mode compares allocation, so it asks even a raw image.
-      const status = (img: Image, name: string, offset: number, length: number) =>
-        img.format === "raw" && !o.strict
-          ? Effect.succeed(rawExtent(offset, length))
-          : img.blockStatus(offset, length).pipe(Effect.mapError(() => fail(`Sector allocation test failed for ${name}`, 3)))
+      const probe = (img: Image, name: string, offset: number, length: number) =>
+        img.blockStatus(offset, length).pipe(Effect.mapError(() => fail(`Sector allocation test failed for ${name}`, 3)))
+      /**
+       * Block status of one side. Strict mode compares allocation, so it
+       * asks even a raw image; otherwise a raw image is taken to be data
+       * and asked only where the other side reads as zeros (`refine`): there
+       * a hole (found by SEEK_DATA) skips the range, as in qemu-img, while
+       * elsewhere the data is read anyway. An extent that reaches past the
+       * last step is used again before asking.
+       */
+      const side = (img: Image, name: string) => {
+        let last: BlockStatus | undefined
+        const assumeData = img.format === "raw" && !o.strict
+        const ask = (offset: number, end: number) => Effect.map(probe(img, name, offset, end - offset), (s) => (last = s))
+        return {
+          status: (offset: number, end: number): Effect.Effect<BlockStatus, CliFailure> => {
+            const k = known(last, offset)
+            return k !== undefined ? Effect.succeed(k) : assumeData ? Effect.succeed(rawExtent(offset, end - offset)) : ask(offset, end)
+          },
+          refine: (s: BlockStatus, other: BlockStatus, end: number): Effect.Effect<BlockStatus, CliFailure> =>
+            assumeData && other.zero && !s.zero && known(last, s.offset) === undefined ? ask(s.offset, end) : Effect.succeed(s)
+        }
+      }
+      const sideA = side(a, o.file1)
+      const sideB = side(b, o.file2)
       const read = (img: Image, name: string, offset: number, into: Uint8Array) =>
         img.read(offset, into).pipe(Effect.mapError((e) => fail(`Error while reading offset ${offset} of ${name}: ${e.message}`, 4)))
       const total = Math.max(a.virtualSize, b.virtualSize)
@@ -90,17 +118,38 @@ export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure,
       }
       const bufA = new Uint8Array(CHUNK)
       const bufB = new Uint8Array(CHUNK)
+      /** Offset of the first non-zero sector of `img` in [offset, offset + length), or -1. */
+      const findNonZero = (img: Image, name: string, offset: number, length: number) =>
+        Effect.gen(function* () {
+          for (let pos = offset; pos < offset + length; pos += CHUNK) {
+            const n = Math.min(CHUNK, offset + length - pos)
+            yield* read(img, name, pos, bufA.subarray(0, n))
+            const nz = firstNonZero(bufA, n)
+            if (nz >= 0) return pos + nz
+          }
+          return -1
+        })
       let offset = 0
       while (offset < common) {
-        const sa = yield* status(a, o.file1, offset, common - offset)
-        const sb = yield* status(b, o.file2, offset, common - offset)
+        const sa0 = yield* sideA.status(offset, common)
+        const sb = yield* sideB.refine(yield* sideB.status(offset, common), sa0, common)
+        const sa = yield* sideA.refine(sa0, sb, common)
         const chunk = Math.max(1, Math.min(sa.length, sb.length, common - offset))
         if (o.strict && statusKey(sa) !== statusKey(sb)) {
           progress?.finish()
           say(`Strict mode: Offset ${offset} block status mismatch!\n`)
           return 1
         }
-        if (!(sa.zero && sb.zero)) {
+        if (sa.zero !== sb.zero) {
+          // One side reads as zeros: only the other is read.
+          const [img, name] = sa.zero ? [b, o.file2] : [a, o.file1]
+          const nz = yield* findNonZero(img, name, offset, chunk)
+          if (nz >= 0) {
+            progress?.finish()
+            say(`Content mismatch at offset ${nz}!\n`)
+            return 1
+          }
+        } else if (!sa.zero) {
           for (let pos = offset; pos < offset + chunk; pos += CHUNK) {
             const n = Math.min(CHUNK, offset + chunk - pos)
             yield* Effect.all([read(a, o.file1, pos, bufA.subarray(0, n)), read(b, o.file2, pos, bufB.subarray(0, n))], {
@@ -121,20 +170,16 @@ export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure,
       if (a.virtualSize !== b.virtualSize) {
         // Like qemu-img, the warning comes once the common part compared equal.
         say("Warning: Image size mismatch!\n")
-        const [img, name] = a.virtualSize > b.virtualSize ? [a, o.file1] : [b, o.file2]
+        const [img, name, longer] = a.virtualSize > b.virtualSize ? [a, o.file1, sideA] : [b, o.file2, sideB]
         while (offset < total) {
-          const s = yield* status(img, name, offset, total - offset)
+          const s = yield* longer.status(offset, total)
           const chunk = Math.max(1, Math.min(s.length, total - offset))
           if (!s.zero) {
-            for (let pos = offset; pos < offset + chunk; pos += CHUNK) {
-              const n = Math.min(CHUNK, offset + chunk - pos)
-              yield* read(img, name, pos, bufA.subarray(0, n))
-              const nz = firstNonZero(bufA, n)
-              if (nz >= 0) {
-                progress?.finish()
-                say(`Content mismatch at offset ${pos + nz}!\n`)
-                return 1
-              }
+            const nz = yield* findNonZero(img, name, offset, chunk)
+            if (nz >= 0) {
+              progress?.finish()
+              say(`Content mismatch at offset ${nz}!\n`)
+              return 1
             }
           }
           offset += chunk
