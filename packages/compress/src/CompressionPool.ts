@@ -16,10 +16,10 @@
 import { availableParallelism } from "node:os"
 import { Effect, type Scope } from "effect"
 import type { CompressionType } from "./CompressionType.js"
-import { CompressionError } from "./errors.js"
-import { checkCompressInput, resolveLevel } from "./internal/codec.js"
+import type { CompressionError } from "./errors.js"
 import { nodeDeflateCluster } from "./internal/deflateNode.js"
 import { nodeInflateRaw } from "./internal/nodeKernels.js"
+import { compressOn } from "./internal/poolJobs.js"
 import { WorkerPool } from "./internal/workerPool.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
@@ -105,20 +105,6 @@ const compressionWorkerSource = (): string =>
     `});`
   ].join("\n")
 
-const ownedCopy = (pool: WorkerPool, cluster: Uint8Array, transfer: boolean | undefined): Uint8Array => {
-  if (
-    transfer === true &&
-    cluster.buffer instanceof ArrayBuffer &&
-    cluster.byteOffset === 0 &&
-    cluster.byteLength === cluster.buffer.byteLength
-  ) {
-    return cluster
-  }
-  const copy = pool.borrow(cluster.length)
-  copy.set(cluster)
-  return copy
-}
-
 /**
  * Starts a compression pool of worker threads in the current scope; the
  * workers are terminated when the scope closes (pending jobs then fail).
@@ -134,38 +120,5 @@ export const makeCompressionPool = (
       Effect.sync(() => new WorkerPool(compressionWorkerSource(), { zstdModule }, size, maxInFlight)),
       (running) => Effect.promise(() => running.close())
     )
-    const compress = (
-      type: CompressionType,
-      cluster: Uint8Array,
-      level?: number,
-      compressOptions?: PoolCompressOptions
-    ): Effect.Effect<Uint8Array | undefined, CompressionError> =>
-      Effect.suspend(() => {
-        let resolvedLevel: number
-        try {
-          checkCompressInput(type, cluster)
-          resolvedLevel = resolveLevel(type, level)
-        } catch (error) {
-          return error instanceof CompressionError ? Effect.fail(error) : Effect.die(error)
-        }
-        const data = ownedCopy(pool, cluster, compressOptions?.transfer)
-        return Effect.callback<Uint8Array | undefined, CompressionError>((resume) => {
-          const cancel = pool.submit(type, resolvedLevel, data, (outcome) => {
-            resume(
-              outcome.ok
-                ? Effect.succeed(outcome.result)
-                : Effect.fail(
-                    new CompressionError({
-                      compressionType: type,
-                      reason: "Failed",
-                      message: outcome.message,
-                      cause: outcome.cause
-                    })
-                  )
-            )
-          })
-          return Effect.sync(cancel)
-        })
-      })
-    return { workers: size, compress }
+    return { workers: size, compress: compressOn(pool) }
   })

@@ -12,9 +12,7 @@
  */
 import { Effect, type Scope } from "effect"
 import type { CompressionPool, CompressionPoolOptions, PoolCompressOptions } from "./CompressionPool.js"
-import type { CompressionType } from "./CompressionType.js"
-import { CompressionError } from "./errors.js"
-import { checkCompressInput, resolveLevel } from "./internal/codec.js"
+import { compressOn } from "./internal/poolJobs.js"
 import { WebWorkerPool } from "./internal/webWorkerPool.js"
 import { WEB_WORKER_SOURCE } from "./internal/webWorkerSource.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
@@ -25,15 +23,6 @@ export type { CompressionPool, CompressionPoolOptions, PoolCompressOptions }
 const defaultWorkers = (): number => {
   const cores = typeof navigator === "object" ? navigator.hardwareConcurrency : undefined
   return typeof cores === "number" && cores > 0 ? cores : 2
-}
-
-const ownedCopy = (pool: WebWorkerPool, cluster: Uint8Array, transfer: boolean | undefined): Uint8Array => {
-  if (transfer === true && cluster.buffer instanceof ArrayBuffer && cluster.byteOffset === 0 && cluster.byteLength === cluster.buffer.byteLength) {
-    return cluster
-  }
-  const copy = pool.borrow(cluster.length)
-  copy.set(cluster)
-  return copy
 }
 
 /**
@@ -51,31 +40,5 @@ export const makeWebCompressionPool = (options?: CompressionPoolOptions): Effect
       Effect.sync(() => new WebWorkerPool(WEB_WORKER_SOURCE, zstdModule, size, maxInFlight)),
       (running) => Effect.sync(() => running.close())
     )
-    const compress = (
-      type: CompressionType,
-      cluster: Uint8Array,
-      level?: number,
-      compressOptions?: PoolCompressOptions
-    ): Effect.Effect<Uint8Array | undefined, CompressionError> =>
-      Effect.suspend(() => {
-        let resolvedLevel: number
-        try {
-          checkCompressInput(type, cluster)
-          resolvedLevel = resolveLevel(type, level)
-        } catch (error) {
-          return error instanceof CompressionError ? Effect.fail(error) : Effect.die(error)
-        }
-        const data = ownedCopy(pool, cluster, compressOptions?.transfer)
-        return Effect.callback<Uint8Array | undefined, CompressionError>((resume) => {
-          const cancel = pool.submit(type, resolvedLevel, data, (outcome) => {
-            resume(
-              outcome.ok
-                ? Effect.succeed(outcome.result)
-                : Effect.fail(new CompressionError({ compressionType: type, reason: "Failed", message: outcome.message }))
-            )
-          })
-          return Effect.sync(cancel)
-        })
-      })
-    return { workers: size, compress }
+    return { workers: size, compress: compressOn(pool) }
   })

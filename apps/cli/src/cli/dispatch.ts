@@ -50,6 +50,18 @@ const imageFormat = (v: string | undefined): Effect.Effect<ImageFormat | undefin
   return Effect.fail(fail(`Unknown driver '${v}'`))
 }
 
+/** `-l snapshot.id=…|snapshot.name=…|NAME` of convert and measure (the snapshot module is loaded only when given). */
+const snapshotSelector = (param: string | undefined): Effect.Effect<SnapshotSelector | undefined, CliFailure> =>
+  param === undefined
+    ? Effect.succeed(undefined)
+    : Effect.flatMap(
+        Effect.promise(() => import("../commands/snapshot.js")),
+        ({ parseSnapshotParam }) => {
+          const parsed = parseSnapshotParam(param)
+          return parsed instanceof CliFailure ? Effect.fail(parsed) : Effect.succeed(parsed)
+        }
+      )
+
 const secretsOf = (c: {
   readonly object: ReadonlyArray<string>
   readonly imageOpts: boolean
@@ -219,13 +231,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           }
         }
         const format = yield* imageFormat(c.format)
-        let snapshot: SnapshotSelector | undefined
-        if (c.snapshot !== undefined) {
-          const { parseSnapshotParam } = yield* Effect.promise(() => import("../commands/snapshot.js"))
-          const parsed = parseSnapshotParam(c.snapshot)
-          if (parsed instanceof CliFailure) return yield* Effect.fail(parsed)
-          snapshot = parsed
-        }
+        const snapshot = yield* snapshotSelector(c.snapshot)
         const { runConvert } = yield* Effect.promise(() => import("../commands/convert.js"))
         return yield* runConvert({
           sources: c.files.slice(0, -1),
@@ -392,13 +398,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         if (file !== undefined && size !== undefined) return yield* Effect.fail(fail("--size N cannot be used together with a filename."))
         if (file === undefined && size === undefined) return yield* Effect.fail(fail("Either --size N or one filename must be specified."))
         const format = yield* imageFormat(c.format)
-        let snapshot: SnapshotSelector | undefined
-        if (c.snapshot !== undefined) {
-          const { parseSnapshotParam } = yield* Effect.promise(() => import("../commands/snapshot.js"))
-          const parsed = parseSnapshotParam(c.snapshot)
-          if (parsed instanceof CliFailure) return yield* Effect.fail(parsed)
-          snapshot = parsed
-        }
+        const snapshot = yield* snapshotSelector(c.snapshot)
         const { runMeasure } = yield* Effect.promise(() => import("../commands/measure.js"))
         return yield* runMeasure({
           format,

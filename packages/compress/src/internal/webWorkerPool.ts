@@ -11,6 +11,7 @@
  * deserialised) fails its in-flight jobs and is replaced; three failures in
  * a row without an answer stop the pool.
  */
+import { SpareBuffers, type JobOutcome } from "./poolJobs.js"
 
 /** A request to a worker: compress `data` (one cluster) with `type` at `level`. */
 interface WorkerRequest {
@@ -25,14 +26,9 @@ type WorkerReply =
   | { readonly id: number; readonly ok: true; readonly result: Uint8Array | undefined; readonly input?: Uint8Array }
   | { readonly id: number; readonly ok: false; readonly message: string }
 
-/** How a job ended, as seen by its submitter. */
-export type WebJobOutcome =
-  | { readonly ok: true; readonly result: Uint8Array | undefined }
-  | { readonly ok: false; readonly message: string }
-
 interface Job {
   readonly request: WorkerRequest
-  readonly done: (outcome: WebJobOutcome) => void
+  readonly done: (outcome: JobOutcome) => void
   settled: boolean
 }
 
@@ -41,9 +37,6 @@ interface Slot {
   readonly inflight: Map<number, Job>
   answered: number
 }
-
-/** Recycled input buffers kept per size. */
-const SPARE_LIMIT = 64
 
 /** Consecutive worker failures without a single answer after which the pool gives up. */
 const CRASH_LOOP_LIMIT = 3
@@ -56,7 +49,7 @@ export class WebWorkerPool {
   private closed = false
   private broken: string | undefined
   private failuresWithoutAnswer = 0
-  private readonly spare = new Map<number, Array<ArrayBuffer>>()
+  private readonly spare = new SpareBuffers()
   private readonly url: string
 
   /**
@@ -74,7 +67,7 @@ export class WebWorkerPool {
   }
 
   /** Queues a job; returns a function that cancels it (its callback then never fires). */
-  submit(type: number, level: number, data: Uint8Array, done: (outcome: WebJobOutcome) => void): () => void {
+  submit(type: number, level: number, data: Uint8Array, done: (outcome: JobOutcome) => void): () => void {
     const job: Job = { request: { id: this.nextId++, type, level, data }, done, settled: false }
     if (this.closed || this.broken !== undefined) {
       this.settle(job, { ok: false, message: this.broken ?? "compression pool is closed" })
@@ -89,8 +82,7 @@ export class WebWorkerPool {
 
   /** A buffer of `size` bytes for a request, recycled from earlier requests when possible. */
   borrow(size: number): Uint8Array {
-    const buffer = this.spare.get(size)?.pop()
-    return buffer === undefined ? new Uint8Array(size) : new Uint8Array(buffer)
+    return this.spare.borrow(size)
   }
 
   /** Fails every pending job and terminates the workers. */
@@ -121,7 +113,7 @@ export class WebWorkerPool {
     slot.inflight.delete(reply.id)
     slot.answered++
     this.failuresWithoutAnswer = 0
-    if (reply.ok && reply.input !== undefined) this.recycle(reply.input)
+    if (reply.ok && reply.input !== undefined) this.spare.recycle(reply.input)
     this.settle(job, reply.ok ? { ok: true, result: reply.result ?? undefined } : { ok: false, message: reply.message })
     this.dispatch()
   }
@@ -162,17 +154,6 @@ export class WebWorkerPool {
     }
   }
 
-  private recycle(input: Uint8Array): void {
-    const buffer = input.buffer
-    if (!(buffer instanceof ArrayBuffer) || input.byteOffset !== 0 || input.byteLength !== buffer.byteLength) return
-    let list = this.spare.get(buffer.byteLength)
-    if (list === undefined) {
-      list = []
-      this.spare.set(buffer.byteLength, list)
-    }
-    if (list.length < SPARE_LIMIT) list.push(buffer)
-  }
-
   private failAll(message: string): void {
     for (let i = this.queueHead; i < this.queue.length; i++) this.settle(this.queue[i], { ok: false, message })
     this.queue.length = 0
@@ -183,7 +164,7 @@ export class WebWorkerPool {
     }
   }
 
-  private settle(job: Job, outcome: WebJobOutcome): void {
+  private settle(job: Job, outcome: JobOutcome): void {
     if (job.settled) return
     job.settled = true
     job.done(outcome)

@@ -1,4 +1,5 @@
 import { Worker } from "node:worker_threads"
+import { SpareBuffers, type JobOutcome } from "./poolJobs.js"
 
 /** A request to a worker: compress `data` (one cluster) with `type` at `level`. */
 interface WorkerRequest {
@@ -21,11 +22,6 @@ type WorkerReply =
     }
   | { readonly id: number; readonly ok: false; readonly message: string }
 
-/** How a job ended, as seen by its submitter. */
-export type JobOutcome =
-  | { readonly ok: true; readonly result: Uint8Array | undefined }
-  | { readonly ok: false; readonly message: string; readonly cause?: unknown }
-
 interface Job {
   readonly request: WorkerRequest
   readonly done: (outcome: JobOutcome) => void
@@ -42,9 +38,6 @@ interface Slot {
   answered: number
   lastError: unknown
 }
-
-/** Recycled input buffers kept per size (fresh memory is slow to touch: reuse it). */
-const SPARE_LIMIT = 64
 
 /**
  * Jobs per message at most, and their bytes: a message and its answer each
@@ -77,7 +70,7 @@ export class WorkerPool {
   private broken: string | undefined
   private dispatchQueued = false
   private deathsWithoutAnswer = 0
-  private readonly spare = new Map<number, Array<ArrayBuffer>>()
+  private readonly spare = new SpareBuffers()
 
   constructor(
     private readonly source: string,
@@ -110,8 +103,7 @@ export class WorkerPool {
 
   /** A buffer of `size` bytes for a request, recycled from earlier requests when possible. */
   borrow(size: number): Uint8Array {
-    const buffer = this.spare.get(size)?.pop()
-    return buffer === undefined ? new Uint8Array(size) : new Uint8Array(buffer)
+    return this.spare.borrow(size)
   }
 
   /** Fails every pending job and terminates the workers. */
@@ -142,7 +134,7 @@ export class WorkerPool {
       slot.inflight.delete(reply.id)
       slot.answered++
       this.deathsWithoutAnswer = 0
-      if (reply.ok && reply.input !== undefined) this.recycle(reply.input)
+      if (reply.ok && reply.input !== undefined) this.spare.recycle(reply.input)
       this.settle(job, reply.ok ? { ok: true, result: reply.result ?? undefined } : { ok: false, message: reply.message })
     }
     if (slot.inflight.size === 0) slot.worker.unref()
@@ -196,17 +188,6 @@ export class WorkerPool {
       best.messages++
       best.worker.postMessage(requests, transfer)
     }
-  }
-
-  private recycle(input: Uint8Array): void {
-    const buffer = input.buffer
-    if (!(buffer instanceof ArrayBuffer) || input.byteOffset !== 0 || input.byteLength !== buffer.byteLength) return
-    let list = this.spare.get(buffer.byteLength)
-    if (list === undefined) {
-      list = []
-      this.spare.set(buffer.byteLength, list)
-    }
-    if (list.length < SPARE_LIMIT) list.push(buffer)
   }
 
   private failAll(message: string): void {
