@@ -8,6 +8,8 @@ import { SectorCipherFactory } from "@qcow2/crypto"
 import { ImageError, lockRequest, openImage, type FileRole, type Image, type ImageFormat, type OpenOptions } from "@qcow2/image"
 import { splitOptionList } from "./createopts.js"
 import { isUrl } from "./names.js"
+import type { BlkdebugConfig } from "@qcow2/storage/blkdebug"
+import { withBlkdebug } from "./blkdebug.js"
 import { resolveImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
 
@@ -122,7 +124,7 @@ export const parseImageOpts = (
 export const resolveNamed = (
   name: string,
   options: OpenOptions
-): { readonly file: string; readonly options: OpenOptions } | { readonly error: string } => {
+): { readonly file: string; readonly options: OpenOptions; readonly blkdebug?: BlkdebugConfig } | { readonly error: string } => {
   if (imageOptions.enabled) {
     const parsed = parseImageOpts(name)
     if ("error" in parsed) return parsed
@@ -131,7 +133,7 @@ export const resolveNamed = (
       options: { ...options, ...(parsed.format !== undefined ? { format: parsed.format } : {}), ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {}) }
     }
   }
-  if (!name.startsWith("json:") && !name.startsWith("file:")) return { file: name, options }
+  if (!name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:")) return { file: name, options }
   const resolved = resolveImageSpec(name, new Map(), options.format)
   if (!resolved.ok) return { error: resolved.message }
   const spec = resolved.spec
@@ -145,7 +147,8 @@ export const resolveNamed = (
       ...(spec.format !== undefined ? { format: spec.format } : {}),
       ...(passphrase !== undefined ? { passphrase } : {}),
       ...(spec.noBacking ? { openBacking: false } : {})
-    }
+    },
+    ...(spec.blkdebug !== undefined ? { blkdebug: spec.blkdebug } : {})
   }
 }
 
@@ -160,7 +163,7 @@ export const openNamed = (
   const resolved = resolveNamed(name, options)
   if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
   const file = resolved.file
-  return openImage(file, resolved.options).pipe(
+  return withBlkdebug(file, resolved.blkdebug, openImage(file, resolved.options)).pipe(
     Effect.map((image) => ({ image, file })),
     Effect.mapError((error) => ({ error, file }))
   )

@@ -2,13 +2,17 @@
  * Image names as QEMU takes them (block.c bdrv_open): a plain path,
  * `file:PATH` (the file protocol named explicitly), `json:{…}` (an options
  * tree: driver, file / file.filename, backing, encrypt.key-secret …),
- * `blkdebug::PATH` (QEMU's debug filter without rules: its request-shaping
- * knobs such as file.align change no result here, so it is the file), or,
- * with --image-opts, a `key=value,…` option string. Options given apart
- * (qemu-io's `open -o`) merge in. The result is what this toolkit opens.
+ * `blkdebug:CONFIG:PATH` or a `blkdebug` file node (QEMU's debug filter
+ * between the format and its file: rules from a config file or
+ * inject-error / set-state options; its request-shaping knobs such as
+ * file.align change no result here), or, with --image-opts, a
+ * `key=value,…` option string. Options given apart (qemu-io's `open -o`)
+ * merge in. The result is what this toolkit opens.
  */
+import * as fs from "node:fs"
 import * as path from "node:path"
 import type { Image, ImageFormat } from "@qcow2/image"
+import { blkdebugConfigFromOptions, mergeBlkdebugConfigs, parseBlkdebugConfigFile, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
 import { splitOptionList } from "./createopts.js"
 
 /** Block options flattened to dotted keys ("file.filename"); null: JSON null ("backing": null). */
@@ -29,6 +33,8 @@ export interface ImageSpec {
    */
   readonly backingFile?: string
   readonly backingFormat?: string
+  /** The image file sits under a blkdebug filter with these rules. */
+  readonly blkdebug?: BlkdebugConfig
 }
 
 export type ImageSpecResult = { readonly ok: true; readonly spec: ImageSpec } | { readonly ok: false; readonly message: string }
@@ -71,7 +77,15 @@ const flatten = (value: unknown, prefix: string, into: BlockOptions): string | u
     into.set(prefix, null)
     return undefined
   }
-  if (typeof value === "object" && !Array.isArray(value)) {
+  if (Array.isArray(value)) {
+    // A list flattens to numbered keys (inject-error.0.event), as QEMU's qdict_flatten does.
+    for (let i = 0; i < value.length; i++) {
+      const error = flatten(value[i], `${prefix}.${i}`, into)
+      if (error !== undefined) return error
+    }
+    return undefined
+  }
+  if (typeof value === "object") {
     for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
       const error = flatten(v, prefix === "" ? k : `${prefix}.${k}`, into)
       if (error !== undefined) return error
@@ -132,6 +146,61 @@ export const parseOptionString = (text: string): BlockOptions => new Map(splitOp
 
 const isFormat = (driver: string): driver is ImageFormat => driver === "qcow2" || driver === "raw" || driver === "luks"
 
+type BlkdebugResult = { readonly ok: true; readonly config: BlkdebugConfig } | { readonly ok: false; readonly message: string }
+
+/** strerror() of the errors reading a small file can meet. */
+const FILE_ERRORS: Readonly<Record<string, string>> = { ENOENT: "No such file or directory", EACCES: "Permission denied", EISDIR: "Is a directory" }
+
+/** The rules of a blkdebug config file (QEMU's read_config). */
+const readBlkdebugConfig = (file: string): BlkdebugResult => {
+  let text: string
+  try {
+    text = fs.readFileSync(file, "utf8")
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? ""
+    return { ok: false, message: `Could not read blkdebug config file: ${FILE_ERRORS[code] ?? (e as Error).message}` }
+  }
+  return parseBlkdebugConfigFile(text)
+}
+
+/** `blkdebug:CONFIG:PATH` (CONFIG may be empty): the image path and the rules (blkdebug_parse_filename). */
+const parseBlkdebugName = (name: string): { readonly ok: true; readonly file: string; readonly config: BlkdebugConfig } | { readonly ok: false; readonly message: string } => {
+  const rest = name.slice("blkdebug:".length)
+  const colon = rest.indexOf(":")
+  if (colon === -1) return { ok: false, message: "blkdebug requires both config file and image path" }
+  const config = colon > 0 ? readBlkdebugConfig(rest.slice(0, colon)) : { ok: true as const, config: { rules: [] } }
+  return config.ok ? { ok: true, file: rest.slice(colon + 1), config: config.config } : config
+}
+
+/**
+ * The blkdebug node whose options start with `prefix` ("file."): its rules
+ * (config file, then inject-error / set-state options) and its image file
+ * (`image` / `image.filename` / `x-image`). Its keys are taken out of
+ * `options`; a key QEMU's blkdebug does not know is refused as QEMU does.
+ */
+const takeBlkdebugNode = (options: BlockOptions, prefix: string): { readonly ok: true; readonly config: BlkdebugConfig; readonly image: string | undefined } | { readonly ok: false; readonly message: string } => {
+  const own = new Map<string, string>()
+  for (const [key, value] of [...options]) {
+    if (!key.startsWith(prefix)) continue
+    options.delete(key)
+    if (typeof value === "string") own.set(key.slice(prefix.length), value)
+  }
+  const configFile = own.get("config")
+  const fromFile = configFile !== undefined ? readBlkdebugConfig(configFile) : { ok: true as const, config: { rules: [] } }
+  if (!fromFile.ok) return fromFile
+  const ruleOptions = new Map([...own].filter(([key]) => key.startsWith("inject-error.") || key.startsWith("set-state.")))
+  const fromOptions = blkdebugConfigFromOptions(ruleOptions)
+  if (!fromOptions.ok) return fromOptions
+  const imageDriver = own.get("image.driver")
+  if (imageDriver !== undefined && imageDriver !== "file") return { ok: false, message: `Unknown protocol '${imageDriver}'` }
+  for (const key of own.keys()) {
+    if (key === "config" || ruleOptions.has(key) || key.startsWith("image") || key === "x-image" || BLKDEBUG_KNOBS.includes(key)) continue
+    if (key === "driver" || key === "node-name" || key.startsWith("take-child-perms") || key.startsWith("unshare-child-perms")) continue
+    return { ok: false, message: `Block protocol 'blkdebug' doesn't support the option '${key}'` }
+  }
+  return { ok: true, config: mergeBlkdebugConfigs(fromFile.config, fromOptions.config), image: own.get("image.filename") ?? own.get("image") ?? own.get("x-image") }
+}
+
 /**
  * What `name` (undefined: no file name, only options) opens, with the
  * options given apart and the format of -f. QEMU's messages for what is
@@ -147,14 +216,6 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     file = undefined
   } else if (name !== undefined && name.startsWith("file:")) {
     file = name.slice("file:".length)
-  }
-  if (file !== undefined && file.startsWith("blkdebug:")) {
-    const rest = file.slice("blkdebug:".length)
-    const colon = rest.indexOf(":")
-    if (colon === -1) return { ok: false, message: "Invalid blkdebug filename: no image file given" }
-    if (colon > 0) return { ok: false, message: "blkdebug rule files (error injection) are not supported" }
-    file = rest.slice(colon + 1)
-    for (const key of [...options.keys()]) if (BLKDEBUG_KNOBS.some((k) => key === `file.${k}`)) options.delete(key)
   }
   const take = (key: string): string | null | undefined => {
     const v = options.get(key)
@@ -174,10 +235,25 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       else if (!BLKDEBUG_KNOBS.includes(key)) return { ok: false, message: `Block format 'blkdebug' does not support the option '${key}'` }
     }
   }
+  let blkdebug: BlkdebugConfig | undefined
   const fileDriver = take("file.driver")
-  if (typeof fileDriver === "string" && fileDriver !== "file") return { ok: false, message: `Unknown protocol '${fileDriver}'` }
-  const fileOption = take("file.filename") ?? take("file") ?? take("filename")
-  if (typeof fileOption === "string") file = fileOption
+  if (fileDriver === "blkdebug") {
+    const node = takeBlkdebugNode(options, "file.")
+    if (!node.ok) return node
+    blkdebug = node.config
+    file = node.image
+  } else {
+    if (typeof fileDriver === "string" && fileDriver !== "file") return { ok: false, message: `Unknown protocol '${fileDriver}'` }
+    const fileOption = take("file.filename") ?? take("file") ?? take("filename")
+    if (typeof fileOption === "string") file = fileOption
+  }
+  if (file !== undefined && file.startsWith("blkdebug:")) {
+    const named = parseBlkdebugName(file)
+    if (!named.ok) return named
+    file = named.file
+    blkdebug = blkdebug === undefined ? named.config : mergeBlkdebugConfigs(named.config, blkdebug)
+    for (const key of [...options.keys()]) if (BLKDEBUG_KNOBS.some((k) => key === `file.${k}`)) options.delete(key)
+  }
   const driverOption = take("driver")
   const driver = formatFlag ?? (typeof driverOption === "string" ? driverOption : undefined)
   if (driver !== undefined && !isFormat(driver)) return { ok: false, message: `Unknown driver '${driver}'` }
@@ -205,7 +281,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       ...(typeof keySecret === "string" ? { keySecret } : {}),
       noBacking: backing === null,
       ...(typeof backingFile === "string" ? { backingFile } : {}),
-      ...(typeof backingFormat === "string" ? { backingFormat } : {})
+      ...(typeof backingFormat === "string" ? { backingFormat } : {}),
+      ...(blkdebug !== undefined ? { blkdebug } : {})
     }
   }
 }

@@ -80,6 +80,7 @@ function storeCompressed(engine: Qcow2Engine, guest: number, compressed: Uint8Ar
     }
     const host = yield* engine.refcounts.allocateBytes(compressed.length)
     yield* engine.integrity.guardWrite(host, compressed.length)
+    engine.storage.debugEvent?.("write_compressed")
     yield* engine.storage.write(host, compressed)
     const table = yield* loadL2(engine, l2Offset)
     writeL2Entry(table, index, { _tag: "Compressed", hostOffset: host, compressedSize: compressed.length }, g)

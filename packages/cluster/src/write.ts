@@ -84,6 +84,7 @@ function writeStep(
           yield* Deferred.await(plan.done)
           continue
         case "InPlace":
+          engine.storage.debugEvent?.("write_aio")
           yield* writeData(engine, offset, plan.hostOffset, data.subarray(0, plan.length))
           return { length: plan.length, hostEnd: plan.hostOffset + plan.length }
         case "Allocate":
@@ -284,10 +285,14 @@ function performAllocation(
       buffer = data.subarray(0, plan.length)
     } else {
       buffer = new Uint8Array(plan.cowEnd - plan.cowStart)
+      engine.storage.debugEvent?.("cow_read")
       if (head > 0) yield* readGuest(engine, plan.cowStart, buffer.subarray(0, head))
       buffer.set(data.subarray(0, plan.length), head)
       if (tailStart < plan.cowEnd) yield* readGuest(engine, tailStart, buffer.subarray(tailStart - plan.cowStart))
     }
+    // QEMU raises both when the guest data and the copied parts go out in one request.
+    engine.storage.debugEvent?.("write_aio")
+    if (buffer.length !== plan.length) engine.storage.debugEvent?.("cow_write")
     yield* writeData(engine, plan.cowStart, plan.hostOffset + (plan.cowStart - runStart), buffer)
     plan.progress.linked = true
     yield* engine.lock.withPermits(1)(link(engine, plan))

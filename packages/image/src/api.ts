@@ -1,12 +1,12 @@
 import type { Effect } from "effect"
 import type { CheckResult } from "@qcow2/check"
-import type { BlockStatus, PersistentBitmaps, Preallocation, SnapshotTime } from "@qcow2/cluster"
+import type { BlockStatus, CacheFlushFailure, PersistentBitmaps, Preallocation, SnapshotTime } from "@qcow2/cluster"
 import type { BitmapDirectoryEntry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { CompressionError } from "@qcow2/compress"
 import type { LuksHeader } from "@qcow2/crypto"
 import type { ImageError } from "./errors.js"
 
-export type { BlockStatus, PersistentBitmaps }
+export type { BlockStatus, CacheFlushFailure, PersistentBitmaps }
 
 /** The formats this toolkit opens: qcow2, raw, and raw LUKS1 volumes (QEMU's `luks` driver). */
 export type ImageFormat = "qcow2" | "raw" | "luks"
@@ -42,6 +42,14 @@ export interface Image {
   /** Writes whole aligned clusters compressed (qemu-io `write -c`). */
   readonly writeCompressed: (offset: number, data: Uint8Array) => Effect.Effect<void, ImageError>
   readonly flush: () => Effect.Effect<void, ImageError>
+  /**
+   * Writes back what the image caches, once, as QEMU does when it closes a
+   * qcow2 node (qcow2_inactivate); closing the scope afterwards writes
+   * nothing more. Never fails: returns the caches that could not be written
+   * back, for QEMU's "Failed to flush the … cache" messages. Absent where
+   * nothing is cached (raw).
+   */
+  readonly close?: () => Effect.Effect<ReadonlyArray<CacheFlushFailure>>
   /**
    * The VM state area (qemu-io `read -b` / `write -b`; QEMU's
    * bdrv_load/save_vmstate): bytes at `pos` of the area qcow2 keeps past

@@ -12,6 +12,7 @@ import { createImage, ImageError, openImage, type Image } from "@qcow2/image"
 import type { ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
+import { withBlkdebug } from "../blkdebug.js"
 import { checkBackingOptions, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
 
@@ -171,7 +172,7 @@ export class IoSession {
         const opened = yield* Effect.result(
           Scope.provide(scope)(
             Effect.gen(function* () {
-              const base = yield* openImage(spec.file, options)
+              const base = yield* withBlkdebug(spec.file, spec.blkdebug, openImage(spec.file, options))
               const backingMismatch = checkBackingOptions(spec, base)
               if (backingMismatch !== undefined) return yield* new ImageError({ reason: "Unsupported", message: backingMismatch })
               if (!request.snapshot) return { raw: base, overlay: undefined }
@@ -196,19 +197,25 @@ export class IoSession {
   }
 
   /**
-   * Closes the image: flushed unless read-only, then released. False after
-   * reporting a failed flush (the run then fails, as qemu-io's exit does).
+   * Closes the image as QEMU's bdrv_close does: a flush (unless read-only
+   * or cache=unsafe) whose failure is not reported, then the driver's own
+   * write-back, which reports each cache it could not write ("Failed to
+   * flush the L2 table cache: …"), then the files are released. False when
+   * anything could not be written back (the run then exits 1).
    */
   close(): Effect.Effect<boolean> {
     return Effect.suspend(() => {
       const opened = this.opened
       if (opened === undefined) return Effect.succeed(true)
       this.opened = undefined
-      const flush = opened.raw.readOnly || opened.request.cache === "unsafe" ? Effect.succeed(true) : opened.raw.flush().pipe(
-        Effect.as(true),
-        Effect.catch((error) => Effect.sync(() => (errorReport(`Failed to flush the image: ${strerror(error)}`), false)))
-      )
-      return flush.pipe(Effect.tap(() => Scope.close(opened.scope, Exit.void)))
+      const image = opened.raw
+      return Effect.gen(function* () {
+        if (image.readOnly) return true
+        const flushed = opened.request.cache === "unsafe" ? true : (yield* Effect.result(image.flush()))._tag === "Success"
+        const failures = image.close !== undefined ? yield* image.close() : []
+        for (const failure of failures) errorReport(`Failed to flush the ${failure.cache} cache: ${strerror(failure.error)}`)
+        return flushed && failures.length === 0
+      }).pipe(Effect.tap(() => Scope.close(opened.scope, Exit.void)))
     })
   }
 
