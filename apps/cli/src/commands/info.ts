@@ -3,7 +3,7 @@ import { Effect } from "effect"
 import type { SnapshotEntry } from "@qcow2/format"
 import { chainLayers, imageInfo as buildImageInfo, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
 import { open, type ImageEnv } from "../env.js"
-import { openFailure, type CliFailure } from "../errors.js"
+import { fail, openFailure, type CliFailure } from "../errors.js"
 import { isUrl } from "../names.js"
 import { print } from "../output.js"
 import { padLeft, padRight } from "../text/cformat.js"
@@ -113,21 +113,45 @@ export const humanInfo = (info: QDict, snapshots: ReadonlyArray<SnapshotEntry>):
   return text
 }
 
+/**
+ * qemu-img info (collect_image_info_list): each image of the chain is
+ * opened alone (without its backing file), the next one by the name the
+ * one before shows as its full backing file name, so a chain that loops
+ * or breaks fails at that image, with QEMU's messages.
+ */
 export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.scoped(
     Effect.gen(function* () {
-      const top = yield* open(options.file, {
-        readOnly: true,
-        format: options.format,
-        openBacking: options.backingChain,
-        passphrase: options.passphrase,
-        // qemu-img info opens with BDRV_O_NO_IO: an encrypted image needs no key.
-        noIo: true,
-        forceShare: options.forceShare === true
-      })
-      const layers = options.backingChain ? chainLayers(top, options.file) : [{ name: options.file, image: top }]
+      const layers: Layer[] = []
       const infos: QDict[] = []
-      for (const layer of layers) infos.push(yield* Effect.mapError(imageInfo(layer), (e) => openFailure(layer.name, e)))
+      const seen = new Set<string>()
+      let name: string | undefined = options.file
+      let format = options.format
+      while (name !== undefined) {
+        if (seen.has(name)) return yield* Effect.fail(fail(`Backing file '${name}' creates an infinite loop.`))
+        seen.add(name)
+        const image = yield* open(name, {
+          readOnly: true,
+          format,
+          openBacking: false,
+          passphrase: options.passphrase,
+          // qemu-img info opens with BDRV_O_NO_IO: an encrypted image needs no key.
+          noIo: true,
+          forceShare: options.forceShare === true
+        })
+        const layer: Layer = { name, image }
+        const info: QDict = yield* Effect.mapError(imageInfo(layer), (e) => openFailure(layer.name, e))
+        layers.push(layer)
+        infos.push(info)
+        if (!options.backingChain) break
+        const full: QValue | undefined = info.get("full-backing-filename")
+        const backingFormat = info.get("backing-filename-format")
+        if (full === undefined && info.get("backing-filename") !== undefined) {
+          return yield* Effect.fail(fail(`Could not determine absolute backing filename, but backing filename '${String(info.get("backing-filename"))}' present`))
+        }
+        name = typeof full === "string" ? full : undefined
+        format = typeof backingFormat === "string" && isFormat(backingFormat) ? backingFormat : undefined
+      }
       if (options.output === "json") {
         print(toQemuJson(options.backingChain ? infos : infos[0]!) + "\n")
       } else {
@@ -136,3 +160,5 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
       return 0
     })
   )
+
+const isFormat = (name: string): name is ImageFormat => name === "qcow2" || name === "raw" || name === "luks"
