@@ -14,6 +14,7 @@ import * as path from "node:path"
 import type { Image, ImageFormat } from "@qcow2/image"
 import { blkdebugConfigFromOptions, mergeBlkdebugConfigs, parseBlkdebugConfigFile, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
 import { splitOptionList } from "./createopts.js"
+import { parseSize } from "./text/strtosz.js"
 
 /** Block options flattened to dotted keys ("file.filename"); null: JSON null ("backing": null). */
 export type BlockOptions = Map<string, string | null>
@@ -295,6 +296,35 @@ export const checkBackingOptions = (spec: ImageSpec, image: Image): string | und
   }
   if (spec.backingFormat !== undefined && backing !== undefined && backing.format !== spec.backingFormat) {
     return `Overriding the backing format ('${spec.backingFormat}') is not supported`
+  }
+  return undefined
+}
+
+/**
+ * qcow2's cache options checked as QEMU's read_cache_sizes checks them once
+ * the cluster size is known: a message when they contradict each other
+ * (the sizes themselves change nothing this toolkit does).
+ */
+export const checkCacheOptions = (options: BlockOptions, clusterSize: number): string | undefined => {
+  const sizeOf = (key: string): number | "max" | undefined | string => {
+    const text = options.get(key)
+    if (typeof text !== "string") return undefined
+    if (key === "l2-cache-size" && text === "max") return "max"
+    const size = parseSize(text)
+    return size.ok ? size.value : `Parameter '${key}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`
+  }
+  const combined = sizeOf("cache-size")
+  const l2 = sizeOf("l2-cache-size")
+  const refcount = sizeOf("refcount-cache-size")
+  const entry = sizeOf("l2-cache-entry-size")
+  for (const value of [combined, l2, refcount, entry]) if (typeof value === "string" && value !== "max") return value
+  if (typeof combined === "number") {
+    if (l2 !== undefined && refcount !== undefined) return "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
+    if (typeof l2 === "number" && l2 > combined) return "l2-cache-size may not exceed cache-size"
+    if (typeof refcount === "number" && refcount > combined) return "refcount-cache-size may not exceed cache-size"
+  }
+  if (typeof entry === "number" && (entry < 512 || entry > clusterSize || (entry & (entry - 1)) !== 0)) {
+    return `L2 cache entry size must be a power of two between 512 and the cluster size (${clusterSize})`
   }
   return undefined
 }

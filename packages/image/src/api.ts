@@ -131,6 +131,8 @@ export interface OpenOptions {
   readonly format?: ImageFormat
   /** Open the backing chain (default true). */
   readonly openBacking?: boolean
+  /** Open the image's backing file as this format, whatever the image names (QEMU's `backing.driver`). */
+  readonly backingFormat?: ImageFormat
   /** Cache sizes in bytes. */
   readonly l2CacheBytes?: number
   readonly refcountCacheBytes?: number

@@ -183,6 +183,8 @@ function openNamed(
       storage,
       readOnly,
       options: step.options,
+      // backing.driver names the format of this image's own backing file only.
+      ...(seen.length === 0 && step.options.backingFormat !== undefined ? { backingFormat: step.options.backingFormat } : {}),
       codec: step.codec,
       resolveBacking: (backing) => step.opener.resolve(name, backing),
       openBacking: (backing, backingFormat) => {

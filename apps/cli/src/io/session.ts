@@ -8,13 +8,15 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Exit, Scope } from "effect"
-import { createImage, ImageError, openImage, type Image } from "@qcow2/image"
+import { createImage, ImageError, openImage, type Image, type ImageFormat } from "@qcow2/image"
 import type { ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
 import { withBlkdebug } from "../blkdebug.js"
-import { checkBackingOptions, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
+import { checkBackingOptions, checkCacheOptions, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
+
+const isImageFormat = (name: string | undefined): name is ImageFormat => name === "qcow2" || name === "raw" || name === "luks"
 
 /** qemu-io's cache modes (bdrv_parse_cache_mode). */
 export type CacheMode = "writethrough" | "writeback" | "none" | "directsync" | "unsafe"
@@ -164,7 +166,8 @@ export class IoSession {
         forceShare: request.forceShare,
         ...(spec.format !== undefined ? { format: spec.format } : {}),
         ...(passphrase !== undefined ? { passphrase } : {}),
-        ...(spec.noBacking ? { openBacking: false } : {})
+        ...(spec.noBacking ? { openBacking: false } : {}),
+        ...(isImageFormat(spec.backingFormat) ? { backingFormat: spec.backingFormat } : {})
       }
       const self = this
       return Effect.gen(function* () {
@@ -175,6 +178,8 @@ export class IoSession {
               const base = yield* withBlkdebug(spec.file, spec.blkdebug, openImage(spec.file, options))
               const backingMismatch = checkBackingOptions(spec, base)
               if (backingMismatch !== undefined) return yield* new ImageError({ reason: "Unsupported", message: backingMismatch })
+              const badCache = base.format === "qcow2" ? checkCacheOptions(request.options, base.clusterSize) : undefined
+              if (badCache !== undefined) return yield* new ImageError({ reason: "InvalidArgument", message: badCache })
               if (!request.snapshot) return { raw: base, overlay: undefined }
               const overlay = path.join(os.tmpdir(), `qcow2-io-snapshot-${process.pid}-${Date.now()}.qcow2`)
               yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(overlay, { force: true })))
