@@ -2,13 +2,13 @@ import { Effect, Layer } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener, type StorageOpenerShape } from "@qcow2/storage"
 import { FileLocks, nodeStorageOpener } from "@qcow2/storage-node"
-import type { StorageError } from "@qcow2/storage"
+import { StorageError as StorageErrorClass, type StorageError } from "@qcow2/storage"
 import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { SectorCipherFactory } from "@qcow2/crypto"
 import { ImageError, lockRequest, openImage, type FileRole, type Image, type ImageFormat, type OpenOptions } from "@qcow2/image"
 import { splitOptionList } from "./createopts.js"
 import { isUrl } from "./names.js"
-import type { BlkdebugConfig } from "@qcow2/storage/blkdebug"
+import { makeBlkdebugStorage, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
 import { withBlkdebug } from "./blkdebug.js"
 import { resolveImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
@@ -27,16 +27,34 @@ export type ImageEnv = StorageOpener | ClusterCodec
  */
 export const unsafeCacheFiles = new Set<string>()
 
-export const makeOpener = (http: Effect.Effect<StorageOpenerShape>): StorageOpenerShape => ({
-  open: (name, options) => {
-    const opened = isUrl(name) ? Effect.flatMap(http, (h) => h.open(name, options)) : nodeStorageOpener.open(name, options)
-    return unsafeCacheFiles.has(name) ? Effect.map(opened, (s) => ({ ...s, flush: () => Effect.void })) : opened
-  },
-  resolve: (from, name) => {
-    if (isUrl(name)) return name
-    return isUrl(from) ? resolveUrl(from, name) : nodeStorageOpener.resolve(from, name)
+export const makeOpener = (http: Effect.Effect<StorageOpenerShape>): StorageOpenerShape => {
+  const opener: StorageOpenerShape = {
+    open: (name, options) => {
+      if (name.startsWith("json:")) return openJsonName(opener, name, options)
+      const opened = isUrl(name) ? Effect.flatMap(http, (h) => h.open(name, options)) : nodeStorageOpener.open(name, options)
+      return unsafeCacheFiles.has(name) ? Effect.map(opened, (s) => ({ ...s, flush: () => Effect.void })) : opened
+    },
+    resolve: (from, name) => {
+      // A json: name stands for itself wherever it is found (QEMU does not combine it with a directory).
+      if (isUrl(name) || name.startsWith("json:")) return name
+      return isUrl(from) ? resolveUrl(from, name) : nodeStorageOpener.resolve(from, name)
+    }
   }
-})
+  return opener
+}
+
+/**
+ * The file a `json:{…}` name found inside an image (a backing file name)
+ * stands for, under a blkdebug filter when its file node is one; its
+ * format options are the image's concern, not the store's.
+ */
+const openJsonName = (opener: StorageOpenerShape, name: string, options: Parameters<StorageOpenerShape["open"]>[1]) => {
+  const resolved = resolveImageSpec(name, new Map(), undefined)
+  if (!resolved.ok) return Effect.fail(new StorageErrorClass({ reason: "Unsupported", message: resolved.message, location: name }))
+  const { file, blkdebug } = resolved.spec
+  const opened = opener.open(file, options)
+  return blkdebug === undefined ? opened : Effect.map(opened, (storage) => makeBlkdebugStorage(storage, blkdebug))
+}
 
 /** A backing name found in an image opened by URL, resolved against that URL (as HttpStorageOpener.resolve does). */
 const resolveUrl = (from: string, name: string): string => {
