@@ -9,7 +9,7 @@ import { ImageError, lockRequest, openImage, type FileRole, type Image, type Ima
 import { splitOptionList } from "./createopts.js"
 import { isUrl } from "./names.js"
 import { makeBlkdebugStorage, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
-import { withBlkdebug } from "./blkdebug.js"
+import { withFileNode } from "./file-node.js"
 import { resolveImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
 
@@ -31,6 +31,8 @@ export const makeOpener = (http: Effect.Effect<StorageOpenerShape>): StorageOpen
   const opener: StorageOpenerShape = {
     open: (name, options) => {
       if (name.startsWith("json:")) return openJsonName(opener, name, options)
+      // The file protocol named explicitly, as QEMU's path_combine keeps it on backing names.
+      if (name.startsWith("file:")) return opener.open(name.slice("file:".length), options)
       const opened = isUrl(name) ? Effect.flatMap(http, (h) => h.open(name, options)) : nodeStorageOpener.open(name, options)
       return unsafeCacheFiles.has(name) ? Effect.map(opened, (s) => ({ ...s, flush: () => Effect.void })) : opened
     },
@@ -142,7 +144,7 @@ export const parseImageOpts = (
 export const resolveNamed = (
   name: string,
   options: OpenOptions
-): { readonly file: string; readonly options: OpenOptions; readonly blkdebug?: BlkdebugConfig } | { readonly error: string } => {
+): { readonly file: string; readonly options: OpenOptions; readonly blkdebug?: BlkdebugConfig; readonly fileFormat?: ImageFormat } | { readonly error: string } => {
   if (imageOptions.enabled) {
     const parsed = parseImageOpts(name)
     if ("error" in parsed) return parsed
@@ -166,7 +168,8 @@ export const resolveNamed = (
       ...(passphrase !== undefined ? { passphrase } : {}),
       ...(spec.noBacking ? { openBacking: false } : {})
     },
-    ...(spec.blkdebug !== undefined ? { blkdebug: spec.blkdebug } : {})
+    ...(spec.blkdebug !== undefined ? { blkdebug: spec.blkdebug } : {}),
+    ...(spec.fileFormat !== undefined ? { fileFormat: spec.fileFormat } : {})
   }
 }
 
@@ -181,7 +184,7 @@ export const openNamed = (
   const resolved = resolveNamed(name, options)
   if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
   const file = resolved.file
-  return withBlkdebug(file, resolved.blkdebug, openImage(file, resolved.options)).pipe(
+  return withFileNode(resolved, openImage(file, resolved.options)).pipe(
     Effect.map((image) => ({ image, file })),
     Effect.mapError((error) => ({ error, file }))
   )

@@ -36,6 +36,12 @@ export interface ImageSpec {
   readonly backingFormat?: string
   /** The image file sits under a blkdebug filter with these rules. */
   readonly blkdebug?: BlkdebugConfig
+  /**
+   * The image's "file" is itself an image of this format (a format node
+   * over a format node: `file.driver=qcow2,file.file.filename=…`): the
+   * image's bytes are that image's guest content.
+   */
+  readonly fileFormat?: ImageFormat
 }
 
 export type ImageSpecResult = { readonly ok: true; readonly spec: ImageSpec } | { readonly ok: false; readonly message: string }
@@ -237,12 +243,20 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     }
   }
   let blkdebug: BlkdebugConfig | undefined
+  let fileFormat: ImageFormat | undefined
   const fileDriver = take("file.driver")
   if (fileDriver === "blkdebug") {
     const node = takeBlkdebugNode(options, "file.")
     if (!node.ok) return node
     blkdebug = node.config
     file = node.image
+  } else if (typeof fileDriver === "string" && isFormat(fileDriver)) {
+    // A format node as the file: its own file is named one level down.
+    fileFormat = fileDriver
+    const innerDriver = take("file.file.driver")
+    if (typeof innerDriver === "string" && innerDriver !== "file") return { ok: false, message: `Unknown protocol '${innerDriver}'` }
+    const inner = take("file.file.filename") ?? take("file.file")
+    if (typeof inner === "string") file = inner
   } else {
     if (typeof fileDriver === "string" && fileDriver !== "file") return { ok: false, message: `Unknown protocol '${fileDriver}'` }
     const fileOption = take("file.filename") ?? take("file") ?? take("filename")
@@ -283,7 +297,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       noBacking: backing === null,
       ...(typeof backingFile === "string" ? { backingFile } : {}),
       ...(typeof backingFormat === "string" ? { backingFormat } : {}),
-      ...(blkdebug !== undefined ? { blkdebug } : {})
+      ...(blkdebug !== undefined ? { blkdebug } : {}),
+      ...(fileFormat !== undefined ? { fileFormat } : {})
     }
   }
 }
@@ -327,4 +342,27 @@ export const checkCacheOptions = (options: BlockOptions, clusterSize: number): s
     return `L2 cache entry size must be a power of two between 512 and the cluster size (${clusterSize})`
   }
   return undefined
+}
+
+/** Keys an option tree may have and still only name a file (QEMU then shows the file's own name). */
+const PLAIN_KEYS = new Set(["driver", "file.driver", "file.filename", "file", "filename"])
+
+/**
+ * The file a name stands for when it says nothing else (a `json:` or
+ * --image-opts name with only the driver and the file name, or `file:PATH`):
+ * QEMU's bdrv_refresh_filename shows such an image by its file's name.
+ * Undefined for a plain path or a name with other options.
+ */
+export const plainFileOf = (name: string, imageOpts: boolean): string | undefined => {
+  if (!imageOpts && name.startsWith("file:")) {
+    // A name whose first colon comes before any slash would read as a protocol prefix: QEMU shows it as ./NAME.
+    const file = name.slice("file:".length)
+    const colon = file.indexOf(":")
+    return colon >= 0 && !file.slice(0, colon).includes("/") ? `./${file}` : file
+  }
+  const parsed = imageOpts ? { ok: true as const, options: parseOptionString(name) } : name.startsWith("json:") ? parseJsonName(name) : undefined
+  if (parsed === undefined || !parsed.ok) return undefined
+  for (const [key, value] of parsed.options) if (!PLAIN_KEYS.has(key) || (key === "file.driver" && value !== "file")) return undefined
+  const file = parsed.options.get("file.filename") ?? parsed.options.get("file") ?? parsed.options.get("filename")
+  return typeof file === "string" && !file.startsWith("blkdebug:") ? file : undefined
 }

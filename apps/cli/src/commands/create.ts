@@ -168,7 +168,7 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
       if (!["off", "falloc", "full"].includes(prealloc)) {
         return yield* Effect.fail(fail(`${o.file}: Parameter 'preallocation' does not accept value '${prealloc}'`))
       }
-      yield* createRaw(o.file, Number(values.get("size")), prealloc)
+      yield* createRaw(o.file.startsWith("file:") ? o.file.slice("file:".length) : o.file, Number(values.get("size")), prealloc)
       return 0
     }
     if (format === "luks") {

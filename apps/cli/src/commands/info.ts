@@ -1,8 +1,9 @@
 import * as fs from "node:fs"
 import { Effect } from "effect"
 import type { SnapshotEntry } from "@qcow2/format"
-import { chainLayers, imageInfo as buildImageInfo, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
-import { open, type ImageEnv } from "../env.js"
+import { chainLayers, imageInfo as buildImageInfo, openImage, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
+import { imageOptions, open, resolveNamed, type ImageEnv } from "../env.js"
+import { plainFileOf } from "../qemu-filename.js"
 import { fail, openFailure, type CliFailure } from "../errors.js"
 import { isUrl } from "../names.js"
 import { print } from "../output.js"
@@ -125,12 +126,13 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
       const layers: Layer[] = []
       const infos: QDict[] = []
       const seen = new Set<string>()
-      let name: string | undefined = options.file
+      let next: string | undefined = options.file
       let format = options.format
-      while (name !== undefined) {
+      while (next !== undefined) {
+        const name: string = next
         if (seen.has(name)) return yield* Effect.fail(fail(`Backing file '${name}' creates an infinite loop.`))
         seen.add(name)
-        const image = yield* open(name, {
+        const openOptions = {
           readOnly: true,
           format,
           openBacking: false,
@@ -138,10 +140,17 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
           // qemu-img info opens with BDRV_O_NO_IO: an encrypted image needs no key.
           noIo: true,
           forceShare: options.forceShare === true
-        })
-        const layer: Layer = { name, image }
-        const info: QDict = yield* Effect.mapError(imageInfo(layer), (e) => openFailure(layer.name, e))
-        layers.push(layer)
+        }
+        // Only the top image is named by options (--image-opts, json:); backing names are file names.
+        const top = layers.length === 0
+        const image = top ? yield* open(name, openOptions) : yield* Effect.mapError(openImage(name, openOptions), (e) => openFailure(name, e))
+        // A name that only names a file shows as that file; backing names resolve against the file.
+        const plain = top ? plainFileOf(name, imageOptions.enabled) : undefined
+        const shown = plain ?? name
+        const relativeTo = top ? (plain ?? resolveFile(name) ?? name) : name
+        const info: QDict = yield* Effect.mapError(imageInfo({ name: relativeTo, image }), (e) => openFailure(name, e))
+        info.set("filename", shown)
+        layers.push({ name: shown, image })
         infos.push(info)
         if (!options.backingChain) break
         const full: QValue | undefined = info.get("full-backing-filename")
@@ -149,7 +158,7 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
         if (full === undefined && info.get("backing-filename") !== undefined) {
           return yield* Effect.fail(fail(`Could not determine absolute backing filename, but backing filename '${String(info.get("backing-filename"))}' present`))
         }
-        name = typeof full === "string" ? full : undefined
+        next = typeof full === "string" ? full : undefined
         format = typeof backingFormat === "string" && isFormat(backingFormat) ? backingFormat : undefined
       }
       if (options.output === "json") {
@@ -160,5 +169,11 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
       return 0
     })
   )
+
+/** The file a command-line name opens (the path inside a json:, file: or option name). */
+const resolveFile = (name: string): string | undefined => {
+  const resolved = resolveNamed(name, {})
+  return "error" in resolved ? undefined : resolved.file
+}
 
 const isFormat = (name: string): name is ImageFormat => name === "qcow2" || name === "raw" || name === "luks"

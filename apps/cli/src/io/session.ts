@@ -12,7 +12,7 @@ import { createImage, ImageError, openImage, type Image, type ImageFormat } from
 import type { ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
-import { withBlkdebug } from "../blkdebug.js"
+import { withFileNode } from "../file-node.js"
 import { checkBackingOptions, checkCacheOptions, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
 
@@ -175,7 +175,7 @@ export class IoSession {
         const opened = yield* Effect.result(
           Scope.provide(scope)(
             Effect.gen(function* () {
-              const base = yield* withBlkdebug(spec.file, spec.blkdebug, openImage(spec.file, options))
+              const base = yield* withFileNode(spec, openImage(spec.file, options))
               const backingMismatch = checkBackingOptions(spec, base)
               if (backingMismatch !== undefined) return yield* new ImageError({ reason: "Unsupported", message: backingMismatch })
               const badCache = base.format === "qcow2" ? checkCacheOptions(request.options, base.clusterSize) : undefined
