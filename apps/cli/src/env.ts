@@ -6,11 +6,10 @@ import { StorageError as StorageErrorClass, type StorageError } from "@qcow2/sto
 import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { SectorCipherFactory } from "@qcow2/crypto"
 import { ImageError, lockRequest, openImage, type FileRole, type Image, type ImageFormat, type OpenOptions } from "@qcow2/image"
-import { splitOptionList } from "./createopts.js"
 import { isUrl } from "./names.js"
 import { makeBlkdebugStorage, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
 import { withFileNode } from "./file-node.js"
-import { resolveImageSpec } from "./qemu-filename.js"
+import { checkBackingOptions, parseOptionString, plainFileOf, resolveImageSpec, type ImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
 
 /** Services every image command needs. */
@@ -116,25 +115,6 @@ export const cipherLayer: Layer.Layer<SectorCipherFactory> = Layer.unwrap(
  */
 export const imageOptions: { enabled: boolean; secrets: ReadonlyMap<string, Uint8Array> } = { enabled: false, secrets: new Map() }
 
-/** Splits an `--image-opts` string into the file, the driver and the secret it names. */
-export const parseImageOpts = (
-  spec: string
-): { readonly file: string; readonly format?: ImageFormat; readonly passphrase?: Uint8Array } | { readonly error: string } => {
-  const fields = new Map(splitOptionList(spec))
-  const file = fields.get("file.filename") ?? fields.get("filename")
-  if (file === undefined) return { error: "A block device must be specified for \"file\"" }
-  const driver = fields.get("driver")
-  if (driver !== undefined && driver !== "qcow2" && driver !== "raw" && driver !== "luks") return { error: `Unknown driver '${driver}'` }
-  // qcow2 names its secret encrypt.key-secret; the luks driver plain key-secret.
-  const keyId = fields.get(driver === "luks" ? "key-secret" : "encrypt.key-secret")
-  let passphrase: Uint8Array | undefined
-  if (keyId !== undefined) {
-    passphrase = imageOptions.secrets.get(keyId)
-    if (passphrase === undefined) return { error: `No secret with id '${keyId}'` }
-  }
-  return { file, ...(driver !== undefined ? { format: driver } : {}), ...(passphrase !== undefined ? { passphrase } : {}) }
-}
-
 /**
  * What an image name on the command line opens: an --image-opts string
  * when that mode is on, QEMU's `json:{…}` and `file:PATH` names
@@ -144,33 +124,45 @@ export const parseImageOpts = (
 export const resolveNamed = (
   name: string,
   options: OpenOptions
-): { readonly file: string; readonly options: OpenOptions; readonly blkdebug?: BlkdebugConfig; readonly fileFormat?: ImageFormat } | { readonly error: string } => {
-  if (imageOptions.enabled) {
-    const parsed = parseImageOpts(name)
-    if ("error" in parsed) return parsed
-    return {
-      file: parsed.file,
-      options: { ...options, ...(parsed.format !== undefined ? { format: parsed.format } : {}), ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {}) }
-    }
-  }
-  if (!name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:")) return { file: name, options }
-  const resolved = resolveImageSpec(name, new Map(), options.format)
+): { readonly file: string; readonly options: OpenOptions; readonly blkdebug?: BlkdebugConfig; readonly fileFormat?: ImageFormat; readonly spec?: ImageSpec } | { readonly error: string } => {
+  const plain = !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:")
+  if (plain) return { file: name, options }
+  const resolved = imageOptions.enabled ? resolveImageSpec(undefined, parseOptionString(name), options.format) : resolveImageSpec(name, new Map(), options.format)
   if (!resolved.ok) return { error: resolved.message }
   const spec = resolved.spec
-  if (spec.backingFile !== undefined || spec.backingFormat !== undefined) return { error: "Overriding the backing file is not supported" }
   const passphrase = spec.keySecret !== undefined ? imageOptions.secrets.get(spec.keySecret) : undefined
-  if (spec.keySecret !== undefined && passphrase === undefined) return { error: `No secret with id '${spec.keySecret}'` }
+  // A metadata-only open (BDRV_O_NO_IO) never looks the secret up.
+  if (spec.keySecret !== undefined && passphrase === undefined && options.noIo !== true) return { error: `No secret with id '${spec.keySecret}'` }
+  const backingPassphrase = spec.backingKeySecret !== undefined ? imageOptions.secrets.get(spec.backingKeySecret) : undefined
+  if (spec.backingKeySecret !== undefined && backingPassphrase === undefined) return { error: `No secret with id '${spec.backingKeySecret}'` }
+  const backingFormat = spec.backingFormat
   return {
     file: spec.file,
     options: {
       ...options,
       ...(spec.format !== undefined ? { format: spec.format } : {}),
       ...(passphrase !== undefined ? { passphrase } : {}),
-      ...(spec.noBacking ? { openBacking: false } : {})
+      ...(spec.noBacking ? { openBacking: false } : {}),
+      ...(backingFormat === "qcow2" || backingFormat === "raw" || backingFormat === "luks" ? { backingFormat } : {}),
+      ...(backingPassphrase !== undefined ? { backingPassphrase } : {})
     },
+    spec,
     ...(spec.blkdebug !== undefined ? { blkdebug: spec.blkdebug } : {}),
     ...(spec.fileFormat !== undefined ? { fileFormat: spec.fileFormat } : {})
   }
+}
+
+/**
+ * The name QEMU gives the file a command-line name opens (its refreshed
+ * filename): the name itself when it is a path, the file a json:, file: or
+ * option name opens (./NAME when that would read as a protocol). Backing
+ * names resolve against it, and `map` shows it as the file holding data.
+ */
+export const fileNameOf = (name: string): string => {
+  const plain = plainFileOf(name, imageOptions.enabled)
+  if (plain !== undefined) return plain
+  const resolved = resolveNamed(name, {})
+  return "error" in resolved ? name : resolved.file
 }
 
 /**
@@ -185,6 +177,11 @@ export const openNamed = (
   if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
   const file = resolved.file
   return withFileNode(resolved, openImage(file, resolved.options)).pipe(
+    // Backing options must name the backing file the image has (this toolkit cannot substitute another).
+    Effect.flatMap((image) => {
+      const mismatch = resolved.spec !== undefined ? checkBackingOptions(resolved.spec, image) : undefined
+      return mismatch === undefined ? Effect.succeed(image) : Effect.fail(new ImageError({ reason: "Unsupported", message: mismatch, location: file }))
+    }),
     Effect.map((image) => ({ image, file })),
     Effect.mapError((error) => ({ error, file }))
   )

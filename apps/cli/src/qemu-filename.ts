@@ -34,6 +34,8 @@ export interface ImageSpec {
    */
   readonly backingFile?: string
   readonly backingFormat?: string
+  /** backing.encrypt.key-secret: the id of the backing file's own passphrase. */
+  readonly backingKeySecret?: string
   /** The image file sits under a blkdebug filter with these rules. */
   readonly blkdebug?: BlkdebugConfig
   /**
@@ -280,8 +282,7 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   const backing = take("backing")
   const backingFile = take("backing.file.filename")
   const backingFormat = take("backing.driver")
-  // The chain is opened with the image's passphrase.
-  take("backing.encrypt.key-secret")
+  const backingKeySecret = take("backing.encrypt.key-secret")
   if (typeof backing === "string") return { ok: false, message: "Could not open backing file: a backing node reference is not supported" }
   for (const key of options.keys()) {
     if (!ACCEPTED.has(key) && !ACCEPTED_PREFIXES.some((p) => key.startsWith(p))) {
@@ -297,6 +298,7 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       noBacking: backing === null,
       ...(typeof backingFile === "string" ? { backingFile } : {}),
       ...(typeof backingFormat === "string" ? { backingFormat } : {}),
+      ...(typeof backingKeySecret === "string" ? { backingKeySecret } : {}),
       ...(blkdebug !== undefined ? { blkdebug } : {}),
       ...(fileFormat !== undefined ? { fileFormat } : {})
     }
@@ -365,4 +367,25 @@ export const plainFileOf = (name: string, imageOpts: boolean): string | undefine
   for (const [key, value] of parsed.options) if (!PLAIN_KEYS.has(key) || (key === "file.driver" && value !== "file")) return undefined
   const file = parsed.options.get("file.filename") ?? parsed.options.get("file") ?? parsed.options.get("filename")
   return typeof file === "string" && !file.startsWith("blkdebug:") ? file : undefined
+}
+
+/**
+ * An --image-opts string as the `json:{…}` name QEMU shows for an image
+ * opened with options (its options as one JSON object, dotted keys nested).
+ */
+export const jsonNameOf = (optionString: string): string => {
+  interface Tree {
+    [key: string]: string | null | Tree
+  }
+  const tree: Tree = {}
+  for (const [key, value] of parseOptionString(optionString)) {
+    const parts = key.split(".")
+    let node = tree
+    for (const part of parts.slice(0, -1)) {
+      const next = node[part]
+      node = typeof next === "object" && next !== null ? next : (node[part] = {})
+    }
+    node[parts[parts.length - 1]!] = value
+  }
+  return `json:${JSON.stringify(tree)}`
 }

@@ -138,6 +138,8 @@ export interface OpenOptions {
   readonly refcountCacheBytes?: number
   /** Passphrase for encrypted images. */
   readonly passphrase?: Uint8Array
+  /** Passphrase of the backing chain when it is not the image's own (QEMU's `backing.encrypt.key-secret`). */
+  readonly backingPassphrase?: Uint8Array
   /**
    * Open for metadata only (QEMU's BDRV_O_NO_IO, as `qemu-img info` opens):
    * an encrypted image opens without its passphrase, and its data cannot be

@@ -189,7 +189,9 @@ function openNamed(
       resolveBacking: (backing) => step.opener.resolve(name, backing),
       openBacking: (backing, backingFormat) => {
         const resolved = step.opener.resolve(name, backing)
-        return Effect.mapError(openNamed(step, resolved, backingFormat, step.options.readWriteBacking !== resolved, chain), (e) =>
+        const backingKey = step.options.backingPassphrase
+        const below = seen.length === 0 && backingKey !== undefined ? { ...step, options: { ...step.options, passphrase: backingKey } } : step
+        return Effect.mapError(openNamed(below, resolved, backingFormat, step.options.readWriteBacking !== resolved, chain), (e) =>
           e.reason === "BackingChain" ? e : new ImageError({ ...e, reason: "BackingChain", message: `Could not open backing file: ${e.message}` })
         )
       },

@@ -147,6 +147,8 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
           openImage(name, {
             readOnly: true,
             openBacking: false,
+            // bdrv_img_create opens it with BDRV_O_NO_IO: an encrypted backing file needs no key.
+            noIo: true,
             ...(backingFmt !== undefined ? { format: backingFmt as ImageFormat } : {})
           }).pipe(Effect.map((img) => ({ size: img.virtualSize, format: img.format })))
         ).pipe(Effect.mapError((e) => fail(`${o.file}: ${e.message}\nCould not open backing image.`)))

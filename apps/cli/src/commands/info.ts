@@ -2,8 +2,8 @@ import * as fs from "node:fs"
 import { Effect } from "effect"
 import type { SnapshotEntry } from "@qcow2/format"
 import { chainLayers, imageInfo as buildImageInfo, openImage, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
-import { imageOptions, open, resolveNamed, type ImageEnv } from "../env.js"
-import { plainFileOf } from "../qemu-filename.js"
+import { fileNameOf, imageOptions, open, type ImageEnv } from "../env.js"
+import { jsonNameOf, plainFileOf } from "../qemu-filename.js"
 import { fail, openFailure, type CliFailure } from "../errors.js"
 import { isUrl } from "../names.js"
 import { print } from "../output.js"
@@ -146,8 +146,8 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
         const image = top ? yield* open(name, openOptions) : yield* Effect.mapError(openImage(name, openOptions), (e) => openFailure(name, e))
         // A name that only names a file shows as that file; backing names resolve against the file.
         const plain = top ? plainFileOf(name, imageOptions.enabled) : undefined
-        const shown = plain ?? name
-        const relativeTo = top ? (plain ?? resolveFile(name) ?? name) : name
+        const shown = plain ?? (top && imageOptions.enabled ? jsonNameOf(name) : name)
+        const relativeTo = top ? fileNameOf(name) : name
         const info: QDict = yield* Effect.mapError(imageInfo({ name: relativeTo, image }), (e) => openFailure(name, e))
         info.set("filename", shown)
         layers.push({ name: shown, image })
@@ -169,11 +169,5 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
       return 0
     })
   )
-
-/** The file a command-line name opens (the path inside a json:, file: or option name). */
-const resolveFile = (name: string): string | undefined => {
-  const resolved = resolveNamed(name, {})
-  return "error" in resolved ? undefined : resolved.file
-}
 
 const isFormat = (name: string): name is ImageFormat => name === "qcow2" || name === "raw" || name === "luks"

@@ -161,13 +161,16 @@ export class IoSession {
         passphrase = this.secrets.byId.get(spec.keySecret)
         if (passphrase === undefined) return refuse(`No secret with id '${spec.keySecret}'`)
       }
+      const backingPassphrase = spec.backingKeySecret !== undefined ? this.secrets.byId.get(spec.backingKeySecret) : undefined
+      if (spec.backingKeySecret !== undefined && backingPassphrase === undefined) return refuse(`No secret with id '${spec.backingKeySecret}'`)
       const options = {
         readOnly: request.readOnly || request.snapshot,
         forceShare: request.forceShare,
         ...(spec.format !== undefined ? { format: spec.format } : {}),
         ...(passphrase !== undefined ? { passphrase } : {}),
         ...(spec.noBacking ? { openBacking: false } : {}),
-        ...(isImageFormat(spec.backingFormat) ? { backingFormat: spec.backingFormat } : {})
+        ...(isImageFormat(spec.backingFormat) ? { backingFormat: spec.backingFormat } : {}),
+        ...(backingPassphrase !== undefined ? { backingPassphrase } : {})
       }
       const self = this
       return Effect.gen(function* () {
