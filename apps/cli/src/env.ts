@@ -5,10 +5,10 @@ import { FileLocks, nodeStorageOpener } from "@qcow2/storage-node"
 import { StorageError as StorageErrorClass, type StorageError } from "@qcow2/storage"
 import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { SectorCipherFactory } from "@qcow2/crypto"
-import { ImageError, lockRequest, openImage, type FileRole, type Image, type ImageFormat, type OpenOptions } from "@qcow2/image"
+import { ImageError, lockRequest, openImage, type FileRole, type Image, type OpenOptions } from "@qcow2/image"
 import { isUrl } from "./names.js"
-import { makeBlkdebugStorage, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
-import { withFileNode } from "./file-node.js"
+import { makeBlkdebugStorage } from "@qcow2/storage/blkdebug"
+import { withFileNode, type FileNode } from "./file-node.js"
 import { checkBackingOptions, parseOptionString, plainFileOf, resolveImageSpec, type ImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
 
@@ -124,7 +124,7 @@ export const imageOptions: { enabled: boolean; secrets: ReadonlyMap<string, Uint
 export const resolveNamed = (
   name: string,
   options: OpenOptions
-): { readonly file: string; readonly options: OpenOptions; readonly blkdebug?: BlkdebugConfig; readonly fileFormat?: ImageFormat; readonly spec?: ImageSpec } | { readonly error: string } => {
+): ({ readonly file: string; readonly options: OpenOptions; readonly spec?: ImageSpec } & Omit<FileNode, "file">) | { readonly error: string } => {
   const plain = !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:")
   if (plain) return { file: name, options }
   const resolved = imageOptions.enabled ? resolveImageSpec(undefined, parseOptionString(name), options.format) : resolveImageSpec(name, new Map(), options.format)
@@ -148,7 +148,8 @@ export const resolveNamed = (
     },
     spec,
     ...(spec.blkdebug !== undefined ? { blkdebug: spec.blkdebug } : {}),
-    ...(spec.fileFormat !== undefined ? { fileFormat: spec.fileFormat } : {})
+    ...(spec.fileFormat !== undefined ? { fileFormat: spec.fileFormat } : {}),
+    ...(spec.dataFile !== undefined ? { dataFile: spec.dataFile } : {})
   }
 }
 

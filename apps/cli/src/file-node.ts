@@ -17,6 +17,7 @@ export interface FileNode {
   readonly file: string
   readonly blkdebug?: BlkdebugConfig
   readonly fileFormat?: ImageFormat
+  readonly dataFile?: { readonly file: string; readonly blkdebug?: BlkdebugConfig }
 }
 
 /** `inner`, except that `file` opens under a blkdebug filter with `config`. */
@@ -73,5 +74,7 @@ export const withFileNode = <A, E, R>(node: FileNode, effect: Effect.Effect<A, E
     let opener = yield* StorageOpener
     if (node.fileFormat !== undefined) opener = nestedOpener(opener, yield* ClusterCodec, node.file, node.fileFormat)
     if (node.blkdebug !== undefined) opener = blkdebugOpener(opener, node.file, node.blkdebug)
+    const data = node.dataFile
+    if (data?.blkdebug !== undefined) opener = blkdebugOpener(opener, data.file, data.blkdebug)
     return yield* Effect.provideService(effect, StorageOpener, opener)
   })

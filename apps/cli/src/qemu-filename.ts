@@ -44,6 +44,11 @@ export interface ImageSpec {
    * image's bytes are that image's guest content.
    */
   readonly fileFormat?: ImageFormat
+  /**
+   * data-file: the external data file the options name, under a blkdebug
+   * filter when its node is one (the raw node over it raises write_aio).
+   */
+  readonly dataFile?: { readonly file: string; readonly blkdebug?: BlkdebugConfig }
 }
 
 export type ImageSpecResult = { readonly ok: true; readonly spec: ImageSpec } | { readonly ok: false; readonly message: string }
@@ -153,6 +158,30 @@ export const parseJsonName = (name: string): { readonly ok: true; readonly optio
 /** The options of an --image-opts string ("driver=qcow2,file.filename=x.qcow2"). */
 export const parseOptionString = (text: string): BlockOptions => new Map(splitOptionList(text))
 
+/**
+ * The data-file node of the options (`data-file.driver=raw` over a file or a
+ * blkdebug node, or `data-file.driver=file`); its keys are taken out.
+ */
+const takeDataFileNode = (
+  options: BlockOptions
+): { readonly ok: true; readonly node: { readonly file: string; readonly blkdebug?: BlkdebugConfig } } | { readonly ok: false; readonly message: string } | undefined => {
+  const driver = options.get("data-file.driver")
+  if (driver === undefined) return undefined
+  options.delete("data-file.driver")
+  const under = driver === "raw" ? "data-file.file." : "data-file."
+  if (driver !== "raw" && driver !== "file") return { ok: false, message: `Unknown driver '${driver}'` }
+  if (options.get(`${under}driver`) === "blkdebug") {
+    const node = takeBlkdebugNode(options, under)
+    if (!node.ok) return node
+    if (node.image === undefined) return { ok: false, message: 'A block device must be specified for "file"' }
+    return { ok: true, node: { file: node.image, blkdebug: node.config } }
+  }
+  const file = options.get(`${under}filename`) ?? (driver === "raw" ? options.get("data-file.file") : undefined)
+  for (const key of [...options.keys()]) if (key.startsWith("data-file.")) options.delete(key)
+  if (typeof file !== "string") return { ok: false, message: 'A block device must be specified for "file"' }
+  return { ok: true, node: { file } }
+}
+
 const isFormat = (driver: string): driver is ImageFormat => driver === "qcow2" || driver === "raw" || driver === "luks"
 
 type BlkdebugResult = { readonly ok: true; readonly config: BlkdebugConfig } | { readonly ok: false; readonly message: string }
@@ -231,6 +260,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     options.delete(key)
     return v
   }
+  const dataFile = takeDataFileNode(options)
+  if (dataFile !== undefined && !dataFile.ok) return dataFile
   if (options.get("driver") === "blkdebug") {
     // blkdebug over the image (driver=blkdebug,image.driver=qcow2): its knobs only shape requests.
     options.delete("driver")
@@ -300,7 +331,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       ...(typeof backingFormat === "string" ? { backingFormat } : {}),
       ...(typeof backingKeySecret === "string" ? { backingKeySecret } : {}),
       ...(blkdebug !== undefined ? { blkdebug } : {}),
-      ...(fileFormat !== undefined ? { fileFormat } : {})
+      ...(fileFormat !== undefined ? { fileFormat } : {}),
+      ...(dataFile !== undefined ? { dataFile: dataFile.node } : {})
     }
   }
 }

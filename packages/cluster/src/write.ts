@@ -103,6 +103,8 @@ function writeStep(
 
 /** Writes data bytes to the data file, encrypting first when the image is encrypted. */
 export function writeData(engine: Qcow2Engine, guestOffset: number, hostOffset: number, data: Uint8Array): Effect.Effect<void, EngineFailure> {
+  // An external data file is a raw node to QEMU, which raises write_aio on its own file.
+  if (engine.externalData) engine.data.debugEvent?.("write_aio")
   const crypto = engine.crypto
   if (crypto === undefined) return engine.data.write(hostOffset, data)
   if (hostOffset % 512 !== 0 || data.length % 512 !== 0) {
