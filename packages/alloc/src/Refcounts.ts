@@ -327,6 +327,7 @@ export class Refcounts {
       let cluster = first
       while (cluster <= last) {
         const blockIndex = Math.floor(cluster / self.blockEntries)
+        self.storage.debugEvent?.("refblock_alloc")
         const blockOffset = self.blockAt(blockIndex)
         if (typeof blockOffset !== "number") return yield* blockOffset
         if (blockOffset === 0) {
@@ -340,6 +341,7 @@ export class Refcounts {
           yield* self.ensureBlocks(cluster, 1)
           continue
         }
+        self.storage.debugEvent?.("refblock_load")
         const block = self.cache.lookup(blockOffset) ?? (yield* self.cache.get(blockOffset))
         const blockEnd = Math.min(last, (blockIndex + 1) * self.blockEntries - 1)
         for (; cluster <= blockEnd; cluster++) {
@@ -392,6 +394,7 @@ export class Refcounts {
   allocate(count: number): Effect.Effect<number, Failure> {
     const self = this
     return Effect.gen(function* () {
+      self.storage.debugEvent?.("cluster_alloc")
       for (;;) {
         const start = yield* self.findFree(self.freeClusterHint, count)
         // Refcount blocks for the run may have to be created; their own
@@ -446,6 +449,7 @@ export class Refcounts {
   allocateBytes(size: number): Effect.Effect<number, Failure> {
     const self = this
     return Effect.gen(function* () {
+      self.storage.debugEvent?.("cluster_alloc_bytes")
       let offset = self.freeByteOffset
       if (offset !== 0) {
         const refcount = yield* self.get(Math.floor(offset / self.clusterSize))
@@ -484,6 +488,7 @@ export class Refcounts {
    * Rule 3: the refcount blocks wait for the mapping tables that dropped the references.
    */
   free(offset: number, length: number): Effect.Effect<void, Failure> {
+    this.storage.debugEvent?.("cluster_free")
     return Effect.andThen(this.lazy ? Effect.void : this.cache.dependOn(this.mappingCache), this.update(offset, length, -1))
   }
 
@@ -593,6 +598,7 @@ export class Refcounts {
       for (let block = firstBlock; block <= lastBlock; block++) {
         // An unusable entry (INVALID_ENTRY) counts as present: using it reports the corruption.
         if (block < self.blockOffsets.length && self.blockOffsets[block] !== 0) continue
+        self.storage.debugEvent?.("refblock_alloc")
         if (block >= self.blockOffsets.length) {
           yield* self.growTable(block)
         } else {
@@ -633,9 +639,11 @@ export class Refcounts {
         if (cluster >= self.endCluster) self.endCluster = cluster + 1
         self.overlaps.addCluster("refcount block", offset)
         // Rule 1: the block reaches storage before the table entry naming it.
+        self.storage.debugEvent?.("refblock_alloc_write")
         yield* self.cache.flush()
         const entry = new Uint8Array(8)
         writeRefcountTableEntry(entry, 0, offset)
+        self.storage.debugEvent?.("refblock_alloc_hookup")
         yield* self.storage.write(self.table.offset + blockIndex * 8, entry)
         yield* self.storage.flush()
         self.tableBytes.set(entry, blockIndex * 8)
@@ -696,6 +704,10 @@ export class Refcounts {
       newBlocks.forEach((b, i) => blockOffsetOf.set(b, (areaStart + tableClusters + i) * self.clusterSize))
       const newTable = new Uint8Array(tableBytesLength)
       newTable.set(self.tableBytes.subarray(0, Math.min(self.tableBytes.length, tableBytesLength)))
+      // QEMU writes the block it needed first, then grows the table and writes the blocks describing it.
+      self.storage.debugEvent?.("refblock_alloc_write")
+      self.storage.debugEvent?.("reftable_grow")
+      self.storage.debugEvent?.("refblock_alloc_write_blocks")
       for (const [b, offset] of blockOffsetOf) {
         const block = new Uint8Array(self.clusterSize)
         for (let c = areaStart; c < areaStart + areaClusters; c++) {
@@ -718,10 +730,12 @@ export class Refcounts {
         self.cache.markDirty(blockOffset)
       }
       yield* self.cache.flushTables()
+      self.storage.debugEvent?.("refblock_alloc_write_table")
       yield* self.storage.write(tableOffset, newTable)
       yield* self.storage.flush()
       const oldTable = self.table
       const moved = { offset: tableOffset, clusters: tableClusters }
+      self.storage.debugEvent?.("refblock_alloc_switch_table")
       yield* self.header.moveRefcountTable(moved)
       self.adoptTable(moved, newTable, (areaStart + areaClusters) * self.clusterSize)
       yield* self.free(oldTable.offset, oldTable.clusters * self.clusterSize)

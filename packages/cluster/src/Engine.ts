@@ -78,6 +78,12 @@ export interface EngineOptions {
   readonly bitmaps?: LoadedBitmaps
 }
 
+/** A metadata cache that could not be written back at close; QEMU's message names it ("Failed to flush the L2 table cache"). */
+export interface CacheFlushFailure {
+  readonly cache: "L2 table" | "refcount block"
+  readonly error: ImageError
+}
+
 /** Options of `truncate` (qemu-img resize: `--shrink`, `--preallocation`). */
 export interface TruncateOptions {
   readonly shrink?: boolean
@@ -121,6 +127,8 @@ export class Qcow2Engine {
   readonly crypto: SectorCrypto | undefined
   /** Persistent dirty bitmaps: marked by every write path, stored on close. */
   readonly bitmaps: DirtyBitmaps
+  /** Set by `close`: everything was written back once; nothing more is. */
+  private closed = false
 
   constructor(options: EngineOptions) {
     const image = options.header
@@ -143,7 +151,7 @@ export class Qcow2Engine {
     const bitmaps = image.extensions.bitmaps
     overlaps.setRanges("bitmap directory", bitmaps !== undefined ? [{ offset: bitmaps.directoryOffset, length: bitmaps.directorySize }] : [])
     this.l1 = new ActiveL1(storage, this.header, this.integrity, cs, options.l1Table)
-    this.l2Cache = new TableCache({ name: "L2", tableSize: cs, capacityBytes: options.l2CacheBytes, storage, overlaps: { index: overlaps, kind: "active L2 table" } })
+    this.l2Cache = new TableCache({ name: "L2", tableSize: cs, capacityBytes: options.l2CacheBytes, storage, overlaps: { index: overlaps, kind: "active L2 table" }, events: { load: "l2_load", update: "l2_update" } })
     this.refcounts = new Refcounts({
       storage,
       clusterBits: h.clusterBits,
@@ -155,7 +163,8 @@ export class Qcow2Engine {
         tableSize: cs,
         capacityBytes: options.refcountCacheBytes,
         storage,
-        overlaps: { index: overlaps, kind: "refcount block" }
+        overlaps: { index: overlaps, kind: "refcount block" },
+        events: { update: "refblock_update_part" }
       }),
       mappingCache: this.l2Cache,
       fileSize: options.fileSize,
@@ -290,6 +299,7 @@ export class Qcow2Engine {
   readVmState(pos: number, into: Uint8Array): Effect.Effect<void, ImageError> {
     const bad = this.checkVmStateRange(pos, into.length) ?? this.requireKey()
     const start = this.vmStateOffset + pos
+    if (bad === undefined) this.storage.debugEvent?.("vmstate_load")
     return bad ? Effect.fail(bad) : this.run(readGuest(this, start, into, start + into.length))
   }
 
@@ -298,6 +308,7 @@ export class Qcow2Engine {
     const bad = this.requireWritable() ?? this.requireKey() ?? this.checkVmStateRange(pos, data.length)
     if (bad) return Effect.fail(bad)
     if (data.length === 0) return Effect.void
+    this.storage.debugEvent?.("vmstate_save")
     return this.change(writeBytes(this, this.vmStateOffset + pos, data))
   }
 
@@ -515,14 +526,34 @@ export class Qcow2Engine {
   }
 
   /**
-   * Stores the persistent bitmaps (in_use cleared), flushes, and after a
-   * clean session of a lazy-refcount image clears the dirty bit (QEMU's
-   * qcow2_inactivate). Never fails: bitmaps that cannot be stored stay
-   * marked in use on disk.
+   * Stores the persistent bitmaps (in_use cleared), writes back the L2
+   * table cache and then the refcount block cache, each followed by a
+   * storage flush, and after a clean session of a lazy-refcount image
+   * clears the dirty bit (QEMU's qcow2_inactivate). Runs once; later calls
+   * do nothing. Never fails: bitmaps that cannot be stored stay marked in
+   * use on disk, and each cache that could not be written back is returned
+   * (QEMU reports them: "Failed to flush the L2 table cache: …"). A corrupt
+   * image writes no metadata any more (QEMU closes it without this step).
    */
-  close(): Effect.Effect<void> {
-    if (this.integrity.readOnly) return Effect.void
-    return Effect.andThen(Effect.ignore(this.bitmaps.store()), Effect.ignore(Effect.andThen(this.flush(), this.run(this.integrity.markClean()))))
+  close(): Effect.Effect<ReadonlyArray<CacheFlushFailure>> {
+    if (this.integrity.readOnly || this.closed) return Effect.succeed([])
+    this.closed = true
+    const self = this
+    return Effect.gen(function* () {
+      yield* Effect.ignore(self.bitmaps.store())
+      if (self.integrity.isCorrupt) {
+        yield* Effect.ignore(self.flushMetadata())
+        return []
+      }
+      const failures: CacheFlushFailure[] = []
+      for (const [cache, tables] of [["L2 table", self.l2Cache], ["refcount block", self.refcounts.cache]] as const) {
+        const result = yield* Effect.result(self.run(Effect.suspend(() => tables.flush())))
+        if (result._tag === "Failure") failures.push({ cache, error: result.failure })
+      }
+      if (self.data !== self.storage) yield* Effect.ignore(self.data.flush())
+      if (failures.length === 0) yield* Effect.ignore(self.run(self.integrity.markClean()))
+      return failures
+    })
   }
 
   /** A metadata-changing request: the dirty bit (lazy refcounts) goes to disk first. */
