@@ -25,8 +25,6 @@ export interface ImageSpec {
   readonly format?: ImageFormat
   /** The id of the secret holding the passphrase (encrypt.key-secret). */
   readonly keySecret?: string
-  /** The id of the secret of the backing file (backing.encrypt.key-secret). */
-  readonly backingKeySecret?: string
   /** `backing: null`: open without the backing file. */
   readonly noBacking: boolean
   /**
@@ -328,7 +326,6 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       file,
       ...(driver !== undefined ? { format: driver } : {}),
       ...(typeof keySecret === "string" ? { keySecret } : {}),
-      ...(typeof backingKeySecret === "string" ? { backingKeySecret } : {}),
       noBacking: backing === null,
       ...(typeof backingFile === "string" ? { backingFile } : {}),
       ...(typeof backingFormat === "string" ? { backingFormat } : {}),
