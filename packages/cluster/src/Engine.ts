@@ -1,3 +1,10 @@
+/**
+ * The engine's one owner of an open image's state. Longer than most
+ * modules on purpose: each public request is here only as its entry point
+ * (range checks, the metadata lock, draining direct writes, the corrupt
+ * flag), delegating the work to the modules beside it, so that who may
+ * change what, and under which lock, reads in one place.
+ */
 import { Effect, Semaphore } from "effect"
 import { Refcounts } from "@qcow2/alloc"
 import { TableCache } from "@qcow2/cache"
