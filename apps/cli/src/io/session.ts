@@ -13,7 +13,7 @@ import type { ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
 import { withFileNode } from "../file-node.js"
-import { checkBackingOptions, checkCacheOptions, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
+import { checkBackingOptions, checkCacheOptions, protocolRefusal, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
 
 const isImageFormat = (name: string | undefined): name is ImageFormat => name === "qcow2" || name === "raw" || name === "luks"
@@ -156,6 +156,8 @@ export class IoSession {
       const resolved = resolveImageSpec(request.name, request.options, request.format)
       if (!resolved.ok) return refuse(resolved.message)
       const spec = resolved.spec
+      const wrongType = spec.protocol !== undefined ? protocolRefusal(spec.protocol, spec.file, request.readOnly || request.snapshot) : undefined
+      if (wrongType !== undefined) return refuse(wrongType)
       let passphrase = this.secrets.passphrase
       if (spec.keySecret !== undefined) {
         passphrase = this.secrets.byId.get(spec.keySecret)
