@@ -71,6 +71,8 @@ export interface EngineOptions {
   readonly refcountCacheBytes: number
   /** The persistent bitmaps as the opener loaded them (`loadBitmaps`); none when absent. */
   readonly bitmaps?: LoadedBitmaps
+  /** Where the driver's own messages go (corruption events, as QEMU prints them); none when absent. */
+  readonly report?: (line: string) => void
 }
 
 /** A metadata cache that could not be written back at close; QEMU's message names it ("Failed to flush the L2 table cache"). */
@@ -139,7 +141,7 @@ export class Qcow2Engine {
     this.crypto = options.crypto
     const cs = this.geometry.clusterSize
     this.header = new HeaderState(storage, image)
-    this.integrity = new Integrity(this.header, options.readOnly, this.location)
+    this.integrity = new Integrity(this.header, options.readOnly, this.location, options.report)
     const overlaps = this.integrity.overlaps
     this.snapshots = new SnapshotTable(options.snapshots, h.snapshotsOffset, Math.floor(h.size / 512) * 512, overlaps)
     const bitmaps = image.extensions.bitmaps

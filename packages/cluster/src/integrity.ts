@@ -26,11 +26,15 @@ export class Integrity {
   readonly lazyRefcounts: boolean
   private corrupt: boolean
   private dirty: boolean
+  /** A corruption event was reported (QEMU reports one per open image). */
+  private signaled = false
 
+  /** `report`: where QEMU's corruption message goes ("qcow2: Marking image as corrupt: …"). */
   constructor(
     private readonly header: HeaderState,
     readonly readOnly: boolean,
-    readonly location: string
+    readonly location: string,
+    private readonly report?: (line: string) => void
   ) {
     const h = header.header
     this.overlaps = new OverlapIndex(2 ** h.clusterBits)
@@ -70,6 +74,15 @@ export class Integrity {
       errno: "EIO",
       ...(offset !== undefined ? { offset } : {})
     })
+    // QEMU's qcow2_signal_corruption: once; on a read-only image the damage is not fatal.
+    if (!this.signaled) {
+      this.signaled = true
+      this.report?.(
+        this.readOnly
+          ? `qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`
+          : `qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`
+      )
+    }
     if (this.readOnly || this.corrupt) {
       this.corrupt = true
       return Effect.fail(error)

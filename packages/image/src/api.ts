@@ -136,6 +136,12 @@ export interface OpenOptions {
   /** Cache sizes in bytes. */
   readonly l2CacheBytes?: number
   readonly refcountCacheBytes?: number
+  /**
+   * Where the driver's own messages go, one line each, as QEMU's qcow2
+   * driver prints them on stderr ("qcow2: Marking image as corrupt: …").
+   * Without it they are not shown (the failures themselves still are).
+   */
+  readonly report?: (line: string) => void
   /** Passphrase for encrypted images. */
   readonly passphrase?: Uint8Array
   /** Passphrase of the backing chain when it is not the image's own (QEMU's `backing.encrypt.key-secret`). */

@@ -9,7 +9,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Exit, Scope } from "effect"
 import { createImage, ImageError, openImage, type Image, type ImageFormat } from "@qcow2/image"
-import type { ImageEnv } from "../env.js"
+import { driverReport, type ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
 import { withFileNode } from "../file-node.js"
@@ -166,6 +166,7 @@ export class IoSession {
       const backingPassphrase = spec.backingKeySecret !== undefined ? this.secrets.byId.get(spec.backingKeySecret) : undefined
       if (spec.backingKeySecret !== undefined && backingPassphrase === undefined) return refuse(`No secret with id '${spec.backingKeySecret}'`)
       const options = {
+        report: driverReport,
         readOnly: request.readOnly || request.snapshot,
         forceShare: request.forceShare,
         ...(spec.format !== undefined ? { format: spec.format } : {}),

@@ -251,6 +251,7 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       compression: compressionOf(env, h.compressionType === 1 ? 1 : 0),
       crypto,
       bitmaps,
+      ...(env.options.report !== undefined ? { report: env.options.report } : {}),
       l2CacheBytes:
         env.options.l2CacheBytes ??
         Math.min(32 * 1024 * 1024, Math.max(4 * clusterSize, Math.ceil(h.size / geometry.l2Entries / clusterSize) * clusterSize)),
