@@ -9,6 +9,7 @@ import { DirtyBitmaps } from "./bitmaps.js"
 import type { LoadedBitmaps } from "./bitmaps-disk.js"
 import { writeCompressedClusters } from "./compressed.js"
 import { discardClusters, dropClusters } from "./discard.js"
+import { canEmptyCompletely, emptyCompletely } from "./make-empty.js"
 import { asImageError, checkRange, ClusterError, ImageError, isStructuralDamage, toImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { HeaderState } from "./header.js"
@@ -311,8 +312,10 @@ export class Qcow2Engine {
     if (this.integrity.isCorrupt) return Effect.andThen(this.data === this.storage ? Effect.void : this.data.flush(), this.storage.flush())
     return Effect.gen(function* () {
       yield* self.l2Cache.flushTables()
-      yield* self.refcounts.cache.flushTables()
-      yield* self.l2Cache.flushTables()
+      if (self.integrity.needsAccurateRefcounts) {
+        yield* self.refcounts.cache.flushTables()
+        yield* self.l2Cache.flushTables()
+      }
       if (self.data !== self.storage) yield* self.data.flush()
       yield* self.storage.flush()
     })
@@ -451,13 +454,23 @@ export class Qcow2Engine {
   /**
    * Makes every cluster of the active layer unallocated (the backing file
    * shows through again) and frees what they held: QEMU's
-   * `bdrv_make_empty` of a qcow2 image, as `qemu-img commit` uses it.
+   * `bdrv_make_empty` of a qcow2 image, as `qemu-img commit` uses it. An
+   * image with nothing else in it is rebuilt as a fresh one (its file cut
+   * after the L1 table), as QEMU's make_completely_empty does.
    */
   makeEmpty(): Effect.Effect<void, ImageError> {
     const bad = this.requireWritable()
     if (bad) return Effect.fail(bad)
     if (this.virtualSize === 0) return Effect.void
-    return this.change(dropClusters(this, 0, this.virtualSize))
+    if (!canEmptyCompletely(this)) return this.change(dropClusters(this, 0, this.virtualSize))
+    // Rebuilt from scratch (make-empty.ts); a failure half way leaves the
+    // tables in memory wrong, so nothing more is written back (QEMU drops
+    // the node) and the dirty bit on disk asks for the repair.
+    return this.change(
+      this.lock.withPermits(1)(
+        Effect.onError(Effect.andThen(emptyCompletely(this), this.reload()), () => Effect.sync(() => void (this.closed = true)))
+      )
+    )
   }
 
   /**

@@ -47,6 +47,15 @@ export class Integrity {
     return this.corrupt
   }
 
+  /**
+   * Whether refcount blocks must reach disk on a flush: always, except
+   * while lazy refcounts have the dirty bit set (QEMU's
+   * qcow2_need_accurate_refcounts); a clean close still writes them.
+   */
+  get needsAccurateRefcounts(): boolean {
+    return !this.lazyRefcounts || !this.dirty
+  }
+
   /** Why a write cannot go ahead, or undefined when it can. */
   refuseWrite(offset?: number): ClusterError | undefined {
     if (this.readOnly) return new ClusterError({ reason: "ReadOnly", message: `${this.location} is opened read-only`, ...(offset !== undefined ? { offset } : {}) })

@@ -118,7 +118,9 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     if ((h.incompatibleFeatures & IncompatibleFeature.Dirty) !== 0n && !env.readOnly && env.repaired !== true && env.options.forCheck !== true) {
       // Lazy refcounts left stale refcounts behind: rebuild them before use
       // (QEMU repairs a dirty image on a read-write open).
-      yield* env.check("all")
+      const result = yield* env.check("all")
+      // QEMU's repair on open prints what it finds and fixes, as qemu-img check does.
+      for (const line of result.messages) env.options.report?.(line)
       // The repair may have moved the refcount table: start from the header on disk.
       const repaired = new Uint8Array(clusterSize)
       yield* asImageError(storage.read(0, repaired), location)
