@@ -74,6 +74,8 @@ export interface EngineOptions {
   readonly bitmaps?: LoadedBitmaps
   /** Where the driver's own messages go (corruption events, as QEMU prints them); none when absent. */
   readonly report?: (line: string) => void
+  /** Lazy refcounts whatever the header's compatible bit says (QEMU's lazy-refcounts option). */
+  readonly lazyRefcounts?: boolean
 }
 
 /** A metadata cache that could not be written back at close; QEMU's message names it ("Failed to flush the L2 table cache"). */
@@ -142,7 +144,7 @@ export class Qcow2Engine {
     this.crypto = options.crypto
     const cs = this.geometry.clusterSize
     this.header = new HeaderState(storage, image)
-    this.integrity = new Integrity(this.header, options.readOnly, this.location, options.report)
+    this.integrity = new Integrity(this.header, options.readOnly, this.location, options.report, options.lazyRefcounts)
     const overlaps = this.integrity.overlaps
     this.snapshots = new SnapshotTable(options.snapshots, h.snapshotsOffset, Math.floor(h.size / 512) * 512, overlaps)
     const bitmaps = image.extensions.bitmaps

@@ -29,16 +29,20 @@ export class Integrity {
   /** A corruption event was reported (QEMU reports one per open image). */
   private signaled = false
 
-  /** `report`: where QEMU's corruption message goes ("qcow2: Marking image as corrupt: …"). */
+  /**
+   * `report`: where QEMU's corruption message goes ("qcow2: Marking image
+   * as corrupt: …"); `lazy`: lazy refcounts whatever the compatible bit says.
+   */
   constructor(
     private readonly header: HeaderState,
     readonly readOnly: boolean,
     readonly location: string,
-    private readonly report?: (line: string) => void
+    private readonly report?: (line: string) => void,
+    lazy?: boolean
   ) {
     const h = header.header
     this.overlaps = new OverlapIndex(2 ** h.clusterBits)
-    this.lazyRefcounts = (h.compatibleFeatures & CompatibleFeature.LazyRefcounts) !== 0n
+    this.lazyRefcounts = lazy ?? (h.compatibleFeatures & CompatibleFeature.LazyRefcounts) !== 0n
     this.corrupt = (h.incompatibleFeatures & IncompatibleFeature.Corrupt) !== 0n
     this.dirty = (h.incompatibleFeatures & IncompatibleFeature.Dirty) !== 0n
   }

@@ -131,6 +131,11 @@ export interface OpenOptions {
   readonly format?: ImageFormat
   /** Open the backing chain (default true). */
   readonly openBacking?: boolean
+  /**
+   * Lazy refcounts for this session whatever the image's compatible bit
+   * says (QEMU's `lazy-refcounts` runtime option; v3 images only).
+   */
+  readonly lazyRefcounts?: boolean
   /** Open the image's backing file as this format, whatever the image names (QEMU's `backing.driver`). */
   readonly backingFormat?: ImageFormat
   /** Cache sizes in bytes. */

@@ -163,6 +163,8 @@ export class IoSession {
         passphrase = this.secrets.byId.get(spec.keySecret)
         if (passphrase === undefined) return refuse(`No secret with id '${spec.keySecret}'`)
       }
+      const lazyOption = request.options.get("lazy-refcounts")
+      const lazyRefcounts = lazyOption === "on" ? true : lazyOption === "off" ? false : undefined
       const backingPassphrase = spec.backingKeySecret !== undefined ? this.secrets.byId.get(spec.backingKeySecret) : undefined
       if (spec.backingKeySecret !== undefined && backingPassphrase === undefined) return refuse(`No secret with id '${spec.backingKeySecret}'`)
       const options = {
@@ -173,7 +175,8 @@ export class IoSession {
         ...(passphrase !== undefined ? { passphrase } : {}),
         ...(spec.noBacking ? { openBacking: false } : {}),
         ...(isImageFormat(spec.backingFormat) ? { backingFormat: spec.backingFormat } : {}),
-        ...(backingPassphrase !== undefined ? { backingPassphrase } : {})
+        ...(backingPassphrase !== undefined ? { backingPassphrase } : {}),
+        ...(lazyRefcounts !== undefined ? { lazyRefcounts } : {})
       }
       const self = this
       return Effect.gen(function* () {
@@ -255,12 +258,16 @@ export class IoSession {
           return false
         }
       }
+      // lazy-refcounts changes how the driver writes: it takes a new open, as a mode change does.
+      const lazy = change.options.get("lazy-refcounts")
+      const lazyChanged = typeof lazy === "string" && lazy !== opened.request.options.get("lazy-refcounts")
       const request: OpenRequest = {
         ...opened.request,
         readOnly: readOnly ?? opened.request.readOnly,
-        cache: change.cache ?? opened.request.cache
+        cache: change.cache ?? opened.request.cache,
+        options: lazyChanged ? new Map([...opened.request.options, ["lazy-refcounts", lazy]]) : opened.request.options
       }
-      if (opened.overlay !== undefined || (request.readOnly === opened.request.readOnly && request.cache === opened.request.cache)) {
+      if (opened.overlay !== undefined || (!lazyChanged && request.readOnly === opened.request.readOnly && request.cache === opened.request.cache)) {
         self.opened = { ...opened, request, image: isWritethrough(request.cache) && !opened.raw.readOnly ? writethrough(opened.raw) : opened.raw }
         return true
       }

@@ -107,6 +107,9 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
         location
       })
     }
+    if (env.options.lazyRefcounts === true && h.version < 3) {
+      return yield* new ImageError({ reason: "InvalidArgument", message: "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level", location })
+    }
     const isCorrupt = (h.incompatibleFeatures & IncompatibleFeature.Corrupt) !== 0n
     if (isCorrupt && !env.readOnly && env.options.forCheck !== true) {
       return yield* new ImageError({
@@ -254,6 +257,7 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       crypto,
       bitmaps,
       ...(env.options.report !== undefined ? { report: env.options.report } : {}),
+      ...(env.options.lazyRefcounts !== undefined ? { lazyRefcounts: env.options.lazyRefcounts } : {}),
       l2CacheBytes:
         env.options.l2CacheBytes ??
         Math.min(32 * 1024 * 1024, Math.max(4 * clusterSize, Math.ceil(h.size / geometry.l2Entries / clusterSize) * clusterSize)),
