@@ -7,6 +7,7 @@ import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { SectorCipherFactory } from "@qcow2/crypto"
 import { ImageError, lockRequest, openImage, type FileRole, type Image, type OpenOptions } from "@qcow2/image"
 import { isUrl } from "./names.js"
+import { eprint } from "./output.js"
 import { makeBlkdebugStorage } from "@qcow2/storage/blkdebug"
 import { withFileNode, type FileNode } from "./file-node.js"
 import { checkBackingOptions, parseOptionString, plainFileOf, resolveImageSpec, type ImageSpec } from "./qemu-filename.js"
@@ -125,6 +126,7 @@ export const resolveNamed = (
   name: string,
   options: OpenOptions
 ): ({ readonly file: string; readonly options: OpenOptions; readonly spec?: ImageSpec } & Omit<FileNode, "file">) | { readonly error: string } => {
+  options = { report: driverReport, ...options }
   const plain = !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:")
   if (plain) return { file: name, options }
   const resolved = imageOptions.enabled ? resolveImageSpec(undefined, parseOptionString(name), options.format) : resolveImageSpec(name, new Map(), options.format)
@@ -152,6 +154,9 @@ export const resolveNamed = (
     ...(spec.dataFile !== undefined ? { dataFile: spec.dataFile } : {})
   }
 }
+
+/** The driver's own messages (QEMU's qcow2 driver prints them on stderr as they are). */
+export const driverReport = (line: string): void => eprint(`${line}\n`)
 
 /**
  * The name QEMU gives the file a command-line name opens (its refreshed

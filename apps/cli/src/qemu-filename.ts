@@ -49,6 +49,8 @@ export interface ImageSpec {
    * filter when its node is one (the raw node over it raises write_aio).
    */
   readonly dataFile?: { readonly file: string; readonly blkdebug?: BlkdebugConfig }
+  /** The root node is this protocol driver (the file opened as a raw image); its file type is checked as QEMU checks it. */
+  readonly protocol?: "file" | "host_device" | "host_cdrom"
 }
 
 export type ImageSpecResult = { readonly ok: true; readonly spec: ImageSpec } | { readonly ok: false; readonly message: string }
@@ -255,6 +257,15 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   } else if (name !== undefined && name.startsWith("file:")) {
     file = name.slice("file:".length)
   }
+  const rootDriver = formatFlag ?? options.get("driver")
+  if (rootDriver === "file" || rootDriver === "host_device" || rootDriver === "host_cdrom") {
+    // A protocol driver at the root: its file's bytes are the image (raw).
+    const filename = options.get("filename") ?? file
+    for (const key of ["driver", "filename", "locking", "aio", "node-name", "read-only", "auto-read-only", "discard", "x-check-cache-dropped"]) options.delete(key)
+    for (const key of options.keys()) return { ok: false, message: `Block protocol '${rootDriver}' doesn't support the option '${key}'` }
+    if (typeof filename !== "string") return { ok: false, message: 'A block device must be specified for "filename"' }
+    return { ok: true, spec: { file: filename, format: "raw", noBacking: false, protocol: rootDriver } }
+  }
   const take = (key: string): string | null | undefined => {
     const v = options.get(key)
     options.delete(key)
@@ -420,4 +431,23 @@ export const jsonNameOf = (optionString: string): string => {
     node[parts[parts.length - 1]!] = value
   }
   return `json:${JSON.stringify(tree)}`
+}
+
+/**
+ * QEMU's refusal of a file its protocol driver cannot open (file-posix):
+ * a read-write open of a directory fails in open(2) ("Is a directory");
+ * otherwise 'file' wants a regular file and 'host_device' / 'host_cdrom'
+ * a character or block device. Undefined when the type fits (or the file
+ * does not exist: opening reports that).
+ */
+export const protocolRefusal = (protocol: NonNullable<ImageSpec["protocol"]>, file: string, readOnly: boolean): string | undefined => {
+  let stats: fs.Stats
+  try {
+    stats = fs.statSync(file)
+  } catch {
+    return undefined
+  }
+  if (stats.isDirectory() && !readOnly) return `Could not open '${file}': Is a directory`
+  if (protocol === "file") return stats.isFile() ? undefined : `'file' driver requires '${file}' to be a regular file`
+  return stats.isCharacterDevice() || stats.isBlockDevice() ? undefined : `'${protocol}' driver requires '${file}' to be either a character or block device`
 }

@@ -199,22 +199,17 @@ export class Refcounts {
     if (blockOffset === 0) return Effect.succeed(0)
     const index = clusterIndex - blockIndex * this.blockEntries
     const cached = this.cache.lookup(blockOffset)
-    if (cached !== undefined) return this.decode(cached, index, clusterIndex)
-    return Effect.flatMap(this.cache.get(blockOffset), (block) => this.decode(block, index, clusterIndex))
+    if (cached !== undefined) return this.decode(cached, index)
+    return Effect.flatMap(this.cache.get(blockOffset), (block) => this.decode(block, index))
   }
 
-  private decode(block: Uint8Array, index: number, clusterIndex: number): Effect.Effect<number, RefcountError> {
-    try {
-      return Effect.succeed(readRefcount(block, index, this.refcountOrder))
-    } catch {
-      return Effect.fail(
-        new RefcountError({
-          reason: "Corrupt",
-          message: `refcount of cluster ${clusterIndex} does not fit a safe integer`,
-          offset: clusterIndex * this.clusterSize
-        })
-      )
-    }
+  /**
+   * A 64-bit refcount past 2^53 reads as 2^53 - 1: readers only tell 0, 1
+   * and "shared" apart (updates stay exact, see `update`).
+   */
+  private decode(block: Uint8Array, index: number): Effect.Effect<number, RefcountError> {
+    if (this.refcountOrder === 6 && !fitsNumber(block, index)) return Effect.succeed(Number.MAX_SAFE_INTEGER)
+    return Effect.succeed(readRefcount(block, index, this.refcountOrder))
   }
 
   /**
@@ -346,6 +341,15 @@ export class Refcounts {
         const blockEnd = Math.min(last, (blockIndex + 1) * self.blockEntries - 1)
         for (; cluster <= blockEnd; cluster++) {
           const index = cluster - blockIndex * self.blockEntries
+          if (self.refcountOrder === 6 && !fitsNumber(block, index)) {
+            // A 64-bit refcount past 2^53: counted exactly in bigint, as QEMU does in uint64_t.
+            const wide = updateWide(block, index, delta)
+            if (wide !== undefined) {
+              return yield* new RefcountError({ reason: wide, message: `refcount of cluster ${cluster} would leave the 64-bit range`, offset: cluster * self.clusterSize })
+            }
+            self.cache.markDirty(blockOffset)
+            continue
+          }
           const current = readRefcount(block, index, self.refcountOrder)
           const next = current + delta
           if (next < 0) {
@@ -399,7 +403,7 @@ export class Refcounts {
         const start = yield* self.findFree(self.freeClusterHint, count)
         // Refcount blocks for the run may have to be created; their own
         // clusters can land inside the run, so search again when they do.
-        const created = yield* self.ensureBlocks(start, count)
+        const created = yield* self.ensureBlocks(start, count, start + count)
         if (created) continue
         if (!(yield* self.allFree(start, count))) continue
         yield* self.settleFreed(start, count)
@@ -547,7 +551,7 @@ export class Refcounts {
         if (typeof offset !== "number" || offset === 0) continue
         const block = yield* self.cache.get(offset)
         for (let i = self.blockEntries - 1; i >= 0; i--) {
-          if (readRefcount(block, i, self.refcountOrder) !== 0) {
+          if (!refcountIsZero(block, i, self.refcountOrder)) {
             self.endCluster = Math.max(self.endCluster, b * self.blockEntries + i + 1)
             break
           }
@@ -588,8 +592,11 @@ export class Refcounts {
    * Makes sure refcount blocks cover clusters [first, first + count),
    * creating blocks and growing the refcount table as needed. Returns true
    * if anything was allocated (so the caller's view of free space is stale).
+   * A new block goes into the first free cluster from `searchFrom` on (an
+   * allocation passes the end of the run it found: QEMU's search has moved
+   * past it when the block is made).
    */
-  ensureBlocks(first: number, count: number): Effect.Effect<boolean, Failure> {
+  ensureBlocks(first: number, count: number, searchFrom: number = this.freeClusterHint): Effect.Effect<boolean, Failure> {
     const self = this
     return Effect.gen(function* () {
       const firstBlock = Math.floor(first / self.blockEntries)
@@ -602,7 +609,7 @@ export class Refcounts {
         if (block >= self.blockOffsets.length) {
           yield* self.growTable(block)
         } else {
-          yield* self.createBlock(block)
+          yield* self.createBlock(block, searchFrom)
         }
         created = true
       }
@@ -615,11 +622,11 @@ export class Refcounts {
    * The block goes into the first free cluster; when that cluster is one the
    * new block describes, the block counts itself.
    */
-  private createBlock(blockIndex: number): Effect.Effect<void, Failure> {
+  private createBlock(blockIndex: number, searchFrom: number): Effect.Effect<void, Failure> {
     const self = this
     return Effect.gen(function* () {
       for (;;) {
-        const cluster = yield* self.findFree(self.freeClusterHint, 1)
+        const cluster = yield* self.findFree(Math.max(self.freeClusterHint, searchFrom), 1)
         const ownerBlock = Math.floor(cluster / self.blockEntries)
         const offset = cluster * self.clusterSize
         if (ownerBlock === blockIndex) {
@@ -741,6 +748,24 @@ export class Refcounts {
       yield* self.free(oldTable.offset, oldTable.clusters * self.clusterSize)
     })
   }
+}
+
+/** Whether 64-bit refcount `index` fits a safe integer. */
+function fitsNumber(block: Uint8Array, index: number): boolean {
+  return new DataView(block.buffer, block.byteOffset + index * 8, 8).getUint32(0) <= 0x1fffff
+}
+
+/**
+ * Adds `delta` to 64-bit refcount `index` (one past 2^53) exactly; the
+ * reason when the result would leave 0..2^64-1 (nothing changed then).
+ */
+function updateWide(block: Uint8Array, index: number, delta: number): "Overflow" | "Corrupt" | undefined {
+  const view = new DataView(block.buffer, block.byteOffset + index * 8, 8)
+  const next = view.getBigUint64(0) + BigInt(delta)
+  if (next < 0n) return "Corrupt"
+  if (next > 0xffffffffffffffffn) return "Overflow"
+  view.setBigUint64(0, next)
+  return undefined
 }
 
 /** Whether entry `index` of a refcount block is 0 (an entry too large for a safe integer is not). */

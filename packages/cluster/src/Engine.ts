@@ -16,6 +16,7 @@ import { DirtyBitmaps } from "./bitmaps.js"
 import type { LoadedBitmaps } from "./bitmaps-disk.js"
 import { writeCompressedClusters } from "./compressed.js"
 import { discardClusters, dropClusters } from "./discard.js"
+import { canEmptyCompletely, emptyCompletely } from "./make-empty.js"
 import { asImageError, checkRange, ClusterError, ImageError, isStructuralDamage, toImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { HeaderState } from "./header.js"
@@ -83,6 +84,10 @@ export interface EngineOptions {
   readonly refcountCacheBytes: number
   /** The persistent bitmaps as the opener loaded them (`loadBitmaps`); none when absent. */
   readonly bitmaps?: LoadedBitmaps
+  /** Where the driver's own messages go (corruption events, as QEMU prints them); none when absent. */
+  readonly report?: (line: string) => void
+  /** Lazy refcounts whatever the header's compatible bit says (QEMU's lazy-refcounts option). */
+  readonly lazyRefcounts?: boolean
 }
 
 /** A metadata cache that could not be written back at close; QEMU's message names it ("Failed to flush the L2 table cache"). */
@@ -152,7 +157,7 @@ export class Qcow2Engine {
     this.crypto = options.crypto
     const cs = this.geometry.clusterSize
     this.header = new HeaderState(storage, image)
-    this.integrity = new Integrity(this.header, options.readOnly, this.location)
+    this.integrity = new Integrity(this.header, options.readOnly, this.location, options.report, options.lazyRefcounts)
     const overlaps = this.integrity.overlaps
     this.snapshots = new SnapshotTable(options.snapshots, h.snapshotsOffset, Math.floor(h.size / 512) * 512, overlaps)
     const bitmaps = image.extensions.bitmaps
@@ -347,8 +352,10 @@ export class Qcow2Engine {
     if (this.integrity.isCorrupt) return Effect.andThen(this.data === this.storage ? Effect.void : this.data.flush(), this.storage.flush())
     return Effect.gen(function* () {
       yield* self.l2Cache.flushTables()
-      yield* self.refcounts.cache.flushTables()
-      yield* self.l2Cache.flushTables()
+      if (self.integrity.needsAccurateRefcounts) {
+        yield* self.refcounts.cache.flushTables()
+        yield* self.l2Cache.flushTables()
+      }
       if (self.data !== self.storage) yield* self.data.flush()
       yield* self.storage.flush()
     })
@@ -492,13 +499,26 @@ export class Qcow2Engine {
   /**
    * Makes every cluster of the active layer unallocated (the backing file
    * shows through again) and frees what they held: QEMU's
-   * `bdrv_make_empty` of a qcow2 image, as `qemu-img commit` uses it.
+   * `bdrv_make_empty` of a qcow2 image, as `qemu-img commit` uses it. An
+   * image with nothing else in it is rebuilt as a fresh one (its file cut
+   * after the L1 table), as QEMU's make_completely_empty does.
    */
   makeEmpty(): Effect.Effect<void, ImageError> {
     const bad = this.requireWritable()
     if (bad) return Effect.fail(bad)
     if (this.virtualSize === 0) return Effect.void
-    return this.inflight.excludingDirect(this.change(dropClusters(this, 0, this.virtualSize)))
+    if (!canEmptyCompletely(this)) return this.inflight.excludingDirect(this.change(dropClusters(this, 0, this.virtualSize)))
+    // Rebuilt from scratch (make-empty.ts); a failure half way leaves the
+    // tables in memory wrong, so nothing more is written back (QEMU drops
+    // the node) and the dirty bit on disk asks for the repair.
+    return this.inflight.excludingDirect(
+      this.change(
+        this.inflight.withLockDrained(
+          this.lock,
+          Effect.onError(Effect.andThen(emptyCompletely(this), this.reload()), () => Effect.sync(() => void (this.closed = true)))
+        )
+      )
+    )
   }
 
   /**

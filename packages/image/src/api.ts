@@ -140,11 +140,22 @@ export interface OpenOptions {
   readonly format?: ImageFormat
   /** Open the backing chain (default true). */
   readonly openBacking?: boolean
+  /**
+   * Lazy refcounts for this session whatever the image's compatible bit
+   * says (QEMU's `lazy-refcounts` runtime option; v3 images only).
+   */
+  readonly lazyRefcounts?: boolean
   /** Open the image's backing file as this format, whatever the image names (QEMU's `backing.driver`). */
   readonly backingFormat?: ImageFormat
   /** Cache sizes in bytes. */
   readonly l2CacheBytes?: number
   readonly refcountCacheBytes?: number
+  /**
+   * Where the driver's own messages go, one line each, as QEMU's qcow2
+   * driver prints them on stderr ("qcow2: Marking image as corrupt: …").
+   * Without it they are not shown (the failures themselves still are).
+   */
+  readonly report?: (line: string) => void
   /** Passphrase for encrypted images. */
   readonly passphrase?: Uint8Array
   /** Passphrase for the images of the backing chain, when it is not `passphrase` (QEMU's backing.encrypt.key-secret). */

@@ -9,11 +9,11 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Exit, Scope } from "effect"
 import { createImage, ImageError, openImage, type Image, type ImageFormat } from "@qcow2/image"
-import type { ImageEnv } from "../env.js"
+import { driverReport, type ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
 import { withFileNode } from "../file-node.js"
-import { checkBackingOptions, checkCacheOptions, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
+import { checkBackingOptions, checkCacheOptions, protocolRefusal, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
 
 const isImageFormat = (name: string | undefined): name is ImageFormat => name === "qcow2" || name === "raw" || name === "luks"
@@ -156,21 +156,27 @@ export class IoSession {
       const resolved = resolveImageSpec(request.name, request.options, request.format)
       if (!resolved.ok) return refuse(resolved.message)
       const spec = resolved.spec
+      const wrongType = spec.protocol !== undefined ? protocolRefusal(spec.protocol, spec.file, request.readOnly || request.snapshot) : undefined
+      if (wrongType !== undefined) return refuse(wrongType)
       let passphrase = this.secrets.passphrase
       if (spec.keySecret !== undefined) {
         passphrase = this.secrets.byId.get(spec.keySecret)
         if (passphrase === undefined) return refuse(`No secret with id '${spec.keySecret}'`)
       }
+      const lazyOption = request.options.get("lazy-refcounts")
+      const lazyRefcounts = lazyOption === "on" ? true : lazyOption === "off" ? false : undefined
       const backingPassphrase = spec.backingKeySecret !== undefined ? this.secrets.byId.get(spec.backingKeySecret) : undefined
       if (spec.backingKeySecret !== undefined && backingPassphrase === undefined) return refuse(`No secret with id '${spec.backingKeySecret}'`)
       const options = {
+        report: driverReport,
         readOnly: request.readOnly || request.snapshot,
         forceShare: request.forceShare,
         ...(spec.format !== undefined ? { format: spec.format } : {}),
         ...(passphrase !== undefined ? { passphrase } : {}),
         ...(spec.noBacking ? { openBacking: false } : {}),
         ...(isImageFormat(spec.backingFormat) ? { backingFormat: spec.backingFormat } : {}),
-        ...(backingPassphrase !== undefined ? { backingPassphrase } : {})
+        ...(backingPassphrase !== undefined ? { backingPassphrase } : {}),
+        ...(lazyRefcounts !== undefined ? { lazyRefcounts } : {})
       }
       const self = this
       return Effect.gen(function* () {
@@ -252,12 +258,16 @@ export class IoSession {
           return false
         }
       }
+      // lazy-refcounts changes how the driver writes: it takes a new open, as a mode change does.
+      const lazy = change.options.get("lazy-refcounts")
+      const lazyChanged = typeof lazy === "string" && lazy !== opened.request.options.get("lazy-refcounts")
       const request: OpenRequest = {
         ...opened.request,
         readOnly: readOnly ?? opened.request.readOnly,
-        cache: change.cache ?? opened.request.cache
+        cache: change.cache ?? opened.request.cache,
+        options: lazyChanged ? new Map([...opened.request.options, ["lazy-refcounts", lazy]]) : opened.request.options
       }
-      if (opened.overlay !== undefined || (request.readOnly === opened.request.readOnly && request.cache === opened.request.cache)) {
+      if (opened.overlay !== undefined || (!lazyChanged && request.readOnly === opened.request.readOnly && request.cache === opened.request.cache)) {
         self.opened = { ...opened, request, image: isWritethrough(request.cache) && !opened.raw.readOnly ? writethrough(opened.raw) : opened.raw }
         return true
       }

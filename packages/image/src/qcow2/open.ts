@@ -107,6 +107,9 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
         location
       })
     }
+    if (env.options.lazyRefcounts === true && h.version < 3) {
+      return yield* new ImageError({ reason: "InvalidArgument", message: "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level", location })
+    }
     const isCorrupt = (h.incompatibleFeatures & IncompatibleFeature.Corrupt) !== 0n
     if (isCorrupt && !env.readOnly && env.options.forCheck !== true) {
       return yield* new ImageError({
@@ -118,7 +121,9 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     if ((h.incompatibleFeatures & IncompatibleFeature.Dirty) !== 0n && !env.readOnly && env.repaired !== true && env.options.forCheck !== true) {
       // Lazy refcounts left stale refcounts behind: rebuild them before use
       // (QEMU repairs a dirty image on a read-write open).
-      yield* env.check("all")
+      const result = yield* env.check("all")
+      // QEMU's repair on open prints what it finds and fixes, as qemu-img check does.
+      for (const line of result.messages) env.options.report?.(line)
       // The repair may have moved the refcount table: start from the header on disk.
       const repaired = new Uint8Array(clusterSize)
       yield* asImageError(storage.read(0, repaired), location)
@@ -251,6 +256,8 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       compression: compressionOf(env, h.compressionType === 1 ? 1 : 0),
       crypto,
       bitmaps,
+      ...(env.options.report !== undefined ? { report: env.options.report } : {}),
+      ...(env.options.lazyRefcounts !== undefined ? { lazyRefcounts: env.options.lazyRefcounts } : {}),
       l2CacheBytes:
         env.options.l2CacheBytes ??
         Math.min(32 * 1024 * 1024, Math.max(4 * clusterSize, Math.ceil(h.size / geometry.l2Entries / clusterSize) * clusterSize)),
