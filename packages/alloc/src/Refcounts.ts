@@ -403,7 +403,7 @@ export class Refcounts {
         const start = yield* self.findFree(self.freeClusterHint, count)
         // Refcount blocks for the run may have to be created; their own
         // clusters can land inside the run, so search again when they do.
-        const created = yield* self.ensureBlocks(start, count, start + count)
+        const created = yield* self.ensureBlocks(start, count)
         if (created) continue
         if (!(yield* self.allFree(start, count))) continue
         yield* self.settleFreed(start, count)
@@ -592,11 +592,8 @@ export class Refcounts {
    * Makes sure refcount blocks cover clusters [first, first + count),
    * creating blocks and growing the refcount table as needed. Returns true
    * if anything was allocated (so the caller's view of free space is stale).
-   * A new block goes into the first free cluster from `searchFrom` on (an
-   * allocation passes the end of the run it found: QEMU's search has moved
-   * past it when the block is made).
    */
-  ensureBlocks(first: number, count: number, searchFrom: number = this.freeClusterHint): Effect.Effect<boolean, Failure> {
+  ensureBlocks(first: number, count: number): Effect.Effect<boolean, Failure> {
     const self = this
     return Effect.gen(function* () {
       const firstBlock = Math.floor(first / self.blockEntries)
@@ -609,7 +606,7 @@ export class Refcounts {
         if (block >= self.blockOffsets.length) {
           yield* self.growTable(block)
         } else {
-          yield* self.createBlock(block, searchFrom)
+          yield* self.createBlock(block)
         }
         created = true
       }
@@ -622,11 +619,11 @@ export class Refcounts {
    * The block goes into the first free cluster; when that cluster is one the
    * new block describes, the block counts itself.
    */
-  private createBlock(blockIndex: number, searchFrom: number): Effect.Effect<void, Failure> {
+  private createBlock(blockIndex: number): Effect.Effect<void, Failure> {
     const self = this
     return Effect.gen(function* () {
       for (;;) {
-        const cluster = yield* self.findFree(Math.max(self.freeClusterHint, searchFrom), 1)
+        const cluster = yield* self.findFree(self.freeClusterHint, 1)
         const ownerBlock = Math.floor(cluster / self.blockEntries)
         const offset = cluster * self.clusterSize
         if (ownerBlock === blockIndex) {
