@@ -13,7 +13,9 @@
  * machine whose load changes).
  *
  * To add a case, append to CASES: { name, description, run(ctx) } where
- * run returns rows of [label, value] to print.
+ * run returns rows of [label, value] to print. One file on purpose, though
+ * long: every case shares the helpers and the image cache, and a reader
+ * sees exactly what is measured against what.
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process"
 import { randomFillSync } from "node:crypto"

@@ -2,13 +2,15 @@ import { Effect, Layer } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener, type StorageOpenerShape } from "@qcow2/storage"
 import { FileLocks, nodeStorageOpener } from "@qcow2/storage-node"
-import type { StorageError } from "@qcow2/storage"
+import { StorageError as StorageErrorClass, type StorageError } from "@qcow2/storage"
 import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { SectorCipherFactory } from "@qcow2/crypto"
-import { ImageError, lockRequest, openImage, type FileRole, type Image, type ImageFormat, type OpenOptions } from "@qcow2/image"
-import { splitOptionList } from "./createopts.js"
+import { ImageError, lockRequest, openImage, type FileRole, type Image, type OpenOptions } from "@qcow2/image"
 import { isUrl } from "./names.js"
-import { resolveImageSpec } from "./qemu-filename.js"
+import { eprint } from "./output.js"
+import { makeBlkdebugStorage } from "@qcow2/storage/blkdebug"
+import { withFileNode, type FileNode } from "./file-node.js"
+import { checkBackingOptions, parseOptionString, plainFileOf, resolveImageSpec, type ImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
 
 /** Services every image command needs. */
@@ -25,16 +27,36 @@ export type ImageEnv = StorageOpener | ClusterCodec
  */
 export const unsafeCacheFiles = new Set<string>()
 
-export const makeOpener = (http: Effect.Effect<StorageOpenerShape>): StorageOpenerShape => ({
-  open: (name, options) => {
-    const opened = isUrl(name) ? Effect.flatMap(http, (h) => h.open(name, options)) : nodeStorageOpener.open(name, options)
-    return unsafeCacheFiles.has(name) ? Effect.map(opened, (s) => ({ ...s, flush: () => Effect.void })) : opened
-  },
-  resolve: (from, name) => {
-    if (isUrl(name)) return name
-    return isUrl(from) ? resolveUrl(from, name) : nodeStorageOpener.resolve(from, name)
+export const makeOpener = (http: Effect.Effect<StorageOpenerShape>): StorageOpenerShape => {
+  const opener: StorageOpenerShape = {
+    open: (name, options) => {
+      if (name.startsWith("json:")) return openJsonName(opener, name, options)
+      // The file protocol named explicitly, as QEMU's path_combine keeps it on backing names.
+      if (name.startsWith("file:")) return opener.open(name.slice("file:".length), options)
+      const opened = isUrl(name) ? Effect.flatMap(http, (h) => h.open(name, options)) : nodeStorageOpener.open(name, options)
+      return unsafeCacheFiles.has(name) ? Effect.map(opened, (s) => ({ ...s, flush: () => Effect.void })) : opened
+    },
+    resolve: (from, name) => {
+      // A json: name stands for itself wherever it is found (QEMU does not combine it with a directory).
+      if (isUrl(name) || name.startsWith("json:")) return name
+      return isUrl(from) ? resolveUrl(from, name) : nodeStorageOpener.resolve(from, name)
+    }
   }
-})
+  return opener
+}
+
+/**
+ * The file a `json:{…}` name found inside an image (a backing file name)
+ * stands for, under a blkdebug filter when its file node is one; its
+ * format options are the image's concern, not the store's.
+ */
+const openJsonName = (opener: StorageOpenerShape, name: string, options: Parameters<StorageOpenerShape["open"]>[1]) => {
+  const resolved = resolveImageSpec(name, new Map(), undefined)
+  if (!resolved.ok) return Effect.fail(new StorageErrorClass({ reason: "Unsupported", message: resolved.message, location: name }))
+  const { file, blkdebug } = resolved.spec
+  const opened = opener.open(file, options)
+  return blkdebug === undefined ? opened : Effect.map(opened, (storage) => makeBlkdebugStorage(storage, blkdebug))
+}
 
 /** A backing name found in an image opened by URL, resolved against that URL (as HttpStorageOpener.resolve does). */
 const resolveUrl = (from: string, name: string): string => {
@@ -95,38 +117,6 @@ export const cipherLayer: Layer.Layer<SectorCipherFactory> = Layer.unwrap(
 export const imageOptions: { enabled: boolean; secrets: ReadonlyMap<string, Uint8Array> } = { enabled: false, secrets: new Map() }
 
 /**
- * Splits an `--image-opts` string into the file, the driver and the secrets
- * it names; with `noIo` (QEMU's BDRV_O_NO_IO opens, as info's) a secret
- * that is not defined is not looked for.
- */
-export const parseImageOpts = (
-  spec: string,
-  noIo = false
-): { readonly file: string; readonly format?: ImageFormat; readonly passphrase?: Uint8Array; readonly backingPassphrase?: Uint8Array } | { readonly error: string } => {
-  const fields = new Map(splitOptionList(spec))
-  const file = fields.get("file.filename") ?? fields.get("filename")
-  if (file === undefined) return { error: "A block device must be specified for \"file\"" }
-  const driver = fields.get("driver")
-  if (driver !== undefined && driver !== "qcow2" && driver !== "raw" && driver !== "luks") return { error: `Unknown driver '${driver}'` }
-  // qcow2 names its secret encrypt.key-secret; the luks driver plain key-secret.
-  const keyId = fields.get(driver === "luks" ? "key-secret" : "encrypt.key-secret")
-  let passphrase: Uint8Array | undefined
-  if (keyId !== undefined) {
-    passphrase = imageOptions.secrets.get(keyId)
-    if (passphrase === undefined && !noIo) return { error: `No secret with id '${keyId}'` }
-  }
-  const backingKeyId = fields.get("backing.encrypt.key-secret")
-  const backingPassphrase = backingKeyId === undefined ? undefined : imageOptions.secrets.get(backingKeyId)
-  if (backingKeyId !== undefined && backingPassphrase === undefined && !noIo) return { error: `No secret with id '${backingKeyId}'` }
-  return {
-    file,
-    ...(driver !== undefined ? { format: driver } : {}),
-    ...(passphrase !== undefined ? { passphrase } : {}),
-    ...(backingPassphrase !== undefined ? { backingPassphrase } : {})
-  }
-}
-
-/**
  * What an image name on the command line opens: an --image-opts string
  * when that mode is on, QEMU's `json:{…}` and `file:PATH` names
  * (qemu-filename.ts), else a path; the options merged with what the name
@@ -135,39 +125,50 @@ export const parseImageOpts = (
 export const resolveNamed = (
   name: string,
   options: OpenOptions
-): { readonly file: string; readonly options: OpenOptions } | { readonly error: string } => {
-  if (imageOptions.enabled) {
-    const parsed = parseImageOpts(name, options.noIo === true)
-    if ("error" in parsed) return parsed
-    return {
-      file: parsed.file,
-      options: {
-        ...options,
-        ...(parsed.format !== undefined ? { format: parsed.format } : {}),
-        ...(parsed.passphrase !== undefined ? { passphrase: parsed.passphrase } : {}),
-        ...(parsed.backingPassphrase !== undefined ? { backingPassphrase: parsed.backingPassphrase } : {})
-      }
-    }
-  }
-  if (!name.startsWith("json:") && !name.startsWith("file:")) return { file: name, options }
-  const resolved = resolveImageSpec(name, new Map(), options.format)
+): ({ readonly file: string; readonly options: OpenOptions; readonly spec?: ImageSpec } & Omit<FileNode, "file">) | { readonly error: string } => {
+  options = { report: driverReport, ...options }
+  const plain = !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:")
+  if (plain) return { file: name, options }
+  const resolved = imageOptions.enabled ? resolveImageSpec(undefined, parseOptionString(name), options.format) : resolveImageSpec(name, new Map(), options.format)
   if (!resolved.ok) return { error: resolved.message }
   const spec = resolved.spec
-  if (spec.backingFile !== undefined || spec.backingFormat !== undefined) return { error: "Overriding the backing file is not supported" }
   const passphrase = spec.keySecret !== undefined ? imageOptions.secrets.get(spec.keySecret) : undefined
-  if (spec.keySecret !== undefined && passphrase === undefined) return { error: `No secret with id '${spec.keySecret}'` }
+  // A metadata-only open (BDRV_O_NO_IO) never looks the secret up.
+  if (spec.keySecret !== undefined && passphrase === undefined && options.noIo !== true) return { error: `No secret with id '${spec.keySecret}'` }
   const backingPassphrase = spec.backingKeySecret !== undefined ? imageOptions.secrets.get(spec.backingKeySecret) : undefined
   if (spec.backingKeySecret !== undefined && backingPassphrase === undefined) return { error: `No secret with id '${spec.backingKeySecret}'` }
+  const backingFormat = spec.backingFormat
   return {
     file: spec.file,
     options: {
       ...options,
       ...(spec.format !== undefined ? { format: spec.format } : {}),
       ...(passphrase !== undefined ? { passphrase } : {}),
-      ...(backingPassphrase !== undefined ? { backingPassphrase } : {}),
-      ...(spec.noBacking ? { openBacking: false } : {})
-    }
+      ...(spec.noBacking ? { openBacking: false } : {}),
+      ...(backingFormat === "qcow2" || backingFormat === "raw" || backingFormat === "luks" ? { backingFormat } : {}),
+      ...(backingPassphrase !== undefined ? { backingPassphrase } : {})
+    },
+    spec,
+    ...(spec.blkdebug !== undefined ? { blkdebug: spec.blkdebug } : {}),
+    ...(spec.fileFormat !== undefined ? { fileFormat: spec.fileFormat } : {}),
+    ...(spec.dataFile !== undefined ? { dataFile: spec.dataFile } : {})
   }
+}
+
+/** The driver's own messages (QEMU's qcow2 driver prints them on stderr as they are). */
+export const driverReport = (line: string): void => eprint(`${line}\n`)
+
+/**
+ * The name QEMU gives the file a command-line name opens (its refreshed
+ * filename): the name itself when it is a path, the file a json:, file: or
+ * option name opens (./NAME when that would read as a protocol). Backing
+ * names resolve against it, and `map` shows it as the file holding data.
+ */
+export const fileNameOf = (name: string): string => {
+  const plain = plainFileOf(name, imageOptions.enabled)
+  if (plain !== undefined) return plain
+  const resolved = resolveNamed(name, {})
+  return "error" in resolved ? name : resolved.file
 }
 
 /**
@@ -181,7 +182,12 @@ export const openNamed = (
   const resolved = resolveNamed(name, options)
   if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
   const file = resolved.file
-  return openImage(file, resolved.options).pipe(
+  return withFileNode(resolved, openImage(file, resolved.options)).pipe(
+    // Backing options must name the backing file the image has (this toolkit cannot substitute another).
+    Effect.flatMap((image) => {
+      const mismatch = resolved.spec !== undefined ? checkBackingOptions(resolved.spec, image) : undefined
+      return mismatch === undefined ? Effect.succeed(image) : Effect.fail(new ImageError({ reason: "Unsupported", message: mismatch, location: file }))
+    }),
     Effect.map((image) => ({ image, file })),
     Effect.mapError((error) => ({ error, file }))
   )

@@ -49,7 +49,8 @@ const errnoOfReason = (reason: ImageErrorReason): Errno => {
     case "NoSpace":
       return "ENOSPC"
     case "RefcountOverflow":
-      return "ERANGE"
+      // QEMU's update_refcount fails an increment past the maximum with EINVAL.
+      return "EINVAL"
     case "ReadOnly":
       return "EACCES"
     case "Locked":

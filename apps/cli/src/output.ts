@@ -1,53 +1,88 @@
 /**
- * Buffered stdout/stderr for the CLI. Commands print many short lines (map
- * extents, hex dumps); joining them and writing in large pieces keeps the
- * output fast, and `flushOutput` runs before the process sets its exit code.
+ * stdout and stderr as QEMU's programs have them (C stdio): stderr is
+ * unbuffered; stdout is line-buffered on a terminal and otherwise
+ * block-buffered in BUFSIZ (4096-byte) blocks, so that through a pipe
+ * or into a file a message on stderr comes before the stdout lines
+ * printed ahead of it that have not filled a block, exactly where
+ * qemu-img's and qemu-io's do (the iotests' expected output records that
+ * order). Commands print many short lines (map extents, hex dumps); they
+ * are joined and written in large pieces, and `flushOutput` (fflush) runs
+ * before the process sets its exit code.
  */
 
-const LIMIT = 1 << 16
+/** glibc's buffer for a pipe or a regular file (st_blksize). */
+const BLOCK = 4096
+/** Past this many bytes, the whole blocks pending are written out (what glibc has written by then). */
+const BATCH = 1 << 16
 
-class Sink {
+class Stdout {
+  /** The part of a block already cut (it may end inside a UTF-8 sequence). */
+  private head: Buffer | undefined
   private parts: string[] = []
-  private size = 0
-  constructor(private readonly stream: NodeJS.WriteStream) {}
+  /** Bytes pending (UTF-8). */
+  private bytes = 0
+  private readonly lineBuffered: boolean
+
+  constructor(private readonly stream: NodeJS.WriteStream) {
+    this.lineBuffered = stream.isTTY === true
+  }
 
   write(text: string): void {
     this.parts.push(text)
-    this.size += text.length
-    if (this.size >= LIMIT) this.flush()
+    this.bytes += Buffer.byteLength(text)
+    if (this.lineBuffered ? text.includes("\n") : this.bytes >= BATCH) this.writeBlocks()
+  }
+
+  /** Writes what C stdio would have written by now: everything on a terminal, else the whole 4096-byte blocks. */
+  writeBlocks(): void {
+    if (this.lineBuffered) return this.flush()
+    if (this.bytes < BLOCK) return
+    const pending = this.take()
+    const cut = pending.length - (pending.length % BLOCK)
+    this.stream.write(pending.subarray(0, cut))
+    if (cut < pending.length) this.head = pending.subarray(cut)
+    this.bytes = pending.length - cut
   }
 
   flush(): void {
-    if (this.parts.length === 0) return
-    const text = this.parts.join("")
+    if (this.bytes === 0) return
+    this.stream.write(this.take())
+    this.bytes = 0
+  }
+
+  private take(): Buffer {
+    const text = Buffer.from(this.parts.join(""))
+    const pending = this.head !== undefined ? Buffer.concat([this.head, text]) : text
+    this.head = undefined
     this.parts = []
-    this.size = 0
-    this.stream.write(text)
+    return pending
   }
 }
 
-const out = new Sink(process.stdout)
-const err = new Sink(process.stderr)
+const out = new Stdout(process.stdout)
 
-/** Writes to stdout (buffered). */
+/** Writes to stdout (buffered as C stdio buffers it). */
 export const print = (text: string): void => out.write(text)
 
-/** Writes to stderr; stdout is flushed first so the two interleave in order. */
+/**
+ * Writes to stderr at once. What stdout holds stays buffered unless C
+ * stdio would have written it already (a full block, or a line on a
+ * terminal), so the two interleave as they do for QEMU's programs.
+ */
 export const eprint = (text: string): void => {
-  out.flush()
-  err.write(text)
-  err.flush()
+  out.writeBlocks()
+  process.stderr.write(text)
 }
 
-/** Writes text to stdout right away (progress lines). */
+/** Writes text to stdout right away (progress lines: QEMU flushes them). */
 export const printNow = (text: string): void => {
   out.write(text)
   out.flush()
 }
 
+/** fflush(stdout): everything printed so far is written. */
 export const flushOutput = (): void => {
   out.flush()
-  err.flush()
 }
 
 /** The process exit status: set by the command, or to 1 by effect/cli for a bad command line. */

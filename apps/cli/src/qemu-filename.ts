@@ -2,14 +2,19 @@
  * Image names as QEMU takes them (block.c bdrv_open): a plain path,
  * `file:PATH` (the file protocol named explicitly), `json:{…}` (an options
  * tree: driver, file / file.filename, backing, encrypt.key-secret …),
- * `blkdebug::PATH` (QEMU's debug filter without rules: its request-shaping
- * knobs such as file.align change no result here, so it is the file), or,
- * with --image-opts, a `key=value,…` option string. Options given apart
- * (qemu-io's `open -o`) merge in. The result is what this toolkit opens.
+ * `blkdebug:CONFIG:PATH` or a `blkdebug` file node (QEMU's debug filter
+ * between the format and its file: rules from a config file or
+ * inject-error / set-state options; its request-shaping knobs such as
+ * file.align change no result here), or, with --image-opts, a
+ * `key=value,…` option string. Options given apart (qemu-io's `open -o`)
+ * merge in. The result is what this toolkit opens.
  */
+import * as fs from "node:fs"
 import * as path from "node:path"
 import type { Image, ImageFormat } from "@qcow2/image"
+import { blkdebugConfigFromOptions, mergeBlkdebugConfigs, parseBlkdebugConfigFile, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
 import { splitOptionList } from "./createopts.js"
+import { parseSize } from "./text/strtosz.js"
 
 /** Block options flattened to dotted keys ("file.filename"); null: JSON null ("backing": null). */
 export type BlockOptions = Map<string, string | null>
@@ -20,8 +25,6 @@ export interface ImageSpec {
   readonly format?: ImageFormat
   /** The id of the secret holding the passphrase (encrypt.key-secret). */
   readonly keySecret?: string
-  /** The id of the secret of the backing file (backing.encrypt.key-secret). */
-  readonly backingKeySecret?: string
   /** `backing: null`: open without the backing file. */
   readonly noBacking: boolean
   /**
@@ -31,6 +34,23 @@ export interface ImageSpec {
    */
   readonly backingFile?: string
   readonly backingFormat?: string
+  /** backing.encrypt.key-secret: the id of the backing file's own passphrase. */
+  readonly backingKeySecret?: string
+  /** The image file sits under a blkdebug filter with these rules. */
+  readonly blkdebug?: BlkdebugConfig
+  /**
+   * The image's "file" is itself an image of this format (a format node
+   * over a format node: `file.driver=qcow2,file.file.filename=…`): the
+   * image's bytes are that image's guest content.
+   */
+  readonly fileFormat?: ImageFormat
+  /**
+   * data-file: the external data file the options name, under a blkdebug
+   * filter when its node is one (the raw node over it raises write_aio).
+   */
+  readonly dataFile?: { readonly file: string; readonly blkdebug?: BlkdebugConfig }
+  /** The root node is this protocol driver (the file opened as a raw image); its file type is checked as QEMU checks it. */
+  readonly protocol?: "file" | "host_device" | "host_cdrom"
 }
 
 export type ImageSpecResult = { readonly ok: true; readonly spec: ImageSpec } | { readonly ok: false; readonly message: string }
@@ -73,7 +93,15 @@ const flatten = (value: unknown, prefix: string, into: BlockOptions): string | u
     into.set(prefix, null)
     return undefined
   }
-  if (typeof value === "object" && !Array.isArray(value)) {
+  if (Array.isArray(value)) {
+    // A list flattens to numbered keys (inject-error.0.event), as QEMU's qdict_flatten does.
+    for (let i = 0; i < value.length; i++) {
+      const error = flatten(value[i], `${prefix}.${i}`, into)
+      if (error !== undefined) return error
+    }
+    return undefined
+  }
+  if (typeof value === "object") {
     for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
       const error = flatten(v, prefix === "" ? k : `${prefix}.${k}`, into)
       if (error !== undefined) return error
@@ -132,7 +160,86 @@ export const parseJsonName = (name: string): { readonly ok: true; readonly optio
 /** The options of an --image-opts string ("driver=qcow2,file.filename=x.qcow2"). */
 export const parseOptionString = (text: string): BlockOptions => new Map(splitOptionList(text))
 
+/**
+ * The data-file node of the options (`data-file.driver=raw` over a file or a
+ * blkdebug node, or `data-file.driver=file`); its keys are taken out.
+ */
+const takeDataFileNode = (
+  options: BlockOptions
+): { readonly ok: true; readonly node: { readonly file: string; readonly blkdebug?: BlkdebugConfig } } | { readonly ok: false; readonly message: string } | undefined => {
+  const driver = options.get("data-file.driver")
+  if (driver === undefined) return undefined
+  options.delete("data-file.driver")
+  const under = driver === "raw" ? "data-file.file." : "data-file."
+  if (driver !== "raw" && driver !== "file") return { ok: false, message: `Unknown driver '${driver}'` }
+  if (options.get(`${under}driver`) === "blkdebug") {
+    const node = takeBlkdebugNode(options, under)
+    if (!node.ok) return node
+    if (node.image === undefined) return { ok: false, message: 'A block device must be specified for "file"' }
+    return { ok: true, node: { file: node.image, blkdebug: node.config } }
+  }
+  const file = options.get(`${under}filename`) ?? (driver === "raw" ? options.get("data-file.file") : undefined)
+  for (const key of [...options.keys()]) if (key.startsWith("data-file.")) options.delete(key)
+  if (typeof file !== "string") return { ok: false, message: 'A block device must be specified for "file"' }
+  return { ok: true, node: { file } }
+}
+
 const isFormat = (driver: string): driver is ImageFormat => driver === "qcow2" || driver === "raw" || driver === "luks"
+
+type BlkdebugResult = { readonly ok: true; readonly config: BlkdebugConfig } | { readonly ok: false; readonly message: string }
+
+/** strerror() of the errors reading a small file can meet. */
+const FILE_ERRORS: Readonly<Record<string, string>> = { ENOENT: "No such file or directory", EACCES: "Permission denied", EISDIR: "Is a directory" }
+
+/** The rules of a blkdebug config file (QEMU's read_config). */
+const readBlkdebugConfig = (file: string): BlkdebugResult => {
+  let text: string
+  try {
+    text = fs.readFileSync(file, "utf8")
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? ""
+    return { ok: false, message: `Could not read blkdebug config file: ${FILE_ERRORS[code] ?? (e as Error).message}` }
+  }
+  return parseBlkdebugConfigFile(text)
+}
+
+/** `blkdebug:CONFIG:PATH` (CONFIG may be empty): the image path and the rules (blkdebug_parse_filename). */
+const parseBlkdebugName = (name: string): { readonly ok: true; readonly file: string; readonly config: BlkdebugConfig } | { readonly ok: false; readonly message: string } => {
+  const rest = name.slice("blkdebug:".length)
+  const colon = rest.indexOf(":")
+  if (colon === -1) return { ok: false, message: "blkdebug requires both config file and image path" }
+  const config = colon > 0 ? readBlkdebugConfig(rest.slice(0, colon)) : { ok: true as const, config: { rules: [] } }
+  return config.ok ? { ok: true, file: rest.slice(colon + 1), config: config.config } : config
+}
+
+/**
+ * The blkdebug node whose options start with `prefix` ("file."): its rules
+ * (config file, then inject-error / set-state options) and its image file
+ * (`image` / `image.filename` / `x-image`). Its keys are taken out of
+ * `options`; a key QEMU's blkdebug does not know is refused as QEMU does.
+ */
+const takeBlkdebugNode = (options: BlockOptions, prefix: string): { readonly ok: true; readonly config: BlkdebugConfig; readonly image: string | undefined } | { readonly ok: false; readonly message: string } => {
+  const own = new Map<string, string>()
+  for (const [key, value] of [...options]) {
+    if (!key.startsWith(prefix)) continue
+    options.delete(key)
+    if (typeof value === "string") own.set(key.slice(prefix.length), value)
+  }
+  const configFile = own.get("config")
+  const fromFile = configFile !== undefined ? readBlkdebugConfig(configFile) : { ok: true as const, config: { rules: [] } }
+  if (!fromFile.ok) return fromFile
+  const ruleOptions = new Map([...own].filter(([key]) => key.startsWith("inject-error.") || key.startsWith("set-state.")))
+  const fromOptions = blkdebugConfigFromOptions(ruleOptions)
+  if (!fromOptions.ok) return fromOptions
+  const imageDriver = own.get("image.driver")
+  if (imageDriver !== undefined && imageDriver !== "file") return { ok: false, message: `Unknown protocol '${imageDriver}'` }
+  for (const key of own.keys()) {
+    if (key === "config" || ruleOptions.has(key) || key.startsWith("image") || key === "x-image" || BLKDEBUG_KNOBS.includes(key)) continue
+    if (key === "driver" || key === "node-name" || key.startsWith("take-child-perms") || key.startsWith("unshare-child-perms")) continue
+    return { ok: false, message: `Block protocol 'blkdebug' doesn't support the option '${key}'` }
+  }
+  return { ok: true, config: mergeBlkdebugConfigs(fromFile.config, fromOptions.config), image: own.get("image.filename") ?? own.get("image") ?? own.get("x-image") }
+}
 
 /**
  * What `name` (undefined: no file name, only options) opens, with the
@@ -150,19 +257,22 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   } else if (name !== undefined && name.startsWith("file:")) {
     file = name.slice("file:".length)
   }
-  if (file !== undefined && file.startsWith("blkdebug:")) {
-    const rest = file.slice("blkdebug:".length)
-    const colon = rest.indexOf(":")
-    if (colon === -1) return { ok: false, message: "Invalid blkdebug filename: no image file given" }
-    if (colon > 0) return { ok: false, message: "blkdebug rule files (error injection) are not supported" }
-    file = rest.slice(colon + 1)
-    for (const key of [...options.keys()]) if (BLKDEBUG_KNOBS.some((k) => key === `file.${k}`)) options.delete(key)
+  const rootDriver = formatFlag ?? options.get("driver")
+  if (rootDriver === "file" || rootDriver === "host_device" || rootDriver === "host_cdrom") {
+    // A protocol driver at the root: its file's bytes are the image (raw).
+    const filename = options.get("filename") ?? file
+    for (const key of ["driver", "filename", "locking", "aio", "node-name", "read-only", "auto-read-only", "discard", "x-check-cache-dropped"]) options.delete(key)
+    for (const key of options.keys()) return { ok: false, message: `Block protocol '${rootDriver}' doesn't support the option '${key}'` }
+    if (typeof filename !== "string") return { ok: false, message: 'A block device must be specified for "filename"' }
+    return { ok: true, spec: { file: filename, format: "raw", noBacking: false, protocol: rootDriver } }
   }
   const take = (key: string): string | null | undefined => {
     const v = options.get(key)
     options.delete(key)
     return v
   }
+  const dataFile = takeDataFileNode(options)
+  if (dataFile !== undefined && !dataFile.ok) return dataFile
   if (options.get("driver") === "blkdebug") {
     // blkdebug over the image (driver=blkdebug,image.driver=qcow2): its knobs only shape requests.
     options.delete("driver")
@@ -176,10 +286,33 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       else if (!BLKDEBUG_KNOBS.includes(key)) return { ok: false, message: `Block format 'blkdebug' does not support the option '${key}'` }
     }
   }
+  let blkdebug: BlkdebugConfig | undefined
+  let fileFormat: ImageFormat | undefined
   const fileDriver = take("file.driver")
-  if (typeof fileDriver === "string" && fileDriver !== "file") return { ok: false, message: `Unknown protocol '${fileDriver}'` }
-  const fileOption = take("file.filename") ?? take("file") ?? take("filename")
-  if (typeof fileOption === "string") file = fileOption
+  if (fileDriver === "blkdebug") {
+    const node = takeBlkdebugNode(options, "file.")
+    if (!node.ok) return node
+    blkdebug = node.config
+    file = node.image
+  } else if (typeof fileDriver === "string" && isFormat(fileDriver)) {
+    // A format node as the file: its own file is named one level down.
+    fileFormat = fileDriver
+    const innerDriver = take("file.file.driver")
+    if (typeof innerDriver === "string" && innerDriver !== "file") return { ok: false, message: `Unknown protocol '${innerDriver}'` }
+    const inner = take("file.file.filename") ?? take("file.file")
+    if (typeof inner === "string") file = inner
+  } else {
+    if (typeof fileDriver === "string" && fileDriver !== "file") return { ok: false, message: `Unknown protocol '${fileDriver}'` }
+    const fileOption = take("file.filename") ?? take("file") ?? take("filename")
+    if (typeof fileOption === "string") file = fileOption
+  }
+  if (file !== undefined && file.startsWith("blkdebug:")) {
+    const named = parseBlkdebugName(file)
+    if (!named.ok) return named
+    file = named.file
+    blkdebug = blkdebug === undefined ? named.config : mergeBlkdebugConfigs(named.config, blkdebug)
+    for (const key of [...options.keys()]) if (BLKDEBUG_KNOBS.some((k) => key === `file.${k}`)) options.delete(key)
+  }
   const driverOption = take("driver")
   const driver = formatFlag ?? (typeof driverOption === "string" ? driverOption : undefined)
   if (driver !== undefined && !isFormat(driver)) return { ok: false, message: `Unknown driver '${driver}'` }
@@ -204,10 +337,13 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       file,
       ...(driver !== undefined ? { format: driver } : {}),
       ...(typeof keySecret === "string" ? { keySecret } : {}),
-      ...(typeof backingKeySecret === "string" ? { backingKeySecret } : {}),
       noBacking: backing === null,
       ...(typeof backingFile === "string" ? { backingFile } : {}),
-      ...(typeof backingFormat === "string" ? { backingFormat } : {})
+      ...(typeof backingFormat === "string" ? { backingFormat } : {}),
+      ...(typeof backingKeySecret === "string" ? { backingKeySecret } : {}),
+      ...(blkdebug !== undefined ? { blkdebug } : {}),
+      ...(fileFormat !== undefined ? { fileFormat } : {}),
+      ...(dataFile !== undefined ? { dataFile: dataFile.node } : {})
     }
   }
 }
@@ -222,4 +358,96 @@ export const checkBackingOptions = (spec: ImageSpec, image: Image): string | und
     return `Overriding the backing format ('${spec.backingFormat}') is not supported`
   }
   return undefined
+}
+
+/**
+ * qcow2's cache options checked as QEMU's read_cache_sizes checks them once
+ * the cluster size is known: a message when they contradict each other
+ * (the sizes themselves change nothing this toolkit does).
+ */
+export const checkCacheOptions = (options: BlockOptions, clusterSize: number): string | undefined => {
+  const sizeOf = (key: string): number | "max" | undefined | string => {
+    const text = options.get(key)
+    if (typeof text !== "string") return undefined
+    if (key === "l2-cache-size" && text === "max") return "max"
+    const size = parseSize(text)
+    return size.ok ? size.value : `Parameter '${key}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`
+  }
+  const combined = sizeOf("cache-size")
+  const l2 = sizeOf("l2-cache-size")
+  const refcount = sizeOf("refcount-cache-size")
+  const entry = sizeOf("l2-cache-entry-size")
+  for (const value of [combined, l2, refcount, entry]) if (typeof value === "string" && value !== "max") return value
+  if (typeof combined === "number") {
+    if (l2 !== undefined && refcount !== undefined) return "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
+    if (typeof l2 === "number" && l2 > combined) return "l2-cache-size may not exceed cache-size"
+    if (typeof refcount === "number" && refcount > combined) return "refcount-cache-size may not exceed cache-size"
+  }
+  if (typeof entry === "number" && (entry < 512 || entry > clusterSize || (entry & (entry - 1)) !== 0)) {
+    return `L2 cache entry size must be a power of two between 512 and the cluster size (${clusterSize})`
+  }
+  return undefined
+}
+
+/** Keys an option tree may have and still only name a file (QEMU then shows the file's own name). */
+const PLAIN_KEYS = new Set(["driver", "file.driver", "file.filename", "file", "filename"])
+
+/**
+ * The file a name stands for when it says nothing else (a `json:` or
+ * --image-opts name with only the driver and the file name, or `file:PATH`):
+ * QEMU's bdrv_refresh_filename shows such an image by its file's name.
+ * Undefined for a plain path or a name with other options.
+ */
+export const plainFileOf = (name: string, imageOpts: boolean): string | undefined => {
+  if (!imageOpts && name.startsWith("file:")) {
+    // A name whose first colon comes before any slash would read as a protocol prefix: QEMU shows it as ./NAME.
+    const file = name.slice("file:".length)
+    const colon = file.indexOf(":")
+    return colon >= 0 && !file.slice(0, colon).includes("/") ? `./${file}` : file
+  }
+  const parsed = imageOpts ? { ok: true as const, options: parseOptionString(name) } : name.startsWith("json:") ? parseJsonName(name) : undefined
+  if (parsed === undefined || !parsed.ok) return undefined
+  for (const [key, value] of parsed.options) if (!PLAIN_KEYS.has(key) || (key === "file.driver" && value !== "file")) return undefined
+  const file = parsed.options.get("file.filename") ?? parsed.options.get("file") ?? parsed.options.get("filename")
+  return typeof file === "string" && !file.startsWith("blkdebug:") ? file : undefined
+}
+
+/**
+ * An --image-opts string as the `json:{…}` name QEMU shows for an image
+ * opened with options (its options as one JSON object, dotted keys nested).
+ */
+export const jsonNameOf = (optionString: string): string => {
+  interface Tree {
+    [key: string]: string | null | Tree
+  }
+  const tree: Tree = {}
+  for (const [key, value] of parseOptionString(optionString)) {
+    const parts = key.split(".")
+    let node = tree
+    for (const part of parts.slice(0, -1)) {
+      const next = node[part]
+      node = typeof next === "object" && next !== null ? next : (node[part] = {})
+    }
+    node[parts[parts.length - 1]!] = value
+  }
+  return `json:${JSON.stringify(tree)}`
+}
+
+/**
+ * QEMU's refusal of a file its protocol driver cannot open (file-posix):
+ * a read-write open of a directory fails in open(2) ("Is a directory");
+ * otherwise 'file' wants a regular file and 'host_device' / 'host_cdrom'
+ * a character or block device. Undefined when the type fits (or the file
+ * does not exist: opening reports that).
+ */
+export const protocolRefusal = (protocol: NonNullable<ImageSpec["protocol"]>, file: string, readOnly: boolean): string | undefined => {
+  let stats: fs.Stats
+  try {
+    stats = fs.statSync(file)
+  } catch {
+    return undefined
+  }
+  if (stats.isDirectory() && !readOnly) return `Could not open '${file}': Is a directory`
+  if (protocol === "file") return stats.isFile() ? undefined : `'file' driver requires '${file}' to be a regular file`
+  return stats.isCharacterDevice() || stats.isBlockDevice() ? undefined : `'${protocol}' driver requires '${file}' to be either a character or block device`
 }

@@ -1,5 +1,4 @@
-import { eprint } from "./output.js"
-import { programName } from "./progname.js"
+import { errorReport } from "./progname.js"
 
 /**
  * Prints one message line on stderr with the program's prefix, as QEMU's
@@ -7,4 +6,4 @@ import { programName } from "./progname.js"
  * cli/dispatch.ts gives a failure's first line): for warnings, and for the
  * first line of a failure that QEMU reports in two error_report calls.
  */
-export const reportLine = (message: string): void => eprint(`${programName}: ${message}\n`)
+export const reportLine = (message: string): void => errorReport(message)

@@ -15,7 +15,7 @@ describe("strerror of an image error (what qemu-io prints after 'read failed: ')
       Decompression: "Input/output error",
       Compression: "Input/output error",
       Encryption: "Input/output error",
-      RefcountOverflow: "Numerical result out of range",
+      RefcountOverflow: "Invalid argument",
       NoSpace: "No space left on device",
       Storage: "Input/output error",
       Locked: "Resource temporarily unavailable"

@@ -46,9 +46,9 @@ const CASES: ReadonlyArray<Hostile> = [
     message: /backing/i
   },
   { name: "unaligned L1 table offset", file: "l1unal.qcow2", command: ["map"], patch: (b) => b.writeBigUInt64BE(0x30001n, 40), message: /align|L1/i },
-  { name: "unaligned refcount table offset", file: "rtunal.qcow2", command: ["info"], patch: (b) => b.writeBigUInt64BE(0x10200n, 48), message: /align|refcount/i },
+  { name: "unaligned refcount table offset", file: "rtunal.qcow2", command: ["info"], patch: (b) => b.writeBigUInt64BE(0x10200n, 48), message: /Reference count table offset invalid/ },
   { name: "unaligned L2 table offset", file: "l2unal.qcow2", command: ["convert", "-O", "raw"], patch: (b) => b.writeBigUInt64BE(0x8000000000040200n, 0x30000), message: /align|L2/i },
-  { name: "huge refcount_table_clusters", file: "rtclusters.qcow2", command: ["info"], patch: (b) => b.writeUInt32BE(0xffffff, 56), message: /refcount/i },
+  { name: "huge refcount_table_clusters", file: "rtclusters.qcow2", command: ["info"], patch: (b) => b.writeUInt32BE(0xffffff, 56), message: /Reference count table too large/ },
   {
     name: "huge nb_snapshots",
     file: "nbsnap.qcow2",

@@ -199,22 +199,17 @@ export class Refcounts {
     if (blockOffset === 0) return Effect.succeed(0)
     const index = clusterIndex - blockIndex * this.blockEntries
     const cached = this.cache.lookup(blockOffset)
-    if (cached !== undefined) return this.decode(cached, index, clusterIndex)
-    return Effect.flatMap(this.cache.get(blockOffset), (block) => this.decode(block, index, clusterIndex))
+    if (cached !== undefined) return this.decode(cached, index)
+    return Effect.flatMap(this.cache.get(blockOffset), (block) => this.decode(block, index))
   }
 
-  private decode(block: Uint8Array, index: number, clusterIndex: number): Effect.Effect<number, RefcountError> {
-    try {
-      return Effect.succeed(readRefcount(block, index, this.refcountOrder))
-    } catch {
-      return Effect.fail(
-        new RefcountError({
-          reason: "Corrupt",
-          message: `refcount of cluster ${clusterIndex} does not fit a safe integer`,
-          offset: clusterIndex * this.clusterSize
-        })
-      )
-    }
+  /**
+   * A 64-bit refcount past 2^53 reads as 2^53 - 1: readers only tell 0, 1
+   * and "shared" apart (updates stay exact, see `update`).
+   */
+  private decode(block: Uint8Array, index: number): Effect.Effect<number, RefcountError> {
+    if (this.refcountOrder === 6 && !fitsNumber(block, index)) return Effect.succeed(Number.MAX_SAFE_INTEGER)
+    return Effect.succeed(readRefcount(block, index, this.refcountOrder))
   }
 
   /**
@@ -327,6 +322,7 @@ export class Refcounts {
       let cluster = first
       while (cluster <= last) {
         const blockIndex = Math.floor(cluster / self.blockEntries)
+        self.storage.debugEvent?.("refblock_alloc")
         const blockOffset = self.blockAt(blockIndex)
         if (typeof blockOffset !== "number") return yield* blockOffset
         if (blockOffset === 0) {
@@ -340,10 +336,20 @@ export class Refcounts {
           yield* self.ensureBlocks(cluster, 1)
           continue
         }
+        self.storage.debugEvent?.("refblock_load")
         const block = self.cache.lookup(blockOffset) ?? (yield* self.cache.get(blockOffset))
         const blockEnd = Math.min(last, (blockIndex + 1) * self.blockEntries - 1)
         for (; cluster <= blockEnd; cluster++) {
           const index = cluster - blockIndex * self.blockEntries
+          if (self.refcountOrder === 6 && !fitsNumber(block, index)) {
+            // A 64-bit refcount past 2^53: counted exactly in bigint, as QEMU does in uint64_t.
+            const wide = updateWide(block, index, delta)
+            if (wide !== undefined) {
+              return yield* new RefcountError({ reason: wide, message: `refcount of cluster ${cluster} would leave the 64-bit range`, offset: cluster * self.clusterSize })
+            }
+            self.cache.markDirty(blockOffset)
+            continue
+          }
           const current = readRefcount(block, index, self.refcountOrder)
           const next = current + delta
           if (next < 0) {
@@ -392,6 +398,7 @@ export class Refcounts {
   allocate(count: number): Effect.Effect<number, Failure> {
     const self = this
     return Effect.gen(function* () {
+      self.storage.debugEvent?.("cluster_alloc")
       for (;;) {
         const start = yield* self.findFree(self.freeClusterHint, count)
         // Refcount blocks for the run may have to be created; their own
@@ -446,6 +453,7 @@ export class Refcounts {
   allocateBytes(size: number): Effect.Effect<number, Failure> {
     const self = this
     return Effect.gen(function* () {
+      self.storage.debugEvent?.("cluster_alloc_bytes")
       let offset = self.freeByteOffset
       if (offset !== 0) {
         const refcount = yield* self.get(Math.floor(offset / self.clusterSize))
@@ -484,6 +492,7 @@ export class Refcounts {
    * Rule 3: the refcount blocks wait for the mapping tables that dropped the references.
    */
   free(offset: number, length: number): Effect.Effect<void, Failure> {
+    this.storage.debugEvent?.("cluster_free")
     return Effect.andThen(this.lazy ? Effect.void : this.cache.dependOn(this.mappingCache), this.update(offset, length, -1))
   }
 
@@ -542,7 +551,7 @@ export class Refcounts {
         if (typeof offset !== "number" || offset === 0) continue
         const block = yield* self.cache.get(offset)
         for (let i = self.blockEntries - 1; i >= 0; i--) {
-          if (readRefcount(block, i, self.refcountOrder) !== 0) {
+          if (!refcountIsZero(block, i, self.refcountOrder)) {
             self.endCluster = Math.max(self.endCluster, b * self.blockEntries + i + 1)
             break
           }
@@ -593,6 +602,7 @@ export class Refcounts {
       for (let block = firstBlock; block <= lastBlock; block++) {
         // An unusable entry (INVALID_ENTRY) counts as present: using it reports the corruption.
         if (block < self.blockOffsets.length && self.blockOffsets[block] !== 0) continue
+        self.storage.debugEvent?.("refblock_alloc")
         if (block >= self.blockOffsets.length) {
           yield* self.growTable(block)
         } else {
@@ -633,9 +643,11 @@ export class Refcounts {
         if (cluster >= self.endCluster) self.endCluster = cluster + 1
         self.overlaps.addCluster("refcount block", offset)
         // Rule 1: the block reaches storage before the table entry naming it.
+        self.storage.debugEvent?.("refblock_alloc_write")
         yield* self.cache.flush()
         const entry = new Uint8Array(8)
         writeRefcountTableEntry(entry, 0, offset)
+        self.storage.debugEvent?.("refblock_alloc_hookup")
         yield* self.storage.write(self.table.offset + blockIndex * 8, entry)
         yield* self.storage.flush()
         self.tableBytes.set(entry, blockIndex * 8)
@@ -696,6 +708,10 @@ export class Refcounts {
       newBlocks.forEach((b, i) => blockOffsetOf.set(b, (areaStart + tableClusters + i) * self.clusterSize))
       const newTable = new Uint8Array(tableBytesLength)
       newTable.set(self.tableBytes.subarray(0, Math.min(self.tableBytes.length, tableBytesLength)))
+      // QEMU writes the block it needed first, then grows the table and writes the blocks describing it.
+      self.storage.debugEvent?.("refblock_alloc_write")
+      self.storage.debugEvent?.("reftable_grow")
+      self.storage.debugEvent?.("refblock_alloc_write_blocks")
       for (const [b, offset] of blockOffsetOf) {
         const block = new Uint8Array(self.clusterSize)
         for (let c = areaStart; c < areaStart + areaClusters; c++) {
@@ -718,15 +734,35 @@ export class Refcounts {
         self.cache.markDirty(blockOffset)
       }
       yield* self.cache.flushTables()
+      self.storage.debugEvent?.("refblock_alloc_write_table")
       yield* self.storage.write(tableOffset, newTable)
       yield* self.storage.flush()
       const oldTable = self.table
       const moved = { offset: tableOffset, clusters: tableClusters }
+      self.storage.debugEvent?.("refblock_alloc_switch_table")
       yield* self.header.moveRefcountTable(moved)
       self.adoptTable(moved, newTable, (areaStart + areaClusters) * self.clusterSize)
       yield* self.free(oldTable.offset, oldTable.clusters * self.clusterSize)
     })
   }
+}
+
+/** Whether 64-bit refcount `index` fits a safe integer. */
+function fitsNumber(block: Uint8Array, index: number): boolean {
+  return new DataView(block.buffer, block.byteOffset + index * 8, 8).getUint32(0) <= 0x1fffff
+}
+
+/**
+ * Adds `delta` to 64-bit refcount `index` (one past 2^53) exactly; the
+ * reason when the result would leave 0..2^64-1 (nothing changed then).
+ */
+function updateWide(block: Uint8Array, index: number, delta: number): "Overflow" | "Corrupt" | undefined {
+  const view = new DataView(block.buffer, block.byteOffset + index * 8, 8)
+  const next = view.getBigUint64(0) + BigInt(delta)
+  if (next < 0n) return "Corrupt"
+  if (next > 0xffffffffffffffffn) return "Overflow"
+  view.setBigUint64(0, next)
+  return undefined
 }
 
 /** Whether entry `index` of a refcount block is 0 (an entry too large for a safe integer is not). */

@@ -1,6 +1,6 @@
 import { Data, Effect } from "effect"
 import type { MetadataKind, OverlapIndex } from "@qcow2/format"
-import type { BlockStorageShape, StorageError } from "@qcow2/storage"
+import type { BlockStorageShape, DebugEvent, StorageError } from "@qcow2/storage"
 
 /**
  * A table write-back refused because the table's cluster holds other
@@ -50,6 +50,12 @@ export interface TableCacheOptions {
    * with MetadataOverlapError (QEMU's qcow2_pre_write_overlap_check).
    */
   readonly overlaps?: { readonly index: OverlapIndex; readonly kind: MetadataKind }
+  /**
+   * The debug events raised on the storage before a table is read from it
+   * (`load`, on a miss) and before one is written back (`update`), as
+   * QEMU's qcow2-cache.c raises l2_load, l2_update, refblock_update_part.
+   */
+  readonly events?: { readonly load?: DebugEvent; readonly update?: DebugEvent }
 }
 
 interface Entry {
@@ -73,6 +79,7 @@ export class TableCache {
   readonly capacity: number
   private readonly storage: BlockStorageShape
   private readonly overlaps: TableCacheOptions["overlaps"]
+  private readonly events: NonNullable<TableCacheOptions["events"]>
   /** Map iteration order is the LRU order: first = least recently used. */
   private readonly entries = new Map<number, Entry>()
   private dependency: TableCache | undefined
@@ -86,6 +93,7 @@ export class TableCache {
     this.capacity = Math.max(2, Math.floor(options.capacityBytes / options.tableSize))
     this.storage = options.storage
     this.overlaps = options.overlaps
+    this.events = options.events ?? {}
   }
 
   /** Number of tables held now. */
@@ -253,6 +261,7 @@ export class TableCache {
       // Cleared before the write so a concurrent modification re-dirties it.
       entry.dirty = false
       self.dirtyCount--
+      if (self.events.update !== undefined) self.storage.debugEvent?.(self.events.update)
       const written = yield* Effect.exit(self.storage.write(entry.offset, entry.table))
       if (written._tag === "Failure") {
         if (!entry.dirty && self.entries.get(entry.offset) === entry) {
@@ -275,6 +284,7 @@ export class TableCache {
       const table = new Uint8Array(self.tableSize)
       if (read) {
         self.stats.misses++
+        if (self.events.load !== undefined) self.storage.debugEvent?.(self.events.load)
         yield* self.storage.read(offset, table)
         const again = self.entries.get(offset)
         if (again !== undefined) return again.table

@@ -1,3 +1,10 @@
+/**
+ * The engine's one owner of an open image's state. Longer than most
+ * modules on purpose: each public request is here only as its entry point
+ * (range checks, the metadata lock, draining direct writes, the corrupt
+ * flag), delegating the work to the modules beside it, so that who may
+ * change what, and under which lock, reads in one place.
+ */
 import { Effect, Semaphore } from "effect"
 import { Refcounts } from "@qcow2/alloc"
 import { TableCache } from "@qcow2/cache"
@@ -9,6 +16,7 @@ import { DirtyBitmaps } from "./bitmaps.js"
 import type { LoadedBitmaps } from "./bitmaps-disk.js"
 import { writeCompressedClusters } from "./compressed.js"
 import { discardClusters, dropClusters } from "./discard.js"
+import { canEmptyCompletely, emptyCompletely } from "./make-empty.js"
 import { asImageError, checkRange, ClusterError, ImageError, isStructuralDamage, toImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { HeaderState } from "./header.js"
@@ -76,6 +84,16 @@ export interface EngineOptions {
   readonly refcountCacheBytes: number
   /** The persistent bitmaps as the opener loaded them (`loadBitmaps`); none when absent. */
   readonly bitmaps?: LoadedBitmaps
+  /** Where the driver's own messages go (corruption events, as QEMU prints them); none when absent. */
+  readonly report?: (line: string) => void
+  /** Lazy refcounts whatever the header's compatible bit says (QEMU's lazy-refcounts option). */
+  readonly lazyRefcounts?: boolean
+}
+
+/** A metadata cache that could not be written back at close; QEMU's message names it ("Failed to flush the L2 table cache"). */
+export interface CacheFlushFailure {
+  readonly cache: "L2 table" | "refcount block"
+  readonly error: ImageError
 }
 
 /** Options of `truncate` (qemu-img resize: `--shrink`, `--preallocation`). */
@@ -121,6 +139,8 @@ export class Qcow2Engine {
   readonly crypto: SectorCrypto | undefined
   /** Persistent dirty bitmaps: marked by every write path, stored on close. */
   readonly bitmaps: DirtyBitmaps
+  /** Set by `close`: everything was written back once; nothing more is. */
+  private closed = false
 
   constructor(options: EngineOptions) {
     const image = options.header
@@ -137,13 +157,13 @@ export class Qcow2Engine {
     this.crypto = options.crypto
     const cs = this.geometry.clusterSize
     this.header = new HeaderState(storage, image)
-    this.integrity = new Integrity(this.header, options.readOnly, this.location)
+    this.integrity = new Integrity(this.header, options.readOnly, this.location, options.report, options.lazyRefcounts)
     const overlaps = this.integrity.overlaps
     this.snapshots = new SnapshotTable(options.snapshots, h.snapshotsOffset, Math.floor(h.size / 512) * 512, overlaps)
     const bitmaps = image.extensions.bitmaps
     overlaps.setRanges("bitmap directory", bitmaps !== undefined ? [{ offset: bitmaps.directoryOffset, length: bitmaps.directorySize }] : [])
     this.l1 = new ActiveL1(storage, this.header, this.integrity, cs, options.l1Table)
-    this.l2Cache = new TableCache({ name: "L2", tableSize: cs, capacityBytes: options.l2CacheBytes, storage, overlaps: { index: overlaps, kind: "active L2 table" } })
+    this.l2Cache = new TableCache({ name: "L2", tableSize: cs, capacityBytes: options.l2CacheBytes, storage, overlaps: { index: overlaps, kind: "active L2 table" }, events: { load: "l2_load", update: "l2_update" } })
     this.refcounts = new Refcounts({
       storage,
       clusterBits: h.clusterBits,
@@ -155,7 +175,8 @@ export class Qcow2Engine {
         tableSize: cs,
         capacityBytes: options.refcountCacheBytes,
         storage,
-        overlaps: { index: overlaps, kind: "refcount block" }
+        overlaps: { index: overlaps, kind: "refcount block" },
+        events: { update: "refblock_update_part" }
       }),
       mappingCache: this.l2Cache,
       fileSize: options.fileSize,
@@ -290,6 +311,7 @@ export class Qcow2Engine {
   readVmState(pos: number, into: Uint8Array): Effect.Effect<void, ImageError> {
     const bad = this.checkVmStateRange(pos, into.length) ?? this.requireKey()
     const start = this.vmStateOffset + pos
+    if (bad === undefined) this.storage.debugEvent?.("vmstate_load")
     return bad ? Effect.fail(bad) : this.run(readGuest(this, start, into, start + into.length))
   }
 
@@ -298,6 +320,7 @@ export class Qcow2Engine {
     const bad = this.requireWritable() ?? this.requireKey() ?? this.checkVmStateRange(pos, data.length)
     if (bad) return Effect.fail(bad)
     if (data.length === 0) return Effect.void
+    this.storage.debugEvent?.("vmstate_save")
     return this.change(writeBytes(this, this.vmStateOffset + pos, data))
   }
 
@@ -329,8 +352,10 @@ export class Qcow2Engine {
     if (this.integrity.isCorrupt) return Effect.andThen(this.data === this.storage ? Effect.void : this.data.flush(), this.storage.flush())
     return Effect.gen(function* () {
       yield* self.l2Cache.flushTables()
-      yield* self.refcounts.cache.flushTables()
-      yield* self.l2Cache.flushTables()
+      if (self.integrity.needsAccurateRefcounts) {
+        yield* self.refcounts.cache.flushTables()
+        yield* self.l2Cache.flushTables()
+      }
       if (self.data !== self.storage) yield* self.data.flush()
       yield* self.storage.flush()
     })
@@ -474,13 +499,26 @@ export class Qcow2Engine {
   /**
    * Makes every cluster of the active layer unallocated (the backing file
    * shows through again) and frees what they held: QEMU's
-   * `bdrv_make_empty` of a qcow2 image, as `qemu-img commit` uses it.
+   * `bdrv_make_empty` of a qcow2 image, as `qemu-img commit` uses it. An
+   * image with nothing else in it is rebuilt as a fresh one (its file cut
+   * after the L1 table), as QEMU's make_completely_empty does.
    */
   makeEmpty(): Effect.Effect<void, ImageError> {
     const bad = this.requireWritable()
     if (bad) return Effect.fail(bad)
     if (this.virtualSize === 0) return Effect.void
-    return this.inflight.excludingDirect(this.change(dropClusters(this, 0, this.virtualSize)))
+    if (!canEmptyCompletely(this)) return this.inflight.excludingDirect(this.change(dropClusters(this, 0, this.virtualSize)))
+    // Rebuilt from scratch (make-empty.ts); a failure half way leaves the
+    // tables in memory wrong, so nothing more is written back (QEMU drops
+    // the node) and the dirty bit on disk asks for the repair.
+    return this.inflight.excludingDirect(
+      this.change(
+        this.inflight.withLockDrained(
+          this.lock,
+          Effect.onError(Effect.andThen(emptyCompletely(this), this.reload()), () => Effect.sync(() => void (this.closed = true)))
+        )
+      )
+    )
   }
 
   /**
@@ -515,14 +553,34 @@ export class Qcow2Engine {
   }
 
   /**
-   * Stores the persistent bitmaps (in_use cleared), flushes, and after a
-   * clean session of a lazy-refcount image clears the dirty bit (QEMU's
-   * qcow2_inactivate). Never fails: bitmaps that cannot be stored stay
-   * marked in use on disk.
+   * Stores the persistent bitmaps (in_use cleared), writes back the L2
+   * table cache and then the refcount block cache, each followed by a
+   * storage flush, and after a clean session of a lazy-refcount image
+   * clears the dirty bit (QEMU's qcow2_inactivate). Runs once; later calls
+   * do nothing. Never fails: bitmaps that cannot be stored stay marked in
+   * use on disk, and each cache that could not be written back is returned
+   * (QEMU reports them: "Failed to flush the L2 table cache: …"). A corrupt
+   * image writes no metadata any more (QEMU closes it without this step).
    */
-  close(): Effect.Effect<void> {
-    if (this.integrity.readOnly) return Effect.void
-    return Effect.andThen(Effect.ignore(this.bitmaps.store()), Effect.ignore(Effect.andThen(this.flush(), this.run(this.integrity.markClean()))))
+  close(): Effect.Effect<ReadonlyArray<CacheFlushFailure>> {
+    if (this.integrity.readOnly || this.closed) return Effect.succeed([])
+    this.closed = true
+    const self = this
+    return Effect.gen(function* () {
+      yield* Effect.ignore(self.bitmaps.store())
+      if (self.integrity.isCorrupt) {
+        yield* Effect.ignore(self.flushMetadata())
+        return []
+      }
+      const failures: CacheFlushFailure[] = []
+      for (const [cache, tables] of [["L2 table", self.l2Cache], ["refcount block", self.refcounts.cache]] as const) {
+        const result = yield* Effect.result(self.run(Effect.suspend(() => tables.flush())))
+        if (result._tag === "Failure") failures.push({ cache, error: result.failure })
+      }
+      if (self.data !== self.storage) yield* Effect.ignore(self.data.flush())
+      if (failures.length === 0) yield* Effect.ignore(self.run(self.integrity.markClean()))
+      return failures
+    })
   }
 
   /** A metadata-changing request: the dirty bit (lazy refcounts) goes to disk first. */

@@ -106,6 +106,7 @@ function storeCompressed(engine: Qcow2Engine, guest: number, run: ReadonlyArray<
       yield* engine.integrity.guardWrite(host, bytes.length)
       placed.push({ l2Offset, index, host, bytes })
     }
+    engine.storage.debugEvent?.("write_compressed")
     for (let a = 0; a < placed.length; ) {
       let b = a
       let end = placed[a].host + placed[a].bytes.length

@@ -10,8 +10,10 @@ import type { Qcow2Engine } from "./Engine.js"
  * caller's buffer. Whatever it does not handle — an L2 table not cached,
  * extended L2, encryption, compressed clusters, a backing file to read, a
  * cluster that needs an allocation, an entry a checked lookup would report
- * as corrupt — makes it answer undefined, and the request takes the
- * checked path (read.ts, write.ts), which also reports any damage.
+ * as corrupt, a store that takes debug events (blkdebug: the checked path
+ * raises QEMU's read_aio / write_aio) — makes it answer undefined, and the
+ * request takes the checked path (read.ts, write.ts), which also reports
+ * any damage.
  */
 
 const COPIED = 0x80000000
@@ -58,7 +60,7 @@ function entryHost(table: Uint8Array, index: number, clusterMask: number, extern
  */
 export function readMapped(engine: Qcow2Engine, offset: number, into: Uint8Array): Effect.Effect<void, StorageError> | undefined {
   const g = engine.geometry
-  if (engine.crypto !== undefined || g.extendedL2) return undefined
+  if (engine.crypto !== undefined || g.extendedL2 || engine.storage.debugEvent !== undefined) return undefined
   const cs = g.clusterSize
   const clusterMask = cs - 1
   const externalData = engine.externalData
@@ -121,7 +123,9 @@ export function readMapped(engine: Qcow2Engine, offset: number, into: Uint8Array
 export function directWriteHost(engine: Qcow2Engine, offset: number, length: number): number | undefined {
   const g = engine.geometry
   const integrity = engine.integrity
-  if (engine.crypto !== undefined || g.extendedL2 || integrity.readOnly || integrity.isCorrupt || !engine.inflight.admitsDirect) return undefined
+  if (engine.crypto !== undefined || g.extendedL2 || integrity.readOnly || integrity.isCorrupt || !engine.inflight.admitsDirect || engine.storage.debugEvent !== undefined) {
+    return undefined
+  }
   const cs = g.clusterSize
   const firstCluster = Math.floor(offset / cs)
   const lastCluster = Math.floor((offset + length - 1) / cs)

@@ -26,21 +26,38 @@ export class Integrity {
   readonly lazyRefcounts: boolean
   private corrupt: boolean
   private dirty: boolean
+  /** A corruption event was reported (QEMU reports one per open image). */
+  private signaled = false
 
+  /**
+   * `report`: where QEMU's corruption message goes ("qcow2: Marking image
+   * as corrupt: …"); `lazy`: lazy refcounts whatever the compatible bit says.
+   */
   constructor(
     private readonly header: HeaderState,
     readonly readOnly: boolean,
-    readonly location: string
+    readonly location: string,
+    private readonly report?: (line: string) => void,
+    lazy?: boolean
   ) {
     const h = header.header
     this.overlaps = new OverlapIndex(2 ** h.clusterBits)
-    this.lazyRefcounts = (h.compatibleFeatures & CompatibleFeature.LazyRefcounts) !== 0n
+    this.lazyRefcounts = lazy ?? (h.compatibleFeatures & CompatibleFeature.LazyRefcounts) !== 0n
     this.corrupt = (h.incompatibleFeatures & IncompatibleFeature.Corrupt) !== 0n
     this.dirty = (h.incompatibleFeatures & IncompatibleFeature.Dirty) !== 0n
   }
 
   get isCorrupt(): boolean {
     return this.corrupt
+  }
+
+  /**
+   * Whether refcount blocks must reach disk on a flush: always, except
+   * while lazy refcounts have the dirty bit set (QEMU's
+   * qcow2_need_accurate_refcounts); a clean close still writes them.
+   */
+  get needsAccurateRefcounts(): boolean {
+    return !this.lazyRefcounts || !this.dirty
   }
 
   /** Why a write cannot go ahead, or undefined when it can. */
@@ -70,6 +87,15 @@ export class Integrity {
       errno: "EIO",
       ...(offset !== undefined ? { offset } : {})
     })
+    // QEMU's qcow2_signal_corruption: once; on a read-only image the damage is not fatal.
+    if (!this.signaled) {
+      this.signaled = true
+      this.report?.(
+        this.readOnly
+          ? `qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`
+          : `qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`
+      )
+    }
     if (this.readOnly || this.corrupt) {
       this.corrupt = true
       return Effect.fail(error)

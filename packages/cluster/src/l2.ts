@@ -28,11 +28,14 @@ export function prepareL2ForWrite(engine: Qcow2Engine, offset: number): Effect.E
     const cs = engine.geometry.clusterSize
     const newOffset = yield* engine.refcounts.allocate(1)
     yield* engine.integrity.guardWrite(newOffset, cs)
+    if (current !== 0) engine.storage.debugEvent?.("l2_alloc_cow_read")
     const previous = current !== 0 ? yield* loadL2(engine, current) : undefined
     const table = yield* engine.l2Cache.getEmpty(newOffset)
     if (previous !== undefined) table.set(previous)
     engine.l2Cache.markDirty(newOffset)
-    yield* engine.refcounts.persistAllocations()
+    // QEMU's l2_allocate writes the refcount blocks here even with lazy refcounts.
+    yield* engine.refcounts.cache.flush()
+    engine.storage.debugEvent?.("l2_alloc_write")
     yield* engine.l2Cache.flush()
     yield* l1.link(l1Index, newOffset)
     yield* engine.storage.flush()

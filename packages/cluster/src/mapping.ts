@@ -236,6 +236,7 @@ export function readCompressedCluster(
     return engine.integrity.markCorrupt(`compressed cluster at ${hostOffset} has an impossible size ${compressedSize}`, hostOffset)
   }
   const input = new Uint8Array(compressedSize)
+  engine.storage.debugEvent?.("read_compressed")
   return Effect.flatMap(engine.storage.read(hostOffset, input), () =>
     Effect.mapError(
       engine.codec.decompress(input, out),

@@ -40,6 +40,10 @@ type WritePlan =
 const isOwned = (engine: Qcow2Engine, entry: L2Entry): boolean =>
   (entry._tag === "Normal" || entry._tag === "Subclusters") && entry.copied && (entry.hostOffset !== 0 || engine.externalData)
 
+/** An owned cluster, or a preallocated zero cluster of this image alone: written where it is (QEMU keeps both). */
+const isKept = (engine: Qcow2Engine, entry: L2Entry): entry is Extract<L2Entry, { hostOffset: number }> =>
+  isOwned(engine, entry) || (entry._tag === "Zero" && entry.copied && entry.hostOffset !== 0)
+
 /**
  * Writes guest bytes (spec "Cluster mapping"; QEMU's allocating write path).
  * Clusters this image owns (COPIED) are written in place. Others get new
@@ -101,6 +105,7 @@ function performPlan(
     case "Wait":
       return Effect.as(Deferred.await(plan.done), undefined)
     case "InPlace":
+      engine.storage.debugEvent?.("write_aio")
       return Effect.as(writeData(engine, offset, plan.hostOffset, data.subarray(0, plan.length)), {
         length: plan.length,
         hostEnd: plan.hostOffset + plan.length
@@ -117,6 +122,8 @@ function performPlan(
 
 /** Writes data bytes to the data file, encrypting first when the image is encrypted. */
 export function writeData(engine: Qcow2Engine, guestOffset: number, hostOffset: number, data: Uint8Array): Effect.Effect<void, EngineFailure> {
+  // An external data file is a raw node to QEMU, which raises write_aio on its own file.
+  if (engine.externalData) engine.data.debugEvent?.("write_aio")
   const crypto = engine.crypto
   if (crypto === undefined) return engine.data.write(hostOffset, data)
   if (hostOffset % 512 !== 0 || data.length % 512 !== 0) {
@@ -150,20 +157,39 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     }
 
     if (!g.extendedL2) {
-      if (isOwned(engine, entry)) {
-        // Extend over following owned clusters that are contiguous on the host.
-        const host = (entry as { hostOffset: number }).hostOffset
+      if (isKept(engine, entry)) {
+        // Extend over following kept clusters that are contiguous on the host.
+        const host = entry.hostOffset
         let clusters = 1
+        let zeros = entry._tag === "Zero"
         while (firstCluster + clusters <= lastCluster) {
           const next = readL2Entry(table, firstIndex + clusters, g)
-          if (!isOwned(engine, next) || (next as { hostOffset: number }).hostOffset !== host + clusters * cs) break
+          if (!isKept(engine, next) || next.hostOffset !== host + clusters * cs) break
+          zeros ||= next._tag === "Zero"
           clusters++
         }
         const bytes = Math.min(length, clusters * cs - inCluster)
-        return yield* inPlace(engine, host + inCluster, bytes)
+        if (!zeros) return yield* inPlace(engine, host + inCluster, bytes)
+        // Preallocated zero clusters among them: their untouched parts are
+        // written as the zeros they read as, then all become normal clusters
+        // (QEMU's keep_old_clusters allocation).
+        const touched = Math.ceil((inCluster + bytes) / cs)
+        const last = readL2Entry(table, firstIndex + touched - 1, g)
+        return yield* allocate(engine, {
+          offset,
+          length: bytes,
+          firstCluster,
+          clusters: touched,
+          cowStart: entry._tag === "Zero" ? firstCluster * cs : offset,
+          cowEnd: last._tag === "Zero" ? (firstCluster + touched) * cs : offset + bytes,
+          existingHost: host,
+          after,
+          allocatedMask: ALL_SUBCLUSTERS,
+          zeroMask: 0
+        })
       }
       let clusters = 1
-      while (firstCluster + clusters <= lastCluster && !isOwned(engine, readL2Entry(table, firstIndex + clusters, g))) clusters++
+      while (firstCluster + clusters <= lastCluster && !isKept(engine, readL2Entry(table, firstIndex + clusters, g))) clusters++
       const bytes = Math.min(length, clusters * cs - inCluster)
       return yield* allocate(engine, {
         offset,
@@ -255,6 +281,7 @@ function allocate(engine: Qcow2Engine, request: AllocationRequest): Effect.Effec
     let cowEnd = request.cowEnd
     if (request.existingHost !== undefined) {
       hostOffset = request.existingHost
+      if (!engine.externalData) yield* engine.integrity.guardWrite(hostOffset, clusters * cs)
     } else if (engine.externalData) {
       // Spec "External data file": guest offset == host offset in the data file.
       hostOffset = request.firstCluster * cs
@@ -308,10 +335,14 @@ function performAllocation(
       buffer = data.subarray(0, plan.length)
     } else {
       buffer = new Uint8Array(plan.cowEnd - plan.cowStart)
+      engine.storage.debugEvent?.("cow_read")
       if (head > 0) yield* readGuest(engine, plan.cowStart, buffer.subarray(0, head))
       buffer.set(data.subarray(0, plan.length), head)
       if (tailStart < plan.cowEnd) yield* readGuest(engine, tailStart, buffer.subarray(tailStart - plan.cowStart))
     }
+    // QEMU raises both when the guest data and the copied parts go out in one request.
+    engine.storage.debugEvent?.("write_aio")
+    if (buffer.length !== plan.length) engine.storage.debugEvent?.("cow_write")
     yield* writeData(engine, plan.cowStart, plan.hostOffset + (plan.cowStart - runStart), buffer)
     plan.progress.linked = true
     yield* engine.lock.withPermits(1)(link(engine, plan))

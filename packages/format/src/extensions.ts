@@ -81,7 +81,6 @@ export function decodeHeaderExtensions(
   let fullDiskEncryption: FullDiskEncryptionExtension | undefined
   let externalDataFile: string | undefined
   const unknown: Array<{ type: number; data: Uint8Array }> = []
-  const seen = new Set<number>()
   let off = start
   while (off < end) {
     if (end - off < 8) {
@@ -107,12 +106,7 @@ export function decodeHeaderExtensions(
     }
     need(bytes, dataOffset, len, "header_extension")
     const data = bytes.subarray(dataOffset, dataOffset + len)
-    if (knownTypes.has(type)) {
-      if (seen.has(type)) {
-        throw new FormatError("InvalidField", `header extension ${typeName(type)} appears more than once`, "header_extension", off)
-      }
-      seen.add(type)
-    }
+    // A known extension given twice: the later one counts, as in QEMU's qcow2_read_extensions.
     switch (type) {
       // Both names are C strings in QEMU: they end at the first NUL byte.
       case HeaderExtensionType.BackingFormat:
@@ -154,17 +148,23 @@ const cString = (b: Uint8Array): string => {
   return fromUtf8(nul < 0 ? b : b.subarray(0, nul))
 }
 
-/** Entries with an unknown feature type (> 2) are skipped; a trailing partial entry is ignored. */
+/**
+ * Entries with an unknown feature type (> 2) are skipped; a trailing
+ * partial entry counts, zero-padded (QEMU reads the table into a zeroed
+ * buffer).
+ */
 function decodeFeatureNames(data: Uint8Array): FeatureName[] {
   const out: FeatureName[] = []
-  const n = Math.floor(data.length / FEATURE_NAME_ENTRY_SIZE)
+  const n = Math.ceil(data.length / FEATURE_NAME_ENTRY_SIZE)
+  const padded = new Uint8Array(n * FEATURE_NAME_ENTRY_SIZE)
+  padded.set(data)
   for (let i = 0; i < n; i++) {
     const o = i * FEATURE_NAME_ENTRY_SIZE
-    const type = data[o]!
+    const type = padded[o]!
     if (type > 2) continue
-    const nameBytes = data.subarray(o + 2, o + FEATURE_NAME_ENTRY_SIZE)
+    const nameBytes = padded.subarray(o + 2, o + FEATURE_NAME_ENTRY_SIZE)
     const nul = nameBytes.indexOf(0)
-    out.push({ type: type as 0 | 1 | 2, bit: data[o + 1]!, name: fromUtf8(nul < 0 ? nameBytes : nameBytes.subarray(0, nul)) })
+    out.push({ type: type as 0 | 1 | 2, bit: padded[o + 1]!, name: fromUtf8(nul < 0 ? nameBytes : nameBytes.subarray(0, nul)) })
   }
   return out
 }

@@ -1,12 +1,12 @@
 import type { Effect } from "effect"
 import type { CheckResult } from "@qcow2/check"
-import type { BlockStatus, PersistentBitmaps, Preallocation, SnapshotTime } from "@qcow2/cluster"
+import type { BlockStatus, CacheFlushFailure, PersistentBitmaps, Preallocation, SnapshotTime } from "@qcow2/cluster"
 import type { BitmapDirectoryEntry, ImageHeader, SnapshotEntry } from "@qcow2/format"
 import type { CompressionError } from "@qcow2/compress"
 import type { LuksHeader } from "@qcow2/crypto"
 import type { ImageError } from "./errors.js"
 
-export type { BlockStatus, PersistentBitmaps }
+export type { BlockStatus, CacheFlushFailure, PersistentBitmaps }
 
 /** The formats this toolkit opens: qcow2, raw, and raw LUKS1 volumes (QEMU's `luks` driver). */
 export type ImageFormat = "qcow2" | "raw" | "luks"
@@ -46,6 +46,14 @@ export interface Image {
   readonly writeCompressed: (offset: number, data: Uint8Array) => Effect.Effect<void, ImageError>
   /** Makes everything written so far durable (metadata caches written back, storage flushed). */
   readonly flush: () => Effect.Effect<void, ImageError>
+  /**
+   * Writes back what the image caches, once, as QEMU does when it closes a
+   * qcow2 node (qcow2_inactivate); closing the scope afterwards writes
+   * nothing more. Never fails: returns the caches that could not be written
+   * back, for QEMU's "Failed to flush the … cache" messages. Absent where
+   * nothing is cached (raw).
+   */
+  readonly close?: () => Effect.Effect<ReadonlyArray<CacheFlushFailure>>
   /**
    * The VM state area (qemu-io `read -b` / `write -b`; QEMU's
    * bdrv_load/save_vmstate): bytes at `pos` of the area qcow2 keeps past
@@ -132,9 +140,22 @@ export interface OpenOptions {
   readonly format?: ImageFormat
   /** Open the backing chain (default true). */
   readonly openBacking?: boolean
+  /**
+   * Lazy refcounts for this session whatever the image's compatible bit
+   * says (QEMU's `lazy-refcounts` runtime option; v3 images only).
+   */
+  readonly lazyRefcounts?: boolean
+  /** Open the image's backing file as this format, whatever the image names (QEMU's `backing.driver`). */
+  readonly backingFormat?: ImageFormat
   /** Cache sizes in bytes. */
   readonly l2CacheBytes?: number
   readonly refcountCacheBytes?: number
+  /**
+   * Where the driver's own messages go, one line each, as QEMU's qcow2
+   * driver prints them on stderr ("qcow2: Marking image as corrupt: …").
+   * Without it they are not shown (the failures themselves still are).
+   */
+  readonly report?: (line: string) => void
   /** Passphrase for encrypted images. */
   readonly passphrase?: Uint8Array
   /** Passphrase for the images of the backing chain, when it is not `passphrase` (QEMU's backing.encrypt.key-secret). */

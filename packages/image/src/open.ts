@@ -7,7 +7,7 @@ import type { ImageHeader } from "@qcow2/format"
 import type { SectorCrypto } from "@qcow2/cluster"
 import { SectorCipherFactory } from "@qcow2/crypto"
 import type { CryptoError, SectorCipher, SectorCipherFactoryShape } from "@qcow2/crypto"
-import { StorageOpener } from "@qcow2/storage"
+import { StorageOpener, strerrorOf } from "@qcow2/storage"
 import type { BlockStorageShape, StorageError, StorageOpenerShape } from "@qcow2/storage"
 import type { CreateOptions, Image, ImageFormat, OpenOptions } from "./api.js"
 import { planCreate, writeEmptyImage } from "./create.js"
@@ -32,7 +32,9 @@ export const MAX_BACKING_CHAIN_DEPTH = 64
 const openFailure = (name: string, e: StorageError | ImageError): ImageError => {
   const inner = toImageError(e, name)
   const refusedType = e._tag === "StorageError" && e.reason === "Unsupported"
-  return new ImageError({ reason: inner.reason, message: refusedType ? inner.message : `Could not open '${name}': ${inner.message}`, location: name, cause: e })
+  // A system call's failure reads as QEMU's strerror() text ("No such file or directory").
+  const text = e._tag === "StorageError" && e.errno !== undefined ? (strerrorOf(e.errno) ?? inner.message) : inner.message
+  return new ImageError({ reason: inner.reason, message: refusedType ? inner.message : `Could not open '${name}': ${text}`, location: name, cause: e })
 }
 
 /**
@@ -181,13 +183,15 @@ function openNamed(
       storage,
       readOnly,
       options: step.options,
+      // backing.driver names the format of this image's own backing file only.
+      ...(seen.length === 0 && step.options.backingFormat !== undefined ? { backingFormat: step.options.backingFormat } : {}),
       codec: step.codec,
       resolveBacking: (backing) => step.opener.resolve(name, backing),
       openBacking: (backing, backingFormat) => {
         const resolved = step.opener.resolve(name, backing)
-        const backingPassphrase = step.options.backingPassphrase
-        const backingStep = backingPassphrase === undefined ? step : { ...step, options: { ...step.options, passphrase: backingPassphrase } }
-        return Effect.mapError(openNamed(backingStep, resolved, backingFormat, step.options.readWriteBacking !== resolved, chain), (e) =>
+        const backingKey = step.options.backingPassphrase
+        const below = seen.length === 0 && backingKey !== undefined ? { ...step, options: { ...step.options, passphrase: backingKey } } : step
+        return Effect.mapError(openNamed(below, resolved, backingFormat, step.options.readWriteBacking !== resolved, chain), (e) =>
           e.reason === "BackingChain" ? e : new ImageError({ ...e, reason: "BackingChain", message: `Could not open backing file: ${e.message}` })
         )
       },

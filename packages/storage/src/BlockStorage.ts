@@ -1,4 +1,5 @@
 import { Context, type Effect, type Scope } from "effect"
+import type { DebugEvent } from "./debug-events.js"
 import type { StorageError } from "./errors.js"
 
 /** What a backend can do; callers adapt instead of probing with failing calls. */
@@ -60,6 +61,13 @@ export interface BlockStorageShape {
    * open-file-description locks): then opens never conflict.
    */
   readonly lock?: (request: LockRequest) => Effect.Effect<void, StorageError>
+  /**
+   * Told by the format driver what it is about to do (QEMU's
+   * bdrv_debug_event, see {@link DebugEvent}); absent on ordinary stores,
+   * where there is nothing to act on. A debug filter uses it to fail the
+   * requests that follow.
+   */
+  readonly debugEvent?: (event: DebugEvent) => void
 }
 
 /**

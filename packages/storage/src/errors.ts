@@ -29,3 +29,28 @@ export class StorageError extends Data.TaggedError("StorageError")<{
   readonly errno?: string
   readonly cause?: unknown
 }> {}
+
+/** The C library's strerror() text of the POSIX error codes stores report (Linux wording). */
+const STRERROR: Readonly<Record<string, string>> = {
+  EPERM: "Operation not permitted",
+  ENOENT: "No such file or directory",
+  EIO: "Input/output error",
+  ENXIO: "No such device or address",
+  EBADF: "Bad file descriptor",
+  EAGAIN: "Resource temporarily unavailable",
+  ENOMEM: "Cannot allocate memory",
+  EACCES: "Permission denied",
+  ENOTDIR: "Not a directory",
+  EISDIR: "Is a directory",
+  EINVAL: "Invalid argument",
+  EMFILE: "Too many open files",
+  EFBIG: "File too large",
+  ENOSPC: "No space left on device",
+  EROFS: "Read-only file system",
+  ERANGE: "Numerical result out of range",
+  ENOTSUP: "Operation not supported",
+  EDQUOT: "Disk quota exceeded"
+}
+
+/** strerror() of a POSIX error code ("ENOENT" → "No such file or directory"), as QEMU prints it; undefined when unknown. */
+export const strerrorOf = (errno: string): string | undefined => STRERROR[errno]

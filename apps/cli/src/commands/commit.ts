@@ -136,7 +136,8 @@ export const runCommit = (o: CommitOptions): Effect.Effect<number, CliFailure, I
           return { location: found.image.location, depth: found.depth }
         }
         if (top.backing === undefined) return yield* Effect.fail(fail("Image does not have a backing file"))
-        return { location: top.backing.location, depth: 1 }
+        // The name the backing file was opened by (a json: name stands for its file).
+        return { location: top.backingFileResolved ?? top.backing.location, depth: 1 }
       })
     )
     return yield* Effect.scoped(

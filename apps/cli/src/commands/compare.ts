@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import type { BlockStatus, Image, ImageFormat } from "@qcow2/image"
 import { open, type ImageEnv } from "../env.js"
-import { fail, type CliFailure } from "../errors.js"
+import { fail, strerror, type CliFailure } from "../errors.js"
 import { print } from "../output.js"
 import { Progress } from "../progress.js"
 import { isZeroRange } from "./convert.js"
@@ -108,7 +108,7 @@ export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure,
       const sideA = side(a, o.file1)
       const sideB = side(b, o.file2)
       const read = (img: Image, name: string, offset: number, into: Uint8Array) =>
-        img.read(offset, into).pipe(Effect.mapError((e) => fail(`Error while reading offset ${offset} of ${name}: ${e.message}`, 4)))
+        img.read(offset, into).pipe(Effect.mapError((e) => fail(`Error while reading offset ${offset} of ${name}: ${strerror(e)}`, 4)))
       const total = Math.max(a.virtualSize, b.virtualSize)
       const progress = o.progress && !o.quiet ? new Progress(total) : undefined
       const common = Math.min(a.virtualSize, b.virtualSize)

@@ -7,6 +7,7 @@ import { Effect } from "effect"
 import type { Image } from "@qcow2/image"
 import { fail, type CliFailure } from "../errors.js"
 import { eprint } from "../output.js"
+import { programName } from "../progname.js"
 
 /** Whether an image can hold persistent bitmaps: qcow2 v3 (v2 has no autoclear bits to guard them). */
 export const supportsBitmaps = (image: Image): boolean => image.bitmaps !== undefined && image.header !== undefined && image.header.header.version >= 3
@@ -37,7 +38,7 @@ export function copyBitmaps(source: Image, target: Image, skipBroken: boolean): 
     const into = target.bitmaps!
     for (const b of from.list()) {
       if (skipBroken && b.inconsistent) {
-        eprint(`qcow2: warning: Skipping inconsistent bitmap '${b.name}'\n`)
+        eprint(`${programName}: warning: Skipping inconsistent bitmap '${b.name}'\n`)
         continue
       }
       yield* into.add(b.name, b.granularity, !b.enabled).pipe(Effect.mapError((e) => fail(`Failed to create bitmap ${b.name}: ${e.message}`)))

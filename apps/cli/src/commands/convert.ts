@@ -1,7 +1,7 @@
 import * as fs from "node:fs"
 import { Effect, Semaphore } from "effect"
 import { createImage, type Image, type ImageFormat } from "@qcow2/image"
-import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
+import { parseCreateOptions, splitOptionList, toCreateOptions, formattingLine } from "../createopts.js"
 import { lockDescriptor, open, unsafeCacheFiles, type ImageEnv } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
@@ -219,6 +219,10 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
         yield* Effect.addFinalizer(() => Effect.sync(() => fs.closeSync((raw as Sink & { fd: number }).fd)))
         sink = raw
       } else {
+        const backingFormatOption = o.options.some((list) => splitOptionList(list).some(([name]) => name === "backing_fmt"))
+        if (!o.skipCreate && o.backingFile !== undefined && o.backingFormat === undefined && !backingFormatOption) {
+          return yield* Effect.fail(fail("Use of backing file requires explicit backing format"))
+        }
         sink = yield* qcow2Sink(o, total)
       }
       if (o.bitmaps === true) yield* checkTargetSupportsBitmaps(sink.image, o.outFormat)

@@ -7,7 +7,7 @@ import { lockDescriptor, type ImageEnv } from "../env.js"
 import { fail, usage, type CliFailure } from "../errors.js"
 import { pathCombine } from "../names.js"
 import { asksForHelp, createHelp, invalidOptionList } from "../optionhelp.js"
-import { print } from "../output.js"
+import { print, printNow } from "../output.js"
 import type { Secrets } from "../secrets.js"
 import { parseSize, parseSizeBig } from "../text/strtosz.js"
 import { programName } from "../progname.js"
@@ -126,9 +126,15 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
     const parsed = parseCreateOptions(format, lists)
     if (!parsed.ok) return yield* Effect.fail(fail(`${o.file}: ${parsed.message}`))
     const values = parsed.values
-    if (o.size !== undefined) values.set("size", String(yield* parseCreateSize(o.size)))
+    if (o.size !== undefined) {
+      const size = String(yield* parseCreateSize(o.size))
+      if (values.has("size")) return yield* Effect.fail(fail(`${o.file}: The image size must be specified only once`))
+      values.set("size", size)
+    }
 
     const backing = values.get("backing_file")
+    if (backing === o.file) return yield* Effect.fail(fail(`${o.file}: Error: Trying to create an image with the same filename as the backing file`))
+    if (backing === "") return yield* Effect.fail(fail(`${o.file}: Expected backing file name, got empty string`))
     const backingFmt = values.get("backing_fmt")
     if (format === "qcow2" && backing !== undefined) {
       if (backingFmt !== undefined && backingFmt !== "qcow2" && backingFmt !== "raw") {
@@ -153,7 +159,8 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
       }
     }
     if (!values.has("size")) return yield* Effect.fail(fail(`${o.file}: Image creation needs a size parameter`))
-    if (!o.quiet) print(formattingLine(o.file, format, values) + "\n")
+    // bdrv_img_create flushes stdout after this line.
+    if (!o.quiet) printNow(formattingLine(o.file, format, values) + "\n")
     if (BigInt(values.get("size")!) > BigInt(Number.MAX_SAFE_INTEGER)) return yield* Effect.fail(tooLarge(o.file, format))
     // qemu-img prints the size as given but creates the image rounded up to whole sectors.
     values.set("size", String(Math.ceil(Number(values.get("size")) / 512) * 512))
@@ -163,7 +170,7 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
       if (!["off", "falloc", "full"].includes(prealloc)) {
         return yield* Effect.fail(fail(`${o.file}: Parameter 'preallocation' does not accept value '${prealloc}'`))
       }
-      yield* createRaw(o.file, Number(values.get("size")), prealloc)
+      yield* createRaw(o.file.startsWith("file:") ? o.file.slice("file:".length) : o.file, Number(values.get("size")), prealloc)
       return 0
     }
     if (format === "luks") {

@@ -1,9 +1,10 @@
 import * as fs from "node:fs"
 import { Effect } from "effect"
 import type { SnapshotEntry } from "@qcow2/format"
-import { chainLayers, imageInfo as buildImageInfo, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
-import { open, type ImageEnv } from "../env.js"
-import { openFailure, type CliFailure } from "../errors.js"
+import { chainLayers, imageInfo as buildImageInfo, openImage, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
+import { fileNameOf, imageOptions, open, type ImageEnv } from "../env.js"
+import { jsonNameOf, plainFileOf } from "../qemu-filename.js"
+import { fail, openFailure, type CliFailure } from "../errors.js"
 import { isUrl } from "../names.js"
 import { print } from "../output.js"
 import { padLeft, padRight } from "../text/cformat.js"
@@ -113,21 +114,53 @@ export const humanInfo = (info: QDict, snapshots: ReadonlyArray<SnapshotEntry>):
   return text
 }
 
+/**
+ * qemu-img info (collect_image_info_list): each image of the chain is
+ * opened alone (without its backing file), the next one by the name the
+ * one before shows as its full backing file name, so a chain that loops
+ * or breaks fails at that image, with QEMU's messages.
+ */
 export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.scoped(
     Effect.gen(function* () {
-      const top = yield* open(options.file, {
-        readOnly: true,
-        format: options.format,
-        openBacking: options.backingChain,
-        passphrase: options.passphrase,
-        // qemu-img info opens with BDRV_O_NO_IO: an encrypted image needs no key.
-        noIo: true,
-        forceShare: options.forceShare === true
-      })
-      const layers = options.backingChain ? chainLayers(top, options.file) : [{ name: options.file, image: top }]
+      const layers: Layer[] = []
       const infos: QDict[] = []
-      for (const layer of layers) infos.push(yield* Effect.mapError(imageInfo(layer), (e) => openFailure(layer.name, e)))
+      const seen = new Set<string>()
+      let next: string | undefined = options.file
+      let format = options.format
+      while (next !== undefined) {
+        const name: string = next
+        if (seen.has(name)) return yield* Effect.fail(fail(`Backing file '${name}' creates an infinite loop.`))
+        seen.add(name)
+        const openOptions = {
+          readOnly: true,
+          format,
+          openBacking: false,
+          passphrase: options.passphrase,
+          // qemu-img info opens with BDRV_O_NO_IO: an encrypted image needs no key.
+          noIo: true,
+          forceShare: options.forceShare === true
+        }
+        // Only the top image is named by options (--image-opts, json:); backing names are file names.
+        const top = layers.length === 0
+        const image = top ? yield* open(name, openOptions) : yield* Effect.mapError(openImage(name, openOptions), (e) => openFailure(name, e))
+        // A name that only names a file shows as that file; backing names resolve against the file.
+        const plain = top ? plainFileOf(name, imageOptions.enabled) : undefined
+        const shown = plain ?? (top && imageOptions.enabled ? jsonNameOf(name) : name)
+        const relativeTo = top ? fileNameOf(name) : name
+        const info: QDict = yield* Effect.mapError(imageInfo({ name: relativeTo, image }), (e) => openFailure(name, e))
+        info.set("filename", shown)
+        layers.push({ name: shown, image })
+        infos.push(info)
+        if (!options.backingChain) break
+        const full: QValue | undefined = info.get("full-backing-filename")
+        const backingFormat = info.get("backing-filename-format")
+        if (full === undefined && info.get("backing-filename") !== undefined) {
+          return yield* Effect.fail(fail(`Could not determine absolute backing filename, but backing filename '${String(info.get("backing-filename"))}' present`))
+        }
+        next = typeof full === "string" ? full : undefined
+        format = typeof backingFormat === "string" && isFormat(backingFormat) ? backingFormat : undefined
+      }
       if (options.output === "json") {
         print(toQemuJson(options.backingChain ? infos : infos[0]!) + "\n")
       } else {
@@ -136,3 +169,5 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
       return 0
     })
   )
+
+const isFormat = (name: string): name is ImageFormat => name === "qcow2" || name === "raw" || name === "luks"

@@ -3,13 +3,14 @@
  * main does it: its own getopt_long command line (parsed here, not by
  * effect/cli), the image named by the operand opened, then the -c commands
  * in order, or with none, commands read from standard input as they come
- * (after a "qemu-io> " prompt). Each command's output is written out as
- * soon as it completes. Exit status 1 if any command failed.
+ * (after a "qemu-io> " prompt, which writes out what the commands before
+ * printed, as qemu-io's fflush does; otherwise stdout is buffered as C
+ * stdio buffers it, see output.ts). Exit status 1 if any command failed.
  */
 import { Effect } from "effect"
 import type { ImageEnv } from "../env.js"
 import { CliFailure } from "../errors.js"
-import { flushOutput, print } from "../output.js"
+import { print } from "../output.js"
 import { errorReport, programName } from "../progname.js"
 import { parseOptionString, type BlockOptions } from "../qemu-filename.js"
 import { parseSecrets } from "../secrets.js"
@@ -179,7 +180,6 @@ export const runQemuIo = (args: ReadonlyArray<string>): Effect.Effect<number, Cl
       const run = (line: string) =>
         runIoCommand(session, line).pipe(
           Effect.map((ok) => {
-            flushOutput()
             if (!ok) failed = true
           })
         )

@@ -1,6 +1,6 @@
 import { Effect } from "effect"
 import { chainLayers, mergeable, toMapEntry as toEntry, type ImageFormat, type MapEntry } from "@qcow2/image"
-import { open, type ImageEnv } from "../env.js"
+import { fileNameOf, open, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import type { OutputFormat } from "./info.js"
 import { print } from "../output.js"
@@ -36,7 +36,7 @@ export const runMap = (options: MapOptions): Effect.Effect<number, CliFailure, I
   Effect.scoped(
     Effect.gen(function* () {
       const image = yield* open(options.file, { readOnly: true, format: options.format, passphrase: options.passphrase, forceShare: options.forceShare === true })
-      const layers = chainLayers(image, options.file)
+      const layers = chainLayers(image, fileNameOf(options.file))
       const start = options.startOffset ?? 0
       const end = options.maxLength === undefined ? image.virtualSize : Math.min(image.virtualSize, start + options.maxLength)
       const json = options.output === "json"

@@ -3,6 +3,7 @@ import type { ImageFormat } from "@qcow2/image"
 import { open, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import { eprint, print } from "../output.js"
+import { programName } from "../progname.js"
 import { parseSizeBig } from "../text/strtosz.js"
 
 export interface ResizeOptions {
@@ -62,8 +63,8 @@ export const runResize = (o: ResizeOptions): Effect.Effect<number, CliFailure, I
         if (total <= current && preallocation !== "off") return yield* Effect.fail(fail("Preallocation can only be used for growing images"))
         if (total < current && !o.shrink) {
           eprint(
-            "qcow2: Use the --shrink option to perform a shrink operation.\n" +
-              "qcow2: warning: Shrinking an image will delete all data beyond the shrunken image's end. " +
+            `${programName}: Use the --shrink option to perform a shrink operation.\n` +
+              `${programName}: warning: Shrinking an image will delete all data beyond the shrunken image's end. ` +
               "Before performing such an operation, make sure there is no important data there.\n"
           )
           return 1

@@ -14,6 +14,7 @@ import { listen, type ListenOptions } from "@qcow2/nbd/node"
 import { openNamed, unsafeCacheFiles, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import { eprint } from "../output.js"
+import { programName } from "../progname.js"
 
 export interface ServeOptions {
   readonly file: string
@@ -76,7 +77,7 @@ const serveUntilDone = (o: ServeOptions): Effect.Effect<number, CliFailure, Imag
       const listener = yield* listen({ exports: [nbdExport], multiConn: maxConnections !== 1 }, o.listen).pipe(
         Effect.mapError((error) => fail(error.message))
       )
-      if (o.verbose) eprint(`qcow2: serving '${o.file}' on ${uriOf(listener.address, o.exportName)}\n`)
+      if (o.verbose) eprint(`${programName}: serving '${o.file}' on ${uriOf(listener.address, o.exportName)}\n`)
       yield* listener.done
       return 0
     })

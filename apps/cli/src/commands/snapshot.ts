@@ -4,6 +4,7 @@ import { splitOptionList } from "../createopts.js"
 import { open, type ImageEnv } from "../env.js"
 import { errnoOf, errnoText, fail, type CliFailure, type Errno } from "../errors.js"
 import { eprint, print } from "../output.js"
+import { programName } from "../progname.js"
 import { snapshotHeader, snapshotRow } from "./info.js"
 
 /** What `qemu-img snapshot` is asked to do (-l, -c, -a, -d; none: open the image and stop). */
@@ -74,7 +75,7 @@ export const runSnapshot = (options: SnapshotOptions): Effect.Effect<number, Cli
           const prefix = `Could not apply snapshot '${action.name}': `
           if (snapshots === undefined) return yield* fail(`${prefix}Block driver does not support snapshots`)
           yield* Effect.mapError(snapshots.apply(action.name), (error) => {
-            if (reportedBeforeApply(error)) eprint(`qcow2: ${error.message}\n`)
+            if (reportedBeforeApply(error)) eprint(`${programName}: ${error.message}\n`)
             return fail(`${prefix}Failed to load snapshot: ${errnoText(errnoOf(error))}`)
           })
           return 0
@@ -107,7 +108,7 @@ export const parseSnapshotParam = (text: string): SnapshotSelector | CliFailure 
     if (key === "snapshot.id") id = value
     else if (key === "snapshot.name") name = value
     else {
-      eprint(`qcow2: Invalid parameter '${key}'\n`)
+      eprint(`${programName}: Invalid parameter '${key}'\n`)
       return fail(`Failed in parsing snapshot param '${text}'`)
     }
   }

@@ -8,12 +8,15 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Exit, Scope } from "effect"
-import { createImage, ImageError, openImage, type Image } from "@qcow2/image"
-import type { ImageEnv } from "../env.js"
+import { createImage, ImageError, openImage, type Image, type ImageFormat } from "@qcow2/image"
+import { driverReport, type ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
-import { checkBackingOptions, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
+import { withFileNode } from "../file-node.js"
+import { checkBackingOptions, checkCacheOptions, protocolRefusal, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
+
+const isImageFormat = (name: string | undefined): name is ImageFormat => name === "qcow2" || name === "raw" || name === "luks"
 
 /** qemu-io's cache modes (bdrv_parse_cache_mode). */
 export type CacheMode = "writethrough" | "writeback" | "none" | "directsync" | "unsafe"
@@ -153,20 +156,27 @@ export class IoSession {
       const resolved = resolveImageSpec(request.name, request.options, request.format)
       if (!resolved.ok) return refuse(resolved.message)
       const spec = resolved.spec
+      const wrongType = spec.protocol !== undefined ? protocolRefusal(spec.protocol, spec.file, request.readOnly || request.snapshot) : undefined
+      if (wrongType !== undefined) return refuse(wrongType)
       let passphrase = this.secrets.passphrase
       if (spec.keySecret !== undefined) {
         passphrase = this.secrets.byId.get(spec.keySecret)
         if (passphrase === undefined) return refuse(`No secret with id '${spec.keySecret}'`)
       }
-      const backingPassphrase = spec.backingKeySecret === undefined ? undefined : this.secrets.byId.get(spec.backingKeySecret)
+      const lazyOption = request.options.get("lazy-refcounts")
+      const lazyRefcounts = lazyOption === "on" ? true : lazyOption === "off" ? false : undefined
+      const backingPassphrase = spec.backingKeySecret !== undefined ? this.secrets.byId.get(spec.backingKeySecret) : undefined
       if (spec.backingKeySecret !== undefined && backingPassphrase === undefined) return refuse(`No secret with id '${spec.backingKeySecret}'`)
       const options = {
+        report: driverReport,
         readOnly: request.readOnly || request.snapshot,
         forceShare: request.forceShare,
         ...(spec.format !== undefined ? { format: spec.format } : {}),
         ...(passphrase !== undefined ? { passphrase } : {}),
+        ...(spec.noBacking ? { openBacking: false } : {}),
+        ...(isImageFormat(spec.backingFormat) ? { backingFormat: spec.backingFormat } : {}),
         ...(backingPassphrase !== undefined ? { backingPassphrase } : {}),
-        ...(spec.noBacking ? { openBacking: false } : {})
+        ...(lazyRefcounts !== undefined ? { lazyRefcounts } : {})
       }
       const self = this
       return Effect.gen(function* () {
@@ -174,9 +184,11 @@ export class IoSession {
         const opened = yield* Effect.result(
           Scope.provide(scope)(
             Effect.gen(function* () {
-              const base = yield* openImage(spec.file, options)
+              const base = yield* withFileNode(spec, openImage(spec.file, options))
               const backingMismatch = checkBackingOptions(spec, base)
               if (backingMismatch !== undefined) return yield* new ImageError({ reason: "Unsupported", message: backingMismatch })
+              const badCache = base.format === "qcow2" ? checkCacheOptions(request.options, base.clusterSize) : undefined
+              if (badCache !== undefined) return yield* new ImageError({ reason: "InvalidArgument", message: badCache })
               if (!request.snapshot) return { raw: base, overlay: undefined }
               const overlay = path.join(os.tmpdir(), `qcow2-io-snapshot-${process.pid}-${Date.now()}.qcow2`)
               yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(overlay, { force: true })))
@@ -199,19 +211,25 @@ export class IoSession {
   }
 
   /**
-   * Closes the image: flushed unless read-only, then released. False after
-   * reporting a failed flush (the run then fails, as qemu-io's exit does).
+   * Closes the image as QEMU's bdrv_close does: a flush (unless read-only
+   * or cache=unsafe) whose failure is not reported, then the driver's own
+   * write-back, which reports each cache it could not write ("Failed to
+   * flush the L2 table cache: …"), then the files are released. False when
+   * anything could not be written back (the run then exits 1).
    */
   close(): Effect.Effect<boolean> {
     return Effect.suspend(() => {
       const opened = this.opened
       if (opened === undefined) return Effect.succeed(true)
       this.opened = undefined
-      const flush = opened.raw.readOnly || opened.request.cache === "unsafe" ? Effect.succeed(true) : opened.raw.flush().pipe(
-        Effect.as(true),
-        Effect.catch((error) => Effect.sync(() => (errorReport(`Failed to flush the image: ${strerror(error)}`), false)))
-      )
-      return flush.pipe(Effect.tap(() => Scope.close(opened.scope, Exit.void)))
+      const image = opened.raw
+      return Effect.gen(function* () {
+        if (image.readOnly) return true
+        const flushed = opened.request.cache === "unsafe" ? true : (yield* Effect.result(image.flush()))._tag === "Success"
+        const failures = image.close !== undefined ? yield* image.close() : []
+        for (const failure of failures) errorReport(`Failed to flush the ${failure.cache} cache: ${strerror(failure.error)}`)
+        return flushed && failures.length === 0
+      }).pipe(Effect.tap(() => Scope.close(opened.scope, Exit.void)))
     })
   }
 
@@ -240,12 +258,16 @@ export class IoSession {
           return false
         }
       }
+      // lazy-refcounts changes how the driver writes: it takes a new open, as a mode change does.
+      const lazy = change.options.get("lazy-refcounts")
+      const lazyChanged = typeof lazy === "string" && lazy !== opened.request.options.get("lazy-refcounts")
       const request: OpenRequest = {
         ...opened.request,
         readOnly: readOnly ?? opened.request.readOnly,
-        cache: change.cache ?? opened.request.cache
+        cache: change.cache ?? opened.request.cache,
+        options: lazyChanged ? new Map([...opened.request.options, ["lazy-refcounts", lazy]]) : opened.request.options
       }
-      if (opened.overlay !== undefined || (request.readOnly === opened.request.readOnly && request.cache === opened.request.cache)) {
+      if (opened.overlay !== undefined || (!lazyChanged && request.readOnly === opened.request.readOnly && request.cache === opened.request.cache)) {
         self.opened = { ...opened, request, image: isWritethrough(request.cache) && !opened.raw.readOnly ? writethrough(opened.raw) : opened.raw }
         return true
       }

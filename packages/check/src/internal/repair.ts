@@ -40,7 +40,7 @@ export function compareRefcounts(p: Pass, fix: Fix): Effect.Effect<number, Stora
         if (r1 === 0) p.rebuild = true
         else if (r1 > r2 && fix.leaks) fixes = "leaks"
         else if (r1 < r2 && fix.errors) fixes = "corruptions"
-        p.log(`${fixes !== undefined ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked"} cluster ${i} refcount=${r1} reference=${r2}`)
+        p.log(`${fixes !== undefined ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked"} cluster ${i} refcount=${stored.text(i)} reference=${r2}`)
         if (fixes !== undefined) {
           stored.set(i, r2)
           if (r2 === 0) freed.push(i)

@@ -104,6 +104,18 @@ export class StoredRefcounts {
     return rawRefcount(block, cluster - index * this.perBlock, this.order)
   }
 
+  /**
+   * The stored refcount of `cluster` in decimal as qemu-img prints it:
+   * exact also for a 64-bit entry past 2^53 (`get` rounds those).
+   */
+  text(cluster: number): string {
+    const value = this.get(cluster)
+    const block = this.lastBlock
+    if (this.order !== 6 || value <= Number.MAX_SAFE_INTEGER || block === undefined || block === UNALIGNED) return String(value)
+    const index = cluster - Math.floor(cluster / this.perBlock) * this.perBlock
+    return new DataView(block.buffer, block.byteOffset + index * 8, 8).getBigUint64(0).toString()
+  }
+
   /** Looks up the block of table index `index` once for a run of clusters. */
   private select(index: number): void {
     this.lastIndex = index

@@ -9,6 +9,8 @@ export { asImageError, checkRange, toImageError } from "@qcow2/cluster"
  */
 export function fromDecodeFailure(location: string, error: unknown): ImageError {
   if (error instanceof FormatError) {
+    // A virtual size past what offsets here can address: QEMU's words for a size it cannot map.
+    if (error.reason === "OffsetTooLarge" && error.field === "size") return new ImageError({ reason: "Unsupported", message: "Image is too big", location, cause: error })
     const reason = error.reason === "BadMagic" ? "NotQcow2" : error.reason === "UnsupportedVersion" ? "Unsupported" : "Corrupt"
     return new ImageError({ reason, message: error.message, location, ...(error.offset !== undefined ? { offset: error.offset } : {}), cause: error })
   }

@@ -56,6 +56,7 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, nev
     discard: (offset, length) => engine.discard(offset, length),
     writeCompressed: (offset, data) => engine.writeCompressed(offset, data),
     flush: () => engine.flush(),
+    close: () => engine.close(),
     vmState: { read: (pos, into) => engine.readVmState(pos, into), write: (pos, data) => engine.writeVmState(pos, data) },
     truncate: (size, options) => engine.truncate(size, options),
     blockStatus: (offset, length) => engine.blockStatus(offset, length),
@@ -79,7 +80,7 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, nev
     }
   }
   qcow2Engines.set(image, engine)
-  return Effect.as(Effect.addFinalizer(() => engine.close()), image)
+  return Effect.as(Effect.addFinalizer(() => Effect.asVoid(engine.close())), image)
 }
 
 /** The LUKS header and persistent bitmaps, read through the engine's own storage. */

@@ -26,6 +26,7 @@ import type { BlockStorageShape } from "@qcow2/storage"
 import type { CheckResult, Image, ImageFormat, OpenOptions } from "../api.js"
 import { ImageError } from "../errors.js"
 import { asImageError, fromDecodeFailure } from "../internal/errors.js"
+import { qemuHeaderRefusal } from "./header-check.js"
 import { makeQcow2Image } from "./image.js"
 
 /** What opening a qcow2 image needs from the chain opener above it. */
@@ -46,19 +47,29 @@ export interface Qcow2OpenEnvironment {
   readonly check: (repair: "leaks" | "all" | undefined) => Effect.Effect<CheckResult, ImageError>
   /** Set after the dirty-bit repair, so it runs once. */
   readonly repaired?: boolean
+  /** The format to open the backing file with in place of the one the image names (backing.driver). */
+  readonly backingFormat?: ImageFormat
 }
 
 const corrupt = (location: string, message: string, offset?: number): ImageError =>
   new ImageError({ reason: "Corrupt", message, location, ...(offset !== undefined ? { offset } : {}) })
 
-/** Human names of incompatible bits, from the image's feature name table or the spec. */
+/**
+ * The unsupported incompatible bits as QEMU's report_unsupported_feature
+ * lists them: the names the image's feature name table gives, in table
+ * order (up to the first entry without a name), then the rest as one mask.
+ */
 function unsupportedFeatures(bits: bigint, names: ReadonlyArray<FeatureName>): string {
   const out: string[] = []
-  for (let bit = 0; bit < 64; bit++) {
-    if ((bits & (1n << BigInt(bit))) === 0n) continue
-    const named = names.find((n) => n.type === 0 && n.bit === bit)
-    out.push(named !== undefined ? named.name : `Unknown incompatible feature: ${(1n << BigInt(bit)).toString(16)}`)
+  let rest = bits
+  for (const entry of names) {
+    if (entry.name === "") break
+    const bit = 1n << BigInt(entry.bit)
+    if (entry.type !== 0 || (rest & bit) === 0n) continue
+    out.push(entry.name)
+    rest &= ~bit
   }
+  if (rest !== 0n) out.push(`Unknown incompatible feature: ${rest.toString(16)}`)
   return out.join(", ")
 }
 
@@ -79,6 +90,8 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     if (fileSize < 72) return yield* new ImageError({ reason: "NotQcow2", message: "Image is not in qcow2 format (file too small)", location })
     const first = new Uint8Array(Math.min(fileSize, 4096))
     yield* asImageError(storage.read(0, first), location)
+    const refusal = qemuHeaderRefusal(first, env.options.forCheck === true)
+    if (refusal !== undefined) return yield* corrupt(location, refusal)
     const fixed = yield* Effect.try({ try: () => decodeHeader(first), catch: (e) => fromDecodeFailure(location, e) })
     const clusterSize = 2 ** fixed.clusterBits
     const cluster0 = new Uint8Array(clusterSize)
@@ -94,6 +107,9 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
         location
       })
     }
+    if (env.options.lazyRefcounts === true && h.version < 3) {
+      return yield* new ImageError({ reason: "InvalidArgument", message: "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level", location })
+    }
     const isCorrupt = (h.incompatibleFeatures & IncompatibleFeature.Corrupt) !== 0n
     if (isCorrupt && !env.readOnly && env.options.forCheck !== true) {
       return yield* new ImageError({
@@ -105,7 +121,9 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     if ((h.incompatibleFeatures & IncompatibleFeature.Dirty) !== 0n && !env.readOnly && env.repaired !== true && env.options.forCheck !== true) {
       // Lazy refcounts left stale refcounts behind: rebuild them before use
       // (QEMU repairs a dirty image on a read-write open).
-      yield* env.check("all")
+      const result = yield* env.check("all")
+      // QEMU's repair on open prints what it finds and fixes, as qemu-img check does.
+      for (const line of result.messages) env.options.report?.(line)
       // The repair may have moved the refcount table: start from the header on disk.
       const repaired = new Uint8Array(clusterSize)
       yield* asImageError(storage.read(0, repaired), location)
@@ -190,10 +208,10 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     let backing: Image | undefined
     let backingResolved: string | undefined
     if (backingFileName !== undefined && backingFileName !== "" && env.options.openBacking !== false) {
-      const fmt = parsed.extensions.backingFormat
-      const format: ImageFormat | undefined = fmt === "qcow2" || fmt === "raw" ? fmt : undefined
+      const fmt = env.backingFormat ?? parsed.extensions.backingFormat
+      const format: ImageFormat | undefined = fmt === "qcow2" || fmt === "raw" || fmt === "luks" ? fmt : undefined
       if (fmt !== undefined && format === undefined) {
-        return yield* new ImageError({ reason: "Unsupported", message: `Unsupported backing file format '${fmt}'`, location })
+        return yield* new ImageError({ reason: "BackingChain", message: `Could not open backing file: Unknown driver '${fmt}'`, location })
       }
       backingResolved = env.resolveBacking(backingFileName)
       backing = yield* env.openBacking(backingFileName, format)
@@ -238,6 +256,8 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       compression: compressionOf(env, h.compressionType === 1 ? 1 : 0),
       crypto,
       bitmaps,
+      ...(env.options.report !== undefined ? { report: env.options.report } : {}),
+      ...(env.options.lazyRefcounts !== undefined ? { lazyRefcounts: env.options.lazyRefcounts } : {}),
       l2CacheBytes:
         env.options.l2CacheBytes ??
         Math.min(32 * 1024 * 1024, Math.max(4 * clusterSize, Math.ceil(h.size / geometry.l2Entries / clusterSize) * clusterSize)),

@@ -1,0 +1,80 @@
+/**
+ * What sits between an image's format and its file when a name says so
+ * (qemu-filename.ts): QEMU's blkdebug filter (the file comes back as a
+ * blkdebug store with the rules), or another image (a format node over a
+ * format node: the file's bytes are that image's guest content). The
+ * StorageOpener in force is wrapped so that the image file, and only it,
+ * opens that way; backing and data files open as they are.
+ */
+import { Effect } from "effect"
+import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
+import { openImage, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
+import { StorageError, StorageOpener, type BlockStorageShape, type StorageOpenerShape } from "@qcow2/storage"
+import { makeBlkdebugStorage, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
+
+/** How the image file of a name is opened. */
+export interface FileNode {
+  readonly file: string
+  readonly blkdebug?: BlkdebugConfig
+  readonly fileFormat?: ImageFormat
+  readonly dataFile?: { readonly file: string; readonly blkdebug?: BlkdebugConfig }
+}
+
+/** `inner`, except that `file` opens under a blkdebug filter with `config`. */
+export const blkdebugOpener = (inner: StorageOpenerShape, file: string, config: BlkdebugConfig): StorageOpenerShape => ({
+  open: (name, options) => (name === file ? Effect.map(inner.open(name, options), (storage) => makeBlkdebugStorage(storage, config)) : inner.open(name, options)),
+  resolve: inner.resolve
+})
+
+const asStorageError = (location: string) => (e: ImageError) =>
+  new StorageError({ reason: "Io", message: e.message, location, ...(e.errno !== undefined ? { errno: e.errno } : {}), cause: e })
+
+/**
+ * An open image as the byte store of another format node: its guest bytes,
+ * zeros past its end when read; writes stay inside it (a format node's
+ * size changes only by truncate).
+ */
+export const imageStorage = (image: Image): BlockStorageShape => {
+  const location = image.location
+  const mapError = asStorageError(location)
+  const outside = (offset: number, length: number) =>
+    Effect.fail(new StorageError({ reason: "OutOfRange", message: `${location}: ${length} bytes at ${offset} pass the end of the image (${image.virtualSize})`, location, offset, length }))
+  return {
+    location,
+    capabilities: { readOnly: image.readOnly, discard: false, alignment: 1 },
+    read: (offset, into) => {
+      const inside = Math.max(0, Math.min(into.length, image.virtualSize - offset))
+      if (inside < into.length) into.fill(0, inside)
+      return inside === 0 ? Effect.void : Effect.mapError(image.read(offset, into.subarray(0, inside)), mapError)
+    },
+    write: (offset, data) => (offset + data.length > image.virtualSize ? outside(offset, data.length) : Effect.mapError(image.write(offset, data), mapError)),
+    flush: () => Effect.mapError(image.flush(), mapError),
+    size: () => Effect.succeed(image.virtualSize),
+    resize: (size) => Effect.mapError(image.truncate(size, { shrink: true }), mapError),
+    discard: (offset, length) => Effect.mapError(image.discard(offset, length), mapError)
+  }
+}
+
+/** `inner`, except that `file` opens as the image it holds, of `format` (opened through `inner`). */
+const nestedOpener = (inner: StorageOpenerShape, codec: ClusterCodecShape, file: string, format: ImageFormat): StorageOpenerShape => ({
+  open: (name, options) =>
+    name !== file
+      ? inner.open(name, options)
+      : openImage(name, { format, readOnly: options.readOnly }).pipe(
+          Effect.provideService(StorageOpener, inner),
+          Effect.provideService(ClusterCodec, codec),
+          Effect.mapBoth({ onFailure: asStorageError(name), onSuccess: imageStorage })
+        ),
+  resolve: inner.resolve
+})
+
+/** Runs `effect` (which opens `node.file`) with the file node the name asked for. */
+export const withFileNode = <A, E, R>(node: FileNode, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R | StorageOpener | ClusterCodec> =>
+  Effect.gen(function* () {
+    let opener = yield* StorageOpener
+    if (node.fileFormat !== undefined) opener = nestedOpener(opener, yield* ClusterCodec, node.file, node.fileFormat)
+    if (node.blkdebug !== undefined) opener = blkdebugOpener(opener, node.file, node.blkdebug)
+    const data = node.dataFile
+    if (data?.blkdebug !== undefined) opener = blkdebugOpener(opener, data.file, data.blkdebug)
+    return yield* Effect.provideService(effect, StorageOpener, opener)
+  })

@@ -1,0 +1,97 @@
+/**
+ * The header checks QEMU's qcow2_do_open makes before it uses a header, in
+ * its order and with its messages ("Reference count table offset invalid",
+ * "L1 table is too small" …), read straight from the bytes with 64-bit
+ * arithmetic so that values past what this toolkit can address still get
+ * QEMU's verdict. The decoder of @qcow2/format checks more afterwards;
+ * this only decides which message a header QEMU refuses gets.
+ */
+
+/** QEMU's limits (block/qcow2.h): 8 MiB refcount table, 32 MiB L1 table, 65536 snapshots. */
+const MAX_REFTABLE_BYTES = 8n << 20n
+const MAX_L1_BYTES = 32n << 20n
+const MAX_SNAPSHOTS = 65536n
+const SNAPSHOT_HEADER_BYTES = 40n
+const INT64_MAX = (1n << 63n) - 1n
+const INT_MAX = (1n << 31n) - 1n
+
+const u32 = (b: Uint8Array, o: number): bigint => BigInt(((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0)
+const u64 = (b: Uint8Array, o: number): bigint => (u32(b, o) << 32n) | u32(b, o + 4)
+
+/** qcow2_validate_table: the table's size, then its offset (aligned, and its end representable). */
+const validateTable = (offset: bigint, entries: bigint, entryBytes: bigint, maxBytes: bigint, clusterSize: bigint, name: string): string | undefined => {
+  if (entries > maxBytes / entryBytes) return `${name} too large`
+  if (INT64_MAX - entries * entryBytes < offset || offset % clusterSize !== 0n) return `${name} offset invalid`
+  return undefined
+}
+
+/**
+ * The extension area [start, end) as qcow2_read_extensions walks it: each
+ * extension's length must fit what is left of the area.
+ */
+const checkExtensions = (header: Uint8Array, start: number, end: number): string | undefined => {
+  let offset = start
+  while (offset < end) {
+    if (offset + 8 > header.length) return undefined
+    const magic = Number(u32(header, offset))
+    const length = Number(u32(header, offset + 4))
+    offset += 8
+    if (offset > end || length > end - offset) return "Header extension too large"
+    if (magic === 0) return undefined
+    // The backing format name must fit QEMU's 16-byte buffer.
+    if (magic === 0xe2792aca && length >= 16) return `ERROR: ext_backing_format: len=${length} too large (>=16)`
+    offset += (length + 7) & ~7
+  }
+  return undefined
+}
+
+/**
+ * QEMU's message for a header of cluster 0 (`header`, at least the first
+ * cluster or the whole file if shorter) that qcow2_do_open refuses, or
+ * undefined. `checking`: opened for qemu-img check, which skips the table
+ * checks a repair may need to get past.
+ */
+export const qemuHeaderRefusal = (header: Uint8Array, checking: boolean): string | undefined => {
+  if (header.length < 72) return undefined
+  const version = u32(header, 4)
+  if (version < 2n || version > 3n) return `Unsupported qcow2 version ${version}`
+  const clusterBits = u32(header, 20)
+  if (clusterBits < 9n || clusterBits > 21n) return `Unsupported cluster size: 2^${clusterBits}`
+  const clusterSize = 1n << clusterBits
+  const headerLength = version === 2n ? 72n : header.length >= 104 ? u32(header, 100) : 0n
+  if (version === 3n && headerLength < 104n) return "qcow2 header too short"
+  if (headerLength > clusterSize) return "qcow2 header exceeds cluster size"
+  const backingOffset = u64(header, 8)
+  if (backingOffset > clusterSize) return "Invalid backing file offset"
+  const extensionsEnd = backingOffset !== 0n ? backingOffset : clusterSize
+  if (version === 3n) {
+    const bad = checkExtensions(header, Number(headerLength), Number(extensionsEnd))
+    if (bad !== undefined) return bad
+  }
+  if (version === 3n && u32(header, 96) > 6n) return "Reference count entry width too large; may not exceed 64 bits"
+  const reftableClusters = u32(header, 56)
+  if (reftableClusters === 0n && !checking) return "Image does not contain a reference count table"
+  const reftable = validateTable(u64(header, 48), reftableClusters * clusterSize, 1n, MAX_REFTABLE_BYTES, clusterSize, "Reference count table")
+  if (reftable !== undefined) return reftable
+  if (!checking) {
+    const snapshots = validateTable(u64(header, 64), u32(header, 60), SNAPSHOT_HEADER_BYTES, MAX_SNAPSHOTS * SNAPSHOT_HEADER_BYTES, clusterSize, "Snapshot table")
+    if (snapshots !== undefined) return snapshots
+  }
+  const l1Size = u32(header, 36)
+  const l1 = validateTable(u64(header, 40), l1Size, 8n, MAX_L1_BYTES, clusterSize, "Active L1 table")
+  if (l1 !== undefined) return l1
+  // Extended L2 entries (incompatible bit 4) are twice as large: an L2 table maps half as much.
+  const extendedL2 = version === 3n && (u64(header, 72) & 16n) !== 0n
+  const l2Bits = clusterBits - (extendedL2 ? 4n : 3n)
+  const size = u64(header, 24)
+  const perL1Entry = 1n << (clusterBits + l2Bits)
+  const l1Needed = (size + perL1Entry - 1n) / perL1Entry
+  if (l1Needed > INT_MAX) return "Image is too big"
+  if (l1Size < l1Needed) return "L1 table is too small"
+  if (backingOffset !== 0n) {
+    const length = u32(header, 16)
+    const room = clusterSize - backingOffset
+    if (length > (room < 1023n ? room : 1023n)) return "Backing file name too long"
+  }
+  return undefined
+}
