@@ -26,6 +26,12 @@ export interface ConvertOptions {
   readonly targetIsZero: boolean
   /** Requests in flight (qemu-img -m). */
   readonly parallel: number
+  /**
+   * -W: writes to a qcow2 target may go out in any order. Otherwise they go
+   * out in guest order, one at a time (reads still overlap), as qemu-img
+   * writes them, so new clusters are laid out as qemu-img lays them out.
+   */
+  readonly outOfOrder?: boolean
   readonly backingFile?: string
   readonly backingFormat?: string
   readonly secrets: Secrets
@@ -86,6 +92,8 @@ export const dataRuns = (buf: Uint8Array, length: number, granularity: number): 
 }
 
 interface Task {
+  /** Position in guest order (tasks are made in order). */
+  readonly seq: number
   readonly source: Image
   readonly sourceName: string
   /** Guest offset in the source. */
@@ -193,6 +201,41 @@ const rawSink = (target: string, size: number, o: ConvertOptions): Effect.Effect
     })
   )
 
+/**
+ * Writes in guest order (qemu-img convert without -W): a task writes when
+ * every task before it has finished; a task with nothing to write only
+ * marks itself done. Reads are not ordered.
+ */
+class WriteOrder {
+  private next = 0
+  private readonly finishedEarly = new Set<number>()
+  private readonly waiting = new Map<number, () => void>()
+
+  /** Waits until task `seq` is the next one to write. */
+  turn(seq: number): Effect.Effect<void> {
+    if (seq === this.next) return Effect.void
+    return Effect.callback<void>((resume) => {
+      this.waiting.set(seq, () => resume(Effect.void))
+      return Effect.sync(() => this.waiting.delete(seq))
+    })
+  }
+
+  /** Task `seq` has written (or had nothing to write): the next ones may go. */
+  done(seq: number): void {
+    if (seq !== this.next) {
+      this.finishedEarly.add(seq)
+      return
+    }
+    this.next++
+    while (this.finishedEarly.delete(this.next)) this.next++
+    const wake = this.waiting.get(this.next)
+    if (wake !== undefined) {
+      this.waiting.delete(this.next)
+      wake()
+    }
+  }
+}
+
 /** `qcow2 convert`: copies the guest view of one or more images (concatenated) into a raw or qcow2 target. */
 export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.scoped(
@@ -232,7 +275,23 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       let sourceIndex = 0
       let sourceOffset = 0
       let targetBase = 0
-      /** Next piece of work: one block-status extent, cut at CHUNK boundaries. */
+      let taskCount = 0
+      /**
+       * The last block-status extent of the current source, [start, end)
+       * (absolute): a raw file's data extent or a qcow2 image's run of
+       * clusters usually spans many tasks, and is asked for once.
+       */
+      let known: { readonly source: Image; readonly start: number; readonly end: number; readonly kind: Task["status"] } | undefined
+      const statusAt = (source: Image, offset: number, backingSize: number | undefined) => {
+        if (known !== undefined && known.source === source && offset >= known.start && offset < known.end) {
+          return Effect.succeed({ kind: known.kind, length: known.end - offset })
+        }
+        return Effect.map(sourceStatus(source, offset, source.virtualSize - offset, backingSize, o), (status) => {
+          known = { source, start: offset, end: offset + Math.max(1, status.length), kind: status.kind }
+          return status
+        })
+      }
+      /** Next piece of work: one block-status extent (consecutive data extents merged), cut at CHUNK boundaries. */
       const nextTask: Effect.Effect<Task | undefined, CliFailure> = lock.withPermits(1)(
         Effect.gen(function* () {
           while (sourceIndex < sources.length && sourceOffset >= sources[sourceIndex]!.virtualSize) {
@@ -244,30 +303,38 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
           const source = sources[sourceIndex]!
           const sourceName = o.sources[sourceIndex]!
           const remaining = source.virtualSize - sourceOffset
+          const chunkEnd = Math.min(source.virtualSize, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
           if (source.format === "raw") {
             // A raw file's block status knows its holes (SEEK_DATA/SEEK_HOLE,
             // as qemu-img asks): a hole is skipped like a zero extent. Data
-            // is read in whole chunks, and its zeros found once, in the worker.
+            // is read up to the next hole (rounded up to whole target
+            // clusters, so a cluster is written in one piece), and its zeros
+            // are found in the worker.
+            let end = chunkEnd
             if (sink.backingSize === undefined) {
-              const status = yield* sourceStatus(source, sourceOffset, remaining, undefined, o)
+              const status = yield* statusAt(source, sourceOffset, undefined)
               const holeEnd = Math.min(source.virtualSize, sourceOffset + status.length)
-              const end = holeEnd === source.virtualSize ? holeEnd : Math.floor(holeEnd / sink.alignment) * sink.alignment
-              if (status.kind === "zero" && end > sourceOffset) {
-                const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "zero" }
-                sourceOffset = end
-                return task
+              if (status.kind === "zero") {
+                const zeroEnd = holeEnd === source.virtualSize ? holeEnd : Math.floor(holeEnd / sink.alignment) * sink.alignment
+                if (zeroEnd > sourceOffset) {
+                  const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: zeroEnd - sourceOffset, status: "zero" }
+                  sourceOffset = zeroEnd
+                  return task
+                }
+              } else {
+                const granule = Math.max(sink.alignment, sink.zeroGranularity)
+                end = Math.min(chunkEnd, Math.ceil(holeEnd / granule) * granule)
               }
             }
-            const end = Math.min(source.virtualSize, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
-            const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "data" }
+            const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "data" }
             sourceOffset = end
             return task
           }
-          const status = yield* sourceStatus(source, sourceOffset, remaining, sink.backingSize, o)
+          const status = yield* statusAt(source, sourceOffset, sink.backingSize)
           const align = sink.alignment
-          const extentEnd = sourceOffset + Math.max(1, Math.min(status.length, remaining))
+          let extentEnd = sourceOffset + Math.max(1, Math.min(status.length, remaining))
           if (status.kind === "backing") {
-            const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: extentEnd - sourceOffset, status: "backing" }
+            const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: extentEnd - sourceOffset, status: "backing" }
             sourceOffset = extentEnd
             return task
           }
@@ -279,29 +346,41 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             if (end <= sourceOffset) zeroTask = false
           }
           if (!zeroTask) {
+            // Data extents that follow each other (compressed clusters, or
+            // clusters apart on the host, each have their own) are one task.
+            while (status.kind === "data" && extentEnd < chunkEnd) {
+              const next = yield* statusAt(source, extentEnd, sink.backingSize)
+              if (next.kind !== "data") break
+              extentEnd += Math.max(1, next.length)
+            }
             // Data: at most one CHUNK, cut at CHUNK boundaries, rounded up to the alignment.
             const rounded = Math.min(source.virtualSize, Math.ceil(extentEnd / align) * align)
-            end = Math.min(rounded, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
+            end = Math.min(rounded, chunkEnd)
           }
           const length = end! - sourceOffset
-          const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length, status: zeroTask ? "zero" : "data" }
+          const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length, status: zeroTask ? "zero" : "data" }
           sourceOffset += length
           return task
         })
       )
 
       const granularity = sink.alignment > 1 ? sink.alignment : o.sparseSize === 0 || o.copyRange === true ? 0 : Math.max(o.sparseSize, sink.zeroGranularity)
+      const order = o.outFormat === "qcow2" && !o.compress && o.outOfOrder !== true ? new WriteOrder() : undefined
       const worker = Effect.gen(function* () {
         const buffer = Buffer.allocUnsafe(CHUNK)
         for (;;) {
           const task = yield* nextTask
           if (task === undefined) return
           if (task.status === "zero") {
-            if (o.sparseSize === 0 || !sink.zeroIsFree) yield* sink.writeZeroes(task.target, task.length)
+            if (o.sparseSize === 0 || !sink.zeroIsFree) {
+              if (order !== undefined) yield* order.turn(task.seq)
+              yield* sink.writeZeroes(task.target, task.length)
+            }
           } else if (task.status === "data") {
             const view = buffer.subarray(0, task.length)
             yield* readSource(task, view, o)
             const runs = dataRuns(buffer, task.length, granularity)
+            if (order !== undefined && (runs.length > 0 || !sink.zeroIsFree)) yield* order.turn(task.seq)
             let covered = 0
             for (const [start, end] of runs) {
               if (start > covered && !sink.zeroIsFree) yield* sink.writeZeroes(task.target + covered, start - covered)
@@ -310,6 +389,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             }
             if (covered < task.length && !sink.zeroIsFree) yield* sink.writeZeroes(task.target + covered, task.length - covered)
           }
+          order?.done(task.seq)
           progress?.advance(task.length)
         }
       })
