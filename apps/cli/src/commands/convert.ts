@@ -53,6 +53,9 @@ export interface ConvertOptions {
 /** Bytes per request: large reads amortise the per-request cost. */
 export const CHUNK = 2 * 1024 * 1024
 
+/** File requests Node's libuv thread pool runs at once (its default size). */
+const FILE_REQUESTS_AT_ONCE = Math.max(1, Number(process.env.UV_THREADPOOL_SIZE) || 4)
+
 /**
  * Whether `buf[start, end)` is all zeros. Past its first 16 bytes the range
  * is compared with itself shifted by 16 bytes (equal everywhere and zero at
@@ -393,7 +396,11 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
           progress?.advance(task.length)
         }
       })
-      const workers = Math.max(1, Math.min(o.parallel, 16))
+      // Node's thread pool runs 4 file requests at once (UV_THREADPOOL_SIZE):
+      // more plain copy workers than that only add buffers (2 MiB each) to
+      // the peak memory. Compressing ones keep -m: their clusters in flight
+      // feed the compression pool.
+      const workers = Math.max(1, Math.min(o.parallel, o.compress ? 16 : FILE_REQUESTS_AT_ONCE))
       yield* Effect.all(Array.from({ length: workers }, () => worker), { concurrency: "unbounded", discard: true })
       if (o.bitmaps === true) yield* copyBitmaps(sources[0]!, sink.image!, o.skipBrokenBitmaps === true)
       progress?.finish()
