@@ -246,6 +246,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
           skipCreate: c.noCreate,
           targetIsZero: c.targetIsZero,
           parallel,
+          outOfOrder: c.outOfOrder,
           secrets,
           cache: c.cache ?? "unsafe",
           ...(snapshot !== undefined ? { snapshot } : {}),

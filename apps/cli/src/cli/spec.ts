@@ -166,7 +166,7 @@ export const convert = {
     quiet,
     noCreate: { kind: "boolean", name: "no-create", alias: "n", description: "the target exists; do not create it" },
     parallel: { kind: "string", name: "parallel", alias: "m", description: "requests in flight (default 8)" },
-    outOfOrder: { kind: "boolean", name: "out-of-order", alias: "W", description: "accepted; writes are always unordered" },
+    outOfOrder: { kind: "boolean", name: "out-of-order", alias: "W", description: "allow out-of-order writes (qcow2 targets)" },
     backing: { kind: "string", name: "backing", alias: "B", description: "backing file of the target" },
     backingFormat: { kind: "string", name: "backing-format", alias: "F" },
     cache: {

@@ -1,11 +1,12 @@
 import * as fs from "node:fs"
 import { Effect, Semaphore } from "effect"
-import { createImage, type Image, type ImageFormat } from "@qcow2/image"
-import { parseCreateOptions, splitOptionList, toCreateOptions, formattingLine } from "../createopts.js"
-import { lockDescriptor, open, unsafeCacheFiles, type ImageEnv } from "../env.js"
+import type { Image, ImageFormat } from "@qcow2/image"
+import { splitOptionList } from "../createopts.js"
+import { open, type ImageEnv } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
 import { checkBitmapsCopyable, checkTargetSupportsBitmaps, copyBitmaps } from "./convert-bitmaps.js"
+import { qcow2Sink, rawSink, WriteOrder, type Sink } from "./convert-sinks.js"
 import { Progress } from "../progress.js"
 import type { Secrets } from "../secrets.js"
 import type { SnapshotSelector } from "./snapshot.js"
@@ -26,6 +27,12 @@ export interface ConvertOptions {
   readonly targetIsZero: boolean
   /** Requests in flight (qemu-img -m). */
   readonly parallel: number
+  /**
+   * -W: writes to a qcow2 target may go out in any order. Otherwise they go
+   * out in guest order, one at a time (reads still overlap), as qemu-img
+   * writes them, so new clusters are laid out as qemu-img lays them out.
+   */
+  readonly outOfOrder?: boolean
   readonly backingFile?: string
   readonly backingFormat?: string
   readonly secrets: Secrets
@@ -46,6 +53,9 @@ export interface ConvertOptions {
 
 /** Bytes per request: large reads amortise the per-request cost. */
 export const CHUNK = 2 * 1024 * 1024
+
+/** File requests Node's libuv thread pool runs at once (its default size). */
+const FILE_REQUESTS_AT_ONCE = Math.max(1, Number(process.env.UV_THREADPOOL_SIZE) || 4)
 
 /**
  * Whether `buf[start, end)` is all zeros. Past its first 16 bytes the range
@@ -86,6 +96,8 @@ export const dataRuns = (buf: Uint8Array, length: number, granularity: number): 
 }
 
 interface Task {
+  /** Position in guest order (tasks are made in order). */
+  readonly seq: number
   readonly source: Image
   readonly sourceName: string
   /** Guest offset in the source. */
@@ -100,98 +112,6 @@ interface Task {
    */
   readonly status: "data" | "zero" | "backing"
 }
-
-/** Where the converted bytes go. */
-interface Sink {
-  readonly writeData: (offset: number, data: Uint8Array) => Effect.Effect<void, CliFailure>
-  /** Called for zero ranges that must be written explicitly (-S 0, or a target that is not known to be zero). */
-  readonly writeZeroes: (offset: number, length: number) => Effect.Effect<void, CliFailure>
-  /** A zero range can be skipped because the target already reads as zeros there. */
-  readonly zeroIsFree: boolean
-  /** Writes must start and end on multiples of this (cluster size for compressed output), else 1. */
-  readonly alignment: number
-  /**
-   * Zero detection need not be finer than this: a qcow2 target allocates
-   * whole clusters anyway, so a cluster is skipped only when all of it is
-   * zero (qemu-img convert aligns its zero detection to the target cluster
-   * size in the same way), and whole clusters are written in one piece.
-   */
-  readonly zeroGranularity: number
-  /**
-   * Size of the new target's backing file when it has one (zeros past it
-   * need no writing), -1 when the backing size does not count; undefined
-   * without a backing file.
-   */
-  readonly backingSize?: number
-  /** The target image (qcow2 targets), for copying bitmaps after the data. */
-  readonly image?: Image
-}
-
-const writeAll = (fd: number, data: Uint8Array, position: number, target: string): Effect.Effect<void, CliFailure> =>
-  Effect.callback<void, CliFailure>((resume) => {
-    let done = 0
-    const step = (): void => {
-      fs.write(fd, data, done, data.length - done, position + done, (err, n) => {
-        if (err !== null) {
-          resume(Effect.fail(fail(`error while writing at byte ${position + done}: ${err.message} (${target})`)))
-          return
-        }
-        done += n
-        if (done < data.length) step()
-        else resume(Effect.void)
-      })
-    }
-    step()
-  })
-
-/** Locks a raw target descriptor (see lockDescriptor); on a refusal the descriptor is closed. */
-const lockTarget = (fd: number, target: string, role: "create" | "raw", refused: (message: string) => string): Effect.Effect<void, CliFailure> =>
-  Effect.flatMap(lockDescriptor(fd, target, role), (error) =>
-    error === undefined ? Effect.void : Effect.sync(() => fs.closeSync(fd)).pipe(Effect.andThen(Effect.fail(fail(refused(error.message)))))
-  )
-
-/** A raw file target: positional writes, holes for skipped zeros, final size set by ftruncate. */
-const rawSink = (target: string, size: number, o: ConvertOptions): Effect.Effect<Sink, CliFailure, never> =>
-  Effect.gen(function* () {
-    const attempt = <A>(f: () => A) => Effect.try({ try: f, catch: (e) => fail(`${target}: ${e instanceof Error ? e.message : String(e)}`) })
-    /** `f` on `fd`; the descriptor is closed if it fails. */
-    const onFd = (fd: number, f: () => void) => Effect.tapError(attempt(f), () => Effect.sync(() => fs.closeSync(fd)))
-    const { O_CREAT, O_RDWR } = fs.constants
-    // Like qemu-img: create on one descriptor (locked, then truncated),
-    // then write through another. On ext4, closing a descriptor that
-    // truncated a file to zero starts writeback of everything written
-    // through it (auto_da_alloc), which made replacing an existing target
-    // ~0.1-0.4 s slower; the creating descriptor is closed before any data
-    // is written. O_RDWR, not write-only: a write-only open of a FIFO
-    // waits for a reader.
-    if (!o.skipCreate) {
-      const created = yield* attempt(() => fs.openSync(target, O_RDWR | O_CREAT))
-      yield* lockTarget(created, target, "create", (m) => `${target}: error while converting raw: ${m}`)
-      yield* onFd(created, () => fs.ftruncateSync(created, 0))
-      fs.closeSync(created)
-    }
-    const fd = yield* attempt(() => fs.openSync(target, O_RDWR))
-    yield* lockTarget(fd, target, "raw", (m) => `Could not open '${target}': ${m}`)
-    if (!o.skipCreate) yield* onFd(fd, () => fs.ftruncateSync(fd, size))
-    return fd
-  }).pipe(
-    Effect.map((fd): Sink & { fd: number } => {
-      const zeros = Buffer.alloc(CHUNK)
-      return {
-        fd,
-        zeroIsFree: !o.skipCreate || o.targetIsZero,
-        alignment: 1,
-        zeroGranularity: 1,
-        writeData: (offset, data) => writeAll(fd, data, offset, target),
-        writeZeroes: (offset, length) =>
-          Effect.gen(function* () {
-            for (let pos = offset; pos < offset + length; pos += CHUNK) {
-              yield* writeAll(fd, zeros.subarray(0, Math.min(CHUNK, offset + length - pos)), pos, target)
-            }
-          })
-      }
-    })
-  )
 
 /** `qcow2 convert`: copies the guest view of one or more images (concatenated) into a raw or qcow2 target. */
 export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
@@ -232,7 +152,23 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       let sourceIndex = 0
       let sourceOffset = 0
       let targetBase = 0
-      /** Next piece of work: one block-status extent, cut at CHUNK boundaries. */
+      let taskCount = 0
+      /**
+       * The last block-status extent of the current source, [start, end)
+       * (absolute): a raw file's data extent or a qcow2 image's run of
+       * clusters usually spans many tasks, and is asked for once.
+       */
+      let known: { readonly source: Image; readonly start: number; readonly end: number; readonly kind: Task["status"] } | undefined
+      const statusAt = (source: Image, offset: number, backingSize: number | undefined) => {
+        if (known !== undefined && known.source === source && offset >= known.start && offset < known.end) {
+          return Effect.succeed({ kind: known.kind, length: known.end - offset })
+        }
+        return Effect.map(sourceStatus(source, offset, source.virtualSize - offset, backingSize, o), (status) => {
+          known = { source, start: offset, end: offset + Math.max(1, status.length), kind: status.kind }
+          return status
+        })
+      }
+      /** Next piece of work: one block-status extent (consecutive data extents merged), cut at CHUNK boundaries. */
       const nextTask: Effect.Effect<Task | undefined, CliFailure> = lock.withPermits(1)(
         Effect.gen(function* () {
           while (sourceIndex < sources.length && sourceOffset >= sources[sourceIndex]!.virtualSize) {
@@ -244,30 +180,38 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
           const source = sources[sourceIndex]!
           const sourceName = o.sources[sourceIndex]!
           const remaining = source.virtualSize - sourceOffset
+          const chunkEnd = Math.min(source.virtualSize, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
           if (source.format === "raw") {
             // A raw file's block status knows its holes (SEEK_DATA/SEEK_HOLE,
             // as qemu-img asks): a hole is skipped like a zero extent. Data
-            // is read in whole chunks, and its zeros found once, in the worker.
+            // is read up to the next hole (rounded up to whole target
+            // clusters, so a cluster is written in one piece), and its zeros
+            // are found in the worker.
+            let end = chunkEnd
             if (sink.backingSize === undefined) {
-              const status = yield* sourceStatus(source, sourceOffset, remaining, undefined, o)
+              const status = yield* statusAt(source, sourceOffset, undefined)
               const holeEnd = Math.min(source.virtualSize, sourceOffset + status.length)
-              const end = holeEnd === source.virtualSize ? holeEnd : Math.floor(holeEnd / sink.alignment) * sink.alignment
-              if (status.kind === "zero" && end > sourceOffset) {
-                const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "zero" }
-                sourceOffset = end
-                return task
+              if (status.kind === "zero") {
+                const zeroEnd = holeEnd === source.virtualSize ? holeEnd : Math.floor(holeEnd / sink.alignment) * sink.alignment
+                if (zeroEnd > sourceOffset) {
+                  const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: zeroEnd - sourceOffset, status: "zero" }
+                  sourceOffset = zeroEnd
+                  return task
+                }
+              } else {
+                const granule = Math.max(sink.alignment, sink.zeroGranularity)
+                end = Math.min(chunkEnd, Math.ceil(holeEnd / granule) * granule)
               }
             }
-            const end = Math.min(source.virtualSize, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
-            const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "data" }
+            const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "data" }
             sourceOffset = end
             return task
           }
-          const status = yield* sourceStatus(source, sourceOffset, remaining, sink.backingSize, o)
+          const status = yield* statusAt(source, sourceOffset, sink.backingSize)
           const align = sink.alignment
-          const extentEnd = sourceOffset + Math.max(1, Math.min(status.length, remaining))
+          let extentEnd = sourceOffset + Math.max(1, Math.min(status.length, remaining))
           if (status.kind === "backing") {
-            const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: extentEnd - sourceOffset, status: "backing" }
+            const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: extentEnd - sourceOffset, status: "backing" }
             sourceOffset = extentEnd
             return task
           }
@@ -279,29 +223,41 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             if (end <= sourceOffset) zeroTask = false
           }
           if (!zeroTask) {
+            // Data extents that follow each other (compressed clusters, or
+            // clusters apart on the host, each have their own) are one task.
+            while (status.kind === "data" && extentEnd < chunkEnd) {
+              const next = yield* statusAt(source, extentEnd, sink.backingSize)
+              if (next.kind !== "data") break
+              extentEnd += Math.max(1, next.length)
+            }
             // Data: at most one CHUNK, cut at CHUNK boundaries, rounded up to the alignment.
             const rounded = Math.min(source.virtualSize, Math.ceil(extentEnd / align) * align)
-            end = Math.min(rounded, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
+            end = Math.min(rounded, chunkEnd)
           }
           const length = end! - sourceOffset
-          const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length, status: zeroTask ? "zero" : "data" }
+          const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length, status: zeroTask ? "zero" : "data" }
           sourceOffset += length
           return task
         })
       )
 
       const granularity = sink.alignment > 1 ? sink.alignment : o.sparseSize === 0 || o.copyRange === true ? 0 : Math.max(o.sparseSize, sink.zeroGranularity)
+      const order = o.outFormat === "qcow2" && !o.compress && o.outOfOrder !== true ? new WriteOrder() : undefined
       const worker = Effect.gen(function* () {
         const buffer = Buffer.allocUnsafe(CHUNK)
         for (;;) {
           const task = yield* nextTask
           if (task === undefined) return
           if (task.status === "zero") {
-            if (o.sparseSize === 0 || !sink.zeroIsFree) yield* sink.writeZeroes(task.target, task.length)
+            if (o.sparseSize === 0 || !sink.zeroIsFree) {
+              if (order !== undefined) yield* order.turn(task.seq)
+              yield* sink.writeZeroes(task.target, task.length)
+            }
           } else if (task.status === "data") {
             const view = buffer.subarray(0, task.length)
             yield* readSource(task, view, o)
             const runs = dataRuns(buffer, task.length, granularity)
+            if (order !== undefined && (runs.length > 0 || !sink.zeroIsFree)) yield* order.turn(task.seq)
             let covered = 0
             for (const [start, end] of runs) {
               if (start > covered && !sink.zeroIsFree) yield* sink.writeZeroes(task.target + covered, start - covered)
@@ -310,10 +266,15 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             }
             if (covered < task.length && !sink.zeroIsFree) yield* sink.writeZeroes(task.target + covered, task.length - covered)
           }
+          order?.done(task.seq)
           progress?.advance(task.length)
         }
       })
-      const workers = Math.max(1, Math.min(o.parallel, 16))
+      // Node's thread pool runs 4 file requests at once (UV_THREADPOOL_SIZE):
+      // more plain copy workers than that only add buffers (2 MiB each) to
+      // the peak memory. Compressing ones keep -m: their clusters in flight
+      // feed the compression pool.
+      const workers = Math.max(1, Math.min(o.parallel, o.compress ? 16 : FILE_REQUESTS_AT_ONCE))
       yield* Effect.all(Array.from({ length: workers }, () => worker), { concurrency: "unbounded", discard: true })
       if (o.bitmaps === true) yield* copyBitmaps(sources[0]!, sink.image!, o.skipBrokenBitmaps === true)
       progress?.finish()
@@ -372,66 +333,3 @@ const readSource = (task: Task, view: Uint8Array, o: ConvertOptions): Effect.Eff
       })
     })
   )
-
-/** A qcow2 target: created with the -o options, written through the driver. */
-const qcow2Sink = (o: ConvertOptions, total: number) =>
-  Effect.gen(function* () {
-    if (o.cache === "unsafe") unsafeCacheFiles.add(o.target)
-    const lists = [...o.options]
-    if (o.backingFile !== undefined) lists.push(`backing_file=${o.backingFile.replace(/,/g, ",,")}`)
-    if (o.backingFormat !== undefined) lists.push(`backing_fmt=${o.backingFormat.replace(/,/g, ",,")}`)
-    const parsed = parseCreateOptions("qcow2", lists)
-    if (!parsed.ok) return yield* Effect.fail(fail(parsed.message))
-    if (!parsed.values.has("size")) parsed.values.set("size", String(Math.ceil(total / 512) * 512))
-    const keyId = parsed.values.get("encrypt.key-secret")
-    const passphrase = keyId !== undefined ? o.secrets.byId.get(keyId) : o.secrets.passphrase
-    const built = toCreateOptions(parsed.values, passphrase)
-    if (!built.ok) return yield* Effect.fail(fail(`${o.target}: ${built.message}`))
-    if (!o.skipCreate) {
-      yield* Effect.scoped(createImage(o.target, built.options)).pipe(
-        Effect.mapError((e) =>
-          // A lock conflict is reported before the creation is announced (qemu-img's message has no "Formatting" part).
-          fail(`${o.target}: error while converting qcow2: ${e.message}${e.reason === "Locked" ? "" : ` (${formattingLine(o.target, "qcow2", parsed.values)})`}`)
-        )
-      )
-    }
-    // Compression runs on a pool of worker threads sized to the cores; many
-    // clusters are in flight at once and each result lands in its own cluster.
-    const pool = o.compress ? yield* Effect.flatMap(Effect.promise(() => import("@qcow2/compress/node")), (m) => m.makeCompressionPool({})) : undefined
-    const target = yield* open(o.target, {
-      readOnly: false,
-      format: "qcow2",
-      passphrase,
-      ...(pool !== undefined ? { compress: (type: 0 | 1, cluster: Uint8Array, level: number | undefined) => pool.compress(type, cluster, level) } : {})
-    })
-    if (target.virtualSize < total) return yield* Effect.fail(fail("Target image is smaller than the source"))
-    const clusterSize = target.clusterSize
-    const wrap = <A>(offset: number, eff: Effect.Effect<A, { readonly message: string }>) =>
-      eff.pipe(Effect.mapError((e) => fail(`error while writing at byte ${offset}: ${e.message}`)))
-    const sink: Sink = {
-      image: target,
-      // A preallocated encrypted image does not read as zeros (QEMU's qcow2_has_zero_init).
-      zeroIsFree: (!o.skipCreate || o.targetIsZero) && o.backingFile === undefined && !(passphrase !== undefined && parsed.values.has("encrypt.format") && (parsed.values.get("preallocation") ?? "off") !== "off"),
-      alignment: o.compress ? clusterSize : 1,
-      zeroGranularity: clusterSize,
-      writeData: (offset, data) =>
-        o.compress
-          ? Effect.gen(function* () {
-              // Whole clusters go compressed in one request (compressed in
-              // parallel); a partial cluster at either end is written plainly.
-              const end = offset + data.length
-              const fullStart = Math.ceil(offset / clusterSize) * clusterSize
-              let fullEnd = Math.floor(end / clusterSize) * clusterSize
-              if (end === target.virtualSize && end > fullEnd && fullStart <= fullEnd) fullEnd = end
-              if (fullStart >= fullEnd) return yield* wrap(offset, target.write(offset, data))
-              if (fullStart > offset) yield* wrap(offset, target.write(offset, data.subarray(0, fullStart - offset)))
-              yield* wrap(fullStart, target.writeCompressed(fullStart, data.subarray(fullStart - offset, fullEnd - offset)))
-              if (end > fullEnd) yield* wrap(fullEnd, target.write(fullEnd, data.subarray(fullEnd - offset)))
-            })
-          : wrap(offset, target.write(offset, data)),
-      writeZeroes: (offset, length) => wrap(offset, target.writeZeroes(offset, length, { unmap: o.sparseSize !== 0 })),
-      ...(o.backingFile !== undefined ? { backingSize: !o.skipCreate && target.backing !== undefined ? target.backing.virtualSize : -1 } : {})
-    }
-    yield* Effect.addFinalizer(() => target.flush().pipe(Effect.ignore))
-    return sink
-  })
