@@ -205,6 +205,29 @@ export class Refcounts {
   }
 
   /**
+   * How many host clusters of [0, `endCluster`) have a non-zero refcount,
+   * counting no further than `limit`: the loop of QEMU's
+   * qcow2_detect_metadata_preallocation, a refcount block at a time
+   * instead of an Effect per cluster. Fails as `get` does on an unusable
+   * refcount table entry.
+   */
+  countReferenced(endCluster: number, limit: number): Effect.Effect<number, Failure> {
+    const self = this
+    return Effect.gen(function* () {
+      let count = 0
+      for (let first = 0; first < endCluster && count < limit; first += self.blockEntries) {
+        const offset = self.blockAt(first / self.blockEntries)
+        if (typeof offset !== "number") return yield* Effect.fail(offset)
+        if (offset === 0) continue
+        const block = self.cache.lookup(offset) ?? (yield* self.cache.get(offset))
+        const entries = Math.min(self.blockEntries, endCluster - first)
+        for (let i = 0; i < entries && count < limit; i++) if (!refcountIsZero(block, i, self.refcountOrder)) count++
+      }
+      return count
+    })
+  }
+
+  /**
    * A 64-bit refcount past 2^53 reads as 2^53 - 1: readers only tell 0, 1
    * and "shared" apart (updates stay exact, see `update`).
    */
