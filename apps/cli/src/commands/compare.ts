@@ -19,7 +19,7 @@ export interface CompareOptions {
   readonly forceShare?: boolean
 }
 
-const CHUNK = 4 << 20
+const CHUNK = 1 << 20
 const SECTOR = 512
 
 /** Index of the first 512-byte sector that differs, as a byte offset, or -1. */
