@@ -203,28 +203,22 @@ class NodeFile {
     })
   }
 
-  /**
-   * fstat and lseek on this thread, as QEMU's find_allocation calls them:
-   * neither waits for the disk, and a thread-pool round trip per call was
-   * most of the time of a block status walk over a raw file.
-   */
   seekExtent(offset: number, what: "data" | "hole", resume: Resume<number>): void {
     if (!this.begin("seek", resume)) return
-    let size: number
-    try {
-      size = fs.fstatSync(this.fd).size
-    } catch (statError) {
-      this.end(resume, Effect.fail(fromSystemError(statError, "seek", this.location)))
-      return
-    }
-    seekExtent(this.fd, offset, size, what).then(
-      (r) =>
-        this.end(
-          resume,
-          r >= 0 ? Effect.succeed(r) : Effect.fail(new StorageError({ reason: "Io", message: `lseek failed (errno ${-r})`, location: this.location }))
-        ),
-      (defect: unknown) => this.end(resume, Effect.die(defect))
-    )
+    fs.fstat(this.fd, (statError, stats) => {
+      if (statError !== null) {
+        this.end(resume, Effect.fail(fromSystemError(statError, "seek", this.location)))
+        return
+      }
+      seekExtent(this.fd, offset, stats.size, what).then(
+        (r) =>
+          this.end(
+            resume,
+            r >= 0 ? Effect.succeed(r) : Effect.fail(new StorageError({ reason: "Io", message: `lseek failed (errno ${-r})`, location: this.location }))
+          ),
+        (defect: unknown) => this.end(resume, Effect.die(defect))
+      )
+    })
   }
 
   lock(request: LockRequest, resume: Resume<void>): void {
