@@ -9,10 +9,44 @@
  * - dist/qemu-img.mjs, dist/qemu-io.mjs: the same executable under QEMU's
  *   program names, for machines without QEMU: run by those names, the CLI
  *   is qemu-img / qemu-io (src/progname.ts).
+ *
+ * Our sources import effect's modules through its index (`import { Effect,
+ * Layer } from "effect"`). In the bundle, evaluating that index evaluates
+ * every module it names (Schema, Stream, Cron, …), ~15 ms of each start:
+ * esbuild keeps a module whole once lazily loaded code shares it. The
+ * `effectModules` plugin rewrites such imports to the modules themselves
+ * (`import * as Effect from "effect/Effect"`, the same namespace object),
+ * so only the modules in use are evaluated, and only when first needed.
  */
 import { build } from "esbuild"
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
+
+/** What effect's index exports from effect/Function by name; every other name is a module namespace. */
+const FUNCTION_EXPORTS = new Set(["absurd", "cast", "flow", "hole", "identity", "pipe"])
+
+/** One `import { … } from "effect"` as imports of the modules it names, on as many lines (the source map stays right). */
+const importModules = (statement, specifiers) => {
+  const imports = []
+  for (const specifier of specifiers.split(",").map((s) => s.trim())) {
+    if (specifier === "" || specifier.startsWith("type ")) continue
+    const [name, local = name] = specifier.split(/\s+as\s+/)
+    imports.push(FUNCTION_EXPORTS.has(name) ? `import { ${name} as ${local} } from "effect/Function";` : `import * as ${local} from "effect/${name}";`)
+  }
+  return imports.join(" ") + "\n".repeat(statement.split("\n").length - 1)
+}
+
+const effectModules = {
+  name: "effect-modules",
+  setup(b) {
+    b.onLoad({ filter: /\.ts$/ }, async (args) => {
+      if (args.path.includes("/node_modules/")) return undefined
+      const source = await fs.promises.readFile(args.path, "utf8")
+      const contents = source.replace(/^import \{([^}]*)\} from "effect"$/gm, importModules)
+      return { contents, loader: "ts" }
+    })
+  }
+}
 
 fs.rmSync("dist", { recursive: true, force: true })
 
@@ -36,7 +70,8 @@ await build({
   format: "cjs",
   outfile: "dist/qcow2.cjs",
   supported: { "dynamic-import": false },
-  sourcemap: "linked"
+  sourcemap: "linked",
+  plugins: [effectModules]
 })
 
 const hash = createHash("sha256").update(fs.readFileSync("dist/qcow2.cjs")).digest("hex").slice(0, 16)

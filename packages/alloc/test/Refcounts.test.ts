@@ -181,6 +181,26 @@ describe("Refcounts", () => {
     expect(await run(refcounts.allocate(2))).toBe(6 * cs)
   })
 
+  it("countReferenced counts the clusters get() finds referenced, every refcount width, up to the limit", async () => {
+    for (const order of [0, 3, 4, 6]) {
+      // Clusters 0-2 are the metadata; 5, 9 and 4000 hold data; 7 a refcount of 2 (shared) where it fits.
+      const { refcounts } = await fresh(12, order, { edit: (_t, block) => [5, 7, 9, 4000].forEach((c) => writeRefcount(block, c, order, c === 7 && order > 0 ? 2 : 1)) })
+      const entries = 2 ** (12 + 3 - order)
+      let byGet = 0
+      for (let c = 0; c < entries + 10; c++) if ((await run(refcounts.get(c))) > 0) byGet++
+      expect(await run(refcounts.countReferenced(entries + 10, Infinity))).toBe(byGet)
+      expect(await run(refcounts.countReferenced(8, Infinity))).toBe(5)
+      expect(await run(refcounts.countReferenced(entries + 10, 4))).toBe(4)
+    }
+  })
+
+  it("countReferenced fails on an unusable refcount table entry as get() does", async () => {
+    const { refcounts } = await fresh(16, 4, { edit: (table) => writeRefcountTableEntry(table, 1, 0x20600) })
+    expect(await run(refcounts.countReferenced(32768, Infinity))).toBe(3)
+    const error = await Effect.runPromise(Effect.flip(refcounts.countReferenced(32768 + 2, Infinity)))
+    expect(error).toMatchObject({ _tag: "RefcountError", reason: "Corrupt" })
+  })
+
   for (const lazy of [false, true]) {
     it(`does not reuse a freed cluster before the mapping tables that dropped it are durable (lazy=${lazy})`, async () => {
       const { refcounts, cs, mappingCache } = await fresh(16, 4, { lazy })

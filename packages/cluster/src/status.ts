@@ -50,9 +50,7 @@ export class PreallocationProbe {
       const realClusters = Math.floor((yield* allocated()) / cs)
       const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2)
       const endCluster = Math.ceil(fileLength / cs)
-      let count = 0
-      for (let i = 0; i < endCluster && count < threshold; i++) if ((yield* engine.refcounts.get(i)) > 0) count++
-      self.detected = count >= threshold
+      self.detected = (yield* engine.refcounts.countReferenced(endCluster, threshold)) >= threshold
       return self.detected
     })
   }

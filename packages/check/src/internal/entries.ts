@@ -10,7 +10,8 @@ import {
   rawRefcountTableEntry,
   readL1Entry,
   readL2Entry,
-  readRefcountTableEntry
+  readRefcountTableEntry,
+  readU32Lenient
 } from "@qcow2/format"
 import type { RawL2Entry } from "@qcow2/format"
 import type { ImageInfo } from "./state.js"
@@ -51,6 +52,14 @@ export const exactHex = (value: number, hi: number, lo: number): string | undefi
 export const offsetHex = (hi: number, lo: number): string | undefined =>
   exactHex(rawHostOffset(hi, lo), hi & EntryBits.OffsetHigh, lo & EntryBits.OffsetLow)
 
+/**
+ * Whether the 64-bit word at `byteOffset` is zero (past the end of `table`
+ * too): an empty entry, which the scans skip before decoding anything
+ * (most of a sparse image's entries).
+ */
+export const zeroWord = (table: Uint8Array, byteOffset: number): boolean =>
+  readU32Lenient(table, byteOffset) === 0 && readU32Lenient(table, byteOffset + 4) === 0
+
 /** A decoded L2 entry (of the image's geometry), `Invalid` included. */
 export const l2Entry = (img: ImageInfo, table: Uint8Array, index: number): L2Entry => readL2Entry(table, index, img.geometry)
 
@@ -84,10 +93,12 @@ export interface L1View {
   readonly lo: number
 }
 
+const EMPTY_L1_ENTRY: L1View = { l2Offset: 0, copied: false, reservedBitsSet: false, hi: 0, lo: 0 }
+
 /** L1 entry `index` (past the end of `table`: zero), decoded by readL1Entry, or leniently when its offset is at or above 2^53. */
 export function l1Entry(table: Uint8Array, index: number): L1View {
+  if (zeroWord(table, index * 8)) return EMPTY_L1_ENTRY
   const { hi, lo } = rawL1Entry(table, index)
-  if (hi === 0 && lo === 0) return { l2Offset: 0, copied: false, reservedBitsSet: false, hi, lo }
   try {
     const e = readL1Entry(table, index)
     return { l2Offset: e.l2Offset, copied: e.copied, reservedBitsSet: e.reservedBitsSet, hi, lo }
@@ -103,10 +114,19 @@ export function l1Entry(table: Uint8Array, index: number): L1View {
   }
 }
 
+/** A refcount table entry: block offset (bits 9-63, inexact at or above 2^53) and the raw low word. */
+export interface ReftableView {
+  readonly offset: number
+  readonly reservedBitsSet: boolean
+  readonly lo: number
+}
+
+const EMPTY_REFTABLE_ENTRY: ReftableView = { offset: 0, reservedBitsSet: false, lo: 0 }
+
 /** Refcount table entry `index`: block offset (bits 9-63, inexact at or above 2^53) and the raw low word. */
-export function reftableEntry(table: Uint8Array, index: number): { readonly offset: number; readonly reservedBitsSet: boolean; readonly lo: number } {
+export function reftableEntry(table: Uint8Array, index: number): ReftableView {
+  if (zeroWord(table, index * 8)) return EMPTY_REFTABLE_ENTRY
   const { hi, lo } = rawRefcountTableEntry(table, index)
-  if (hi === 0 && lo === 0) return { offset: 0, reservedBitsSet: false, lo }
   try {
     const e = readRefcountTableEntry(table, index)
     return { offset: e.offset, reservedBitsSet: e.reservedBitsSet, lo }

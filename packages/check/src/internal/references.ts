@@ -3,7 +3,7 @@ import { EntryBits, hex64, rawCompressedDescriptor, rawHostOffset, rawOffsetUnal
 import type { StorageError } from "@qcow2/storage"
 import { checkBitmapReferences } from "./bitmaps.js"
 import { countRegion } from "./count.js"
-import { ClusterType, allocatedOffset, l1Entry, l2Entry, l2Raw, offsetHex, rawClusterType } from "./entries.js"
+import { ClusterType, allocatedOffset, l1Entry, l2Entry, l2Raw, offsetHex, rawClusterType, zeroWord } from "./entries.js"
 import { type CheckAborted, EIO, abort } from "./io.js"
 import { L2Reader } from "./l2-reader.js"
 import type { Fix, Pass } from "./pass.js"
@@ -148,7 +148,9 @@ function invalidEntry(p: Pass, table: Uint8Array, i: number, scan: L2Scan, fragI
 function scanL2(p: Pass, table: Uint8Array, scan: L2Scan, fragInfo: boolean, fix: Fix): number {
   const img = p.img
   const n = img.l2Entries
+  const step = img.l2EntryBytes
   for (let i = scan.next; i < n; i++) {
+    if (!img.extendedL2 && zeroWord(table, i * step)) continue
     const e = l2Entry(img, table, i)
     switch (e._tag) {
       case "Unallocated":

@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import { EntryBits, type MetadataKind, hex64, rawHostOffset, writeRefcount, writeRefcountTableEntry } from "@qcow2/format"
 import type { StorageError } from "@qcow2/storage"
-import { ClusterType, allocatedOffset, l1Entry, l2Entry, l2Raw, rawClusterType } from "./entries.js"
+import { ClusterType, allocatedOffset, l1Entry, l2Entry, l2Raw, rawClusterType, zeroWord } from "./entries.js"
 import { type CheckAborted, EIO, abort } from "./io.js"
 import { L2Reader } from "./l2-reader.js"
 import type { Fix, Pass } from "./pass.js"
@@ -74,6 +74,7 @@ function scanCopied(p: Pass, table: Uint8Array, scan: CopiedScan, repair: boolea
   const step = img.l2EntryBytes
   const n = img.l2Entries
   for (let j = scan.next; j < n; j++) {
+    if (!img.extendedL2 && zeroWord(table, j * step)) continue
     const e = l2Entry(img, table, j)
     let offset: number
     let copied: boolean

@@ -67,6 +67,8 @@ export class StoredRefcounts {
   /** Whether the block holding the refcount of `cluster` still has to be loaded. */
   needsLoad(cluster: number): boolean {
     const index = Math.floor(cluster / this.perBlock)
+    // The block `get` selected last is loaded when it is one of `blocks` (`load` drops the selection).
+    if (index === this.lastIndex && this.lastBlock !== undefined && this.lastBlock !== UNALIGNED && this.lastBlock !== this.zeroBlock) return false
     const offset = this.blockOffset(index)
     return offset !== 0 && offset < this.img.fileSize && !this.blockUnaligned(index) && !this.blocks.has(offset)
   }
