@@ -55,7 +55,15 @@ export function dropClusters(engine: Qcow2Engine, offset: number, length: number
  * allocation). Compressed clusters are always freed.
  */
 export function zeroClusters(engine: Qcow2Engine, offset: number, length: number, unmap: boolean): Effect.Effect<void, EngineFailure> {
-  return changeClusters(engine, offset, length, (old) => {
+  return changeClusters(engine, offset, length, zeroChange(engine, unmap))
+}
+
+/** zeroClusters for clusters [start, end) of one L2 table, with the lock held and no allocation in flight there. */
+export function zeroClustersHeld(engine: Qcow2Engine, start: number, end: number, unmap: boolean): Effect.Effect<void, EngineFailure> {
+  return changeInTable(engine, start, end, zeroChange(engine, unmap))
+}
+
+const zeroChange = (engine: Qcow2Engine, unmap: boolean): EntryChange => (old) => {
     const free = old._tag === "Compressed" || (unmap && hasHostData(engine, old))
     let entry: Exclude<L2Entry, { _tag: "Invalid" }>
     if (engine.geometry.extendedL2) {
@@ -76,8 +84,7 @@ export function zeroClusters(engine: Qcow2Engine, offset: number, length: number
       if (old._tag === "Zero" && old.hostOffset === host && old.copied === copied) return undefined
     }
     return { entry, free }
-  })
-}
+  }
 
 /**
  * Sets subclusters [offset, offset + length) of one cluster (subcluster
@@ -85,29 +92,30 @@ export function zeroClusters(engine: Qcow2Engine, offset: number, length: number
  * cluster is compressed (the caller writes zeros instead).
  */
 export function zeroSubclusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<boolean, EngineFailure> {
+  const cluster = Math.floor(offset / engine.geometry.clusterSize)
+  return engine.inflight.whenSettled(engine.lock, cluster, cluster, zeroSubclustersHeld(engine, offset, length))
+}
+
+/** zeroSubclusters with the lock held and no allocation in flight over the cluster. */
+export function zeroSubclustersHeld(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<boolean, EngineFailure> {
   const g = engine.geometry
   const cluster = Math.floor(offset / g.clusterSize)
-  return engine.inflight.whenSettled(
-    engine.lock,
-    cluster,
-    cluster,
-    Effect.gen(function* () {
-      const l2Offset = yield* prepareL2ForWrite(engine, offset)
-      const table = yield* loadL2(engine, l2Offset)
-      const index = cluster % g.l2Entries
-      const old = readL2Entry(table, index, g)
-      if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${cluster * g.clusterSize}: ${old.reason}`, offset)
-      if (old._tag !== "Subclusters") return false
-      const first = Math.floor((offset % g.clusterSize) / g.subclusterSize)
-      const count = Math.ceil(length / g.subclusterSize)
-      const mask = count >= 32 ? 0xffffffff : ((((1 << count) - 1) << first) >>> 0)
-      const next = { ...old, allocatedMask: (old.allocatedMask & ~mask) >>> 0, zeroMask: (old.zeroMask | mask) >>> 0 }
-      if (next.allocatedMask === old.allocatedMask && next.zeroMask === old.zeroMask) return true
-      writeL2Entry(table, index, next, g)
-      engine.l2Cache.markDirty(l2Offset)
-      return true
-    })
-  )
+  return Effect.gen(function* () {
+    const l2Offset = yield* prepareL2ForWrite(engine, offset)
+    const table = yield* loadL2(engine, l2Offset)
+    const index = cluster % g.l2Entries
+    const old = readL2Entry(table, index, g)
+    if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${cluster * g.clusterSize}: ${old.reason}`, offset)
+    if (old._tag !== "Subclusters") return false
+    const first = Math.floor((offset % g.clusterSize) / g.subclusterSize)
+    const count = Math.ceil(length / g.subclusterSize)
+    const mask = count >= 32 ? 0xffffffff : ((((1 << count) - 1) << first) >>> 0)
+    const next = { ...old, allocatedMask: (old.allocatedMask & ~mask) >>> 0, zeroMask: (old.zeroMask | mask) >>> 0 }
+    if (next.allocatedMask === old.allocatedMask && next.zeroMask === old.zeroMask) return true
+    writeL2Entry(table, index, next, g)
+    engine.l2Cache.markDirty(l2Offset)
+    return true
+  })
 }
 
 function changeClusters(engine: Qcow2Engine, offset: number, length: number, change: EntryChange): Effect.Effect<void, EngineFailure> {

@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
-import { discardClusters, zeroClusters, zeroSubclusters } from "./discard.js"
+import { discardClusters, zeroClusters, zeroClustersHeld, zeroSubclusters, zeroSubclustersHeld } from "./discard.js"
 import { lookup } from "./mapping.js"
 import { readsAsZero } from "./status.js"
 import { writeBytes } from "./write.js"
@@ -50,17 +50,41 @@ function zeroBytes(engine: Qcow2Engine, offset: number, length: number): Effect.
   })
 }
 
-/** Zeroes one partial unit (subcluster or cluster): QEMU widens it to the whole unit when the rest already reads as zeros. */
+/**
+ * Zeroes one partial unit (subcluster or cluster): QEMU widens it to the
+ * whole unit when the rest already reads as zeros. Decided and done under
+ * one hold of the lock once no allocation over the cluster is in flight
+ * (QEMU re-checks is_zero under s->lock): a concurrent write allocating
+ * the cluster must not be wiped by a widening decided before it landed.
+ */
 function zeroPartialUnit(engine: Qcow2Engine, unitStart: number, unitEnd: number, offset: number, end: number, unmap: boolean) {
-  return Effect.gen(function* () {
+  const cluster = Math.floor(unitStart / engine.geometry.clusterSize)
+  const widenHeld = Effect.gen(function* () {
     const kind = (yield* lookup(engine, unitStart, 1)).kind
     const widen =
       (kind === "unallocated" || kind === "zero") &&
       (yield* readsAsZero(engine, unitStart, offset - unitStart)) &&
       (yield* readsAsZero(engine, end, unitEnd - end))
-    if (!widen) return yield* zeroBytes(engine, offset, end - offset)
-    yield* zeroAligned(engine, unitStart, unitEnd - unitStart, unmap)
+    if (!widen) return false
+    yield* zeroUnitHeld(engine, unitStart, unitEnd, unmap)
+    return true
   })
+  return Effect.gen(function* () {
+    const widened = yield* engine.inflight.whenSettled(engine.lock, cluster, cluster, widenHeld)
+    if (!widened) yield* zeroBytes(engine, offset, end - offset)
+  })
+}
+
+/**
+ * Makes one unallocated or zero unit read as zeros, with the lock held:
+ * on v2 (no backing file here) such a unit is unallocated and reads as
+ * zeros already; whole clusters get the zero flag, subclusters their bits.
+ */
+function zeroUnitHeld(engine: Qcow2Engine, unitStart: number, unitEnd: number, unmap: boolean): Effect.Effect<void, EngineFailure> {
+  if (engine.version < 3) return Effect.void
+  const g = engine.geometry
+  const wholeCluster = unitStart % g.clusterSize === 0 && (unitEnd - unitStart === g.clusterSize || unitEnd === engine.header.size)
+  return g.extendedL2 && !wholeCluster ? Effect.asVoid(zeroSubclustersHeld(engine, unitStart, unitEnd - unitStart)) : zeroClustersHeld(engine, unitStart, unitEnd, unmap)
 }
 
 /**

@@ -202,4 +202,46 @@ describe("fast path", () => {
     await opened.save(file)
     expect(qemuCheck(file)).toMatchObject({ exitCode: 0 })
   })
+
+  it("a partial write-zeroes beside an allocating write in the same cluster keeps the written bytes", async () => {
+    const file = files.path("widen.qcow2")
+    qemuImg("create", "-q", "-f", "qcow2", file, String(size))
+    const gate = await run(Deferred.make<void>())
+    const reached = await run(Deferred.make<void>())
+    let armed = false
+    // The first storage write once armed (the allocating write's data) stops until the gate opens.
+    const opened = await openEngine(file, {
+      wrap: (s) => ({
+        ...s,
+        write: (o, d) => {
+          if (!armed) return s.write(o, d)
+          armed = false
+          return Effect.andThen(Effect.andThen(Deferred.succeed(reached, undefined), Deferred.await(gate)), s.write(o, d))
+        }
+      })
+    })
+    const engine = opened.engine
+    const data = pattern(1024, 7)
+    await run(
+      Effect.gen(function* () {
+        armed = true
+        const w = yield* Effect.forkChild(engine.write(5 * cs, data))
+        yield* Deferred.await(reached)
+        // The rest of cluster 5 reads as zeros until the write lands: widening this zeroing to the whole cluster then would wipe it.
+        const z = yield* Effect.forkChild(engine.writeZeroes(5 * cs + 2048, 512))
+        for (let i = 0; i < 500; i++) yield* Effect.yieldNow
+        yield* Deferred.succeed(gate, undefined)
+        yield* Fiber.join(w)
+        yield* Fiber.join(z)
+      })
+    )
+    const got = new Uint8Array(4096)
+    await run(engine.read(5 * cs, got))
+    const expected = new Uint8Array(4096)
+    expected.set(data)
+    expect(Buffer.compare(got, expected)).toBe(0)
+    await run(engine.flush())
+    await opened.save(file)
+    expect(qemuCheck(file)).toMatchObject({ exitCode: 0 })
+  })
 })
