@@ -1,6 +1,6 @@
 import * as fs from "node:fs"
 import { Effect } from "effect"
-import { createImage, createLuksImage, openImage } from "@qcow2/image"
+import { createImage, createLuksImage, firstBlockLength, openImage } from "@qcow2/image"
 import type { ImageFormat } from "@qcow2/image"
 import { formattingLine, parseCreateOptions, toCreateOptions, type CreateFormat, type OptionValues } from "../createopts.js"
 import { lockDescriptor, type ImageEnv } from "../env.js"
@@ -52,7 +52,7 @@ const parseCreateSize = (text: string): Effect.Effect<bigint, CliFailure> => {
 const tooLarge = (file: string, format: CreateFormat) =>
   fail(`${file}: The image size is too large for file format '${format}'${format === "qcow2" ? " (try using a larger cluster size)" : ""}`)
 
-/** Creates a raw image file of `size` bytes (preallocation off or full). */
+/** Creates a raw image file of `size` bytes (preallocation off, falloc or full). */
 const createRaw = (file: string, size: number, preallocation: string): Effect.Effect<void, CliFailure> =>
   Effect.gen(function* () {
     const failure = (e: unknown) => fail(`${file}: ${e instanceof Error ? e.message : String(e)}`)
@@ -73,6 +73,8 @@ const createRaw = (file: string, size: number, preallocation: string): Effect.Ef
             for (let pos = 0; pos < size; pos += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, size - pos), pos)
           }
           fs.ftruncateSync(fd, size)
+          // As QEMU's file driver: growing the empty file without preallocation allocates its first block.
+          if (preallocation === "off") fs.writeSync(fd, Buffer.alloc(firstBlockLength(size)), 0, firstBlockLength(size), 0)
         } finally {
           fs.closeSync(fd)
         }
