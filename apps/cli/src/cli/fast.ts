@@ -81,9 +81,9 @@ const parseCommand = (spec: CommandSpec, tokens: ReadonlyArray<Token>, trailing:
       i++
     }
     const list = seen.get(key)
-    if (list === undefined) seen.set(key, [value])
-    else if (flag.kind === "repeat" || (flag.kind === "boolean" && flag.repeatable === true)) list.push(value)
-    else return undefined
+    // As qemu-img's getopt: a flag given again is no error; the last one wins.
+    if (list !== undefined && flag.kind === "repeat") list.push(value)
+    else seen.set(key, [value])
   }
   const values: Record<string, unknown> = {}
   for (const [key, flag] of Object.entries(spec.flags)) {
