@@ -62,3 +62,32 @@ describe("bitmap tables and directories do not grow the file past their last byt
     expect(qcow2(dir, [...measure, "tb.qcow2"]).stdout).toBe(qemu(dir, "qemu-img", [...measure, "qb.qcow2"]).stdout)
   })
 })
+
+describe("-o help, unknown formats and file counts as qemu-img convert, create and amend check them (iotest 082)", () => {
+  const unprefixed = (text: string) => text.replace(/^(qemu-img|qcow2): /gm, "")
+  it("same output and exit status as qemu-img", () => {
+    qemu(dir, "qemu-img", ["create", "-f", "qcow2", "h.qcow2", "1M"])
+    const cases = [
+      ["convert", "-O", "qcow2", "-o", "help", "h.qcow2", "out.qcow2"],
+      ["convert", "-O", "qcow2", "-o", "cluster_size=4k,?"],
+      ["convert", "-O", "raw", "-o", "help"],
+      ["convert", "-O", "bochs", "-o", "help"],
+      ["convert", "-O", "qcow2", "-o", "backing_file=h.qcow2,", "-o", "help", "h.qcow2", "out.qcow2"],
+      ["convert", "-O", "qcow2", "h.qcow2"],
+      ["convert", "-O", "bochs", "h.qcow2", "out.bochs"],
+      ["create", "-f", "bochs", "-o", "help"],
+      ["create", "-f", "bochs", "x.bochs", "1M"],
+      ["create", "-f", "foo", "x.foo", "1M"],
+      ["amend", "-f", "bochs", "-o", "help"],
+      ["amend", "-f", "raw", "-o", "help"],
+      ["amend", "-f", "foo", "-o", "help"],
+      ["amend", "-f", "foo", "-o", "lazy_refcounts=on", "h.qcow2"]
+    ]
+    for (const args of cases) {
+      const ours = qcow2(dir, args)
+      const theirs = qemu(dir, "qemu-img", args, true)
+      expect([ours.status, ours.stdout, unprefixed(ours.stderr)], args.join(" ")).toEqual([theirs.status, theirs.stdout, unprefixed(theirs.stderr)])
+    }
+    expect(fs.existsSync(file("out.qcow2"))).toBe(false)
+  })
+})

@@ -53,8 +53,7 @@ const makeArgument = (a: ArgSpec): Argument.Argument<unknown> => {
       return Argument.String(a.name)
     case "optional":
       return Argument.String(a.name).pipe(Argument.optional)
-    case "atLeast2":
-      return Argument.String(a.name).pipe(Argument.atLeast(2))
+    case "sourcesAndTarget":
     case "many":
       return Argument.String(a.name).pipe(Argument.atLeast(0))
   }

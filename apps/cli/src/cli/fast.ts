@@ -102,7 +102,6 @@ const parseCommand = (spec: CommandSpec, tokens: ReadonlyArray<Token>, trailing:
     } else if (arg.kind === "optional") {
       values[key] = next < positional.length ? positional[next++] : undefined
     } else {
-      if (arg.kind === "atLeast2" && positional.length - next < 2) return undefined
       values[key] = positional.slice(next)
       next = positional.length
     }

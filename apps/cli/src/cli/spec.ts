@@ -32,10 +32,14 @@ export type FlagSpec =
   /** Repeatable string: every occurrence, in order. */
   | { readonly kind: "repeat"; readonly name: string; readonly alias?: string; readonly description?: string }
 
-/** A positional argument: exactly one, zero or one, or two and more. */
+/**
+ * A positional argument: exactly one, zero or one, or any number
+ * ("sourcesAndTarget" too, shown as two and more in the usage: the command
+ * checks the count itself, as qemu-img convert does after `-o help`).
+ */
 export interface ArgSpec {
   readonly name: string
-  readonly kind: "one" | "optional" | "atLeast2" | "many"
+  readonly kind: "one" | "optional" | "sourcesAndTarget" | "many"
 }
 
 export interface CommandSpec {
@@ -184,7 +188,7 @@ export const convert = {
     skipBrokenBitmaps: { kind: "boolean", name: "skip-broken-bitmaps", description: "with --bitmaps: leave out inconsistent bitmaps" },
     ...common
   },
-  args: { files: { name: "filename", kind: "atLeast2" } }
+  args: { files: { name: "filename", kind: "sourcesAndTarget" } }
 } as const satisfies CommandSpec
 
 export const snapshot = {

@@ -6,7 +6,7 @@ import { formattingLine, parseCreateOptions, toCreateOptions, type CreateFormat,
 import { lockDescriptor, type ImageEnv } from "../env.js"
 import { fail, usage, type CliFailure } from "../errors.js"
 import { pathCombine } from "../names.js"
-import { asksForHelp, createHelp, invalidOptionList } from "../optionhelp.js"
+import { asksForHelp, cannotCreate, createHelp, invalidOptionList } from "../optionhelp.js"
 import { print, printNow } from "../output.js"
 import type { Secrets } from "../secrets.js"
 import { parseSize, parseSizeBig } from "../text/strtosz.js"
@@ -115,13 +115,18 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
   Effect.gen(function* () {
     const badList = invalidOptionList(o.options)
     if (badList !== undefined) return yield* Effect.fail(fail(`Invalid option list: ${badList}`))
-    if (o.format !== "qcow2" && o.format !== "raw" && o.format !== "luks") return yield* Effect.fail(fail(`Unknown file format '${o.format}'`))
-    const format: CreateFormat = o.format
+    const format: CreateFormat | undefined = o.format === "qcow2" || o.format === "raw" || o.format === "luks" ? o.format : undefined
     if (asksForHelp(o.options)) {
+      if (format === undefined) return yield* Effect.fail(fail(cannotCreate(o.format)))
       print(createHelp(format, o.file !== ""))
       return 0
     }
     if (o.file === "") return yield* Effect.fail(usage("Expecting image file name"))
+    if (format === undefined) {
+      // qemu-img parses the size before bdrv_img_create looks the driver up.
+      if (o.size !== undefined) yield* parseCreateSize(o.size)
+      return yield* Effect.fail(fail(`${o.file}: ${cannotCreate(o.format)}`))
+    }
     const lists = [...o.options]
     if (o.backingFile !== undefined) lists.push(`backing_file=${o.backingFile.replace(/,/g, ",,")}`)
     if (o.backingFormat !== undefined) lists.push(`backing_fmt=${o.backingFormat.replace(/,/g, ",,")}`)
