@@ -91,3 +91,34 @@ describe("-o help, unknown formats and file counts as qemu-img convert, create a
     expect(fs.existsSync(file("out.qcow2"))).toBe(false)
   })
 })
+
+describe("discard punches holes, as QEMU's file driver does (iotest 250)", () => {
+  it("resize --shrink gives the clusters it frees inside the file back, as much as qemu-img does", () => {
+    const usage: Record<string, number> = {}
+    for (const [tool, name] of [["qemu", "qs.qcow2"], ["ts", "ts.qcow2"]] as const) {
+      qemu(dir, "qemu-img", ["create", "-f", "qcow2", "-o", "cluster_size=1M,preallocation=metadata", name, "300M"])
+      // The guest's first 10 MiB end up at the end of the file, its last 10 MiB inside it.
+      qemu(dir, "qemu-io", ["-c", "discard 0 10M", "-c", "discard 290M 10M", "-c", "write 290M 10M", "-c", "write 0 10M", name])
+      const before = allocated(name)
+      const args = ["resize", "--shrink", name, "5M"]
+      expect((tool === "qemu" ? qemu(dir, "qemu-img", args) : qcow2(dir, args)).stdout).toBe("Image resized.\n")
+      usage[tool] = before - allocated(name)
+    }
+    expect(usage.ts).toBe(usage.qemu)
+    expect(usage.ts).toBe(15 * 1024 * 1024)
+    expect(qemu(dir, "qemu-img", ["check", "ts.qcow2"]).stdout).toContain("No errors were found")
+    expect(qemu(dir, "qemu-img", ["compare", "qs.qcow2", "ts.qcow2"]).stdout).toBe("Images are identical.\n")
+  })
+
+  it("qcow2 io discard on a raw file frees its blocks, and the range reads as zeros", () => {
+    for (const [tool, name] of [["qemu", "qp.raw"], ["ts", "tp.raw"]] as const) {
+      qemu(dir, "qemu-img", ["create", "-f", "raw", name, "4M"])
+      qemu(dir, "qemu-io", ["-f", "raw", "-c", "write -P 1 0 4M", name])
+      const args = ["-f", "raw", "-c", "discard 64k 1M", name]
+      expect((tool === "qemu" ? qemu(dir, "qemu-io", args) : qcow2(dir, ["io", ...args])).status).toBe(0)
+    }
+    expect(allocated("tp.raw")).toBe(allocated("qp.raw"))
+    expect(qemu(dir, "qemu-img", ["compare", "-f", "raw", "-F", "raw", "qp.raw", "tp.raw"]).stdout).toBe("Images are identical.\n")
+    expect(qemu(dir, "qemu-io", ["-f", "raw", "-c", "read -P 0 64k 1M", "-c", "read -P 1 0 64k", "-c", "read -P 1 1088k 2944k", "tp.raw"]).stdout).not.toContain("Pattern verification failed")
+  })
+})
