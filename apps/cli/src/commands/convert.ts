@@ -6,6 +6,7 @@ import { lockDescriptor, open, unsafeCacheFiles, type ImageEnv } from "../env.js
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
 import { checkBitmapsCopyable, checkTargetSupportsBitmaps, copyBitmaps } from "./convert-bitmaps.js"
+import { countsForProgress, progressTotal } from "./convert-progress.js"
 import { Progress } from "../progress.js"
 import type { Secrets } from "../secrets.js"
 import type { SnapshotSelector } from "./snapshot.js"
@@ -227,7 +228,25 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       }
       if (o.bitmaps === true) yield* checkTargetSupportsBitmaps(sink.image, o.outFormat)
 
-      const progress = o.progress && !o.quiet ? new Progress(total) : undefined
+      /**
+       * A raw file's next extent: its block status knows its holes
+       * (SEEK_DATA/SEEK_HOLE, as qemu-img asks), and a hole is skipped like a
+       * zero extent. Data is read in whole chunks, and its zeros found once,
+       * in the worker.
+       */
+      const rawExtent = (source: Image, offset: number, remaining: number) =>
+        Effect.gen(function* () {
+          if (sink.backingSize === undefined) {
+            const status = yield* sourceStatus(source, offset, remaining, undefined, o)
+            const holeEnd = Math.min(source.virtualSize, offset + status.length)
+            const end = holeEnd === source.virtualSize ? holeEnd : Math.floor(holeEnd / sink.alignment) * sink.alignment
+            if (status.kind === "zero" && end > offset) return { kind: "zero" as const, length: end - offset }
+          }
+          return { kind: "data" as const, length: Math.min(source.virtualSize, (Math.floor(offset / CHUNK) + 1) * CHUNK) - offset }
+        })
+      const extentOf = (source: Image, offset: number, remaining: number) =>
+        source.format === "raw" ? rawExtent(source, offset, remaining) : sourceStatus(source, offset, remaining, sink.backingSize, o)
+      const progress = o.progress && !o.quiet ? new Progress(yield* progressTotal(sources, o.sparseSize, extentOf)) : undefined
       const lock = yield* Semaphore.make(1)
       let sourceIndex = 0
       let sourceOffset = 0
@@ -245,22 +264,9 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
           const sourceName = o.sources[sourceIndex]!
           const remaining = source.virtualSize - sourceOffset
           if (source.format === "raw") {
-            // A raw file's block status knows its holes (SEEK_DATA/SEEK_HOLE,
-            // as qemu-img asks): a hole is skipped like a zero extent. Data
-            // is read in whole chunks, and its zeros found once, in the worker.
-            if (sink.backingSize === undefined) {
-              const status = yield* sourceStatus(source, sourceOffset, remaining, undefined, o)
-              const holeEnd = Math.min(source.virtualSize, sourceOffset + status.length)
-              const end = holeEnd === source.virtualSize ? holeEnd : Math.floor(holeEnd / sink.alignment) * sink.alignment
-              if (status.kind === "zero" && end > sourceOffset) {
-                const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "zero" }
-                sourceOffset = end
-                return task
-              }
-            }
-            const end = Math.min(source.virtualSize, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
-            const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "data" }
-            sourceOffset = end
+            const extent = yield* rawExtent(source, sourceOffset, remaining)
+            const task: Task = { source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: extent.length, status: extent.kind }
+            sourceOffset += extent.length
             return task
           }
           const status = yield* sourceStatus(source, sourceOffset, remaining, sink.backingSize, o)
@@ -310,7 +316,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             }
             if (covered < task.length && !sink.zeroIsFree) yield* sink.writeZeroes(task.target + covered, task.length - covered)
           }
-          progress?.advance(task.length)
+          if (countsForProgress(task.status, o.sparseSize)) progress?.advance(task.length)
         }
       })
       const workers = Math.max(1, Math.min(o.parallel, 16))
