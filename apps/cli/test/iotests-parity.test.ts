@@ -122,3 +122,26 @@ describe("discard punches holes, as QEMU's file driver does (iotest 250)", () =>
     expect(qemu(dir, "qemu-io", ["-f", "raw", "-c", "read -P 0 64k 1M", "-c", "read -P 1 0 64k", "-c", "read -P 1 1088k 2944k", "tp.raw"]).stdout).not.toContain("Pattern verification failed")
   })
 })
+
+describe("convert -p counts the data it copies, as qemu-img convert does (iotest 086)", () => {
+  it("four 1 MiB extents of a sparse 128 MiB disk: 25, 50, 75 and 100%, from qcow2 and from a sparse raw file", () => {
+    qemu(dir, "qemu-img", ["create", "-f", "qcow2", "p.qcow2", "128M"])
+    for (const at of ["0", "2M", "4M", "32M"]) qemu(dir, "qemu-io", ["-c", `write ${at} 1M`, "p.qcow2"])
+    qemu(dir, "qemu-img", ["convert", "-O", "raw", "p.qcow2", "p.raw"])
+    for (const args of [["-O", "qcow2", "p.qcow2"], ["-O", "raw", "p.qcow2"], ["-O", "qcow2", "-f", "raw", "p.raw"]]) {
+      fs.rmSync(file("out"), { force: true })
+      const theirs = qemu(dir, "qemu-img", ["convert", "-p", ...args, "out"]).stdout
+      fs.rmSync(file("out"), { force: true })
+      expect(qcow2(dir, ["convert", "-p", ...args, "out"]).stdout, args.join(" ")).toBe(theirs)
+    }
+    expect(qcow2(dir, ["convert", "-p", "-O", "qcow2", "p.qcow2", "out2"]).stdout.split("\r").map((s) => s.trim())).toEqual([
+      "(0.00/100%)",
+      "(25.00/100%)",
+      "(50.00/100%)",
+      "(75.00/100%)",
+      "(100.00/100%)",
+      "(100.00/100%)",
+      ""
+    ])
+  })
+})
