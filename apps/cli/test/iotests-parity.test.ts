@@ -145,3 +145,42 @@ describe("convert -p counts the data it copies, as qemu-img convert does (iotest
     ])
   })
 })
+
+describe("amend -o compat=1.1 completes v2 snapshot entries as qemu-img does (iotest 261)", () => {
+  /** The snapshot table's entries, each as its bytes (qcow2.txt "Snapshot table"). */
+  const snapshotEntries = (name: string): Buffer[] => {
+    const bytes = fs.readFileSync(file(name))
+    const count = bytes.readUInt32BE(60)
+    let at = Number(bytes.readBigUInt64BE(64))
+    const entries: Buffer[] = []
+    for (let i = 0; i < count; i++) {
+      const length = 40 + bytes.readUInt32BE(at + 36) + bytes.readUInt16BE(at + 12) + bytes.readUInt16BE(at + 14)
+      entries.push(bytes.subarray(at, at + length))
+      at += Math.ceil(length / 8) * 8
+    }
+    return entries
+  }
+
+  it("an entry without extra data gets the VM state size, the virtual size and icount -1", () => {
+    qemu(dir, "qemu-img", ["create", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "64M"])
+    qemu(dir, "qemu-io", ["-c", "write -P 1 0 64k", "v2.qcow2"])
+    qemu(dir, "qemu-img", ["snapshot", "-c", "sn0", "v2.qcow2"])
+    // Strip sn0's extra data, as a v2 writer without it (QEMU before 1.0) leaves the entry.
+    const bytes = fs.readFileSync(file("v2.qcow2"))
+    const at = Number(bytes.readBigUInt64BE(64))
+    const [entry] = snapshotEntries("v2.qcow2")
+    const extra = entry!.readUInt32BE(36)
+    const stripped = Buffer.concat([entry!.subarray(0, 36), Buffer.alloc(4), entry!.subarray(40 + extra)])
+    stripped.copy(bytes, at)
+    fs.writeFileSync(file("v2.qcow2"), bytes)
+    fs.copyFileSync(file("v2.qcow2"), file("q3.qcow2"))
+    fs.copyFileSync(file("v2.qcow2"), file("t3.qcow2"))
+    qemu(dir, "qemu-img", ["amend", "-o", "compat=1.1", "q3.qcow2"])
+    expect(qcow2(dir, ["amend", "-o", "compat=1.1", "t3.qcow2"])).toMatchObject({ status: 0, stderr: "" })
+    expect(snapshotEntries("t3.qcow2")).toEqual(snapshotEntries("q3.qcow2"))
+    expect(snapshotEntries("t3.qcow2")[0]!.readUInt32BE(36)).toBe(24)
+    expect(qemu(dir, "qemu-img", ["check", "t3.qcow2"]).stdout).toContain("No errors were found")
+    expect(qemu(dir, "qemu-img", ["info", "t3.qcow2"]).stdout).toContain("compat: 1.1")
+    expect(qemu(dir, "qemu-img", ["compare", "q3.qcow2", "t3.qcow2"]).stdout).toBe("Images are identical.\n")
+  })
+})
