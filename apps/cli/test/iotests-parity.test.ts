@@ -184,3 +184,21 @@ describe("amend -o compat=1.1 completes v2 snapshot entries as qemu-img does (io
     expect(qemu(dir, "qemu-img", ["compare", "q3.qcow2", "t3.qcow2"]).stdout).toBe("Images are identical.\n")
   })
 })
+
+describe("convert -S 0 fully allocates the target, as qemu-img does (iotest 122)", () => {
+  it("zeros are written as data: a raw target has no holes, a qcow2 target maps as data from end to end", () => {
+    qemu(dir, "qemu-img", ["create", "-f", "qcow2", "s.qcow2", "8M"])
+    qemu(dir, "qemu-io", ["-c", "write -P 7 1M 1M", "s.qcow2"])
+    for (const [tool, name] of [["qemu", "qs0.raw"], ["ts", "ts0.raw"]] as const) {
+      const args = ["convert", "-S", "0", "-O", "raw", "s.qcow2", name]
+      expect((tool === "qemu" ? qemu(dir, "qemu-img", args) : qcow2(dir, args)).status).toBe(0)
+    }
+    expect([allocated("ts0.raw"), rawMap("ts0.raw")]).toEqual([allocated("qs0.raw"), rawMap("qs0.raw")])
+    expect(qcow2(dir, ["convert", "-S", "0", "-O", "qcow2", "s.qcow2", "ts0.qcow2"]).status).toBe(0)
+    const map = JSON.parse(qemu(dir, "qemu-img", ["map", "--output=json", "ts0.qcow2"]).stdout) as Array<{ length: number; data: boolean; zero: boolean }>
+    expect(map.every((e) => e.data && !e.zero)).toBe(true)
+    expect(map.reduce((n, e) => n + e.length, 0)).toBe(8 * 1024 * 1024)
+    expect(qemu(dir, "qemu-img", ["compare", "s.qcow2", "ts0.qcow2"]).stdout).toBe("Images are identical.\n")
+    expect(qemu(dir, "qemu-img", ["check", "ts0.qcow2"]).stdout).toContain("No errors were found")
+  })
+})

@@ -302,8 +302,12 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
         for (;;) {
           const task = yield* nextTask
           if (task === undefined) return
-          if (task.status === "zero") {
-            if (o.sparseSize === 0 || !sink.zeroIsFree) yield* sink.writeZeroes(task.target, task.length)
+          if (task.status === "zero" && o.sparseSize === 0) {
+            // -S 0: qemu-img writes zeros as data (BLK_ZERO becomes BLK_DATA when min_sparse is 0), so the target is allocated.
+            buffer.fill(0)
+            for (let at = 0; at < task.length; at += CHUNK) yield* sink.writeData(task.target + at, buffer.subarray(0, Math.min(CHUNK, task.length - at)))
+          } else if (task.status === "zero") {
+            if (!sink.zeroIsFree) yield* sink.writeZeroes(task.target, task.length)
           } else if (task.status === "data") {
             const view = buffer.subarray(0, task.length)
             yield* readSource(task, view, o)
