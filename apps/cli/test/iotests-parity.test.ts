@@ -202,3 +202,17 @@ describe("convert -S 0 fully allocates the target, as qemu-img does (iotest 122)
     expect(qemu(dir, "qemu-img", ["check", "ts0.qcow2"]).stdout).toContain("No errors were found")
   })
 })
+
+describe("check reports an unreadable snapshot table as qemu-img does, through error_report (iotest 261)", () => {
+  it("too much extra data in an entry: the same lines, the error with the program name before it", () => {
+    qemu(dir, "qemu-img", ["create", "-f", "qcow2", "x.qcow2", "1M"])
+    qemu(dir, "qemu-img", ["snapshot", "-c", "sn0", "x.qcow2"])
+    const bytes = fs.readFileSync(file("x.qcow2"))
+    bytes.writeUInt32BE(65536, Number(bytes.readBigUInt64BE(64)) + 36)
+    fs.writeFileSync(file("x.qcow2"), bytes)
+    const ours = qcow2(dir, ["check", "x.qcow2"])
+    const theirs = qemu(dir, "qemu-img", ["check", "x.qcow2"], true)
+    expect([ours.status, ours.stdout, ours.stderr.replace(/^qcow2: /gm, "qemu-img: ")]).toEqual([theirs.status, theirs.stdout, theirs.stderr])
+    expect(ours.stderr).toContain("qcow2: ERROR failed to read the snapshot table: Too much extra metadata in snapshot table entry 0\n")
+  })
+})
