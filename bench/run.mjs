@@ -8,9 +8,9 @@
  * $QCOW2_BENCH_DIR (default: the OS temp dir); delete it to rebuild.
  * $QCOW2_BENCH_CLI names another build of the CLI to measure;
  * $QCOW2_BENCH_RUNS sets how many times each command runs (median taken);
- * $QCOW2_BENCH_BASE names a baseline build of the CLI that the convert and
- * start-up cases also run, in the same rounds (before/after figures on a
- * machine whose load changes).
+ * $QCOW2_BENCH_BASE names a baseline build of the CLI that the convert,
+ * start-up and qcow2 bench cases also run, in the same rounds (before/after
+ * figures on a machine whose load changes).
  *
  * To add a case, append to CASES: { name, description, run(ctx) } where
  * run returns rows of [label, value] to print. One file on purpose, though
@@ -299,12 +299,24 @@ const RANDOM_STEP = 104729 * 4096
 /** The "Run completed in X seconds." of a bench run: the requests alone, without start-up and open. */
 const benchSeconds = (stdout) => Number(/Run completed in ([\d.]+) seconds/.exec(stdout)?.[1] ?? NaN)
 
-/** Rows comparing qcow2 bench and qemu-img bench runs of `count` requests. */
-const benchRows = (label, count, ours, theirs) => {
+/** Rows comparing qcow2 bench and qemu-img bench runs of `count` requests (and the baseline build's, when run). */
+const benchRows = (label, count, ours, theirs, base) => {
   const rate = (t) => median(t.stdouts.map((out) => count / benchSeconds(out)))
   const rOurs = rate(ours)
   const rQemu = rate(theirs)
+  const baseRows = (b) => {
+    const rBase = rate(b)
+    return [
+      [`${label}: baseline qcow2 bench`, `${rBase.toFixed(0)} req/s (process ${fmt(b.wall)}${cpuText(b)}${peakText(b)})`],
+      [
+        `${label}: time ratio baseline / qemu-img`,
+        `requests ${(rQemu / rBase).toFixed(2)}x, process wall ${(b.wall / theirs.wall).toFixed(2)}x` +
+          (b.cpu !== undefined && theirs.cpu !== undefined ? `, CPU ${(b.cpu / theirs.cpu).toFixed(2)}x` : "")
+      ]
+    ]
+  }
   return [
+    ...(base === undefined ? [] : baseRows(base)),
     [`${label}: qcow2 bench`, `${rOurs.toFixed(0)} req/s (process ${fmt(ours.wall)}${cpuText(ours)}${peakText(ours)})`],
     [`${label}: qemu-img bench`, `${rQemu.toFixed(0)} req/s (process ${fmt(theirs.wall)}${cpuText(theirs)}${peakText(theirs)})`],
     [
@@ -321,8 +333,12 @@ const randomBenchCase = (write, runs, count) => {
   const rows = []
   for (const depth of [1, 32]) {
     const args = ["bench", ...(write ? ["-w"] : []), "-c", String(count), "-d", String(depth), "-s", "4096", "-S", String(RANDOM_STEP), image]
-    const [ours, theirs] = alternatePeak(runs, [() => timeRunPeak(process.execPath, [BUNDLE, ...args]), () => timeRunPeak("qemu-img", args)])
-    rows.push(...benchRows(`qd ${depth}`, count, ours, theirs))
+    const [ours, theirs, base] = alternatePeak(Number(process.env.QCOW2_BENCH_RUNS ?? runs), [
+      () => timeRunPeak(process.execPath, [BUNDLE, ...args]),
+      () => timeRunPeak("qemu-img", args),
+      ...(BASE === undefined ? [] : [() => timeRunPeak(process.execPath, [BASE, ...args])])
+    ])
+    rows.push(...benchRows(`qd ${depth}`, count, ours, theirs, base))
   }
   if (write) rows.push(["qemu-img check after the writes", checkClean(image) ? "clean" : "NOT CLEAN"])
   return rows

@@ -197,7 +197,7 @@ describe("apps/web in Chromium", () => {
       await page.fill("#url-input", `${f.app.url}/${name}`)
       await page.click("#url-form button")
       await page.waitForSelector("#status.error")
-      expect(await page.textContent("#status")).toMatch(name === "corrupt.qcow2" ? /^Error: l1_table_offset 74565 is not cluster aligned$/ : /^Error: .{10,}/)
+      expect(await page.textContent("#status")).toMatch(name === "corrupt.qcow2" ? /^Error: Active L1 table offset invalid$/ : /^Error: .{10,}/)
       if (name === "corrupt.qcow2") await f.shot(page, "08-error")
     }
     await openUrl(page, `${f.app.url}/base.qcow2`)

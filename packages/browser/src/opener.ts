@@ -112,12 +112,12 @@ export const makeAppOpener = (options: AppOpenerOptions): StorageOpenerShape => 
     open: (name, open) => {
       if (!options.policy.allows(name)) {
         return Effect.fail(
-          new StorageError({ reason: "PermissionDenied", message: `${name}: blocked by the opening policy (not approved)`, location: name, errno: "EACCES" })
+          new StorageError({ reason: "PermissionDenied", message: "blocked by the opening policy (not approved)", location: name })
         )
       }
       const opener = inner(name)
       if (opener === undefined) {
-        return Effect.fail(new StorageError({ reason: "NotFound", message: `${name}: no store of that kind`, location: name, errno: "ENOENT" }))
+        return Effect.fail(new StorageError({ reason: "NotFound", message: "no store of that kind", location: name }))
       }
       return opener.open(name, open)
     },

@@ -34,7 +34,8 @@ const openFailure = (name: string, e: StorageError | ImageError): ImageError => 
   const refusedType = e._tag === "StorageError" && e.reason === "Unsupported"
   // A system call's failure reads as QEMU's strerror() text ("No such file or directory").
   const text = e._tag === "StorageError" && e.errno !== undefined ? (strerrorOf(e.errno) ?? inner.message) : inner.message
-  return new ImageError({ reason: inner.reason, message: refusedType ? inner.message : `Could not open '${name}': ${text}`, location: name, cause: e })
+  const message = refusedType ? inner.message : `Could not open '${name}': ${text}`
+  return new ImageError({ reason: inner.reason, message, location: name, ...(inner.errno !== undefined ? { errno: inner.errno } : {}), cause: e })
 }
 
 /**

@@ -69,7 +69,7 @@ describe("errors", () => {
   it("a missing file, a missing backing file, a read-only image and a range past the end", async () => {
     const missing = await rejection(open(tmp.path("nope.qcow2")))
     expect(missing).toBeInstanceOf(ImageError)
-    expect(missing).toMatchObject({ reason: "Storage", message: expect.stringContaining("ENOENT") })
+    expect(missing).toMatchObject({ reason: "Storage", errno: "ENOENT", message: expect.stringContaining("No such file or directory") })
 
     const top = tmp.path("orphan.qcow2")
     await create(tmp.path("gone.qcow2"), { size: 1 << 20 })

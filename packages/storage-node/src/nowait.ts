@@ -8,9 +8,12 @@
  * goes to the thread pool as before, so the event loop never waits for the
  * disk. Linux has had RWF_NOWAIT for buffered reads since 4.14.
  *
- * Writes do not take this path: buffered RWF_NOWAIT writes are refused
- * (EOPNOTSUPP) by ext4 and most file systems, and a plain write can wait
- * (dirty-page throttling), which the event loop must not.
+ * Writes cannot ask the same (ext4 and most file systems refuse buffered
+ * RWF_NOWAIT writes with EOPNOTSUPP); a small write of whole pages is done
+ * on the loop's thread by NodeFileStorage instead, which only needs the
+ * page size from here (a write of whole pages never reads the disk to fill
+ * the rest of a page) and steps back to the pool when one such write had to
+ * wait.
  *
  * preadv2 is called through koffi (libc.ts), bound once per process;
  * where it cannot be had (not Linux x64/arm64, koffi missing, no preadv2
@@ -31,10 +34,13 @@ export interface NowaitBinding {
   readonly read: NowaitRead
   /** The errno of the last failed call: EAGAIN (not cached) or a reason to stop trying on this file. */
   readonly lastErrorWasMiss: () => boolean
+  /** The kernel's page size (getpagesize(2)): the unit of the page cache. */
+  readonly pageSize: number
 }
 
 const bindNowait = onceWithLibc((c): NowaitBinding => {
   const preadv2 = c.func("long preadv2(int fd, void *iov, int iovcnt, int64_t offset, int flags)")
+  const pageSize = Number(c.func("int getpagesize(void)")())
   // One struct iovec { void *iov_base; size_t iov_len; } (LP64, little-endian), refilled per call.
   const iovec = new Uint8Array(16)
   const view = new DataView(iovec.buffer)
@@ -44,7 +50,7 @@ const bindNowait = onceWithLibc((c): NowaitBinding => {
     const n = Number(preadv2(fd, iovec, 1, offset, RWF_NOWAIT))
     return n >= 0 ? n : -1
   }
-  return { read, lastErrorWasMiss: () => c.errno() === EAGAIN }
+  return { read, lastErrorWasMiss: () => c.errno() === EAGAIN, pageSize }
 })
 
 /** The preadv2 binding, loaded once per process; undefined where it cannot be had. */

@@ -11,6 +11,8 @@
  * the file system's extent tree, and discards are rare (shrinks, repairs,
  * guest discards of raw images), not on the read/write path.
  */
+import { Effect } from "effect"
+import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 import { onceWithLibc } from "./libc.js"
 
 const FALLOC_FL_KEEP_SIZE = 0x01
@@ -36,3 +38,11 @@ const bindPunch = onceWithLibc((c): PunchHole => {
 
 /** The fallocate binding, loaded once per process; undefined where it cannot be had. */
 export const punchBinding: () => Promise<PunchHole | undefined> = bindPunch
+
+/** Zeros written over the part of [offset, offset + length) inside the file: a discard where holes cannot be punched. */
+export const zeroFill = (shape: BlockStorageShape, offset: number, length: number): Effect.Effect<void, StorageError> =>
+  Effect.gen(function* () {
+    const end = Math.min(offset + length, yield* shape.size())
+    const chunk = new Uint8Array(Math.min(Math.max(end - offset, 0), 1 << 20))
+    for (let at = offset; at < end; at += chunk.length) yield* shape.write(at, chunk.subarray(0, Math.min(chunk.length, end - at)))
+  })

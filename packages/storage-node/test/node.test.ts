@@ -212,6 +212,30 @@ describe("openNodeFile", () => {
     }))
   })
 
+  it("concurrent writes land whatever thread takes them: whole pages (the loop's), partial pages and big writes (the pool's)", async () => {
+    const size = 1024 * 1024
+    const model = new Uint8Array(size)
+    // Disjoint ranges: 4 KiB pages, a run of pages, partial pages, one write past 128 KiB.
+    const ranges: ReadonlyArray<readonly [number, number]> = [
+      [0, 4096], [8192, 12288], [65536, 65536 + 40960], [20000, 1000], [24576 + 100, 3000],
+      [200 * 1024, 200 * 1024], [4096 * 200, 4096], [size - 4096, 4096], [4096 * 100 + 512, 4096]
+    ]
+    const image = await run(Effect.gen(function*() {
+      const storage = yield* withFile(new Uint8Array(size), { readOnly: false })
+      yield* Effect.all(ranges.map(([offset, length], i) => {
+        const data = new Uint8Array(length).fill(i + 1)
+        model.set(data, offset)
+        return storage.write(offset, data)
+      }), { concurrency: "unbounded", discard: true })
+      const back = new Uint8Array(size)
+      yield* storage.read(0, back)
+      expect(Buffer.compare(back, model)).toBe(0)
+      yield* storage.flush()
+      return fsSync.readFileSync(storage.location)
+    }))
+    expect(Buffer.compare(image, model)).toBe(0)
+  })
+
   it("closes only after in-flight requests finish", async () => {
     const big = new Uint8Array(32 * 1024 * 1024)
     const data = await run(Effect.gen(function*() {

@@ -1,4 +1,4 @@
-import { Effect } from "effect"
+import { Deferred, Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import type { BlockStorageShape } from "../src/index.js"
 import { makeMemoryStorage } from "../src/index.js"
@@ -115,11 +115,20 @@ describe("makeCrashRecorder", () => {
 
   it("does not count a write that completed during a flush as flushed", async () => {
     const inner = makeMemoryStorage()
-    const slowFlush: BlockStorageShape = { ...inner, flush: () => Effect.andThen(Effect.sleep("30 millis"), inner.flush()) }
+    // The flush is under way (started) until the write has completed: no timing involved.
+    const flushStarted = Deferred.makeUnsafe<void>()
+    const written = Deferred.makeUnsafe<void>()
+    const slowFlush: BlockStorageShape = {
+      ...inner,
+      flush: () => Effect.andThen(Effect.andThen(Deferred.succeed(flushStarted, undefined), Deferred.await(written)), inner.flush())
+    }
     const recorder = makeCrashRecorder(slowFlush)
     await run(Effect.all([
       recorder.storage.flush(),
-      Effect.andThen(Effect.sleep("5 millis"), recorder.storage.write(0, new Uint8Array(8).fill(7)))
+      Deferred.await(flushStarted).pipe(
+        Effect.andThen(recorder.storage.write(0, new Uint8Array(8).fill(7))),
+        Effect.andThen(Deferred.succeed(written, undefined))
+      )
     ], { concurrency: 2 }))
     expect(recorder.operations().map((op) => op._tag)).toEqual(["Write", "Flush"])
     expect(recorder.durableAt(2)).toBe(0)

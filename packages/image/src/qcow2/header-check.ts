@@ -45,16 +45,31 @@ const checkExtensions = (header: Uint8Array, start: number, end: number): string
   return undefined
 }
 
+/** Why qcow2_do_open refuses a header: a version it does not know, or a header it holds to be corrupt. */
+export interface HeaderRefusal {
+  readonly reason: "Unsupported" | "Corrupt"
+  readonly message: string
+}
+
 /**
- * QEMU's message for a header of cluster 0 (`header`, at least the first
+ * QEMU's verdict on a header of cluster 0 (`header`, at least the first
  * cluster or the whole file if shorter) that qcow2_do_open refuses, or
- * undefined. `checking`: opened for qemu-img check, which skips the table
+ * undefined. A bad magic is left to the decoder, which names the file as
+ * not qcow2 ("Image is not in qcow2 format"), as QEMU checks the magic
+ * first. `checking`: opened for qemu-img check, which skips the table
  * checks a repair may need to get past.
  */
-export const qemuHeaderRefusal = (header: Uint8Array, checking: boolean): string | undefined => {
-  if (header.length < 72) return undefined
+export const qemuHeaderRefusal = (header: Uint8Array, checking: boolean): HeaderRefusal | undefined => {
+  if (header.length < 72 || u32(header, 0) !== QCOW2_MAGIC) return undefined
   const version = u32(header, 4)
-  if (version < 2n || version > 3n) return `Unsupported qcow2 version ${version}`
+  if (version < 2n || version > 3n) return { reason: "Unsupported", message: `Unsupported qcow2 version ${version}` }
+  const message = corruptHeaderMessage(header, version, checking)
+  return message === undefined ? undefined : { reason: "Corrupt", message }
+}
+
+const QCOW2_MAGIC = 0x514649fbn
+
+const corruptHeaderMessage = (header: Uint8Array, version: bigint, checking: boolean): string | undefined => {
   const clusterBits = u32(header, 20)
   if (clusterBits < 9n || clusterBits > 21n) return `Unsupported cluster size: 2^${clusterBits}`
   const clusterSize = 1n << clusterBits

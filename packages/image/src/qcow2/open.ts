@@ -91,7 +91,7 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     const first = new Uint8Array(Math.min(fileSize, 4096))
     yield* asImageError(storage.read(0, first), location)
     const refusal = qemuHeaderRefusal(first, env.options.forCheck === true)
-    if (refusal !== undefined) return yield* corrupt(location, refusal)
+    if (refusal !== undefined) return yield* new ImageError({ ...refusal, location })
     const fixed = yield* Effect.try({ try: () => decodeHeader(first), catch: (e) => fromDecodeFailure(location, e) })
     const clusterSize = 2 ** fixed.clusterBits
     const cluster0 = new Uint8Array(clusterSize)
