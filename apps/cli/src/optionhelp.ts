@@ -135,6 +135,47 @@ export const createHelp = (format: "qcow2" | "raw" | "luks", withFile: boolean):
   return `Supported options:\n${names.map((n) => line(n, describe(n))).join("")}`
 }
 
+/** The format drivers of QEMU 7.2's qemu-img (`qemu-img --help`, "Supported formats") that cannot create images. */
+const QEMU_NO_CREATE = new Set(["blkdebug", "blklogwrites", "blkverify", "bochs", "cloop", "compress", "copy-before-write", "copy-on-read", "dmg", "null-aio", "null-co", "preallocate", "quorum", "snapshot-access", "throttle", "vvfat"])
+
+/** Every format driver of QEMU 7.2's qemu-img (`qemu-img --help`, "Supported formats"). */
+const QEMU_FORMATS = new Set([
+  ...QEMU_NO_CREATE,
+  ..."file ftp ftps gluster host_cdrom host_device http https iscsi iser luks nbd nfs nvme parallels qcow qcow2 qed raw rbd replication ssh vdi vhdx vmdk vpc".split(" ")
+])
+
+/**
+ * What qemu-img says when asked to create an image of `format`, which this
+ * toolkit cannot create: QEMU's words for its drivers without creation
+ * (bdrv_img_create, print_block_option_help), else an unknown format.
+ */
+export const cannotCreate = (format: string): string =>
+  QEMU_NO_CREATE.has(format) ? `Format driver '${format}' does not support image creation` : `Unknown file format '${format}'`
+
+/** What `qemu-img amend -f FORMAT -o help` says for a format other than qcow2 and luks (print_amend_option_help). */
+export const cannotAmend = (format: string): string =>
+  QEMU_FORMATS.has(format) ? `Format driver '${format}' does not support option amendment` : `Unknown file format '${format}'`
+
+/**
+ * qemu-img convert's checks of its -o lists and file count, after those
+ * of its flags (img_convert): an invalid list; `-o help`, which lists the
+ * target format's options (with the protocol's when an output file is
+ * named) and needs no file; too few files; a target format this toolkit
+ * cannot create. "go" when none applies.
+ */
+export const convertOptionCheck = (
+  lists: ReadonlyArray<string>,
+  target: string,
+  files: number
+): { readonly kind: "go"; readonly target: "raw" | "qcow2" } | { readonly kind: "help"; readonly text: string } | { readonly kind: "error"; readonly message: string } => {
+  const badList = invalidOptionList(lists)
+  if (badList !== undefined) return { kind: "error", message: `Invalid option list: ${badList}` }
+  const known = target === "raw" || target === "qcow2" ? target : undefined
+  if (asksForHelp(lists)) return known !== undefined ? { kind: "help", text: createHelp(known, files >= 2) } : { kind: "error", message: cannotCreate(target) }
+  if (files < 2) return { kind: "error", message: "Must specify image file name" }
+  return known !== undefined ? { kind: "go", target: known } : { kind: "error", message: cannotCreate(target) }
+}
+
 /** `qemu-img amend -o help` for qcow2 or luks. */
 export const amendHelp = (format: "qcow2" | "luks" = "qcow2"): string =>
   `Amend options for '${format}':\n${(format === "luks" ? LUKS_AMEND_OPTIONS : QCOW2_AMEND_OPTIONS).map((n) => line(n, DESCRIPTIONS[n]!)).join("")}`

@@ -241,7 +241,13 @@ function checkAndReport(storage: BlockStorageShape, fix: Fix, force: boolean): E
       const common = { location, messages: [...messages], result: toResult(partial.tally, messages) }
       switch (e._tag) {
         case "CheckAborted":
-          return new CheckError({ ...common, reason: "Aborted", message: `Check failed: ${e.strerror}`, strerror: e.strerror })
+          return new CheckError({
+            ...common,
+            reason: "Aborted",
+            message: `Check failed: ${e.strerror}`,
+            strerror: e.strerror,
+            ...(e.reported !== undefined ? { reported: e.reported } : {})
+          })
         case "StorageError":
           return new CheckError({
             ...common,

@@ -26,6 +26,8 @@ export class CheckError extends Data.TaggedError("CheckError")<{
   readonly strerror: string
   /** Findings reported before the failure, in order (qemu-img prints them before "Check failed"). */
   readonly messages: ReadonlyArray<string>
+  /** The one of `messages` qemu-img prints through error_report, with its program name before it (the snapshot table's errors). */
+  readonly reported?: string
   /** The counters reached so far (their `messages` are `messages`). */
   readonly result: CheckResult
   readonly cause?: unknown

@@ -253,11 +253,26 @@ export function writeBitmap(
     }
     const tableClusters = Math.ceil(table.length / cs)
     const tableOffset = yield* disk.refcounts.allocate(tableClusters)
-    const padded = new Uint8Array(tableClusters * cs)
-    padded.set(table)
-    yield* disk.integrity.guardWrite(tableOffset, padded.length)
-    yield* disk.storage.write(tableOffset, padded)
+    yield* writeInNewClusters(disk, tableOffset, table, tableClusters)
     return { tableOffset, tableSize }
+  })
+}
+
+/**
+ * Writes a bitmap table or directory at the start of `clusters` freshly
+ * allocated clusters: the rest of the clusters is zeroed where it lies inside
+ * the file, but the file is not grown past the structure's last byte (QEMU
+ * writes just the structure, so a file ending with one is that long).
+ */
+function writeInNewClusters(disk: BitmapDisk, offset: number, bytes: Uint8Array, clusters: number): Effect.Effect<void, EngineFailure> {
+  return Effect.gen(function* () {
+    const room = clusters * disk.clusterSize
+    const fileSize = yield* disk.storage.size()
+    const length = Math.max(bytes.length, Math.min(room, fileSize - offset))
+    const padded = new Uint8Array(length)
+    padded.set(bytes)
+    yield* disk.integrity.guardWrite(offset, room)
+    yield* disk.storage.write(offset, padded)
   })
 }
 
@@ -281,10 +296,7 @@ export function writeDirectory(disk: BitmapDisk, entries: ReadonlyArray<BitmapDi
       const bytes = encodeBitmapDirectory(entries)
       const clusters = Math.ceil(bytes.length / cs)
       const offset = yield* disk.refcounts.allocate(clusters)
-      const padded = new Uint8Array(clusters * cs)
-      padded.set(bytes)
-      yield* disk.integrity.guardWrite(offset, padded.length)
-      yield* disk.storage.write(offset, padded)
+      yield* writeInNewClusters(disk, offset, bytes, clusters)
       yield* disk.refcounts.cache.flush()
       next = {
         ...current,

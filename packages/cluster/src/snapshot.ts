@@ -186,6 +186,22 @@ export function loadSnapshot(engine: Qcow2Engine, id: string | undefined, name: 
   })
 }
 
+/**
+ * Gives every snapshot the extra data a v3 image requires before an
+ * upgrade (QEMU's qcow2_upgrade rewrites the table with
+ * qcow2_write_snapshots when an entry lacks it): the 64-bit VM state size,
+ * the disk size and the icount, a missing disk size taken as the image's
+ * virtual size and a missing icount as -1 (none), as QEMU reads a v2 entry
+ * without them. Nothing is written when every entry has them already.
+ * Call with the metadata lock held.
+ */
+export function completeSnapshotExtraData(engine: Qcow2Engine): Effect.Effect<void, EngineFailure> {
+  const table = engine.snapshots
+  if (!table.entries.some((s) => s.extraData.length < 16)) return Effect.void
+  const completed = table.entries.map((s) => ({ ...s, diskSize: s.diskSize ?? engine.virtualSize, icount: s.icount ?? -1n }))
+  return table.write(completed, tableIo(engine))
+}
+
 const tableIo = (engine: Qcow2Engine) => ({
   storage: engine.storage,
   header: engine.header,

@@ -11,7 +11,7 @@ import { SectorCipherFactory } from "@qcow2/crypto"
 import type { LuksKeySlotAmendment, LuksSecretLookup, SectorCipherFactoryShape } from "@qcow2/crypto"
 import { AutoclearFeature, CompatibleFeature, featureNamesFor, IncompatibleFeature, V2_HEADER_LENGTH, V3_HEADER_LENGTH } from "@qcow2/format"
 import type { ImageHeader } from "@qcow2/format"
-import { asImageError as engineError, changeRefcountOrder, expandZeroClusters } from "@qcow2/cluster"
+import { asImageError as engineError, changeRefcountOrder, completeSnapshotExtraData, expandZeroClusters } from "@qcow2/cluster"
 import type { AmendProgress, Qcow2Engine } from "@qcow2/cluster"
 import type { ClusterCodec } from "@qcow2/compress"
 import { StorageOpener } from "@qcow2/storage"
@@ -112,7 +112,7 @@ export function amendImage(
   progress: AmendProgress = () => {}
 ): Effect.Effect<void, ImageError, Env> {
   return Effect.gen(function* () {
-    const first = yield* withEngine(name, openOptions, (opened, engine) =>
+    const first = yield* withEngine(name, openOptions, (_opened, engine) =>
       Effect.gen(function* () {
         const current = engine.header.image
         const h = current.header
@@ -136,11 +136,17 @@ export function amendImage(
         if (newVersion > oldVersion) {
           const report = operations.operation(1)
           report(0, 2)
-          if (engine.header.image.header.nbSnapshots > 0 && opened.snapshots.some((s) => s.extraData.length < 16)) {
-            return yield* unsupported("Failed to update the snapshot table: snapshots without a disk size cannot be upgraded here", name)
-          }
+          yield* engineError(engine.lock.withPermits(1)(completeSnapshotExtraData(engine)), name).pipe(
+            Effect.mapError((e) => new ImageError({ reason: e.reason, message: `Failed to update the snapshot table: ${e.message}`, location: name, cause: e }))
+          )
           report(1, 2)
-          yield* rewrite(engine, { ...current, header: { ...h, version: 3, headerLength: V3_HEADER_LENGTH, refcountOrder: 4 }, extensions: { ...current.extensions, featureNames: featureNamesFor(3, h.clusterBits) } })
+          // The header as the snapshot table update left it (it may point to a new table).
+          const updated = engine.header.image
+          yield* rewrite(engine, {
+            ...updated,
+            header: { ...updated.header, version: 3, headerLength: V3_HEADER_LENGTH, refcountOrder: 4 },
+            extensions: { ...updated.extensions, featureNames: featureNamesFor(3, h.clusterBits) }
+          })
           report(2, 2)
         }
         if (options.encryption !== undefined) {

@@ -38,6 +38,14 @@ export interface CreatePlan {
 
 const bad = (message: string) => new ImageError({ reason: "InvalidArgument", message })
 
+/**
+ * Bytes of zeros QEMU's file driver writes at offset 0 when it grows an
+ * empty file without preallocation (file-posix allocate_first_block, so
+ * that later alignment probing finds a block): 4096, or one 512-byte sector
+ * for a file smaller than that; 0 for an empty file.
+ */
+export const firstBlockLength = (size: number): number => (size <= 0 ? 0 : size < 4096 ? 512 : 4096)
+
 /** Checks options the way qemu-img does and fills in its defaults. */
 export function planCreate(options: CreateOptions, size: number): Effect.Effect<CreatePlan, ImageError> {
   return Effect.gen(function* () {

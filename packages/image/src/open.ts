@@ -10,7 +10,7 @@ import type { CryptoError, SectorCipher, SectorCipherFactoryShape } from "@qcow2
 import { StorageOpener, strerrorOf } from "@qcow2/storage"
 import type { BlockStorageShape, StorageError, StorageOpenerShape } from "@qcow2/storage"
 import type { CreateOptions, Image, ImageFormat, OpenOptions } from "./api.js"
-import { planCreate, writeEmptyImage } from "./create.js"
+import { firstBlockLength, planCreate, writeEmptyImage } from "./create.js"
 import { ImageError } from "./errors.js"
 import { asImageError, toImageError } from "./internal/errors.js"
 import { type CheckError, checkQcow2 } from "@qcow2/check"
@@ -271,7 +271,10 @@ export function createImage(name: string, options: CreateOptions): Effect.Effect
           const storage = yield* createFile(name)
           const data = plan.dataFile !== undefined ? yield* createFile(plan.dataFile) : undefined
           // The data file gets the virtual size at once (sparse); falloc and full fill it while preallocating.
-          if (data !== undefined && (plan.preallocation === "off" || plan.preallocation === "metadata")) yield* asImageError(data.resize(plan.size), data.location)
+          if (data !== undefined && (plan.preallocation === "off" || plan.preallocation === "metadata")) {
+            yield* asImageError(data.resize(plan.size), data.location)
+            yield* asImageError(data.write(0, new Uint8Array(firstBlockLength(plan.size))), data.location)
+          }
           yield* writeEmptyImage(storage, plan)
         })
       )

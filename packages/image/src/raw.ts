@@ -3,6 +3,7 @@ import { holeStatus } from "@qcow2/cluster"
 import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 import type { BlockStatus, Image } from "./api.js"
 import { ImageError } from "./errors.js"
+import { firstBlockLength } from "./create.js"
 import { asImageError, checkRange } from "./internal/errors.js"
 
 /**
@@ -99,7 +100,12 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
               const from = fileSize
               yield* storage.resize(newSize)
               fileSize = newSize
-              if (mode === "off" || newSize <= from) return
+              if (newSize <= from) return
+              // Growing an empty file without preallocation allocates its first block, as QEMU's file driver does.
+              if (mode === "off") {
+                if (from === 0) yield* storage.write(0, new Uint8Array(firstBlockLength(newSize)))
+                return
+              }
               const chunk = new Uint8Array(Math.min(newSize - from, 1 << 20))
               for (let p = from; p < newSize; p += chunk.length) yield* storage.write(p, chunk.subarray(0, Math.min(chunk.length, newSize - p)))
             }),

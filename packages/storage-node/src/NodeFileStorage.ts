@@ -15,6 +15,8 @@ import { FileLocks } from "./lock.js"
 import { seekExtent } from "./seek.js"
 import { nowaitBinding } from "./nowait.js"
 import type { NowaitBinding } from "./nowait.js"
+import { punchBinding, zeroFill } from "./punch.js"
+import type { PunchHole } from "./punch.js"
 
 /**
  * Largest single read/write handed to Node (its limit is 2^31 - 1 bytes);
@@ -131,7 +133,9 @@ class NodeFile {
     readonly location: string,
     /** Page-cache reads on this thread (nowait.ts); dropped when the file refuses them. */
     private nowait: NowaitBinding | undefined,
-    regular: boolean
+    regular: boolean,
+    /** Hole punching (punch.ts); undefined where it cannot be had, and discard does nothing. */
+    readonly punch: PunchHole | undefined
   ) {
     this.locks = new FileLocks(fd, location)
     this.writeNowPage = regular && nowait !== undefined ? nowait.pageSize : 0
@@ -268,6 +272,17 @@ class NodeFile {
     })
   }
 
+  /** Punches a hole over the range; answers false when the file system cannot (then nothing changed). */
+  punchHole(punch: PunchHole, offset: number, length: number, resume: Resume<boolean>): void {
+    if (!this.begin("discard", resume)) return
+    const r = punch(this.fd, offset, length)
+    if (r._tag === "Failed") {
+      this.end(resume, Effect.fail(new StorageError({ reason: "Io", message: `fallocate failed (errno ${r.errno})`, location: this.location })))
+    } else {
+      this.end(resume, Effect.succeed(r._tag === "Done"))
+    }
+  }
+
   seekExtent(offset: number, what: "data" | "hole", resume: Resume<number>): void {
     if (!this.begin("seek", resume)) return
     fs.fstat(this.fd, (statError, stats) => {
@@ -332,11 +347,13 @@ const request = <A>(start: (resume: Resume<A>) => void): Effect.Effect<A, Storag
 
 const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
   const location = file.location
-  return {
+  const punch = file.punch
+  const shape: BlockStorageShape = {
     location,
-    // Buffered I/O has no alignment requirement. Node cannot punch holes
-    // (no fallocate), so discard is a no-op and says so.
-    capabilities: { readOnly, discard: false, alignment: 1 },
+    // Buffered I/O has no alignment requirement. Discard punches holes
+    // (punch.ts), so discarded ranges read as zeros; without the binding
+    // it is a no-op and says so.
+    capabilities: { readOnly, discard: punch !== undefined, alignment: 1 },
     read: (offset, into) => {
       const invalid = checkRange(location, "read", offset, into.length)
       if (invalid !== undefined) return Effect.fail(invalid)
@@ -368,11 +385,16 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
       const invalid = checkRange(location, "discard", offset, length)
       if (invalid !== undefined) return Effect.fail(invalid)
       if (readOnly) return Effect.fail(readOnlyError(location, "discard", offset, length))
-      return Effect.suspend(() => (file.closed ? Effect.fail(closedError(location, "discard")) : Effect.void))
+      if (punch === undefined) return Effect.suspend(() => (file.closed ? Effect.fail(closedError(location, "discard")) : Effect.void))
+      // A file system without hole punching gets zeros instead, so that the range still reads as zeros.
+      return Effect.flatMap(request<boolean>((resume) => file.punchHole(punch, offset, length, resume)), (punched) =>
+        punched ? Effect.void : zeroFill(shape, offset, length)
+      )
     },
     seekExtent: (offset, what) => request<number>((resume) => file.seekExtent(offset, what, resume)),
     lock: (wanted) => request<void>((resume) => file.lock(wanted, resume))
   }
+  return shape
 }
 
 /**
@@ -382,8 +404,10 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
  *
  * - `readOnly` opens O_RDONLY; otherwise O_RDWR, plus O_CREAT with `create`
  *   and O_TRUNC with `truncate` (a read-only truncate fails with `ReadOnly`).
- * - `flush` is fdatasync, `size` fstat, `resize` ftruncate; `discard` is a
- *   no-op (`capabilities.discard` false: Node has no fallocate/punch-hole).
+ * - `flush` is fdatasync, `size` fstat, `resize` ftruncate; `discard`
+ *   punches a hole (fallocate through koffi, see `punch.ts`), or writes
+ *   zeros where the file system cannot; a no-op (`capabilities.discard`
+ *   false) where the call cannot be had.
  * - An empty name fails with `Unsupported` (QEMU: "The 'file' block driver
  *   requires a file name").
  * - Opening never blocks (O_NONBLOCK), and only regular files, block and
@@ -402,7 +426,9 @@ export const openNodeFile = (path: string, options: OpenOptions): Effect.Effect<
   if (options.readOnly && options.truncate === true) {
     return Effect.fail(readOnlyError(path, "truncate"))
   }
-  const acquire = Effect.flatMap(Effect.promise(nowaitBinding), (nowait) => Effect.map(openFd(path, options), (opened) => new NodeFile(opened.fd, path, nowait, opened.regular)))
+  const acquire = Effect.flatMap(Effect.promise(() => Promise.all([nowaitBinding(), punchBinding()])), ([nowait, punch]) =>
+    Effect.map(openFd(path, options), (opened) => new NodeFile(opened.fd, path, nowait, opened.regular, punch))
+  )
   return Effect.map(
     Effect.acquireRelease(acquire, (file) => file.close()),
     (file) => makeShape(file, options.readOnly)

@@ -8,7 +8,8 @@ import type { ImageFormat } from "@qcow2/image"
 import { cipherLayer, envLayer, imageOptions, type ImageEnv } from "../env.js"
 import { CliFailure, describeCause, fail, usage } from "../errors.js"
 import { normalizeArgv } from "../argv.js"
-import { eprint, exitStatus } from "../output.js"
+import { convertOptionCheck } from "../optionhelp.js"
+import { eprint, exitStatus, print } from "../output.js"
 import { programName } from "../progname.js"
 import { reportLine } from "../report.js"
 import { parseSecrets, type Secrets } from "../secrets.js"
@@ -198,8 +199,6 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
       const c = p.values
       return Effect.gen(function* () {
         const secrets = yield* secretsOf(c)
-        const target = c.targetFormat
-        if (target !== "raw" && target !== "qcow2") return yield* Effect.fail(fail(`Unknown file format '${target}'`))
         if (c.compress && c.copyRange) return yield* Effect.fail(fail("Cannot enable copy offloading when -c is used"))
         if (c.sparseSize !== undefined && c.copyRange) return yield* Effect.fail(fail("Cannot enable copy offloading when -S is used"))
         if (c.copyRange && c.salvage) return yield* Effect.fail(fail("Cannot use copy offloading in salvaging mode"))
@@ -208,6 +207,9 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         const backing = c.backing ?? backingOption?.[1]
         if (c.skipBrokenBitmaps && !c.bitmaps) return yield* Effect.fail(fail("Use of --skip-broken-bitmaps requires --bitmaps"))
         if (c.targetIsZero && !c.noCreate) return yield* Effect.fail(fail("--target-is-zero requires use of -n flag"))
+        const checked = convertOptionCheck(c.options, c.targetFormat, c.files.length)
+        if (checked.kind !== "go") return checked.kind === "help" ? (print(checked.text), 0) : yield* Effect.fail(fail(checked.message))
+        const target = checked.target
         let sparseSize = 4096
         const s = c.sparseSize
         if (s !== undefined) {
@@ -312,9 +314,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
       const c = p.values
       return Effect.gen(function* () {
         const secrets = yield* secretsOf(c)
-        const format = yield* imageFormat(c.format)
         const { runAmend } = yield* Effect.promise(() => import("../commands/amend.js"))
-        return yield* runAmend({ file: c.file ?? "", format, options: c.options, force: c.force, quiet: c.quiet, progress: c.progress, secrets })
+        return yield* runAmend({ file: c.file ?? "", format: c.format, options: c.options, force: c.force, quiet: c.quiet, progress: c.progress, secrets })
       })
     }
     case "bench": {

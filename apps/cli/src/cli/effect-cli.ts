@@ -14,6 +14,8 @@ import { COMMANDS, ROOT_DESCRIPTION, VERSION, type ArgSpec, type CommandSpec, ty
 
 type AnyParam = Flag.Flag<unknown> | Argument.Argument<unknown>
 
+const lastGiven = <A>(given: ReadonlyArray<A>): A | undefined => given[given.length - 1]
+
 const makeFlag = (f: FlagSpec): Flag.Flag<unknown> => {
   const named = <A>(flag: Flag.Flag<A>): Flag.Flag<A> => {
     let out = flag
@@ -21,20 +23,25 @@ const makeFlag = (f: FlagSpec): Flag.Flag<unknown> => {
     if (f.description !== undefined) out = Flag.withDescription(out, f.description)
     return out
   }
+  // As qemu-img's getopt: an option given more than once is no error, the last one wins.
   switch (f.kind) {
     case "string":
-      return named(Flag.String(f.name)).pipe(Flag.optional)
+      return named(Flag.String(f.name)).pipe(Flag.atLeast(0), Flag.map(lastGiven))
     case "stringDefault":
-      return named(Flag.String(f.name)).pipe(Flag.withDefault(f.default))
+      return named(Flag.String(f.name)).pipe(
+        Flag.atLeast(0),
+        Flag.map((given) => lastGiven(given) ?? f.default)
+      )
     case "boolean":
-      return f.repeatable === true
-        ? named(Flag.Boolean(f.name)).pipe(
-            Flag.atLeast(0),
-            Flag.map((given) => given.length > 0)
-          )
-        : named(Flag.Boolean(f.name)).pipe(Flag.withDefault(false))
+      return named(Flag.Boolean(f.name)).pipe(
+        Flag.atLeast(0),
+        Flag.map((given) => given.length > 0)
+      )
     case "choice":
-      return named(Flag.Literals(f.name, f.choices)).pipe(Flag.withDefault(f.default))
+      return named(Flag.Literals(f.name, f.choices)).pipe(
+        Flag.atLeast(0),
+        Flag.map((given) => lastGiven(given) ?? f.default)
+      )
     case "repeat":
       return named(Flag.String(f.name)).pipe(Flag.atLeast(0))
   }
@@ -46,8 +53,7 @@ const makeArgument = (a: ArgSpec): Argument.Argument<unknown> => {
       return Argument.String(a.name)
     case "optional":
       return Argument.String(a.name).pipe(Argument.optional)
-    case "atLeast2":
-      return Argument.String(a.name).pipe(Argument.atLeast(2))
+    case "sourcesAndTarget":
     case "many":
       return Argument.String(a.name).pipe(Argument.atLeast(0))
   }

@@ -81,9 +81,9 @@ const parseCommand = (spec: CommandSpec, tokens: ReadonlyArray<Token>, trailing:
       i++
     }
     const list = seen.get(key)
-    if (list === undefined) seen.set(key, [value])
-    else if (flag.kind === "repeat" || (flag.kind === "boolean" && flag.repeatable === true)) list.push(value)
-    else return undefined
+    // As qemu-img's getopt: a flag given again is no error; the last one wins.
+    if (list !== undefined && flag.kind === "repeat") list.push(value)
+    else seen.set(key, [value])
   }
   const values: Record<string, unknown> = {}
   for (const [key, flag] of Object.entries(spec.flags)) {
@@ -102,7 +102,6 @@ const parseCommand = (spec: CommandSpec, tokens: ReadonlyArray<Token>, trailing:
     } else if (arg.kind === "optional") {
       values[key] = next < positional.length ? positional[next++] : undefined
     } else {
-      if (arg.kind === "atLeast2" && positional.length - next < 2) return undefined
       values[key] = positional.slice(next)
       next = positional.length
     }

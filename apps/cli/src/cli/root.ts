@@ -49,7 +49,7 @@ const flagSyntax = (f: FlagSpec): string => {
 
 const argSyntax = (spec: CommandSpec): string =>
   Object.values(spec.args)
-    .map((a) => (a.kind === "one" ? a.name : a.kind === "optional" ? `[${a.name}]` : a.kind === "atLeast2" ? `${a.name} [${a.name}2 [...]]` : `[${a.name} [...]]`))
+    .map((a) => (a.kind === "one" ? a.name : a.kind === "optional" ? `[${a.name}]` : a.kind === "sourcesAndTarget" ? `${a.name} [${a.name}2 [...]]` : `[${a.name} [...]]`))
     .join(" ")
 
 /** `qcow2 --help`: qemu-img's usage text in shape, listing this tool's subcommands and flags. */

@@ -18,8 +18,8 @@ export type FlagSpec =
   | { readonly kind: "string"; readonly name: string; readonly alias?: string; readonly description?: string }
   /** String with a default. */
   | { readonly kind: "stringDefault"; readonly name: string; readonly alias?: string; readonly description?: string; readonly default: string }
-  /** Boolean switch, false when absent; a `repeatable` one may be given more than once (qemu-img bitmap's actions). */
-  | { readonly kind: "boolean"; readonly name: string; readonly alias?: string; readonly description?: string; readonly repeatable?: true }
+  /** Boolean switch, false when absent. */
+  | { readonly kind: "boolean"; readonly name: string; readonly alias?: string; readonly description?: string }
   /** One of `choices`, `default` when absent. */
   | {
       readonly kind: "choice"
@@ -32,10 +32,14 @@ export type FlagSpec =
   /** Repeatable string: every occurrence, in order. */
   | { readonly kind: "repeat"; readonly name: string; readonly alias?: string; readonly description?: string }
 
-/** A positional argument: exactly one, zero or one, or two and more. */
+/**
+ * A positional argument: exactly one, zero or one, or any number
+ * ("sourcesAndTarget" too, shown as two and more in the usage: the command
+ * checks the count itself, as qemu-img convert does after `-o help`).
+ */
 export interface ArgSpec {
   readonly name: string
-  readonly kind: "one" | "optional" | "atLeast2" | "many"
+  readonly kind: "one" | "optional" | "sourcesAndTarget" | "many"
 }
 
 export interface CommandSpec {
@@ -184,7 +188,7 @@ export const convert = {
     skipBrokenBitmaps: { kind: "boolean", name: "skip-broken-bitmaps", description: "with --bitmaps: leave out inconsistent bitmaps" },
     ...common
   },
-  args: { files: { name: "filename", kind: "atLeast2" } }
+  args: { files: { name: "filename", kind: "sourcesAndTarget" } }
 } as const satisfies CommandSpec
 
 export const snapshot = {
@@ -342,11 +346,11 @@ export const bitmap = {
   description: "add, remove, clear, enable, disable or merge persistent bitmaps like qemu-img bitmap",
   flags: {
     format,
-    add: { kind: "boolean", name: "add", repeatable: true, description: "add the bitmap (empty, enabled)" },
-    remove: { kind: "boolean", name: "remove", repeatable: true, description: "remove the bitmap" },
-    clear: { kind: "boolean", name: "clear", repeatable: true, description: "clear every bit" },
-    enable: { kind: "boolean", name: "enable", repeatable: true, description: "track writes" },
-    disable: { kind: "boolean", name: "disable", repeatable: true, description: "stop tracking writes" },
+    add: { kind: "boolean", name: "add", description: "add the bitmap (empty, enabled)" },
+    remove: { kind: "boolean", name: "remove", description: "remove the bitmap" },
+    clear: { kind: "boolean", name: "clear", description: "clear every bit" },
+    enable: { kind: "boolean", name: "enable", description: "track writes" },
+    disable: { kind: "boolean", name: "disable", description: "stop tracking writes" },
     merge: { kind: "repeat", name: "merge", description: "SOURCE: merge bitmap SOURCE into the bitmap" },
     granularity: { kind: "repeat", name: "granularity", alias: "g", description: "bytes per bit for --add" },
     sourceFile: { kind: "repeat", name: "source-file", alias: "b", description: "image holding the --merge source" },

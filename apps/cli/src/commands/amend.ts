@@ -4,7 +4,7 @@ import { amendImage, amendLuksImage, type AmendOptions, type ImageFormat } from 
 import { splitOptionList } from "../createopts.js"
 import { openNamed, resolveNamed, type ImageEnv } from "../env.js"
 import { fail, openFailure, usage, type CliFailure } from "../errors.js"
-import { amendHelp, asksForHelp, invalidOptionList, LUKS_AMEND_OPTIONS, LUKS_CREATE_OPTIONS, QCOW2_AMEND_OPTIONS } from "../optionhelp.js"
+import { amendHelp, asksForHelp, cannotAmend, invalidOptionList, LUKS_AMEND_OPTIONS, LUKS_CREATE_OPTIONS, QCOW2_AMEND_OPTIONS } from "../optionhelp.js"
 import { print, printNow } from "../output.js"
 import type { Secrets } from "../secrets.js"
 import { cFixedPadded } from "../text/cformat.js"
@@ -13,7 +13,8 @@ import { parseSize } from "../text/strtosz.js"
 export interface AmendCommandOptions {
   /** "" when no file name was given. */
   readonly file: string
-  readonly format?: ImageFormat
+  /** -f as given (checked here, after `-o help`, as qemu-img amend does). */
+  readonly format?: string
   readonly options: ReadonlyArray<string>
   readonly force: boolean
   readonly quiet: boolean
@@ -181,14 +182,16 @@ export const runAmend = (o: AmendCommandOptions): Effect.Effect<number, CliFailu
     if (o.options.length === 0) return yield* Effect.fail(usage("Must specify options (-o)"))
     const help = asksForHelp(o.options)
     if (o.format !== undefined && help) {
-      if (o.format !== "qcow2" && o.format !== "luks") return yield* Effect.fail(fail(`Format driver '${o.format}' does not support option amendment`))
+      if (o.format !== "qcow2" && o.format !== "luks") return yield* Effect.fail(fail(cannotAmend(o.format)))
       print(amendHelp(o.format))
       return 0
     }
     if (o.file === "") return yield* Effect.fail(fail("Expecting one image file name"))
+    const format: ImageFormat | undefined = o.format === "qcow2" || o.format === "raw" || o.format === "luks" ? o.format : undefined
+    if (o.format !== undefined && format === undefined) return yield* Effect.fail(fail(`Could not open '${o.file}': Unknown driver '${o.format}'`))
     const base = {
       readOnly: false,
-      ...(o.format !== undefined ? { format: o.format } : {}),
+      ...(format !== undefined ? { format } : {}),
       ...(o.secrets.passphrase !== undefined ? { passphrase: o.secrets.passphrase } : {})
     }
     const opened = yield* Effect.scoped(

@@ -4,6 +4,7 @@ import { StorageOpener } from "@qcow2/storage"
 import { CheckError, FORCE_SHARE_READ_ONLY, ImageError, checkQcow2, lockRequest, openImage, type CheckResult, type ImageFormat } from "@qcow2/image"
 import { resolveNamed, type ImageEnv } from "../env.js"
 import { describeCause, fail, openFailure, type CliFailure } from "../errors.js"
+import { programName } from "../progname.js"
 import { eprint, print } from "../output.js"
 import { cFixed } from "../text/cformat.js"
 import { QDict, toQemuJson } from "../text/qjson.js"
@@ -127,7 +128,7 @@ export const runCheck = (o: CheckOptions): Effect.Effect<number, CliFailure, Ima
       // qemu-img prints the findings made before a check fails, then "Check failed: <strerror>".
       const checkFailed = (e: CheckError | CliFailure): CliFailure => {
         if (e._tag === "CliFailure") return e
-        printMessages(e.messages)
+        printMessages(e.messages.map((m) => (m === e.reported ? `${programName}: ${m}` : m)))
         return fail(`Check failed: ${e.reason === "Aborted" ? e.strerror : e.message}`)
       }
       // After a repair that fixed something, the result is already that of qemu-img's second, read-only check.

@@ -6,6 +6,7 @@ import { open, type ImageEnv } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
 import { checkBitmapsCopyable, checkTargetSupportsBitmaps, copyBitmaps } from "./convert-bitmaps.js"
+import { countsForProgress, progressTotal } from "./convert-progress.js"
 import { qcow2Sink, rawSink, WriteOrder, type Sink } from "./convert-sinks.js"
 import { Progress } from "../progress.js"
 import type { Secrets } from "../secrets.js"
@@ -147,12 +148,6 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       }
       if (o.bitmaps === true) yield* checkTargetSupportsBitmaps(sink.image, o.outFormat)
 
-      const progress = o.progress && !o.quiet ? new Progress(total) : undefined
-      const lock = yield* Semaphore.make(1)
-      let sourceIndex = 0
-      let sourceOffset = 0
-      let targetBase = 0
-      let taskCount = 0
       /**
        * The last block-status extent of the current source, [start, end)
        * (absolute): a raw file's data extent or a qcow2 image's run of
@@ -168,6 +163,35 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
           return status
         })
       }
+      /**
+       * A raw file's next extent: its block status knows its holes
+       * (SEEK_DATA/SEEK_HOLE, as qemu-img asks), and a hole is skipped like
+       * a zero extent. Data is read up to the next hole (rounded up to whole
+       * target clusters, so a cluster is written in one piece) within one
+       * chunk, and its zeros are found in the worker. The copy and the
+       * progress's first pass classify by this one function.
+       */
+      const rawExtent = (source: Image, offset: number) =>
+        Effect.gen(function* () {
+          const chunkEnd = Math.min(source.virtualSize, (Math.floor(offset / CHUNK) + 1) * CHUNK)
+          if (sink.backingSize !== undefined) return { kind: "data" as const, length: chunkEnd - offset }
+          const status = yield* statusAt(source, offset, undefined)
+          const holeEnd = Math.min(source.virtualSize, offset + status.length)
+          if (status.kind === "zero") {
+            const zeroEnd = holeEnd === source.virtualSize ? holeEnd : Math.floor(holeEnd / sink.alignment) * sink.alignment
+            return zeroEnd > offset ? { kind: "zero" as const, length: zeroEnd - offset } : { kind: "data" as const, length: chunkEnd - offset }
+          }
+          const granule = Math.max(sink.alignment, sink.zeroGranularity)
+          return { kind: "data" as const, length: Math.min(chunkEnd, Math.ceil(holeEnd / granule) * granule) - offset }
+        })
+      const extentOf = (source: Image, offset: number, remaining: number) =>
+        source.format === "raw" ? rawExtent(source, offset) : sourceStatus(source, offset, remaining, sink.backingSize, o)
+      const progress = o.progress && !o.quiet ? new Progress(yield* progressTotal(sources, o.sparseSize, extentOf)) : undefined
+      const lock = yield* Semaphore.make(1)
+      let sourceIndex = 0
+      let sourceOffset = 0
+      let targetBase = 0
+      let taskCount = 0
       /** Next piece of work: one block-status extent (consecutive data extents merged), cut at CHUNK boundaries. */
       const nextTask: Effect.Effect<Task | undefined, CliFailure> = lock.withPermits(1)(
         Effect.gen(function* () {
@@ -182,29 +206,9 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
           const remaining = source.virtualSize - sourceOffset
           const chunkEnd = Math.min(source.virtualSize, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
           if (source.format === "raw") {
-            // A raw file's block status knows its holes (SEEK_DATA/SEEK_HOLE,
-            // as qemu-img asks): a hole is skipped like a zero extent. Data
-            // is read up to the next hole (rounded up to whole target
-            // clusters, so a cluster is written in one piece), and its zeros
-            // are found in the worker.
-            let end = chunkEnd
-            if (sink.backingSize === undefined) {
-              const status = yield* statusAt(source, sourceOffset, undefined)
-              const holeEnd = Math.min(source.virtualSize, sourceOffset + status.length)
-              if (status.kind === "zero") {
-                const zeroEnd = holeEnd === source.virtualSize ? holeEnd : Math.floor(holeEnd / sink.alignment) * sink.alignment
-                if (zeroEnd > sourceOffset) {
-                  const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: zeroEnd - sourceOffset, status: "zero" }
-                  sourceOffset = zeroEnd
-                  return task
-                }
-              } else {
-                const granule = Math.max(sink.alignment, sink.zeroGranularity)
-                end = Math.min(chunkEnd, Math.ceil(holeEnd / granule) * granule)
-              }
-            }
-            const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: end - sourceOffset, status: "data" }
-            sourceOffset = end
+            const extent = yield* rawExtent(source, sourceOffset)
+            const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: extent.length, status: extent.kind }
+            sourceOffset += extent.length
             return task
           }
           const status = yield* statusAt(source, sourceOffset, sink.backingSize)
@@ -248,8 +252,13 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
         for (;;) {
           const task = yield* nextTask
           if (task === undefined) return
-          if (task.status === "zero") {
-            if (o.sparseSize === 0 || !sink.zeroIsFree) {
+          if (task.status === "zero" && o.sparseSize === 0) {
+            // -S 0: qemu-img writes zeros as data (BLK_ZERO becomes BLK_DATA when min_sparse is 0), so the target is allocated.
+            if (order !== undefined) yield* order.turn(task.seq)
+            buffer.fill(0)
+            for (let at = 0; at < task.length; at += CHUNK) yield* sink.writeData(task.target + at, buffer.subarray(0, Math.min(CHUNK, task.length - at)))
+          } else if (task.status === "zero") {
+            if (!sink.zeroIsFree) {
               if (order !== undefined) yield* order.turn(task.seq)
               yield* sink.writeZeroes(task.target, task.length)
             }
@@ -267,7 +276,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             if (covered < task.length && !sink.zeroIsFree) yield* sink.writeZeroes(task.target + covered, task.length - covered)
           }
           order?.done(task.seq)
-          progress?.advance(task.length)
+          if (countsForProgress(task.status, o.sparseSize)) progress?.advance(task.length)
         }
       })
       // Node's thread pool runs 4 file requests at once (UV_THREADPOOL_SIZE):

@@ -1,12 +1,12 @@
 import * as fs from "node:fs"
 import { Effect } from "effect"
-import { createImage, createLuksImage, openImage } from "@qcow2/image"
+import { createImage, createLuksImage, firstBlockLength, openImage } from "@qcow2/image"
 import type { ImageFormat } from "@qcow2/image"
 import { formattingLine, parseCreateOptions, toCreateOptions, type CreateFormat, type OptionValues } from "../createopts.js"
 import { lockDescriptor, type ImageEnv } from "../env.js"
 import { fail, usage, type CliFailure } from "../errors.js"
 import { pathCombine } from "../names.js"
-import { asksForHelp, createHelp, invalidOptionList } from "../optionhelp.js"
+import { asksForHelp, cannotCreate, createHelp, invalidOptionList } from "../optionhelp.js"
 import { print, printNow } from "../output.js"
 import type { Secrets } from "../secrets.js"
 import { parseSize, parseSizeBig } from "../text/strtosz.js"
@@ -52,7 +52,7 @@ const parseCreateSize = (text: string): Effect.Effect<bigint, CliFailure> => {
 const tooLarge = (file: string, format: CreateFormat) =>
   fail(`${file}: The image size is too large for file format '${format}'${format === "qcow2" ? " (try using a larger cluster size)" : ""}`)
 
-/** Creates a raw image file of `size` bytes (preallocation off or full). */
+/** Creates a raw image file of `size` bytes (preallocation off, falloc or full). */
 const createRaw = (file: string, size: number, preallocation: string): Effect.Effect<void, CliFailure> =>
   Effect.gen(function* () {
     const failure = (e: unknown) => fail(`${file}: ${e instanceof Error ? e.message : String(e)}`)
@@ -73,6 +73,8 @@ const createRaw = (file: string, size: number, preallocation: string): Effect.Ef
             for (let pos = 0; pos < size; pos += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, size - pos), pos)
           }
           fs.ftruncateSync(fd, size)
+          // As QEMU's file driver: growing the empty file without preallocation allocates its first block.
+          if (preallocation === "off") fs.writeSync(fd, Buffer.alloc(firstBlockLength(size)), 0, firstBlockLength(size), 0)
         } finally {
           fs.closeSync(fd)
         }
@@ -113,13 +115,18 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
   Effect.gen(function* () {
     const badList = invalidOptionList(o.options)
     if (badList !== undefined) return yield* Effect.fail(fail(`Invalid option list: ${badList}`))
-    if (o.format !== "qcow2" && o.format !== "raw" && o.format !== "luks") return yield* Effect.fail(fail(`Unknown file format '${o.format}'`))
-    const format: CreateFormat = o.format
+    const format: CreateFormat | undefined = o.format === "qcow2" || o.format === "raw" || o.format === "luks" ? o.format : undefined
     if (asksForHelp(o.options)) {
+      if (format === undefined) return yield* Effect.fail(fail(cannotCreate(o.format)))
       print(createHelp(format, o.file !== ""))
       return 0
     }
     if (o.file === "") return yield* Effect.fail(usage("Expecting image file name"))
+    if (format === undefined) {
+      // qemu-img parses the size before bdrv_img_create looks the driver up.
+      if (o.size !== undefined) yield* parseCreateSize(o.size)
+      return yield* Effect.fail(fail(`${o.file}: ${cannotCreate(o.format)}`))
+    }
     const lists = [...o.options]
     if (o.backingFile !== undefined) lists.push(`backing_file=${o.backingFile.replace(/,/g, ",,")}`)
     if (o.backingFormat !== undefined) lists.push(`backing_fmt=${o.backingFormat.replace(/,/g, ",,")}`)

@@ -8,6 +8,8 @@ import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 export class CheckAborted extends Data.TaggedError("CheckAborted")<{
   /** The C library's text for the errno QEMU returns ("Input/output error"). */
   readonly strerror: string
+  /** The finding (already logged) that QEMU reports with error_report, its program name before it. */
+  readonly reported?: string
 }> {}
 
 /** The image cannot be opened for a check (QEMU's qcow2_do_open fails even with BDRV_O_CHECK). */
@@ -28,7 +30,8 @@ export const ENOMEM = "Cannot allocate memory"
 export const ENOSPC = "No space left on device"
 export const ENOTSUP = "Operation not supported"
 
-export const abort = (strerror: string): Effect.Effect<never, CheckAborted> => Effect.fail(new CheckAborted({ strerror }))
+export const abort = (strerror: string, reported?: string): Effect.Effect<never, CheckAborted> =>
+  Effect.fail(new CheckAborted({ strerror, ...(reported !== undefined ? { reported } : {}) }))
 
 /** The byte store of the image file. */
 export class Io {

@@ -69,7 +69,7 @@ export function readSnapshotTable(io: Io, img: ImageInfo, fix: Fix, tally: Tally
       tally.checkErrors++
       log("ERROR snapshot table too large")
       log(`You can force-remove all ${nb - Limits.maxSnapshots} overhanging snapshots with qemu-img check -r all`)
-      return yield* abort(EFBIG)
+      return yield* abort(EFBIG, "ERROR snapshot table too large")
     }
     if (INT64_MAX - nb * ENTRY_HEADER < tableOffset || offLo % img.clusterSize !== 0) {
       tally.checkErrors++
@@ -86,9 +86,10 @@ export function readSnapshotTable(io: Io, img: ImageInfo, fix: Fix, tally: Tally
     const fail = (message: string, hint: string) =>
       Effect.gen(function* () {
         tally.checkErrors++
-        log(`ERROR failed to read the snapshot table: ${message}`)
+        const line = `ERROR failed to read the snapshot table: ${message}`
+        log(line)
         log(hint)
-        return yield* abort(EFBIG)
+        return yield* abort(EFBIG, line)
       })
     for (let i = 0; i < nb; i++) {
       const before = offset
