@@ -1,10 +1,13 @@
 /**
- * Parallel cluster compression on Node worker threads.
+ * Parallel cluster compression on Node: deflate on libuv's thread pool,
+ * zstd on worker threads.
  *
  * QEMU compresses on a thread pool (block/qcow2-threads.c, up to 4 threads);
  * deflate at level 6 runs at ~60-150 MB/s per core, so a `convert -c` is
- * bound by it. This pool runs the same kernels as NodeClusterCodec in
- * worker_threads.
+ * bound by it. node:zlib's asynchronous API runs deflate on libuv's threads
+ * with the same bytes as NodeClusterCodec and no extra V8 isolate (a worker
+ * thread costs ~25-45 MiB of memory). zstd runs the same wasm kernel as
+ * NodeClusterCodec in worker_threads, started with the first zstd cluster.
  *
  * The worker code is a string assembled from the kernels' source text
  * (`Function.prototype.toString`) and started with `new Worker(code, { eval:
@@ -15,29 +18,35 @@
  */
 import { availableParallelism } from "node:os"
 import { Effect, type Scope } from "effect"
-import type { CompressionType } from "./CompressionType.js"
-import type { CompressionError } from "./errors.js"
-import { nodeDeflateCluster } from "./internal/deflateNode.js"
+import { CompressionType } from "./CompressionType.js"
+import { CompressionError } from "./errors.js"
+import { checkCompressInput, resolveLevel } from "./internal/codec.js"
+import { DeflateQueue } from "./internal/deflateQueue.js"
 import { nodeInflateRaw } from "./internal/nodeKernels.js"
-import { compressOn } from "./internal/poolJobs.js"
+import { compressOn, outcomeEffect } from "./internal/poolJobs.js"
 import { WorkerPool } from "./internal/workerPool.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
 
 /** Options of `makeCompressionPool`. */
 export interface CompressionPoolOptions {
-  /** Number of worker threads (default: `os.availableParallelism()`). */
+  /**
+   * Deflate clusters compressed at once on libuv's thread pool, and zstd
+   * worker threads (default: `os.availableParallelism()`).
+   */
   readonly workers?: number
-  /** Messages (batches of up to 32 clusters) sent ahead to each worker so it never waits for the next one (default 2). */
+  /** Messages (batches of up to 32 zstd clusters) sent ahead to each worker so it never waits for the next one (default 2). */
   readonly maxInFlightPerWorker?: number
 }
 
 /** Options of one `pool.compress` call. */
 export interface PoolCompressOptions {
   /**
-   * Hand the cluster's memory to the worker instead of copying it. Only when
-   * `cluster` spans its whole ArrayBuffer; that ArrayBuffer is then detached
-   * (unusable) in the caller. Otherwise the cluster is copied once.
+   * zstd: hand the cluster's memory to the worker instead of copying it.
+   * Only when `cluster` spans its whole ArrayBuffer; that ArrayBuffer is
+   * then detached (unusable) in the caller. Otherwise the cluster is copied
+   * once. Deflate never copies nor detaches: the cluster is read in place
+   * and must stay unchanged until the call settles.
    */
   readonly transfer?: boolean
 }
@@ -50,10 +59,10 @@ export interface CompressionPool {
    * NodeClusterCodec): the result, or `undefined` when it would not fit in
    * `cluster.length - 1` bytes. Each call settles with its own result, so
    * `Effect.forEach(clusters, ..., { concurrency })` keeps input order
-   * whatever order the workers finish in. The cluster is copied into a
-   * buffer the pool recycles (the worker hands it back with its answer), or
-   * handed over with `transfer`; the result's memory is transferred from
-   * the worker, not copied.
+   * whatever order the workers finish in. For zstd the cluster is copied
+   * into a buffer the pool recycles (the worker hands it back with its
+   * answer), or handed over with `transfer`; the result's memory is
+   * transferred from the worker, not copied.
    */
   readonly compress: (
     type: CompressionType,
@@ -63,26 +72,19 @@ export interface CompressionPool {
   ) => Effect.Effect<Uint8Array | undefined, CompressionError>
 }
 
-/** The worker program: kernels inlined from their source text. */
+/** The worker program (zstd only): the kernel inlined from its source text. */
 const compressionWorkerSource = (): string =>
   [
     `"use strict";`,
     `const { parentPort, workerData } = require("node:worker_threads");`,
-    `const zlib = require("node:zlib");`,
     // Bundlers with keepNames wrap functions in __name(...); make it harmless here.
     `const __name = (target) => target;`,
     `const createZstdKernel = ${createZstdKernel.toString()};`,
-    `const nodeDeflateCluster = ${nodeDeflateCluster.toString()};`,
     `let zstd;`,
     `const compressJob = (job, replies, transfer) => {`,
     `  try {`,
-    `    let result;`,
-    `    if (job.type === 0) {`,
-    `      result = nodeDeflateCluster(zlib, job.data, job.level);`,
-    `    } else {`,
-    `      if (zstd === undefined) zstd = createZstdKernel(workerData.zstdModule);`,
-    `      result = zstd.compress(job.data, job.data.length - 1, job.level);`,
-    `    }`,
+    `    if (zstd === undefined) zstd = createZstdKernel(workerData.zstdModule);`,
+    `    const result = zstd.compress(job.data, job.data.length - 1, job.level);`,
     // The input's memory goes back with the answer, for the next request.
     `    if (result === undefined) {`,
     `      replies.push({ id: job.id, ok: true, result: undefined, input: job.data });`,
@@ -106,8 +108,10 @@ const compressionWorkerSource = (): string =>
   ].join("\n")
 
 /**
- * Starts a compression pool of worker threads in the current scope; the
- * workers are terminated when the scope closes (pending jobs then fail).
+ * Starts a compression pool in the current scope. Deflate jobs run on
+ * libuv's thread pool, `workers` at a time; the zstd worker threads and the
+ * compiled wasm are made by the first zstd job. Everything stops when the
+ * scope closes (pending jobs then fail).
  */
 export const makeCompressionPool = (
   options?: CompressionPoolOptions
@@ -115,10 +119,46 @@ export const makeCompressionPool = (
   Effect.gen(function* () {
     const size = Math.max(1, Math.floor(options?.workers ?? availableParallelism()))
     const maxInFlight = Math.max(1, Math.floor(options?.maxInFlightPerWorker ?? 2))
-    const zstdModule = yield* Effect.promise(() => zstdWasmModule(nodeInflateRaw))
-    const pool = yield* Effect.acquireRelease(
-      Effect.sync(() => new WorkerPool(compressionWorkerSource(), { zstdModule }, size, maxInFlight)),
-      (running) => Effect.promise(() => running.close())
+    // One deflate more than cores keeps a thread busy while the main thread
+    // hands the next cluster over; one of libuv's threads is left to file I/O.
+    const libuvThreads = Math.max(1, Number(process.env.UV_THREADPOOL_SIZE) || 4)
+    const deflates = new DeflateQueue(Math.max(1, Math.min(size + 1, libuvThreads - 1)))
+    let closed = false
+    let zstdWorkers: Promise<WorkerPool | undefined> | undefined
+    const startZstdWorkers = (): Promise<WorkerPool | undefined> =>
+      (zstdWorkers ??= zstdWasmModule(nodeInflateRaw).then((zstdModule) =>
+        closed ? undefined : new WorkerPool(compressionWorkerSource(), { zstdModule }, size, maxInFlight)
+      ))
+    yield* Effect.addFinalizer(() =>
+      Effect.promise(async () => {
+        closed = true
+        deflates.close()
+        const workers = await zstdWorkers?.catch(() => undefined)
+        await workers?.close()
+      })
     )
-    return { workers: size, compress: compressOn(pool) }
+    const closedError = (type: CompressionType) =>
+      new CompressionError({ compressionType: type, reason: "Failed", message: "compression pool is closed" })
+    const compressZstd = (type: CompressionType, cluster: Uint8Array, level?: number, options?: PoolCompressOptions) =>
+      Effect.tryPromise({
+        try: startZstdWorkers,
+        catch: (cause) =>
+          new CompressionError({ compressionType: type, reason: "Failed", message: `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
+      }).pipe(Effect.flatMap((workers) => (workers === undefined ? Effect.fail(closedError(type)) : compressOn(workers)(type, cluster, level, options))))
+    const compress: CompressionPool["compress"] = (type, cluster, level, options) =>
+      Effect.suspend(() => {
+        let resolvedLevel: number
+        try {
+          checkCompressInput(type, cluster)
+          resolvedLevel = resolveLevel(type, level)
+        } catch (error) {
+          return error instanceof CompressionError ? Effect.fail(error) : Effect.die(error)
+        }
+        if (type !== CompressionType.Deflate) return compressZstd(type, cluster, level, options)
+        return Effect.callback<Uint8Array | undefined, CompressionError>((resume) => {
+          const cancel = deflates.submit(resolvedLevel, cluster, (outcome) => resume(outcomeEffect(type, outcome)))
+          return Effect.sync(cancel)
+        })
+      })
+    return { workers: size, compress }
   })

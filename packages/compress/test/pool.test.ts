@@ -75,7 +75,7 @@ describe("makeCompressionPool", () => {
     inputs.forEach((input, i) => expectSameBytes(results[i], node.compress(0, input)!, `result ${i}`))
   })
 
-  it("copies the caller's cluster unless transfer is requested for a whole buffer", async () => {
+  it("zstd: copies the caller's cluster unless transfer is requested for a whole buffer; deflate never detaches", async () => {
     await Effect.runPromise(
       Effect.scoped(
         Effect.gen(function* () {
@@ -90,13 +90,36 @@ describe("makeCompressionPool", () => {
           expect(region.byteLength).toBe(65536) // a view is copied, never detaches its buffer
 
           const owned = textBytes(4096)
-          const expected = node.compress(0, owned)!
-          const result = yield* pool.compress(0, owned, undefined, { transfer: true })
+          const expected = node.compress(1, owned)!
+          const result = yield* pool.compress(1, owned, undefined, { transfer: true })
           expect(owned.byteLength).toBe(0) // detached: the memory went to the worker
           expectSameBytes(result, expected)
+
+          const read = textBytes(4096)
+          const deflated = yield* pool.compress(0, read, undefined, { transfer: true })
+          expect(read.byteLength).toBe(4096) // deflate reads the cluster in place, on libuv's threads
+          expectSameBytes(deflated, node.compress(0, read)!)
         })
       )
     )
+  })
+
+  it("deflate: gives NodeClusterCodec's bytes when the level changes between clusters (reused zlib streams)", async () => {
+    const clusters = mixedClusters(12, 4096)
+    const levels = [1, 9, 6, 0]
+    const results = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pool = yield* makeCompressionPool({ workers: 1 })
+          return yield* Effect.forEach(clusters, (cluster, i) => pool.compress(0, cluster, levels[i % levels.length]), { concurrency: 3 })
+        })
+      )
+    )
+    clusters.forEach((cluster, i) => {
+      const expected = node.compress(0, cluster, { level: levels[i % levels.length] })
+      if (expected === undefined) expect(results[i]).toBeUndefined()
+      else expectSameBytes(results[i], expected, `cluster ${i}`)
+    })
   })
 
   it("fails with CompressionError on bad arguments, and after its scope closed", async () => {

@@ -40,6 +40,12 @@ export class SpareBuffers {
   }
 }
 
+/** A job's outcome as the result of `compress` (a failure is CompressionError reason `Failed`). */
+export const outcomeEffect = (type: CompressionType, outcome: JobOutcome): Effect.Effect<Uint8Array | undefined, CompressionError> =>
+  outcome.ok
+    ? Effect.succeed(outcome.result)
+    : Effect.fail(new CompressionError({ compressionType: type, reason: "Failed", message: outcome.message, ...(outcome.cause !== undefined ? { cause: outcome.cause } : {}) }))
+
 /** The part of a worker pool `compress` needs. */
 export interface JobQueue {
   /** A buffer to copy a cluster into (recycled by the pool). */
@@ -72,13 +78,7 @@ export const compressOn =
       }
       const data = ownedCopy(queue, cluster, options?.transfer)
       return Effect.callback<Uint8Array | undefined, CompressionError>((resume) => {
-        const cancel = queue.submit(type, resolvedLevel, data, (outcome) => {
-          resume(
-            outcome.ok
-              ? Effect.succeed(outcome.result)
-              : Effect.fail(new CompressionError({ compressionType: type, reason: "Failed", message: outcome.message, ...(outcome.cause !== undefined ? { cause: outcome.cause } : {}) }))
-          )
-        })
+        const cancel = queue.submit(type, resolvedLevel, data, (outcome) => resume(outcomeEffect(type, outcome)))
         return Effect.sync(cancel)
       })
     })
