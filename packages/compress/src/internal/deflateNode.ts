@@ -43,18 +43,25 @@ export class AsyncClusterDeflater {
   private chunks: Array<Buffer> = []
   private failure: Error | undefined
 
-  constructor(readonly level: number) {
-    this.stream = createDeflateRaw({ level, windowBits: 12, memLevel: 9, chunkSize: 65536 })
+  /**
+   * `clusterSize`: the output buffer holds a whole cluster's stream, and
+   * every write finishes the stream (Z_FINISH), so a cluster is one job on
+   * libuv's thread pool.
+   */
+  constructor(
+    readonly level: number,
+    readonly clusterSize: number
+  ) {
+    this.stream = createDeflateRaw({ level, windowBits: 12, memLevel: 9, chunkSize: clusterSize + 1024, flush: constants.Z_FINISH })
     this.stream.on("data", (chunk: Buffer) => this.chunks.push(chunk))
     this.stream.on("error", (error) => {
       this.failure = error
     })
   }
 
-  /** Deflates `input` (unchanged until `done` is called); one call at a time. */
+  /** Deflates `input` (one cluster, unchanged until `done` is called); one call at a time. */
   deflate(input: Uint8Array, done: (error: Error | undefined, result: Uint8Array | undefined) => void): void {
-    this.stream.write(input)
-    this.stream.flush(constants.Z_FINISH, () => {
+    this.stream.write(input, () => {
       const chunks = this.chunks
       this.chunks = []
       if (this.failure !== undefined) return done(this.failure, undefined)

@@ -11,9 +11,8 @@ interface DeflateJob {
 /**
  * Deflate jobs on libuv's thread pool, at most `running` at once; the rest
  * wait in order, holding only a reference to their input. Each running job
- * holds a zlib stream (~300 KiB with QEMU's window and memLevel, reused by
- * the next job) and one of libuv's threads (4 by default, shared with file I/O), so the bound keeps
- * both memory and the file requests' share of the threads in hand.
+ * holds a zlib stream (~300 KiB with QEMU's window and memLevel, plus its
+ * output buffer; reused by the next job), so the bound keeps memory in hand.
  */
 export class DeflateQueue {
   private readonly waiting: Array<DeflateJob> = []
@@ -59,9 +58,9 @@ export class DeflateQueue {
       this.active++
       const idle = this.idle.pop()
       let deflater = idle
-      if (deflater === undefined || deflater.level !== job.level) {
+      if (deflater === undefined || deflater.level !== job.level || deflater.clusterSize !== job.data.length) {
         idle?.close()
-        deflater = new AsyncClusterDeflater(job.level)
+        deflater = new AsyncClusterDeflater(job.level, job.data.length)
       }
       const running = deflater
       running.deflate(job.data, (error, result) => {
