@@ -42,6 +42,8 @@ export class AsyncClusterDeflater {
   private readonly stream: DeflateRaw
   private chunks: Array<Buffer> = []
   private failure: Error | undefined
+  /** The running job's callback, until it is called (by the write's callback or by the stream's error). */
+  private pending: ((error: Error | undefined, result: Uint8Array | undefined) => void) | undefined
 
   /**
    * `clusterSize`: the output buffer holds a whole cluster's stream, and
@@ -56,19 +58,21 @@ export class AsyncClusterDeflater {
     this.stream.on("data", (chunk: Buffer) => this.chunks.push(chunk))
     this.stream.on("error", (error) => {
       this.failure = error
+      this.finish(error, undefined)
     })
   }
 
   /** Deflates `input` (one cluster, unchanged until `done` is called); one call at a time. */
   deflate(input: Uint8Array, done: (error: Error | undefined, result: Uint8Array | undefined) => void): void {
+    this.pending = done
     this.stream.write(input, () => {
       const chunks = this.chunks
       this.chunks = []
-      if (this.failure !== undefined) return done(this.failure, undefined)
+      if (this.failure !== undefined) return this.finish(this.failure, undefined)
       this.stream.reset()
       let length = 0
       for (const chunk of chunks) length += chunk.length
-      if (length > input.length - 2) return done(undefined, undefined)
+      if (length > input.length - 2) return this.finish(undefined, undefined)
       // An exact copy: the chunks are views on the stream's output buffer.
       const result = new Uint8Array(length)
       let at = 0
@@ -76,8 +80,14 @@ export class AsyncClusterDeflater {
         result.set(chunk, at)
         at += chunk.length
       }
-      done(undefined, result)
+      this.finish(undefined, result)
     })
+  }
+
+  private finish(error: Error | undefined, result: Uint8Array | undefined): void {
+    const done = this.pending
+    this.pending = undefined
+    done?.(error, result)
   }
 
   /** Whether the stream failed (it is then not reused). */
