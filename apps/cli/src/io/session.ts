@@ -13,6 +13,7 @@ import { driverReport, type ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
 import { withFileNode } from "../file-node.js"
+import { copyOnRead } from "./copy-on-read.js"
 import { checkBackingOptions, checkCacheOptions, protocolRefusal, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
 
@@ -203,7 +204,8 @@ export class IoSession {
           return false
         }
         const { raw, overlay } = opened.success
-        const image = isWritethrough(request.cache) && !raw.readOnly ? writethrough(raw) : raw
+        const flushing = isWritethrough(request.cache) && !raw.readOnly ? writethrough(raw) : raw
+        const image = request.copyOnRead ? copyOnRead(flushing) : flushing
         self.opened = { image, raw, scope, request, overlay }
         return true
       })
