@@ -51,6 +51,8 @@ export interface ImageSpec {
   readonly dataFile?: { readonly file: string; readonly blkdebug?: BlkdebugConfig }
   /** The root node is this protocol driver (the file opened as a raw image); its file type is checked as QEMU checks it. */
   readonly protocol?: "file" | "host_device" | "host_cdrom"
+  /** The root node is QEMU's copy-on-read filter: reads copy into the image (as qemu-io -C), and it cannot be opened read-only. */
+  readonly copyOnReadFilter?: boolean
 }
 
 export type ImageSpecResult = { readonly ok: true; readonly spec: ImageSpec } | { readonly ok: false; readonly message: string }
@@ -256,6 +258,16 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     file = undefined
   } else if (name !== undefined && name.startsWith("file:")) {
     file = name.slice("file:".length)
+  }
+  if (formatFlag === undefined && options.get("driver") === "copy-on-read") {
+    // QEMU's copy-on-read filter over the image (driver=copy-on-read,file.driver=qcow2): the image, read with -C.
+    const lifted: BlockOptions = new Map()
+    for (const [key, value] of options) {
+      if (key.startsWith("file.")) lifted.set(key.slice("file.".length), value)
+      else if (key !== "driver" && key !== "node-name") return { ok: false, message: `Block format 'copy-on-read' does not support the option '${key}'` }
+    }
+    const inner = resolveImageSpec(file, lifted, undefined)
+    return inner.ok ? { ok: true, spec: { ...inner.spec, copyOnReadFilter: true } } : inner
   }
   const rootDriver = formatFlag ?? options.get("driver")
   if (rootDriver === "file" || rootDriver === "host_device" || rootDriver === "host_cdrom") {

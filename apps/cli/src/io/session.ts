@@ -157,6 +157,7 @@ export class IoSession {
       const resolved = resolveImageSpec(request.name, request.options, request.format)
       if (!resolved.ok) return refuse(resolved.message)
       const spec = resolved.spec
+      if (spec.copyOnReadFilter === true && request.readOnly) return refuse("Block node is read-only")
       const wrongType = spec.protocol !== undefined ? protocolRefusal(spec.protocol, spec.file, request.readOnly || request.snapshot) : undefined
       if (wrongType !== undefined) return refuse(wrongType)
       let passphrase = this.secrets.passphrase
@@ -205,7 +206,7 @@ export class IoSession {
         }
         const { raw, overlay } = opened.success
         const flushing = isWritethrough(request.cache) && !raw.readOnly ? writethrough(raw) : raw
-        const image = request.copyOnRead ? copyOnRead(flushing) : flushing
+        const image = request.copyOnRead || spec.copyOnReadFilter === true ? copyOnRead(flushing) : flushing
         self.opened = { image, raw, scope, request, overlay }
         return true
       })
