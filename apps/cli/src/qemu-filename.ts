@@ -51,6 +51,8 @@ export interface ImageSpec {
   readonly dataFile?: { readonly file: string; readonly blkdebug?: BlkdebugConfig }
   /** The root node is this protocol driver (the file opened as a raw image); its file type is checked as QEMU checks it. */
   readonly protocol?: "file" | "host_device" | "host_cdrom"
+  /** The root node is a blkdebug filter over the image with these request limits (its align, max-transfer, … options). */
+  readonly blkdebugLimits?: BlkdebugLimits
   /** The root node is QEMU's copy-on-read filter: reads copy into the image (as qemu-io -C), and it cannot be opened read-only. */
   readonly copyOnReadFilter?: boolean
 }
@@ -89,6 +91,21 @@ const ACCEPTED = new Set([
 
 /** blkdebug options that only shape requests (alignment, transfer limits): results are the same without them. */
 const BLKDEBUG_KNOBS = ["align", "max-transfer", "opt-write-zero", "max-write-zero", "opt-discard", "max-discard"]
+
+/** A blkdebug node's request limits (QEMU's BlockLimits it sets from its options; 0 = none). */
+export interface BlkdebugLimits {
+  readonly align: number
+  readonly maxTransfer: number
+  readonly optWriteZero: number
+  readonly maxWriteZero: number
+}
+
+const limitsOf = (knobs: ReadonlyMap<string, number>): BlkdebugLimits => ({
+  align: knobs.get("align") ?? 0,
+  maxTransfer: knobs.get("max-transfer") ?? 0,
+  optWriteZero: knobs.get("opt-write-zero") ?? 0,
+  maxWriteZero: knobs.get("max-write-zero") ?? 0
+})
 
 const flatten = (value: unknown, prefix: string, into: BlockOptions): string | undefined => {
   if (value === null) {
@@ -285,6 +302,7 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   }
   const dataFile = takeDataFileNode(options)
   if (dataFile !== undefined && !dataFile.ok) return dataFile
+  const knobs = new Map<string, number>()
   if (options.get("driver") === "blkdebug") {
     // blkdebug over the image (driver=blkdebug,image.driver=qcow2): its knobs only shape requests.
     options.delete("driver")
@@ -296,6 +314,11 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       options.delete(key)
       if (key.startsWith("image.")) options.set(key.slice("image.".length), value)
       else if (!BLKDEBUG_KNOBS.includes(key)) return { ok: false, message: `Block format 'blkdebug' does not support the option '${key}'` }
+      else {
+        const size = typeof value === "string" ? parseSize(value) : undefined
+        if (size === undefined || !size.ok) return { ok: false, message: `Parameter '${key}' expects a non-negative number below 2^64` }
+        knobs.set(key, size.value)
+      }
     }
   }
   let blkdebug: BlkdebugConfig | undefined
@@ -355,7 +378,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       ...(typeof backingKeySecret === "string" ? { backingKeySecret } : {}),
       ...(blkdebug !== undefined ? { blkdebug } : {}),
       ...(fileFormat !== undefined ? { fileFormat } : {}),
-      ...(dataFile !== undefined ? { dataFile: dataFile.node } : {})
+      ...(dataFile !== undefined ? { dataFile: dataFile.node } : {}),
+      ...(knobs.size > 0 ? { blkdebugLimits: limitsOf(knobs) } : {})
     }
   }
 }

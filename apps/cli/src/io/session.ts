@@ -14,6 +14,7 @@ import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
 import { withFileNode } from "../file-node.js"
 import { copyOnRead } from "./copy-on-read.js"
+import { withBlkdebugLimits } from "./blkdebug-limits.js"
 import { checkBackingOptions, checkCacheOptions, protocolRefusal, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
 
@@ -205,7 +206,8 @@ export class IoSession {
           return false
         }
         const { raw, overlay } = opened.success
-        const flushing = isWritethrough(request.cache) && !raw.readOnly ? writethrough(raw) : raw
+        const limited = spec.blkdebugLimits !== undefined ? withBlkdebugLimits(raw, spec.blkdebugLimits) : raw
+        const flushing = isWritethrough(request.cache) && !raw.readOnly ? writethrough(limited) : limited
         const image = request.copyOnRead || spec.copyOnReadFilter === true ? copyOnRead(flushing) : flushing
         self.opened = { image, raw, scope, request, overlay }
         return true
