@@ -53,6 +53,8 @@ export interface ImageSpec {
   readonly protocol?: "file" | "host_device" | "host_cdrom"
   /** The root node is a blkdebug filter over the image with these request limits (its align, max-transfer, … options). */
   readonly blkdebugLimits?: BlkdebugLimits
+  /** The root node is a blkdebug filter over the image with these rules: they see the guest requests and the events raised on that node (cor_write). */
+  readonly imageBlkdebug?: BlkdebugConfig
   /** The root node is QEMU's copy-on-read filter: reads copy into the image (as qemu-io -C), and it cannot be opened read-only. */
   readonly copyOnReadFilter?: boolean
 }
@@ -303,14 +305,21 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   const dataFile = takeDataFileNode(options)
   if (dataFile !== undefined && !dataFile.ok) return dataFile
   const knobs = new Map<string, number>()
+  let imageBlkdebug: BlkdebugConfig | undefined
   if (options.get("driver") === "blkdebug") {
     // blkdebug over the image (driver=blkdebug,image.driver=qcow2): its knobs only shape requests.
     options.delete("driver")
+    const ruleOptions = new Map<string, string>()
+    let configFile: string | undefined
     for (const key of [...options.keys()]) {
-      if (key === "config" || key.startsWith("inject-error") || key.startsWith("set-state")) {
-        return { ok: false, message: "blkdebug rules (error injection) are not supported" }
-      }
       const value = options.get(key)!
+      if (key === "config" || key.startsWith("inject-error.") || key.startsWith("set-state.")) {
+        options.delete(key)
+        if (typeof value !== "string") return { ok: false, message: `Invalid parameter '${key}'` }
+        if (key === "config") configFile = value
+        else ruleOptions.set(key, value)
+        continue
+      }
       options.delete(key)
       if (key.startsWith("image.")) options.set(key.slice("image.".length), value)
       else if (!BLKDEBUG_KNOBS.includes(key)) return { ok: false, message: `Block format 'blkdebug' does not support the option '${key}'` }
@@ -319,6 +328,13 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
         if (size === undefined || !size.ok) return { ok: false, message: `Parameter '${key}' expects a non-negative number below 2^64` }
         knobs.set(key, size.value)
       }
+    }
+    if (configFile !== undefined || ruleOptions.size > 0) {
+      const fromFile = configFile !== undefined ? readBlkdebugConfig(configFile) : { ok: true as const, config: { rules: [] } }
+      if (!fromFile.ok) return fromFile
+      const fromOptions = blkdebugConfigFromOptions(ruleOptions)
+      if (!fromOptions.ok) return fromOptions
+      imageBlkdebug = mergeBlkdebugConfigs(fromFile.config, fromOptions.config)
     }
   }
   let blkdebug: BlkdebugConfig | undefined
@@ -379,7 +395,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       ...(blkdebug !== undefined ? { blkdebug } : {}),
       ...(fileFormat !== undefined ? { fileFormat } : {}),
       ...(dataFile !== undefined ? { dataFile: dataFile.node } : {}),
-      ...(knobs.size > 0 ? { blkdebugLimits: limitsOf(knobs) } : {})
+      ...(knobs.size > 0 ? { blkdebugLimits: limitsOf(knobs) } : {}),
+      ...(imageBlkdebug !== undefined ? { imageBlkdebug } : {})
     }
   }
 }

@@ -51,4 +51,17 @@ describe("qemu-io copy-on-read", () => {
     expect(detached("filter.qcow2")).toBe(qemu(dir, "qemu-io", ["-f", "qcow2", "-c", "map", "theirs.qcow2"]).stdout)
     expect(qemu(dir, "qemu-img", ["check", "filter.qcow2"]).status).toBe(0)
   })
+
+  it("a blkdebug node over the image sees cor_write: an error injected there fails the read as under qemu-io", () => {
+    for (const name of ["rule-ours.qcow2", "rule-theirs.qcow2"]) prepare(name)
+    for (const sector of ["2048", "2176"]) {
+      fs.writeFileSync(`${dir}/blkdebug.conf`, `[inject-error]\nevent = "cor_write"\nsector = "${sector}"\n`)
+      const args = (name: string) => ["-c", `open -C -o driver=blkdebug,config=${dir}/blkdebug.conf,image.driver=qcow2 ${name}`, "-c", "read -P 0 1M 128k"]
+      const ours = qcow2(dir, ["io", ...args("rule-ours.qcow2")])
+      const theirs = qemu(dir, "qemu-io", args("rule-theirs.qcow2"), true)
+      expect(ours.stdout.replace(/\d[^\n]*ops\/sec\)/g, "")).toBe(theirs.stdout.replace(/\d[^\n]*ops\/sec\)/g, ""))
+      expect(ours.status).toBe(theirs.status)
+    }
+    expect(qemu(dir, "qemu-io", ["-f", "qcow2", "-c", "map", "rule-ours.qcow2"]).stdout).toBe(qemu(dir, "qemu-io", ["-f", "qcow2", "-c", "map", "rule-theirs.qcow2"]).stdout)
+  })
 })

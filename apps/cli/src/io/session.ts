@@ -15,6 +15,7 @@ import { errorReport } from "../progname.js"
 import { withFileNode } from "../file-node.js"
 import { copyOnRead } from "./copy-on-read.js"
 import { withBlkdebugLimits } from "./blkdebug-limits.js"
+import { withImageBlkdebug } from "./blkdebug-image.js"
 import { checkBackingOptions, checkCacheOptions, protocolRefusal, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
 
@@ -206,9 +207,11 @@ export class IoSession {
           return false
         }
         const { raw, overlay } = opened.success
-        const limited = spec.blkdebugLimits !== undefined ? withBlkdebugLimits(raw, spec.blkdebugLimits) : raw
+        const debugged = spec.imageBlkdebug !== undefined ? withImageBlkdebug(raw, spec.imageBlkdebug) : undefined
+        const filtered = debugged?.image ?? raw
+        const limited = spec.blkdebugLimits !== undefined ? withBlkdebugLimits(filtered, spec.blkdebugLimits) : filtered
         const flushing = isWritethrough(request.cache) && !raw.readOnly ? writethrough(limited) : limited
-        const image = request.copyOnRead || spec.copyOnReadFilter === true ? copyOnRead(flushing) : flushing
+        const image = request.copyOnRead || spec.copyOnReadFilter === true ? copyOnRead(flushing, debugged?.debugEvent) : flushing
         self.opened = { image, raw, scope, request, overlay }
         return true
       })
