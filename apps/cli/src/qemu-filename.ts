@@ -5,9 +5,15 @@
  * `blkdebug:CONFIG:PATH` or a `blkdebug` file node (QEMU's debug filter
  * between the format and its file: rules from a config file or
  * inject-error / set-state options; its request-shaping knobs such as
- * file.align change no result here), or, with --image-opts, a
- * `key=value,…` option string. Options given apart (qemu-io's `open -o`)
- * merge in. The result is what this toolkit opens.
+ * file.align change no result here), a blkdebug node over the image
+ * (`driver=blkdebug,image.driver=qcow2`: rules and write-zeroes limits
+ * that qemu-io applies), a copy-on-read filter node, or, with
+ * --image-opts, a `key=value,…` option string. Options given apart
+ * (qemu-io's `open -o`) merge in. The result is what this toolkit opens.
+ *
+ * Over 450 lines: QEMU's option tree is resolved in one pass (each node's
+ * keys taken out in turn, the leftovers refused), which splitting would
+ * scatter across files that share the options map.
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
