@@ -166,12 +166,15 @@ export const cannotAmend = (format: string): string =>
 export const convertOptionCheck = (
   lists: ReadonlyArray<string>,
   target: string,
-  files: number
+  files: number,
+  skipCreate = false
 ): { readonly kind: "go"; readonly target: "raw" | "qcow2" } | { readonly kind: "help"; readonly text: string } | { readonly kind: "error"; readonly message: string } => {
   const badList = invalidOptionList(lists)
   if (badList !== undefined) return { kind: "error", message: `Invalid option list: ${badList}` }
   const known = target === "raw" || target === "qcow2" ? target : undefined
   if (asksForHelp(lists)) return known !== undefined ? { kind: "help", text: createHelp(known, files >= 2) } : { kind: "error", message: cannotCreate(target) }
+  // qemu-img convert -n: options for a target it does not create are refused.
+  if (skipCreate && lists.length > 0) return { kind: "error", message: "-o has no effect when skipping image creation" }
   if (files < 2) return { kind: "error", message: "Must specify image file name" }
   return known !== undefined ? { kind: "go", target: known } : { kind: "error", message: cannotCreate(target) }
 }

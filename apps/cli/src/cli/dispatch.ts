@@ -207,7 +207,7 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         const backing = c.backing ?? backingOption?.[1]
         if (c.skipBrokenBitmaps && !c.bitmaps) return yield* Effect.fail(fail("Use of --skip-broken-bitmaps requires --bitmaps"))
         if (c.targetIsZero && !c.noCreate) return yield* Effect.fail(fail("--target-is-zero requires use of -n flag"))
-        const checked = convertOptionCheck(c.options, c.targetFormat, c.files.length)
+        const checked = convertOptionCheck(c.options, c.targetFormat, c.files.length, c.noCreate)
         if (checked.kind !== "go") return checked.kind === "help" ? (print(checked.text), 0) : yield* Effect.fail(fail(checked.message))
         const target = checked.target
         let sparseSize = 4096

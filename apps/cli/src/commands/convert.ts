@@ -100,6 +100,8 @@ export const dataRuns = (buf: Uint8Array, length: number, granularity: number): 
 interface Task {
   /** Position in guest order (tasks are made in order). */
   readonly seq: number
+  /** The source the task starts in; a data task may run on into the next ones (a cluster of the target can span sources). */
+  readonly sourceIndex: number
   readonly source: Image
   readonly sourceName: string
   /** Guest offset in the source. */
@@ -197,18 +199,23 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       const nextTask: Effect.Effect<Task | undefined, CliFailure> = lock.withPermits(1)(
         Effect.gen(function* () {
           while (sourceIndex < sources.length && sourceOffset >= sources[sourceIndex]!.virtualSize) {
+            // A data task that ended past its source's end (rounded up to a
+            // whole target cluster) has covered the next source's start.
+            sourceOffset -= sources[sourceIndex]!.virtualSize
             targetBase += sources[sourceIndex]!.virtualSize
             sourceIndex++
-            sourceOffset = 0
           }
           if (sourceIndex >= sources.length) return undefined
           const source = sources[sourceIndex]!
           const sourceName = o.sources[sourceIndex]!
           const remaining = source.virtualSize - sourceOffset
-          const chunkEnd = Math.min(source.virtualSize, (Math.floor(sourceOffset / CHUNK) + 1) * CHUNK)
+          // Chunks and alignment are the target's: concatenated sources need not end on a cluster boundary.
+          const chunkEndInTarget = Math.min(total, (Math.floor((targetBase + sourceOffset) / CHUNK) + 1) * CHUNK)
+          const chunkEnd = Math.min(source.virtualSize, chunkEndInTarget - targetBase)
+          const lastSource = sourceIndex === sources.length - 1
           if (source.format === "raw") {
             const extent = yield* rawExtent(source, sourceOffset)
-            const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: extent.length, status: extent.kind }
+            const task: Task = { seq: taskCount++, sourceIndex, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: extent.length, status: extent.kind }
             sourceOffset += extent.length
             return task
           }
@@ -216,7 +223,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
           const align = sink.alignment
           let extentEnd = sourceOffset + Math.max(1, Math.min(status.length, remaining))
           if (status.kind === "backing") {
-            const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: extentEnd - sourceOffset, status: "backing" }
+            const task: Task = { seq: taskCount++, sourceIndex, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length: extentEnd - sourceOffset, status: "backing" }
             sourceOffset = extentEnd
             return task
           }
@@ -224,7 +231,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
           let end: number
           if (zeroTask) {
             // Keep later data aligned: a zero extent ends on an alignment boundary.
-            end = extentEnd === source.virtualSize ? extentEnd : Math.floor(extentEnd / align) * align
+            end = extentEnd === source.virtualSize && lastSource ? extentEnd : Math.floor((targetBase + extentEnd) / align) * align - targetBase
             if (end <= sourceOffset) zeroTask = false
           }
           if (!zeroTask) {
@@ -235,18 +242,22 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
               if (next.kind !== "data") break
               extentEnd += Math.max(1, next.length)
             }
-            // Data: at most one CHUNK, cut at CHUNK boundaries, rounded up to the alignment.
-            const rounded = Math.min(source.virtualSize, Math.ceil(extentEnd / align) * align)
-            end = Math.min(rounded, chunkEnd)
+            // Data: at most one CHUNK, cut at CHUNK boundaries, rounded up to
+            // the alignment (past the source's end into the next source's
+            // start, as qemu-img reads a cluster across sources).
+            const rounded = Math.min(total, Math.ceil((targetBase + extentEnd) / align) * align) - targetBase
+            end = Math.min(rounded, chunkEndInTarget - targetBase)
           }
           const length = end! - sourceOffset
-          const task: Task = { seq: taskCount++, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length, status: zeroTask ? "zero" : "data" }
+          const task: Task = { seq: taskCount++, sourceIndex, source, sourceName, offset: sourceOffset, target: targetBase + sourceOffset, length, status: zeroTask ? "zero" : "data" }
           sourceOffset += length
           return task
         })
       )
 
-      const granularity = sink.alignment > 1 ? sink.alignment : o.sparseSize === 0 || o.copyRange === true ? 0 : Math.max(o.sparseSize, sink.zeroGranularity)
+      // -S 0 writes every byte read (qemu-img's !min_sparse), compressed or not; a
+      // compressed target otherwise skips whole zero clusters (its buffer is one cluster).
+      const granularity = o.sparseSize === 0 || o.copyRange === true ? 0 : sink.alignment > 1 ? sink.alignment : Math.max(o.sparseSize, sink.zeroGranularity)
       const order = o.outFormat === "qcow2" && !o.compress && o.outOfOrder !== true ? new WriteOrder() : undefined
       const worker = Effect.gen(function* () {
         const buffer = Buffer.allocUnsafe(CHUNK)
@@ -265,7 +276,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             }
           } else if (task.status === "data") {
             const view = buffer.subarray(0, task.length)
-            yield* readSource(task, view, o)
+            yield* readSpan(sources, task, view, o)
             const runs = dataRuns(buffer, task.length, granularity)
             if (order !== undefined && (runs.length > 0 || !sink.zeroIsFree)) yield* order.turn(task.seq)
             let covered = 0
@@ -325,18 +336,34 @@ const sourceStatus = (
     })
   )
 
-/** Reads a data task; with --salvage a failed read is retried sector by sector, and unreadable sectors read as zeros. */
-const readSource = (task: Task, view: Uint8Array, o: ConvertOptions): Effect.Effect<void, CliFailure> =>
-  task.source.read(task.offset, view).pipe(
+/** Reads a data task, from its source and on into the next ones where it runs past its source's end. */
+const readSpan = (sources: ReadonlyArray<Image>, task: Task, view: Uint8Array, o: ConvertOptions): Effect.Effect<void, CliFailure> =>
+  Effect.gen(function* () {
+    let index = task.sourceIndex
+    let offset = task.offset
+    let done = 0
+    while (done < view.length) {
+      const source = sources[index]!
+      const piece = Math.min(view.length - done, source.virtualSize - offset)
+      yield* readSource(source, offset, view.subarray(done, done + piece), o)
+      done += piece
+      index++
+      offset = 0
+    }
+  })
+
+/** Reads one source's range; with --salvage a failed read is retried sector by sector, and unreadable sectors read as zeros. */
+const readSource = (source: Image, offset: number, view: Uint8Array, o: ConvertOptions): Effect.Effect<void, CliFailure> =>
+  source.read(offset, view).pipe(
     Effect.catch((e) => {
-      if (o.salvage !== true) return Effect.fail(fail(`error while reading at byte ${task.offset}: ${e.message}`))
+      if (o.salvage !== true) return Effect.fail(fail(`error while reading at byte ${offset}: ${e.message}`))
       return Effect.gen(function* () {
         for (let pos = 0; pos < view.length; pos += 512) {
           const sector = view.subarray(pos, Math.min(view.length, pos + 512))
-          yield* task.source.read(task.offset + pos, sector).pipe(
+          yield* source.read(offset + pos, sector).pipe(
             Effect.catch((err) =>
               Effect.sync(() => {
-                if (!o.quiet) reportLine(`warning: error while reading offset ${task.offset + pos}: ${strerror(err)}`)
+                if (!o.quiet) reportLine(`warning: error while reading offset ${offset + pos}: ${strerror(err)}`)
                 sector.fill(0)
               })
             )

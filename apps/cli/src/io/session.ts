@@ -13,6 +13,9 @@ import { driverReport, type ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
 import { withFileNode } from "../file-node.js"
+import { copyOnRead } from "./copy-on-read.js"
+import { withBlkdebugLimits } from "./blkdebug-limits.js"
+import { withImageBlkdebug } from "./blkdebug-image.js"
 import { checkBackingOptions, checkCacheOptions, protocolRefusal, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
 
@@ -156,6 +159,7 @@ export class IoSession {
       const resolved = resolveImageSpec(request.name, request.options, request.format)
       if (!resolved.ok) return refuse(resolved.message)
       const spec = resolved.spec
+      if (spec.copyOnReadFilter === true && request.readOnly) return refuse("Block node is read-only")
       const wrongType = spec.protocol !== undefined ? protocolRefusal(spec.protocol, spec.file, request.readOnly || request.snapshot) : undefined
       if (wrongType !== undefined) return refuse(wrongType)
       let passphrase = this.secrets.passphrase
@@ -203,7 +207,11 @@ export class IoSession {
           return false
         }
         const { raw, overlay } = opened.success
-        const image = isWritethrough(request.cache) && !raw.readOnly ? writethrough(raw) : raw
+        const debugged = spec.imageBlkdebug !== undefined ? withImageBlkdebug(raw, spec.imageBlkdebug) : undefined
+        const filtered = debugged?.image ?? raw
+        const limited = spec.blkdebugLimits !== undefined ? withBlkdebugLimits(filtered, spec.blkdebugLimits) : filtered
+        const flushing = isWritethrough(request.cache) && !raw.readOnly ? writethrough(limited) : limited
+        const image = request.copyOnRead || spec.copyOnReadFilter === true ? copyOnRead(flushing, debugged?.debugEvent) : flushing
         self.opened = { image, raw, scope, request, overlay }
         return true
       })

@@ -53,19 +53,22 @@ const injected = (rule: InjectErrorRule, location: string, operation: BlkdebugIo
   })
 }
 
-/**
- * Wraps `inner` in a blkdebug node with `config`'s rules, in state 1. The
- * wrapper passes everything else (size, locks, allocated size) through.
- */
-export const makeBlkdebugStorage = (inner: BlockStorageShape, config: BlkdebugConfig): BlockStorageShape => {
+/** The rules of one blkdebug node at work: events change what is active, `check` finds the failure of a request. */
+export interface BlkdebugRules {
+  /** Raises `event` on the node. */
+  readonly debugEvent: (event: DebugEvent) => void
+  /** The failure an active rule injects into this request, if any (a `once` rule is then gone). */
+  readonly check: (operation: BlkdebugIoType, offset: number, length: number) => StorageError | undefined
+}
+
+/** `config`'s rules in state 1, failing requests of the node at `location`. */
+export const makeBlkdebugRules = (config: BlkdebugConfig, location: string): BlkdebugRules => {
   let state = 1
   /** Rules by event, most recently given first (QEMU inserts at the list head). */
   const byEvent = new Map<DebugEvent, BlkdebugRule[]>()
   for (const rule of config.rules) byEvent.set(rule.event, [rule, ...(byEvent.get(rule.event) ?? [])])
   /** Rules failing requests now, first match wins. */
   let active: InjectErrorRule[] = []
-  let writeGeneration = 0
-  let flushedGeneration = 0
 
   const debugEvent = (event: DebugEvent): void => {
     let newState = state
@@ -99,8 +102,19 @@ export const makeBlkdebugStorage = (inner: BlockStorageShape, config: BlkdebugCo
         list.filter((r) => r !== rule)
       )
     }
-    return injected(rule, inner.location, operation, offset, length)
+    return injected(rule, location, operation, offset, length)
   }
+  return { debugEvent, check }
+}
+
+/**
+ * Wraps `inner` in a blkdebug node with `config`'s rules, in state 1. The
+ * wrapper passes everything else (size, locks, allocated size) through.
+ */
+export const makeBlkdebugStorage = (inner: BlockStorageShape, config: BlkdebugConfig): BlockStorageShape => {
+  const { debugEvent, check } = makeBlkdebugRules(config, inner.location)
+  let writeGeneration = 0
+  let flushedGeneration = 0
 
   /** A request that changes the store: checked, then passed on; counted either way. */
   const changing = <A>(operation: BlkdebugIoType, offset: number, length: number, run: () => Effect.Effect<A, StorageError>) =>
