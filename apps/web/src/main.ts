@@ -97,18 +97,20 @@ const openWithPlan = async (name: string, readOnly: boolean): Promise<void> => {
     byId("http-stats").textContent = ""
     throw e
   })
-  status(`Open: ${name} (${opened.format}, ${humanSize(opened.virtualSize)}${opened.readOnly ? ", read-only" : ""})`)
   await showImage()
+  // "Open:" once the whole page shows the image (what a user, or a test, may act on next).
+  status(`Open: ${name} (${opened.format}, ${humanSize(opened.virtualSize)}${opened.readOnly ? ", read-only" : ""})`)
 }
 
 const showImage = async () => {
   const img = image()
   const name = displayName(session.name)
   byId("image-title").textContent = name
+  // Set before the awaits below, so that a name typed meanwhile is not overwritten.
+  byId<HTMLInputElement>("export-name").value = `${name.slice(name.lastIndexOf("/") + 1).replace(/\.[a-z0-9]+$/i, "")}-export.qcow2`
   byId("info").replaceChildren(await session.run(renderInfo(img)))
   byId("info-json").textContent = await session.run(infoJson(img, name))
   byId("map-json").textContent = await session.run(mapJson(img, name))
-  byId<HTMLInputElement>("export-name").value = `${name.slice(name.lastIndexOf("/") + 1).replace(/\.[a-z0-9]+$/i, "")}-export.qcow2`
   showHttpStats()
   byId("check-result").textContent = ""
   byId("hex").textContent = ""
