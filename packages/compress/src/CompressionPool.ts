@@ -20,10 +20,9 @@ import { availableParallelism } from "node:os"
 import { Effect, type Scope } from "effect"
 import { CompressionType } from "./CompressionType.js"
 import { CompressionError } from "./errors.js"
-import { checkCompressInput, resolveLevel } from "./internal/codec.js"
 import { DeflateQueue } from "./internal/deflateQueue.js"
 import { nodeInflateRaw } from "./internal/nodeKernels.js"
-import { compressOn, outcomeEffect } from "./internal/poolJobs.js"
+import { checkedLevel, compressOn, outcomeEffect } from "./internal/poolJobs.js"
 import { WorkerPool } from "./internal/workerPool.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
@@ -149,13 +148,8 @@ export const makeCompressionPool = (
       }).pipe(Effect.flatMap((workers) => (workers === undefined ? Effect.fail(closedError(type)) : compressOn(workers)(type, cluster, level, options))))
     const compress: CompressionPool["compress"] = (type, cluster, level, options) =>
       Effect.suspend(() => {
-        let resolvedLevel: number
-        try {
-          checkCompressInput(type, cluster)
-          resolvedLevel = resolveLevel(type, level)
-        } catch (error) {
-          return error instanceof CompressionError ? Effect.fail(error) : Effect.die(error)
-        }
+        const resolvedLevel = checkedLevel(type, cluster, level)
+        if (typeof resolvedLevel !== "number") return resolvedLevel
         if (type !== CompressionType.Deflate) return compressZstd(type, cluster, level, options)
         return Effect.callback<Uint8Array | undefined, CompressionError>((resume) => {
           const cancel = deflates.submit(resolvedLevel, cluster, (outcome) => resume(outcomeEffect(type, outcome)))

@@ -64,18 +64,23 @@ const ownedCopy = (queue: JobQueue, cluster: Uint8Array, transfer: boolean | und
   return copy
 }
 
+/** The compression level for a checked input, or the failure a bad input (type, size, level) gets, on the caller's side. */
+export const checkedLevel = (type: CompressionType, cluster: Uint8Array, level: number | undefined): number | Effect.Effect<never, CompressionError> => {
+  try {
+    checkCompressInput(type, cluster)
+    return resolveLevel(type, level)
+  } catch (error) {
+    return error instanceof CompressionError ? Effect.fail(error) : Effect.die(error)
+  }
+}
+
 /** `CompressionPool.compress` over `queue`: input checked on the caller's side, one job per cluster, interruptible. */
 export const compressOn =
   (queue: JobQueue): CompressionPool["compress"] =>
   (type: CompressionType, cluster: Uint8Array, level?: number, options?: PoolCompressOptions) =>
     Effect.suspend(() => {
-      let resolvedLevel: number
-      try {
-        checkCompressInput(type, cluster)
-        resolvedLevel = resolveLevel(type, level)
-      } catch (error) {
-        return error instanceof CompressionError ? Effect.fail(error) : Effect.die(error)
-      }
+      const resolvedLevel = checkedLevel(type, cluster, level)
+      if (typeof resolvedLevel !== "number") return resolvedLevel
       const data = ownedCopy(queue, cluster, options?.transfer)
       return Effect.callback<Uint8Array | undefined, CompressionError>((resume) => {
         const cancel = queue.submit(type, resolvedLevel, data, (outcome) => resume(outcomeEffect(type, outcome)))
