@@ -38,10 +38,12 @@ const cacheFile = path.join(dir, "cache", `${QCOW2_BUNDLE_HASH}-${process.versio
  * a second per GiB: V8's optimizing compiler (TurboFan) spent ~25% of the
  * process's CPU time compiling it on its background threads (convert or
  * compare of the 1 GiB mixed image: ~200 ms, against ~100 ms it saved on
- * the main thread), and the 8 GiB image converted no slower without it.
- * The baseline compiler (Sparkplug) still runs. Set before the bundle is
- * compiled; the flag is part of the code cache's key, and each command has
- * its own cache.
+ * the main thread), and the 8 GiB image converted with less CPU time too.
+ * The baseline compiler (Sparkplug) still runs; zlib (native) and zstd
+ * (wasm; convert -c zstd took less CPU time too) are not JavaScript. The one loser is the TypeScript zstd decoder used where the
+ * wasm cannot be instantiated (an address-space limit): ~2x slower there.
+ * Set before the bundle is compiled; the flag is part of the code cache's
+ * key, and each command has its own cache.
  */
 const WITHOUT_TURBOFAN = new Set(["convert", "compare"])
 if (WITHOUT_TURBOFAN.has(key)) v8.setFlagsFromString("--no-opt")
