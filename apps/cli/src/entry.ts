@@ -40,8 +40,9 @@ const cacheFile = path.join(dir, "cache", `${QCOW2_BUNDLE_HASH}-${process.versio
  * compare of the 1 GiB mixed image: ~200 ms, against ~100 ms it saved on
  * the main thread), and the 8 GiB image converted with less CPU time too.
  * The baseline compiler (Sparkplug) still runs; zlib (native) and zstd
- * (wasm; convert -c zstd took less CPU time too) are not JavaScript. The one loser is the TypeScript zstd decoder used where the
- * wasm cannot be instantiated (an address-space limit): ~2x slower there.
+ * (wasm; convert -c zstd took less CPU time too) are not JavaScript. The
+ * one loser is the TypeScript zstd decoder, used where the wasm cannot be
+ * instantiated (an address-space limit): ~2x slower there.
  * Set before the bundle is compiled; the flag is part of the code cache's
  * key, and each command has its own cache.
  */
