@@ -194,7 +194,8 @@ export const openNamed = (
       return mismatch === undefined ? Effect.succeed(image) : Effect.fail(new ImageError({ reason: "Unsupported", message: mismatch, location: file }))
     }),
     Effect.map((image) => ({ image, file })),
-    Effect.mapError((error) => ({ error, file }))
+    // An NBD node's failure names the image as given, as QEMU's nbd driver does (the file is this toolkit's NBD name for it).
+    Effect.mapError((error) => ({ error, file: parseNbdName(file) !== undefined ? name : file }))
   )
 }
 

@@ -47,3 +47,14 @@ export const nbdDisplayName = (name: string, options: BlockOptions | undefined):
   const parsed = parseNbdName(taken.file)
   return parsed?.ok === true ? displayNameOf(parsed.target) : undefined
 }
+
+/**
+ * What qemu-img info shows differently for an export opened as raw bytes
+ * (QEMU's nbd driver answers no get_info, so there is no dirty flag), and
+ * for the nbd driver itself at the root (`driver=nbd`: format "nbd").
+ * Undefined when `shown` is not an NBD name.
+ */
+export const nbdInfoOf = (shown: string, options: BlockOptions | undefined): { readonly rootFormat: "nbd" | "raw" } | undefined => {
+  if (!/^nbd(\+unix)?:\/\//.test(shown)) return undefined
+  return { rootFormat: options?.get("driver") === "nbd" ? "nbd" : "raw" }
+}

@@ -116,7 +116,7 @@ export const nbdTargetFromOptions = (options: ReadonlyMap<string, string>): NbdT
     if (legacy.length > 0 || structured || get("export") !== undefined) return bad("host/port/export/path and a file name may not be used at the same time")
     target = parseNbdFilename(filename) ?? bad("File name string for NBD must start with 'nbd:'")
   } else if (legacy.length > 0) {
-    if (structured) return bad(`Cannot use 'server' and '${legacy[0]}' at the same time`)
+    if (structured) return bad("Cannot use 'server' and path/host/port at the same time")
     const path = get("path")
     if (path !== undefined) {
       if (get("host") !== undefined || get("port") !== undefined) return bad("path and host may not be used at the same time")
@@ -128,14 +128,14 @@ export const nbdTargetFromOptions = (options: ReadonlyMap<string, string>): NbdT
     }
   } else {
     const type = get("server.type")
-    if (type === undefined) return bad(structured ? "Parameter 'server.type' is missing" : "NBD server address missing")
+    if (type === undefined) return bad(structured ? "Parameter 'type' is missing" : "NBD server address missing")
     if (type === "unix") {
       const path = get("server.path")
-      if (path === undefined) return bad("Parameter 'server.path' is missing")
+      if (path === undefined) return bad("Parameter 'path' is missing")
       target = { ok: true, target: { server: { type, path }, exportName: get("export") ?? "" } }
     } else if (type === "inet") {
       const host = get("server.host")
-      if (host === undefined) return bad("Parameter 'server.host' is missing")
+      if (host === undefined) return bad("Parameter 'host' is missing")
       const port = Number(get("server.port") ?? NBD_DEFAULT_PORT)
       if (!Number.isInteger(port) || port < 0 || port > 65535) return bad(`error parsing port '${get("server.port")}'`)
       target = { ok: true, target: { server: { type, host, port }, exportName: get("export") ?? "" } }

@@ -105,13 +105,13 @@ export const startConnection = (transport: Transport, reader: ExactReader, negot
     const hungUp = (e: StreamEnded) =>
       violation("HungUp", `the NBD server closed the connection${pending.size > 0 ? ` with ${pending.size} request(s) unanswered` : ""}${e.got > 0 ? ` in the middle of a reply (${e.got} of ${e.wanted} bytes)` : ""}`)
 
+    /** The last reply of a request: complete it (a read must have had all its bytes). */
     const finish = (handle: number, p: Pending): Effect.Effect<void> => {
-      pending.delete(handle)
-      if (p.error !== undefined) return Deferred.fail(p.done, p.error)
-      if (p.into !== undefined && negotiated.structuredReplies && p.covered !== p.length) {
+      if (p.into !== undefined && negotiated.structuredReplies && p.error === undefined && p.covered !== p.length) {
         return violation("Malformed", `the NBD server's reply to a read of ${p.length} bytes at ${p.offset} covered ${p.covered} of them`)
       }
-      return Deferred.succeed(p.done, undefined)
+      pending.delete(handle)
+      return p.error !== undefined ? Deferred.fail(p.done, p.error) : Deferred.succeed(p.done, undefined)
     }
 
     const header = new Uint8Array(20)

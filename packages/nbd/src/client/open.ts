@@ -45,7 +45,8 @@ export const openOverTransport = (transport: Transport, target: NbdTarget, optio
     // QEMU fails when the context named by x-dirty-bitmap is not granted.
     if (target.statusContext !== undefined && !negotiated.contexts.has(target.statusContext)) {
       yield* transport.close
-      return yield* new StorageError({ reason: "Unsupported", message: `requested x-dirty-bitmap ${target.statusContext} not found`, location })
+      // QEMU 7.2 says no more than this (its message names no context).
+      return yield* new StorageError({ reason: "Unsupported", message: "Could not open image: Invalid argument", location, errno: "EINVAL" })
     }
     // QEMU refuses a read-write open of a read-only export unless it may fall back to read-only.
     if (options.requireWritable === true && !options.readOnly && (negotiated.flags & TransmissionFlag.READ_ONLY) !== 0) {
