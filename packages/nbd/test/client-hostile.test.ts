@@ -79,7 +79,7 @@ const scripted = (script: Script) =>
   )
 
 /** Opens the scripted server's export and runs `use` on it; the failure, if any. */
-const attempt = <A>(script: Script, use: (storage: NbdBlockStorage) => Effect.Effect<A, StorageError>) =>
+const attempt = <A, E>(script: Script, use: (storage: NbdBlockStorage) => Effect.Effect<A, E>) =>
   Effect.runPromise(
     Effect.scoped(
       Effect.gen(function* () {
@@ -90,11 +90,11 @@ const attempt = <A>(script: Script, use: (storage: NbdBlockStorage) => Effect.Ef
     ).pipe(Effect.exit)
   )
 
-const failureOf = <A>(exit: Exit.Exit<A, StorageError>): StorageError => {
+const failureOf = <A>(exit: Exit.Exit<A, StorageError | unknown>): StorageError => {
   if (Exit.isSuccess(exit)) throw new Error("expected a failure")
   const error = exit.cause.reasons.find((r) => r._tag === "Fail")
   if (error === undefined || error._tag !== "Fail") throw new Error(`not a typed failure: ${String(exit.cause)}`)
-  return error.error
+  return error.error as StorageError
 }
 
 const causeReason = (error: StorageError): NbdProtocolErrorReason | undefined => (error.cause as { reason?: NbdProtocolErrorReason } | undefined)?.reason

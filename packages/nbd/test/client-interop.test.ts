@@ -10,7 +10,8 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, type Scope } from "effect"
+import type { ClusterCodec } from "@qcow2/compress"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { NodeClusterCodec } from "@qcow2/compress/node"
 import { mapImage, openImage } from "@qcow2/image"
@@ -59,7 +60,7 @@ const qemuNbd = async (args: ReadonlyArray<string>): Promise<{ socket: string; s
 
 const unix = (socket: string, extra: Partial<NbdTarget> = {}): NbdTarget => ({ server: { type: "unix", path: socket }, exportName: "", ...extra })
 const env = Layer.mergeAll(Layer.succeed(StorageOpener, makeNbdStorageOpener()), NodeClusterCodec.layer)
-const run = <A, E>(effect: Effect.Effect<A, E, StorageOpener | NodeClusterCodec>) => Effect.runPromise(Effect.scoped(effect).pipe(Effect.provide(env)) as Effect.Effect<A, E>)
+const run = <A, E>(effect: Effect.Effect<A, E, StorageOpener | ClusterCodec | Scope.Scope>) => Effect.runPromise(Effect.scoped(effect).pipe(Effect.provide(env)))
 
 /** A 4 MiB qcow2 over a backing file: data in the backing (0-2M), in the top (1M-3M), a zero cluster, unallocated space. */
 const layeredImage = (name: string): string => {

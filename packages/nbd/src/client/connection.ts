@@ -233,6 +233,8 @@ export const startConnection = (transport: Transport, reader: ExactReader, negot
           if (broken !== undefined) return Effect.fail(broken)
           const handle = nextHandle++
           return Effect.flatMap(Deferred.make<void, StorageError>(), (done) => {
+            // Checked again where the request is registered: the reader may have ended the connection meanwhile.
+            if (broken !== undefined) return Effect.fail(broken)
             const p: Pending = {
               type,
               name: COMMAND_NAMES[type] ?? `command ${type}`,
