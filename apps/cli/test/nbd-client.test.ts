@@ -76,6 +76,9 @@ describe("NBD names", () => {
   it("fails as qemu-img does for names that do not open", () => {
     const names = [`nbd:unix:${path.join(dir, "none.sock")}`, `nbd+unix:///nope?socket=${socket}`, "nbd:foo", "nbd+unix://", `nbd+unix:///?socket=${socket}&x=1`]
     for (const name of names) expect(shown(qcow2(dir, ["info", name])), name).toEqual(shown(qemu(dir, "qemu-img", ["info", name], true)))
+    // The export is read-only: a read-write open is refused.
+    const write = ["-f", "raw", "-c", "write 0 512", `nbd:unix:${socket}:exportname=top`]
+    expect(shown(qcow2(dir, ["io", ...write]))).toEqual(shown(qemu(dir, "qemu-io", write, true)))
     const opts = [`driver=nbd,server.type=unix`, `driver=nbd,path=/x,server.type=unix`, `driver=nbd,server.type=unix,server.path=${socket},export=top,x-dirty-bitmap=foo:bar`]
     for (const o of opts) expect(shown(qcow2(dir, ["info", "--image-opts", o])), o).toEqual(shown(qemu(dir, "qemu-img", ["info", "--image-opts", o], true)))
   })

@@ -51,7 +51,8 @@ export const openOverTransport = (transport: Transport, target: NbdTarget, optio
     // QEMU refuses a read-write open of a read-only export unless it may fall back to read-only.
     if (options.requireWritable === true && !options.readOnly && (negotiated.flags & TransmissionFlag.READ_ONLY) !== 0) {
       yield* transport.close
-      return yield* new StorageError({ reason: "ReadOnly", message: "NBD export is read-only", location, errno: "EACCES" })
+      // QEMU 7.2's words (bdrv_apply_auto_read_only's EACCES, reported without its text).
+      return yield* new StorageError({ reason: "ReadOnly", message: "Could not open image: Permission denied", location, errno: "EACCES" })
     }
     let open = true
     const connection = yield* startConnection(transport, reader, negotiated, location)
