@@ -258,6 +258,32 @@ describe("transmission", () => {
     expect(causeReason(partial)).toBe("Malformed")
   })
 
+  it("cuts off a server that sends chunks without ever ending the reply", async () => {
+    const endless = failureOf(
+      await attempt(
+        {
+          onRequest: (request, socket) => {
+            const chunk = encode.chunkBlockStatus(request, false, 7, Array.from({ length: 1024 }, () => ({ length: 512, flags: 0 })))
+            for (let i = 0; i < 70; i++) socket.write(chunk)
+          }
+        },
+        (storage) => storage.blockStatus!(0, SIZE)
+      )
+    )
+    expect(causeReason(endless)).toBe("Oversize")
+    const repeated = failureOf(
+      await attempt(
+        {
+          onRequest: (request, socket) => {
+            for (let i = 0; i < 3; i++) socket.write(encode.chunkHole(request, false, request.offset, request.length))
+          }
+        },
+        read(0, 4096)
+      )
+    )
+    expect(causeReason(repeated)).toBe("Malformed")
+  })
+
   it("refuses a simple reply to a read once structured replies were agreed (its length would be unknown)", async () => {
     const error = failureOf(await attempt({ onRequest: (request, socket) => void socket.write(encode.simpleReply(request, 0)) }, read(0, 16)))
     expect(causeReason(error)).toBe("Malformed")

@@ -25,7 +25,7 @@ import * as wire from "./wire.js"
 
 /** Requests in flight on one connection at once (QEMU's client allows 16 too). */
 export const MAX_IN_FLIGHT = 16
-/** Most extents one block-status chunk may carry (each 8 bytes): a longer chunk ends the connection. */
+/** Most extents one block-status reply may carry (each 8 bytes): more end the connection. */
 export const MAX_EXTENTS = 64 * 1024
 /** Longest error message chunk payload read (error value, length, a 4096-byte message, an offset). */
 const MAX_ERROR_PAYLOAD = 6 + 4096 + 8
@@ -153,7 +153,8 @@ export const startConnection = (transport: Transport, reader: ExactReader, negot
             const v = new DataView(fields.buffer)
             const at = v.getUint32(0) * 2 ** 32 + v.getUint32(4)
             const size = type === ChunkType.OFFSET_HOLE ? v.getUint32(8) : length - 8
-            if (at < p.offset || at + size > p.offset + p.length || size === 0) {
+            // Chunks must not overlap: more bytes than the read asked for is a server repeating itself.
+            if (at < p.offset || at + size > p.offset + p.length || size === 0 || p.covered + size > p.length) {
               return yield* violation("Malformed", `the NBD server sent ${size} bytes at ${at} for a read of ${p.length} at ${p.offset}`)
             }
             const target = p.into.subarray(at - p.offset, at - p.offset + size)
@@ -173,6 +174,8 @@ export const startConnection = (transport: Transport, reader: ExactReader, negot
             const context = v.getUint32(0)
             if (![...negotiated.contexts.values()].includes(context)) return yield* violation("Malformed", `the NBD server sent block status for unknown context ${context}`)
             if (context !== p.contextId) return
+            // A server sending chunk after chunk without ending the reply is cut off, not buffered.
+            if (p.extents.length + (length - 4) / 8 > MAX_EXTENTS) return yield* violation("Oversize", `the NBD server sent more than ${MAX_EXTENTS} extents for one request`)
             for (let at = 4; at < length; at += 8) {
               const extent = v.getUint32(at)
               if (extent === 0) return yield* violation("Malformed", "the NBD server sent an empty extent")
