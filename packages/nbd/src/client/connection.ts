@@ -27,6 +27,8 @@ import * as wire from "./wire.js"
 export const MAX_IN_FLIGHT = 16
 /** Most extents one block-status reply may carry (each 8 bytes): more end the connection. */
 export const MAX_EXTENTS = 64 * 1024
+/** Error chunks one request may get. */
+const MAX_ERROR_CHUNKS = 64
 /** Longest error message chunk payload read (error value, length, a 4096-byte message, an offset). */
 const MAX_ERROR_PAYLOAD = 6 + 4096 + 8
 
@@ -49,6 +51,7 @@ interface Pending {
   readonly contextId: number | undefined
   extents: Extent[]
   error: StorageError | undefined
+  errorChunks: number
   readonly done: Deferred.Deferred<void, StorageError>
 }
 
@@ -137,11 +140,11 @@ export const startConnection = (transport: Transport, reader: ExactReader, negot
       yield* finish(handle, p)
     })
 
-    const readChunk = (p: Pending, type: number, length: number): Effect.Effect<void, StreamEnded> =>
+    const readChunk = (p: Pending, type: number, length: number, last: boolean): Effect.Effect<void, StreamEnded> =>
       Effect.gen(function* () {
         switch (type) {
           case ChunkType.NONE:
-            if (length !== 0) return yield* violation("Malformed", `the NBD server sent a NONE chunk with ${length} bytes of payload`)
+            if (length !== 0 || !last) return yield* violation("Malformed", `the NBD server sent a NONE chunk that is not the last one, or with ${length} bytes of payload`)
             return
           case ChunkType.OFFSET_DATA:
           case ChunkType.OFFSET_HOLE: {
@@ -191,6 +194,8 @@ export const startConnection = (transport: Transport, reader: ExactReader, negot
             const error = v.getUint32(0)
             const textLength = v.getUint16(4)
             if (error === 0 || 6 + textLength > length) return yield* violation("Malformed", "the NBD server sent a malformed error chunk")
+            // Several error chunks may come (one per failed region); a server that never stops sending them is cut off.
+            if (++p.errorChunks > MAX_ERROR_CHUNKS) return yield* violation("Oversize", `the NBD server sent more than ${MAX_ERROR_CHUNKS} error chunks for one request`)
             const text = new TextDecoder().decode(payload.subarray(6, 6 + textLength))
             p.error ??= requestError(location, p.name, error, text, p.offset, p.length)
             return
@@ -208,7 +213,7 @@ export const startConnection = (transport: Transport, reader: ExactReader, negot
       const length = view.getUint32(16)
       const p = pending.get(handle)
       if (p === undefined) return yield* violation("Malformed", `the NBD server replied to unknown handle ${handle}`)
-      yield* readChunk(p, type, length)
+      yield* readChunk(p, type, length, (flags & REPLY_FLAG_DONE) !== 0)
       if (broken === undefined && (flags & REPLY_FLAG_DONE) !== 0) yield* finish(handle, p)
     })
 
@@ -248,6 +253,7 @@ export const startConnection = (transport: Transport, reader: ExactReader, negot
               contextId: options.contextId,
               extents: [],
               error: undefined,
+              errorChunks: 0,
               done
             }
             pending.set(handle, p)
