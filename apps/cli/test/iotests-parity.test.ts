@@ -3,10 +3,11 @@
  * here against the real qemu-img/qemu-io (the iotests themselves are not
  * part of `pnpm test`).
  */
+import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { makeTempDir, qcow2, qemu } from "./helpers.js"
+import { BUNDLE, makeTempDir, qcow2, qemu } from "./helpers.js"
 
 const dir = makeTempDir("qcow2-iotests-parity-")
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
@@ -89,6 +90,42 @@ describe("-o help, unknown formats and file counts as qemu-img convert, create a
       expect([ours.status, ours.stdout, unprefixed(ours.stderr)], args.join(" ")).toEqual([theirs.status, theirs.stdout, unprefixed(theirs.stderr)])
     }
     expect(fs.existsSync(file("out.qcow2"))).toBe(false)
+  })
+})
+
+describe("create without -f makes what qemu-img makes when run as qemu-img: raw (iotest 082)", () => {
+  const QEMU_IMG_BIN = path.join(path.dirname(BUNDLE), "qemu-img.mjs")
+  const asQemuImg = (args: ReadonlyArray<string>) => spawnSync(process.execPath, [QEMU_IMG_BIN, ...args], { cwd: dir, encoding: "utf8" })
+  it("-o help, -o ?, creating, and -b/-F refused for raw: same output, exit status and file as qemu-img", () => {
+    qemu(dir, "qemu-img", ["create", "-f", "qcow2", "nf-base.qcow2", "1M"])
+    const cases = [
+      ["create", "-o", "help"],
+      ["create", "-o", "?"],
+      ["create", "-o", "help", "nf.img"],
+      ["create", "nf.img", "1M"],
+      ["create", "-o", "preallocation=full", "nf.img", "64k"],
+      ["create", "-o", "cluster_size=4k", "nf.img", "1M"],
+      ["create", "-b", "nf-base.qcow2", "-F", "qcow2", "nf.img"],
+      ["create", "-F", "qcow2", "nf.img", "1M"],
+      ["create", "-f", "raw", "-o", "foo=bar", "-b", "nf-base.qcow2", "nf.img", "1M"],
+      ["create", "-o", "foo=bar", "nf.img", "1Q"]
+    ]
+    const created = () => (fs.existsSync(file("nf.img")) ? qemu(dir, "qemu-img", ["info", "--output=json", "nf.img"]).stdout : "none")
+    for (const args of cases) {
+      fs.rmSync(file("nf.img"), { force: true })
+      const theirs = qemu(dir, "qemu-img", args, true)
+      const theirFile = created()
+      fs.rmSync(file("nf.img"), { force: true })
+      const ours = asQemuImg(args)
+      expect([ours.status, ours.stdout, ours.stderr, created()], args.join(" ")).toEqual([theirs.status, theirs.stdout, theirs.stderr, theirFile])
+    }
+  })
+
+  it("run as qcow2, create keeps this toolkit's default, qcow2", () => {
+    fs.rmSync(file("nf.img"), { force: true })
+    expect(qcow2(dir, ["create", "-o", "help"]).stdout).toMatch(/^Supported qcow2 options:\n/)
+    expect(qcow2(dir, ["create", "nf.img", "1M"]).status).toBe(0)
+    expect(qemu(dir, "qemu-img", ["info", "nf.img"]).stdout).toContain("file format: qcow2\n")
   })
 })
 
