@@ -145,6 +145,12 @@ export interface OpenOptions {
    * says (QEMU's `lazy-refcounts` runtime option; v3 images only).
    */
   readonly lazyRefcounts?: boolean
+  /**
+   * QEMU's `overlap-check.inactive-l2` runtime option: before every write,
+   * the snapshots' L1 tables are validated, and a bad one fails the write
+   * with its errno (as QEMU's check does when it cannot read them).
+   */
+  readonly checksInactiveL2?: boolean
   /** Open the image's backing file as this format, whatever the image names (QEMU's `backing.driver`). */
   readonly backingFormat?: ImageFormat
   /** Cache sizes in bytes. */

@@ -258,6 +258,7 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       bitmaps,
       ...(env.options.report !== undefined ? { report: env.options.report } : {}),
       ...(env.options.lazyRefcounts !== undefined ? { lazyRefcounts: env.options.lazyRefcounts } : {}),
+      ...(env.options.checksInactiveL2 === true ? { checksInactiveL2: true } : {}),
       l2CacheBytes:
         env.options.l2CacheBytes ??
         Math.min(32 * 1024 * 1024, Math.max(4 * clusterSize, Math.ceil(h.size / geometry.l2Entries / clusterSize) * clusterSize)),
