@@ -22,7 +22,7 @@ import { CompressionType } from "./CompressionType.js"
 import { CompressionError } from "./errors.js"
 import { DeflateQueue } from "./internal/deflateQueue.js"
 import { nodeInflateRaw } from "./internal/nodeKernels.js"
-import { checkedLevel, compressOn, outcomeEffect } from "./internal/poolJobs.js"
+import { checkedBatchLevel, checkedLevel, compressOn, jobFailure, outcomeEffect, type JobOutcome } from "./internal/poolJobs.js"
 import { WorkerPool } from "./internal/workerPool.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
@@ -69,6 +69,23 @@ export interface CompressionPool {
     level?: number,
     options?: PoolCompressOptions
   ) => Effect.Effect<Uint8Array | undefined, CompressionError>
+  /**
+   * Compresses `data`, consecutive whole clusters of `clusterSize` bytes
+   * (`data.length` a multiple of it), as `compress` would each one, and
+   * runs `use` on the results in order (undefined: store that cluster
+   * uncompressed). The results are valid only until `use` settles (their
+   * memory is then reused). One job for the whole request: zstd copies it
+   * once into pool memory and sends it in one message, and the compressed
+   * clusters come back packed one after another, so a run of them can be
+   * written with one request (`packedRuns`).
+   */
+  readonly compressClusters: <A, E, R>(
+    type: CompressionType,
+    data: Uint8Array,
+    clusterSize: number,
+    level: number | undefined,
+    use: (results: ReadonlyArray<Uint8Array | undefined>) => Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E | CompressionError, R>
 }
 
 /** The worker program (zstd only): the kernel inlined from its source text. */
@@ -97,11 +114,35 @@ const compressionWorkerSource = (): string =>
     `    replies.push({ id: job.id, ok: false, message: error && error.message ? error.message : String(error) });`,
     `  }`,
     `};`,
+    // A batch: the clusters' compressed bytes are packed from the start of
+    // the request's own memory. Cluster k's output starts at most k * (size - 1)
+    // bytes in and is shorter than a cluster, so it only covers bytes of
+    // clusters already compressed (their input was copied into the wasm heap).
+    `const compressBatch = (job, replies, transfer) => {`,
+    `  try {`,
+    `    if (zstd === undefined) zstd = createZstdKernel(workerData.zstdModule);`,
+    `    const size = job.clusterSize;`,
+    `    const data = job.data;`,
+    `    const sizes = new Int32Array(data.length / size);`,
+    `    let packed = 0;`,
+    `    for (let k = 0; k < sizes.length; k++) {`,
+    `      const result = zstd.compress(data.subarray(k * size, (k + 1) * size), size - 1, job.level);`,
+    `      if (result === undefined) { sizes[k] = -1; continue; }`,
+    `      data.set(result, packed);`,
+    `      sizes[k] = result.length;`,
+    `      packed += result.length;`,
+    `    }`,
+    `    replies.push({ id: job.id, ok: true, result: data, sizes });`,
+    `    transfer.push(data.buffer, sizes.buffer);`,
+    `  } catch (error) {`,
+    `    replies.push({ id: job.id, ok: false, message: error && error.message ? error.message : String(error) });`,
+    `  }`,
+    `};`,
     // One message carries a batch of jobs; one answer carries their results.
     `parentPort.on("message", (jobs) => {`,
     `  const replies = [];`,
     `  const transfer = [];`,
-    `  for (const job of jobs) compressJob(job, replies, transfer);`,
+    `  for (const job of jobs) (job.clusterSize === undefined ? compressJob : compressBatch)(job, replies, transfer);`,
     `  parentPort.postMessage(replies, transfer);`,
     `});`
   ].join("\n")
@@ -146,6 +187,76 @@ export const makeCompressionPool = (
         catch: (cause) =>
           new CompressionError({ compressionType: type, reason: "Failed", message: `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
       }).pipe(Effect.flatMap((workers) => (workers === undefined ? Effect.fail(closedError(type)) : compressOn(workers)(type, cluster, level, options))))
+    const zstdClusters = <A, E, R>(
+      workers: WorkerPool,
+      type: CompressionType,
+      level: number,
+      data: Uint8Array,
+      clusterSize: number,
+      use: (results: ReadonlyArray<Uint8Array | undefined>) => Effect.Effect<A, E, R>
+    ) =>
+      Effect.acquireUseRelease(
+        Effect.callback<{ readonly packed: Uint8Array; readonly sizes: Int32Array }, CompressionError>((resume) => {
+          const copy = workers.borrow(data.length)
+          copy.set(data)
+          const done = (outcome: JobOutcome) =>
+            resume(
+              !outcome.ok
+                ? Effect.fail(jobFailure(type, outcome.message, outcome.cause))
+                : outcome.result !== undefined && outcome.sizes !== undefined
+                  ? Effect.succeed({ packed: outcome.result, sizes: outcome.sizes })
+                  : Effect.fail(jobFailure(type, "compression worker gave a malformed answer"))
+            )
+          return Effect.sync(workers.submit(type, level, copy, done, clusterSize))
+        }),
+        ({ packed, sizes }) => {
+          const results: Array<Uint8Array | undefined> = []
+          let at = 0
+          for (const size of sizes) {
+            results.push(size < 0 ? undefined : packed.subarray(at, at + size))
+            if (size > 0) at += size
+          }
+          return use(results)
+        },
+        ({ packed }) => Effect.sync(() => workers.recycle(packed))
+      )
+    /** Deflate of each cluster on libuv's thread pool; the results once all are in (the first failure fails the lot). */
+    const deflateClusters = (type: CompressionType, level: number, data: Uint8Array, clusterSize: number) =>
+      Effect.callback<ReadonlyArray<Uint8Array | undefined>, CompressionError>((resume) => {
+        const results: Array<Uint8Array | undefined> = new Array(data.length / clusterSize)
+        let left = results.length
+        let failed = false
+        const cancels: Array<() => void> = []
+        for (let k = 0; k < results.length && !failed; k++) {
+          cancels.push(
+            deflates.submit(level, data.subarray(k * clusterSize, (k + 1) * clusterSize), (outcome) => {
+              if (failed) return
+              if (!outcome.ok) {
+                failed = true
+                for (const cancel of cancels) cancel()
+                resume(Effect.fail(jobFailure(type, outcome.message, outcome.cause)))
+                return
+              }
+              results[k] = outcome.result
+              if (--left === 0) resume(Effect.succeed(results))
+            })
+          )
+        }
+        return Effect.sync(() => {
+          for (const cancel of cancels) cancel()
+        })
+      })
+    const compressClusters: CompressionPool["compressClusters"] = (type, data, clusterSize, level, use) =>
+      Effect.suspend(() => {
+        const resolvedLevel = checkedBatchLevel(type, data, clusterSize, level)
+        if (typeof resolvedLevel !== "number") return resolvedLevel
+        if (type === CompressionType.Deflate) return Effect.flatMap(deflateClusters(type, resolvedLevel, data, clusterSize), use)
+        return Effect.tryPromise({
+          try: startZstdWorkers,
+          catch: (cause) =>
+            new CompressionError({ compressionType: type, reason: "Failed", message: `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
+        }).pipe(Effect.flatMap((workers) => (workers === undefined ? Effect.fail(closedError(type)) : zstdClusters(workers, type, resolvedLevel, data, clusterSize, use))))
+      })
     const compress: CompressionPool["compress"] = (type, cluster, level, options) =>
       Effect.suspend(() => {
         const resolvedLevel = checkedLevel(type, cluster, level)
@@ -156,5 +267,5 @@ export const makeCompressionPool = (
           return Effect.sync(cancel)
         })
       })
-    return { workers: size, compress }
+    return { workers: size, compress, compressClusters }
   })

@@ -170,7 +170,9 @@ export const qcow2Sink = (o: ConvertOptions, total: number) =>
       readOnly: false,
       format: "qcow2",
       passphrase,
-      ...(pool !== undefined ? { compress: (type: 0 | 1, cluster: Uint8Array, level: number | undefined) => pool.compress(type, cluster, level) } : {})
+      ...(pool !== undefined
+        ? { compress: (type: 0 | 1, cluster: Uint8Array, level: number | undefined) => pool.compress(type, cluster, level), compressClusters: pool.compressClusters }
+        : {})
     })
     if (target.virtualSize < total) return yield* Effect.fail(fail("Target image is smaller than the source"))
     const clusterSize = target.clusterSize
