@@ -57,7 +57,8 @@ const padded = (data: Uint8Array, length: number): Uint8Array => {
  * Stores the compressed `results` of the clusters of `data` (from guest
  * `offset` on): each run of clusters that did shrink is stored together,
  * one storage write per stretch of contiguous host bytes instead of one
- * per cluster; a cluster that did not shrink is written as a normal one.
+ * per cluster; a run of clusters that did not shrink is written as normal
+ * clusters, in one write.
  */
 function storeResults(
   engine: Qcow2Engine,
@@ -70,12 +71,14 @@ function storeResults(
     let i = 0
     while (i < results.length) {
       const guest = offset + i * cs
+      let j = i
       if (results[i] === undefined) {
-        yield* writeGuest(engine, guest, data.subarray(i * cs, Math.min((i + 1) * cs, data.length)))
-        i++
+        // A run of clusters that did not shrink: one plain write.
+        while (j + 1 < results.length && results[j + 1] === undefined) j++
+        yield* writeGuest(engine, guest, data.subarray(i * cs, Math.min((j + 1) * cs, data.length)))
+        i = j + 1
         continue
       }
-      let j = i
       while (j + 1 < results.length && results[j + 1] !== undefined) j++
       const run = results.slice(i, j + 1) as Array<Uint8Array>
       yield* engine.inflight.whenSettled(engine.lock, guest / cs, guest / cs + run.length - 1, storeCompressed(engine, guest, run))
