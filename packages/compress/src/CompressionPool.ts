@@ -34,6 +34,12 @@ export interface CompressionPoolOptions {
    * worker threads (default: `os.availableParallelism()`).
    */
   readonly workers?: number
+  /**
+   * zstd worker threads, when they should be fewer than `workers` (default:
+   * `workers`). Each is a V8 isolate (~10 MiB); a caller whose own thread
+   * is busy too (reading, writing, metadata) may leave a core to it.
+   */
+  readonly zstdWorkers?: number
   /** Messages (batches of up to 32 zstd clusters) sent ahead to each worker so it never waits for the next one (default 2). */
   readonly maxInFlightPerWorker?: number
 }
@@ -158,6 +164,7 @@ export const makeCompressionPool = (
 ): Effect.Effect<CompressionPool, never, Scope.Scope> =>
   Effect.gen(function* () {
     const size = Math.max(1, Math.floor(options?.workers ?? availableParallelism()))
+    const zstdSize = Math.max(1, Math.floor(options?.zstdWorkers ?? size))
     const maxInFlight = Math.max(1, Math.floor(options?.maxInFlightPerWorker ?? 2))
     // More deflate jobs than libuv has threads: a thread that finishes a
     // cluster takes the next queued one at once instead of waiting for the
@@ -169,7 +176,7 @@ export const makeCompressionPool = (
     let zstdWorkers: Promise<WorkerPool | undefined> | undefined
     const startZstdWorkers = (): Promise<WorkerPool | undefined> =>
       (zstdWorkers ??= zstdWasmModule(nodeInflateRaw).then((zstdModule) =>
-        closed ? undefined : new WorkerPool(compressionWorkerSource(), { zstdModule }, size, maxInFlight)
+        closed ? undefined : new WorkerPool(compressionWorkerSource(), { zstdModule }, zstdSize, maxInFlight)
       ))
     yield* Effect.addFinalizer(() =>
       Effect.promise(async () => {
