@@ -80,8 +80,10 @@ export interface CompressionPool {
    * (`data.length` a multiple of it), as `compress` would each one, and
    * runs `use` on the results in order (undefined: store that cluster
    * uncompressed). The results are valid only until `use` settles (their
-   * memory is then reused). One job for the whole request: zstd copies it
-   * once into pool memory and sends it in one message, and the compressed
+   * memory is then reused), and `data` must stay unchanged until then. One
+   * job for the whole request: zstd sends it in one message (read in place
+   * when `data` is on a SharedArrayBuffer, else copied once into pool
+   * memory), and the compressed
    * clusters come back packed one after another, so a run of them can be
    * written with one request (`packedRuns`).
    */
@@ -124,22 +126,24 @@ const compressionWorkerSource = (): string =>
     // the request's own memory. Cluster k's output starts at most k * (size - 1)
     // bytes in and is shorter than a cluster, so it only covers bytes of
     // clusters already compressed (their input was copied into the wasm heap).
+    // With `out` (the input is shared memory, read in place) they are packed there.
     `const compressBatch = (job, replies, transfer) => {`,
     `  try {`,
     `    if (zstd === undefined) zstd = createZstdKernel(workerData.zstdModule);`,
     `    const size = job.clusterSize;`,
     `    const data = job.data;`,
+    `    const out = job.out === undefined ? data : job.out;`,
     `    const sizes = new Int32Array(data.length / size);`,
     `    let packed = 0;`,
     `    for (let k = 0; k < sizes.length; k++) {`,
     `      const result = zstd.compress(data.subarray(k * size, (k + 1) * size), size - 1, job.level);`,
     `      if (result === undefined) { sizes[k] = -1; continue; }`,
-    `      data.set(result, packed);`,
+    `      out.set(result, packed);`,
     `      sizes[k] = result.length;`,
     `      packed += result.length;`,
     `    }`,
-    `    replies.push({ id: job.id, ok: true, result: data, sizes });`,
-    `    transfer.push(data.buffer, sizes.buffer);`,
+    `    replies.push({ id: job.id, ok: true, result: out, sizes });`,
+    `    transfer.push(out.buffer, sizes.buffer);`,
     `  } catch (error) {`,
     `    replies.push({ id: job.id, ok: false, message: error && error.message ? error.message : String(error) });`,
     `  }`,
@@ -204,8 +208,10 @@ export const makeCompressionPool = (
     ) =>
       Effect.acquireUseRelease(
         Effect.callback<{ readonly packed: Uint8Array; readonly sizes: Int32Array }, CompressionError>((resume) => {
-          const copy = workers.borrow(data.length)
-          copy.set(data)
+          // Shared memory is read by the worker in place; other memory is copied once.
+          const shared = data.buffer instanceof SharedArrayBuffer
+          const pooled = workers.borrow(data.length)
+          if (!shared) pooled.set(data)
           const done = (outcome: JobOutcome) =>
             resume(
               !outcome.ok
@@ -214,7 +220,7 @@ export const makeCompressionPool = (
                   ? Effect.succeed({ packed: outcome.result, sizes: outcome.sizes })
                   : Effect.fail(jobFailure(type, "compression worker gave a malformed answer"))
             )
-          return Effect.sync(workers.submit(type, level, copy, done, clusterSize))
+          return Effect.sync(shared ? workers.submit(type, level, data, done, clusterSize, pooled) : workers.submit(type, level, pooled, done, clusterSize))
         }),
         ({ packed, sizes }) => {
           const results: Array<Uint8Array | undefined> = []

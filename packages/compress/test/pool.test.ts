@@ -122,10 +122,14 @@ describe("makeCompressionPool", () => {
     })
   })
 
-  it("compressClusters: each cluster's NodeClusterCodec bytes, packed one after another, the caller's data untouched, right again in reused memory", async () => {
-    for (const size of [512, 65536]) {
+  it("compressClusters: each cluster's NodeClusterCodec bytes, packed one after another, the caller's data (shared or not) untouched, right again in reused memory", async () => {
+    for (const [size, memory] of [
+      [512, "ArrayBuffer"],
+      [65536, "ArrayBuffer"],
+      [4096, "SharedArrayBuffer"]
+    ] as const) {
       const clusters = mixedClusters(13, size)
-      const data = new Uint8Array(clusters.length * size)
+      const data = memory === "ArrayBuffer" ? new Uint8Array(clusters.length * size) : new Uint8Array(new SharedArrayBuffer(clusters.length * size))
       clusters.forEach((c, i) => data.set(c, i * size))
       const before = data.slice()
       for (const type of [0, 1] as const) {
@@ -146,7 +150,7 @@ describe("makeCompressionPool", () => {
           const expected = node.compress(type, cluster)
           for (const got of [seen.first[i]?.bytes, seen.second[i]]) {
             if (expected === undefined) expect(got).toBeUndefined()
-            else expectSameBytes(got, expected, `size ${size} type ${type} cluster ${i}`)
+            else expectSameBytes(got, expected, `size ${size} ${memory} type ${type} cluster ${i}`)
           }
         })
         if (type === 1) {

@@ -4,7 +4,8 @@ import { SpareBuffers, type JobOutcome } from "./poolJobs.js"
 /**
  * A request to a worker: compress `data` with `type` at `level`, as one
  * cluster, or with `clusterSize` as consecutive clusters of that size (a
- * batch).
+ * batch). A batch packs its results into `out` when given (`data` is then
+ * shared memory, read in place), else into `data`.
  */
 interface WorkerRequest {
   readonly id: number
@@ -12,6 +13,7 @@ interface WorkerRequest {
   readonly level: number
   readonly data: Uint8Array
   readonly clusterSize?: number
+  readonly out?: Uint8Array
 }
 
 /**
@@ -91,11 +93,14 @@ export class WorkerPool {
   }
 
   /**
-   * Queues a job (a batch of clusters when `clusterSize` is given); returns
-   * a function that cancels it (its callback then never fires).
+   * Queues a job (a batch of clusters when `clusterSize` is given, packed
+   * into `out` when given); returns a function that cancels it (its
+   * callback then never fires).
    */
-  submit(type: number, level: number, data: Uint8Array, done: (outcome: JobOutcome) => void, clusterSize?: number): () => void {
-    const request: WorkerRequest = clusterSize === undefined ? { id: this.nextId++, type, level, data } : { id: this.nextId++, type, level, data, clusterSize }
+  submit(type: number, level: number, data: Uint8Array, done: (outcome: JobOutcome) => void, clusterSize?: number, out?: Uint8Array): () => void {
+    const id = this.nextId++
+    const request: WorkerRequest =
+      clusterSize === undefined ? { id, type, level, data } : out === undefined ? { id, type, level, data, clusterSize } : { id, type, level, data, clusterSize, out }
     const job: Job = { request, done, settled: false }
     if (this.closed || this.broken !== undefined) {
       this.settle(job, { ok: false, message: this.broken ?? "compression pool is closed" })
@@ -201,7 +206,9 @@ export class WorkerPool {
         if (job.settled) continue
         best.inflight.set(job.request.id, job)
         requests.push(job.request)
-        transfer.push(job.request.data.buffer as ArrayBuffer)
+        // Shared memory is read in place (it cannot be transferred); a batch's `out` goes over.
+        if (job.request.data.buffer instanceof ArrayBuffer) transfer.push(job.request.data.buffer)
+        if (job.request.out !== undefined) transfer.push(job.request.out.buffer as ArrayBuffer)
         bytes += job.request.data.length
       }
       if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
