@@ -96,6 +96,9 @@ export interface CompressionPool {
   ) => Effect.Effect<A, E | CompressionError, R>
 }
 
+/** Bytes of a zstd batch sent to one worker at most (a `convert` request is one part). */
+const ZSTD_PART_BYTES = 2 * 1024 * 1024
+
 /** The worker program (zstd only): the kernel inlined from its source text. */
 const compressionWorkerSource = (): string =>
   [
@@ -198,6 +201,28 @@ export const makeCompressionPool = (
         catch: (cause) =>
           new CompressionError({ compressionType: type, reason: "Failed", message: `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
       }).pipe(Effect.flatMap((workers) => (workers === undefined ? Effect.fail(closedError(type)) : compressOn(workers)(type, cluster, level, options))))
+    /** One part of a zstd batch on a worker: its compressed clusters packed in pool memory, and their sizes. */
+    const zstdPart = (workers: WorkerPool, type: CompressionType, level: number, data: Uint8Array, clusterSize: number) =>
+      Effect.callback<{ readonly packed: Uint8Array; readonly sizes: Int32Array }, CompressionError>((resume) => {
+        // Shared memory is read by the worker in place; other memory is copied once.
+        const shared = data.buffer instanceof SharedArrayBuffer
+        const pooled = workers.borrow(data.length)
+        if (!shared) pooled.set(data)
+        const done = (outcome: JobOutcome) =>
+          resume(
+            !outcome.ok
+              ? Effect.fail(jobFailure(type, outcome.message, outcome.cause))
+              : outcome.result !== undefined && outcome.sizes !== undefined
+                ? Effect.succeed({ packed: outcome.result, sizes: outcome.sizes })
+                : Effect.fail(jobFailure(type, "compression worker gave a malformed answer"))
+          )
+        return Effect.sync(shared ? workers.submit(type, level, data, done, clusterSize, pooled) : workers.submit(type, level, pooled, done, clusterSize))
+      })
+    /**
+     * A zstd batch: parts of at most ZSTD_PART_BYTES (whole clusters) go to
+     * the workers at once, so a large request still spreads over them; the
+     * parts' memory is recycled once `use` settles.
+     */
     const zstdClusters = <A, E, R>(
       workers: WorkerPool,
       type: CompressionType,
@@ -205,34 +230,30 @@ export const makeCompressionPool = (
       data: Uint8Array,
       clusterSize: number,
       use: (results: ReadonlyArray<Uint8Array | undefined>) => Effect.Effect<A, E, R>
-    ) =>
-      Effect.acquireUseRelease(
-        Effect.callback<{ readonly packed: Uint8Array; readonly sizes: Int32Array }, CompressionError>((resume) => {
-          // Shared memory is read by the worker in place; other memory is copied once.
-          const shared = data.buffer instanceof SharedArrayBuffer
-          const pooled = workers.borrow(data.length)
-          if (!shared) pooled.set(data)
-          const done = (outcome: JobOutcome) =>
-            resume(
-              !outcome.ok
-                ? Effect.fail(jobFailure(type, outcome.message, outcome.cause))
-                : outcome.result !== undefined && outcome.sizes !== undefined
-                  ? Effect.succeed({ packed: outcome.result, sizes: outcome.sizes })
-                  : Effect.fail(jobFailure(type, "compression worker gave a malformed answer"))
-            )
-          return Effect.sync(shared ? workers.submit(type, level, data, done, clusterSize, pooled) : workers.submit(type, level, pooled, done, clusterSize))
-        }),
-        ({ packed, sizes }) => {
+    ): Effect.Effect<A, E | CompressionError, R> => {
+      const partBytes = Math.max(clusterSize, Math.floor(ZSTD_PART_BYTES / clusterSize) * clusterSize)
+      const starts: Array<number> = []
+      for (let at = 0; at < data.length; at += partBytes) starts.push(at)
+      return Effect.flatMap(
+        Effect.forEach(starts, (at) => zstdPart(workers, type, level, data.subarray(at, Math.min(data.length, at + partBytes)), clusterSize), { concurrency: "unbounded" }),
+        (parts) => {
           const results: Array<Uint8Array | undefined> = []
-          let at = 0
-          for (const size of sizes) {
-            results.push(size < 0 ? undefined : packed.subarray(at, at + size))
-            if (size > 0) at += size
+          for (const { packed, sizes } of parts) {
+            let at = 0
+            for (const size of sizes) {
+              results.push(size < 0 ? undefined : packed.subarray(at, at + size))
+              if (size > 0) at += size
+            }
           }
-          return use(results)
-        },
-        ({ packed }) => Effect.sync(() => workers.recycle(packed))
+          return Effect.ensuring(
+            use(results),
+            Effect.sync(() => {
+              for (const part of parts) workers.recycle(part.packed)
+            })
+          )
+        }
       )
+    }
     /** Deflate of each cluster on libuv's thread pool; the results once all are in (the first failure fails the lot). */
     const deflateClusters = (type: CompressionType, level: number, data: Uint8Array, clusterSize: number) =>
       Effect.callback<ReadonlyArray<Uint8Array | undefined>, CompressionError>((resume) => {

@@ -166,6 +166,27 @@ describe("makeCompressionPool", () => {
     }
   })
 
+  it("compressClusters: a request larger than one worker's part (2 MiB) gives the same bytes, in order", async () => {
+    const size = 65536
+    const clusters = mixedClusters(40, size)
+    const data = new Uint8Array(clusters.length * size)
+    clusters.forEach((c, i) => data.set(c, i * size))
+    const got = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pool = yield* makeCompressionPool({ workers: 2 })
+          return yield* pool.compressClusters(1, data, size, undefined, (results) => Effect.sync(() => results.map((r) => r?.slice())))
+        })
+      )
+    )
+    expect(got.length).toBe(40)
+    clusters.forEach((cluster, i) => {
+      const expected = node.compress(1, cluster)
+      if (expected === undefined) expect(got[i]).toBeUndefined()
+      else expectSameBytes(got[i], expected, `cluster ${i}`)
+    })
+  })
+
   it("compressClusters: fails with CompressionError for a partial cluster, a bad level, and after its scope closed", async () => {
     const { pool, partial, badLevel } = await Effect.runPromise(
       Effect.scoped(
