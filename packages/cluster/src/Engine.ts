@@ -50,6 +50,17 @@ export interface ClusterCompression {
   readonly decompress: (input: Uint8Array, out: Uint8Array) => Effect.Effect<void, DecompressionError>
   /** Compresses one cluster; undefined when it does not get smaller. */
   readonly compress: (input: Uint8Array) => Effect.Effect<Uint8Array | undefined, CompressionError>
+  /**
+   * Compresses whole clusters of `clusterSize` bytes at once (e.g. one
+   * message to a worker pool, CompressionPool.compressClusters) and runs
+   * `use` on the results in order (undefined: did not get smaller), which
+   * are valid until `use` settles. Without it, `compress` runs per cluster.
+   */
+  readonly compressClusters?: <A, E, R>(
+    data: Uint8Array,
+    clusterSize: number,
+    use: (results: ReadonlyArray<Uint8Array | undefined>) => Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E | CompressionError, R>
 }
 
 /** Encrypts or decrypts whole 512-byte sectors in place; `offset` selects the IV. */

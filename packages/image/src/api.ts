@@ -177,6 +177,18 @@ export interface OpenOptions {
    * ClusterCodec (e.g. a worker pool); `undefined` = store uncompressed.
    */
   readonly compress?: (type: 0 | 1, cluster: Uint8Array, level: number | undefined) => Effect.Effect<Uint8Array | undefined, CompressionError>
+  /**
+   * Compresses the whole clusters of one compressed write at once (e.g.
+   * CompressionPool.compressClusters: one message to a worker), in place of
+   * `compress` per cluster; the results are valid until `use` settles.
+   */
+  readonly compressClusters?: <A, E, R>(
+    type: 0 | 1,
+    data: Uint8Array,
+    clusterSize: number,
+    level: number | undefined,
+    use: (results: ReadonlyArray<Uint8Array | undefined>) => Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E | CompressionError, R>
   /** Compression level for compressed writes (deflate 0–9, zstd up to 22); the codec default otherwise. */
   readonly compressionLevel?: number
   /**

@@ -323,9 +323,11 @@ const backingLayer = (image: Image): BackingLayer => ({
 function compressionOf(env: Qcow2OpenEnvironment, type: 0 | 1): ClusterCompression {
   const level = env.options.compressionLevel
   const compress = env.options.compress
+  const compressClusters = env.options.compressClusters
   return {
     decompress: (input, out) => env.codec.decompress(type, input, out),
     compress: (input) =>
-      compress !== undefined ? compress(type, input, level) : env.codec.compress(type, input, level === undefined ? undefined : { level })
+      compress !== undefined ? compress(type, input, level) : env.codec.compress(type, input, level === undefined ? undefined : { level }),
+    ...(compressClusters !== undefined ? { compressClusters: (data, clusterSize, use) => compressClusters(type, data, clusterSize, level, use) } : {})
   }
 }
