@@ -506,6 +506,16 @@ export class Refcounts {
   }
 
   /**
+   * Gives back clusters allocated here and never referenced by any table
+   * (refcount 1 to 0): free again at once, with no wait for the mapping
+   * tables. A write allocates a run of clusters as QEMU does and takes
+   * them one at a time.
+   */
+  giveBack(offset: number, length: number): Effect.Effect<void, Failure> {
+    return this.update(offset, length, -1, true)
+  }
+
+  /**
    * Drops one reference from every cluster touched by [offset, offset + length).
    * Rule 3: the refcount blocks wait for the mapping tables that dropped the references.
    */

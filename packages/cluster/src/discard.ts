@@ -24,14 +24,23 @@ type EntryChange = (entry: Exclude<L2Entry, { _tag: "Invalid" }>) => {
  * table for writing first).
  */
 export function discardClusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<void, EngineFailure> {
+  return changeClusters(engine, offset, length, true, discardChange(engine))
+}
+
+/** discardClusters with the lock held and no allocation in flight over the range. */
+export function discardClustersHeld(engine: Qcow2Engine, start: number, end: number): Effect.Effect<void, EngineFailure> {
+  return changeHeld(engine, start, end, true, discardChange(engine))
+}
+
+const discardChange = (engine: Qcow2Engine): EntryChange => {
   const hasBacking = engine.backing !== undefined
-  return changeClusters(engine, offset, length, true, (old) => {
+  return (old) => {
     if (!(hasBacking || hasHostData(engine, old))) return undefined
     if (engine.geometry.extendedL2) {
       return { entry: { _tag: "Subclusters", hostOffset: 0, copied: false, allocatedMask: 0, zeroMask: ALL_ZERO_BITMAP }, free: true }
     }
     return { entry: engine.version >= 3 ? { _tag: "Zero", hostOffset: 0, copied: false } : { _tag: "Unallocated" }, free: true }
-  })
+  }
 }
 
 /**
@@ -51,18 +60,14 @@ export function dropClusters(engine: Qcow2Engine, offset: number, length: number
 }
 
 /**
- * Makes whole clusters read as zeros with the v3 zero flag (or all-zero
- * subclusters). With `unmap` the host clusters are freed; without, they stay
- * allocated behind the flag (QEMU keeps them so later writes need no
- * allocation). Compressed clusters are always freed.
+ * Makes whole clusters [start, end) read as zeros with the v3 zero flag (or
+ * all-zero subclusters), with the lock held and no allocation in flight
+ * there (QEMU's zero_in_l2_slice). With `unmap` the host clusters are
+ * freed; without, they stay allocated behind the flag (QEMU keeps them so
+ * later writes need no allocation). Compressed clusters are always freed.
  */
-export function zeroClusters(engine: Qcow2Engine, offset: number, length: number, unmap: boolean): Effect.Effect<void, EngineFailure> {
-  return changeClusters(engine, offset, length, true, zeroChange(engine, unmap))
-}
-
-/** zeroClusters for clusters [start, end) of one L2 table, with the lock held and no allocation in flight there. */
 export function zeroClustersHeld(engine: Qcow2Engine, start: number, end: number, unmap: boolean): Effect.Effect<void, EngineFailure> {
-  return changeInTable(engine, start, end, true, zeroChange(engine, unmap))
+  return changeHeld(engine, start, end, true, zeroChange(engine, unmap))
 }
 
 const zeroChange = (engine: Qcow2Engine, unmap: boolean): EntryChange => (old) => {
@@ -90,15 +95,11 @@ const zeroChange = (engine: Qcow2Engine, unmap: boolean): EntryChange => (old) =
 
 /**
  * Sets subclusters [offset, offset + length) of one cluster (subcluster
- * aligned, extended L2 only) to read as zeros. Returns false when the
- * cluster is compressed (the caller writes zeros instead).
+ * aligned, extended L2 only) to read as zeros, with the lock held and no
+ * allocation in flight over the cluster (QEMU's zero_l2_subclusters).
+ * Returns false when the cluster is compressed (QEMU cannot zero part of
+ * one: the caller writes zeros instead).
  */
-export function zeroSubclusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<boolean, EngineFailure> {
-  const cluster = Math.floor(offset / engine.geometry.clusterSize)
-  return engine.inflight.whenSettled(engine.lock, cluster, cluster, zeroSubclustersHeld(engine, offset, length))
-}
-
-/** zeroSubclusters with the lock held and no allocation in flight over the cluster. */
 export function zeroSubclustersHeld(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<boolean, EngineFailure> {
   const g = engine.geometry
   const cluster = Math.floor(offset / g.clusterSize)
@@ -132,6 +133,18 @@ function changeClusters(engine: Qcow2Engine, offset: number, length: number, mak
       const tableEnd = Math.min(end, (Math.floor(position / coverage) + 1) * coverage)
       const body = changeInTable(engine, position, tableEnd, makeTable, change)
       yield* engine.inflight.whenSettled(engine.lock, Math.floor(position / cs), Math.floor((tableEnd - 1) / cs), body)
+      position = tableEnd
+    }
+  })
+}
+
+/** Changes the entries of guest clusters [start, end), table by table, with the lock held and no allocation in flight there. */
+function changeHeld(engine: Qcow2Engine, start: number, end: number, makeTable: boolean, change: EntryChange): Effect.Effect<void, EngineFailure> {
+  return Effect.gen(function* () {
+    const coverage = l2Coverage(engine)
+    for (let position = start; position < end; ) {
+      const tableEnd = Math.min(end, (Math.floor(position / coverage) + 1) * coverage)
+      yield* changeInTable(engine, position, tableEnd, makeTable, change)
       position = tableEnd
     }
   })
