@@ -1,7 +1,7 @@
 /**
  * Refcounts and cluster allocation (qcow2.txt "Host cluster management").
  * Longer than most modules on purpose: allocation, refcount block creation
- * and refcount table growth share one free-space state (hint, end of
+ * and refcount table growth share one free-space state (free-cluster index, end of
  * allocated clusters, freed-but-not-durable clusters) and one set of
  * ordering rules; split apart, each piece would need the others' internals.
  */
@@ -101,7 +101,11 @@ export class Refcounts {
   private tableBytes: Uint8Array
   /** Refcount block offsets by block index (0 = none, INVALID_ENTRY = unusable), decoded once. */
   private blockOffsets: number[] = []
-  /** Lowest cluster index that may be free (cluster 0 is always the header). */
+  /**
+   * Where the search for free clusters starts (QEMU's free_cluster_index):
+   * past each run found, back to any cluster whose refcount drops to 0.
+   * Never 0 (cluster 0 is the header).
+   */
   private freeClusterIndex = 1
   /** Next free byte for compressed data packing (0 = start a new cluster). */
   private freeByteOffset = 0
