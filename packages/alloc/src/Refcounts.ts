@@ -104,9 +104,11 @@ export class Refcounts {
   /**
    * Where the search for free clusters starts (QEMU's free_cluster_index):
    * past each run found, back to any cluster whose refcount drops to 0.
-   * Never 0 (cluster 0 is the header).
+   * Cluster 0 (the header) is searched too: on an image whose refcounts
+   * do not count it, QEMU finds it free, and the overlap checks stop what
+   * would be written there.
    */
-  private freeClusterIndex = 1
+  private freeClusterIndex = 0
   /** Next free byte for compressed data packing (0 = start a new cluster). */
   private freeByteOffset = 0
   /** One past the highest cluster index known to be in use or allocated. */
@@ -144,7 +146,7 @@ export class Refcounts {
    * rewrote the refcount structures). The block cache must be empty.
    */
   reload(table: RefcountTableLocation, tableBytes: Uint8Array, fileSize: number): void {
-    this.freeClusterIndex = 1
+    this.freeClusterIndex = 0
     this.freeByteOffset = 0
     this.endCluster = 0
     this.freedPending.clear()
@@ -399,7 +401,7 @@ export class Refcounts {
           writeRefcount(block, index, self.refcountOrder, next)
           self.cache.markDirty(blockOffset)
           if (next === 0) {
-            if (cluster < self.freeClusterIndex) self.freeClusterIndex = Math.max(1, cluster)
+            if (cluster < self.freeClusterIndex) self.freeClusterIndex = cluster
             if (!undoing) self.freedPending.add(cluster)
             // Compressed data is no longer packed into a freed cluster: it may be handed out whole next.
             if (self.freeByteOffset !== 0 && Math.floor(self.freeByteOffset / self.clusterSize) === cluster) self.freeByteOffset = 0
@@ -434,6 +436,10 @@ export class Refcounts {
       for (;;) {
         const start = yield* self.findFreeRun(count)
         if (yield* self.increaseFresh(start, count)) continue
+        // Cluster 0 counted free: QEMU goes on and its overlap check stops the write there; nothing here writes over the header.
+        if (start === 0) {
+          return yield* new RefcountError({ reason: "Corrupt", message: "Preventing invalid write on metadata (overlaps with qcow2_header)", offset: 0 })
+        }
         yield* self.settleFreed(start, count)
         yield* self.orderAfterAllocation()
         return start * self.clusterSize
@@ -488,6 +494,7 @@ export class Refcounts {
       for (;;) {
         if (offset === 0 || freeInCluster < size) {
           const next = (yield* self.findFreeRun(1)) * cs
+          if (next === 0) return yield* atOffsetZero("compressed cluster")
           if (offset === 0 || Math.ceil(offset / cs) * cs !== next) {
             offset = next
             freeInCluster = cs
@@ -627,7 +634,7 @@ export class Refcounts {
           self.storage.debugEvent?.("refblock_alloc")
           yield* self.makeBlock(cluster)
           yield* undo
-          self.freeClusterIndex = Math.max(1, Math.min(self.freeClusterIndex, first))
+          self.freeClusterIndex = Math.min(self.freeClusterIndex, first)
           return true
         }
         const segmentEnd = Math.min(end, (blockIndex + 1) * self.blockEntries)
@@ -655,6 +662,7 @@ export class Refcounts {
       // The table entry written below may follow L2 table updates.
       yield* self.mappingCache.flush()
       const cluster = yield* self.findFreeRun(1)
+      if (cluster === 0) return yield* atOffsetZero("refcount block")
       const offset = cluster * self.clusterSize
       yield* self.settleFreed(cluster, 1)
       if (Math.floor(cluster / self.blockEntries) === tableIndex) {
@@ -782,6 +790,11 @@ function refcountBlocksWithRoom(clusters: number, clusterSize: number, blockEntr
     total = 0
     generous = false
   }
+}
+
+/** QEMU's refusal to put a refcount block or compressed data over the header (its refcount read 0). */
+function atOffsetZero(what: string): Effect.Effect<never, RefcountError> {
+  return Effect.fail(new RefcountError({ reason: "Corrupt", message: `Preventing invalid allocation of ${what} at offset 0`, offset: 0 }))
 }
 
 /** Whether 64-bit refcount `index` fits a safe integer. */
