@@ -1,7 +1,7 @@
 /**
  * Refcounts and cluster allocation (qcow2.txt "Host cluster management").
  * Longer than most modules on purpose: allocation, refcount block creation
- * and refcount table growth share one free-space state (hint, end of
+ * and refcount table growth share one free-space state (free-cluster index, end of
  * allocated clusters, freed-but-not-durable clusters) and one set of
  * ordering rules; split apart, each piece would need the others' internals.
  */
@@ -101,8 +101,14 @@ export class Refcounts {
   private tableBytes: Uint8Array
   /** Refcount block offsets by block index (0 = none, INVALID_ENTRY = unusable), decoded once. */
   private blockOffsets: number[] = []
-  /** Lowest cluster index that may be free (cluster 0 is always the header). */
-  private freeClusterHint = 1
+  /**
+   * Where the search for free clusters starts (QEMU's free_cluster_index):
+   * past each run found, back to any cluster whose refcount drops to 0.
+   * Cluster 0 (the header) is searched too: on an image whose refcounts
+   * do not count it, QEMU finds it free, and the overlap checks stop what
+   * would be written there.
+   */
+  private freeClusterIndex = 0
   /** Next free byte for compressed data packing (0 = start a new cluster). */
   private freeByteOffset = 0
   /** One past the highest cluster index known to be in use or allocated. */
@@ -140,7 +146,7 @@ export class Refcounts {
    * rewrote the refcount structures). The block cache must be empty.
    */
   reload(table: RefcountTableLocation, tableBytes: Uint8Array, fileSize: number): void {
-    this.freeClusterHint = 1
+    this.freeClusterIndex = 0
     this.freeByteOffset = 0
     this.endCluster = 0
     this.freedPending.clear()
@@ -332,12 +338,14 @@ export class Refcounts {
 
   /**
    * Adds `delta` to the refcount of every cluster touched by the byte range
-   * [offset, offset + length). Increases need every refcount block to exist
-   * already (allocation paths call `ensureBlocks` first). A result above the
-   * maximum fails with `Overflow`, below zero with `Corrupt`; nothing is
-   * changed for the failing cluster.
+   * [offset, offset + length). An increase where no refcount block exists
+   * makes the block first (allocations use `increaseFresh`, which searches
+   * again then). A result above the maximum fails with `Overflow`, below
+   * zero with `Corrupt`; nothing is changed for the failing cluster.
+   * `undoing`: taking back an increase just made, so the clusters were never
+   * referenced and are free again at once.
    */
-  private update(offset: number, length: number, delta: number): Effect.Effect<void, Failure> {
+  private update(offset: number, length: number, delta: number, undoing = false): Effect.Effect<void, Failure> {
     if (length <= 0 || delta === 0) return Effect.void
     const self = this
     return Effect.gen(function* () {
@@ -357,7 +365,7 @@ export class Refcounts {
               offset: cluster * self.clusterSize
             })
           }
-          yield* self.ensureBlocks(cluster, 1)
+          yield* self.makeBlock(cluster)
           continue
         }
         self.storage.debugEvent?.("refblock_load")
@@ -393,8 +401,8 @@ export class Refcounts {
           writeRefcount(block, index, self.refcountOrder, next)
           self.cache.markDirty(blockOffset)
           if (next === 0) {
-            if (cluster < self.freeClusterHint) self.freeClusterHint = Math.max(1, cluster)
-            self.freedPending.add(cluster)
+            if (cluster < self.freeClusterIndex) self.freeClusterIndex = cluster
+            if (!undoing) self.freedPending.add(cluster)
             // Compressed data is no longer packed into a freed cluster: it may be handed out whole next.
             if (self.freeByteOffset !== 0 && Math.floor(self.freeByteOffset / self.clusterSize) === cluster) self.freeByteOffset = 0
           } else if (cluster >= self.endCluster) {
@@ -415,24 +423,24 @@ export class Refcounts {
   }
 
   /**
-   * Allocates `count` contiguous free clusters and sets their refcounts to 1.
-   * Returns the host offset of the first. Searches from a free-space hint,
-   * not from zero.
+   * Allocates `count` contiguous free clusters and sets their refcounts to 1
+   * (QEMU's qcow2_alloc_clusters): the first free run from the free-cluster
+   * index on, which then points past it. When a refcount block had to be
+   * made for the run, the search starts again from the run (the new block
+   * or refcount table may sit where the run was).
    */
   allocate(count: number): Effect.Effect<number, Failure> {
     const self = this
     return Effect.gen(function* () {
       self.storage.debugEvent?.("cluster_alloc")
       for (;;) {
-        const start = yield* self.findFree(self.freeClusterHint, count)
-        // Refcount blocks for the run may have to be created; their own
-        // clusters can land inside the run, so search again when they do.
-        const created = yield* self.ensureBlocks(start, count)
-        if (created) continue
-        if (!(yield* self.allFree(start, count))) continue
+        const start = yield* self.findFreeRun(count)
+        if (yield* self.increaseFresh(start, count)) continue
+        // Cluster 0 counted free: QEMU goes on and its overlap check stops the write there; nothing here writes over the header.
+        if (start === 0) {
+          return yield* new RefcountError({ reason: "Corrupt", message: "Preventing invalid write on metadata (overlaps with qcow2_header)", offset: 0 })
+        }
         yield* self.settleFreed(start, count)
-        yield* self.update(start * self.clusterSize, count * self.clusterSize, 1)
-        if (start === self.freeClusterHint) self.freeClusterHint = start + count
         yield* self.orderAfterAllocation()
         return start * self.clusterSize
       }
@@ -458,11 +466,8 @@ export class Refcounts {
           free++
         }
         if (free === 0) return 0
-        // New refcount blocks may land inside the run: count again when they do.
-        if (yield* self.ensureBlocks(first, free)) continue
+        if (yield* self.increaseFresh(first, free)) continue
         yield* self.settleFreed(first, free)
-        yield* self.update(first * self.clusterSize, free * self.clusterSize, 1)
-        if (first === self.freeClusterHint) self.freeClusterHint = first + free
         yield* self.orderAfterAllocation()
         return free
       }
@@ -472,43 +477,53 @@ export class Refcounts {
   /**
    * Allocates `size` bytes for a compressed cluster, packed at byte
    * granularity after the previous one (spec: compressed clusters may share
-   * host clusters). Every host cluster the range touches gains one reference.
+   * host clusters; QEMU's qcow2_alloc_bytes). Every host cluster the range
+   * touches gains one reference.
    */
   allocateBytes(size: number): Effect.Effect<number, Failure> {
     const self = this
     return Effect.gen(function* () {
       self.storage.debugEvent?.("cluster_alloc_bytes")
+      const cs = self.clusterSize
       let offset = self.freeByteOffset
       if (offset !== 0) {
-        const refcount = yield* self.get(Math.floor(offset / self.clusterSize))
+        const refcount = yield* self.get(Math.floor(offset / cs))
         if (refcount === 0 || refcount === self.maxRefcount) offset = 0
       }
+      let freeInCluster = cs - (offset % cs)
       for (;;) {
-        let freeInCluster = offset === 0 ? 0 : self.clusterSize - (offset % self.clusterSize)
         if (offset === 0 || freeInCluster < size) {
-          const needed = Math.ceil((size - freeInCluster) / self.clusterSize)
-          const next = yield* self.findFree(self.freeClusterHint, Math.max(1, needed))
-          const continues = offset !== 0 && Math.ceil(offset / self.clusterSize) === next
-          if (!continues) {
-            offset = next * self.clusterSize
-            freeInCluster = self.clusterSize
+          const next = (yield* self.findFreeRun(1)) * cs
+          if (next === 0) return yield* atOffsetZero("compressed cluster")
+          if (offset === 0 || Math.ceil(offset / cs) * cs !== next) {
+            offset = next
+            freeInCluster = cs
+          } else {
+            freeInCluster += cs
           }
-          const created = yield* self.ensureBlocks(Math.floor(offset / self.clusterSize), Math.ceil((offset % self.clusterSize + size) / self.clusterSize))
-          if (created) continue
-          const firstNew = continues ? next : Math.floor(offset / self.clusterSize)
-          const lastNeeded = Math.floor((offset + size - 1) / self.clusterSize)
-          if (!(yield* self.allFree(firstNew, lastNeeded - firstNew + 1))) {
-            offset = 0
-            continue
-          }
-          yield* self.settleFreed(firstNew, lastNeeded - firstNew + 1)
         }
-        yield* self.update(offset, size, 1)
-        self.freeByteOffset = (offset + size) % self.clusterSize === 0 ? 0 : offset + size
+        const first = Math.floor(offset / cs)
+        const clusters = Math.floor((offset + size - 1) / cs) - first + 1
+        if (yield* self.increaseFresh(first, clusters)) {
+          offset = 0
+          continue
+        }
+        yield* self.settleFreed(first, clusters)
+        self.freeByteOffset = (offset + size) % cs === 0 ? 0 : offset + size
         yield* self.orderAfterAllocation()
         return offset
       }
     })
+  }
+
+  /**
+   * Gives back clusters allocated here and never referenced by any table
+   * (refcount 1 to 0): free again at once, with no wait for the mapping
+   * tables. A write allocates a run of clusters as QEMU does and takes
+   * them one at a time.
+   */
+  giveBack(offset: number, length: number): Effect.Effect<void, Failure> {
+    return this.update(offset, length, -1, true)
   }
 
   /**
@@ -547,19 +562,6 @@ export class Refcounts {
     return Effect.andThen(this.mappingCache.flush(), Effect.sync(() => this.freedPending.clear()))
   }
 
-  /** Whether every cluster in [first, first + count) has refcount 0. */
-  private allFree(first: number, count: number): Effect.Effect<boolean, Failure> {
-    const self = this
-    return Effect.gen(function* () {
-      yield* self.learnTail()
-      for (let c = first; c < first + count; c++) {
-        if (c >= self.endCluster) return true
-        if ((yield* self.get(c)) !== 0) return false
-      }
-      return true
-    })
-  }
-
   /**
    * Moves `endCluster` past every cluster counted beyond the end of the
    * file (crash leftovers), so that everything from it on is free. Reads
@@ -585,190 +587,214 @@ export class Refcounts {
     })
   }
 
-  /** First run of `count` free clusters at or after `from`. */
-  private findFree(from: number, count: number): Effect.Effect<number, Failure> {
+  /**
+   * The first run of `count` clusters with refcount 0 from the free-cluster
+   * index on (QEMU's alloc_clusters_noref): the index moves past the run,
+   * and past every counted cluster it met on the way. Nothing is counted.
+   */
+  private findFreeRun(count: number): Effect.Effect<number, Failure> {
     const self = this
-    if (this.tailKnown && from >= this.endCluster) return Effect.succeed(Math.max(from, 1))
     return Effect.gen(function* () {
       yield* self.learnTail()
-      let start = Math.max(from, 1)
       let run = 0
-      for (let cluster = start; ; cluster++) {
-        // Past every counted cluster, all is free.
-        if (cluster >= self.endCluster) return run === 0 ? cluster : start
-        if ((cluster + 1) * self.clusterSize > Limits.maxHostOffset) {
-          return yield* new RefcountError({ reason: "NoSpace", message: "host offsets would exceed 2^56 bytes" })
+      while (run < count) {
+        const cluster = self.freeClusterIndex
+        if (cluster >= self.endCluster) {
+          // Past every counted cluster, all is free.
+          self.freeClusterIndex += count - run
+          break
         }
-        const refcount = yield* self.get(cluster)
-        if (refcount === 0) {
-          if (run === 0) start = cluster
-          run++
-          if (run === count) return start
-        } else {
-          run = 0
-          if (cluster === self.freeClusterHint) self.freeClusterHint = cluster + 1
-        }
+        self.freeClusterIndex++
+        run = (yield* self.get(cluster)) === 0 ? run + 1 : 0
       }
+      if (self.freeClusterIndex * self.clusterSize > Limits.maxHostOffset) {
+        return yield* new RefcountError({ reason: "NoSpace", message: "host offsets would exceed 2^56 bytes" })
+      }
+      return self.freeClusterIndex - count
     })
   }
 
   /**
-   * Makes sure refcount blocks cover clusters [first, first + count),
-   * creating blocks and growing the refcount table as needed. Returns true
-   * if anything was allocated (so the caller's view of free space is stale).
+   * Raises the refcounts of clusters [first, first + count) just found free
+   * (QEMU's update_refcount during an allocation). Returns true, with
+   * nothing raised, when a refcount block covering them had to be made
+   * first: the caller searches again, from `first` at the earliest.
    */
-  ensureBlocks(first: number, count: number): Effect.Effect<boolean, Failure> {
+  private increaseFresh(first: number, count: number): Effect.Effect<boolean, Failure> {
     const self = this
-    return Effect.gen(function* () {
-      const firstBlock = Math.floor(first / self.blockEntries)
-      const lastBlock = Math.floor((first + count - 1) / self.blockEntries)
-      let created = false
-      for (let block = firstBlock; block <= lastBlock; block++) {
-        // An unusable entry (INVALID_ENTRY) counts as present: using it reports the corruption.
-        if (block < self.blockOffsets.length && self.blockOffsets[block] !== 0) continue
-        self.storage.debugEvent?.("refblock_alloc")
-        if (block >= self.blockOffsets.length) {
-          yield* self.growTable(block)
-        } else {
-          yield* self.createBlock(block)
+    let cluster = first
+    const undo = Effect.suspend(() => (cluster > first ? self.update(first * self.clusterSize, (cluster - first) * self.clusterSize, -1, true) : Effect.void))
+    const raise = Effect.gen(function* () {
+      const end = first + count
+      while (cluster < end) {
+        const blockIndex = Math.floor(cluster / self.blockEntries)
+        const blockOffset = self.blockAt(blockIndex)
+        if (typeof blockOffset !== "number") return yield* blockOffset
+        if (blockOffset === 0) {
+          self.storage.debugEvent?.("refblock_alloc")
+          yield* self.makeBlock(cluster)
+          yield* undo
+          self.freeClusterIndex = Math.min(self.freeClusterIndex, first)
+          return true
         }
-        created = true
+        const segmentEnd = Math.min(end, (blockIndex + 1) * self.blockEntries)
+        yield* self.update(cluster * self.clusterSize, (segmentEnd - cluster) * self.clusterSize, 1)
+        cluster = segmentEnd
       }
-      return created
+      return false
     })
+    return Effect.onError(raise, () => Effect.ignore(undo))
   }
 
   /**
-   * Creates the refcount block `blockIndex` (which the table has room for).
-   * The block goes into the first free cluster; when that cluster is one the
-   * new block describes, the block counts itself.
+   * Makes the refcount block that covers cluster `clusterIndex` (QEMU's
+   * alloc_refcount_block, the refcount table entry being empty). The block
+   * takes the next free cluster; when that cluster is one the block
+   * describes, it counts itself, otherwise its refcount is raised where it
+   * belongs (which may make another block first). Rule 1: the block reaches
+   * storage before the table entry naming it. When the table has no entry
+   * for it, the table grows (`growTable`).
    */
-  private createBlock(blockIndex: number): Effect.Effect<void, Failure> {
+  private makeBlock(clusterIndex: number): Effect.Effect<void, Failure> {
     const self = this
     return Effect.gen(function* () {
-      for (;;) {
-        const cluster = yield* self.findFree(self.freeClusterHint, 1)
-        const ownerBlock = Math.floor(cluster / self.blockEntries)
-        const offset = cluster * self.clusterSize
-        if (ownerBlock === blockIndex) {
-          yield* self.settleFreed(cluster, 1)
-          const block = yield* self.cache.getEmpty(offset)
-          writeRefcount(block, cluster - blockIndex * self.blockEntries, self.refcountOrder, 1)
-          self.cache.markDirty(offset)
-        } else {
-          if (ownerBlock >= self.blockOffsets.length || self.blockOffsets[ownerBlock] === 0) {
-            yield* self.ensureBlocks(cluster, 1)
-            continue
-          }
-          yield* self.settleFreed(cluster, 1)
-          yield* self.update(offset, self.clusterSize, 1)
-          yield* self.cache.getEmpty(offset)
-        }
+      const tableIndex = Math.floor(clusterIndex / self.blockEntries)
+      // The table entry written below may follow L2 table updates.
+      yield* self.mappingCache.flush()
+      const cluster = yield* self.findFreeRun(1)
+      if (cluster === 0) return yield* atOffsetZero("refcount block")
+      const offset = cluster * self.clusterSize
+      yield* self.settleFreed(cluster, 1)
+      if (Math.floor(cluster / self.blockEntries) === tableIndex) {
+        const block = yield* self.cache.getEmpty(offset)
+        writeRefcount(block, cluster - tableIndex * self.blockEntries, self.refcountOrder, 1)
         if (cluster >= self.endCluster) self.endCluster = cluster + 1
-        self.overlaps.addCluster("refcount block", offset)
-        // Rule 1: the block reaches storage before the table entry naming it.
+      } else {
+        if (yield* self.increaseFresh(cluster, 1)) return
+        yield* self.cache.flush()
+        yield* self.cache.getEmpty(offset)
+      }
+      self.cache.markDirty(offset)
+      self.overlaps.addCluster("refcount block", offset)
+      const hookUp = Effect.gen(function* () {
         self.storage.debugEvent?.("refblock_alloc_write")
         yield* self.cache.flush()
-        const entry = new Uint8Array(8)
-        writeRefcountTableEntry(entry, 0, offset)
-        self.storage.debugEvent?.("refblock_alloc_hookup")
-        yield* self.storage.write(self.table.offset + blockIndex * 8, entry)
-        yield* self.storage.flush()
-        self.tableBytes.set(entry, blockIndex * 8)
-        self.blockOffsets[blockIndex] = offset
-        if (blockIndex > self.lastBlock) self.lastBlock = blockIndex
-        return
-      }
+        if (tableIndex < self.blockOffsets.length) {
+          const entry = new Uint8Array(8)
+          writeRefcountTableEntry(entry, 0, offset)
+          self.storage.debugEvent?.("refblock_alloc_hookup")
+          yield* self.storage.write(self.table.offset + tableIndex * 8, entry)
+          yield* self.storage.flush()
+          self.tableBytes.set(entry, tableIndex * 8)
+          self.blockOffsets[tableIndex] = offset
+          if (tableIndex > self.lastBlock) self.lastBlock = tableIndex
+          return
+        }
+        self.storage.debugEvent?.("reftable_grow")
+        const blocksUsed = Math.ceil((Math.max(clusterIndex, cluster) + 1) / self.blockEntries)
+        yield* self.growTable(blocksUsed * self.blockEntries, tableIndex, offset)
+      })
+      // A block never named by the table must not be written back later over whatever reuses its cluster.
+      yield* Effect.onError(hookUp, () => Effect.sync(() => self.forgetBlock(offset)))
     })
   }
 
+  /** Drops a refcount block that was made but never entered into the table. */
+  private forgetBlock(offset: number): void {
+    if (this.blockOffsets.includes(offset)) return
+    this.cache.invalidate(offset)
+    this.overlaps.removeCluster("refcount block", offset)
+  }
+
   /**
-   * Moves the refcount table to a larger one at the end of the image so
-   * that it has an entry for `neededBlock`. The new table and the refcount
-   * blocks that describe it (and themselves) are written first, then the
-   * header is switched over, then the old table is freed.
+   * Moves the refcount table to a larger one (QEMU's qcow2_refcount_area
+   * as alloc_refcount_block uses it): from cluster `startCluster` on (the
+   * start of a refcount block's range, past everything counted) come new
+   * refcount blocks for the whole area, then the new table, sized for the
+   * image up to there with half as much again to grow into; the blocks
+   * count the area. Blocks, then table, are written and flushed, the
+   * header is switched, then the old table is freed. The table names the
+   * block just made, `newBlock` at `newOffset`, too.
    */
-  private growTable(neededBlock: number): Effect.Effect<void, Failure> {
+  private growTable(startCluster: number, newBlock: number, newOffset: number): Effect.Effect<void, Failure> {
     const self = this
-    return Effect.gen(function* () {
-      const oldEntries = self.blockOffsets.length
-      const start = Math.max(self.endCluster, yield* self.findFree(self.freeClusterHint, 1))
-      const entriesPerCluster = self.clusterSize / 8
-      let tableClusters = Math.ceil(Math.max(neededBlock + 1, Math.ceil(oldEntries * 1.5), 1) / entriesPerCluster)
-      let newBlocks: number[] = []
-      for (;;) {
-        // Blocks needed: neededBlock plus every block covering the new area.
-        const wanted = new Set<number>()
-        if (neededBlock >= oldEntries || self.blockOffsets[neededBlock] === 0) wanted.add(neededBlock)
-        const areaEnd = start + tableClusters + newBlocks.length
-        for (let b = Math.floor(start / self.blockEntries); b <= Math.floor((areaEnd - 1) / self.blockEntries); b++) {
-          if (b >= oldEntries || self.blockOffsets[b] === 0) wanted.add(b)
-        }
-        const blocks = [...wanted].sort((a, b) => a - b)
-        const maxBlock = blocks.length > 0 ? blocks[blocks.length - 1] : 0
-        const neededClusters = Math.ceil(Math.max(maxBlock + 1, oldEntries) / entriesPerCluster)
-        if (neededClusters > tableClusters) {
-          tableClusters = neededClusters
-          continue
-        }
-        if (blocks.length === newBlocks.length && blocks.every((b, i) => b === newBlocks[i])) break
-        newBlocks = blocks
-      }
-      const tableBytesLength = tableClusters * self.clusterSize
+    const created: number[] = []
+    const grow = Effect.gen(function* () {
+      const cs = self.clusterSize
+      const totalBlocks = refcountBlocksWithRoom(startCluster, cs, self.blockEntries)
+      const perTableCluster = cs / 8
+      const tableClusters = Math.ceil((totalBlocks + Math.ceil(totalBlocks / 2)) / perTableCluster)
+      const tableBytesLength = tableClusters * cs
       if (tableBytesLength > Limits.maxRefcountTableBytes) {
         return yield* new RefcountError({
           reason: "NoSpace",
           message: `the refcount table would grow past ${Limits.maxRefcountTableBytes} bytes`
         })
       }
-      const areaStart = start
-      const areaClusters = tableClusters + newBlocks.length
-      const tableOffset = areaStart * self.clusterSize
-      // The area is taken from here on, even if the move fails half way
-      // (its clusters may already be counted): nothing past endCluster may be.
-      self.endCluster = Math.max(self.endCluster, areaStart + areaClusters)
-      // Write the new refcount blocks, each counting the area clusters it covers.
-      const blockOffsetOf = new Map<number, number>()
-      newBlocks.forEach((b, i) => blockOffsetOf.set(b, (areaStart + tableClusters + i) * self.clusterSize))
       const newTable = new Uint8Array(tableBytesLength)
-      newTable.set(self.tableBytes.subarray(0, Math.min(self.tableBytes.length, tableBytesLength)))
-      // QEMU writes the block it needed first, then grows the table and writes the blocks describing it.
-      self.storage.debugEvent?.("refblock_alloc_write")
-      self.storage.debugEvent?.("reftable_grow")
-      self.storage.debugEvent?.("refblock_alloc_write_blocks")
-      for (const [b, offset] of blockOffsetOf) {
-        const block = new Uint8Array(self.clusterSize)
-        for (let c = areaStart; c < areaStart + areaClusters; c++) {
-          if (Math.floor(c / self.blockEntries) === b) writeRefcount(block, c - b * self.blockEntries, self.refcountOrder, 1)
-        }
-        yield* self.storage.write(offset, block)
+      newTable.set(self.tableBytes.subarray(0, (self.lastBlock + 1) * 8))
+      writeRefcountTableEntry(newTable, newBlock, newOffset)
+      // The area starts past the old table's range: every block covering it is new.
+      const areaBlock = startCluster / self.blockEntries
+      const tableCluster = startCluster + (totalBlocks - areaBlock)
+      const endCluster = tableCluster + tableClusters
+      // Nothing counted may lie past endCluster (free-space search shortcut).
+      self.endCluster = Math.max(self.endCluster, endCluster)
+      for (let b = areaBlock; b < totalBlocks; b++) {
+        const offset = (startCluster + b - areaBlock) * cs
+        const block = yield* self.cache.getEmpty(offset)
+        created.push(offset)
         writeRefcountTableEntry(newTable, b, offset)
+        const firstCovered = b * self.blockEntries
+        const last = Math.min(endCluster - firstCovered, self.blockEntries)
+        for (let j = Math.max(0, startCluster - firstCovered); j < last; j++) writeRefcount(block, j, self.refcountOrder, 1)
+        self.cache.markDirty(offset)
       }
-      // Area clusters covered by blocks that already exist get their refcount there.
-      const oldCovered: Array<number> = []
-      for (let c = areaStart; c < areaStart + areaClusters; c++) {
-        if (!blockOffsetOf.has(Math.floor(c / self.blockEntries))) oldCovered.push(c)
-      }
-      for (const c of oldCovered) {
-        const b = Math.floor(c / self.blockEntries)
-        const blockOffset = self.blockAt(b)
-        if (typeof blockOffset !== "number") return yield* blockOffset
-        const block = yield* self.cache.get(blockOffset)
-        writeRefcount(block, c - b * self.blockEntries, self.refcountOrder, 1)
-        self.cache.markDirty(blockOffset)
-      }
-      yield* self.cache.flushTables()
+      self.storage.debugEvent?.("refblock_alloc_write_blocks")
+      yield* self.cache.flush()
       self.storage.debugEvent?.("refblock_alloc_write_table")
-      yield* self.storage.write(tableOffset, newTable)
+      yield* self.storage.write(tableCluster * cs, newTable)
       yield* self.storage.flush()
       const oldTable = self.table
-      const moved = { offset: tableOffset, clusters: tableClusters }
+      const moved = { offset: tableCluster * cs, clusters: tableClusters }
       self.storage.debugEvent?.("refblock_alloc_switch_table")
       yield* self.header.moveRefcountTable(moved)
-      self.adoptTable(moved, newTable, (areaStart + areaClusters) * self.clusterSize)
-      yield* self.free(oldTable.offset, oldTable.clusters * self.clusterSize)
+      self.adoptTable(moved, newTable, endCluster * cs)
+      yield* self.free(oldTable.offset, oldTable.clusters * cs)
     })
+    return Effect.onError(grow, () => Effect.sync(() => created.forEach((offset) => self.forgetBlock(offset))))
   }
+}
+
+/**
+ * How many refcount blocks an image of `clusters` clusters needs, counting
+ * the refcount structures themselves, when the table is to have room to
+ * grow: the fixed point of QEMU's qcow2_refcount_metadata_size with its
+ * generous increase (half the table's clusters again, once).
+ */
+function refcountBlocksWithRoom(clusters: number, clusterSize: number, blockEntries: number): number {
+  const perTableCluster = clusterSize / 8
+  let counted = clusters
+  let table = 0
+  let blocks = 0
+  let total = 0
+  let generous = true
+  for (;;) {
+    const last = total
+    blocks = Math.ceil((counted + table + blocks) / blockEntries)
+    table = Math.ceil(blocks / perTableCluster)
+    total = counted + blocks + table
+    if (total !== last) continue
+    if (!generous) return blocks
+    counted += Math.ceil(table / 2)
+    total = 0
+    generous = false
+  }
+}
+
+/** QEMU's refusal to put a refcount block or compressed data over the header (its refcount read 0). */
+function atOffsetZero(what: string): Effect.Effect<never, RefcountError> {
+  return Effect.fail(new RefcountError({ reason: "Corrupt", message: `Preventing invalid allocation of ${what} at offset 0`, offset: 0 }))
 }
 
 /** Whether 64-bit refcount `index` fits a safe integer. */

@@ -215,4 +215,28 @@ describe("Refcounts", () => {
       expect(mappingCache.hasDirty).toBe(false)
     })
   }
+
+  it("puts a new refcount block right after the run that needed it, and the run where it was found (QEMU's placement)", async () => {
+    // 512-byte clusters, 16-bit refcounts: 256 clusters per block; clusters 0-2 are the metadata.
+    const { refcounts, cs } = await fresh(9, 4)
+    expect(await run(refcounts.allocate(253))).toBe(3 * cs)
+    expect(await run(refcounts.allocate(2))).toBe(256 * cs)
+    expect(refcounts.refcountBlockOffsets[1]).toBe(258 * cs)
+    expect(await run(refcounts.get(258))).toBe(1)
+    expect(await run(refcounts.allocate(1))).toBe(259 * cs)
+  })
+
+  it("moves the free-cluster index past a hole too small for a run, as QEMU does", async () => {
+    const { refcounts, cs } = await fresh(16, 4)
+    await run(refcounts.allocate(4))
+    await run(refcounts.free(4 * cs, cs))
+    expect(await run(refcounts.allocate(2))).toBe(7 * cs)
+    // The hole at cluster 4 comes back only once something below the index is freed.
+    expect(await run(refcounts.allocate(1))).toBe(9 * cs)
+    await run(refcounts.free(8 * cs, cs))
+    expect(await run(refcounts.allocate(1))).toBe(8 * cs)
+    await run(refcounts.free(3 * cs, cs))
+    expect(await run(refcounts.allocate(1))).toBe(3 * cs)
+    expect(await run(refcounts.allocate(1))).toBe(4 * cs)
+  })
 })

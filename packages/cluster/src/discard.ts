@@ -19,17 +19,28 @@ type EntryChange = (entry: Exclude<L2Entry, { _tag: "Invalid" }>) => {
  * except a last partial cluster at the end of the image). What is left
  * reads as QEMU's discard leaves it: zeros on v3 images (zero flag, or
  * all-zero subclusters), the backing file on v2 images; host clusters are
- * freed. Unallocated clusters without a backing file stay as they are.
+ * freed. Unallocated clusters without a backing file stay as they are, but
+ * their L2 table is made all the same (QEMU's discard_in_l2_slice gets the
+ * table for writing first).
  */
 export function discardClusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<void, EngineFailure> {
+  return changeClusters(engine, offset, length, true, discardChange(engine))
+}
+
+/** discardClusters with the lock held and no allocation in flight over the range. */
+export function discardClustersHeld(engine: Qcow2Engine, start: number, end: number): Effect.Effect<void, EngineFailure> {
+  return changeHeld(engine, start, end, true, discardChange(engine))
+}
+
+const discardChange = (engine: Qcow2Engine): EntryChange => {
   const hasBacking = engine.backing !== undefined
-  return changeClusters(engine, offset, length, (old) => {
+  return (old) => {
     if (!(hasBacking || hasHostData(engine, old))) return undefined
     if (engine.geometry.extendedL2) {
       return { entry: { _tag: "Subclusters", hostOffset: 0, copied: false, allocatedMask: 0, zeroMask: ALL_ZERO_BITMAP }, free: true }
     }
     return { entry: engine.version >= 3 ? { _tag: "Zero", hostOffset: 0, copied: false } : { _tag: "Unallocated" }, free: true }
-  })
+  }
 }
 
 /**
@@ -38,7 +49,7 @@ export function discardClusters(engine: Qcow2Engine, offset: number, length: num
  * whatever the version or backing file, and host clusters are freed.
  */
 export function dropClusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<void, EngineFailure> {
-  return changeClusters(engine, offset, length, (old) => {
+  return changeClusters(engine, offset, length, false, (old) => {
     if (old._tag === "Unallocated") return undefined
     if (engine.geometry.extendedL2) {
       if (old._tag === "Subclusters" && old.hostOffset === 0 && !old.copied && old.allocatedMask === 0 && old.zeroMask === 0) return undefined
@@ -49,18 +60,14 @@ export function dropClusters(engine: Qcow2Engine, offset: number, length: number
 }
 
 /**
- * Makes whole clusters read as zeros with the v3 zero flag (or all-zero
- * subclusters). With `unmap` the host clusters are freed; without, they stay
- * allocated behind the flag (QEMU keeps them so later writes need no
- * allocation). Compressed clusters are always freed.
+ * Makes whole clusters [start, end) read as zeros with the v3 zero flag (or
+ * all-zero subclusters), with the lock held and no allocation in flight
+ * there (QEMU's zero_in_l2_slice). With `unmap` the host clusters are
+ * freed; without, they stay allocated behind the flag (QEMU keeps them so
+ * later writes need no allocation). Compressed clusters are always freed.
  */
-export function zeroClusters(engine: Qcow2Engine, offset: number, length: number, unmap: boolean): Effect.Effect<void, EngineFailure> {
-  return changeClusters(engine, offset, length, zeroChange(engine, unmap))
-}
-
-/** zeroClusters for clusters [start, end) of one L2 table, with the lock held and no allocation in flight there. */
 export function zeroClustersHeld(engine: Qcow2Engine, start: number, end: number, unmap: boolean): Effect.Effect<void, EngineFailure> {
-  return changeInTable(engine, start, end, zeroChange(engine, unmap))
+  return changeHeld(engine, start, end, true, zeroChange(engine, unmap))
 }
 
 const zeroChange = (engine: Qcow2Engine, unmap: boolean): EntryChange => (old) => {
@@ -88,15 +95,11 @@ const zeroChange = (engine: Qcow2Engine, unmap: boolean): EntryChange => (old) =
 
 /**
  * Sets subclusters [offset, offset + length) of one cluster (subcluster
- * aligned, extended L2 only) to read as zeros. Returns false when the
- * cluster is compressed (the caller writes zeros instead).
+ * aligned, extended L2 only) to read as zeros, with the lock held and no
+ * allocation in flight over the cluster (QEMU's zero_l2_subclusters).
+ * Returns false when the cluster is compressed (QEMU cannot zero part of
+ * one: the caller writes zeros instead).
  */
-export function zeroSubclusters(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<boolean, EngineFailure> {
-  const cluster = Math.floor(offset / engine.geometry.clusterSize)
-  return engine.inflight.whenSettled(engine.lock, cluster, cluster, zeroSubclustersHeld(engine, offset, length))
-}
-
-/** zeroSubclusters with the lock held and no allocation in flight over the cluster. */
 export function zeroSubclustersHeld(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<boolean, EngineFailure> {
   const g = engine.geometry
   const cluster = Math.floor(offset / g.clusterSize)
@@ -118,7 +121,8 @@ export function zeroSubclustersHeld(engine: Qcow2Engine, offset: number, length:
   })
 }
 
-function changeClusters(engine: Qcow2Engine, offset: number, length: number, change: EntryChange): Effect.Effect<void, EngineFailure> {
+/** `makeTable`: an L2 table is made where none is mapped even when no entry changes. */
+function changeClusters(engine: Qcow2Engine, offset: number, length: number, makeTable: boolean, change: EntryChange): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
     const g = engine.geometry
     const cs = g.clusterSize
@@ -127,24 +131,35 @@ function changeClusters(engine: Qcow2Engine, offset: number, length: number, cha
     const end = offset + length
     while (position < end) {
       const tableEnd = Math.min(end, (Math.floor(position / coverage) + 1) * coverage)
-      const body = changeInTable(engine, position, tableEnd, change)
+      const body = changeInTable(engine, position, tableEnd, makeTable, change)
       yield* engine.inflight.whenSettled(engine.lock, Math.floor(position / cs), Math.floor((tableEnd - 1) / cs), body)
       position = tableEnd
     }
   })
 }
 
+/** Changes the entries of guest clusters [start, end), table by table, with the lock held and no allocation in flight there. */
+function changeHeld(engine: Qcow2Engine, start: number, end: number, makeTable: boolean, change: EntryChange): Effect.Effect<void, EngineFailure> {
+  return Effect.gen(function* () {
+    const coverage = l2Coverage(engine)
+    for (let position = start; position < end; ) {
+      const tableEnd = Math.min(end, (Math.floor(position / coverage) + 1) * coverage)
+      yield* changeInTable(engine, position, tableEnd, makeTable, change)
+      position = tableEnd
+    }
+  })
+}
+
 /** Changes the entries of guest clusters [start, end) of one L2 table. Call with the lock held and no allocation in flight there. */
-function changeInTable(engine: Qcow2Engine, start: number, end: number, change: EntryChange): Effect.Effect<void, EngineFailure> {
+function changeInTable(engine: Qcow2Engine, start: number, end: number, makeTable: boolean, change: EntryChange): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
     const g = engine.geometry
     const cs = g.clusterSize
     const firstCluster = Math.floor(start / cs)
     const lastCluster = Math.floor((end - 1) / cs)
     const mapped = yield* l2TableOffset(engine, start)
-    // Nothing mapped here: only a zero write (or a discard over a backing
-    // file) needs entries, so only then create the table.
-    if (mapped === 0 && change({ _tag: "Unallocated" }) === undefined) return
+    // Nothing mapped here: a full discard leaves it so.
+    if (mapped === 0 && !makeTable && change({ _tag: "Unallocated" }) === undefined) return
     const l2Offset = yield* prepareL2ForWrite(engine, start)
     const table = yield* loadL2(engine, l2Offset)
     const released: HostRange[] = []

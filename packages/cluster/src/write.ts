@@ -215,6 +215,12 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     // A cluster of this image's own (in place where every touched subcluster
     // is allocated), or one with no host cluster yet: subcluster granularity.
     const ownedHost = entry._tag === "Subclusters" && isOwned(engine, entry) ? entry.hostOffset : undefined
+    // Clusters needing a new host cluster in a row are allocated together
+    // (QEMU's handle_alloc), though written one per step here.
+    let together = 1
+    if (ownedHost === undefined) {
+      while (firstCluster + together <= lastCluster && !isOwned(engine, readL2Entry(table, firstIndex + together, g))) together++
+    }
     if (entry._tag === "Subclusters" && (ownedHost !== undefined || (entry.hostOffset === 0 && !entry.copied))) {
       if (ownedHost !== undefined && ((entry.allocatedMask & touched) >>> 0) === touched) return yield* inPlace(engine, ownedHost + inCluster, bytes)
       return yield* allocate(engine, {
@@ -226,6 +232,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
         cowEnd: clusterStart + (lastSub + 1) * scs,
         existingHost: ownedHost,
         after,
+        together,
         allocatedMask: (entry.allocatedMask | touched) >>> 0,
         zeroMask: (entry.zeroMask & ~touched) >>> 0
       })
@@ -240,6 +247,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
       cowEnd: clusterStart + cs,
       existingHost: undefined,
       after,
+      together,
       allocatedMask: ALL_SUBCLUSTERS,
       zeroMask: 0
     })
@@ -267,6 +275,13 @@ interface AllocationRequest {
   readonly existingHost: number | undefined
   /** Host offset to continue at when the clusters there are free (see writeGuest). */
   readonly after: number | undefined
+  /**
+   * Extended L2 (one cluster per step): how many clusters in a row need a
+   * new host cluster. They are allocated together, as QEMU does, for the
+   * same layout; those past this step's are given back at once, for the
+   * next steps to take again right after it.
+   */
+  readonly together?: number
   readonly allocatedMask: number
   readonly zeroMask: number
 }
@@ -286,7 +301,13 @@ function allocate(engine: Qcow2Engine, request: AllocationRequest): Effect.Effec
       // Spec "External data file": guest offset == host offset in the data file.
       hostOffset = request.firstCluster * cs
     } else {
-      const at = request.after !== undefined && request.after % cs === 0 ? yield* engine.refcounts.allocateAt(request.after / cs, clusters) : 0
+      const wanted = Math.max(clusters, request.together ?? 1)
+      const after = request.after
+      let at = after !== undefined && after % cs === 0 ? yield* engine.refcounts.allocateAt(after / cs, wanted) : 0
+      if (after !== undefined && at > clusters) {
+        yield* engine.refcounts.giveBack(after + clusters * cs, (at - clusters) * cs)
+        at = clusters
+      }
       if (at > 0) {
         // Only the clusters free there: the rest of the write is a later step.
         hostOffset = request.after as number
@@ -295,7 +316,8 @@ function allocate(engine: Qcow2Engine, request: AllocationRequest): Effect.Effec
         length = Math.min(length, runEnd - request.offset)
         cowEnd = Math.min(cowEnd, runEnd)
       } else {
-        hostOffset = yield* engine.refcounts.allocate(clusters)
+        hostOffset = yield* engine.refcounts.allocate(wanted)
+        if (wanted > clusters) yield* engine.refcounts.giveBack(hostOffset + clusters * cs, (wanted - clusters) * cs)
       }
       fresh = true
       yield* engine.integrity.guardWrite(hostOffset, clusters * cs)

@@ -1,42 +1,49 @@
 import { Effect } from "effect"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
-import { discardClusters, zeroClusters, zeroClustersHeld, zeroSubclusters, zeroSubclustersHeld } from "./discard.js"
+import { discardClustersHeld, zeroClustersHeld, zeroSubclustersHeld } from "./discard.js"
 import { lookup } from "./mapping.js"
 import { readsAsZero } from "./status.js"
 import { writeBytes } from "./write.js"
 
+/** The block layer's largest write-zeroes request (INT_MAX, aligned down to the zero alignment). */
+const MAX_ZERO_REQUEST = 2 ** 31 - 1
+
 /**
- * Write-zeroes as QEMU does it (qcow2_co_pwrite_zeroes and the block layer
- * around it): whole (sub)clusters get the zero flag (v3) or are dropped (v2
- * without a backing file, where unallocated reads as zeros); a partial unit
- * at either end is widened to the whole unit when the rest of it already
- * reads as zeros and it holds no data, and otherwise gets zero bytes
- * written. Encrypted images and v2 images over a backing file get zero
- * bytes written throughout. The range is checked by the caller.
+ * Write-zeroes as QEMU does it. The block layer (block/io.c
+ * bdrv_co_do_pwrite_zeroes) cuts the request at subcluster boundaries: an
+ * unaligned head on its own, then the aligned bulk, then an unaligned
+ * tail on its own. Each piece goes to the qcow2 driver
+ * (qcow2_co_pwrite_zeroes, qcow2_subcluster_zeroize), which either makes
+ * it read as zeros in the L2 tables (zero flag, all-zero subcluster bits,
+ * or a discard on v2 without a backing file) or refuses, possibly after
+ * changing some entries already; a refused piece gets zero bytes written.
+ * Encrypted images and v2 images over a backing file get zero bytes
+ * written throughout. The range is checked by the caller.
  */
 export function writeZeroes(engine: Qcow2Engine, offset: number, length: number, unmap: boolean): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
-    const end = offset + length
     if (engine.crypto !== undefined || (engine.version < 3 && engine.backing !== undefined)) return yield* zeroBytes(engine, offset, length)
-    const unit = engine.geometry.subclusterSize
-    const size = engine.header.size
-    const unitEndOf = (start: number) => Math.min(start + unit, size)
-    const firstUnit = Math.floor(offset / unit) * unit
-    const lastUnit = Math.floor((end - 1) / unit) * unit
-    if (firstUnit === lastUnit) {
-      if (offset === firstUnit && end === unitEndOf(firstUnit)) return yield* zeroAligned(engine, offset, length, unmap)
-      return yield* zeroPartialUnit(engine, firstUnit, unitEndOf(firstUnit), offset, end, unmap)
+    const alignment = engine.geometry.subclusterSize
+    const maxRequest = Math.floor(MAX_ZERO_REQUEST / alignment) * alignment
+    let head = offset % alignment
+    const tail = (offset + length) % alignment
+    let position = offset
+    let remaining = length
+    while (remaining > 0) {
+      let piece = remaining
+      if (head !== 0) {
+        piece = Math.min(remaining, alignment - head)
+        head = (head + piece) % alignment
+      } else if (tail !== 0 && piece > alignment) {
+        piece -= tail
+      }
+      piece = Math.min(piece, maxRequest)
+      const zeroed = yield* zeroPiece(engine, position, piece, unmap)
+      if (!zeroed) yield* zeroBytes(engine, position, piece)
+      position += piece
+      remaining -= piece
     }
-    let middleStart = offset
-    if (offset !== firstUnit) {
-      yield* zeroPartialUnit(engine, firstUnit, firstUnit + unit, offset, firstUnit + unit, unmap)
-      middleStart = firstUnit + unit
-    }
-    const tailPartial = end !== unitEndOf(lastUnit)
-    const middleEnd = tailPartial ? lastUnit : end
-    if (middleEnd > middleStart) yield* zeroAligned(engine, middleStart, middleEnd - middleStart, unmap)
-    if (tailPartial) yield* zeroPartialUnit(engine, lastUnit, unitEndOf(lastUnit), lastUnit, end, unmap)
   })
 }
 
@@ -51,69 +58,63 @@ function zeroBytes(engine: Qcow2Engine, offset: number, length: number): Effect.
 }
 
 /**
- * Zeroes one partial unit (subcluster or cluster): QEMU widens it to the
- * whole unit when the rest already reads as zeros. Decided and done under
- * one hold of the lock once no allocation over the cluster is in flight
- * (QEMU re-checks is_zero under s->lock): a concurrent write allocating
- * the cluster must not be wiped by a widening decided before it landed.
+ * One piece of a write-zeroes request in the qcow2 driver
+ * (qcow2_co_pwrite_zeroes). A piece inside one subcluster is widened to
+ * the whole subcluster when the rest of it reads as zeros and it holds no
+ * data; otherwise it is refused. Decided and done under one hold of the
+ * lock once no allocation over the clusters is in flight (QEMU re-checks
+ * under s->lock): a concurrent write allocating there must not be wiped by
+ * a widening decided before it landed. False: refused, write zero bytes.
  */
-function zeroPartialUnit(engine: Qcow2Engine, unitStart: number, unitEnd: number, offset: number, end: number, unmap: boolean) {
-  const cluster = Math.floor(unitStart / engine.geometry.clusterSize)
-  const widenHeld = Effect.gen(function* () {
-    const kind = (yield* lookup(engine, unitStart, 1)).kind
-    const widen =
-      (kind === "unallocated" || kind === "zero") &&
-      (yield* readsAsZero(engine, unitStart, offset - unitStart)) &&
-      (yield* readsAsZero(engine, end, unitEnd - end))
-    if (!widen) return false
-    yield* zeroUnitHeld(engine, unitStart, unitEnd, unmap)
-    return true
-  })
-  return Effect.gen(function* () {
-    const widened = yield* engine.inflight.whenSettled(engine.lock, cluster, cluster, widenHeld)
-    if (!widened) yield* zeroBytes(engine, offset, end - offset)
-  })
-}
-
-/**
- * Makes one unallocated or zero unit read as zeros, with the lock held:
- * on v2 (no backing file here) such a unit is unallocated and reads as
- * zeros already; whole clusters get the zero flag, subclusters their bits.
- */
-function zeroUnitHeld(engine: Qcow2Engine, unitStart: number, unitEnd: number, unmap: boolean): Effect.Effect<void, EngineFailure> {
-  if (engine.version < 3) return Effect.void
+function zeroPiece(engine: Qcow2Engine, offset: number, length: number, unmap: boolean): Effect.Effect<boolean, EngineFailure> {
   const g = engine.geometry
-  const wholeCluster = unitStart % g.clusterSize === 0 && (unitEnd - unitStart === g.clusterSize || unitEnd === engine.header.size)
-  return g.extendedL2 && !wholeCluster ? Effect.asVoid(zeroSubclustersHeld(engine, unitStart, unitEnd - unitStart)) : zeroClustersHeld(engine, unitStart, unitEnd, unmap)
+  const size = engine.header.size
+  const end = offset + length
+  const head = offset % g.subclusterSize
+  const tail = end === size ? 0 : Math.ceil(end / g.subclusterSize) * g.subclusterSize - end
+  const start = offset - head
+  const stop = head !== 0 || tail !== 0 ? start + g.subclusterSize : end
+  const held = Effect.gen(function* () {
+    if (head !== 0 || tail !== 0) {
+      const restIsZero =
+        (yield* readsAsZero(engine, start, head)) && (yield* readsAsZero(engine, end, Math.min(tail, size - end)))
+      if (!restIsZero) return false
+      const kind = (yield* lookup(engine, start, 1)).kind
+      if (kind !== "unallocated" && kind !== "zero") return false
+    }
+    return yield* zeroize(engine, start, stop - start, unmap)
+  })
+  return engine.inflight.whenSettled(engine.lock, Math.floor(start / g.clusterSize), Math.floor((Math.min(stop, size) - 1) / g.clusterSize), held)
 }
 
 /**
- * Zeroes an aligned range: whole clusters by flag, partial clusters by
- * subcluster bits; on v2 (no zero flag, no backing file) by dropping the
- * clusters, as QEMU does.
+ * Makes subcluster-aligned [offset, offset + length) read as zeros in the
+ * L2 tables (QEMU's qcow2_subcluster_zeroize), with the lock held: the
+ * partial cluster at the start and at the end by their subcluster bits,
+ * the whole clusters between (and a last partial one at the image end) by
+ * the zero flag or all-zero bits. On v2 images (no zero flag) the range is
+ * discarded when there is no backing file. False when it cannot be done
+ * (a compressed cluster partly zeroed, v2 over a backing file), with the
+ * entries changed so far left changed, as QEMU leaves them.
  */
-function zeroAligned(engine: Qcow2Engine, offset: number, length: number, unmap: boolean): Effect.Effect<void, EngineFailure> {
+function zeroize(engine: Qcow2Engine, offset: number, length: number, unmap: boolean): Effect.Effect<boolean, EngineFailure> {
   return Effect.gen(function* () {
-    if (engine.version < 3) return yield* discardClusters(engine, offset, length)
-    const cs = engine.geometry.clusterSize
-    const end = offset + length
-    let position = offset
-    while (position < end) {
-      const clusterStart = Math.floor(position / cs) * cs
-      const clusterEnd = clusterStart + cs
-      if (position === clusterStart) {
-        let wholeEnd = Math.floor(end / cs) * cs
-        if (end === engine.header.size && end > wholeEnd) wholeEnd = end
-        if (wholeEnd > position) {
-          yield* zeroClusters(engine, position, wholeEnd - position, unmap)
-          position = wholeEnd
-          continue
-        }
-      }
-      const stop = Math.min(end, clusterEnd)
-      const done = yield* zeroSubclusters(engine, position, stop - position)
-      if (!done) yield* zeroBytes(engine, position, stop - position)
-      position = stop
+    if (engine.version < 3) {
+      if (engine.backing !== undefined) return false
+      yield* discardClustersHeld(engine, offset, Math.min(offset + length, engine.header.size))
+      return true
     }
+    const g = engine.geometry
+    const cs = g.clusterSize
+    let start = offset
+    let end = offset + length
+    const head = Math.min(end, Math.ceil(start / cs) * cs) - start
+    start += head
+    const tail = end >= engine.header.size ? 0 : end - Math.max(start, Math.floor(end / cs) * cs)
+    end -= tail
+    if (head !== 0 && !(yield* zeroSubclustersHeld(engine, start - head, head))) return false
+    if (end > start) yield* zeroClustersHeld(engine, start, Math.min(end, engine.header.size), unmap)
+    if (tail !== 0 && !(yield* zeroSubclustersHeld(engine, end, tail))) return false
+    return true
   })
 }
