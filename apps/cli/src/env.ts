@@ -9,7 +9,8 @@ import { ImageError, lockRequest, openImage, type FileRole, type Image, type Ope
 import { isUrl } from "./names.js"
 import { eprint } from "./output.js"
 import { makeBlkdebugStorage } from "@qcow2/storage/blkdebug"
-import { withFileNode, type FileNode } from "./file-node.js"
+import { openNode, type FileNode } from "./file-node.js"
+import { isNullCoName } from "./null-node.js"
 import { checkBackingOptions, parseOptionString, plainFileOf, resolveImageSpec, type ImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
 
@@ -127,7 +128,7 @@ export const resolveNamed = (
   options: OpenOptions
 ): ({ readonly file: string; readonly options: OpenOptions; readonly spec?: ImageSpec } & Omit<FileNode, "file">) | { readonly error: string } => {
   options = { report: driverReport, ...options }
-  const plain = !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:")
+  const plain = !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:") && !isNullCoName(name)
   if (plain) return { file: name, options }
   const resolved = imageOptions.enabled ? resolveImageSpec(undefined, parseOptionString(name), options.format) : resolveImageSpec(name, new Map(), options.format)
   if (!resolved.ok) return { error: resolved.message }
@@ -151,7 +152,8 @@ export const resolveNamed = (
     spec,
     ...(spec.blkdebug !== undefined ? { blkdebug: spec.blkdebug } : {}),
     ...(spec.fileFormat !== undefined ? { fileFormat: spec.fileFormat } : {}),
-    ...(spec.dataFile !== undefined ? { dataFile: spec.dataFile } : {})
+    ...(spec.dataFile !== undefined ? { dataFile: spec.dataFile } : {}),
+    ...(spec.nullDevice !== undefined ? { nullDevice: spec.nullDevice } : {})
   }
 }
 
@@ -182,7 +184,7 @@ export const openNamed = (
   const resolved = resolveNamed(name, options)
   if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
   const file = resolved.file
-  return withFileNode(resolved, openImage(file, resolved.options)).pipe(
+  return openNode(resolved, resolved.options.readOnly ?? false, openImage(file, resolved.options)).pipe(
     // Backing options must name the backing file the image has (this toolkit cannot substitute another).
     Effect.flatMap((image) => {
       const mismatch = resolved.spec !== undefined ? checkBackingOptions(resolved.spec, image) : undefined

@@ -8,9 +8,10 @@
  */
 import { Effect } from "effect"
 import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
-import { openImage, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
+import { makeNullImage, openImage, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
 import { StorageError, StorageOpener, type BlockStorageShape, type StorageOpenerShape } from "@qcow2/storage"
 import { makeBlkdebugStorage, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
+import type { NullDevice } from "./null-node.js"
 
 /** How the image file of a name is opened. */
 export interface FileNode {
@@ -18,6 +19,8 @@ export interface FileNode {
   readonly blkdebug?: BlkdebugConfig
   readonly fileFormat?: ImageFormat
   readonly dataFile?: { readonly file: string; readonly blkdebug?: BlkdebugConfig }
+  /** The name is QEMU's null-co device, not a file (qemu-filename.ts). */
+  readonly nullDevice?: NullDevice
 }
 
 /** `inner`, except that `file` opens under a blkdebug filter with `config`. */
@@ -78,3 +81,11 @@ export const withFileNode = <A, E, R>(node: FileNode, effect: Effect.Effect<A, E
     if (data?.blkdebug !== undefined) opener = blkdebugOpener(opener, data.file, data.blkdebug)
     return yield* Effect.provideService(effect, StorageOpener, opener)
   })
+
+/**
+ * Opens the image a name describes: QEMU's null-co device when the name is
+ * one (no file to open), else `open` (which opens `node.file`) with the
+ * file node the name asked for.
+ */
+export const openNode = <E, R>(node: FileNode, readOnly: boolean, open: Effect.Effect<Image, E, R>): Effect.Effect<Image, E, R | StorageOpener | ClusterCodec> =>
+  node.nullDevice !== undefined ? Effect.succeed(makeNullImage({ ...node.nullDevice, readOnly })) : withFileNode(node, open)

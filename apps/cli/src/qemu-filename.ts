@@ -17,9 +17,10 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import type { Image, ImageFormat } from "@qcow2/image"
+import { NULL_CO_NAME, type Image, type ImageFormat } from "@qcow2/image"
 import { blkdebugConfigFromOptions, mergeBlkdebugConfigs, parseBlkdebugConfigFile, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
 import { splitOptionList } from "./createopts.js"
+import { isNullCoName, nullDeviceOf, type NullDevice } from "./null-node.js"
 import { parseSize } from "./text/strtosz.js"
 
 /** Block options flattened to dotted keys ("file.filename"); null: JSON null ("backing": null). */
@@ -63,6 +64,8 @@ export interface ImageSpec {
   readonly imageBlkdebug?: BlkdebugConfig
   /** The root node is QEMU's copy-on-read filter: reads copy into the image (as qemu-io -C), and it cannot be opened read-only. */
   readonly copyOnReadFilter?: boolean
+  /** The name is QEMU's null-co device (`file` is then `null-co://`): writes discarded, reads zeros. */
+  readonly nullDevice?: NullDevice
 }
 
 export type ImageSpecResult = { readonly ok: true; readonly spec: ImageSpec } | { readonly ok: false; readonly message: string }
@@ -295,6 +298,11 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     return inner.ok ? { ok: true, spec: { ...inner.spec, copyOnReadFilter: true } } : inner
   }
   const rootDriver = formatFlag ?? options.get("driver")
+  const nullFormat = rootDriver === "null-co" ? "null-co" : file !== undefined && isNullCoName(file) && (rootDriver === undefined || rootDriver === "raw") ? "raw" : undefined
+  if (nullFormat !== undefined) {
+    const device = nullDeviceOf(options, file, nullFormat)
+    return device.ok ? { ok: true, spec: { file: NULL_CO_NAME, noBacking: false, nullDevice: device.device } } : device
+  }
   if (rootDriver === "file" || rootDriver === "host_device" || rootDriver === "host_cdrom") {
     // A protocol driver at the root: its file's bytes are the image (raw).
     const filename = options.get("filename") ?? file

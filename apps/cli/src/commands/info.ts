@@ -1,7 +1,7 @@
 import * as fs from "node:fs"
 import { Effect } from "effect"
 import type { SnapshotEntry } from "@qcow2/format"
-import { chainLayers, imageInfo as buildImageInfo, openImage, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
+import { NULL_CO_NAME, chainLayers, imageInfo as buildImageInfo, openImage, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
 import { fileNameOf, imageOptions, open, type ImageEnv } from "../env.js"
 import { jsonNameOf, plainFileOf } from "../qemu-filename.js"
 import { fail, openFailure, type CliFailure } from "../errors.js"
@@ -31,6 +31,8 @@ export { chainLayers }
 /** Allocated bytes of a local file (st_blocks * 512), as qemu-img's "actual-size". */
 const allocatedBytes = (path: string): number | undefined => {
   if (isUrl(path)) return undefined
+  // QEMU's null-co device occupies nothing.
+  if (path === NULL_CO_NAME) return 0
   try {
     return fs.statSync(path).blocks * 512
   } catch {

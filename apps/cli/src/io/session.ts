@@ -12,7 +12,7 @@ import { createImage, ImageError, openImage, type Image, type ImageFormat } from
 import { driverReport, type ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
-import { withFileNode } from "../file-node.js"
+import { openNode } from "../file-node.js"
 import { copyOnRead } from "./copy-on-read.js"
 import { withBlkdebugLimits } from "./blkdebug-limits.js"
 import { withImageBlkdebug } from "./blkdebug-image.js"
@@ -188,7 +188,7 @@ export class IoSession {
         const opened = yield* Effect.result(
           Scope.provide(scope)(
             Effect.gen(function* () {
-              const base = yield* withFileNode(spec, openImage(spec.file, options))
+              const base = yield* openNode(spec, options.readOnly, openImage(spec.file, options))
               const backingMismatch = checkBackingOptions(spec, base)
               if (backingMismatch !== undefined) return yield* new ImageError({ reason: "Unsupported", message: backingMismatch })
               const badCache = base.format === "qcow2" ? checkCacheOptions(request.options, base.clusterSize) : undefined
@@ -196,6 +196,7 @@ export class IoSession {
               if (!request.snapshot) return { raw: base, overlay: undefined }
               const overlay = path.join(os.tmpdir(), `qcow2-io-snapshot-${process.pid}-${Date.now()}.qcow2`)
               yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(overlay, { force: true })))
+              if (base.format === "null-co") return yield* new ImageError({ reason: "Unsupported", message: "null-co cannot be the backing file of a snapshot overlay", errno: "ENOTSUP" })
               yield* createImage(overlay, { size: base.virtualSize, backingFile: path.resolve(spec.file), backingFormat: base.format })
               return { raw: yield* openImage(overlay, { readOnly: request.readOnly, ...(passphrase !== undefined ? { passphrase } : {}) }), overlay }
             })

