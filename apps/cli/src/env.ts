@@ -11,6 +11,7 @@ import { eprint } from "./output.js"
 import { makeBlkdebugStorage } from "@qcow2/storage/blkdebug"
 import { openNode, type FileNode } from "./file-node.js"
 import { isNullCoName } from "./null-node.js"
+import { compressFilter, compressRefusal } from "./compress-filter.js"
 import { checkBackingOptions, parseOptionString, plainFileOf, resolveImageSpec, type ImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
 
@@ -188,7 +189,11 @@ export const openNamed = (
     // Backing options must name the backing file the image has (this toolkit cannot substitute another).
     Effect.flatMap((image) => {
       const mismatch = resolved.spec !== undefined ? checkBackingOptions(resolved.spec, image) : undefined
-      return mismatch === undefined ? Effect.succeed(image) : Effect.fail(new ImageError({ reason: "Unsupported", message: mismatch, location: file }))
+      if (mismatch !== undefined) return Effect.fail(new ImageError({ reason: "Unsupported", message: mismatch, location: file }))
+      if (resolved.spec?.compressFilter !== true) return Effect.succeed(image)
+      // QEMU's compress filter on top: every write goes down compressed.
+      const refusal = compressRefusal(resolved.spec.protocol ?? image.format)
+      return refusal === undefined ? Effect.succeed(compressFilter(image)) : Effect.fail(new ImageError({ reason: "Unsupported", message: refusal, location: file }))
     }),
     Effect.map((image) => ({ image, file })),
     Effect.mapError((error) => ({ error, file }))

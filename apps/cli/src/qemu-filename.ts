@@ -7,7 +7,8 @@
  * inject-error / set-state options; its request-shaping knobs such as
  * file.align change no result here), a blkdebug node over the image
  * (`driver=blkdebug,image.driver=qcow2`: rules and write-zeroes limits
- * that qemu-io applies), a copy-on-read filter node, or, with
+ * that qemu-io applies), a copy-on-read or compress filter node, QEMU's
+ * null-co device (null-node.ts), or, with
  * --image-opts, a `key=value,…` option string. Options given apart
  * (qemu-io's `open -o`) merge in. The result is what this toolkit opens.
  *
@@ -64,6 +65,8 @@ export interface ImageSpec {
   readonly imageBlkdebug?: BlkdebugConfig
   /** The root node is QEMU's copy-on-read filter: reads copy into the image (as qemu-io -C), and it cannot be opened read-only. */
   readonly copyOnReadFilter?: boolean
+  /** The root node is QEMU's compress filter: every write is stored compressed (compress-filter.ts). */
+  readonly compressFilter?: boolean
   /** The name is QEMU's null-co device (`file` is then `null-co://`): writes discarded, reads zeros. */
   readonly nullDevice?: NullDevice
 }
@@ -287,15 +290,18 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   } else if (name !== undefined && name.startsWith("file:")) {
     file = name.slice("file:".length)
   }
-  if (formatFlag === undefined && options.get("driver") === "copy-on-read") {
-    // QEMU's copy-on-read filter over the image (driver=copy-on-read,file.driver=qcow2): the image, read with -C.
+  const filter = options.get("driver")
+  if (formatFlag === undefined && (filter === "copy-on-read" || filter === "compress")) {
+    // QEMU's copy-on-read filter over the image (driver=copy-on-read,file.driver=qcow2): the image, read with -C;
+    // its compress filter: the image, every write compressed.
     const lifted: BlockOptions = new Map()
     for (const [key, value] of options) {
       if (key.startsWith("file.")) lifted.set(key.slice("file.".length), value)
-      else if (key !== "driver" && key !== "node-name") return { ok: false, message: `Block format 'copy-on-read' does not support the option '${key}'` }
+      else if (key !== "driver" && key !== "node-name") return { ok: false, message: `Block format '${filter}' does not support the option '${key}'` }
     }
     const inner = resolveImageSpec(file, lifted, undefined)
-    return inner.ok ? { ok: true, spec: { ...inner.spec, copyOnReadFilter: true } } : inner
+    if (!inner.ok) return inner
+    return { ok: true, spec: { ...inner.spec, ...(filter === "compress" ? { compressFilter: true } : { copyOnReadFilter: true }) } }
   }
   const rootDriver = formatFlag ?? options.get("driver")
   const nullFormat = rootDriver === "null-co" ? "null-co" : file !== undefined && isNullCoName(file) && (rootDriver === undefined || rootDriver === "raw") ? "raw" : undefined

@@ -72,3 +72,39 @@ describe("null-co", () => {
     sameAsQemuIo(["-c", "info", 'json:{"driver":"null-co","read-zeroes":"on","foo":1}'])
   })
 })
+
+describe("compress filter", () => {
+  const over = (file: string) => `driver=compress,file.driver=qcow2,file.file.driver=file,file.file.filename=${file}`
+
+  it("pads writes to whole clusters and stores them compressed; the same image, output and errors as qemu-io", () => {
+    const commands = ["write -P 0xbb 0 100k", "write -P 0xcc 96k 64k", "info", "write -z 512k 64k", "discard 0 64k", "write -P 1 1000k 24k", "map", "read -P 0xbb 64k 32k", "write -c 640k 64k", "truncate 2M", "length"]
+    const runs = ["theirs.qcow2", "ours.qcow2"].map((file) => {
+      qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", file, "1M"])
+      const args = ["--image-opts", ...commands.flatMap((c) => ["-c", c]), over(file)]
+      return masked(file === "ours.qcow2" ? qcow2(dir, ["io", ...args]) : qemu(dir, "qemu-io", args, true))
+    })
+    expect(runs[1]).toEqual(runs[0])
+    expect(qemu(dir, "qemu-img", ["check", "ours.qcow2"]).stdout).toBe(qemu(dir, "qemu-img", ["check", "theirs.qcow2"]).stdout)
+    expect(qemu(dir, "qemu-img", ["map", "--output=json", "ours.qcow2"]).stdout).toBe(qemu(dir, "qemu-img", ["map", "--output=json", "theirs.qcow2"]).stdout)
+    expect(qemu(dir, "qemu-img", ["compare", "ours.qcow2", "theirs.qcow2"]).stdout).toBe("Images are identical.\n")
+  })
+
+  it("a json: name of the filter compresses too (iotest 214: 8 compressed clusters)", () => {
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=64k", "214.qcow2", "2M"])
+    expect(qcow2(dir, ["io", "--image-opts", "-c", "write -P 0xbb 0 224k", over("214.qcow2")]).status).toBe(0)
+    const json = `json:{"driver":"compress","file":{"driver":"qcow2","file":{"driver":"file","filename":"214.qcow2"}}}`
+    expect(qcow2(dir, ["io", "-c", "write -P 0xcc 272k 224k", json]).status).toBe(0)
+    const check = JSON.parse(qemu(dir, "qemu-img", ["check", "--output=json", "214.qcow2"]).stdout)
+    expect(check["compressed-clusters"]).toBe(8)
+    expect(qemu(dir, "qemu-io", ["-c", "read -P 0xbb 0 224k", "-c", "read -P 0 224k 48k", "-c", "read -P 0xcc 272k 224k", "214.qcow2"]).stdout).not.toContain("Pattern verification failed")
+  })
+
+  it("refuses what QEMU's filter refuses, with its messages", () => {
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "raw", "plain.raw", "1M"])
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "plain.qcow2", "1M"])
+    sameAsQemuIo(["--image-opts", "-c", "write 0 4k", "driver=compress,file.driver=raw,file.file.filename=plain.raw"])
+    sameAsQemuIo(["--image-opts", "-c", "write 0 4k", "driver=compress,file.driver=file,file.filename=plain.raw"])
+    sameAsQemuIo(["--image-opts", "-c", "write 0 4k", "driver=compress,file.driver=qcow2,file.file.filename=plain.qcow2,foo=1"])
+    sameAsQemuIo(["-r", "--image-opts", "-c", "write 0 4k", "driver=compress,file.driver=qcow2,file.file.filename=plain.qcow2"])
+  })
+})

@@ -42,8 +42,10 @@ export const infoCommand: IoCommand = {
         return false
       }
       const clusterSize = image.format === "qcow2" ? image.clusterSize : 0
-      let text = `format name: ${image.format}\ncluster size: ${cvtstr(clusterSize)}\nvm state offset: ${cvtstr(vmStateOffset(image))}\n`
-      if (image.format === "qcow2") {
+      // A filter node (compress) names itself; the sizes are those of the image below it, and it has no format-specific data.
+      const filter = ctx.session.filterDriver
+      let text = `format name: ${filter ?? image.format}\ncluster size: ${cvtstr(clusterSize)}\nvm state offset: ${cvtstr(vmStateOffset(image))}\n`
+      if (image.format === "qcow2" && filter === undefined) {
         const specific = yield* Effect.result(qcow2SpecificFor(image))
         if (specific._tag === "Failure") {
           print(`info failed: ${strerror(specific.failure)}\n`)
