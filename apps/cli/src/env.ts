@@ -154,7 +154,8 @@ export const resolveNamed = (
     ...(spec.blkdebug !== undefined ? { blkdebug: spec.blkdebug } : {}),
     ...(spec.fileFormat !== undefined ? { fileFormat: spec.fileFormat } : {}),
     ...(spec.dataFile !== undefined ? { dataFile: spec.dataFile } : {}),
-    ...(spec.nullDevice !== undefined ? { nullDevice: spec.nullDevice } : {})
+    ...(spec.nullDevice !== undefined ? { nullDevice: spec.nullDevice } : {}),
+    ...(spec.quorum !== undefined ? { quorum: spec.quorum } : {})
   }
 }
 
@@ -185,6 +186,8 @@ export const openNamed = (
   const resolved = resolveNamed(name, options)
   if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
   const file = resolved.file
+  // A quorum file has no name of its own: failures name the image as given.
+  const reported = resolved.spec?.quorum !== undefined ? name : file
   return openNode(resolved, resolved.options.readOnly ?? false, openImage(file, resolved.options)).pipe(
     // Backing options must name the backing file the image has (this toolkit cannot substitute another).
     Effect.flatMap((image) => {
@@ -196,7 +199,7 @@ export const openNamed = (
       return refusal === undefined ? Effect.succeed(compressFilter(image)) : Effect.fail(new ImageError({ reason: "Unsupported", message: refusal, location: file }))
     }),
     Effect.map((image) => ({ image, file })),
-    Effect.mapError((error) => ({ error, file }))
+    Effect.mapError((error) => ({ error, file: reported }))
   )
 }
 

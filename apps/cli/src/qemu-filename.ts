@@ -22,6 +22,7 @@ import { NULL_CO_NAME, type Image, type ImageFormat } from "@qcow2/image"
 import { blkdebugConfigFromOptions, mergeBlkdebugConfigs, parseBlkdebugConfigFile, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
 import { splitOptionList } from "./createopts.js"
 import { isNullCoName, nullDeviceOf, type NullDevice } from "./null-node.js"
+import { takeQuorumNode, type QuorumNode } from "./quorum-node.js"
 import { parseSize } from "./text/strtosz.js"
 
 /** Block options flattened to dotted keys ("file.filename"); null: JSON null ("backing": null). */
@@ -67,6 +68,8 @@ export interface ImageSpec {
   readonly copyOnReadFilter?: boolean
   /** The root node is QEMU's compress filter: every write is stored compressed (compress-filter.ts). */
   readonly compressFilter?: boolean
+  /** The image's file is a quorum node (`file` is then its options as a json: name). */
+  readonly quorum?: QuorumNode
   /** The name is QEMU's null-co device (`file` is then `null-co://`): writes discarded, reads zeros. */
   readonly nullDevice?: NullDevice
 }
@@ -359,12 +362,20 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   }
   let blkdebug: BlkdebugConfig | undefined
   let fileFormat: ImageFormat | undefined
+  let quorum: QuorumNode | undefined
   const fileDriver = take("file.driver")
   if (fileDriver === "blkdebug") {
     const node = takeBlkdebugNode(options, "file.")
     if (!node.ok) return node
     blkdebug = node.config
     file = node.image
+  } else if (fileDriver === "quorum") {
+    // A quorum of files or images as the image's file; its name is its options as JSON (it has no file name of its own).
+    const own = new Map([...options].filter(([key]) => key.startsWith("file.")).map(([key, value]) => [key.slice("file.".length), value] as const))
+    const node = takeQuorumNode(options, "file.")
+    if (!node.ok) return node
+    quorum = node.value
+    file = jsonNameOf([...own].map(([key, value]) => `${key}=${value ?? ""}`).join(","))
   } else if (typeof fileDriver === "string" && isFormat(fileDriver)) {
     // A format node as the file: its own file is named one level down.
     fileFormat = fileDriver
@@ -416,7 +427,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       ...(fileFormat !== undefined ? { fileFormat } : {}),
       ...(dataFile !== undefined ? { dataFile: dataFile.node } : {}),
       ...(knobs.size > 0 ? { blkdebugLimits: limitsOf(knobs) } : {}),
-      ...(imageBlkdebug !== undefined ? { imageBlkdebug } : {})
+      ...(imageBlkdebug !== undefined ? { imageBlkdebug } : {}),
+      ...(quorum !== undefined ? { quorum } : {})
     }
   }
 }

@@ -108,3 +108,52 @@ describe("compress filter", () => {
     sameAsQemuIo(["-r", "--image-opts", "-c", "write 0 4k", "driver=compress,file.driver=qcow2,file.file.filename=plain.qcow2"])
   })
 })
+
+describe("quorum", () => {
+  const quorum = (threshold: number, a: string, b: string, extra = "") =>
+    `"driver":"quorum","vote-threshold":${threshold},"children":[{"driver":"file","filename":"${a}"},{"driver":"file","filename":"${b}"}]${extra}`
+  const overQuorum = (threshold: number, a: string, b: string, extra = "") => `json:{"driver":"qcow2","backing":null,"file":{${quorum(threshold, a, b, extra)}}}`
+  const withoutName = (text: string) => text.replace(/^(image: |\s*"filename": ).*$/gm, "")
+
+  beforeAll(() => {
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "q-base.qcow2", "1M"])
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "-b", "q-base.qcow2", "-F", "qcow2", "q.qcow2"])
+    fs.copyFileSync(`${dir}/q.qcow2`, `${dir}/q.qcow2.copy`)
+    for (const [name, pattern] of [["qa.raw", "0x11"], ["qb.raw", "0x22"], ["qc.raw", "0x11"]] as const) {
+      qemu(dir, "qemu-img", ["create", "-q", "-f", "raw", name, "64k"])
+      qemu(dir, "qemu-io", ["-f", "raw", "-c", `write -P ${pattern} 0 64k`, name])
+    }
+  })
+
+  it("info of an image over a quorum: its backing file's path cannot be determined (iotest 110)", () => {
+    const name = `json:{"driver":"qcow2","file":{${quorum(1, "q.qcow2", "q.qcow2.copy")}}}`
+    for (const output of ["human", "json"]) {
+      const ours = qcow2(dir, ["info", `--output=${output}`, name])
+      const theirs = qemu(dir, "qemu-img", ["info", `--output=${output}`, name])
+      expect(ours.status).toBe(0)
+      expect(withoutName(ours.stdout)).toBe(withoutName(theirs.stdout))
+    }
+  })
+
+  it("writes reach every child; reads vote, as qemu-io's quorum does", () => {
+    const name = overQuorum(2, "q.qcow2", "q.qcow2.copy")
+    expect(qcow2(dir, ["io", "-c", "write -P 9 0 64k", "-c", "read -P 9 0 64k", name]).status).toBe(0)
+    expect(fs.readFileSync(`${dir}/q.qcow2`).equals(fs.readFileSync(`${dir}/q.qcow2.copy`))).toBe(true)
+    expect(qemu(dir, "qemu-img", ["check", "q.qcow2"]).status).toBe(0)
+    const raw = (threshold: number, a: string, b: string, extra = "") => `json:{${quorum(threshold, a, b, extra)}}`
+    for (const [threshold, a, b] of [[1, "qa.raw", "qb.raw"], [1, "qb.raw", "qa.raw"], [2, "qa.raw", "qb.raw"], [2, "qa.raw", "qc.raw"]] as const) {
+      const args = ["-c", "read -v 0 1", "-c", "read -v 4k 1"]
+      const ours = masked(qcow2(dir, ["io", "-f", "raw", ...args, `json:{"driver":"raw","file":{${quorum(threshold, a, b)}}}`]))
+      const theirs = masked(qemu(dir, "qemu-io", [...args, raw(threshold, a, b)], true))
+      expect([ours.stdout, ours.status]).toEqual([theirs.stdout, theirs.status])
+    }
+  })
+
+  it("refuses bad quorum options with QEMU's messages", () => {
+    for (const [threshold, extra] of [[3, ""], [0, ""], [1, ',"read-pattern":"x"'], [1, ',"foo":1'], [1, ',"rewrite-corrupted":true,"read-pattern":"fifo"'], [1, ',"blkverify":true']] as const) {
+      const ours = masked(qcow2(dir, ["info", overQuorum(threshold, "qa.raw", "qc.raw", extra)]))
+      const theirs = masked(qemu(dir, "qemu-img", ["info", overQuorum(threshold, "qa.raw", "qc.raw", extra)], true))
+      expect(ours).toEqual(theirs)
+    }
+  })
+})

@@ -2,7 +2,7 @@ import * as fs from "node:fs"
 import { Effect } from "effect"
 import type { SnapshotEntry } from "@qcow2/format"
 import { NULL_CO_NAME, chainLayers, imageInfo as buildImageInfo, openImage, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
-import { fileNameOf, imageOptions, open, type ImageEnv } from "../env.js"
+import { fileNameOf, imageOptions, open, resolveNamed, type ImageEnv } from "../env.js"
 import { jsonNameOf, plainFileOf } from "../qemu-filename.js"
 import { fail, openFailure, type CliFailure } from "../errors.js"
 import { isUrl } from "../names.js"
@@ -28,6 +28,12 @@ export type Layer = ChainLayer
 
 export { chainLayers }
 
+/** What a command-line image name opens (undefined when it is a plain path or bad). */
+const named = (name: string) => {
+  const resolved = resolveNamed(name, {})
+  return "error" in resolved ? undefined : resolved.spec
+}
+
 /** Allocated bytes of a local file (st_blocks * 512), as qemu-img's "actual-size". */
 const allocatedBytes = (path: string): number | undefined => {
   if (isUrl(path)) return undefined
@@ -52,8 +58,8 @@ export const qcow2SpecificFor = (image: Image): Effect.Effect<QDict | undefined,
   Effect.map(qcow2SpecificInfo(image), (data) => (data !== undefined ? (toQValue(data) as QDict) : undefined))
 
 /** QAPI ImageInfo for one image, fields inserted in struct order. */
-export const imageInfo = (layer: Layer): Effect.Effect<QDict, ImageError> =>
-  Effect.map(buildImageInfo(layer.image, layer.name, allocatedBytes(layer.image.location)), (info) => toQValue(info) as QDict)
+export const imageInfo = (layer: Layer, actualSize = allocatedBytes(layer.image.location)): Effect.Effect<QDict, ImageError> =>
+  Effect.map(buildImageInfo(layer.image, layer.name, actualSize), (info) => toQValue(info) as QDict)
 
 const two = (n: number): string => (n < 10 ? `0${n}` : String(n))
 
@@ -150,8 +156,16 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
         const plain = top ? plainFileOf(name, imageOptions.enabled) : undefined
         const shown = plain ?? (top && imageOptions.enabled ? jsonNameOf(name) : name)
         const relativeTo = top ? fileNameOf(name) : name
-        const info: QDict = yield* Effect.mapError(imageInfo({ name: relativeTo, image }), (e) => openFailure(name, e))
+        const quorum = top ? named(name)?.quorum : undefined
+        // A quorum node occupies what its children occupy.
+        const quorumSize = quorum?.children.reduce<number | undefined>((sum, child) => {
+          const bytes = allocatedBytes(child.file)
+          return sum === undefined || bytes === undefined ? undefined : sum + bytes
+        }, 0)
+        const info: QDict = yield* Effect.mapError(imageInfo({ name: relativeTo, image }, quorum !== undefined ? quorumSize : undefined), (e) => openFailure(name, e))
         info.set("filename", shown)
+        // A backing file named relative to a quorum node has no directory to resolve against (QEMU: "cannot determine actual path").
+        if (quorum !== undefined && info.get("full-backing-filename") !== info.get("backing-filename")) info.delete("full-backing-filename")
         layers.push({ name: shown, image })
         infos.push(info)
         if (!options.backingChain) break
