@@ -149,6 +149,18 @@ describe("quorum", () => {
     }
   })
 
+  it("rewrite-corrupted writes the winning version over the child that disagreed, as qemu-io's quorum does", () => {
+    const files = (tag: string) => ["qa", "qb", "qc"].map((n) => `${tag}-${n}.raw`)
+    for (const tag of ["ours", "theirs"]) for (const [i, n] of ["qa", "qb", "qc"].entries()) fs.copyFileSync(`${dir}/${n}.raw`, `${dir}/${files(tag)[i]}`)
+    const three = (tag: string) =>
+      `"driver":"quorum","vote-threshold":2,"rewrite-corrupted":true,"children":[${files(tag).map((f) => `{"driver":"file","filename":"${f}"}`).join(",")}]`
+    const ours = masked(qcow2(dir, ["io", "-f", "raw", "-c", "read -P 0x11 4k 8k", `json:{"driver":"raw","file":{${three("ours")}}}`]))
+    const theirs = masked(qemu(dir, "qemu-io", ["-c", "read -P 0x11 4k 8k", `json:{${three("theirs")}}`]))
+    expect(ours).toEqual(theirs)
+    expect(fs.readFileSync(`${dir}/ours-qb.raw`).equals(fs.readFileSync(`${dir}/theirs-qb.raw`))).toBe(true)
+    expect(fs.readFileSync(`${dir}/ours-qb.raw`).subarray(4096, 12288).every((b) => b === 0x11)).toBe(true)
+  })
+
   it("refuses bad quorum options with QEMU's messages", () => {
     for (const [threshold, extra] of [[3, ""], [0, ""], [1, ',"read-pattern":"x"'], [1, ',"foo":1'], [1, ',"rewrite-corrupted":true,"read-pattern":"fifo"'], [1, ',"blkverify":true']] as const) {
       const ours = masked(qcow2(dir, ["info", overQuorum(threshold, "qa.raw", "qc.raw", extra)]))
