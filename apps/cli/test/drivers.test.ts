@@ -99,6 +99,16 @@ describe("compress filter", () => {
     expect(qemu(dir, "qemu-io", ["-c", "read -P 0xbb 0 224k", "-c", "read -P 0 224k 48k", "-c", "read -P 0xcc 272k 224k", "214.qcow2"]).stdout).not.toContain("Pattern verification failed")
   })
 
+  it("info of the filter node: format compress, no backing file or format-specific data", () => {
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "c-base.qcow2", "1M"])
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "-b", "c-base.qcow2", "-F", "qcow2", "c-top.qcow2"])
+    for (const output of ["human", "json"]) {
+      const args = ["info", `--output=${output}`, "--image-opts", "driver=compress,file.driver=qcow2,file.file.filename=c-top.qcow2"]
+      const withoutName = (text: string) => text.replace(/^(image: |\s*"filename": ).*$/gm, "")
+      expect(withoutName(qcow2(dir, args).stdout)).toBe(withoutName(qemu(dir, "qemu-img", args).stdout))
+    }
+  })
+
   it("refuses what QEMU's filter refuses, with its messages", () => {
     qemu(dir, "qemu-img", ["create", "-q", "-f", "raw", "plain.raw", "1M"])
     qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "plain.qcow2", "1M"])

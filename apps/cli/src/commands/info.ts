@@ -156,7 +156,8 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
         const plain = top ? plainFileOf(name, imageOptions.enabled) : undefined
         const shown = plain ?? (top && imageOptions.enabled ? jsonNameOf(name) : name)
         const relativeTo = top ? fileNameOf(name) : name
-        const quorum = top ? named(name)?.quorum : undefined
+        const spec = top ? named(name) : undefined
+        const quorum = spec?.quorum
         // A quorum node occupies what its children occupy.
         const quorumSize = quorum?.children.reduce<number | undefined>((sum, child) => {
           const bytes = allocatedBytes(child.file)
@@ -166,6 +167,11 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
         info.set("filename", shown)
         // A backing file named relative to a quorum node has no directory to resolve against (QEMU: "cannot determine actual path").
         if (quorum !== undefined && info.get("full-backing-filename") !== info.get("backing-filename")) info.delete("full-backing-filename")
+        if (spec?.compressFilter === true) {
+          // The compress filter node: its own name, the sizes of the image below, no backing file or format-specific data of its own.
+          for (const key of ["backing-filename", "full-backing-filename", "backing-filename-format", "format-specific", "snapshots", "encrypted"]) info.delete(key)
+          info.set("format", "compress")
+        }
         layers.push({ name: shown, image })
         infos.push(info)
         if (!options.backingChain) break
