@@ -7,6 +7,7 @@ import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { SectorCipherFactory } from "@qcow2/crypto"
 import { ImageError, lockRequest, openImage, type FileRole, type Image, type OpenOptions } from "@qcow2/image"
 import { isUrl } from "./names.js"
+import { isNbdFilename, parseNbdName } from "@qcow2/nbd/client"
 import { eprint } from "./output.js"
 import { makeBlkdebugStorage } from "@qcow2/storage/blkdebug"
 import { openNode, type FileNode } from "./file-node.js"
@@ -32,6 +33,7 @@ export const unsafeCacheFiles = new Set<string>()
 export const makeOpener = (http: Effect.Effect<StorageOpenerShape>): StorageOpenerShape => {
   const opener: StorageOpenerShape = {
     open: (name, options) => {
+      if (parseNbdName(name) !== undefined) return Effect.flatMap(nbdOpener, (nbd) => nbd.open(name, options))
       if (name.startsWith("json:")) return openJsonName(opener, name, options)
       // The file protocol named explicitly, as QEMU's path_combine keeps it on backing names.
       if (name.startsWith("file:")) return opener.open(name.slice("file:".length), options)
@@ -40,7 +42,7 @@ export const makeOpener = (http: Effect.Effect<StorageOpenerShape>): StorageOpen
     },
     resolve: (from, name) => {
       // A json: name stands for itself wherever it is found (QEMU does not combine it with a directory).
-      if (isUrl(name) || name.startsWith("json:")) return name
+      if (isUrl(name) || name.startsWith("json:") || isNbdFilename(name)) return name
       return isUrl(from) ? resolveUrl(from, name) : nodeStorageOpener.resolve(from, name)
     }
   }
@@ -77,6 +79,9 @@ const once = <A>(load: () => Promise<A>): Effect.Effect<A> => {
 
 /** The HTTP backend, loaded with the first URL. */
 const httpOpener = once(() => import("@qcow2/storage-http").then((m) => m.HttpStorageOpener.make()))
+
+/** The NBD client, loaded with the first NBD name. */
+const nbdOpener = once(() => import("@qcow2/nbd/node").then((m) => m.makeNbdStorageOpener()))
 
 /**
  * The Node codec, built on the first compressed cluster instead of at
@@ -186,8 +191,6 @@ export const openNamed = (
   const resolved = resolveNamed(name, options)
   if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
   const file = resolved.file
-  // A quorum file has no name of its own: failures name the image as given.
-  const reported = resolved.spec?.quorum !== undefined ? name : file
   return openNode(resolved, resolved.options.readOnly ?? false, openImage(file, resolved.options)).pipe(
     // Backing options must name the backing file the image has (this toolkit cannot substitute another).
     Effect.flatMap((image) => {
@@ -199,7 +202,8 @@ export const openNamed = (
       return refusal === undefined ? Effect.succeed(compressFilter(image)) : Effect.fail(new ImageError({ reason: "Unsupported", message: refusal, location: file }))
     }),
     Effect.map((image) => ({ image, file })),
-    Effect.mapError((error) => ({ error, file: reported }))
+    // A quorum file or an NBD node has no name of its own here: failures name the image as given.
+    Effect.mapError((error) => ({ error, file: resolved.spec?.quorum !== undefined || parseNbdName(file) !== undefined ? name : file }))
   )
 }
 

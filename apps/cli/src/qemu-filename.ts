@@ -23,6 +23,7 @@ import { blkdebugConfigFromOptions, mergeBlkdebugConfigs, parseBlkdebugConfigFil
 import { splitOptionList } from "./createopts.js"
 import { isNullCoName, nullDeviceOf, type NullDevice } from "./null-node.js"
 import { takeQuorumNode, type QuorumNode } from "./quorum-node.js"
+import { nbdDisplayName, takeNbdNode } from "./nbd-node.js"
 import { parseSize } from "./text/strtosz.js"
 
 /** Block options flattened to dotted keys ("file.filename"); null: JSON null ("backing": null). */
@@ -320,6 +321,13 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     if (typeof filename !== "string") return { ok: false, message: 'A block device must be specified for "filename"' }
     return { ok: true, spec: { file: filename, format: "raw", noBacking: false, protocol: rootDriver } }
   }
+  if (rootDriver === "nbd") {
+    // The nbd protocol driver at the root: the export's bytes are the image (raw).
+    const node = takeNbdNode(options, "")
+    if (!node.ok) return node
+    for (const key of options.keys()) if (!ACCEPTED.has(key) && !ACCEPTED_PREFIXES.some((p) => key.startsWith(p))) return { ok: false, message: `Block protocol 'nbd' doesn't support the option '${key}'` }
+    return { ok: true, spec: { file: node.file, format: "raw", noBacking: false } }
+  }
   const take = (key: string): string | null | undefined => {
     const v = options.get(key)
     options.delete(key)
@@ -383,6 +391,10 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     if (typeof innerDriver === "string" && innerDriver !== "file") return { ok: false, message: `Unknown protocol '${innerDriver}'` }
     const inner = take("file.file.filename") ?? take("file.file")
     if (typeof inner === "string") file = inner
+  } else if (fileDriver === "nbd") {
+    const node = takeNbdNode(options, "file.")
+    if (!node.ok) return node
+    file = node.file
   } else {
     if (typeof fileDriver === "string" && fileDriver !== "file") return { ok: false, message: `Unknown protocol '${fileDriver}'` }
     const fileOption = take("file.filename") ?? take("file") ?? take("filename")
@@ -491,6 +503,9 @@ export const plainFileOf = (name: string, imageOpts: boolean): string | undefine
     return colon >= 0 && !file.slice(0, colon).includes("/") ? `./${file}` : file
   }
   const parsed = imageOpts ? { ok: true as const, options: parseOptionString(name) } : name.startsWith("json:") ? parseJsonName(name) : undefined
+  // An NBD export shows as its canonical URI, as QEMU's nbd driver names it.
+  const nbd = nbdDisplayName(name, parsed?.ok === true ? parsed.options : undefined)
+  if (nbd !== undefined) return nbd
   if (parsed === undefined || !parsed.ok) return undefined
   for (const [key, value] of parsed.options) if (!PLAIN_KEYS.has(key) || (key === "file.driver" && value !== "file")) return undefined
   const file = parsed.options.get("file.filename") ?? parsed.options.get("file") ?? parsed.options.get("filename")

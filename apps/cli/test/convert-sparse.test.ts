@@ -95,3 +95,42 @@ describe("compare with sparse raw files", () => {
     }
   })
 })
+
+describe("compare across its read steps", () => {
+  let dir: string
+  beforeAll(() => {
+    buildBundle()
+    dir = makeTempDir("qcow2-compare-steps-")
+    // 10 MiB of data in one extent, so that compare reads it in several
+    // steps; copies differ past the first step, in the first byte of a step
+    // (8 MiB) and in the last sector.
+    const data = Buffer.alloc(10 * MiB)
+    for (let i = 0; i < data.length; i++) data[i] = ((i * 2654435761) >>> 24) | 1
+    fs.writeFileSync(path.join(dir, "a.raw"), data)
+    qemu(dir, "qemu-img", ["convert", "-f", "raw", "-O", "qcow2", "a.raw", "a.qcow2"])
+    for (const [name, at] of [
+      ["mid.raw", 9 * MiB + 513],
+      ["step.raw", 8 * MiB],
+      ["last.raw", 10 * MiB - 1]
+    ] as const) {
+      const copy = Buffer.from(data)
+      copy[at] = 0
+      fs.writeFileSync(path.join(dir, name), copy)
+    }
+  })
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+  it("reports the first differing sector as qemu-img compare does", () => {
+    for (const raw of ["a.raw", "mid.raw", "step.raw", "last.raw"]) {
+      for (const args of [
+        ["-f", "qcow2", "-F", "raw", "a.qcow2", raw],
+        ["-f", "raw", "-F", "raw", raw, "a.raw"]
+      ]) {
+        const ours = qcow2(dir, ["compare", ...args])
+        const theirs = qemu(dir, "qemu-img", ["compare", ...args], true)
+        expect(ours.stdout).toBe(theirs.stdout)
+        expect(ours.status).toBe(theirs.status)
+      }
+    }
+  })
+})

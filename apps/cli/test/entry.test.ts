@@ -49,6 +49,20 @@ describe("code cache of the executable", () => {
     expect(cacheFiles(dir)).toHaveLength(2)
   })
 
+  it("is reused by a command run without TurboFan (the flag it sets is part of the cache's key)", () => {
+    const dir = install()
+    const out = path.join(dir, "out.raw")
+    expect(run(dir, ["convert", "-O", "raw", image, out]).status).toBe(0)
+    const files = cacheFiles(dir)
+    expect(files).toHaveLength(1)
+    expect(files[0]).toMatch(/-convert\.v8$/)
+    const written = fs.statSync(path.join(dir, "cache", files[0]!)).mtimeMs
+    fs.rmSync(out)
+    expect(run(dir, ["convert", "-O", "raw", image, out]).status).toBe(0)
+    expect(fs.statSync(path.join(dir, "cache", files[0]!)).mtimeMs).toBe(written)
+    expect(qemu(dir, "qemu-img", ["compare", "-f", "qcow2", "-F", "raw", image, out]).status).toBe(0)
+  })
+
   it("replaces a damaged cache and still runs", () => {
     const dir = install()
     expect(run(dir, ["info", image]).status).toBe(0)

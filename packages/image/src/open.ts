@@ -27,11 +27,11 @@ export const MAX_BACKING_CHAIN_DEPTH = 64
  * A store that cannot be opened, in QEMU's words: the file driver's own
  * "Could not open 'NAME': <strerror>" for system errors, but its refusal of
  * a file type (a FIFO, a directory: "'file' driver requires 'NAME' to be a
- * regular file") as it is.
+ * regular file") and a protocol driver's own account (NBD) as they are.
  */
 const openFailure = (name: string, e: StorageError | ImageError): ImageError => {
   const inner = toImageError(e, name)
-  const refusedType = e._tag === "StorageError" && e.reason === "Unsupported"
+  const refusedType = e._tag === "StorageError" && (e.reason === "Unsupported" || e.driverMessage === true)
   // A system call's failure reads as QEMU's strerror() text ("No such file or directory").
   const text = e._tag === "StorageError" && e.errno !== undefined ? (strerrorOf(e.errno) ?? inner.message) : inner.message
   const message = refusedType ? inner.message : `Could not open '${name}': ${text}`

@@ -59,6 +59,8 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
         writeZeroes: (offset, length) => {
           const bad = requireWritable() ?? guard(offset, length)
           if (bad) return Effect.fail(bad)
+          // A store that zeroes without data on the wire (NBD_CMD_WRITE_ZEROES) is asked to.
+          if (storage.writeZeroes !== undefined) return asImageError(Effect.map(storage.writeZeroes(offset, length), () => grown(offset + length)), location)
           return asImageError(
             Effect.gen(function* () {
               const chunk = new Uint8Array(Math.min(length, 1 << 20))
@@ -158,6 +160,17 @@ function rawBlockStatus(storage: BlockStorageShape, offset: number, length: numb
     hostOffset: offset,
     file: storage.location
   })
+  const own = storage.blockStatus
+  if (own !== undefined) {
+    // The store's own status (an NBD server's): QEMU shows an extent as present when it is data or zeros,
+    // with its offset; neither (an unallocated hole) has no offset.
+    return Effect.map(own(offset, length), (extent): BlockStatus => {
+      const present = extent.data || extent.zero
+      const n = Math.max(1, Math.min(length, extent.length))
+      if (present) return { ...status(extent.zero, n), data: extent.data }
+      return { offset, length: n, depth: 0, present: false, zero: false, data: false, compressed: false }
+    })
+  }
   const seek = storage.seekExtent
   if (seek !== undefined) {
     // As QEMU's file driver: a hole is zeros up to the next data, data is

@@ -6,6 +6,7 @@
  */
 import type { Image } from "@qcow2/image"
 import * as encode from "./encode.js"
+import { Fields } from "./fields.js"
 import {
   BASE_ALLOCATION,
   FLAG_C_FIXED_NEWSTYLE,
@@ -92,39 +93,6 @@ export const transmissionFlags = (e: NbdExport, structured: boolean, multiConn: 
   else flags |= TransmissionFlag.SEND_TRIM | TransmissionFlag.SEND_WRITE_ZEROES | TransmissionFlag.SEND_FAST_ZERO
   if (multiConn) flags |= TransmissionFlag.CAN_MULTI_CONN
   return flags
-}
-
-/** Reads length-prefixed fields of option data; every length is checked against what is left. */
-class Fields {
-  private at = 0
-  private readonly view: DataView
-  constructor(private readonly data: Uint8Array) {
-    this.view = new DataView(data.buffer, data.byteOffset, data.byteLength)
-  }
-  get left(): number {
-    return this.data.length - this.at
-  }
-  u16(): number | undefined {
-    if (this.left < 2) return undefined
-    this.at += 2
-    return this.view.getUint16(this.at - 2)
-  }
-  u32(): number | undefined {
-    if (this.left < 4) return undefined
-    this.at += 4
-    return this.view.getUint32(this.at - 4)
-  }
-  /** A string of `length` bytes (at most MAX_STRING). */
-  string(length: number): string | undefined {
-    if (length > this.left || length > MAX_STRING) return undefined
-    this.at += length
-    return decoder.decode(this.data.subarray(this.at - length, this.at))
-  }
-  /** A u32 length, then that many bytes of string. */
-  prefixedString(): string | undefined {
-    const length = this.u32()
-    return length === undefined ? undefined : this.string(length)
-  }
 }
 
 /** The per-connection negotiation state and its option handler. */

@@ -202,3 +202,5 @@ export const listen = (config: ServerConfig, options: ListenOptions): Effect.Eff
         : { host: bound.address, port: bound.port }
     return { address, done: Deferred.await(finished) }
   })
+
+export { makeNbdStorageOpener, NbdStorageOpener, openNbd } from "./client/node.js"

@@ -8,6 +8,8 @@
 export const NBDMAGIC = 0x4e42444d41474943n
 /** "IHAVEOPT": second magic of the greeting, and the prefix of every client option. */
 export const IHAVEOPT = 0x49484156454f5054n
+/** Second magic of an oldstyle greeting ("cliserv_magic"), which this toolkit does not speak. */
+export const OLDSTYLE_MAGIC = 0x00420281861253n
 /** Magic of an option reply (fixed newstyle). */
 export const OPTION_REPLY_MAGIC = 0x3e889045565a9n
 /** Magic of a transmission request. */

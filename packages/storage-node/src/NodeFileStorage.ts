@@ -12,7 +12,8 @@ import {
 import type { BlockStorageShape, LockRequest, OpenOptions } from "@qcow2/storage"
 import { fromSystemError } from "./errors.js"
 import { FileLocks } from "./lock.js"
-import { seekExtent } from "./seek.js"
+import { lseekBinding, seekExtent } from "./seek.js"
+import type { Lseek } from "./seek.js"
 import { nowaitBinding } from "./nowait.js"
 import type { NowaitBinding } from "./nowait.js"
 import { punchBinding, zeroFill } from "./punch.js"
@@ -135,7 +136,9 @@ class NodeFile {
     private nowait: NowaitBinding | undefined,
     regular: boolean,
     /** Hole punching (punch.ts); undefined where it cannot be had, and discard does nothing. */
-    readonly punch: PunchHole | undefined
+    readonly punch: PunchHole | undefined,
+    /** lseek for SEEK_DATA/SEEK_HOLE (seek.ts); undefined where it cannot be had, and the file is all data. */
+    private readonly lseek: Lseek | undefined
   ) {
     this.locks = new FileLocks(fd, location)
     this.writeNowPage = regular && nowait !== undefined ? nowait.pageSize : 0
@@ -283,22 +286,23 @@ class NodeFile {
     }
   }
 
-  seekExtent(offset: number, what: "data" | "hole", resume: Resume<number>): void {
-    if (!this.begin("seek", resume)) return
-    fs.fstat(this.fd, (statError, stats) => {
-      if (statError !== null) {
-        this.end(resume, Effect.fail(fromSystemError(statError, "seek", this.location)))
-        return
-      }
-      seekExtent(this.fd, offset, stats.size, what).then(
-        (r) =>
-          this.end(
-            resume,
-            r >= 0 ? Effect.succeed(r) : Effect.fail(new StorageError({ reason: "Io", message: `lseek failed (errno ${-r})`, location: this.location }))
-          ),
-        (defect: unknown) => this.end(resume, Effect.die(defect))
-      )
-    })
+  /**
+   * Where the next data or hole starts (see seek.ts), on this thread: the
+   * lseek(SEEK_DATA/SEEK_HOLE) was always called here, and the fstat before
+   * it (the file's current size) answers from the inode the open descriptor
+   * holds; a round trip through the thread pool for it cost more than the
+   * call (a raw source's block status seeks twice per extent).
+   */
+  seekNow(offset: number, what: "data" | "hole"): number | StorageError {
+    if (this.closed) return closedError(this.location, "seek")
+    let size: number
+    try {
+      size = fs.fstatSync(this.fd).size
+    } catch (error) {
+      return fromSystemError(error, "seek", this.location)
+    }
+    const r = seekExtent(this.lseek, this.fd, offset, size, what)
+    return r >= 0 ? r : new StorageError({ reason: "Io", message: `lseek failed (errno ${-r})`, location: this.location })
   }
 
   lock(request: LockRequest, resume: Resume<void>): void {
@@ -391,7 +395,11 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
         punched ? Effect.void : zeroFill(shape, offset, length)
       )
     },
-    seekExtent: (offset, what) => request<number>((resume) => file.seekExtent(offset, what, resume)),
+    seekExtent: (offset, what) =>
+      Effect.suspend(() => {
+        const r = file.seekNow(offset, what)
+        return typeof r === "number" ? Effect.succeed(r) : Effect.fail(r)
+      }),
     lock: (wanted) => request<void>((resume) => file.lock(wanted, resume))
   }
   return shape
@@ -426,8 +434,8 @@ export const openNodeFile = (path: string, options: OpenOptions): Effect.Effect<
   if (options.readOnly && options.truncate === true) {
     return Effect.fail(readOnlyError(path, "truncate"))
   }
-  const acquire = Effect.flatMap(Effect.promise(() => Promise.all([nowaitBinding(), punchBinding()])), ([nowait, punch]) =>
-    Effect.map(openFd(path, options), (opened) => new NodeFile(opened.fd, path, nowait, opened.regular, punch))
+  const acquire = Effect.flatMap(Effect.promise(() => Promise.all([nowaitBinding(), punchBinding(), lseekBinding()])), ([nowait, punch, lseek]) =>
+    Effect.map(openFd(path, options), (opened) => new NodeFile(opened.fd, path, nowait, opened.regular, punch, lseek))
   )
   return Effect.map(
     Effect.acquireRelease(acquire, (file) => file.close()),

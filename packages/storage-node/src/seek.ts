@@ -14,9 +14,10 @@ const SEEK_HOLE = 4
 const ENXIO = 6
 
 /** lseek(fd, offset, whence): the resulting offset, or -errno. */
-type Lseek = (fd: number, offset: number, whence: number) => number
+export type Lseek = (fd: number, offset: number, whence: number) => number
 
-const lseekBinding = onceWithLibc((c): Lseek => {
+/** The lseek binding, loaded once per process; undefined where it cannot be had. */
+export const lseekBinding: () => Promise<Lseek | undefined> = onceWithLibc((c): Lseek => {
   const lseek = c.func("int64_t lseek(int fd, int64_t offset, int whence)")
   return (fd, offset, whence) => {
     const r = Number(lseek(fd, offset, whence))
@@ -29,10 +30,10 @@ const lseekBinding = onceWithLibc((c): Lseek => {
  * `offset` begins in the file `fd` of `size` bytes: `size` when there is
  * none (the end of a file counts as a hole), `offset` itself when the
  * answer is unknown for "data" (everything is data), `size` for "hole".
- * Other errors than ENXIO are reported as -errno.
+ * Other errors than ENXIO are reported as -errno. Synchronous, on the
+ * caller's thread (as lseek always was here).
  */
-export const seekExtent = async (fd: number, offset: number, size: number, what: "data" | "hole"): Promise<number> => {
-  const lseek = await lseekBinding()
+export const seekExtent = (lseek: Lseek | undefined, fd: number, offset: number, size: number, what: "data" | "hole"): number => {
   if (lseek === undefined || offset >= size) return what === "data" ? Math.min(offset, size) : size
   const r = lseek(fd, offset, what === "data" ? SEEK_DATA : SEEK_HOLE)
   if (r === -ENXIO) return size

@@ -40,4 +40,17 @@ describe("seekExtent (SEEK_DATA / SEEK_HOLE)", () => {
       await fs.rm(dir, { recursive: true, force: true })
     }
   })
+
+  it("fails with reason Closed once the file is closed", async () => {
+    const dir = await fs.mkdtemp(nodePath.join(os.tmpdir(), "qcow2-seek-"))
+    try {
+      const path = nodePath.join(dir, "small.raw")
+      await fs.writeFile(path, new Uint8Array(4096).fill(3))
+      const storage = await Effect.runPromise(Effect.scoped(openNodeFile(path, { readOnly: true })))
+      const failure = await Effect.runPromise(Effect.flip(storage.seekExtent!(0, "data")))
+      expect(failure.reason).toBe("Closed")
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true })
+    }
+  })
 })

@@ -53,6 +53,19 @@ export interface BlockStorageShape {
    */
   readonly seekExtent?: (offset: number, what: "data" | "hole") => Effect.Effect<number, StorageError>
   /**
+   * The allocation of the bytes from `offset` as the store itself reports
+   * it (an NBD server's block status): the first extent, at most `length`
+   * bytes long. Absent where the store has no such notion beyond
+   * `seekExtent`.
+   */
+  readonly blockStatus?: (offset: number, length: number) => Effect.Effect<StorageExtent, StorageError>
+  /**
+   * Writes zeros over the range without sending them (NBD_CMD_WRITE_ZEROES);
+   * the range stays allocated. Absent where the store has no cheaper way
+   * than `write`.
+   */
+  readonly writeZeroes?: (offset: number, length: number) => Effect.Effect<void, StorageError>
+  /**
    * Replaces the image locks this open store holds with `request`, as QEMU's
    * file driver does (see {@link LockRequest}): fails with reason `Locked`
    * when another opener holds what the request conflicts with, keeping the
@@ -68,6 +81,18 @@ export interface BlockStorageShape {
    * requests that follow.
    */
   readonly debugEvent?: (event: DebugEvent) => void
+}
+
+/**
+ * One extent of a store's own block status (QEMU's BDRV_BLOCK_DATA and
+ * BDRV_BLOCK_ZERO of a protocol node): `data` when the bytes are stored,
+ * `zero` when they read as zeros. Neither: unallocated, with no promise
+ * about the content (an NBD context's "hole" that is not "zero").
+ */
+export interface StorageExtent {
+  readonly length: number
+  readonly data: boolean
+  readonly zero: boolean
 }
 
 /**

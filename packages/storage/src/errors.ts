@@ -27,6 +27,12 @@ export class StorageError extends Data.TaggedError("StorageError")<{
   readonly location?: string
   /** The POSIX error code of a failed system call ("ENOSPC"), when the backend has one. */
   readonly errno?: string
+  /**
+   * The message is a protocol driver's whole account of a failed open
+   * (QEMU's nbd driver: "Failed to connect to '…': Connection refused"),
+   * shown as it is, not in the file driver's "Could not open 'NAME':" words.
+   */
+  readonly driverMessage?: boolean
   readonly cause?: unknown
 }> {}
 

@@ -19,7 +19,14 @@ export interface CompareOptions {
   readonly forceShare?: boolean
 }
 
-const CHUNK = 1 << 20
+/**
+ * Bytes read from each side per step. Each read costs a fixed amount of
+ * work on the event loop's thread (the image's mapping, the request's round
+ * trip) besides the copy; 4 MiB steps took ~10% less CPU time than 1 MiB
+ * ones comparing the 1 GiB mixed image with its raw source (8 MiB more of
+ * buffers).
+ */
+const CHUNK = 4 << 20
 const SECTOR = 512
 
 /** Index of the first 512-byte sector that differs, as a byte offset, or -1. */
@@ -44,7 +51,7 @@ export const firstNonZero = (a: Uint8Array, length: number): number => {
 }
 
 /** Longest extent a raw image is taken to be data in one step (it is read in CHUNK pieces). */
-const RAW_EXTENT = 64 * CHUNK
+const RAW_EXTENT = 64 << 20
 
 /**
  * What the comparison assumes for a raw image: data everywhere. The

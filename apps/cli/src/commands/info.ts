@@ -3,7 +3,8 @@ import { Effect } from "effect"
 import type { SnapshotEntry } from "@qcow2/format"
 import { NULL_CO_NAME, chainLayers, imageInfo as buildImageInfo, openImage, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
 import { fileNameOf, imageOptions, open, resolveNamed, type ImageEnv } from "../env.js"
-import { jsonNameOf, plainFileOf } from "../qemu-filename.js"
+import { jsonNameOf, parseJsonName, parseOptionString, plainFileOf } from "../qemu-filename.js"
+import { nbdInfoOf } from "../nbd-node.js"
 import { fail, openFailure, type CliFailure } from "../errors.js"
 import { isUrl } from "../names.js"
 import { print } from "../output.js"
@@ -172,6 +173,13 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
           for (const key of ["backing-filename", "full-backing-filename", "backing-filename-format", "format-specific", "snapshots", "encrypted"]) info.delete(key)
           info.set("format", "compress")
         }
+        const nbd = top && image.format === "raw" ? nbdInfoOf(shown, nameOptions(name)) : undefined
+        if (nbd !== undefined) {
+          // A raw export over NBD has no dirty flag (QEMU's nbd driver answers no get_info); the nbd node at the root shows as format "nbd".
+          const fields = QDict.of(info.entries.filter(([key]) => key !== "dirty-flag"))
+          info.entries.splice(0, info.entries.length, ...fields.entries)
+          info.set("format", nbd.rootFormat)
+        }
         layers.push({ name: shown, image })
         infos.push(info)
         if (!options.backingChain) break
@@ -191,5 +199,12 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
       return 0
     })
   )
+
+/** The block options a top image name carries (--image-opts or json:), if any. */
+const nameOptions = (name: string) => {
+  if (imageOptions.enabled) return parseOptionString(name)
+  const parsed = name.startsWith("json:") ? parseJsonName(name) : undefined
+  return parsed?.ok === true ? parsed.options : undefined
+}
 
 const isFormat = (name: string): name is ImageFormat => name === "qcow2" || name === "raw" || name === "luks"
