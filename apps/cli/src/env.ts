@@ -10,7 +10,9 @@ import { isUrl } from "./names.js"
 import { isNbdFilename, parseNbdName } from "@qcow2/nbd/client"
 import { eprint } from "./output.js"
 import { makeBlkdebugStorage } from "@qcow2/storage/blkdebug"
-import { withFileNode, type FileNode } from "./file-node.js"
+import { openNode, type FileNode } from "./file-node.js"
+import { isNullCoName } from "./null-node.js"
+import { compressFilter, compressRefusal } from "./compress-filter.js"
 import { checkBackingOptions, parseOptionString, plainFileOf, resolveImageSpec, type ImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
 
@@ -132,7 +134,7 @@ export const resolveNamed = (
   options: OpenOptions
 ): ({ readonly file: string; readonly options: OpenOptions; readonly spec?: ImageSpec } & Omit<FileNode, "file">) | { readonly error: string } => {
   options = { report: driverReport, ...options }
-  const plain = !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:")
+  const plain = !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:") && !isNullCoName(name)
   if (plain) return { file: name, options }
   const resolved = imageOptions.enabled ? resolveImageSpec(undefined, parseOptionString(name), options.format) : resolveImageSpec(name, new Map(), options.format)
   if (!resolved.ok) return { error: resolved.message }
@@ -156,7 +158,9 @@ export const resolveNamed = (
     spec,
     ...(spec.blkdebug !== undefined ? { blkdebug: spec.blkdebug } : {}),
     ...(spec.fileFormat !== undefined ? { fileFormat: spec.fileFormat } : {}),
-    ...(spec.dataFile !== undefined ? { dataFile: spec.dataFile } : {})
+    ...(spec.dataFile !== undefined ? { dataFile: spec.dataFile } : {}),
+    ...(spec.nullDevice !== undefined ? { nullDevice: spec.nullDevice } : {}),
+    ...(spec.quorum !== undefined ? { quorum: spec.quorum } : {})
   }
 }
 
@@ -187,15 +191,19 @@ export const openNamed = (
   const resolved = resolveNamed(name, options)
   if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
   const file = resolved.file
-  return withFileNode(resolved, openImage(file, resolved.options)).pipe(
+  return openNode(resolved, resolved.options.readOnly ?? false, openImage(file, resolved.options)).pipe(
     // Backing options must name the backing file the image has (this toolkit cannot substitute another).
     Effect.flatMap((image) => {
       const mismatch = resolved.spec !== undefined ? checkBackingOptions(resolved.spec, image) : undefined
-      return mismatch === undefined ? Effect.succeed(image) : Effect.fail(new ImageError({ reason: "Unsupported", message: mismatch, location: file }))
+      if (mismatch !== undefined) return Effect.fail(new ImageError({ reason: "Unsupported", message: mismatch, location: file }))
+      if (resolved.spec?.compressFilter !== true) return Effect.succeed(image)
+      // QEMU's compress filter on top: every write goes down compressed.
+      const refusal = compressRefusal(resolved.spec.protocol ?? image.format)
+      return refusal === undefined ? Effect.succeed(compressFilter(image)) : Effect.fail(new ImageError({ reason: "Unsupported", message: refusal, location: file }))
     }),
     Effect.map((image) => ({ image, file })),
-    // An NBD node's failure names the image as given, as QEMU's nbd driver does (the file is this toolkit's NBD name for it).
-    Effect.mapError((error) => ({ error, file: parseNbdName(file) !== undefined ? name : file }))
+    // A quorum file or an NBD node has no name of its own here: failures name the image as given.
+    Effect.mapError((error) => ({ error, file: resolved.spec?.quorum !== undefined || parseNbdName(file) !== undefined ? name : file }))
   )
 }
 

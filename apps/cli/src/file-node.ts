@@ -8,9 +8,11 @@
  */
 import { Effect } from "effect"
 import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
-import { openImage, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
+import { makeNullImage, openImage, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
 import { StorageError, StorageOpener, type BlockStorageShape, type StorageOpenerShape } from "@qcow2/storage"
 import { makeBlkdebugStorage, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
+import type { NullDevice } from "./null-node.js"
+import { QUORUM_NO_DIRECTORY, quorumStorage, type QuorumChild, type QuorumNode } from "./quorum-node.js"
 
 /** How the image file of a name is opened. */
 export interface FileNode {
@@ -18,6 +20,10 @@ export interface FileNode {
   readonly blkdebug?: BlkdebugConfig
   readonly fileFormat?: ImageFormat
   readonly dataFile?: { readonly file: string; readonly blkdebug?: BlkdebugConfig }
+  /** The file is a quorum of these children (quorum-node.ts); `file` is the quorum node's name. */
+  readonly quorum?: QuorumNode
+  /** The name is QEMU's null-co device, not a file (qemu-filename.ts). */
+  readonly nullDevice?: NullDevice
 }
 
 /** `inner`, except that `file` opens under a blkdebug filter with `config`. */
@@ -55,17 +61,36 @@ export const imageStorage = (image: Image): BlockStorageShape => {
   }
 }
 
+/** The image `name` of `format` (opened through `inner`) as a store: its guest bytes. */
+const openNested = (inner: StorageOpenerShape, codec: ClusterCodecShape, name: string, format: ImageFormat, readOnly: boolean) =>
+  openImage(name, { format, readOnly }).pipe(
+    Effect.provideService(StorageOpener, inner),
+    Effect.provideService(ClusterCodec, codec),
+    Effect.mapBoth({ onFailure: asStorageError(name), onSuccess: imageStorage })
+  )
+
 /** `inner`, except that `file` opens as the image it holds, of `format` (opened through `inner`). */
 const nestedOpener = (inner: StorageOpenerShape, codec: ClusterCodecShape, file: string, format: ImageFormat): StorageOpenerShape => ({
-  open: (name, options) =>
-    name !== file
-      ? inner.open(name, options)
-      : openImage(name, { format, readOnly: options.readOnly }).pipe(
-          Effect.provideService(StorageOpener, inner),
-          Effect.provideService(ClusterCodec, codec),
-          Effect.mapBoth({ onFailure: asStorageError(name), onSuccess: imageStorage })
-        ),
+  open: (name, options) => (name !== file ? inner.open(name, options) : openNested(inner, codec, name, format, options.readOnly)),
   resolve: inner.resolve
+})
+
+/** What a name relative to a quorum node resolves to: opening it fails as QEMU's bdrv_dirname does. */
+const NO_DIRECTORY = "quorum-relative:"
+
+/**
+ * `inner`, except that `file` opens as a quorum of its children (files or
+ * images, opened through `inner`), and names relative to it cannot be
+ * resolved (a quorum node has no directory).
+ */
+const quorumOpener = (inner: StorageOpenerShape, codec: ClusterCodecShape, file: string, node: QuorumNode): StorageOpenerShape => ({
+  open: (name, options) => {
+    if (name.startsWith(NO_DIRECTORY)) return Effect.fail(new StorageError({ reason: "Unsupported", message: QUORUM_NO_DIRECTORY, location: name }))
+    if (name !== file) return inner.open(name, options)
+    const child = (c: QuorumChild) => (c.format !== undefined ? openNested(inner, codec, c.file, c.format, options.readOnly) : inner.open(c.file, options))
+    return Effect.map(Effect.forEach(node.children, child), (children) => quorumStorage(file, node, children))
+  },
+  resolve: (from, name) => (from === file && !name.startsWith("/") && !/^[a-z0-9+.-]+:/i.test(name) ? NO_DIRECTORY + name : inner.resolve(from, name))
 })
 
 /** Runs `effect` (which opens `node.file`) with the file node the name asked for. */
@@ -73,8 +98,17 @@ export const withFileNode = <A, E, R>(node: FileNode, effect: Effect.Effect<A, E
   Effect.gen(function* () {
     let opener = yield* StorageOpener
     if (node.fileFormat !== undefined) opener = nestedOpener(opener, yield* ClusterCodec, node.file, node.fileFormat)
+    if (node.quorum !== undefined) opener = quorumOpener(opener, yield* ClusterCodec, node.file, node.quorum)
     if (node.blkdebug !== undefined) opener = blkdebugOpener(opener, node.file, node.blkdebug)
     const data = node.dataFile
     if (data?.blkdebug !== undefined) opener = blkdebugOpener(opener, data.file, data.blkdebug)
     return yield* Effect.provideService(effect, StorageOpener, opener)
   })
+
+/**
+ * Opens the image a name describes: QEMU's null-co device when the name is
+ * one (no file to open), else `open` (which opens `node.file`) with the
+ * file node the name asked for.
+ */
+export const openNode = <E, R>(node: FileNode, readOnly: boolean, open: Effect.Effect<Image, E, R>): Effect.Effect<Image, E, R | StorageOpener | ClusterCodec> =>
+  node.nullDevice !== undefined ? Effect.succeed(makeNullImage({ ...node.nullDevice, readOnly })) : withFileNode(node, open)

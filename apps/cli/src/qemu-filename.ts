@@ -7,7 +7,8 @@
  * inject-error / set-state options; its request-shaping knobs such as
  * file.align change no result here), a blkdebug node over the image
  * (`driver=blkdebug,image.driver=qcow2`: rules and write-zeroes limits
- * that qemu-io applies), a copy-on-read filter node, or, with
+ * that qemu-io applies), a copy-on-read or compress filter node, QEMU's
+ * null-co device (null-node.ts), or, with
  * --image-opts, a `key=value,…` option string. Options given apart
  * (qemu-io's `open -o`) merge in. The result is what this toolkit opens.
  *
@@ -17,9 +18,11 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import type { Image, ImageFormat } from "@qcow2/image"
+import { NULL_CO_NAME, type Image, type ImageFormat } from "@qcow2/image"
 import { blkdebugConfigFromOptions, mergeBlkdebugConfigs, parseBlkdebugConfigFile, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
 import { splitOptionList } from "./createopts.js"
+import { isNullCoName, nullDeviceOf, type NullDevice } from "./null-node.js"
+import { takeQuorumNode, type QuorumNode } from "./quorum-node.js"
 import { nbdDisplayName, takeNbdNode } from "./nbd-node.js"
 import { parseSize } from "./text/strtosz.js"
 
@@ -64,6 +67,12 @@ export interface ImageSpec {
   readonly imageBlkdebug?: BlkdebugConfig
   /** The root node is QEMU's copy-on-read filter: reads copy into the image (as qemu-io -C), and it cannot be opened read-only. */
   readonly copyOnReadFilter?: boolean
+  /** The root node is QEMU's compress filter: every write is stored compressed (compress-filter.ts). */
+  readonly compressFilter?: boolean
+  /** The image's file is a quorum node (`file` is then its options as a json: name). */
+  readonly quorum?: QuorumNode
+  /** The name is QEMU's null-co device (`file` is then `null-co://`): writes discarded, reads zeros. */
+  readonly nullDevice?: NullDevice
 }
 
 export type ImageSpecResult = { readonly ok: true; readonly spec: ImageSpec } | { readonly ok: false; readonly message: string }
@@ -285,17 +294,25 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   } else if (name !== undefined && name.startsWith("file:")) {
     file = name.slice("file:".length)
   }
-  if (formatFlag === undefined && options.get("driver") === "copy-on-read") {
-    // QEMU's copy-on-read filter over the image (driver=copy-on-read,file.driver=qcow2): the image, read with -C.
+  const filter = options.get("driver")
+  if (formatFlag === undefined && (filter === "copy-on-read" || filter === "compress")) {
+    // QEMU's copy-on-read filter over the image (driver=copy-on-read,file.driver=qcow2): the image, read with -C;
+    // its compress filter: the image, every write compressed.
     const lifted: BlockOptions = new Map()
     for (const [key, value] of options) {
       if (key.startsWith("file.")) lifted.set(key.slice("file.".length), value)
-      else if (key !== "driver" && key !== "node-name") return { ok: false, message: `Block format 'copy-on-read' does not support the option '${key}'` }
+      else if (key !== "driver" && key !== "node-name") return { ok: false, message: `Block format '${filter}' does not support the option '${key}'` }
     }
     const inner = resolveImageSpec(file, lifted, undefined)
-    return inner.ok ? { ok: true, spec: { ...inner.spec, copyOnReadFilter: true } } : inner
+    if (!inner.ok) return inner
+    return { ok: true, spec: { ...inner.spec, ...(filter === "compress" ? { compressFilter: true } : { copyOnReadFilter: true }) } }
   }
   const rootDriver = formatFlag ?? options.get("driver")
+  const nullFormat = rootDriver === "null-co" ? "null-co" : file !== undefined && isNullCoName(file) && (rootDriver === undefined || rootDriver === "raw") ? "raw" : undefined
+  if (nullFormat !== undefined) {
+    const device = nullDeviceOf(options, file, nullFormat)
+    return device.ok ? { ok: true, spec: { file: NULL_CO_NAME, noBacking: false, nullDevice: device.device } } : device
+  }
   if (rootDriver === "file" || rootDriver === "host_device" || rootDriver === "host_cdrom") {
     // A protocol driver at the root: its file's bytes are the image (raw).
     const filename = options.get("filename") ?? file
@@ -353,12 +370,20 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
   }
   let blkdebug: BlkdebugConfig | undefined
   let fileFormat: ImageFormat | undefined
+  let quorum: QuorumNode | undefined
   const fileDriver = take("file.driver")
   if (fileDriver === "blkdebug") {
     const node = takeBlkdebugNode(options, "file.")
     if (!node.ok) return node
     blkdebug = node.config
     file = node.image
+  } else if (fileDriver === "quorum") {
+    // A quorum of files or images as the image's file; its name is its options as JSON (it has no file name of its own).
+    const own = new Map([...options].filter(([key]) => key.startsWith("file.")).map(([key, value]) => [key.slice("file.".length), value] as const))
+    const node = takeQuorumNode(options, "file.")
+    if (!node.ok) return node
+    quorum = node.value
+    file = jsonNameOf([...own].map(([key, value]) => `${key}=${value ?? ""}`).join(","))
   } else if (typeof fileDriver === "string" && isFormat(fileDriver)) {
     // A format node as the file: its own file is named one level down.
     fileFormat = fileDriver
@@ -414,7 +439,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
       ...(fileFormat !== undefined ? { fileFormat } : {}),
       ...(dataFile !== undefined ? { dataFile: dataFile.node } : {}),
       ...(knobs.size > 0 ? { blkdebugLimits: limitsOf(knobs) } : {}),
-      ...(imageBlkdebug !== undefined ? { imageBlkdebug } : {})
+      ...(imageBlkdebug !== undefined ? { imageBlkdebug } : {}),
+      ...(quorum !== undefined ? { quorum } : {})
     }
   }
 }

@@ -11,12 +11,15 @@ export type { BlockStatus, CacheFlushFailure, PersistentBitmaps }
 /** The formats this toolkit opens: qcow2, raw, and raw LUKS1 volumes (QEMU's `luks` driver). */
 export type ImageFormat = "qcow2" | "raw" | "luks"
 
+/** The driver of an open image's top node: one of the formats, or QEMU's null-co device (`makeNullImage`). */
+export type NodeDriver = ImageFormat | "null-co"
+
 /** The result of `check`, with qemu-img check's fields (defined by @qcow2/check). */
 export type { CheckResult }
 
 /** An open image (qcow2, raw or LUKS, with its backing chain): guest-offset reads and writes and the qemu-img operations on it. Closed with the scope it was opened in. */
 export interface Image {
-  readonly format: ImageFormat
+  readonly format: NodeDriver
   /** Name the image was opened by (path or URL). */
   readonly location: string
   readonly readOnly: boolean

@@ -4,6 +4,7 @@ export { openImage, createImage, createLuksImage, probeFormat, MAX_BACKING_CHAIN
 export { LUKS_MAGIC, type LuksVolumeOptions } from "./luks.js"
 export { firstBlockLength, planCreate } from "./create.js"
 export { makeRawImage } from "./raw.js"
+export { makeNullImage, NULL_CO_DEFAULT_SIZE, NULL_CO_NAME, type NullImageOptions } from "./null.js"
 export { FORCE_SHARE_READ_ONLY, type FileRole, lockRequest } from "./lock.js"
 export { isZero } from "@qcow2/cluster"
 export { CheckError, type CheckErrorReason, MAX_MESSAGES, checkQcow2, rebuildRefcounts } from "@qcow2/check"

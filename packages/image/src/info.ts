@@ -9,6 +9,7 @@ import { AutoclearFeature, BitmapFlag, CompatibleFeature, CryptMethod, Incompati
 import type { LuksHeader } from "@qcow2/crypto"
 import type { FormatSpecific, Image } from "./api.js"
 import type { ImageError } from "./errors.js"
+import { NULL_CO_NAME } from "./null.js"
 
 /** QEMU's path_has_protocol: a ':' before any '/'. */
 const hasProtocol = (name: string): boolean => /^[^:/]*:/.test(name)
@@ -85,7 +86,8 @@ export interface SnapshotInfo {
 export interface ImageInfo {
   readonly filename: string
   readonly format: Image["format"]
-  readonly "dirty-flag": boolean
+  /** Absent where QEMU's bdrv_get_info fails (the null-co device). */
+  readonly "dirty-flag"?: boolean
   readonly "actual-size"?: number
   readonly "virtual-size": number
   readonly "cluster-size"?: number
@@ -219,7 +221,7 @@ export const imageInfo = (image: Image, name: string, actualSize: number | undef
     return present<ImageInfo>({
       filename: name,
       format: image.format,
-      "dirty-flag": dirty,
+      "dirty-flag": image.location === NULL_CO_NAME ? undefined : dirty,
       "actual-size": actualSize,
       "virtual-size": image.virtualSize,
       "cluster-size": image.format === "qcow2" ? image.clusterSize : undefined,

@@ -13,7 +13,7 @@ import {
   type BlockStatus,
   type CheckResult,
   type Image,
-  type ImageFormat,
+  type NodeDriver,
   type ImageInfo,
   type MapEntry
 } from "@qcow2/image"
@@ -28,7 +28,7 @@ const invalidArgument = (location: string, message: string) => new EffectImageEr
 /** An open image. Close it with `close()` or `await using`. */
 export interface QcowImage extends AsyncDisposable {
   /** The format the image was opened as. */
-  readonly format: ImageFormat
+  readonly format: NodeDriver
   /** The name the image was opened by (path, URL, `idb://` name). */
   readonly location: string
   readonly readOnly: boolean
@@ -86,7 +86,7 @@ class OpenedImage implements QcowImage {
     this.#runner = runner
   }
 
-  get format(): ImageFormat {
+  get format(): NodeDriver {
     return this.#image.format
   }
   get location(): string {

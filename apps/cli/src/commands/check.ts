@@ -1,7 +1,7 @@
 import { Cause, Effect, Exit, Option } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener } from "@qcow2/storage"
-import { CheckError, FORCE_SHARE_READ_ONLY, ImageError, checkQcow2, lockRequest, openImage, type CheckResult, type ImageFormat } from "@qcow2/image"
+import { CheckError, FORCE_SHARE_READ_ONLY, ImageError, checkQcow2, lockRequest, makeNullImage, openImage, type CheckResult, type ImageFormat, type NodeDriver } from "@qcow2/image"
 import { resolveNamed, type ImageEnv } from "../env.js"
 import { describeCause, fail, openFailure, type CliFailure } from "../errors.js"
 import { programName } from "../progname.js"
@@ -70,7 +70,7 @@ export const checkExitCode = (r: CheckResult): number => (r.corruptions !== 0 ? 
 /** A qcow2 file ready for its check, or a format that has none. */
 type Checkable =
   | { readonly format: "qcow2"; readonly check: (repair: "leaks" | "all" | undefined) => Effect.Effect<CheckResult, CheckError | CliFailure> }
-  | { readonly format: Exclude<ImageFormat, "qcow2"> }
+  | { readonly format: Exclude<NodeDriver, "qcow2"> }
 
 /**
  * Opens the image for `check` (QEMU's BDRV_O_CHECK). The driver opens it
@@ -90,7 +90,7 @@ const openForCheck = (o: CheckOptions): Effect.Effect<Checkable, CliFailure, Sco
     if ("error" in named) return yield* Effect.fail(fail(`Could not open '${o.file}': ${named.error}`))
     const { file, options } = named
     if (o.forceShare === true && o.repair !== undefined) return yield* Effect.fail(fail(`Could not open '${o.file}': ${FORCE_SHARE_READ_ONLY}`))
-    const opened = yield* Effect.exit(Effect.scoped(Effect.map(openImage(file, options), (image) => image.format)))
+    const opened = yield* Effect.exit(Effect.scoped(Effect.map(named.nullDevice !== undefined ? Effect.succeed(makeNullImage({ ...named.nullDevice, readOnly: true })) : openImage(file, options), (image) => image.format)))
     if (Exit.isSuccess(opened) && opened.value !== "qcow2") return { format: opened.value }
     if (Exit.isFailure(opened) && Cause.hasInterruptsOnly(opened.cause)) return yield* Effect.interrupt
     // A driver that dies on a damaged image (a table entry it cannot decode) has refused it as corrupt.

@@ -1,8 +1,8 @@
 import * as fs from "node:fs"
 import { Effect } from "effect"
 import type { SnapshotEntry } from "@qcow2/format"
-import { chainLayers, imageInfo as buildImageInfo, openImage, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
-import { fileNameOf, imageOptions, open, type ImageEnv } from "../env.js"
+import { NULL_CO_NAME, chainLayers, imageInfo as buildImageInfo, openImage, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
+import { fileNameOf, imageOptions, open, resolveNamed, type ImageEnv } from "../env.js"
 import { jsonNameOf, parseJsonName, parseOptionString, plainFileOf } from "../qemu-filename.js"
 import { nbdInfoOf } from "../nbd-node.js"
 import { fail, openFailure, type CliFailure } from "../errors.js"
@@ -29,9 +29,17 @@ export type Layer = ChainLayer
 
 export { chainLayers }
 
+/** What a command-line image name opens (undefined when it is a plain path or bad). */
+const named = (name: string) => {
+  const resolved = resolveNamed(name, {})
+  return "error" in resolved ? undefined : resolved.spec
+}
+
 /** Allocated bytes of a local file (st_blocks * 512), as qemu-img's "actual-size". */
 const allocatedBytes = (path: string): number | undefined => {
   if (isUrl(path)) return undefined
+  // QEMU's null-co device occupies nothing.
+  if (path === NULL_CO_NAME) return 0
   try {
     return fs.statSync(path).blocks * 512
   } catch {
@@ -51,8 +59,8 @@ export const qcow2SpecificFor = (image: Image): Effect.Effect<QDict | undefined,
   Effect.map(qcow2SpecificInfo(image), (data) => (data !== undefined ? (toQValue(data) as QDict) : undefined))
 
 /** QAPI ImageInfo for one image, fields inserted in struct order. */
-export const imageInfo = (layer: Layer): Effect.Effect<QDict, ImageError> =>
-  Effect.map(buildImageInfo(layer.image, layer.name, allocatedBytes(layer.image.location)), (info) => toQValue(info) as QDict)
+export const imageInfo = (layer: Layer, actualSize = allocatedBytes(layer.image.location)): Effect.Effect<QDict, ImageError> =>
+  Effect.map(buildImageInfo(layer.image, layer.name, actualSize), (info) => toQValue(info) as QDict)
 
 const two = (n: number): string => (n < 10 ? `0${n}` : String(n))
 
@@ -149,8 +157,22 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
         const plain = top ? plainFileOf(name, imageOptions.enabled) : undefined
         const shown = plain ?? (top && imageOptions.enabled ? jsonNameOf(name) : name)
         const relativeTo = top ? fileNameOf(name) : name
-        const info: QDict = yield* Effect.mapError(imageInfo({ name: relativeTo, image }), (e) => openFailure(name, e))
+        const spec = top ? named(name) : undefined
+        const quorum = spec?.quorum
+        // A quorum node occupies what its children occupy.
+        const quorumSize = quorum?.children.reduce<number | undefined>((sum, child) => {
+          const bytes = allocatedBytes(child.file)
+          return sum === undefined || bytes === undefined ? undefined : sum + bytes
+        }, 0)
+        const info: QDict = yield* Effect.mapError(imageInfo({ name: relativeTo, image }, quorum !== undefined ? quorumSize : undefined), (e) => openFailure(name, e))
         info.set("filename", shown)
+        // A backing file named relative to a quorum node has no directory to resolve against (QEMU: "cannot determine actual path").
+        if (quorum !== undefined && info.get("full-backing-filename") !== info.get("backing-filename")) info.delete("full-backing-filename")
+        if (spec?.compressFilter === true) {
+          // The compress filter node: its own name, the sizes of the image below, no backing file or format-specific data of its own.
+          for (const key of ["backing-filename", "full-backing-filename", "backing-filename-format", "format-specific", "snapshots", "encrypted"]) info.delete(key)
+          info.set("format", "compress")
+        }
         const nbd = top && image.format === "raw" ? nbdInfoOf(shown, nameOptions(name)) : undefined
         if (nbd !== undefined) {
           // A raw export over NBD has no dirty flag (QEMU's nbd driver answers no get_info); the nbd node at the root shows as format "nbd".

@@ -12,8 +12,9 @@ import { createImage, ImageError, openImage, type Image, type ImageFormat } from
 import { driverReport, type ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
-import { withFileNode } from "../file-node.js"
+import { openNode } from "../file-node.js"
 import { copyOnRead } from "./copy-on-read.js"
+import { compressFilter, compressRefusal } from "../compress-filter.js"
 import { withBlkdebugLimits } from "./blkdebug-limits.js"
 import { withImageBlkdebug } from "./blkdebug-image.js"
 import { checkBackingOptions, checkCacheOptions, protocolRefusal, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
@@ -95,6 +96,12 @@ interface OpenedImage {
   readonly request: OpenRequest
   /** The temporary overlay of -s, removed at close. */
   readonly overlay: string | undefined
+  /** The image under the write-through view: `raw` with the request filters of a blkdebug node. */
+  readonly limited: Image
+  /** The filter nodes above the write-through view (compress, copy-on-read), put back by `reopen`. */
+  readonly above: (image: Image) => Image
+  /** The top node is QEMU's compress filter (qemu-io `info` names it). */
+  readonly compress: boolean
 }
 
 /** The changes `reopen` asks for. */
@@ -137,6 +144,11 @@ export class IoSession {
     private readonly secrets: Secrets,
     readonly imageOpts: boolean
   ) {}
+
+  /** The filter driver of the top node when it is QEMU's compress filter (qemu-io `info` prints its name). */
+  get filterDriver(): "compress" | undefined {
+    return this.opened?.compress === true ? "compress" : undefined
+  }
 
   /** The open image, as commands see it. */
   get image(): Image | undefined {
@@ -191,14 +203,17 @@ export class IoSession {
         const opened = yield* Effect.result(
           Scope.provide(scope)(
             Effect.gen(function* () {
-              const base = yield* withFileNode(spec, openImage(spec.file, options))
+              const base = yield* openNode(spec, options.readOnly, openImage(spec.file, options))
               const backingMismatch = checkBackingOptions(spec, base)
               if (backingMismatch !== undefined) return yield* new ImageError({ reason: "Unsupported", message: backingMismatch })
               const badCache = base.format === "qcow2" ? checkCacheOptions(request.options, base.clusterSize) : undefined
               if (badCache !== undefined) return yield* new ImageError({ reason: "InvalidArgument", message: badCache })
+              const uncompressible = spec.compressFilter === true ? compressRefusal(spec.protocol ?? base.format) : undefined
+              if (uncompressible !== undefined) return yield* new ImageError({ reason: "Unsupported", message: uncompressible })
               if (!request.snapshot) return { raw: base, overlay: undefined }
               const overlay = path.join(os.tmpdir(), `qcow2-io-snapshot-${process.pid}-${Date.now()}.qcow2`)
               yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(overlay, { force: true })))
+              if (base.format === "null-co") return yield* new ImageError({ reason: "Unsupported", message: "null-co cannot be the backing file of a snapshot overlay", errno: "ENOTSUP" })
               yield* createImage(overlay, { size: base.virtualSize, backingFile: path.resolve(spec.file), backingFormat: base.format })
               return { raw: yield* openImage(overlay, { readOnly: request.readOnly, ...(passphrase !== undefined ? { passphrase } : {}) }), overlay }
             })
@@ -213,9 +228,13 @@ export class IoSession {
         const debugged = spec.imageBlkdebug !== undefined ? withImageBlkdebug(raw, spec.imageBlkdebug) : undefined
         const filtered = debugged?.image ?? raw
         const limited = spec.blkdebugLimits !== undefined ? withBlkdebugLimits(filtered, spec.blkdebugLimits) : filtered
-        const flushing = isWritethrough(request.cache) && !raw.readOnly ? writethrough(limited) : limited
-        const image = request.copyOnRead || spec.copyOnReadFilter === true ? copyOnRead(flushing, debugged?.debugEvent) : flushing
-        self.opened = { image, raw, scope, request, overlay }
+        const compress = spec.compressFilter === true
+        const above = (image: Image): Image => {
+          const compressed = compress ? compressFilter(image) : image
+          return request.copyOnRead || spec.copyOnReadFilter === true ? copyOnRead(compressed, debugged?.debugEvent) : compressed
+        }
+        const image = above(isWritethrough(request.cache) && !raw.readOnly ? writethrough(limited) : limited)
+        self.opened = { image, raw, scope, request, overlay, limited, above, compress }
         return true
       })
     })
@@ -279,7 +298,7 @@ export class IoSession {
         options: lazyChanged ? new Map([...opened.request.options, ["lazy-refcounts", lazy]]) : opened.request.options
       }
       if (opened.overlay !== undefined || (!lazyChanged && request.readOnly === opened.request.readOnly && request.cache === opened.request.cache)) {
-        self.opened = { ...opened, request, image: isWritethrough(request.cache) && !opened.raw.readOnly ? writethrough(opened.raw) : opened.raw }
+        self.opened = { ...opened, request, image: opened.above(isWritethrough(request.cache) && !opened.raw.readOnly ? writethrough(opened.limited) : opened.limited) }
         return true
       }
       if (!(yield* self.close())) return false

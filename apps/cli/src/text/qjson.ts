@@ -24,6 +24,13 @@ export class QDict {
     return this
   }
 
+  /** Removes a field (QEMU's qdict_del). */
+  delete(key: string): this {
+    const at = this.entries.findIndex(([k]) => k === key)
+    if (at >= 0) this.entries.splice(at, 1)
+    return this
+  }
+
   get(key: string): QValue | undefined {
     return this.entries.find(([k]) => k === key)?.[1]
   }

@@ -1,6 +1,6 @@
 import { Effect } from "effect"
 import { IncompatibleFeature } from "@qcow2/format"
-import type { Image } from "@qcow2/image"
+import { NULL_CO_NAME, type Image } from "@qcow2/image"
 import { qcow2SpecificFor } from "../../commands/info.js"
 import { strerror } from "../../errors.js"
 import { print } from "../../output.js"
@@ -35,9 +35,17 @@ export const infoCommand: IoCommand = {
   run: (ctx) =>
     Effect.gen(function* () {
       const image = ctx.image
+      if (image.location === NULL_CO_NAME) {
+        // null-co is a protocol driver: its node prints its format and its protocol name, raw over it
+        // its own, then bdrv_get_info fails (ENOTSUP) with nothing printed.
+        print(image.format === "null-co" ? "format name: null-co\nformat name: null-co\n" : "format name: raw\n")
+        return false
+      }
       const clusterSize = image.format === "qcow2" ? image.clusterSize : 0
-      let text = `format name: ${image.format}\ncluster size: ${cvtstr(clusterSize)}\nvm state offset: ${cvtstr(vmStateOffset(image))}\n`
-      if (image.format === "qcow2") {
+      // A filter node (compress) names itself; the sizes are those of the image below it, and it has no format-specific data.
+      const filter = ctx.session.filterDriver
+      let text = `format name: ${filter ?? image.format}\ncluster size: ${cvtstr(clusterSize)}\nvm state offset: ${cvtstr(vmStateOffset(image))}\n`
+      if (image.format === "qcow2" && filter === undefined) {
         const specific = yield* Effect.result(qcow2SpecificFor(image))
         if (specific._tag === "Failure") {
           print(`info failed: ${strerror(specific.failure)}\n`)
