@@ -82,10 +82,18 @@ describe("NBD exports as targets", () => {
     identical("ours.raw", "src.raw", "raw")
   })
 
-  it("an export smaller than the input fails as qemu-img does, with and without -n", async () => {
+  it("an export smaller than the input, or none listening, fails as qemu-img does, with and without -n", async () => {
     qemu(dir, "qemu-img", ["create", "-q", "-f", "raw", "small.raw", "1M"])
     const small = await serve("small.raw")
-    for (const args of [["convert", "-O", "raw", "src.qcow2", small], ["convert", "-n", "-O", "raw", "src.qcow2", small]]) {
+    const none = `nbd:unix:${path.join(dir, "none.sock")}`
+    const cases = [
+      ["convert", "-O", "raw", "src.qcow2", small],
+      ["convert", "-n", "-O", "raw", "src.qcow2", small],
+      ["convert", "-O", "raw", "src.qcow2", none],
+      ["convert", "-n", "-O", "raw", "src.qcow2", none],
+      ["dd", "-O", "raw", "if=src.qcow2", `of=${none}`]
+    ]
+    for (const args of cases) {
       expect(shown(qcow2(dir, args)), args.join(" ")).toEqual(shown(qemu(dir, "qemu-img", args, true)))
     }
   })

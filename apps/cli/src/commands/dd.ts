@@ -10,6 +10,7 @@ import { parseNbdName } from "@qcow2/nbd/client"
 import { open, type ImageEnv } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
+import { openNbdForCreation } from "./convert-sinks.js"
 import { parseSize } from "../text/strtosz.js"
 
 export interface DdOptions {
@@ -102,7 +103,7 @@ export const runDd = (o: DdOptions): Effect.Effect<number, CliFailure, ImageEnv>
       // An NBD export is not created: it must hold what is copied (QEMU's nbd driver cannot grow it).
       const nbdOutput = o.outFormat === "raw" && parseNbdName(parsed.output) !== undefined
       if (!nbdOutput) yield* createOutput(parsed.output, o.outFormat, outputSize)
-      const output = yield* open(parsed.output, { readOnly: false, format: o.outFormat })
+      const output = nbdOutput ? yield* openNbdForCreation(parsed.output, "error while creating output image") : yield* open(parsed.output, { readOnly: false, format: o.outFormat })
       if (nbdOutput && output.virtualSize < Math.ceil(outputSize / 512) * 512) {
         return yield* Effect.fail(fail(`${parsed.output}: error while creating output image: Cannot grow NBD nodes`))
       }
