@@ -114,14 +114,6 @@ const runMain = Runtime.makeRunMain(({ fiber, teardown }) => {
   })
 })
 
-/*
- * qemu-img ignores SIGPIPE: output to a closed pipe (`qcow2 map … | head`)
- * is lost, the job runs to its end and exits with its own status. Node
- * ignores SIGPIPE too, but reports EPIPE as an 'error' event that would
- * end the process with a stack trace in the middle of a write.
- */
-for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {})
-
 runMain(program, {
   disableErrorReporting: true,
   // A failure that reached this point unreported (a defect, an

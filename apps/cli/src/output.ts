@@ -8,12 +8,45 @@
  * order). Commands print many short lines (map extents, hex dumps); they
  * are joined and written in large pieces, and `flushOutput` (fflush) runs
  * before the process sets its exit code.
+ *
+ * Both are written as C stdio writes them: synchronously, every byte
+ * before the call returns (write(2) in a loop). Node's streams would
+ * queue what a full pipe does not take and write it later, so with
+ * stdout and stderr on one pipe a long stderr message could end after
+ * stdout's exit flush, cut in the middle of a line (iotest 272).
  */
+import { writeSync } from "node:fs"
+import { isatty } from "node:tty"
 
 /** glibc's buffer for a pipe or a regular file (st_blksize). */
 const BLOCK = 4096
 /** Past this many bytes, the whole blocks pending are written out (what glibc has written by then). */
 const BATCH = 1 << 16
+const STDOUT = 1
+const STDERR = 2
+
+/** A 1 ms pause while a non-blocking pipe is full (the reader has not taken its 64 KiB yet). */
+const pause = (): void => {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1)
+}
+
+/**
+ * Writes all of `data` to `fd` before returning, as stdio's fwrite does.
+ * EAGAIN (a pipe left non-blocking, full) waits and retries; any other
+ * error (EPIPE: the reader is gone) drops the rest, as qemu-img, which
+ * ignores SIGPIPE and does not check its writes, loses it.
+ */
+const writeAll = (fd: number, data: Uint8Array): void => {
+  let done = 0
+  while (done < data.length) {
+    try {
+      done += writeSync(fd, data, done)
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EAGAIN") return
+      pause()
+    }
+  }
+}
 
 class Stdout {
   /** The part of a block already cut (it may end inside a UTF-8 sequence). */
@@ -23,8 +56,8 @@ class Stdout {
   private bytes = 0
   private readonly lineBuffered: boolean
 
-  constructor(private readonly stream: NodeJS.WriteStream) {
-    this.lineBuffered = stream.isTTY === true
+  constructor(private readonly fd: number) {
+    this.lineBuffered = isatty(fd)
   }
 
   write(text: string): void {
@@ -39,14 +72,14 @@ class Stdout {
     if (this.bytes < BLOCK) return
     const pending = this.take()
     const cut = pending.length - (pending.length % BLOCK)
-    this.stream.write(pending.subarray(0, cut))
+    writeAll(this.fd, pending.subarray(0, cut))
     if (cut < pending.length) this.head = pending.subarray(cut)
     this.bytes = pending.length - cut
   }
 
   flush(): void {
     if (this.bytes === 0) return
-    this.stream.write(this.take())
+    writeAll(this.fd, this.take())
     this.bytes = 0
   }
 
@@ -59,7 +92,7 @@ class Stdout {
   }
 }
 
-const out = new Stdout(process.stdout)
+const out = new Stdout(STDOUT)
 
 /** Writes to stdout (buffered as C stdio buffers it). */
 export const print = (text: string): void => out.write(text)
@@ -71,7 +104,7 @@ export const print = (text: string): void => out.write(text)
  */
 export const eprint = (text: string): void => {
   out.writeBlocks()
-  process.stderr.write(text)
+  writeAll(STDERR, Buffer.from(text))
 }
 
 /** Writes text to stdout right away (progress lines: QEMU flushes them). */

@@ -3,10 +3,11 @@
  * here against the real qemu-img/qemu-io (the iotests themselves are not
  * part of `pnpm test`).
  */
+import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { makeTempDir, qcow2, qemu } from "./helpers.js"
+import { BUNDLE, makeTempDir, qcow2, qemu } from "./helpers.js"
 
 const dir = makeTempDir("qcow2-iotests-parity-")
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
@@ -89,6 +90,42 @@ describe("-o help, unknown formats and file counts as qemu-img convert, create a
       expect([ours.status, ours.stdout, unprefixed(ours.stderr)], args.join(" ")).toEqual([theirs.status, theirs.stdout, unprefixed(theirs.stderr)])
     }
     expect(fs.existsSync(file("out.qcow2"))).toBe(false)
+  })
+})
+
+describe("create without -f makes what qemu-img makes when run as qemu-img: raw (iotest 082)", () => {
+  const QEMU_IMG_BIN = path.join(path.dirname(BUNDLE), "qemu-img.mjs")
+  const asQemuImg = (args: ReadonlyArray<string>) => spawnSync(process.execPath, [QEMU_IMG_BIN, ...args], { cwd: dir, encoding: "utf8" })
+  it("-o help, -o ?, creating, and -b/-F refused for raw: same output, exit status and file as qemu-img", () => {
+    qemu(dir, "qemu-img", ["create", "-f", "qcow2", "nf-base.qcow2", "1M"])
+    const cases = [
+      ["create", "-o", "help"],
+      ["create", "-o", "?"],
+      ["create", "-o", "help", "nf.img"],
+      ["create", "nf.img", "1M"],
+      ["create", "-o", "preallocation=full", "nf.img", "64k"],
+      ["create", "-o", "cluster_size=4k", "nf.img", "1M"],
+      ["create", "-b", "nf-base.qcow2", "-F", "qcow2", "nf.img"],
+      ["create", "-F", "qcow2", "nf.img", "1M"],
+      ["create", "-f", "raw", "-o", "foo=bar", "-b", "nf-base.qcow2", "nf.img", "1M"],
+      ["create", "-o", "foo=bar", "nf.img", "1Q"]
+    ]
+    const created = () => (fs.existsSync(file("nf.img")) ? qemu(dir, "qemu-img", ["info", "--output=json", "nf.img"]).stdout : "none")
+    for (const args of cases) {
+      fs.rmSync(file("nf.img"), { force: true })
+      const theirs = qemu(dir, "qemu-img", args, true)
+      const theirFile = created()
+      fs.rmSync(file("nf.img"), { force: true })
+      const ours = asQemuImg(args)
+      expect([ours.status, ours.stdout, ours.stderr, created()], args.join(" ")).toEqual([theirs.status, theirs.stdout, theirs.stderr, theirFile])
+    }
+  })
+
+  it("run as qcow2, create keeps this toolkit's default, qcow2", () => {
+    fs.rmSync(file("nf.img"), { force: true })
+    expect(qcow2(dir, ["create", "-o", "help"]).stdout).toMatch(/^Supported qcow2 options:\n/)
+    expect(qcow2(dir, ["create", "nf.img", "1M"]).status).toBe(0)
+    expect(qemu(dir, "qemu-img", ["info", "nf.img"]).stdout).toContain("file format: qcow2\n")
   })
 })
 
@@ -214,5 +251,114 @@ describe("check reports an unreadable snapshot table as qemu-img does, through e
     const theirs = qemu(dir, "qemu-img", ["check", "x.qcow2"], true)
     expect([ours.status, ours.stdout, ours.stderr.replace(/^qcow2: /gm, "qemu-img: ")]).toEqual([theirs.status, theirs.stdout, theirs.stderr])
     expect(ours.stderr).toContain("qcow2: ERROR failed to read the snapshot table: Too much extra metadata in snapshot table entry 0\n")
+  })
+})
+
+describe("a snapshot deletion failing on the way only leaks, with QEMU's messages (iotest 217)", () => {
+  it("an EIO from the first cluster free: the same two lines, the same leaks as qemu-img", () => {
+    fs.writeFileSync(file("free.conf"), '[inject-error]\nevent = "cluster_free"\nerrno = "5"\n')
+    const outcome: Record<string, { status: number; stderr: string; check: string }> = {}
+    for (const [tool, name] of [["qemu", "qd.qcow2"], ["ts", "td.qcow2"]] as const) {
+      qemu(dir, "qemu-img", ["create", "-f", "qcow2", name, "64M"])
+      qemu(dir, "qemu-io", ["-c", "write 0 64k", name])
+      qemu(dir, "qemu-img", ["snapshot", "-c", "foo", name])
+      const args = ["snapshot", "-d", "foo", `blkdebug:free.conf:${name}`]
+      const run = tool === "qemu" ? qemu(dir, "qemu-img", args, true) : qcow2(dir, args)
+      outcome[tool] = { status: run.status, stderr: run.stderr.replace(/^qcow2: /gm, "qemu-img: "), check: qemu(dir, "qemu-img", ["check", name], true).stderr }
+    }
+    expect(outcome.ts).toEqual(outcome.qemu)
+    expect(outcome.ts!.stderr).toBe(
+      "qcow2_free_clusters failed: Input/output error\nqemu-img: Could not delete snapshot 'foo': Failed to free the cluster and L1 table: Input/output error\n"
+    )
+    expect(outcome.ts!.check.split("\n").filter((line) => line.startsWith("Leaked cluster"))).toHaveLength(4)
+  })
+})
+
+describe("failed snapshot operations fail as qemu-img's do and leave the image as QEMU leaves it (iotest 080)", () => {
+  const be64 = (name: string, at: number): number => {
+    const bytes = Buffer.alloc(8)
+    const fd = fs.openSync(file(name), "r")
+    fs.readSync(fd, bytes, 0, 8, at)
+    fs.closeSync(fd)
+    return Number(bytes.readBigUInt64BE())
+  }
+  const poke = (name: string, at: number, bytes: Buffer) => {
+    const fd = fs.openSync(file(name), "r+")
+    fs.writeSync(fd, bytes, 0, bytes.length, at)
+    fs.closeSync(fd)
+  }
+  /** A 64 MiB image with 512 bytes written and, when `snapshot`, a snapshot "test" taken by qemu-img. */
+  const image = (name: string, snapshot: boolean) => {
+    qemu(dir, "qemu-img", ["create", "-f", "qcow2", name, "64M"])
+    qemu(dir, "qemu-io", ["-c", "write 0 512", name])
+    if (snapshot) qemu(dir, "qemu-img", ["snapshot", "-c", "test", name])
+  }
+  /**
+   * Runs `args` through qemu-img and this CLI, each on an image `setup`
+   * made; the same exit status and messages, and `qemu-img check` finding
+   * the same errors afterwards (with `sameLeaks`, the same leaks too: QEMU
+   * leaks a refcount block this toolkit does not allocate on one path).
+   */
+  const both = (setup: (name: string) => void, args: (name: string) => ReadonlyArray<string>, sameLeaks = true) => {
+    const outcome: Record<string, { status: number; stderr: string; check: string }> = {}
+    for (const [tool, name] of [["qemu", "q080.qcow2"], ["ts", "t080.qcow2"]] as const) {
+      setup(name)
+      const run = tool === "qemu" ? qemu(dir, "qemu-img", args(name), true) : qcow2(dir, args(name))
+      const check = qemu(dir, "qemu-img", ["check", name], true)
+      outcome[tool] = { status: run.status, stderr: run.stderr.replace(/^qcow2: /gm, "qemu-img: "), check: check.stdout + check.stderr }
+    }
+    const errors = (check: string) => check.split("\n").filter((line) => line.startsWith("ERROR"))
+    if (sameLeaks) expect(outcome.ts).toEqual(outcome.qemu)
+    else expect({ ...outcome.ts, check: errors(outcome.ts!.check) }).toEqual({ ...outcome.qemu, check: errors(outcome.qemu!.check) })
+    return outcome.ts!
+  }
+
+  it("snapshot -c over an L2 entry far past the end: EAGAIN where QEMU would add a refcount block, EFBIG past the refcount table's limit", () => {
+    for (const [entry, expected] of [
+      ["bfffffffffff0000", "-27 (File too large)"],
+      ["800000ffffff0000", "-11 (Resource temporarily unavailable)"]
+    ] as const) {
+      const setup = (name: string) => {
+        image(name, false)
+        poke(name, be64(name, be64(name, 40)) & 0xfffffffffe00, Buffer.from(entry, "hex"))
+      }
+      const { stderr } = both(setup, (name) => ["snapshot", "-c", "test", name], false)
+      expect(stderr).toBe(`qemu-img: Could not create snapshot 'test': ${expected}\n`)
+    }
+  })
+
+  it("amend -o compat=0.10 with a bad snapshot L1 table: QEMU's two messages, nothing changed", () => {
+    for (const [field, bytes, message] of [
+      [0, "0000000000400200", "Snapshot L1 table offset invalid\nqemu-img: Failed to turn zero into data clusters: Invalid argument"],
+      [8, "10000000", "Snapshot L1 table too large\nqemu-img: Failed to turn zero into data clusters: File too large"]
+    ] as const) {
+      const setup = (name: string) => {
+        image(name, true)
+        poke(name, be64(name, 64) + field, Buffer.from(bytes, "hex"))
+      }
+      const outcome = both(setup, (name) => ["amend", "-o", "compat=0.10", name])
+      expect([outcome.status, outcome.stderr]).toEqual([1, `qemu-img: ${message}\n`])
+      expect(outcome.check).toContain("Leaked cluster 4 refcount=2 reference=1")
+    }
+  })
+
+  it("qemu-io with overlap-check.inactive-l2=on over a bad snapshot L1 table: every write fails with its errno, the file stays as it was", () => {
+    for (const [field, bytes, errno] of [
+      [0, "0000000000400200", "Invalid argument"],
+      [8, "10000000", "File too large"]
+    ] as const) {
+      const outputs: Record<string, string> = {}
+      for (const [tool, name] of [["qemu", "qi.qcow2"], ["ts", "ti.qcow2"]] as const) {
+        image(name, true)
+        poke(name, be64(name, 64) + field, Buffer.from(bytes, "hex"))
+        const before = fs.readFileSync(file(name))
+        const args = ["-c", `open -o overlap-check.inactive-l2=on ${name}`, "-c", "write 0 4k"]
+        const run = tool === "qemu" ? qemu(dir, "qemu-io", args, true) : qcow2(dir, ["io", ...args])
+        outputs[tool] = `${run.status}\n${run.stdout}${run.stderr.replace(/^qcow2: /gm, "qemu-io: ")}`
+        expect(fs.readFileSync(file(name)).equals(before), `${tool} ${bytes}`).toBe(true)
+      }
+      expect(outputs.ts).toBe(outputs.qemu)
+      expect(outputs.ts).toBe(`1\nwrite failed: ${errno}\nqemu-io: Failed to flush the refcount block cache: ${errno}\n`)
+    }
   })
 })

@@ -1,6 +1,6 @@
 import { Data, Effect } from "effect"
 import type { MetadataKind, OverlapIndex } from "@qcow2/format"
-import type { BlockStorageShape, DebugEvent, StorageError } from "@qcow2/storage"
+import { StorageError, type BlockStorageShape, type DebugEvent } from "@qcow2/storage"
 
 /**
  * A table write-back refused because the table's cluster holds other
@@ -249,6 +249,10 @@ export class TableCache {
     return Effect.gen(function* () {
       if (!entry.dirty) return
       if (self.overlaps !== undefined) {
+        const refusal = self.overlaps.index.inactiveL2Refusal
+        if (refusal !== undefined) {
+          return yield* new StorageError({ reason: "Io", message: `${refusal.message}: ${self.name} table at host offset ${entry.offset} not written`, offset: entry.offset, errno: refusal.errno })
+        }
         const hit = self.overlaps.index.find(entry.offset, self.tableSize, [self.overlaps.kind])
         if (hit !== undefined) {
           return yield* new MetadataOverlapError({

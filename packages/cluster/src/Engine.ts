@@ -50,6 +50,17 @@ export interface ClusterCompression {
   readonly decompress: (input: Uint8Array, out: Uint8Array) => Effect.Effect<void, DecompressionError>
   /** Compresses one cluster; undefined when it does not get smaller. */
   readonly compress: (input: Uint8Array) => Effect.Effect<Uint8Array | undefined, CompressionError>
+  /**
+   * Compresses whole clusters of `clusterSize` bytes at once (e.g. one
+   * message to a worker pool, CompressionPool.compressClusters) and runs
+   * `use` on the results in order (undefined: did not get smaller), which
+   * are valid until `use` settles. Without it, `compress` runs per cluster.
+   */
+  readonly compressClusters?: <A, E, R>(
+    data: Uint8Array,
+    clusterSize: number,
+    use: (results: ReadonlyArray<Uint8Array | undefined>) => Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E | CompressionError, R>
 }
 
 /** Encrypts or decrypts whole 512-byte sectors in place; `offset` selects the IV. */
@@ -88,6 +99,8 @@ export interface EngineOptions {
   readonly report?: (line: string) => void
   /** Lazy refcounts whatever the header's compatible bit says (QEMU's lazy-refcounts option). */
   readonly lazyRefcounts?: boolean
+  /** QEMU's overlap-check.inactive-l2: snapshot L1 tables are validated before every write (OverlapIndex). */
+  readonly checksInactiveL2?: boolean
 }
 
 /** A metadata cache that could not be written back at close; QEMU's message names it ("Failed to flush the L2 table cache"). */
@@ -139,6 +152,8 @@ export class Qcow2Engine {
   readonly crypto: SectorCrypto | undefined
   /** Persistent dirty bitmaps: marked by every write path, stored on close. */
   readonly bitmaps: DirtyBitmaps
+  /** Where the driver's own messages go (EngineOptions.report); nowhere when absent. */
+  readonly report: (line: string) => void
   /** Set by `close`: everything was written back once; nothing more is. */
   private closed = false
 
@@ -147,6 +162,7 @@ export class Qcow2Engine {
     const h = image.header
     const storage = options.storage
     this.location = storage.location
+    this.report = options.report ?? (() => {})
     this.storage = storage
     this.data = options.dataFile ?? storage
     this.externalData = (h.incompatibleFeatures & IncompatibleFeature.ExternalDataFile) !== 0n
@@ -157,7 +173,7 @@ export class Qcow2Engine {
     this.crypto = options.crypto
     const cs = this.geometry.clusterSize
     this.header = new HeaderState(storage, image)
-    this.integrity = new Integrity(this.header, options.readOnly, this.location, options.report, options.lazyRefcounts)
+    this.integrity = new Integrity(this.header, options.readOnly, this.location, options.report, options.lazyRefcounts, options.checksInactiveL2)
     const overlaps = this.integrity.overlaps
     this.snapshots = new SnapshotTable(options.snapshots, h.snapshotsOffset, Math.floor(h.size / 512) * 512, overlaps)
     const bitmaps = image.extensions.bitmaps
@@ -574,7 +590,8 @@ export class Qcow2Engine {
       }
       const failures: CacheFlushFailure[] = []
       for (const [cache, tables] of [["L2 table", self.l2Cache], ["refcount block", self.refcounts.cache]] as const) {
-        const result = yield* Effect.result(self.run(Effect.suspend(() => tables.flush())))
+        // As QEMU's qcow2_cache_entry_flush: a cache with nothing dirty writes nothing, not even the cache it depends on.
+        const result = yield* Effect.result(self.run(Effect.suspend(() => (tables.hasDirty ? tables.flush() : self.storage.flush()))))
         if (result._tag === "Failure") failures.push({ cache, error: result.failure })
       }
       if (self.data !== self.storage) yield* Effect.ignore(self.data.flush())

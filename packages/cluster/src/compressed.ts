@@ -32,33 +32,54 @@ export function writeCompressedClusters(engine: Qcow2Engine, offset: number, dat
     }
     // Compress every cluster of the request at once (a worker pool runs them
     // in parallel), then store them in guest order.
-    const starts: number[] = []
-    for (let done = 0; done < data.length; done += cs) starts.push(done)
+    const count = Math.ceil(data.length / cs)
+    if (count === 0) return
+    const whole = data.length === count * cs ? data : padded(data, count * cs)
+    const batch = engine.codec.compressClusters
+    if (batch !== undefined) return yield* batch(whole, cs, (results) => storeResults(engine, offset, data, results))
     const results = yield* Effect.forEach(
-      starts,
-      (done) => {
-        let cluster = data.subarray(done, Math.min(done + cs, data.length))
-        if (cluster.length < cs) {
-          const padded = new Uint8Array(cs)
-          padded.set(cluster)
-          cluster = padded
-        }
-        return engine.codec.compress(cluster)
-      },
+      Array.from({ length: count }, (_, k) => k * cs),
+      (start) => engine.codec.compress(whole.subarray(start, start + cs)),
       { concurrency: "unbounded" }
     )
-    // Each run of clusters that did shrink is stored together: one storage
-    // write per stretch of contiguous host bytes instead of one per cluster.
+    yield* storeResults(engine, offset, data, results)
+  })
+}
+
+/** `data` followed by zeros up to `length` bytes (a last cluster cut by the image end). */
+const padded = (data: Uint8Array, length: number): Uint8Array => {
+  const whole = new Uint8Array(length)
+  whole.set(data)
+  return whole
+}
+
+/**
+ * Stores the compressed `results` of the clusters of `data` (from guest
+ * `offset` on): each run of clusters that did shrink is stored together,
+ * one storage write per stretch of contiguous host bytes instead of one
+ * per cluster; a run of clusters that did not shrink is written as normal
+ * clusters, in one write.
+ */
+function storeResults(
+  engine: Qcow2Engine,
+  offset: number,
+  data: Uint8Array,
+  results: ReadonlyArray<Uint8Array | undefined>
+): Effect.Effect<void, EngineFailure> {
+  return Effect.gen(function* () {
+    const cs = engine.geometry.clusterSize
     let i = 0
-    while (i < starts.length) {
-      const guest = offset + starts[i]
+    while (i < results.length) {
+      const guest = offset + i * cs
+      let j = i
       if (results[i] === undefined) {
-        yield* writeGuest(engine, guest, data.subarray(starts[i], Math.min(starts[i] + cs, data.length)))
-        i++
+        // A run of clusters that did not shrink: one plain write.
+        while (j + 1 < results.length && results[j + 1] === undefined) j++
+        yield* writeGuest(engine, guest, data.subarray(i * cs, Math.min((j + 1) * cs, data.length)))
+        i = j + 1
         continue
       }
-      let j = i
-      while (j + 1 < starts.length && results[j + 1] !== undefined) j++
+      while (j + 1 < results.length && results[j + 1] !== undefined) j++
       const run = results.slice(i, j + 1) as Array<Uint8Array>
       yield* engine.inflight.whenSettled(engine.lock, guest / cs, guest / cs + run.length - 1, storeCompressed(engine, guest, run))
       i = j + 1
@@ -111,13 +132,7 @@ function storeCompressed(engine: Qcow2Engine, guest: number, run: ReadonlyArray<
       let b = a
       let end = placed[a].host + placed[a].bytes.length
       while (b + 1 < placed.length && placed[b + 1].host === end) end += placed[++b].bytes.length
-      if (a === b) {
-        yield* engine.storage.write(placed[a].host, placed[a].bytes)
-      } else {
-        const joined = new Uint8Array(end - placed[a].host)
-        for (let k = a; k <= b; k++) joined.set(placed[k].bytes, placed[k].host - placed[a].host)
-        yield* engine.storage.write(placed[a].host, joined)
-      }
+      yield* engine.storage.write(placed[a].host, joinedBytes(placed, a, b, end - placed[a].host))
       a = b + 1
     }
     for (const p of placed) {
@@ -129,4 +144,23 @@ function storeCompressed(engine: Qcow2Engine, guest: number, run: ReadonlyArray<
     engine.l2Cache.dependOnStorageFlush()
     engine.decompressed.forget()
   })
+}
+
+/**
+ * The bytes of placed[a..b] (contiguous on the host, `length` in all) as one
+ * buffer: a view when they already lie one after another in the same memory
+ * (a pool's packed batch), else a copy.
+ */
+function joinedBytes(placed: ReadonlyArray<Placement>, a: number, b: number, length: number): Uint8Array {
+  const first = placed[a].bytes
+  let adjacent = true
+  for (let k = a + 1; k <= b && adjacent; k++) {
+    const prev = placed[k - 1].bytes
+    const bytes = placed[k].bytes
+    adjacent = bytes.buffer === first.buffer && bytes.byteOffset === prev.byteOffset + prev.length
+  }
+  if (adjacent) return new Uint8Array(first.buffer, first.byteOffset, length)
+  const joined = new Uint8Array(length)
+  for (let k = a; k <= b; k++) joined.set(placed[k].bytes, placed[k].host - placed[a].host)
+  return joined
 }

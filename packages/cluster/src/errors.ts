@@ -2,7 +2,7 @@ import { Data, Effect } from "effect"
 import type { RefcountError } from "@qcow2/alloc"
 import type { MetadataOverlapError } from "@qcow2/cache"
 import type { CompressionError, DecompressionError } from "@qcow2/compress"
-import type { StorageError } from "@qcow2/storage"
+import { strerrorOf, type StorageError } from "@qcow2/storage"
 
 /**
  * A mapping problem found in the image's L1/L2 tables, or a request the
@@ -17,7 +17,7 @@ export class ClusterError extends Data.TaggedError("ClusterError")<{
   readonly message: string
   readonly offset?: number
   /** The POSIX error QEMU returns in this situation, when it differs from what `reason` suggests. */
-  readonly errno?: "EIO" | "EINVAL" | "ENOTSUP" | "EFBIG" | "ENOENT"
+  readonly errno?: "EIO" | "EINVAL" | "ENOTSUP" | "EFBIG" | "ENOENT" | "EAGAIN"
 }> {}
 
 /**
@@ -55,6 +55,12 @@ export class ImageError extends Data.TaggedError("ImageError")<{
   readonly errno?: string
   /** The failure below this one, for diagnostics. */
   readonly cause?: unknown
+  /**
+   * Messages QEMU's error_report prints before this failure's own, in
+   * order ("Snapshot L1 table offset invalid" before "Failed to turn zero
+   * into data clusters: …"); a front end prefixes each as it does `message`.
+   */
+  readonly reported?: ReadonlyArray<string>
 }> {}
 
 /** Every failure a request can meet inside the engine, before it is presented as an ImageError. */
@@ -101,6 +107,43 @@ export function toImageError(error: EngineFailure, location: string): ImageError
     case "CompressionError":
       return new ImageError({ reason: "Compression", message: error.message, location, errno: "EIO", cause: error })
   }
+}
+
+/**
+ * The errno QEMU fails with for this failure, for messages that end in
+ * its strerror() text ("Failed to free the cluster and L1 table: …"):
+ * the one a layer below knew, else the usual one for its reason.
+ */
+export function errnoOfFailure(error: EngineFailure): string {
+  const image = toImageError(error, "")
+  if (image.errno !== undefined) return image.errno
+  switch (image.reason) {
+    case "InvalidArgument":
+    case "RefcountOverflow":
+      return "EINVAL"
+    case "Unsupported":
+      return "ENOTSUP"
+    case "NoSpace":
+      return "ENOSPC"
+    case "ReadOnly":
+      return "EACCES"
+    case "Locked":
+      return "EAGAIN"
+    case "NotQcow2":
+    case "Corrupt":
+    case "BackingChain":
+    case "Decompression":
+    case "Compression":
+    case "Encryption":
+    case "Storage":
+      return "EIO"
+  }
+}
+
+/** strerror() of `errnoOfFailure` ("Input/output error"). */
+export const strerrorOfFailure = (error: EngineFailure): string => {
+  const errno = errnoOfFailure(error)
+  return strerrorOf(errno) ?? errno
 }
 
 function refcountReason(reason: RefcountError["reason"]): ImageErrorReason {

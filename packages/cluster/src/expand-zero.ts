@@ -1,9 +1,10 @@
 import { Effect } from "effect"
-import { Limits, readL1Entry, readL2Entry, writeL2Entry } from "@qcow2/format"
+import { readL1Entry, readL2Entry, writeL2Entry } from "@qcow2/format"
 import type { L2Entry, SnapshotEntry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
-import type { EngineFailure } from "./errors.js"
+import { errnoOfFailure, ImageError, strerrorOfFailure, type EngineFailure } from "./errors.js"
 import { loadL2 } from "./mapping.js"
+import { validateSnapshotL1 } from "./snapshot.js"
 import type { AmendProgress } from "./refcount-order.js"
 
 /**
@@ -20,10 +21,28 @@ import type { AmendProgress } from "./refcount-order.js"
  * emptied, and snapshot L2 tables (which may be the same tables) are read
  * and written directly, each after the refcounts and zeroed clusters it
  * names are durable (rules 1 and 2). Call with nothing else running.
+ *
+ * Every snapshot's L1 table is checked first, as QEMU checks each before
+ * use (qcow2_validate_table); a bad one fails the whole with QEMU's two
+ * messages ("Snapshot L1 table offset invalid", then "Failed to turn zero
+ * into data clusters: Invalid argument") before anything has changed.
  */
 export function expandZeroClusters(engine: Qcow2Engine, snapshots: ReadonlyArray<SnapshotEntry>, progress: AmendProgress): Effect.Effect<void, EngineFailure> {
   return engine.lock.withPermits(1)(
     Effect.gen(function* () {
+      for (const snapshot of snapshots) {
+        const invalid = validateSnapshotL1(engine, snapshot)
+        if (invalid !== undefined) {
+          return yield* new ImageError({
+            reason: invalid.reason,
+            message: `Failed to turn zero into data clusters: ${strerrorOfFailure(invalid)}`,
+            location: engine.location,
+            errno: errnoOfFailure(invalid),
+            reported: [invalid.message],
+            cause: invalid
+          })
+        }
+      }
       const cs = engine.geometry.clusterSize
       const total = engine.l1.size + snapshots.reduce((sum, s) => sum + s.l1Size, 0)
       let visited = 0
@@ -41,7 +60,6 @@ export function expandZeroClusters(engine: Qcow2Engine, snapshots: ReadonlyArray
       yield* engine.flushMetadata()
       engine.l2Cache.dropClean()
       for (const snapshot of snapshots) {
-        if (snapshot.l1Size * 8 > Limits.maxL1Bytes) return yield* engine.integrity.markCorrupt(`Snapshot L1 table too large (${snapshot.l1Size} entries)`)
         const l1 = new Uint8Array(snapshot.l1Size * 8)
         yield* engine.storage.read(snapshot.l1TableOffset, l1)
         for (let i = 0; i < snapshot.l1Size; i++) {

@@ -31,17 +31,19 @@ export class Integrity {
 
   /**
    * `report`: where QEMU's corruption message goes ("qcow2: Marking image
-   * as corrupt: …"); `lazy`: lazy refcounts whatever the compatible bit says.
+   * as corrupt: …"); `lazy`: lazy refcounts whatever the compatible bit says;
+   * `checksInactiveL2`: QEMU's overlap-check.inactive-l2 (see OverlapIndex).
    */
   constructor(
     private readonly header: HeaderState,
     readonly readOnly: boolean,
     readonly location: string,
     private readonly report?: (line: string) => void,
-    lazy?: boolean
+    lazy?: boolean,
+    checksInactiveL2 = false
   ) {
     const h = header.header
-    this.overlaps = new OverlapIndex(2 ** h.clusterBits)
+    this.overlaps = new OverlapIndex(2 ** h.clusterBits, checksInactiveL2)
     this.lazyRefcounts = lazy ?? (h.compatibleFeatures & CompatibleFeature.LazyRefcounts) !== 0n
     this.corrupt = (h.incompatibleFeatures & IncompatibleFeature.Corrupt) !== 0n
     this.dirty = (h.incompatibleFeatures & IncompatibleFeature.Dirty) !== 0n
@@ -107,9 +109,13 @@ export class Integrity {
   /**
    * Fails (and marks the image corrupt) when host bytes [offset, +length)
    * hold metadata other than `ignore`: QEMU's "Preventing invalid write on
-   * metadata (overlaps with …)".
+   * metadata (overlaps with …)". While inactive L2 tables are checked and
+   * a snapshot's L1 table fails validation, every write fails with its
+   * errno instead (nothing marked; QEMU's check fails the same way).
    */
   guardWrite(offset: number, length: number, ignore: ReadonlyArray<MetadataKind> = []): Effect.Effect<void, ClusterError> {
+    const refusal = this.overlaps.inactiveL2Refusal
+    if (refusal !== undefined) return Effect.fail(new ClusterError({ reason: "InvalidArgument", message: refusal.message, errno: refusal.errno }))
     const hit = this.overlaps.find(offset, length, ignore)
     if (hit === undefined) return Effect.void
     return this.markCorrupt(`Preventing invalid write on metadata (overlaps with ${hit}) at host offset ${offset}`, offset)

@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { readL1Entry, readL2Entry, writeL1Entry } from "@qcow2/format"
+import { Limits, readL1Entry, readL2Entry, writeL1Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
@@ -71,6 +71,23 @@ function referencedRanges(engine: Qcow2Engine, table: Uint8Array, l2Offset: numb
 }
 
 /**
+ * A reference to a cluster past the clusters this image counts. QEMU's
+ * update_refcount would first create the refcount block for it (growing
+ * the refcount table) and then fail with EAGAIN, "retry", which a
+ * snapshot does not do; when the table would pass its 8 MiB limit it
+ * fails with EFBIG instead. The errno is QEMU's; nothing is allocated
+ * here for such a cluster.
+ */
+function pastTheEnd(blockEntries: number, clusterSize: number, offset: number): ClusterError {
+  const blocksUsed = Math.ceil(Math.floor(offset / clusterSize) / blockEntries)
+  return new ClusterError({
+    reason: "InvalidArgument",
+    message: `cluster at 0x${offset.toString(16)} lies past the end of the image`,
+    errno: blocksUsed > Limits.maxRefcountTableBytes / 8 ? "EFBIG" : "EAGAIN"
+  })
+}
+
+/**
  * Adds `addend` to the refcount of every cluster an L1 table reaches: each
  * L2 table once per L1 entry naming it, and every cluster its entries use
  * (compressed clusters by their host byte range), as QEMU's
@@ -88,11 +105,7 @@ export function adjustReachable(engine: Qcow2Engine, l1: Uint8Array, entries: nu
   const done: HostRange[] = []
   const change = (range: HostRange): Effect.Effect<void, EngineFailure> => {
     if (addend < 0) return refcounts.free(range.offset, range.length)
-    if (range.offset + range.length > refcounts.endOfAllocatedClusters * cs) {
-      return Effect.fail(
-        new ClusterError({ reason: "InvalidArgument", message: `cluster at 0x${range.offset.toString(16)} lies past the end of the image`, errno: "EFBIG" })
-      )
-    }
+    if (range.offset + range.length > refcounts.endOfAllocatedClusters * cs) return Effect.fail(pastTheEnd(refcounts.blockEntries, cs, range.offset))
     return Effect.map(refcounts.reference(range.offset, range.length), () => {
       done.push(range)
     })

@@ -3,7 +3,7 @@ import { encodeSnapshotTable, Limits, snapshotTableSize } from "@qcow2/format"
 import type { OverlapIndex, SnapshotEntry } from "@qcow2/format"
 import type { Refcounts } from "@qcow2/alloc"
 import type { BlockStorageShape } from "@qcow2/storage"
-import { ClusterError } from "./errors.js"
+import { ClusterError, strerrorOfFailure } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import type { HeaderState } from "./header.js"
 import type { Integrity } from "./integrity.js"
@@ -71,11 +71,20 @@ export class SnapshotTable {
    * Replaces the table with `next` (QEMU's qcow2_write_snapshots): the new
    * table goes into newly allocated clusters and is made durable with its
    * refcounts, then the header is switched to it (rule 4), then the old
-   * table is freed. A crash in between leaks clusters at worst.
+   * table is freed. A crash in between leaks clusters at worst. A failure
+   * to free the old table only leaks it: as QEMU's qcow2_free_clusters,
+   * it is reported ("qcow2_free_clusters failed: …") and the rest goes on.
    */
   write(
     next: ReadonlyArray<SnapshotEntry>,
-    io: { readonly storage: BlockStorageShape; readonly header: HeaderState; readonly integrity: Integrity; readonly refcounts: Refcounts; readonly flush: () => Effect.Effect<void, EngineFailure> }
+    io: {
+      readonly storage: BlockStorageShape
+      readonly header: HeaderState
+      readonly integrity: Integrity
+      readonly refcounts: Refcounts
+      readonly flush: () => Effect.Effect<void, EngineFailure>
+      readonly report: (line: string) => void
+    }
   ): Effect.Effect<void, EngineFailure> {
     const self = this
     return Effect.gen(function* () {
@@ -100,13 +109,15 @@ export class SnapshotTable {
       self.tableOffset = offset
       self.tableLength = length
       self.index()
-      if (old.length > 0) yield* io.refcounts.free(old.offset, old.length)
+      if (old.length === 0) return
+      const freed = yield* Effect.result(io.refcounts.free(old.offset, old.length))
+      if (freed._tag === "Failure") io.report(`qcow2_free_clusters failed: ${strerrorOfFailure(freed.failure)}`)
     })
   }
 
   private index(): void {
     this.overlaps.setRanges("snapshot table", this.tableLength > 0 ? [{ offset: this.tableOffset, length: this.tableLength }] : [])
-    this.overlaps.setRanges("inactive L1 table", this.list.map((s) => ({ offset: s.l1TableOffset, length: s.l1Size * 8 })))
+    this.overlaps.setInactiveL1Tables(this.list.map((s) => ({ offset: s.l1TableOffset, entries: s.l1Size })))
   }
 }
 

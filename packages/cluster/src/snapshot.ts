@@ -1,8 +1,8 @@
 import { Effect } from "effect"
-import { Limits } from "@qcow2/format"
+import { Limits, snapshotL1Problem } from "@qcow2/format"
 import type { SnapshotEntry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
-import { ClusterError } from "./errors.js"
+import { ClusterError, errnoOfFailure, ImageError, strerrorOfFailure, toImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { adjustReachable, recomputeCopied } from "./snapshot-refs.js"
 
@@ -25,12 +25,9 @@ const notFound = (message: string) => new ClusterError({ reason: "InvalidArgumen
  * "Snapshot L1 table"): at most 32 MiB of entries, a cluster-aligned
  * offset, and an end that fits 63 bits.
  */
-function validateL1(engine: Qcow2Engine, s: SnapshotEntry): ClusterError | undefined {
-  if (s.l1Size > Limits.maxL1Bytes / 8) return new ClusterError({ reason: "InvalidArgument", message: "Snapshot L1 table too large", errno: "EFBIG" })
-  if (s.l1TableOffset % engine.geometry.clusterSize !== 0 || s.l1TableOffset + s.l1Size * 8 > Number.MAX_SAFE_INTEGER) {
-    return new ClusterError({ reason: "InvalidArgument", message: "Snapshot L1 table offset invalid", errno: "EINVAL" })
-  }
-  return undefined
+export function validateSnapshotL1(engine: Qcow2Engine, s: SnapshotEntry): ClusterError | undefined {
+  const problem = snapshotL1Problem(s.l1TableOffset, s.l1Size, engine.geometry.clusterSize)
+  return problem === undefined ? undefined : new ClusterError({ reason: "InvalidArgument", message: problem.message, errno: problem.errno })
 }
 
 /** Reads a snapshot's L1 table into a buffer of at least `minEntries` entries (zero-padded), COPIED flags cleared. */
@@ -117,7 +114,7 @@ export const snapshotForApply = (engine: Qcow2Engine, idOrName: string): Snapsho
   const index = engine.snapshots.findByIdOrName(idOrName)
   if (index < 0) return notFound(`Can't find the snapshot '${idOrName}'`)
   const s = engine.snapshots.entries[index]!
-  return validateL1(engine, s) ?? s
+  return validateSnapshotL1(engine, s) ?? s
 }
 
 /** The revert itself, after `snapshotForApply` and the resize to the snapshot's disk size. Call with the metadata lock held. */
@@ -152,12 +149,15 @@ export function deleteSnapshot(engine: Qcow2Engine, id: string | undefined, name
     const index = table.find(id, name)
     if (index < 0) return yield* notFound("Can't find the snapshot")
     const s = table.entries[index]!
-    const invalid = validateL1(engine, s)
+    const invalid = validateSnapshotL1(engine, s)
     if (invalid !== undefined) return yield* invalid
     const l1 = yield* readSnapshotL1(engine, s, 0)
     yield* table.write(table.entries.filter((_, i) => i !== index), tableIo(engine))
     yield* adjustReachable(engine, l1, s.l1Size, -1).pipe(
-      Effect.mapError((error) => new ClusterError({ reason: "Corrupt", message: `Failed to free the cluster and L1 table: ${error.message}`, errno: "EIO" }))
+      Effect.mapError((error) => {
+        const cause = toImageError(error, engine.location)
+        return new ImageError({ ...cause, message: `Failed to free the cluster and L1 table: ${strerrorOfFailure(error)}`, errno: errnoOfFailure(error), cause })
+      })
     )
     if (s.l1Size > 0) yield* engine.refcounts.free(s.l1TableOffset, s.l1Size * 8)
     yield* engine.flushMetadata()
@@ -178,7 +178,7 @@ export function loadSnapshot(engine: Qcow2Engine, id: string | undefined, name: 
     const index = engine.snapshots.find(id, name)
     if (index < 0) return yield* notFound("Can't find snapshot")
     const s = engine.snapshots.entries[index]!
-    const invalid = validateL1(engine, s)
+    const invalid = validateSnapshotL1(engine, s)
     if (invalid !== undefined) return yield* invalid
     const l1 = yield* readSnapshotL1(engine, s, 0)
     engine.l1.replace(l1, s.l1TableOffset, s.l1Size)
@@ -207,5 +207,6 @@ const tableIo = (engine: Qcow2Engine) => ({
   header: engine.header,
   integrity: engine.integrity,
   refcounts: engine.refcounts,
-  flush: () => engine.flushMetadata()
+  flush: () => engine.flushMetadata(),
+  report: engine.report
 })

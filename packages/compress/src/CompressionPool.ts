@@ -22,7 +22,7 @@ import { CompressionType } from "./CompressionType.js"
 import { CompressionError } from "./errors.js"
 import { DeflateQueue } from "./internal/deflateQueue.js"
 import { nodeInflateRaw } from "./internal/nodeKernels.js"
-import { checkedLevel, compressOn, outcomeEffect } from "./internal/poolJobs.js"
+import { checkedBatchLevel, checkedLevel, compressOn, jobFailure, outcomeEffect, type JobOutcome } from "./internal/poolJobs.js"
 import { WorkerPool } from "./internal/workerPool.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
@@ -34,6 +34,12 @@ export interface CompressionPoolOptions {
    * worker threads (default: `os.availableParallelism()`).
    */
   readonly workers?: number
+  /**
+   * zstd worker threads, when they should be fewer than `workers` (default:
+   * `workers`). Each is a V8 isolate (~10 MiB); a caller whose own thread
+   * is busy too (reading, writing, metadata) may leave a core to it.
+   */
+  readonly zstdWorkers?: number
   /** Messages (batches of up to 32 zstd clusters) sent ahead to each worker so it never waits for the next one (default 2). */
   readonly maxInFlightPerWorker?: number
 }
@@ -69,7 +75,29 @@ export interface CompressionPool {
     level?: number,
     options?: PoolCompressOptions
   ) => Effect.Effect<Uint8Array | undefined, CompressionError>
+  /**
+   * Compresses `data`, consecutive whole clusters of `clusterSize` bytes
+   * (`data.length` a multiple of it), as `compress` would each one, and
+   * runs `use` on the results in order (undefined: store that cluster
+   * uncompressed). The results are valid only until `use` settles (their
+   * memory is then reused), and `data` must stay unchanged until then. One
+   * job for the whole request: zstd sends it in one message (read in place
+   * when `data` is on a SharedArrayBuffer, else copied once into pool
+   * memory), and the compressed
+   * clusters come back packed one after another, so a run of them can be
+   * written with one request (`packedRuns`).
+   */
+  readonly compressClusters: <A, E, R>(
+    type: CompressionType,
+    data: Uint8Array,
+    clusterSize: number,
+    level: number | undefined,
+    use: (results: ReadonlyArray<Uint8Array | undefined>) => Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E | CompressionError, R>
 }
+
+/** Bytes of a zstd batch sent to one worker at most (a `convert` request is one part). */
+const ZSTD_PART_BYTES = 2 * 1024 * 1024
 
 /** The worker program (zstd only): the kernel inlined from its source text. */
 const compressionWorkerSource = (): string =>
@@ -97,11 +125,37 @@ const compressionWorkerSource = (): string =>
     `    replies.push({ id: job.id, ok: false, message: error && error.message ? error.message : String(error) });`,
     `  }`,
     `};`,
+    // A batch: the clusters' compressed bytes are packed from the start of
+    // the request's own memory. Cluster k's output starts at most k * (size - 1)
+    // bytes in and is shorter than a cluster, so it only covers bytes of
+    // clusters already compressed (their input was copied into the wasm heap).
+    // With `out` (the input is shared memory, read in place) they are packed there.
+    `const compressBatch = (job, replies, transfer) => {`,
+    `  try {`,
+    `    if (zstd === undefined) zstd = createZstdKernel(workerData.zstdModule);`,
+    `    const size = job.clusterSize;`,
+    `    const data = job.data;`,
+    `    const out = job.out === undefined ? data : job.out;`,
+    `    const sizes = new Int32Array(data.length / size);`,
+    `    let packed = 0;`,
+    `    for (let k = 0; k < sizes.length; k++) {`,
+    `      const result = zstd.compress(data.subarray(k * size, (k + 1) * size), size - 1, job.level);`,
+    `      if (result === undefined) { sizes[k] = -1; continue; }`,
+    `      out.set(result, packed);`,
+    `      sizes[k] = result.length;`,
+    `      packed += result.length;`,
+    `    }`,
+    `    replies.push({ id: job.id, ok: true, result: out, sizes });`,
+    `    transfer.push(out.buffer, sizes.buffer);`,
+    `  } catch (error) {`,
+    `    replies.push({ id: job.id, ok: false, message: error && error.message ? error.message : String(error) });`,
+    `  }`,
+    `};`,
     // One message carries a batch of jobs; one answer carries their results.
     `parentPort.on("message", (jobs) => {`,
     `  const replies = [];`,
     `  const transfer = [];`,
-    `  for (const job of jobs) compressJob(job, replies, transfer);`,
+    `  for (const job of jobs) (job.clusterSize === undefined ? compressJob : compressBatch)(job, replies, transfer);`,
     `  parentPort.postMessage(replies, transfer);`,
     `});`
   ].join("\n")
@@ -117,6 +171,7 @@ export const makeCompressionPool = (
 ): Effect.Effect<CompressionPool, never, Scope.Scope> =>
   Effect.gen(function* () {
     const size = Math.max(1, Math.floor(options?.workers ?? availableParallelism()))
+    const zstdSize = Math.max(1, Math.floor(options?.zstdWorkers ?? size))
     const maxInFlight = Math.max(1, Math.floor(options?.maxInFlightPerWorker ?? 2))
     // More deflate jobs than libuv has threads: a thread that finishes a
     // cluster takes the next queued one at once instead of waiting for the
@@ -128,7 +183,7 @@ export const makeCompressionPool = (
     let zstdWorkers: Promise<WorkerPool | undefined> | undefined
     const startZstdWorkers = (): Promise<WorkerPool | undefined> =>
       (zstdWorkers ??= zstdWasmModule(nodeInflateRaw).then((zstdModule) =>
-        closed ? undefined : new WorkerPool(compressionWorkerSource(), { zstdModule }, size, maxInFlight)
+        closed ? undefined : new WorkerPool(compressionWorkerSource(), { zstdModule }, zstdSize, maxInFlight)
       ))
     yield* Effect.addFinalizer(() =>
       Effect.promise(async () => {
@@ -146,6 +201,96 @@ export const makeCompressionPool = (
         catch: (cause) =>
           new CompressionError({ compressionType: type, reason: "Failed", message: `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
       }).pipe(Effect.flatMap((workers) => (workers === undefined ? Effect.fail(closedError(type)) : compressOn(workers)(type, cluster, level, options))))
+    /** One part of a zstd batch on a worker: its compressed clusters packed in pool memory, and their sizes. */
+    const zstdPart = (workers: WorkerPool, type: CompressionType, level: number, data: Uint8Array, clusterSize: number) =>
+      Effect.callback<{ readonly packed: Uint8Array; readonly sizes: Int32Array }, CompressionError>((resume) => {
+        // Shared memory is read by the worker in place; other memory is copied once.
+        const shared = data.buffer instanceof SharedArrayBuffer
+        const pooled = workers.borrow(data.length)
+        if (!shared) pooled.set(data)
+        const done = (outcome: JobOutcome) =>
+          resume(
+            !outcome.ok
+              ? Effect.fail(jobFailure(type, outcome.message, outcome.cause))
+              : outcome.result !== undefined && outcome.sizes !== undefined
+                ? Effect.succeed({ packed: outcome.result, sizes: outcome.sizes })
+                : Effect.fail(jobFailure(type, "compression worker gave a malformed answer"))
+          )
+        return Effect.sync(shared ? workers.submit(type, level, data, done, clusterSize, pooled) : workers.submit(type, level, pooled, done, clusterSize))
+      })
+    /**
+     * A zstd batch: parts of at most ZSTD_PART_BYTES (whole clusters) go to
+     * the workers at once, so a large request still spreads over them; the
+     * parts' memory is recycled once `use` settles.
+     */
+    const zstdClusters = <A, E, R>(
+      workers: WorkerPool,
+      type: CompressionType,
+      level: number,
+      data: Uint8Array,
+      clusterSize: number,
+      use: (results: ReadonlyArray<Uint8Array | undefined>) => Effect.Effect<A, E, R>
+    ): Effect.Effect<A, E | CompressionError, R> => {
+      const partBytes = Math.max(clusterSize, Math.floor(ZSTD_PART_BYTES / clusterSize) * clusterSize)
+      const starts: Array<number> = []
+      for (let at = 0; at < data.length; at += partBytes) starts.push(at)
+      return Effect.flatMap(
+        Effect.forEach(starts, (at) => zstdPart(workers, type, level, data.subarray(at, Math.min(data.length, at + partBytes)), clusterSize), { concurrency: "unbounded" }),
+        (parts) => {
+          const results: Array<Uint8Array | undefined> = []
+          for (const { packed, sizes } of parts) {
+            let at = 0
+            for (const size of sizes) {
+              results.push(size < 0 ? undefined : packed.subarray(at, at + size))
+              if (size > 0) at += size
+            }
+          }
+          return Effect.ensuring(
+            use(results),
+            Effect.sync(() => {
+              for (const part of parts) workers.recycle(part.packed)
+            })
+          )
+        }
+      )
+    }
+    /** Deflate of each cluster on libuv's thread pool; the results once all are in (the first failure fails the lot). */
+    const deflateClusters = (type: CompressionType, level: number, data: Uint8Array, clusterSize: number) =>
+      Effect.callback<ReadonlyArray<Uint8Array | undefined>, CompressionError>((resume) => {
+        const results: Array<Uint8Array | undefined> = new Array(data.length / clusterSize)
+        let left = results.length
+        let failed = false
+        const cancels: Array<() => void> = []
+        for (let k = 0; k < results.length && !failed; k++) {
+          cancels.push(
+            deflates.submit(level, data.subarray(k * clusterSize, (k + 1) * clusterSize), (outcome) => {
+              if (failed) return
+              if (!outcome.ok) {
+                failed = true
+                for (const cancel of cancels) cancel()
+                resume(Effect.fail(jobFailure(type, outcome.message, outcome.cause)))
+                return
+              }
+              results[k] = outcome.result
+              if (--left === 0) resume(Effect.succeed(results))
+            })
+          )
+        }
+        return Effect.sync(() => {
+          for (const cancel of cancels) cancel()
+        })
+      })
+    const compressClusters: CompressionPool["compressClusters"] = (type, data, clusterSize, level, use) =>
+      Effect.suspend(() => {
+        const resolvedLevel = checkedBatchLevel(type, data, clusterSize, level)
+        if (typeof resolvedLevel !== "number") return resolvedLevel
+        if (type === CompressionType.Deflate) return Effect.flatMap(deflateClusters(type, resolvedLevel, data, clusterSize), use)
+        return Effect.tryPromise({
+          try: startZstdWorkers,
+          catch: (cause) =>
+            new CompressionError({ compressionType: type, reason: "Failed", message: `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
+        }).pipe(Effect.flatMap((workers) => (workers === undefined ? Effect.fail(closedError(type)) : zstdClusters(workers, type, resolvedLevel, data, clusterSize, use))))
+      })
     const compress: CompressionPool["compress"] = (type, cluster, level, options) =>
       Effect.suspend(() => {
         const resolvedLevel = checkedLevel(type, cluster, level)
@@ -156,5 +301,5 @@ export const makeCompressionPool = (
           return Effect.sync(cancel)
         })
       })
-    return { workers: size, compress }
+    return { workers: size, compress, compressClusters }
   })

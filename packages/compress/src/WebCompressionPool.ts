@@ -12,7 +12,7 @@
  */
 import { Effect, type Scope } from "effect"
 import type { CompressionPool, CompressionPoolOptions, PoolCompressOptions } from "./CompressionPool.js"
-import { compressOn } from "./internal/poolJobs.js"
+import { compressEach, compressOn } from "./internal/poolJobs.js"
 import { WebWorkerPool } from "./internal/webWorkerPool.js"
 import { WEB_WORKER_SOURCE } from "./internal/webWorkerSource.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
@@ -40,5 +40,6 @@ export const makeWebCompressionPool = (options?: CompressionPoolOptions): Effect
       Effect.sync(() => new WebWorkerPool(WEB_WORKER_SOURCE, zstdModule, size, maxInFlight)),
       (running) => Effect.sync(() => running.close())
     )
-    return { workers: size, compress: compressOn(pool) }
+    const compress = compressOn(pool)
+    return { workers: size, compress, compressClusters: compressEach(compress) }
   })

@@ -122,6 +122,92 @@ describe("makeCompressionPool", () => {
     })
   })
 
+  it("compressClusters: each cluster's NodeClusterCodec bytes, packed one after another, the caller's data (shared or not) untouched, right again in reused memory", async () => {
+    for (const [size, memory] of [
+      [512, "ArrayBuffer"],
+      [65536, "ArrayBuffer"],
+      [4096, "SharedArrayBuffer"]
+    ] as const) {
+      const clusters = mixedClusters(13, size)
+      const data = memory === "ArrayBuffer" ? new Uint8Array(clusters.length * size) : new Uint8Array(new SharedArrayBuffer(clusters.length * size))
+      clusters.forEach((c, i) => data.set(c, i * size))
+      const before = data.slice()
+      for (const type of [0, 1] as const) {
+        const seen = await Effect.runPromise(
+          Effect.scoped(
+            Effect.gen(function* () {
+              const pool = yield* makeCompressionPool({ workers: 2 })
+              const first = yield* pool.compressClusters(type, data, size, undefined, (results) =>
+                Effect.sync(() => results.map((r) => (r === undefined ? undefined : { bytes: r.slice(), buffer: r.buffer, offset: r.byteOffset })))
+              )
+              // The same request again: zstd reuses the first one's memory, and the results are still right.
+              const second = yield* pool.compressClusters(type, data, size, undefined, (results) => Effect.sync(() => results.map((r) => r?.slice())))
+              return { first, second }
+            })
+          )
+        )
+        clusters.forEach((cluster, i) => {
+          const expected = node.compress(type, cluster)
+          for (const got of [seen.first[i]?.bytes, seen.second[i]]) {
+            if (expected === undefined) expect(got).toBeUndefined()
+            else expectSameBytes(got, expected, `size ${size} ${memory} type ${type} cluster ${i}`)
+          }
+        })
+        if (type === 1) {
+          // Packed: each compressed cluster starts where the previous one ended, in one buffer.
+          const packed = seen.first.filter((r) => r !== undefined)
+          for (let k = 1; k < packed.length; k++) {
+            expect(packed[k]!.buffer).toBe(packed[0]!.buffer)
+            expect(packed[k]!.offset).toBe(packed[k - 1]!.offset + packed[k - 1]!.bytes.length)
+          }
+        }
+        expectSameBytes(data, before, "the caller's data")
+      }
+    }
+  })
+
+  it("compressClusters: a request larger than one worker's part (2 MiB) gives the same bytes, in order", async () => {
+    const size = 65536
+    const clusters = mixedClusters(40, size)
+    const data = new Uint8Array(clusters.length * size)
+    clusters.forEach((c, i) => data.set(c, i * size))
+    const got = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pool = yield* makeCompressionPool({ workers: 2 })
+          return yield* pool.compressClusters(1, data, size, undefined, (results) => Effect.sync(() => results.map((r) => r?.slice())))
+        })
+      )
+    )
+    expect(got.length).toBe(40)
+    clusters.forEach((cluster, i) => {
+      const expected = node.compress(1, cluster)
+      if (expected === undefined) expect(got[i]).toBeUndefined()
+      else expectSameBytes(got[i], expected, `cluster ${i}`)
+    })
+  })
+
+  it("compressClusters: fails with CompressionError for a partial cluster, a bad level, and after its scope closed", async () => {
+    const { pool, partial, badLevel } = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pool = yield* makeCompressionPool({ workers: 1 })
+          const partial = yield* Effect.flip(pool.compressClusters(1, new Uint8Array(4096 + 512), 4096, undefined, () => Effect.void))
+          const badLevel = yield* Effect.flip(pool.compressClusters(0, new Uint8Array(8192), 4096, 10, () => Effect.void))
+          return { pool, partial, badLevel }
+        })
+      )
+    )
+    expect(partial).toBeInstanceOf(CompressionError)
+    expect(partial.reason).toBe("Unsupported")
+    expect(badLevel.reason).toBe("Unsupported")
+    for (const type of [0, 1] as const) {
+      const exit = await Effect.runPromiseExit(pool.compressClusters(type, textBytes(8192), 4096, undefined, () => Effect.void))
+      expect(Exit.isFailure(exit)).toBe(true)
+      if (Exit.isFailure(exit)) expect(String(exit.cause)).toMatch(/closed/)
+    }
+  })
+
   it("fails with CompressionError on bad arguments, and after its scope closed", async () => {
     const { pool, badLevel, badSize } = await Effect.runPromise(
       Effect.scoped(

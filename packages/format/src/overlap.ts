@@ -11,6 +11,8 @@
  * move, `qcow2 check` builds one from what it reads.
  */
 
+import { Limits } from "./constants.js"
+
 /** Metadata structures, named as QEMU names them in its overlap messages. */
 export type MetadataKind =
   | "qcow2_header"
@@ -30,6 +32,24 @@ export interface HostRange {
 
 /** Structures made of whole clusters that come and go one at a time. */
 export type ClusterKind = "active L2 table" | "refcount block"
+
+/** A table a header or snapshot entry describes that QEMU refuses to use, with the errno it fails with. */
+export interface TableProblem {
+  readonly errno: "EINVAL" | "EFBIG"
+  readonly message: string
+}
+
+/**
+ * QEMU's check of a snapshot's L1 table before it reads it
+ * (qcow2_validate_table, "Snapshot L1 table"): at most 32 MiB of entries
+ * (EFBIG), a cluster-aligned offset whose end fits a signed 64-bit
+ * offset (EINVAL; here 2^53).
+ */
+export const snapshotL1Problem = (offset: number, entries: number, clusterSize: number): TableProblem | undefined => {
+  if (entries > Limits.maxL1Bytes / 8) return { errno: "EFBIG", message: "Snapshot L1 table too large" }
+  if (offset % clusterSize !== 0 || offset + entries * 8 > Number.MAX_SAFE_INTEGER) return { errno: "EINVAL", message: "Snapshot L1 table offset invalid" }
+  return undefined
+}
 /** Structures that are one contiguous range each (or a list of them: inactive L1 tables). */
 export type RangeKind = Exclude<MetadataKind, ClusterKind | "qcow2_header">
 
@@ -51,9 +71,42 @@ export class OverlapIndex {
   private readonly ranges = new Map<RangeKind, ReadonlyArray<HostRange>>()
   /** Cluster indices of L2 tables and refcount blocks. */
   private readonly clusters: Record<ClusterKind, Set<number>> = { "active L2 table": new Set(), "refcount block": new Set() }
+  private refusal: TableProblem | undefined
 
-  constructor(clusterSize: number) {
+  /**
+   * `checksInactiveL2`: QEMU's overlap-check.inactive-l2 (or
+   * overlap-check=all). Its check reads every snapshot's L1 table, so a
+   * table that fails validation fails every write (`inactiveL2Refusal`).
+   * The inactive L2 tables themselves are not indexed.
+   */
+  constructor(
+    clusterSize: number,
+    readonly checksInactiveL2 = false
+  ) {
     this.clusterSize = clusterSize
+  }
+
+  /**
+   * The snapshots' L1 tables (`entries` 8-byte entries at `offset`): the
+   * "inactive L1 table" ranges and, when inactive L2 tables are checked,
+   * the first table that fails QEMU's qcow2_validate_table.
+   */
+  setInactiveL1Tables(tables: ReadonlyArray<{ readonly offset: number; readonly entries: number }>): void {
+    this.setRanges(
+      "inactive L1 table",
+      tables.map((t) => ({ offset: t.offset, length: t.entries * 8 }))
+    )
+    this.refusal = undefined
+    if (!this.checksInactiveL2) return
+    for (const t of tables) {
+      this.refusal = snapshotL1Problem(t.offset, t.entries, this.clusterSize)
+      if (this.refusal !== undefined) return
+    }
+  }
+
+  /** Why every write fails while inactive L2 tables are checked; undefined when it may go on to `find`. */
+  get inactiveL2Refusal(): TableProblem | undefined {
+    return this.refusal
   }
 
   /** Replaces the ranges of one kind (the active L1 table moved, the snapshot table was rewritten …). */

@@ -145,6 +145,12 @@ export interface OpenOptions {
    * says (QEMU's `lazy-refcounts` runtime option; v3 images only).
    */
   readonly lazyRefcounts?: boolean
+  /**
+   * QEMU's `overlap-check.inactive-l2` runtime option: before every write,
+   * the snapshots' L1 tables are validated, and a bad one fails the write
+   * with its errno (as QEMU's check does when it cannot read them).
+   */
+  readonly checksInactiveL2?: boolean
   /** Open the image's backing file as this format, whatever the image names (QEMU's `backing.driver`). */
   readonly backingFormat?: ImageFormat
   /** Cache sizes in bytes. */
@@ -171,6 +177,18 @@ export interface OpenOptions {
    * ClusterCodec (e.g. a worker pool); `undefined` = store uncompressed.
    */
   readonly compress?: (type: 0 | 1, cluster: Uint8Array, level: number | undefined) => Effect.Effect<Uint8Array | undefined, CompressionError>
+  /**
+   * Compresses the whole clusters of one compressed write at once (e.g.
+   * CompressionPool.compressClusters: one message to a worker), in place of
+   * `compress` per cluster; the results are valid until `use` settles.
+   */
+  readonly compressClusters?: <A, E, R>(
+    type: 0 | 1,
+    data: Uint8Array,
+    clusterSize: number,
+    level: number | undefined,
+    use: (results: ReadonlyArray<Uint8Array | undefined>) => Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E | CompressionError, R>
   /** Compression level for compressed writes (deflate 0–9, zstd up to 22); the codec default otherwise. */
   readonly compressionLevel?: number
   /**

@@ -184,11 +184,11 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         const { runCreate } = yield* Effect.promise(() => import("../commands/create.js"))
         return yield* runCreate({
           file: c.file ?? "",
-          format: c.format,
           options: c.options,
           unsafe: c.unsafe,
           quiet: c.quiet,
           secrets,
+          ...(c.format !== undefined ? { format: c.format } : {}),
           ...(c.size !== undefined ? { size: c.size } : {}),
           ...(c.backing !== undefined ? { backingFile: c.backing } : {}),
           ...(c.backingFormat !== undefined ? { backingFormat: c.backingFormat } : {})

@@ -140,7 +140,7 @@ export const create = {
   name: "create",
   description: "create an image like qemu-img create",
   flags: {
-    format: { kind: "stringDefault", name: "format", alias: "f", description: "qcow2 (default) or raw", default: "qcow2" },
+    format: { kind: "string", name: "format", alias: "f", description: "qcow2 (default; raw when run as qemu-img, as qemu-img) or raw" },
     options: { kind: "repeat", name: "options", alias: "o", description: "name=value,… creation options" },
     backing: { kind: "string", name: "backing", alias: "b", description: "backing file" },
     backingFormat: { kind: "string", name: "backing-format", alias: "F", description: "backing file format" },

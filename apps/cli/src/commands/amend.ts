@@ -7,6 +7,7 @@ import { fail, openFailure, usage, type CliFailure } from "../errors.js"
 import { amendHelp, asksForHelp, cannotAmend, invalidOptionList, LUKS_AMEND_OPTIONS, LUKS_CREATE_OPTIONS, QCOW2_AMEND_OPTIONS } from "../optionhelp.js"
 import { print, printNow } from "../output.js"
 import type { Secrets } from "../secrets.js"
+import { errorReport } from "../progname.js"
 import { cFixedPadded } from "../text/cformat.js"
 import { parseSize } from "../text/strtosz.js"
 
@@ -220,6 +221,7 @@ export const runAmend = (o: AmendCommandOptions): Effect.Effect<number, CliFailu
     )
     line.print(100)
     line.end()
-    if (result !== undefined) return yield* Effect.fail(fail(result.message))
-    return 0
+    if (result === undefined) return 0
+    for (const message of result.reported ?? []) errorReport(message)
+    return yield* Effect.fail(fail(result.message))
   })

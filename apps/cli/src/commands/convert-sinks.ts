@@ -3,6 +3,7 @@
  * the driver) and the order its writes go out in.
  */
 import * as fs from "node:fs"
+import { availableParallelism } from "node:os"
 import { Effect, type Scope } from "effect"
 import { createImage, type Image } from "@qcow2/image"
 import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
@@ -213,12 +214,18 @@ export const qcow2Sink = (o: ConvertOptions, total: number) =>
     }
     // Compression runs on a pool of worker threads sized to the cores; many
     // clusters are in flight at once and each result lands in its own cluster.
-    const pool = o.compress ? yield* Effect.flatMap(Effect.promise(() => import("@qcow2/compress/node")), (m) => m.makeCompressionPool({})) : undefined
+    // This thread reads, writes and allocates for the whole copy (more CPU
+    // than zstd takes), so zstd leaves it a core: 2 cores, 1 GiB, one zstd
+    // worker kept up, and a second one cost ~10 MiB of peak memory.
+    const zstdWorkers = Math.max(1, availableParallelism() - 1)
+    const pool = o.compress ? yield* Effect.flatMap(Effect.promise(() => import("@qcow2/compress/node")), (m) => m.makeCompressionPool({ zstdWorkers })) : undefined
     const target = yield* open(o.target, {
       readOnly: false,
       format: "qcow2",
       passphrase,
-      ...(pool !== undefined ? { compress: (type: 0 | 1, cluster: Uint8Array, level: number | undefined) => pool.compress(type, cluster, level) } : {})
+      ...(pool !== undefined
+        ? { compress: (type: 0 | 1, cluster: Uint8Array, level: number | undefined) => pool.compress(type, cluster, level), compressClusters: pool.compressClusters }
+        : {})
     })
     if (target.virtualSize < total) return yield* Effect.fail(fail("Target image is smaller than the source"))
     const clusterSize = target.clusterSize

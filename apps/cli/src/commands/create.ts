@@ -15,7 +15,8 @@ import { programName } from "../progname.js"
 export interface CreateCommandOptions {
   readonly file: string
   readonly size?: string
-  readonly format: string
+  /** -f; without it, `defaultCreateFormat`. */
+  readonly format?: string
   readonly options: ReadonlyArray<string>
   readonly backingFile?: string
   readonly backingFormat?: string
@@ -110,14 +111,23 @@ const createLuks = (o: CreateCommandOptions, values: OptionValues): Effect.Effec
     }).pipe(Effect.mapError((e) => fail(`${o.file}: ${e.message}`)))
   })
 
+/**
+ * The format `create` makes without -f: qemu-img's is raw (its create
+ * has no default driver but the raw one), so run as `qemu-img` this CLI
+ * creates raw too and `-o help` lists raw's options; run as `qcow2` it
+ * keeps this toolkit's own default, qcow2.
+ */
+export const defaultCreateFormat: CreateFormat = programName === "qemu-img" ? "raw" : "qcow2"
+
 /** `qcow2 create`: qemu-img create for the qcow2 and raw formats. */
 export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFailure, ImageEnv> =>
   Effect.gen(function* () {
     const badList = invalidOptionList(o.options)
     if (badList !== undefined) return yield* Effect.fail(fail(`Invalid option list: ${badList}`))
-    const format: CreateFormat | undefined = o.format === "qcow2" || o.format === "raw" || o.format === "luks" ? o.format : undefined
+    const formatName = o.format ?? defaultCreateFormat
+    const format: CreateFormat | undefined = formatName === "qcow2" || formatName === "raw" || formatName === "luks" ? formatName : undefined
     if (asksForHelp(o.options)) {
-      if (format === undefined) return yield* Effect.fail(fail(cannotCreate(o.format)))
+      if (format === undefined) return yield* Effect.fail(fail(cannotCreate(formatName)))
       print(createHelp(format, o.file !== ""))
       return 0
     }
@@ -125,18 +135,25 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
     if (format === undefined) {
       // qemu-img parses the size before bdrv_img_create looks the driver up.
       if (o.size !== undefined) yield* parseCreateSize(o.size)
-      return yield* Effect.fail(fail(`${o.file}: ${cannotCreate(o.format)}`))
+      return yield* Effect.fail(fail(`${o.file}: ${cannotCreate(formatName)}`))
     }
+    // qemu-img parses the size argument first, then the -o lists, then adds -b and -F.
+    const sizeArgument = o.size !== undefined ? String(yield* parseCreateSize(o.size)) : undefined
     const lists = [...o.options]
+    if (format !== "qcow2" && (o.backingFile !== undefined || o.backingFormat !== undefined)) {
+      const own = parseCreateOptions(format, lists)
+      if (!own.ok) return yield* Effect.fail(fail(`${o.file}: ${own.message}`))
+      const what = o.backingFile !== undefined ? "Backing file" : "Backing file format"
+      return yield* Effect.fail(fail(`${o.file}: ${what} not supported for file format '${format}'`))
+    }
     if (o.backingFile !== undefined) lists.push(`backing_file=${o.backingFile.replace(/,/g, ",,")}`)
     if (o.backingFormat !== undefined) lists.push(`backing_fmt=${o.backingFormat.replace(/,/g, ",,")}`)
     const parsed = parseCreateOptions(format, lists)
     if (!parsed.ok) return yield* Effect.fail(fail(`${o.file}: ${parsed.message}`))
     const values = parsed.values
-    if (o.size !== undefined) {
-      const size = String(yield* parseCreateSize(o.size))
+    if (sizeArgument !== undefined) {
       if (values.has("size")) return yield* Effect.fail(fail(`${o.file}: The image size must be specified only once`))
-      values.set("size", size)
+      values.set("size", sizeArgument)
     }
 
     const backing = values.get("backing_file")

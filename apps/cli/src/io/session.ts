@@ -169,6 +169,8 @@ export class IoSession {
       }
       const lazyOption = request.options.get("lazy-refcounts")
       const lazyRefcounts = lazyOption === "on" ? true : lazyOption === "off" ? false : undefined
+      // overlap-check=all turns every check on; overlap-check.inactive-l2 overrides it.
+      const inactiveL2 = request.options.get("overlap-check.inactive-l2") ?? (request.options.get("overlap-check") === "all" ? "on" : "off")
       const backingPassphrase = spec.backingKeySecret !== undefined ? this.secrets.byId.get(spec.backingKeySecret) : undefined
       if (spec.backingKeySecret !== undefined && backingPassphrase === undefined) return refuse(`No secret with id '${spec.backingKeySecret}'`)
       const options = {
@@ -180,7 +182,8 @@ export class IoSession {
         ...(spec.noBacking ? { openBacking: false } : {}),
         ...(isImageFormat(spec.backingFormat) ? { backingFormat: spec.backingFormat } : {}),
         ...(backingPassphrase !== undefined ? { backingPassphrase } : {}),
-        ...(lazyRefcounts !== undefined ? { lazyRefcounts } : {})
+        ...(lazyRefcounts !== undefined ? { lazyRefcounts } : {}),
+        ...(inactiveL2 === "on" ? { checksInactiveL2: true } : {})
       }
       const self = this
       return Effect.gen(function* () {

@@ -1,17 +1,27 @@
 import { Worker } from "node:worker_threads"
 import { SpareBuffers, type JobOutcome } from "./poolJobs.js"
 
-/** A request to a worker: compress `data` (one cluster) with `type` at `level`. */
+/**
+ * A request to a worker: compress `data` with `type` at `level`, as one
+ * cluster, or with `clusterSize` as consecutive clusters of that size (a
+ * batch). A batch packs its results into `out` when given (`data` is then
+ * shared memory, read in place), else into `data`.
+ */
 interface WorkerRequest {
   readonly id: number
   readonly type: number
   readonly level: number
   readonly data: Uint8Array
+  readonly clusterSize?: number
+  readonly out?: Uint8Array
 }
 
 /**
- * A worker's answer. `result` is undefined when the cluster does not shrink
- * enough. `input` hands the request's memory back for reuse.
+ * A worker's answer. One cluster: `result` is undefined when the cluster
+ * does not shrink enough, and `input` hands the request's memory back for
+ * reuse. A batch: `result` is the request's memory with the compressed
+ * clusters packed from its start, `sizes` their lengths (-1: stored
+ * uncompressed); the submitter recycles `result` once done with it.
  */
 type WorkerReply =
   | {
@@ -19,6 +29,7 @@ type WorkerReply =
       readonly ok: true
       readonly result: Uint8Array | undefined
       readonly input?: Uint8Array
+      readonly sizes?: Int32Array
     }
   | { readonly id: number; readonly ok: false; readonly message: string }
 
@@ -81,9 +92,16 @@ export class WorkerPool {
     for (let i = 0; i < size; i++) this.slots.push(this.spawn())
   }
 
-  /** Queues a job; returns a function that cancels it (its callback then never fires). */
-  submit(type: number, level: number, data: Uint8Array, done: (outcome: JobOutcome) => void): () => void {
-    const job: Job = { request: { id: this.nextId++, type, level, data }, done, settled: false }
+  /**
+   * Queues a job (a batch of clusters when `clusterSize` is given, packed
+   * into `out` when given); returns a function that cancels it (its
+   * callback then never fires).
+   */
+  submit(type: number, level: number, data: Uint8Array, done: (outcome: JobOutcome) => void, clusterSize?: number, out?: Uint8Array): () => void {
+    const id = this.nextId++
+    const request: WorkerRequest =
+      clusterSize === undefined ? { id, type, level, data } : out === undefined ? { id, type, level, data, clusterSize } : { id, type, level, data, clusterSize, out }
+    const job: Job = { request, done, settled: false }
     if (this.closed || this.broken !== undefined) {
       this.settle(job, { ok: false, message: this.broken ?? "compression pool is closed" })
       return () => {}
@@ -104,6 +122,11 @@ export class WorkerPool {
   /** A buffer of `size` bytes for a request, recycled from earlier requests when possible. */
   borrow(size: number): Uint8Array {
     return this.spare.borrow(size)
+  }
+
+  /** Hands a buffer back for later requests (a batch's packed result, once its submitter is done with it). */
+  recycle(buffer: Uint8Array): void {
+    this.spare.recycle(buffer)
   }
 
   /** Fails every pending job and terminates the workers. */
@@ -135,7 +158,14 @@ export class WorkerPool {
       slot.answered++
       this.deathsWithoutAnswer = 0
       if (reply.ok && reply.input !== undefined) this.spare.recycle(reply.input)
-      this.settle(job, reply.ok ? { ok: true, result: reply.result ?? undefined } : { ok: false, message: reply.message })
+      this.settle(
+        job,
+        reply.ok
+          ? reply.sizes !== undefined
+            ? { ok: true, result: reply.result, sizes: reply.sizes }
+            : { ok: true, result: reply.result ?? undefined }
+          : { ok: false, message: reply.message }
+      )
     }
     if (slot.inflight.size === 0) slot.worker.unref()
     this.dispatch()
@@ -176,7 +206,9 @@ export class WorkerPool {
         if (job.settled) continue
         best.inflight.set(job.request.id, job)
         requests.push(job.request)
-        transfer.push(job.request.data.buffer as ArrayBuffer)
+        // Shared memory is read in place (it cannot be transferred); a batch's `out` goes over.
+        if (job.request.data.buffer instanceof ArrayBuffer) transfer.push(job.request.data.buffer)
+        if (job.request.out !== undefined) transfer.push(job.request.out.buffer as ArrayBuffer)
         bytes += job.request.data.length
       }
       if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {

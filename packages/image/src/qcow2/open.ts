@@ -258,6 +258,7 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
       bitmaps,
       ...(env.options.report !== undefined ? { report: env.options.report } : {}),
       ...(env.options.lazyRefcounts !== undefined ? { lazyRefcounts: env.options.lazyRefcounts } : {}),
+      ...(env.options.checksInactiveL2 === true ? { checksInactiveL2: true } : {}),
       l2CacheBytes:
         env.options.l2CacheBytes ??
         Math.min(32 * 1024 * 1024, Math.max(4 * clusterSize, Math.ceil(h.size / geometry.l2Entries / clusterSize) * clusterSize)),
@@ -322,9 +323,11 @@ const backingLayer = (image: Image): BackingLayer => ({
 function compressionOf(env: Qcow2OpenEnvironment, type: 0 | 1): ClusterCompression {
   const level = env.options.compressionLevel
   const compress = env.options.compress
+  const compressClusters = env.options.compressClusters
   return {
     decompress: (input, out) => env.codec.decompress(type, input, out),
     compress: (input) =>
-      compress !== undefined ? compress(type, input, level) : env.codec.compress(type, input, level === undefined ? undefined : { level })
+      compress !== undefined ? compress(type, input, level) : env.codec.compress(type, input, level === undefined ? undefined : { level }),
+    ...(compressClusters !== undefined ? { compressClusters: (data, clusterSize, use) => compressClusters(type, data, clusterSize, level, use) } : {})
   }
 }
