@@ -4,10 +4,11 @@
  */
 import * as fs from "node:fs"
 import { availableParallelism } from "node:os"
-import { Effect } from "effect"
+import { Effect, type Scope } from "effect"
 import { createImage, type Image } from "@qcow2/image"
 import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
-import { lockDescriptor, open, unsafeCacheFiles } from "../env.js"
+import { parseNbdName } from "@qcow2/nbd/client"
+import { lockDescriptor, open, openNamed, unsafeCacheFiles, type ImageEnv } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import type { ConvertOptions } from "./convert.js"
 
@@ -106,6 +107,53 @@ export const rawSink = (target: string, size: number, o: ConvertOptions): Effect
       }
     })
   )
+
+/**
+ * Whether a raw target is a block node rather than a plain file: an NBD
+ * export (`nbd:…`, `nbd://…`, `json:{"driver":"nbd",…}`), or with -n a
+ * `json:{…}` name. These open through the storage opener like sources;
+ * plain files keep rawSink's direct descriptor.
+ */
+export const isNodeTarget = (target: string, skipCreate: boolean): boolean =>
+  parseNbdName(target) !== undefined || (skipCreate && target.startsWith("json:"))
+
+/**
+ * Opens the NBD export a command would create (qemu-img convert and dd
+ * without -n): QEMU's nbd protocol driver cannot create, so it opens the
+ * export instead, and a failure says both, after `what` ("error while
+ * converting raw").
+ */
+export const openNbdForCreation = (name: string, what: string) =>
+  openNamed(name, { readOnly: false, format: "raw" }).pipe(
+    Effect.map(({ image }) => image),
+    Effect.mapError(({ error }) => fail(`${name}: ${what}: Protocol driver 'nbd' does not support image creation, and opening the image failed: ${error.message}`))
+  )
+
+/**
+ * A raw target opened through the storage opener (see isNodeTarget). An
+ * NBD export cannot be created: without -n it must be at least as large as
+ * the input (QEMU's nbd driver: "Cannot grow NBD nodes"), and as it does not
+ * read as zeros (no has_zero_init), zero ranges are written with the
+ * store's writeZeroes (NBD_CMD_WRITE_ZEROES) unless --target-is-zero.
+ */
+export const nodeRawSink = (o: ConvertOptions, total: number): Effect.Effect<Sink, CliFailure, ImageEnv | Scope.Scope> =>
+  Effect.gen(function* () {
+    const target = o.skipCreate ? yield* open(o.target, { readOnly: false, format: "raw" }) : yield* openNbdForCreation(o.target, "error while converting raw")
+    if (target.virtualSize < total) {
+      return yield* Effect.fail(fail(o.skipCreate ? "output file is smaller than input file" : `${o.target}: error while converting raw: Cannot grow NBD nodes`))
+    }
+    const wrap = (offset: number, eff: Effect.Effect<void, { readonly message: string }>) =>
+      eff.pipe(Effect.mapError((e) => fail(`error while writing at byte ${offset}: ${e.message}`)))
+    const sink: Sink = {
+      zeroIsFree: o.targetIsZero,
+      alignment: 1,
+      zeroGranularity: 1,
+      writeData: (offset, data) => wrap(offset, target.write(offset, data)),
+      writeZeroes: (offset, length) => wrap(offset, target.writeZeroes(offset, length, { unmap: o.sparseSize !== 0 }))
+    }
+    if (o.cache !== "unsafe") yield* Effect.addFinalizer(() => target.flush().pipe(Effect.ignore))
+    return sink
+  })
 
 /**
  * Writes in guest order (qemu-img convert without -W): a task writes when

@@ -8,7 +8,7 @@ import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
 import { checkBitmapsCopyable, checkTargetSupportsBitmaps, copyBitmaps } from "./convert-bitmaps.js"
 import { countsForProgress, progressTotal } from "./convert-progress.js"
-import { qcow2Sink, rawSink, WriteOrder, type Sink } from "./convert-sinks.js"
+import { isNodeTarget, nodeRawSink, qcow2Sink, rawSink, WriteOrder, type Sink } from "./convert-sinks.js"
 import { Progress } from "../progress.js"
 import type { Secrets } from "../secrets.js"
 import type { SnapshotSelector } from "./snapshot.js"
@@ -139,9 +139,12 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       if (o.outFormat === "raw") {
         if (o.compress) return yield* Effect.fail(fail("Compression not supported for this file format"))
         if (o.backingFile !== undefined) return yield* Effect.fail(fail("Backing file not supported for file format 'raw'"))
-        const raw = yield* rawSink(o.target, total, o)
-        yield* Effect.addFinalizer(() => Effect.sync(() => fs.closeSync((raw as Sink & { fd: number }).fd)))
-        sink = raw
+        if (isNodeTarget(o.target, o.skipCreate)) sink = yield* nodeRawSink(o, total)
+        else {
+          const raw = yield* rawSink(o.target, total, o)
+          yield* Effect.addFinalizer(() => Effect.sync(() => fs.closeSync((raw as Sink & { fd: number }).fd)))
+          sink = raw
+        }
       } else {
         const backingFormatOption = o.options.some((list) => splitOptionList(list).some(([name]) => name === "backing_fmt"))
         if (!o.skipCreate && o.backingFile !== undefined && o.backingFormat === undefined && !backingFormatOption) {

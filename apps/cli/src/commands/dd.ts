@@ -6,9 +6,11 @@
 import * as fs from "node:fs"
 import { Effect } from "effect"
 import { createImage, type ImageFormat } from "@qcow2/image"
+import { parseNbdName } from "@qcow2/nbd/client"
 import { open, type ImageEnv } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
+import { openNbdForCreation } from "./convert-sinks.js"
 import { parseSize } from "../text/strtosz.js"
 
 export interface DdOptions {
@@ -97,8 +99,14 @@ export const runDd = (o: DdOptions): Effect.Effect<number, CliFailure, ImageEnv>
       if (parsed.count !== undefined && parsed.count * bs < size) size = parsed.count * bs
       const skipBytes = parsed.skip !== undefined ? parsed.skip * bs : 0
       const skipPast = parsed.skip !== undefined && (!Number.isSafeInteger(skipBytes) || size < skipBytes)
-      yield* createOutput(parsed.output, o.outFormat, skipPast ? 0 : size - skipBytes)
-      const output = yield* open(parsed.output, { readOnly: false, format: o.outFormat })
+      const outputSize = skipPast ? 0 : size - skipBytes
+      // An NBD export is not created: it must hold what is copied (QEMU's nbd driver cannot grow it).
+      const nbdOutput = o.outFormat === "raw" && parseNbdName(parsed.output) !== undefined
+      if (!nbdOutput) yield* createOutput(parsed.output, o.outFormat, outputSize)
+      const output = nbdOutput ? yield* openNbdForCreation(parsed.output, "error while creating output image") : yield* open(parsed.output, { readOnly: false, format: o.outFormat })
+      if (nbdOutput && output.virtualSize < Math.ceil(outputSize / 512) * 512) {
+        return yield* Effect.fail(fail(`${parsed.output}: error while creating output image: Cannot grow NBD nodes`))
+      }
       let inPos = skipBytes
       if (skipPast) {
         reportLine(`${parsed.input}: cannot skip to specified offset`)
