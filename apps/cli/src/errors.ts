@@ -1,5 +1,5 @@
 import { Cause, Data } from "effect"
-import type { ImageError, ImageErrorReason } from "@qcow2/image"
+import { errnoOfReason, type ImageError } from "@qcow2/image"
 
 /**
  * A failure the CLI reports to the user: `qcow2: <message>` on stderr and
@@ -38,37 +38,6 @@ export type Errno = keyof typeof ERRNO_TEXT
 export const errnoText = (errno: Errno): string => ERRNO_TEXT[errno]
 
 const isKnownErrno = (errno: string): errno is Errno => Object.hasOwn(ERRNO_TEXT, errno)
-
-/** The errno QEMU returns for a failure of this kind, for errors that do not carry their own. */
-const errnoOfReason = (reason: ImageErrorReason): Errno => {
-  switch (reason) {
-    case "InvalidArgument":
-      return "EINVAL"
-    case "Unsupported":
-      return "ENOTSUP"
-    case "NoSpace":
-      return "ENOSPC"
-    case "RefcountOverflow":
-      // QEMU's update_refcount fails an increment past the maximum with EINVAL.
-      return "EINVAL"
-    case "ReadOnly":
-      return "EACCES"
-    case "Locked":
-      return "EAGAIN"
-    case "NotQcow2":
-    case "Corrupt":
-    case "BackingChain":
-    case "Decompression":
-    case "Compression":
-    case "Encryption":
-    case "Storage":
-      return "EIO"
-    default: {
-      const unhandled: never = reason
-      return unhandled
-    }
-  }
-}
 
 /**
  * The strerror() text qemu-io prints for a failed request: the error's own

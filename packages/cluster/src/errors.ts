@@ -110,14 +110,12 @@ export function toImageError(error: EngineFailure, location: string): ImageError
 }
 
 /**
- * The errno QEMU fails with for this failure, for messages that end in
- * its strerror() text ("Failed to free the cluster and L1 table: …"):
- * the one a layer below knew, else the usual one for its reason.
+ * The errno QEMU returns for a failure of this kind, when no layer below
+ * knew a more precise one (QEMU's update_refcount fails an increment past
+ * the maximum with EINVAL; everything that is not the caller's fault is EIO).
  */
-export function errnoOfFailure(error: EngineFailure): string {
-  const image = toImageError(error, "")
-  if (image.errno !== undefined) return image.errno
-  switch (image.reason) {
+export function errnoOfReason(reason: ImageErrorReason): "EINVAL" | "ENOTSUP" | "ENOSPC" | "EACCES" | "EAGAIN" | "EIO" {
+  switch (reason) {
     case "InvalidArgument":
     case "RefcountOverflow":
       return "EINVAL"
@@ -138,6 +136,16 @@ export function errnoOfFailure(error: EngineFailure): string {
     case "Storage":
       return "EIO"
   }
+}
+
+/**
+ * The errno QEMU fails with for this failure, for messages that end in
+ * its strerror() text ("Failed to free the cluster and L1 table: …"):
+ * the one a layer below knew, else the usual one for its reason.
+ */
+export function errnoOfFailure(error: EngineFailure): string {
+  const image = toImageError(error, "")
+  return image.errno ?? errnoOfReason(image.reason)
 }
 
 /** strerror() of `errnoOfFailure` ("Input/output error"). */

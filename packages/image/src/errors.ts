@@ -1,2 +1,2 @@
-export { ImageError } from "@qcow2/cluster"
+export { errnoOfReason, ImageError } from "@qcow2/cluster"
 export type { ImageErrorReason } from "@qcow2/cluster"
