@@ -2,8 +2,9 @@
  * Test helpers: build the bundle once, run it (the bundle is what ships),
  * run qemu-img / qemu-io, and compare qemu-img map output.
  */
-import { execFile, spawnSync } from "node:child_process"
+import { execFile, spawn, spawnSync, type ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
+import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 
@@ -101,3 +102,37 @@ export const qcow2Async = (cwd: string, args: ReadonlyArray<string>, timeoutMs =
       resolve({ status, stdout, stderr, ms: performance.now() - start })
     })
   })
+
+/** True once something accepts connections on the Unix socket. */
+const accepting = (socket: string): Promise<boolean> =>
+  new Promise((resolve) => {
+    const connection = net.createConnection({ path: socket })
+    connection.once("connect", () => {
+      connection.destroy()
+      resolve(true)
+    })
+    connection.once("error", () => resolve(false))
+  })
+
+/**
+ * Starts a real qemu-nbd serving on the Unix socket `socket` (`args` are
+ * its other arguments) and waits until it accepts connections; fails if it
+ * does not within 5 s, so a test never runs against a server that is not there.
+ */
+export const startQemuNbd = async (socket: string, args: ReadonlyArray<string>): Promise<ChildProcess> => {
+  const server = spawn("qemu-nbd", ["-k", socket, ...args], { stdio: "ignore" })
+  for (let i = 0; i < 500; i++) {
+    if (await accepting(socket)) return server
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+  server.kill("SIGKILL")
+  throw new Error(`qemu-nbd ${args.join(" ")} did not accept connections on ${socket}`)
+}
+
+/** Stops a server started by `startQemuNbd` and waits for it to exit. */
+export const stopServer = async (server: ChildProcess): Promise<void> => {
+  if (server.exitCode !== null || server.signalCode !== null) return
+  const exited = new Promise((resolve) => server.once("exit", resolve))
+  server.kill("SIGTERM")
+  await exited
+}

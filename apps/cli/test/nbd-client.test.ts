@@ -4,26 +4,16 @@
  * through a real qemu-nbd print what qemu-img / qemu-io print through it,
  * with the same messages for names that do not open.
  */
-import { spawn, type ChildProcess } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
-import * as net from "node:net"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { buildBundle, makeTempDir, qcow2, qemu, type Run } from "./helpers.js"
+import { buildBundle, makeTempDir, qcow2, qemu, startQemuNbd, stopServer, type Run } from "./helpers.js"
 
 let dir = ""
 let socket = ""
 let server: ChildProcess | undefined
 
-const accepting = (at: string): Promise<boolean> =>
-  new Promise((resolve) => {
-    const c = net.createConnection({ path: at })
-    c.once("connect", () => {
-      c.destroy()
-      resolve(true)
-    })
-    c.once("error", () => resolve(false))
-  })
 
 beforeAll(async () => {
   buildBundle()
@@ -33,16 +23,11 @@ beforeAll(async () => {
   qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2", "4M"])
   qemu(dir, "qemu-io", ["-c", "write -P 0x22 1M 2M", "top.qcow2"])
   socket = path.join(dir, "nbd.sock")
-  server = spawn("qemu-nbd", ["-k", socket, "-t", "-r", "-A", "-x", "top", "-f", "qcow2", path.join(dir, "top.qcow2")], { stdio: "ignore" })
-  for (let i = 0; i < 500 && !(await accepting(socket)); i++) await new Promise((r) => setTimeout(r, 10))
+  server = await startQemuNbd(socket, ["-t", "-r", "-A", "-x", "top", "-f", "qcow2", path.join(dir, "top.qcow2")])
 })
 
 afterAll(async () => {
-  if (server !== undefined) {
-    const exited = new Promise((resolve) => server!.once("exit", resolve))
-    server.kill("SIGTERM")
-    await exited
-  }
+  if (server !== undefined) await stopServer(server)
   fs.rmSync(dir, { recursive: true, force: true })
 })
 

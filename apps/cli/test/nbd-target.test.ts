@@ -4,31 +4,20 @@
  * a file); the file then compares equal with the source under
  * `qemu-img compare`, and an export too small fails as qemu-img fails.
  */
-import { spawn, type ChildProcess } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
-import * as net from "node:net"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { buildBundle, makeTempDir, qcow2, qemu, type Run } from "./helpers.js"
+import { buildBundle, makeTempDir, qcow2, qemu, startQemuNbd, stopServer, type Run } from "./helpers.js"
 
 let dir = ""
 const servers: ChildProcess[] = []
 
-const accepting = (at: string): Promise<boolean> =>
-  new Promise((resolve) => {
-    const c = net.createConnection({ path: at })
-    c.once("connect", () => {
-      c.destroy()
-      resolve(true)
-    })
-    c.once("error", () => resolve(false))
-  })
 
 /** Serves `file` (raw) read-write on a new Unix socket until the tests end; its NBD name. */
 const serve = async (file: string): Promise<string> => {
   const socket = path.join(dir, `${path.basename(file)}.sock`)
-  servers.push(spawn("qemu-nbd", ["-k", socket, "-t", "-f", "raw", path.join(dir, file)], { stdio: "ignore" }))
-  for (let i = 0; i < 500 && !(await accepting(socket)); i++) await new Promise((r) => setTimeout(r, 10))
+  servers.push(await startQemuNbd(socket, ["-t", "-f", "raw", path.join(dir, file)]))
   return `nbd:unix:${socket}`
 }
 
@@ -46,11 +35,7 @@ beforeAll(() => {
 })
 
 afterAll(async () => {
-  for (const server of servers) {
-    const exited = new Promise((resolve) => server.once("exit", resolve))
-    server.kill("SIGTERM")
-    await exited
-  }
+  for (const server of servers) await stopServer(server)
   fs.rmSync(dir, { recursive: true, force: true })
 })
 
