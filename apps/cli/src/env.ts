@@ -191,7 +191,8 @@ export const openNamed = (
   const resolved = resolveNamed(name, options)
   if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
   const file = resolved.file
-  return openNode(resolved, resolved.options.readOnly ?? false, openImage(file, resolved.options)).pipe(
+  const opening = openImage(file, resolved.options)
+  return openNode(resolved, resolved.options.readOnly ?? false, unsafeCacheFiles.has(name) ? withoutFlushes(file, opening) : opening).pipe(
     // Backing options must name the backing file the image has (this toolkit cannot substitute another).
     Effect.flatMap((image) => {
       const mismatch = resolved.spec !== undefined ? checkBackingOptions(resolved.spec, image) : undefined
@@ -206,6 +207,20 @@ export const openNamed = (
     Effect.mapError((error) => ({ error, file: resolved.spec?.quorum !== undefined || parseNbdName(file) !== undefined ? name : file }))
   )
 }
+
+/**
+ * `open` with flushes of `file` skipped above every filter the name put on
+ * it (cache mode unsafe: QEMU's BDRV_O_NO_FLUSH keeps a flush from reaching
+ * any node of the image, a blkdebug filter's rules included).
+ */
+const withoutFlushes = <A, E, R>(file: string, open: Effect.Effect<A, E, R>): Effect.Effect<A, E, R | StorageOpener> =>
+  Effect.gen(function* () {
+    const inner = yield* StorageOpener
+    return yield* Effect.provideService(open, StorageOpener, {
+      open: (name, options) => (name === file ? Effect.map(inner.open(name, options), (s) => ({ ...s, flush: () => Effect.void })) : inner.open(name, options)),
+      resolve: inner.resolve
+    })
+  })
 
 /** Opens an image, turning a failure into qemu-img's "Could not open" message. */
 export const open = (name: string, options: OpenOptions, exitCode = 1): Effect.Effect<Image, CliFailure, Scope.Scope | ImageEnv> =>

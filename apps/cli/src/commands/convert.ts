@@ -305,6 +305,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       yield* Effect.all(Array.from({ length: workers }, () => worker), { concurrency: "unbounded", discard: true })
       if (o.bitmaps === true) yield* copyBitmaps(sources[0]!, sink.image!, o.skipBrokenBitmaps === true)
       progress?.finish()
+      yield* sink.finish
       return 0
     })
   )

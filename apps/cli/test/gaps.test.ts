@@ -1,0 +1,72 @@
+/**
+ * Remaining qemu-img / qemu-io compatibility gaps, each held to QEMU 7.2:
+ * a convert target whose final write-back or flush fails (blkdebug).
+ */
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { buildBundle, makeTempDir, qcow2, qemu, type Run } from "./helpers.js"
+
+const stderrOf = (run: Run) => run.stderr.replace(/^qcow2:/gm, "PROG:").replace(/^qemu-(?:img|io):/gm, "PROG:")
+
+let dir: string
+beforeAll(() => {
+  buildBundle()
+  dir = makeTempDir("qcow2-gaps-")
+  qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "src.qcow2", "4M"])
+  qemu(dir, "qemu-io", ["-c", "write -P 0x61 0 1M", "src.qcow2"])
+  // After the first guest data write, every flush of the node fails with EIO.
+  fs.writeFileSync(path.join(dir, "flush-after-write.conf"), '[inject-error]\nevent = "write_aio"\niotype = "flush"\nerrno = "5"\n')
+  // Every request after a flush starts fails with EIO.
+  fs.writeFileSync(path.join(dir, "flush-to-os.conf"), '[inject-error]\nevent = "flush_to_os"\nerrno = "5"\n')
+})
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+/** `convert -n` into a blkdebug target made fresh by qemu-img, here and by qemu-img: both runs and both targets' `check` outputs. */
+const convertBoth = (format: "raw" | "qcow2", conf: string, extra: ReadonlyArray<string>) => {
+  const runs = (["ours", "theirs"] as const).map((who) => {
+    const target = `${who}.${format}`
+    qemu(dir, "qemu-img", ["create", "-q", "-f", format, target, "4M"])
+    const args = ["convert", ...extra, "-n", "-O", format, "src.qcow2", `blkdebug:${conf}:${target}`]
+    const run = who === "ours" ? qcow2(dir, args) : qemu(dir, "qemu-img", args, true)
+    const check = format === "qcow2" ? qemu(dir, "qemu-img", ["check", target], true) : undefined
+    return { run, check: check === undefined ? undefined : { status: check.status, stdout: check.stdout } }
+  })
+  return { ours: runs[0]!, theirs: runs[1]! }
+}
+
+describe("convert: the target's final write-back and flush", () => {
+  it("a qcow2 target whose caches cannot be written back: QEMU's messages, exit 1 (qemu-img prints them and exits 0)", () => {
+    const { ours, theirs } = convertBoth("qcow2", "flush-after-write.conf", ["-t", "writeback"])
+    expect(stderrOf(ours.run)).toBe(
+      "PROG: Failed to flush the L2 table cache: Input/output error\nPROG: Failed to flush the refcount block cache: Input/output error\n"
+    )
+    expect(stderrOf(ours.run)).toBe(stderrOf(theirs.run))
+    expect([ours.run.status, theirs.run.status]).toEqual([1, 0])
+    // What reached the disk is the same: refcounts without the L2 tables (leaks only).
+    expect(ours.check).toEqual(theirs.check)
+    expect(ours.check!.status).toBe(3)
+  })
+
+  it("with cache=unsafe (convert's default) flushes never reach the node: success, as for qemu-img", () => {
+    const { ours, theirs } = convertBoth("qcow2", "flush-after-write.conf", [])
+    expect([ours.run.status, stderrOf(ours.run)]).toEqual([0, ""])
+    expect([theirs.run.status, stderrOf(theirs.run)]).toEqual([0, ""])
+    expect(ours.check).toEqual(theirs.check)
+    expect(qemu(dir, "qemu-img", ["compare", "src.qcow2", "ours.qcow2"]).status).toBe(0)
+  })
+
+  it("a raw target whose flush fails: exit 1 (qemu-img ignores it)", () => {
+    const { ours, theirs } = convertBoth("raw", "flush-to-os.conf", ["-t", "writeback"])
+    expect([ours.run.status, stderrOf(ours.run)]).toEqual([1, "PROG: error while flushing the target: Input/output error\n"])
+    expect([theirs.run.status, stderrOf(theirs.run)]).toEqual([0, ""])
+    const unsafe = convertBoth("raw", "flush-to-os.conf", [])
+    expect([unsafe.ours.run.status, stderrOf(unsafe.ours.run)]).toEqual([0, ""])
+    expect([unsafe.theirs.run.status, stderrOf(unsafe.theirs.run)]).toEqual([0, ""])
+  })
+
+  it("a plain raw target with -t writeback is synced and converts as before", () => {
+    expect(qcow2(dir, ["convert", "-t", "writeback", "-O", "raw", "src.qcow2", "plain.raw"]).status).toBe(0)
+    expect(qemu(dir, "qemu-img", ["compare", "src.qcow2", "plain.raw"]).status).toBe(0)
+  })
+})
