@@ -397,7 +397,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     file = node.file
   } else {
     if (typeof fileDriver === "string" && fileDriver !== "file") return { ok: false, message: `Unknown protocol '${fileDriver}'` }
-    const fileOption = take("file.filename") ?? take("file") ?? take("filename")
+    // A top-level "filename" names a protocol node's file, never a format node's (QEMU: 'A block device must be specified for "file"').
+    const fileOption = take("file.filename") ?? take("file")
     if (typeof fileOption === "string") file = fileOption
   }
   if (file !== undefined && file.startsWith("blkdebug:")) {
@@ -532,6 +533,12 @@ export const jsonNameOf = (optionString: string): string => {
   }
   return `json:${JSON.stringify(tree)}`
 }
+
+/**
+ * QEMU's refusal to create an image under `name` (bdrv_find_protocol):
+ * a `json:{…}` name is no protocol of its own, whatever driver it names.
+ */
+export const creationRefusal = (name: string): string | undefined => (name.startsWith("json:") ? "Unknown protocol 'json'" : undefined)
 
 /**
  * QEMU's refusal of a file its protocol driver cannot open (file-posix):

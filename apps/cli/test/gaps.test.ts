@@ -70,3 +70,46 @@ describe("convert: the target's final write-back and flush", () => {
     expect(qemu(dir, "qemu-img", ["compare", "src.qcow2", "plain.raw"]).status).toBe(0)
   })
 })
+
+/** The same qemu-img command line here and by qemu-img (program name masked), run in a directory holding `t.raw` and `t.qcow2`. */
+const sameAsQemuImg = (args: ReadonlyArray<string>) => {
+  const ours = qcow2(dir, args)
+  const theirs = qemu(dir, "qemu-img", args, true)
+  expect({ status: ours.status, stdout: ours.stdout, stderr: stderrOf(ours) }).toEqual({ status: theirs.status, stdout: theirs.stdout, stderr: stderrOf(theirs) })
+}
+
+describe("json: names with a protocol driver at the root, and names that cannot be created", () => {
+  beforeAll(() => {
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "raw", "t.raw", "4M"])
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "t.qcow2", "4M"])
+  })
+  const fileNode = (file: string) => `json:{"driver":"file","filename":"${file}"}`
+
+  it("convert -n into json:{\"driver\":\"file\",…} is refused as qemu-img refuses it, and nothing is written", () => {
+    sameAsQemuImg(["convert", "-n", "-O", "raw", "src.qcow2", fileNode("t.raw")])
+    sameAsQemuImg(["convert", "-n", "-O", "qcow2", "src.qcow2", fileNode("t.qcow2")])
+    expect(qemu(dir, "qemu-img", ["map", "--output=json", "-f", "raw", "t.raw"]).stdout).toContain('"data": false')
+    // A format node over the file node is a target.
+    sameAsQemuImg(["convert", "-n", "-O", "raw", "src.qcow2", 'json:{"driver":"raw","file":{"driver":"file","filename":"t.raw"}}'])
+    expect(qemu(dir, "qemu-img", ["compare", "src.qcow2", "t.raw"]).status).toBe(0)
+  })
+
+  it("a top-level filename is no format node's file; the file node shows as format file", () => {
+    sameAsQemuImg(["info", "-f", "raw", fileNode("t.raw")])
+    sameAsQemuImg(["info", 'json:{"driver":"raw","filename":"t.raw"}'])
+    sameAsQemuImg(["info", 'json:{"filename":"t.raw"}'])
+    sameAsQemuImg(["info", "--output=json", fileNode("t.raw")])
+    sameAsQemuImg(["info", fileNode("t.raw")])
+  })
+
+  it("json: names cannot be created (Unknown protocol 'json'); file: names create the file", () => {
+    sameAsQemuImg(["convert", "-O", "raw", "src.qcow2", fileNode("new.raw")])
+    sameAsQemuImg(["convert", "-O", "qcow2", "src.qcow2", fileNode("new.qcow2")])
+    sameAsQemuImg(["create", "-f", "qcow2", fileNode("new.qcow2"), "1M"])
+    sameAsQemuImg(["dd", "if=src.qcow2", `of=${fileNode("new.raw")}`])
+    expect(fs.readdirSync(dir).filter((f) => f.startsWith("json:") || f.startsWith("new."))).toEqual([])
+    expect(qcow2(dir, ["convert", "-O", "raw", "src.qcow2", "file:fp.raw"]).status).toBe(0)
+    expect(qcow2(dir, ["dd", "if=src.qcow2", "of=file:dd.raw"]).status).toBe(0)
+    for (const f of ["fp.raw", "dd.raw"]) expect(qemu(dir, "qemu-img", ["compare", "src.qcow2", f]).status).toBe(0)
+  })
+})

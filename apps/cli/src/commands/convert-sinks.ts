@@ -84,8 +84,10 @@ const lockTarget = (fd: number, target: string, role: "create" | "raw", refused:
   )
 
 /** A raw file target: positional writes, holes for skipped zeros, final size set by ftruncate. */
-export const rawSink = (target: string, size: number, o: ConvertOptions): Effect.Effect<Sink, CliFailure, never> =>
-  Effect.gen(function* () {
+export const rawSink = (name: string, size: number, o: ConvertOptions): Effect.Effect<Sink, CliFailure, never> => {
+  // `file:PATH` names the file protocol explicitly.
+  const target = name.startsWith("file:") ? name.slice("file:".length) : name
+  return Effect.gen(function* () {
     const attempt = <A>(f: () => A) => Effect.try({ try: f, catch: (e) => fail(`${target}: ${e instanceof Error ? e.message : String(e)}`) })
     /** `f` on `fd`; the descriptor is closed if it fails. */
     const onFd = (fd: number, f: () => void) => Effect.tapError(attempt(f), () => Effect.sync(() => fs.closeSync(fd)))
@@ -130,6 +132,7 @@ export const rawSink = (target: string, size: number, o: ConvertOptions): Effect
       }
     })
   )
+}
 
 /**
  * Whether a raw target is a block node rather than a plain file: an NBD

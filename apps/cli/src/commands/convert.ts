@@ -6,6 +6,7 @@ import { splitOptionList } from "../createopts.js"
 import { open, type ImageEnv } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
+import { creationRefusal } from "../qemu-filename.js"
 import { checkBitmapsCopyable, checkTargetSupportsBitmaps, copyBitmaps } from "./convert-bitmaps.js"
 import { countsForProgress, progressTotal } from "./convert-progress.js"
 import { isNodeTarget, nodeRawSink, qcow2Sink, rawSink, WriteOrder, type Sink } from "./convert-sinks.js"
@@ -135,6 +136,8 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       const total = sources.reduce((n, s) => n + s.virtualSize, 0)
       if (o.bitmaps === true) yield* checkBitmapsCopyable(sources, o.skipBrokenBitmaps === true)
 
+      const refusal = o.skipCreate ? undefined : creationRefusal(o.target)
+      if (refusal !== undefined) return yield* Effect.fail(fail(refusal))
       let sink: Sink
       if (o.outFormat === "raw") {
         if (o.compress) return yield* Effect.fail(fail("Compression not supported for this file format"))

@@ -173,6 +173,8 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
           for (const key of ["backing-filename", "full-backing-filename", "backing-filename-format", "format-specific", "snapshots", "encrypted"]) info.delete(key)
           info.set("format", "compress")
         }
+        // A protocol node at the root (json:{"driver":"file",…}) shows its driver as the format.
+        if (spec?.protocol !== undefined) info.set("format", spec.protocol)
         const nbd = top && image.format === "raw" ? nbdInfoOf(shown, nameOptions(name)) : undefined
         if (nbd !== undefined) {
           // A raw export over NBD has no dirty flag (QEMU's nbd driver answers no get_info); the nbd node at the root shows as format "nbd".
