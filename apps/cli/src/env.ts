@@ -5,7 +5,7 @@ import { FileLocks, nodeStorageOpener } from "@qcow2/storage-node"
 import { StorageError as StorageErrorClass, type StorageError } from "@qcow2/storage"
 import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { SectorCipherFactory } from "@qcow2/crypto"
-import { ImageError, lockRequest, openImage, type FileRole, type Image, type OpenOptions } from "@qcow2/image"
+import { ImageError, lockRequest, openImage, type FileRole, type Image, type ImageFormat, type OpenOptions } from "@qcow2/image"
 import { isUrl } from "./names.js"
 import { isNbdFilename, parseNbdName } from "@qcow2/nbd/client"
 import { eprint } from "./output.js"
@@ -123,6 +123,12 @@ export const cipherLayer: Layer.Layer<SectorCipherFactory> = Layer.unwrap(
  */
 export const imageOptions: { enabled: boolean; secrets: ReadonlyMap<string, Uint8Array> } = { enabled: false, secrets: new Map() }
 
+/** What `-f` may name: the image formats, and QEMU's null-co device (whose only name is `null-co://`). */
+export type CliFormat = ImageFormat | "null-co"
+
+/** Open options as the command line gives them (`-f null-co` included). */
+export type CliOpenOptions = Omit<OpenOptions, "format"> & { readonly format?: CliFormat }
+
 /**
  * What an image name on the command line opens: an --image-opts string
  * when that mode is on, QEMU's `json:{…}` and `file:PATH` names
@@ -131,12 +137,13 @@ export const imageOptions: { enabled: boolean; secrets: ReadonlyMap<string, Uint
  */
 export const resolveNamed = (
   name: string,
-  options: OpenOptions
+  given: CliOpenOptions
 ): ({ readonly file: string; readonly options: OpenOptions; readonly spec?: ImageSpec } & Omit<FileNode, "file">) | { readonly error: string } => {
-  options = { report: driverReport, ...options }
-  const plain = !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:") && !isNullCoName(name)
+  const { format: formatFlag, ...rest } = given
+  const options: OpenOptions = { report: driverReport, ...rest, ...(formatFlag !== undefined && formatFlag !== "null-co" ? { format: formatFlag } : {}) }
+  const plain = formatFlag !== "null-co" && !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:") && !isNullCoName(name)
   if (plain) return { file: name, options }
-  const resolved = imageOptions.enabled ? resolveImageSpec(undefined, parseOptionString(name), options.format) : resolveImageSpec(name, new Map(), options.format)
+  const resolved = imageOptions.enabled ? resolveImageSpec(undefined, parseOptionString(name), formatFlag) : resolveImageSpec(name, new Map(), formatFlag)
   if (!resolved.ok) return { error: resolved.message }
   const spec = resolved.spec
   const passphrase = spec.keySecret !== undefined ? imageOptions.secrets.get(spec.keySecret) : undefined
@@ -186,7 +193,7 @@ export const fileNameOf = (name: string): string => {
  */
 export const openNamed = (
   name: string,
-  options: OpenOptions
+  options: CliOpenOptions
 ): Effect.Effect<{ readonly image: Image; readonly file: string }, { readonly error: ImageError; readonly file: string }, Scope.Scope | ImageEnv> => {
   const resolved = resolveNamed(name, options)
   if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
@@ -223,7 +230,7 @@ const withoutFlushes = <A, E, R>(file: string, open: Effect.Effect<A, E, R>): Ef
   })
 
 /** Opens an image, turning a failure into qemu-img's "Could not open" message. */
-export const open = (name: string, options: OpenOptions, exitCode = 1): Effect.Effect<Image, CliFailure, Scope.Scope | ImageEnv> =>
+export const open = (name: string, options: CliOpenOptions, exitCode = 1): Effect.Effect<Image, CliFailure, Scope.Scope | ImageEnv> =>
   openNamed(name, options).pipe(
     Effect.map(({ image }) => image),
     Effect.mapError(({ error, file }) => openFailure(file, error, exitCode))

@@ -113,3 +113,41 @@ describe("json: names with a protocol driver at the root, and names that cannot 
     for (const f of ["fp.raw", "dd.raw"]) expect(qemu(dir, "qemu-img", ["compare", "src.qcow2", f]).status).toBe(0)
   })
 })
+
+describe("-f null-co", () => {
+  it("names QEMU's null-co device in every subcommand that takes -f, as qemu-img answers", () => {
+    for (const args of [
+      ["info", "-f", "null-co", "null-co://"],
+      ["info", "-f", "null-co", "--output=json", "null-co://"],
+      ["info", "-f", "null-co", "null-co://x"],
+      ["info", "-f", "null-co", "src.qcow2"],
+      ["map", "-f", "null-co", "null-co://"],
+      ["map", "-f", "null-co", "--output=json", "null-co://"],
+      ["check", "-f", "null-co", "null-co://"],
+      ["compare", "-f", "null-co", "-F", "null-co", "null-co://", "null-co://"],
+      ["measure", "-f", "null-co", "-O", "qcow2", "null-co://"],
+      ["resize", "-f", "null-co", "null-co://", "2M"],
+      ["commit", "-f", "null-co", "null-co://"],
+      ["rebase", "-f", "null-co", "-u", "-b", "", "null-co://"],
+      ["amend", "-f", "null-co", "-o", "size=1M", "null-co://"],
+      ["convert", "-f", "null-co", "-O", "raw", "src.qcow2", "nc.raw"]
+    ]) {
+      sameAsQemuImg(args)
+    }
+  })
+
+  it("converts and copies the device's content as qemu-img does (same layout, same content)", () => {
+    for (const [args, format] of [
+      [["convert", "-f", "null-co", "-O", "qcow2", "null-co://"], "qcow2"],
+      [["dd", "-f", "null-co", "if=null-co://", "count=1", "bs=1M"], "raw"]
+    ] as const) {
+      const target = (who: string) => (args[0] === "dd" ? [`of=${who}.${format}`] : [`${who}.${format}`])
+      const ours = qcow2(dir, [...args, ...target("nc-ours")])
+      const theirs = qemu(dir, "qemu-img", [...args, ...target("nc-theirs")], true)
+      expect([ours.status, ours.stdout, stderrOf(ours)]).toEqual([theirs.status, theirs.stdout, stderrOf(theirs)])
+      const map = (who: string) => qemu(dir, "qemu-img", ["map", "--output=json", "-f", format, `${who}.${format}`]).stdout
+      expect(map("nc-ours")).toBe(map("nc-theirs"))
+      expect(qemu(dir, "qemu-img", ["compare", "-f", format, "-F", format, `nc-ours.${format}`, `nc-theirs.${format}`]).status).toBe(0)
+    }
+  })
+})

@@ -1,8 +1,8 @@
 import { Cause, Effect, Exit, Option } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener } from "@qcow2/storage"
-import { CheckError, FORCE_SHARE_READ_ONLY, ImageError, checkQcow2, lockRequest, makeNullImage, openImage, type CheckResult, type ImageFormat, type NodeDriver } from "@qcow2/image"
-import { resolveNamed, type ImageEnv } from "../env.js"
+import { CheckError, FORCE_SHARE_READ_ONLY, ImageError, checkQcow2, lockRequest, makeNullImage, openImage, type CheckResult, type NodeDriver } from "@qcow2/image"
+import { resolveNamed, type ImageEnv, type CliFormat } from "../env.js"
 import { describeCause, fail, openFailure, type CliFailure } from "../errors.js"
 import { programName } from "../progname.js"
 import { eprint, print } from "../output.js"
@@ -12,7 +12,7 @@ import type { OutputFormat } from "./info.js"
 
 export interface CheckOptions {
   readonly file: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly repair?: "leaks" | "all"
   readonly output: OutputFormat
   readonly quiet: boolean

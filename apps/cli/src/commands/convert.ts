@@ -1,9 +1,9 @@
 import * as fs from "node:fs"
 import { availableParallelism } from "node:os"
 import { Effect, Semaphore } from "effect"
-import type { Image, ImageFormat } from "@qcow2/image"
+import type { Image } from "@qcow2/image"
 import { splitOptionList } from "../createopts.js"
-import { open, type ImageEnv } from "../env.js"
+import { open, type ImageEnv, type CliFormat } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
 import { creationRefusal } from "../qemu-filename.js"
@@ -17,7 +17,7 @@ import type { SnapshotSelector } from "./snapshot.js"
 export interface ConvertOptions {
   readonly sources: ReadonlyArray<string>
   readonly target: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly outFormat: "raw" | "qcow2"
   readonly options: ReadonlyArray<string>
   readonly compress: boolean

@@ -5,9 +5,9 @@
  */
 import * as fs from "node:fs"
 import { Effect } from "effect"
-import { createImage, type ImageFormat } from "@qcow2/image"
+import { createImage } from "@qcow2/image"
 import { parseNbdName } from "@qcow2/nbd/client"
-import { open, type ImageEnv } from "../env.js"
+import { open, type ImageEnv, type CliFormat } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
 import { openNbdForCreation } from "./convert-sinks.js"
@@ -16,7 +16,7 @@ import { creationRefusal } from "../qemu-filename.js"
 
 export interface DdOptions {
   readonly operands: ReadonlyArray<string>
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly outFormat: string
   readonly passphrase?: Uint8Array
 }
