@@ -12,6 +12,7 @@ import { eprint } from "./output.js"
 import { makeBlkdebugStorage } from "@qcow2/storage/blkdebug"
 import { openNode, type FileNode } from "./file-node.js"
 import { isNullCoName } from "./null-node.js"
+import { quorumTopImage } from "./quorum-node.js"
 import { compressFilter, compressRefusal } from "./compress-filter.js"
 import { checkBackingOptions, parseOptionString, plainFileOf, resolveImageSpec, type ImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
@@ -58,6 +59,8 @@ const openJsonName = (opener: StorageOpenerShape, name: string, options: Paramet
   const resolved = resolveImageSpec(name, new Map(), undefined)
   if (!resolved.ok) return Effect.fail(new StorageErrorClass({ reason: "Unsupported", message: resolved.message, location: name }))
   const { file, blkdebug } = resolved.spec
+  // A name that stands for a node of its own (a quorum) is no file: opening it as one would loop.
+  if (file === name) return Effect.fail(new StorageErrorClass({ reason: "Unsupported", message: `${name} names no file`, location: name }))
   const opened = opener.open(file, options)
   return blkdebug === undefined ? opened : Effect.map(opened, (storage) => makeBlkdebugStorage(storage, blkdebug))
 }
@@ -204,6 +207,7 @@ export const openNamed = (
     Effect.flatMap((image) => {
       const mismatch = resolved.spec !== undefined ? checkBackingOptions(resolved.spec, image) : undefined
       if (mismatch !== undefined) return Effect.fail(new ImageError({ reason: "Unsupported", message: mismatch, location: file }))
+      if (resolved.spec?.quorumTop === true) return Effect.succeed(quorumTopImage(image))
       if (resolved.spec?.compressFilter !== true) return Effect.succeed(image)
       // QEMU's compress filter on top: every write goes down compressed.
       const refusal = compressRefusal(resolved.spec.protocol ?? image.format)

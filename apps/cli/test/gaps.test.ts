@@ -151,3 +151,45 @@ describe("-f null-co", () => {
     }
   })
 })
+
+describe("quorum as the top node", () => {
+  const options = (threshold: number) =>
+    [0, 1, 2].map((i) => `children.${i}.driver=qcow2,children.${i}.file.filename=q${i}.qcow2`).join(",") + `,driver=quorum,vote-threshold=${threshold}`
+  /** Three children made by qemu-img, the same 64 KiB in each, and 64 KiB more in the third only. */
+  const makeChildren = () => {
+    for (const i of [0, 1, 2]) {
+      qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", `q${i}.qcow2`, "4M"])
+      qemu(dir, "qemu-io", ["-c", "write -P 5 0 64k", `q${i}.qcow2`])
+    }
+    qemu(dir, "qemu-io", ["-c", "write -P 7 64k 64k", "q2.qcow2"])
+  }
+  const masked = (run: Run) => ({ status: run.status, stdout: run.stdout.replace(/\d+\.\d+ sec \([^)]*\)/g, "X sec"), stderr: stderrOf(run) })
+
+  it("info, map, check, compare and convert as qemu-img shows and does them", () => {
+    makeChildren()
+    for (const args of [["info"], ["info", "--output=json"], ["map"], ["map", "--output=json"], ["check"]]) sameAsQemuImg([...args, "--image-opts", options(2)])
+    sameAsQemuImg(["compare", "--image-opts", options(2), options(2)])
+    for (const who of ["ours", "theirs"]) {
+      const args = ["convert", "-O", "raw", "--image-opts", options(2), `quorum-${who}.raw`]
+      expect((who === "ours" ? qcow2(dir, args) : qemu(dir, "qemu-img", args)).status).toBe(0)
+    }
+    expect(fs.readFileSync(path.join(dir, "quorum-ours.raw")).equals(fs.readFileSync(path.join(dir, "quorum-theirs.raw")))).toBe(true)
+  })
+
+  it("qemu-io reads by vote and writes to every child, as qemu-io does", () => {
+    for (const who of ["ours", "theirs"] as const) {
+      makeChildren()
+      const args = ["-c", "read -P 5 0 64k", "-c", "read -P 0 64k 64k", "-c", "info", "-c", "map", "-c", "write -P 9 128k 4k", "--image-opts", options(2)]
+      const strict = ["-c", "read -P 5 0 64k", "-c", "read 64k 64k", "--image-opts", options(3)]
+      const runs = [args, strict].map((a) => masked(who === "ours" ? qcow2(dir, ["io", ...a]) : qemu(dir, "qemu-io", a, true)))
+      const children = [0, 1, 2].map((i) => qemu(dir, "qemu-img", ["convert", "-O", "raw", `q${i}.qcow2`, `child-${who}-${i}.raw`]).status)
+      expect(children).toEqual([0, 0, 0])
+      if (who === "ours") fs.writeFileSync(path.join(dir, "ours.json"), JSON.stringify(runs))
+      else expect(JSON.parse(fs.readFileSync(path.join(dir, "ours.json"), "utf8"))).toEqual(runs)
+    }
+    for (const i of [0, 1, 2]) {
+      expect(fs.readFileSync(path.join(dir, `child-ours-${i}.raw`)).equals(fs.readFileSync(path.join(dir, `child-theirs-${i}.raw`)))).toBe(true)
+      expect(qemu(dir, "qemu-img", ["check", `q${i}.qcow2`]).status).toBe(0)
+    }
+  })
+})

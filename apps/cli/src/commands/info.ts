@@ -178,6 +178,12 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
         }
         // A protocol node at the root (json:{"driver":"file",…}) shows its driver as the format.
         if (spec?.protocol !== undefined) info.set("format", spec.protocol)
+        if (spec?.quorumTop === true) {
+          // The quorum node at the root: QEMU's name for it, no dirty flag (its driver answers no get_info).
+          for (const key of ["dirty-flag"]) info.delete(key)
+          info.set("filename", spec.file)
+          info.set("format", "quorum")
+        }
         const nbd = top && image.format === "raw" ? nbdInfoOf(shown, nameOptions(name)) : undefined
         if (nbd !== undefined) {
           // A raw export over NBD has no dirty flag (QEMU's nbd driver answers no get_info); the nbd node at the root shows as format "nbd".
