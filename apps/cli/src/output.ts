@@ -15,7 +15,8 @@
  * stdout and stderr on one pipe a long stderr message could end after
  * stdout's exit flush, cut in the middle of a line (iotest 272).
  */
-import { fstatSync, writeSync } from "node:fs"
+import { writeSync } from "node:fs"
+import { isatty } from "node:tty"
 
 /** glibc's buffer for a pipe or a regular file (st_blksize). */
 const BLOCK = 4096
@@ -47,23 +48,6 @@ const writeAll = (fd: number, data: Uint8Array): void => {
   }
 }
 
-/**
- * isatty(3). A pipe or a regular file, where scripts send the output, is
- * never a terminal, as fstat(2) tells: node:tty, which loads node:net and
- * the streams (~2.5 ms of each start), is loaded for a character device
- * only. Node before 20.16 has no process.getBuiltinModule; there any
- * character device (/dev/null too) is taken for a terminal, which only
- * makes the output line-buffered.
- */
-const isTerminal = (fd: number): boolean => {
-  try {
-    if (!fstatSync(fd).isCharacterDevice()) return false
-  } catch {
-    return false
-  }
-  return typeof process.getBuiltinModule !== "function" || process.getBuiltinModule("node:tty").isatty(fd)
-}
-
 class Stdout {
   /** The part of a block already cut (it may end inside a UTF-8 sequence). */
   private head: Buffer | undefined
@@ -73,7 +57,7 @@ class Stdout {
   private readonly lineBuffered: boolean
 
   constructor(private readonly fd: number) {
-    this.lineBuffered = isTerminal(fd)
+    this.lineBuffered = isatty(fd)
   }
 
   write(text: string): void {
