@@ -89,11 +89,13 @@ if (cached === undefined || script.cachedDataRejected === true) {
  * formatting the stack of an Error it creates, unless stack traces are
  * off: V8 then collects source positions for the bundle's functions that
  * came from the code cache, ~2 ms of each start. With the limit at 0 it
- * takes its other marker, which works on every engine; the limit is back
- * before any command code runs.
+ * takes its other marker (a try/finally around each continuation), which
+ * works on every engine; the limit is back before any command code runs.
+ * Not for the commands that run without TurboFan: there the other marker
+ * runs in baseline code on every continuation of a long job.
  */
 const stackTraceLimit = Error.stackTraceLimit
-Error.stackTraceLimit = 0
+if (!WITHOUT_TURBOFAN.has(key)) Error.stackTraceLimit = 0
 const module = { exports: {} }
 try {
   ;(script.runInThisContext() as (...args: unknown[]) => void)(module.exports, createRequire(bundle), module, bundle, dir)
