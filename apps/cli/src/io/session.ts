@@ -17,6 +17,9 @@ import { copyOnRead } from "./copy-on-read.js"
 import { compressFilter, compressRefusal } from "../compress-filter.js"
 import { withBlkdebugLimits } from "./blkdebug-limits.js"
 import { withImageBlkdebug } from "./blkdebug-image.js"
+import { AioRequests } from "./aio-requests.js"
+import { print } from "../output.js"
+import { makeBlkdebugBreakpoints, type BlkdebugBreakpoints } from "@qcow2/storage/blkdebug"
 import { checkBackingOptions, checkCacheOptions, protocolRefusal, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
 
@@ -102,6 +105,8 @@ interface OpenedImage {
   readonly above: (image: Image) => Image
   /** The top node is QEMU's compress filter (qemu-io `info` names it). */
   readonly compress: boolean
+  /** The breakpoints of the first blkdebug node from the top (qemu-io's `break` acts on it), if there is one. */
+  readonly breakpoints: BlkdebugBreakpoints | undefined
 }
 
 /** The changes `reopen` asks for. */
@@ -131,10 +136,23 @@ const currentOption = (opened: OpenedImage, key: string): string | null | undefi
   }
 }
 
+/** The image's own close: a flush, then the driver's write-back; false when anything could not be written. */
+const closeImage = (opened: OpenedImage): Effect.Effect<boolean> =>
+  Effect.gen(function* () {
+    const image = opened.raw
+    if (image.readOnly) return true
+    const flushed = opened.request.cache === "unsafe" ? true : (yield* Effect.result(image.flush()))._tag === "Success"
+    const failures = image.close !== undefined ? yield* image.close() : []
+    for (const failure of failures) errorReport(`Failed to flush the ${failure.cache} cache: ${strerror(failure.error)}`)
+    return flushed && failures.length === 0
+  })
+
 export class IoSession {
   private opened: OpenedImage | undefined
   /** Set by `quit`: no further commands run. */
   quitRequested = false
+  /** The aio requests in flight on the open image. */
+  readonly requests = new AioRequests(() => this.opened?.breakpoints)
 
   /**
    * `secrets`: --object passphrases; `imageOpts`: --image-opts, under which
@@ -153,6 +171,11 @@ export class IoSession {
   /** The open image, as commands see it. */
   get image(): Image | undefined {
     return this.opened?.image
+  }
+
+  /** The breakpoints of the image's blkdebug node; undefined when it has none. */
+  get breakpoints(): BlkdebugBreakpoints | undefined {
+    return this.opened?.breakpoints
   }
 
   /** Opens `request`; false after reporting why not (qemu-io's "can't open device …"). */
@@ -197,13 +220,16 @@ export class IoSession {
         ...(lazyRefcounts !== undefined ? { lazyRefcounts } : {}),
         ...(inactiveL2 === "on" ? { checksInactiveL2: true } : {})
       }
+      // A blkdebug node over the image itself comes first from the top; the format driver's events never reach it.
+      const breakpoints = spec.blkdebug !== undefined || spec.imageBlkdebug !== undefined ? makeBlkdebugBreakpoints(print) : undefined
+      const node = breakpoints !== undefined && spec.imageBlkdebug === undefined ? { ...spec, breakpoints } : spec
       const self = this
       return Effect.gen(function* () {
         const scope = yield* Scope.make()
         const opened = yield* Effect.result(
           Scope.provide(scope)(
             Effect.gen(function* () {
-              const base = yield* openNode(spec, options.readOnly, openImage(spec.file, options))
+              const base = yield* openNode(node, options.readOnly, openImage(spec.file, options))
               const backingMismatch = checkBackingOptions(spec, base)
               if (backingMismatch !== undefined) return yield* new ImageError({ reason: "Unsupported", message: backingMismatch })
               const badCache = base.format === "qcow2" ? checkCacheOptions(request.options, base.clusterSize) : undefined
@@ -234,7 +260,7 @@ export class IoSession {
           return request.copyOnRead || spec.copyOnReadFilter === true ? copyOnRead(compressed, debugged?.debugEvent) : compressed
         }
         const image = above(isWritethrough(request.cache) && !raw.readOnly ? writethrough(limited) : limited)
-        self.opened = { image, raw, scope, request, overlay, limited, above, compress }
+        self.opened = { image, raw, scope, request, overlay, limited, above, compress, breakpoints }
         return true
       })
     })
@@ -245,21 +271,21 @@ export class IoSession {
    * or cache=unsafe) whose failure is not reported, then the driver's own
    * write-back, which reports each cache it could not write ("Failed to
    * flush the L2 table cache: …"), then the files are released. False when
-   * anything could not be written back (the run then exits 1).
+   * anything could not be written back (the run then exits 1). The aio
+   * requests in flight are drained first (see AioRequests.close).
    */
   close(): Effect.Effect<boolean> {
     return Effect.suspend(() => {
-      const opened = this.opened
-      if (opened === undefined) return Effect.succeed(true)
-      this.opened = undefined
-      const image = opened.raw
+      if (this.opened === undefined) return Effect.succeed(true)
+      const requests = this.requests
+      const self = this
       return Effect.gen(function* () {
-        if (image.readOnly) return true
-        const flushed = opened.request.cache === "unsafe" ? true : (yield* Effect.result(image.flush()))._tag === "Success"
-        const failures = image.close !== undefined ? yield* image.close() : []
-        for (const failure of failures) errorReport(`Failed to flush the ${failure.cache} cache: ${strerror(failure.error)}`)
-        return flushed && failures.length === 0
-      }).pipe(Effect.tap(() => Scope.close(opened.scope, Exit.void)))
+        yield* requests.close()
+        const opened = self.opened
+        if (opened === undefined) return true
+        self.opened = undefined
+        return yield* closeImage(opened).pipe(Effect.tap(() => Scope.close(opened.scope, Exit.void)))
+      })
     })
   }
 
@@ -270,6 +296,9 @@ export class IoSession {
   reopen(change: ReopenRequest): Effect.Effect<boolean, never, ImageEnv> {
     const self = this
     return Effect.gen(function* () {
+      if (self.opened === undefined) return false
+      // QEMU drains the node before reopening it.
+      yield* self.requests.drain()
       const opened = self.opened
       if (opened === undefined) return false
       let readOnly = change.readOnly
