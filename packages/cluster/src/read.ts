@@ -114,8 +114,7 @@ export function readBacking(engine: Qcow2Engine, offset: number, into: Uint8Arra
   const available = Math.max(0, Math.min(into.length, backing.size - offset))
   if (available < into.length) into.fill(0, available)
   if (available === 0) return Effect.void
-  engine.storage.debugEvent?.("read_backing_aio")
-  return backing.read(offset, available === into.length ? into : into.subarray(0, available))
+  return Effect.andThen(debugPoint(engine.storage, "read_backing_aio"), backing.read(offset, available === into.length ? into : into.subarray(0, available)))
 }
 
 /**

@@ -14,21 +14,18 @@
  *
  * A request held at a blkdebug breakpoint waits until it is resumed. QEMU
  * waits for it forever; here a wait for requests stops (false) when every
- * request in flight is held, since none of them can complete.
+ * request in flight is held, since none of them can complete, and closing
+ * the image resumes them.
  */
-import { Effect, Fiber } from "effect"
+import { Effect } from "effect"
 import type { BlkdebugBreakpoints } from "@qcow2/storage/blkdebug"
 
 /** What a completed request prints, called when qemu-io's main loop would deliver it. */
 export type CompletionReport = () => void
 
-/** A request in flight: its fiber, once forked. */
-interface InFlight {
-  fiber: Fiber.Fiber<void> | undefined
-}
-
 export class AioRequests {
-  private readonly running = new Set<InFlight>()
+  /** One token per request in flight. */
+  private readonly running = new Set<symbol>()
   /** Completions not delivered yet, in the order the requests completed. */
   private completed: CompletionReport[] = []
   /** Waiters for the next completion. */
@@ -41,8 +38,7 @@ export class AioRequests {
   submit(request: Effect.Effect<CompletionReport>): Effect.Effect<void> {
     const self = this
     return Effect.gen(function* () {
-      // The fiber is known once forked; a request that needs no I/O has ended by then.
-      const entry: InFlight = { fiber: undefined }
+      const entry = Symbol("aio request")
       self.running.add(entry)
       const ended = Effect.sync(() => {
         self.running.delete(entry)
@@ -51,7 +47,7 @@ export class AioRequests {
         for (const wake of woken) wake()
       })
       const tracked = Effect.map(request, (report) => void self.completed.push(report))
-      entry.fiber = yield* Effect.forkDetach(Effect.ensuring(tracked, ended), { startImmediately: true })
+      yield* Effect.forkDetach(Effect.ensuring(tracked, ended), { startImmediately: true })
     })
   }
 
@@ -91,16 +87,19 @@ export class AioRequests {
   }
 
   /**
-   * Drains, then gives up the requests still held at a breakpoint (QEMU
-   * would wait for them forever): they end as interrupted, and an
-   * allocation they had not linked yet is given back.
+   * Drains before the image closes. QEMU would wait forever for a request
+   * held at a breakpoint; here the breakpoints are cleared when nothing else
+   * can complete, so the held requests resume ("blkdebug: Resuming request"),
+   * complete, and leave the image consistent.
    */
   close(): Effect.Effect<void> {
     const self = this
     return Effect.gen(function* () {
-      if (yield* self.drain()) return
-      yield* Fiber.interruptAll([...self.running].flatMap((entry) => (entry.fiber !== undefined ? [entry.fiber] : [])))
-      self.running.clear()
+      while (!(yield* self.drain())) {
+        const breakpoints = self.breakpoints()
+        if (breakpoints === undefined || breakpoints.held() === 0) return
+        breakpoints.clear()
+      }
     })
   }
 }

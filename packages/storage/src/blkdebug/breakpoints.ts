@@ -14,8 +14,8 @@
  *   no rule to drop, even if it resumed a request.
  *
  * A request is held where the format driver yields `reach(event)` (see
- * BlockStorageShape.debugBreak); an event raised where the driver does not
- * yield it never holds a request.
+ * BlockStorageShape.debugBreak, `debugPoint`); the engine yields it
+ * wherever it raises an event for a request on the image's own file.
  */
 import { Deferred, Effect } from "effect"
 import { type DebugEvent, isDebugEvent } from "../debug-events.js"
@@ -28,6 +28,8 @@ export interface BlkdebugBreakpoints {
   readonly remove: (tag: string) => boolean
   /** `resume TAG`; false when no request is suspended as TAG (ENOENT). */
   readonly resume: (tag: string) => boolean
+  /** Drops every rule and resumes every suspended request (the node is closing). */
+  readonly clear: () => void
   /** Whether a request is suspended as TAG. */
   readonly isSuspended: (tag: string) => boolean
   /** How many requests are held now (a request suspended by several rules counts once). */
@@ -80,6 +82,10 @@ export const makeBlkdebugBreakpoints = (report: (line: string) => void): Blkdebu
       if (entry === undefined) return false
       resumeOne(entry)
       return true
+    },
+    clear: () => {
+      rules = []
+      for (const entry of suspended) resumeOne(entry)
     },
     isSuspended,
     held: () => new Set(suspended.map((s) => s.request)).size,
