@@ -104,7 +104,8 @@ function performPlan(
 ): Effect.Effect<{ readonly length: number; readonly hostEnd: number } | undefined, EngineFailure> {
   switch (plan._tag) {
     case "Wait":
-      return Effect.as(Deferred.await(plan.done), undefined)
+      // As QEMU restarts the requests that depended on an allocation: once the one that made it has gone on.
+      return Effect.as(Effect.andThen(Deferred.await(plan.done), Effect.yieldNow), undefined)
     case "InPlace":
       return Effect.as(Effect.andThen(debugPoint(engine.storage, "write_aio"), writeData(engine, offset, plan.hostOffset, data.subarray(0, plan.length))), {
         length: plan.length,

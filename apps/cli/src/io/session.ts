@@ -7,7 +7,7 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Exit, Scope, Semaphore } from "effect"
 import { createImage, ImageError, openImage, type Image, type ImageFormat } from "@qcow2/image"
 import { driverReport, type ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
@@ -75,9 +75,17 @@ export interface OpenRequest {
   readonly aio: AioMode
 }
 
-/** The image with a flush after every change: a request is reported done only once it is durable. */
+/**
+ * The image with a flush after every change: a request is reported done
+ * only once it is durable. Flushes go one at a time, in the order they
+ * were asked for, as QEMU's bdrv_co_flush serialises them, and the next
+ * one starts only after the request whose flush ended has completed (QEMU
+ * wakes the next flusher once the current coroutine yields): of two writes
+ * in flight, the one that flushed first completes first.
+ */
 const writethrough = (image: Image): Image => {
-  const flushed = <A>(effect: Effect.Effect<A, ImageError>) => Effect.tap(effect, () => image.flush())
+  const flushing = Semaphore.makeUnsafe(1)
+  const flushed = <A>(effect: Effect.Effect<A, ImageError>) => Effect.tap(effect, () => flushing.withPermits(1)(Effect.andThen(Effect.yieldNow, image.flush())))
   const area = image.vmState
   const wrapped: Image = Object.create(image)
   return Object.assign(wrapped, {
