@@ -10,7 +10,7 @@ import { Effect } from "effect"
 import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { makeNullImage, openImage, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
 import { StorageError, StorageOpener, type BlockStorageShape, type StorageOpenerShape } from "@qcow2/storage"
-import { makeBlkdebugStorage, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
+import { makeBlkdebugStorage, type BlkdebugBreakpoints, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
 import type { NullDevice } from "./null-node.js"
 import { QUORUM_NO_DIRECTORY, quorumStorage, type QuorumChild, type QuorumNode } from "./quorum-node.js"
 
@@ -18,6 +18,8 @@ import { QUORUM_NO_DIRECTORY, quorumStorage, type QuorumChild, type QuorumNode }
 export interface FileNode {
   readonly file: string
   readonly blkdebug?: BlkdebugConfig
+  /** The breakpoints of that blkdebug node (qemu-io's `break`). */
+  readonly breakpoints?: BlkdebugBreakpoints
   readonly fileFormat?: ImageFormat
   readonly dataFile?: { readonly file: string; readonly blkdebug?: BlkdebugConfig }
   /** The file is a quorum of these children (quorum-node.ts); `file` is the quorum node's name. */
@@ -26,9 +28,10 @@ export interface FileNode {
   readonly nullDevice?: NullDevice
 }
 
-/** `inner`, except that `file` opens under a blkdebug filter with `config`. */
-export const blkdebugOpener = (inner: StorageOpenerShape, file: string, config: BlkdebugConfig): StorageOpenerShape => ({
-  open: (name, options) => (name === file ? Effect.map(inner.open(name, options), (storage) => makeBlkdebugStorage(storage, config)) : inner.open(name, options)),
+/** `inner`, except that `file` opens under a blkdebug filter with `config` (and `breakpoints`, when given). */
+export const blkdebugOpener = (inner: StorageOpenerShape, file: string, config: BlkdebugConfig, breakpoints?: BlkdebugBreakpoints): StorageOpenerShape => ({
+  open: (name, options) =>
+    name === file ? Effect.map(inner.open(name, options), (storage) => makeBlkdebugStorage(storage, config, breakpoints)) : inner.open(name, options),
   resolve: inner.resolve
 })
 
@@ -110,7 +113,7 @@ export const withFileNode = <A, E, R>(node: FileNode, effect: Effect.Effect<A, E
     let opener = yield* StorageOpener
     if (node.fileFormat !== undefined) opener = nestedOpener(opener, yield* ClusterCodec, node.file, node.fileFormat)
     if (node.quorum !== undefined) opener = quorumOpener(opener, yield* ClusterCodec, node.file, node.quorum)
-    if (node.blkdebug !== undefined) opener = blkdebugOpener(opener, node.file, node.blkdebug)
+    if (node.blkdebug !== undefined) opener = blkdebugOpener(opener, node.file, node.blkdebug, node.breakpoints)
     const data = node.dataFile
     if (data?.blkdebug !== undefined) opener = blkdebugOpener(opener, data.file, data.blkdebug)
     return yield* Effect.provideService(effect, StorageOpener, opener)

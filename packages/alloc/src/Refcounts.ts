@@ -15,7 +15,7 @@ import {
 } from "@qcow2/format"
 import type { TableCache, TableCacheError } from "@qcow2/cache"
 import type { OverlapIndex } from "@qcow2/format"
-import type { BlockStorageShape, StorageError } from "@qcow2/storage"
+import { debugPoint, type BlockStorageShape, type StorageError } from "@qcow2/storage"
 import { RefcountError } from "./errors.js"
 
 /** Where the refcount table lives. */
@@ -355,7 +355,7 @@ export class Refcounts {
       let cluster = first
       while (cluster <= last) {
         const blockIndex = Math.floor(cluster / self.blockEntries)
-        self.storage.debugEvent?.("refblock_alloc")
+        yield* debugPoint(self.storage, "refblock_alloc")
         const blockOffset = self.blockAt(blockIndex)
         if (typeof blockOffset !== "number") return yield* blockOffset
         if (blockOffset === 0) {
@@ -369,7 +369,7 @@ export class Refcounts {
           yield* self.makeBlock(cluster)
           continue
         }
-        self.storage.debugEvent?.("refblock_load")
+        yield* debugPoint(self.storage, "refblock_load")
         const block = self.cache.lookup(blockOffset) ?? (yield* self.cache.get(blockOffset))
         const blockEnd = Math.min(last, (blockIndex + 1) * self.blockEntries - 1)
         for (; cluster <= blockEnd; cluster++) {
@@ -433,7 +433,7 @@ export class Refcounts {
   allocate(count: number): Effect.Effect<number, Failure> {
     const self = this
     return Effect.gen(function* () {
-      self.storage.debugEvent?.("cluster_alloc")
+      yield* debugPoint(self.storage, "cluster_alloc")
       for (;;) {
         const start = yield* self.findFreeRun(count)
         if (yield* self.increaseFresh(start, count)) continue
@@ -484,7 +484,7 @@ export class Refcounts {
   allocateBytes(size: number): Effect.Effect<number, Failure> {
     const self = this
     return Effect.gen(function* () {
-      self.storage.debugEvent?.("cluster_alloc_bytes")
+      yield* debugPoint(self.storage, "cluster_alloc_bytes")
       const cs = self.clusterSize
       let offset = self.freeByteOffset
       if (offset !== 0) {
@@ -532,8 +532,7 @@ export class Refcounts {
    * Rule 3: the refcount blocks wait for the mapping tables that dropped the references.
    */
   free(offset: number, length: number): Effect.Effect<void, Failure> {
-    this.storage.debugEvent?.("cluster_free")
-    return Effect.andThen(this.lazy ? Effect.void : this.cache.dependOn(this.mappingCache), this.update(offset, length, -1))
+    return Effect.andThen(debugPoint(this.storage, "cluster_free"), Effect.andThen(this.lazy ? Effect.void : this.cache.dependOn(this.mappingCache), this.update(offset, length, -1)))
   }
 
   /**
@@ -632,7 +631,7 @@ export class Refcounts {
         const blockOffset = self.blockAt(blockIndex)
         if (typeof blockOffset !== "number") return yield* blockOffset
         if (blockOffset === 0) {
-          self.storage.debugEvent?.("refblock_alloc")
+          yield* debugPoint(self.storage, "refblock_alloc")
           yield* self.makeBlock(cluster)
           yield* undo
           self.freeClusterIndex = Math.min(self.freeClusterIndex, first)
@@ -678,12 +677,12 @@ export class Refcounts {
       self.cache.markDirty(offset)
       self.overlaps.addCluster("refcount block", offset)
       const hookUp = Effect.gen(function* () {
-        self.storage.debugEvent?.("refblock_alloc_write")
+        yield* debugPoint(self.storage, "refblock_alloc_write")
         yield* self.cache.flush()
         if (tableIndex < self.blockOffsets.length) {
           const entry = new Uint8Array(8)
           writeRefcountTableEntry(entry, 0, offset)
-          self.storage.debugEvent?.("refblock_alloc_hookup")
+          yield* debugPoint(self.storage, "refblock_alloc_hookup")
           yield* self.storage.write(self.table.offset + tableIndex * 8, entry)
           yield* self.storage.flush()
           self.tableBytes.set(entry, tableIndex * 8)
@@ -691,7 +690,7 @@ export class Refcounts {
           if (tableIndex > self.lastBlock) self.lastBlock = tableIndex
           return
         }
-        self.storage.debugEvent?.("reftable_grow")
+        yield* debugPoint(self.storage, "reftable_grow")
         const blocksUsed = Math.ceil((Math.max(clusterIndex, cluster) + 1) / self.blockEntries)
         yield* self.growTable(blocksUsed * self.blockEntries, tableIndex, offset)
       })
@@ -751,14 +750,14 @@ export class Refcounts {
         for (let j = Math.max(0, startCluster - firstCovered); j < last; j++) writeRefcount(block, j, self.refcountOrder, 1)
         self.cache.markDirty(offset)
       }
-      self.storage.debugEvent?.("refblock_alloc_write_blocks")
+      yield* debugPoint(self.storage, "refblock_alloc_write_blocks")
       yield* self.cache.flush()
-      self.storage.debugEvent?.("refblock_alloc_write_table")
+      yield* debugPoint(self.storage, "refblock_alloc_write_table")
       yield* self.storage.write(tableCluster * cs, newTable)
       yield* self.storage.flush()
       const oldTable = self.table
       const moved = { offset: tableCluster * cs, clusters: tableClusters }
-      self.storage.debugEvent?.("refblock_alloc_switch_table")
+      yield* debugPoint(self.storage, "refblock_alloc_switch_table")
       yield* self.header.moveRefcountTable(moved)
       self.adoptTable(moved, newTable, endCluster * cs)
       yield* self.free(oldTable.offset, oldTable.clusters * cs)

@@ -1,6 +1,6 @@
 import { Data, Effect } from "effect"
 import type { MetadataKind, OverlapIndex } from "@qcow2/format"
-import { StorageError, type BlockStorageShape, type DebugEvent } from "@qcow2/storage"
+import { debugPoint, StorageError, type BlockStorageShape, type DebugEvent } from "@qcow2/storage"
 
 /**
  * A table write-back refused because the table's cluster holds other
@@ -265,7 +265,7 @@ export class TableCache {
       // Cleared before the write so a concurrent modification re-dirties it.
       entry.dirty = false
       self.dirtyCount--
-      if (self.events.update !== undefined) self.storage.debugEvent?.(self.events.update)
+      if (self.events.update !== undefined) yield* debugPoint(self.storage, self.events.update)
       const written = yield* Effect.exit(self.storage.write(entry.offset, entry.table))
       if (written._tag === "Failure") {
         if (!entry.dirty && self.entries.get(entry.offset) === entry) {
@@ -288,7 +288,7 @@ export class TableCache {
       const table = new Uint8Array(self.tableSize)
       if (read) {
         self.stats.misses++
-        if (self.events.load !== undefined) self.storage.debugEvent?.(self.events.load)
+        if (self.events.load !== undefined) yield* debugPoint(self.storage, self.events.load)
         yield* self.storage.read(offset, table)
         const again = self.entries.get(offset)
         if (again !== undefined) return again.table

@@ -11,7 +11,7 @@ import { TableCache } from "@qcow2/cache"
 import type { CompressionError, DecompressionError } from "@qcow2/compress"
 import { AutoclearFeature, decodeImageHeader, decodeSnapshotTable, encodeImageHeader, IncompatibleFeature, l1EntriesFor, Limits, makeGeometry } from "@qcow2/format"
 import type { Geometry, ImageHeader, SnapshotEntry } from "@qcow2/format"
-import type { BlockStorageShape } from "@qcow2/storage"
+import { debugPoint, type BlockStorageShape } from "@qcow2/storage"
 import { DirtyBitmaps } from "./bitmaps.js"
 import type { LoadedBitmaps } from "./bitmaps-disk.js"
 import { writeCompressedClusters } from "./compressed.js"
@@ -327,8 +327,7 @@ export class Qcow2Engine {
   readVmState(pos: number, into: Uint8Array): Effect.Effect<void, ImageError> {
     const bad = this.checkVmStateRange(pos, into.length) ?? this.requireKey()
     const start = this.vmStateOffset + pos
-    if (bad === undefined) this.storage.debugEvent?.("vmstate_load")
-    return bad ? Effect.fail(bad) : this.run(readGuest(this, start, into, start + into.length))
+    return bad ? Effect.fail(bad) : this.run(Effect.andThen(debugPoint(this.storage, "vmstate_load"), readGuest(this, start, into, start + into.length)))
   }
 
   /** Writes VM state bytes at `pos` of the area at vmStateOffset, growing the L1 table as needed. */
@@ -336,8 +335,7 @@ export class Qcow2Engine {
     const bad = this.requireWritable() ?? this.requireKey() ?? this.checkVmStateRange(pos, data.length)
     if (bad) return Effect.fail(bad)
     if (data.length === 0) return Effect.void
-    this.storage.debugEvent?.("vmstate_save")
-    return this.change(writeBytes(this, this.vmStateOffset + pos, data))
+    return this.change(Effect.andThen(debugPoint(this.storage, "vmstate_save"), writeBytes(this, this.vmStateOffset + pos, data)))
   }
 
   private checkVmStateRange(pos: number, length: number): ImageError | undefined {

@@ -1,4 +1,5 @@
 import { Effect } from "effect"
+import { debugPoint } from "@qcow2/storage"
 import { readL2Entry, writeL2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
@@ -127,7 +128,7 @@ function storeCompressed(engine: Qcow2Engine, guest: number, run: ReadonlyArray<
       yield* engine.integrity.guardWrite(host, bytes.length)
       placed.push({ l2Offset, index, host, bytes })
     }
-    engine.storage.debugEvent?.("write_compressed")
+    yield* debugPoint(engine.storage, "write_compressed")
     for (let a = 0; a < placed.length; ) {
       let b = a
       let end = placed[a].host + placed[a].bytes.length

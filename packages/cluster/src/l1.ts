@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import { Limits, readL1Entry, writeL1Entry, type MetadataKind } from "@qcow2/format"
 import type { Refcounts } from "@qcow2/alloc"
-import type { BlockStorageShape } from "@qcow2/storage"
+import { debugPoint, type BlockStorageShape } from "@qcow2/storage"
 import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import type { HeaderState } from "./header.js"
@@ -100,8 +100,7 @@ export class ActiveL1 {
   link(index: number, l2Offset: number): Effect.Effect<void, EngineFailure> {
     const entry = new Uint8Array(8)
     writeL1Entry(entry, 0, l2Offset, true)
-    this.storage.debugEvent?.("l1_update")
-    return Effect.map(this.storage.write(this.tableOffset + index * 8, entry), () => {
+    return Effect.map(Effect.andThen(debugPoint(this.storage, "l1_update"), this.storage.write(this.tableOffset + index * 8, entry)), () => {
       const previous = readL1Entry(this.bytes, index).l2Offset
       this.bytes.set(entry, index * 8)
       if (previous !== 0) this.integrity.overlaps.removeCluster("active L2 table", previous)
@@ -119,8 +118,7 @@ export class ActiveL1 {
     const previous = readL1Entry(this.bytes, index).l2Offset
     if (previous === 0 && readL1Entry(this.bytes, index).copied === false) return Effect.succeed(0)
     const entry = new Uint8Array(8)
-    this.storage.debugEvent?.("l1_update")
-    return Effect.map(this.storage.write(this.tableOffset + index * 8, entry), () => {
+    return Effect.map(Effect.andThen(debugPoint(this.storage, "l1_update"), this.storage.write(this.tableOffset + index * 8, entry)), () => {
       this.bytes.set(entry, index * 8)
       if (previous !== 0) this.integrity.overlaps.removeCluster("active L2 table", previous)
       return previous
@@ -145,16 +143,16 @@ export class ActiveL1 {
       const clusters = Math.ceil((entries * 8) / cs)
       const table = new Uint8Array(clusters * cs)
       table.set(self.table)
-      self.storage.debugEvent?.("l1_grow_alloc_table")
+      yield* debugPoint(self.storage, "l1_grow_alloc_table")
       const offset = yield* refcounts.allocate(clusters)
       yield* self.integrity.guardWrite(offset, clusters * cs)
       yield* refcounts.persistAllocations()
       // Only the entries are written, as QEMU does (a fresh image ends 8 bytes into cluster 3).
-      self.storage.debugEvent?.("l1_grow_write_table")
+      yield* debugPoint(self.storage, "l1_grow_write_table")
       yield* self.storage.write(offset, table.subarray(0, entries * 8))
       yield* self.storage.flush()
       const old = { offset: self.tableOffset, size: self.entries }
-      self.storage.debugEvent?.("l1_grow_activate_table")
+      yield* debugPoint(self.storage, "l1_grow_activate_table")
       yield* self.header.update({ l1TableOffset: offset, l1Size: entries })
       self.replace(table, offset, entries)
       if (old.size > 0 && old.offset !== 0) yield* refcounts.free(old.offset, Math.ceil((old.size * 8) / cs) * cs)

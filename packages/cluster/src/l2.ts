@@ -1,4 +1,5 @@
 import { Effect } from "effect"
+import { debugPoint } from "@qcow2/storage"
 import type { L2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
@@ -28,14 +29,14 @@ export function prepareL2ForWrite(engine: Qcow2Engine, offset: number): Effect.E
     const cs = engine.geometry.clusterSize
     const newOffset = yield* engine.refcounts.allocate(1)
     yield* engine.integrity.guardWrite(newOffset, cs)
-    if (current !== 0) engine.storage.debugEvent?.("l2_alloc_cow_read")
+    if (current !== 0) yield* debugPoint(engine.storage, "l2_alloc_cow_read")
     const previous = current !== 0 ? yield* loadL2(engine, current) : undefined
     const table = yield* engine.l2Cache.getEmpty(newOffset)
     if (previous !== undefined) table.set(previous)
     engine.l2Cache.markDirty(newOffset)
     // QEMU's l2_allocate writes the refcount blocks here even with lazy refcounts.
     yield* engine.refcounts.cache.flush()
-    engine.storage.debugEvent?.("l2_alloc_write")
+    yield* debugPoint(engine.storage, "l2_alloc_write")
     yield* engine.l2Cache.flush()
     yield* l1.link(l1Index, newOffset)
     yield* engine.storage.flush()

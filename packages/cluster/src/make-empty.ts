@@ -1,4 +1,5 @@
 import { Effect } from "effect"
+import { debugPoint } from "@qcow2/storage"
 import { IncompatibleFeature, writeRefcount, writeRefcountTableEntry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
@@ -46,21 +47,21 @@ export function emptyCompletely(engine: Qcow2Engine): Effect.Effect<void, Engine
     engine.l2Cache.dropClean()
     engine.refcounts.cache.dropClean()
     yield* engine.header.setIncompatible(IncompatibleFeature.Dirty, true)
-    storage.debugEvent?.("l1_update")
+    yield* debugPoint(storage, "l1_update")
     yield* storage.write(engine.l1.offset, new Uint8Array(l1Clusters * cs))
-    storage.debugEvent?.("empty_image_prepare")
+    yield* debugPoint(storage, "empty_image_prepare")
     yield* storage.write(cs, new Uint8Array((2 + l1Clusters) * cs))
-    storage.debugEvent?.("l1_update")
-    storage.debugEvent?.("reftable_update")
+    yield* debugPoint(storage, "l1_update")
+    yield* debugPoint(storage, "reftable_update")
     yield* engine.header.update({ l1TableOffset: 3 * cs, refcountTableOffset: cs, refcountTableClusters: 1 })
-    storage.debugEvent?.("refblock_alloc")
+    yield* debugPoint(storage, "refblock_alloc")
     const entry = new Uint8Array(8)
     writeRefcountTableEntry(entry, 0, 2 * cs)
     yield* storage.write(cs, entry)
     yield* storage.flush()
     const block = new Uint8Array(cs)
     for (let cluster = 0; cluster < 3 + l1Clusters; cluster++) writeRefcount(block, cluster, engine.refcounts.refcountOrder, 1)
-    storage.debugEvent?.("refblock_update_part")
+    yield* debugPoint(storage, "refblock_update_part")
     yield* storage.write(2 * cs, block)
     yield* storage.flush()
     if (!engine.integrity.lazyRefcounts) yield* engine.header.setIncompatible(IncompatibleFeature.Dirty, false)

@@ -3,7 +3,7 @@ import { readL2Entry } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
 import type { TableCacheError } from "@qcow2/cache"
 import type { DecompressionError } from "@qcow2/compress"
-import type { StorageError } from "@qcow2/storage"
+import { debugPoint, type StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
 
@@ -236,8 +236,7 @@ export function readCompressedCluster(
     return engine.integrity.markCorrupt(`compressed cluster at ${hostOffset} has an impossible size ${compressedSize}`, hostOffset)
   }
   const input = new Uint8Array(compressedSize)
-  engine.storage.debugEvent?.("read_compressed")
-  return Effect.flatMap(engine.storage.read(hostOffset, input), () =>
+  return Effect.flatMap(Effect.andThen(debugPoint(engine.storage, "read_compressed"), engine.storage.read(hostOffset, input)), () =>
     Effect.mapError(
       engine.codec.decompress(input, out),
       (error: DecompressionError) =>

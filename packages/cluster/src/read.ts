@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import type { StorageError } from "@qcow2/storage"
+import { debugPoint, type StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
 import { COMPRESSED_SPAN_LIMIT, lookup, readCompressedCluster, readCompressedClusters, type CompressedPiece, type MappingRun } from "./mapping.js"
@@ -50,7 +50,7 @@ export function readGuest(engine: Qcow2Engine, offset: number, into: Uint8Array,
       const slice = into.subarray(done, done + run.length)
       switch (run.kind) {
         case "data":
-          engine.storage.debugEvent?.("read_aio")
+          yield* debugPoint(engine.storage, "read_aio")
           yield* readData(engine, offset + done, run.hostOffset, slice)
           break
         case "zero":
@@ -114,8 +114,7 @@ export function readBacking(engine: Qcow2Engine, offset: number, into: Uint8Arra
   const available = Math.max(0, Math.min(into.length, backing.size - offset))
   if (available < into.length) into.fill(0, available)
   if (available === 0) return Effect.void
-  engine.storage.debugEvent?.("read_backing_aio")
-  return backing.read(offset, available === into.length ? into : into.subarray(0, available))
+  return Effect.andThen(debugPoint(engine.storage, "read_backing_aio"), backing.read(offset, available === into.length ? into : into.subarray(0, available)))
 }
 
 /**

@@ -1,5 +1,6 @@
 import { Deferred, Effect } from "effect"
 import { readL2Entry, writeL2Entry } from "@qcow2/format"
+import { debugPoint } from "@qcow2/storage"
 import type { L2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
@@ -103,10 +104,10 @@ function performPlan(
 ): Effect.Effect<{ readonly length: number; readonly hostEnd: number } | undefined, EngineFailure> {
   switch (plan._tag) {
     case "Wait":
-      return Effect.as(Deferred.await(plan.done), undefined)
+      // As QEMU restarts the requests that depended on an allocation: once the one that made it has gone on.
+      return Effect.as(Effect.andThen(Deferred.await(plan.done), Effect.yieldNow), undefined)
     case "InPlace":
-      engine.storage.debugEvent?.("write_aio")
-      return Effect.as(writeData(engine, offset, plan.hostOffset, data.subarray(0, plan.length)), {
+      return Effect.as(Effect.andThen(debugPoint(engine.storage, "write_aio"), writeData(engine, offset, plan.hostOffset, data.subarray(0, plan.length))), {
         length: plan.length,
         hostEnd: plan.hostOffset + plan.length
       })
@@ -357,14 +358,14 @@ function performAllocation(
       buffer = data.subarray(0, plan.length)
     } else {
       buffer = new Uint8Array(plan.cowEnd - plan.cowStart)
-      engine.storage.debugEvent?.("cow_read")
+      yield* debugPoint(engine.storage, "cow_read")
       if (head > 0) yield* readGuest(engine, plan.cowStart, buffer.subarray(0, head))
       buffer.set(data.subarray(0, plan.length), head)
       if (tailStart < plan.cowEnd) yield* readGuest(engine, tailStart, buffer.subarray(tailStart - plan.cowStart))
     }
     // QEMU raises both when the guest data and the copied parts go out in one request.
-    engine.storage.debugEvent?.("write_aio")
-    if (buffer.length !== plan.length) engine.storage.debugEvent?.("cow_write")
+    yield* debugPoint(engine.storage, "write_aio")
+    if (buffer.length !== plan.length) yield* debugPoint(engine.storage, "cow_write")
     yield* writeData(engine, plan.cowStart, plan.hostOffset + (plan.cowStart - runStart), buffer)
     plan.progress.linked = true
     yield* engine.lock.withPermits(1)(link(engine, plan))

@@ -1,4 +1,4 @@
-import { Context, type Effect, type Scope } from "effect"
+import { Context, Effect, type Scope } from "effect"
 import type { DebugEvent } from "./debug-events.js"
 import type { StorageError } from "./errors.js"
 
@@ -81,6 +81,20 @@ export interface BlockStorageShape {
    * requests that follow.
    */
   readonly debugEvent?: (event: DebugEvent) => void
+  /**
+   * Where the format driver lets a debug filter hold the request that just
+   * raised `event` (blkdebug's breakpoints, qemu-io `break EVENT TAG`): the
+   * driver yields it right after `debugEvent` at the points of its data
+   * path (write_aio, cow_read, cow_write, read_aio), and the request goes on
+   * when it completes. Absent where nothing can hold a request.
+   */
+  readonly debugBreak?: (event: DebugEvent) => Effect.Effect<void>
+}
+
+/** Raises `event` on `storage` and yields where a debug filter may hold the request (see `debugBreak`). */
+export const debugPoint = (storage: BlockStorageShape, event: DebugEvent): Effect.Effect<void> => {
+  storage.debugEvent?.(event)
+  return storage.debugBreak?.(event) ?? Effect.void
 }
 
 /**

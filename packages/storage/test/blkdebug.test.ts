@@ -1,7 +1,7 @@
-import { Effect } from "effect"
+import { Effect, Fiber } from "effect"
 import { describe, expect, it } from "vitest"
-import { makeMemoryStorage, type BlockStorageShape, type StorageError } from "../src/index.js"
-import { blkdebugConfigFromOptions, makeBlkdebugStorage, mergeBlkdebugConfigs, parseBlkdebugConfigFile, type BlkdebugConfig } from "../src/blkdebug/index.js"
+import { debugPoint, makeMemoryStorage, type BlockStorageShape, type StorageError } from "../src/index.js"
+import { blkdebugConfigFromOptions, makeBlkdebugBreakpoints, makeBlkdebugStorage, mergeBlkdebugConfigs, parseBlkdebugConfigFile, type BlkdebugConfig } from "../src/blkdebug/index.js"
 import { blockStorageConformance } from "../src/testing/index.js"
 
 const config = (text: string): BlkdebugConfig => {
@@ -106,3 +106,77 @@ describe("blkdebug filter", () => {
 })
 
 blockStorageConformance("blkdebug without rules", () => Effect.succeed(makeBlkdebugStorage(makeMemoryStorage({ name: "mem" }), { rules: [] })))
+
+describe("blkdebug breakpoints", () => {
+  /** Breakpoints whose report lines are collected in `lines`. */
+  const make = () => {
+    const lines: string[] = []
+    return { lines, breakpoints: makeBlkdebugBreakpoints((line) => lines.push(line)) }
+  }
+
+  it("hold the next request raising the event until resumed, once per rule", async () => {
+    const { lines, breakpoints } = make()
+    expect(breakpoints.set("write_aio", "A")).toBe(true)
+    expect(breakpoints.set("no_such_event", "B")).toBe(false)
+    const order: string[] = []
+    const program = Effect.gen(function* () {
+      const held = yield* Effect.forkChild(Effect.andThen(breakpoints.reach("write_aio"), Effect.sync(() => order.push("held request done"))))
+      yield* Effect.yieldNow
+      expect(breakpoints.isSuspended("A")).toBe(true)
+      expect(breakpoints.held()).toBe(1)
+      // The rule fired: another request raising the event goes on.
+      yield* breakpoints.reach("write_aio")
+      order.push("second request done")
+      expect(breakpoints.resume("B")).toBe(false)
+      expect(breakpoints.resume("A")).toBe(true)
+      expect(breakpoints.isSuspended("A")).toBe(false)
+      yield* Fiber.join(held)
+    })
+    await Effect.runPromise(program)
+    expect(order).toEqual(["second request done", "held request done"])
+    expect(lines).toEqual(["blkdebug: Suspended request 'A'\n", "blkdebug: Resuming request 'A'\n"])
+  })
+
+  it("two rules on one event hold the request until both are resumed; remove_break resumes and fails when no rule is left", async () => {
+    const { lines, breakpoints } = make()
+    breakpoints.set("cow_read", "D")
+    breakpoints.set("cow_read", "D")
+    breakpoints.set("read_aio", "E")
+    let done = false
+    await Effect.runPromise(
+      Effect.gen(function* () {
+        const held = yield* Effect.forkChild(Effect.andThen(breakpoints.reach("cow_read"), Effect.sync(() => void (done = true))))
+        yield* Effect.yieldNow
+        expect(breakpoints.held()).toBe(1)
+        expect(breakpoints.resume("D")).toBe(true)
+        yield* Effect.yieldNow
+        expect(done).toBe(false)
+        // No D rule is left to drop, but the suspension is resumed all the same.
+        expect(breakpoints.remove("D")).toBe(false)
+        yield* Fiber.join(held)
+        expect(breakpoints.remove("E")).toBe(true)
+        expect(breakpoints.remove("E")).toBe(false)
+        yield* breakpoints.reach("read_aio")
+      })
+    )
+    expect(done).toBe(true)
+    expect(lines).toEqual([
+      "blkdebug: Suspended request 'D'\n",
+      "blkdebug: Suspended request 'D'\n",
+      "blkdebug: Resuming request 'D'\n",
+      "blkdebug: Resuming request 'D'\n"
+    ])
+  })
+
+  it("a blkdebug store with breakpoints offers them to the format driver as debugBreak", async () => {
+    const { breakpoints } = make()
+    const store = makeBlkdebugStorage(makeMemoryStorage({ name: "mem" }), { rules: [] }, breakpoints)
+    breakpoints.set("write_aio", "W")
+    const fiber = Effect.runFork(Effect.andThen(debugPoint(store, "write_aio"), store.write(0, new Uint8Array([1]))))
+    await Effect.runPromise(Effect.yieldNow)
+    expect(breakpoints.isSuspended("W")).toBe(true)
+    breakpoints.resume("W")
+    await Effect.runPromise(Fiber.join(fiber))
+    expect(wrap("").debugBreak).toBeUndefined()
+  })
+})

@@ -39,10 +39,32 @@ export const exceedsRequestMax = (range: RequestRange, lengthText: string, quali
   return true
 }
 
+/** How a timed request ended: the seconds it took, or the strerror text of its failure. */
+export type RequestOutcome = { readonly ok: true; readonly seconds: number } | { readonly ok: false; readonly failure: string }
+
 /**
  * Runs `request` and times it as qemu-io does. The clock starts before the
  * range check; a range past the end of the image fails with EIO, as in
- * QEMU's block layer (`withinDisk` false: the VM state area, past the disk). A failure prints "<command> failed: <strerror>".
+ * QEMU's block layer (`withinDisk` false: the VM state area, past the disk).
+ */
+export const measureRequest = (
+  image: Image,
+  range: RequestRange,
+  request: () => Effect.Effect<void, ImageError>,
+  withinDisk = true
+): Effect.Effect<RequestOutcome> =>
+  Effect.suspend(() => {
+    const start = performance.now()
+    if (withinDisk && range.offset + range.count > image.virtualSize) return Effect.succeed({ ok: false, failure: errnoText("EIO") })
+    return request().pipe(
+      Effect.as(undefined),
+      Effect.catch((error) => Effect.succeed(strerror(error))),
+      Effect.map((failure): RequestOutcome => (failure === undefined ? { ok: true, seconds: (performance.now() - start) / 1000 } : { ok: false, failure }))
+    )
+  })
+
+/**
+ * `measureRequest`, whose failure prints "<command> failed: <strerror>".
  * Succeeds with the seconds the request took, or undefined when it failed.
  */
 export const timeRequest = (
@@ -52,22 +74,10 @@ export const timeRequest = (
   request: () => Effect.Effect<void, ImageError>,
   withinDisk = true
 ): Effect.Effect<number | undefined> =>
-  Effect.suspend(() => {
-    const start = performance.now()
-    if (withinDisk && range.offset + range.count > image.virtualSize) {
-      print(`${command} failed: ${errnoText("EIO")}\n`)
-      return Effect.succeed(undefined)
-    }
-    return request().pipe(
-      Effect.as(undefined),
-      Effect.catch((error) => Effect.succeed(strerror(error))),
-      Effect.map((failure) => {
-        const seconds = (performance.now() - start) / 1000
-        if (failure === undefined) return seconds
-        print(`${command} failed: ${failure}\n`)
-        return undefined
-      })
-    )
+  Effect.map(measureRequest(image, range, request, withinDisk), (outcome) => {
+    if (outcome.ok) return outcome.seconds
+    print(`${command} failed: ${outcome.failure}\n`)
+    return undefined
   })
 
 /** The failure of a VM state request on a format without a VM state area (raw): ENOTSUP. */

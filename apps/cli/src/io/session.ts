@@ -7,7 +7,7 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Exit, Scope, Semaphore } from "effect"
 import { createImage, ImageError, openImage, type Image, type ImageFormat } from "@qcow2/image"
 import { driverReport, type ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
@@ -18,6 +18,9 @@ import { copyOnRead } from "./copy-on-read.js"
 import { compressFilter, compressRefusal } from "../compress-filter.js"
 import { withBlkdebugLimits } from "./blkdebug-limits.js"
 import { withImageBlkdebug } from "./blkdebug-image.js"
+import { AioRequests } from "./aio-requests.js"
+import { print } from "../output.js"
+import { makeBlkdebugBreakpoints, type BlkdebugBreakpoints } from "@qcow2/storage/blkdebug"
 import { checkBackingOptions, checkCacheOptions, protocolRefusal, resolveImageSpec, type BlockOptions } from "../qemu-filename.js"
 import type { Secrets } from "../secrets.js"
 
@@ -73,9 +76,17 @@ export interface OpenRequest {
   readonly aio: AioMode
 }
 
-/** The image with a flush after every change: a request is reported done only once it is durable. */
+/**
+ * The image with a flush after every change: a request is reported done
+ * only once it is durable. Flushes go one at a time, in the order they
+ * were asked for, as QEMU's bdrv_co_flush serialises them, and the next
+ * one starts only after the request whose flush ended has completed (QEMU
+ * wakes the next flusher once the current coroutine yields): of two writes
+ * in flight, the one that flushed first completes first.
+ */
 const writethrough = (image: Image): Image => {
-  const flushed = <A>(effect: Effect.Effect<A, ImageError>) => Effect.tap(effect, () => image.flush())
+  const flushing = Semaphore.makeUnsafe(1)
+  const flushed = <A>(effect: Effect.Effect<A, ImageError>) => Effect.tap(effect, () => flushing.withPermits(1)(Effect.andThen(Effect.yieldNow, image.flush())))
   const area = image.vmState
   const wrapped: Image = Object.create(image)
   return Object.assign(wrapped, {
@@ -105,6 +116,8 @@ interface OpenedImage {
   readonly compress: boolean
   /** The top node is a quorum (qemu-io `info` names it). */
   readonly quorumTop: boolean
+  /** The breakpoints of the first blkdebug node from the top (qemu-io's `break` acts on it), if there is one. */
+  readonly breakpoints: BlkdebugBreakpoints | undefined
 }
 
 /** The changes `reopen` asks for. */
@@ -134,10 +147,23 @@ const currentOption = (opened: OpenedImage, key: string): string | null | undefi
   }
 }
 
+/** The image's own close: a flush, then the driver's write-back; false when anything could not be written. */
+const closeImage = (opened: OpenedImage): Effect.Effect<boolean> =>
+  Effect.gen(function* () {
+    const image = opened.raw
+    if (image.readOnly) return true
+    const flushed = opened.request.cache === "unsafe" ? true : (yield* Effect.result(image.flush()))._tag === "Success"
+    const failures = image.close !== undefined ? yield* image.close() : []
+    for (const failure of failures) errorReport(`Failed to flush the ${failure.cache} cache: ${strerror(failure.error)}`)
+    return flushed && failures.length === 0
+  })
+
 export class IoSession {
   private opened: OpenedImage | undefined
   /** Set by `quit`: no further commands run. */
   quitRequested = false
+  /** The aio requests in flight on the open image. */
+  readonly requests = new AioRequests(() => this.opened?.breakpoints)
 
   /**
    * `secrets`: --object passphrases; `imageOpts`: --image-opts, under which
@@ -156,6 +182,11 @@ export class IoSession {
   /** The open image, as commands see it. */
   get image(): Image | undefined {
     return this.opened?.image
+  }
+
+  /** The breakpoints of the image's blkdebug node; undefined when it has none. */
+  get breakpoints(): BlkdebugBreakpoints | undefined {
+    return this.opened?.breakpoints
   }
 
   /** Opens `request`; false after reporting why not (qemu-io's "can't open device …"). */
@@ -200,13 +231,16 @@ export class IoSession {
         ...(lazyRefcounts !== undefined ? { lazyRefcounts } : {}),
         ...(inactiveL2 === "on" ? { checksInactiveL2: true } : {})
       }
+      // A blkdebug node over the image itself comes first from the top; the format driver's events never reach it.
+      const breakpoints = spec.blkdebug !== undefined || spec.imageBlkdebug !== undefined ? makeBlkdebugBreakpoints(print) : undefined
+      const node = breakpoints !== undefined && spec.imageBlkdebug === undefined ? { ...spec, breakpoints } : spec
       const self = this
       return Effect.gen(function* () {
         const scope = yield* Scope.make()
         const opened = yield* Effect.result(
           Scope.provide(scope)(
             Effect.gen(function* () {
-              const opened = yield* openNode(spec, options.readOnly, openImage(spec.file, options))
+              const opened = yield* openNode(node, options.readOnly, openImage(spec.file, options))
               const base = spec.quorumTop === true ? quorumTopImage(opened) : opened
               const backingMismatch = checkBackingOptions(spec, base)
               if (backingMismatch !== undefined) return yield* new ImageError({ reason: "Unsupported", message: backingMismatch })
@@ -238,7 +272,7 @@ export class IoSession {
           return request.copyOnRead || spec.copyOnReadFilter === true ? copyOnRead(compressed, debugged?.debugEvent) : compressed
         }
         const image = above(isWritethrough(request.cache) && !raw.readOnly ? writethrough(limited) : limited)
-        self.opened = { image, raw, scope, request, overlay, limited, above, compress, quorumTop: spec.quorumTop === true }
+        self.opened = { image, raw, scope, request, overlay, limited, above, compress, quorumTop: spec.quorumTop === true, breakpoints }
         return true
       })
     })
@@ -249,21 +283,21 @@ export class IoSession {
    * or cache=unsafe) whose failure is not reported, then the driver's own
    * write-back, which reports each cache it could not write ("Failed to
    * flush the L2 table cache: …"), then the files are released. False when
-   * anything could not be written back (the run then exits 1).
+   * anything could not be written back (the run then exits 1). The aio
+   * requests in flight are drained first (see AioRequests.close).
    */
   close(): Effect.Effect<boolean> {
     return Effect.suspend(() => {
-      const opened = this.opened
-      if (opened === undefined) return Effect.succeed(true)
-      this.opened = undefined
-      const image = opened.raw
+      if (this.opened === undefined) return Effect.succeed(true)
+      const requests = this.requests
+      const self = this
       return Effect.gen(function* () {
-        if (image.readOnly) return true
-        const flushed = opened.request.cache === "unsafe" ? true : (yield* Effect.result(image.flush()))._tag === "Success"
-        const failures = image.close !== undefined ? yield* image.close() : []
-        for (const failure of failures) errorReport(`Failed to flush the ${failure.cache} cache: ${strerror(failure.error)}`)
-        return flushed && failures.length === 0
-      }).pipe(Effect.tap(() => Scope.close(opened.scope, Exit.void)))
+        yield* requests.close()
+        const opened = self.opened
+        if (opened === undefined) return true
+        self.opened = undefined
+        return yield* closeImage(opened).pipe(Effect.tap(() => Scope.close(opened.scope, Exit.void)))
+      })
     })
   }
 
@@ -274,6 +308,9 @@ export class IoSession {
   reopen(change: ReopenRequest): Effect.Effect<boolean, never, ImageEnv> {
     const self = this
     return Effect.gen(function* () {
+      if (self.opened === undefined) return false
+      // QEMU drains the node before reopening it.
+      yield* self.requests.drain()
       const opened = self.opened
       if (opened === undefined) return false
       let readOnly = change.readOnly

@@ -20,6 +20,7 @@ import { Effect } from "effect"
 import type { BlockStorageShape } from "../BlockStorage.js"
 import type { DebugEvent } from "../debug-events.js"
 import { StorageError, type StorageErrorReason } from "../errors.js"
+import type { BlkdebugBreakpoints } from "./breakpoints.js"
 import type { BlkdebugConfig, BlkdebugIoType, BlkdebugRule, InjectErrorRule } from "./rules.js"
 
 /** Linux errno numbers by name, for the failures the rules inject. */
@@ -108,10 +109,12 @@ export const makeBlkdebugRules = (config: BlkdebugConfig, location: string): Blk
 }
 
 /**
- * Wraps `inner` in a blkdebug node with `config`'s rules, in state 1. The
- * wrapper passes everything else (size, locks, allocated size) through.
+ * Wraps `inner` in a blkdebug node with `config`'s rules, in state 1, and
+ * `breakpoints` (qemu-io's `break`) when given: they hold the requests
+ * that reach them. The wrapper passes everything else (size, locks,
+ * allocated size) through.
  */
-export const makeBlkdebugStorage = (inner: BlockStorageShape, config: BlkdebugConfig): BlockStorageShape => {
+export const makeBlkdebugStorage = (inner: BlockStorageShape, config: BlkdebugConfig, breakpoints?: BlkdebugBreakpoints): BlockStorageShape => {
   const { debugEvent, check } = makeBlkdebugRules(config, inner.location)
   let writeGeneration = 0
   let flushedGeneration = 0
@@ -145,6 +148,7 @@ export const makeBlkdebugStorage = (inner: BlockStorageShape, config: BlkdebugCo
     size: () => inner.size(),
     ...(inner.allocatedSize !== undefined ? { allocatedSize: inner.allocatedSize } : {}),
     ...(inner.lock !== undefined ? { lock: inner.lock } : {}),
-    debugEvent
+    debugEvent,
+    ...(breakpoints !== undefined ? { debugBreak: breakpoints.reach } : {})
   }
 }

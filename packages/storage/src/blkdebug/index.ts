@@ -1,2 +1,3 @@
 export * from "./rules.js"
 export * from "./filter.js"
+export * from "./breakpoints.js"

@@ -1,9 +1,9 @@
 /**
- * qemu-io's asynchronous requests. Here a request runs to completion when
- * it is submitted, so its completion lines (qemu-io's aio_*_done) appear in
- * submission order and aio_flush has nothing left to wait for. As in
- * qemu-io, a submitted request never fails the command: its I/O error or
- * pattern mismatch is only printed.
+ * qemu-io's asynchronous requests: each is submitted and runs in flight
+ * (aio-requests.ts) while the next commands run; its completion lines
+ * (qemu-io's aio_*_done) come when qemu-io's main loop delivers them. As
+ * in qemu-io, a submitted request never fails the command: its I/O error
+ * or pattern mismatch is only printed.
  */
 import { Effect } from "effect"
 import { print } from "../../output.js"
@@ -11,7 +11,7 @@ import { hasOption, parsePatternArgument, parseSizeArgument } from "../args.js"
 import { printUsage, type IoCommand } from "../command.js"
 import { aioReadHelp, aioWriteHelp } from "../help-texts.js"
 import { hexDump } from "../report.js"
-import { printRequestReport, timeRequest } from "../request.js"
+import { measureRequest, printRequestReport } from "../request.js"
 import { parseVectorRange, verifyPattern } from "../vectored.js"
 
 /** `aio_read [-Ciqv] [-P pattern] off len [len..]`. */
@@ -43,12 +43,17 @@ export const aioReadCommand: IoCommand = {
       const range = parseVectorRange(p.operands)
       if (range === undefined) return false
       const buf = new Uint8Array(range.count)
-      const seconds = yield* timeRequest(ctx.image, "readv", range, () => ctx.image.read(range.offset, buf))
-      if (seconds === undefined) return true
-      if (pattern !== undefined) verifyPattern(buf, pattern, range.offset)
-      if (hasOption(p, "q")) return true
-      if (hasOption(p, "v")) print(hexDump(buf, range.offset))
-      printRequestReport(p, "read", range, seconds)
+      const request = Effect.map(
+        measureRequest(ctx.image, range, () => ctx.image.read(range.offset, buf)),
+        (outcome) => () => {
+          if (!outcome.ok) return print(`readv failed: ${outcome.failure}\n`)
+          if (pattern !== undefined) verifyPattern(buf, pattern, range.offset)
+          if (hasOption(p, "q")) return
+          if (hasOption(p, "v")) print(hexDump(buf, range.offset))
+          printRequestReport(p, "read", range, outcome.seconds)
+        }
+      )
+      yield* ctx.session.requests.submit(request)
       return true
     })
 }
@@ -102,16 +107,23 @@ export const aioWriteCommand: IoCommand = {
         if (range === undefined) return false
       }
       const r = range
-      const seconds = yield* timeRequest(ctx.image, "aio_write", r, () =>
-        zeroes ? ctx.image.writeZeroes(r.offset, r.count, { unmap: hasOption(p, "u") }) : ctx.image.write(r.offset, new Uint8Array(r.count).fill(pattern))
+      const data = zeroes ? undefined : new Uint8Array(r.count).fill(pattern)
+      const request = Effect.map(
+        measureRequest(ctx.image, r, () => (data === undefined ? ctx.image.writeZeroes(r.offset, r.count, { unmap: hasOption(p, "u") }) : ctx.image.write(r.offset, data))),
+        (outcome) => () => {
+          if (!outcome.ok) return print(`aio_write failed: ${outcome.failure}\n`)
+          printRequestReport(p, "wrote", r, outcome.seconds)
+        }
       )
-      if (seconds === undefined) return true
-      printRequestReport(p, "wrote", r, seconds)
+      yield* ctx.session.requests.submit(request)
       return true
     })
 }
 
-/** `aio_flush`: waits for the requests in flight (none are, here). */
+/**
+ * `aio_flush`: waits for every request in flight, delivering their
+ * completions (qemu-io's blk_drain_all; it flushes nothing).
+ */
 export const aioFlushCommand: IoCommand = {
   name: "aio_flush",
   needsFile: true,
@@ -119,5 +131,9 @@ export const aioFlushCommand: IoCommand = {
   argmax: 0,
   optstring: "",
   oneline: "completes all outstanding aio requests",
-  run: () => Effect.succeed(true)
+  run: (ctx) =>
+    Effect.map(ctx.session.requests.drain(), (drained) => {
+      if (!drained) print("aio_flush: requests held at a blkdebug breakpoint cannot complete\n")
+      return drained
+    })
 }

@@ -33,7 +33,7 @@ export const sleepCommand: IoCommand = {
   argmin: 1,
   argmax: 1,
   oneline: "waits for the given value in milliseconds",
-  run: (_session, p) =>
+  run: (session, p) =>
     Effect.suspend(() => {
       const text = p.operands[0]!
       const ms = parseCInteger(text)
@@ -41,7 +41,8 @@ export const sleepCommand: IoCommand = {
         print(`${text} is not a valid number\n`)
         return Effect.succeed(false)
       }
-      return Effect.sleep(ms).pipe(Effect.as(true))
+      // qemu-io's main loop runs meanwhile: the aio requests that completed are delivered.
+      return Effect.sleep(ms).pipe(Effect.andThen(Effect.sync(() => session.requests.deliver())), Effect.as(true))
     })
 }
 
