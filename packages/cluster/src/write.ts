@@ -6,6 +6,7 @@ import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { prepareL2ForWrite, releaseReplaced, replacedHostRange } from "./l2.js"
 import type { HostRange } from "./l2.js"
+import { writeDamageMessage } from "./l2-damage.js"
 import { l2Coverage, l2TableOffset, loadL2 } from "./mapping.js"
 import { readGuest } from "./read.js"
 
@@ -152,9 +153,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     const firstIndex = firstCluster % g.l2Entries
     const inCluster = offset - firstCluster * cs
     const entry = readL2Entry(table, firstIndex, g)
-    if (entry._tag === "Invalid") {
-      return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${firstCluster * cs}: ${entry.reason}`, offset)
-    }
+    if (entry._tag === "Invalid") return yield* engine.integrity.markCorrupt(writeDamageMessage(entry, { l2Offset, index: firstIndex }, offset), offset)
 
     if (!g.extendedL2) {
       if (isKept(engine, entry)) {
@@ -210,7 +209,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     const scs = g.subclusterSize
     const firstSub = Math.floor(inCluster / scs)
     const lastSub = Math.floor((inCluster + bytes - 1) / scs)
-    const touched = lastSub - firstSub === 31 ? ALL_SUBCLUSTERS : (((1 << (lastSub - firstSub + 1)) - 1) << firstSub) >>> 0
+    const touched = subclusterRange(firstSub, lastSub)
     const clusterStart = firstCluster * cs
     // A cluster of this image's own (in place where every touched subcluster
     // is allocated), or one with no host cluster yet: subcluster granularity.
@@ -221,37 +220,59 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     if (ownedHost === undefined) {
       while (firstCluster + together <= lastCluster && !isOwned(engine, readL2Entry(table, firstIndex + together, g))) together++
     }
-    if (entry._tag === "Subclusters" && (ownedHost !== undefined || (entry.hostOffset === 0 && !entry.copied))) {
-      if (ownedHost !== undefined && ((entry.allocatedMask & touched) >>> 0) === touched) return yield* inPlace(engine, ownedHost + inCluster, bytes)
-      return yield* allocate(engine, {
-        offset,
-        length: bytes,
-        firstCluster,
-        clusters: 1,
-        cowStart: clusterStart + firstSub * scs,
-        cowEnd: clusterStart + (lastSub + 1) * scs,
-        existingHost: ownedHost,
-        after,
-        together,
-        allocatedMask: (entry.allocatedMask | touched) >>> 0,
-        zeroMask: (entry.zeroMask & ~touched) >>> 0
-      })
+    if (ownedHost !== undefined && ((entry as { allocatedMask: number }).allocatedMask & touched) >>> 0 === touched) {
+      return yield* inPlace(engine, ownedHost + inCluster, bytes)
     }
-    // Shared or compressed: a whole new cluster holding the old content.
+    const copied = copiedSubclusters(engine, entry, firstSub, lastSub)
+    const range = subclusterRange(copied.first, copied.last)
     return yield* allocate(engine, {
       offset,
       length: bytes,
       firstCluster,
       clusters: 1,
-      cowStart: clusterStart,
-      cowEnd: clusterStart + cs,
-      existingHost: undefined,
+      cowStart: clusterStart + copied.first * scs,
+      cowEnd: clusterStart + (copied.last + 1) * scs,
+      existingHost: ownedHost,
       after,
       together,
-      allocatedMask: ALL_SUBCLUSTERS,
-      zeroMask: 0
+      allocatedMask: (copied.allocatedMask | range) >>> 0,
+      zeroMask: (copied.zeroMask & ~range) >>> 0
     })
   })
+}
+
+/** Bits first..last of a subcluster bitmap. */
+const subclusterRange = (first: number, last: number): number => (last - first === 31 ? ALL_SUBCLUSTERS : (((1 << (last - first + 1)) - 1) << first) >>> 0)
+
+/**
+ * Which subclusters of an extended-L2 cluster a write to subclusters
+ * firstSub..lastSub writes to the host (the request and its copy-on-write
+ * head and tail), and the bitmap the entry starts from (QEMU's
+ * calculate_l2_meta and qcow2_alloc_cluster_link_l2):
+ * - no host cluster yet, or one this image owns: just the touched
+ *   subclusters, the rest of the bitmap stays;
+ * - a host cluster shared with a snapshot: from the first allocated
+ *   subcluster (or the write, if before it) to the last allocated one (or
+ *   the write, if after it) — the allocated data moves to the new cluster,
+ *   zero and unallocated subclusters outside that range keep their bits;
+ * - compressed: the whole cluster, all of it allocated afterwards (the
+ *   bitmap of a compressed entry, which should be 0, is not kept).
+ */
+function copiedSubclusters(
+  engine: Qcow2Engine,
+  entry: Exclude<L2Entry, { _tag: "Invalid" }>,
+  firstSub: number,
+  lastSub: number
+): { readonly first: number; readonly last: number; readonly allocatedMask: number; readonly zeroMask: number } {
+  if (entry._tag !== "Subclusters") return { first: 0, last: 31, allocatedMask: 0, zeroMask: 0 }
+  const hasHost = entry.hostOffset !== 0 || engine.externalData
+  const allocated = entry.allocatedMask
+  if (!hasHost || isOwned(engine, entry) || allocated === 0) {
+    return { first: firstSub, last: lastSub, allocatedMask: allocated, zeroMask: entry.zeroMask }
+  }
+  const lowest = 31 - Math.clz32(allocated & -allocated)
+  const highest = 31 - Math.clz32(allocated)
+  return { first: Math.min(firstSub, lowest), last: Math.max(lastSub, highest), allocatedMask: allocated, zeroMask: entry.zeroMask }
 }
 
 /** An in-place plan, counted as a direct write in flight (the caller ends it). */
