@@ -44,8 +44,8 @@ export type PreallocatedContent = "kept" | "zeros"
  * name it exist, so no entry ever points past the end of the file, even
  * after a crash; with "zeros", space reused inside the file is zeroed
  * first. With an external data file the host offset is the guest offset
- * (the caller grows the data file). Returns the end of the last host
- * cluster allocated.
+ * (the caller grows the data file). Returns where the file must end at
+ * least: past the last L2 table and host cluster allocated (see fileEnd).
  */
 export function preallocateClusters(
   engine: Qcow2Engine,
@@ -77,10 +77,15 @@ export function preallocateClusters(
           let run = 1
           while (cluster + run <= lastCluster && withoutHost(readL2Entry(table, (cluster + run) % g.l2Entries, g))) run++
           const host = engine.externalData ? cluster * cs : yield* engine.refcounts.allocate(run)
+          // A sparse file ends at the subcluster holding the last guest byte when
+          // this run ends the range (QEMU's metadata preallocation writes its
+          // copy-on-write tail there and no further); otherwise at the run's end.
+          const guestRunEnd = (cluster + run) * cs
+          const fileEnd = fill === "sparse" && guestRunEnd > end ? host + run * cs - (guestRunEnd - Math.ceil(end / g.subclusterSize) * g.subclusterSize) : host + run * cs
           if (!engine.externalData) {
             yield* engine.integrity.guardWrite(host, run * cs)
             if (content === "zeros") yield* zeroReused(engine.storage, host, run * cs)
-            yield* growFile(engine.storage, host + run * cs, fill)
+            yield* growFile(engine.storage, fileEnd, fill)
           }
           const again = yield* loadL2(engine, l2Offset)
           for (let i = 0; i < run; i++) {
@@ -98,7 +103,7 @@ export function preallocateClusters(
             }
           }
           engine.l2Cache.markDirty(l2Offset)
-          hostEnd = Math.max(hostEnd, host + run * cs)
+          hostEnd = Math.max(hostEnd, fileEnd)
           cluster += run
         }
         position = tableEnd

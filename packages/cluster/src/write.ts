@@ -214,6 +214,8 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     // A cluster of this image's own (in place where every touched subcluster
     // is allocated), or one with no host cluster yet: subcluster granularity.
     const ownedHost = entry._tag === "Subclusters" && isOwned(engine, entry) ? entry.hostOffset : undefined
+    const damaged = damagedInRun(engine, table, firstIndex, lastCluster - firstCluster + 1, ownedHost)
+    if (damaged !== undefined) return yield* engine.integrity.markCorrupt(writeDamageMessage(damaged.entry, { l2Offset, index: damaged.index }, offset), offset)
     // Clusters needing a new host cluster in a row are allocated together
     // (QEMU's handle_alloc), though written one per step here.
     let together = 1
@@ -239,6 +241,38 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
       zeroMask: (copied.zeroMask & ~range) >>> 0
     })
   })
+}
+
+const COPIED_BIT = 1n << 63n
+const OFFSET_BITS = 0x00fffffffffffe00n
+
+/**
+ * An entry with invalid subcluster bits among the clusters QEMU handles in
+ * one go with the first of a write (`count` clusters from `firstIndex`): the
+ * clusters in a row that it keeps (COPIED, contiguous from `ownedHost`) or
+ * that all need a new host cluster (count_single_write_clusters). QEMU's
+ * calculate_l2_meta fails for the whole run before writing anything, so the
+ * write stops here too, before its first cluster is touched.
+ */
+function damagedInRun(
+  engine: Qcow2Engine,
+  table: Uint8Array,
+  firstIndex: number,
+  count: number,
+  ownedHost: number | undefined
+): { readonly entry: Extract<L2Entry, { _tag: "Invalid" }>; readonly index: number } | undefined {
+  const g = engine.geometry
+  for (let i = 1; i < count; i++) {
+    const entry = readL2Entry(table, firstIndex + i, g)
+    if (entry._tag === "Invalid") {
+      const kept = (entry.raw & COPIED_BIT) !== 0n
+      if (ownedHost !== undefined && (!kept || Number(entry.raw & OFFSET_BITS) !== ownedHost + i * g.clusterSize)) return undefined
+      if (ownedHost === undefined && kept) return undefined
+      return entry.damage === "SubclusterBitmap" ? { entry, index: firstIndex + i } : undefined
+    }
+    if (ownedHost !== undefined ? !(isOwned(engine, entry) && entry._tag === "Subclusters" && entry.hostOffset === ownedHost + i * g.clusterSize) : isOwned(engine, entry)) return undefined
+  }
+  return undefined
 }
 
 /** Bits first..last of a subcluster bitmap. */
