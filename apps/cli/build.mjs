@@ -74,7 +74,10 @@ await build({
   plugins: [effectModules]
 })
 
-const hash = createHash("sha256").update(fs.readFileSync("dist/qcow2.cjs")).digest("hex").slice(0, 16)
+const bundleBytes = fs.readFileSync("dist/qcow2.cjs")
+// entry.ts reads the bundle as Latin-1, which is only the same string for ASCII.
+if (bundleBytes.some((b) => b > 0x7f)) throw new Error("dist/qcow2.cjs is not ASCII")
+const hash = createHash("sha256").update(bundleBytes).digest("hex").slice(0, 16)
 
 await build({
   ...common,

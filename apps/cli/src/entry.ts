@@ -14,18 +14,23 @@
  * fraction of that. A cache from another build or Node version is never
  * used: both are part of its name, and V8 rejects a mismatching one anyway.
  */
-import * as fs from "node:fs"
 import { createRequire } from "node:module"
-import * as path from "node:path"
-import { fileURLToPath } from "node:url"
-import * as v8 from "node:v8"
-import * as vm from "node:vm"
 import { COMMANDS } from "./cli/spec.js"
+
+/**
+ * Node's built-in modules through `require`, not `import`: an ES module
+ * namespace of a built-in reads every export once, and node:fs's lazy
+ * ones (ReadStream, …) load node:stream and its kin, ~3 ms of each start.
+ */
+const require = createRequire(import.meta.url)
+const fs = require("node:fs") as typeof import("node:fs")
+const path = require("node:path") as typeof import("node:path")
+const vm = require("node:vm") as typeof import("node:vm")
 
 /** Content hash of dist/qcow2.cjs, set by build.mjs. */
 declare const QCOW2_BUNDLE_HASH: string
 
-const dir = path.dirname(fileURLToPath(import.meta.url))
+const dir = path.dirname((require("node:url") as typeof import("node:url")).fileURLToPath(import.meta.url))
 const bundle = path.join(dir, "qcow2.cjs")
 const command = process.argv[2]
 /** Run as qemu-io (see progname.ts), every command line is qemu-io's. */
@@ -47,7 +52,7 @@ const cacheFile = path.join(dir, "cache", `${QCOW2_BUNDLE_HASH}-${process.versio
  * key, and each command has its own cache.
  */
 const WITHOUT_TURBOFAN = new Set(["convert", "compare"])
-if (WITHOUT_TURBOFAN.has(key)) v8.setFlagsFromString("--no-opt")
+if (WITHOUT_TURBOFAN.has(key)) (require("node:v8") as typeof import("node:v8")).setFlagsFromString("--no-opt")
 
 const readCache = (): Buffer | undefined => {
   try {
@@ -58,7 +63,8 @@ const readCache = (): Buffer | undefined => {
 }
 
 const cached = readCache()
-const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${fs.readFileSync(bundle, "utf8")}\n})`, {
+// The bundle is ASCII (build.mjs: charset "ascii"), so read as Latin-1: the same string, without UTF-8 decoding.
+const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${fs.readFileSync(bundle, "latin1")}\n})`, {
   filename: bundle,
   ...(cached !== undefined ? { cachedData: cached } : {})
 })
@@ -78,5 +84,21 @@ if (cached === undefined || script.cachedDataRejected === true) {
   })
 }
 
+/**
+ * effect's Utils module decides at load how to mark its internal calls by
+ * formatting the stack of an Error it creates, unless stack traces are
+ * off: V8 then collects source positions for the bundle's functions that
+ * came from the code cache, ~2 ms of each start. With the limit at 0 it
+ * takes its other marker (a try/finally around each continuation), which
+ * works on every engine; the limit is back before any command code runs.
+ * Not for the commands that run without TurboFan: there the other marker
+ * runs in baseline code on every continuation of a long job.
+ */
+const stackTraceLimit = Error.stackTraceLimit
+if (!WITHOUT_TURBOFAN.has(key)) Error.stackTraceLimit = 0
 const module = { exports: {} }
-;(script.runInThisContext() as (...args: unknown[]) => void)(module.exports, createRequire(bundle), module, bundle, dir)
+try {
+  ;(script.runInThisContext() as (...args: unknown[]) => void)(module.exports, createRequire(bundle), module, bundle, dir)
+} finally {
+  Error.stackTraceLimit = stackTraceLimit
+}

@@ -5,13 +5,14 @@ import { FileLocks, nodeStorageOpener } from "@qcow2/storage-node"
 import { StorageError as StorageErrorClass, type StorageError } from "@qcow2/storage"
 import { ClusterCodec, type ClusterCodecShape } from "@qcow2/compress"
 import { SectorCipherFactory } from "@qcow2/crypto"
-import { ImageError, lockRequest, openImage, type FileRole, type Image, type OpenOptions } from "@qcow2/image"
+import { ImageError, lockRequest, openImage, type FileRole, type Image, type ImageFormat, type OpenOptions } from "@qcow2/image"
 import { isUrl } from "./names.js"
 import { isNbdFilename, parseNbdName } from "@qcow2/nbd/client"
 import { eprint } from "./output.js"
 import { makeBlkdebugStorage } from "@qcow2/storage/blkdebug"
 import { openNode, type FileNode } from "./file-node.js"
 import { isNullCoName } from "./null-node.js"
+import { quorumTopImage } from "./quorum-node.js"
 import { compressFilter, compressRefusal } from "./compress-filter.js"
 import { checkBackingOptions, parseOptionString, plainFileOf, resolveImageSpec, type ImageSpec } from "./qemu-filename.js"
 import { openFailure, type CliFailure } from "./errors.js"
@@ -58,6 +59,8 @@ const openJsonName = (opener: StorageOpenerShape, name: string, options: Paramet
   const resolved = resolveImageSpec(name, new Map(), undefined)
   if (!resolved.ok) return Effect.fail(new StorageErrorClass({ reason: "Unsupported", message: resolved.message, location: name }))
   const { file, blkdebug } = resolved.spec
+  // A name that stands for a node of its own (a quorum) is no file: opening it as one would loop.
+  if (file === name) return Effect.fail(new StorageErrorClass({ reason: "Unsupported", message: `${name} names no file`, location: name }))
   const opened = opener.open(file, options)
   return blkdebug === undefined ? opened : Effect.map(opened, (storage) => makeBlkdebugStorage(storage, blkdebug))
 }
@@ -123,6 +126,12 @@ export const cipherLayer: Layer.Layer<SectorCipherFactory> = Layer.unwrap(
  */
 export const imageOptions: { enabled: boolean; secrets: ReadonlyMap<string, Uint8Array> } = { enabled: false, secrets: new Map() }
 
+/** What `-f` may name: the image formats, and QEMU's null-co device (whose only name is `null-co://`). */
+export type CliFormat = ImageFormat | "null-co"
+
+/** Open options as the command line gives them (`-f null-co` included). */
+export type CliOpenOptions = Omit<OpenOptions, "format"> & { readonly format?: CliFormat }
+
 /**
  * What an image name on the command line opens: an --image-opts string
  * when that mode is on, QEMU's `json:{…}` and `file:PATH` names
@@ -131,12 +140,13 @@ export const imageOptions: { enabled: boolean; secrets: ReadonlyMap<string, Uint
  */
 export const resolveNamed = (
   name: string,
-  options: OpenOptions
+  given: CliOpenOptions
 ): ({ readonly file: string; readonly options: OpenOptions; readonly spec?: ImageSpec } & Omit<FileNode, "file">) | { readonly error: string } => {
-  options = { report: driverReport, ...options }
-  const plain = !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:") && !isNullCoName(name)
+  const { format: formatFlag, ...rest } = given
+  const options: OpenOptions = { report: driverReport, ...rest, ...(formatFlag !== undefined && formatFlag !== "null-co" ? { format: formatFlag } : {}) }
+  const plain = formatFlag !== "null-co" && !imageOptions.enabled && !name.startsWith("json:") && !name.startsWith("file:") && !name.startsWith("blkdebug:") && !isNullCoName(name)
   if (plain) return { file: name, options }
-  const resolved = imageOptions.enabled ? resolveImageSpec(undefined, parseOptionString(name), options.format) : resolveImageSpec(name, new Map(), options.format)
+  const resolved = imageOptions.enabled ? resolveImageSpec(undefined, parseOptionString(name), formatFlag) : resolveImageSpec(name, new Map(), formatFlag)
   if (!resolved.ok) return { error: resolved.message }
   const spec = resolved.spec
   const passphrase = spec.keySecret !== undefined ? imageOptions.secrets.get(spec.keySecret) : undefined
@@ -186,16 +196,18 @@ export const fileNameOf = (name: string): string => {
  */
 export const openNamed = (
   name: string,
-  options: OpenOptions
+  options: CliOpenOptions
 ): Effect.Effect<{ readonly image: Image; readonly file: string }, { readonly error: ImageError; readonly file: string }, Scope.Scope | ImageEnv> => {
   const resolved = resolveNamed(name, options)
   if ("error" in resolved) return Effect.fail({ error: new ImageError({ reason: "InvalidArgument", message: resolved.error }), file: name })
   const file = resolved.file
-  return openNode(resolved, resolved.options.readOnly ?? false, openImage(file, resolved.options)).pipe(
+  const opening = openImage(file, resolved.options)
+  return openNode(resolved, resolved.options.readOnly ?? false, unsafeCacheFiles.has(name) ? withoutFlushes(file, opening) : opening).pipe(
     // Backing options must name the backing file the image has (this toolkit cannot substitute another).
     Effect.flatMap((image) => {
       const mismatch = resolved.spec !== undefined ? checkBackingOptions(resolved.spec, image) : undefined
       if (mismatch !== undefined) return Effect.fail(new ImageError({ reason: "Unsupported", message: mismatch, location: file }))
+      if (resolved.spec?.quorumTop === true) return Effect.succeed(quorumTopImage(image))
       if (resolved.spec?.compressFilter !== true) return Effect.succeed(image)
       // QEMU's compress filter on top: every write goes down compressed.
       const refusal = compressRefusal(resolved.spec.protocol ?? image.format)
@@ -207,8 +219,22 @@ export const openNamed = (
   )
 }
 
+/**
+ * `open` with flushes of `file` skipped above every filter the name put on
+ * it (cache mode unsafe: QEMU's BDRV_O_NO_FLUSH keeps a flush from reaching
+ * any node of the image, a blkdebug filter's rules included).
+ */
+const withoutFlushes = <A, E, R>(file: string, open: Effect.Effect<A, E, R>): Effect.Effect<A, E, R | StorageOpener> =>
+  Effect.gen(function* () {
+    const inner = yield* StorageOpener
+    return yield* Effect.provideService(open, StorageOpener, {
+      open: (name, options) => (name === file ? Effect.map(inner.open(name, options), (s) => ({ ...s, flush: () => Effect.void })) : inner.open(name, options)),
+      resolve: inner.resolve
+    })
+  })
+
 /** Opens an image, turning a failure into qemu-img's "Could not open" message. */
-export const open = (name: string, options: OpenOptions, exitCode = 1): Effect.Effect<Image, CliFailure, Scope.Scope | ImageEnv> =>
+export const open = (name: string, options: CliOpenOptions, exitCode = 1): Effect.Effect<Image, CliFailure, Scope.Scope | ImageEnv> =>
   openNamed(name, options).pipe(
     Effect.map(({ image }) => image),
     Effect.mapError(({ error, file }) => openFailure(file, error, exitCode))

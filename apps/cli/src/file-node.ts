@@ -61,12 +61,23 @@ export const imageStorage = (image: Image): BlockStorageShape => {
   }
 }
 
+/** The image `name` of `format`, opened through `inner`. */
+const openNestedImage = (inner: StorageOpenerShape, codec: ClusterCodecShape, name: string, format: ImageFormat, readOnly: boolean) =>
+  openImage(name, { format, readOnly }).pipe(Effect.provideService(StorageOpener, inner), Effect.provideService(ClusterCodec, codec), Effect.mapError(asStorageError(name)))
+
 /** The image `name` of `format` (opened through `inner`) as a store: its guest bytes. */
 const openNested = (inner: StorageOpenerShape, codec: ClusterCodecShape, name: string, format: ImageFormat, readOnly: boolean) =>
-  openImage(name, { format, readOnly }).pipe(
-    Effect.provideService(StorageOpener, inner),
-    Effect.provideService(ClusterCodec, codec),
-    Effect.mapBoth({ onFailure: asStorageError(name), onSuccess: imageStorage })
+  Effect.map(openNestedImage(inner, codec, name, format, readOnly), imageStorage)
+
+/** A quorum child that is an image: its guest bytes, with the image's block status (the quorum's status is its children's). */
+const openQuorumChildImage = (inner: StorageOpenerShape, codec: ClusterCodecShape, name: string, format: ImageFormat, readOnly: boolean) =>
+  Effect.map(
+    openNestedImage(inner, codec, name, format, readOnly),
+    (image): BlockStorageShape => ({
+      ...imageStorage(image),
+      blockStatus: (offset, length) =>
+        Effect.mapBoth(image.blockStatus(offset, length), { onFailure: asStorageError(name), onSuccess: (s) => ({ length: s.length, data: s.data, zero: s.zero }) })
+    })
   )
 
 /** `inner`, except that `file` opens as the image it holds, of `format` (opened through `inner`). */
@@ -87,7 +98,7 @@ const quorumOpener = (inner: StorageOpenerShape, codec: ClusterCodecShape, file:
   open: (name, options) => {
     if (name.startsWith(NO_DIRECTORY)) return Effect.fail(new StorageError({ reason: "Unsupported", message: QUORUM_NO_DIRECTORY, location: name }))
     if (name !== file) return inner.open(name, options)
-    const child = (c: QuorumChild) => (c.format !== undefined ? openNested(inner, codec, c.file, c.format, options.readOnly) : inner.open(c.file, options))
+    const child = (c: QuorumChild) => (c.format !== undefined ? openQuorumChildImage(inner, codec, c.file, c.format, options.readOnly) : inner.open(c.file, options))
     return Effect.map(Effect.forEach(node.children, child), (children) => quorumStorage(file, node, children))
   },
   resolve: (from, name) => (from === file && !name.startsWith("/") && !/^[a-z0-9+.-]+:/i.test(name) ? NO_DIRECTORY + name : inner.resolve(from, name))

@@ -22,7 +22,7 @@ import { NULL_CO_NAME, type Image, type ImageFormat } from "@qcow2/image"
 import { blkdebugConfigFromOptions, mergeBlkdebugConfigs, parseBlkdebugConfigFile, type BlkdebugConfig } from "@qcow2/storage/blkdebug"
 import { splitOptionList } from "./createopts.js"
 import { isNullCoName, nullDeviceOf, type NullDevice } from "./null-node.js"
-import { takeQuorumNode, type QuorumNode } from "./quorum-node.js"
+import { quorumNameOf, takeQuorumNode, type QuorumNode } from "./quorum-node.js"
 import { nbdDisplayName, takeNbdNode } from "./nbd-node.js"
 import { parseSize } from "./text/strtosz.js"
 
@@ -71,6 +71,8 @@ export interface ImageSpec {
   readonly compressFilter?: boolean
   /** The image's file is a quorum node (`file` is then its options as a json: name). */
   readonly quorum?: QuorumNode
+  /** The quorum node is the root (driver=quorum): its guest bytes are the quorum's, `file` is the name QEMU gives it. */
+  readonly quorumTop?: boolean
   /** The name is QEMU's null-co device (`file` is then `null-co://`): writes discarded, reads zeros. */
   readonly nullDevice?: NullDevice
 }
@@ -313,6 +315,12 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     const device = nullDeviceOf(options, file, nullFormat)
     return device.ok ? { ok: true, spec: { file: NULL_CO_NAME, noBacking: false, nullDevice: device.device } } : device
   }
+  if (rootDriver === "quorum" && formatFlag === undefined) {
+    const display = quorumNameOf(options)
+    const node = takeQuorumNode(options, "")
+    if (!node.ok) return node
+    return { ok: true, spec: { file: display, format: "raw", noBacking: false, quorum: node.value, quorumTop: true } }
+  }
   if (rootDriver === "file" || rootDriver === "host_device" || rootDriver === "host_cdrom") {
     // A protocol driver at the root: its file's bytes are the image (raw).
     const filename = options.get("filename") ?? file
@@ -397,7 +405,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     file = node.file
   } else {
     if (typeof fileDriver === "string" && fileDriver !== "file") return { ok: false, message: `Unknown protocol '${fileDriver}'` }
-    const fileOption = take("file.filename") ?? take("file") ?? take("filename")
+    // A top-level "filename" names a protocol node's file, never a format node's (QEMU: 'A block device must be specified for "file"').
+    const fileOption = take("file.filename") ?? take("file")
     if (typeof fileOption === "string") file = fileOption
   }
   if (file !== undefined && file.startsWith("blkdebug:")) {
@@ -532,6 +541,12 @@ export const jsonNameOf = (optionString: string): string => {
   }
   return `json:${JSON.stringify(tree)}`
 }
+
+/**
+ * QEMU's refusal to create an image under `name` (bdrv_find_protocol):
+ * a `json:{…}` name is no protocol of its own, whatever driver it names.
+ */
+export const creationRefusal = (name: string): string | undefined => (name.startsWith("json:") ? "Unknown protocol 'json'" : undefined)
 
 /**
  * QEMU's refusal of a file its protocol driver cannot open (file-posix):

@@ -11,8 +11,9 @@
  * against it ("cannot determine actual path").
  */
 import { Effect } from "effect"
-import type { ImageFormat } from "@qcow2/image"
-import { StorageError, type BlockStorageShape, type LockRequest } from "@qcow2/storage"
+import type { Image, ImageFormat } from "@qcow2/image"
+import { StorageError, type BlockStorageShape, type LockRequest, type StorageExtent } from "@qcow2/storage"
+import { QDict, toQemuJsonLine, type QValue } from "./text/qjson.js"
 
 /** One child of the quorum: a file, or an image whose guest bytes are the child. */
 export interface QuorumChild {
@@ -104,6 +105,38 @@ export const takeQuorumNode = (options: Map<string, string | null>, prefix: stri
   return { ok: true, value: { children, threshold, readPattern: pattern, rewriteCorrupted: rewrite.value } }
 }
 
+/** A child's status at `offset` (QEMU asks each child's whole chain); a child that cannot tell, or fails, counts as data. */
+const childExtent = (child: BlockStorageShape, offset: number, length: number): Effect.Effect<StorageExtent> => {
+  const data: StorageExtent = { length, data: true, zero: false }
+  if (child.blockStatus !== undefined) return Effect.orElseSucceed(child.blockStatus(offset, length), () => data)
+  const seek = child.seekExtent
+  if (seek === undefined) return Effect.succeed(data)
+  // A file: a hole reads as zeros up to the next data, data runs up to the next hole.
+  const extent = Effect.flatMap(seek(offset, "data"), (next) =>
+    next > offset
+      ? Effect.succeed({ length: Math.min(length, next - offset), data: false, zero: true })
+      : Effect.map(seek(offset, "hole"), (hole) => ({ length: Math.max(1, Math.min(length, hole - offset)), data: true, zero: false }))
+  )
+  return Effect.orElseSucceed(extent, () => data)
+}
+
+/**
+ * The quorum's status from its children's (QEMU's quorum_co_block_status):
+ * zeros only where every child reads zeros (the shortest such extent),
+ * else data (the longest data extent).
+ */
+const mergeExtents =
+  (length: number) =>
+  (extents: ReadonlyArray<StorageExtent>): StorageExtent => {
+    let zeroLength = length
+    let dataLength = 0
+    for (const e of extents) {
+      if (e.zero) zeroLength = Math.min(zeroLength, e.length)
+      else dataLength = Math.max(dataLength, e.length)
+    }
+    return dataLength > 0 ? { length: dataLength, data: true, zero: false } : { length: zeroLength, data: false, zero: true }
+  }
+
 const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => {
   if (a.length !== b.length) return false
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
@@ -158,7 +191,42 @@ export const quorumStorage = (location: string, node: QuorumNode, children: Read
         (sizes) => (sizes.every((s) => s === sizes[0]) ? Effect.succeed(sizes[0]!) : Effect.fail(ioError("the children differ in size")))
       ),
     resize: () => Effect.fail(new StorageError({ reason: "Unsupported", message: "Image format driver does not support resize", location, errno: "ENOTSUP" })),
+    blockStatus: (offset, length) => Effect.map(Effect.forEach(children, (child) => childExtent(child, offset, length)), mergeExtents(length)),
     discard: () => Effect.void,
     lock: (request: LockRequest) => Effect.forEach(children, (child) => (child.lock !== undefined ? child.lock(request) : Effect.void), { discard: true })
   }
+}
+
+/** The quorum options QEMU keeps in a quorum node's name (its strong runtime options), as given. */
+const NAMED_OPTIONS = ["vote-threshold", "read-pattern", "blkverify", "rewrite-corrupted"]
+
+/**
+ * The name QEMU gives a quorum node opened at the root (driver=quorum,
+ * children.N.…): `json:{…}` of its driver, its children (each a file node,
+ * or a format node over one) and its own options, in QEMU's JSON.
+ */
+export const quorumNameOf = (options: ReadonlyMap<string, string | null>): string => {
+  const children: QValue[] = []
+  for (let i = 0; [...options.keys()].some((key) => key.startsWith(`children.${i}.`)); i++) {
+    const own = (key: string) => options.get(`children.${i}.${key}`) ?? undefined
+    const driver = own("driver") ?? "file"
+    const fileNode = (filename: string | undefined) => QDict.of([["driver", "file"], ["filename", filename]])
+    children.push(driver === "file" ? fileNode(own("filename")) : QDict.of([["driver", driver], ["file", fileNode(own("file.filename") ?? own("file"))]]))
+  }
+  const name = QDict.of([["children", children], ["driver", "quorum"]])
+  for (const key of NAMED_OPTIONS) name.set(key, options.get(key) ?? undefined)
+  return `json:${toQemuJsonLine(name)}`
+}
+
+/**
+ * An image over a quorum store seen as the quorum node itself at the root:
+ * its block status is the quorum's (every range allocated, data or zeros),
+ * with no offset in any file.
+ */
+export const quorumTopImage = (image: Image): Image => {
+  const top: Image = Object.create(image)
+  return Object.assign(top, {
+    blockStatus: (offset: number, length: number) =>
+      Effect.map(image.blockStatus(offset, length), (s) => ({ offset: s.offset, length: s.length, depth: 0, present: true, zero: s.zero, data: s.data, compressed: false }))
+  })
 }

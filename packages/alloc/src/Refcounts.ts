@@ -159,10 +159,11 @@ export class Refcounts {
     this.tableBytes = tableBytes
     this.overlaps.setRanges("refcount table", [{ offset: table.offset, length: table.clusters * this.clusterSize }])
     this.overlaps.clearClusters("refcount block")
-    this.blockOffsets = refcountTableOffsets(tableBytes)
+    const used = usedEntries(tableBytes)
+    this.blockOffsets = refcountTableOffsets(tableBytes, used)
     this.lastBlock = -1
     this.tailKnown = false
-    for (let i = 0; i < this.blockOffsets.length; i++) {
+    for (let i = 0; i < used; i++) {
       const offset = this.blockOffsets[i]!
       if (offset === 0) continue
       this.lastBlock = i
@@ -835,17 +836,36 @@ function refcountIsOne(block: Uint8Array, index: number, order: number): boolean
 }
 
 /**
+ * How many of the table's 8-byte entries there are up to its last non-zero
+ * one: a table is allocated with room to grow (a new image uses 1 of its
+ * 8192), and every open decodes it, so the empty rest is found by a plain
+ * scan of 32-bit words instead of decoding each entry.
+ */
+function usedEntries(table: Uint8Array): number {
+  const count = Math.floor(table.length / 8)
+  if (table.byteOffset % 4 === 0) {
+    const words = new Uint32Array(table.buffer, table.byteOffset, count * 2)
+    let w = words.length - 1
+    while (w >= 0 && words[w] === 0) w--
+    return w < 0 ? 0 : (w >> 1) + 1
+  }
+  let b = count * 8 - 1
+  while (b >= 0 && table[b] === 0) b--
+  return b < 0 ? 0 : (b >> 3) + 1
+}
+
+/**
  * The offset of every refcount table entry (spec: "Refcount table entry",
  * bits 9-63), INVALID_ENTRY where one does not fit 2^53 (reported when
- * used). One pass with no object or exception per entry: every open decodes
- * the whole table, 8192 entries per cluster of it.
+ * used); the entries from `used` on are empty (0). One pass with no object
+ * or exception per entry.
  */
-function refcountTableOffsets(table: Uint8Array): number[] {
+function refcountTableOffsets(table: Uint8Array, used: number): number[] {
   const view = new DataView(table.buffer, table.byteOffset, table.byteLength)
-  const offsets: number[] = []
-  for (let o = 0; o + 8 <= table.length; o += 8) {
-    const high = view.getUint32(o)
-    offsets.push(high > MAX_SAFE_HIGH ? INVALID_ENTRY : high * 2 ** 32 + ((view.getUint32(o + 4) & 0xfffffe00) >>> 0))
+  const offsets = new Array<number>(Math.floor(table.length / 8)).fill(0)
+  for (let i = 0; i < used; i++) {
+    const high = view.getUint32(i * 8)
+    offsets[i] = high > MAX_SAFE_HIGH ? INVALID_ENTRY : high * 2 ** 32 + ((view.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0)
   }
   return offsets
 }

@@ -602,7 +602,9 @@ export class Qcow2Engine {
 
   /** A metadata-changing request: the dirty bit (lazy refcounts) goes to disk first. */
   private change(effect: Effect.Effect<void, EngineFailure>): Effect.Effect<void, ImageError> {
-    return this.run(Effect.andThen(this.integrity.beforeMetadataChange(), effect))
+    const checked = Effect.andThen(this.integrity.beforeMetadataChange(), effect)
+    // overlap-check.inactive-l2: the snapshots' L2 tables are indexed before the first change that could hit one.
+    return this.run(this.integrity.overlaps.inactiveL2Ready ? checked : Effect.andThen(this.snapshots.indexInactiveL2(this.storage), checked))
   }
 
   /** Presents failures as ImageError; structural damage met on the way marks the image corrupt first (rule 5). */

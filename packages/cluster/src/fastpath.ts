@@ -126,6 +126,8 @@ export function directWriteHost(engine: Qcow2Engine, offset: number, length: num
   if (engine.crypto !== undefined || g.extendedL2 || integrity.readOnly || integrity.isCorrupt || !engine.inflight.admitsDirect || engine.storage.debugEvent !== undefined) {
     return undefined
   }
+  // The snapshots' L2 tables are not indexed yet (overlap-check.inactive-l2): the checked path indexes them.
+  if (!integrity.overlaps.inactiveL2Ready) return undefined
   const cs = g.clusterSize
   const firstCluster = Math.floor(offset / cs)
   const lastCluster = Math.floor((offset + length - 1) / cs)

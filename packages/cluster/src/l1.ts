@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { Limits, hexAlt, readL1Entry, writeL1Entry } from "@qcow2/format"
+import { Limits, hexAlt, readL1Entry, writeL1Entry, type MetadataKind } from "@qcow2/format"
 import type { Refcounts } from "@qcow2/alloc"
 import type { BlockStorageShape } from "@qcow2/storage"
 import { ClusterError } from "./errors.js"
@@ -7,7 +7,8 @@ import type { EngineFailure } from "./errors.js"
 import type { HeaderState } from "./header.js"
 import type { Integrity } from "./integrity.js"
 
-const ACTIVE_L2: ReadonlyArray<"active L2 table"> = ["active L2 table"]
+/** What an active L2 table may share its cluster with: itself, and (after a snapshot, until copied on write) a snapshot's L2 table. */
+const ACTIVE_L2: ReadonlyArray<MetadataKind> = ["active L2 table", "inactive L2 table"]
 
 /**
  * The active L1 table (spec "Cluster mapping"): kept whole in memory, every
@@ -64,7 +65,7 @@ export class ActiveL1 {
     if (offset % this.clusterSize !== 0) {
       return this.integrity.markCorrupt(`L2 table offset ${hexAlt(offset)} unaligned (L1 index: ${hexAlt(index)})`, this.tableOffset + index * 8)
     }
-    const hit = this.integrity.overlaps.find(offset, this.clusterSize, ["active L2 table"])
+    const hit = this.integrity.overlaps.find(offset, this.clusterSize, ACTIVE_L2)
     if (hit !== undefined) return this.integrity.markCorrupt(`L2 table at ${offset} (L1 entry ${index}) overlaps the ${hit}`, offset)
     return Effect.succeed(offset)
   }

@@ -1,8 +1,8 @@
 import { Effect } from "effect"
-import { encodeSnapshotTable, Limits, snapshotTableSize } from "@qcow2/format"
+import { encodeSnapshotTable, Limits, rawHostOffset, rawL1Entry, snapshotL1Problem, snapshotTableSize } from "@qcow2/format"
 import type { OverlapIndex, SnapshotEntry } from "@qcow2/format"
 import type { Refcounts } from "@qcow2/alloc"
-import type { BlockStorageShape } from "@qcow2/storage"
+import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 import { ClusterError, strerrorOfFailure } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import type { HeaderState } from "./header.js"
@@ -109,9 +109,37 @@ export class SnapshotTable {
       self.tableOffset = offset
       self.tableLength = length
       self.index()
+      yield* self.indexInactiveL2(io.storage)
       if (old.length === 0) return
       const freed = yield* Effect.result(io.refcounts.free(old.offset, old.length))
       if (freed._tag === "Failure") io.report(`qcow2_free_clusters failed: ${strerrorOfFailure(freed.failure)}`)
+    })
+  }
+
+  /**
+   * With overlap-check.inactive-l2: reads the snapshots' L1 tables, once
+   * after they changed, and indexes the L2 tables they point to (QEMU reads
+   * them at every check; here the index is kept until the table changes).
+   * Tables that fail validation are left to `inactiveL2Refusal`.
+   */
+  indexInactiveL2(storage: BlockStorageShape): Effect.Effect<void, StorageError> {
+    if (this.overlaps.inactiveL2Ready) return Effect.void
+    const overlaps = this.overlaps
+    const list = this.list
+    return Effect.gen(function* () {
+      const offsets: number[] = []
+      for (const s of list) {
+        if (s.l1Size === 0 || snapshotL1Problem(s.l1TableOffset, s.l1Size, overlaps.clusterBytes) !== undefined) continue
+        const table = new Uint8Array(s.l1Size * 8)
+        yield* storage.read(s.l1TableOffset, table)
+        for (let i = 0; i < s.l1Size; i++) {
+          const entry = rawL1Entry(table, i)
+          // L1E_OFFSET_MASK (past 2^53 no write reaches it, and the index skips it).
+          const offset = rawHostOffset(entry.hi, entry.lo)
+          if (offset !== 0) offsets.push(offset)
+        }
+      }
+      overlaps.setInactiveL2Tables(offsets)
     })
   }
 

@@ -2,7 +2,7 @@
  * Where an image's metadata lives on the host, and which structure a host
  * range would overwrite: QEMU's metadata overlap check
  * (qcow2_check_metadata_overlap, default mode "cached": every structure but
- * inactive L2 tables). A writer asks before it writes data or a table; a
+ * inactive L2 tables, which overlap-check.inactive-l2 adds). A writer asks before it writes data or a table; a
  * hit means the image's metadata contradicts itself, and the writer marks
  * the image corrupt instead of writing ("Preventing invalid write on
  * metadata (overlaps with active L2 table)").
@@ -22,6 +22,7 @@ export type MetadataKind =
   | "refcount block"
   | "snapshot table"
   | "inactive L1 table"
+  | "inactive L2 table"
   | "bitmap directory"
 
 /** A host byte range [offset, offset + length). */
@@ -31,7 +32,7 @@ export interface HostRange {
 }
 
 /** Structures made of whole clusters that come and go one at a time. */
-export type ClusterKind = "active L2 table" | "refcount block"
+export type ClusterKind = "active L2 table" | "refcount block" | "inactive L2 table"
 
 /** A table a header or snapshot entry describes that QEMU refuses to use, with the errno it fails with. */
 export interface TableProblem {
@@ -62,6 +63,7 @@ const ORDER: ReadonlyArray<MetadataKind> = [
   "inactive L1 table",
   "active L2 table",
   "refcount block",
+  "inactive L2 table",
   "bitmap directory"
 ]
 
@@ -69,15 +71,18 @@ const ORDER: ReadonlyArray<MetadataKind> = [
 export class OverlapIndex {
   private readonly clusterSize: number
   private readonly ranges = new Map<RangeKind, ReadonlyArray<HostRange>>()
-  /** Cluster indices of L2 tables and refcount blocks. */
-  private readonly clusters: Record<ClusterKind, Set<number>> = { "active L2 table": new Set(), "refcount block": new Set() }
+  /** Cluster indices of L2 tables (the snapshots' only while inactive L2 tables are checked) and refcount blocks. */
+  private readonly clusters: Record<ClusterKind, Set<number>> = { "active L2 table": new Set(), "refcount block": new Set(), "inactive L2 table": new Set() }
   private refusal: TableProblem | undefined
+  /** The snapshots' L2 tables are indexed (always, unless inactive L2 tables are checked and their L1 tables have not been read since they changed). */
+  private inactiveL2Indexed = true
 
   /**
    * `checksInactiveL2`: QEMU's overlap-check.inactive-l2 (or
    * overlap-check=all). Its check reads every snapshot's L1 table, so a
-   * table that fails validation fails every write (`inactiveL2Refusal`).
-   * The inactive L2 tables themselves are not indexed.
+   * table that fails validation fails every write (`inactiveL2Refusal`),
+   * and the L2 tables the snapshots' L1 tables point to are indexed
+   * (`setInactiveL2Tables`, once the engine has read them).
    */
   constructor(
     clusterSize: number,
@@ -98,10 +103,29 @@ export class OverlapIndex {
     )
     this.refusal = undefined
     if (!this.checksInactiveL2) return
+    this.clusters["inactive L2 table"].clear()
+    this.inactiveL2Indexed = tables.length === 0
     for (const t of tables) {
       this.refusal = snapshotL1Problem(t.offset, t.entries, this.clusterSize)
       if (this.refusal !== undefined) return
     }
+  }
+
+  /** The image's cluster size in bytes. */
+  get clusterBytes(): number {
+    return this.clusterSize
+  }
+
+  /** Whether the snapshots' L2 tables are indexed; false while their L1 tables, changed, still have to be read. */
+  get inactiveL2Ready(): boolean {
+    return this.inactiveL2Indexed
+  }
+
+  /** The L2 tables the snapshots' L1 tables point to (host offsets, 0 = none), read by the engine after `setInactiveL1Tables`. */
+  setInactiveL2Tables(offsets: Iterable<number>): void {
+    this.clusters["inactive L2 table"].clear()
+    for (const offset of offsets) this.addCluster("inactive L2 table", offset)
+    this.inactiveL2Indexed = true
   }
 
   /** Why every write fails while inactive L2 tables are checked; undefined when it may go on to `find`. */
@@ -153,7 +177,7 @@ export class OverlapIndex {
         if (first === 0) return kind
         continue
       }
-      if (kind === "active L2 table" || kind === "refcount block") {
+      if (kind === "active L2 table" || kind === "refcount block" || kind === "inactive L2 table") {
         const set = this.clusters[kind]
         if (set.size === 0) continue
         if (end - first <= set.size) {

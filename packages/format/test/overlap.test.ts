@@ -45,4 +45,23 @@ describe("OverlapIndex", () => {
     i.addCluster("refcount block", 2 ** 60)
     expect(i.find(2 ** 52, cs)).toBeUndefined()
   })
+
+  it("indexes the snapshots' L2 tables only while inactive L2 tables are checked, after their L1 tables are read", () => {
+    const plain = index()
+    plain.setInactiveL1Tables([{ offset: 11 * cs, entries: 2 }])
+    expect(plain.inactiveL2Ready).toBe(true)
+    const checked = new OverlapIndex(cs, true)
+    checked.setInactiveL1Tables([{ offset: 11 * cs, entries: 2 }])
+    expect(checked.inactiveL2Ready).toBe(false)
+    checked.setInactiveL2Tables([20 * cs, 0])
+    expect(checked.inactiveL2Ready).toBe(true)
+    expect(checked.find(20 * cs + 512, 512)).toBe("inactive L2 table")
+    // Checked after the active L2 tables, as QEMU orders them.
+    checked.addCluster("active L2 table", 20 * cs)
+    expect(checked.find(20 * cs, cs)).toBe("active L2 table")
+    expect(checked.find(20 * cs, cs, ["active L2 table"])).toBe("inactive L2 table")
+    // A new snapshot table drops them until they are read again.
+    checked.setInactiveL1Tables([])
+    expect([checked.inactiveL2Ready, checked.find(20 * cs, cs, ["active L2 table"])]).toEqual([true, undefined])
+  })
 })

@@ -81,7 +81,16 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
         },
         writeCompressed: () =>
           Effect.fail(new ImageError({ reason: "Unsupported", message: "raw images cannot hold compressed data", location })),
-        flush: () => asImageError(storage.flush(), location),
+        // QEMU's bdrv_co_flush raises these on the node below a format node before it flushes.
+        flush: () =>
+          asImageError(
+            Effect.suspend(() => {
+              storage.debugEvent?.("flush_to_os")
+              storage.debugEvent?.("flush_to_disk")
+              return storage.flush()
+            }),
+            location
+          ),
         // The file takes the new length exactly (QEMU's file driver); a
         // grown area is written with zeros for falloc and full, so that it
         // is not sparse.

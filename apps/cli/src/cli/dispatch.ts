@@ -4,8 +4,7 @@
  * command does not pay for the code of the others.
  */
 import { Cause, Effect, Layer, Option } from "effect"
-import type { ImageFormat } from "@qcow2/image"
-import { cipherLayer, envLayer, imageOptions, type ImageEnv } from "../env.js"
+import { cipherLayer, envLayer, imageOptions, type CliFormat, type ImageEnv } from "../env.js"
 import { CliFailure, describeCause, fail, usage } from "../errors.js"
 import { normalizeArgv } from "../argv.js"
 import { convertOptionCheck } from "../optionhelp.js"
@@ -46,8 +45,8 @@ export const execute = (body: Effect.Effect<number, CliFailure, ImageEnv>, ciphe
     })
   )
 
-const imageFormat = (v: string | undefined): Effect.Effect<ImageFormat | undefined, CliFailure> => {
-  if (v === undefined || v === "qcow2" || v === "raw" || v === "luks") return Effect.succeed(v)
+const imageFormat = (v: string | undefined): Effect.Effect<CliFormat | undefined, CliFailure> => {
+  if (v === undefined || v === "qcow2" || v === "raw" || v === "luks" || v === "null-co") return Effect.succeed(v)
   return Effect.fail(fail(`Unknown driver '${v}'`))
 }
 
@@ -281,6 +280,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
         if (c.file === undefined || c.bitmap === undefined) return yield* Effect.fail(fail("Expecting filename and bitmap name"))
         const format = yield* imageFormat(c.format)
         const sourceFormat = yield* imageFormat(sourceFormatName)
+        // A merge source is opened as an image file (no null-co device there).
+        if (sourceFormat === "null-co") return yield* Effect.fail(fail("Unknown driver 'null-co'"))
         return yield* runBitmap({
           file: c.file,
           bitmap: c.bitmap,

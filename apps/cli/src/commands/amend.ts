@@ -188,6 +188,8 @@ export const runAmend = (o: AmendCommandOptions): Effect.Effect<number, CliFailu
       return 0
     }
     if (o.file === "") return yield* Effect.fail(fail("Expecting one image file name"))
+    // The null-co device amends nothing (its driver has no amend), as qemu-img answers.
+    if (o.format === "null-co") return yield* Effect.fail(fail(cannotAmend(o.format)))
     const format: ImageFormat | undefined = o.format === "qcow2" || o.format === "raw" || o.format === "luks" ? o.format : undefined
     if (o.format !== undefined && format === undefined) return yield* Effect.fail(fail(`Could not open '${o.file}': Unknown driver '${o.format}'`))
     const base = {

@@ -48,7 +48,7 @@ export const benchOptions = (c: Values<typeof bench>): Effect.Effect<BenchOption
     const depth = c.depth === undefined ? 64 : parseUnsigned(c.depth, INT_MAX)
     if (depth === undefined || depth === 0) return yield* Effect.fail(fail("Invalid queue depth specified"))
     const format = c.format
-    if (format !== undefined && format !== "qcow2" && format !== "raw") return yield* Effect.fail(fail(`Unknown driver '${format}'`))
+    if (format !== undefined && format !== "qcow2" && format !== "raw" && format !== "null-co") return yield* Effect.fail(fail(`Unknown driver '${format}'`))
     const aio = c.aio ?? (c.native ? "native" : "threads")
     if (aio !== "threads" && aio !== "native" && aio !== "io_uring") return yield* Effect.fail(fail(`Invalid aio option: ${aio}`))
     // Offsets are JS numbers: exact up to 2^53, past any image this toolkit opens.

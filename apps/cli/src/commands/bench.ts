@@ -6,8 +6,8 @@
  * the wall time of the requests alone (after the open, before the close).
  */
 import { Effect, Latch } from "effect"
-import type { Image, ImageError, ImageFormat } from "@qcow2/image"
-import { open, type ImageEnv } from "../env.js"
+import type { Image, ImageError } from "@qcow2/image"
+import { open, type ImageEnv, type CliFormat } from "../env.js"
 import { type CliFailure, errnoText, fail, strerror } from "../errors.js"
 import { print } from "../output.js"
 import { cFixed } from "../text/cformat.js"
@@ -16,7 +16,7 @@ export { benchOptions } from "./bench-options.js"
 
 export interface BenchOptions {
   readonly file: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly count: number
   readonly depth: number
   readonly bufferSize: number

@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import { openImage, type Image, type ImageFormat, type PersistentBitmaps } from "@qcow2/image"
 import { defaultBitmapGranularity } from "@qcow2/format"
-import { open, type ImageEnv } from "../env.js"
+import { open, type ImageEnv, type CliFormat } from "../env.js"
 import { type CliFailure, fail, openFailure } from "../errors.js"
 
 /** One action of `qemu-img bitmap`, in command-line order. */
@@ -41,7 +41,7 @@ export interface BitmapOptions {
   readonly file: string
   readonly bitmap: string
   readonly actions: ReadonlyArray<BitmapAction>
-  readonly format: ImageFormat | undefined
+  readonly format: CliFormat | undefined
   /** -g as given (0 = the default granularity), already parsed. */
   readonly granularity: number
   readonly sourceFile: string | undefined

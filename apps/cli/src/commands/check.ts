@@ -1,8 +1,9 @@
 import { Cause, Effect, Exit, Option } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener } from "@qcow2/storage"
-import { CheckError, FORCE_SHARE_READ_ONLY, ImageError, checkQcow2, lockRequest, makeNullImage, openImage, type CheckResult, type ImageFormat, type NodeDriver } from "@qcow2/image"
-import { resolveNamed, type ImageEnv } from "../env.js"
+import { CheckError, FORCE_SHARE_READ_ONLY, ImageError, checkQcow2, lockRequest, openImage, type CheckResult, type NodeDriver } from "@qcow2/image"
+import { resolveNamed, type ImageEnv, type CliFormat } from "../env.js"
+import { openNode } from "../file-node.js"
 import { describeCause, fail, openFailure, type CliFailure } from "../errors.js"
 import { programName } from "../progname.js"
 import { eprint, print } from "../output.js"
@@ -12,7 +13,7 @@ import type { OutputFormat } from "./info.js"
 
 export interface CheckOptions {
   readonly file: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly repair?: "leaks" | "all"
   readonly output: OutputFormat
   readonly quiet: boolean
@@ -90,7 +91,9 @@ const openForCheck = (o: CheckOptions): Effect.Effect<Checkable, CliFailure, Sco
     if ("error" in named) return yield* Effect.fail(fail(`Could not open '${o.file}': ${named.error}`))
     const { file, options } = named
     if (o.forceShare === true && o.repair !== undefined) return yield* Effect.fail(fail(`Could not open '${o.file}': ${FORCE_SHARE_READ_ONLY}`))
-    const opened = yield* Effect.exit(Effect.scoped(Effect.map(named.nullDevice !== undefined ? Effect.succeed(makeNullImage({ ...named.nullDevice, readOnly: true })) : openImage(file, options), (image) => image.format)))
+    // The null-co device and a quorum are nodes, not files: they open as the name described them.
+    const opening = named.nullDevice !== undefined || named.quorum !== undefined ? openNode(named, true, openImage(file, options)) : openImage(file, options)
+    const opened = yield* Effect.exit(Effect.scoped(Effect.map(opening, (image) => image.format)))
     if (Exit.isSuccess(opened) && opened.value !== "qcow2") return { format: opened.value }
     if (Exit.isFailure(opened) && Cause.hasInterruptsOnly(opened.cause)) return yield* Effect.interrupt
     // A driver that dies on a damaged image (a table entry it cannot decode) has refused it as corrupt.

@@ -7,15 +7,15 @@
 import * as nodePath from "node:path"
 import * as fs from "node:fs"
 import { Effect } from "effect"
-import type { BlockStatus, Image, ImageError, ImageFormat } from "@qcow2/image"
-import { open, type ImageEnv } from "../env.js"
+import type { BlockStatus, Image, ImageError } from "@qcow2/image"
+import { open, type ImageEnv, type CliFormat } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { print } from "../output.js"
 import { Progress } from "../progress.js"
 
 export interface CommitOptions {
   readonly file: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   /** -b: the image of the chain to commit into (default: the immediate backing file). */
   readonly base?: string
   /** -d (implied by -b): leave the overlay's data in place. */

@@ -1,6 +1,6 @@
 import { Effect } from "effect"
-import type { BlockStatus, Image, ImageFormat } from "@qcow2/image"
-import { open, type ImageEnv } from "../env.js"
+import type { BlockStatus, Image } from "@qcow2/image"
+import { open, type ImageEnv, type CliFormat } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { print } from "../output.js"
 import { Progress } from "../progress.js"
@@ -9,8 +9,8 @@ import { isZeroRange } from "./convert.js"
 export interface CompareOptions {
   readonly file1: string
   readonly file2: string
-  readonly format1?: ImageFormat
-  readonly format2?: ImageFormat
+  readonly format1?: CliFormat
+  readonly format2?: CliFormat
   readonly strict: boolean
   readonly progress: boolean
   readonly quiet: boolean

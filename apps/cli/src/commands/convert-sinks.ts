@@ -9,7 +9,8 @@ import { createImage, type Image } from "@qcow2/image"
 import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
 import { parseNbdName } from "@qcow2/nbd/client"
 import { lockDescriptor, open, openNamed, unsafeCacheFiles, type ImageEnv } from "../env.js"
-import { fail, type CliFailure } from "../errors.js"
+import { errnoText, fail, strerror, type CliFailure, type Errno } from "../errors.js"
+import { reportLine } from "../report.js"
 import type { ConvertOptions } from "./convert.js"
 
 /** Largest write of zeros to a raw target. */
@@ -39,7 +40,24 @@ export interface Sink {
   readonly backingSize?: number
   /** The target image (qcow2 targets), for copying bitmaps after the data. */
   readonly image?: Image
+  /**
+   * Writes back what the target still caches and, unless the cache mode is
+   * unsafe, flushes it; fails when that fails. qemu-img 7.2 prints the same
+   * "Failed to flush the … cache" lines but exits 0 with the data possibly
+   * lost; this toolkit exits 1.
+   */
+  readonly finish: Effect.Effect<void, CliFailure>
 }
+
+/** The message of a target flush that failed (qemu-img 7.2 has none: it ignores the failure). */
+const flushFailure = (text: string): CliFailure => fail(`error while flushing the target: ${text}`)
+
+/** Node's error code as strerror() words it, when it is one the CLI knows. */
+const nodeErrorText = (e: NodeJS.ErrnoException): string => {
+  const code = e.code
+  return code !== undefined && code in ERRNO_WORDS ? errnoText(code as Errno) : e.message
+}
+const ERRNO_WORDS = { EIO: 0, ENOSPC: 0, EDQUOT: 0, EINVAL: 0, EFBIG: 0, EPERM: 0, EACCES: 0, ENOTSUP: 0 }
 
 
 const writeAll = (fd: number, data: Uint8Array, position: number, target: string): Effect.Effect<void, CliFailure> =>
@@ -66,8 +84,10 @@ const lockTarget = (fd: number, target: string, role: "create" | "raw", refused:
   )
 
 /** A raw file target: positional writes, holes for skipped zeros, final size set by ftruncate. */
-export const rawSink = (target: string, size: number, o: ConvertOptions): Effect.Effect<Sink, CliFailure, never> =>
-  Effect.gen(function* () {
+export const rawSink = (name: string, size: number, o: ConvertOptions): Effect.Effect<Sink, CliFailure, never> => {
+  // `file:PATH` names the file protocol explicitly.
+  const target = name.startsWith("file:") ? name.slice("file:".length) : name
+  return Effect.gen(function* () {
     const attempt = <A>(f: () => A) => Effect.try({ try: f, catch: (e) => fail(`${target}: ${e instanceof Error ? e.message : String(e)}`) })
     /** `f` on `fd`; the descriptor is closed if it fails. */
     const onFd = (fd: number, f: () => void) => Effect.tapError(attempt(f), () => Effect.sync(() => fs.closeSync(fd)))
@@ -97,6 +117,11 @@ export const rawSink = (target: string, size: number, o: ConvertOptions): Effect
         zeroIsFree: !o.skipCreate || o.targetIsZero,
         alignment: 1,
         zeroGranularity: 1,
+        // qemu-img's file driver syncs on close unless the cache mode is unsafe.
+        finish:
+          o.cache === "unsafe"
+            ? Effect.void
+            : Effect.callback<void, CliFailure>((resume) => fs.fdatasync(fd, (err) => resume(err === null ? Effect.void : Effect.fail(flushFailure(nodeErrorText(err)))))),
         writeData: (offset, data) => writeAll(fd, data, offset, target),
         writeZeroes: (offset, length) =>
           Effect.gen(function* () {
@@ -107,15 +132,16 @@ export const rawSink = (target: string, size: number, o: ConvertOptions): Effect
       }
     })
   )
+}
 
 /**
  * Whether a raw target is a block node rather than a plain file: an NBD
  * export (`nbd:…`, `nbd://…`, `json:{"driver":"nbd",…}`), or with -n a
- * `json:{…}` name. These open through the storage opener like sources;
+ * `json:{…}` or `blkdebug:CONFIG:FILE` name. These open through the storage opener like sources;
  * plain files keep rawSink's direct descriptor.
  */
 export const isNodeTarget = (target: string, skipCreate: boolean): boolean =>
-  parseNbdName(target) !== undefined || (skipCreate && target.startsWith("json:"))
+  parseNbdName(target) !== undefined || (skipCreate && (target.startsWith("json:") || target.startsWith("blkdebug:")))
 
 /**
  * Opens the NBD export a command would create (qemu-img convert and dd
@@ -149,10 +175,23 @@ export const nodeRawSink = (o: ConvertOptions, total: number): Effect.Effect<Sin
       alignment: 1,
       zeroGranularity: 1,
       writeData: (offset, data) => wrap(offset, target.write(offset, data)),
-      writeZeroes: (offset, length) => wrap(offset, target.writeZeroes(offset, length, { unmap: o.sparseSize !== 0 }))
+      writeZeroes: (offset, length) => wrap(offset, target.writeZeroes(offset, length, { unmap: o.sparseSize !== 0 })),
+      finish: o.cache === "unsafe" ? Effect.void : Effect.mapError(target.flush(), (e) => flushFailure(strerror(e)))
     }
-    if (o.cache !== "unsafe") yield* Effect.addFinalizer(() => target.flush().pipe(Effect.ignore))
     return sink
+  })
+
+/**
+ * Closes a qcow2 target as QEMU does (caches written back, each followed by
+ * a flush unless the cache mode is unsafe); a cache that could not be
+ * written back is reported in QEMU's words, one line each, and fails.
+ */
+const finishImage = (target: Image): Effect.Effect<void, CliFailure> =>
+  Effect.gen(function* () {
+    const failures = target.close !== undefined ? yield* target.close() : []
+    const lines = failures.map((f) => `Failed to flush the ${f.cache} cache: ${strerror(f.error)}`)
+    for (const line of lines.slice(0, -1)) reportLine(line)
+    if (lines.length > 0) return yield* Effect.fail(fail(lines[lines.length - 1]!))
   })
 
 /**
@@ -253,8 +292,8 @@ export const qcow2Sink = (o: ConvertOptions, total: number) =>
             })
           : wrap(offset, target.write(offset, data)),
       writeZeroes: (offset, length) => wrap(offset, target.writeZeroes(offset, length, { unmap: o.sparseSize !== 0 })),
-      ...(o.backingFile !== undefined ? { backingSize: !o.skipCreate && target.backing !== undefined ? target.backing.virtualSize : -1 } : {})
+      ...(o.backingFile !== undefined ? { backingSize: !o.skipCreate && target.backing !== undefined ? target.backing.virtualSize : -1 } : {}),
+      finish: finishImage(target)
     }
-    yield* Effect.addFinalizer(() => target.flush().pipe(Effect.ignore))
     return sink
   })

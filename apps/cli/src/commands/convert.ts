@@ -1,11 +1,12 @@
 import * as fs from "node:fs"
 import { availableParallelism } from "node:os"
 import { Effect, Semaphore } from "effect"
-import type { Image, ImageFormat } from "@qcow2/image"
+import type { Image } from "@qcow2/image"
 import { splitOptionList } from "../createopts.js"
-import { open, type ImageEnv } from "../env.js"
+import { open, type ImageEnv, type CliFormat } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
+import { creationRefusal } from "../qemu-filename.js"
 import { checkBitmapsCopyable, checkTargetSupportsBitmaps, copyBitmaps } from "./convert-bitmaps.js"
 import { countsForProgress, progressTotal } from "./convert-progress.js"
 import { isNodeTarget, nodeRawSink, qcow2Sink, rawSink, WriteOrder, type Sink } from "./convert-sinks.js"
@@ -16,7 +17,7 @@ import type { SnapshotSelector } from "./snapshot.js"
 export interface ConvertOptions {
   readonly sources: ReadonlyArray<string>
   readonly target: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly outFormat: "raw" | "qcow2"
   readonly options: ReadonlyArray<string>
   readonly compress: boolean
@@ -135,6 +136,8 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       const total = sources.reduce((n, s) => n + s.virtualSize, 0)
       if (o.bitmaps === true) yield* checkBitmapsCopyable(sources, o.skipBrokenBitmaps === true)
 
+      const refusal = o.skipCreate ? undefined : creationRefusal(o.target)
+      if (refusal !== undefined) return yield* Effect.fail(fail(refusal))
       let sink: Sink
       if (o.outFormat === "raw") {
         if (o.compress) return yield* Effect.fail(fail("Compression not supported for this file format"))
@@ -305,6 +308,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       yield* Effect.all(Array.from({ length: workers }, () => worker), { concurrency: "unbounded", discard: true })
       if (o.bitmaps === true) yield* copyBitmaps(sources[0]!, sink.image!, o.skipBrokenBitmaps === true)
       progress?.finish()
+      yield* sink.finish
       return 0
     })
   )

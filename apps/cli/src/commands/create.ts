@@ -6,6 +6,7 @@ import { formattingLine, parseCreateOptions, toCreateOptions, type CreateFormat,
 import { lockDescriptor, type ImageEnv } from "../env.js"
 import { fail, usage, type CliFailure } from "../errors.js"
 import { pathCombine } from "../names.js"
+import { creationRefusal } from "../qemu-filename.js"
 import { asksForHelp, cannotCreate, createHelp, invalidOptionList } from "../optionhelp.js"
 import { print, printNow } from "../output.js"
 import type { Secrets } from "../secrets.js"
@@ -139,6 +140,8 @@ export const runCreate = (o: CreateCommandOptions): Effect.Effect<number, CliFai
     }
     // qemu-img parses the size argument first, then the -o lists, then adds -b and -F.
     const sizeArgument = o.size !== undefined ? String(yield* parseCreateSize(o.size)) : undefined
+    const refusal = creationRefusal(o.file)
+    if (refusal !== undefined) return yield* Effect.fail(fail(`${o.file}: ${refusal}`))
     const lists = [...o.options]
     if (format !== "qcow2" && (o.backingFile !== undefined || o.backingFormat !== undefined)) {
       const own = parseCreateOptions(format, lists)

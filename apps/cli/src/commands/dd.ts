@@ -5,17 +5,18 @@
  */
 import * as fs from "node:fs"
 import { Effect } from "effect"
-import { createImage, type ImageFormat } from "@qcow2/image"
+import { createImage } from "@qcow2/image"
 import { parseNbdName } from "@qcow2/nbd/client"
-import { open, type ImageEnv } from "../env.js"
+import { open, type ImageEnv, type CliFormat } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
 import { openNbdForCreation } from "./convert-sinks.js"
 import { parseSize } from "../text/strtosz.js"
+import { creationRefusal } from "../qemu-filename.js"
 
 export interface DdOptions {
   readonly operands: ReadonlyArray<string>
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly outFormat: string
   readonly passphrase?: Uint8Array
 }
@@ -74,7 +75,7 @@ const createOutput = (file: string, format: "raw" | "qcow2", size: number): Effe
   }
   return Effect.try({
     try: () => {
-      const fd = fs.openSync(file, "w")
+      const fd = fs.openSync(file.startsWith("file:") ? file.slice("file:".length) : file, "w")
       try {
         fs.ftruncateSync(fd, rounded)
       } finally {
@@ -101,6 +102,8 @@ export const runDd = (o: DdOptions): Effect.Effect<number, CliFailure, ImageEnv>
       const skipPast = parsed.skip !== undefined && (!Number.isSafeInteger(skipBytes) || size < skipBytes)
       const outputSize = skipPast ? 0 : size - skipBytes
       // An NBD export is not created: it must hold what is copied (QEMU's nbd driver cannot grow it).
+      const refusal = creationRefusal(parsed.output)
+      if (refusal !== undefined) return yield* Effect.fail(fail(refusal))
       const nbdOutput = o.outFormat === "raw" && parseNbdName(parsed.output) !== undefined
       if (!nbdOutput) yield* createOutput(parsed.output, o.outFormat, outputSize)
       const output = nbdOutput ? yield* openNbdForCreation(parsed.output, "error while creating output image") : yield* open(parsed.output, { readOnly: false, format: o.outFormat })

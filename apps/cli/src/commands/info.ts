@@ -2,7 +2,7 @@ import * as fs from "node:fs"
 import { Effect } from "effect"
 import type { SnapshotEntry } from "@qcow2/format"
 import { NULL_CO_NAME, chainLayers, imageInfo as buildImageInfo, openImage, qcow2SpecificInfo, type ChainLayer, type Image, type ImageError, type ImageFormat } from "@qcow2/image"
-import { fileNameOf, imageOptions, open, resolveNamed, type ImageEnv } from "../env.js"
+import { fileNameOf, imageOptions, open, resolveNamed, type ImageEnv, type CliFormat } from "../env.js"
 import { jsonNameOf, parseJsonName, parseOptionString, plainFileOf } from "../qemu-filename.js"
 import { nbdInfoOf } from "../nbd-node.js"
 import { fail, openFailure, type CliFailure } from "../errors.js"
@@ -16,7 +16,7 @@ export type OutputFormat = "human" | "json"
 
 export interface InfoOptions {
   readonly file: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly output: OutputFormat
   readonly backingChain: boolean
   readonly passphrase?: Uint8Array
@@ -152,7 +152,10 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
         }
         // Only the top image is named by options (--image-opts, json:); backing names are file names.
         const top = layers.length === 0
-        const image = top ? yield* open(name, openOptions) : yield* Effect.mapError(openImage(name, openOptions), (e) => openFailure(name, e))
+        // A backing file's format is an image format (a null-co device has no backing file).
+        const image = top
+          ? yield* open(name, openOptions)
+          : yield* Effect.mapError(openImage(name, { ...openOptions, format: format === "null-co" ? undefined : format }), (e) => openFailure(name, e))
         // A name that only names a file shows as that file; backing names resolve against the file.
         const plain = top ? plainFileOf(name, imageOptions.enabled) : undefined
         const shown = plain ?? (top && imageOptions.enabled ? jsonNameOf(name) : name)
@@ -172,6 +175,14 @@ export const runInfo = (options: InfoOptions): Effect.Effect<number, CliFailure,
           // The compress filter node: its own name, the sizes of the image below, no backing file or format-specific data of its own.
           for (const key of ["backing-filename", "full-backing-filename", "backing-filename-format", "format-specific", "snapshots", "encrypted"]) info.delete(key)
           info.set("format", "compress")
+        }
+        // A protocol node at the root (json:{"driver":"file",…}) shows its driver as the format.
+        if (spec?.protocol !== undefined) info.set("format", spec.protocol)
+        if (spec?.quorumTop === true) {
+          // The quorum node at the root: QEMU's name for it, no dirty flag (its driver answers no get_info).
+          for (const key of ["dirty-flag"]) info.delete(key)
+          info.set("filename", spec.file)
+          info.set("format", "quorum")
         }
         const nbd = top && image.format === "raw" ? nbdInfoOf(shown, nameOptions(name)) : undefined
         if (nbd !== undefined) {

@@ -1,6 +1,6 @@
 import { Effect } from "effect"
-import { chainLayers, mergeable, toMapEntry as toEntry, type ImageFormat, type MapEntry } from "@qcow2/image"
-import { fileNameOf, open, type ImageEnv } from "../env.js"
+import { chainLayers, mergeable, toMapEntry as toEntry, type MapEntry } from "@qcow2/image"
+import { fileNameOf, open, type ImageEnv, type CliFormat } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import type { OutputFormat } from "./info.js"
 import { print } from "../output.js"
@@ -11,7 +11,7 @@ export { mergeable, type MapEntry }
 
 export interface MapOptions {
   readonly file: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly output: OutputFormat
   readonly startOffset?: number
   readonly maxLength?: number

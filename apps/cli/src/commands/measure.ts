@@ -6,11 +6,11 @@
  * QEMU's qcow2_measure / raw_measure do.
  */
 import { Effect } from "effect"
-import type { Image, ImageFormat } from "@qcow2/image"
+import type { Image } from "@qcow2/image"
 import type { BitmapDirectoryEntry } from "@qcow2/format"
 import { luksLayout } from "@qcow2/crypto"
 import { parseCreateOptions, type OptionValues } from "../createopts.js"
-import { open, type ImageEnv } from "../env.js"
+import { open, type ImageEnv, type CliFormat } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import { print } from "../output.js"
 import { reportLine } from "../report.js"
@@ -20,7 +20,7 @@ import { loadConvertSnapshot, type SnapshotSelector } from "./snapshot.js"
 export interface MeasureOptions {
   /** The input image, or undefined with `size`. */
   readonly file?: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly outFormat: string
   readonly options: ReadonlyArray<string>
   /** --size: virtual size of a new, empty image. */

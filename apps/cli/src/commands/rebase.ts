@@ -6,16 +6,16 @@
  */
 import * as nodePath from "node:path"
 import { Effect } from "effect"
-import type { Image, ImageError, ImageFormat } from "@qcow2/image"
+import type { Image, ImageError } from "@qcow2/image"
 import { isUrl } from "../names.js"
-import { open, openNamed, type ImageEnv } from "../env.js"
+import { open, openNamed, type ImageEnv, type CliFormat } from "../env.js"
 import { errnoText, fail, strerror, type CliFailure } from "../errors.js"
 import { allocatedAbove, findInChain } from "./commit.js"
 import { Progress } from "../progress.js"
 
 export interface RebaseOptions {
   readonly file: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   /** -b: the new backing file name as it goes into the header ("" detaches). */
   readonly backing: string | undefined
   readonly backingFormat?: string

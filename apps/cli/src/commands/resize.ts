@@ -1,6 +1,5 @@
 import { Effect } from "effect"
-import type { ImageFormat } from "@qcow2/image"
-import { open, type ImageEnv } from "../env.js"
+import { open, type ImageEnv, type CliFormat } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import { eprint, print } from "../output.js"
 import { programName } from "../progname.js"
@@ -10,7 +9,7 @@ export interface ResizeOptions {
   readonly file: string
   /** The size word as given: `[+|-]SIZE`. */
   readonly size: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly preallocation?: string
   readonly shrink: boolean
   readonly quiet: boolean

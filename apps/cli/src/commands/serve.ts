@@ -8,17 +8,16 @@
  */
 import * as os from "node:os"
 import { Effect } from "effect"
-import type { ImageFormat } from "@qcow2/image"
 import type { NbdExport } from "@qcow2/nbd"
 import { listen, type ListenOptions } from "@qcow2/nbd/node"
-import { openNamed, unsafeCacheFiles, type ImageEnv } from "../env.js"
+import { openNamed, unsafeCacheFiles, type ImageEnv, type CliFormat } from "../env.js"
 import { fail, type CliFailure } from "../errors.js"
 import { eprint } from "../output.js"
 import { programName } from "../progname.js"
 
 export interface ServeOptions {
   readonly file: string
-  readonly format?: ImageFormat
+  readonly format?: CliFormat
   readonly readOnly: boolean
   readonly exportName: string
   readonly description?: string

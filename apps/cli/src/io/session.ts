@@ -13,6 +13,7 @@ import { driverReport, type ImageEnv } from "../env.js"
 import { strerror } from "../errors.js"
 import { errorReport } from "../progname.js"
 import { openNode } from "../file-node.js"
+import { quorumTopImage } from "../quorum-node.js"
 import { copyOnRead } from "./copy-on-read.js"
 import { compressFilter, compressRefusal } from "../compress-filter.js"
 import { withBlkdebugLimits } from "./blkdebug-limits.js"
@@ -102,6 +103,8 @@ interface OpenedImage {
   readonly above: (image: Image) => Image
   /** The top node is QEMU's compress filter (qemu-io `info` names it). */
   readonly compress: boolean
+  /** The top node is a quorum (qemu-io `info` names it). */
+  readonly quorumTop: boolean
 }
 
 /** The changes `reopen` asks for. */
@@ -146,8 +149,8 @@ export class IoSession {
   ) {}
 
   /** The filter driver of the top node when it is QEMU's compress filter (qemu-io `info` prints its name). */
-  get filterDriver(): "compress" | undefined {
-    return this.opened?.compress === true ? "compress" : undefined
+  get filterDriver(): "compress" | "quorum" | undefined {
+    return this.opened?.compress === true ? "compress" : this.opened?.quorumTop === true ? "quorum" : undefined
   }
 
   /** The open image, as commands see it. */
@@ -203,7 +206,8 @@ export class IoSession {
         const opened = yield* Effect.result(
           Scope.provide(scope)(
             Effect.gen(function* () {
-              const base = yield* openNode(spec, options.readOnly, openImage(spec.file, options))
+              const opened = yield* openNode(spec, options.readOnly, openImage(spec.file, options))
+              const base = spec.quorumTop === true ? quorumTopImage(opened) : opened
               const backingMismatch = checkBackingOptions(spec, base)
               if (backingMismatch !== undefined) return yield* new ImageError({ reason: "Unsupported", message: backingMismatch })
               const badCache = base.format === "qcow2" ? checkCacheOptions(request.options, base.clusterSize) : undefined
@@ -234,7 +238,7 @@ export class IoSession {
           return request.copyOnRead || spec.copyOnReadFilter === true ? copyOnRead(compressed, debugged?.debugEvent) : compressed
         }
         const image = above(isWritethrough(request.cache) && !raw.readOnly ? writethrough(limited) : limited)
-        self.opened = { image, raw, scope, request, overlay, limited, above, compress }
+        self.opened = { image, raw, scope, request, overlay, limited, above, compress, quorumTop: spec.quorumTop === true }
         return true
       })
     })

@@ -175,3 +175,16 @@ export const dumpHuman = (value: QValue, indentation: number): string => {
 }
 
 const humanScalar = (v: string | number | bigint | boolean): string => (typeof v === "boolean" ? (v ? "true" : "false") : String(v))
+
+/**
+ * One-line JSON as qobject_to_json prints it (", " and ": " between
+ * members, keys in QDict order): the `json:{…}` name QEMU gives a node
+ * opened with options it cannot name by a file (bdrv_refresh_filename).
+ */
+export const toQemuJsonLine = (value: QValue): string => {
+  if (!isContainer(value)) return scalar(value)
+  if (Array.isArray(value)) return `[${(value as ReadonlyArray<QValue>).map(toQemuJsonLine).join(", ")}]`
+  return `{${orderedKeys(value as QDict)
+    .map(([key, item]) => `${quoteJson(key)}: ${toQemuJsonLine(item)}`)
+    .join(", ")}}`
+}

@@ -41,9 +41,14 @@ export const infoCommand: IoCommand = {
         print(image.format === "null-co" ? "format name: null-co\nformat name: null-co\n" : "format name: raw\n")
         return false
       }
+      const filter = ctx.session.filterDriver
+      if (filter === "quorum") {
+        // The quorum driver answers no get_info: its name, then the command fails with nothing printed.
+        print("format name: quorum\n")
+        return false
+      }
       const clusterSize = image.format === "qcow2" ? image.clusterSize : 0
       // A filter node (compress) names itself; the sizes are those of the image below it, and it has no format-specific data.
-      const filter = ctx.session.filterDriver
       let text = `format name: ${filter ?? image.format}\ncluster size: ${cvtstr(clusterSize)}\nvm state offset: ${cvtstr(vmStateOffset(image))}\n`
       if (image.format === "qcow2" && filter === undefined) {
         const specific = yield* Effect.result(qcow2SpecificFor(image))
