@@ -8,6 +8,7 @@
 import { Effect } from "effect"
 import {
   Limits,
+  hexAlt,
   maxRefcount,
   readRefcount,
   writeRefcount,
@@ -192,7 +193,7 @@ export class Refcounts {
       const shown = offset === INVALID_ENTRY ? "beyond 2^53" : `0x${offset.toString(16)}`
       return new RefcountError({
         reason: "Corrupt",
-        message: `Refblock offset ${shown} unaligned (reftable index: 0x${blockIndex.toString(16)})`,
+        message: `Refblock offset ${shown} unaligned (reftable index: ${hexAlt(blockIndex)})`,
         offset: this.table.offset + blockIndex * 8
       })
     }

@@ -5,6 +5,7 @@ import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { hasHostData, prepareL2ForWrite } from "./l2.js"
+import { readDamageMessage } from "./l2-damage.js"
 import { loadL2 } from "./mapping.js"
 import { writeGuest } from "./write.js"
 
@@ -114,7 +115,7 @@ function storeCompressed(engine: Qcow2Engine, guest: number, run: ReadonlyArray<
       const l2Offset = yield* prepareL2ForWrite(engine, at)
       const index = (at / g.clusterSize) % g.l2Entries
       const old = readL2Entry(yield* loadL2(engine, l2Offset), index, g)
-      if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${at}: ${old.reason}`, at)
+      if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(readDamageMessage(old, { l2Offset, index }), at)
       if (hasHostData(engine, old) || (old._tag === "Subclusters" && old.allocatedMask !== 0)) {
         return yield* new ClusterError({
           reason: "InvalidArgument",

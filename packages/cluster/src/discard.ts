@@ -5,6 +5,7 @@ import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
 import { hasHostData, prepareL2ForWrite, releaseReplaced, replacedHostRange } from "./l2.js"
 import type { HostRange } from "./l2.js"
+import { readDamageMessage } from "./l2-damage.js"
 import { l2Coverage, l2TableOffset, loadL2 } from "./mapping.js"
 
 const ALL_ZERO_BITMAP = 0xffffffff
@@ -108,7 +109,7 @@ export function zeroSubclustersHeld(engine: Qcow2Engine, offset: number, length:
     const table = yield* loadL2(engine, l2Offset)
     const index = cluster % g.l2Entries
     const old = readL2Entry(table, index, g)
-    if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${cluster * g.clusterSize}: ${old.reason}`, offset)
+    if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(readDamageMessage(old, { l2Offset, index }), offset)
     if (old._tag !== "Subclusters") return false
     const first = Math.floor((offset % g.clusterSize) / g.subclusterSize)
     const count = Math.ceil(length / g.subclusterSize)
@@ -167,7 +168,7 @@ function changeInTable(engine: Qcow2Engine, start: number, end: number, makeTabl
     for (let cluster = firstCluster; cluster <= lastCluster; cluster++) {
       const index = cluster % g.l2Entries
       const old = readL2Entry(table, index, g)
-      if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${cluster * cs}: ${old.reason}`, cluster * cs)
+      if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(readDamageMessage(old, { l2Offset, index }), cluster * cs)
       const next = change(old)
       if (next === undefined) continue
       writeL2Entry(table, index, next.entry, g)

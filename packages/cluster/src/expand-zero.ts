@@ -3,6 +3,7 @@ import { readL1Entry, readL2Entry, writeL2Entry } from "@qcow2/format"
 import type { L2Entry, SnapshotEntry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import { errnoOfFailure, ImageError, strerrorOfFailure, type EngineFailure } from "./errors.js"
+import { readDamageMessage } from "./l2-damage.js"
 import { loadL2 } from "./mapping.js"
 import { validateSnapshotL1 } from "./snapshot.js"
 import type { AmendProgress } from "./refcount-order.js"
@@ -98,7 +99,7 @@ function expandTable(engine: Qcow2Engine, table: Uint8Array, l2Offset: number): 
     let changed = false
     for (let j = 0; j < g.l2Entries; j++) {
       const entry = readL2Entry(table, j, g)
-      if (entry._tag === "Invalid") return yield* engine.integrity.markCorrupt(`L2 entry ${j} of the table at ${l2Offset}: ${entry.reason}`, l2Offset + j * 8)
+      if (entry._tag === "Invalid") return yield* engine.integrity.markCorrupt(readDamageMessage(entry, { l2Offset, index: j }), l2Offset + j * g.l2EntrySize)
       if (entry._tag !== "Zero") continue
       let host = entry.hostOffset
       if (host === 0) {

@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { Limits, readL1Entry, writeL1Entry, type MetadataKind } from "@qcow2/format"
+import { Limits, hexAlt, readL1Entry, writeL1Entry, type MetadataKind } from "@qcow2/format"
 import type { Refcounts } from "@qcow2/alloc"
 import { debugPoint, type BlockStorageShape } from "@qcow2/storage"
 import { ClusterError } from "./errors.js"
@@ -63,7 +63,7 @@ export class ActiveL1 {
     }
     if (offset === 0) return Effect.succeed(0)
     if (offset % this.clusterSize !== 0) {
-      return this.integrity.markCorrupt(`L2 table offset ${offset} of L1 entry ${index} is not cluster aligned`, this.tableOffset + index * 8)
+      return this.integrity.markCorrupt(`L2 table offset ${hexAlt(offset)} unaligned (L1 index: ${hexAlt(index)})`, this.tableOffset + index * 8)
     }
     const hit = this.integrity.overlaps.find(offset, this.clusterSize, ACTIVE_L2)
     if (hit !== undefined) return this.integrity.markCorrupt(`L2 table at ${offset} (L1 entry ${index}) overlaps the ${hit}`, offset)

@@ -45,6 +45,10 @@ export function prepareL2ForWrite(engine: Qcow2Engine, offset: number): Effect.E
   })
 }
 
+/** An entry of this image's own (COPIED) with a host cluster: written in place. */
+export const isOwned = (engine: Qcow2Engine, entry: L2Entry): boolean =>
+  (entry._tag === "Normal" || entry._tag === "Subclusters") && entry.copied && (entry.hostOffset !== 0 || engine.externalData)
+
 /** An entry with host data behind it (QEMU's "allocated" cluster types; a preallocated zero cluster counts). */
 export const hasHostData = (engine: Qcow2Engine, entry: L2Entry): boolean => {
   switch (entry._tag) {

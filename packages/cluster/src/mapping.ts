@@ -6,6 +6,7 @@ import type { DecompressionError } from "@qcow2/compress"
 import { debugPoint, type StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
+import { readDamageMessage, slotText } from "./l2-damage.js"
 
 /**
  * Where a run of guest bytes lives (spec "Cluster mapping"):
@@ -59,8 +60,8 @@ export function lookup(engine: Qcow2Engine, offset: number, maxLength: number): 
   return Effect.flatMap(l2TableOffset(engine, offset), (l2Offset) => {
     if (l2Offset === 0) return Effect.succeed<MappingRun>({ kind: "unallocated", length: limit, hostOffset: undefined })
     const cached = engine.l2Cache.lookup(l2Offset)
-    if (cached !== undefined) return scanTable(engine, cached, offset, limit)
-    return Effect.flatMap(engine.l2Cache.get(l2Offset), (table) => scanTable(engine, table, offset, limit))
+    if (cached !== undefined) return scanTable(engine, cached, l2Offset, offset, limit)
+    return Effect.flatMap(engine.l2Cache.get(l2Offset), (table) => scanTable(engine, table, l2Offset, offset, limit))
   })
 }
 
@@ -71,7 +72,7 @@ interface Unit {
   compressedSize: number
 }
 
-function scanTable(engine: Qcow2Engine, table: Uint8Array, offset: number, limit: number): Effect.Effect<MappingRun, ClusterError | TableCacheError> {
+function scanTable(engine: Qcow2Engine, table: Uint8Array, l2Offset: number, offset: number, limit: number): Effect.Effect<MappingRun, ClusterError | TableCacheError> {
   const g = engine.geometry
   const unitSize = g.subclusterSize
   const unitsPerCluster = g.subclustersPerCluster
@@ -81,8 +82,8 @@ function scanTable(engine: Qcow2Engine, table: Uint8Array, offset: number, limit
   const offsetInUnit = offset % unitSize
   let entry = readL2Entry(table, l2Index, g)
   const first: Unit = { kind: "unallocated", hostOffset: undefined, compressedSize: 0 }
-  const bad = classify(engine, entry, unit, first)
-  if (bad !== undefined) return engine.integrity.markCorrupt(`L2 entry for guest offset ${clusterIndex * g.clusterSize}: ${bad}`, offset)
+  const bad = classify(engine, entry, unit, first, l2Offset, l2Index)
+  if (bad !== undefined) return engine.integrity.markCorrupt(bad, offset)
   if (first.kind === "compressed") {
     const offsetInCluster = offset % g.clusterSize
     return Effect.succeed({
@@ -104,7 +105,7 @@ function scanTable(engine: Qcow2Engine, table: Uint8Array, offset: number, limit
       if (l2Index === g.l2Entries) break
       entry = readL2Entry(table, l2Index, g)
     }
-    if (classify(engine, entry, unit, next) !== undefined) break
+    if (classify(engine, entry, unit, next, l2Offset, l2Index) !== undefined) break
     if (next.kind !== first.kind) break
     if (first.kind === "data" && next.hostOffset !== expectedHost) break
     if (first.kind !== "data" && (next.hostOffset === undefined) !== (first.hostOffset === undefined)) break
@@ -120,10 +121,11 @@ function scanTable(engine: Qcow2Engine, table: Uint8Array, offset: number, limit
 }
 
 /**
- * Fills `out` with the status of subcluster `unit` of `entry`; returns a
- * reason string when the entry is invalid.
+ * Fills `out` with the status of subcluster `unit` of `entry` (QEMU's
+ * qcow2_get_subcluster_type); returns QEMU's corruption message when the
+ * entry, at `index` in the table at `l2Offset`, cannot be read.
  */
-function classify(engine: Qcow2Engine, entry: L2Entry, unit: number, out: Unit): string | undefined {
+function classify(engine: Qcow2Engine, entry: L2Entry, unit: number, out: Unit, l2Offset: number, index: number): string | undefined {
   out.compressedSize = 0
   switch (entry._tag) {
     case "Unallocated":
@@ -148,7 +150,7 @@ function classify(engine: Qcow2Engine, entry: L2Entry, unit: number, out: Unit):
       out.hostOffset = entry.hostOffset === 0 ? undefined : entry.hostOffset
       return undefined
     case "Compressed":
-      if (engine.externalData) return "compressed cluster in an image with an external data file"
+      if (engine.externalData) return `Compressed cluster entry found in image with external data file ${slotText({ l2Offset, index })}`
       out.kind = "compressed"
       out.hostOffset = entry.hostOffset
       out.compressedSize = entry.compressedSize
@@ -157,7 +159,7 @@ function classify(engine: Qcow2Engine, entry: L2Entry, unit: number, out: Unit):
       const bit = 1 << unit
       const hasHost = entry.hostOffset !== 0 || engine.externalData
       if ((entry.allocatedMask & bit) !== 0) {
-        if (!hasHost) return "allocated subclusters without a host cluster"
+        if (!hasHost) return `Invalid cluster entry found  ${slotText({ l2Offset, index })}`
         out.kind = "data"
         out.hostOffset = entry.hostOffset + unit * engine.geometry.subclusterSize
       } else if ((entry.zeroMask & bit) !== 0) {
@@ -170,7 +172,7 @@ function classify(engine: Qcow2Engine, entry: L2Entry, unit: number, out: Unit):
       return undefined
     }
     case "Invalid":
-      return entry.reason
+      return readDamageMessage(entry, { l2Offset, index })
   }
 }
 

@@ -1,5 +1,6 @@
 import { Effect } from "effect"
 import { readL2Entry, writeL2Entry } from "@qcow2/format"
+import type { L2Entry } from "@qcow2/format"
 import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
@@ -24,16 +25,35 @@ export function growFile(storage: BlockStorageShape, end: number, fill: FileFill
 }
 
 /**
- * Gives every unallocated guest cluster in [offset, offset + length) a host
- * cluster without writing data (qemu-img create/resize -o preallocation):
- * L2 tables first, then runs of contiguous data clusters linked as normal,
- * COPIED clusters. The file grows over each run before the entries that
- * name it exist, so no entry ever points past the end of the file, even
- * after a crash. With an external data file the host offset is the guest
- * offset (the caller grows the data file). Returns the end of the last host
- * cluster allocated.
+ * What preallocated clusters read as (extended L2 bitmaps; without extended
+ * L2 every preallocated cluster is a normal data cluster):
+ * - "kept": the bitmap stays as it was, so unallocated subclusters still
+ *   read the backing file or zeros (QEMU's preallocation links its clusters
+ *   with QCowL2Meta.prealloc set, which leaves the bitmap alone);
+ * - "zeros": every subcluster allocated, and the clusters hold zeros (QEMU's
+ *   falloc/full truncate over a backing file that would show through, where
+ *   the grown file provides the zeros).
  */
-export function preallocateClusters(engine: Qcow2Engine, offset: number, length: number, fill: FileFill): Effect.Effect<number, EngineFailure> {
+export type PreallocatedContent = "kept" | "zeros"
+
+/**
+ * Gives every unallocated guest cluster in [offset, offset + length) a host
+ * cluster (qemu-img create/resize -o preallocation): L2 tables first, then
+ * runs of contiguous clusters linked as COPIED clusters, their content as
+ * `content` says. The file grows over each run before the entries that
+ * name it exist, so no entry ever points past the end of the file, even
+ * after a crash; with "zeros", space reused inside the file is zeroed
+ * first. With an external data file the host offset is the guest offset
+ * (the caller grows the data file). Returns where the file must end at
+ * least: past the last L2 table and host cluster allocated (see fileEnd).
+ */
+export function preallocateClusters(
+  engine: Qcow2Engine,
+  offset: number,
+  length: number,
+  fill: FileFill,
+  content: PreallocatedContent
+): Effect.Effect<number, EngineFailure> {
   return engine.lock.withPermits(1)(
     Effect.gen(function* () {
       const g = engine.geometry
@@ -50,34 +70,40 @@ export function preallocateClusters(engine: Qcow2Engine, offset: number, length:
         let cluster = firstCluster
         while (cluster <= lastCluster) {
           const table = yield* loadL2(engine, l2Offset)
-          const entry = readL2Entry(table, cluster % g.l2Entries, g)
-          const unallocated = entry._tag === "Unallocated" || (entry._tag === "Subclusters" && entry.hostOffset === 0 && !entry.copied)
-          if (!unallocated) {
+          if (!withoutHost(readL2Entry(table, cluster % g.l2Entries, g))) {
             cluster++
             continue
           }
           let run = 1
-          while (cluster + run <= lastCluster) {
-            const next = readL2Entry(table, (cluster + run) % g.l2Entries, g)
-            if (!(next._tag === "Unallocated" || (next._tag === "Subclusters" && next.hostOffset === 0 && !next.copied))) break
-            run++
-          }
+          while (cluster + run <= lastCluster && withoutHost(readL2Entry(table, (cluster + run) % g.l2Entries, g))) run++
           const host = engine.externalData ? cluster * cs : yield* engine.refcounts.allocate(run)
+          // A sparse file ends at the subcluster holding the last guest byte when
+          // this run ends the range (QEMU's metadata preallocation writes its
+          // copy-on-write tail there and no further); otherwise at the run's end.
+          const guestRunEnd = (cluster + run) * cs
+          const fileEnd = fill === "sparse" && guestRunEnd > end ? host + run * cs - (guestRunEnd - Math.ceil(end / g.subclusterSize) * g.subclusterSize) : host + run * cs
           if (!engine.externalData) {
             yield* engine.integrity.guardWrite(host, run * cs)
-            yield* growFile(engine.storage, host + run * cs, fill)
+            if (content === "zeros") yield* zeroReused(engine.storage, host, run * cs)
+            yield* growFile(engine.storage, fileEnd, fill)
           }
           const again = yield* loadL2(engine, l2Offset)
           for (let i = 0; i < run; i++) {
             const index = (cluster + i) % g.l2Entries
-            if (g.extendedL2) {
-              writeL2Entry(again, index, { _tag: "Subclusters", hostOffset: host + i * cs, copied: true, allocatedMask: 0xffffffff, zeroMask: 0 }, g)
+            const hostOffset = host + i * cs
+            if (!g.extendedL2) {
+              writeL2Entry(again, index, { _tag: "Normal", hostOffset, copied: true }, g)
+            } else if (content === "zeros") {
+              writeL2Entry(again, index, { _tag: "Subclusters", hostOffset, copied: true, allocatedMask: 0xffffffff, zeroMask: 0 }, g)
             } else {
-              writeL2Entry(again, index, { _tag: "Normal", hostOffset: host + i * cs, copied: true }, g)
+              // No subcluster is allocated without a host cluster; zero bits stay.
+              const old = readL2Entry(again, index, g)
+              const zeroMask = old._tag === "Subclusters" ? old.zeroMask : 0
+              writeL2Entry(again, index, { _tag: "Subclusters", hostOffset, copied: true, allocatedMask: 0, zeroMask }, g)
             }
           }
           engine.l2Cache.markDirty(l2Offset)
-          hostEnd = Math.max(hostEnd, host + run * cs)
+          hostEnd = Math.max(hostEnd, fileEnd)
           cluster += run
         }
         position = tableEnd
@@ -85,4 +111,18 @@ export function preallocateClusters(engine: Qcow2Engine, offset: number, length:
       return hostEnd
     })
   )
+}
+
+/** An entry with no host cluster behind it (what preallocation fills in). */
+const withoutHost = (entry: L2Entry): boolean =>
+  entry._tag === "Unallocated" || (entry._tag === "Subclusters" && entry.hostOffset === 0 && !entry.copied)
+
+/** Writes zeros over the part of host bytes [offset, offset + length) that lies inside the file already (freed clusters reused). */
+function zeroReused(storage: BlockStorageShape, offset: number, length: number): Effect.Effect<void, StorageError> {
+  return Effect.gen(function* () {
+    const end = Math.min(offset + length, yield* storage.size())
+    if (end <= offset) return
+    const zeros = new Uint8Array(Math.min(1 << 20, end - offset))
+    for (let p = offset; p < end; p += zeros.length) yield* storage.write(p, zeros.subarray(0, Math.min(zeros.length, end - p)))
+  })
 }

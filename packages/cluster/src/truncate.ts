@@ -6,8 +6,9 @@ import type { EngineFailure } from "./errors.js"
 import { dropClusters } from "./discard.js"
 import { l2Coverage, lookup } from "./mapping.js"
 import { growFile, preallocateClusters } from "./preallocate.js"
+import { readGuest } from "./read.js"
 import { writeBytes } from "./write.js"
-import { writeZeroes } from "./zero.js"
+import { writeZeroes, zeroToEnd } from "./zero.js"
 
 /** How `qemu-img resize --preallocation` fills a grown area. */
 export type Preallocation = "off" | "metadata" | "falloc" | "full"
@@ -43,40 +44,67 @@ export function truncateImage(engine: Qcow2Engine, size: number, preallocation: 
     yield* engine.lock.withPermits(1)(engine.header.update({ size }))
     const rawData = (h.autoclearFeatures & AutoclearFeature.RawExternalData) !== 0n && (h.incompatibleFeatures & IncompatibleFeature.ExternalDataFile) !== 0n
     const mode = rawData && preallocation === "off" ? "metadata" : preallocation
-    if (mode !== "off" && size > oldSize) yield* preallocate(engine, oldSize, size, mode)
-    if (backingShows) yield* zeroNewArea(engine, oldSize, size)
+    // falloc/full over a backing file that would show: the grown file's zeros
+    // are the new content, as allocated data (QEMU lets the file driver zero
+    // the area and skips the zero flags); with an external data file QEMU
+    // preallocates metadata only and zeroes as for metadata.
+    const zeroFilled = backingShows && !engine.externalData && (mode === "falloc" || mode === "full")
+    if (mode !== "off" && size > oldSize) yield* preallocate(engine, oldSize, size, mode, zeroFilled)
+    if (backingShows && !zeroFilled) yield* zeroNewArea(engine, oldSize, size)
   })
 }
 
 /**
  * Gives [from, to) host clusters and grows the file over them (zero-filled
- * for falloc and full, so that the file is not sparse). A cluster the old
- * end cuts in two is written first, as QEMU's allocation with a COW head
- * does: when unallocated it gets a cluster holding what the old part read
- * (backing data included); for falloc and full its new part is written
- * out even when allocated, so later writes there do not grow the file.
+ * for falloc and full, so that the file is not sparse); `zeroFilled`: see
+ * truncateImage. The cluster the old end cuts in two:
+ * - without extended L2 it is written first, as QEMU's allocation with a
+ *   COW head does: when unallocated it gets a cluster holding what the old
+ *   part read (backing data included); for falloc and full its new part is
+ *   written out even when allocated, so later writes there do not grow the
+ *   file;
+ * - with extended L2 it gets a host cluster like the others, its bitmap
+ *   kept (QEMU's preallocation leaves bitmaps alone), except when
+ *   `zeroFilled`: then it is rewritten whole from its start, old part plus
+ *   zeros, all of its subclusters allocated (when the new end is inside it,
+ *   up to there only: the subclusters past the end keep their bits).
+ * Other clusters: see preallocateClusters.
  */
-function preallocate(engine: Qcow2Engine, from: number, to: number, mode: Exclude<Preallocation, "off">): Effect.Effect<void, EngineFailure> {
+function preallocate(engine: Qcow2Engine, from: number, to: number, mode: Exclude<Preallocation, "off">, zeroFilled: boolean): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
-    const headEnd = Math.min(to, Math.ceil(from / engine.geometry.clusterSize) * engine.geometry.clusterSize)
-    if (headEnd > from && !engine.externalData) {
-      const head = yield* lookup(engine, from, headEnd - from)
-      if (mode !== "metadata" || head.kind === "unallocated") yield* writeBytes(engine, from, new Uint8Array(headEnd - from))
+    const cs = engine.geometry.clusterSize
+    const headStart = Math.floor(from / cs) * cs
+    const headEnd = Math.min(to, headStart + cs)
+    if (from > headStart && !engine.externalData) {
+      if (!engine.geometry.extendedL2) {
+        const head = yield* lookup(engine, from, headEnd - from)
+        if (mode !== "metadata" || head.kind === "unallocated") yield* writeBytes(engine, from, new Uint8Array(headEnd - from))
+      } else if (zeroFilled) {
+        const cluster = new Uint8Array(headEnd - headStart)
+        yield* readGuest(engine, headStart, cluster.subarray(0, from - headStart))
+        yield* writeBytes(engine, headStart, cluster)
+      }
     }
     const fill = mode === "metadata" ? "sparse" : "zeros"
-    const hostEnd = yield* preallocateClusters(engine, from, to - from, fill)
-    const cs = engine.geometry.clusterSize
+    const hostEnd = yield* preallocateClusters(engine, from, to - from, fill, zeroFilled ? "zeros" : "kept")
     yield* growFile(engine.data, engine.externalData ? Math.ceil(to / cs) * cs : hostEnd, fill)
     yield* engine.flushMetadata()
   })
 }
 
-/** Zero flags from the first whole unit on, zero bytes before it (QEMU zeroizes from the aligned start and writes the head). */
+/**
+ * The grown area reads as zeros, not as the backing file (QEMU's
+ * BDRV_REQ_ZERO_WRITE in qcow2_co_truncate): zero bits or flags from the
+ * first subcluster boundary to the new end in one zeroize, which, running
+ * to the end of the image, zeroes the last cluster whole; zero bytes
+ * written before that boundary. Where the L2 tables cannot say it (a
+ * compressed cluster cut in two), zero bytes throughout.
+ */
 function zeroNewArea(engine: Qcow2Engine, from: number, to: number): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
     const unit = engine.geometry.subclusterSize
     const alignedStart = Math.ceil(from / unit) * unit
-    if (to > alignedStart) yield* writeZeroes(engine, alignedStart, to - alignedStart, false)
+    if (to > alignedStart && !(yield* zeroToEnd(engine, alignedStart))) yield* writeZeroes(engine, alignedStart, to - alignedStart, false)
     const headEnd = Math.min(alignedStart, to)
     if (headEnd > from) yield* writeBytes(engine, from, new Uint8Array(headEnd - from))
   })

@@ -5,10 +5,12 @@ import type { L2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
-import { prepareL2ForWrite, releaseReplaced, replacedHostRange } from "./l2.js"
+import { isOwned, prepareL2ForWrite, releaseReplaced, replacedHostRange } from "./l2.js"
 import type { HostRange } from "./l2.js"
+import { writeDamageMessage } from "./l2-damage.js"
 import { l2Coverage, l2TableOffset, loadL2 } from "./mapping.js"
 import { readGuest } from "./read.js"
+import { copiedSubclusters, damagedInRun, subclusterRange } from "./subcluster-write.js"
 
 const ALL_SUBCLUSTERS = 0xffffffff
 
@@ -37,9 +39,6 @@ type WritePlan =
       /** Set once linking starts: from then on the clusters are not abandoned on failure. */
       readonly progress: { linked: boolean }
     }
-
-const isOwned = (engine: Qcow2Engine, entry: L2Entry): boolean =>
-  (entry._tag === "Normal" || entry._tag === "Subclusters") && entry.copied && (entry.hostOffset !== 0 || engine.externalData)
 
 /** An owned cluster, or a preallocated zero cluster of this image alone: written where it is (QEMU keeps both). */
 const isKept = (engine: Qcow2Engine, entry: L2Entry): entry is Extract<L2Entry, { hostOffset: number }> =>
@@ -153,9 +152,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     const firstIndex = firstCluster % g.l2Entries
     const inCluster = offset - firstCluster * cs
     const entry = readL2Entry(table, firstIndex, g)
-    if (entry._tag === "Invalid") {
-      return yield* engine.integrity.markCorrupt(`L2 entry for guest offset ${firstCluster * cs}: ${entry.reason}`, offset)
-    }
+    if (entry._tag === "Invalid") return yield* engine.integrity.markCorrupt(writeDamageMessage(entry, { l2Offset, index: firstIndex }, offset), offset)
 
     if (!g.extendedL2) {
       if (isKept(engine, entry)) {
@@ -211,46 +208,36 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     const scs = g.subclusterSize
     const firstSub = Math.floor(inCluster / scs)
     const lastSub = Math.floor((inCluster + bytes - 1) / scs)
-    const touched = lastSub - firstSub === 31 ? ALL_SUBCLUSTERS : (((1 << (lastSub - firstSub + 1)) - 1) << firstSub) >>> 0
+    const touched = subclusterRange(firstSub, lastSub)
     const clusterStart = firstCluster * cs
     // A cluster of this image's own (in place where every touched subcluster
     // is allocated), or one with no host cluster yet: subcluster granularity.
     const ownedHost = entry._tag === "Subclusters" && isOwned(engine, entry) ? entry.hostOffset : undefined
+    const damaged = damagedInRun(engine, table, firstIndex, lastCluster - firstCluster + 1, ownedHost)
+    if (damaged !== undefined) return yield* engine.integrity.markCorrupt(writeDamageMessage(damaged.entry, { l2Offset, index: damaged.index }, offset), offset)
     // Clusters needing a new host cluster in a row are allocated together
     // (QEMU's handle_alloc), though written one per step here.
     let together = 1
     if (ownedHost === undefined) {
       while (firstCluster + together <= lastCluster && !isOwned(engine, readL2Entry(table, firstIndex + together, g))) together++
     }
-    if (entry._tag === "Subclusters" && (ownedHost !== undefined || (entry.hostOffset === 0 && !entry.copied))) {
-      if (ownedHost !== undefined && ((entry.allocatedMask & touched) >>> 0) === touched) return yield* inPlace(engine, ownedHost + inCluster, bytes)
-      return yield* allocate(engine, {
-        offset,
-        length: bytes,
-        firstCluster,
-        clusters: 1,
-        cowStart: clusterStart + firstSub * scs,
-        cowEnd: clusterStart + (lastSub + 1) * scs,
-        existingHost: ownedHost,
-        after,
-        together,
-        allocatedMask: (entry.allocatedMask | touched) >>> 0,
-        zeroMask: (entry.zeroMask & ~touched) >>> 0
-      })
+    if (ownedHost !== undefined && ((entry as { allocatedMask: number }).allocatedMask & touched) >>> 0 === touched) {
+      return yield* inPlace(engine, ownedHost + inCluster, bytes)
     }
-    // Shared or compressed: a whole new cluster holding the old content.
+    const copied = copiedSubclusters(engine, entry, firstSub, lastSub)
+    const range = subclusterRange(copied.first, copied.last)
     return yield* allocate(engine, {
       offset,
       length: bytes,
       firstCluster,
       clusters: 1,
-      cowStart: clusterStart,
-      cowEnd: clusterStart + cs,
-      existingHost: undefined,
+      cowStart: clusterStart + copied.first * scs,
+      cowEnd: clusterStart + (copied.last + 1) * scs,
+      existingHost: ownedHost,
       after,
       together,
-      allocatedMask: ALL_SUBCLUSTERS,
-      zeroMask: 0
+      allocatedMask: (copied.allocatedMask | range) >>> 0,
+      zeroMask: (copied.zeroMask & ~range) >>> 0
     })
   })
 }

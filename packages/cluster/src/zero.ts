@@ -88,6 +88,19 @@ function zeroPiece(engine: Qcow2Engine, offset: number, length: number, unmap: b
 }
 
 /**
+ * Makes [offset, end of the image) read as zeros in the L2 tables, from a
+ * subcluster-aligned `offset`: one zeroize up to the image end, so the last
+ * cluster is zeroed whole (QEMU's truncate over a backing file calls
+ * qcow2_subcluster_zeroize once, not through the block layer's split into
+ * pieces). False when it cannot be done (see zeroize).
+ */
+export function zeroToEnd(engine: Qcow2Engine, offset: number): Effect.Effect<boolean, EngineFailure> {
+  const cs = engine.geometry.clusterSize
+  const size = engine.header.size
+  return engine.inflight.whenSettled(engine.lock, Math.floor(offset / cs), Math.floor((size - 1) / cs), zeroize(engine, offset, size - offset, false))
+}
+
+/**
  * Makes subcluster-aligned [offset, offset + length) read as zeros in the
  * L2 tables (QEMU's qcow2_subcluster_zeroize), with the lock held: the
  * partial cluster at the start and at the end by their subcluster bits,

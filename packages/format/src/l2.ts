@@ -11,11 +11,13 @@ import type { Geometry } from "./geometry.js"
  * - Normal: standard data cluster (hostOffset 0 with COPIED is cluster 0 of an external data file;
  *   without one, QEMU reads such an entry as unallocated: see readL2Entry's `dataFile`).
  * - Compressed: byte offset and size (nb_sectors*512 - (offset & 511), as QEMU computes).
+ *   A COPIED flag or a non-zero subcluster bitmap on a compressed entry is damage that
+ *   QEMU's I/O ignores (qcow2_get_cluster_type looks at bit 62 first) and only `check`
+ *   reports: such an entry decodes as Compressed, and a checker reads the raw words.
  * - Subclusters: every non-compressed extended entry; bit i of allocatedMask means
  *   subcluster i reads from hostOffset + i*subclusterSize, bit i of zeroMask reads zeros.
- * - Invalid: an entry no valid image contains (reserved bits, unaligned or too large
- *   offset, COPIED or a bitmap on a compressed entry, allocated and zero bits overlapping,
- *   allocated subclusters without a host cluster). `raw` is the first 64-bit word.
+ * - Invalid: an entry no valid image contains; `damage` says which kind (L2EntryDamage),
+ *   `reason` in words, `raw` is the first 64-bit word.
  */
 export type L2Entry =
   | { readonly _tag: "Unallocated" }
@@ -29,7 +31,20 @@ export type L2Entry =
       readonly allocatedMask: number
       readonly zeroMask: number
     }
-  | { readonly _tag: "Invalid"; readonly reason: string; readonly raw: bigint }
+  | { readonly _tag: "Invalid"; readonly damage: L2EntryDamage; readonly reason: string; readonly raw: bigint }
+
+/**
+ * What makes an L2 entry Invalid, grouped by how QEMU 7.2 treats it:
+ * - SubclusterBitmap: allocated and zero bits overlap, or subclusters are allocated
+ *   without a host cluster (qcow2_get_subcluster_type's QCOW2_SUBCLUSTER_INVALID,
+ *   reported as "Invalid cluster entry found").
+ * - Unaligned: the host offset is not cluster aligned ("Cluster allocation offset …
+ *   unaligned").
+ * - ReservedBits: bits 56-61 or 1-8 set (QEMU's I/O ignores them; refused here).
+ * - OffsetTooLarge: an offset at or above 2^53, or a compressed offset past bit 55.
+ * When several apply, the first in this order is given, QEMU's order of checks.
+ */
+export type L2EntryDamage = "SubclusterBitmap" | "Unaligned" | "ReservedBits" | "OffsetTooLarge"
 
 const UNALLOCATED: L2Entry = Object.freeze({ _tag: "Unallocated" as const })
 
@@ -41,8 +56,9 @@ const RESERVED_HIGH = 0x3f000000
 const RESERVED_LOW = 0x1fe
 const OFFSET_HIGH = 0x00ffffff
 
-const invalid = (reason: string, hi: number, lo: number): L2Entry => ({
+const invalid = (damage: L2EntryDamage, reason: string, hi: number, lo: number): L2Entry => ({
   _tag: "Invalid",
+  damage,
   reason,
   raw: (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0)
 })
@@ -75,34 +91,33 @@ export function readL2Entry(table: Uint8Array, index: number, geometry: Geometry
   const lo = u32(table, o + 4)
   const extended = geometry.extendedL2
   if ((hi & COMPRESSED) !== 0) {
-    if ((hi & COPIED) !== 0) return invalid("COPIED flag set on a compressed cluster", hi, lo)
-    if (extended && (u32(table, o + 8) !== 0 || u32(table, o + 12) !== 0)) {
-      return invalid("non-zero subcluster bitmap on a compressed cluster", hi, lo)
-    }
     const shift = 62 - (geometry.clusterBits - 8)
     const offHi = hi & ((1 << (shift - 32)) - 1)
-    if (offHi >= 1 << 24) return invalid("compressed cluster offset has bits beyond 55 set", hi, lo)
-    if (offHi > MAX_SAFE_HIGH) return invalid("compressed cluster offset does not fit in 53 bits", hi, lo)
+    if (offHi >= 1 << 24) return invalid("OffsetTooLarge", "compressed cluster offset has bits beyond 55 set", hi, lo)
+    if (offHi > MAX_SAFE_HIGH) return invalid("OffsetTooLarge", "compressed cluster offset does not fit in 53 bits", hi, lo)
     return { _tag: "Compressed", ...decodeCompressedDescriptor(hi, lo, geometry.clusterBits) }
   }
   if (hi === 0 && lo === 0 && !extended) return UNALLOCATED
-  if ((hi & RESERVED_HIGH) !== 0 || (lo & RESERVED_LOW) !== 0) return invalid("reserved bits set", hi, lo)
   const offHi = hi & OFFSET_HIGH
-  if (offHi > MAX_SAFE_HIGH) return invalid("host offset does not fit in 53 bits", hi, lo)
   const offLo = (lo & 0xfffffe00) >>> 0
-  if ((offLo & (geometry.clusterSize - 1)) !== 0) return invalid("host offset is not cluster aligned", hi, lo)
-  const hostOffset = offHi * TWO_32 + offLo
+  const hasOffset = offHi !== 0 || offLo !== 0
   // Offset 0 with COPIED is a host cluster only in an external data file (see above).
-  const copied = (hi & COPIED) !== 0 && (hostOffset !== 0 || dataFile !== false)
+  const copied = (hi & COPIED) !== 0 && (hasOffset || dataFile !== false)
+  let zeroMask = 0
+  let allocatedMask = 0
   if (extended) {
-    const zeroMask = u32(table, o + 8)
-    const allocatedMask = u32(table, o + 12)
-    if ((zeroMask & allocatedMask) !== 0) return invalid("subcluster both allocated and zero", hi, lo)
-    if (allocatedMask !== 0 && hostOffset === 0 && !copied) {
-      return invalid("allocated subclusters without a host cluster", hi, lo)
+    zeroMask = u32(table, o + 8)
+    allocatedMask = u32(table, o + 12)
+    if ((zeroMask & allocatedMask) !== 0) return invalid("SubclusterBitmap", "subcluster both allocated and zero", hi, lo)
+    if (allocatedMask !== 0 && !hasOffset && !copied) {
+      return invalid("SubclusterBitmap", "allocated subclusters without a host cluster", hi, lo)
     }
-    return { _tag: "Subclusters", hostOffset, copied, allocatedMask, zeroMask }
   }
+  if ((offLo & (geometry.clusterSize - 1)) !== 0) return invalid("Unaligned", "host offset is not cluster aligned", hi, lo)
+  if (offHi > MAX_SAFE_HIGH) return invalid("OffsetTooLarge", "host offset does not fit in 53 bits", hi, lo)
+  if ((hi & RESERVED_HIGH) !== 0 || (lo & RESERVED_LOW) !== 0) return invalid("ReservedBits", "reserved bits set", hi, lo)
+  const hostOffset = offHi * TWO_32 + offLo
+  if (extended) return { _tag: "Subclusters", hostOffset, copied, allocatedMask, zeroMask }
   if ((lo & 1) !== 0) return { _tag: "Zero", hostOffset, copied }
   if (hostOffset === 0 && !copied) return UNALLOCATED
   return { _tag: "Normal", hostOffset, copied }

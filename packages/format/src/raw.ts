@@ -118,6 +118,9 @@ export function rawRefcount(block: Uint8Array, index: number, refcountOrder: num
 /** The word hi:lo in lower-case hex without prefix (C's PRIx64). */
 export const hex64 = (hi: number, lo: number): string => ((BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0)).toString(16)
 
+/** A value as C's `%#x` prints it (QEMU's messages): "0" for zero, else "0x" and lower-case hex. */
+export const hexAlt = (value: number | bigint): string => (value === 0 || value === 0n ? "0" : "0x" + value.toString(16))
+
 /**
  * The fixed 40 bytes of a snapshot table entry (qcow2.txt "Snapshots") as
  * stored, with no check: the L1 offset may be unaligned or beyond 2^53.

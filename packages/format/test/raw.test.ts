@@ -4,6 +4,7 @@ import {
   EntryBits,
   FormatError,
   hex64,
+  hexAlt,
   makeGeometry,
   rawCompressedDescriptor,
   rawHostOffset,
@@ -84,6 +85,14 @@ describe("lenient raw accessors", () => {
     expect(rawOffsetUnaligned(0x10200, 65536)).toBe(true)
     expect(rawOffsetUnaligned(0x10000, 65536)).toBe(false)
     expect(rawOffsetUnaligned(0x10001, 65536)).toBe(false)
+  })
+
+  it("print values as C's %#x does in QEMU's messages", () => {
+    expect(hexAlt(0)).toBe("0")
+    expect(hexAlt(0n)).toBe("0")
+    expect(hexAlt(1)).toBe("0x1")
+    expect(hexAlt(0x40000)).toBe("0x40000")
+    expect(hexAlt(0x8000000000050200n)).toBe("0x8000000000050200")
   })
 
   it("decode compressed descriptors like decodeCompressedDescriptor, and beyond its range", () => {

@@ -63,7 +63,8 @@ describe("structural problems found while writing mark the image corrupt", () =>
       })
     )
     expect(error).toMatchObject({ reason: "Corrupt" })
-    expect(error.message).toMatch(/not cluster aligned/)
+    // QEMU's wording (qcow2_get_host_offset): "L2 table offset 0x40200 unaligned (L1 index: 0)"
+    expect(error.message).toMatch(/^L2 table offset 0x40200 unaligned \(L1 index: 0\)/)
     expect(info(file)["format-specific"].data.corrupt).toBe(true)
   })
 

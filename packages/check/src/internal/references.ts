@@ -71,7 +71,8 @@ function countCompressed(p: Pass, index: number, hi: number, lo: number, fragInf
 }
 
 /**
- * Counts and checks an entry the format codec calls Invalid, from its raw
+ * Counts and checks an entry the format codec calls Invalid (or a compressed
+ * one with COPIED or a subcluster bitmap, which it decodes), from its raw
  * words, as QEMU's check_refcounts_l2 treats every entry. Returns true when
  * the entry is an unaligned preallocated zero cluster that `fix.errors`
  * asks to repair (its corruption already counted).
@@ -157,7 +158,12 @@ function scanL2(p: Pass, table: Uint8Array, scan: L2Scan, fragInfo: boolean, fix
         continue
       case "Compressed": {
         const raw = l2Raw(img, table, i)
-        countCompressed(p, i, raw.hi, raw.lo, fragInfo)
+        // COPIED or a subcluster bitmap: damage the codec lets through, as QEMU's I/O does; check reports it.
+        if ((raw.hi & EntryBits.Copied) !== 0 || raw.zeroMask !== 0 || raw.allocatedMask !== 0) {
+          if (invalidEntry(p, table, i, scan, fragInfo, fix)) return i
+        } else {
+          countCompressed(p, i, raw.hi, raw.lo, fragInfo)
+        }
         continue
       }
       case "Invalid":

@@ -1,0 +1,63 @@
+import { hexAlt } from "@qcow2/format"
+import type { L2Entry } from "@qcow2/format"
+
+/** An L2 entry the codec calls Invalid. */
+export type InvalidL2Entry = Extract<L2Entry, { _tag: "Invalid" }>
+
+/** Where a damaged L2 entry sits: its table's host offset and its index in the table. */
+export interface L2Slot {
+  readonly l2Offset: number
+  readonly index: number
+}
+
+const OFFSET_MASK = 0x00fffffffffffe00n
+const COPIED = 1n << 63n
+const ZERO_FLAG = 1n
+
+/** "(L2 offset: …, L2 index: …)", as QEMU places a damaged entry. */
+export const slotText = (slot: L2Slot): string => `(L2 offset: ${hexAlt(slot.l2Offset)}, L2 index: ${hexAlt(slot.index)})`
+
+/** Damage QEMU's I/O does not know (it ignores reserved bits; offsets past 2^53 are a limit here), worded the same way. */
+const ownWording = (entry: InvalidL2Entry, slot: L2Slot): string => `L2 entry ${hexAlt(entry.raw)} invalid: ${entry.reason} ${slotText(slot)}`
+
+/**
+ * The corruption message for a damaged entry met while mapping guest bytes
+ * (reads, and copy-on-write reads), as QEMU 7.2's qcow2_get_host_offset
+ * words it: "Invalid cluster entry found  (L2 offset: …, L2 index: …)"
+ * (two spaces, as QEMU prints them) for subcluster bits no image may hold,
+ * "Cluster allocation offset … unaligned (L2 offset: …, L2 index: …)" for
+ * an unaligned host offset.
+ */
+export function readDamageMessage(entry: InvalidL2Entry, slot: L2Slot): string {
+  switch (entry.damage) {
+    case "SubclusterBitmap":
+      return `Invalid cluster entry found  ${slotText(slot)}`
+    case "Unaligned":
+      return `Cluster allocation offset ${hexAlt(entry.raw & OFFSET_MASK)} unaligned ${slotText(slot)}`
+    case "ReservedBits":
+    case "OffsetTooLarge":
+      return ownWording(entry, slot)
+  }
+}
+
+/**
+ * The corruption message for a damaged entry met by a write at guest
+ * `guestOffset`, as QEMU 7.2's write path words it: calculate_l2_meta's
+ * "Invalid cluster entry found (L2 offset: …, L2 index: …)" (one space),
+ * handle_copied's "Data cluster offset … unaligned (guest offset: …)"
+ * ("Preallocated zero cluster …" when bit 0 is set) for an unaligned entry
+ * the image owns (COPIED); an unaligned entry it does not own fails in the
+ * copy-on-write read, with the read path's message.
+ */
+export function writeDamageMessage(entry: InvalidL2Entry, slot: L2Slot, guestOffset: number): string {
+  switch (entry.damage) {
+    case "SubclusterBitmap":
+      return `Invalid cluster entry found ${slotText(slot)}`
+    case "Unaligned":
+      if ((entry.raw & COPIED) === 0n) return readDamageMessage(entry, slot)
+      return `${(entry.raw & ZERO_FLAG) !== 0n ? "Preallocated zero" : "Data"} cluster offset ${hexAlt(entry.raw & OFFSET_MASK)} unaligned (guest offset: ${hexAlt(guestOffset)})`
+    case "ReservedBits":
+    case "OffsetTooLarge":
+      return ownWording(entry, slot)
+  }
+}
