@@ -59,15 +59,13 @@ export const CHUNK = 2 * 1024 * 1024
 /** File requests Node's libuv thread pool runs at once (its default size). */
 const FILE_REQUESTS_AT_ONCE = Math.max(1, Number(process.env.UV_THREADPOOL_SIZE) || 4)
 
-/** `buf` as a Buffer over the same memory (no copy), for Buffer's compare with offsets. */
-const asBuffer = (buf: Uint8Array): Buffer => (Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength))
-
 /**
  * Whether `buf[start, end)` is all zeros. Past its first 16 bytes the range
  * is compared with itself shifted by 16 bytes (equal everywhere and zero at
  * the start means zero throughout): one memcmp over memory that is already
- * in cache, ~4x faster than comparing with a separate zero buffer, and with
- * offsets rather than views, so nothing is allocated.
+ * in cache, ~4x faster than comparing with a separate zero buffer. (Buffer's
+ * compare with offsets, which allocates no views, measured ~3x slower per
+ * byte on large ranges.)
  */
 export const isZeroRange = (buf: Uint8Array, start: number, end: number): boolean => {
   if (end <= start) return true
@@ -75,7 +73,7 @@ export const isZeroRange = (buf: Uint8Array, start: number, end: number): boolea
   if (buf[start] !== 0 || buf[end - 1] !== 0) return false
   const head = Math.min(end, start + 16)
   for (let i = start + 1; i < head; i++) if (buf[i] !== 0) return false
-  return head === end || asBuffer(buf).compare(buf, start, end - 16, start + 16, end) === 0
+  return head === end || Buffer.compare(buf.subarray(start + 16, end), buf.subarray(start, end - 16)) === 0
 }
 
 /**
@@ -83,8 +81,8 @@ export const isZeroRange = (buf: Uint8Array, start: number, end: number): boolea
  * covers whole `granularity`-sized aligned blocks (qemu-img -S). With
  * granularity 0 everything is one run.
  *
- * Convert runs without V8's optimizing compiler (see entry.ts), where each
- * call costs about a microsecond: a data block is told by its first and
+ * Convert runs without V8's optimizing compiler (see entry.ts), where
+ * comparing one block costs ~4 µs whatever its size: a data block is told by its first and
  * last bytes without a call, and once a block is zero the zeros that follow
  * are taken in steps of whole blocks that double each time (a 2 MiB zero
  * buffer in ~10 comparisons instead of 512).
