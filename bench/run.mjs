@@ -650,6 +650,17 @@ if (process.env.QCOW2_BENCH_CLI === undefined) {
 } else {
   console.log(`CLI under test: ${BUNDLE}`)
 }
+// A build copied out of the repository cannot resolve koffi (the bundle's one
+// external): it then runs without SEEK_DATA/SEEK_HOLE (a raw file's holes are
+// read and scanned as data), page-cache reads and writes on the loop's thread,
+// hole punching and locks, and measures something else than an installed CLI.
+for (const bundle of [BUNDLE, BASE].filter((b) => b !== undefined)) {
+  try {
+    createRequire(bundle).resolve("koffi")
+  } catch {
+    console.log(`warning: ${bundle} cannot load koffi (not under a node_modules with it): its figures are not an installed CLI's`)
+  }
+}
 console.log(`work dir: ${WORK}; load average ${os.loadavg().map((l) => l.toFixed(2)).join(" ")}; ${os.cpus().length} CPUs\n`)
 for (const c of CASES) {
   if (wanted.length > 0 && !wanted.includes(c.name)) continue

@@ -222,6 +222,33 @@ describe("convert helpers", () => {
     expect(dataRuns(Buffer.alloc(10000), 10000, 4096)).toEqual([])
     expect(dataRuns(buf, 5001, 4096)).toEqual([[4096, 5001]])
   })
+  it("finds the same data runs as a block-by-block check, whatever the zero blocks and their lengths", () => {
+    const granularity = 512
+    fc.assert(
+      fc.property(
+        fc.array(fc.option(fc.integer({ min: 0, max: granularity - 1 }), { freq: 2 }), { minLength: 0, maxLength: 48 }),
+        fc.integer({ min: 0, max: granularity - 1 }),
+        (blocks, cut) => {
+          // Each block is zero (null) or holds one non-zero byte at the given place; the last block may be cut short.
+          const length = Math.max(0, blocks.length * granularity - cut)
+          const buf = Buffer.alloc(blocks.length * granularity)
+          blocks.forEach((at, i) => {
+            if (at !== null) buf[i * granularity + at] = 0x5a
+          })
+          const expected: Array<[number, number]> = []
+          for (let pos = 0; pos < length; pos += granularity) {
+            const zero = buf.subarray(pos, Math.min(length, pos + granularity)).every((x) => x === 0)
+            const last = expected[expected.length - 1]
+            if (zero) continue
+            if (last !== undefined && last[1] === pos) last[1] = Math.min(length, pos + granularity)
+            else expected.push([pos, Math.min(length, pos + granularity)])
+          }
+          expect(dataRuns(buf, length, granularity)).toEqual(expected)
+        }
+      ),
+      { numRuns: 1000 }
+    )
+  })
   it("tells zero ranges like a byte-by-byte check, wherever the non-zero byte is", () => {
     fc.assert(
       fc.property(fc.integer({ min: 0, max: 300 }), fc.integer({ min: 0, max: 300 }), fc.option(fc.integer({ min: 0, max: 299 })), fc.integer({ min: 1, max: 255 }), (a, b, at, value) => {

@@ -64,7 +64,8 @@ const FILE_REQUESTS_AT_ONCE = Math.max(1, Number(process.env.UV_THREADPOOL_SIZE)
  * Whether `buf[start, end)` is all zeros. Past its first 16 bytes the range
  * is compared with itself shifted by 16 bytes (equal everywhere and zero at
  * the start means zero throughout): one memcmp over memory that is already
- * in cache, ~4x faster than comparing with a separate zero buffer.
+ * in cache, ~4x faster than comparing with a separate zero buffer (and ~3x
+ * faster per byte on large ranges than Buffer's compare with offsets).
  */
 export const isZeroRange = (buf: Uint8Array, start: number, end: number): boolean => {
   if (end <= start) return true
@@ -79,19 +80,34 @@ export const isZeroRange = (buf: Uint8Array, start: number, end: number): boolea
  * Non-zero runs of `buf[0, length)`, where a zero run counts only if it
  * covers whole `granularity`-sized aligned blocks (qemu-img -S). With
  * granularity 0 everything is one run.
+ *
+ * Convert runs without V8's optimizing compiler (see entry.ts), where one
+ * comparison costs a few µs whatever its length: a data block is told by its
+ * first and last bytes without one, and once a block is zero the zeros that
+ * follow are taken in steps of whole blocks that double each time (a 2 MiB
+ * zero buffer in ~10 comparisons instead of 512).
  */
 export const dataRuns = (buf: Uint8Array, length: number, granularity: number): Array<readonly [number, number]> => {
   if (granularity === 0) return length > 0 ? [[0, length]] : []
   const runs: Array<[number, number]> = []
   let runStart = -1
-  for (let pos = 0; pos < length; pos += granularity) {
-    if (isZeroRange(buf, pos, Math.min(length, pos + granularity))) {
-      if (runStart >= 0) {
-        runs.push([runStart, pos])
-        runStart = -1
-      }
-    } else if (runStart < 0) {
-      runStart = pos
+  let pos = 0
+  while (pos < length) {
+    const end = Math.min(length, pos + granularity)
+    if (buf[pos] !== 0 || buf[end - 1] !== 0 || !isZeroRange(buf, pos, end)) {
+      if (runStart < 0) runStart = pos
+      pos = end
+      continue
+    }
+    if (runStart >= 0) {
+      runs.push([runStart, pos])
+      runStart = -1
+    }
+    pos = end
+    for (let step = 2 * granularity; pos < length; step *= 2) {
+      const stepEnd = Math.min(length, pos + step)
+      if (!isZeroRange(buf, pos, stepEnd)) break
+      pos = stepEnd
     }
   }
   if (runStart >= 0) runs.push([runStart, length])
