@@ -1,6 +1,7 @@
 /**
  * Remaining qemu-img / qemu-io compatibility gaps, each held to QEMU 7.2:
- * a convert target whose final write-back or flush fails (blkdebug).
+ * a convert target whose final write-back or flush fails (blkdebug), and
+ * -f given with --image-opts.
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -256,5 +257,33 @@ describe("overlap-check.inactive-l2 (iotest 060)", () => {
       expect(runs[0]).toEqual(runs[1])
       expect(runs[0]!.corrupt).toBe(false)
     }
+  })
+})
+
+describe("-f with --image-opts", () => {
+  it("is refused by every subcommand that opens an image, with qemu-img's message and exit code", () => {
+    const name = "driver=qcow2,file.filename=src.qcow2"
+    const cases: ReadonlyArray<ReadonlyArray<string>> = [
+      ["info", "-f", "qcow2", "--image-opts", name],
+      ["map", "-f", "qcow2", "--image-opts", name],
+      ["check", "-f", "qcow2", "--image-opts", name],
+      ["compare", "-f", "qcow2", "--image-opts", name, name],
+      ["compare", "-F", "qcow2", "--image-opts", name, name],
+      ["convert", "-f", "qcow2", "--image-opts", name, "-O", "raw", "out.raw"],
+      ["resize", "-f", "qcow2", "--image-opts", name, "8M"],
+      ["amend", "-f", "qcow2", "--image-opts", "-o", "lazy_refcounts=on", name],
+      ["measure", "-f", "qcow2", "--image-opts", "-O", "qcow2", name],
+      ["bench", "-f", "qcow2", "--image-opts", "-c", "1", name],
+      ["commit", "-f", "qcow2", "--image-opts", name],
+      ["bitmap", "-f", "qcow2", "--image-opts", "--add", name, "b0"]
+    ]
+    for (const args of cases) {
+      const theirs = qemu(dir, "qemu-img", args, true)
+      const ours = qcow2(dir, args)
+      expect({ status: ours.status, stderr: stderrOf(ours) }, args.join(" ")).toEqual({ status: theirs.status, stderr: stderrOf(theirs) })
+      expect(theirs.status, args.join(" ")).not.toBe(0)
+    }
+    expect(fs.existsSync(path.join(dir, "out.raw"))).toBe(false)
+    expect(qemu(dir, "qemu-img", ["check", "src.qcow2"], true).status).toBe(0)
   })
 })

@@ -62,11 +62,18 @@ const snapshotSelector = (param: string | undefined): Effect.Effect<SnapshotSele
         }
       )
 
+/**
+ * The --object secrets, and --image-opts turned on for the command's
+ * names; -f with --image-opts is refused as qemu-img's img_open refuses it
+ * (the format belongs in the option string).
+ */
 const secretsOf = (c: {
   readonly object: ReadonlyArray<string>
   readonly imageOpts: boolean
   readonly passphraseFile: string | undefined
-}): Effect.Effect<Secrets, CliFailure> => {
+  readonly format?: string | undefined
+}, exitCode = 1): Effect.Effect<Secrets, CliFailure> => {
+  if (c.imageOpts && c.format !== undefined) return Effect.fail(fail("--image-opts and --format are mutually exclusive", exitCode))
   const r = parseSecrets(c.object, c.passphraseFile)
   if (!r.ok) return Effect.fail(fail(r.message))
   imageOptions.secrets = r.secrets.byId
@@ -159,7 +166,8 @@ export const commandBody = (p: Parsed): Effect.Effect<number, CliFailure, ImageE
     case "compare": {
       const c = p.values
       return Effect.gen(function* () {
-        const secrets = yield* secretsOf(c)
+        // compare fails with 2 once it comes to open an image (qemu-img's img_compare).
+        const secrets = yield* secretsOf({ ...c, format: c.format ?? c.format2 }, 2)
         const format1 = yield* imageFormat(c.format)
         const format2 = yield* imageFormat(c.format2)
         const { runCompare } = yield* Effect.promise(() => import("../commands/compare.js"))

@@ -63,6 +63,7 @@ export const benchOptions = (c: Values<typeof bench>): Effect.Effect<BenchOption
     if (flushInterval === undefined) return yield* Effect.fail(fail("Invalid flush interval specified"))
     if (!c.write && flushInterval > 0) return yield* Effect.fail(fail("--flush-interval is only available in write tests"))
     if (flushInterval > 0 && flushInterval < depth) return yield* Effect.fail(fail("Flush interval can't be smaller than depth"))
+    if (c.imageOpts && format !== undefined) return yield* Effect.fail(fail("--image-opts and --format are mutually exclusive"))
     if (c.imageOpts) imageOptions.enabled = true
     // aio=native needs O_DIRECT (cache none or directsync), which QEMU checks when it opens the file.
     if (aio === "native" && cache !== "none" && cache !== "off" && cache !== "directsync") {
