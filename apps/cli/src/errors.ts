@@ -39,6 +39,10 @@ export const errnoText = (errno: Errno): string => ERRNO_TEXT[errno]
 
 const isKnownErrno = (errno: string): errno is Errno => Object.hasOwn(ERRNO_TEXT, errno)
 
+/** A Node system error as strerror() words it, when its code is one the CLI knows; else Node's own message. */
+export const nodeErrorText = (error: NodeJS.ErrnoException): string =>
+  error.code !== undefined && isKnownErrno(error.code) ? errnoText(error.code) : error.message
+
 /**
  * The strerror() text qemu-io prints for a failed request: the error's own
  * errno when a lower layer knew it, else the errno of its reason.

@@ -8,11 +8,10 @@
  * `qemu-img map --output=json`, the file length, and `qemu-img compare`
  * identical.
  */
-import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { BUNDLE, buildBundle, makeTempDir } from "./helpers.js"
+import { BUNDLE, buildBundle, makeTempDir, sh } from "./helpers.js"
 
 let root = ""
 
@@ -24,11 +23,6 @@ beforeAll(() => {
 afterAll(() => {
   if (root !== "") fs.rmSync(root, { recursive: true, force: true })
 })
-
-const sh = (cwd: string, script: string) => {
-  const r = spawnSync("bash", ["-c", script], { cwd, encoding: "utf8", maxBuffer: 64 << 20 })
-  return { status: r.status ?? -1, out: `${r.stdout}${r.stderr}` }
-}
 
 /** What QEMU sees of the image `file` in `cwd`. */
 const state = (cwd: string, file: string): string => {

@@ -8,11 +8,10 @@
  * `qemu-img check` and `qemu-img map --output=json`, and `qemu-img compare`
  * identical.
  */
-import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { BUNDLE, buildBundle, makeTempDir } from "./helpers.js"
+import { BUNDLE, buildBundle, makeTempDir, sh } from "./helpers.js"
 
 let root = ""
 
@@ -24,11 +23,6 @@ beforeAll(() => {
 afterAll(() => {
   if (root !== "") fs.rmSync(root, { recursive: true, force: true })
 })
-
-const sh = (cwd: string, script: string) => {
-  const r = spawnSync("bash", ["-c", script], { cwd, encoding: "utf8", maxBuffer: 64 << 20 })
-  return { status: r.status ?? -1, out: `${r.stdout}${r.stderr}` }
-}
 
 /** The first `count` extended L2 entries of the table the first L1 entry names, in hex, one per line. */
 const l2Entries = (file: string, count: number): string => {

@@ -32,6 +32,12 @@ export const qcow2 = (cwd: string, args: ReadonlyArray<string>, timeoutMs = 120_
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr, ms: performance.now() - start }
 }
 
+/** Runs a bash script in `cwd`: its exit status and stdout then stderr, as one text. */
+export const sh = (cwd: string, script: string): { readonly status: number; readonly out: string } => {
+  const r = spawnSync("bash", ["-c", script], { cwd, encoding: "utf8", maxBuffer: 64 << 20 })
+  return { status: r.status ?? -1, out: `${r.stdout}${r.stderr}` }
+}
+
 /** Runs a qemu tool (qemu-img, qemu-io) in `cwd`; throws on failure unless `allowFail`. */
 export const qemu = (cwd: string, tool: string, args: ReadonlyArray<string>, allowFail = false): Run => {
   const start = performance.now()

@@ -9,7 +9,7 @@ import { createImage, type Image } from "@qcow2/image"
 import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
 import { parseNbdName } from "@qcow2/nbd/client"
 import { lockDescriptor, open, openNamed, unsafeCacheFiles, type ImageEnv } from "../env.js"
-import { errnoText, fail, strerror, type CliFailure, type Errno } from "../errors.js"
+import { fail, nodeErrorText, strerror, type CliFailure } from "../errors.js"
 import { reportLine } from "../report.js"
 import type { ConvertOptions } from "./convert.js"
 
@@ -52,12 +52,6 @@ export interface Sink {
 /** The message of a target flush that failed (qemu-img 7.2 has none: it ignores the failure). */
 const flushFailure = (text: string): CliFailure => fail(`error while flushing the target: ${text}`)
 
-/** Node's error code as strerror() words it, when it is one the CLI knows. */
-const nodeErrorText = (e: NodeJS.ErrnoException): string => {
-  const code = e.code
-  return code !== undefined && code in ERRNO_WORDS ? errnoText(code as Errno) : e.message
-}
-const ERRNO_WORDS = { EIO: 0, ENOSPC: 0, EDQUOT: 0, EINVAL: 0, EFBIG: 0, EPERM: 0, EACCES: 0, ENOTSUP: 0 }
 
 
 const writeAll = (fd: number, data: Uint8Array, position: number, target: string): Effect.Effect<void, CliFailure> =>
