@@ -7,6 +7,7 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
+import { spawnQemu } from "@qcow2/qemu-oracle"
 
 export const CLI_DIR = path.resolve(import.meta.dirname, "..")
 export const BUNDLE = path.join(CLI_DIR, "dist", "qcow2.mjs")
@@ -38,11 +39,13 @@ export const sh = (cwd: string, script: string): { readonly status: number; read
   return { status: r.status ?? -1, out: `${r.stdout}${r.stderr}` }
 }
 
-/** Runs a qemu tool (qemu-img, qemu-io) in `cwd`; throws on failure unless `allowFail`. */
+/**
+ * Runs a qemu tool (qemu-img, qemu-io) in `cwd`; throws on failure unless
+ * `allowFail`. QEMU's failure to time PBKDF2 is retried (see @qcow2/qemu-oracle).
+ */
 export const qemu = (cwd: string, tool: string, args: ReadonlyArray<string>, allowFail = false): Run => {
   const start = performance.now()
-  const r = spawnSync(tool, args, { cwd, encoding: "utf8", maxBuffer: 256 << 20 })
-  const run = { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr, ms: performance.now() - start }
+  const run = { ...spawnQemu(tool, args, { cwd }), ms: performance.now() - start }
   if (!allowFail && run.status !== 0) {
     throw new Error(`${tool} ${args.join(" ")} failed (${run.status}): ${run.stderr}`)
   }

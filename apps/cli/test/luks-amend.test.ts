@@ -9,12 +9,7 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 const SECRETS = [0, 1, 2].flatMap((i) => ["--object", `secret,id=sec${i},data=hunter${i}`])
 const unprefixed = (r: Run) => r.stderr.replace(/^(qemu-img|qemu-io|qcow2): /gm, "")
 
-/** qemu-img, retried while QEMU cannot time PBKDF2 on a busy machine ("Unable to get accurate CPU usage"). */
-const qemuImg = (args: ReadonlyArray<string>) => {
-  let r = qemu(dir, "qemu-img", args, true)
-  for (let attempt = 0; attempt < 5 && r.status !== 0 && r.stderr.includes("CPU usage"); attempt++) r = qemu(dir, "qemu-img", args, true)
-  return r
-}
+const qemuImg = (args: ReadonlyArray<string>) => qemu(dir, "qemu-img", args, true)
 
 interface Format {
   readonly name: "qcow2" | "luks"

@@ -8,12 +8,7 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 const SECRETS = ["--object", "secret,id=sec0,data=astrochicken", "--object", "secret,id=sec1,data=furby"]
 const unprefixed = (r: Run) => r.stderr.replace(/^(qemu-img|qemu-io|qcow2): /gm, "")
 
-/** qemu-img, retried while QEMU cannot time PBKDF2 on a busy machine ("Unable to get accurate CPU usage"). */
-const qemuImg = (args: ReadonlyArray<string>) => {
-  let r = qemu(dir, "qemu-img", args, true)
-  for (let attempt = 0; attempt < 5 && r.status !== 0 && r.stderr.includes("CPU usage"); attempt++) r = qemu(dir, "qemu-img", args, true)
-  return r
-}
+const qemuImg = (args: ReadonlyArray<string>) => qemu(dir, "qemu-img", args, true)
 
 describe("encrypted backing chains with a secret per layer (iotests 188, 189)", () => {
   const chain = "driver=qcow2,file.filename=top.qcow2,backing.driver=qcow2,backing.file.filename=base.qcow2,backing.encrypt.key-secret=sec0,encrypt.key-secret=sec1"

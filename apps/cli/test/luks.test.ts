@@ -11,12 +11,7 @@ const opts = (file: string) => `driver=luks,file.filename=${file},key-secret=s0`
 /** The program name QEMU prefixes its messages with, and ours. */
 const unprefixed = (r: Run) => r.stderr.replace(/^(qemu-img|qemu-io|qcow2): /gm, "")
 
-/** qemu-img create, retried: QEMU gives up timing PBKDF2 on a busy machine ("Unable to get accurate CPU usage"). */
-const qemuCreate = (args: ReadonlyArray<string>) => {
-  let r = qemu(dir, "qemu-img", args, true)
-  for (let attempt = 0; attempt < 5 && r.status !== 0 && r.stderr.includes("CPU usage"); attempt++) r = qemu(dir, "qemu-img", args, true)
-  return r
-}
+const qemuCreate = (args: ReadonlyArray<string>) => qemu(dir, "qemu-img", args, true)
 
 describe("-f luks: raw LUKS volumes as qemu-img handles them", () => {
   it("create -f luks prints qemu-img's line and makes a file of qemu-img's size that qemu-io unlocks", () => {

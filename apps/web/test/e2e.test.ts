@@ -1,7 +1,6 @@
-import { execFile } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { promisify } from "node:util"
+import { runQemuAsync } from "@qcow2/qemu-oracle"
 import type { Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { consoleRun, openUrl, qemuJson, setupApp, type AppFixture } from "./fixture.js"
@@ -19,7 +18,7 @@ let encrypted: Promise<unknown>
 
 beforeAll(async () => {
   f = await setupApp()
-  encrypted = promisify(execFile)(
+  encrypted = runQemuAsync(
     "qemu-img",
     ["create", "-f", "qcow2", "--object", "secret,id=s0,data=hunter2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", "secret.qcow2", "1M"],
     { cwd: f.dir }

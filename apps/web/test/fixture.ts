@@ -2,6 +2,7 @@ import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { runQemu } from "@qcow2/qemu-oracle"
 import { chromium, type Browser, type Page } from "playwright-core"
 import { serveStatic, type StaticServer } from "./server.js"
 
@@ -43,7 +44,7 @@ export const setupApp = async (): Promise<AppFixture> => {
     app,
     other,
     browser,
-    qemu: (tool, ...args) => execFileSync(tool, args, { cwd: dir, encoding: "utf8" }),
+    qemu: (tool, ...args) => runQemu(tool, args, { cwd: dir }),
     newPage: async (query = "") => {
       const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1360, height: 860 }, deviceScaleFactor: 1 })
       const page = await context.newPage()

@@ -9,12 +9,13 @@ import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { runQemu } from "@qcow2/qemu-oracle"
 import type { Browser, Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { bundlePage, openPage, servePage, type PageServer } from "./harness.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "qcow2-browser-"))
-const qemu = (tool: string, ...args: string[]) => execFileSync(tool, args, { cwd: dir, encoding: "utf8" })
+const qemu = (tool: string, ...args: string[]) => runQemu(tool, args, { cwd: dir })
 /** Exit code of a qemu-img command (0 = clean / identical). */
 const qemuStatus = (...args: string[]): number => {
   try {

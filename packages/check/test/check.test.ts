@@ -10,6 +10,7 @@
 import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { runQemu } from "@qcow2/qemu-oracle"
 import { describe, expect, it } from "vitest"
 import { Effect } from "effect"
 import { openNodeFile } from "@qcow2/storage-node"
@@ -36,21 +37,9 @@ const create = (name: string, size: string, opts: string, extra: ReadonlyArray<s
   return { file }
 }
 
-/**
- * Creates a LUKS image with fast key slots. QEMU times PBKDF2 to pick the
- * iteration count and, on a busy machine, sometimes reports "Unable to get
- * accurate CPU usage": retry a few times.
- */
+/** Creates a LUKS image with fast key slots (QEMU's PBKDF2 timing failure is retried by runQemu). */
 const createLuks = (file: string, size: string): void => {
-  for (let attempt = 1; ; attempt++) {
-    const r = spawnSync(
-      "qemu-img",
-      ["create", "-q", "-f", "qcow2", ...LUKS_SECRET, "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", file, size],
-      { encoding: "utf8" }
-    )
-    if (r.status === 0) return
-    if (attempt === 5) throw new Error(r.stderr)
-  }
+  runQemu("qemu-img", ["create", "-q", "-f", "qcow2", ...LUKS_SECRET, "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", file, size])
 }
 
 const io = (m: Made, ...cmds: ReadonlyArray<string>): void => {

@@ -2,6 +2,7 @@ import { execFileSync } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { runQemu } from "@qcow2/qemu-oracle"
 import { Effect } from "effect"
 import { decodeImageHeader, decodeSnapshotTable } from "@qcow2/format"
 import { NodeClusterCodec } from "@qcow2/compress/node"
@@ -20,7 +21,8 @@ export const scratch = () => {
   return { path: (name: string) => join(dir, name), cleanup: () => rmSync(dir, { recursive: true, force: true }) }
 }
 
-export const qemuImg = (...args: string[]): string => execFileSync("qemu-img", args, { encoding: "utf8" })
+/** qemu-img, with QEMU's failure to time PBKDF2 retried (see @qcow2/qemu-oracle). */
+export const qemuImg = (...args: string[]): string => runQemu("qemu-img", args)
 export const qemuIo = (...args: string[]): string => execFileSync("qemu-io", args, { encoding: "utf8" })
 
 /** `qemu-img check --output=json` of a file, whatever its exit code. */

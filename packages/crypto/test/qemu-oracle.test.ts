@@ -12,6 +12,7 @@ import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { runQemu } from "@qcow2/qemu-oracle"
 import { Effect, Exit } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
 import { makeSectorCipherFactory, portableBackend, type SectorCipherFactoryShape } from "../src/index.js"
@@ -38,18 +39,7 @@ const secretArgs = (secret: string) => ["--object", `secret,id=sec0,data=${secre
 const imageOpts = (file: string) => ["--image-opts", `driver=qcow2,file.filename=${file},encrypt.key-secret=sec0`]
 
 const qemuImgCreate = (file: string, options: string, secret = SECRET, size = "4M") => {
-  // qemu-img's PBKDF2 timing loop sometimes fails with "Unable to get accurate
-  // CPU usage" for tiny iter-times on a busy machine: retry.
-  for (let attempt = 0; ; attempt++) {
-    try {
-      execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", "-o", options, ...secretArgs(secret), file, size], {
-        stdio: "pipe"
-      })
-      return
-    } catch (e) {
-      if (attempt >= 4) throw e
-    }
-  }
+  runQemu("qemu-img", ["create", "-q", "-f", "qcow2", "-o", options, ...secretArgs(secret), file, size])
 }
 
 const qemuIo = (file: string, commands: ReadonlyArray<string>, secret = SECRET): string =>

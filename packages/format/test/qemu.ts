@@ -2,6 +2,7 @@ import { execFileSync } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { runQemu } from "@qcow2/qemu-oracle"
 
 /** A scratch directory for qemu-img runs; call `cleanup` in afterAll. */
 export function scratch(): { dir: string; path: (name: string) => string; cleanup: () => void } {
@@ -10,7 +11,7 @@ export function scratch(): { dir: string; path: (name: string) => string; cleanu
 }
 
 export function qemuImg(cwd: string, ...args: string[]): string {
-  return execFileSync("qemu-img", args, { cwd, encoding: "utf8" })
+  return runQemu("qemu-img", args, { cwd })
 }
 
 export function qemuIo(cwd: string, file: string, ...commands: string[]): string {

@@ -15,19 +15,7 @@ const run = <A, E>(effect: Effect.Effect<A, E, any>): Promise<A> =>
   Effect.runPromise(Effect.scoped(effect as Effect.Effect<A, E, Scope.Scope>).pipe(Effect.provide(layer)) as Effect.Effect<A, E>)
 const secret = (pass: string) => ["--object", `secret,id=sec0,data=${pass}`]
 
-/**
- * qemu-img create, retried: QEMU times PBKDF2 with thread CPU time and gives
- * up ("Unable to get accurate CPU usage") when a busy machine gives it no tick.
- */
-const createEncrypted = (...args: string[]) => {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return qemuImg("create", ...args)
-    } catch (e) {
-      if (attempt >= 5) throw e
-    }
-  }
-}
+const createEncrypted = (...args: string[]) => qemuImg("create", ...args)
 const imageOpts = (file: string) => `driver=qcow2,file.filename=${file},encrypt.key-secret=sec0`
 const enc = new TextEncoder()
 

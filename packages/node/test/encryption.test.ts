@@ -5,7 +5,7 @@
  */
 import { afterAll, describe, expect, it } from "vitest"
 import { create, open, ImageError, Qcow2Error, WrongPassphraseError } from "../src/index.js"
-import { pattern, qemuCheck, qemuCreateEncrypted, qemuImg, qemuIo, qemuRaw, sameBytes, secretArgs, tempDir } from "./helpers.js"
+import { pattern, qemuCheck, qemuImg, qemuIo, qemuRaw, sameBytes, secretArgs, tempDir } from "./helpers.js"
 
 const MiB = 2 ** 20
 const PASSPHRASE = "correct horse"
@@ -35,7 +35,7 @@ describe("encryption", () => {
 
   it("reads a LUKS qcow2 image qemu-img made and qemu-io wrote", async () => {
     const path = tmp.path("qemu-enc.qcow2")
-    qemuCreateEncrypted("-q", ...secretArgs(PASSPHRASE), "-f", "qcow2", "-o", `encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=${iterTime}`, path, "2M")
+    qemuImg("create", "-q", ...secretArgs(PASSPHRASE), "-f", "qcow2", "-o", `encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=${iterTime}`, path, "2M")
     qemuIo(...secretArgs(PASSPHRASE), "--image-opts", "-c", "write -P 0x5a 64k 100k", `driver=qcow2,file.filename=${path},encrypt.key-secret=sec0`)
     await using img = await open(path, { passphrase: new TextEncoder().encode(PASSPHRASE), readOnly: true })
     const got = await img.read(0, 2 * MiB)

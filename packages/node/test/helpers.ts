@@ -2,27 +2,15 @@ import { execFileSync } from "node:child_process"
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { runQemu } from "@qcow2/qemu-oracle"
 
 export const tempDir = (): { dir: string; path: (name: string) => string; cleanup: () => void } => {
   const dir = mkdtempSync(join(tmpdir(), "qcow2-node-"))
   return { dir, path: (name) => join(dir, name), cleanup: () => rmSync(dir, { recursive: true, force: true }) }
 }
 
-export const qemuImg = (...args: string[]): string => execFileSync("qemu-img", args, { encoding: "utf8" })
-/**
- * qemu-img create of an encrypted image, retried: QEMU times PBKDF2 with
- * thread CPU time and gives up ("Unable to get accurate CPU usage") when a
- * busy machine gives it no tick.
- */
-export const qemuCreateEncrypted = (...args: string[]): string => {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return qemuImg("create", ...args)
-    } catch (e) {
-      if (attempt >= 5 || !String((e as { stderr?: unknown }).stderr ?? e).includes("CPU usage")) throw e
-    }
-  }
-}
+/** qemu-img, with QEMU's failure to time PBKDF2 retried (see @qcow2/qemu-oracle). */
+export const qemuImg = (...args: string[]): string => runQemu("qemu-img", args)
 
 export const qemuIo = (...args: string[]): string => execFileSync("qemu-io", args, { encoding: "utf8" })
 
