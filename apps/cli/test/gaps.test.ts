@@ -287,3 +287,18 @@ describe("-f with --image-opts", () => {
     expect(qemu(dir, "qemu-img", ["check", "src.qcow2"], true).status).toBe(0)
   })
 })
+
+describe("map: zero clusters that keep their host cluster", () => {
+  it("a run of them ends where their host offsets stop following each other, as in qemu-img map", () => {
+    const d = path.join(dir, "zero-alloc")
+    fs.mkdirSync(d)
+    qemu(d, "qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "z.qcow2", "10M"])
+    // Clusters 17-51 are allocated first, 0-16 and 52 after them; zeroing keeps their host clusters (QCOW2_CLUSTER_ZERO_ALLOC).
+    qemu(d, "qemu-io", ["-c", "write -P 1 69632 139776", "-c", "write -P 1 0 213504", "-c", "write -z 0 217088", "-c", "write -P 1 217088 512", "z.qcow2"])
+    for (const args of [["map", "--output=json", "z.qcow2"], ["map", "z.qcow2"]]) {
+      const ours = qcow2(d, args)
+      expect({ args, out: ours.stdout, status: ours.status }).toEqual({ args, out: qemu(d, "qemu-img", args).stdout, status: 0 })
+    }
+    expect(qcow2(d, ["map", "--output=json", "z.qcow2"]).stdout.split("\n").filter((line) => line.includes('"zero": true, "data": false, "offset"'))).toHaveLength(3)
+  })
+})

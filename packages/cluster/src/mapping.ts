@@ -107,9 +107,10 @@ function scanTable(engine: Qcow2Engine, table: Uint8Array, l2Offset: number, off
     }
     if (classify(engine, entry, unit, next, l2Offset, l2Index) !== undefined) break
     if (next.kind !== first.kind) break
-    if (first.kind === "data" && next.hostOffset !== expectedHost) break
-    if (first.kind !== "data" && (next.hostOffset === undefined) !== (first.hostOffset === undefined)) break
-    if (expectedHost !== undefined && next.hostOffset !== undefined) expectedHost = next.hostOffset + unitSize
+    // Runs with host clusters (data, and zero or unallocated with a preallocated
+    // cluster) need contiguous host offsets, as QEMU's count_contiguous_subclusters.
+    if (expectedHost !== undefined ? next.hostOffset !== expectedHost : next.hostOffset !== undefined) break
+    if (expectedHost !== undefined) expectedHost += unitSize
     length += unitSize
   }
   length = Math.min(length, limit)
