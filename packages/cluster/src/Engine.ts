@@ -5,7 +5,7 @@
  * flag), delegating the work to the modules beside it, so that who may
  * change what, and under which lock, reads in one place.
  */
-import { Effect, Semaphore } from "effect"
+import { Deferred, Effect, Semaphore } from "effect"
 import { Refcounts } from "@qcow2/alloc"
 import { TableCache } from "@qcow2/cache"
 import type { CompressionError, DecompressionError } from "@qcow2/compress"
@@ -241,8 +241,10 @@ export class Qcow2Engine {
    * parts of their clusters. A write into clusters the image owns goes
    * straight to storage without the metadata lock when fastpath.ts can
    * map it, counted as a direct write in flight (see InFlightAllocations).
+   * `placed` is completed once the host clusters of the whole write are
+   * decided (see writeBytes).
    */
-  write(offset: number, data: Uint8Array): Effect.Effect<void, ImageError> {
+  write(offset: number, data: Uint8Array, placed?: Deferred.Deferred<void>): Effect.Effect<void, ImageError> {
     const bad = this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, data.length)
     if (bad) return Effect.fail(bad)
     if (data.length === 0) return Effect.void
@@ -250,10 +252,13 @@ export class Qcow2Engine {
     return Effect.acquireUseRelease(
       Effect.sync(() => {
         const host = directWriteHost(this, offset, data.length)
-        if (host !== undefined) this.inflight.beginDirect()
+        if (host !== undefined) {
+          this.inflight.beginDirect()
+          if (placed !== undefined) Deferred.doneUnsafe(placed, Effect.void)
+        }
         return host
       }),
-      (host) => (host === undefined ? this.change(writeBytes(this, offset, data)) : Effect.mapError(this.data.write(host, data), this.storageFailure)),
+      (host) => (host === undefined ? this.change(writeBytes(this, offset, data, placed)) : Effect.mapError(this.data.write(host, data), this.storageFailure)),
       (host) => (host === undefined ? Effect.void : Effect.sync(() => this.inflight.endDirect()))
     )
   }

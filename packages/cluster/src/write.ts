@@ -60,12 +60,12 @@ const isKept = (engine: Qcow2Engine, entry: L2Entry): entry is Extract<L2Entry, 
  * layout QEMU makes, and on an image whose refcounts undercount it is which
  * live clusters get overwritten.
  */
-export function writeGuest(engine: Qcow2Engine, offset: number, data: Uint8Array): Effect.Effect<void, EngineFailure> {
+export function writeGuest(engine: Qcow2Engine, offset: number, data: Uint8Array, placed?: Deferred.Deferred<void>): Effect.Effect<void, EngineFailure> {
   return Effect.gen(function* () {
     let done = 0
     let hostEnd: number | undefined
     while (done < data.length) {
-      const step = yield* writeStep(engine, offset + done, data.subarray(done), hostEnd)
+      const step = yield* writeStep(engine, offset + done, data.subarray(done), hostEnd, placed)
       done += step.length
       hostEnd = step.hostEnd
     }
@@ -76,7 +76,8 @@ function writeStep(
   engine: Qcow2Engine,
   offset: number,
   data: Uint8Array,
-  after: number | undefined
+  after: number | undefined,
+  placed: Deferred.Deferred<void> | undefined
 ): Effect.Effect<{ readonly length: number; readonly hostEnd: number }, EngineFailure> {
   return Effect.gen(function* () {
     for (;;) {
@@ -86,7 +87,11 @@ function writeStep(
       // under the lock until its data is written (see InFlightAllocations).
       const step = yield* Effect.acquireUseRelease(
         engine.lock.withPermits(1)(planWrite(engine, offset, data, after)),
-        (plan) => performPlan(engine, offset, data, plan),
+        (plan) => {
+          // The plan of the write's last part decides where its last clusters go.
+          if (placed !== undefined && plan._tag !== "Wait" && plan.length === data.length) Deferred.doneUnsafe(placed, Effect.void)
+          return performPlan(engine, offset, data, plan)
+        },
         (plan) => (plan._tag === "InPlace" ? Effect.sync(() => engine.inflight.endDirect()) : Effect.void)
       )
       if (step !== undefined) return step
@@ -404,10 +409,13 @@ function abandon(engine: Qcow2Engine, plan: Extract<WritePlan, { _tag: "Allocate
  * Writes guest bytes of any alignment. Encrypted data is ciphered in whole
  * 512-byte sectors, so a write that does not cover whole sectors reads the
  * sectors it touches, patches them and writes them back, one at a time
- * (`sectorLock`).
+ * (`sectorLock`). `placed` is completed when the plan of the write's last
+ * part is made under the metadata lock (its host clusters are then
+ * allocated, the data not yet written); a read-modify-write of sectors
+ * leaves it to the caller.
  */
-export function writeBytes(engine: Qcow2Engine, offset: number, data: Uint8Array): Effect.Effect<void, EngineFailure> {
-  if (engine.crypto === undefined || (offset % 512 === 0 && data.length % 512 === 0)) return writeGuest(engine, offset, data)
+export function writeBytes(engine: Qcow2Engine, offset: number, data: Uint8Array, placed?: Deferred.Deferred<void>): Effect.Effect<void, EngineFailure> {
+  if (engine.crypto === undefined || (offset % 512 === 0 && data.length % 512 === 0)) return writeGuest(engine, offset, data, placed)
   return engine.sectorLock.withPermits(1)(
     Effect.gen(function* () {
       const start = Math.floor(offset / 512) * 512

@@ -1,4 +1,4 @@
-import type { Effect } from "effect"
+import type { Deferred, Effect } from "effect"
 import type { CheckResult } from "@qcow2/check"
 import type { BlockStatus, CacheFlushFailure, PersistentBitmaps, Preallocation, SnapshotTime } from "@qcow2/cluster"
 import type { BitmapDirectoryEntry, ImageHeader, SnapshotEntry } from "@qcow2/format"
@@ -39,8 +39,16 @@ export interface Image {
 
   /** Reads `into.length` bytes at guest `offset` (any alignment). */
   readonly read: (offset: number, into: Uint8Array) => Effect.Effect<void, ImageError>
-  /** Writes `data` at guest `offset` (any alignment; allocates and copies on write as needed). */
-  readonly write: (offset: number, data: Uint8Array) => Effect.Effect<void, ImageError>
+  /**
+   * Writes `data` at guest `offset` (any alignment; allocates and copies on
+   * write as needed). `options.placed`, where the format allocates (qcow2),
+   * is completed once the host clusters of the whole write are decided,
+   * before its data is written: a later write may then start and is laid
+   * out after it (qemu-img convert's in-order writes, overlapped). Formats
+   * that do not allocate may leave it alone; the caller completes it when
+   * the write ends.
+   */
+  readonly write: (offset: number, data: Uint8Array, options?: { readonly placed?: Deferred.Deferred<void> }) => Effect.Effect<void, ImageError>
   /** Writes zeros; `unmap` lets the image deallocate (qemu-io `write -z -u`). */
   readonly writeZeroes: (offset: number, length: number, options?: { readonly unmap?: boolean }) => Effect.Effect<void, ImageError>
   /** Discards the range (qemu-io `discard`), as QEMU's driver for the format does. */

@@ -4,7 +4,7 @@
  */
 import * as fs from "node:fs"
 import { availableParallelism } from "node:os"
-import { Effect, type Scope } from "effect"
+import { type Deferred, Effect, type Scope } from "effect"
 import { createImage, type Image } from "@qcow2/image"
 import { parseCreateOptions, toCreateOptions, formattingLine } from "../createopts.js"
 import { parseNbdName } from "@qcow2/nbd/client"
@@ -18,7 +18,8 @@ const ZERO_WRITE = 2 * 1024 * 1024
 
 /** Where the converted bytes go. */
 export interface Sink {
-  readonly writeData: (offset: number, data: Uint8Array) => Effect.Effect<void, CliFailure>
+  /** `placed`: see Image.write (completed, where the target allocates, once the write's clusters are decided). */
+  readonly writeData: (offset: number, data: Uint8Array, placed?: Deferred.Deferred<void>) => Effect.Effect<void, CliFailure>
   /** Called for zero ranges that must be written explicitly (-S 0, or a target that is not known to be zero). */
   readonly writeZeroes: (offset: number, length: number) => Effect.Effect<void, CliFailure>
   /** A zero range can be skipped because the target already reads as zeros there. */
@@ -207,7 +208,7 @@ export class WriteOrder {
     })
   }
 
-  /** Task `seq` has written (or had nothing to write): the next ones may go. */
+  /** Task `seq` has written, or placed its writes (or had nothing to write): the next ones may go. */
   done(seq: number): void {
     if (seq !== this.next) {
       this.finishedEarly.add(seq)
@@ -270,7 +271,7 @@ export const qcow2Sink = (o: ConvertOptions, total: number) =>
       zeroIsFree: (!o.skipCreate || o.targetIsZero) && o.backingFile === undefined && !(passphrase !== undefined && parsed.values.has("encrypt.format") && (parsed.values.get("preallocation") ?? "off") !== "off"),
       alignment: o.compress ? clusterSize : 1,
       zeroGranularity: clusterSize,
-      writeData: (offset, data) =>
+      writeData: (offset, data, placed) =>
         o.compress
           ? Effect.gen(function* () {
               // Whole clusters go compressed in one request (compressed in
@@ -284,7 +285,7 @@ export const qcow2Sink = (o: ConvertOptions, total: number) =>
               yield* wrap(fullStart, target.writeCompressed(fullStart, data.subarray(fullStart - offset, fullEnd - offset)))
               if (end > fullEnd) yield* wrap(fullEnd, target.write(fullEnd, data.subarray(fullEnd - offset)))
             })
-          : wrap(offset, target.write(offset, data)),
+          : wrap(offset, target.write(offset, data, { placed })),
       writeZeroes: (offset, length) => wrap(offset, target.writeZeroes(offset, length, { unmap: o.sparseSize !== 0 })),
       ...(o.backingFile !== undefined ? { backingSize: !o.skipCreate && target.backing !== undefined ? target.backing.virtualSize : -1 } : {}),
       finish: finishImage(target)

@@ -1,6 +1,6 @@
 import * as fs from "node:fs"
 import { availableParallelism } from "node:os"
-import { Effect, Semaphore } from "effect"
+import { Deferred, Effect, Exit, Fiber, Semaphore } from "effect"
 import type { Image } from "@qcow2/image"
 import { splitOptionList } from "../createopts.js"
 import { open, type ImageEnv, type CliFormat } from "../env.js"
@@ -31,9 +31,10 @@ export interface ConvertOptions {
   /** Requests in flight (qemu-img -m). */
   readonly parallel: number
   /**
-   * -W: writes to a qcow2 target may go out in any order. Otherwise they go
-   * out in guest order, one at a time (reads still overlap), as qemu-img
-   * writes them, so new clusters are laid out as qemu-img lays them out.
+   * -W: writes to a qcow2 target may go out in any order. Otherwise they
+   * get their clusters in guest order, one at a time (reads, and the data
+   * of writes already placed, still overlap), as qemu-img writes them, so
+   * new clusters are laid out as qemu-img lays them out.
    */
   readonly outOfOrder?: boolean
   readonly backingFile?: string
@@ -281,9 +282,16 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       // compressed target otherwise skips whole zero clusters (its buffer is one cluster).
       const granularity = o.sparseSize === 0 || o.copyRange === true ? 0 : sink.alignment > 1 ? sink.alignment : Math.max(o.sparseSize, sink.zeroGranularity)
       const order = o.outFormat === "qcow2" && !o.compress && o.outOfOrder !== true ? new WriteOrder() : undefined
+      // In order, a data write lets the next task's write start once its
+      // clusters are placed, with its data still going out (same layout as
+      // one write at a time; the file requests overlap). A target made
+      // here only: on an existing one (-n) the clusters a write frees when
+      // it ends could be the next write's.
+      const overlapWrites = order !== undefined && !o.skipCreate
       const worker = Effect.gen(function* () {
         // Compressing: shared memory, which the zstd workers read in place instead of a copy of each request.
         const buffer = o.compress ? Buffer.from(new SharedArrayBuffer(CHUNK)) : Buffer.allocUnsafe(CHUNK)
+        const writing: Array<Fiber.Fiber<void, CliFailure>> = []
         for (;;) {
           const task = yield* nextTask
           if (task === undefined) return
@@ -305,12 +313,15 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             let covered = 0
             for (const [start, end] of runs) {
               if (start > covered && !sink.zeroIsFree) yield* sink.writeZeroes(task.target + covered, start - covered)
-              yield* sink.writeData(task.target + start, view.subarray(start, end))
+              if (overlapWrites) writing.push(yield* startPlacedWrite(sink, task.target + start, view.subarray(start, end)))
+              else yield* sink.writeData(task.target + start, view.subarray(start, end))
               covered = end
             }
             if (covered < task.length && !sink.zeroIsFree) yield* sink.writeZeroes(task.target + covered, task.length - covered)
           }
           order?.done(task.seq)
+          // The buffer is read into again only once its writes have ended.
+          for (const fiber of writing.splice(0)) yield* Fiber.join(fiber)
           if (countsForProgress(task.status, o.sparseSize)) progress?.advance(task.length)
         }
       })
@@ -328,6 +339,19 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       return 0
     })
   )
+
+/**
+ * Starts a data write and waits only until its clusters are placed (see
+ * Image.write's `placed`), or until it ends where the target does not say;
+ * the fiber returned ends with the write.
+ */
+const startPlacedWrite = (sink: Sink, offset: number, data: Uint8Array): Effect.Effect<Fiber.Fiber<void, CliFailure>> =>
+  Effect.gen(function* () {
+    const placed = yield* Deferred.make<void>()
+    const fiber = yield* Effect.forkChild(Effect.ensuring(sink.writeData(offset, data, placed), Deferred.done(placed, Exit.void)))
+    yield* Deferred.await(placed)
+    return fiber
+  })
 
 /**
  * Status of the source extent at `offset` as qemu-img convert sees it. With

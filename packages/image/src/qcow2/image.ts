@@ -51,7 +51,7 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, nev
     backingFileResolved: parts.backingResolved,
     dataFile: parts.dataFile,
     read: (offset, into) => engine.read(offset, into),
-    write: (offset, data) => engine.write(offset, data),
+    write: (offset, data, options) => engine.write(offset, data, options?.placed),
     writeZeroes: (offset, length, options) => engine.writeZeroes(offset, length, options?.unmap ?? false),
     discard: (offset, length) => engine.discard(offset, length),
     writeCompressed: (offset, data) => engine.writeCompressed(offset, data),
