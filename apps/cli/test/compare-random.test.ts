@@ -8,10 +8,10 @@
  * offset, strict mode's first status mismatch, -p's progress lines, the size
  * warning) and exit code must be qemu-img's.
  */
+import * as fs from "node:fs"
 import * as path from "node:path"
 import fc from "fast-check"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import * as fs from "node:fs"
 import { buildBundle, makeTempDir, qcow2, qemu } from "./helpers.js"
 
 const MiB = 1024 * 1024
@@ -83,5 +83,32 @@ describe("compare on random image pairs, against qemu-img compare", () => {
       }),
       { numRuns: RUNS }
     )
+  })
+})
+
+describe("compare with a read that fails (blkdebug), against qemu-img compare", () => {
+  it("exit 4 with qemu-img's message; a mismatch before the failing range is still what is reported", () => {
+    const d = path.join(dir, "read-error")
+    fs.mkdirSync(d)
+    qemu(d, "qemu-img", ["create", "-q", "-f", "qcow2", "e.qcow2", "8M"])
+    qemu(d, "qemu-io", ["-c", "write -P 1 0 1M", "-c", "write -P 2 5M 1M", "e.qcow2"])
+    qemu(d, "qemu-img", ["convert", "-O", "raw", "e.qcow2", "same.raw"])
+    fs.copyFileSync(path.join(d, "same.raw"), path.join(d, "changed.raw"))
+    qemu(d, "qemu-io", ["-f", "raw", "-c", "write -P 9 4096 1", "changed.raw"])
+    // Reads of the host sector that holds guest offset 5 MiB fail: the comparison reads it ahead of checking offset 4096.
+    const host = (JSON.parse(qemu(d, "qemu-img", ["map", "--output=json", "e.qcow2"]).stdout) as Array<{ start: number; offset?: number }>).find((r) => r.start === 5 * MiB)!.offset!
+    fs.writeFileSync(path.join(d, "err.conf"), `[inject-error]\nevent = "read_aio"\nerrno = "5"\nsector = "${host / 512}"\n`)
+    for (const other of ["same.raw", "changed.raw"]) {
+      const args = ["compare", "blkdebug:err.conf:e.qcow2", other]
+      const theirs = qemu(d, "qemu-img", args, true)
+      const ours = qcow2(d, args)
+      expect({ other, out: ours.stdout, err: ours.stderr.replace(/^qcow2:/, "qemu-img:"), status: ours.status }).toEqual({
+        other,
+        out: theirs.stdout,
+        err: theirs.stderr,
+        status: theirs.status
+      })
+      expect(theirs.status).toBe(other === "same.raw" ? 4 : 1)
+    }
   })
 })

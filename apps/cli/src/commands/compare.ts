@@ -64,7 +64,7 @@ const known = (s: BlockStatus | undefined, offset: number): BlockStatus | undefi
 type Step =
   /** Read both sides' [offset, +length) and compare them. */
   | { readonly kind: "both"; readonly offset: number; readonly length: number; readonly advances: ReadonlyArray<number> }
-  /** Read one side (the other reads as zeros there, or is shorter) and look for non-zero bytes. */
+  /** Read one side (the other is not allocated there, or is shorter) and look for non-zero bytes. */
   | { readonly kind: "one"; readonly image: Image; readonly name: string; readonly offset: number; readonly length: number; readonly advances: ReadonlyArray<number> }
   /** Both sides read as zeros: nothing to read. */
   | { readonly kind: "skip"; readonly advances: ReadonlyArray<number> }
@@ -75,6 +75,12 @@ type Step =
   | { readonly kind: "end" }
 
 const END: Step = { kind: "end" }
+
+/** One pass of qemu-img compare's loop: what to do with the next extent (see runCompare's plan). */
+type Pass =
+  | { readonly kind: "both" | "one"; readonly image: Image; readonly name: string; readonly length: number }
+  | { readonly kind: "skip"; readonly length: number }
+  | { readonly kind: "stop"; readonly text: string }
 
 /**
  * The block status flags strict mode compares, as qemu-img compares the
@@ -131,46 +137,38 @@ export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure,
        * reads its zeros, which the other side's bytes are compared with.
        */
       let offset = 0
-      let pass: { readonly kind: "both" | "one" | "skip"; readonly image: Image; readonly name: string; readonly length: number } | undefined
-      let stop: string | undefined
       let warned = false
       let stopped = false
       const [longer, longerName, longerStatus] = a.virtualSize > b.virtualSize ? [a, o.file1, sideA] : [b, o.file2, sideB]
-      /** Sets `pass` to the one at `offset`; false (and `stop` set) where strict mode finds a status mismatch. */
-      const nextPass: Effect.Effect<boolean, CliFailure> = Effect.gen(function* () {
+      /** The pass at `offset` (block status is cached, so asking again for the same offset is cheap). */
+      const passAt: Effect.Effect<Pass, CliFailure> = Effect.gen(function* () {
         if (offset >= common) {
           const s = yield* longerStatus(offset)
           const length = Math.max(1, Math.min(s.length, total - offset))
-          pass = s.present && !s.zero ? { kind: "one", image: longer, name: longerName, length: Math.min(length, IO_BUF_SIZE) } : { kind: "skip", image: longer, name: longerName, length }
-          return true
+          return s.present && !s.zero ? { kind: "one", image: longer, name: longerName, length: Math.min(length, IO_BUF_SIZE) } : { kind: "skip", length }
         }
         const sa = yield* sideA(offset)
         const sb = yield* sideB(offset)
         const length = Math.max(1, Math.min(sa.length, sb.length, common - offset))
         if (o.strict && statusKey(sa, a.virtualSize) !== statusKey(sb, b.virtualSize)) {
-          stop = `Strict mode: Offset ${offset} block status mismatch!\n`
-          return false
+          return { kind: "stop", text: `Strict mode: Offset ${offset} block status mismatch!\n` }
         }
+        if ((sa.zero && sb.zero) || (!sa.present && !sb.present)) return { kind: "skip", length }
         const [image, name] = sa.present ? [a, o.file1] : [b, o.file2]
-        pass =
-          (sa.zero && sb.zero) || (!sa.present && !sb.present)
-            ? { kind: "skip", image, name, length }
-            : { kind: sa.present === sb.present ? "both" : "one", image, name, length: Math.min(length, IO_BUF_SIZE) }
-        return true
+        return { kind: sa.present === sb.present ? "both" : "one", image, name, length: Math.min(length, IO_BUF_SIZE) }
       })
       const nextStep: Effect.Effect<Step, CliFailure> = Effect.gen(function* () {
-        if (stopped) return END
-        if (offset >= total) return END
+        if (stopped || offset >= total) return END
         if (offset >= common && !warned) {
           // Like qemu-img, the warning comes once the common part compared equal.
           warned = true
           return { kind: "warn", text: "Warning: Image size mismatch!\n" }
         }
-        if (!(yield* nextPass)) {
+        const first = yield* passAt
+        if (first.kind === "stop") {
           stopped = true
-          return { kind: "stop", text: stop! }
+          return first
         }
-        const first = pass!
         const at = offset
         offset += first.length
         if (first.kind === "skip") return { kind: "skip", advances: [first.length] }
@@ -178,13 +176,8 @@ export const runCompare = (o: CompareOptions): Effect.Effect<number, CliFailure,
         let kind = first.kind
         // Join the passes that follow, while they read and fit in CHUNK (the common part only: the tail reads one side).
         while (offset < common && offset - at < CHUNK) {
-          const before = offset
-          if (!(yield* nextPass)) break
-          const next = pass!
-          if (next.kind === "skip" || offset - at + next.length > CHUNK) {
-            offset = before
-            break
-          }
+          const next = yield* passAt
+          if (next.kind === "stop" || next.kind === "skip" || offset - at + next.length > CHUNK) break
           offset += next.length
           advances.push(next.length)
           kind = "both"
