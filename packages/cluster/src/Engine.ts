@@ -22,6 +22,7 @@ import type { EngineFailure } from "./errors.js"
 import { HeaderState } from "./header.js"
 import { directWriteHost, readMapped } from "./fastpath.js"
 import { InFlightAllocations } from "./inflight.js"
+import { CompressedReadBuffers } from "./mapping.js"
 import { Integrity } from "./integrity.js"
 import { ActiveL1 } from "./l1.js"
 import { DecompressedCluster, readGuest } from "./read.js"
@@ -146,6 +147,7 @@ export class Qcow2Engine {
   readonly sectorLock = Semaphore.makeUnsafe(1)
   readonly inflight = new InFlightAllocations()
   readonly decompressed = new DecompressedCluster()
+  readonly compressedReads = new CompressedReadBuffers()
   readonly preallocation = new PreallocationProbe()
   readonly backing: BackingLayer | undefined
   readonly codec: ClusterCompression
