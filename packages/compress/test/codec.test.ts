@@ -213,6 +213,20 @@ describe("deflate interop and trailing data", () => {
     }
   })
 
+  it("one codec decodes good clusters after refusing bad ones (its inflate stream is kept from cluster to cluster)", () => {
+    const size = 4096
+    const good = textBytes(size, 21)
+    const stream = padToSector(qemuDeflate(good))
+    for (const [, codec] of codecs) {
+      for (const bad of [Uint8Array.of(0x07, 0, 0, 0), qemuDeflate(textBytes(1000)), stream.subarray(0, 10)]) {
+        expect(() => codec.decompress(0, bad, new Uint8Array(size))).toThrow()
+        const out = new Uint8Array(size)
+        codec.decompress(0, stream, out)
+        expectSameBytes(out, good)
+      }
+    }
+  })
+
   it("a stream that ends before the cluster is full is ShortOutput", () => {
     const stream = qemuDeflate(textBytes(3000))
     for (const [, codec] of codecs) {
