@@ -106,7 +106,7 @@ export function readMapped(engine: Qcow2Engine, offset: number, into: Uint8Array
     pos = Math.min(end, (cluster + 1) * cs)
   }
   if (runHost !== SLOW) emit(end)
-  if (more !== undefined) return Effect.all(more, { discard: true })
+  if (more !== undefined) return Effect.all(more, { concurrency: "unbounded", discard: true })
   return first ?? Effect.void
 }
 
