@@ -64,13 +64,15 @@ export const padToSector = (data: Uint8Array, fill: Uint8Array = new Uint8Array(
 }
 
 /**
- * The synchronous kernels of NodeClusterCodec and PortableClusterCodec (what
- * their Effects run per cluster), with the zstd wasm loaded.
+ * The synchronous kernels of NodeClusterCodec (also as it runs without
+ * node:zlib's native handle) and PortableClusterCodec (what their Effects
+ * run per cluster), with the zstd wasm loaded.
  */
 export const makeCodecs = async (): Promise<ReadonlyArray<readonly [string, ClusterKernels]>> => {
   const zstd = await zstdKernel()
   return [
     ["node", makeClusterKernels(nodeDeflateKernels(), () => zstd)],
+    ["node one-shot inflate", makeClusterKernels(nodeDeflateKernels({ keptStream: false }), () => zstd)],
     ["portable", makeClusterKernels(portableDeflateKernels(), () => zstd)]
   ]
 }
