@@ -6,12 +6,22 @@
 import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { beforeAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { CLI_DIR, buildBundle, makeTempDir, qemu } from "./helpers.js"
+
+const made: Array<string> = []
+const tempDir = (prefix: string): string => {
+  const dir = makeTempDir(prefix)
+  made.push(dir)
+  return dir
+}
+afterAll(() => {
+  for (const dir of made) fs.rmSync(dir, { recursive: true, force: true })
+})
 
 /** A private copy of the built CLI, so that its cache directory is this test's alone. */
 const install = (): string => {
-  const dir = makeTempDir("qcow2-entry-")
+  const dir = tempDir("qcow2-entry-")
   for (const file of ["qcow2.mjs", "qcow2.cjs"]) fs.copyFileSync(path.join(CLI_DIR, "dist", file), path.join(dir, file))
   return dir
 }
@@ -28,7 +38,7 @@ describe("code cache of the executable", () => {
   let image: string
   beforeAll(() => {
     buildBundle()
-    const d = makeTempDir("qcow2-entry-img-")
+    const d = tempDir("qcow2-entry-img-")
     qemu(d, "qemu-img", ["create", "-f", "qcow2", "a.qcow2", "1M"])
     image = path.join(d, "a.qcow2")
   })
@@ -60,6 +70,24 @@ describe("code cache of the executable", () => {
     fs.rmSync(out)
     expect(run(dir, ["convert", "-O", "raw", image, out]).status).toBe(0)
     expect(fs.statSync(path.join(dir, "cache", files[0]!)).mtimeMs).toBe(written)
+    expect(qemu(dir, "qemu-img", ["compare", "-f", "qcow2", "-F", "raw", image, out]).status).toBe(0)
+  })
+
+  it("a convert that names a secret (the image may be encrypted) runs with TurboFan, with a cache of its own; both caches are reused", () => {
+    const dir = install()
+    const out = path.join(dir, "out.raw")
+    const secret = ["--object", "secret,id=s,data=unused"]
+    expect(run(dir, ["convert", "-O", "raw", image, out]).status).toBe(0)
+    fs.rmSync(out)
+    expect(run(dir, ["convert", ...secret, "-O", "raw", image, out]).status).toBe(0)
+    const files = cacheFiles(dir)
+    expect(files.map((f) => f.replace(/^.*-(convert(-turbofan)?)\.v8$/, "$1")).sort()).toEqual(["convert", "convert-turbofan"])
+    const written = files.map((f) => fs.statSync(path.join(dir, "cache", f)).mtimeMs)
+    for (const args of [["convert", "-O", "raw", image, out], ["convert", ...secret, "-O", "raw", image, out]]) {
+      fs.rmSync(out)
+      expect(run(dir, args).status).toBe(0)
+    }
+    expect(files.map((f) => fs.statSync(path.join(dir, "cache", f)).mtimeMs)).toEqual(written)
     expect(qemu(dir, "qemu-img", ["compare", "-f", "qcow2", "-F", "raw", image, out]).status).toBe(0)
   })
 
