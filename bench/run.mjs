@@ -196,9 +196,19 @@ const convertPair = (image, from, to, runs) => {
 
 const SECRET = "secret,id=s,data=bench-passphrase"
 
-/** A fresh 256 MiB LUKS-encrypted qcow2 image, made by qemu-img. */
-const makeLuks = (file) =>
-  sh("qemu-img", ["create", "-q", "-f", "qcow2", "--object", SECRET, "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=200", file, "256M"])
+/**
+ * A fresh 256 MiB LUKS-encrypted qcow2 image, made by qemu-img. Tried again
+ * when QEMU cannot time its PBKDF2 ("Unable to get accurate CPU usage", on
+ * machines with tick-based CPU accounting; see tools/qemu-oracle).
+ */
+const makeLuks = (file) => {
+  const args = ["create", "-q", "-f", "qcow2", "--object", SECRET, "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=200", file, "256M"]
+  for (let attempt = 1; ; attempt++) {
+    const r = spawnSync("qemu-img", args, { encoding: "utf8" })
+    if (r.status === 0) return
+    if (attempt === 8 || !r.stderr.includes("Unable to get accurate CPU usage")) throw new Error(`qemu-img ${args.join(" ")}: ${r.stderr}`)
+  }
+}
 
 const imageOpts = (file) => `driver=qcow2,file.filename=${file},encrypt.key-secret=s`
 

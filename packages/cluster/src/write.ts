@@ -125,6 +125,14 @@ function performPlan(
   }
 }
 
+/**
+ * Encrypted data is written in pieces of at most this many bytes through
+ * one bounce buffer (the caller's bytes stay as they are), as QEMU bounces
+ * at most QCOW_MAX_CRYPT_CLUSTERS (32) clusters at a time: a 256 MiB write
+ * no longer holds a 256 MiB encrypted copy.
+ */
+const ENCRYPT_PIECE = 2 * 1024 * 1024
+
 /** Writes data bytes to the data file, encrypting first when the image is encrypted. */
 export function writeData(engine: Qcow2Engine, guestOffset: number, hostOffset: number, data: Uint8Array): Effect.Effect<void, EngineFailure> {
   // An external data file is a raw node to QEMU, which raises write_aio on its own file.
@@ -134,9 +142,29 @@ export function writeData(engine: Qcow2Engine, guestOffset: number, hostOffset: 
   if (hostOffset % 512 !== 0 || data.length % 512 !== 0) {
     return Effect.die(new ClusterError({ reason: "InvalidArgument", message: "encrypted writes must be whole 512-byte sectors" }))
   }
-  const copy = data.slice()
-  crypto.encrypt(crypto.ivFrom === "host" ? hostOffset : guestOffset, copy)
-  return engine.data.write(hostOffset, copy)
+  const ivBase = crypto.ivFrom === "host" ? hostOffset : guestOffset
+  if (data.length <= ENCRYPT_PIECE) {
+    const copy = data.slice()
+    crypto.encrypt(ivBase, copy)
+    return engine.data.write(hostOffset, copy)
+  }
+  return Effect.suspend(() => {
+    const bounce = new Uint8Array(ENCRYPT_PIECE)
+    let done = 0
+    return Effect.whileLoop({
+      while: () => done < data.length,
+      body: () => {
+        const length = Math.min(ENCRYPT_PIECE, data.length - done)
+        const piece = bounce.subarray(0, length)
+        piece.set(data.subarray(done, done + length))
+        crypto.encrypt(ivBase + done, piece)
+        return engine.data.write(hostOffset + done, piece)
+      },
+      step: () => {
+        done += ENCRYPT_PIECE
+      }
+    })
+  })
 }
 
 /** `after`: host offset just past the previous part of this write, where new clusters go first if free. */
