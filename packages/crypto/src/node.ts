@@ -1,6 +1,7 @@
 /**
  * Node kernels on node:crypto (OpenSSL): AES-ECB cipher objects reused for
- * whole runs, `crypto.pbkdf2` on the libuv thread pool, `createHash`,
+ * whole runs, PBKDF2 from libnettle where it can be had (nettle.ts) and
+ * `crypto.pbkdf2` on the libuv thread pool otherwise, `createHash`,
  * `randomFillSync`. Import from `@qcow2/crypto/node`.
  *
  * node:crypto keeps keys inside OpenSSL (KeyObject and cipher contexts), where
@@ -11,6 +12,7 @@ import * as nodeCrypto from "node:crypto"
 import { Layer } from "effect"
 import type { AesEngine, CryptoBackend } from "./backend.js"
 import { invalidArgument } from "./errors.js"
+import { nettlePbkdf2 } from "./nettle.js"
 import { makeSectorCipherFactory, SectorCipherFactory } from "./service.js"
 
 /**
@@ -102,7 +104,9 @@ export const nodeBackend: CryptoBackend = {
     for (const p of parts) h.update(p)
     return toBytes(h.digest())
   },
-  pbkdf2: (hash, password, salt, iterations, length) =>
+  // libnettle's when it can be had (nettle.ts: about twice as fast), else OpenSSL's on the libuv thread pool.
+  pbkdf2: async (hash, password, salt, iterations, length) =>
+    (await nettlePbkdf2())?.(hash, password, salt, iterations, length) ??
     new Promise((resolve, reject) =>
       nodeCrypto.pbkdf2(password, salt, iterations, length, hash, (err, key) =>
         err ? reject(err) : resolve(toBytes(key))
