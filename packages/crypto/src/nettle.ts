@@ -10,13 +10,31 @@
  * Same bytes either way (tests compare the two). The call runs on koffi's
  * asynchronous thread, off the event loop.
  *
+ * One derivation at a time goes to nettle; one asked for while another
+ * runs is declined (node:crypto does it, on the libuv thread pool, so two
+ * unlocks still run side by side). koffi 3.3.4 corrupts the heap when a
+ * dozen asynchronous calls are started at once (malloc aborts the
+ * process), and one at a time never did (thousands of calls, checked
+ * against node:crypto).
+ *
  * Undefined where it cannot be had (not Linux on x64/arm64, koffi or
  * libnettle missing); the caller then uses node:crypto.
  */
 import type { HashName } from "./spec.js"
 
-/** PBKDF2-HMAC with one of nettle's hashes; undefined for a hash nettle has no PBKDF2 for. */
-export type NettlePbkdf2 = (hash: HashName, password: Uint8Array, salt: Uint8Array, iterations: number, length: number) => Promise<Uint8Array> | undefined
+/**
+ * PBKDF2-HMAC with one of nettle's hashes; undefined (at once, or as the
+ * promise's value) when nettle does not do it: a hash it has no PBKDF2
+ * for, an iteration count past its `unsigned`, another derivation running,
+ * or koffi refusing the call.
+ */
+export type NettlePbkdf2 = (
+  hash: HashName,
+  password: Uint8Array,
+  salt: Uint8Array,
+  iterations: number,
+  length: number
+) => Promise<Uint8Array | undefined> | undefined
 
 interface AsyncCFunction {
   readonly async: (...args: ReadonlyArray<unknown>) => void
@@ -47,12 +65,22 @@ const load = async (): Promise<NettlePbkdf2 | undefined> => {
         )
       )
     }
+    let running = false
     return (hash, password, salt, iterations, length) => {
       const f = functions.get(hash)
-      if (f === undefined || !Number.isInteger(iterations) || iterations < 1 || iterations > MAX_ITERATIONS || length < 1) return undefined
-      return new Promise((resolve, reject) => {
+      if (running || f === undefined || !Number.isInteger(iterations) || iterations < 1 || iterations > MAX_ITERATIONS || length < 1) return undefined
+      running = true
+      return new Promise((resolve) => {
         const out = new Uint8Array(length)
-        f.async(password.length, password, iterations, salt.length, salt, length, out, (error: unknown) => (error ? reject(error) : resolve(out)))
+        const settle = (result: Uint8Array | undefined) => {
+          running = false
+          resolve(result)
+        }
+        try {
+          f.async(password.length, password, iterations, salt.length, salt, length, out, (error: unknown) => settle(error ? undefined : out))
+        } catch {
+          settle(undefined)
+        }
       })
     }
   } catch {

@@ -106,7 +106,7 @@ export const nodeBackend: CryptoBackend = {
   },
   // libnettle's when it can be had (nettle.ts: about twice as fast), else OpenSSL's on the libuv thread pool.
   pbkdf2: async (hash, password, salt, iterations, length) =>
-    (await nettlePbkdf2())?.(hash, password, salt, iterations, length) ??
+    (await (await nettlePbkdf2())?.(hash, password, salt, iterations, length)) ??
     new Promise((resolve, reject) =>
       nodeCrypto.pbkdf2(password, salt, iterations, length, hash, (err, key) =>
         err ? reject(err) : resolve(toBytes(key))

@@ -48,3 +48,18 @@ describe("PBKDF2 through libnettle", () => {
     expect(nettle("sha256", password, salt, 2 ** 32, 32)).toBeUndefined()
   })
 })
+
+describe("PBKDF2 through libnettle, many at once", () => {
+  it.runIf(hasNettle)("declines a derivation while one runs; 200 at once through the Node backend all give node:crypto's bytes, and nettle serves again after", async () => {
+    const nettle = (await nettlePbkdf2())!
+    const first = nettle("sha256", new Uint8Array(4), new Uint8Array(4), 50_000, 32)
+    expect(first).toBeDefined()
+    expect(nettle("sha256", new Uint8Array(4), new Uint8Array(4), 10, 32)).toBeUndefined()
+    expect(await first).toBeDefined()
+    const salt = new Uint8Array(16).fill(3)
+    const passwords = Array.from({ length: 200 }, (_, k) => new TextEncoder().encode(`pass-${k}`))
+    const got = await Promise.all(passwords.map((p) => nodeBackend.pbkdf2("sha256", p, salt, 2000, 64)))
+    got.forEach((key, k) => expect(Buffer.from(key).toString("hex")).toBe(nodeCrypto.pbkdf2Sync(passwords[k]!, salt, 2000, 64, "sha256").toString("hex")))
+    expect(await nettle("sha256", new Uint8Array(4), new Uint8Array(4), 10, 32)).toBeDefined()
+  })
+})
