@@ -518,13 +518,20 @@ const CASES = [
         return timeRun(cmd, args)
       }
       const convertArgs = (who) => ["convert", "--object", SECRET, "--image-opts", imageOpts(img("qemu")), "-O", "raw", rawOut(who)]
-      const [wOurs, wQemu, rOurs, rQemu, cOurs, cQemu] = alternateAll(3, [
+      const [wOurs, wQemu, rOurs, rQemu, cOurs, cQemu, wBase, rBase, cBase] = alternateAll(3, [
         write("ours", process.execPath, [BUNDLE, "io", ...io("ours", "write -P 171 0 256M")]),
         write("qemu", "qemu-io", io("qemu", "write -P 171 0 256M")),
         () => timeRun(process.execPath, [BUNDLE, "io", ...io("ours", "read -P 171 0 256M")]),
         () => timeRun("qemu-io", io("qemu", "read -P 171 0 256M")),
         fresh(rawOut("ours"), process.execPath, [BUNDLE, ...convertArgs("ours")]),
-        fresh(rawOut("qemu"), "qemu-img", convertArgs("qemu"))
+        fresh(rawOut("qemu"), "qemu-img", convertArgs("qemu")),
+        ...(BASE === undefined
+          ? []
+          : [
+              write("base", process.execPath, [BASE, "io", ...io("base", "write -P 171 0 256M")]),
+              () => timeRun(process.execPath, [BASE, "io", ...io("base", "read -P 171 0 256M")]),
+              fresh(rawOut("base"), process.execPath, [BASE, ...convertArgs("base")])
+            ])
       ])
       const same =
         sameImages(imageOpts(img("ours")), imageOpts(img("qemu")), ["--object", SECRET, "--image-opts"]) &&
@@ -550,7 +557,24 @@ const CASES = [
         ["request rate read (ours, qemu-io)", `${ioRate(rOurs.stdouts).toFixed(0)}, ${ioRate(rQemu.stdouts).toFixed(0)} MiB/s`],
         ["images and raw outputs identical", same ? "yes" : "NO"]
       ]
-      for (const who of ["ours", "qemu"]) {
+      if (wBase !== undefined) {
+        rows.push(
+          ...timingRows(
+            size,
+            [
+              ["baseline io write 256M", wBase],
+              ["baseline io read 256M", rBase],
+              ["baseline convert → raw", cBase]
+            ],
+            [
+              ["write: baseline / qemu-io", wBase, wQemu],
+              ["read: baseline / qemu-io", rBase, rQemu],
+              ["convert: baseline / qemu-img", cBase, cQemu]
+            ]
+          )
+        )
+      }
+      for (const who of ["ours", "qemu", "base"]) {
         fs.rmSync(img(who), { force: true })
         fs.rmSync(rawOut(who), { force: true })
       }
