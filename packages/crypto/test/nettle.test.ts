@@ -35,6 +35,15 @@ describe("PBKDF2 through libnettle", () => {
     )
   })
 
+  it.runIf(hasNettle)("reads password and salt from views into larger buffers (a LUKS slot's salt is a view into the header)", async () => {
+    const nettle = (await nettlePbkdf2())!
+    const backing = nodeCrypto.randomBytes(300)
+    const password = new Uint8Array(backing.buffer, backing.byteOffset + 7, 19)
+    const salt = new Uint8Array(backing.buffer, backing.byteOffset + 101, 32)
+    const got = await nettle("sha256", password, salt, 1000, 64)
+    expect(Buffer.from(got!).toString("hex")).toBe(nodeCrypto.pbkdf2Sync(password, salt, 1000, 64, "sha256").toString("hex"))
+  })
+
   it.runIf(hasNettle)("declines what it has no function for, which the Node backend then derives with node:crypto", async () => {
     const nettle = (await nettlePbkdf2())!
     const password = new TextEncoder().encode("hunter2")
