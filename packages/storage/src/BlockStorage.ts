@@ -91,10 +91,19 @@ export interface BlockStorageShape {
   readonly debugBreak?: (event: DebugEvent) => Effect.Effect<void>
 }
 
-/** Raises `event` on `storage` and yields where a debug filter may hold the request (see `debugBreak`). */
+/**
+ * Raises `event` on `storage` and yields where a debug filter may hold the
+ * request (see `debugBreak`), when the Effect runs: a point built into a
+ * chain fires only if the chain reaches it (QEMU's BLKDBG_EVENT sits in
+ * the operation itself). `Effect.void` on a store without debug hooks.
+ */
 export const debugPoint = (storage: BlockStorageShape, event: DebugEvent): Effect.Effect<void> => {
-  storage.debugEvent?.(event)
-  return storage.debugBreak?.(event) ?? Effect.void
+  const { debugEvent, debugBreak } = storage
+  if (debugEvent === undefined && debugBreak === undefined) return Effect.void
+  return Effect.suspend(() => {
+    debugEvent?.(event)
+    return debugBreak?.(event) ?? Effect.void
+  })
 }
 
 /**

@@ -179,4 +179,18 @@ describe("blkdebug breakpoints", () => {
     await Effect.runPromise(Fiber.join(fiber))
     expect(wrap("").debugBreak).toBeUndefined()
   })
+
+  it("a debug point raises its event when it runs, not when it is built: a chain that fails before it raises nothing", async () => {
+    const events: Array<string> = []
+    const store: BlockStorageShape = { ...makeMemoryStorage({ name: "mem" }), debugEvent: (event) => void events.push(event) }
+    const point = debugPoint(store, "l1_update")
+    const chain = Effect.andThen(Effect.fail("earlier step failed"), point)
+    expect(events).toEqual([])
+    await Effect.runPromiseExit(chain)
+    expect(events).toEqual([])
+    await Effect.runPromise(point)
+    await Effect.runPromise(point)
+    expect(events).toEqual(["l1_update", "l1_update"])
+    expect(debugPoint(makeMemoryStorage({ name: "plain" }), "l1_update")).toBe(Effect.void)
+  })
 })
