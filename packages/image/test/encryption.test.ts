@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process"
-import { readFileSync } from "node:fs"
+import { readFileSync, writeFileSync } from "node:fs"
 import { Effect, Layer } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
 import { layerNode } from "@qcow2/crypto/node"
@@ -18,6 +18,21 @@ const secret = (pass: string) => ["--object", `secret,id=sec0,data=${pass}`]
 const createEncrypted = (...args: string[]) => qemuImg("create", ...args)
 const imageOpts = (file: string) => `driver=qcow2,file.filename=${file},encrypt.key-secret=sec0`
 const enc = new TextEncoder()
+
+/** Creates an encrypted image here (cheap key slots) and opens it for writing. */
+const createHere = (file: string, format: "luks" | "aes", size: number) =>
+  Effect.andThen(
+    createImage(file, { size, encryption: { format, passphrase: enc.encode("s3cret"), slotIterations: 1000, masterKeyIterations: 1000 } }),
+    openImage(file, { passphrase: enc.encode("s3cret") })
+  )
+
+/** Writes `model` to `raw`; qemu-img finds no errors in `file` and reads it as `raw`. */
+const expectQemuReads = (file: string, raw: string, model: Uint8Array): void => {
+  writeFileSync(raw, model)
+  expect(execFileSync("qemu-img", ["check", ...secret("s3cret"), "--image-opts", imageOpts(file)], { encoding: "utf8" })).toContain("No errors")
+  const cmp = execFileSync("qemu-img", ["compare", ...secret("s3cret"), "--image-opts", imageOpts(file), `driver=raw,file.filename=${raw}`], { encoding: "utf8" })
+  expect(cmp).toContain("identical")
+}
 
 const readAll = (file: string, passphrase: string) =>
   run(
@@ -48,11 +63,7 @@ describe("encrypted images, both ways with qemu-img", () => {
       const model = new Uint8Array(size)
       await run(
         Effect.gen(function* () {
-          yield* createImage(file, {
-            size,
-            encryption: { format, passphrase: enc.encode("s3cret"), slotIterations: 1000, masterKeyIterations: 1000 }
-          })
-          const image = yield* openImage(file, { passphrase: enc.encode("s3cret") })
+          const image = yield* createHere(file, format, size)
           for (const [offset, length, seed] of [[0, 70000, 1], [123, 7, 2], [1 << 20, 4096, 3], [size - 1000, 1000, 4], [65530, 20, 5]] as const) {
             const data = pattern(length, seed)
             yield* image.write(offset, data)
@@ -62,10 +73,7 @@ describe("encrypted images, both ways with qemu-img", () => {
           model.fill(0, 200000, 205000)
         })
       )
-      require("node:fs").writeFileSync(raw, model)
-      expect(execFileSync("qemu-img", ["check", ...secret("s3cret"), "--image-opts", imageOpts(file)], { encoding: "utf8" })).toContain("No errors")
-      const cmp = execFileSync("qemu-img", ["compare", ...secret("s3cret"), "--image-opts", imageOpts(file), `driver=raw,file.filename=${raw}`], { encoding: "utf8" })
-      expect(cmp).toContain("identical")
+      expectQemuReads(file, raw, model)
       expect(Buffer.compare(Buffer.from(await readAll(file, "s3cret")), model)).toBe(0)
     })
   }
@@ -81,11 +89,7 @@ describe("encrypted images, both ways with qemu-img", () => {
       const offset = (3 << 19) + 700
       await run(
         Effect.gen(function* () {
-          yield* createImage(file, {
-            size,
-            encryption: { format, passphrase: enc.encode("s3cret"), slotIterations: 1000, masterKeyIterations: 1000 }
-          })
-          const image = yield* openImage(file, { passphrase: enc.encode("s3cret") })
+          const image = yield* createHere(file, format, size)
           yield* image.write(offset, data)
           // Rewritten in place (allocated clusters): the same pieces again.
           yield* image.write(offset + 4096, data.subarray(0, 3 << 20))
@@ -94,10 +98,7 @@ describe("encrypted images, both ways with qemu-img", () => {
       expect(Buffer.compare(data, before)).toBe(0)
       model.set(data, offset)
       model.set(data.subarray(0, 3 << 20), offset + 4096)
-      require("node:fs").writeFileSync(raw, model)
-      expect(execFileSync("qemu-img", ["check", ...secret("s3cret"), "--image-opts", imageOpts(file)], { encoding: "utf8" })).toContain("No errors")
-      const cmp = execFileSync("qemu-img", ["compare", ...secret("s3cret"), "--image-opts", imageOpts(file), `driver=raw,file.filename=${raw}`], { encoding: "utf8" })
-      expect(cmp).toContain("identical")
+      expectQemuReads(file, raw, model)
     })
   }
 
