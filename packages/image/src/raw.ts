@@ -56,11 +56,13 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
           const bad = requireWritable() ?? guard(offset, data.length)
           return bad ? Effect.fail(bad) : asImageError(Effect.map(storage.write(offset, data), () => grown(offset + data.length)), location)
         },
-        writeZeroes: (offset, length) => {
+        writeZeroes: (offset, length, options) => {
           const bad = requireWritable() ?? guard(offset, length)
           if (bad) return Effect.fail(bad)
           // A store that zeroes without data on the wire (NBD_CMD_WRITE_ZEROES) is asked to.
-          if (storage.writeZeroes !== undefined) return asImageError(Effect.map(storage.writeZeroes(offset, length), () => grown(offset + length)), location)
+          if (storage.writeZeroes !== undefined) {
+            return asImageError(Effect.map(storage.writeZeroes(offset, length, options?.unmap ?? false), () => grown(offset + length)), location)
+          }
           return asImageError(
             Effect.gen(function* () {
               const chunk = new Uint8Array(Math.min(length, 1 << 20))

@@ -60,11 +60,12 @@ export interface BlockStorageShape {
    */
   readonly blockStatus?: (offset: number, length: number) => Effect.Effect<StorageExtent, StorageError>
   /**
-   * Writes zeros over the range without sending them (NBD_CMD_WRITE_ZEROES);
-   * the range stays allocated. Absent where the store has no cheaper way
-   * than `write`.
+   * Writes zeros over the range without sending them (NBD_CMD_WRITE_ZEROES).
+   * The range stays allocated unless `unmap` lets the store deallocate it
+   * (QEMU's BDRV_REQ_MAY_UNMAP, which qemu-img convert passes for zero
+   * ranges). Absent where the store has no cheaper way than `write`.
    */
-  readonly writeZeroes?: (offset: number, length: number) => Effect.Effect<void, StorageError>
+  readonly writeZeroes?: (offset: number, length: number, unmap?: boolean) => Effect.Effect<void, StorageError>
   /**
    * Replaces the image locks this open store holds with `request`, as QEMU's
    * file driver does (see {@link LockRequest}): fails with reason `Locked`

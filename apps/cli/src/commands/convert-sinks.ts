@@ -171,7 +171,8 @@ export const nodeRawSink = (o: ConvertOptions, total: number): Effect.Effect<Sin
       zeroGranularity: 1,
       writeData: (offset, data) => wrap(offset, target.write(offset, data)),
       writeZeroes: (offset, length) => wrap(offset, target.writeZeroes(offset, length, { unmap: o.sparseSize !== 0 })),
-      finish: o.cache === "unsafe" ? Effect.void : Effect.mapError(target.flush(), (e) => flushFailure(strerror(e)))
+      // QEMU's nbd driver sends NBD_CMD_FLUSH from its flush_to_os stage, which cache=unsafe does not skip.
+      finish: o.cache === "unsafe" && parseNbdName(o.target) === undefined ? Effect.void : Effect.mapError(target.flush(), (e) => flushFailure(strerror(e)))
     }
     return sink
   })

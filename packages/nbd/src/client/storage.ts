@@ -95,12 +95,13 @@ export const makeNbdStorage = (connection: NbdConnection, settings: NbdStorageSe
       if (bad !== undefined) return Effect.fail(bad)
       return split(offset, data.length, maxBlock, (at, n) => connection.request(Command.WRITE, 0, at, n, { payload: data.subarray(at - offset, at - offset + n) }))
     },
-    writeZeroes: (offset, length) => {
+    writeZeroes: (offset, length, unmap = false) => {
       const bad = guard("write zeroes", offset, length, true)
       if (bad !== undefined) return Effect.fail(bad)
       if (has(TransmissionFlag.SEND_WRITE_ZEROES)) {
-        // NO_HOLE: the range must stay allocated, as QEMU asks when it may not unmap.
-        return split(offset, length, MAX_RANGE, (at, n) => connection.request(Command.WRITE_ZEROES, CommandFlag.NO_HOLE, at, n))
+        // NO_HOLE unless the caller may unmap: QEMU's nbd client sets it exactly when BDRV_REQ_MAY_UNMAP is absent.
+        const flags = unmap ? 0 : CommandFlag.NO_HOLE
+        return split(offset, length, MAX_RANGE, (at, n) => connection.request(Command.WRITE_ZEROES, flags, at, n))
       }
       const zeros = new Uint8Array(Math.min(length, maxBlock))
       return split(offset, length, zeros.length, (at, n) => connection.request(Command.WRITE, 0, at, n, { payload: zeros.subarray(0, n) }))
