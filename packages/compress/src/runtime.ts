@@ -16,10 +16,10 @@ export type { CompressionPool, CompressionPoolOptions }
 /** Which implementation this entry is. */
 export const runtime: "node" | "browser" = "node"
 
-/** Builds this runtime's ClusterCodec (here node:zlib + zstd wasm). */
+/** Builds this runtime's ClusterCodec (here node:zlib + native or wasm zstd). */
 export const makeRuntimeClusterCodec: Effect.Effect<ClusterCodecShape> = NodeClusterCodec.make
 
-/** Provides this runtime's ClusterCodec (here node:zlib + zstd wasm). */
+/** Provides this runtime's ClusterCodec (here node:zlib + native or wasm zstd). */
 export const runtimeClusterCodecLayer: Layer.Layer<ClusterCodec> = NodeClusterCodec.layer
 
 /** Starts this runtime's compression pool in the current scope (here worker threads). */

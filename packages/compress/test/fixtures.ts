@@ -1,7 +1,9 @@
 import { type ClusterKernels, makeClusterKernels } from "../src/internal/codec.js"
 import { portableDeflateKernels } from "../src/internal/deflatePortable.js"
 import { nodeDeflateKernels } from "../src/internal/nodeKernels.js"
+import type { ZstdKernel } from "../src/internal/zstdKernel.js"
 import { zstdKernel } from "../src/internal/zstdModule.js"
+import { nativeZstdKernel } from "../src/internal/zstdNative.js"
 
 /** Every cluster size QEMU accepts: 512 B .. 2 MiB. */
 export const CLUSTER_SIZES = Array.from({ length: 13 }, (_, i) => 512 << i)
@@ -63,17 +65,26 @@ export const padToSector = (data: Uint8Array, fill: Uint8Array = new Uint8Array(
   return concat(data, fill.subarray(0, padded - data.length))
 }
 
+/** The system's libzstd through koffi; the tests need it (CI installs libzstd1 with qemu-utils). */
+export const loadNativeZstd = async (): Promise<ZstdKernel> => {
+  const kernel = await nativeZstdKernel()
+  if (kernel === undefined) throw new Error("libzstd.so.1 could not be loaded through koffi")
+  return kernel
+}
+
 /**
- * The synchronous kernels of NodeClusterCodec (also as it runs without
- * node:zlib's native handle) and PortableClusterCodec (what their Effects
- * run per cluster), with the zstd wasm loaded.
+ * The synchronous kernels of NodeClusterCodec (first: as it runs here,
+ * with native zstd; then with the wasm zstd, and without node:zlib's native
+ * handle) and PortableClusterCodec (what their Effects run per cluster).
  */
 export const makeCodecs = async (): Promise<ReadonlyArray<readonly [string, ClusterKernels]>> => {
-  const zstd = await zstdKernel()
+  const native = await loadNativeZstd()
+  const wasm = await zstdKernel()
   return [
-    ["node", makeClusterKernels(nodeDeflateKernels(), () => zstd)],
-    ["node one-shot inflate", makeClusterKernels(nodeDeflateKernels({ keptStream: false }), () => zstd)],
-    ["portable", makeClusterKernels(portableDeflateKernels(), () => zstd)]
+    ["node", makeClusterKernels(nodeDeflateKernels(), () => native)],
+    ["node, wasm zstd", makeClusterKernels(nodeDeflateKernels(), () => wasm)],
+    ["node one-shot inflate", makeClusterKernels(nodeDeflateKernels({ keptStream: false }), () => wasm)],
+    ["portable", makeClusterKernels(portableDeflateKernels(), () => wasm)]
   ]
 }
 

@@ -7,10 +7,13 @@ import { WorkerPool } from "../src/internal/workerPool.js"
 import { makeCompressionPool } from "../src/node.js"
 import { expectSameBytes, makeCodecs, periodicBytes, randomBytes, textBytes } from "./fixtures.js"
 
-/** NodeClusterCodec's kernels, the reference for the pool's bytes. */
+/** NodeClusterCodec's kernels, the reference for the pool's bytes (with native zstd, as the pool runs by default), and with the wasm zstd. */
 let node: ClusterKernels
+let nodeWasm: ClusterKernels
 beforeAll(async () => {
-  node = (await makeCodecs())[0][1]
+  const codecs = await makeCodecs()
+  node = codecs[0][1]
+  nodeWasm = codecs[1][1]
 })
 
 const mixedClusters = (count: number, size: number): Array<Uint8Array> =>
@@ -25,12 +28,13 @@ const mixedClusters = (count: number, size: number): Array<Uint8Array> =>
   )
 
 describe("makeCompressionPool", () => {
-  it("gives the same bytes as NodeClusterCodec for both codecs, in input order", async () => {
+  it.each(["native", "wasm"] as const)("gives the same bytes as NodeClusterCodec for both codecs, in input order (%s zstd)", async (zstd) => {
+    const reference = zstd === "native" ? node : nodeWasm
     const clusters = mixedClusters(48, 65536)
     const results = await Effect.runPromise(
       Effect.scoped(
         Effect.gen(function* () {
-          const pool = yield* makeCompressionPool({ workers: 2 })
+          const pool = yield* makeCompressionPool({ workers: 2, zstd })
           expect(pool.workers).toBe(2)
           return yield* Effect.forEach(
             clusters.flatMap((c) => [
@@ -45,7 +49,7 @@ describe("makeCompressionPool", () => {
     )
     clusters.forEach((cluster, i) => {
       for (const type of [0, 1] as const) {
-        const expected = node.compress(type, cluster)
+        const expected = reference.compress(type, cluster)
         const got = results[i * 2 + type]
         if (expected === undefined) expect(got).toBeUndefined()
         else expectSameBytes(got, expected, `cluster ${i} type ${type}`)
