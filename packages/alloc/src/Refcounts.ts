@@ -519,6 +519,62 @@ export class Refcounts {
   }
 
   /**
+   * `allocateBytes` without an Effect, in its common case: the bytes go
+   * right after the previous compressed cluster, in its host cluster or
+   * spilling into the next one, which is past every counted cluster (what
+   * the free-cluster search would hand out), and everything that takes is
+   * in memory: the refcount blocks are cached, no freed cluster waits, the
+   * allocation ordering is already recorded, the store has no debug hooks.
+   * Same result and state as `allocateBytes` then; undefined, with nothing
+   * changed, otherwise (the caller runs `allocateBytes`).
+   */
+  allocateBytesNow(size: number): number | undefined {
+    const offset = this.freeByteOffset
+    if (
+      offset === 0 ||
+      size <= 0 ||
+      size >= this.clusterSize ||
+      this.refcountOrder === 6 ||
+      !this.tailKnown ||
+      this.freedPending.size > 0 ||
+      this.storage.debugEvent !== undefined ||
+      this.storage.debugBreak !== undefined ||
+      (!this.lazy && !this.mappingCache.waitsFor(this.cache))
+    ) {
+      return undefined
+    }
+    const cs = this.clusterSize
+    const first = Math.floor(offset / cs)
+    const spills = cs - (offset % cs) < size
+    if (spills && (this.freeClusterIndex !== first + 1 || first + 1 < this.endCluster || (first + 2) * cs > Limits.maxHostOffset)) return undefined
+    const firstBlock = this.cachedBlock(first)
+    const secondBlock = spills ? this.cachedBlock(first + 1) : undefined
+    if (firstBlock === undefined || (spills && secondBlock === undefined)) return undefined
+    const firstIndex = first % this.blockEntries
+    const current = readRefcount(firstBlock.bytes, firstIndex, this.refcountOrder)
+    if (current === 0 || current >= this.maxRefcount) return undefined
+    writeRefcount(firstBlock.bytes, firstIndex, this.refcountOrder, current + 1)
+    this.cache.markDirty(firstBlock.offset)
+    if (secondBlock !== undefined) {
+      // Past every counted cluster: its refcount is 0.
+      writeRefcount(secondBlock.bytes, (first + 1) % this.blockEntries, this.refcountOrder, 1)
+      this.cache.markDirty(secondBlock.offset)
+      this.freeClusterIndex = first + 2
+      this.endCluster = first + 2
+    }
+    this.freeByteOffset = (offset + size) % cs === 0 ? 0 : offset + size
+    return offset
+  }
+
+  /** The cached refcount block covering cluster `clusterIndex` and its offset; undefined when there is none or it is not cached. */
+  private cachedBlock(clusterIndex: number): { readonly offset: number; readonly bytes: Uint8Array } | undefined {
+    const offset = this.blockAt(Math.floor(clusterIndex / this.blockEntries))
+    if (typeof offset !== "number" || offset === 0) return undefined
+    const bytes = this.cache.lookup(offset)
+    return bytes === undefined ? undefined : { offset, bytes }
+  }
+
+  /**
    * Gives back clusters allocated here and never referenced by any table
    * (refcount 1 to 0): free again at once, with no wait for the mapping
    * tables. A write allocates a run of clusters as QEMU does and takes

@@ -89,6 +89,58 @@ describe("Refcounts", () => {
     expect(await run(refcounts.get(a / cs + 1))).toBe(1)
   })
 
+  it("allocateBytesNow gives what allocateBytes gives, or nothing and leaves the state alone (property)", async () => {
+    const step = fc.oneof(
+      { arbitrary: fc.record({ kind: fc.constant("bytes" as const), size: fc.integer({ min: 1, max: 4095 }) }), weight: 12 },
+      { arbitrary: fc.record({ kind: fc.constant("clusters" as const), size: fc.integer({ min: 1, max: 3 }) }), weight: 1 },
+      { arbitrary: fc.record({ kind: fc.constant("free" as const), size: fc.integer({ min: 0, max: 400 }) }), weight: 1 }
+    )
+    let fastHits = 0
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom(9, 12), fc.constantFrom(0, 3, 4, 6), fc.boolean(), fc.array(step, { minLength: 1, maxLength: 120 }), async (clusterBits, refcountOrder, lazy, steps) => {
+        const fast = await fresh(clusterBits, refcountOrder, { lazy })
+        const slow = await fresh(clusterBits, refcountOrder, { lazy })
+        const cs = fast.cs
+        const allocated: Array<number> = []
+        for (const s of steps) {
+          if (s.kind === "bytes") {
+            const size = 1 + (s.size % (cs - 1))
+            const now = fast.refcounts.allocateBytesNow(size)
+            if (now !== undefined) fastHits++
+            const a = now ?? (await run(fast.refcounts.allocateBytes(size)))
+            const b = await run(slow.refcounts.allocateBytes(size))
+            expect(a).toBe(b)
+            allocated.push(a)
+          } else if (s.kind === "clusters") {
+            expect(await run(fast.refcounts.allocate(s.size))).toBe(await run(slow.refcounts.allocate(s.size)))
+          } else if (allocated.length > 0) {
+            // Dropping a compressed cluster's reference frees its host cluster once nothing else packs into it.
+            const at = allocated.splice(s.size % allocated.length, 1)[0]!
+            await run(fast.refcounts.free(at, 1))
+            await run(slow.refcounts.free(at, 1))
+          }
+        }
+        // Where the next cluster goes, and where the counted clusters end, agree too.
+        expect(await run(fast.refcounts.usedEnd())).toBe(await run(slow.refcounts.usedEnd()))
+        expect(await run(fast.refcounts.allocate(1))).toBe(await run(slow.refcounts.allocate(1)))
+        for (const side of [fast, slow]) {
+          await run(side.mappingCache.flush())
+          await run(side.refcounts.cache.flush())
+        }
+        const fastBytes = await run(fast.storage.size())
+        expect(fastBytes).toBe(await run(slow.storage.size()))
+        const a = new Uint8Array(fastBytes)
+        const b = new Uint8Array(fastBytes)
+        await run(fast.storage.read(0, a))
+        await run(slow.storage.read(0, b))
+        expect(Buffer.compare(a, b)).toBe(0)
+      }),
+      { numRuns: 60 }
+    )
+    // The fast path did run (most packed clusters follow the previous one).
+    expect(fastHits).toBeGreaterThan(100)
+  })
+
   for (const [clusterBits, refcountOrder] of [[9, 4], [9, 6], [10, 0], [12, 6]] as const) {
     it(`creates self-describing refcount blocks and grows the table (cluster_bits=${clusterBits}, refcount_order=${refcountOrder})`, async () => {
       const { refcounts, storage, cs, location } = await fresh(clusterBits, refcountOrder)

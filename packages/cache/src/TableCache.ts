@@ -195,6 +195,11 @@ export class TableCache {
     })
   }
 
+  /** Whether this cache already waits for `other` (`dependOn(other)` would do nothing). */
+  waitsFor(other: TableCache): boolean {
+    return this.dependency === other
+  }
+
   /** Next write-back of this cache is preceded by a storage flush (rule 2). */
   dependOnStorageFlush(): void {
     this.needsStorageFlush = true

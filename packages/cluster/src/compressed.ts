@@ -6,7 +6,7 @@ import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { hasHostData, prepareL2ForWrite } from "./l2.js"
 import { readDamageMessage } from "./l2-damage.js"
-import { loadL2 } from "./mapping.js"
+import { l2Coverage, loadL2 } from "./mapping.js"
 import { writeGuest } from "./write.js"
 
 /**
@@ -112,9 +112,12 @@ function storeCompressed(engine: Qcow2Engine, guest: number, run: ReadonlyArray<
       const at = guest + k * g.clusterSize
       const refused = engine.integrity.refuseWrite(at)
       if (refused !== undefined) return yield* refused
-      const l2Offset = yield* prepareL2ForWrite(engine, at)
+      // Each step runs without an Effect when what it needs is in memory (an
+      // owned, cached L2 table; bytes packed after the previous cluster): a
+      // 1 GiB convert -c stores ~10,000 clusters one after another.
+      const l2Offset = engine.l1.plainL2Offset(Math.floor(at / l2Coverage(engine)), true) ?? (yield* prepareL2ForWrite(engine, at))
       const index = (at / g.clusterSize) % g.l2Entries
-      const old = readL2Entry(yield* loadL2(engine, l2Offset), index, g)
+      const old = readL2Entry(engine.l2Cache.lookup(l2Offset) ?? (yield* loadL2(engine, l2Offset)), index, g)
       if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(readDamageMessage(old, { l2Offset, index }), at)
       if (hasHostData(engine, old) || (old._tag === "Subclusters" && old.allocatedMask !== 0)) {
         return yield* new ClusterError({
@@ -125,8 +128,8 @@ function storeCompressed(engine: Qcow2Engine, guest: number, run: ReadonlyArray<
         })
       }
       const bytes = run[k]
-      const host = yield* engine.refcounts.allocateBytes(bytes.length)
-      yield* engine.integrity.guardWrite(host, bytes.length)
+      const host = engine.refcounts.allocateBytesNow(bytes.length) ?? (yield* engine.refcounts.allocateBytes(bytes.length))
+      if (!engine.integrity.mayWriteNow(host, bytes.length)) yield* engine.integrity.guardWrite(host, bytes.length)
       placed.push({ l2Offset, index, host, bytes })
     }
     yield* debugPoint(engine.storage, "write_compressed")

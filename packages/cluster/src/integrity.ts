@@ -5,6 +5,9 @@ import type { StorageError } from "@qcow2/storage"
 import { ClusterError } from "./errors.js"
 import type { HeaderState } from "./header.js"
 
+/** No metadata kind exempt from the overlap check. */
+const NO_KINDS: ReadonlyArray<MetadataKind> = []
+
 /**
  * Whether the image may be changed, and what must never be overwritten.
  *
@@ -113,12 +116,17 @@ export class Integrity {
    * a snapshot's L1 table fails validation, every write fails with its
    * errno instead (nothing marked; QEMU's check fails the same way).
    */
-  guardWrite(offset: number, length: number, ignore: ReadonlyArray<MetadataKind> = []): Effect.Effect<void, ClusterError> {
+  guardWrite(offset: number, length: number, ignore: ReadonlyArray<MetadataKind> = NO_KINDS): Effect.Effect<void, ClusterError> {
     const refusal = this.overlaps.inactiveL2Refusal
     if (refusal !== undefined) return Effect.fail(new ClusterError({ reason: "InvalidArgument", message: refusal.message, errno: refusal.errno }))
     const hit = this.overlaps.find(offset, length, ignore)
     if (hit === undefined) return Effect.void
     return this.markCorrupt(`Preventing invalid write on metadata (overlaps with ${hit}) at host offset ${offset}`, offset)
+  }
+
+  /** Whether `guardWrite(offset, length)` would let the write through (checked without an Effect). */
+  mayWriteNow(offset: number, length: number): boolean {
+    return this.overlaps.inactiveL2Refusal === undefined && this.overlaps.find(offset, length, NO_KINDS) === undefined
   }
 
   /** Lazy refcounts: the dirty bit reaches disk before the first metadata change (QEMU's qcow2_mark_dirty). */
