@@ -20,6 +20,9 @@ export class ActiveL1 {
   private bytes: Uint8Array
   private tableOffset: number
   private entries: number
+  /** The L2 table last found clear of other metadata, and the overlap index's version then (`clearOfMetadata`). */
+  private clearTable = -1
+  private clearVersion = -1
 
   constructor(
     private readonly storage: BlockStorageShape,
@@ -65,9 +68,9 @@ export class ActiveL1 {
     if (offset % this.clusterSize !== 0) {
       return this.integrity.markCorrupt(`L2 table offset ${hexAlt(offset)} unaligned (L1 index: ${hexAlt(index)})`, this.tableOffset + index * 8)
     }
-    const hit = this.integrity.overlaps.find(offset, this.clusterSize, ACTIVE_L2)
-    if (hit !== undefined) return this.integrity.markCorrupt(`L2 table at ${offset} (L1 entry ${index}) overlaps the ${hit}`, offset)
-    return Effect.succeed(offset)
+    if (this.clearOfMetadata(offset)) return Effect.succeed(offset)
+    const hit = this.integrity.overlaps.find(offset, this.clusterSize, ACTIVE_L2)!
+    return this.integrity.markCorrupt(`L2 table at ${offset} (L1 entry ${index}) overlaps the ${hit}`, offset)
   }
 
   /**
@@ -88,7 +91,21 @@ export class ActiveL1 {
     const offset = offHi * 4294967296 + ((lo & 0xfffffe00) >>> 0)
     if (offset === 0) return owned ? undefined : 0
     if (offset % this.clusterSize !== 0) return undefined
-    return this.integrity.overlaps.find(offset, this.clusterSize, ACTIVE_L2) === undefined ? offset : undefined
+    return this.clearOfMetadata(offset) ? offset : undefined
+  }
+
+  /**
+   * Whether the L2 table at `offset` overlaps no other metadata. The last
+   * table found clear is remembered with the overlap index's version: a
+   * sequential reader asks about the same table for every cluster.
+   */
+  private clearOfMetadata(offset: number): boolean {
+    const overlaps = this.integrity.overlaps
+    if (offset === this.clearTable && overlaps.version === this.clearVersion) return true
+    if (overlaps.find(offset, this.clusterSize, ACTIVE_L2) !== undefined) return false
+    this.clearTable = offset
+    this.clearVersion = overlaps.version
+    return true
   }
 
   /** Whether entry `index` has COPIED set (its L2 table is not shared with a snapshot). */

@@ -54,15 +54,42 @@ export function loadL2(engine: Qcow2Engine, l2Offset: number): Effect.Effect<Uin
  * too). Never crosses an L2 table; callers loop.
  */
 export function lookup(engine: Qcow2Engine, offset: number, maxLength: number): Effect.Effect<MappingRun, ClusterError | TableCacheError> {
-  const coverage = l2Coverage(engine)
-  const tableStart = Math.floor(offset / coverage) * coverage
-  const limit = Math.min(maxLength, tableStart + coverage - offset)
+  const limit = tableLimit(engine, offset, maxLength)
   return Effect.flatMap(l2TableOffset(engine, offset), (l2Offset) => {
     if (l2Offset === 0) return Effect.succeed<MappingRun>({ kind: "unallocated", length: limit, hostOffset: undefined })
     const cached = engine.l2Cache.lookup(l2Offset)
-    if (cached !== undefined) return scanTable(engine, cached, l2Offset, offset, limit)
-    return Effect.flatMap(engine.l2Cache.get(l2Offset), (table) => scanTable(engine, table, l2Offset, offset, limit))
+    if (cached !== undefined) return scanned(engine, cached, l2Offset, offset, limit)
+    return Effect.flatMap(engine.l2Cache.get(l2Offset), (table) => scanned(engine, table, l2Offset, offset, limit))
   })
+}
+
+/**
+ * `lookup` without an Effect when everything it reads is in memory (a
+ * usable L1 entry, a cached L2 table) and the entry is sound; undefined
+ * otherwise, and `lookup` then loads or reports. A sequential reader of
+ * compressed clusters looks up every cluster.
+ */
+export function lookupNow(engine: Qcow2Engine, offset: number, maxLength: number): MappingRun | undefined {
+  const limit = tableLimit(engine, offset, maxLength)
+  const l2Offset = engine.l1.plainL2Offset(Math.floor(offset / l2Coverage(engine)), false)
+  if (l2Offset === undefined) return undefined
+  if (l2Offset === 0) return { kind: "unallocated", length: limit, hostOffset: undefined }
+  const table = engine.l2Cache.lookup(l2Offset)
+  if (table === undefined) return undefined
+  const run = scanTable(engine, table, l2Offset, offset, limit)
+  return typeof run === "string" ? undefined : run
+}
+
+/** `maxLength` cut at the end of the L2 table that maps `offset`. */
+const tableLimit = (engine: Qcow2Engine, offset: number, maxLength: number): number => {
+  const coverage = l2Coverage(engine)
+  return Math.min(maxLength, Math.floor(offset / coverage) * coverage + coverage - offset)
+}
+
+/** The run `scanTable` finds, or the image marked corrupt with its message. */
+const scanned = (engine: Qcow2Engine, table: Uint8Array, l2Offset: number, offset: number, limit: number): Effect.Effect<MappingRun, ClusterError> => {
+  const run = scanTable(engine, table, l2Offset, offset, limit)
+  return typeof run === "string" ? engine.integrity.markCorrupt(run, offset) : Effect.succeed(run)
 }
 
 /** Per-unit status while scanning: a subcluster (extended L2) or a cluster. */
@@ -72,7 +99,8 @@ interface Unit {
   compressedSize: number
 }
 
-function scanTable(engine: Qcow2Engine, table: Uint8Array, l2Offset: number, offset: number, limit: number): Effect.Effect<MappingRun, ClusterError | TableCacheError> {
+/** The run from `offset` in the L2 table `table`, or QEMU's corruption message for its first entry. */
+function scanTable(engine: Qcow2Engine, table: Uint8Array, l2Offset: number, offset: number, limit: number): MappingRun | string {
   const g = engine.geometry
   const unitSize = g.subclusterSize
   const unitsPerCluster = g.subclustersPerCluster
@@ -83,16 +111,16 @@ function scanTable(engine: Qcow2Engine, table: Uint8Array, l2Offset: number, off
   let entry = readL2Entry(table, l2Index, g)
   const first: Unit = { kind: "unallocated", hostOffset: undefined, compressedSize: 0 }
   const bad = classify(engine, entry, unit, first, l2Offset, l2Index)
-  if (bad !== undefined) return engine.integrity.markCorrupt(bad, offset)
+  if (bad !== undefined) return bad
   if (first.kind === "compressed") {
     const offsetInCluster = offset % g.clusterSize
-    return Effect.succeed({
+    return {
       kind: "compressed",
       length: Math.min(limit, g.clusterSize - offsetInCluster),
       hostOffset: first.hostOffset!,
       compressedSize: first.compressedSize,
       offsetInCluster
-    })
+    }
   }
   let length = unitSize - offsetInUnit
   const next: Unit = { kind: "unallocated", hostOffset: undefined, compressedSize: 0 }
@@ -114,11 +142,9 @@ function scanTable(engine: Qcow2Engine, table: Uint8Array, l2Offset: number, off
     length += unitSize
   }
   length = Math.min(length, limit)
-  if (first.kind === "data") {
-    return Effect.succeed({ kind: "data", length, hostOffset: first.hostOffset! + offsetInUnit })
-  }
-  if (first.kind === "zero") return Effect.succeed({ kind: "zero", length, hostOffset: first.hostOffset })
-  return Effect.succeed({ kind: "unallocated", length, hostOffset: first.hostOffset })
+  if (first.kind === "data") return { kind: "data", length, hostOffset: first.hostOffset! + offsetInUnit }
+  if (first.kind === "zero") return { kind: "zero", length, hostOffset: first.hostOffset }
+  return { kind: "unallocated", length, hostOffset: first.hostOffset }
 }
 
 /**

@@ -2,7 +2,7 @@ import { Effect } from "effect"
 import { debugPoint, type StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
-import { COMPRESSED_SPAN_LIMIT, lookup, readCompressedCluster, readCompressedClusters, type CompressedPiece, type MappingRun } from "./mapping.js"
+import { COMPRESSED_SPAN_LIMIT, lookup, lookupNow, readCompressedCluster, readCompressedClusters, type CompressedPiece, type MappingRun } from "./mapping.js"
 
 /**
  * The most recently decompressed cluster, for reads of compressed data in
@@ -45,7 +45,7 @@ export function readGuest(engine: Qcow2Engine, offset: number, into: Uint8Array,
     /** A run looked up ahead (past a batch of compressed clusters), handled next. */
     let next: MappingRun | undefined
     while (done < inside) {
-      const run = next ?? (yield* lookup(engine, offset + done, inside - done))
+      const run = next ?? lookupNow(engine, offset + done, inside - done) ?? (yield* lookup(engine, offset + done, inside - done))
       next = undefined
       const slice = into.subarray(done, done + run.length)
       switch (run.kind) {
@@ -69,7 +69,7 @@ export function readGuest(engine: Qcow2Engine, offset: number, into: Uint8Array,
             let end = start + run.compressedSize
             let covered = done + cs
             while (covered < inside) {
-              const ahead = yield* lookup(engine, offset + covered, inside - covered)
+              const ahead = lookupNow(engine, offset + covered, inside - covered) ?? (yield* lookup(engine, offset + covered, inside - covered))
               const packed =
                 ahead.kind === "compressed" &&
                 ahead.offsetInCluster === 0 &&

@@ -2,7 +2,7 @@ import { Effect } from "effect"
 import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
-import { lookup } from "./mapping.js"
+import { lookup, lookupNow } from "./mapping.js"
 
 /**
  * One extent of block status, shaped like a `qemu-img map --output=json`
@@ -94,7 +94,7 @@ export function isZero(bytes: Uint8Array): boolean {
 /** Block status of the extent at guest `offset` (at most `length` bytes); the range is checked by the caller. */
 export function blockStatus(engine: Qcow2Engine, offset: number, length: number): Effect.Effect<BlockStatus, EngineFailure> {
   return Effect.gen(function* () {
-    const mapping = yield* lookup(engine, offset, Math.max(1, length))
+    const mapping = lookupNow(engine, offset, Math.max(1, length)) ?? (yield* lookup(engine, offset, Math.max(1, length)))
     // Host offsets of encrypted data are not shown (QEMU hides them too).
     const hideOffset = engine.header.header.cryptMethod !== 0
     const file = engine.data.location

@@ -76,6 +76,8 @@ export class OverlapIndex {
   private refusal: TableProblem | undefined
   /** The snapshots' L2 tables are indexed (always, unless inactive L2 tables are checked and their L1 tables have not been read since they changed). */
   private inactiveL2Indexed = true
+  /** Bumped by every change; see `version`. */
+  private changes = 0
 
   /**
    * `checksInactiveL2`: QEMU's overlap-check.inactive-l2 (or
@@ -97,6 +99,7 @@ export class OverlapIndex {
    * the first table that fails QEMU's qcow2_validate_table.
    */
   setInactiveL1Tables(tables: ReadonlyArray<{ readonly offset: number; readonly entries: number }>): void {
+    this.changes++
     this.setRanges(
       "inactive L1 table",
       tables.map((t) => ({ offset: t.offset, length: t.entries * 8 }))
@@ -111,6 +114,15 @@ export class OverlapIndex {
     }
   }
 
+  /**
+   * Changes with every change to the index: a `find` answer remembered
+   * together with it stays true while it does not change (callers that
+   * check the same table on every request).
+   */
+  get version(): number {
+    return this.changes
+  }
+
   /** The image's cluster size in bytes. */
   get clusterBytes(): number {
     return this.clusterSize
@@ -123,6 +135,7 @@ export class OverlapIndex {
 
   /** The L2 tables the snapshots' L1 tables point to (host offsets, 0 = none), read by the engine after `setInactiveL1Tables`. */
   setInactiveL2Tables(offsets: Iterable<number>): void {
+    this.changes++
     this.clusters["inactive L2 table"].clear()
     for (const offset of offsets) this.addCluster("inactive L2 table", offset)
     this.inactiveL2Indexed = true
@@ -135,6 +148,7 @@ export class OverlapIndex {
 
   /** Replaces the ranges of one kind (the active L1 table moved, the snapshot table was rewritten …). */
   setRanges(kind: RangeKind, ranges: ReadonlyArray<HostRange>): void {
+    this.changes++
     this.ranges.set(
       kind,
       ranges.filter((r) => r.length > 0)
@@ -143,16 +157,19 @@ export class OverlapIndex {
 
   /** Records a table of `kind` in the cluster at `offset`. Offsets past 2^53 are unreachable by any write and skipped. */
   addCluster(kind: ClusterKind, offset: number): void {
+    this.changes++
     if (Number.isSafeInteger(offset) && offset > 0) this.clusters[kind].add(Math.floor(offset / this.clusterSize))
   }
 
   /** Forgets the table of `kind` at `offset` (freed). */
   removeCluster(kind: ClusterKind, offset: number): void {
+    this.changes++
     this.clusters[kind].delete(Math.floor(offset / this.clusterSize))
   }
 
   /** Forgets every table of `kind` (before re-reading them from disk). */
   clearClusters(kind: ClusterKind): void {
+    this.changes++
     this.clusters[kind].clear()
   }
 

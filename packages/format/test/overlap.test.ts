@@ -46,6 +46,25 @@ describe("OverlapIndex", () => {
     expect(i.find(2 ** 52, cs)).toBeUndefined()
   })
 
+  it("changes its version with every change, so remembered answers can be trusted while it does not", () => {
+    const i = index()
+    const changes: ReadonlyArray<(i: OverlapIndex) => void> = [
+      (i) => i.addCluster("refcount block", 20 * cs),
+      (i) => i.removeCluster("active L2 table", 4 * cs),
+      (i) => i.clearClusters("refcount block"),
+      (i) => i.setRanges("refcount table", [{ offset: cs, length: 2 * cs }]),
+      (i) => i.setInactiveL1Tables([]),
+      (i) => i.setInactiveL2Tables([30 * cs])
+    ]
+    for (const change of changes) {
+      const before = i.version
+      i.find(0, 10 * cs)
+      expect(i.version).toBe(before)
+      change(i)
+      expect(i.version).not.toBe(before)
+    }
+  })
+
   it("indexes the snapshots' L2 tables only while inactive L2 tables are checked, after their L1 tables are read", () => {
     const plain = index()
     plain.setInactiveL1Tables([{ offset: 11 * cs, entries: 2 }])
