@@ -25,7 +25,6 @@ const RESERVED_LOW = 0x1fe
 const ZERO = -1
 const UNALLOCATED = -2
 const SLOW = -3
-const NO_KINDS: ReadonlyArray<never> = []
 
 /**
  * The host offset of standard L2 entry `index`'s data, or ZERO /
@@ -147,6 +146,6 @@ export function directWriteHost(engine: Qcow2Engine, offset: number, length: num
   }
   if (engine.inflight.overlapping(firstCluster, lastCluster) !== undefined) return undefined
   const at = host + (offset - firstCluster * cs)
-  if (!externalData && integrity.overlaps.find(at, length, NO_KINDS) !== undefined) return undefined
+  if (!externalData && !integrity.mayWriteNow(at, length)) return undefined
   return at
 }
