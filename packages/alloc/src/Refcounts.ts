@@ -530,19 +530,7 @@ export class Refcounts {
    */
   allocateBytesNow(size: number): number | undefined {
     const offset = this.freeByteOffset
-    if (
-      offset === 0 ||
-      size <= 0 ||
-      size >= this.clusterSize ||
-      this.refcountOrder === 6 ||
-      !this.tailKnown ||
-      this.freedPending.size > 0 ||
-      this.storage.debugEvent !== undefined ||
-      this.storage.debugBreak !== undefined ||
-      (!this.lazy && !this.mappingCache.waitsFor(this.cache))
-    ) {
-      return undefined
-    }
+    if (offset === 0 || size <= 0 || size >= this.clusterSize || this.freedPending.size > 0 || !this.allocatesNow) return undefined
     const cs = this.clusterSize
     const first = Math.floor(offset / cs)
     const spills = cs - (offset % cs) < size
@@ -564,6 +552,108 @@ export class Refcounts {
     }
     this.freeByteOffset = (offset + size) % cs === 0 ? 0 : offset + size
     return offset
+  }
+
+  /**
+   * Whether an allocation can run without an Effect: refcounts are plain
+   * numbers (not 64-bit), the tail past the file end is known, the
+   * allocation ordering (rule 1) is already recorded, and the store has no
+   * debug hooks. Each `…Now` method checks the rest of what it needs.
+   */
+  private get allocatesNow(): boolean {
+    return (
+      this.refcountOrder !== 6 &&
+      this.tailKnown &&
+      this.storage.debugEvent === undefined &&
+      this.storage.debugBreak === undefined &&
+      (this.lazy || this.mappingCache.waitsFor(this.cache))
+    )
+  }
+
+  /**
+   * `allocate(count)` without an Effect, when every refcount block it reads
+   * and raises is cached (the common case of a write into a growing image):
+   * the same clusters and the same state afterwards. Undefined, with
+   * nothing changed, otherwise (the caller runs `allocate`).
+   */
+  allocateNow(count: number): number | undefined {
+    if (count < 1 || !this.allocatesNow) return undefined
+    // findFreeRun's search, on cached blocks.
+    let next = this.freeClusterIndex
+    let run = 0
+    while (run < count) {
+      const cluster = next
+      if (cluster >= this.endCluster) {
+        next += count - run
+        break
+      }
+      next++
+      const refcount = this.refcountNow(cluster)
+      if (refcount === undefined) return undefined
+      run = refcount === 0 ? run + 1 : 0
+    }
+    const start = next - count
+    if (start === 0 || next * this.clusterSize > Limits.maxHostOffset || !this.raiseFreshNow(start, count)) return undefined
+    this.freeClusterIndex = next
+    return start * this.clusterSize
+  }
+
+  /**
+   * `allocateAt(first, count)` without an Effect, when every refcount block
+   * it reads and raises is cached: how many clusters were allocated at
+   * `first` (possibly none). Undefined, with nothing changed, otherwise.
+   */
+  allocateAtNow(first: number, count: number): number | undefined {
+    if (first < 1) return 0
+    if (!this.allocatesNow) return undefined
+    let free = 0
+    while (free < count && (first + free + 1) * this.clusterSize <= Limits.maxHostOffset) {
+      const cluster = first + free
+      if (cluster < this.endCluster) {
+        const refcount = this.refcountNow(cluster)
+        if (refcount === undefined) return undefined
+        if (refcount !== 0) break
+      }
+      free++
+    }
+    if (free === 0) return 0
+    return this.raiseFreshNow(first, free) ? free : undefined
+  }
+
+  /** The refcount of `clusterIndex` from a cached block (0 where no block covers it); undefined when not cached or the table entry is unusable. */
+  private refcountNow(clusterIndex: number): number | undefined {
+    const blockIndex = Math.floor(clusterIndex / this.blockEntries)
+    const offset = this.blockAt(blockIndex)
+    if (typeof offset !== "number") return undefined
+    if (offset === 0) return 0
+    const block = this.cache.lookup(offset)
+    return block === undefined ? undefined : readRefcount(block, clusterIndex - blockIndex * this.blockEntries, this.refcountOrder)
+  }
+
+  /**
+   * Sets the refcounts of free clusters [first, first + count) to 1, as
+   * `increaseFresh` and `settleFreed` would, when that needs no new block,
+   * no uncached block and no flush (none of them was freed since the
+   * mapping tables were made durable); false, with nothing changed,
+   * otherwise.
+   */
+  private raiseFreshNow(first: number, count: number): boolean {
+    const end = first + count
+    for (let cluster = first; cluster < end; cluster++) {
+      // A block to be made first (refcountNow reads 0 there), a block not cached, a count already there, a cluster freed lately.
+      if ((cluster === first || cluster % this.blockEntries === 0) && this.blockAt(Math.floor(cluster / this.blockEntries)) === 0) return false
+      if (this.refcountNow(cluster) !== 0 || this.freedPending.has(cluster)) return false
+    }
+    for (let cluster = first; cluster < end; ) {
+      const blockIndex = Math.floor(cluster / this.blockEntries)
+      const offset = this.blockAt(blockIndex) as number
+      const block = this.cache.lookup(offset) as Uint8Array
+      const segmentEnd = Math.min(end, (blockIndex + 1) * this.blockEntries)
+      for (; cluster < segmentEnd; cluster++) writeRefcount(block, cluster - blockIndex * this.blockEntries, this.refcountOrder, 1)
+      this.cache.markDirty(offset)
+    }
+    if (end > this.endCluster) this.endCluster = end
+    return true
   }
 
   /** The cached refcount block covering cluster `clusterIndex` and its offset; undefined when there is none or it is not cached. */

@@ -141,6 +141,65 @@ describe("Refcounts", () => {
     expect(fastHits).toBeGreaterThan(100)
   })
 
+  it("allocateNow and allocateAtNow give what allocate and allocateAt give, or nothing and leave the state alone (property)", async () => {
+    const step = fc.oneof(
+      { arbitrary: fc.record({ kind: fc.constant("allocate" as const), count: fc.integer({ min: 1, max: 40 }) }), weight: 6 },
+      { arbitrary: fc.record({ kind: fc.constant("at" as const), count: fc.integer({ min: 1, max: 40 }), back: fc.integer({ min: -3, max: 60 }) }), weight: 6 },
+      { arbitrary: fc.record({ kind: fc.constant("free" as const), pick: fc.nat(), count: fc.integer({ min: 1, max: 20 }) }), weight: 2 },
+      { arbitrary: fc.record({ kind: fc.constant("flush" as const) }), weight: 1 }
+    )
+    let fastHits = 0
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom(9, 12), fc.constantFrom(0, 3, 4, 6), fc.boolean(), fc.array(step, { minLength: 1, maxLength: 80 }), async (clusterBits, refcountOrder, lazy, steps) => {
+        const fast = await fresh(clusterBits, refcountOrder, { lazy })
+        const slow = await fresh(clusterBits, refcountOrder, { lazy })
+        const cs = fast.cs
+        const allocated: Array<number> = []
+        for (const s of steps) {
+          if (s.kind === "allocate") {
+            const now = fast.refcounts.allocateNow(s.count)
+            if (now !== undefined) fastHits++
+            const a = now ?? (await run(fast.refcounts.allocate(s.count)))
+            expect(a).toBe(await run(slow.refcounts.allocate(s.count)))
+            for (let i = 0; i < s.count; i++) allocated.push(a / cs + i)
+          } else if (s.kind === "at") {
+            // Right after the last allocation (a write going on), or somewhere before or past it.
+            const first = (allocated.at(-1) ?? 0) + 1 - s.back
+            const now = fast.refcounts.allocateAtNow(first, s.count)
+            if (now !== undefined && now > 0) fastHits++
+            const a = now ?? (await run(fast.refcounts.allocateAt(first, s.count)))
+            expect(a).toBe(await run(slow.refcounts.allocateAt(first, s.count)))
+            for (let i = 0; i < a; i++) allocated.push(first + i)
+          } else if (s.kind === "free" && allocated.length > 0) {
+            const taken = allocated.splice(s.pick % allocated.length, s.count)
+            for (const cluster of taken) {
+              await run(fast.refcounts.free(cluster * cs, cs))
+              await run(slow.refcounts.free(cluster * cs, cs))
+            }
+          } else if (s.kind === "flush") {
+            for (const side of [fast, slow]) await run(side.mappingCache.flush())
+          }
+        }
+        expect(await run(fast.refcounts.usedEnd())).toBe(await run(slow.refcounts.usedEnd()))
+        expect(await run(fast.refcounts.allocate(1))).toBe(await run(slow.refcounts.allocate(1)))
+        for (const side of [fast, slow]) {
+          await run(side.mappingCache.flush())
+          await run(side.refcounts.cache.flush())
+        }
+        const fastBytes = await run(fast.storage.size())
+        expect(fastBytes).toBe(await run(slow.storage.size()))
+        const a = new Uint8Array(fastBytes)
+        const b = new Uint8Array(fastBytes)
+        await run(fast.storage.read(0, a))
+        await run(slow.storage.read(0, b))
+        expect(Buffer.compare(a, b)).toBe(0)
+      }),
+      { numRuns: 80 }
+    )
+    // The plain-code paths did run (most allocations need only cached blocks).
+    expect(fastHits).toBeGreaterThan(40)
+  })
+
   for (const [clusterBits, refcountOrder] of [[9, 4], [9, 6], [10, 0], [12, 6]] as const) {
     it(`creates self-describing refcount blocks and grows the table (cluster_bits=${clusterBits}, refcount_order=${refcountOrder})`, async () => {
       const { refcounts, storage, cs, location } = await fresh(clusterBits, refcountOrder)

@@ -21,6 +21,7 @@ import { asImageError, checkRange, ClusterError, ImageError, isStructuralDamage,
 import type { EngineFailure } from "./errors.js"
 import { HeaderState } from "./header.js"
 import { directWriteHost, readMapped } from "./fastpath.js"
+import { MetadataLock } from "./lock.js"
 import { InFlightAllocations } from "./inflight.js"
 import { CompressedReadBuffers } from "./mapping.js"
 import { Integrity } from "./integrity.js"
@@ -142,7 +143,7 @@ export class Qcow2Engine {
   readonly l2Cache: TableCache
   readonly refcounts: Refcounts
   /** Metadata lock (QEMU's s->lock): one holder changes L1/L2/refcounts at a time. */
-  readonly lock = Semaphore.makeUnsafe(1)
+  readonly lock = new MetadataLock()
   /** Serialises read-modify-write of partial sectors of encrypted images. */
   readonly sectorLock = Semaphore.makeUnsafe(1)
   readonly inflight = new InFlightAllocations()

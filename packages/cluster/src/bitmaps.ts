@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import type { Semaphore } from "effect"
+import type { MetadataLock } from "./lock.js"
 import { BITMAP_TYPE_DIRTY_TRACKING, BitmapFlag, BitmapLimits, bitmapDataBytes, bitmapDirectoryEntrySize, Limits } from "@qcow2/format"
 import type { BitmapDirectoryEntry } from "@qcow2/format"
 import { BitmapBits } from "./bitmap-bits.js"
@@ -50,7 +50,7 @@ export interface BitmapEnvironment extends BitmapDisk {
   readonly version: 2 | 3
   readonly location: string
   /** The engine's metadata lock. */
-  readonly lock: Semaphore.Semaphore
+  readonly lock: MetadataLock
   /** Runs a metadata change the engine's way: lazy-refcount dirty bit first, failures as ImageError, damage marks the image corrupt. */
   readonly change: (effect: Effect.Effect<void, EngineFailure>) => Effect.Effect<void, ImageError>
 }

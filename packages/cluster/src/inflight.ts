@@ -1,5 +1,5 @@
 import { Deferred, Effect } from "effect"
-import type { Semaphore } from "effect"
+import type { MetadataLock } from "./lock.js"
 
 interface Allocation {
   readonly first: number
@@ -71,7 +71,7 @@ export class InFlightAllocations {
   }
 
   /** Runs `body` holding `lock` once the direct writes in flight are done (call inside `excludingDirect`). */
-  withLockDrained<A, E>(lock: Semaphore.Semaphore, body: Effect.Effect<A, E>): Effect.Effect<A, E> {
+  withLockDrained<A, E>(lock: MetadataLock, body: Effect.Effect<A, E>): Effect.Effect<A, E> {
     return lock.withPermits(1)(Effect.andThen(this.directDrained, body))
   }
 
@@ -83,13 +83,16 @@ export class InFlightAllocations {
 
   /** Registers clusters [first, last] as being allocated; call the returned effect when done. */
   register(first: number, last: number): Effect.Effect<Effect.Effect<void>> {
-    return Effect.map(Deferred.make<void>(), (done) => {
-      const allocation: Allocation = { first, last, done }
-      this.allocations.add(allocation)
-      return Effect.suspend(() => {
-        this.allocations.delete(allocation)
-        return Effect.asVoid(Deferred.succeed(done, undefined))
-      })
+    return Effect.sync(() => this.registerNow(first, last))
+  }
+
+  /** `register` without an Effect (for a placement made in plain code, write-now.ts). */
+  registerNow(first: number, last: number): Effect.Effect<void> {
+    const allocation: Allocation = { first, last, done: Deferred.makeUnsafe<void>() }
+    this.allocations.add(allocation)
+    return Effect.sync(() => {
+      this.allocations.delete(allocation)
+      Deferred.doneUnsafe(allocation.done, Effect.void)
     })
   }
 
@@ -103,7 +106,7 @@ export class InFlightAllocations {
    * lock. Direct writes in flight are waited for with the lock held (they
    * never need it to finish).
    */
-  whenSettled<A, E>(lock: Semaphore.Semaphore, first: number, last: number, body: Effect.Effect<A, E>): Effect.Effect<A, E> {
+  whenSettled<A, E>(lock: MetadataLock, first: number, last: number, body: Effect.Effect<A, E>): Effect.Effect<A, E> {
     const self = this
     const attempt = lock.withPermits(1)(
       Effect.suspend((): Effect.Effect<{ readonly wait: Deferred.Deferred<void> } | { readonly done: A }, E> => {

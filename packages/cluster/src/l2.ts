@@ -49,6 +49,10 @@ export function prepareL2ForWrite(engine: Qcow2Engine, offset: number): Effect.E
 export const isOwned = (engine: Qcow2Engine, entry: L2Entry): boolean =>
   (entry._tag === "Normal" || entry._tag === "Subclusters") && entry.copied && (entry.hostOffset !== 0 || engine.externalData)
 
+/** An owned cluster, or a preallocated zero cluster of this image alone: written where it is (QEMU keeps both). */
+export const isKept = (engine: Qcow2Engine, entry: L2Entry): entry is Extract<L2Entry, { hostOffset: number }> =>
+  isOwned(engine, entry) || (entry._tag === "Zero" && entry.copied && entry.hostOffset !== 0)
+
 /** An entry with host data behind it (QEMU's "allocated" cluster types; a preallocated zero cluster counts). */
 export const hasHostData = (engine: Qcow2Engine, entry: L2Entry): boolean => {
   switch (entry._tag) {

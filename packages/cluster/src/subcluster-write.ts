@@ -9,7 +9,8 @@ import { isOwned } from "./l2.js"
  * stops it (QEMU's calculate_l2_meta and qcow2_alloc_cluster_link_l2).
  */
 
-const ALL_SUBCLUSTERS = 0xffffffff
+/** Every subcluster of a cluster (a standard L2 write plan carries it too). */
+export const ALL_SUBCLUSTERS = 0xffffffff
 
 const COPIED_BIT = 1n << 63n
 const OFFSET_BITS = 0x00fffffffffffe00n

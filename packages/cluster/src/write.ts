@@ -1,21 +1,20 @@
 import { Deferred, Effect } from "effect"
 import { readL2Entry, writeL2Entry } from "@qcow2/format"
 import { debugPoint } from "@qcow2/storage"
-import type { L2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
-import { isOwned, prepareL2ForWrite, releaseReplaced, replacedHostRange } from "./l2.js"
+import { isKept, isOwned, prepareL2ForWrite, releaseReplaced, replacedHostRange } from "./l2.js"
 import type { HostRange } from "./l2.js"
 import { writeDamageMessage } from "./l2-damage.js"
 import { l2Coverage, l2TableOffset, loadL2 } from "./mapping.js"
 import { readGuest } from "./read.js"
-import { copiedSubclusters, damagedInRun, subclusterRange } from "./subcluster-write.js"
+import { ALL_SUBCLUSTERS, copiedSubclusters, damagedInRun, subclusterRange } from "./subcluster-write.js"
+import { linkNow, planWriteNow } from "./write-now.js"
 
-const ALL_SUBCLUSTERS = 0xffffffff
 
-/** What to do for the next part of a write, decided under the metadata lock. */
-type WritePlan =
+/** What to do for the next part of a write, decided under the metadata lock (or without it, write-now.ts). */
+export type WritePlan =
   | { readonly _tag: "Wait"; readonly done: Deferred.Deferred<void> }
   /** Clusters owned by this image alone (COPIED): write the data in place. */
   | { readonly _tag: "InPlace"; readonly hostOffset: number; readonly length: number }
@@ -39,10 +38,6 @@ type WritePlan =
       /** Set once linking starts: from then on the clusters are not abandoned on failure. */
       readonly progress: { linked: boolean }
     }
-
-/** An owned cluster, or a preallocated zero cluster of this image alone: written where it is (QEMU keeps both). */
-const isKept = (engine: Qcow2Engine, entry: L2Entry): entry is Extract<L2Entry, { hostOffset: number }> =>
-  isOwned(engine, entry) || (entry._tag === "Zero" && entry.copied && entry.hostOffset !== 0)
 
 /**
  * Writes guest bytes (spec "Cluster mapping"; QEMU's allocating write path).
@@ -86,7 +81,7 @@ function writeStep(
       // An in-place plan counts as a direct write from the moment it is made
       // under the lock until its data is written (see InFlightAllocations).
       const step = yield* Effect.acquireUseRelease(
-        engine.lock.withPermits(1)(planWrite(engine, offset, data, after)),
+        Effect.suspend(() => planWriteNow(engine, offset, data.length, after) ?? engine.lock.withPermits(1)(planWrite(engine, offset, data, after))),
         (plan) => {
           // The plan of the write's last part decides where its last clusters go.
           if (placed !== undefined && plan._tag !== "Wait" && plan.length === data.length) Deferred.doneUnsafe(placed, Effect.void)
@@ -388,7 +383,7 @@ function performAllocation(
     if (buffer.length !== plan.length) yield* debugPoint(engine.storage, "cow_write")
     yield* writeData(engine, plan.cowStart, plan.hostOffset + (plan.cowStart - runStart), buffer)
     plan.progress.linked = true
-    yield* engine.lock.withPermits(1)(link(engine, plan))
+    if (!linkNow(engine, plan)) yield* engine.lock.withPermits(1)(link(engine, plan))
   })
 }
 
