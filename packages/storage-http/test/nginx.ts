@@ -124,10 +124,20 @@ export class Nginx {
     return this.url(name)
   }
 
-  /** Access-log lines: `METHOD /uri "range" "if-match" status bytes`. */
-  async accessLog(): Promise<Array<string>> {
-    const text = await readFile(join(this.dir, "access.log"), "utf8").catch(() => "")
-    return text.split("\n").filter((line) => line !== "")
+  /**
+   * Access-log lines: `METHOD /uri "range" "if-match" status bytes`.
+   * nginx logs a request after its response has gone out, so a client can
+   * be done before the last line is written: this waits (up to 5 s) until
+   * there are at least `expected` lines.
+   */
+  async accessLog(expected = 0): Promise<Array<string>> {
+    const deadline = Date.now() + 5_000
+    for (;;) {
+      const text = await readFile(join(this.dir, "access.log"), "utf8").catch(() => "")
+      const lines = text.split("\n").filter((line) => line !== "")
+      if (lines.length >= expected || Date.now() > deadline) return lines
+      await new Promise((r) => setTimeout(r, 10))
+    }
   }
 
   async clearLog(): Promise<void> {
