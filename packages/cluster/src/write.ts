@@ -56,15 +56,19 @@ export type WritePlan =
  * live clusters get overwritten.
  */
 export function writeGuest(engine: Qcow2Engine, offset: number, data: Uint8Array, placed?: Deferred.Deferred<void>): Effect.Effect<void, EngineFailure> {
-  return Effect.gen(function* () {
-    let done = 0
-    let hostEnd: number | undefined
-    while (done < data.length) {
-      const step = yield* writeStep(engine, offset + done, data.subarray(done), hostEnd, placed)
-      done += step.length
-      hostEnd = step.hostEnd
-    }
-  })
+  if (data.length === 0) return Effect.void
+  // Plain recursion instead of a generator: most writes are one step.
+  const from = (done: number, after: number | undefined): Effect.Effect<void, EngineFailure> =>
+    Effect.flatMap(writeStep(engine, offset + done, data.subarray(done), after, placed), (step) =>
+      done + step.length < data.length ? from(done + step.length, step.hostEnd) : Effect.void
+    )
+  return from(0, undefined)
+}
+
+/** How far one step of a write got, and where its host bytes end (the next step continues there when it can). */
+interface StepDone {
+  readonly length: number
+  readonly hostEnd: number
 }
 
 function writeStep(
@@ -73,34 +77,43 @@ function writeStep(
   data: Uint8Array,
   after: number | undefined,
   placed: Deferred.Deferred<void> | undefined
-): Effect.Effect<{ readonly length: number; readonly hostEnd: number }, EngineFailure> {
-  return Effect.gen(function* () {
-    for (;;) {
-      const refused = engine.integrity.refuseWrite(offset)
-      if (refused !== undefined) return yield* refused
-      // An in-place plan counts as a direct write from the moment it is made
-      // under the lock until its data is written (see InFlightAllocations).
-      const step = yield* Effect.acquireUseRelease(
-        Effect.suspend(() => planWriteNow(engine, offset, data.length, after) ?? engine.lock.withPermits(1)(planWrite(engine, offset, data, after))),
-        (plan) => {
-          // The plan of the write's last part decides where its last clusters go.
-          if (placed !== undefined && plan._tag !== "Wait" && plan.length === data.length) Deferred.doneUnsafe(placed, Effect.void)
-          return performPlan(engine, offset, data, plan)
-        },
-        (plan) => (plan._tag === "InPlace" ? Effect.sync(() => engine.inflight.endDirect()) : Effect.void)
-      )
-      if (step !== undefined) return step
-    }
+): Effect.Effect<StepDone, EngineFailure> {
+  return Effect.suspend(() => {
+    const refused = engine.integrity.refuseWrite(offset)
+    if (refused !== undefined) return refused
+    // A plan holds something until it is carried out: an in-place plan
+    // counts as a direct write from the moment it is made until its data
+    // is written (see InFlightAllocations), an allocation is registered in
+    // flight and its clusters are given back if it fails before linking.
+    const step = Effect.acquireUseRelease(
+      Effect.suspend(() => {
+        const now = planWriteNow(engine, offset, data.length, after)
+        if (now === undefined) return engine.lock.withPermits(1)(planWrite(engine, offset, data, after))
+        return Effect.isEffect(now) ? now : Effect.succeed(now)
+      }),
+      (plan) => {
+        // The plan of the write's last part decides where its last clusters go.
+        if (placed !== undefined && plan._tag !== "Wait" && plan.length === data.length) Deferred.doneUnsafe(placed, Effect.void)
+        return performPlan(engine, offset, data, plan)
+      },
+      (plan, exit) => {
+        switch (plan._tag) {
+          case "Wait":
+            return Effect.void
+          case "InPlace":
+            return Effect.sync(() => engine.inflight.endDirect())
+          case "Allocate":
+            return exit._tag === "Success" ? plan.release : Effect.andThen(abandon(engine, plan), plan.release)
+        }
+      }
+    )
+    // After waiting for an allocation in flight: plan again.
+    return Effect.flatMap(step, (done) => (done === undefined ? writeStep(engine, offset, data, after, placed) : Effect.succeed(done)))
   })
 }
 
 /** Carries out a plan; undefined after waiting for an allocation in flight (plan again). */
-function performPlan(
-  engine: Qcow2Engine,
-  offset: number,
-  data: Uint8Array,
-  plan: WritePlan
-): Effect.Effect<{ readonly length: number; readonly hostEnd: number } | undefined, EngineFailure> {
+function performPlan(engine: Qcow2Engine, offset: number, data: Uint8Array, plan: WritePlan): Effect.Effect<StepDone | undefined, EngineFailure> {
   switch (plan._tag) {
     case "Wait":
       // As QEMU restarts the requests that depended on an allocation: once the one that made it has gone on.
@@ -111,12 +124,10 @@ function performPlan(
         hostEnd: plan.hostOffset + plan.length
       })
     case "Allocate":
-      return Effect.as(
-        Effect.onExit(performAllocation(engine, offset, data, plan), (exit) =>
-          exit._tag === "Success" ? plan.release : Effect.andThen(abandon(engine, plan), plan.release)
-        ),
-        { length: plan.length, hostEnd: plan.hostOffset + (offset - plan.firstCluster * engine.geometry.clusterSize) + plan.length }
-      )
+      return Effect.as(performAllocation(engine, offset, data, plan), {
+        length: plan.length,
+        hostEnd: plan.hostOffset + (offset - plan.firstCluster * engine.geometry.clusterSize) + plan.length
+      })
   }
 }
 
@@ -363,11 +374,22 @@ function performAllocation(
   data: Uint8Array,
   plan: Extract<WritePlan, { _tag: "Allocate" }>
 ): Effect.Effect<void, EngineFailure> {
+  const head = offset - plan.cowStart
+  const tailStart = offset + plan.length
+  if (head === 0 && tailStart === plan.cowEnd && engine.storage.debugEvent === undefined && engine.storage.debugBreak === undefined) {
+    // Nothing to copy and no debug points to raise: the data, then the entries.
+    const runStart = plan.firstCluster * engine.geometry.clusterSize
+    return Effect.andThen(
+      writeData(engine, plan.cowStart, plan.hostOffset + (plan.cowStart - runStart), data.subarray(0, plan.length)),
+      Effect.suspend(() => {
+        plan.progress.linked = true
+        return linkNow(engine, plan) ? Effect.void : engine.lock.withPermits(1)(link(engine, plan))
+      })
+    )
+  }
   return Effect.gen(function* () {
     const cs = engine.geometry.clusterSize
     const runStart = plan.firstCluster * cs
-    const head = offset - plan.cowStart
-    const tailStart = offset + plan.length
     let buffer: Uint8Array
     if (head === 0 && tailStart === plan.cowEnd) {
       buffer = data.subarray(0, plan.length)
