@@ -45,6 +45,27 @@ async function fresh(clusterBits: number, refcountOrder: number, setup: { lazy?:
   return { storage, refcounts: make(storage), cs, location: () => location, mappingCache }
 }
 
+/**
+ * Twin refcount states (one driven through a plain-code path, one through
+ * the Effect path) agree: where the counted clusters end, where the next
+ * cluster goes, and every byte written once both caches are flushed.
+ */
+async function expectSameState(fast: Awaited<ReturnType<typeof fresh>>, slow: Awaited<ReturnType<typeof fresh>>): Promise<void> {
+  expect(await run(fast.refcounts.usedEnd())).toBe(await run(slow.refcounts.usedEnd()))
+  expect(await run(fast.refcounts.allocate(1))).toBe(await run(slow.refcounts.allocate(1)))
+  for (const side of [fast, slow]) {
+    await run(side.mappingCache.flush())
+    await run(side.refcounts.cache.flush())
+  }
+  const fastBytes = await run(fast.storage.size())
+  expect(fastBytes).toBe(await run(slow.storage.size()))
+  const a = new Uint8Array(fastBytes)
+  const b = new Uint8Array(fastBytes)
+  await run(fast.storage.read(0, a))
+  await run(slow.storage.read(0, b))
+  expect(Buffer.compare(a, b)).toBe(0)
+}
+
 describe("Refcounts", () => {
   it("allocates contiguous runs after the metadata and counts them", async () => {
     const { refcounts, cs } = await fresh(16, 4)
@@ -120,20 +141,7 @@ describe("Refcounts", () => {
             await run(slow.refcounts.free(at, 1))
           }
         }
-        // Where the next cluster goes, and where the counted clusters end, agree too.
-        expect(await run(fast.refcounts.usedEnd())).toBe(await run(slow.refcounts.usedEnd()))
-        expect(await run(fast.refcounts.allocate(1))).toBe(await run(slow.refcounts.allocate(1)))
-        for (const side of [fast, slow]) {
-          await run(side.mappingCache.flush())
-          await run(side.refcounts.cache.flush())
-        }
-        const fastBytes = await run(fast.storage.size())
-        expect(fastBytes).toBe(await run(slow.storage.size()))
-        const a = new Uint8Array(fastBytes)
-        const b = new Uint8Array(fastBytes)
-        await run(fast.storage.read(0, a))
-        await run(slow.storage.read(0, b))
-        expect(Buffer.compare(a, b)).toBe(0)
+        await expectSameState(fast, slow)
       }),
       { numRuns: 60 }
     )
@@ -180,19 +188,7 @@ describe("Refcounts", () => {
             for (const side of [fast, slow]) await run(side.mappingCache.flush())
           }
         }
-        expect(await run(fast.refcounts.usedEnd())).toBe(await run(slow.refcounts.usedEnd()))
-        expect(await run(fast.refcounts.allocate(1))).toBe(await run(slow.refcounts.allocate(1)))
-        for (const side of [fast, slow]) {
-          await run(side.mappingCache.flush())
-          await run(side.refcounts.cache.flush())
-        }
-        const fastBytes = await run(fast.storage.size())
-        expect(fastBytes).toBe(await run(slow.storage.size()))
-        const a = new Uint8Array(fastBytes)
-        const b = new Uint8Array(fastBytes)
-        await run(fast.storage.read(0, a))
-        await run(slow.storage.read(0, b))
-        expect(Buffer.compare(a, b)).toBe(0)
+        await expectSameState(fast, slow)
       }),
       { numRuns: 80 }
     )
