@@ -260,6 +260,37 @@ describe("overlap-check.inactive-l2 (iotest 060)", () => {
   })
 })
 
+describe("an allocation that lands on metadata (refcounts that undercount)", () => {
+  /**
+   * Guest 0 and 600M are written (L2 tables 0x40000 and 0x60000, data
+   * 0x50000 and 0x70000), then the refcounts of 0x50000 and of the second
+   * L2 table are zeroed. A write at 1M takes 0x50000 (live data, as QEMU
+   * does); one at 2M, placed from the cached first L2 table, is handed the
+   * second L2 table and must be refused, marking the image corrupt.
+   */
+  it("is refused and marks the image corrupt as qemu-io does, with the same bytes left", () => {
+    const runs = (["ours", "theirs"] as const).map((who) => {
+      const name = `undercount-${who}.qcow2`
+      qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", name, "1G"])
+      qemu(dir, "qemu-io", ["-c", "write -P 1 0 64k", "-c", "write -P 2 600M 64k", name])
+      const fd = fs.openSync(path.join(dir, name), "r+")
+      for (const cluster of [5, 6]) fs.writeSync(fd, Buffer.alloc(2), 0, 2, 0x20000 + 2 * cluster)
+      fs.closeSync(fd)
+      const args = ["-c", "write -P 3 1M 64k", "-c", "write -P 4 2M 64k", name]
+      const run = who === "ours" ? qcow2(dir, ["io", ...args]) : qemu(dir, "qemu-io", args, true)
+      return {
+        status: run.status,
+        stdout: run.stdout.replace(/\d+\.\d+ sec \([^)]*\)/g, "X sec"),
+        stderr: stderrOf(run).replace(/ at host offset \d+;/g, ";"),
+        bytes: fs.readFileSync(path.join(dir, name))
+      }
+    })
+    expect(runs[0]!.stderr).toContain("Preventing invalid write on metadata (overlaps with active L2 table)")
+    expect(runs[0]!.status).toBe(1)
+    expect(runs[0]).toEqual(runs[1])
+  })
+})
+
 describe("-f with --image-opts", () => {
   it("is refused by every subcommand that opens an image, with qemu-img's message and exit code", () => {
     const name = "driver=qcow2,file.filename=src.qcow2"

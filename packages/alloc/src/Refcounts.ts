@@ -524,7 +524,7 @@ export class Refcounts {
    * spilling into the next one, which is past every counted cluster (what
    * the free-cluster search would hand out), and everything that takes is
    * in memory: the refcount blocks are cached, no freed cluster waits, the
-   * allocation ordering is already recorded, the store has no debug hooks.
+   * allocation ordering needs no flush, the store has no debug hooks.
    * Same result and state as `allocateBytes` then; undefined, with nothing
    * changed, otherwise (the caller runs `allocateBytes`).
    */
@@ -551,14 +551,16 @@ export class Refcounts {
       this.endCluster = first + 2
     }
     this.freeByteOffset = (offset + size) % cs === 0 ? 0 : offset + size
+    this.orderedNow()
     return offset
   }
 
   /**
    * Whether an allocation can run without an Effect: refcounts are plain
    * numbers (not 64-bit), the tail past the file end is known, the
-   * allocation ordering (rule 1) is already recorded, and the store has no
-   * debug hooks. Each `…Now` method checks the rest of what it needs.
+   * allocation ordering (rule 1) can be declared without a flush, and the
+   * store has no debug hooks. Each `…Now` method checks the rest of what it
+   * needs, and declares the ordering (`orderedNow`) once it allocates.
    */
   private get allocatesNow(): boolean {
     return (
@@ -566,8 +568,13 @@ export class Refcounts {
       this.tailKnown &&
       this.storage.debugEvent === undefined &&
       this.storage.debugBreak === undefined &&
-      (this.lazy || this.mappingCache.waitsFor(this.cache))
+      (this.lazy || this.mappingCache.canDependNow(this.cache))
     )
+  }
+
+  /** `orderAfterAllocation` for an allocation made in plain code (possible whenever `allocatesNow` held). */
+  private orderedNow(): void {
+    if (!this.lazy) this.mappingCache.dependOnNow(this.cache)
   }
 
   /**
@@ -653,6 +660,7 @@ export class Refcounts {
       this.cache.markDirty(offset)
     }
     if (end > this.endCluster) this.endCluster = end
+    this.orderedNow()
     return true
   }
 

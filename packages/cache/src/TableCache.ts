@@ -200,6 +200,17 @@ export class TableCache {
     return this.dependency === other
   }
 
+  /** Whether `dependOn(other)` needs no flush: this cache waits for `other` already, or neither waits for anything. */
+  canDependNow(other: TableCache): boolean {
+    return this.dependency === other || (other !== this && this.dependency === undefined && other.dependency === undefined)
+  }
+
+  /** `dependOn(other)` without an Effect, where `canDependNow(other)` holds (an allocation made in plain code declares rule 1 with it). */
+  dependOnNow(other: TableCache): void {
+    if (!this.canDependNow(other)) throw new CacheInvariantError(`${this.name} cache cannot wait for the ${other.name} cache without a flush`)
+    this.dependency = other
+  }
+
   /** Next write-back of this cache is preceded by a storage flush (rule 2). */
   dependOnStorageFlush(): void {
     this.needsStorageFlush = true

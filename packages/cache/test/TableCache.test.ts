@@ -98,6 +98,32 @@ describe("TableCache", () => {
     expect(ops.at(-2)).toEqual({ kind: "write", offset: 4096, first: 3 })
   })
 
+  it("declares a dependency without an Effect only where dependOn would need no flush", async () => {
+    const { storage, ops } = recordingStorage()
+    const refcounts = new TableCache({ name: "refcount", tableSize: 512, capacityBytes: 8 * 512, storage })
+    const l2 = new TableCache({ name: "L2", tableSize: 512, capacityBytes: 8 * 512, storage })
+    expect(l2.canDependNow(l2)).toBe(false)
+    expect(l2.canDependNow(refcounts)).toBe(true)
+    l2.dependOnNow(refcounts)
+    expect(l2.waitsFor(refcounts)).toBe(true)
+    expect(l2.canDependNow(refcounts)).toBe(true)
+    // The opposite direction needs the L2 cache flushed first (dependOn's cycle rule).
+    expect(refcounts.canDependNow(l2)).toBe(false)
+    expect(() => refcounts.dependOnNow(l2)).toThrow(/without a flush/)
+    expect(refcounts.waitsFor(l2)).toBe(false)
+    ;(await run(refcounts.getEmpty(8192)))[0] = 4
+    ;(await run(l2.getEmpty(4096)))[0] = 6
+    await run(l2.flush())
+    expect(ops).toEqual([
+      { kind: "write", offset: 8192, first: 4 },
+      { kind: "flush" },
+      { kind: "write", offset: 4096, first: 6 },
+      { kind: "flush" }
+    ])
+    // Once flushed, neither waits: the other direction can be declared now.
+    expect(refcounts.canDependNow(l2)).toBe(true)
+  })
+
   it("puts a storage flush before the next write-back when asked (rule 2)", async () => {
     const { storage, ops } = recordingStorage()
     const l2 = new TableCache({ name: "L2", tableSize: 512, capacityBytes: 8 * 512, storage })

@@ -16,6 +16,12 @@ export class MetadataLock {
   private readonly semaphore = Semaphore.makeUnsafe(1)
   /** Holders between their first and last step (0 or 1). */
   private holders = 0
+  private readonly enter = Effect.sync(() => {
+    this.holders++
+  })
+  private readonly leave = Effect.sync(() => {
+    this.holders--
+  })
 
   /** Whether no holder is in the middle of its work now. */
   get isFree(): boolean {
@@ -25,12 +31,6 @@ export class MetadataLock {
   /** Runs `effect` holding the lock (`permits` is always 1; the signature is the Semaphore's). */
   withPermits(permits: 1): <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R> {
     const locked = this.semaphore.withPermits(permits)
-    const enter = Effect.sync(() => {
-      this.holders++
-    })
-    const leave = Effect.sync(() => {
-      this.holders--
-    })
-    return (effect) => locked(Effect.andThen(enter, Effect.ensuring(effect, leave)))
+    return (effect) => locked(Effect.andThen(this.enter, Effect.ensuring(effect, this.leave)))
   }
 }

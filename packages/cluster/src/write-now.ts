@@ -24,6 +24,14 @@ import type { WritePlan } from "./write.js"
  * cases the same way.
  */
 
+/** Whether plain code may place or link now: the lock is free, a standard L2 table, no external data file, no debug hooks. */
+const runsNow = (engine: Qcow2Engine): boolean =>
+  engine.lock.isFree &&
+  !engine.geometry.extendedL2 &&
+  !engine.externalData &&
+  engine.storage.debugEvent === undefined &&
+  engine.storage.debugBreak === undefined
+
 /**
  * write.ts planWrite's Allocate plan for a run of clusters with no kept
  * host cluster, made now: the same host clusters (after the previous part
@@ -38,9 +46,8 @@ export function planWriteNow(
   length: number,
   after: number | undefined
 ): Effect.Effect<WritePlan, EngineFailure> | undefined {
+  if (!runsNow(engine)) return undefined
   const g = engine.geometry
-  const storage = engine.storage
-  if (!engine.lock.isFree || g.extendedL2 || engine.externalData || storage.debugEvent !== undefined || storage.debugBreak !== undefined) return undefined
   const cs = g.clusterSize
   const coverage = l2Coverage(engine)
   const l1Index = Math.floor(offset / coverage)
@@ -96,13 +103,13 @@ export function planWriteNow(
  * holds a reference to drop).
  */
 export function linkNow(engine: Qcow2Engine, plan: Extract<WritePlan, { _tag: "Allocate" }>): boolean {
+  if (!runsNow(engine)) return false
   const g = engine.geometry
-  const storage = engine.storage
-  if (!engine.lock.isFree || g.extendedL2 || engine.externalData || storage.debugEvent !== undefined || storage.debugBreak !== undefined) return false
   const cs = g.clusterSize
   const l2Offset = engine.l1.plainL2Offset(Math.floor(plan.firstCluster / g.l2Entries), true)
-  const table = l2Offset === undefined ? undefined : engine.l2Cache.lookup(l2Offset)
-  if (l2Offset === undefined || table === undefined) return false
+  if (l2Offset === undefined) return false
+  const table = engine.l2Cache.lookup(l2Offset)
+  if (table === undefined) return false
   const firstIndex = plan.firstCluster % g.l2Entries
   for (let i = 0; i < plan.clusters; i++) {
     if (replacedHostRange(engine, readL2Entry(table, firstIndex + i, g), plan.hostOffset + i * cs) !== undefined) return false

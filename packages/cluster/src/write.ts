@@ -12,7 +12,6 @@ import { readGuest } from "./read.js"
 import { ALL_SUBCLUSTERS, copiedSubclusters, damagedInRun, subclusterRange } from "./subcluster-write.js"
 import { linkNow, planWriteNow } from "./write-now.js"
 
-
 /** What to do for the next part of a write, decided under the metadata lock (or without it, write-now.ts). */
 export type WritePlan =
   | { readonly _tag: "Wait"; readonly done: Deferred.Deferred<void> }
