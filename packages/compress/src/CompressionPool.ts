@@ -1,52 +1,58 @@
 /**
- * Parallel cluster compression on Node: deflate on libuv's thread pool,
- * zstd on worker threads.
+ * Parallel cluster compression on Node, on libuv's thread pool: deflate
+ * through node:zlib's asynchronous API, zstd through the system's libzstd
+ * with koffi's asynchronous calls; zstd on worker threads running the
+ * embedded wasm build where libzstd cannot be had.
  *
- * QEMU compresses on a thread pool (block/qcow2-threads.c, up to 4 threads);
- * deflate at level 6 runs at ~60-150 MB/s per core, so a `convert -c` is
- * bound by it. node:zlib's asynchronous API runs deflate on libuv's threads
- * with the same bytes as NodeClusterCodec and no extra V8 isolate (a worker
- * thread costs ~25-45 MiB of memory). zstd runs the same wasm kernel as
- * NodeClusterCodec in worker_threads, started with the first zstd cluster.
+ * QEMU compresses on a thread pool (block/qcow2-threads.c, up to 4
+ * threads); deflate at level 6 runs at ~60-150 MB/s per core, so a
+ * `convert -c` is bound by it. libuv's threads give the same bytes as
+ * NodeClusterCodec without an extra V8 isolate (a worker thread costs
+ * ~10-45 MiB of memory) and without a message per batch.
  *
- * The worker code is a string assembled from the kernels' source text
- * (`Function.prototype.toString`) and started with `new Worker(code, { eval:
- * true })`, so no worker file has to be found on disk: it works from source
- * under vitest, from `dist/`, and inside a CLI bundled by esbuild into one
- * file. zstd runs in the workers too: the compiled wasm module is passed to
- * each worker in `workerData`.
+ * The wasm workers' code is a string assembled from the kernel's source
+ * text (`Function.prototype.toString`) and started with `new Worker(code,
+ * { eval: true })`, so no worker file has to be found on disk: it works
+ * from source under vitest, from `dist/`, and inside a CLI bundled by
+ * esbuild into one file. The compiled wasm module is passed to each
+ * worker in `workerData`.
  */
 import { availableParallelism } from "node:os"
 import { Effect, type Scope } from "effect"
 import { CompressionType } from "./CompressionType.js"
 import { CompressionError } from "./errors.js"
-import { DeflateQueue } from "./internal/deflateQueue.js"
+import { ClusterJobQueue } from "./internal/clusterQueue.js"
+import { AsyncClusterDeflater } from "./internal/deflateNode.js"
 import { nodeInflateRaw } from "./internal/nodeKernels.js"
-import { checkedBatchLevel, checkedLevel, compressOn, jobFailure, outcomeEffect, type JobOutcome } from "./internal/poolJobs.js"
+import { checkedBatchLevel, checkedLevel, compressOn, jobFailure, outcomeEffect, SpareBuffers, type JobOutcome } from "./internal/poolJobs.js"
 import { WorkerPool } from "./internal/workerPool.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
-import { createNativeZstdKernel, koffiEntry, nativeZstdKernel } from "./internal/zstdNative.js"
+import { nativeZstd } from "./internal/zstdNative.js"
 
 /** Options of `makeCompressionPool`. */
 export interface CompressionPoolOptions {
   /**
-   * Deflate clusters compressed at once on libuv's thread pool, and zstd
-   * worker threads (default: `os.availableParallelism()`).
+   * The parallelism asked for (default: `os.availableParallelism()`):
+   * clusters compressed at once on libuv's thread pool are up to three
+   * times this (bounded by twice libuv's threads), wasm zstd worker threads
+   * this many.
    */
   readonly workers?: number
   /**
-   * zstd worker threads, when they should be fewer than `workers` (default:
-   * `workers`). Each is a V8 isolate (~10 MiB); a caller whose own thread
-   * is busy too (reading, writing, metadata) may leave a core to it.
+   * wasm zstd worker threads, when they should be fewer than `workers`
+   * (default: `workers`). Each is a V8 isolate (~10 MiB); a caller whose
+   * own thread is busy too (reading, writing, metadata) may leave a core
+   * to it.
    */
   readonly zstdWorkers?: number
-  /** Messages (batches of up to 32 zstd clusters) sent ahead to each worker so it never waits for the next one (default 2). */
+  /** Messages (batches of up to 32 zstd clusters) sent ahead to each wasm zstd worker so it never waits for the next one (default 2). */
   readonly maxInFlightPerWorker?: number
   /**
-   * Which zstd the workers run: the system's libzstd through koffi
-   * (`"native"`, the default where both load; about twice as fast) or the
-   * embedded wasm build (`"wasm"`, and where native cannot be had).
+   * Which zstd runs: the system's libzstd through koffi on libuv's thread
+   * pool (`"native"`, the default where both load; about twice as fast as
+   * wasm) or the embedded wasm build on worker threads (`"wasm"`, and
+   * where native cannot be had).
    */
   readonly zstd?: "native" | "wasm"
 }
@@ -54,11 +60,12 @@ export interface CompressionPoolOptions {
 /** Options of one `pool.compress` call. */
 export interface PoolCompressOptions {
   /**
-   * zstd: hand the cluster's memory to the worker instead of copying it.
-   * Only when `cluster` spans its whole ArrayBuffer; that ArrayBuffer is
-   * then detached (unusable) in the caller. Otherwise the cluster is copied
-   * once. Deflate never copies nor detaches: the cluster is read in place
-   * and must stay unchanged until the call settles.
+   * wasm zstd: hand the cluster's memory to the worker instead of copying
+   * it. Only when `cluster` spans its whole ArrayBuffer; that ArrayBuffer
+   * is then detached (unusable) in the caller. Otherwise the cluster is
+   * copied once. On libuv's thread pool (deflate, native zstd) the cluster
+   * is never copied nor detached: it is read in place and must stay
+   * unchanged until the call settles.
    */
   readonly transfer?: boolean
 }
@@ -106,7 +113,7 @@ export interface CompressionPool {
 /** Bytes of a zstd batch sent to one worker at most (a `convert` request is one part). */
 const ZSTD_PART_BYTES = 2 * 1024 * 1024
 
-/** The worker program (zstd only): the kernel inlined from its source text. */
+/** The worker program (wasm zstd only): the kernel inlined from its source text. */
 const compressionWorkerSource = (): string =>
   [
     `"use strict";`,
@@ -114,9 +121,7 @@ const compressionWorkerSource = (): string =>
     // Bundlers with keepNames wrap functions in __name(...); make it harmless here.
     `const __name = (target) => target;`,
     `const createZstdKernel = ${createZstdKernel.toString()};`,
-    `const createNativeZstdKernel = ${createNativeZstdKernel.toString()};`,
-    // workerData.koffi: where koffi is, for libzstd; else workerData.zstdModule: the compiled wasm.
-    `const makeZstd = () => workerData.koffi !== undefined ? createNativeZstdKernel(require(workerData.koffi)) : createZstdKernel(workerData.zstdModule);`,
+    `const makeZstd = () => createZstdKernel(workerData.zstdModule);`,
     `let zstd;`,
     `const compressJob = (job, replies, transfer) => {`,
     `  try {`,
@@ -171,10 +176,10 @@ const compressionWorkerSource = (): string =>
   ].join("\n")
 
 /**
- * Starts a compression pool in the current scope. Deflate jobs run on
- * libuv's thread pool, `workers` at a time; the zstd worker threads and the
- * compiled wasm are made by the first zstd job. Everything stops when the
- * scope closes (pending jobs then fail).
+ * Starts a compression pool in the current scope. Jobs run on libuv's
+ * thread pool, a bounded number at once; libzstd is bound, or the wasm
+ * workers started, by the first zstd job. Everything stops when the scope
+ * closes (pending jobs then fail).
  */
 export const makeCompressionPool = (
   options?: CompressionPoolOptions
@@ -183,37 +188,59 @@ export const makeCompressionPool = (
     const size = Math.max(1, Math.floor(options?.workers ?? availableParallelism()))
     const zstdSize = Math.max(1, Math.floor(options?.zstdWorkers ?? size))
     const maxInFlight = Math.max(1, Math.floor(options?.maxInFlightPerWorker ?? 2))
-    // More deflate jobs than libuv has threads: a thread that finishes a
-    // cluster takes the next queued one at once instead of waiting for the
-    // main thread (256 MiB convert -c, 2 cores: 6 at once ran ~15% faster
-    // than 3). Each holds a zlib stream and an output buffer, ~0.4 MiB.
+    // More jobs than libuv has threads: a thread that finishes a cluster
+    // takes the next queued one at once instead of waiting for the main
+    // thread (256 MiB convert -c, 2 cores: 6 at once ran ~15% faster than
+    // 3). Each holds a zlib stream or a zstd context, ~0.3-0.5 MiB.
     const libuvThreads = Math.max(1, Number(process.env.UV_THREADPOOL_SIZE) || 4)
-    const deflates = new DeflateQueue(Math.max(1, Math.min(3 * size, 2 * libuvThreads)))
+    const running = Math.max(1, Math.min(3 * size, 2 * libuvThreads))
+    const deflates = new ClusterJobQueue(running, (level, clusterSize) => new AsyncClusterDeflater(level, clusterSize))
     let closed = false
-    let zstdWorkers: Promise<WorkerPool | undefined> | undefined
-    const workerData = async (): Promise<{ readonly koffi: string } | { readonly zstdModule: WebAssembly.Module }> => {
-      const koffi = options?.zstd !== "wasm" && (await nativeZstdKernel()) !== undefined ? koffiEntry() : undefined
-      return koffi !== undefined ? { koffi } : { zstdModule: await zstdWasmModule(nodeInflateRaw) }
-    }
-    const startZstdWorkers = (): Promise<WorkerPool | undefined> =>
-      (zstdWorkers ??= workerData().then((data) => (closed ? undefined : new WorkerPool(compressionWorkerSource(), data, zstdSize, maxInFlight))))
+    let zstdRunner: Promise<JobRunner | undefined> | undefined
+    const startZstd = (): Promise<JobRunner | undefined> =>
+      (zstdRunner ??= (async (): Promise<JobRunner | undefined> => {
+        const native = options?.zstd === "wasm" ? undefined : (await nativeZstd())?.compressors
+        if (native !== undefined) return closed ? undefined : { _tag: "Queue", queue: new ClusterJobQueue(running, native) }
+        const zstdModule = await zstdWasmModule(nodeInflateRaw)
+        return closed ? undefined : { _tag: "Workers", workers: new WorkerPool(compressionWorkerSource(), { zstdModule }, zstdSize, maxInFlight) }
+      })())
     yield* Effect.addFinalizer(() =>
       Effect.promise(async () => {
         closed = true
         deflates.close()
-        const workers = await zstdWorkers?.catch(() => undefined)
-        await workers?.close()
+        const zstd = await zstdRunner?.catch(() => undefined)
+        if (zstd?._tag === "Queue") zstd.queue.close()
+        else await zstd?.workers.close()
       })
     )
     const closedError = (type: CompressionType) =>
       new CompressionError({ compressionType: type, reason: "Failed", message: "compression pool is closed" })
-    const compressZstd = (type: CompressionType, cluster: Uint8Array, level?: number, options?: PoolCompressOptions) =>
-      Effect.tryPromise({
-        try: startZstdWorkers,
-        catch: (cause) =>
-          new CompressionError({ compressionType: type, reason: "Failed", message: `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
-      }).pipe(Effect.flatMap((workers) => (workers === undefined ? Effect.fail(closedError(type)) : compressOn(workers)(type, cluster, level, options))))
-    /** One part of a zstd batch on a worker: its compressed clusters packed in pool memory, and their sizes. */
+    /** The engine for `type`, started on first use. */
+    const engineFor = (type: CompressionType): Effect.Effect<JobRunner, CompressionError> =>
+      type === CompressionType.Deflate
+        ? Effect.succeed({ _tag: "Queue", queue: deflates })
+        : Effect.tryPromise({
+            try: startZstd,
+            catch: (cause) =>
+              new CompressionError({ compressionType: type, reason: "Failed", message: `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
+          }).pipe(Effect.flatMap((engine) => (engine === undefined ? Effect.fail(closedError(type)) : Effect.succeed(engine))))
+    /** Output buffers of jobs on libuv's threads, recycled once a request's jobs have all finished. */
+    const outputs = new SpareBuffers()
+    /**
+     * One cluster on libuv's threads: compressed into a spare buffer and
+     * copied out, so the result holds only its own bytes.
+     */
+    const compressOnQueue = (queue: ClusterJobQueue, type: CompressionType, level: number, cluster: Uint8Array) =>
+      Effect.callback<Uint8Array | undefined, CompressionError>((resume) => {
+        const into = outputs.borrow(cluster.length)
+        const cancel = queue.submit(level, cluster, into, (outcome) => {
+          const copied: JobOutcome = outcome.ok ? { ok: true, result: outcome.result?.slice() } : outcome
+          outputs.recycle(into)
+          resume(outcomeEffect(type, copied))
+        })
+        return Effect.sync(cancel)
+      })
+    /** One part of a wasm zstd batch on a worker: its compressed clusters packed in pool memory, and their sizes. */
     const zstdPart = (workers: WorkerPool, type: CompressionType, level: number, data: Uint8Array, clusterSize: number) =>
       Effect.callback<{ readonly packed: Uint8Array; readonly sizes: Int32Array }, CompressionError>((resume) => {
         // Shared memory is read by the worker in place; other memory is copied once.
@@ -231,11 +258,11 @@ export const makeCompressionPool = (
         return Effect.sync(shared ? workers.submit(type, level, data, done, clusterSize, pooled) : workers.submit(type, level, pooled, done, clusterSize))
       })
     /**
-     * A zstd batch: parts of at most ZSTD_PART_BYTES (whole clusters) go to
-     * the workers at once, so a large request still spreads over them; the
-     * parts' memory is recycled once `use` settles.
+     * A wasm zstd batch: parts of at most ZSTD_PART_BYTES (whole clusters)
+     * go to the workers at once, so a large request still spreads over
+     * them; the parts' memory is recycled once `use` settles.
      */
-    const zstdClusters = <A, E, R>(
+    const workerClusters = <A, E, R>(
       workers: WorkerPool,
       type: CompressionType,
       level: number,
@@ -266,16 +293,22 @@ export const makeCompressionPool = (
         }
       )
     }
-    /** Deflate of each cluster on libuv's thread pool; the results once all are in (the first failure fails the lot). */
-    const deflateClusters = (type: CompressionType, level: number, data: Uint8Array, clusterSize: number) =>
+    /**
+     * Each cluster of `data` on libuv's threads, its result copied into the
+     * cluster's slot of `output` (as long as `data`); once all are in, the
+     * results are packed from the buffer's start in order, so a run of them
+     * is one view for one storage write (the first failure fails the lot).
+     */
+    const queueClusters = (queue: ClusterJobQueue, type: CompressionType, level: number, data: Uint8Array, clusterSize: number, output: Uint8Array) =>
       Effect.callback<ReadonlyArray<Uint8Array | undefined>, CompressionError>((resume) => {
         const results: Array<Uint8Array | undefined> = new Array(data.length / clusterSize)
         let left = results.length
         let failed = false
         const cancels: Array<() => void> = []
         for (let k = 0; k < results.length && !failed; k++) {
+          const slot = output.subarray(k * clusterSize, (k + 1) * clusterSize)
           cancels.push(
-            deflates.submit(level, data.subarray(k * clusterSize, (k + 1) * clusterSize), (outcome) => {
+            queue.submit(level, data.subarray(k * clusterSize, (k + 1) * clusterSize), slot, (outcome) => {
               if (failed) return
               if (!outcome.ok) {
                 failed = true
@@ -284,7 +317,7 @@ export const makeCompressionPool = (
                 return
               }
               results[k] = outcome.result
-              if (--left === 0) resume(Effect.succeed(results))
+              if (--left === 0) resume(Effect.succeed(packResults(output, results)))
             })
           )
         }
@@ -296,22 +329,47 @@ export const makeCompressionPool = (
       Effect.suspend(() => {
         const resolvedLevel = checkedBatchLevel(type, data, clusterSize, level)
         if (typeof resolvedLevel !== "number") return resolvedLevel
-        if (type === CompressionType.Deflate) return Effect.flatMap(deflateClusters(type, resolvedLevel, data, clusterSize), use)
-        return Effect.tryPromise({
-          try: startZstdWorkers,
-          catch: (cause) =>
-            new CompressionError({ compressionType: type, reason: "Failed", message: `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
-        }).pipe(Effect.flatMap((workers) => (workers === undefined ? Effect.fail(closedError(type)) : zstdClusters(workers, type, resolvedLevel, data, clusterSize, use))))
+        return Effect.flatMap(engineFor(type), (engine) => {
+          if (engine._tag === "Workers") return workerClusters(engine.workers, type, resolvedLevel, data, clusterSize, use)
+          // Borrowed in powers of two, so that requests of other lengths reuse it. Recycled only once every
+          // job has finished: after a failure or an interruption a job may still be writing into it.
+          const whole = outputs.borrow(2 ** Math.ceil(Math.log2(data.length)))
+          return Effect.flatMap(queueClusters(engine.queue, type, resolvedLevel, data, clusterSize, whole.subarray(0, data.length)), (results) =>
+            Effect.ensuring(
+              use(results),
+              Effect.sync(() => outputs.recycle(whole))
+            )
+          )
+        })
       })
     const compress: CompressionPool["compress"] = (type, cluster, level, options) =>
       Effect.suspend(() => {
         const resolvedLevel = checkedLevel(type, cluster, level)
         if (typeof resolvedLevel !== "number") return resolvedLevel
-        if (type !== CompressionType.Deflate) return compressZstd(type, cluster, level, options)
-        return Effect.callback<Uint8Array | undefined, CompressionError>((resume) => {
-          const cancel = deflates.submit(resolvedLevel, cluster, (outcome) => resume(outcomeEffect(type, outcome)))
-          return Effect.sync(cancel)
-        })
+        return Effect.flatMap(engineFor(type), (engine) =>
+          engine._tag === "Queue" ? compressOnQueue(engine.queue, type, resolvedLevel, cluster) : compressOn(engine.workers)(type, cluster, level, options)
+        )
       })
     return { workers: size, compress, compressClusters }
   })
+
+/** Where the jobs of a compression type run: on libuv's threads (deflate, native zstd), or on the wasm zstd worker threads. */
+type JobRunner = { readonly _tag: "Queue"; readonly queue: ClusterJobQueue } | { readonly _tag: "Workers"; readonly workers: WorkerPool }
+
+/**
+ * Moves each result (a view on its cluster's slot of `output`) to follow
+ * the one before, from the buffer's start: result k moves down to at most
+ * k * (cluster size - 2) bytes in, so it only covers slots already moved.
+ * Answers the moved views, in order.
+ */
+const packResults = (output: Uint8Array, results: ReadonlyArray<Uint8Array | undefined>): ReadonlyArray<Uint8Array | undefined> => {
+  let packed = 0
+  return results.map((result) => {
+    if (result === undefined) return undefined
+    const from = result.byteOffset - output.byteOffset
+    if (from !== packed) output.copyWithin(packed, from, from + result.length)
+    const moved = output.subarray(packed, packed + result.length)
+    packed += result.length
+    return moved
+  })
+}

@@ -1,4 +1,4 @@
-import { Effect, Exit } from "effect"
+import { Effect, Exit, Fiber } from "effect"
 import { beforeAll, describe, expect, it } from "vitest"
 import { CompressionError } from "../src/index.js"
 import type { ClusterKernels } from "../src/internal/codec.js"
@@ -79,11 +79,11 @@ describe("makeCompressionPool", () => {
     inputs.forEach((input, i) => expectSameBytes(results[i], node.compress(0, input)!, `result ${i}`))
   })
 
-  it("zstd: copies the caller's cluster unless transfer is requested for a whole buffer; deflate never detaches", async () => {
+  it("wasm zstd: copies the caller's cluster unless transfer is requested for a whole buffer; deflate and native zstd never detach", async () => {
     await Effect.runPromise(
       Effect.scoped(
         Effect.gen(function* () {
-          const pool = yield* makeCompressionPool({ workers: 1 })
+          const pool = yield* makeCompressionPool({ workers: 1, zstd: "wasm" })
           const kept = textBytes(4096)
           yield* pool.compress(0, kept)
           expect(kept.byteLength).toBe(4096)
@@ -94,7 +94,7 @@ describe("makeCompressionPool", () => {
           expect(region.byteLength).toBe(65536) // a view is copied, never detaches its buffer
 
           const owned = textBytes(4096)
-          const expected = node.compress(1, owned)!
+          const expected = nodeWasm.compress(1, owned)!
           const result = yield* pool.compress(1, owned, undefined, { transfer: true })
           expect(owned.byteLength).toBe(0) // detached: the memory went to the worker
           expectSameBytes(result, expected)
@@ -103,6 +103,19 @@ describe("makeCompressionPool", () => {
           const deflated = yield* pool.compress(0, read, undefined, { transfer: true })
           expect(read.byteLength).toBe(4096) // deflate reads the cluster in place, on libuv's threads
           expectSameBytes(deflated, node.compress(0, read)!)
+        })
+      )
+    )
+    await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pool = yield* makeCompressionPool({ workers: 1, zstd: "native" })
+          const owned = textBytes(4096)
+          const expected = node.compress(1, owned)!
+          const result = yield* pool.compress(1, owned, undefined, { transfer: true })
+          expect(owned.byteLength).toBe(4096) // libzstd reads the cluster in place, on libuv's threads
+          expectSameBytes(result, expected)
+          expect(result!.buffer.byteLength).toBe(result!.length) // the result holds only its own bytes
         })
       )
     )
@@ -126,7 +139,8 @@ describe("makeCompressionPool", () => {
     })
   })
 
-  it("compressClusters: each cluster's NodeClusterCodec bytes, packed one after another, the caller's data (shared or not) untouched, right again in reused memory", async () => {
+  it.each(["native", "wasm"] as const)("compressClusters: each cluster's NodeClusterCodec bytes, packed one after another, the caller's data (shared or not) untouched, right again in reused memory (%s zstd)", async (zstd) => {
+    const reference = zstd === "native" ? node : nodeWasm
     for (const [size, memory] of [
       [512, "ArrayBuffer"],
       [65536, "ArrayBuffer"],
@@ -140,33 +154,65 @@ describe("makeCompressionPool", () => {
         const seen = await Effect.runPromise(
           Effect.scoped(
             Effect.gen(function* () {
-              const pool = yield* makeCompressionPool({ workers: 2 })
+              const pool = yield* makeCompressionPool({ workers: 2, zstd })
               const first = yield* pool.compressClusters(type, data, size, undefined, (results) =>
                 Effect.sync(() => results.map((r) => (r === undefined ? undefined : { bytes: r.slice(), buffer: r.buffer, offset: r.byteOffset })))
               )
-              // The same request again: zstd reuses the first one's memory, and the results are still right.
+              // The same request again: it reuses the first one's memory, and the results are still right.
               const second = yield* pool.compressClusters(type, data, size, undefined, (results) => Effect.sync(() => results.map((r) => r?.slice())))
               return { first, second }
             })
           )
         )
         clusters.forEach((cluster, i) => {
-          const expected = node.compress(type, cluster)
+          const expected = reference.compress(type, cluster)
           for (const got of [seen.first[i]?.bytes, seen.second[i]]) {
             if (expected === undefined) expect(got).toBeUndefined()
             else expectSameBytes(got, expected, `size ${size} ${memory} type ${type} cluster ${i}`)
           }
         })
-        if (type === 1) {
-          // Packed: each compressed cluster starts where the previous one ended, in one buffer.
-          const packed = seen.first.filter((r) => r !== undefined)
-          for (let k = 1; k < packed.length; k++) {
-            expect(packed[k]!.buffer).toBe(packed[0]!.buffer)
-            expect(packed[k]!.offset).toBe(packed[k - 1]!.offset + packed[k - 1]!.bytes.length)
-          }
+        // Packed: each compressed cluster starts where the previous one ended, in one buffer.
+        const packed = seen.first.filter((r) => r !== undefined)
+        for (let k = 1; k < packed.length; k++) {
+          expect(packed[k]!.buffer).toBe(packed[0]!.buffer)
+          expect(packed[k]!.offset).toBe(packed[k - 1]!.offset + packed[k - 1]!.bytes.length)
         }
         expectSameBytes(data, before, "the caller's data")
       }
+    }
+  })
+
+  it.each([0, 1] as const)("compressClusters (type %i): a request interrupted while its clusters run leaves the next requests' bytes right", async (type) => {
+    const size = 65536
+    const first = mixedClusters(24, size)
+    const second = mixedClusters(24, size).reverse()
+    const pack = (clusters: ReadonlyArray<Uint8Array>) => {
+      const data = new Uint8Array(clusters.length * size)
+      clusters.forEach((c, i) => data.set(c, i * size))
+      return data
+    }
+    const got = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pool = yield* makeCompressionPool({ workers: 2 })
+          const results: Array<ReadonlyArray<Uint8Array | undefined>> = []
+          for (let round = 0; round < 4; round++) {
+            // Interrupted while its jobs run on libuv's threads: they still write into its output buffer.
+            const fiber = yield* Effect.forkChild(pool.compressClusters(type, pack(first), size, undefined, () => Effect.void))
+            yield* Effect.sleep(1)
+            yield* Fiber.interrupt(fiber)
+            results.push(yield* pool.compressClusters(type, pack(second), size, undefined, (r) => Effect.sync(() => r.map((x) => x?.slice()))))
+          }
+          return results
+        })
+      )
+    )
+    for (const results of got) {
+      second.forEach((cluster, i) => {
+        const expected = node.compress(type, cluster)
+        if (expected === undefined) expect(results[i]).toBeUndefined()
+        else expectSameBytes(results[i], expected, `cluster ${i}`)
+      })
     }
   })
 

@@ -247,11 +247,12 @@ export const qcow2Sink = (o: ConvertOptions, total: number) =>
         )
       )
     }
-    // Compression runs on a pool of worker threads sized to the cores; many
-    // clusters are in flight at once and each result lands in its own cluster.
-    // This thread reads, writes and allocates for the whole copy (more CPU
-    // than zstd takes), so zstd leaves it a core: 2 cores, 1 GiB, one zstd
-    // worker kept up, and a second one cost ~10 MiB of peak memory.
+    // Compression runs on libuv's thread pool; many clusters are in flight at
+    // once and each result lands in its own cluster. Where zstd runs on wasm
+    // worker threads instead (no libzstd), this thread reads, writes and
+    // allocates for the whole copy (more CPU than zstd takes), so zstd leaves
+    // it a core: 2 cores, 1 GiB, one zstd worker kept up, and a second one
+    // cost ~10 MiB of peak memory.
     const zstdWorkers = Math.max(1, availableParallelism() - 1)
     const pool = o.compress ? yield* Effect.flatMap(Effect.promise(() => import("@qcow2/compress/node")), (m) => m.makeCompressionPool({ zstdWorkers })) : undefined
     const target = yield* open(o.target, {

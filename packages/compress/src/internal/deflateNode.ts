@@ -1,4 +1,5 @@
 import { constants, createDeflateRaw, type DeflateRaw } from "node:zlib"
+import type { ClusterCompressor } from "./clusterQueue.js"
 
 /**
  * Deflate of one cluster with node:zlib, QEMU's parameters (raw deflate,
@@ -38,23 +39,27 @@ export function nodeDeflateCluster(
  * external memory V8 collects late, and with a fresh stream per cluster
  * they added tens of MiB to a `convert -c`'s peak.
  */
-export class AsyncClusterDeflater {
+export class AsyncClusterDeflater implements ClusterCompressor {
   private readonly stream: DeflateRaw
   private chunks: Array<Buffer> = []
   private failure: Error | undefined
+  /** Whether the stream's output position can be set back (see `compress`). */
+  private readonly rewindable: boolean
   /** The running job's callback, until it is called (by the write's callback or by the stream's error). */
-  private pending: ((error: Error | undefined, result: Uint8Array | undefined) => void) | undefined
+  private pending: ((error: Error | undefined, length: number | undefined) => void) | undefined
 
   /**
-   * `clusterSize`: the output buffer holds a whole cluster's stream, and
-   * every write finishes the stream (Z_FINISH), so a cluster is one job on
-   * libuv's thread pool.
+   * `clusterSize`: the output buffer holds a whole cluster's stream when
+   * it is worth keeping (shorter than the cluster), and every write
+   * finishes the stream (Z_FINISH), so a cluster is one job on libuv's
+   * thread pool.
    */
   constructor(
     readonly level: number,
     readonly clusterSize: number
   ) {
     this.stream = createDeflateRaw({ level, windowBits: 12, memLevel: 9, chunkSize: clusterSize + 1024, flush: constants.Z_FINISH })
+    this.rewindable = typeof (this.stream as unknown as { _outOffset?: unknown })._outOffset === "number"
     this.stream.on("data", (chunk: Buffer) => this.chunks.push(chunk))
     this.stream.on("error", (error) => {
       this.failure = error
@@ -62,9 +67,15 @@ export class AsyncClusterDeflater {
     })
   }
 
-  /** Deflates `input` (one cluster, unchanged until `done` is called); one call at a time. */
-  deflate(input: Uint8Array, done: (error: Error | undefined, result: Uint8Array | undefined) => void): void {
+  compress(input: Uint8Array, into: Uint8Array, done: (error: Error | undefined, length: number | undefined) => void): void {
     this.pending = done
+    // The last cluster's output was copied out before its `done` ran: start
+    // the output buffer over, so node:zlib fills the same buffer again
+    // instead of allocating a fresh one every few clusters (it does once
+    // the rest of the buffer is used up; ~60 MiB of garbage per 256 MiB
+    // convert -c, which V8 frees late). Only where node:zlib keeps its
+    // output position in `_outOffset`, as lib/zlib.js does since Node 10.
+    if (this.rewindable) (this.stream as unknown as { _outOffset: number })._outOffset = 0
     this.stream.write(input, () => {
       const chunks = this.chunks
       this.chunks = []
@@ -73,24 +84,21 @@ export class AsyncClusterDeflater {
       let length = 0
       for (const chunk of chunks) length += chunk.length
       if (length > input.length - 2) return this.finish(undefined, undefined)
-      // An exact copy: the chunks are views on the stream's output buffer.
-      const result = new Uint8Array(length)
       let at = 0
       for (const chunk of chunks) {
-        result.set(chunk, at)
+        into.set(chunk, at)
         at += chunk.length
       }
-      this.finish(undefined, result)
+      this.finish(undefined, length)
     })
   }
 
-  private finish(error: Error | undefined, result: Uint8Array | undefined): void {
+  private finish(error: Error | undefined, length: number | undefined): void {
     const done = this.pending
     this.pending = undefined
-    done?.(error, result)
+    done?.(error, length)
   }
 
-  /** Whether the stream failed (it is then not reused). */
   get broken(): boolean {
     return this.failure !== undefined
   }
