@@ -73,6 +73,11 @@ export class OverlapIndex {
   private readonly ranges = new Map<RangeKind, ReadonlyArray<HostRange>>()
   /** Cluster indices of L2 tables (the snapshots' only while inactive L2 tables are checked) and refcount blocks. */
   private readonly clusters: Record<ClusterKind, Set<number>> = { "active L2 table": new Set(), "refcount block": new Set(), "inactive L2 table": new Set() }
+  /** How many of the cluster kinds index each host cluster (a cluster may be indexed under two), for `touchesAny`. */
+  private readonly indexedClusters = new Map<number, number>()
+  /** Every range (and the header's cluster) in cluster units, merged into disjoint [start, end) runs sorted by start, for `touchesAny`. */
+  private runStarts: Array<number> = [0]
+  private runEnds: Array<number> = [1]
   private refusal: TableProblem | undefined
   /** The snapshots' L2 tables are indexed (always, unless inactive L2 tables are checked and their L1 tables have not been read since they changed). */
   private inactiveL2Indexed = true
@@ -106,7 +111,7 @@ export class OverlapIndex {
     )
     this.refusal = undefined
     if (!this.checksInactiveL2) return
-    this.clusters["inactive L2 table"].clear()
+    this.clearClusters("inactive L2 table")
     this.inactiveL2Indexed = tables.length === 0
     for (const t of tables) {
       this.refusal = snapshotL1Problem(t.offset, t.entries, this.clusterSize)
@@ -136,7 +141,7 @@ export class OverlapIndex {
   /** The L2 tables the snapshots' L1 tables point to (host offsets, 0 = none), read by the engine after `setInactiveL1Tables`. */
   setInactiveL2Tables(offsets: Iterable<number>): void {
     this.changes++
-    this.clusters["inactive L2 table"].clear()
+    this.clearClusters("inactive L2 table")
     for (const offset of offsets) this.addCluster("inactive L2 table", offset)
     this.inactiveL2Indexed = true
   }
@@ -153,24 +158,78 @@ export class OverlapIndex {
       kind,
       ranges.filter((r) => r.length > 0)
     )
+    const runs: Array<[number, number]> = [[0, 1]]
+    const cs = this.clusterSize
+    for (const list of this.ranges.values()) for (const r of list) runs.push([Math.floor(r.offset / cs), Math.ceil((r.offset + r.length) / cs)])
+    runs.sort((a, b) => a[0] - b[0])
+    this.runStarts = []
+    this.runEnds = []
+    for (const [start, end] of runs) {
+      const last = this.runEnds.length - 1
+      if (last >= 0 && start <= this.runEnds[last]) this.runEnds[last] = Math.max(this.runEnds[last], end)
+      else {
+        this.runStarts.push(start)
+        this.runEnds.push(end)
+      }
+    }
   }
 
   /** Records a table of `kind` in the cluster at `offset`. Offsets past 2^53 are unreachable by any write and skipped. */
   addCluster(kind: ClusterKind, offset: number): void {
     this.changes++
-    if (Number.isSafeInteger(offset) && offset > 0) this.clusters[kind].add(Math.floor(offset / this.clusterSize))
+    if (!Number.isSafeInteger(offset) || offset <= 0) return
+    const cluster = Math.floor(offset / this.clusterSize)
+    const set = this.clusters[kind]
+    if (set.has(cluster)) return
+    set.add(cluster)
+    this.indexedClusters.set(cluster, (this.indexedClusters.get(cluster) ?? 0) + 1)
   }
 
   /** Forgets the table of `kind` at `offset` (freed). */
   removeCluster(kind: ClusterKind, offset: number): void {
     this.changes++
-    this.clusters[kind].delete(Math.floor(offset / this.clusterSize))
+    const cluster = Math.floor(offset / this.clusterSize)
+    if (this.clusters[kind].delete(cluster)) this.unindex(cluster)
   }
 
   /** Forgets every table of `kind` (before re-reading them from disk). */
   clearClusters(kind: ClusterKind): void {
     this.changes++
+    for (const cluster of this.clusters[kind]) this.unindex(cluster)
     this.clusters[kind].clear()
+  }
+
+  private unindex(cluster: number): void {
+    const count = this.indexedClusters.get(cluster) ?? 0
+    if (count <= 1) this.indexedClusters.delete(cluster)
+    else this.indexedClusters.set(cluster, count - 1)
+  }
+
+  /**
+   * Whether clusters [first, end) hold any metadata at all: `find`'s quick
+   * answer for the usual write, which touches none (a lookup per cluster
+   * and a binary search over the merged ranges, instead of a walk over
+   * every kind).
+   */
+  private touchesAny(first: number, end: number): boolean {
+    const indexed = this.indexedClusters
+    if (indexed.size > 0) {
+      if (end - first <= indexed.size) {
+        for (let c = first; c < end; c++) if (indexed.has(c)) return true
+      } else {
+        for (const c of indexed.keys()) if (c >= first && c < end) return true
+      }
+    }
+    // The last run starting before `end` is the only one that can reach `first`: the runs are disjoint and sorted.
+    const starts = this.runStarts
+    let low = 0
+    let high = starts.length
+    while (low < high) {
+      const mid = (low + high) >>> 1
+      if (starts[mid] < end) low = mid + 1
+      else high = mid
+    }
+    return low > 0 && this.runEnds[low - 1] > first
   }
 
   /** Whether a table of `kind` lives in the cluster at `offset`. */
@@ -188,6 +247,7 @@ export class OverlapIndex {
     const cs = this.clusterSize
     const first = Math.floor(offset / cs)
     const end = Math.ceil((offset + length) / cs)
+    if (!this.touchesAny(first, end)) return undefined
     for (const kind of ORDER) {
       if (ignore.includes(kind)) continue
       if (kind === "qcow2_header") {
