@@ -11,7 +11,7 @@ import { TableCache } from "@qcow2/cache"
 import type { CompressionError, DecompressionError } from "@qcow2/compress"
 import { AutoclearFeature, decodeImageHeader, decodeSnapshotTable, encodeImageHeader, IncompatibleFeature, l1EntriesFor, Limits, makeGeometry } from "@qcow2/format"
 import type { Geometry, ImageHeader, SnapshotEntry } from "@qcow2/format"
-import { debugPoint, type BlockStorageShape } from "@qcow2/storage"
+import { debugPoint, writeNowOf, type BlockStorageShape, type WriteNow } from "@qcow2/storage"
 import { DirtyBitmaps } from "./bitmaps.js"
 import type { LoadedBitmaps } from "./bitmaps-disk.js"
 import { writeCompressedClusters } from "./compressed.js"
@@ -133,6 +133,8 @@ export class Qcow2Engine {
   readonly storage: BlockStorageShape
   /** Where data clusters live: `storage`, or the external data file. */
   readonly data: BlockStorageShape
+  /** `data`'s synchronous write, when it has one (see the request fast path, `write`). */
+  private readonly dataWriteNow: WriteNow | undefined
   readonly externalData: boolean
   readonly geometry: Geometry
   readonly version: 2 | 3
@@ -168,6 +170,7 @@ export class Qcow2Engine {
     this.report = options.report ?? (() => {})
     this.storage = storage
     this.data = options.dataFile ?? storage
+    this.dataWriteNow = writeNowOf(this.data)
     this.externalData = (h.incompatibleFeatures & IncompatibleFeature.ExternalDataFile) !== 0n
     this.geometry = makeGeometry(h.clusterBits, (h.incompatibleFeatures & IncompatibleFeature.ExtendedL2) !== 0n, h.refcountOrder)
     this.version = h.version
@@ -243,7 +246,8 @@ export class Qcow2Engine {
    * Writes guest bytes (any alignment); allocating writes copy the untouched
    * parts of their clusters. A write into clusters the image owns goes
    * straight to storage without the metadata lock when fastpath.ts can
-   * map it, counted as a direct write in flight (see InFlightAllocations).
+   * map it: at once where the store can write at once (`writeNow`), else
+   * counted as a direct write in flight (see InFlightAllocations).
    * `placed` is completed once the host clusters of the whole write are
    * decided (see writeBytes).
    */
@@ -252,6 +256,28 @@ export class Qcow2Engine {
     if (bad) return Effect.fail(bad)
     if (data.length === 0) return Effect.void
     this.bitmaps.mark(offset, data.length)
+    return Effect.suspend(() => this.writeNow(offset, data, placed) ?? this.writeLater(offset, data, placed))
+  }
+
+  /**
+   * A write into clusters the image owns, placed and written in one
+   * synchronous stretch when the data store can write at once
+   * (`BlockStorageShape.writeNow`): nothing else runs in between, so it
+   * needs no count as a direct write in flight. Undefined when it cannot
+   * (nothing written).
+   */
+  private writeNow(offset: number, data: Uint8Array, placed: Deferred.Deferred<void> | undefined): Effect.Effect<void, ImageError> | undefined {
+    const writeNow = this.dataWriteNow
+    if (writeNow === undefined) return undefined
+    const host = directWriteHost(this, offset, data.length)
+    if (host === undefined) return undefined
+    const written = writeNow(host, data)
+    if (written === false) return undefined
+    if (placed !== undefined) Deferred.doneUnsafe(placed, Effect.void)
+    return written === true ? Effect.void : Effect.fail(this.storageFailure(written))
+  }
+
+  private writeLater(offset: number, data: Uint8Array, placed: Deferred.Deferred<void> | undefined): Effect.Effect<void, ImageError> {
     return Effect.acquireUseRelease(
       Effect.sync(() => {
         const host = directWriteHost(this, offset, data.length)

@@ -12,7 +12,7 @@ import { readFileSync, writeFileSync } from "node:fs"
 import { Deferred, Effect, Fiber } from "effect"
 import fc from "fast-check"
 import { afterAll, describe, expect, it } from "vitest"
-import type { BlockStorageShape } from "@qcow2/storage"
+import { writeNowFor, type BlockStorageShape } from "@qcow2/storage"
 import { openEngine, pattern, qemuCheck, qemuImg, qemuIo, run, scratch } from "./engine.js"
 
 const KiB = 1024
@@ -20,7 +20,11 @@ const cs = 64 * KiB
 const clusters = 48
 const size = clusters * cs
 
-/** Storage whose requests first let other fibers run (0–2 or 40 times), in an order fast-check picks. */
+/**
+ * Storage whose requests first let other fibers run (0–2 or 40 times), in
+ * an order fast-check picks; its writeNow writes at once when the pick is
+ * even and declines otherwise, so direct writes take both paths.
+ */
 const yielding = (yields: () => number) => (s: BlockStorageShape): BlockStorageShape => {
   const pause = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
     Effect.suspend(() => {
@@ -28,7 +32,8 @@ const yielding = (yields: () => number) => (s: BlockStorageShape): BlockStorageS
       for (let n = yields(); n > 0; n--) e = Effect.andThen(Effect.yieldNow, e)
       return e
     })
-  return { ...s, read: (o, b) => pause(s.read(o, b)), write: (o, d) => pause(s.write(o, d)) }
+  const write: BlockStorageShape["write"] = (o, d) => pause(s.write(o, d))
+  return { ...s, read: (o, b) => pause(s.read(o, b)), write, writeNow: writeNowFor(write, (o, d) => (yields() % 2 === 0 ? s.writeNow!(o, d) : false)) }
 }
 
 type RangeOp =
@@ -165,6 +170,50 @@ describe("fast path", () => {
       { numRuns: 12 }
     )
   }, 120_000)
+
+  it("a write into owned clusters goes to storage at once through writeNow, and through write when writeNow declines", async () => {
+    const file = files.path("now.qcow2")
+    qemuImg("create", "-q", "-f", "qcow2", file, String(size))
+    qemuIo("-c", `write -P 0x11 0 ${2 * cs}`, file)
+    let nowCalls = 0
+    let writeCalls = 0
+    let decline = false
+    const opened = await openEngine(file, {
+      wrap: (s) => {
+        const write: BlockStorageShape["write"] = (o, d) => {
+          writeCalls++
+          return s.write(o, d)
+        }
+        return {
+          ...s,
+          write,
+          writeNow: writeNowFor(write, (o, d) => {
+            nowCalls++
+            return decline ? false : s.writeNow!(o, d)
+          })
+        }
+      }
+    })
+    const engine = opened.engine
+    await run(engine.read(0, new Uint8Array(4 * KiB)))
+    const first = pattern(4 * KiB, 3)
+    await run(engine.write(4 * KiB, first))
+    expect([nowCalls, writeCalls]).toEqual([1, 0])
+    decline = true
+    const second = pattern(8 * KiB, 4)
+    await run(engine.write(cs + 8 * KiB, second))
+    expect([nowCalls, writeCalls]).toEqual([2, 1])
+    await run(engine.flush())
+    await opened.save(file)
+    expect(qemuCheck(file)).toMatchObject({ exitCode: 0 })
+    const raw = files.path("now.raw")
+    qemuImg("convert", "-O", "raw", file, raw)
+    const bytes = readFileSync(raw)
+    const expected = new Uint8Array(2 * cs).fill(0x11)
+    expected.set(first, 4 * KiB)
+    expected.set(second, cs + 8 * KiB)
+    expect(Buffer.compare(bytes.subarray(0, 2 * cs), expected)).toBe(0)
+  })
 
   it("a write in flight into a cluster is never overtaken by a discard that frees it for another write", async () => {
     const file = files.path("late.qcow2")

@@ -7,7 +7,8 @@ import {
   checkSize,
   closedError,
   readOnlyError,
-  StorageError
+  StorageError,
+  writeNowFor
 } from "@qcow2/storage"
 import type { BlockStorageShape, LockRequest, OpenOptions } from "@qcow2/storage"
 import { fromSystemError } from "./errors.js"
@@ -352,6 +353,16 @@ const request = <A>(start: (resume: Resume<A>) => void): Effect.Effect<A, Storag
 const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
   const location = file.location
   const punch = file.punch
+  const write: BlockStorageShape["write"] = (offset, data) => {
+    const invalid = checkRange(location, "write", offset, data.length)
+    if (invalid !== undefined) return Effect.fail(invalid)
+    if (readOnly) return Effect.fail(readOnlyError(location, "write", offset, data.length))
+    return Effect.suspend(() => {
+      const now = file.writeNow(offset, data)
+      if (typeof now !== "number") return Effect.fail(now)
+      return now === data.length ? Effect.void : request<void>((resume) => file.write(offset, data, resume, now))
+    })
+  }
   const shape: BlockStorageShape = {
     location,
     // Buffered I/O has no alignment requirement. Discard punches holes
@@ -366,16 +377,16 @@ const makeShape = (file: NodeFile, readOnly: boolean): BlockStorageShape => {
         return cached === into.length ? Effect.void : request<void>((resume) => file.read(offset, into, resume, cached))
       })
     },
-    write: (offset, data) => {
-      const invalid = checkRange(location, "write", offset, data.length)
-      if (invalid !== undefined) return Effect.fail(invalid)
-      if (readOnly) return Effect.fail(readOnlyError(location, "write", offset, data.length))
-      return Effect.suspend(() => {
-        const now = file.writeNow(offset, data)
-        if (typeof now !== "number") return Effect.fail(now)
-        return now === data.length ? Effect.void : request<void>((resume) => file.write(offset, data, resume, now))
-      })
-    },
+    write,
+    ...(readOnly
+      ? {}
+      : {
+          writeNow: writeNowFor(write, (offset, data) => {
+            if (checkRange(location, "write", offset, data.length) !== undefined) return false
+            const now = file.writeNow(offset, data)
+            return typeof now === "number" ? now === data.length : now
+          })
+        }),
     flush: () => request<void>((resume) => file.flush(resume)),
     size: () => request<number>((resume) => file.size(resume)),
     allocatedSize: () => request<number>((resume) => file.allocatedSize(resume)),

@@ -6,7 +6,7 @@ import * as os from "node:os"
 import * as nodePath from "node:path"
 import { Effect, Fiber, Layer } from "effect"
 import type { Scope } from "effect"
-import { BlockStorage, StorageOpener } from "@qcow2/storage"
+import { BlockStorage, StorageOpener, writeNowOf } from "@qcow2/storage"
 import type { OpenOptions, StorageError } from "@qcow2/storage"
 import { blockStorageConformance } from "@qcow2/storage/testing"
 import { describe, expect, it } from "vitest"
@@ -234,6 +234,27 @@ describe("openNodeFile", () => {
       return fsSync.readFileSync(storage.location)
     }))
     expect(Buffer.compare(image, model)).toBe(0)
+  })
+
+  it("writeNow writes whole pages at once and leaves the rest to write; none on a read-only or closed file", async () => {
+    const storage = await run(Effect.gen(function*() {
+      const storage = yield* withFile(new Uint8Array(16384), { readOnly: false })
+      const now = writeNowOf(storage)!
+      expect(now(4096, new Uint8Array(4096).fill(7))).toBe(true)
+      // Not whole pages, or past WRITE_NOW_MAX: nothing written, write's job.
+      expect(now(100, new Uint8Array(10).fill(8))).toBe(false)
+      expect(now(0, new Uint8Array(256 * 1024))).toBe(false)
+      expect(now(-1, new Uint8Array(4096))).toBe(false)
+      const back = new Uint8Array(16384)
+      yield* storage.read(0, back)
+      expect(back.subarray(4096, 8192).every((b) => b === 7)).toBe(true)
+      expect(back.subarray(0, 4096).every((b) => b === 0)).toBe(true)
+      expect(fsSync.statSync(storage.location).size).toBe(16384)
+      expect(writeNowOf(yield* withFile(new Uint8Array(8), { readOnly: true }))).toBeUndefined()
+      return storage
+    }))
+    // Closed: nothing written, and write gives the error.
+    expect(writeNowOf(storage)!(0, new Uint8Array(4096))).toBe(false)
   })
 
   it("closes only after in-flight requests finish", async () => {

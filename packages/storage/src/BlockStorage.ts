@@ -31,6 +31,12 @@ export interface BlockStorageShape {
   readonly read: (offset: number, into: Uint8Array) => Effect.Effect<void, StorageError>
   /** Writes all of `data` at `offset`, growing the store if needed. */
   readonly write: (offset: number, data: Uint8Array) => Effect.Effect<void, StorageError>
+  /**
+   * `write` done at once on the caller's thread, where the store can do it
+   * without waiting; made with {@link writeNowFor} and read with
+   * {@link writeNowOf}. Optional.
+   */
+  readonly writeNow?: WriteNow
   /** A barrier: everything written before it is durable when it succeeds. */
   readonly flush: () => Effect.Effect<void, StorageError>
   /** The store's current size in bytes. */
@@ -174,3 +180,32 @@ export interface StorageOpenerShape {
 
 /** The service that opens images, backing files and data files by name (Node files, HTTP, IndexedDB, Blobs, memory). */
 export class StorageOpener extends Context.Service<StorageOpener, StorageOpenerShape>()("@qcow2/storage/StorageOpener") {}
+
+/**
+ * A store's `write` done at once on the caller's thread, where it can be
+ * done without waiting (Node: a buffered write of whole pages that finds
+ * room in the page cache): true once all of `data` is written, false when
+ * it cannot now (then nothing is promised written; use `write`), or the
+ * error. For the request fast path, which places a write and writes it in
+ * one synchronous stretch, with nothing to hold or release between the two.
+ */
+export interface WriteNow {
+  (offset: number, data: Uint8Array): boolean | StorageError
+  /**
+   * The `write` this one does at once. A wrapper that copies a store and
+   * replaces its `write` (`{ ...store, write }`) leaves a `writeNow` of the
+   * old `write` behind; `writeNowOf` then ignores it, so the wrapper's
+   * `write` is never bypassed.
+   */
+  readonly of: BlockStorageShape["write"]
+}
+
+/** `now` as the {@link WriteNow} of `write`. */
+export const writeNowFor = (write: BlockStorageShape["write"], now: (offset: number, data: Uint8Array) => boolean | StorageError): WriteNow =>
+  Object.assign(now, { of: write })
+
+/** `storage.writeNow` while it is the one of `storage.write`; undefined otherwise. */
+export const writeNowOf = (storage: BlockStorageShape): WriteNow | undefined => {
+  const now = storage.writeNow
+  return now !== undefined && now.of === storage.write ? now : undefined
+}

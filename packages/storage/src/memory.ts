@@ -1,6 +1,6 @@
 import { Effect, Layer } from "effect"
 import type { BlockStorageShape, OpenOptions, StorageOpenerShape } from "./BlockStorage.js"
-import { BlockStorage, StorageOpener } from "./BlockStorage.js"
+import { BlockStorage, StorageOpener, writeNowFor } from "./BlockStorage.js"
 import { StorageError } from "./errors.js"
 import { checkRange, checkSize, closedError, readOnlyError } from "./validate.js"
 
@@ -103,6 +103,19 @@ export const makeMemoryStorage = (options: MemoryStorageOptions = {}): BlockStor
     size = newSize
   }
 
+  const write = (offset: number, data: Uint8Array): void => {
+    if (data.length === 0) return
+    copyIn(offset, data)
+    if (offset + data.length > size) size = offset + data.length
+  }
+
+  const writeLater: BlockStorageShape["write"] = (offset, data) => {
+    const invalid = checkRange(location, "write", offset, data.length)
+    if (invalid !== undefined) return Effect.fail(invalid)
+    if (readOnly) return Effect.fail(readOnlyError(location, "write", offset, data.length))
+    return Effect.sync(() => write(offset, data))
+  }
+
   if (options.initial !== undefined) {
     const initial = options.initial
     for (let start = 0; start < initial.length; start += MEMORY_PAGE_SIZE) {
@@ -120,16 +133,17 @@ export const makeMemoryStorage = (options: MemoryStorageOptions = {}): BlockStor
       if (invalid !== undefined) return Effect.fail(invalid)
       return Effect.sync(() => copyOut(offset, into))
     },
-    write: (offset, data) => {
-      const invalid = checkRange(location, "write", offset, data.length)
-      if (invalid !== undefined) return Effect.fail(invalid)
-      if (readOnly) return Effect.fail(readOnlyError(location, "write", offset, data.length))
-      return Effect.sync(() => {
-        if (data.length === 0) return
-        copyIn(offset, data)
-        if (offset + data.length > size) size = offset + data.length
-      })
-    },
+    write: writeLater,
+    ...(readOnly
+      ? {}
+      : {
+          writeNow: writeNowFor(writeLater, (offset, data) => {
+            const invalid = checkRange(location, "write", offset, data.length)
+            if (invalid !== undefined) return invalid
+            write(offset, data)
+            return true
+          })
+        }),
     flush: () => Effect.void,
     size: () => Effect.sync(() => size),
     resize: (newSize) => {
