@@ -30,7 +30,8 @@ const ERRNO_TEXT = {
   EACCES: "Permission denied",
   ERANGE: "Numerical result out of range",
   ENOENT: "No such file or directory",
-  EAGAIN: "Resource temporarily unavailable"
+  EAGAIN: "Resource temporarily unavailable",
+  ENOMEDIUM: "No medium found"
 } as const
 
 export type Errno = keyof typeof ERRNO_TEXT

@@ -260,6 +260,30 @@ describe("overlap-check.inactive-l2 (iotest 060)", () => {
   })
 })
 
+/**
+ * The same damaged image made twice (qemu-img create of `size`, qemu-io
+ * `setup`, then `damage` on its descriptor), `commands` run on one by
+ * `qcow2 io` and on the other by qemu-io: exit code, stdout (timings
+ * masked), stderr (our " at host offset N" dropped) and the bytes left.
+ */
+const beside = (prefix: string, size: string, setup: ReadonlyArray<string>, damage: (fd: number) => void, commands: ReadonlyArray<string>) =>
+  (["ours", "theirs"] as const).map((who) => {
+    const name = `${prefix}-${who}.qcow2`
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", name, size])
+    qemu(dir, "qemu-io", [...setup, name])
+    const fd = fs.openSync(path.join(dir, name), "r+")
+    damage(fd)
+    fs.closeSync(fd)
+    const args = [...commands, name]
+    const run = who === "ours" ? qcow2(dir, ["io", ...args]) : qemu(dir, "qemu-io", args, true)
+    return {
+      status: run.status,
+      stdout: run.stdout.replace(/\d+\.\d+ sec \([^)]*\)/g, "X sec"),
+      stderr: stderrOf(run).replace(/ at host offset \d+;/g, ";"),
+      bytes: fs.readFileSync(path.join(dir, name))
+    }
+  })
+
 describe("an allocation that lands on metadata (refcounts that undercount)", () => {
   /**
    * Guest 0 and 600M are written (L2 tables 0x40000 and 0x60000, data
@@ -269,24 +293,27 @@ describe("an allocation that lands on metadata (refcounts that undercount)", () 
    * second L2 table and must be refused, marking the image corrupt.
    */
   it("is refused and marks the image corrupt as qemu-io does, with the same bytes left", () => {
-    const runs = (["ours", "theirs"] as const).map((who) => {
-      const name = `undercount-${who}.qcow2`
-      qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", name, "1G"])
-      qemu(dir, "qemu-io", ["-c", "write -P 1 0 64k", "-c", "write -P 2 600M 64k", name])
-      const fd = fs.openSync(path.join(dir, name), "r+")
+    const runs = beside("undercount", "1G", ["-c", "write -P 1 0 64k", "-c", "write -P 2 600M 64k"], (fd) => {
       for (const cluster of [5, 6]) fs.writeSync(fd, Buffer.alloc(2), 0, 2, 0x20000 + 2 * cluster)
-      fs.closeSync(fd)
-      const args = ["-c", "write -P 3 1M 64k", "-c", "write -P 4 2M 64k", name]
-      const run = who === "ours" ? qcow2(dir, ["io", ...args]) : qemu(dir, "qemu-io", args, true)
-      return {
-        status: run.status,
-        stdout: run.stdout.replace(/\d+\.\d+ sec \([^)]*\)/g, "X sec"),
-        stderr: stderrOf(run).replace(/ at host offset \d+;/g, ";"),
-        bytes: fs.readFileSync(path.join(dir, name))
-      }
-    })
+    }, ["-c", "write -P 3 1M 64k", "-c", "write -P 4 2M 64k"])
     expect(runs[0]!.stderr).toContain("Preventing invalid write on metadata (overlaps with active L2 table)")
     expect(runs[0]!.status).toBe(1)
+    expect(runs[0]).toEqual(runs[1])
+  })
+})
+
+describe("requests after a fatal corruption event", () => {
+  /**
+   * An L2 entry points into the L1 table: the first write is refused and
+   * marks the image corrupt; QEMU then takes the image out of service in
+   * the process (bs->drv = NULL), so the writes, reads, discards and zero
+   * writes after it fail with ENOMEDIUM, and a flush succeeds.
+   */
+  it("fail with 'No medium found' as qemu-io's do, with the same bytes left", () => {
+    const runs = beside("ejected", "4M", ["-c", "write -P 1 0 64k", "-c", "write -P 2 1M 64k"], (fd) => {
+      fs.writeSync(fd, Buffer.from([0x80, 0, 0, 0, 0, 0x03, 0, 0]), 0, 8, 0x40000)
+    }, ["-c", "write -P 7 0 512", "-c", "write -P 8 1M 512", "-c", "read -P 2 1M 512", "-c", "flush", "-c", "discard 1M 64k", "-c", "write -z 2M 4k"])
+    expect(runs[0]!.stdout).toContain("read failed: No medium found")
     expect(runs[0]).toEqual(runs[1])
   })
 })

@@ -234,7 +234,7 @@ export class Qcow2Engine {
    * Effect machinery when it can be (fastpath.ts), when the request runs.
    */
   read(offset: number, into: Uint8Array): Effect.Effect<void, ImageError> {
-    const bad = this.checkRange(offset, into.length) ?? this.requireKey()
+    const bad = this.requireMedium() ?? this.checkRange(offset, into.length) ?? this.requireKey()
     if (bad) return Effect.fail(bad)
     return Effect.suspend(() => {
       const mapped = readMapped(this, offset, into)
@@ -252,7 +252,7 @@ export class Qcow2Engine {
    * decided (see writeBytes).
    */
   write(offset: number, data: Uint8Array, placed?: Deferred.Deferred<void>): Effect.Effect<void, ImageError> {
-    const bad = this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, data.length)
+    const bad = this.requireMedium() ?? this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, data.length)
     if (bad) return Effect.fail(bad)
     if (data.length === 0) return Effect.void
     this.bitmaps.mark(offset, data.length)
@@ -296,7 +296,7 @@ export class Qcow2Engine {
 
   /** Writes zeros; `unmap` lets whole clusters be deallocated (qemu-io `write -z -u`). */
   writeZeroes(offset: number, length: number, unmap = false): Effect.Effect<void, ImageError> {
-    const bad = this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, length)
+    const bad = this.requireMedium() ?? this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, length)
     if (bad) return Effect.fail(bad)
     if (length === 0) return Effect.void
     this.bitmaps.mark(offset, length)
@@ -310,7 +310,7 @@ export class Qcow2Engine {
    * discard and ignores the refusal.
    */
   discard(offset: number, length: number): Effect.Effect<void, ImageError> {
-    const bad = this.requireWritable() ?? this.checkRange(offset, length)
+    const bad = this.requireMedium() ?? this.requireWritable() ?? this.checkRange(offset, length)
     if (bad) return Effect.fail(bad)
     this.bitmaps.mark(offset, length)
     if (this.version < 3 && this.backing !== undefined) return Effect.void
@@ -324,7 +324,7 @@ export class Qcow2Engine {
 
   /** Writes whole aligned clusters compressed (qemu-io `write -c`). */
   writeCompressed(offset: number, data: Uint8Array): Effect.Effect<void, ImageError> {
-    const bad = this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, data.length)
+    const bad = this.requireMedium() ?? this.requireWritable() ?? this.requireKey() ?? this.checkRange(offset, data.length)
     if (bad) return Effect.fail(bad)
     if (this.header.header.cryptMethod !== 0) {
       return Effect.fail(new ImageError({ reason: "Unsupported", message: "Compression is not supported with encryption", location: this.location }))
@@ -335,7 +335,7 @@ export class Qcow2Engine {
 
   /** Grows (or with `shrink`, shrinks) the virtual size, preallocating a grown area as asked. */
   truncate(size: number, options: TruncateOptions = {}): Effect.Effect<void, ImageError> {
-    const bad = this.requireWritable()
+    const bad = this.requireMedium() ?? this.requireWritable()
     if (bad) return Effect.fail(bad)
     if (!Number.isSafeInteger(size) || size < 0) return Effect.fail(this.invalid(`invalid size ${size}`))
     if (size < this.virtualSize && !options.shrink) return Effect.fail(this.invalid("Use the --shrink option to perform a shrink operation."))
@@ -359,14 +359,14 @@ export class Qcow2Engine {
 
   /** Reads VM state bytes [pos, pos + into.length) of the area at vmStateOffset. */
   readVmState(pos: number, into: Uint8Array): Effect.Effect<void, ImageError> {
-    const bad = this.checkVmStateRange(pos, into.length) ?? this.requireKey()
+    const bad = this.requireMedium() ?? this.checkVmStateRange(pos, into.length) ?? this.requireKey()
     const start = this.vmStateOffset + pos
     return bad ? Effect.fail(bad) : this.run(Effect.andThen(debugPoint(this.storage, "vmstate_load"), readGuest(this, start, into, start + into.length)))
   }
 
   /** Writes VM state bytes at `pos` of the area at vmStateOffset, growing the L1 table as needed. */
   writeVmState(pos: number, data: Uint8Array): Effect.Effect<void, ImageError> {
-    const bad = this.requireWritable() ?? this.requireKey() ?? this.checkVmStateRange(pos, data.length)
+    const bad = this.requireMedium() ?? this.requireWritable() ?? this.requireKey() ?? this.checkVmStateRange(pos, data.length)
     if (bad) return Effect.fail(bad)
     if (data.length === 0) return Effect.void
     return this.change(Effect.andThen(debugPoint(this.storage, "vmstate_save"), writeBytes(this, this.vmStateOffset + pos, data)))
@@ -379,7 +379,7 @@ export class Qcow2Engine {
 
   /** Status of the extent at `offset`, at most `length` bytes; adjacent clusters with equal status merge. */
   blockStatus(offset: number, length: number): Effect.Effect<BlockStatus, ImageError> {
-    const bad = this.checkRange(offset, length)
+    const bad = this.requireMedium() ?? this.checkRange(offset, length)
     return bad ? Effect.fail(bad) : this.run(blockStatus(this, offset, length))
   }
 
@@ -647,6 +647,17 @@ export class Qcow2Engine {
       ),
       (error) => toImageError(error, this.location)
     )
+  }
+
+  /** ENOMEDIUM once a fatal corruption event took the image out of service (see Integrity.ejected), checked before anything else as QEMU's block layer does. */
+  private requireMedium(): ImageError | undefined {
+    if (!this.integrity.ejected) return undefined
+    return new ImageError({
+      reason: "Corrupt",
+      message: `${this.location} was marked corrupt and takes no more requests in this session (No medium found)`,
+      location: this.location,
+      errno: "ENOMEDIUM"
+    })
   }
 
   private requireWritable(): ImageError | undefined {

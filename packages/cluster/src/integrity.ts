@@ -31,6 +31,8 @@ export class Integrity {
   private dirty: boolean
   /** A corruption event was reported (QEMU reports one per open image). */
   private signaled = false
+  /** A fatal corruption event took the image out of service in this process (see `ejected`). */
+  private outOfService = false
 
   /**
    * `report`: where QEMU's corruption message goes ("qcow2: Marking image
@@ -54,6 +56,18 @@ export class Integrity {
 
   get isCorrupt(): boolean {
     return this.corrupt
+  }
+
+  /**
+   * Whether a fatal corruption event (an image opened writable found
+   * damaged, the corrupt bit set by this open) took the image out of
+   * service: QEMU's qcow2_signal_corruption then sets bs->drv = NULL, and
+   * every later request in the process fails with ENOMEDIUM ("No medium
+   * found"), a flush does nothing. An image opened with the bit already
+   * set (only a repair does that) stays in service, so the repair goes on.
+   */
+  get ejected(): boolean {
+    return this.outOfService
   }
 
   /**
@@ -106,6 +120,7 @@ export class Integrity {
       return Effect.fail(error)
     }
     this.corrupt = true
+    this.outOfService = true
     return Effect.andThen(Effect.ignore(this.header.setIncompatible(IncompatibleFeature.Corrupt, true)), Effect.fail(error))
   }
 

@@ -61,6 +61,8 @@ export const errnoOf = (error: ImageError): Errno => {
     case "ENOSPC":
       return Errno.ENOSPC
     case "EINVAL":
+    // qemu-nbd: an errno NBD has no code for (an image out of service after a fatal corruption event) goes out as EINVAL.
+    case "ENOMEDIUM":
       return Errno.EINVAL
     case "ENOTSUP":
       return Errno.ENOTSUP

@@ -55,7 +55,8 @@ const STRERROR: Readonly<Record<string, string>> = {
   EROFS: "Read-only file system",
   ERANGE: "Numerical result out of range",
   ENOTSUP: "Operation not supported",
-  EDQUOT: "Disk quota exceeded"
+  EDQUOT: "Disk quota exceeded",
+  ENOMEDIUM: "No medium found"
 }
 
 /** strerror() of a POSIX error code ("ENOENT" → "No such file or directory"), as QEMU prints it; undefined when unknown. */
