@@ -312,8 +312,17 @@ describe("requests after a fatal corruption event", () => {
   it("fail with 'No medium found' as qemu-io's do, with the same bytes left", () => {
     const runs = beside("ejected", "4M", ["-c", "write -P 1 0 64k", "-c", "write -P 2 1M 64k"], (fd) => {
       fs.writeSync(fd, Buffer.from([0x80, 0, 0, 0, 0, 0x03, 0, 0]), 0, 8, 0x40000)
-    }, ["-c", "write -P 7 0 512", "-c", "write -P 8 1M 512", "-c", "read -P 2 1M 512", "-c", "flush", "-c", "discard 1M 64k", "-c", "write -z 2M 4k"])
+    }, ["-c", "write -P 7 0 512", "-c", "write -P 8 1M 512", "-c", "read -P 2 1M 512", "-c", "flush", "-c", "discard 1M 64k", "-c", "write -z 2M 4k", "-c", "alloc 0 64k", "-c", "map", "-c", "length"])
     expect(runs[0]!.stdout).toContain("read failed: No medium found")
+    expect(runs[0]!.stdout).toContain("getlength: No medium found")
+    expect(runs[0]).toEqual(runs[1])
+  })
+
+  it("alloc and map on a damaged image opened read-only report the errno, as qemu-io's do", () => {
+    const runs = beside("unaligned-l2", "4M", ["-c", "write -P 1 0 64k"], (fd) => {
+      fs.writeSync(fd, Buffer.from([0x80, 0, 0, 0, 0, 0x04, 0x02, 0x00]), 0, 8, 0x30000)
+    }, ["-r", "-c", "alloc 0 64k", "-c", "map", "-c", "length"])
+    expect(runs[0]!.stdout).toContain("is_allocated failed: Input/output error")
     expect(runs[0]).toEqual(runs[1])
   })
 })

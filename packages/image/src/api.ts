@@ -66,6 +66,13 @@ export interface Image {
    */
   readonly close?: () => Effect.Effect<ReadonlyArray<CacheFlushFailure>>
   /**
+   * Whether a fatal corruption event took the image out of service in this
+   * process (QEMU's bs->drv = NULL): every request then fails with
+   * ENOMEDIUM, and QEMU's length query does too. Absent where that cannot
+   * happen (raw).
+   */
+  readonly outOfService?: () => boolean
+  /**
    * The VM state area (qemu-io `read -b` / `write -b`; QEMU's
    * bdrv_load/save_vmstate): bytes at `pos` of the area qcow2 keeps past
    * the guest disk. Undefined for formats without one (raw).

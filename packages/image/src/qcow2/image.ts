@@ -57,6 +57,7 @@ export function makeQcow2Image(parts: Qcow2ImageParts): Effect.Effect<Image, nev
     writeCompressed: (offset, data) => engine.writeCompressed(offset, data),
     flush: () => engine.flush(),
     close: () => engine.close(),
+    outOfService: () => engine.integrity.ejected,
     vmState: { read: (pos, into) => engine.readVmState(pos, into), write: (pos, data) => engine.writeVmState(pos, data) },
     truncate: (size, options) => engine.truncate(size, options),
     blockStatus: (offset, length) => engine.blockStatus(offset, length),

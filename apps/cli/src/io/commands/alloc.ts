@@ -1,4 +1,5 @@
 import { Effect } from "effect"
+import { strerror } from "../../errors.js"
 import { print } from "../../output.js"
 import { cvtstr } from "../../text/sizes.js"
 import { allocationRun } from "../allocation.js"
@@ -37,5 +38,5 @@ export const allocCommand: IoCommand = {
       }
       print(`${allocated}/${count} bytes allocated at offset ${cvtstr(offset)}\n`)
       return true
-    }).pipe(Effect.catch((e) => Effect.sync(() => (print(`is_allocated failed: ${e.message}\n`), false))))
+    }).pipe(Effect.catch((e) => Effect.sync(() => (print(`is_allocated failed: ${strerror(e)}\n`), false))))
 }

@@ -1,5 +1,7 @@
 import { Effect } from "effect"
+import { errnoText, strerror } from "../../errors.js"
 import { print } from "../../output.js"
+import { errorReport } from "../../progname.js"
 import { cvtstr } from "../../text/sizes.js"
 import { allocationRun } from "../allocation.js"
 import type { IoCommand } from "../command.js"
@@ -15,6 +17,11 @@ export const mapCommand: IoCommand = {
   oneline: "prints the allocated areas of a file",
   run: (ctx) =>
     Effect.gen(function* () {
+      // qemu-io asks for the length first, which fails once the image is out of service.
+      if (ctx.image.outOfService?.() === true) {
+        errorReport(`Failed to query image length: ${errnoText("ENOMEDIUM")}`)
+        return false
+      }
       const size = ctx.image.virtualSize
       let offset = 0
       while (offset < size) {
@@ -31,5 +38,5 @@ export const mapCommand: IoCommand = {
         offset += length
       }
       return true
-    }).pipe(Effect.catch((e) => Effect.sync(() => (print(`Failed to get allocation status: ${e.message}\n`), false))))
+    }).pipe(Effect.catch((e) => Effect.sync(() => (errorReport(`Failed to get allocation status: ${strerror(e)}`), false))))
 }
