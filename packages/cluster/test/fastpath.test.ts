@@ -12,7 +12,7 @@ import { readFileSync, writeFileSync } from "node:fs"
 import { Deferred, Effect, Fiber } from "effect"
 import fc from "fast-check"
 import { afterAll, describe, expect, it } from "vitest"
-import { writeNowFor, type BlockStorageShape } from "@qcow2/storage"
+import { StorageError, writeNowFor, type BlockStorageShape } from "@qcow2/storage"
 import { openEngine, pattern, qemuCheck, qemuImg, qemuIo, run, scratch } from "./engine.js"
 
 const KiB = 1024
@@ -213,6 +213,28 @@ describe("fast path", () => {
     expected.set(first, 4 * KiB)
     expected.set(second, cs + 8 * KiB)
     expect(Buffer.compare(bytes.subarray(0, 2 * cs), expected)).toBe(0)
+  })
+
+  it("a write into owned clusters that writeNow fails is a failed write, with the store's errno, and leaves the image as it was", async () => {
+    const file = files.path("now-full.qcow2")
+    qemuImg("create", "-q", "-f", "qcow2", file, String(size))
+    qemuIo("-c", `write -P 0x11 0 ${cs}`, file)
+    const opened = await openEngine(file, {
+      wrap: (s) => ({
+        ...s,
+        writeNow: writeNowFor(s.write, (o) => new StorageError({ reason: "NoSpace", message: "no space left", offset: o, location: s.location }))
+      })
+    })
+    const engine = opened.engine
+    await run(engine.read(0, new Uint8Array(4 * KiB)))
+    const failure = await run(Effect.flip(engine.write(4 * KiB, pattern(4 * KiB, 3))))
+    expect(failure).toMatchObject({ _tag: "ImageError", reason: "NoSpace" })
+    await run(engine.flush())
+    await opened.save(file)
+    expect(qemuCheck(file)).toMatchObject({ exitCode: 0 })
+    const raw = files.path("now-full.raw")
+    qemuImg("convert", "-O", "raw", file, raw)
+    expect(readFileSync(raw).subarray(0, cs).every((b) => b === 0x11)).toBe(true)
   })
 
   it("a write in flight into a cluster is never overtaken by a discard that frees it for another write", async () => {

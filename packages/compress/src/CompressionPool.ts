@@ -215,15 +215,16 @@ export const makeCompressionPool = (
     )
     const closedError = (type: CompressionType) =>
       new CompressionError({ compressionType: type, reason: "Failed", message: "compression pool is closed" })
-    /** The engine for `type`, started on first use. */
-    const engineFor = (type: CompressionType): Effect.Effect<JobRunner, CompressionError> =>
+    const deflateRunner: Effect.Effect<JobRunner, CompressionError> = Effect.succeed({ _tag: "Queue", queue: deflates })
+    /** Where the jobs of `type` run, started on first use. */
+    const runnerFor = (type: CompressionType): Effect.Effect<JobRunner, CompressionError> =>
       type === CompressionType.Deflate
-        ? Effect.succeed({ _tag: "Queue", queue: deflates })
+        ? deflateRunner
         : Effect.tryPromise({
             try: startZstd,
             catch: (cause) =>
               new CompressionError({ compressionType: type, reason: "Failed", message: `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
-          }).pipe(Effect.flatMap((engine) => (engine === undefined ? Effect.fail(closedError(type)) : Effect.succeed(engine))))
+          }).pipe(Effect.flatMap((runner) => (runner === undefined ? Effect.fail(closedError(type)) : Effect.succeed(runner))))
     /** Output buffers of jobs on libuv's threads, recycled once a request's jobs have all finished. */
     const outputs = new SpareBuffers()
     /**
@@ -329,12 +330,12 @@ export const makeCompressionPool = (
       Effect.suspend(() => {
         const resolvedLevel = checkedBatchLevel(type, data, clusterSize, level)
         if (typeof resolvedLevel !== "number") return resolvedLevel
-        return Effect.flatMap(engineFor(type), (engine) => {
-          if (engine._tag === "Workers") return workerClusters(engine.workers, type, resolvedLevel, data, clusterSize, use)
+        return Effect.flatMap(runnerFor(type), (runner) => {
+          if (runner._tag === "Workers") return workerClusters(runner.workers, type, resolvedLevel, data, clusterSize, use)
           // Borrowed in powers of two, so that requests of other lengths reuse it. Recycled only once every
           // job has finished: after a failure or an interruption a job may still be writing into it.
           const whole = outputs.borrow(2 ** Math.ceil(Math.log2(data.length)))
-          return Effect.flatMap(queueClusters(engine.queue, type, resolvedLevel, data, clusterSize, whole.subarray(0, data.length)), (results) =>
+          return Effect.flatMap(queueClusters(runner.queue, type, resolvedLevel, data, clusterSize, whole.subarray(0, data.length)), (results) =>
             Effect.ensuring(
               use(results),
               Effect.sync(() => outputs.recycle(whole))
@@ -346,8 +347,8 @@ export const makeCompressionPool = (
       Effect.suspend(() => {
         const resolvedLevel = checkedLevel(type, cluster, level)
         if (typeof resolvedLevel !== "number") return resolvedLevel
-        return Effect.flatMap(engineFor(type), (engine) =>
-          engine._tag === "Queue" ? compressOnQueue(engine.queue, type, resolvedLevel, cluster) : compressOn(engine.workers)(type, cluster, level, options)
+        return Effect.flatMap(runnerFor(type), (runner) =>
+          runner._tag === "Queue" ? compressOnQueue(runner.queue, type, resolvedLevel, cluster) : compressOn(runner.workers)(type, cluster, level, options)
         )
       })
     return { workers: size, compress, compressClusters }

@@ -13,9 +13,6 @@ import type { ClusterCompressor } from "./clusterQueue.js"
  * chunk per call, and the garbage left behind is external memory that V8
  * collects late (a pool worker held ~45 MiB of it with cluster-sized
  * chunks, ~15 MiB with 16 KiB ones); most clusters that compress fit one.
- *
- * Self-contained (zlib is passed in) so the compression pool can serialise
- * it into its worker code with `Function.prototype.toString`.
  */
 export function nodeDeflateCluster(
   zlib: typeof import("node:zlib"),
