@@ -31,7 +31,8 @@ const ERRNO_NUMBER: Record<Errno, number> = {
   EINVAL: 22,
   ERANGE: 34,
   ENOTSUP: 95,
-  EDQUOT: 122
+  EDQUOT: 122,
+  ENOMEDIUM: 123
 }
 
 /** The snapshot table as qemu-img prints it (qemu-img.c dump_snapshots): nothing when there is none. */
