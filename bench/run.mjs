@@ -29,7 +29,7 @@ import { fileURLToPath, pathToFileURL } from "node:url"
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const CLI_DIR = path.join(ROOT, "apps", "cli")
 /** The CLI under test; $QCOW2_BENCH_CLI runs another build (e.g. an older one, for before/after figures) and skips the build. */
-const BUNDLE = process.env.QCOW2_BENCH_CLI ?? path.join(CLI_DIR, "dist", "qcow2.mjs")
+const BUNDLE = process.env.QCOW2_BENCH_CLI ?? path.join(CLI_DIR, "dist", "bin", "qcow2.cjs")
 /** A baseline build run alongside (see the header), or undefined. */
 const BASE = process.env.QCOW2_BENCH_BASE
 const WORK = process.env.QCOW2_BENCH_DIR ?? path.join(os.tmpdir(), "qcow2-bench")

@@ -4,11 +4,12 @@
  *   imports become lazy requires, so code a command does not use is never
  *   evaluated (effect/cli for help and errors, the other commands, the
  *   compression pool, the HTTP backend, node:crypto).
- * - dist/qcow2.mjs: the executable (src/entry.ts), which runs the bundle
- *   with a V8 code cache kept in dist/cache/.
- * - dist/qemu-img.mjs, dist/qemu-io.mjs: the same executable under QEMU's
- *   program names, for machines without QEMU: run by those names, the CLI
- *   is qemu-img / qemu-io (src/progname.ts).
+ * - dist/bin/qcow2.cjs: the executable (src/entry.ts), which runs the
+ *   bundle with a V8 code cache kept in dist/cache/; dist/qcow2.mjs, the
+ *   same as an ES module (slower to start: Node's ES module loader).
+ * - dist/bin/qemu-img.cjs, dist/bin/qemu-io.cjs (and .mjs in dist/): the
+ *   same executable under QEMU's program names, for machines without QEMU:
+ *   run by those names, the CLI is qemu-img / qemu-io (src/progname.ts).
  *
  * Our sources import effect's modules through its index (`import { Effect,
  * Layer } from "effect"`). In the bundle, evaluating that index evaluates
@@ -71,7 +72,12 @@ await build({
   outfile: "dist/qcow2.cjs",
   supported: { "dynamic-import": false },
   sourcemap: "linked",
-  plugins: [effectModules]
+  plugins: [effectModules],
+  // A module that resolves a package from where it lives (@qcow2/native:
+  // koffi) does so with createRequire(import.meta.url); in the bundle that
+  // place is the bundle's own file.
+  define: { "import.meta.url": "bundleUrl" },
+  inject: ["src/bundle-url.ts"]
 })
 
 const bundleBytes = fs.readFileSync("dist/qcow2.cjs")
@@ -79,15 +85,22 @@ const bundleBytes = fs.readFileSync("dist/qcow2.cjs")
 if (bundleBytes.some((b) => b > 0x7f)) throw new Error("dist/qcow2.cjs is not ASCII")
 const hash = createHash("sha256").update(bundleBytes).digest("hex").slice(0, 16)
 
-await build({
-  ...common,
-  entryPoints: ["src/entry.ts"],
-  format: "esm",
-  outfile: "dist/qcow2.mjs",
-  define: { QCOW2_BUNDLE_HASH: JSON.stringify(hash) }
-})
-
-for (const name of ["qemu-img", "qemu-io"]) {
-  fs.copyFileSync("dist/qcow2.mjs", `dist/${name}.mjs`)
-  fs.chmodSync(`dist/${name}.mjs`, 0o755)
+// The executable, twice (see src/entry.ts): CommonJS in dist/bin/ (the
+// package's bin, and what ./qcow2 runs), an ES module in dist/.
+for (const [format, outfile] of [["cjs", "dist/bin/qcow2.cjs"], ["esm", "dist/qcow2.mjs"]]) {
+  await build({
+    ...common,
+    entryPoints: ["src/entry.ts"],
+    format,
+    outfile,
+    define: { QCOW2_BUNDLE_HASH: JSON.stringify(hash), QCOW2_ENTRY_FORMAT: JSON.stringify(format) },
+    // Each build drops the other's branch; import.meta is only read in the ES module's.
+    logOverride: { "empty-import-meta": "silent" }
+  })
+  const extension = format === "cjs" ? "cjs" : "mjs"
+  for (const name of ["qemu-img", "qemu-io"]) {
+    const copy = `${outfile.slice(0, outfile.lastIndexOf("/"))}/${name}.${extension}`
+    fs.copyFileSync(outfile, copy)
+    fs.chmodSync(copy, 0o755)
+  }
 }

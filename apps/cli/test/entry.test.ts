@@ -19,15 +19,17 @@ afterAll(() => {
   for (const dir of made) fs.rmSync(dir, { recursive: true, force: true })
 })
 
-/** A private copy of the built CLI, so that its cache directory is this test's alone. */
+/** A private copy of the built CLI (dist/ as it is laid out), so that its cache directory is this test's alone. */
 const install = (): string => {
   const dir = tempDir("qcow2-entry-")
-  for (const file of ["qcow2.mjs", "qcow2.cjs"]) fs.copyFileSync(path.join(CLI_DIR, "dist", file), path.join(dir, file))
+  fs.mkdirSync(path.join(dir, "bin"))
+  for (const file of ["qcow2.mjs", "qcow2.cjs", "bin/qcow2.cjs"]) fs.copyFileSync(path.join(CLI_DIR, "dist", file), path.join(dir, file))
   return dir
 }
 
-const run = (dir: string, args: ReadonlyArray<string>) =>
-  spawnSync(process.execPath, [path.join(dir, "qcow2.mjs"), ...args], { cwd: dir, encoding: "utf8" })
+/** Runs the executable: the package's bin (CommonJS), or the ES module build. */
+const run = (dir: string, args: ReadonlyArray<string>, entry: "bin/qcow2.cjs" | "qcow2.mjs" = "bin/qcow2.cjs") =>
+  spawnSync(process.execPath, [path.join(dir, entry), ...args], { cwd: dir, encoding: "utf8" })
 
 const cacheFiles = (dir: string): string[] => {
   const cache = path.join(dir, "cache")
@@ -89,6 +91,19 @@ describe("code cache of the executable", () => {
     }
     expect(files.map((f) => fs.statSync(path.join(dir, "cache", f)).mtimeMs)).toEqual(written)
     expect(qemu(dir, "qemu-img", ["compare", "-f", "qcow2", "-F", "raw", image, out]).status).toBe(0)
+  })
+
+  it("is the same program as an ES module (dist/qcow2.mjs), which shares the bin's cache", () => {
+    const dir = install()
+    const viaBin = run(dir, ["info", "--output=json", image])
+    expect(viaBin.status).toBe(0)
+    const files = cacheFiles(dir)
+    expect(files).toHaveLength(1)
+    const written = fs.statSync(path.join(dir, "cache", files[0]!)).mtimeMs
+    const viaModule = run(dir, ["info", "--output=json", image], "qcow2.mjs")
+    expect(viaModule).toMatchObject({ status: 0, stdout: viaBin.stdout, stderr: "" })
+    expect(cacheFiles(dir)).toEqual(files)
+    expect(fs.statSync(path.join(dir, "cache", files[0]!)).mtimeMs).toBe(written)
   })
 
   it("replaces a damaged cache and still runs", () => {

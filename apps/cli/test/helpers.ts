@@ -10,7 +10,7 @@ import * as path from "node:path"
 import { spawnQemu } from "@qcow2/qemu-oracle"
 
 export const CLI_DIR = path.resolve(import.meta.dirname, "..")
-export const BUNDLE = path.join(CLI_DIR, "dist", "qcow2.mjs")
+export const BUNDLE = path.join(CLI_DIR, "dist", "bin", "qcow2.cjs")
 
 /** The bundle is built by test/global-setup.ts before any test file runs; this only checks it is there. */
 export const buildBundle = (): void => {

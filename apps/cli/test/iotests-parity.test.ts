@@ -94,7 +94,7 @@ describe("-o help, unknown formats and file counts as qemu-img convert, create a
 })
 
 describe("create without -f makes what qemu-img makes when run as qemu-img: raw (iotest 082)", () => {
-  const QEMU_IMG_BIN = path.join(path.dirname(BUNDLE), "qemu-img.mjs")
+  const QEMU_IMG_BIN = path.join(path.dirname(BUNDLE), "qemu-img.cjs")
   const asQemuImg = (args: ReadonlyArray<string>) => spawnSync(process.execPath, [QEMU_IMG_BIN, ...args], { cwd: dir, encoding: "utf8" })
   it("-o help, -o ?, creating, and -b/-F refused for raw: same output, exit status and file as qemu-img", () => {
     qemu(dir, "qemu-img", ["create", "-f", "qcow2", "nf-base.qcow2", "1M"])

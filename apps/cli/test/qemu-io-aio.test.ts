@@ -13,7 +13,7 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { BUNDLE, buildBundle, makeTempDir, qemu } from "./helpers.js"
 
-const QEMU_IO_BIN = path.join(path.dirname(BUNDLE), "qemu-io.mjs")
+const QEMU_IO_BIN = path.join(path.dirname(BUNDLE), "qemu-io.cjs")
 
 let dir = ""
 

@@ -1,6 +1,6 @@
 /**
  * qemu-io as a drop-in: the same commands given to real qemu-io 7.2 and to
- * this CLI run as `qemu-io` (dist/qemu-io.mjs), on copies of one image
+ * this CLI run as `qemu-io` (dist/bin/qemu-io.cjs), on copies of one image
  * qemu-img made, must print the same bytes on stdout and stderr (timings
  * masked) and exit alike: -c sequences, commands on standard input, the
  * program's own options, help texts, errors. Also: output is written as
@@ -13,8 +13,8 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { BUNDLE, buildBundle, makeTempDir, qemu } from "./helpers.js"
 
-const QEMU_IO_BIN = path.join(path.dirname(BUNDLE), "qemu-io.mjs")
-const QEMU_IMG_BIN = path.join(path.dirname(BUNDLE), "qemu-img.mjs")
+const QEMU_IO_BIN = path.join(path.dirname(BUNDLE), "qemu-io.cjs")
+const QEMU_IMG_BIN = path.join(path.dirname(BUNDLE), "qemu-img.cjs")
 
 let dir = ""
 let counter = 0

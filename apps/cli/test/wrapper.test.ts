@@ -15,12 +15,12 @@ import { CLI_DIR, makeTempDir } from "./helpers.js"
 
 const WRAPPER = path.resolve(CLI_DIR, "../..", "qcow2")
 
-/** The stub build: dist/qcow2.mjs prints its arguments, the cwd and the build number. */
+/** The stub build: dist/bin/qcow2.cjs prints its arguments, the cwd and the build number. */
 const BUILD = `import * as fs from "node:fs"
 const n = Number(fs.existsSync("../../builds") ? fs.readFileSync("../../builds", "utf8") : "0") + 1
 fs.writeFileSync("../../builds", String(n))
-fs.mkdirSync("dist", { recursive: true })
-fs.writeFileSync("dist/qcow2.mjs", "console.log(JSON.stringify({ build: " + n + ", args: process.argv.slice(2), cwd: process.cwd() }))")
+fs.mkdirSync("dist/bin", { recursive: true })
+fs.writeFileSync("dist/bin/qcow2.cjs", "console.log(JSON.stringify({ build: " + n + ", args: process.argv.slice(2), cwd: process.cwd() }))")
 `
 
 const checkout = (): { root: string; bin: string } => {
@@ -58,7 +58,7 @@ const run = (c: { root: string; bin: string }, args: ReadonlyArray<string>, comm
 }
 
 /** Makes `files` (the bundle by default) ten seconds older than `than`, as if `than` was edited after the build. */
-const olderThan = (root: string, than: string, files: ReadonlyArray<string> = ["apps/cli/dist/qcow2.mjs"]): void => {
+const olderThan = (root: string, than: string, files: ReadonlyArray<string> = ["apps/cli/dist/bin/qcow2.cjs"]): void => {
   const t = new Date(fs.statSync(path.join(root, than)).mtime.getTime() - 10_000)
   for (const file of files) fs.utimesSync(path.join(root, file), t, t)
 }
@@ -89,7 +89,7 @@ describe("./qcow2", () => {
   it("installs the locked dependencies first when the lockfile is newer than node_modules", () => {
     const c = checkout()
     expect(run(c, []).build).toBe(1)
-    olderThan(c.root, "pnpm-lock.yaml", ["apps/cli/dist/qcow2.mjs", "node_modules/.modules.yaml"])
+    olderThan(c.root, "pnpm-lock.yaml", ["apps/cli/dist/bin/qcow2.cjs", "node_modules/.modules.yaml"])
     expect(run(c, []).build).toBe(2)
     expect(pnpmCalls(c.root)).toEqual(["install --frozen-lockfile"])
     expect(run(c, []).build).toBe(2)

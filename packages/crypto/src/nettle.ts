@@ -21,6 +21,7 @@
  * Undefined where it cannot be had (not Linux on x64/arm64, koffi or
  * libnettle missing); the caller then uses node:crypto.
  */
+import { koffi, type NativeFunction } from "@qcow2/native"
 import type { HashName } from "./spec.js"
 
 /**
@@ -37,14 +38,6 @@ export type NettlePbkdf2 = (
   length: number
 ) => Promise<Uint8Array | undefined> | undefined
 
-interface AsyncCFunction {
-  readonly async: (...args: ReadonlyArray<unknown>) => void
-}
-
-interface KoffiModule {
-  readonly load: (library: string) => { readonly func: (declaration: string) => AsyncCFunction }
-}
-
 /** The hashes nettle 3 has a pbkdf2_hmac_* function for (LUKS1 headers name sha1, sha256 or sha512). */
 const NETTLE_HASHES = ["sha1", "sha256", "sha384", "sha512"] as const satisfies ReadonlyArray<HashName>
 
@@ -52,12 +45,11 @@ const NETTLE_HASHES = ["sha1", "sha256", "sha384", "sha512"] as const satisfies 
 const MAX_ITERATIONS = 0xffff_ffff
 
 const load = async (): Promise<NettlePbkdf2 | undefined> => {
-  if (process.platform !== "linux" || (process.arch !== "x64" && process.arch !== "arm64")) return undefined
+  const loader = koffi()
+  if (loader === undefined) return undefined
   try {
-    const imported = (await import("koffi")) as { readonly default?: KoffiModule } & Partial<KoffiModule>
-    const koffi = (imported.default ?? imported) as KoffiModule
-    const library = koffi.load("libnettle.so.8")
-    const functions = new Map<HashName, AsyncCFunction>()
+    const library = loader.load("libnettle.so.8")
+    const functions = new Map<HashName, NativeFunction>()
     for (const hash of NETTLE_HASHES) {
       functions.set(
         hash,

@@ -6,6 +6,7 @@
  * undefined where it cannot be had (not Linux on x64/arm64, koffi
  * missing), and each caller then falls back as QEMU does without the call.
  */
+import { koffi } from "@qcow2/native"
 
 /** A C function bound by koffi. */
 export interface CFunction {
@@ -22,19 +23,12 @@ export interface Libc {
   readonly address: (value: Uint8Array) => bigint
 }
 
-interface KoffiModule {
-  readonly load: (library: string) => { readonly func: (declaration: string) => CFunction }
-  readonly errno: () => number
-  readonly address: (value: Uint8Array) => bigint
-}
-
 const load = async (): Promise<Libc | undefined> => {
-  if (process.platform !== "linux" || (process.arch !== "x64" && process.arch !== "arm64")) return undefined
+  const loader = koffi()
+  if (loader === undefined) return undefined
   try {
-    const imported = (await import("koffi")) as { readonly default?: KoffiModule } & Partial<KoffiModule>
-    const koffi = (imported.default ?? imported) as KoffiModule
-    const library = koffi.load("libc.so.6")
-    return { func: (declaration) => library.func(declaration), errno: () => koffi.errno(), address: (value) => koffi.address(value) }
+    const library = loader.load("libc.so.6")
+    return { func: (declaration) => library.func(declaration), errno: () => loader.errno(), address: (value) => loader.address(value) }
   } catch {
     return undefined
   }

@@ -23,7 +23,7 @@ import { runnableExamples, type Example } from "./markdown.js"
 
 const ROOT = path.resolve(import.meta.dirname, "../../..")
 const RUN_DIR = path.resolve(import.meta.dirname, "../.run")
-const CLI_BUNDLE = path.join(ROOT, "apps/cli/dist/qcow2.mjs")
+const CLI_BUNDLE = path.join(ROOT, "apps/cli/dist/bin/qcow2.cjs")
 
 const packageReadmes = fs
   .readdirSync(path.join(ROOT, "packages"))

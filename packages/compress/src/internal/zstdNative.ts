@@ -6,19 +6,10 @@
  * ~280 µs per cluster against the wasm build's ~560 µs to compress, ~75 µs
  * against ~200 µs to decompress.
  */
+import { koffi, type Koffi, type NativeFunction } from "@qcow2/native"
 import type { ClusterCompressor } from "./clusterQueue.js"
 import type { ZstdKernel } from "./zstdKernel.js"
 
-/** A C function bound by koffi: size_t results above 2^53 (zstd's error codes) come back as bigint. */
-type NativeFunction = ((...args: ReadonlyArray<unknown>) => number | bigint) & {
-  /** koffi's asynchronous form: the call runs on libuv's thread pool, the callback (last argument) on this thread. */
-  readonly async: (...args: ReadonlyArray<unknown>) => void
-}
-
-/** What the binding needs of koffi. */
-export interface KoffiLoader {
-  readonly load: (library: string) => { readonly func: (declaration: string) => NativeFunction }
-}
 
 /** zstd's error code for an output that does not fit (ZSTD_error_dstSize_tooSmall). */
 const DST_SIZE_TOO_SMALL = 70
@@ -34,8 +25,8 @@ interface Libzstd {
   readonly errorOf: (result: number | bigint) => number
 }
 
-const bindLibzstd = (koffi: KoffiLoader): Libzstd => {
-  const library = koffi.load("libzstd.so.1")
+const bindLibzstd = (loader: Koffi): Libzstd => {
+  const library = loader.load("libzstd.so.1")
   const isError = library.func("unsigned int ZSTD_isError(size_t code)")
   const errorCode = library.func("int ZSTD_getErrorCode(size_t code)")
   return {
@@ -133,8 +124,9 @@ export const nativeZstd = (): Promise<NativeZstd | undefined> =>
   (loaded ??= (async () => {
     if (process.platform !== "linux" || (process.arch !== "x64" && process.arch !== "arm64")) return undefined
     try {
-      const imported = (await import("koffi")) as { readonly default?: KoffiLoader } & Partial<KoffiLoader>
-      const zstd = bindLibzstd((imported.default ?? imported) as KoffiLoader)
+      const loader = koffi()
+      if (loader === undefined) return undefined
+      const zstd = bindLibzstd(loader)
       return { kernel: nativeKernel(zstd), compressors: asyncCompressors(zstd) }
     } catch {
       return undefined
