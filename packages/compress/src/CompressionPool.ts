@@ -24,7 +24,8 @@ import { CompressionError } from "./errors.js"
 import { ClusterJobQueue } from "./internal/clusterQueue.js"
 import { AsyncClusterDeflater } from "./internal/deflateNode.js"
 import { nodeInflateRaw } from "./internal/nodeKernels.js"
-import { checkedBatchLevel, checkedLevel, compressOn, jobFailure, outcomeEffect, SpareBuffers, type JobOutcome } from "./internal/poolJobs.js"
+import { checkedBatchLevel, checkedLevel, compressOn, jobFailure, outcomeEffect, type JobOutcome } from "./internal/poolJobs.js"
+import { OutputMemory } from "./internal/outputMemory.js"
 import { WorkerPool } from "./internal/workerPool.js"
 import { createZstdKernel } from "./internal/zstdKernel.js"
 import { zstdWasmModule } from "./internal/zstdModule.js"
@@ -112,6 +113,9 @@ export interface CompressionPool {
 
 /** Bytes of a zstd batch sent to one worker at most (a `convert` request is one part). */
 const ZSTD_PART_BYTES = 2 * 1024 * 1024
+
+/** Most output memory kept spare between requests on libuv's threads: a few requests of 2 MiB (convert's) at once. */
+const SPARE_OUTPUT_BYTES = 8 * 1024 * 1024
 
 /** The worker program (wasm zstd only): the kernel inlined from its source text. */
 const compressionWorkerSource = (): string =>
@@ -225,18 +229,18 @@ export const makeCompressionPool = (
             catch: (cause) =>
               new CompressionError({ compressionType: type, reason: "Failed", message: `zstd compression needs WebAssembly, which failed here: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
           }).pipe(Effect.flatMap((runner) => (runner === undefined ? Effect.fail(closedError(type)) : Effect.succeed(runner))))
-    /** Output buffers of jobs on libuv's threads, recycled once a request's jobs have all finished. */
-    const outputs = new SpareBuffers()
+    /** Output memory of jobs on libuv's threads, handed back once a request's jobs have all finished. */
+    const outputs = new OutputMemory(SPARE_OUTPUT_BYTES)
     /**
      * One cluster on libuv's threads: compressed into a spare buffer and
      * copied out, so the result holds only its own bytes.
      */
     const compressOnQueue = (queue: ClusterJobQueue, type: CompressionType, level: number, cluster: Uint8Array) =>
       Effect.callback<Uint8Array | undefined, CompressionError>((resume) => {
-        const into = outputs.borrow(cluster.length)
+        const into = outputs.take(cluster.length)
         const cancel = queue.submit(level, cluster, into, (outcome) => {
           const copied: JobOutcome = outcome.ok ? { ok: true, result: outcome.result?.slice() } : outcome
-          outputs.recycle(into)
+          outputs.give(into)
           resume(outcomeEffect(type, copied))
         })
         return Effect.sync(cancel)
@@ -332,13 +336,13 @@ export const makeCompressionPool = (
         if (typeof resolvedLevel !== "number") return resolvedLevel
         return Effect.flatMap(runnerFor(type), (runner) => {
           if (runner._tag === "Workers") return workerClusters(runner.workers, type, resolvedLevel, data, clusterSize, use)
-          // Borrowed in powers of two, so that requests of other lengths reuse it. Recycled only once every
-          // job has finished: after a failure or an interruption a job may still be writing into it.
-          const whole = outputs.borrow(2 ** Math.ceil(Math.log2(data.length)))
-          return Effect.flatMap(queueClusters(runner.queue, type, resolvedLevel, data, clusterSize, whole.subarray(0, data.length)), (results) =>
+          // Handed back only once every job has finished: after a failure or an
+          // interruption a job may still be writing into it.
+          const output = outputs.take(data.length)
+          return Effect.flatMap(queueClusters(runner.queue, type, resolvedLevel, data, clusterSize, output), (results) =>
             Effect.ensuring(
               use(results),
-              Effect.sync(() => outputs.recycle(whole))
+              Effect.sync(() => outputs.give(output))
             )
           )
         })

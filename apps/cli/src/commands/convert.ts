@@ -58,6 +58,15 @@ export interface ConvertOptions {
 /** Bytes per request: large reads amortise the per-request cost. */
 export const CHUNK = 2 * 1024 * 1024
 
+/**
+ * Bytes per request when compressing (at least a target cluster): each
+ * request in flight holds its data and its compressed output, and 16
+ * clusters of 64 KiB still keep the compression threads busy. 1 MiB
+ * instead of 2 took 6 MiB off the peak of a `convert -c` (1 GiB mixed
+ * image), at the same speed.
+ */
+const COMPRESSED_CHUNK = 1024 * 1024
+
 /** File requests Node's libuv thread pool runs at once (its default size). */
 const FILE_REQUESTS_AT_ONCE = Math.max(1, Number(process.env.UV_THREADPOOL_SIZE) || 4)
 
@@ -173,6 +182,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
         sink = yield* qcow2Sink(o, total)
       }
       if (o.bitmaps === true) yield* checkTargetSupportsBitmaps(sink.image, o.outFormat)
+      const chunk = o.compress ? Math.max(COMPRESSED_CHUNK, sink.alignment) : CHUNK
 
       /**
        * The last block-status extent of the current source, [start, end)
@@ -199,7 +209,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
        */
       const rawExtent = (source: Image, offset: number) =>
         Effect.gen(function* () {
-          const chunkEnd = Math.min(source.virtualSize, (Math.floor(offset / CHUNK) + 1) * CHUNK)
+          const chunkEnd = Math.min(source.virtualSize, (Math.floor(offset / chunk) + 1) * chunk)
           if (sink.backingSize !== undefined) return { kind: "data" as const, length: chunkEnd - offset }
           const status = yield* statusAt(source, offset, undefined)
           const holeEnd = Math.min(source.virtualSize, offset + status.length)
@@ -218,7 +228,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       let sourceOffset = 0
       let targetBase = 0
       let taskCount = 0
-      /** Next piece of work: one block-status extent (consecutive data extents merged), cut at CHUNK boundaries. */
+      /** Next piece of work: one block-status extent (consecutive data extents merged), cut at chunk boundaries. */
       const nextTask: Effect.Effect<Task | undefined, CliFailure> = lock.withPermits(1)(
         Effect.gen(function* () {
           while (sourceIndex < sources.length && sourceOffset >= sources[sourceIndex]!.virtualSize) {
@@ -233,7 +243,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
           const sourceName = o.sources[sourceIndex]!
           const remaining = source.virtualSize - sourceOffset
           // Chunks and alignment are the target's: concatenated sources need not end on a cluster boundary.
-          const chunkEndInTarget = Math.min(total, (Math.floor((targetBase + sourceOffset) / CHUNK) + 1) * CHUNK)
+          const chunkEndInTarget = Math.min(total, (Math.floor((targetBase + sourceOffset) / chunk) + 1) * chunk)
           const chunkEnd = Math.min(source.virtualSize, chunkEndInTarget - targetBase)
           const lastSource = sourceIndex === sources.length - 1
           if (source.format === "raw") {
@@ -265,7 +275,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
               if (next.kind !== "data") break
               extentEnd += Math.max(1, next.length)
             }
-            // Data: at most one CHUNK, cut at CHUNK boundaries, rounded up to
+            // Data: at most one chunk, cut at chunk boundaries, rounded up to
             // the alignment (past the source's end into the next source's
             // start, as qemu-img reads a cluster across sources).
             const rounded = Math.min(total, Math.ceil((targetBase + extentEnd) / align) * align) - targetBase
@@ -290,7 +300,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
       const overlapWrites = order !== undefined && !o.skipCreate
       const worker = Effect.gen(function* () {
         // Compressing: shared memory, which the zstd workers read in place instead of a copy of each request.
-        const buffer = o.compress ? Buffer.from(new SharedArrayBuffer(CHUNK)) : Buffer.allocUnsafe(CHUNK)
+        const buffer = o.compress ? Buffer.from(new SharedArrayBuffer(chunk)) : Buffer.allocUnsafe(chunk)
         const writing: Array<Fiber.Fiber<void, CliFailure>> = []
         for (;;) {
           const task = yield* nextTask
@@ -299,7 +309,7 @@ export const runConvert = (o: ConvertOptions): Effect.Effect<number, CliFailure,
             // -S 0: qemu-img writes zeros as data (BLK_ZERO becomes BLK_DATA when min_sparse is 0), so the target is allocated.
             if (order !== undefined) yield* order.turn(task.seq)
             buffer.fill(0)
-            for (let at = 0; at < task.length; at += CHUNK) yield* sink.writeData(task.target + at, buffer.subarray(0, Math.min(CHUNK, task.length - at)))
+            for (let at = 0; at < task.length; at += chunk) yield* sink.writeData(task.target + at, buffer.subarray(0, Math.min(chunk, task.length - at)))
           } else if (task.status === "zero") {
             if (!sink.zeroIsFree) {
               if (order !== undefined) yield* order.turn(task.seq)
