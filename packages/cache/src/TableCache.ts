@@ -272,7 +272,8 @@ export class TableCache {
         const hit = self.overlaps.index.find(entry.offset, self.tableSize, [self.overlaps.kind])
         if (hit !== undefined) {
           return yield* new MetadataOverlapError({
-            message: `Preventing invalid write on metadata (overlaps with ${hit}): ${self.name} table at host offset ${entry.offset}`,
+            // QEMU's qcow2_pre_write_overlap_check words it so; the offset is the error's.
+            message: `Preventing invalid write on metadata (overlaps with ${hit})`,
             offset: entry.offset,
             overlaps: hit
           })

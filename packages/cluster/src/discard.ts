@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { readL2Entry, writeL2Entry } from "@qcow2/format"
+import { hexAlt, readL2Entry, writeL2Entry } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
@@ -9,6 +9,18 @@ import { readDamageMessage } from "./l2-damage.js"
 import { l2Coverage, l2TableOffset, loadL2 } from "./mapping.js"
 
 const ALL_ZERO_BITMAP = 0xffffffff
+const HOST_OFFSET_MASK = 0x00fffffffffffe00n
+const COPIED = 1n << 63n
+
+/**
+ * What an entry with an unaligned host offset is to a change: a cluster
+ * with host data (only its flags are read; its offset is never freed).
+ */
+const unalignedStandIn = (old: Extract<L2Entry, { _tag: "Invalid" }>, extendedL2: boolean): Exclude<L2Entry, { _tag: "Invalid" }> => {
+  const hostOffset = Number(old.raw & HOST_OFFSET_MASK)
+  const copied = (old.raw & COPIED) !== 0n
+  return extendedL2 ? { _tag: "Subclusters", hostOffset, copied, allocatedMask: ALL_ZERO_BITMAP, zeroMask: 0 } : { _tag: "Normal", hostOffset, copied }
+}
 
 type EntryChange = (entry: Exclude<L2Entry, { _tag: "Invalid" }>) => {
   readonly entry: Exclude<L2Entry, { _tag: "Invalid" }>
@@ -168,7 +180,17 @@ function changeInTable(engine: Qcow2Engine, start: number, end: number, makeTabl
     for (let cluster = firstCluster; cluster <= lastCluster; cluster++) {
       const index = cluster % g.l2Entries
       const old = readL2Entry(table, index, g)
-      if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(readDamageMessage(old, { l2Offset, index }), cluster * cs)
+      if (old._tag === "Invalid") {
+        // An unaligned data cluster that the change frees: the entry goes,
+        // the cluster is not freed (QEMU's qcow2_free_any_cluster reports it
+        // as non-fatal corruption). Any other damage is fatal.
+        const next = old.damage === "Unaligned" ? change(unalignedStandIn(old, g.extendedL2)) : undefined
+        if (next === undefined || !next.free) return yield* engine.integrity.markCorrupt(readDamageMessage(old, { l2Offset, index }), cluster * cs)
+        writeL2Entry(table, index, next.entry, g)
+        changed = true
+        engine.integrity.reportNonFatal(`Cannot free unaligned cluster ${hexAlt(old.raw & HOST_OFFSET_MASK)}`)
+        continue
+      }
       const next = change(old)
       if (next === undefined) continue
       writeL2Entry(table, index, next.entry, g)

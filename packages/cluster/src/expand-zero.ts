@@ -2,7 +2,7 @@ import { Effect } from "effect"
 import { readL1Entry, readL2Entry, writeL2Entry } from "@qcow2/format"
 import type { L2Entry, SnapshotEntry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
-import { errnoOfFailure, ImageError, strerrorOfFailure, type EngineFailure } from "./errors.js"
+import { errnoOfFailure, ImageError, strerrorOfFailure, toImageError, type EngineFailure } from "./errors.js"
 import { readDamageMessage } from "./l2-damage.js"
 import { loadL2 } from "./mapping.js"
 import { validateSnapshotL1 } from "./snapshot.js"
@@ -33,61 +33,74 @@ export function expandZeroClusters(engine: Qcow2Engine, snapshots: ReadonlyArray
     Effect.gen(function* () {
       for (const snapshot of snapshots) {
         const invalid = validateSnapshotL1(engine, snapshot)
-        if (invalid !== undefined) {
-          return yield* new ImageError({
-            reason: invalid.reason,
-            message: `Failed to turn zero into data clusters: ${strerrorOfFailure(invalid)}`,
-            location: engine.location,
-            errno: errnoOfFailure(invalid),
-            reported: [invalid.message],
-            cause: invalid
-          })
+        if (invalid !== undefined) return yield* expansionFailure(engine, invalid, [invalid.message])
+      }
+      yield* Effect.mapError(expandAll(engine, snapshots, progress), (failure) => expansionFailure(engine, failure))
+    })
+  )
+}
+
+/**
+ * A failure of the expansion as QEMU's qcow2_downgrade words it:
+ * "Failed to turn zero into data clusters: <strerror>", after `reported`
+ * (messages printed before it); a corruption event has printed its own.
+ */
+const expansionFailure = (engine: Qcow2Engine, failure: EngineFailure, reported?: ReadonlyArray<string>): ImageError =>
+  new ImageError({
+    reason: toImageError(failure, engine.location).reason,
+    message: `Failed to turn zero into data clusters: ${strerrorOfFailure(failure)}`,
+    location: engine.location,
+    errno: errnoOfFailure(failure),
+    ...(reported !== undefined ? { reported } : {}),
+    cause: failure
+  })
+
+/** The expansion itself, every snapshot's L1 table valid. */
+function expandAll(engine: Qcow2Engine, snapshots: ReadonlyArray<SnapshotEntry>, progress: AmendProgress): Effect.Effect<void, EngineFailure> {
+  return Effect.gen(function* () {
+    const cs = engine.geometry.clusterSize
+    const total = engine.l1.size + snapshots.reduce((sum, s) => sum + s.l1Size, 0)
+    let visited = 0
+    for (let i = 0; i < engine.l1.size; i++) {
+      const l2Offset = yield* engine.l1.l2Offset(i)
+      if (l2Offset !== 0) {
+        const table = yield* loadL2(engine, l2Offset)
+        if (yield* expandTable(engine, table, l2Offset)) {
+          engine.l2Cache.markDirty(l2Offset)
+          engine.l2Cache.dependOnStorageFlush()
         }
       }
-      const cs = engine.geometry.clusterSize
-      const total = engine.l1.size + snapshots.reduce((sum, s) => sum + s.l1Size, 0)
-      let visited = 0
-      for (let i = 0; i < engine.l1.size; i++) {
-        const l2Offset = yield* engine.l1.l2Offset(i)
+      progress(++visited, total)
+    }
+    yield* engine.flushMetadata()
+    engine.l2Cache.dropClean()
+    for (const snapshot of snapshots) {
+      const l1 = new Uint8Array(snapshot.l1Size * 8)
+      yield* engine.storage.read(snapshot.l1TableOffset, l1)
+      for (let i = 0; i < snapshot.l1Size; i++) {
+        let l2Offset: number
+        try {
+          l2Offset = readL1Entry(l1, i).l2Offset
+        } catch {
+          return yield* engine.integrity.markCorrupt(`Snapshot L1 entry ${i} points past 2^53`, snapshot.l1TableOffset + i * 8)
+        }
         if (l2Offset !== 0) {
-          const table = yield* loadL2(engine, l2Offset)
+          if (l2Offset % cs !== 0) {
+            return yield* engine.integrity.markCorrupt(`L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${i.toString(16)})`, snapshot.l1TableOffset + i * 8)
+          }
+          const table = new Uint8Array(cs)
+          yield* engine.storage.read(l2Offset, table)
           if (yield* expandTable(engine, table, l2Offset)) {
-            engine.l2Cache.markDirty(l2Offset)
-            engine.l2Cache.dependOnStorageFlush()
+            yield* engine.refcounts.cache.flush()
+            yield* engine.integrity.guardWrite(l2Offset, cs, ["active L2 table"])
+            yield* engine.storage.write(l2Offset, table)
+            yield* engine.storage.flush()
           }
         }
         progress(++visited, total)
       }
-      yield* engine.flushMetadata()
-      engine.l2Cache.dropClean()
-      for (const snapshot of snapshots) {
-        const l1 = new Uint8Array(snapshot.l1Size * 8)
-        yield* engine.storage.read(snapshot.l1TableOffset, l1)
-        for (let i = 0; i < snapshot.l1Size; i++) {
-          let l2Offset: number
-          try {
-            l2Offset = readL1Entry(l1, i).l2Offset
-          } catch {
-            return yield* engine.integrity.markCorrupt(`Snapshot L1 entry ${i} points past 2^53`, snapshot.l1TableOffset + i * 8)
-          }
-          if (l2Offset !== 0) {
-            if (l2Offset % cs !== 0) {
-              return yield* engine.integrity.markCorrupt(`L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${i.toString(16)})`, snapshot.l1TableOffset + i * 8)
-            }
-            const table = new Uint8Array(cs)
-            yield* engine.storage.read(l2Offset, table)
-            if (yield* expandTable(engine, table, l2Offset)) {
-              yield* engine.refcounts.cache.flush()
-              yield* engine.integrity.guardWrite(l2Offset, cs, ["active L2 table"])
-              yield* engine.storage.write(l2Offset, table)
-              yield* engine.storage.flush()
-            }
-          }
-          progress(++visited, total)
-        }
-      }
-    })
-  )
+    }
+  })
 }
 
 /** Expands the zero entries of one L2 table in place; true when it changed. */

@@ -106,8 +106,10 @@ export class Integrity {
       errno: "EIO",
       ...(offset !== undefined ? { offset } : {})
     })
-    // QEMU's qcow2_signal_corruption: once; on a read-only image the damage is not fatal.
-    if (!this.signaled) {
+    // QEMU's qcow2_signal_corruption: on a read-only image the damage is not
+    // fatal; after the first event only a fatal one on an image not yet
+    // marked corrupt is reported.
+    if (!this.signaled || (!this.readOnly && !this.corrupt)) {
       this.signaled = true
       this.report?.(
         this.readOnly
@@ -125,6 +127,17 @@ export class Integrity {
   }
 
   /**
+   * A non-fatal corruption event (QEMU's qcow2_signal_corruption with
+   * fatal false, e.g. "Cannot free unaligned cluster"): reported unless an
+   * event was reported before; nothing is marked and the request goes on.
+   */
+  reportNonFatal(message: string): void {
+    if (this.signaled) return
+    this.signaled = true
+    this.report?.(`qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`)
+  }
+
+  /**
    * Fails (and marks the image corrupt) when host bytes [offset, +length)
    * hold metadata other than `ignore`: QEMU's "Preventing invalid write on
    * metadata (overlaps with …)". While inactive L2 tables are checked and
@@ -136,7 +149,7 @@ export class Integrity {
     if (refusal !== undefined) return Effect.fail(new ClusterError({ reason: "InvalidArgument", message: refusal.message, errno: refusal.errno }))
     const hit = this.overlaps.find(offset, length, ignore)
     if (hit === undefined) return Effect.void
-    return this.markCorrupt(`Preventing invalid write on metadata (overlaps with ${hit}) at host offset ${offset}`, offset)
+    return this.markCorrupt(`Preventing invalid write on metadata (overlaps with ${hit})`, offset)
   }
 
   /** Whether `guardWrite(offset, length)` would let the write through (checked without an Effect). */

@@ -1,14 +1,11 @@
 import { Effect } from "effect"
-import { Limits, hexAlt, readL1Entry, writeL1Entry, type MetadataKind } from "@qcow2/format"
+import { Limits, hexAlt, readL1Entry, writeL1Entry } from "@qcow2/format"
 import type { Refcounts } from "@qcow2/alloc"
 import { debugPoint, type BlockStorageShape } from "@qcow2/storage"
 import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import type { HeaderState } from "./header.js"
 import type { Integrity } from "./integrity.js"
-
-/** What an active L2 table may share its cluster with: itself, and (after a snapshot, until copied on write) a snapshot's L2 table. */
-const ACTIVE_L2: ReadonlyArray<MetadataKind> = ["active L2 table", "inactive L2 table"]
 
 /**
  * The active L1 table (spec "Cluster mapping"): kept whole in memory, every
@@ -20,9 +17,6 @@ export class ActiveL1 {
   private bytes: Uint8Array
   private tableOffset: number
   private entries: number
-  /** The L2 table last found clear of other metadata, and the overlap index's version then (`clearOfMetadata`). */
-  private clearTable = -1
-  private clearVersion = -1
 
   constructor(
     private readonly storage: BlockStorageShape,
@@ -53,8 +47,11 @@ export class ActiveL1 {
 
   /**
    * The L2 table offset of entry `index` (0 when empty or past the end),
-   * checked the way QEMU checks it before use: an offset past 2^53, an
-   * unaligned one, or one that overlaps other metadata is corruption.
+   * checked the way QEMU checks it before use: an offset past 2^53 or an
+   * unaligned one is corruption. A table that overlaps other metadata is
+   * used as it is, as QEMU does: overlaps are checked before writes only
+   * (a data write there, or the table's own write-back, is refused and
+   * marks the image corrupt; iotest 060 reads through such a table).
    */
   l2Offset(index: number): Effect.Effect<number, ClusterError> {
     if (index >= this.entries) return Effect.succeed(0)
@@ -68,9 +65,7 @@ export class ActiveL1 {
     if (offset % this.clusterSize !== 0) {
       return this.integrity.markCorrupt(`L2 table offset ${hexAlt(offset)} unaligned (L1 index: ${hexAlt(index)})`, this.tableOffset + index * 8)
     }
-    if (this.clearOfMetadata(offset)) return Effect.succeed(offset)
-    const hit = this.integrity.overlaps.find(offset, this.clusterSize, ACTIVE_L2)!
-    return this.integrity.markCorrupt(`L2 table at ${offset} (L1 entry ${index}) overlaps the ${hit}`, offset)
+    return Effect.succeed(offset)
   }
 
   /**
@@ -90,22 +85,7 @@ export class ActiveL1 {
     if (offHi > 0x1fffff) return undefined
     const offset = offHi * 4294967296 + ((lo & 0xfffffe00) >>> 0)
     if (offset === 0) return owned ? undefined : 0
-    if (offset % this.clusterSize !== 0) return undefined
-    return this.clearOfMetadata(offset) ? offset : undefined
-  }
-
-  /**
-   * Whether the L2 table at `offset` overlaps no other metadata. The last
-   * table found clear is remembered with the overlap index's version: a
-   * sequential reader asks about the same table for every cluster.
-   */
-  private clearOfMetadata(offset: number): boolean {
-    const overlaps = this.integrity.overlaps
-    if (offset === this.clearTable && overlaps.version === this.clearVersion) return true
-    if (overlaps.find(offset, this.clusterSize, ACTIVE_L2) !== undefined) return false
-    this.clearTable = offset
-    this.clearVersion = overlaps.version
-    return true
+    return offset % this.clusterSize !== 0 ? undefined : offset
   }
 
   /** Whether entry `index` has COPIED set (its L2 table is not shared with a snapshot). */

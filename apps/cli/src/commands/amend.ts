@@ -2,7 +2,7 @@ import { Effect } from "effect"
 import type { LuksKeySlotAmendment } from "@qcow2/crypto"
 import { amendImage, amendLuksImage, type AmendOptions, type ImageFormat } from "@qcow2/image"
 import { splitOptionList } from "../createopts.js"
-import { openNamed, resolveNamed, type ImageEnv } from "../env.js"
+import { driverReport, openNamed, resolveNamed, type ImageEnv } from "../env.js"
 import { fail, openFailure, usage, type CliFailure } from "../errors.js"
 import { amendHelp, asksForHelp, cannotAmend, invalidOptionList, LUKS_AMEND_OPTIONS, LUKS_CREATE_OPTIONS, QCOW2_AMEND_OPTIONS } from "../optionhelp.js"
 import { print, printNow } from "../output.js"
@@ -209,7 +209,7 @@ export const runAmend = (o: AmendCommandOptions): Effect.Effect<number, CliFailu
     if (!parsed.ok) return yield* Effect.fail(fail(parsed.message))
     // The passphrase the name opened with (--image-opts' key-secret, or the first secret).
     const resolved = resolveNamed(o.file, base)
-    const openOptions = { format: opened.format, ...("options" in resolved && resolved.options.passphrase !== undefined ? { passphrase: resolved.options.passphrase } : {}) }
+    const openOptions = { format: opened.format, report: driverReport, ...("options" in resolved && resolved.options.passphrase !== undefined ? { passphrase: resolved.options.passphrase } : {}) }
     const options: AmendOptions = { ...parsed.options, secrets: (id) => o.secrets.byId.get(id) }
     const line = new AmendProgressLine(o.progress && !o.quiet)
     line.print(0)

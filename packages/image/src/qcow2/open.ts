@@ -114,7 +114,7 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     if (isCorrupt && !env.readOnly && env.options.forCheck !== true) {
       return yield* new ImageError({
         reason: "Corrupt",
-        message: "qcow2: Image is corrupt; cannot be opened read/write (run 'qcow2 check -r all' to repair it)",
+        message: "qcow2: Image is corrupt; cannot be opened read/write",
         location
       })
     }
