@@ -303,6 +303,14 @@ describe("damage met by discards and reads (iotest 060's cases)", () => {
     expect(runs[0]).toEqual(runs[1])
   })
 
+  it("an L2 table allocated at cluster 0 (a zeroed refcount block counts it free) is refused as QEMU's l2_allocate refuses it", () => {
+    const runs = beside("l2-at-zero", "64M", [], (fd) => {
+      fs.writeSync(fd, Buffer.alloc(8), 0, 8, 0x20000)
+    }, ["-c", "write 0 64k"])
+    expect(runs[0]!.stderr).toContain(": Marking image as corrupt: Preventing invalid allocation of L2 table at offset 0; further corruption events")
+    expect(runs[0]).toEqual(runs[1])
+  })
+
   it("a read through an L2 table that overlaps the L1 table reads what that table names; a write there is refused", () => {
     // L1 entry 0 (at 0x30000) names 0x30000 itself as its L2 table.
     const runs = beside("l2-into-l1", "64M", [], (fd) => {

@@ -429,9 +429,12 @@ export class Refcounts {
    * (QEMU's qcow2_alloc_clusters): the first free run from the free-cluster
    * index on, which then points past it. When a refcount block had to be
    * made for the run, the search starts again from the run (the new block
-   * or refcount table may sit where the run was).
+   * or refcount table may sit where the run was). Cluster 0 found free
+   * (damaged refcounts) is refused: as QEMU's l2_allocate words it for
+   * `what` ("Preventing invalid allocation of L2 table at offset 0"), else
+   * as its overlap check stops a write over the header.
    */
-  allocate(count: number): Effect.Effect<number, Failure> {
+  allocate(count: number, what?: string): Effect.Effect<number, Failure> {
     const self = this
     return Effect.gen(function* () {
       yield* debugPoint(self.storage, "cluster_alloc")
@@ -440,6 +443,7 @@ export class Refcounts {
         if (yield* self.increaseFresh(start, count)) continue
         // Cluster 0 counted free: QEMU goes on and its overlap check stops the write there; nothing here writes over the header.
         if (start === 0) {
+          if (what !== undefined) return yield* atOffsetZero(what)
           return yield* new RefcountError({ reason: "Corrupt", message: "Preventing invalid write on metadata (overlaps with qcow2_header)", offset: 0 })
         }
         yield* self.settleFreed(start, count)
@@ -947,7 +951,7 @@ function refcountBlocksWithRoom(clusters: number, clusterSize: number, blockEntr
   }
 }
 
-/** QEMU's refusal to put a refcount block or compressed data over the header (its refcount read 0). */
+/** QEMU's refusal to put a refcount block, an L2 table or compressed data over the header (its refcount read 0). */
 function atOffsetZero(what: string): Effect.Effect<never, RefcountError> {
   return Effect.fail(new RefcountError({ reason: "Corrupt", message: `Preventing invalid allocation of ${what} at offset 0`, offset: 0 }))
 }

@@ -27,7 +27,7 @@ export function prepareL2ForWrite(engine: Qcow2Engine, offset: number): Effect.E
     const current = yield* l1.l2Offset(l1Index)
     if (current !== 0 && l1.copied(l1Index)) return current
     const cs = engine.geometry.clusterSize
-    const newOffset = yield* engine.refcounts.allocate(1)
+    const newOffset = yield* engine.refcounts.allocate(1, "L2 table")
     yield* engine.integrity.guardWrite(newOffset, cs)
     if (current !== 0) yield* debugPoint(engine.storage, "l2_alloc_cow_read")
     const previous = current !== 0 ? yield* loadL2(engine, current) : undefined
