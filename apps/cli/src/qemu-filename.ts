@@ -384,7 +384,8 @@ export const resolveImageSpec = (name: string | undefined, given: BlockOptions, 
     const node = takeBlkdebugNode(options, "file.")
     if (!node.ok) return node
     blkdebug = node.config
-    file = node.image
+    // Without image options the name opened is blkdebug's filename: the image itself, or blkdebug:CONFIG:PATH (blkdebug_parse_filename).
+    file = node.image ?? file
   } else if (fileDriver === "quorum") {
     // A quorum of files or images as the image's file; its name is its options as JSON (it has no file name of its own).
     const own = new Map([...options].filter(([key]) => key.startsWith("file.")).map(([key, value]) => [key.slice("file.".length), value] as const))

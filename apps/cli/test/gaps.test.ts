@@ -326,6 +326,41 @@ describe("damage met by discards and reads (iotest 060's cases)", () => {
   })
 })
 
+describe("a copy-on-write request that waits while a fatal corruption event takes the image away (iotest 060)", () => {
+  /**
+   * Overlay over a backing file; guest 0 and 512M written (data 0x50000,
+   * second L2 table after it), then guest 0's entry and the refcounts of
+   * its cluster and of the second L2 table cleared. A 1k write at 0 stops
+   * in its copy-on-write read (blkdebug opened over the image file); a
+   * write at 64k is handed the second L2 table and marks the image
+   * corrupt; resumed, the first fails with ENOMEDIUM, as QEMU's
+   * do_perform_cow_read does.
+   */
+  it("fails with ENOMEDIUM when it resumes, as qemu-io's does", () => {
+    const runs = (["ours", "theirs"] as const).map((who) => {
+      // The same names in a directory of each side's own: the backing file's name is in the header.
+      const here = path.join(dir, `cow-${who}`)
+      fs.mkdirSync(here)
+      const base = "base.qcow2"
+      const top = "top.qcow2"
+      qemu(here, "qemu-img", ["create", "-q", "-f", "qcow2", base, "1G"])
+      qemu(here, "qemu-io", ["-c", "write 0k 64k", base])
+      qemu(here, "qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top, "1G"])
+      qemu(here, "qemu-io", ["-c", "write 0k 64k", "-c", "write 512M 64k", top])
+      const fd = fs.openSync(path.join(here, top), "r+")
+      fs.writeSync(fd, Buffer.alloc(8), 0, 8, 0x40000)
+      fs.writeSync(fd, Buffer.alloc(2), 0, 2, 0x20000 + 10)
+      fs.writeSync(fd, Buffer.alloc(2), 0, 2, 0x20000 + 12)
+      fs.closeSync(fd)
+      const args = ["-c", `open -o file.driver=blkdebug ${top}`, "-c", "break cow_read 0", "-c", "aio_write 0k 1k", "-c", "wait_break 0", "-c", "write 64k 64k", "-c", "resume 0"]
+      const run = who === "ours" ? qcow2(here, ["io", ...args]) : qemu(here, "qemu-io", args, true)
+      return { status: run.status, stdout: run.stdout.replace(/\d+\.\d+ sec \([^)]*\)/g, "X sec"), stderr: stderrOf(run), bytes: fs.readFileSync(path.join(here, top)) }
+    })
+    expect(runs[0]!.stdout).toContain("aio_write failed: No medium found")
+    expect(runs[0]).toEqual(runs[1])
+  })
+})
+
 describe("an allocation that lands on metadata (refcounts that undercount)", () => {
   /**
    * Guest 0 and 600M are written (L2 tables 0x40000 and 0x60000, data

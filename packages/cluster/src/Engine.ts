@@ -649,8 +649,8 @@ export class Qcow2Engine {
     )
   }
 
-  /** ENOMEDIUM once a fatal corruption event took the image out of service (see Integrity.ejected), checked before anything else as QEMU's block layer does. */
-  private requireMedium(): ImageError | undefined {
+  /** ENOMEDIUM once a fatal corruption event took the image out of service (see Integrity.ejected): checked before anything else as QEMU's block layer does, and where a request resumes after waiting (the copy-on-write read). */
+  requireMedium(): ImageError | undefined {
     if (!this.integrity.ejected) return undefined
     return new ImageError({
       reason: "Corrupt",

@@ -395,6 +395,9 @@ function performAllocation(
     } else {
       buffer = new Uint8Array(plan.cowEnd - plan.cowStart)
       yield* debugPoint(engine.storage, "cow_read")
+      // QEMU's do_perform_cow_read: a fatal corruption event while the request waited took the image out of service.
+      const gone = engine.requireMedium()
+      if (gone !== undefined) return yield* gone
       if (head > 0) yield* readGuest(engine, plan.cowStart, buffer.subarray(0, head))
       buffer.set(data.subarray(0, plan.length), head)
       if (tailStart < plan.cowEnd) yield* readGuest(engine, tailStart, buffer.subarray(tailStart - plan.cowStart))
@@ -441,9 +444,15 @@ function link(engine: Qcow2Engine, plan: Extract<WritePlan, { _tag: "Allocate" }
   })
 }
 
-/** A failed allocating write: give back clusters that were never linked. */
+/**
+ * A failed allocating write: give back clusters that were never linked.
+ * Not once a fatal corruption event took the image out of service: QEMU
+ * then writes no metadata any more (its caches are dropped with the
+ * driver), and giving back could write a refcount block that also holds
+ * other requests' unlinked allocations.
+ */
 function abandon(engine: Qcow2Engine, plan: Extract<WritePlan, { _tag: "Allocate" }>): Effect.Effect<void> {
-  if (!plan.fresh || plan.progress.linked) return Effect.void
+  if (!plan.fresh || plan.progress.linked || engine.integrity.ejected) return Effect.void
   return engine.lock
     .withPermits(1)(engine.refcounts.free(plan.hostOffset, plan.clusters * engine.geometry.clusterSize))
     .pipe(Effect.ignore)
