@@ -326,6 +326,31 @@ describe("damage met by discards and reads (iotest 060's cases)", () => {
   })
 })
 
+describe("amend -o compat=0.10 over damage (iotest 060)", () => {
+  /** Zero clusters to expand, and L1 entry 0 (at 0x30000) made unaligned, or L2 entry 0 (at 0x40000) a preallocated zero cluster at an unaligned offset. */
+  for (const [what, at, entry] of [
+    ["an unaligned L1 entry", 0x30000, [0x80, 0, 0, 0, 0, 4, 0x2a, 0]],
+    ["an unaligned preallocated zero cluster", 0x40000, [0x80, 0, 0, 0, 0, 5, 0x2a, 1]]
+  ] as const) {
+    it(`fails on ${what} with the corruption event and 'Failed to turn zero into data clusters', as qemu-img does`, () => {
+      const runs = (["ours", "theirs"] as const).map((who) => {
+        const name = `amend-damage-${who}.qcow2`
+        qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", name, "64M"])
+        qemu(dir, "qemu-io", ["-c", "write 0 64k", name])
+        const fd = fs.openSync(path.join(dir, name), "r+")
+        fs.writeSync(fd, Buffer.from(entry), 0, 8, at)
+        fs.closeSync(fd)
+        const args = ["amend", "-o", "compat=0.10", name]
+        const run = who === "ours" ? qcow2(dir, args) : qemu(dir, "qemu-img", args, true)
+        return { status: run.status, stdout: run.stdout, stderr: stderrOf(run), bytes: fs.readFileSync(path.join(dir, name)) }
+      })
+      expect(runs[0]!.stderr).toContain("PROG: Failed to turn zero into data clusters: Input/output error")
+      expect(runs[0]!.stderr).toContain("PROG: Marking image as corrupt: ")
+      expect(runs[0]).toEqual(runs[1])
+    })
+  }
+})
+
 describe("a copy-on-write request that waits while a fatal corruption event takes the image away (iotest 060)", () => {
   /**
    * Overlay over a backing file; guest 0 and 512M written (data 0x50000,

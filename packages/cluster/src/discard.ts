@@ -1,26 +1,14 @@
 import { Effect } from "effect"
-import { hexAlt, readL2Entry, writeL2Entry } from "@qcow2/format"
+import { readL2Entry, writeL2Entry } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
 import { hasHostData, prepareL2ForWrite, releaseReplaced, replacedHostRange } from "./l2.js"
 import type { HostRange } from "./l2.js"
-import { readDamageMessage } from "./l2-damage.js"
+import { freeDamageMessage, readDamageMessage, unalignedStandIn } from "./l2-damage.js"
 import { l2Coverage, l2TableOffset, loadL2 } from "./mapping.js"
 
 const ALL_ZERO_BITMAP = 0xffffffff
-const HOST_OFFSET_MASK = 0x00fffffffffffe00n
-const COPIED = 1n << 63n
-
-/**
- * What an entry with an unaligned host offset is to a change: a cluster
- * with host data (only its flags are read; its offset is never freed).
- */
-const unalignedStandIn = (old: Extract<L2Entry, { _tag: "Invalid" }>, extendedL2: boolean): Exclude<L2Entry, { _tag: "Invalid" }> => {
-  const hostOffset = Number(old.raw & HOST_OFFSET_MASK)
-  const copied = (old.raw & COPIED) !== 0n
-  return extendedL2 ? { _tag: "Subclusters", hostOffset, copied, allocatedMask: ALL_ZERO_BITMAP, zeroMask: 0 } : { _tag: "Normal", hostOffset, copied }
-}
 
 type EntryChange = (entry: Exclude<L2Entry, { _tag: "Invalid" }>) => {
   readonly entry: Exclude<L2Entry, { _tag: "Invalid" }>
@@ -188,7 +176,7 @@ function changeInTable(engine: Qcow2Engine, start: number, end: number, makeTabl
         if (next === undefined || !next.free) return yield* engine.integrity.markCorrupt(readDamageMessage(old, { l2Offset, index }), cluster * cs)
         writeL2Entry(table, index, next.entry, g)
         changed = true
-        engine.integrity.reportNonFatal(`Cannot free unaligned cluster ${hexAlt(old.raw & HOST_OFFSET_MASK)}`)
+        engine.integrity.reportNonFatal(freeDamageMessage(old))
         continue
       }
       const next = change(old)

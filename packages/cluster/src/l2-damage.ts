@@ -1,6 +1,9 @@
 import { hexAlt } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
 
+/** An L2 entry the codec does not call Invalid. */
+type ValidL2Entry = Exclude<L2Entry, { _tag: "Invalid" }>
+
 /** An L2 entry the codec calls Invalid. */
 export type InvalidL2Entry = Extract<L2Entry, { _tag: "Invalid" }>
 
@@ -61,3 +64,17 @@ export function writeDamageMessage(entry: InvalidL2Entry, slot: L2Slot, guestOff
       return ownWording(entry, slot)
   }
 }
+
+/**
+ * What an entry with an unaligned host offset is to a change that drops
+ * it (discard, an unmapping zero write): a cluster with host data, of the
+ * entry's flags. Its offset is never freed (see `freeDamageMessage`).
+ */
+export const unalignedStandIn = (entry: InvalidL2Entry, extendedL2: boolean): ValidL2Entry => {
+  const hostOffset = Number(entry.raw & OFFSET_MASK)
+  const copied = (entry.raw & COPIED) !== 0n
+  return extendedL2 ? { _tag: "Subclusters", hostOffset, copied, allocatedMask: 0xffffffff, zeroMask: 0 } : { _tag: "Normal", hostOffset, copied }
+}
+
+/** QEMU's qcow2_free_any_cluster, which does not free an unaligned cluster and reports it as non-fatal corruption. */
+export const freeDamageMessage = (entry: InvalidL2Entry): string => `Cannot free unaligned cluster ${hexAlt(entry.raw & OFFSET_MASK)}`

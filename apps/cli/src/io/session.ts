@@ -79,14 +79,15 @@ export interface OpenRequest {
 /**
  * The image with a flush after every write (QEMU's writethrough: its block
  * layer sets FUA on each write, write-zeroes and compressed write, and a
- * qcow2 image emulates FUA with a flush); a discard is not flushed, as
- * bdrv_co_pdiscard sets no FUA (iotest 060: a discard's L2 change that a
- * later fatal corruption event keeps in the cache never reaches the disk).
- * A request is reported done only once it is durable. Flushes go one at a time, in the order they
- * were asked for, as QEMU's bdrv_co_flush serialises them, and the next
- * one starts only after the request whose flush ended has completed (QEMU
- * wakes the next flusher once the current coroutine yields): of two writes
- * in flight, the one that flushed first completes first.
+ * qcow2 image emulates FUA with a flush), so a write is reported done only
+ * once it is durable. A discard is not flushed, as bdrv_co_pdiscard sets
+ * no FUA (iotest 060: a discard's L2 change that a later fatal corruption
+ * event keeps in the cache never reaches the disk). Flushes go one at a
+ * time, in the order they were asked for, as QEMU's bdrv_co_flush
+ * serialises them, and the next one starts only after the request whose
+ * flush ended has completed (QEMU wakes the next flusher once the current
+ * coroutine yields): of two writes in flight, the one that flushed first
+ * completes first.
  */
 const writethrough = (image: Image): Image => {
   const flushing = Semaphore.makeUnsafe(1)
