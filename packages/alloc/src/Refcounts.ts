@@ -245,36 +245,99 @@ export class Refcounts {
   }
 
   /**
-   * Drops refcount blocks that count nothing but (possibly) themselves
-   * (QEMU's qcow2_shrink_reftable, after a shrink freed the clusters they
-   * described): the table entry is emptied and made durable first, then
-   * the block's own cluster is freed.
+   * Drops refcount blocks that count nothing but (possibly) themselves,
+   * after a shrink freed the clusters they described, in the order of
+   * QEMU's qcow2_shrink_reftable: every block is looked at first, in table
+   * order (one at an unaligned offset fails as QEMU's block cache does; one
+   * past the end of the file reads as zeros); the table without the
+   * dropped blocks is written and made durable in one piece; then each
+   * dropped block's own cluster is freed in the block that covers it
+   * (qcow2_discard_refcount_block), which must count it exactly once. The
+   * dropped entries leave the table in memory even when freeing fails.
    */
   dropUnusedBlocks(): Effect.Effect<void, Failure> {
     const self = this
     return Effect.gen(function* () {
-      for (let b = self.lastBlock; b >= 1; b--) {
-        const offset = self.blockAt(b)
-        if (typeof offset !== "number" || offset === 0) continue
-        const block = self.cache.lookup(offset) ?? (yield* self.cache.get(offset))
-        const own = offset / self.clusterSize - b * self.blockEntries
-        const selfCounted = own >= 0 && own < self.blockEntries
+      const fileSize = yield* self.storage.size()
+      const table = self.tableBytes.slice()
+      const dropped: number[] = []
+      for (let b = 0; b <= self.lastBlock; b++) {
+        const entry = self.entryOffset(b)
+        if (entry === 0n) continue
+        if (entry % BigInt(self.clusterSize) !== 0n) {
+          return yield* new RefcountError({
+            reason: "Corrupt",
+            message: `Cannot get entry from refcount block cache: Offset 0x${entry.toString(16)} is unaligned`,
+            offset: self.table.offset + b * 8
+          })
+        }
+        const offset = self.blockOffsets[b]!
         let unused = true
-        for (let i = 0; i < self.blockEntries && unused; i++) {
-          if (selfCounted && i === own) unused = refcountIsOne(block, i, self.refcountOrder)
-          else unused = refcountIsZero(block, i, self.refcountOrder)
+        if (offset !== INVALID_ENTRY && offset < fileSize) {
+          const block = self.cache.lookup(offset) ?? (yield* self.cache.get(offset))
+          const own = offset / self.clusterSize - b * self.blockEntries
+          for (let i = 0; i < self.blockEntries && unused; i++) unused = i === own || refcountIsZero(block, i, self.refcountOrder)
         }
         if (!unused) continue
-        const entry = new Uint8Array(8)
-        yield* self.storage.write(self.table.offset + b * 8, entry)
-        yield* self.storage.flush()
-        self.tableBytes.set(entry, b * 8)
-        self.blockOffsets[b] = 0
-        self.cache.invalidate(offset)
-        self.overlaps.removeCluster("refcount block", offset)
-        if (!selfCounted) yield* self.update(offset, self.clusterSize, -1)
+        table.fill(0, b * 8, b * 8 + 8)
+        dropped.push(b)
       }
+      if (dropped.length === 0) return
+      yield* self.storage.write(self.table.offset, table)
+      yield* self.storage.flush()
+      let failure: Failure | undefined
+      for (const b of dropped) {
+        if (failure === undefined) {
+          const freed = yield* Effect.result(self.freeDroppedBlock(self.entryOffset(b)))
+          if (freed._tag === "Failure") failure = freed.failure
+        }
+        const offset = self.blockOffsets[b]!
+        if (offset !== INVALID_ENTRY) {
+          self.cache.invalidate(offset)
+          self.overlaps.removeCluster("refcount block", offset)
+        }
+        self.blockOffsets[b] = 0
+      }
+      self.tableBytes.set(table)
       while (self.lastBlock >= 0 && (self.blockOffsets[self.lastBlock] ?? 0) === 0) self.lastBlock--
+      if (failure !== undefined) return yield* Effect.fail(failure)
+    })
+  }
+
+  /** Refcount table entry `blockIndex`'s offset bits, exact past 2^53 (for QEMU's messages). */
+  private entryOffset(blockIndex: number): bigint {
+    const view = new DataView(this.tableBytes.buffer, this.tableBytes.byteOffset, this.tableBytes.byteLength)
+    return view.getBigUint64(blockIndex * 8) & 0xfffffffffffffe00n
+  }
+
+  /**
+   * Frees a dropped refcount block's own cluster in the block that covers
+   * it (QEMU's qcow2_discard_refcount_block): a cluster no block covers, or
+   * one not counted exactly once, is corruption.
+   */
+  private freeDroppedBlock(offset: bigint): Effect.Effect<void, Failure> {
+    const self = this
+    return Effect.gen(function* () {
+      const cluster = offset / BigInt(self.clusterSize)
+      const coveringIndex = cluster / BigInt(self.blockEntries)
+      const covering = coveringIndex < BigInt(self.blockOffsets.length) ? self.blockAt(Number(coveringIndex)) : 0
+      if (typeof covering !== "number") return yield* covering
+      if (covering === 0) {
+        return yield* new RefcountError({ reason: "Corrupt", message: `Refblock at 0x${offset.toString(16)} is not covered by the refcount structures` })
+      }
+      const index = Number(cluster % BigInt(self.blockEntries))
+      const block = self.cache.lookup(covering) ?? (yield* self.cache.get(covering))
+      const refcount = readRefcount(block, index, self.refcountOrder)
+      if (refcount !== 1) {
+        return yield* new RefcountError({
+          reason: "Corrupt",
+          errno: "EINVAL",
+          message: `Invalid refcount: refblock offset 0x${covering.toString(16)}, reftable index ${coveringIndex}, block offset 0x${offset.toString(16)}, refcount 0x${refcount.toString(16)}`
+        })
+      }
+      writeRefcount(block, index, self.refcountOrder, 0)
+      self.cache.markDirty(covering)
+      self.freeClusterIndex = Math.min(self.freeClusterIndex, Number(cluster))
     })
   }
 
@@ -978,15 +1041,6 @@ function updateWide(block: Uint8Array, index: number, delta: number): "Overflow"
 function refcountIsZero(block: Uint8Array, index: number, order: number): boolean {
   try {
     return readRefcount(block, index, order) === 0
-  } catch {
-    return false
-  }
-}
-
-/** Whether entry `index` of a refcount block is exactly 1. */
-function refcountIsOne(block: Uint8Array, index: number, order: number): boolean {
-  try {
-    return readRefcount(block, index, order) === 1
   } catch {
     return false
   }

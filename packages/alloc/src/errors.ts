@@ -12,4 +12,6 @@ export class RefcountError extends Data.TaggedError("RefcountError")<{
   readonly reason: "Overflow" | "Corrupt" | "NoSpace"
   readonly message: string
   readonly offset?: number
+  /** The POSIX error QEMU returns here when it is not the usual one for `reason` (EINVAL for a refcount QEMU finds invalid). */
+  readonly errno?: "EINVAL"
 }> {}

@@ -96,7 +96,7 @@ export function toImageError(error: EngineFailure, location: string): ImageError
       return new ImageError({ reason: error.reason, message: error.message, location, ...withOffset(error.offset), ...(error.errno ? { errno: error.errno } : {}), cause: error })
     case "RefcountError": {
       const reason = refcountReason(error.reason)
-      return new ImageError({ reason, message: error.message, location, ...withOffset(error.offset), ...(reason === "Corrupt" ? { errno: "EIO" } : {}), cause: error })
+      return new ImageError({ reason, message: error.message, location, ...withOffset(error.offset), ...(error.errno !== undefined ? { errno: error.errno } : reason === "Corrupt" ? { errno: "EIO" } : {}), cause: error })
     }
     case "MetadataOverlapError":
       return new ImageError({ reason: "Corrupt", message: error.message, location, offset: error.offset, errno: "EIO", cause: error })

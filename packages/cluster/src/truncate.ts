@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import { IncompatibleFeature, l1EntriesFor, Limits, AutoclearFeature } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
-import { ClusterError } from "./errors.js"
+import { ClusterError, ImageError, errnoOfFailure, isStructuralDamage, strerrorOfFailure, toImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { dropClusters } from "./discard.js"
 import { l2Coverage, lookup } from "./mapping.js"
@@ -130,7 +130,7 @@ function shrink(engine: Qcow2Engine, size: number, oldSize: number): Effect.Effe
           engine.l2Cache.invalidate(l2Offset)
           yield* engine.refcounts.free(l2Offset, cs)
         }
-        yield* engine.refcounts.dropUnusedBlocks()
+        yield* Effect.catch(engine.refcounts.dropUnusedBlocks(), (failure) => shrinkFailure(engine, "Failed to discard unused refblocks", failure))
         yield* engine.refcounts.cache.flush()
         const usedClusters = yield* engine.refcounts.usedEnd()
         if (usedClusters * cs < (yield* engine.storage.size())) yield* engine.storage.resize(usedClusters * cs)
@@ -142,6 +142,22 @@ function shrink(engine: Qcow2Engine, size: number, oldSize: number): Effect.Effe
     )
     yield* engine.flushMetadata()
   })
+}
+
+/**
+ * A failed step of a shrink as QEMU's qcow2_co_truncate words it ("Failed
+ * to discard unused refblocks: <strerror>"); structural damage met on the
+ * way has marked the image corrupt first (rule 5).
+ */
+function shrinkFailure(engine: Qcow2Engine, step: string, failure: EngineFailure): Effect.Effect<never, EngineFailure> {
+  const failed = new ImageError({
+    reason: toImageError(failure, engine.location).reason,
+    message: `${step}: ${strerrorOfFailure(failure)}`,
+    location: engine.location,
+    errno: errnoOfFailure(failure),
+    cause: failure
+  })
+  return isStructuralDamage(failure) ? Effect.andThen(Effect.ignore(engine.integrity.markCorrupt(failure.message, failure.offset)), Effect.fail(failed)) : Effect.fail(failed)
 }
 
 /** Drops every cluster in guest range [from, end) (a shrink), one L2 table at a time. */
