@@ -512,3 +512,33 @@ describe("resize --shrink over a refcount table entry no valid image has (iotest
     })
   }
 })
+
+describe("a free that fails only prints, as QEMU's qcow2_free_clusters does", () => {
+  it("discarding a cluster whose refcount is already 0 succeeds ('qcow2_free_clusters failed: Invalid argument'), no corruption event, the image clean after", () => {
+    // Data at 0x50000 (cluster 5) and 0x60000; cluster 5's refcount (at 0x2000a) zeroed.
+    const runs = beside("free-underflow", "64M", ["-c", "write -P 3 0 128k"], (fd) => fs.writeSync(fd, Buffer.alloc(2), 0, 2, 0x2000a), [
+      "-c",
+      "discard 0 64k",
+      "-c",
+      "read -P 3 64k 64k",
+      "-c",
+      "write -P 5 256k 64k"
+    ])
+    expect(runs[0]!.stderr).toBe("qcow2_free_clusters failed: Invalid argument\n")
+    expect(runs[0]).toEqual(runs[1])
+    expect(qemu(dir, "qemu-img", ["check", "free-underflow-ours.qcow2"]).stdout).toContain("No errors were found on the image.")
+  })
+
+  for (const length of [65536, 65537, 131072]) {
+    it(`discard 0 ${length} over an unaligned refcount block: the event, one 'qcow2_free_clusters failed' per cluster, and the partial tail refused with ENOMEDIUM`, () => {
+      const runs = beside(`free-unaligned-${length}`, "64M", ["-c", "write 0 128k"], (fd) => fs.writeSync(fd, Buffer.from([0, 0, 0, 0, 0, 0, 0x2a, 0]), 0, 8, 0x10000), [
+        "-c",
+        `discard 0 ${length}`,
+        "-c",
+        "read 0 64k"
+      ])
+      expect(runs[0]!.stderr).toContain("qcow2_free_clusters failed: Input/output error")
+      expect(runs[0]).toEqual(runs[1])
+    })
+  }
+})

@@ -402,11 +402,55 @@ export class Refcounts {
   }
 
   /**
+   * Fails as `update` would on clusters [first, last] before any of them
+   * changes: a range is updated whole or not at all.
+   */
+  private checkUpdate(first: number, last: number, delta: number): Effect.Effect<void, Failure> {
+    const self = this
+    return Effect.gen(function* () {
+      for (let cluster = first; cluster <= last; cluster++) {
+        const blockIndex = Math.floor(cluster / self.blockEntries)
+        const blockOffset = self.blockAt(blockIndex)
+        if (typeof blockOffset !== "number") return yield* blockOffset
+        if (blockOffset === 0) {
+          if (delta < 0) return yield* self.underflow(cluster, 0)
+          continue
+        }
+        const block = self.cache.lookup(blockOffset) ?? (yield* self.cache.get(blockOffset))
+        const index = cluster - blockIndex * self.blockEntries
+        // A 64-bit refcount past 2^53 is checked exactly when it is updated.
+        if (self.refcountOrder === 6 && !fitsNumber(block, index)) continue
+        const current = readRefcount(block, index, self.refcountOrder)
+        if (current + delta < 0) return yield* self.underflow(cluster, current)
+        if (current + delta > self.maxRefcount) return yield* self.overflow(cluster)
+      }
+    })
+  }
+
+  /** A decrease below zero (QEMU: EINVAL from update_refcount, and no corruption event). */
+  private underflow(cluster: number, current: number): Effect.Effect<never, RefcountError> {
+    return Effect.fail(
+      new RefcountError({ reason: "Underflow", message: `refcount of cluster ${cluster} would drop below zero (refcount=${current})`, offset: cluster * this.clusterSize })
+    )
+  }
+
+  private overflow(cluster: number): Effect.Effect<never, RefcountError> {
+    return Effect.fail(
+      new RefcountError({
+        reason: "Overflow",
+        message: `refcount of cluster ${cluster} would exceed ${this.maxRefcount} (refcount_bits=${2 ** this.refcountOrder})`,
+        offset: cluster * this.clusterSize
+      })
+    )
+  }
+
+  /**
    * Adds `delta` to the refcount of every cluster touched by the byte range
    * [offset, offset + length). An increase where no refcount block exists
    * makes the block first (allocations use `increaseFresh`, which searches
    * again then). A result above the maximum fails with `Overflow`, below
-   * zero with `Corrupt`; nothing is changed for the failing cluster.
+   * zero with `Underflow`, and then no refcount of the range has changed
+   * (QEMU's update_refcount takes back the part it did).
    * `undoing`: taking back an increase just made, so the clusters were never
    * referenced and are free again at once.
    */
@@ -416,6 +460,7 @@ export class Refcounts {
     return Effect.gen(function* () {
       const first = Math.floor(offset / self.clusterSize)
       const last = Math.floor((offset + length - 1) / self.clusterSize)
+      if (last > first) yield* self.checkUpdate(first, last, delta)
       let cluster = first
       while (cluster <= last) {
         const blockIndex = Math.floor(cluster / self.blockEntries)
@@ -423,13 +468,7 @@ export class Refcounts {
         const blockOffset = self.blockAt(blockIndex)
         if (typeof blockOffset !== "number") return yield* blockOffset
         if (blockOffset === 0) {
-          if (delta < 0) {
-            return yield* new RefcountError({
-              reason: "Corrupt",
-              message: `cannot decrease the refcount of cluster ${cluster}: no refcount block covers it`,
-              offset: cluster * self.clusterSize
-            })
-          }
+          if (delta < 0) return yield* self.underflow(cluster, 0)
           yield* self.makeBlock(cluster)
           continue
         }
@@ -449,20 +488,8 @@ export class Refcounts {
           }
           const current = readRefcount(block, index, self.refcountOrder)
           const next = current + delta
-          if (next < 0) {
-            return yield* new RefcountError({
-              reason: "Corrupt",
-              message: `refcount of cluster ${cluster} would drop below zero (refcount=${current})`,
-              offset: cluster * self.clusterSize
-            })
-          }
-          if (next > self.maxRefcount) {
-            return yield* new RefcountError({
-              reason: "Overflow",
-              message: `refcount of cluster ${cluster} would exceed ${self.maxRefcount} (refcount_bits=${2 ** self.refcountOrder})`,
-              offset: cluster * self.clusterSize
-            })
-          }
+          if (next < 0) return yield* self.underflow(cluster, current)
+          if (next > self.maxRefcount) return yield* self.overflow(cluster)
           writeRefcount(block, index, self.refcountOrder, next)
           self.cache.markDirty(blockOffset)
           if (next === 0) {
@@ -1028,10 +1055,10 @@ function fitsNumber(block: Uint8Array, index: number): boolean {
  * Adds `delta` to 64-bit refcount `index` (one past 2^53) exactly; the
  * reason when the result would leave 0..2^64-1 (nothing changed then).
  */
-function updateWide(block: Uint8Array, index: number, delta: number): "Overflow" | "Corrupt" | undefined {
+function updateWide(block: Uint8Array, index: number, delta: number): "Overflow" | "Underflow" | undefined {
   const view = new DataView(block.buffer, block.byteOffset + index * 8, 8)
   const next = view.getBigUint64(0) + BigInt(delta)
-  if (next < 0n) return "Corrupt"
+  if (next < 0n) return "Underflow"
   if (next > 0xffffffffffffffffn) return "Overflow"
   view.setBigUint64(0, next)
   return undefined

@@ -93,10 +93,18 @@ describe("Refcounts", () => {
     expect(await run(refcounts.get(at / cs))).toBe(1)
   })
 
-  it("reports a decrease below zero as corruption", async () => {
+  it("reports a decrease below zero as Underflow (QEMU's EINVAL, not a corruption event)", async () => {
     const { refcounts, cs } = await fresh(12, 4)
     const error = await Effect.runPromise(Effect.flip(refcounts.free(20 * cs, cs)))
-    expect(error).toMatchObject({ _tag: "RefcountError", reason: "Corrupt" })
+    expect(error).toMatchObject({ _tag: "RefcountError", reason: "Underflow" })
+  })
+
+  it("changes a range whole or not at all: a decrease below zero in its last cluster leaves the others counted", async () => {
+    const { refcounts, cs } = await fresh(12, 4)
+    const at = await run(refcounts.allocate(2))
+    const error = await Effect.runPromise(Effect.flip(refcounts.free(at, 3 * cs)))
+    expect(error).toMatchObject({ _tag: "RefcountError", reason: "Underflow", offset: at + 2 * cs })
+    expect([await run(refcounts.get(at / cs)), await run(refcounts.get(at / cs + 1))]).toEqual([1, 1])
   })
 
   it("packs compressed data at byte granularity, one reference per touched cluster", async () => {

@@ -319,7 +319,16 @@ export class Qcow2Engine {
     const end = offset + length
     const last = end === this.virtualSize ? end : Math.floor(end / cs) * cs
     if (first >= last) return Effect.void
-    return this.inflight.excludingDirect(this.change(discardClusters(this, first, last - first)))
+    const whole = this.inflight.excludingDirect(this.change(discardClusters(this, first, last - first)))
+    if (last === end) return whole
+    // QEMU's block layer passes the partial tail on as a request of its own, refused once a corruption event took the image away.
+    return Effect.andThen(
+      whole,
+      Effect.suspend(() => {
+        const ejected = this.requireMedium()
+        return ejected !== undefined ? Effect.fail(ejected) : Effect.void
+      })
+    )
   }
 
   /** Writes whole aligned clusters compressed (qemu-io `write -c`). */

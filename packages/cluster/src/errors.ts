@@ -96,7 +96,7 @@ export function toImageError(error: EngineFailure, location: string): ImageError
       return new ImageError({ reason: error.reason, message: error.message, location, ...withOffset(error.offset), ...(error.errno ? { errno: error.errno } : {}), cause: error })
     case "RefcountError": {
       const reason = refcountReason(error.reason)
-      return new ImageError({ reason, message: error.message, location, ...withOffset(error.offset), ...(error.errno !== undefined ? { errno: error.errno } : reason === "Corrupt" ? { errno: "EIO" } : {}), cause: error })
+      return new ImageError({ reason, message: error.message, location, ...withOffset(error.offset), ...refcountErrno(error), cause: error })
     }
     case "MetadataOverlapError":
       return new ImageError({ reason: "Corrupt", message: error.message, location, offset: error.offset, errno: "EIO", cause: error })
@@ -154,10 +154,19 @@ export const strerrorOfFailure = (error: EngineFailure): string => {
   return strerrorOf(errno) ?? errno
 }
 
+/** QEMU's errno for a refcount failure: EINVAL for a decrease below zero (update_refcount), EIO for damage. */
+function refcountErrno(error: RefcountError): { readonly errno?: string } {
+  if (error.errno !== undefined) return { errno: error.errno }
+  if (error.reason === "Underflow") return { errno: "EINVAL" }
+  return error.reason === "Corrupt" ? { errno: "EIO" } : {}
+}
+
 function refcountReason(reason: RefcountError["reason"]): ImageErrorReason {
   switch (reason) {
     case "Overflow":
       return "RefcountOverflow"
+    case "Underflow":
+      return "Corrupt"
     case "NoSpace":
       return "NoSpace"
     case "Corrupt":

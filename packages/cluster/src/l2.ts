@@ -4,6 +4,7 @@ import type { L2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
 import { l2Coverage, loadL2 } from "./mapping.js"
+import { freeClusters } from "./free.js"
 
 /** A host byte range [offset, offset + length). */
 export interface HostRange {
@@ -40,7 +41,7 @@ export function prepareL2ForWrite(engine: Qcow2Engine, offset: number): Effect.E
     yield* engine.l2Cache.flush()
     yield* l1.link(l1Index, newOffset)
     yield* engine.storage.flush()
-    if (current !== 0) yield* engine.refcounts.free(current, cs)
+    if (current !== 0) yield* freeClusters(engine, current, cs)
     return newOffset
   })
 }
@@ -94,5 +95,5 @@ export function replacedHostRange(engine: Qcow2Engine, old: L2Entry, keptHost?: 
 export function releaseReplaced(engine: Qcow2Engine, ranges: ReadonlyArray<HostRange>): Effect.Effect<void, EngineFailure> {
   if (ranges.length === 0) return Effect.void
   engine.decompressed.forget()
-  return Effect.forEach(ranges, (range) => engine.refcounts.free(range.offset, range.length), { discard: true })
+  return Effect.forEach(ranges, (range) => freeClusters(engine, range.offset, range.length), { discard: true })
 }

@@ -5,6 +5,7 @@ import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError, errnoOfFailure, ImageError, strerrorOfFailure, toImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { adjustReachable, recomputeCopied } from "./snapshot-refs.js"
+import { freeClusters } from "./free.js"
 
 /** When a snapshot is taken (`qemu-img snapshot -c` stores the wall clock, microsecond precision). */
 export interface SnapshotTime {
@@ -159,7 +160,7 @@ export function deleteSnapshot(engine: Qcow2Engine, id: string | undefined, name
         return new ImageError({ ...cause, message: `Failed to free the cluster and L1 table: ${strerrorOfFailure(error)}`, errno: errnoOfFailure(error), cause })
       })
     )
-    if (s.l1Size > 0) yield* engine.refcounts.free(s.l1TableOffset, s.l1Size * 8)
+    if (s.l1Size > 0) yield* freeClusters(engine, s.l1TableOffset, s.l1Size * 8)
     yield* engine.flushMetadata()
     yield* recomputeCopied(engine)
     yield* engine.flushMetadata()

@@ -9,6 +9,7 @@ import { growFile, preallocateClusters } from "./preallocate.js"
 import { readGuest } from "./read.js"
 import { writeBytes } from "./write.js"
 import { writeZeroes, zeroToEnd } from "./zero.js"
+import { freeClusters } from "./free.js"
 
 /** How `qemu-img resize --preallocation` fills a grown area. */
 export type Preallocation = "off" | "metadata" | "falloc" | "full"
@@ -128,7 +129,7 @@ function shrink(engine: Qcow2Engine, size: number, oldSize: number): Effect.Effe
         yield* engine.storage.flush()
         for (const l2Offset of freed) {
           engine.l2Cache.invalidate(l2Offset)
-          yield* engine.refcounts.free(l2Offset, cs)
+          yield* freeClusters(engine, l2Offset, cs)
         }
         yield* Effect.catch(engine.refcounts.dropUnusedBlocks(), (failure) => shrinkFailure(engine, "Failed to discard unused refblocks", failure))
         yield* engine.refcounts.cache.flush()
