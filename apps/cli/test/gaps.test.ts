@@ -3,6 +3,7 @@
  * a convert target whose final write-back or flush fails (blkdebug), and
  * -f given with --image-opts.
  */
+import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -541,4 +542,44 @@ describe("a free that fails only prints, as QEMU's qcow2_free_clusters does", ()
       expect(runs[0]).toEqual(runs[1])
     })
   }
+})
+
+describe("discards give the image file its space back, as QEMU's passthrough does", () => {
+  /**
+   * QEMU passes a cluster's discard on to the file once its refcount drops
+   * to 0 for guest discards, zero writes that may unmap (qemu-io opens
+   * with discard=unmap) and snapshot deletion (pass-discard-request and
+   * pass-discard-snapshot are on by default): the file keeps its length
+   * and its blocks go back to the file system.
+   */
+  const twin = (name: string, run: (who: "ours" | "theirs", file: string) => void) =>
+    (["ours", "theirs"] as const).map((who) => {
+      const file = `${name}-${who}.qcow2`
+      qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", file, "64M"])
+      qemu(dir, "qemu-io", ["-c", "write -P 1 0 8M", "-c", "write -c -P 2 8M 64k", "-c", "write -c -P 3 8256k 64k", file])
+      run(who, file)
+      const full = path.join(dir, file)
+      return { bytes: createHash("sha256").update(fs.readFileSync(full)).digest("hex"), blocks: fs.statSync(full).blocks }
+    })
+
+  it("qemu-io discard and write -z -u: the same bytes and the same blocks in use as qemu-io leaves", () => {
+    const runs = twin("pass-request", (who, file) => {
+      const args = ["-c", "discard 0 4M", "-c", "write -z -u 4M 2M", "-c", "write -z 6M 1M", "-c", "discard 8M 64k", "-c", "discard 8256k 64k", file]
+      if (who === "ours") qcow2(dir, ["io", ...args])
+      else qemu(dir, "qemu-io", args)
+    })
+    // 8 MiB of data written, 6 MiB of it dropped: about 2 MiB stays in use.
+    expect(runs[0]!.blocks * 512).toBeLessThan(3 << 20)
+    expect(runs[0]).toEqual(runs[1])
+  })
+
+  it("snapshot -d: the same bytes and the same blocks in use as qemu-img leaves", () => {
+    const runs = twin("pass-snapshot", (who, file) => {
+      qemu(dir, "qemu-img", ["snapshot", "-c", "s1", file])
+      qemu(dir, "qemu-io", ["-c", "write -P 4 0 8M", file])
+      if (who === "ours") qcow2(dir, ["snapshot", "-d", "s1", file])
+      else qemu(dir, "qemu-img", ["snapshot", "-d", "s1", file])
+    })
+    expect(runs[0]).toEqual(runs[1])
+  })
 })

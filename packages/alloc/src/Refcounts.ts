@@ -124,6 +124,8 @@ export class Refcounts {
   private tailKnown = false
   /** Clusters freed since the mapping tables were last made durable: not reusable yet. */
   private readonly freedPending = new Set<number>()
+  /** Clusters left unreferenced by frees that pass discards on, until `takeDiscards`. */
+  private readonly toDiscard: number[] = []
 
   constructor(options: RefcountsOptions) {
     this.clusterBits = options.clusterBits
@@ -151,6 +153,7 @@ export class Refcounts {
     this.freeByteOffset = 0
     this.endCluster = 0
     this.freedPending.clear()
+    this.toDiscard.length = 0
     this.adoptTable(table, tableBytes, fileSize)
   }
 
@@ -452,9 +455,10 @@ export class Refcounts {
    * zero with `Underflow`, and then no refcount of the range has changed
    * (QEMU's update_refcount takes back the part it did).
    * `undoing`: taking back an increase just made, so the clusters were never
-   * referenced and are free again at once.
+   * referenced and are free again at once. `freed` collects the clusters
+   * left unreferenced.
    */
-  private update(offset: number, length: number, delta: number, undoing = false): Effect.Effect<void, Failure> {
+  private update(offset: number, length: number, delta: number, undoing = false, freed?: number[]): Effect.Effect<void, Failure> {
     if (length <= 0 || delta === 0) return Effect.void
     const self = this
     return Effect.gen(function* () {
@@ -495,6 +499,7 @@ export class Refcounts {
           if (next === 0) {
             if (cluster < self.freeClusterIndex) self.freeClusterIndex = cluster
             if (!undoing) self.freedPending.add(cluster)
+            freed?.push(cluster)
             // Compressed data is no longer packed into a freed cluster: it may be handed out whole next.
             if (self.freeByteOffset !== 0 && Math.floor(self.freeByteOffset / self.clusterSize) === cluster) self.freeByteOffset = 0
           } else if (cluster >= self.endCluster) {
@@ -780,8 +785,33 @@ export class Refcounts {
    * Drops one reference from every cluster touched by [offset, offset + length).
    * Rule 3: the refcount blocks wait for the mapping tables that dropped the references.
    */
-  free(offset: number, length: number): Effect.Effect<void, Failure> {
-    return Effect.andThen(debugPoint(this.storage, "cluster_free"), Effect.andThen(this.lazy ? Effect.void : this.cache.dependOn(this.mappingCache), this.update(offset, length, -1)))
+  free(offset: number, length: number, passDiscard = false): Effect.Effect<void, Failure> {
+    return Effect.andThen(
+      debugPoint(this.storage, "cluster_free"),
+      Effect.andThen(this.lazy ? Effect.void : this.cache.dependOn(this.mappingCache), this.update(offset, length, -1, false, passDiscard ? this.toDiscard : undefined))
+    )
+  }
+
+  /**
+   * The host byte ranges of the clusters that `free` with `passDiscard`
+   * left unreferenced since the last call, for the store to discard
+   * (QEMU's discard passthrough: pass-discard-request, -snapshot). Take
+   * them with the lock still held: a freed cluster can be handed out again
+   * once the mapping tables are durable, and its discard must come first.
+   */
+  takeDiscards(): ReadonlyArray<{ readonly offset: number; readonly length: number }> {
+    // Only clusters still freed and not handed out again since (a reuse first makes the frees durable and forgets them).
+    const clusters = this.toDiscard
+      .splice(0)
+      .filter((cluster) => this.freedPending.has(cluster))
+      .sort((a, b) => a - b)
+    const ranges: Array<{ offset: number; length: number }> = []
+    for (const cluster of clusters) {
+      const last = ranges[ranges.length - 1]
+      if (last !== undefined && last.offset + last.length === cluster * this.clusterSize) last.length += this.clusterSize
+      else ranges.push({ offset: cluster * this.clusterSize, length: this.clusterSize })
+    }
+    return ranges
   }
 
   /**

@@ -188,6 +188,6 @@ function changeInTable(engine: Qcow2Engine, start: number, end: number, makeTabl
     }
     if (!changed) return
     engine.l2Cache.markDirty(l2Offset)
-    yield* releaseReplaced(engine, released)
+    yield* releaseReplaced(engine, released, true)
   })
 }

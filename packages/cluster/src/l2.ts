@@ -4,7 +4,7 @@ import type { L2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
 import { l2Coverage, loadL2 } from "./mapping.js"
-import { freeClusters } from "./free.js"
+import { freeClusters, withDiscards } from "./free.js"
 
 /** A host byte range [offset, offset + length). */
 export interface HostRange {
@@ -91,9 +91,15 @@ export function replacedHostRange(engine: Qcow2Engine, old: L2Entry, keptHost?: 
   }
 }
 
-/** Drops the references of replaced entries (after the L2 change is in the cache; rule 3 is the allocator's). */
-export function releaseReplaced(engine: Qcow2Engine, ranges: ReadonlyArray<HostRange>): Effect.Effect<void, EngineFailure> {
+/**
+ * Drops the references of replaced entries (after the L2 change is in the
+ * cache; rule 3 is the allocator's). `passDiscard`: a discard, not a
+ * copy-on-write; the store discards what is left unreferenced (QEMU's
+ * QCOW2_DISCARD_REQUEST against QCOW2_DISCARD_OTHER).
+ */
+export function releaseReplaced(engine: Qcow2Engine, ranges: ReadonlyArray<HostRange>, passDiscard = false): Effect.Effect<void, EngineFailure> {
   if (ranges.length === 0) return Effect.void
   engine.decompressed.forget()
-  return Effect.forEach(ranges, (range) => freeClusters(engine, range.offset, range.length), { discard: true })
+  const freed = Effect.forEach(ranges, (range) => freeClusters(engine, range.offset, range.length, passDiscard), { discard: true })
+  return passDiscard ? withDiscards(engine, freed) : freed
 }

@@ -97,14 +97,16 @@ function pastTheEnd(blockEntries: number, clusterSize: number, offset: number): 
  * An increase that fails part-way (a refcount would overflow
  * refcount_bits) undoes the increases it made, so the image keeps its
  * refcounts. A decrease drops L2 tables whose last reference goes from
- * the L2 cache. Call with the metadata lock held.
+ * the L2 cache, and its frees pass discards on (QEMU's
+ * QCOW2_DISCARD_SNAPSHOT): run it inside `withDiscards`. Call with the
+ * metadata lock held.
  */
 export function adjustReachable(engine: Qcow2Engine, l1: Uint8Array, entries: number, addend: 1 | -1): Effect.Effect<void, EngineFailure> {
   const refcounts = engine.refcounts
   const cs = engine.geometry.clusterSize
   const done: HostRange[] = []
   const change = (range: HostRange): Effect.Effect<void, EngineFailure> => {
-    if (addend < 0) return refcounts.free(range.offset, range.length)
+    if (addend < 0) return refcounts.free(range.offset, range.length, true)
     if (range.offset + range.length > refcounts.endOfAllocatedClusters * cs) return Effect.fail(pastTheEnd(refcounts.blockEntries, cs, range.offset))
     return Effect.map(refcounts.reference(range.offset, range.length), () => {
       done.push(range)

@@ -7,6 +7,7 @@ import { ClusterError, strerrorOfFailure } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import type { HeaderState } from "./header.js"
 import type { Integrity } from "./integrity.js"
+import { passDiscards } from "./free.js"
 
 /**
  * The snapshot table (spec "Snapshots"): the one owner of the list of
@@ -71,7 +72,8 @@ export class SnapshotTable {
    * Replaces the table with `next` (QEMU's qcow2_write_snapshots): the new
    * table goes into newly allocated clusters and is made durable with its
    * refcounts, then the header is switched to it (rule 4), then the old
-   * table is freed. A crash in between leaks clusters at worst. A failure
+   * table is freed, and its clusters discarded in the store (QEMU's
+   * QCOW2_DISCARD_SNAPSHOT). A crash in between leaks clusters at worst. A failure
    * to free the old table only leaks it: as QEMU's qcow2_free_clusters,
    * it is reported ("qcow2_free_clusters failed: …") and the rest goes on.
    */
@@ -111,8 +113,13 @@ export class SnapshotTable {
       self.index()
       yield* self.indexInactiveL2(io.storage)
       if (old.length === 0) return
-      const freed = yield* Effect.result(io.refcounts.free(old.offset, old.length))
-      if (freed._tag === "Failure") io.report(`qcow2_free_clusters failed: ${strerrorOfFailure(freed.failure)}`)
+      const freed = yield* Effect.result(io.refcounts.free(old.offset, old.length, true))
+      if (freed._tag === "Failure") {
+        io.refcounts.takeDiscards()
+        io.report(`qcow2_free_clusters failed: ${strerrorOfFailure(freed.failure)}`)
+      } else {
+        yield* passDiscards(io)
+      }
     })
   }
 

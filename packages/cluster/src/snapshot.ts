@@ -5,7 +5,7 @@ import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError, errnoOfFailure, ImageError, strerrorOfFailure, toImageError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { adjustReachable, recomputeCopied } from "./snapshot-refs.js"
-import { freeClusters } from "./free.js"
+import { freeClusters, withDiscards } from "./free.js"
 
 /** When a snapshot is taken (`qemu-img snapshot -c` stores the wall clock, microsecond precision). */
 export interface SnapshotTime {
@@ -127,7 +127,7 @@ export function applySnapshot(engine: Qcow2Engine, s: SnapshotEntry): Effect.Eff
     yield* engine.flushMetadata()
     const previous = new Uint8Array(engine.l1.table)
     yield* engine.l1.overwrite(next)
-    yield* adjustReachable(engine, previous, previous.length / 8, -1)
+    yield* withDiscards(engine, adjustReachable(engine, previous, previous.length / 8, -1))
     yield* engine.flushMetadata()
     yield* recomputeCopied(engine)
     yield* engine.flushMetadata()
@@ -154,13 +154,13 @@ export function deleteSnapshot(engine: Qcow2Engine, id: string | undefined, name
     if (invalid !== undefined) return yield* invalid
     const l1 = yield* readSnapshotL1(engine, s, 0)
     yield* table.write(table.entries.filter((_, i) => i !== index), tableIo(engine))
-    yield* adjustReachable(engine, l1, s.l1Size, -1).pipe(
+    const freeAll = Effect.andThen(adjustReachable(engine, l1, s.l1Size, -1), s.l1Size > 0 ? freeClusters(engine, s.l1TableOffset, s.l1Size * 8, true) : Effect.void)
+    yield* withDiscards(engine, freeAll).pipe(
       Effect.mapError((error) => {
         const cause = toImageError(error, engine.location)
         return new ImageError({ ...cause, message: `Failed to free the cluster and L1 table: ${strerrorOfFailure(error)}`, errno: errnoOfFailure(error), cause })
       })
     )
-    if (s.l1Size > 0) yield* freeClusters(engine, s.l1TableOffset, s.l1Size * 8)
     yield* engine.flushMetadata()
     yield* recomputeCopied(engine)
     yield* engine.flushMetadata()

@@ -126,10 +126,14 @@ function entryExtraData(s: SnapshotEntry): Uint8Array {
 const entrySize = (extraLen: number, idLen: number, nameLen: number): number =>
   roundUp8(SNAPSHOT_ENTRY_FIXED_SIZE + extraLen + idLen + nameLen)
 
-/** Total bytes encodeSnapshotTable produces for these entries. */
+/**
+ * The table's length as QEMU counts it (snapshots_size): entries padded to
+ * 8 bytes except the last, which ends at its name. encodeSnapshotTable
+ * pads the last one too; QEMU writes (and frees) only this many bytes.
+ */
 export function snapshotTableSize(snapshots: ReadonlyArray<SnapshotEntry>): number {
   let size = 0
-  for (const s of snapshots) size += entrySize(entryExtraData(s).length, utf8(s.id).length, utf8(s.name).length)
+  for (const s of snapshots) size = roundUp8(size) + SNAPSHOT_ENTRY_FIXED_SIZE + entryExtraData(s).length + utf8(s.id).length + utf8(s.name).length
   return size
 }
 

@@ -56,7 +56,9 @@ describe("snapshot table", () => {
     fc.assert(
       fc.property(fc.array(snapshotEntry, { maxLength: 6 }), (snapshots) => {
         const bytes = encodeSnapshotTable(snapshots)
-        expect(bytes.length).toBe(snapshotTableSize(snapshots))
+        // QEMU's snapshots_size: the last entry without its padding.
+        expect(Math.ceil(snapshotTableSize(snapshots) / 8) * 8).toBe(bytes.length)
+        expect(snapshotTableSize(snapshots) > bytes.length - 8 || snapshots.length === 0).toBe(true)
         expect(bytes.length % 8).toBe(0)
         const { snapshots: back, byteLength } = decodeSnapshotTable(bytes, snapshots.length)
         expect(byteLength).toBe(bytes.length)
