@@ -583,3 +583,52 @@ describe("discards give the image file its space back, as QEMU's passthrough doe
     expect(runs[0]).toEqual(runs[1])
   })
 })
+
+describe("a zero flag in a version 2 image, which has none (QEMU's 'Zero cluster entry found in pre-v3 image')", () => {
+  /** compat=0.10, data at guest 0 (host 0x50000) and 64k; L2 entry 0 (at 0x40000) given the zero flag, with its cluster or without. */
+  const damaged = (name: string, plain: boolean) => {
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "-o", "compat=0.10", name, "1M"])
+    qemu(dir, "qemu-io", ["-c", "write -P 0x5a 0 64k", "-c", "write -P 0x33 64k 64k", name])
+    const fd = fs.openSync(path.join(dir, name), "r+")
+    if (plain) fs.writeSync(fd, Buffer.from([0, 0, 0, 0, 0, 0, 0, 1]), 0, 8, 0x40000)
+    else fs.writeSync(fd, Buffer.from([1]), 0, 1, 0x40007)
+    fs.closeSync(fd)
+  }
+  const io = (commands: ReadonlyArray<string>, plain: boolean) =>
+    (["ours", "theirs"] as const).map((who) => {
+      const name = `v2-zero-${plain ? "plain" : "alloc"}-${who}.qcow2`
+      damaged(name, plain)
+      const args = [...commands.flatMap((c) => ["-c", c]), name]
+      const run = who === "ours" ? qcow2(dir, ["io", ...args]) : qemu(dir, "qemu-io", args, true)
+      return { status: run.status, stdout: run.stdout.replace(/\d+\.\d+ sec \([^)]*\)/g, "X sec"), stderr: stderrOf(run), bytes: fs.readFileSync(path.join(dir, name)) }
+    })
+
+  for (const plain of [false, true]) {
+    const what = plain ? "without a cluster" : "with its cluster"
+    it(`${what}: reads and writes through it fail and mark the image corrupt, as qemu-io's do`, () => {
+      for (const command of ["read -P 0x5a 0 4k", "write -P 1 4k 4k", "write -z 0 4k"]) {
+        const runs = io([command, "read 64k 4k"], plain)
+        expect(runs[0]!.stderr).toContain("Zero cluster entry found in pre-v3 image (L2 offset: 0x40000, L2 index: 0)")
+        expect({ command, ...runs[0] }).toEqual({ command, ...runs[1] })
+      }
+    })
+
+    it(`${what}: a whole-cluster write, a discard or a whole-cluster zero write answers as qemu-io's do`, () => {
+      for (const command of ["write -P 1 0 64k", "discard 0 64k", "write -z 0 64k"]) {
+        const runs = io([command, "read 0 64k"], plain)
+        if (command.startsWith("write -P")) expect(runs[0]!.stderr).toBe("")
+        expect({ command, ...runs[0] }).toEqual({ command, ...runs[1] })
+      }
+    })
+
+    it(`${what}: map and convert fail on it as qemu-img's do; check finds what qemu-img finds`, () => {
+      const name = `v2-zero-img-${plain ? "plain" : "alloc"}.qcow2`
+      damaged(name, plain)
+      for (const args of [["map", name], ["convert", "-O", "raw", name, `${name}.raw`], ["check", name]]) {
+        const ours = qcow2(dir, args)
+        const theirs = qemu(dir, "qemu-img", args, true)
+        expect({ args, status: ours.status, stdout: ours.stdout, stderr: stderrOf(ours) }).toEqual({ args, status: theirs.status, stdout: theirs.stdout, stderr: stderrOf(theirs) })
+      }
+    })
+  }
+})

@@ -31,9 +31,10 @@ const SLOW = -3
  * UNALLOCATED for what reads as zeros / falls through, or SLOW. With
  * `owned` only a data cluster this image owns (COPIED: written in place)
  * counts, everything else is SLOW. Accepts exactly the entries
- * readL2Entry decodes as Normal, Zero or Unallocated (mapping.ts classify).
+ * readL2Entry decodes as Normal, Zero or Unallocated (mapping.ts classify);
+ * without `zeroFlag` (a version 2 image) the zero flag is SLOW too.
  */
-function entryHost(table: Uint8Array, index: number, clusterMask: number, externalData: boolean, owned: boolean): number {
+function entryHost(table: Uint8Array, index: number, clusterMask: number, externalData: boolean, owned: boolean, zeroFlag: boolean): number {
   const o = index * 8
   const hi = ((table[o]! << 24) | (table[o + 1]! << 16) | (table[o + 2]! << 8) | table[o + 3]!) >>> 0
   const lo = ((table[o + 4]! << 24) | (table[o + 5]! << 16) | (table[o + 6]! << 8) | table[o + 7]!) >>> 0
@@ -43,7 +44,7 @@ function entryHost(table: Uint8Array, index: number, clusterMask: number, extern
   if (offHi > 0x1fffff) return SLOW
   const offLo = (lo & 0xfffffe00) >>> 0
   if ((offLo & clusterMask) !== 0) return SLOW
-  if ((lo & 1) !== 0) return owned ? SLOW : ZERO
+  if ((lo & 1) !== 0) return owned || !zeroFlag ? SLOW : ZERO
   const host = offHi * 4294967296 + offLo
   // Offset 0 is a cluster only in an external data file, and only with COPIED (QCOW2_CLUSTER_UNALLOCATED otherwise).
   if (host === 0 && (!externalData || (hi & COPIED) === 0)) return owned ? SLOW : UNALLOCATED
@@ -64,6 +65,7 @@ export function readMapped(engine: Qcow2Engine, offset: number, into: Uint8Array
   const clusterMask = cs - 1
   const externalData = engine.externalData
   const noBacking = engine.backing === undefined
+  const zeroFlag = engine.version >= 3
   const end = offset + into.length
   let l1Index = -1
   let table: Uint8Array | undefined
@@ -92,7 +94,7 @@ export function readMapped(engine: Qcow2Engine, offset: number, into: Uint8Array
       if (l2Offset !== 0 && table === undefined) return undefined
       l1Index = index
     }
-    let host = table === undefined ? UNALLOCATED : entryHost(table, cluster % g.l2Entries, clusterMask, externalData, false)
+    let host = table === undefined ? UNALLOCATED : entryHost(table, cluster % g.l2Entries, clusterMask, externalData, false, zeroFlag)
     if (host === SLOW || (host === UNALLOCATED && !noBacking)) return undefined
     if (host === UNALLOCATED) host = ZERO
     else if (host !== ZERO) host += pos - cluster * cs
@@ -139,10 +141,10 @@ export function directWriteHost(engine: Qcow2Engine, offset: number, length: num
   const clusterMask = cs - 1
   const externalData = engine.externalData
   const firstIndex = firstCluster % g.l2Entries
-  const host = entryHost(table, firstIndex, clusterMask, externalData, true)
+  const host = entryHost(table, firstIndex, clusterMask, externalData, true, true)
   if (host < 0) return undefined
   for (let i = 1; i <= lastCluster - firstCluster; i++) {
-    if (entryHost(table, firstIndex + i, clusterMask, externalData, true) !== host + i * cs) return undefined
+    if (entryHost(table, firstIndex + i, clusterMask, externalData, true, true) !== host + i * cs) return undefined
   }
   if (engine.inflight.overlapping(firstCluster, lastCluster) !== undefined) return undefined
   const at = host + (offset - firstCluster * cs)

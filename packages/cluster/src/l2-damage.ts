@@ -23,6 +23,9 @@ export const slotText = (slot: L2Slot): string => `(L2 offset: ${hexAlt(slot.l2O
 /** Damage QEMU's I/O does not know (it ignores reserved bits; offsets past 2^53 are a limit here), worded the same way. */
 const ownWording = (entry: InvalidL2Entry, slot: L2Slot): string => `L2 entry ${hexAlt(entry.raw)} invalid: ${entry.reason} ${slotText(slot)}`
 
+/** A zero flag in a version 2 image, which has none: QEMU 7.2's qcow2_get_host_offset refuses to map through it. */
+export const preV3ZeroMessage = (slot: L2Slot): string => `Zero cluster entry found in pre-v3 image ${slotText(slot)}`
+
 /**
  * The corruption message for a damaged entry met while mapping guest bytes
  * (reads, and copy-on-write reads), as QEMU 7.2's qcow2_get_host_offset

@@ -6,7 +6,7 @@ import type { DecompressionError } from "@qcow2/compress"
 import { debugPoint, type StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
-import { readDamageMessage, slotText } from "./l2-damage.js"
+import { preV3ZeroMessage, readDamageMessage, slotText } from "./l2-damage.js"
 
 /**
  * Where a run of guest bytes lives (spec "Cluster mapping"):
@@ -172,6 +172,8 @@ function classify(engine: Qcow2Engine, entry: L2Entry, unit: number, out: Unit, 
       out.hostOffset = entry.hostOffset
       return undefined
     case "Zero":
+      // Version 2 has no zero flag: QEMU refuses to read through it (qcow2_get_host_offset).
+      if (engine.version < 3) return preV3ZeroMessage({ l2Offset, index })
       out.kind = "zero"
       // Offset 0 means no preallocation here, even with an external data file (QCOW2_CLUSTER_ZERO_PLAIN).
       out.hostOffset = entry.hostOffset === 0 ? undefined : entry.hostOffset

@@ -40,7 +40,12 @@ export function writeZeroes(engine: Qcow2Engine, offset: number, length: number,
       }
       piece = Math.min(piece, maxRequest)
       const zeroed = yield* zeroPiece(engine, position, piece, unmap)
-      if (!zeroed) yield* zeroBytes(engine, position, piece)
+      if (!zeroed) {
+        // The block layer writes the refused piece as a request of its own: refused once a corruption event took the image away.
+        const ejected = engine.requireMedium()
+        if (ejected !== undefined) return yield* Effect.fail(ejected)
+        yield* zeroBytes(engine, position, piece)
+      }
       position += piece
       remaining -= piece
     }
@@ -76,8 +81,9 @@ function zeroPiece(engine: Qcow2Engine, offset: number, length: number, unmap: b
   const stop = head !== 0 || tail !== 0 ? start + g.subclusterSize : end
   const held = Effect.gen(function* () {
     if (head !== 0 || tail !== 0) {
-      const restIsZero =
-        (yield* readsAsZero(engine, start, head)) && (yield* readsAsZero(engine, end, Math.min(tail, size - end)))
+      // QEMU's is_zero: a status that cannot be had is "not zero", and the piece is refused.
+      const isZero = (at: number, bytes: number) => Effect.orElseSucceed(readsAsZero(engine, at, bytes), () => false)
+      const restIsZero = (yield* isZero(start, head)) && (yield* isZero(end, Math.min(tail, size - end)))
       if (!restIsZero) return false
       const kind = (yield* lookup(engine, start, 1)).kind
       if (kind !== "unallocated" && kind !== "zero") return false

@@ -388,7 +388,7 @@ const sourceStatus = (
       return { kind: backingSize >= 0 && offset >= backingSize ? ("backing" as const) : ("zero" as const), length }
     }),
     Effect.catch((e) => {
-      if (o.salvage !== true) return Effect.fail(fail(`error while reading block status at offset ${offset}: ${e.message}`))
+      if (o.salvage !== true) return Effect.fail(fail(`error while reading block status at offset ${offset}: ${strerror(e)}`))
       if (!o.quiet) reportLine(`warning: error while reading block status at offset ${offset}: ${strerror(e)}`)
       return Effect.succeed({ kind: "data" as const, length: Math.min(512, remaining) })
     })

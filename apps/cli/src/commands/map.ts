@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import { chainLayers, mergeable, toMapEntry as toEntry, type MapEntry } from "@qcow2/image"
 import { fileNameOf, open, type ImageEnv, type CliFormat } from "../env.js"
-import { fail, type CliFailure } from "../errors.js"
+import { fail, strerror, type CliFailure } from "../errors.js"
 import type { OutputFormat } from "./info.js"
 import { print } from "../output.js"
 import { errorReport } from "../progname.js"
@@ -60,7 +60,8 @@ export const runMap = (options: MapOptions): Effect.Effect<number, CliFailure, I
         const offset = curr.start + curr.length
         const status = yield* image
           .blockStatus(offset, Math.min(end - offset, 2 ** 30))
-          .pipe(Effect.mapError((e) => fail(`Could not read file metadata: ${e.message}`)))
+          // QEMU gives the errno's text; a corruption event has printed the details.
+          .pipe(Effect.mapError((e) => fail(`Could not read file metadata: ${strerror(e)}`)))
         const next = toEntry({ ...status, length: Math.min(status.length, end - offset) }, layers)
         if (next.length <= 0) return yield* Effect.fail(fail(`Could not read file metadata: no progress at offset ${offset}`))
         if (mergeable(curr, next)) {
