@@ -363,6 +363,14 @@ describe("damaged images agree with qemu-img check and repair", () => {
     }
   })
 
+  it("refcounts past 2^53 (refcount_bits=64) are printed exactly in the OFLAG_COPIED messages too", async () => {
+    const m = base("wide-copied.qcow2", "refcount_bits=64")
+    setRefcount(m.file, clusterOf(m.file, l2Entry(m.file, 0) & OFFSET_MASK), 2n ** 56n + 1n)
+    setRefcount(m.file, clusterOf(m.file, l1Entry(m.file, 0) & OFFSET_MASK), 2n ** 56n + 1n)
+    const { ours } = await compareWithQemu(m)
+    expect(ours.messages).toContain("ERROR OFLAG_COPIED data cluster: l2_entry=8000000000050000 refcount=72057594037927937")
+  })
+
   it("corruption: refcount of a used data cluster zeroed (needs a rebuild)", async () => {
     const m = base("zero-ref.qcow2")
     setRefcount(m.file, clusterOf(m.file, l2Entry(m.file, 0) & OFFSET_MASK), 0n)

@@ -102,7 +102,7 @@ function scanCopied(p: Pass, table: Uint8Array, scan: CopiedScan, repair: boolea
     if ((count === 1) !== copied) {
       tally.corruptions++
       const { hi, lo } = l2Raw(img, table, j)
-      p.log(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex64(hi, lo)} refcount=${count}`)
+      p.log(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${hex64(hi, lo)} refcount=${img.hasDataFile ? count : stored.text(Math.floor(offset / cs))}`)
       if (repair) {
         const fixed = count === 1 ? (hi | EntryBits.Copied) >>> 0 : (hi & ~EntryBits.Copied) >>> 0
         new DataView(table.buffer, table.byteOffset, table.byteLength).setUint32(j * step, fixed)
@@ -141,7 +141,7 @@ export function checkOflagCopied(p: Pass, fix: Fix): Effect.Effect<void, Storage
       if (refcount === UNREADABLE) continue
       if ((refcount === 1) !== copied) {
         tally.corruptions++
-        p.log(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${refcount}`)
+        p.log(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${stored.text(l2Cluster)}`)
         if (repair) {
           const fixedHi = refcount === 1 ? (hi | EntryBits.Copied) >>> 0 : (hi & ~EntryBits.Copied) >>> 0
           new DataView(l1.buffer, l1.byteOffset, l1.byteLength).setUint32(i * 8, fixedHi)
