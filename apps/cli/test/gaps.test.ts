@@ -632,3 +632,20 @@ describe("a zero flag in a version 2 image, which has none (QEMU's 'Zero cluster
     })
   }
 })
+
+describe("the external data file bit without a data file named", () => {
+  it("info shows the image; every command that does I/O is refused with qemu-img's message and exit code", () => {
+    const name = "data-bit.qcow2"
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", name, "1M"])
+    qemu(dir, "qemu-io", ["-c", "write -P 0x5a 0 64k", name])
+    const fd = fs.openSync(path.join(dir, name), "r+")
+    fs.writeSync(fd, Buffer.from([4]), 0, 1, 79)
+    fs.closeSync(fd)
+    for (const args of [["info", name], ["info", "--output=json", name], ["check", name], ["map", name], ["convert", "-O", "raw", name, "data-bit.raw"]]) {
+      const ours = qcow2(dir, args)
+      const theirs = qemu(dir, "qemu-img", args, true)
+      expect({ args, status: ours.status, stdout: ours.stdout, stderr: stderrOf(ours) }).toEqual({ args, status: theirs.status, stdout: theirs.stdout, stderr: stderrOf(theirs) })
+    }
+    expect(stderrOf(qcow2(dir, ["check", name]))).toBe("PROG: Could not open 'data-bit.qcow2': 'data-file' is required for this image\n")
+  })
+})

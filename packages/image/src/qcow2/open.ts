@@ -197,10 +197,13 @@ export function openQcow2(env: Qcow2OpenEnvironment): Effect.Effect<Image, Image
     let dataStorage: BlockStorageShape | undefined
     if (externalData) {
       const name = parsed.extensions.externalDataFile
+      // QEMU's qcow2_do_open: a data file must be named (on the command line, which this toolkit
+      // does not take, or in the image); an open that does no I/O (info) goes without.
       if (name === undefined || name === "") {
-        return yield* new ImageError({ reason: "Unsupported", message: "Missing data file: the image needs an external data file but names none", location })
+        if (env.options.noIo !== true) return yield* new ImageError({ reason: "InvalidArgument", message: "'data-file' is required for this image", location, errno: "EINVAL" })
+      } else {
+        dataStorage = yield* env.openDataFile(name)
       }
-      dataStorage = yield* env.openDataFile(name)
     }
 
     // Backing file. A name is a C string to QEMU: it ends at the first NUL byte.
