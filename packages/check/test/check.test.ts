@@ -371,6 +371,14 @@ describe("damaged images agree with qemu-img check and repair", () => {
     expect(ours.messages).toContain("ERROR OFLAG_COPIED data cluster: l2_entry=8000000000050000 refcount=72057594037927937")
   })
 
+  it("a refcount table entry past 2^63 (the table pointed at the L1 table): every refcount read fails as in qemu-img (EIO, internal errors, exit 1)", async () => {
+    const m = base("reftable-on-l1.qcow2")
+    putU64(m.file, 48, BigInt(layout(m.file).l1Offset))
+    const { ours } = await compareWithQemu(m)
+    expect(ours.messages).toContain("Can't get refcount for cluster 0: Input/output error")
+    expect(ours.exit).toBe(1)
+  })
+
   it("corruption: refcount of a used data cluster zeroed (needs a rebuild)", async () => {
     const m = base("zero-ref.qcow2")
     setRefcount(m.file, clusterOf(m.file, l2Entry(m.file, 0) & OFFSET_MASK), 0n)

@@ -12,6 +12,8 @@ export const UNREADABLE = -1
 
 /** Marks a block whose offset is not cluster aligned. */
 const UNALIGNED = new Uint8Array(0)
+/** A block at an offset QEMU cannot read (bit 63 set: a negative int64): every read of it fails with EIO, without a corruption event. */
+const PAST_INT64 = new Uint8Array(0)
 
 /**
  * The refcounts stored in the image, read through the refcount table and its
@@ -68,7 +70,7 @@ export class StoredRefcounts {
   needsLoad(cluster: number): boolean {
     const index = Math.floor(cluster / this.perBlock)
     // The block `get` selected last is loaded when it is one of `blocks` (`load` drops the selection).
-    if (index === this.lastIndex && this.lastBlock !== undefined && this.lastBlock !== UNALIGNED && this.lastBlock !== this.zeroBlock) return false
+    if (index === this.lastIndex && this.lastBlock !== undefined && this.lastBlock !== UNALIGNED && this.lastBlock !== PAST_INT64 && this.lastBlock !== this.zeroBlock) return false
     const offset = this.blockOffset(index)
     return offset !== 0 && offset < this.img.fileSize && !this.blockUnaligned(index) && !this.blocks.has(offset)
   }
@@ -94,6 +96,7 @@ export class StoredRefcounts {
     if (index !== this.lastIndex) this.select(index)
     const block = this.lastBlock
     if (block === undefined) return 0
+    if (block === PAST_INT64) return UNREADABLE
     if (block === UNALIGNED) {
       if (!this.signaled) {
         this.signaled = true
@@ -113,7 +116,7 @@ export class StoredRefcounts {
   text(cluster: number): string {
     const value = this.get(cluster)
     const block = this.lastBlock
-    if (this.order !== 6 || value <= Number.MAX_SAFE_INTEGER || block === undefined || block === UNALIGNED) return String(value)
+    if (this.order !== 6 || value <= Number.MAX_SAFE_INTEGER || block === undefined || block === UNALIGNED || block === PAST_INT64) return String(value)
     const index = cluster - Math.floor(cluster / this.perBlock) * this.perBlock
     return new DataView(block.buffer, block.byteOffset + index * 8, 8).getBigUint64(0).toString()
   }
@@ -123,6 +126,7 @@ export class StoredRefcounts {
     this.lastIndex = index
     if (index >= this.img.reftableEntries || this.blockOffset(index) === 0) this.lastBlock = undefined
     else if (this.blockUnaligned(index)) this.lastBlock = UNALIGNED
+    else if (this.blockOffset(index) >= 2 ** 63) this.lastBlock = PAST_INT64
     else this.lastBlock = this.block(index)
   }
 
