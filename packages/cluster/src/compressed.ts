@@ -1,6 +1,6 @@
 import { Effect } from "effect"
 import { debugPoint } from "@qcow2/storage"
-import { readL2Entry, writeL2Entry } from "@qcow2/format"
+import { readL2EntryForIo, writeL2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
@@ -117,7 +117,7 @@ function storeCompressed(engine: Qcow2Engine, guest: number, run: ReadonlyArray<
       // 1 GiB convert -c stores ~10,000 clusters one after another.
       const l2Offset = engine.l1.plainL2Offset(Math.floor(at / l2Coverage(engine)), true) ?? (yield* prepareL2ForWrite(engine, at))
       const index = (at / g.clusterSize) % g.l2Entries
-      const old = readL2Entry(engine.l2Cache.lookup(l2Offset) ?? (yield* loadL2(engine, l2Offset)), index, g)
+      const old = readL2EntryForIo(engine.l2Cache.lookup(l2Offset) ?? (yield* loadL2(engine, l2Offset)), index, g)
       if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(readDamageMessage(old, { l2Offset, index }), at)
       if (hasHostData(engine, old) || (old._tag === "Subclusters" && old.allocatedMask !== 0)) {
         return yield* new ClusterError({

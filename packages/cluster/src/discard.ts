@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { readL2Entry, writeL2Entry } from "@qcow2/format"
+import { readL2EntryForIo, writeL2Entry } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
@@ -108,7 +108,7 @@ export function zeroSubclustersHeld(engine: Qcow2Engine, offset: number, length:
     const l2Offset = yield* prepareL2ForWrite(engine, offset)
     const table = yield* loadL2(engine, l2Offset)
     const index = cluster % g.l2Entries
-    const old = readL2Entry(table, index, g)
+    const old = readL2EntryForIo(table, index, g)
     if (old._tag === "Invalid") return yield* engine.integrity.markCorrupt(readDamageMessage(old, { l2Offset, index }), offset)
     if (old._tag !== "Subclusters") return false
     const first = Math.floor((offset % g.clusterSize) / g.subclusterSize)
@@ -167,7 +167,7 @@ function changeInTable(engine: Qcow2Engine, start: number, end: number, makeTabl
     let changed = false
     for (let cluster = firstCluster; cluster <= lastCluster; cluster++) {
       const index = cluster % g.l2Entries
-      const old = readL2Entry(table, index, g)
+      const old = readL2EntryForIo(table, index, g)
       if (old._tag === "Invalid") {
         // An unaligned data cluster that the change frees: the entry goes,
         // the cluster is not freed (QEMU's qcow2_free_any_cluster reports it

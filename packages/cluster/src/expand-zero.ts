@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { readL1Entry, readL2Entry, writeL2Entry } from "@qcow2/format"
+import { readL1Entry, readL2EntryForIo, writeL2Entry } from "@qcow2/format"
 import type { L2Entry, SnapshotEntry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import { errnoOfFailure, ImageError, strerrorOfFailure, toImageError, type EngineFailure } from "./errors.js"
@@ -111,7 +111,7 @@ function expandTable(engine: Qcow2Engine, table: Uint8Array, l2Offset: number): 
     const sharers = yield* engine.refcounts.get(l2Offset / cs)
     let changed = false
     for (let j = 0; j < g.l2Entries; j++) {
-      const entry = readL2Entry(table, j, g)
+      const entry = readL2EntryForIo(table, j, g)
       if (entry._tag === "Invalid") return yield* engine.integrity.markCorrupt(readDamageMessage(entry, { l2Offset, index: j }), l2Offset + j * g.l2EntrySize)
       if (entry._tag !== "Zero") continue
       let host = entry.hostOffset

@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { readL2Entry } from "@qcow2/format"
+import { readL2EntryForIo } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
 import type { TableCacheError } from "@qcow2/cache"
 import type { DecompressionError } from "@qcow2/compress"
@@ -108,7 +108,7 @@ function scanTable(engine: Qcow2Engine, table: Uint8Array, l2Offset: number, off
   let l2Index = clusterIndex % g.l2Entries
   let unit = Math.floor((offset % g.clusterSize) / unitSize)
   const offsetInUnit = offset % unitSize
-  let entry = readL2Entry(table, l2Index, g)
+  let entry = readL2EntryForIo(table, l2Index, g)
   const first: Unit = { kind: "unallocated", hostOffset: undefined, compressedSize: 0 }
   const bad = classify(engine, entry, unit, first, l2Offset, l2Index)
   if (bad !== undefined) return bad
@@ -131,7 +131,7 @@ function scanTable(engine: Qcow2Engine, table: Uint8Array, l2Offset: number, off
       unit = 0
       l2Index++
       if (l2Index === g.l2Entries) break
-      entry = readL2Entry(table, l2Index, g)
+      entry = readL2EntryForIo(table, l2Index, g)
     }
     if (classify(engine, entry, unit, next, l2Offset, l2Index) !== undefined) break
     if (next.kind !== first.kind) break

@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { readL2Entry, writeL2Entry } from "@qcow2/format"
+import { readL2EntryForIo, writeL2Entry } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
 import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
@@ -70,12 +70,12 @@ export function preallocateClusters(
         let cluster = firstCluster
         while (cluster <= lastCluster) {
           const table = yield* loadL2(engine, l2Offset)
-          if (!withoutHost(readL2Entry(table, cluster % g.l2Entries, g))) {
+          if (!withoutHost(readL2EntryForIo(table, cluster % g.l2Entries, g))) {
             cluster++
             continue
           }
           let run = 1
-          while (cluster + run <= lastCluster && withoutHost(readL2Entry(table, (cluster + run) % g.l2Entries, g))) run++
+          while (cluster + run <= lastCluster && withoutHost(readL2EntryForIo(table, (cluster + run) % g.l2Entries, g))) run++
           const host = engine.externalData ? cluster * cs : yield* engine.refcounts.allocate(run)
           // A sparse file ends at the subcluster holding the last guest byte when
           // this run ends the range (QEMU's metadata preallocation writes its
@@ -97,7 +97,7 @@ export function preallocateClusters(
               writeL2Entry(again, index, { _tag: "Subclusters", hostOffset, copied: true, allocatedMask: 0xffffffff, zeroMask: 0 }, g)
             } else {
               // No subcluster is allocated without a host cluster; zero bits stay.
-              const old = readL2Entry(again, index, g)
+              const old = readL2EntryForIo(again, index, g)
               const zeroMask = old._tag === "Subclusters" ? old.zeroMask : 0
               writeL2Entry(again, index, { _tag: "Subclusters", hostOffset, copied: true, allocatedMask: 0, zeroMask }, g)
             }

@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { Limits, readL1Entry, readL2Entry, writeL1Entry } from "@qcow2/format"
+import { Limits, readL1Entry, readL2EntryForIo, writeL1Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
@@ -38,7 +38,7 @@ function referencedRanges(engine: Qcow2Engine, table: Uint8Array, l2Offset: numb
   const ranges: HostRange[] = []
   let run: { offset: number; length: number } | undefined
   for (let j = 0; j < geometry.l2Entries; j++) {
-    const entry = readL2Entry(table, j, geometry, false)
+    const entry = readL2EntryForIo(table, j, geometry, false)
     switch (entry._tag) {
       case "Compressed":
         if (run !== undefined) ranges.push(run)
@@ -165,7 +165,7 @@ export function recomputeCopied(engine: Qcow2Engine): Effect.Effect<void, Engine
       const table = yield* loadL2(engine, l2Offset)
       let tableChanged = false
       for (let j = 0; j < geometry.l2Entries; j++) {
-        const entry = readL2Entry(table, j, geometry, false)
+        const entry = readL2EntryForIo(table, j, geometry, false)
         let copied = false
         switch (entry._tag) {
           case "Normal":

@@ -1,4 +1,4 @@
-import { readL2Entry } from "@qcow2/format"
+import { readL2EntryForIo } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import { isOwned } from "./l2.js"
@@ -32,7 +32,7 @@ export function damagedInRun(
 ): { readonly entry: Extract<L2Entry, { _tag: "Invalid" }>; readonly index: number } | undefined {
   const g = engine.geometry
   for (let i = 1; i < count; i++) {
-    const entry = readL2Entry(table, firstIndex + i, g)
+    const entry = readL2EntryForIo(table, firstIndex + i, g)
     if (entry._tag === "Invalid") {
       const kept = (entry.raw & COPIED_BIT) !== 0n
       if (ownedHost !== undefined && (!kept || Number(entry.raw & OFFSET_BITS) !== ownedHost + i * g.clusterSize)) return undefined

@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { readL2Entry, writeL2Entry } from "@qcow2/format"
+import { readL2EntryForIo, writeL2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
 import { isKept, replacedHostRange } from "./l2.js"
@@ -59,10 +59,10 @@ export function planWriteNow(
   const table = l2Offset === undefined ? undefined : engine.l2Cache.lookup(l2Offset)
   if (table === undefined) return undefined
   const firstIndex = firstCluster % g.l2Entries
-  const first = readL2Entry(table, firstIndex, g)
+  const first = readL2EntryForIo(table, firstIndex, g)
   if (first._tag === "Invalid" || isKept(engine, first)) return undefined
   let clusters = 1
-  while (firstCluster + clusters <= lastCluster && !isKept(engine, readL2Entry(table, firstIndex + clusters, g))) clusters++
+  while (firstCluster + clusters <= lastCluster && !isKept(engine, readL2EntryForIo(table, firstIndex + clusters, g))) clusters++
 
   let hostOffset: number | undefined
   if (after !== undefined && after % cs === 0) {
@@ -112,7 +112,7 @@ export function linkNow(engine: Qcow2Engine, plan: Extract<WritePlan, { _tag: "A
   if (table === undefined) return false
   const firstIndex = plan.firstCluster % g.l2Entries
   for (let i = 0; i < plan.clusters; i++) {
-    if (replacedHostRange(engine, readL2Entry(table, firstIndex + i, g), plan.hostOffset + i * cs) !== undefined) return false
+    if (replacedHostRange(engine, readL2EntryForIo(table, firstIndex + i, g), plan.hostOffset + i * cs) !== undefined) return false
   }
   for (let i = 0; i < plan.clusters; i++) writeL2Entry(table, firstIndex + i, { _tag: "Normal", hostOffset: plan.hostOffset + i * cs, copied: true }, g)
   engine.l2Cache.markDirty(l2Offset)

@@ -1,5 +1,5 @@
 import { Deferred, Effect } from "effect"
-import { readL2Entry, writeL2Entry } from "@qcow2/format"
+import { readL2EntryForIo, writeL2Entry } from "@qcow2/format"
 import { debugPoint } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
@@ -189,7 +189,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     const table = yield* loadL2(engine, l2Offset)
     const firstIndex = firstCluster % g.l2Entries
     const inCluster = offset - firstCluster * cs
-    const entry = readL2Entry(table, firstIndex, g)
+    const entry = readL2EntryForIo(table, firstIndex, g)
     if (entry._tag === "Invalid") return yield* engine.integrity.markCorrupt(writeDamageMessage(entry, { l2Offset, index: firstIndex }, offset), offset)
 
     if (!g.extendedL2) {
@@ -199,7 +199,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
         let clusters = 1
         let zeros = entry._tag === "Zero"
         while (firstCluster + clusters <= lastCluster) {
-          const next = readL2Entry(table, firstIndex + clusters, g)
+          const next = readL2EntryForIo(table, firstIndex + clusters, g)
           if (!isKept(engine, next) || next.hostOffset !== host + clusters * cs) break
           zeros ||= next._tag === "Zero"
           clusters++
@@ -210,7 +210,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
         // written as the zeros they read as, then all become normal clusters
         // (QEMU's keep_old_clusters allocation).
         const touched = Math.ceil((inCluster + bytes) / cs)
-        const last = readL2Entry(table, firstIndex + touched - 1, g)
+        const last = readL2EntryForIo(table, firstIndex + touched - 1, g)
         return yield* allocate(engine, {
           offset,
           length: bytes,
@@ -225,7 +225,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
         })
       }
       let clusters = 1
-      while (firstCluster + clusters <= lastCluster && !isKept(engine, readL2Entry(table, firstIndex + clusters, g))) clusters++
+      while (firstCluster + clusters <= lastCluster && !isKept(engine, readL2EntryForIo(table, firstIndex + clusters, g))) clusters++
       const bytes = Math.min(length, clusters * cs - inCluster)
       return yield* allocate(engine, {
         offset,
@@ -257,7 +257,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     // (QEMU's handle_alloc), though written one per step here.
     let together = 1
     if (ownedHost === undefined) {
-      while (firstCluster + together <= lastCluster && !isOwned(engine, readL2Entry(table, firstIndex + together, g))) together++
+      while (firstCluster + together <= lastCluster && !isOwned(engine, readL2EntryForIo(table, firstIndex + together, g))) together++
     }
     if (ownedHost !== undefined && ((entry as { allocatedMask: number }).allocatedMask & touched) >>> 0 === touched) {
       return yield* inPlace(engine, ownedHost + inCluster, bytes)
@@ -428,7 +428,7 @@ function link(engine: Qcow2Engine, plan: Extract<WritePlan, { _tag: "Allocate" }
     const firstIndex = plan.firstCluster % g.l2Entries
     const replaced: HostRange[] = []
     for (let i = 0; i < plan.clusters; i++) {
-      const old = readL2Entry(table, firstIndex + i, g)
+      const old = readL2EntryForIo(table, firstIndex + i, g)
       const host = plan.hostOffset + i * cs
       if (g.extendedL2) {
         writeL2Entry(table, firstIndex + i, { _tag: "Subclusters", hostOffset: host, copied: true, allocatedMask: plan.allocatedMask, zeroMask: plan.zeroMask }, g)

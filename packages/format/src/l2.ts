@@ -40,7 +40,7 @@ export type L2Entry =
  *   reported as "Invalid cluster entry found").
  * - Unaligned: the host offset is not cluster aligned ("Cluster allocation offset …
  *   unaligned").
- * - ReservedBits: bits 56-61 or 1-8 set (QEMU's I/O ignores them; refused here).
+ * - ReservedBits: bits 56-61 or 1-8 set (QEMU's I/O ignores them, as readL2EntryForIo does; check reports them).
  * - OffsetTooLarge: an offset at or above 2^53, or a compressed offset past bit 55.
  * When several apply, the first in this order is given, QEMU's order of checks.
  */
@@ -71,6 +71,22 @@ export function l2EntryHigh(table: Uint8Array, index: number, geometry: Geometry
 /** Low 32 bits of the first (or only) 64-bit word of entry `index`. */
 export function l2EntryLow(table: Uint8Array, index: number, geometry: Geometry): number {
   return u32(table, index * geometry.l2EntrySize + 4)
+}
+
+/**
+ * `readL2Entry` as QEMU's I/O reads an entry: reserved bits (56-61, 1-8)
+ * are ignored, not Invalid (qcow2_get_cluster_type masks them; only
+ * `qemu-img check` reports them, "found l2 entry with reserved bits set").
+ */
+export function readL2EntryForIo(table: Uint8Array, index: number, geometry: Geometry, dataFile?: boolean): L2Entry {
+  const entry = readL2Entry(table, index, geometry, dataFile)
+  if (entry._tag !== "Invalid" || entry.damage !== "ReservedBits") return entry
+  const o = index * geometry.l2EntrySize
+  const words = table.slice(o, o + geometry.l2EntrySize)
+  words[0]! &= ~(RESERVED_HIGH >>> 24)
+  words[6]! &= ~(RESERVED_LOW >>> 8)
+  words[7]! &= ~(RESERVED_LOW & 0xff)
+  return readL2Entry(words, 0, geometry, dataFile)
 }
 
 /**
