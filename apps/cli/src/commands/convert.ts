@@ -414,7 +414,8 @@ const readSpan = (sources: ReadonlyArray<Image>, task: Task, view: Uint8Array, o
 const readSource = (source: Image, offset: number, view: Uint8Array, o: ConvertOptions): Effect.Effect<void, CliFailure> =>
   source.read(offset, view).pipe(
     Effect.catch((e) => {
-      if (o.salvage !== true) return Effect.fail(fail(`error while reading at byte ${offset}: ${e.message}`))
+      // QEMU gives the errno's text; a corruption event has printed the details.
+      if (o.salvage !== true) return Effect.fail(fail(`error while reading at byte ${offset}: ${strerror(e)}`))
       return Effect.gen(function* () {
         for (let pos = 0; pos < view.length; pos += 512) {
           const sector = view.subarray(pos, Math.min(view.length, pos + 512))
