@@ -85,6 +85,26 @@ describe("Refcounts", () => {
     expect(await run(refcounts.allocate(1))).toBe(13 * cs)
   })
 
+  it("hands over for discarding the clusters a passing free leaves unreferenced, joined into runs, once", async () => {
+    const { refcounts, cs } = await fresh(12, 4)
+    const at = await run(refcounts.allocate(4))
+    await run(refcounts.reference(at + 3 * cs, cs))
+    await run(refcounts.free(at, 4 * cs, true))
+    await run(refcounts.free(at + 3 * cs, cs))
+    // The fourth cluster was shared: still referenced by one. A free without passing discards hands nothing over.
+    expect(refcounts.takeDiscards()).toEqual([{ offset: at, length: 3 * cs }])
+    expect(refcounts.takeDiscards()).toEqual([])
+  })
+
+  it("does not hand over a freed cluster once it was handed out again", async () => {
+    const { refcounts, cs } = await fresh(12, 4)
+    const at = await run(refcounts.allocate(1))
+    await run(refcounts.free(at, cs, true))
+    // Reusing it makes the frees durable first and forgets them.
+    expect(await run(refcounts.allocate(1))).toBe(at)
+    expect(refcounts.takeDiscards()).toEqual([])
+  })
+
   it("reports overflow instead of wrapping (refcount_bits=1)", async () => {
     const { refcounts, cs } = await fresh(12, 0)
     const at = await run(refcounts.allocate(1))
