@@ -664,3 +664,29 @@ describe("L2 entries with reserved bits set", () => {
     for (const args of [["map", name], ["check", name]]) expectAsQemuImg(args)
   })
 })
+
+describe("header fields qcow2_do_open refuses", () => {
+  /** A fresh 1 MiB image (`compat`: v2 or v3) holding data, with `patches` (offset, bytes) written over its header. */
+  const damaged = (name: string, compat: "0.10" | "1.1", patches: ReadonlyArray<readonly [number, ReadonlyArray<number>]>) => {
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "-o", `compat=${compat}`, name, "1M"])
+    qemu(dir, "qemu-io", ["-c", "write -P 0x5a 0 64k", name])
+    const fd = fs.openSync(path.join(dir, name), "r+")
+    for (const [at, bytes] of patches) fs.writeSync(fd, Buffer.from(bytes), 0, bytes.length, at)
+    fs.closeSync(fd)
+  }
+  const cases: ReadonlyArray<readonly [string, "0.10" | "1.1", ReadonlyArray<readonly [number, ReadonlyArray<number>]>, string]> = [
+    // compression_type 2 with the incompatible bit: QEMU knows zlib and zstd only (ENOTSUP, even for check).
+    ["unknown-compression.qcow2", "1.1", [[79, [8]], [104, [2]]], "qcow2: unknown compression type: 2"],
+    ["bit-without-type.qcow2", "1.1", [[79, [8]]], "qcow2: Compression type incompatible feature bit must not be set"],
+    ["type-without-bit.qcow2", "1.1", [[104, [1]]], "qcow2: Compression type incompatible feature bit must be set"],
+    // The compression type is validated before the refcount width.
+    ["type-before-width.qcow2", "1.1", [[104, [1]], [99, [7]]], "qcow2: Compression type incompatible feature bit must be set"],
+    ["crypt-method-3.qcow2", "1.1", [[35, [3]]], "Unsupported encryption method 3"],
+    ["crypt-method-5-v2.qcow2", "0.10", [[35, [5]]], "Unsupported encryption method 5"]
+  ]
+  it.each(cases)("%s: every command fails as qemu-img's does", (name, compat, patches, message) => {
+    damaged(name, compat, patches)
+    for (const args of [["info", name], ["check", name], ["check", "-r", "all", name], ["map", name], ["convert", "-O", "raw", name, `${name}.raw`]]) expectAsQemuImg(args)
+    expect(stderrOf(qcow2(dir, ["info", name]))).toBe(`PROG: Could not open '${name}': ${message}\n`)
+  })
+})

@@ -110,7 +110,7 @@ export function decodeHeader(bytes: Uint8Array): Header {
   }
 
   if (refcountOrder > 6) throw invalid(`refcount_order must be 0..6, got ${refcountOrder}`, "refcount_order", 96)
-  if (cryptMethod > CryptMethod.Luks) throw invalid(`unknown crypt_method ${cryptMethod}`, "crypt_method", 32)
+  if (cryptMethod > CryptMethod.Luks) throw invalid(`Unsupported encryption method ${cryptMethod}`, "crypt_method", 32)
   if ((incompatibleFeatures & IncompatibleFeature.ExtendedL2) !== 0n && clusterBits < 14) {
     throw invalid(`extended L2 entries need cluster_bits >= 14, got ${clusterBits}`, "cluster_bits", 20)
   }

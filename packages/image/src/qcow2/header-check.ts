@@ -45,7 +45,23 @@ const checkExtensions = (header: Uint8Array, start: number, end: number): string
   return undefined
 }
 
-/** Why qcow2_do_open refuses a header: a version it does not know, or a header it holds to be corrupt. */
+/**
+ * validate_compression_type, right after the backing file offset: the
+ * type must be one QEMU knows (0 zlib, 1 zstd; the byte is read only when
+ * the header is long enough to hold it), and the incompatible bit 3 set
+ * exactly when it is not zlib. An unknown type is ENOTSUP in QEMU, a
+ * refusal even in check mode.
+ */
+const compressionTypeRefusal = (header: Uint8Array, version: bigint, headerLength: bigint): HeaderRefusal | undefined => {
+  const type = version === 3n && headerLength > 104n && header.length > 104 ? header[104]! : 0
+  if (type > 1) return { reason: "Unsupported", message: `qcow2: unknown compression type: ${type}` }
+  const bitSet = version === 3n && (u64(header, 72) & 8n) !== 0n
+  if (type === 0 && bitSet) return { reason: "Corrupt", message: "qcow2: Compression type incompatible feature bit must not be set" }
+  if (type !== 0 && !bitSet) return { reason: "Corrupt", message: "qcow2: Compression type incompatible feature bit must be set" }
+  return undefined
+}
+
+/** Why qcow2_do_open refuses a header: something it does not know (a version, a compression type, an encryption method), or a header it holds to be corrupt. */
 export interface HeaderRefusal {
   readonly reason: "Unsupported" | "Corrupt"
   readonly message: string
@@ -63,50 +79,55 @@ export const qemuHeaderRefusal = (header: Uint8Array, checking: boolean): Header
   if (header.length < 72 || u32(header, 0) !== QCOW2_MAGIC) return undefined
   const version = u32(header, 4)
   if (version < 2n || version > 3n) return { reason: "Unsupported", message: `Unsupported qcow2 version ${version}` }
-  const message = corruptHeaderMessage(header, version, checking)
-  return message === undefined ? undefined : { reason: "Corrupt", message }
+  return headerRefusal(header, version, checking)
 }
 
 const QCOW2_MAGIC = 0x514649fbn
 
-const corruptHeaderMessage = (header: Uint8Array, version: bigint, checking: boolean): string | undefined => {
+const headerRefusal = (header: Uint8Array, version: bigint, checking: boolean): HeaderRefusal | undefined => {
+  const corrupt = (message: string): HeaderRefusal => ({ reason: "Corrupt", message })
   const clusterBits = u32(header, 20)
-  if (clusterBits < 9n || clusterBits > 21n) return `Unsupported cluster size: 2^${clusterBits}`
+  if (clusterBits < 9n || clusterBits > 21n) return corrupt(`Unsupported cluster size: 2^${clusterBits}`)
   const clusterSize = 1n << clusterBits
   const headerLength = version === 2n ? 72n : header.length >= 104 ? u32(header, 100) : 0n
-  if (version === 3n && headerLength < 104n) return "qcow2 header too short"
-  if (headerLength > clusterSize) return "qcow2 header exceeds cluster size"
+  if (version === 3n && headerLength < 104n) return corrupt("qcow2 header too short")
+  if (headerLength > clusterSize) return corrupt("qcow2 header exceeds cluster size")
   const backingOffset = u64(header, 8)
-  if (backingOffset > clusterSize) return "Invalid backing file offset"
+  if (backingOffset > clusterSize) return corrupt("Invalid backing file offset")
   const extensionsEnd = backingOffset !== 0n ? backingOffset : clusterSize
-  if (version === 3n) {
-    const bad = checkExtensions(header, Number(headerLength), Number(extensionsEnd))
-    if (bad !== undefined) return bad
-  }
-  if (version === 3n && u32(header, 96) > 6n) return "Reference count entry width too large; may not exceed 64 bits"
+  const compression = compressionTypeRefusal(header, version, headerLength)
+  if (compression !== undefined) return compression
+  if (version === 3n && u32(header, 96) > 6n) return corrupt("Reference count entry width too large; may not exceed 64 bits")
   const reftableClusters = u32(header, 56)
-  if (reftableClusters === 0n && !checking) return "Image does not contain a reference count table"
+  if (reftableClusters === 0n && !checking) return corrupt("Image does not contain a reference count table")
   const reftable = validateTable(u64(header, 48), reftableClusters * clusterSize, 1n, MAX_REFTABLE_BYTES, clusterSize, "Reference count table")
-  if (reftable !== undefined) return reftable
+  if (reftable !== undefined) return corrupt(reftable)
   if (!checking) {
     const snapshots = validateTable(u64(header, 64), u32(header, 60), SNAPSHOT_HEADER_BYTES, MAX_SNAPSHOTS * SNAPSHOT_HEADER_BYTES, clusterSize, "Snapshot table")
-    if (snapshots !== undefined) return snapshots
+    if (snapshots !== undefined) return corrupt(snapshots)
   }
   const l1Size = u32(header, 36)
   const l1 = validateTable(u64(header, 40), l1Size, 8n, MAX_L1_BYTES, clusterSize, "Active L1 table")
-  if (l1 !== undefined) return l1
+  if (l1 !== undefined) return corrupt(l1)
   // Extended L2 entries (incompatible bit 4) are twice as large: an L2 table maps half as much.
   const extendedL2 = version === 3n && (u64(header, 72) & 16n) !== 0n
   const l2Bits = clusterBits - (extendedL2 ? 4n : 3n)
   const size = u64(header, 24)
   const perL1Entry = 1n << (clusterBits + l2Bits)
   const l1Needed = (size + perL1Entry - 1n) / perL1Entry
-  if (l1Needed > INT_MAX) return "Image is too big"
-  if (l1Size < l1Needed) return "L1 table is too small"
+  if (l1Needed > INT_MAX) return corrupt("Image is too big")
+  if (l1Size < l1Needed) return corrupt("L1 table is too small")
+  // qcow2_update_options, then the full qcow2_read_extensions, come after the L1 table is read.
+  const cryptMethod = u32(header, 32)
+  if (cryptMethod > 2n) return { reason: "Unsupported", message: `Unsupported encryption method ${cryptMethod}` }
+  if (version === 3n) {
+    const bad = checkExtensions(header, Number(headerLength), Number(extensionsEnd))
+    if (bad !== undefined) return corrupt(bad)
+  }
   if (backingOffset !== 0n) {
     const length = u32(header, 16)
     const room = clusterSize - backingOffset
-    if (length > (room < 1023n ? room : 1023n)) return "Backing file name too long"
+    if (length > (room < 1023n ? room : 1023n)) return corrupt("Backing file name too long")
   }
   return undefined
 }
