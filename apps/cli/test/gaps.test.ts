@@ -690,3 +690,20 @@ describe("header fields qcow2_do_open refuses", () => {
     expect(stderrOf(qcow2(dir, ["info", name]))).toBe(`PROG: Could not open '${name}': ${message}\n`)
   })
 })
+
+describe("convert's read error names the block-status extent that fails", () => {
+  it("a compressed flag set on one cluster of a run of data: the error is at that cluster, as qemu-img reads extent by extent", () => {
+    const name = "flagged-compressed.qcow2"
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", name, "8M"])
+    qemu(dir, "qemu-io", ["-c", "write -P 7 5M 512k", name])
+    // Guest cluster 1306 (5 MiB + 104 KiB), the run's 27th: L1 entry 2, L2 entry 282 (512 entries per 4 KiB table).
+    const bytes = fs.readFileSync(path.join(dir, name))
+    const l2 = Number(bytes.readBigUInt64BE(Number(bytes.readBigUInt64BE(40)) + 8 * 2) & 0x00fffffffffffe00n)
+    const at = l2 + 8 * 282
+    const fd = fs.openSync(path.join(dir, name), "r+")
+    fs.writeSync(fd, Buffer.from([bytes[at]! | 0x40]), 0, 1, at)
+    fs.closeSync(fd)
+    expectAsQemuImg(["convert", "-O", "raw", name, "flagged-compressed.raw"])
+    expect(stderrOf(qcow2(dir, ["convert", "-O", "raw", name, "flagged-compressed.raw"]))).toBe("PROG: error while reading at byte 5349376: Input/output error\n")
+  })
+})

@@ -411,12 +411,36 @@ const readSpan = (sources: ReadonlyArray<Image>, task: Task, view: Uint8Array, o
     }
   })
 
+/**
+ * Where qemu-img convert's read of [offset, +length) fails: it reads one
+ * block-status extent at a time, so its error names the start of the
+ * extent that fails, where a task here joins the data extents that follow
+ * each other into one read. Each extent is read again on its own (only
+ * after a failure); `offset` when none fails this time (a failure that
+ * does not repeat).
+ */
+const failingExtentStart = (source: Image, offset: number, view: Uint8Array): Effect.Effect<number> =>
+  Effect.gen(function* () {
+    let at = 0
+    while (at < view.length) {
+      const status = yield* Effect.option(source.blockStatus(offset + at, view.length - at))
+      if (status._tag === "None") return offset + at
+      const length = Math.max(1, Math.min(status.value.length, view.length - at))
+      const failed = yield* Effect.isFailure(source.read(offset + at, view.subarray(at, at + length)))
+      if (failed) return offset + at
+      at += length
+    }
+    return offset
+  })
+
 /** Reads one source's range; with --salvage a failed read is retried sector by sector, and unreadable sectors read as zeros. */
 const readSource = (source: Image, offset: number, view: Uint8Array, o: ConvertOptions): Effect.Effect<void, CliFailure> =>
   source.read(offset, view).pipe(
     Effect.catch((e) => {
       // QEMU gives the errno's text; a corruption event has printed the details.
-      if (o.salvage !== true) return Effect.fail(fail(`error while reading at byte ${offset}: ${strerror(e)}`))
+      if (o.salvage !== true) {
+        return Effect.flatMap(failingExtentStart(source, offset, view), (at) => Effect.fail(fail(`error while reading at byte ${at}: ${strerror(e)}`)))
+      }
       return Effect.gen(function* () {
         for (let pos = 0; pos < view.length; pos += 512) {
           const sector = view.subarray(pos, Math.min(view.length, pos + 512))
