@@ -707,3 +707,57 @@ describe("convert's read error names the block-status extent that fails", () => 
     expect(stderrOf(qcow2(dir, ["convert", "-O", "raw", name, "flagged-compressed.raw"]))).toBe("PROG: error while reading at byte 5349376: Input/output error\n")
   })
 })
+
+describe("writes over L2 entries with an unaligned host offset", () => {
+  /** Entry 1 of the first L2 table (0x40000) set to `entry`, over data written at 0-256k. */
+  const over = (prefix: string, entry: bigint, commands: ReadonlyArray<string>) => {
+    const runs = beside(
+      prefix,
+      "1M",
+      ioCommands("write -P 1 0 256k"),
+      (fd) => {
+        const bytes = Buffer.alloc(8)
+        bytes.writeBigUInt64BE(entry)
+        fs.writeSync(fd, bytes, 0, 8, 0x40008)
+      },
+      commands
+    )
+    expect(runs[0]).toEqual(runs[1])
+    for (const who of ["ours", "theirs"]) expectAsQemuImg(["check", `${prefix}-${who}.qcow2`])
+    return runs[0]!
+  }
+  it("a cluster the image does not own, written whole, gets a new cluster; the old offset is reported, not freed", () => {
+    const run = over("unowned-whole", 0x60200n, ioCommands("write -P 0x77 64k 64k", "read -P 0x77 64k 64k"))
+    expect(run.stderr).toBe("PROG: Image is corrupt: Cannot free unaligned cluster 0x60200; further non-fatal corruption events will be suppressed\n")
+    expect(run.status).toBe(0)
+  })
+  it("inside a longer write too, and with the zero flag (QEMU's preallocated zero cluster)", () => {
+    over("unowned-run", 0x60200n, ioCommands("write -P 0x77 0 192k"))
+    over("unowned-zero-flag", 0x60201n, ioCommands("write -P 0x77 64k 64k"))
+  })
+  it("written in part, or owned (COPIED), it fails as qemu-io's write does", () => {
+    expect(over("unowned-part", 0x60200n, ioCommands("write -P 0x77 68k 4k")).stderr).toContain("Cluster allocation offset 0x60200 unaligned")
+    over("unowned-tail", 0x60200n, ioCommands("write -P 0x77 0 100k"))
+    expect(over("owned-whole", (1n << 63n) | 0x60200n, ioCommands("write -P 0x77 64k 64k")).stderr).toContain("Data cluster offset 0x60200 unaligned")
+  })
+  it("a zero write without unmapping ORs the zero flag into the entry as it is (reserved and damaged bits kept); with unmapping it frees", () => {
+    over("zero-unaligned", 0x60200n, ioCommands("write -z 64k 64k"))
+    over("zero-reserved", (1n << 63n) | (1n << 56n) | 0x60000n, ioCommands("write -z 64k 64k"))
+    over("zero-unmap-unaligned", 0x60200n, ioCommands("write -z -u 64k 64k"))
+  })
+  it("on a version 2 image a zero flag is refused before the offset is looked at", () => {
+    const runs = (["ours", "theirs"] as const).map((who) => {
+      const name = `v2-zero-unaligned-${who}.qcow2`
+      qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "-o", "compat=0.10", name, "1M"])
+      qemu(dir, "qemu-io", ["-c", "write -P 1 0 256k", name])
+      const fd = fs.openSync(path.join(dir, name), "r+")
+      fs.writeSync(fd, Buffer.from([0, 0, 0, 0, 0, 6, 2, 1]), 0, 8, 0x40008)
+      fs.closeSync(fd)
+      const args = ["-c", "read -P 1 64k 4k", name]
+      const run = who === "ours" ? qcow2(dir, ["io", ...args]) : qemu(dir, "qemu-io", args, true)
+      return { status: run.status, stdout: run.stdout, stderr: stderrOf(run), bytes: fs.readFileSync(path.join(dir, name)) }
+    })
+    expect(runs[0]!.stderr).toContain("Zero cluster entry found in pre-v3 image (L2 offset: 0x40000, L2 index: 0x1)")
+    expect(runs[0]).toEqual(runs[1])
+  })
+})

@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { readL2EntryForIo, writeL2Entry } from "@qcow2/format"
+import { readL2EntryForIo, setL2ZeroFlag, writeL2Entry } from "@qcow2/format"
 import type { L2Entry } from "@qcow2/format"
 import type { Qcow2Engine } from "./Engine.js"
 import type { EngineFailure } from "./errors.js"
@@ -10,10 +10,18 @@ import { l2Coverage, l2TableOffset, loadL2 } from "./mapping.js"
 
 const ALL_ZERO_BITMAP = 0xffffffff
 
-type EntryChange = (entry: Exclude<L2Entry, { _tag: "Invalid" }>) => {
-  readonly entry: Exclude<L2Entry, { _tag: "Invalid" }>
-  readonly free: boolean
-} | undefined
+/**
+ * What becomes of an entry: a new entry (and whether the old host cluster
+ * is freed), the zero flag ORed into the entry as it is (a standard entry
+ * zeroed without unmapping), or nothing (undefined).
+ */
+type EntryChange = (entry: Exclude<L2Entry, { _tag: "Invalid" }>) =>
+  | {
+      readonly entry: Exclude<L2Entry, { _tag: "Invalid" }>
+      readonly free: boolean
+    }
+  | "SetZeroFlag"
+  | undefined
 
 /**
  * Discards whole clusters [offset, offset + length) (both cluster aligned,
@@ -86,10 +94,8 @@ const zeroChange = (engine: Qcow2Engine, unmap: boolean): EntryChange => (old) =
       if (keep && old.allocatedMask === 0 && old.zeroMask === ALL_ZERO_BITMAP) return undefined
       if (!keep && old._tag === "Subclusters" && old.hostOffset === 0 && !old.copied && old.allocatedMask === 0 && old.zeroMask === ALL_ZERO_BITMAP) return undefined
     } else {
-      const host = !free && (old._tag === "Normal" || old._tag === "Zero") ? old.hostOffset : 0
-      const copied = !free && (old._tag === "Normal" || old._tag === "Zero") ? old.copied : false
-      entry = { _tag: "Zero", hostOffset: host, copied }
-      if (old._tag === "Zero" && old.hostOffset === host && old.copied === copied) return undefined
+      if (!free) return old._tag === "Zero" ? undefined : "SetZeroFlag"
+      entry = { _tag: "Zero", hostOffset: 0, copied: false }
     }
     return { entry, free }
   }
@@ -171,8 +177,15 @@ function changeInTable(engine: Qcow2Engine, start: number, end: number, makeTabl
       if (old._tag === "Invalid") {
         // An unaligned data cluster that the change frees: the entry goes,
         // the cluster is not freed (QEMU's qcow2_free_any_cluster reports it
-        // as non-fatal corruption). Any other damage is fatal.
+        // as non-fatal corruption); zeroed without unmapping, it keeps its
+        // bits under the flag, as any standard entry does. Any other damage
+        // is fatal.
         const next = old.damage === "Unaligned" ? change(unalignedStandIn(old, g.extendedL2)) : undefined
+        if (next === "SetZeroFlag") {
+          setL2ZeroFlag(table, index, g)
+          changed = true
+          continue
+        }
         if (next === undefined || !next.free) return yield* engine.integrity.markCorrupt(readDamageMessage(old, { l2Offset, index }), cluster * cs)
         writeL2Entry(table, index, next.entry, g)
         changed = true
@@ -181,6 +194,11 @@ function changeInTable(engine: Qcow2Engine, start: number, end: number, makeTabl
       }
       const next = change(old)
       if (next === undefined) continue
+      if (next === "SetZeroFlag") {
+        setL2ZeroFlag(table, index, g)
+        changed = true
+        continue
+      }
       writeL2Entry(table, index, next.entry, g)
       changed = true
       const range = next.free ? replacedHostRange(engine, old) : undefined

@@ -16,6 +16,23 @@ export interface L2Slot {
 const OFFSET_MASK = 0x00fffffffffffe00n
 const COPIED = 1n << 63n
 const ZERO_FLAG = 1n
+const COMPRESSED = 1n << 62n
+
+/**
+ * An unaligned entry this image does not own (COPIED clear): QEMU's write
+ * path gives a cluster such an entry maps a new host cluster like any other
+ * it does not own (handle_alloc), and only a copy-on-write read of it, or a
+ * free of its offset, meets the damage.
+ */
+export const isUnownedUnaligned = (entry: L2Entry): entry is InvalidL2Entry =>
+  entry._tag === "Invalid" && entry.damage === "Unaligned" && (entry.raw & COPIED) === 0n
+
+/**
+ * A zero flag QEMU's qcow2_get_cluster_type sees in a damaged standard
+ * entry (not compressed): on a version 2 image the "Zero cluster entry
+ * found in pre-v3 image" refusal comes before any check of the offset.
+ */
+export const hasZeroFlag = (entry: InvalidL2Entry): boolean => (entry.raw & ZERO_FLAG) !== 0n && (entry.raw & COMPRESSED) === 0n
 
 /** "(L2 offset: …, L2 index: …)", as QEMU places a damaged entry. */
 export const slotText = (slot: L2Slot): string => `(L2 offset: ${hexAlt(slot.l2Offset)}, L2 index: ${hexAlt(slot.index)})`
@@ -53,7 +70,8 @@ export function readDamageMessage(entry: InvalidL2Entry, slot: L2Slot): string {
  * handle_copied's "Data cluster offset … unaligned (guest offset: …)"
  * ("Preallocated zero cluster …" when bit 0 is set) for an unaligned entry
  * the image owns (COPIED); an unaligned entry it does not own fails in the
- * copy-on-write read, with the read path's message.
+ * copy-on-write read, with the read path's message (written whole, it is
+ * replaced instead: see `isUnownedUnaligned`).
  */
 export function writeDamageMessage(entry: InvalidL2Entry, slot: L2Slot, guestOffset: number): string {
   switch (entry.damage) {

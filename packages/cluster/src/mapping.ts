@@ -6,7 +6,7 @@ import type { DecompressionError } from "@qcow2/compress"
 import { debugPoint, type StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
-import { preV3ZeroMessage, readDamageMessage, slotText } from "./l2-damage.js"
+import { hasZeroFlag, preV3ZeroMessage, readDamageMessage, slotText } from "./l2-damage.js"
 
 /**
  * Where a run of guest bytes lives (spec "Cluster mapping"):
@@ -201,6 +201,7 @@ function classify(engine: Qcow2Engine, entry: L2Entry, unit: number, out: Unit, 
       return undefined
     }
     case "Invalid":
+      if (engine.version < 3 && !engine.geometry.extendedL2 && hasZeroFlag(entry)) return preV3ZeroMessage({ l2Offset, index })
       return readDamageMessage(entry, { l2Offset, index })
   }
 }

@@ -62,7 +62,12 @@ export function planWriteNow(
   const first = readL2EntryForIo(table, firstIndex, g)
   if (first._tag === "Invalid" || isKept(engine, first)) return undefined
   let clusters = 1
-  while (firstCluster + clusters <= lastCluster && !isKept(engine, readL2EntryForIo(table, firstIndex + clusters, g))) clusters++
+  // A damaged entry ends the run: the locked path decides about it (write.ts planWrite).
+  while (firstCluster + clusters <= lastCluster) {
+    const next = readL2EntryForIo(table, firstIndex + clusters, g)
+    if (next._tag === "Invalid" || isKept(engine, next)) break
+    clusters++
+  }
 
   let hostOffset: number | undefined
   if (after !== undefined && after % cs === 0) {
@@ -111,8 +116,10 @@ export function linkNow(engine: Qcow2Engine, plan: Extract<WritePlan, { _tag: "A
   const table = engine.l2Cache.lookup(l2Offset)
   if (table === undefined) return false
   const firstIndex = plan.firstCluster % g.l2Entries
+  // Anything replaced to free, or a damaged entry to report: the locked path (write.ts link).
   for (let i = 0; i < plan.clusters; i++) {
-    if (replacedHostRange(engine, readL2EntryForIo(table, firstIndex + i, g), plan.hostOffset + i * cs) !== undefined) return false
+    const old = readL2EntryForIo(table, firstIndex + i, g)
+    if (old._tag === "Invalid" || replacedHostRange(engine, old, plan.hostOffset + i * cs) !== undefined) return false
   }
   for (let i = 0; i < plan.clusters; i++) writeL2Entry(table, firstIndex + i, { _tag: "Normal", hostOffset: plan.hostOffset + i * cs, copied: true }, g)
   engine.l2Cache.markDirty(l2Offset)

@@ -1,12 +1,14 @@
 import { Deferred, Effect } from "effect"
 import { readL2EntryForIo, writeL2Entry } from "@qcow2/format"
+import type { L2Entry } from "@qcow2/format"
 import { debugPoint } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
 import { ClusterError } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { isKept, isOwned, prepareL2ForWrite, releaseReplaced, replacedHostRange } from "./l2.js"
 import type { HostRange } from "./l2.js"
-import { writeDamageMessage } from "./l2-damage.js"
+import { freeDamageMessage, isUnownedUnaligned, writeDamageMessage } from "./l2-damage.js"
+import type { InvalidL2Entry } from "./l2-damage.js"
 import { l2Coverage, l2TableOffset, loadL2 } from "./mapping.js"
 import { readGuest } from "./read.js"
 import { ALL_SUBCLUSTERS, copiedSubclusters, damagedInRun, subclusterRange } from "./subcluster-write.js"
@@ -190,9 +192,15 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     const firstIndex = firstCluster % g.l2Entries
     const inCluster = offset - firstCluster * cs
     const entry = readL2EntryForIo(table, firstIndex, g)
-    if (entry._tag === "Invalid") return yield* engine.integrity.markCorrupt(writeDamageMessage(entry, { l2Offset, index: firstIndex }, offset), offset)
+    const damaged = (bad: InvalidL2Entry, index: number) => engine.integrity.markCorrupt(writeDamageMessage(bad, { l2Offset, index }, offset), offset)
 
     if (!g.extendedL2) {
+      // An unaligned cluster the image does not own, written whole, gets a
+      // new host cluster without being read (QEMU: no copy-on-write, and the
+      // free of the old offset is non-fatal); written in part, its
+      // copy-on-write read would fail, so it fails here, before anything is
+      // allocated.
+      if (entry._tag === "Invalid" && !(isUnownedUnaligned(entry) && inCluster === 0 && length >= cs)) return yield* damaged(entry, firstIndex)
       if (isKept(engine, entry)) {
         // Extend over following kept clusters that are contiguous on the host.
         const host = entry.hostOffset
@@ -224,8 +232,11 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
           zeroMask: 0
         })
       }
+      // Damaged entries join the run only where they are written whole (see above).
+      const joins = (next: L2Entry, cluster: number) =>
+        next._tag === "Invalid" ? isUnownedUnaligned(next) && offset + length >= (cluster + 1) * cs : !isKept(engine, next)
       let clusters = 1
-      while (firstCluster + clusters <= lastCluster && !isKept(engine, readL2EntryForIo(table, firstIndex + clusters, g))) clusters++
+      while (firstCluster + clusters <= lastCluster && joins(readL2EntryForIo(table, firstIndex + clusters, g), firstCluster + clusters)) clusters++
       const bytes = Math.min(length, clusters * cs - inCluster)
       return yield* allocate(engine, {
         offset,
@@ -242,6 +253,7 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     }
 
     // Extended L2: one cluster per step, subcluster granularity.
+    if (entry._tag === "Invalid") return yield* damaged(entry, firstIndex)
     const bytes = Math.min(length, cs - inCluster)
     const scs = g.subclusterSize
     const firstSub = Math.floor(inCluster / scs)
@@ -251,8 +263,8 @@ function planWrite(engine: Qcow2Engine, offset: number, data: Uint8Array, after:
     // A cluster of this image's own (in place where every touched subcluster
     // is allocated), or one with no host cluster yet: subcluster granularity.
     const ownedHost = entry._tag === "Subclusters" && isOwned(engine, entry) ? entry.hostOffset : undefined
-    const damaged = damagedInRun(engine, table, firstIndex, lastCluster - firstCluster + 1, ownedHost)
-    if (damaged !== undefined) return yield* engine.integrity.markCorrupt(writeDamageMessage(damaged.entry, { l2Offset, index: damaged.index }, offset), offset)
+    const inRun = damagedInRun(engine, table, firstIndex, lastCluster - firstCluster + 1, ownedHost)
+    if (inRun !== undefined) return yield* damaged(inRun.entry, inRun.index)
     // Clusters needing a new host cluster in a row are allocated together
     // (QEMU's handle_alloc), though written one per step here.
     let together = 1
@@ -435,6 +447,8 @@ function link(engine: Qcow2Engine, plan: Extract<WritePlan, { _tag: "Allocate" }
       } else {
         writeL2Entry(table, firstIndex + i, { _tag: "Normal", hostOffset: host, copied: true }, g)
       }
+      // A damaged entry written over (planWrite): its offset is not freed (QEMU's qcow2_free_any_cluster).
+      if (old._tag === "Invalid") engine.integrity.reportNonFatal(freeDamageMessage(old))
       const range = replacedHostRange(engine, old, host)
       if (range !== undefined) replaced.push(range)
     }

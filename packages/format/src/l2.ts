@@ -90,6 +90,16 @@ export function readL2EntryForIo(table: Uint8Array, index: number, geometry: Geo
 }
 
 /**
+ * Sets the zero flag (bit 0) of standard entry `index` and keeps every
+ * other bit, reserved or damaged ones included: QEMU's zero_in_l2_slice
+ * without unmapping ORs the flag into the entry as it is.
+ */
+export function setL2ZeroFlag(table: Uint8Array, index: number, geometry: Geometry): void {
+  if (geometry.extendedL2) throw new FormatError("InvalidField", "extended L2 entries have no zero flag", "l2_entry")
+  table[index * geometry.l2EntrySize + 7]! |= 1
+}
+
+/**
  * Decodes entry `index` (8 bytes each, 16 with extended L2). Never throws for bad content: returns Invalid.
  *
  * `dataFile` says whether the image has an external data file (incompatible bit 2). Host offset 0 is
