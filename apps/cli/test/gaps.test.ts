@@ -647,6 +647,16 @@ describe("the external data file bit without a data file named", () => {
     for (const args of [["info", name], ["info", "--output=json", name], ["check", name], ["map", name], ["convert", "-O", "raw", name, "data-bit.raw"]]) expectAsQemuImg(args)
     expect(stderrOf(qcow2(dir, ["check", name]))).toBe("PROG: Could not open 'data-bit.qcow2': 'data-file' is required for this image\n")
   })
+  it("info lists no snapshots then, as QEMU's qcow2_snapshot_list refuses for an image with a data file", () => {
+    const name = "data-bit-snapshot.qcow2"
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", name, "1M"])
+    qemu(dir, "qemu-img", ["snapshot", "-c", "s1", name])
+    const fd = fs.openSync(path.join(dir, name), "r+")
+    fs.writeSync(fd, Buffer.from([4]), 0, 1, 79)
+    fs.closeSync(fd)
+    for (const args of [["info", name], ["info", "--output=json", name]]) expectAsQemuImg(args)
+    expect(qcow2(dir, ["info", name]).stdout).not.toContain("Snapshot list")
+  })
 })
 
 describe("L2 entries with reserved bits set", () => {

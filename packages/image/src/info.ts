@@ -210,6 +210,7 @@ export const imageInfo = (image: Image, name: string, actualSize: number | undef
     const backing = image.backingFileName !== undefined && image.backingFileName !== "" ? image.backingFileName : undefined
     const dirty = parsed !== undefined && isSet(parsed.header.incompatibleFeatures, IncompatibleFeature.Dirty)
     const encrypted = image.format === "luks" || (parsed !== undefined && parsed.header.cryptMethod !== CryptMethod.None)
+    const hasExternalDataFile = parsed !== undefined && isSet(parsed.header.incompatibleFeatures, IncompatibleFeature.ExternalDataFile)
     let specific: ImageInfo["format-specific"]
     if (image.format === "qcow2") {
       const data = yield* qcow2SpecificInfo(image)
@@ -229,7 +230,8 @@ export const imageInfo = (image: Image, name: string, actualSize: number | undef
       "backing-filename": backing,
       "full-backing-filename": backing !== undefined ? pathCombine(name, backing) : undefined,
       "backing-filename-format": backing !== undefined ? parsed?.extensions.backingFormat : undefined,
-      snapshots: image.snapshots.length > 0 ? image.snapshots.map(snapshotInfo) : undefined,
+      // QEMU's qcow2_snapshot_list refuses (ENOTSUP) for an image with an external data file: no list then.
+      snapshots: image.snapshots.length > 0 && !hasExternalDataFile ? image.snapshots.map(snapshotInfo) : undefined,
       "format-specific": specific
     })
   })

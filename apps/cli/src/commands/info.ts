@@ -109,7 +109,8 @@ export const humanInfo = (info: QDict, snapshots: ReadonlyArray<SnapshotEntry>):
     const fmt = get("backing-filename-format")
     if (fmt !== undefined) lines.push(`backing file format: ${fmt}`)
   }
-  if (snapshots.length > 0) {
+  // Listed where the info has them (not for an image with an external data file, as QEMU's qcow2_snapshot_list refuses).
+  if (snapshots.length > 0 && get("snapshots") !== undefined) {
     lines.push("Snapshot list:")
     lines.push(snapshotHeader())
     for (const s of snapshots) lines.push(snapshotRow(s))
