@@ -192,15 +192,22 @@ export class Refcounts {
   private blockAt(blockIndex: number): number | RefcountError {
     const offset = blockIndex < this.blockOffsets.length ? this.blockOffsets[blockIndex] : 0
     if (offset === 0) return 0
-    if (offset === INVALID_ENTRY || offset % this.clusterSize !== 0) {
-      const shown = offset === INVALID_ENTRY ? "beyond 2^53" : `0x${offset.toString(16)}`
+    if (offset !== INVALID_ENTRY && offset % this.clusterSize === 0) return offset
+    const exact = offset === INVALID_ENTRY ? this.entryOffset(blockIndex) : BigInt(offset)
+    if (exact % BigInt(this.clusterSize) === 0n) {
+      // Aligned past 2^53: QEMU reads there and fails (or finds nothing) without a corruption event.
       return new RefcountError({
-        reason: "Corrupt",
-        message: `Refblock offset ${shown} unaligned (reftable index: ${hexAlt(blockIndex)})`,
-        offset: this.table.offset + blockIndex * 8
+        reason: "NoSpace",
+        message: `Refblock offset 0x${exact.toString(16)} (reftable index: ${hexAlt(blockIndex)}) is past what this toolkit addresses (2^53)`,
+        offset: this.table.offset + blockIndex * 8,
+        errno: "EIO"
       })
     }
-    return offset
+    return new RefcountError({
+      reason: "Corrupt",
+      message: `Refblock offset 0x${exact.toString(16)} unaligned (reftable index: ${hexAlt(blockIndex)})`,
+      offset: this.table.offset + blockIndex * 8
+    })
   }
 
   /** The refcount of host cluster `clusterIndex` (0 if no refcount block covers it). */

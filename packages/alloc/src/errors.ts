@@ -15,6 +15,6 @@ export class RefcountError extends Data.TaggedError("RefcountError")<{
   readonly reason: "Overflow" | "Underflow" | "Corrupt" | "NoSpace"
   readonly message: string
   readonly offset?: number
-  /** The POSIX error QEMU returns here when it is not the usual one for `reason` (EINVAL for a refcount QEMU finds invalid). */
-  readonly errno?: "EINVAL"
+  /** The POSIX error QEMU returns here when it is not the usual one for `reason` (EINVAL for a refcount QEMU finds invalid, EIO for a refcount block it cannot read). */
+  readonly errno?: "EINVAL" | "EIO"
 }> {}

@@ -318,11 +318,14 @@ describe("Refcounts", () => {
     expect(error.message).toBe("Refblock offset 0x20600 unaligned (reftable index: 0x1)")
   })
 
-  it("a refcount table entry past 2^53 is corruption when used, not a crash at load", async () => {
+  it("a refcount table entry past 2^53 fails when used, not a crash at load: unreadable (EIO) when aligned, corruption when not", async () => {
     const { refcounts } = await fresh(16, 4, { edit: (table) => table.set([0x00, 0x40, 0, 0, 0, 0, 0, 0], 8) })
     const error = await Effect.runPromise(Effect.flip(refcounts.get(32768 + 1)))
-    expect(error).toMatchObject({ _tag: "RefcountError", reason: "Corrupt" })
+    expect(error).toMatchObject({ _tag: "RefcountError", reason: "NoSpace", errno: "EIO" })
     expect(await run(refcounts.allocate(1))).toBe(3 * 65536)
+    const unaligned = await fresh(16, 4, { edit: (table) => table.set([0x00, 0x40, 0, 0, 0, 0, 0x02, 0], 8) })
+    const damage = await Effect.runPromise(Effect.flip(unaligned.refcounts.get(32768 + 1)))
+    expect(damage).toMatchObject({ _tag: "RefcountError", reason: "Corrupt", message: "Refblock offset 0x40000000000200 unaligned (reftable index: 0x1)" })
   })
 
   it("never hands out clusters counted past the end of the file (crash leftovers)", async () => {

@@ -1,6 +1,7 @@
 import { Effect } from "effect"
 import type { BlockStorageShape, StorageError } from "@qcow2/storage"
 import type { Qcow2Engine } from "./Engine.js"
+import { isStructuralDamage } from "./errors.js"
 import type { EngineFailure } from "./errors.js"
 import { lookup, lookupNow } from "./mapping.js"
 
@@ -50,7 +51,13 @@ export class PreallocationProbe {
       const realClusters = Math.floor((yield* allocated()) / cs)
       const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2)
       const endCluster = Math.ceil(fileLength / cs)
-      self.detected = (yield* engine.refcounts.countReferenced(endCluster, threshold)) >= threshold
+      // QEMU's block status takes a failed detection as "not preallocated";
+      // damage found on the way is still a corruption event.
+      const counted = yield* Effect.result(engine.refcounts.countReferenced(endCluster, threshold))
+      if (counted._tag === "Failure" && isStructuralDamage(counted.failure)) {
+        yield* Effect.ignore(engine.integrity.markCorrupt(counted.failure.message, counted.failure.offset))
+      }
+      self.detected = counted._tag === "Success" && counted.success >= threshold
       return self.detected
     })
   }
