@@ -790,3 +790,19 @@ describe("block status over a refcount table QEMU cannot read", () => {
     for (const args of [["map", "--output=json", name], ["convert", "-O", "raw", name, "reftable-on-l2.raw"], ["info", name]]) expectAsQemuImg(args)
   })
 })
+
+describe("a run of extended L2 entries that meets an impossible subcluster bitmap", () => {
+  it("fails the whole block-status query at the run's start, as QEMU's count_contiguous_subclusters does", () => {
+    const name = "bitmap-in-run.qcow2"
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", name, "1M"])
+    qemu(dir, "qemu-io", ["-c", "write -P 1 0 256k", name])
+    const bytes = fs.readFileSync(path.join(dir, name))
+    const l2 = Number(bytes.readBigUInt64BE(Number(bytes.readBigUInt64BE(40))) & 0x00fffffffffffe00n)
+    // Entry 2's bitmap: every subcluster both allocated and zero.
+    const fd = fs.openSync(path.join(dir, name), "r+")
+    fs.writeSync(fd, Buffer.alloc(8, 0xff), 0, 8, l2 + 16 * 2 + 8)
+    fs.closeSync(fd)
+    for (const args of [["map", "--output=json", name], ["convert", "-O", "raw", name, "bitmap-in-run.raw"]]) expectAsQemuImg(args)
+    expect(stderrOf(qcow2(dir, ["convert", "-O", "raw", name, "bitmap-in-run.raw"]))).toContain("error while reading block status at offset 0:")
+  })
+})

@@ -132,6 +132,9 @@ function scanTable(engine: Qcow2Engine, table: Uint8Array, l2Offset: number, off
       l2Index++
       if (l2Index === g.l2Entries) break
       entry = readL2EntryForIo(table, l2Index, g)
+      // QEMU's count_contiguous_subclusters fails the whole run on a
+      // subcluster bitmap no image may hold, wherever the run meets it.
+      if (entry._tag === "Invalid" && entry.damage === "SubclusterBitmap") return readDamageMessage(entry, { l2Offset, index: l2Index })
     }
     if (classify(engine, entry, unit, next, l2Offset, l2Index) !== undefined) break
     if (next.kind !== first.kind) break
