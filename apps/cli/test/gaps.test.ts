@@ -806,3 +806,34 @@ describe("a run of extended L2 entries that meets an impossible subcluster bitma
     expect(stderrOf(qcow2(dir, ["convert", "-O", "raw", name, "bitmap-in-run.raw"]))).toContain("error while reading block status at offset 0:")
   })
 })
+
+describe("a raw image whose format was probed, opened for writing", () => {
+  const probedRaw = (name: string) => fs.writeFileSync(path.join(dir, name), Buffer.alloc(1 << 20))
+  it("gets QEMU's raw driver warning in every command that opens it so", () => {
+    for (const args of [["check", "-r", "all"], ["resize"], ["snapshot", "-c", "s"], ["commit"], ["amend", "-o", "size=1M"], ["check"], ["info"]] as const) {
+      const name = `probed-${args.join("-")}.img`
+      probedRaw(name)
+      const full = args[0] === "resize" ? ["resize", name, "2M"] : [...args, name]
+      expectAsQemuImg(full)
+      probedRaw(name)
+    }
+    probedRaw("probed-commit.img")
+    expect(stderrOf(qcow2(dir, ["commit", "probed-commit.img"]))).toContain("WARNING: Image format was not specified for 'probed-commit.img' and probing guessed raw.")
+  })
+  it("refuses a write that would make block 0 probe as another format (EPERM), as qemu-io does; -f raw lifts it", () => {
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", "header-source.qcow2", "1M"])
+    fs.writeFileSync(path.join(dir, "header.bin"), fs.readFileSync(path.join(dir, "header-source.qcow2")).subarray(0, 512))
+    for (const [command, format] of [["write -s header.bin 0 512", []], ["write -s header.bin 0 4", []], ["write -s header.bin 0 8", []], ["write -P 7 256 512", []], ["write -s header.bin 0 512", ["-f", "raw"]]] as const) {
+      const runs = (["ours", "theirs"] as const).map((who) => {
+        const name = "probed-block0.img"
+        probedRaw(name)
+        const args = [...format, "-c", command, name]
+        const run = who === "ours" ? qcow2(dir, ["io", ...args]) : qemu(dir, "qemu-io", args, true)
+        return { status: run.status, stdout: run.stdout.replace(/\d+\.\d+ sec \([^)]*\)/g, "X sec"), stderr: stderrOf(run), bytes: createHash("sha256").update(fs.readFileSync(path.join(dir, name))).digest("hex") }
+      })
+      expect(runs[0]).toEqual(runs[1])
+    }
+    probedRaw("probed-block0.img")
+    expect(qcow2(dir, ["io", "-c", "write -s header.bin 0 512", "probed-block0.img"]).stdout).toBe("write failed: Operation not permitted\n")
+  })
+})

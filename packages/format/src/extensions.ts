@@ -123,7 +123,7 @@ export function decodeHeaderExtensions(
         break
       case HeaderExtensionType.FullDiskEncryption:
         if (len !== 16) {
-          throw new FormatError("InvalidField", `full disk encryption extension must be 16 bytes, got ${len}`, "header_extension", off)
+          throw new FormatError("InvalidField", `CRYPTO header extension size ${len}, but expected size 16`, "header_extension", off)
         }
         fullDiskEncryption = { offset: u64(data, 0, "fde.offset"), length: u64(data, 8, "fde.length") }
         break

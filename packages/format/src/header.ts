@@ -204,10 +204,10 @@ export function decodeImageHeader(bytes: Uint8Array): ImageHeader {
   }
   const isLuks = header.cryptMethod === CryptMethod.Luks
   if (isLuks && extensions.fullDiskEncryption === undefined) {
-    throw invalid("LUKS encryption (crypt_method 2) needs the full disk encryption extension", "crypt_method", 32)
+    throw invalid("Missing CRYPTO header for crypt method 2", "crypt_method", 32)
   }
   if (!isLuks && extensions.fullDiskEncryption !== undefined) {
-    throw invalid("full disk encryption extension present but crypt_method is not LUKS", "crypt_method", 32)
+    throw invalid("CRYPTO header extension only expected with LUKS encryption method", "crypt_method", 32)
   }
   if (header.backingFileOffset === 0) return { header, extensions }
   need(bytes, header.backingFileOffset, header.backingFileSize, "backing_file_name")

@@ -1,6 +1,6 @@
 export * from "./api.js"
 export * from "./errors.js"
-export { openImage, createImage, createLuksImage, probeFormat, MAX_BACKING_CHAIN_DEPTH } from "./open.js"
+export { openImage, createImage, createLuksImage, probeFormat, probedRawWarning, MAX_BACKING_CHAIN_DEPTH } from "./open.js"
 export { LUKS_MAGIC, type LuksVolumeOptions } from "./luks.js"
 export { firstBlockLength, planCreate } from "./create.js"
 export { makeRawImage } from "./raw.js"

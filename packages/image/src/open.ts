@@ -2,7 +2,6 @@ import { Effect, Option } from "effect"
 import type { Scope } from "effect"
 import { ClusterCodec } from "@qcow2/compress"
 import type { ClusterCodecShape } from "@qcow2/compress"
-import { QCOW2_MAGIC } from "@qcow2/format"
 import type { ImageHeader } from "@qcow2/format"
 import type { SectorCrypto } from "@qcow2/cluster"
 import { SectorCipherFactory } from "@qcow2/crypto"
@@ -17,7 +16,8 @@ import { type CheckError, checkQcow2 } from "@qcow2/check"
 import { openQcow2 } from "./qcow2/open.js"
 import { qcow2Engines } from "./qcow2/image.js"
 import { makeRawImage } from "./raw.js"
-import { createLuksVolume, hasLuksMagic, LUKS_MAGIC, openLuks, type LuksVolumeOptions } from "./luks.js"
+import { createLuksVolume, openLuks, type LuksVolumeOptions } from "./luks.js"
+import { PROBE_HEADER_BYTES, probedFormat } from "./probe.js"
 import { FORCE_SHARE_READ_ONLY, type FileRole, lockRequest } from "./lock.js"
 
 /** Deepest backing chain accepted (QEMU has no fixed limit; this bounds hostile chains). */
@@ -46,17 +46,20 @@ const openFailure = (name: string, e: StorageError | ImageError): ImageError => 
 const lockAs = (storage: BlockStorageShape, role: FileRole, readOnly: boolean, forceShare: boolean): Effect.Effect<void, ImageError> =>
   storage.lock === undefined ? Effect.void : asImageError(storage.lock(lockRequest(role, readOnly, forceShare)), storage.location)
 
+/** QEMU's raw_open warning for a file opened for writing whose format was probed (printed by every front end that opens one so). */
+export const probedRawWarning = (name: string): string =>
+  `WARNING: Image format was not specified for '${name}' and probing guessed raw.\n` +
+  "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +
+  "         Specify the 'raw' format explicitly to remove the restrictions."
+
 /** Reads the magic to tell qcow2 and LUKS from raw (QEMU's probe, limited to the formats here). */
 export function probeFormat(storage: BlockStorageShape): Effect.Effect<ImageFormat, ImageError> {
   return asImageError(
     Effect.gen(function* () {
       const size = yield* storage.size()
-      if (size < 4) return "raw" as const
-      const magic = new Uint8Array(Math.min(size, LUKS_MAGIC.length))
-      yield* storage.read(0, magic)
-      const value = ((magic[0] << 24) | (magic[1] << 16) | (magic[2] << 8) | magic[3]) >>> 0
-      if (value === QCOW2_MAGIC) return "qcow2" as const
-      return hasLuksMagic(magic) ? ("luks" as const) : ("raw" as const)
+      const first = new Uint8Array(Math.min(size, PROBE_HEADER_BYTES))
+      if (first.length > 0) yield* storage.read(0, first)
+      return probedFormat(first)
     }),
     storage.location
   )
@@ -177,7 +180,12 @@ function openNamed(
     const forceShare = step.options.forceShare === true
     // The luks driver is a format layer over its file, as qcow2 is: it takes the same locks.
     yield* lockAs(storage, actual === "luks" ? "qcow2" : actual, readOnly, forceShare)
-    if (actual === "raw") return yield* makeRawImage(storage, readOnly)
+    if (actual === "raw") {
+      const probed = format === undefined
+      // QEMU's raw driver warns when it opens a probed file for writing, and guards its block 0.
+      if (probed && !readOnly) step.options.report?.(probedRawWarning(name))
+      return yield* makeRawImage(storage, readOnly, probed)
+    }
     if (actual === "luks") return yield* openLuks(storage, readOnly, step.options.passphrase, step.options.noIo === true, step.ciphers)
     const chain = [...seen, name]
     return yield* openQcow2({

@@ -5,6 +5,7 @@ import type { BlockStatus, Image } from "./api.js"
 import { ImageError } from "./errors.js"
 import { firstBlockLength } from "./create.js"
 import { asImageError, checkRange } from "./internal/errors.js"
+import { PROBE_BYTES, probedFormat } from "./probe.js"
 
 /**
  * A raw image: guest offset == file offset. Used as a backing file or data
@@ -13,7 +14,7 @@ import { asImageError, checkRange } from "./internal/errors.js"
  * as QEMU's file driver does); elsewhere all-zero 4 KiB blocks are zero
  * (content is the portable approximation).
  */
-export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Effect.Effect<Image, ImageError> {
+export function makeRawImage(storage: BlockStorageShape, readOnly: boolean, probed = false): Effect.Effect<Image, ImageError> {
   const location = storage.location
   return asImageError(
     Effect.map(storage.size(), (initialSize) => {
@@ -31,6 +32,22 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
       const grown = (end: number) => {
         if (end > fileSize) fileSize = end
       }
+      /**
+       * QEMU's raw driver over a probed format: a write that would make the
+       * first 512 bytes probe as another format (a qcow2 header naming a
+       * backing file anywhere on the host, say) is refused with EPERM.
+       */
+      const refuseFormatChange = (offset: number, data: Uint8Array): Effect.Effect<void, ImageError> =>
+        asImageError(
+          Effect.gen(function* () {
+            const first = new Uint8Array(PROBE_BYTES)
+            yield* readClamped(0, first)
+            first.set(data.subarray(0, PROBE_BYTES - offset), offset)
+            if (probedFormat(first) === "raw") return
+            return yield* new ImageError({ reason: "InvalidArgument", message: "write would change the probed format of block 0", location, errno: "EPERM" })
+          }),
+          location
+        )
       const requireWritable = (): ImageError | undefined =>
         readOnly ? new ImageError({ reason: "ReadOnly", message: `${location} is opened read-only`, location }) : undefined
       const image: Image = {
@@ -54,7 +71,9 @@ export function makeRawImage(storage: BlockStorageShape, readOnly: boolean): Eff
         },
         write: (offset, data) => {
           const bad = requireWritable() ?? guard(offset, data.length)
-          return bad ? Effect.fail(bad) : asImageError(Effect.map(storage.write(offset, data), () => grown(offset + data.length)), location)
+          if (bad) return Effect.fail(bad)
+          const written = asImageError(Effect.map(storage.write(offset, data), () => grown(offset + data.length)), location)
+          return probed && offset < PROBE_BYTES && data.length > 0 ? Effect.andThen(refuseFormatChange(offset, data), written) : written
         },
         writeZeroes: (offset, length, options) => {
           const bad = requireWritable() ?? guard(offset, length)

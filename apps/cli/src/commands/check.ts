@@ -1,8 +1,8 @@
 import { Cause, Effect, Exit, Option } from "effect"
 import type { Scope } from "effect"
 import { StorageOpener } from "@qcow2/storage"
-import { CheckError, FORCE_SHARE_READ_ONLY, ImageError, checkQcow2, lockRequest, openImage, type CheckResult, type NodeDriver } from "@qcow2/image"
-import { resolveNamed, type ImageEnv, type CliFormat } from "../env.js"
+import { CheckError, FORCE_SHARE_READ_ONLY, ImageError, checkQcow2, lockRequest, openImage, probedRawWarning, type CheckResult, type NodeDriver } from "@qcow2/image"
+import { driverReport, resolveNamed, type ImageEnv, type CliFormat } from "../env.js"
 import { openNode } from "../file-node.js"
 import { describeCause, fail, openFailure, type CliFailure } from "../errors.js"
 import { programName } from "../progname.js"
@@ -94,7 +94,11 @@ const openForCheck = (o: CheckOptions): Effect.Effect<Checkable, CliFailure, Sco
     // The null-co device and a quorum are nodes, not files: they open as the name described them.
     const opening = named.nullDevice !== undefined || named.quorum !== undefined ? openNode(named, true, openImage(file, options)) : openImage(file, options)
     const opened = yield* Effect.exit(Effect.scoped(Effect.map(opening, (image) => image.format)))
-    if (Exit.isSuccess(opened) && opened.value !== "qcow2") return { format: opened.value }
+    if (Exit.isSuccess(opened) && opened.value !== "qcow2") {
+      // A repair opens the image for writing: QEMU's raw driver warns about a probed format then.
+      if (opened.value === "raw" && o.repair !== undefined && options.format === undefined && named.nullDevice === undefined && named.quorum === undefined) driverReport(probedRawWarning(o.file))
+      return { format: opened.value }
+    }
     if (Exit.isFailure(opened) && Cause.hasInterruptsOnly(opened.cause)) return yield* Effect.interrupt
     // A driver that dies on a damaged image (a table entry it cannot decode) has refused it as corrupt.
     const refused = Exit.isSuccess(opened) ? undefined : Option.getOrElse(Cause.findErrorOption(opened.cause), () =>

@@ -7,8 +7,8 @@
 import * as nodePath from "node:path"
 import * as fs from "node:fs"
 import { Effect } from "effect"
-import type { BlockStatus, Image, ImageError } from "@qcow2/image"
-import { open, type ImageEnv, type CliFormat } from "../env.js"
+import { probedRawWarning, type BlockStatus, type Image, type ImageError } from "@qcow2/image"
+import { driverReport, open, type ImageEnv, type CliFormat } from "../env.js"
 import { fail, strerror, type CliFailure } from "../errors.js"
 import { print } from "../output.js"
 import { Progress } from "../progress.js"
@@ -135,7 +135,11 @@ export const runCommit = (o: CommitOptions): Effect.Effect<number, CliFailure, I
           if (found === undefined) return yield* Effect.fail(fail(`Did not find '${o.base}' in the backing chain of '${o.file}'`))
           return { location: found.image.location, depth: found.depth }
         }
-        if (top.backing === undefined) return yield* Effect.fail(fail("Image does not have a backing file"))
+        if (top.backing === undefined) {
+          // QEMU opened it for writing first: a probed raw image warns before the refusal.
+          if (top.format === "raw" && o.format === undefined) driverReport(probedRawWarning(o.file))
+          return yield* Effect.fail(fail("Image does not have a backing file"))
+        }
         // The name the backing file was opened by (a json: name stands for its file).
         return { location: top.backingFileResolved ?? top.backing.location, depth: 1 }
       })
