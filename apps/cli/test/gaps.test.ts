@@ -837,3 +837,17 @@ describe("a raw image whose format was probed, opened for writing", () => {
     expect(qcow2(dir, ["io", "-c", "write -s header.bin 0 512", "probed-block0.img"]).stdout).toBe("write failed: Operation not permitted\n")
   })
 })
+
+describe("map --output=json that fails part way", () => {
+  it("has printed the separator after the last entry, as qemu-img prints it with the entry", () => {
+    const name = "map-fails.qcow2"
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", name, "1M"])
+    qemu(dir, "qemu-io", ["-c", "write -P 1 0 64k", "-c", "write -P 2 256k 64k", name])
+    // L2 entry 6 (guest 384k): an unaligned offset, met after two entries are out.
+    const fd = fs.openSync(path.join(dir, name), "r+")
+    fs.writeSync(fd, Buffer.from([0x80, 0, 0, 0, 0, 0, 0x02, 0]), 0, 8, 0x40000 + 8 * 6)
+    fs.closeSync(fd)
+    expectAsQemuImg(["map", "--output=json", name])
+    expect(qcow2(dir, ["map", "--output=json", name]).stdout).toMatch(/},\n$/)
+  })
+})

@@ -41,11 +41,10 @@ export const runMap = (options: MapOptions): Effect.Effect<number, CliFailure, I
       const end = options.maxLength === undefined ? image.virtualSize : Math.min(image.virtualSize, start + options.maxLength)
       const json = options.output === "json"
       print(json ? "[" : humanHeader())
-      let first = true
-      const emit = (e: MapEntry): boolean => {
+      // `more`: another entry follows, whose separator QEMU prints with this one (so a failure after it leaves ",").
+      const emit = (e: MapEntry, more: boolean): boolean => {
         if (json) {
-          print((first ? "" : ",\n") + jsonEntry(e))
-          first = false
+          print(jsonEntry(e) + (more ? ",\n" : ""))
           return true
         }
         if (e.data && e.offset === undefined) {
@@ -68,10 +67,10 @@ export const runMap = (options: MapOptions): Effect.Effect<number, CliFailure, I
           curr.length += next.length
           continue
         }
-        if (curr.length > 0 && !emit(curr)) return 1
+        if (curr.length > 0 && !emit(curr, true)) return 1
         curr = next
       }
-      if (!emit(curr)) return 1
+      if (!emit(curr, false)) return 1
       if (json) print("]\n")
       return 0
     })
