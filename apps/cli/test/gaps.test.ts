@@ -789,6 +789,18 @@ describe("block status over a refcount table QEMU cannot read", () => {
     fs.closeSync(fd)
     for (const args of [["map", "--output=json", name], ["convert", "-O", "raw", name, "reftable-on-l2.raw"], ["info", name]]) expectAsQemuImg(args)
   })
+  it("an unaligned refcount block found by the probe is a non-fatal corruption event, and map and convert go on", () => {
+    const name = "refblock-unaligned.qcow2"
+    qemu(dir, "qemu-img", ["create", "-q", "-f", "qcow2", name, "1M"])
+    qemu(dir, "qemu-io", ["-c", "write -P 1 0 64k", name])
+    const fd = fs.openSync(path.join(dir, name), "r+")
+    fs.writeSync(fd, Buffer.from([0, 0, 0, 0, 0, 2, 2, 0]), 0, 8, 0x10000)
+    fs.closeSync(fd)
+    for (const args of [["map", "--output=json", name], ["convert", "-O", "raw", name, "refblock-unaligned.raw"]]) expectAsQemuImg(args)
+    const run = qcow2(dir, ["map", "--output=json", name])
+    expect(run.status).toBe(0)
+    expect(stderrOf(run)).toBe("PROG: Image is corrupt: Refblock offset 0x20200 unaligned (reftable index: 0); further non-fatal corruption events will be suppressed\n")
+  })
 })
 
 describe("a run of extended L2 entries that meets an impossible subcluster bitmap", () => {
